@@ -1,0 +1,30 @@
+"""girder: an asyncio-native calculation grid with memoized, re-entrant requests."""
+
+from girder.errors import (
+    BackendError,
+    ConfigurationError,
+    GirderError,
+    RequestError,
+    SerializationError,
+)
+from girder.functions import GridFunction, Request, function
+from girder.grid import Grid, Handle
+from girder.scheduler.context import call_reentrant, current_node
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BackendError",
+    "ConfigurationError",
+    "GirderError",
+    "Grid",
+    "GridFunction",
+    "Handle",
+    "Request",
+    "RequestError",
+    "SerializationError",
+    "__version__",
+    "call_reentrant",
+    "current_node",
+    "function",
+]

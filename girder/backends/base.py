@@ -1,0 +1,298 @@
+"""The `StateBackend` protocol: every piece of grid state, behind atomic primitives.
+
+A backend stores bytes and keys; it never unpickles anything and makes no scheduling decision.
+Policy (what to push where, when to steal, how to treat a crash) lives in `girder.scheduler`;
+a backend only offers the primitives below, each of which is *atomic*: no other operation on the
+same backend observes it half done. In memory that is one synchronous stretch of Python with no
+`await` inside; in Redis it is one Lua script (or one MULTI/EXEC transaction).
+
+The state, per backend:
+
+- a **request record** per key: its payload (opaque bytes) and a status, *pending* (known, nobody
+  running it), *running* (claimed by an owner node) or *done* (its outcome is cached). A record that
+  completed without caching is deleted, so the next request for the key computes it again.
+- a **work list** per node: a worker's stack or a distributor's queue. Both pop from the *top*; a
+  worker pushes its re-entrant requests on the top (depth first), a distributor's new work goes to
+  the *bottom* (first in, first out), and stealing always takes from the bottom.
+- a **volunteer queue** per distributor (first in, first out, no duplicates).
+- the **waiters** of each key (node ids) and a per-node **inbox** of notifications.
+- the **wait-for graph** between request keys, for cycle detection.
+- **membership**: each node's kind, its distributor, and a heartbeat lease.
+
+A node id names one worker, distributor or client, unique across the grid.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Protocol, runtime_checkable
+
+
+class NodeKind(StrEnum):
+    """What a node does."""
+
+    WORKER = "worker"
+    DISTRIBUTOR = "distributor"
+    CLIENT = "client"
+
+
+class RequestState(StrEnum):
+    """The status of a request key."""
+
+    UNKNOWN = "unknown"
+    PENDING = "pending"
+    RUNNING = "running"
+    DONE = "done"
+
+
+@dataclass(frozen=True, slots=True)
+class NewRequest:
+    """A request as it is handed to the backend: its key and serialized payload."""
+
+    key: str
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Submitted:
+    """What `submit` found for one request.
+
+    `outcome` is the cached outcome when the key was already done (then nothing was registered).
+    `cycle` is the list of keys of a wait-for cycle that the new wait edge closed, starting and
+    ending with the waiting key (then the waiter was registered but the caller should fail).
+    """
+
+    key: str
+    outcome: bytes | None = None
+    cycle: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Claimed:
+    """A request that `claim` popped and marked running by the claiming node."""
+
+    key: str
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Notification:
+    """A completed key and its outcome, delivered to a node that waits for it."""
+
+    key: str
+    outcome: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Assignment:
+    """A request a distributor handed to a volunteer."""
+
+    key: str
+    volunteer: str
+
+
+@dataclass(frozen=True, slots=True)
+class NodeInfo:
+    """Membership of one node, as `nodes` reports it."""
+
+    node: str
+    kind: NodeKind
+    distributor: str | None
+    alive: bool
+    work: int
+    running: int
+
+
+@dataclass(frozen=True, slots=True)
+class Reaped:
+    """What `reap` did with the work of nodes whose lease ran out.
+
+    `dead` names the nodes declared dead. `requeued` counts the requests put back on a queue.
+    `crashed_out` lists keys that reached the crash limit: they were *not* requeued but are now
+    running under the reaping node, which must complete them (with an error).
+    """
+
+    dead: tuple[str, ...] = ()
+    requeued: int = 0
+    crashed_out: tuple[str, ...] = field(default_factory=tuple)
+
+
+@runtime_checkable
+class StateBackend(Protocol):
+    """The atomic primitives a grid needs from its shared state.
+
+    Every method is a coroutine; each is atomic as stated above unless its docstring says it
+    waits. Methods never raise for an unknown key or node: they treat it as empty.
+    """
+
+    url: str
+    """The URL the backend was opened from (credentials may be masked)."""
+
+    async def connect(self) -> None:
+        """Open connections and load scripts. Called once before any other method."""
+        ...
+
+    async def close(self) -> None:
+        """Release connections. The state stays (for a shared backend)."""
+        ...
+
+    # -- requests ---------------------------------------------------------------------------------
+
+    async def submit(
+        self,
+        node: str,
+        requests: Sequence[NewRequest],
+        *,
+        into: str,
+        on_top: bool,
+        waiter_key: str | None = None,
+    ) -> list[Submitted]:
+        """Register `node` as a waiter of each request and queue the ones nobody runs.
+
+        Atomically, for each request in order:
+
+        1. if its key is done, report the cached outcome and do nothing else;
+        2. otherwise add `node` to the key's waiters and store the payload unless a record exists
+           (the new record is pending);
+        3. unless the key is running, push it on the work list `into`: on its top when `on_top`
+           (a worker's own stack), else on its bottom (a distributor's queue); a key may sit in
+           several lists, whoever claims it first runs it;
+        4. when `waiter_key` is given, add the wait edge `waiter_key -> key` and, if the key
+           reaches `waiter_key` through wait edges (a cycle), report that cycle.
+
+        Returns one `Submitted` per request, in order.
+        """
+        ...
+
+    async def claim(self, node: str) -> Claimed | None:
+        """Pop the top of `node`'s work list until a pending key comes up, and run it.
+
+        Atomically: keys that are done, running or have no record are discarded; the first
+        pending key is marked running with owner `node`, counted in `node`'s pops (see `trim`)
+        and returned with its payload. Returns None when the list runs out.
+        """
+        ...
+
+    async def complete(self, node: str, key: str, outcome: bytes, *, cache: bool) -> None:
+        """Record the outcome of a key `node` ran, and notify its waiters.
+
+        Atomically: when `cache`, the key becomes done with `outcome` cached; otherwise its record
+        is deleted (the next request computes it again). The key leaves `node`'s running set, its
+        wait edges are deleted, and every waiter other than `node` itself gets a `Notification`
+        in its inbox (the caller resolves its own local waiters). The waiter set is cleared.
+        Completing a key that is already done changes nothing.
+        """
+        ...
+
+    async def take_notifications(self, node: str, timeout: float) -> list[Notification]:
+        """Wait up to `timeout` seconds until `node`'s inbox is not empty, then drain it.
+
+        This is the one method that waits. A notification posted before the call is returned
+        at once: none is ever lost between calls.
+        """
+        ...
+
+    async def wait_for_work(self, node: str, timeout: float) -> None:
+        """Wait up to `timeout` seconds for a push onto `node`'s work list or volunteer queue.
+
+        A push since the previous call returns at once. Spurious wake-ups are allowed: callers
+        re-check with `claim` or `hand_out`.
+        """
+        ...
+
+    async def state(self, key: str) -> RequestState:
+        """The current status of `key`."""
+        ...
+
+    async def result(self, key: str) -> bytes | None:
+        """The cached outcome of `key`, or None when it is not done."""
+        ...
+
+    async def payloads(self, keys: Sequence[str]) -> list[bytes | None]:
+        """The stored payloads of `keys` (None for a key without a record)."""
+        ...
+
+    # -- distribution -----------------------------------------------------------------------------
+
+    async def volunteer(self, distributor: str, node: str) -> None:
+        """Put `node` on `distributor`'s volunteer queue unless it is already there."""
+        ...
+
+    async def hand_out(self, distributor: str) -> list[Assignment]:
+        """Give queued work to volunteers, one request each.
+
+        Atomically, while `distributor` has volunteers and its work list has a pending key:
+        pop the oldest volunteer, pop the top of the work list (discarding keys that are done,
+        running or unknown) and push the key on the top of the volunteer's work list. Each key
+        handed out counts in the distributor's pops (see `trim`).
+        """
+        ...
+
+    async def trim(self, distributor: str, members: Sequence[str]) -> int:
+        """Move each member's excess work to the bottom of `distributor`'s work list.
+
+        Atomically, per member: `keep` is the number of keys it claimed since the previous trim
+        (the counter is reset); all but `keep` keys are taken from the *bottom* of its work
+        list and pushed on the bottom of the distributor's list, oldest first.
+        Returns how many keys moved.
+        """
+        ...
+
+    async def steal(self, distributor: str, member: str, count: int) -> int:
+        """Move up to `count` keys from the bottom of `member`'s work list to the bottom of
+        `distributor`'s, oldest first. Returns how many moved."""
+        ...
+
+    async def lengths(self, nodes: Sequence[str]) -> list[int]:
+        """The length of each node's work list."""
+        ...
+
+    async def volunteers(self, distributor: str) -> list[str]:
+        """The distributor's volunteer queue, oldest first."""
+        ...
+
+    # -- membership and recovery ------------------------------------------------------------------
+
+    async def join(self, node: str, kind: NodeKind, distributor: str | None, ttl: float) -> None:
+        """Register `node` (or renew its registration) with a lease of `ttl` seconds."""
+        ...
+
+    async def heartbeat(self, node: str, ttl: float) -> bool:
+        """Extend `node`'s lease. False when the node is not registered (it was reaped, or the
+        backend lost its state): the node must `join` again and resubmit what it waits for."""
+        ...
+
+    async def leave(self, node: str) -> int:
+        """Deregister `node` gracefully: its work list and the keys it was running go back to
+        the bottom of its distributor's work list (running ones become pending again).
+        Returns how many keys were handed back."""
+        ...
+
+    async def reap(self, reaper: str, max_crashes: int) -> Reaped:
+        """Declare every node whose lease ran out dead, and recover its work.
+
+        Atomically per dead node: its work list moves to the bottom of its distributor's list (or,
+        with no distributor, stays where it is for a node of that name that joins later); each key
+        it was running has its crash count raised by one and, below `max_crashes`, becomes pending
+        and is pushed on the distributor's list; at the limit it is re-owned by `reaper` and
+        reported in `crashed_out`. The node's membership, volunteer entries and inbox are removed.
+        """
+        ...
+
+    async def nodes(self) -> list[NodeInfo]:
+        """Every registered node, with liveness and work counts."""
+        ...
+
+    async def members(self, distributor: str) -> list[str]:
+        """The live nodes whose distributor is `distributor`."""
+        ...
+
+    async def cache_size(self) -> int:
+        """How many outcomes are cached."""
+        ...
+
+    async def flush(self) -> None:
+        """Delete all of this grid's state (tests and `girder status --flush`)."""
+        ...

@@ -1,0 +1,382 @@
+"""`MemoryBackend`: the whole grid state in this process's memory (`memory://`).
+
+Every method runs without an `await` between reading and writing, so each one is atomic on the
+event loop. Wake-ups use one `asyncio.Event` per node; the backend must be used from one loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from girder.backends.base import (
+    Assignment,
+    Claimed,
+    NewRequest,
+    NodeInfo,
+    NodeKind,
+    Notification,
+    Reaped,
+    RequestState,
+    Submitted,
+)
+from girder.config import Settings
+
+
+@dataclass(slots=True)
+class _Record:
+    """A request that is pending or running (done ones live in `_done`, free of the GC)."""
+
+    payload: bytes
+    owner: str | None = None
+    crashes: int = 0
+    waiters: set[str] = field(default_factory=set)
+
+
+@dataclass(slots=True)
+class _Member:
+    kind: NodeKind
+    distributor: str | None
+    expires: float
+
+
+class _Signal:
+    """A sticky wake-up: a `set` before `wait` makes the next `wait` return at once."""
+
+    __slots__ = ("_event",)
+
+    def __init__(self) -> None:
+        self._event = asyncio.Event()
+
+    def set(self) -> None:
+        self._event.set()
+
+    async def wait(self, timeout: float) -> None:
+        if not self._event.is_set():
+            try:
+                await asyncio.wait_for(self._event.wait(), timeout)
+            except TimeoutError:
+                return
+        self._event.clear()
+
+
+class MemoryBackend:
+    """In-process state for `Grid.local` (the embedded default)."""
+
+    def __init__(self, url: str = "memory://", *, settings: Settings | None = None) -> None:
+        self.url = url
+        self._reset()
+
+    def _reset(self) -> None:
+        self._records: dict[str, _Record] = {}
+        self._done: dict[str, tuple[bytes, bytes]] = {}  # key -> (outcome, payload)
+        self._work: dict[str, deque[str]] = {}
+        self._pops: dict[str, int] = {}
+        self._running: dict[str, set[str]] = {}
+        self._volunteers: dict[str, deque[str]] = {}
+        self._inbox: dict[str, list[Notification]] = {}
+        self._inbox_signal: dict[str, _Signal] = {}
+        self._work_signal: dict[str, _Signal] = {}
+        self._waits: dict[str, set[str]] = {}
+        self._members: dict[str, _Member] = {}
+
+    async def connect(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+    # -- helpers ----------------------------------------------------------------------------------
+
+    def _list(self, node: str) -> deque[str]:
+        work = self._work.get(node)
+        if work is None:
+            work = self._work[node] = deque()
+        return work
+
+    def _wake_worker(self, node: str) -> None:
+        signal = self._work_signal.get(node)
+        if signal is None:
+            signal = self._work_signal[node] = _Signal()
+        signal.set()
+
+    def _is_pending(self, key: str) -> bool:
+        record = self._records.get(key)
+        return record is not None and record.owner is None
+
+    def _cycle_from(self, start: str, target: str) -> tuple[str, ...] | None:
+        """A path start -> ... -> target along wait edges (breadth first), or None."""
+        if start == target:
+            return (start,)
+        parents: dict[str, str] = {start: start}
+        frontier = [start]
+        while frontier:
+            next_frontier: list[str] = []
+            for key in frontier:
+                for nxt in self._waits.get(key, ()):
+                    if nxt in parents:
+                        continue
+                    parents[nxt] = key
+                    if nxt == target:
+                        path = [nxt]
+                        while path[-1] != start:
+                            path.append(parents[path[-1]])
+                        return tuple(reversed(path))
+                    next_frontier.append(nxt)
+            frontier = next_frontier
+        return None
+
+    def _move_bottom(self, source: str, target: str, count: int) -> int:
+        src = self._work.get(source)
+        if not src or count <= 0:
+            return 0
+        moved = [src.popleft() for _ in range(min(count, len(src)))]
+        self._push_bottom(target, moved)
+        return len(moved)
+
+    def _push_bottom(self, node: str, keys: Sequence[str]) -> None:
+        """Push keys on the bottom of `node`'s list so that keys[0] comes up first."""
+        if keys:
+            self._list(node).extendleft(keys)
+            self._wake_worker(node)
+
+    # -- requests ---------------------------------------------------------------------------------
+
+    async def submit(
+        self,
+        node: str,
+        requests: Sequence[NewRequest],
+        *,
+        into: str,
+        on_top: bool,
+        waiter_key: str | None = None,
+    ) -> list[Submitted]:
+        results: list[Submitted] = []
+        pushed: list[str] = []
+        for request in requests:
+            key = request.key
+            done = self._done.get(key)
+            if done is not None:
+                results.append(Submitted(key, outcome=done[0]))
+                continue
+            record = self._records.get(key)
+            if record is None:
+                record = self._records[key] = _Record(request.payload)
+            record.waiters.add(node)
+            if record.owner is None:
+                pushed.append(key)
+            cycle = None
+            if waiter_key is not None:
+                self._waits.setdefault(waiter_key, set()).add(key)
+                found = self._cycle_from(key, waiter_key)
+                if found is not None:
+                    cycle = (waiter_key, *found)
+            results.append(Submitted(key, cycle=cycle))
+        if pushed:
+            if on_top:
+                self._list(into).extend(pushed)
+                self._wake_worker(into)
+            else:
+                self._push_bottom(into, pushed)
+        return results
+
+    async def claim(self, node: str) -> Claimed | None:
+        work = self._work.get(node)
+        while work:
+            key = work.pop()
+            record = self._records.get(key)
+            if record is None or record.owner is not None:
+                continue
+            record.owner = node
+            self._running.setdefault(node, set()).add(key)
+            self._pops[node] = self._pops.get(node, 0) + 1
+            return Claimed(key, record.payload)
+        return None
+
+    async def complete(self, node: str, key: str, outcome: bytes, *, cache: bool) -> None:
+        running = self._running.get(node)
+        if running is not None:
+            running.discard(key)
+        self._waits.pop(key, None)
+        record = self._records.pop(key, None)
+        if record is None:
+            return
+        if cache:
+            self._done[key] = (outcome, record.payload)
+        waiters = record.waiters
+        record.waiters = set()
+        for waiter in waiters:
+            if waiter != node:
+                self._inbox.setdefault(waiter, []).append(Notification(key, outcome))
+                signal = self._inbox_signal.get(waiter)
+                if signal is None:
+                    signal = self._inbox_signal[waiter] = _Signal()
+                signal.set()
+
+    async def take_notifications(self, node: str, timeout: float) -> list[Notification]:
+        if not self._inbox.get(node):
+            signal = self._inbox_signal.get(node)
+            if signal is None:
+                signal = self._inbox_signal[node] = _Signal()
+            await signal.wait(timeout)
+        return self._inbox.pop(node, [])
+
+    async def wait_for_work(self, node: str, timeout: float) -> None:
+        signal = self._work_signal.get(node)
+        if signal is None:
+            signal = self._work_signal[node] = _Signal()
+        await signal.wait(timeout)
+
+    async def state(self, key: str) -> RequestState:
+        if key in self._done:
+            return RequestState.DONE
+        record = self._records.get(key)
+        if record is None:
+            return RequestState.UNKNOWN
+        return RequestState.RUNNING if record.owner is not None else RequestState.PENDING
+
+    async def result(self, key: str) -> bytes | None:
+        done = self._done.get(key)
+        return None if done is None else done[0]
+
+    async def payloads(self, keys: Sequence[str]) -> list[bytes | None]:
+        return [self._payload(key) for key in keys]
+
+    def _payload(self, key: str) -> bytes | None:
+        record = self._records.get(key)
+        if record is not None:
+            return record.payload
+        done = self._done.get(key)
+        return None if done is None else done[1]
+
+    # -- distribution -----------------------------------------------------------------------------
+
+    async def volunteer(self, distributor: str, node: str) -> None:
+        queue = self._volunteers.setdefault(distributor, deque())
+        if node not in queue:
+            queue.append(node)
+            self._wake_worker(distributor)
+
+    async def hand_out(self, distributor: str) -> list[Assignment]:
+        volunteers = self._volunteers.get(distributor)
+        work = self._work.get(distributor)
+        handed: list[Assignment] = []
+        while volunteers and work:
+            key = work.pop()
+            if not self._is_pending(key):
+                continue
+            volunteer = volunteers.popleft()
+            self._list(volunteer).append(key)
+            self._wake_worker(volunteer)
+            handed.append(Assignment(key, volunteer))
+        if handed:
+            self._pops[distributor] = self._pops.get(distributor, 0) + len(handed)
+        return handed
+
+    async def trim(self, distributor: str, members: Sequence[str]) -> int:
+        moved = 0
+        for member in members:
+            keep = self._pops.pop(member, 0)
+            moved += self._move_bottom(member, distributor, len(self._work.get(member, ())) - keep)
+        return moved
+
+    async def steal(self, distributor: str, member: str, count: int) -> int:
+        return self._move_bottom(member, distributor, count)
+
+    async def lengths(self, nodes: Sequence[str]) -> list[int]:
+        return [len(self._work.get(node, ())) for node in nodes]
+
+    async def volunteers(self, distributor: str) -> list[str]:
+        return list(self._volunteers.get(distributor, ()))
+
+    # -- membership and recovery ------------------------------------------------------------------
+
+    async def join(self, node: str, kind: NodeKind, distributor: str | None, ttl: float) -> None:
+        self._members[node] = _Member(kind, distributor, time.monotonic() + ttl)
+
+    async def heartbeat(self, node: str, ttl: float) -> bool:
+        member = self._members.get(node)
+        if member is None:
+            return False
+        member.expires = time.monotonic() + ttl
+        return True
+
+    async def leave(self, node: str) -> int:
+        member = self._members.pop(node, None)
+        if member is None:
+            return 0
+        return self._hand_back(node, member.distributor, max_crashes=None, reaper=node)[0]
+
+    def _hand_back(
+        self, node: str, distributor: str | None, *, max_crashes: int | None, reaper: str
+    ) -> tuple[int, list[str]]:
+        """Return `node`'s list and running keys to `distributor`; count crashes if asked."""
+        for queue in self._volunteers.values():
+            if node in queue:
+                queue.remove(node)
+        self._inbox.pop(node, None)
+        self._pops.pop(node, None)
+        crashed_out: list[str] = []
+        requeue: list[str] = []
+        for key in sorted(self._running.pop(node, set())):
+            record = self._records.get(key)
+            if record is None or record.owner != node:
+                continue
+            record.owner = None
+            if max_crashes is not None:
+                record.crashes += 1
+                if record.crashes >= max_crashes:
+                    record.owner = reaper
+                    self._running.setdefault(reaper, set()).add(key)
+                    crashed_out.append(key)
+                    continue
+            requeue.append(key)
+        if distributor is None:
+            self._list(node).extendleft(requeue)
+            return len(requeue), crashed_out
+        leftover = list(self._work.pop(node, ()))
+        self._push_bottom(distributor, requeue + leftover)
+        return len(requeue) + len(leftover), crashed_out
+
+    async def reap(self, reaper: str, max_crashes: int) -> Reaped:
+        now = time.monotonic()
+        dead = sorted(node for node, m in self._members.items() if m.expires < now)
+        requeued = 0
+        crashed_out: list[str] = []
+        for node in dead:
+            member = self._members.pop(node)
+            count, out = self._hand_back(
+                node, member.distributor, max_crashes=max_crashes, reaper=reaper
+            )
+            requeued += count
+            crashed_out.extend(out)
+        return Reaped(tuple(dead), requeued, tuple(crashed_out))
+
+    async def nodes(self) -> list[NodeInfo]:
+        now = time.monotonic()
+        return [
+            NodeInfo(
+                node,
+                m.kind,
+                m.distributor,
+                m.expires >= now,
+                len(self._work.get(node, ())),
+                len(self._running.get(node, ())),
+            )
+            for node, m in sorted(self._members.items())
+        ]
+
+    async def members(self, distributor: str) -> list[str]:
+        now = time.monotonic()
+        return sorted(
+            n for n, m in self._members.items() if m.distributor == distributor and m.expires >= now
+        )
+
+    async def cache_size(self) -> int:
+        return len(self._done)
+
+    async def flush(self) -> None:
+        self._reset()

@@ -1,0 +1,50 @@
+"""The one settings model. The API, the CLI and `GIRDER_*` environment variables all read it.
+
+Precedence: explicit arguments (API keywords, CLI options) over environment variables over the
+defaults below. Every field is documented in docs/configuration.md.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """How a grid node behaves. Read `GIRDER_<FIELD>` from the environment."""
+
+    model_config = SettingsConfigDict(env_prefix="GIRDER_", extra="forbid")
+
+    backend: str = Field("memory://", description="URL of the state backend.")
+    pool: str = Field("pool", description="Name of the distributor that clients and workers use.")
+    name: str | None = Field(None, description="This node's id (generated when unset).")
+    parent: str | None = Field(None, description="A distributor's own distributor, if nested.")
+    workers: int = Field(4, ge=1, description="Workers that `Grid.local` and `girder up` start.")
+    concurrency: int = Field(1, ge=1, description="Batons per worker (user functions at once).")
+    steal_period: float = Field(0.1, gt=0, description="Seconds between a distributor's trims.")
+    heartbeat_interval: float = Field(1.0, gt=0, description="Seconds between heartbeats.")
+    heartbeat_ttl: float = Field(5.0, gt=0, description="Seconds without a heartbeat => dead.")
+    reap_interval: float = Field(2.0, gt=0, description="Seconds between dead-node checks.")
+    max_crashes: int = Field(3, ge=1, description="Worker deaths before a request is failed.")
+    idle_poll: float = Field(1.0, gt=0, description="Longest sleep of an idle loop, seconds.")
+    secret: SecretStr | None = Field(None, description="HMAC key; when set, payloads are signed.")
+    max_payload_bytes: int = Field(64 * 1024 * 1024, gt=0, description="Largest payload.")
+    key_prefix: str = Field("girder", description="Prefix of every key a shared backend writes.")
+    log_level: str = Field("WARNING", description="structlog level: DEBUG, INFO, WARNING...")
+    imports: list[str] = Field(default_factory=list, description="Modules a worker imports.")
+
+    def with_overrides(self, **overrides: Any) -> Settings:
+        """A copy with the non-None `overrides` applied (validated)."""
+        values = self.model_dump()
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return Settings.model_validate(values)
+
+    def secret_bytes(self) -> bytes | None:
+        return None if self.secret is None else self.secret.get_secret_value().encode()
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Settings from the environment, with explicit `overrides` (None means "not given")."""
+    return Settings().with_overrides(**overrides)

@@ -1,0 +1,100 @@
+"""Every error girder raises, in one tree.
+
+```
+GirderError
+├── ConfigurationError     bad settings, unknown backend scheme, missing optional dependency
+├── BackendError           the state backend failed or could not be reached
+├── SerializationError     a value cannot be encoded, or a payload is malformed, tampered or too big
+└── RequestError           a request failed; the one error a caller of the grid sees
+```
+
+A `RequestError` carries the readable request, a message, the traceback lines and, per failed
+sub-request, the `RequestError` that caused it, so the chain leads down to the original exception.
+`kind` says what happened: "error" (the function raised), "cycle" (the request needs itself),
+"crashed" (it killed its worker too often), "invalid" (bad input: unserializable, unknown function,
+tampered or oversized payload).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+
+class GirderError(Exception):
+    """The base of every error girder raises."""
+
+
+class ConfigurationError(GirderError):
+    """Settings or a backend URL are wrong, or an optional dependency is missing."""
+
+
+class BackendError(GirderError):
+    """The state backend failed or could not be reached."""
+
+
+class SerializationError(GirderError):
+    """A value cannot be serialized, or stored bytes cannot be trusted or decoded."""
+
+
+class RequestError(GirderError):
+    """A request failed. Raised by `Grid.call`, `call_all`, handles and `call_reentrant`."""
+
+    def __init__(
+        self,
+        request: str,
+        message: str,
+        stack: list[str] | None = None,
+        causes: Mapping[str, RequestError] | None = None,
+        *,
+        kind: str = "error",
+    ) -> None:
+        super().__init__(f"{request}: {message}")
+        self.request = request
+        self.message = message
+        self.stack = list(stack or [])
+        self.causes: dict[str, RequestError] = dict(causes or {})
+        self.kind = kind
+
+    def to_dict(self) -> dict[str, Any]:
+        """The error chain in the seeds' shape: {"msg", "req", "stack", "info": {req: {...}}}."""
+        return {
+            "msg": self.message,
+            "req": self.request,
+            "stack": list(self.stack),
+            "info": {req: cause.to_dict() for req, cause in self.causes.items()},
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], *, kind: str = "error") -> RequestError:
+        """Rebuild an error chain from `to_dict` output (kinds below the top read as "error")."""
+        info: Mapping[str, Any] = data.get("info") or {}
+        return cls(
+            str(data.get("req", "?")),
+            str(data.get("msg", "")),
+            [str(line) for line in data.get("stack") or []],
+            {str(req): cls.from_dict(cause) for req, cause in info.items()},
+            kind=kind,
+        )
+
+    def root_causes(self) -> list[RequestError]:
+        """The errors at the bottom of the chain (where the original exceptions were raised)."""
+        if not self.causes:
+            return [self]
+        return [root for cause in self.causes.values() for root in cause.root_causes()]
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild_request_error, (self.to_dict(), self.kind))
+
+
+def _rebuild_request_error(data: dict[str, Any], kind: str) -> RequestError:
+    return RequestError.from_dict(data, kind=kind)
+
+
+__all__ = [
+    "BackendError",
+    "ConfigurationError",
+    "GirderError",
+    "RequestError",
+    "SerializationError",
+]

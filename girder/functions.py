@@ -1,0 +1,248 @@
+"""Grid functions and requests: `@girder.function`, `girder.Request`, and how functions travel.
+
+A grid function travels by reference (module and qualified name) when a worker can import it,
+and by value (cloudpickle) when it cannot: defined in `__main__`, a notebook, or a local scope.
+Its identity, which goes into every request key, is its name plus an optional `version`; a
+function that travels by value also adds a digest of its pickled code, so two different
+`__main__.f` never share cached results.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import importlib
+import inspect
+from collections.abc import Callable, Mapping
+from typing import Any, Generic, ParamSpec, TypeVar, overload
+
+import cloudpickle
+
+from girder.errors import SerializationError
+from girder.keys import request_key
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+FunctionRef = tuple[str, str] | bytes
+"""How a function travels: (module, qualified name), or cloudpickle bytes."""
+
+
+def _importable(fn: Callable[..., Any]) -> bool:
+    module = getattr(fn, "__module__", None)
+    qualname = getattr(fn, "__qualname__", "")
+    return bool(module) and module != "__main__" and "<locals>" not in qualname
+
+
+class GridFunction(Generic[P, R]):
+    """A function marked with `@girder.function`. Calling it calls the original function."""
+
+    def __init__(
+        self,
+        fn: Callable[P, R],
+        *,
+        cache: bool = True,
+        name: str | None = None,
+        version: str | None = None,
+    ) -> None:
+        if not callable(fn):
+            raise TypeError(f"@girder.function needs a function, got {type(fn).__name__}")
+        self.fn = fn
+        self.cache = cache
+        self.version = version
+        self.is_async = inspect.iscoroutinefunction(fn)
+        self.name = name or f"{fn.__module__}.{fn.__qualname__}"
+        self.short_name = name or fn.__qualname__
+        functools.update_wrapper(self, fn)
+        self._ref: FunctionRef | None = None
+        self._identity: bytes | None = None
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        return self.fn(*args, **kwargs)
+
+    def __repr__(self) -> str:
+        return f"<grid function {self.name}>"
+
+    @property
+    def ref(self) -> FunctionRef:
+        """How this function travels to a worker."""
+        if self._ref is None:
+            if _importable(self.fn):
+                self._ref = (self.fn.__module__, self.fn.__qualname__)
+            else:
+                self._ref = cloudpickle.dumps(self)
+        return self._ref
+
+    @property
+    def __girder_identity__(self) -> bytes:
+        """What a request key knows of this function: name, version, code if by value."""
+        if self._identity is None:
+            parts = [self.name, self.version or ""]
+            ref = self.ref
+            if isinstance(ref, bytes):
+                parts.append(hashlib.blake2b(ref, digest_size=16).hexdigest())
+            self._identity = "\x00".join(parts).encode()
+        return self._identity
+
+    def __reduce__(self) -> str | tuple[Any, ...]:
+        if _importable(self.fn):
+            return (resolve_function, ((self.fn.__module__, self.fn.__qualname__),))
+        return (
+            _rebuild,
+            (
+                self.fn,
+                self.cache,
+                self.name if self.name != self._default_name() else None,
+                self.version,
+            ),
+        )
+
+    def _default_name(self) -> str:
+        return f"{self.fn.__module__}.{self.fn.__qualname__}"
+
+
+def _rebuild(
+    fn: Callable[..., Any], cache: bool, name: str | None, version: str | None
+) -> GridFunction[..., Any]:
+    return GridFunction(fn, cache=cache, name=name, version=version)
+
+
+@overload
+def function(fn: Callable[P, R], /) -> GridFunction[P, R]: ...
+
+
+@overload
+def function(
+    *, cache: bool = True, name: str | None = None, version: str | None = None
+) -> Callable[[Callable[P, R]], GridFunction[P, R]]: ...
+
+
+def function(
+    fn: Callable[P, R] | None = None,
+    /,
+    *,
+    cache: bool = True,
+    name: str | None = None,
+    version: str | None = None,
+) -> GridFunction[P, R] | Callable[[Callable[P, R]], GridFunction[P, R]]:
+    """Mark a sync or async function as a grid function (with or without arguments).
+
+    `cache=False` skips the result cache (in-flight requests are still shared); `name` replaces
+    the qualified name in keys and logs; bump `version` when the function's results change.
+    """
+
+    def decorate(target: Callable[P, R]) -> GridFunction[P, R]:
+        return GridFunction(target, cache=cache, name=name, version=version)
+
+    return decorate if fn is None else decorate(fn)
+
+
+def as_grid_function(fn: Any) -> GridFunction[..., Any]:
+    """`fn` itself if it is a grid function, else a grid function with default options."""
+    if isinstance(fn, GridFunction):
+        return fn
+    if callable(fn):
+        return GridFunction(fn)
+    raise TypeError(f"a request needs a function first, got {type(fn).__name__}: {fn!r:.80}")
+
+
+_READABLE_ARG = 60
+
+
+def _short_repr(value: Any) -> str:
+    try:
+        text = repr(value)
+    except Exception:  # a broken __repr__ must not hide the real error
+        text = f"<{type(value).__qualname__}>"
+    return text if len(text) <= _READABLE_ARG else text[: _READABLE_ARG - 3] + "..."
+
+
+def readable_call(name: str, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> str:
+    """A short human form of a call, like `fib(10)` (long arguments are cut)."""
+    parts = [_short_repr(a) for a in args]
+    parts.extend(f"{k}={_short_repr(v)}" for k, v in kwargs.items())
+    return f"{name}({', '.join(parts)})"
+
+
+class Request:
+    """One request: a grid function and its arguments. `(fn, *args)` is accepted wherever a
+    `Request` is."""
+
+    __slots__ = ("_key", "args", "function", "kwargs")
+
+    def __init__(self, function: Any, /, *args: Any, **kwargs: Any) -> None:
+        self.function: GridFunction[..., Any] = as_grid_function(function)
+        self.args = args
+        self.kwargs: Mapping[str, Any] = kwargs
+        self._key: str | None = None
+
+    @property
+    def key(self) -> str:
+        """The request key; raises `SerializationError` naming the argument that cannot be
+        encoded."""
+        if self._key is None:
+            try:
+                self._key = request_key(self.function.__girder_identity__, self.args, self.kwargs)
+            except SerializationError as exc:
+                raise SerializationError(f"{self.readable()}: {exc}") from exc
+        return self._key
+
+    def readable(self) -> str:
+        """A short human form, like `fib(10)`."""
+        return readable_call(self.function.short_name, self.args, self.kwargs)
+
+    def __repr__(self) -> str:
+        return f"Request({self.readable()})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Request) and self.key == other.key
+
+    def __hash__(self) -> int:
+        return hash(self.key)
+
+
+def as_request(item: Any) -> Request:
+    """A `Request` from a `Request` or a tuple `(fn, *args)`."""
+    if isinstance(item, Request):
+        return item
+    if isinstance(item, tuple | list) and item:
+        return Request(item[0], *item[1:])
+    raise TypeError(f"expected a girder.Request or a tuple (fn, *args), got {item!r:.80}")
+
+
+@functools.lru_cache(maxsize=4096)
+def _import_ref(module_name: str, qualname: str) -> GridFunction[..., Any]:
+    target: Any = importlib.import_module(module_name)
+    for part in qualname.split("."):
+        target = getattr(target, part)
+    return as_grid_function(target)
+
+
+_by_value: dict[bytes, GridFunction[..., Any]] = {}
+_BY_VALUE_LIMIT = 1024
+
+
+def _load_by_value(data: bytes) -> GridFunction[..., Any]:
+    """Unpickle a function sent by value, once per distinct pickle."""
+    function = _by_value.get(data)
+    if function is None:
+        function = as_grid_function(cloudpickle.loads(data))
+        function._ref = data  # it travels on exactly as it came
+        if len(_by_value) >= _BY_VALUE_LIMIT:
+            _by_value.pop(next(iter(_by_value)))
+        _by_value[data] = function
+    return function
+
+
+def resolve_function(ref: FunctionRef) -> GridFunction[..., Any]:
+    """The grid function a reference names; raises `LookupError` saying what is missing."""
+    if isinstance(ref, bytes):
+        return _load_by_value(ref)
+    module_name, qualname = ref
+    try:
+        return _import_ref(module_name, qualname)
+    except (ImportError, AttributeError) as exc:
+        raise LookupError(
+            f"function {module_name}.{qualname} cannot be imported here: "
+            f"{type(exc).__name__}: {exc}"
+        ) from exc

@@ -1,0 +1,135 @@
+"""`Grid`: the client API. `Grid.local` runs a whole grid in this process; `Grid.connect` joins one.
+
+```python
+async with girder.Grid.local(workers=4) as grid:
+    await grid.call(fib, 90)
+```
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Generator, Iterable
+from types import TracebackType
+from typing import Any, Self
+
+from girder.backends import open_backend
+from girder.backends.base import StateBackend
+from girder.config import Settings, load_settings
+from girder.functions import Request, as_request
+from girder.log import configure
+from girder.scheduler import Client, Distributor, Worker
+
+
+class Handle:
+    """A submitted request. Await it for the value (or the `RequestError`)."""
+
+    __slots__ = ("_task", "request")
+
+    def __init__(self, request: Request, task: asyncio.Task[Any]) -> None:
+        self.request = request
+        self._task = task
+
+    @property
+    def key(self) -> str:
+        return self.request.key
+
+    def done(self) -> bool:
+        return self._task.done()
+
+    def __await__(self) -> Generator[Any, None, Any]:
+        return self._task.__await__()
+
+    def __repr__(self) -> str:
+        state = "done" if self.done() else "pending"
+        return f"<Handle {self.request.readable()} {state}>"
+
+
+class Grid:
+    """A client of a grid; with `local`, also the grid's distributor and workers."""
+
+    def __init__(self, settings: Settings, *, local_workers: int = 0) -> None:
+        self.settings = settings
+        self.local_workers = local_workers
+        self.backend: StateBackend = open_backend(settings.backend, settings=settings)
+        self.client = Client(self.backend, settings)
+        self.distributor: Distributor | None = None
+        self.workers: list[Worker] = []
+        self._handles: set[asyncio.Task[Any]] = set()
+
+    @classmethod
+    def local(cls, workers: int | None = None, backend: str | None = None, **options: Any) -> Grid:
+        """A grid in this process: a distributor and `workers` workers on this event loop.
+
+        Use as `async with Grid.local(workers=4) as grid:`. Works inside a running loop (Jupyter).
+        Further keyword options are `Settings` fields (e.g. `steal_period=0.05`).
+        """
+        settings = load_settings(workers=workers, backend=backend, **options)
+        return cls(settings, local_workers=settings.workers)
+
+    @classmethod
+    def connect(cls, url: str | None = None, pool: str | None = None, **options: Any) -> Grid:
+        """A client of a grid whose distributor and workers run elsewhere."""
+        settings = load_settings(backend=url, pool=pool, **options)
+        return cls(settings)
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    async def start(self) -> None:
+        """Connect to the backend and start the local nodes (if any) and the client."""
+        configure(self.settings.log_level)
+        await self.backend.connect()
+        if self.local_workers:
+            self.distributor = Distributor(self.backend, self.settings, parent=self.settings.parent)
+            await self.distributor.start()
+            for index in range(self.local_workers):
+                worker = Worker(
+                    self.backend, self.settings, node_id=f"{self.settings.pool}-w{index + 1}"
+                )
+                await worker.start()
+                self.workers.append(worker)
+        await self.client.start()
+
+    async def stop(self) -> None:
+        """Stop the client and local nodes, and close the backend connection."""
+        for task in self._handles:
+            task.cancel()
+        await asyncio.gather(*self._handles, return_exceptions=True)
+        await self.client.stop()
+        for worker in self.workers:
+            await worker.stop()
+        if self.distributor is not None:
+            await self.distributor.stop()
+        self.workers.clear()
+        self.distributor = None
+        await self.backend.close()
+
+    async def call(self, fn: Any, /, *args: Any, **kwargs: Any) -> Any:
+        """Run one request; return its value or raise `RequestError`."""
+        return await self._call_one(Request(fn, *args, **kwargs))
+
+    async def call_all(self, requests: Iterable[Any]) -> list[Any]:
+        """Run many requests at once; their values in order, or `RequestError` with every
+        failure as a cause."""
+        return await self.client.values([as_request(item) for item in requests])
+
+    def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> Handle:
+        """Start one request and return a handle at once; await the handle for the value."""
+        request = Request(fn, *args, **kwargs)
+        task = asyncio.ensure_future(self._call_one(request))
+        self._handles.add(task)
+        task.add_done_callback(self._handles.discard)
+        return Handle(request, task)
+
+    async def _call_one(self, request: Request) -> Any:
+        return (await self.client.values([request]))[0]

@@ -1,0 +1,68 @@
+"""The baton: how many user functions a worker runs at a time (one, unless `concurrency=K`).
+
+Evaluating a request holds a baton; a request that parks in `call_reentrant` passes it on and
+takes one back when its sub-requests are done. Parked requests that are ready again get a free
+baton before the worker loop does, so work in progress finishes before new work starts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+
+
+class Baton:
+    """A counting baton with priority for resuming requests over the worker loop."""
+
+    __slots__ = ("_free", "_loop", "_resumers", "_worker_waiter")
+
+    def __init__(self, permits: int = 1) -> None:
+        self._free = permits
+        self._resumers: deque[asyncio.Future[None]] = deque()
+        self._worker_waiter: asyncio.Future[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def _future(self) -> asyncio.Future[None]:
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop()
+        return self._loop.create_future()
+
+    async def acquire_for_resume(self) -> None:
+        """Take a baton for a request that was parked."""
+        if self._free > 0 and not self._resumers:
+            self._free -= 1
+            return
+        future = self._future()
+        self._resumers.append(future)
+        await self._wait(future)
+
+    async def acquire_for_work(self) -> None:
+        """Take a baton for the worker loop (only one loop waits at a time)."""
+        if self._free > 0 and not self._resumers:
+            self._free -= 1
+            return
+        future = self._worker_waiter = self._future()
+        await self._wait(future)
+
+    async def _wait(self, future: asyncio.Future[None]) -> None:
+        try:
+            await future
+        except asyncio.CancelledError:
+            if future.done() and not future.cancelled():
+                self.release()  # it was handed to us just as we were cancelled
+            raise
+
+    def release(self) -> None:
+        """Pass the baton on: to a resuming request first, then to the worker loop."""
+        while self._resumers:
+            future = self._resumers.popleft()
+            if not future.done():
+                future.set_result(None)
+                return
+        waiter = self._worker_waiter
+        if waiter is not None:
+            self._worker_waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+        self._free += 1

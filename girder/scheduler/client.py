@@ -1,0 +1,36 @@
+"""The client node: submits top-level requests to a distributor and waits for their outcomes."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+from girder.backends.base import NodeKind
+from girder.functions import Request
+from girder.scheduler.node import Node
+from girder.serialization import Outcome
+
+
+class Client(Node):
+    """What `Grid` talks through. Each submission is a new job."""
+
+    kind: ClassVar[NodeKind] = NodeKind.CLIENT
+
+    async def run(self, requests: Sequence[Request]) -> list[Outcome]:
+        """Submit requests as one job, at the bottom of the pool's queue; wait for all."""
+        batch = await self.request(
+            requests, job=uuid.uuid4().hex, into=self.settings.pool, on_top=False
+        )
+        await batch.future
+        return batch.results()
+
+    async def values(self, requests: Sequence[Request]) -> list[Any]:
+        """Like `run`, but the values, or a `RequestError` naming every failure."""
+        batch = await self.request(
+            requests, job=uuid.uuid4().hex, into=self.settings.pool, on_top=False
+        )
+        await batch.future
+        if len(requests) == 1:
+            return [batch.results()[0].unwrap()]
+        return self.raise_failures(lambda: "call_all", requests, batch)

@@ -1,0 +1,63 @@
+"""What a grid function sees of the grid while it runs: `call_reentrant` and `current_node`."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Iterable
+from contextvars import ContextVar
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from girder.functions import Request, as_request, readable_call
+
+
+class ReentrantHost(Protocol):
+    """The worker that runs an evaluation."""
+
+    id: str
+
+    async def reentrant(self, evaluation: Evaluation, requests: list[Request]) -> list[Any]: ...
+
+
+@dataclass(slots=True)
+class Evaluation:
+    """One running request: where it runs, its key and job, and whether it holds a baton."""
+
+    host: ReentrantHost
+    key: str
+    job: str
+    name: str
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    holds_baton: bool = True
+
+    def readable(self) -> str:
+        return readable_call(self.name, self.args, self.kwargs)
+
+
+current_evaluation: ContextVar[Evaluation | None] = ContextVar("girder_evaluation", default=None)
+
+
+async def call_reentrant(requests: Iterable[Any]) -> list[Any]:
+    """Run sub-requests on the grid and return their values in order.
+
+    Inside a grid function, the requests go on this worker's stack and the caller parks (the
+    worker goes on with other work) until all are done; a failure raises `RequestError` with
+    every failed sub-request as a cause. Outside a grid, the functions are simply called here.
+    """
+    evaluation = current_evaluation.get()
+    batch = [as_request(item) for item in requests]
+    if evaluation is None:
+        return [await _call_directly(request) for request in batch]
+    return await evaluation.host.reentrant(evaluation, batch)
+
+
+async def _call_directly(request: Request) -> Any:
+    value = request.function.fn(*request.args, **request.kwargs)
+    return await value if inspect.isawaitable(value) else value
+
+
+def current_node() -> str | None:
+    """The id of the node running the current grid function (None outside one)."""
+    evaluation = current_evaluation.get()
+    return None if evaluation is None else evaluation.host.id

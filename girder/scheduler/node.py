@@ -1,0 +1,297 @@
+"""What every node does: membership, heartbeats, recovery of dead nodes, and waiting for keys.
+
+A node is a worker, a distributor or a client. It joins the backend with a lease and renews it;
+it reaps dead nodes on start-up and periodically; and it turns notifications from its inbox into
+outcomes for whoever inside it waits. When the backend says it does not know the node (the node
+was reaped while stalled, or a backend restart lost the state) the node joins again and submits
+again everything it still waits for.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import traceback
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from girder.backends.base import NewRequest, NodeKind, StateBackend
+from girder.config import Settings
+from girder.errors import RequestError, SerializationError
+from girder.functions import Request
+from girder.log import configure, node_logger
+from girder.scheduler.waiters import Batch, Submission, Waiters
+from girder.serialization import Codec, Outcome, RequestPayload
+
+
+def new_node_id(kind: NodeKind) -> str:
+    """A grid-unique id like `worker-host-1234-5f3a`."""
+    return f"{kind.value}-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+
+def error_lines(exc: BaseException) -> list[str]:
+    """The traceback of `exc` as lines."""
+    return "".join(traceback.format_exception(exc)).rstrip("\n").split("\n")
+
+
+@dataclass(slots=True)
+class NodeStats:
+    """What a node did, for the demo and `girder status`."""
+
+    ran: int = 0
+    cache_hits: int = 0
+    handed_out: int = 0
+    stolen: int = 0
+
+
+class Node:
+    """The common life of a worker, distributor or client."""
+
+    kind: ClassVar[NodeKind]
+
+    def __init__(
+        self,
+        backend: StateBackend,
+        settings: Settings,
+        *,
+        node_id: str | None = None,
+        distributor: str | None = None,
+    ) -> None:
+        self.backend = backend
+        self.settings = settings
+        self.id = node_id or new_node_id(self.kind)
+        self.distributor = distributor
+        self.codec = Codec(settings.secret_bytes(), settings.max_payload_bytes)
+        self.waiters = Waiters()
+        self.stats = NodeStats()
+        configure(settings.log_level)
+        self.log = node_logger(self.id, kind=self.kind.value)
+        self._tasks: list[asyncio.Task[None]] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    # -- life -------------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Join the grid, recover dead nodes' work, and start this node's loops."""
+        self._loop = asyncio.get_running_loop()
+        await self.backend.join(self.id, self.kind, self.distributor, self.settings.heartbeat_ttl)
+        await self.recover()
+        self._spawn(self._heartbeat_loop, "heartbeat")
+        self._spawn(self._listen_loop, "listen")
+        self._start_loops()
+        self.log.info("node started", distributor=self.distributor)
+
+    def _start_loops(self) -> None:
+        """Start the loops particular to this kind of node."""
+
+    async def stop(self) -> None:
+        """Stop the loops and leave the grid, handing back whatever is still held."""
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
+        await self.backend.leave(self.id)
+        self.log.info("node stopped")
+
+    def _spawn(self, body: Callable[[], Awaitable[None]], name: str) -> None:
+        self._tasks.append(asyncio.create_task(self._forever(body, name), name=f"{self.id}:{name}"))
+
+    async def _forever(self, body: Callable[[], Awaitable[None]], name: str) -> None:
+        """Run a loop body again after any failure, backing off up to a few seconds."""
+        delay = 0.05
+        while True:
+            try:
+                await body()
+                delay = 0.05
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self.log.warning("loop failed, retrying", loop=name, error=repr(exc), delay=delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    async def _heartbeat_loop(self) -> None:
+        interval = self.settings.heartbeat_interval
+        loop = asyncio.get_running_loop()
+        next_reap = loop.time() + self.settings.reap_interval
+        last_beat = loop.time()
+        while True:
+            await asyncio.sleep(interval)
+            if loop.time() - last_beat > self.settings.heartbeat_ttl / 2:
+                # This process stalled; so may have its neighbours. Let them beat before any
+                # of them is judged dead.
+                next_reap = max(next_reap, loop.time() + self.settings.heartbeat_ttl)
+            last_beat = loop.time()
+            if not await self.backend.heartbeat(self.id, self.settings.heartbeat_ttl):
+                self.log.warning("backend forgot this node; joining and resubmitting")
+                await self.backend.join(
+                    self.id, self.kind, self.distributor, self.settings.heartbeat_ttl
+                )
+                await self.resubmit()
+            if loop.time() >= next_reap:
+                next_reap = loop.time() + self.settings.reap_interval
+                await self.recover()
+
+    async def _listen_loop(self) -> None:
+        while True:
+            notes = await self.backend.take_notifications(self.id, self.settings.idle_poll)
+            for note in notes:
+                self.waiters.resolve(note.key, self.decode_outcome(note.outcome, note.key))
+
+    # -- recovery ---------------------------------------------------------------------------------
+
+    async def recover(self) -> None:
+        """Reap dead nodes; fail the requests that crashed their workers too often."""
+        reaped = await self.backend.reap(self.id, self.settings.max_crashes)
+        if reaped.dead:
+            self.log.warning("reaped dead nodes", dead=list(reaped.dead), requeued=reaped.requeued)
+        if reaped.crashed_out:
+            readables = await self.readables(reaped.crashed_out)
+            for key, readable in zip(reaped.crashed_out, readables, strict=True):
+                error = RequestError(
+                    readable,
+                    f"the request killed its worker {self.settings.max_crashes} times "
+                    "(GIRDER_MAX_CRASHES); it is not retried again",
+                    kind="crashed",
+                )
+                self.log.error("request failed after crashes", key=key, request=readable)
+                await self.finish(key, error.request.__str__, Outcome(error=error), cache=False)
+
+    async def resubmit(self) -> None:
+        """Submit again every key this node waits for (after the backend lost its state)."""
+        for submission in self.waiters.submissions():
+            await self._submit_and_route([submission])
+
+    # -- requests ---------------------------------------------------------------------------------
+
+    def decode_outcome(self, data: bytes, key: str) -> Outcome:
+        try:
+            return self.codec.decode_outcome(data, key)
+        except SerializationError as exc:
+            self.log.error("undecodable outcome", key=key, error=str(exc))
+            return Outcome(error=RequestError(f"request {key}", str(exc), kind="invalid"))
+
+    async def readables(self, keys: Sequence[str]) -> list[str]:
+        """Readable forms of stored requests (for error messages; never raises)."""
+        payloads = await self.backend.payloads(keys)
+        names = []
+        for key, data in zip(keys, payloads, strict=True):
+            try:
+                names.append(self.codec.decode_request(data, key).readable() if data else key)
+            except SerializationError:
+                names.append(f"request {key}")
+        return names
+
+    async def finish(
+        self, key: str, readable: Callable[[], str], outcome: Outcome, *, cache: bool
+    ) -> None:
+        """Store an outcome this node computed, notify waiters, and wake local ones.
+
+        `readable` names the request; it is only called when something fails.
+        """
+        try:
+            data = self.codec.encode_outcome(outcome, readable)
+        except SerializationError as exc:
+            outcome = Outcome(error=RequestError(readable(), str(exc), kind="invalid"))
+            data = self.codec.encode_outcome(outcome, readable)
+        await self.backend.complete(
+            self.id, key, data, cache=cache and outcome.error is None and outcome.final
+        )
+        self.waiters.resolve(key, outcome)
+
+    async def request(
+        self,
+        requests: Sequence[Request],
+        *,
+        job: str,
+        into: str,
+        on_top: bool,
+        waiter: tuple[str, Callable[[], str]] | None = None,
+    ) -> Batch:
+        """Submit requests and return the batch that their outcomes will fill.
+
+        A request that cannot be encoded fails at once (its slot gets the error); the others
+        are submitted. `waiter` is (key, readable form) of the request that waits, for cycles;
+        a cycle fails the waiter: this raises `RequestError` naming the cycle.
+        """
+        assert self._loop is not None, "node not started"
+        batch = Batch(len(requests), self._loop)
+        fresh: dict[str, Submission] = {}
+        waiter_key = None if waiter is None else waiter[0]
+        for index, request in enumerate(requests):
+            try:
+                key = request.key
+                payload = RequestPayload(
+                    request.function.ref,
+                    request.function.short_name,
+                    request.args,
+                    dict(request.kwargs),
+                    job,
+                )
+                data = self.codec.encode_request(payload)
+            except SerializationError as exc:
+                readable = request.readable()
+                batch.set(index, Outcome(error=RequestError(readable, str(exc), kind="invalid")))
+                self.log.warning("request rejected", request=readable, error=str(exc))
+                continue
+            submission = Submission(NewRequest(key, data), into, on_top, waiter_key)
+            self.waiters.watch(submission, batch, index)
+            fresh.setdefault(key, submission)
+        cycle = await self._submit_and_route(list(fresh.values()))
+        if cycle is not None and waiter is not None:
+            names = await self.readables(cycle)
+            raise RequestError(
+                waiter[1](),
+                "cycle: " + " -> ".join(names) + " (the request needs itself)",
+                kind="cycle",
+            )
+        return batch
+
+    async def _submit_and_route(self, submissions: list[Submission]) -> tuple[str, ...] | None:
+        """Submit to the backend (one call per target list); deliver cached outcomes."""
+        if not submissions:
+            return None
+        first = submissions[0]
+        same_target = all(
+            s.into == first.into and s.on_top == first.on_top and s.waiter_key == first.waiter_key
+            for s in submissions
+        )
+        groups = [submissions] if same_target else [[s] for s in submissions]
+        cycle: tuple[str, ...] | None = None
+        for group in groups:
+            head = group[0]
+            found = await self.backend.submit(
+                self.id,
+                [s.request for s in group],
+                into=head.into,
+                on_top=head.on_top,
+                waiter_key=head.waiter_key,
+            )
+            for submitted in found:
+                if submitted.outcome is not None:
+                    self.stats.cache_hits += 1
+                    outcome = self.decode_outcome(submitted.outcome, submitted.key)
+                    self.waiters.resolve(submitted.key, outcome)
+                elif submitted.cycle is not None and cycle is None:
+                    cycle = submitted.cycle
+        return cycle
+
+    @staticmethod
+    def raise_failures(
+        readable: Callable[[], str], requests: Sequence[Request], batch: Batch
+    ) -> list[Any]:
+        """The values of a finished batch, or a `RequestError` with every failure as a cause."""
+        outcomes = batch.results()
+        causes = {
+            request.readable(): outcome.error
+            for request, outcome in zip(requests, outcomes, strict=True)
+            if outcome.error is not None
+        }
+        if causes:
+            count = len(causes)
+            noun = "sub-request" if count == 1 else "sub-requests"
+            raise RequestError(readable(), f"{count} {noun} failed", causes=causes)
+        return [outcome.value for outcome in outcomes]

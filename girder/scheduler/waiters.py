@@ -1,0 +1,85 @@
+"""A node's local waiting: which keys it waits for, and who inside the node wants each one.
+
+One `Batch` is one `call_reentrant` (or one client submission): a single future that completes
+when every key of the batch has an outcome. Outcomes arrive either from this node's own
+completions or from its inbox of notifications. The node also keeps how it submitted each key,
+so that it can submit again if the backend loses its state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+from girder.backends.base import NewRequest
+from girder.serialization import Outcome
+
+
+class Batch:
+    """Outcomes of several keys, in order, and one future that completes when all are in."""
+
+    __slots__ = ("future", "outcomes", "remaining")
+
+    def __init__(self, size: int, loop: asyncio.AbstractEventLoop) -> None:
+        self.outcomes: list[Outcome | None] = [None] * size
+        self.remaining = size
+        self.future: asyncio.Future[None] = loop.create_future()
+        if size == 0:
+            self.future.set_result(None)
+
+    def set(self, index: int, outcome: Outcome) -> None:
+        if self.outcomes[index] is None:
+            self.outcomes[index] = outcome
+            self.remaining -= 1
+            if self.remaining == 0 and not self.future.done():
+                self.future.set_result(None)
+
+    def results(self) -> list[Outcome]:
+        return [o for o in self.outcomes if o is not None]
+
+
+@dataclass(slots=True)
+class Submission:
+    """How a key was submitted (to submit it again) and the batch slots that wait for it."""
+
+    request: NewRequest
+    into: str
+    on_top: bool
+    waiter_key: str | None
+    slots: list[tuple[Batch, int]] = field(default_factory=list)
+
+
+class Waiters:
+    """The keys a node waits for."""
+
+    __slots__ = ("_watching",)
+
+    def __init__(self) -> None:
+        self._watching: dict[str, Submission] = {}
+
+    def watch(self, submission: Submission, batch: Batch, index: int) -> None:
+        """Route the outcome of `submission`'s key to `batch[index]`."""
+        known = self._watching.get(submission.request.key)
+        if known is None:
+            self._watching[submission.request.key] = submission
+            known = submission
+        known.slots.append((batch, index))
+
+    def resolve(self, key: str, outcome: Outcome) -> bool:
+        """Deliver an outcome to everyone here who waits for `key`. False if nobody did."""
+        submission = self._watching.pop(key, None)
+        if submission is None:
+            return False
+        for batch, index in submission.slots:
+            batch.set(index, outcome)
+        return True
+
+    def is_waiting(self, key: str) -> bool:
+        return key in self._watching
+
+    def submissions(self) -> list[Submission]:
+        """Everything still awaited (for resubmission after the backend lost its state)."""
+        return list(self._watching.values())
+
+    def __len__(self) -> int:
+        return len(self._watching)

@@ -1,0 +1,229 @@
+"""The worker: a local stack, a baton, and the depth-first relay.
+
+The worker loop takes a baton, claims the top of its own stack and starts evaluating it; the
+evaluation keeps the baton until it finishes or parks in `call_reentrant`. Parking pushes the
+sub-requests nobody runs on top of this stack, passes the baton (so the loop goes on, usually
+with exactly those sub-requests) and waits; when all are done the request takes a baton back.
+So any number of requests may be parked, while one user function runs per baton. A worker whose
+stack is empty volunteers at its distributor.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Coroutine, Generator
+from typing import Any, ClassVar
+
+from girder.backends.base import Claimed, NodeKind, StateBackend
+from girder.config import Settings
+from girder.errors import RequestError, SerializationError
+from girder.functions import GridFunction, Request, resolve_function
+from girder.scheduler.baton import Baton
+from girder.scheduler.context import Evaluation, current_evaluation
+from girder.scheduler.node import Node, error_lines
+from girder.serialization import Outcome, RequestPayload
+
+_FAIRNESS_SLICE = 0.005
+"""Seconds a worker loop may run without yielding to the event loop."""
+
+
+class _Resumed:
+    """Awaits a coroutine whose first step already ran and yielded `first`."""
+
+    __slots__ = ("_coroutine", "_first")
+
+    def __init__(self, coroutine: Coroutine[Any, Any, Any], first: Any) -> None:
+        self._coroutine = coroutine
+        self._first = first
+
+    def __await__(self) -> Generator[Any, Any, Any]:
+        coroutine, message = self._coroutine, self._first
+        while True:
+            try:
+                sent = yield message
+            except GeneratorExit:
+                coroutine.close()
+                raise
+            except BaseException as exc:
+                try:
+                    message = coroutine.throw(exc)
+                except StopIteration as stop:
+                    return stop.value
+            else:
+                try:
+                    message = coroutine.send(sent)
+                except StopIteration as stop:
+                    return stop.value
+
+
+class Worker(Node):
+    """Runs requests from its own stack; parks re-entrant callers without blocking."""
+
+    kind: ClassVar[NodeKind] = NodeKind.WORKER
+
+    def __init__(
+        self,
+        backend: StateBackend,
+        settings: Settings,
+        *,
+        node_id: str | None = None,
+        distributor: str | None = None,
+    ) -> None:
+        super().__init__(
+            backend, settings, node_id=node_id, distributor=distributor or settings.pool
+        )
+        self.baton = Baton(settings.concurrency)
+        self._evaluations: set[asyncio.Task[None]] = set()
+
+    def _start_loops(self) -> None:
+        self._spawn(self._work_loop, "work")
+
+    async def stop(self) -> None:
+        for task in list(self._evaluations):
+            task.cancel()
+        await asyncio.gather(*self._evaluations, return_exceptions=True)
+        await super().stop()
+
+    # -- the loop ---------------------------------------------------------------------------------
+
+    async def _work_loop(self) -> None:
+        backend = self.backend
+        clock = asyncio.get_running_loop().time
+        last_yield = clock()
+        while True:
+            if clock() - last_yield > _FAIRNESS_SLICE:
+                # With an in-memory backend nothing below awaits for real: give the other
+                # nodes' loops (heartbeats, distributor) a turn now and then.
+                await asyncio.sleep(0)
+                last_yield = clock()
+            await self.baton.acquire_for_work()
+            try:
+                claimed = await backend.claim(self.id)
+            except BaseException:
+                self.baton.release()
+                raise
+            if claimed is None:
+                self.baton.release()
+                assert self.distributor is not None
+                await backend.volunteer(self.distributor, self.id)
+                await backend.wait_for_work(self.id, self.settings.idle_poll)
+                continue
+            await self._start_evaluation(claimed)
+
+    async def _start_evaluation(self, claimed: Claimed) -> None:
+        """Evaluate a claimed request; the baton passes to it. Sync functions run right here."""
+        try:
+            payload = self.codec.decode_request(claimed.payload, claimed.key)
+            function = resolve_function(payload.function)
+        except (SerializationError, LookupError) as exc:
+            await self._reject(claimed.key, exc)
+            return
+        evaluation = Evaluation(
+            self, claimed.key, payload.job, payload.name, payload.args, payload.kwargs
+        )
+        if function.is_async:
+            await self._evaluate_async(evaluation, function)
+        else:
+            await self._evaluate_sync(evaluation, function, payload)
+
+    async def _reject(self, key: str, exc: Exception) -> None:
+        """Fail a request that cannot even start (bad payload, unknown function)."""
+        readable = (await self.readables([key]))[0]
+        message = f"{exc} (on node {self.id})"
+        self.log.error("request rejected", key=key, request=readable, error=message)
+        try:
+            error = RequestError(readable, message, kind="invalid")
+            await self.finish(key, error.request.__str__, Outcome(error=error), cache=False)
+        finally:
+            self.baton.release()
+
+    async def _evaluate_sync(
+        self, evaluation: Evaluation, function: GridFunction[..., Any], payload: RequestPayload
+    ) -> None:
+        token = current_evaluation.set(evaluation)
+        try:
+            outcome = Outcome(value=function.fn(*payload.args, **payload.kwargs))
+        except Exception as exc:
+            outcome = self._failure(evaluation, exc)
+        finally:
+            current_evaluation.reset(token)
+        await self._conclude(evaluation, function, outcome)
+
+    async def _evaluate_async(
+        self, evaluation: Evaluation, function: GridFunction[..., Any]
+    ) -> None:
+        """Run the coroutine's first step right here; only one that parks gets its own task.
+
+        Most leaf requests finish in their first step, so they cost no task at all.
+        """
+        token = current_evaluation.set(evaluation)
+        try:
+            coroutine = function.fn(*evaluation.args, **evaluation.kwargs)
+            first = coroutine.send(None)
+        except StopIteration as stop:
+            outcome = Outcome(value=stop.value)
+        except Exception as exc:
+            outcome = self._failure(evaluation, exc)
+        else:
+            task = asyncio.create_task(self._continue(evaluation, function, coroutine, first))
+            self._evaluations.add(task)
+            task.add_done_callback(self._evaluations.discard)
+            return
+        finally:
+            current_evaluation.reset(token)
+        await self._conclude(evaluation, function, outcome)
+
+    async def _continue(
+        self,
+        evaluation: Evaluation,
+        function: GridFunction[..., Any],
+        coroutine: Coroutine[Any, Any, Any],
+        first: Any,
+    ) -> None:
+        """Drive a coroutine that parked in its first step to the end, in its own task."""
+        try:
+            outcome = Outcome(value=await _Resumed(coroutine, first))
+        except Exception as exc:
+            outcome = self._failure(evaluation, exc)
+        await self._conclude(evaluation, function, outcome)
+
+    async def _conclude(
+        self, evaluation: Evaluation, function: GridFunction[..., Any], outcome: Outcome
+    ) -> None:
+        try:
+            await self.finish(evaluation.key, evaluation.readable, outcome, cache=function.cache)
+            self.stats.ran += 1
+        finally:
+            if evaluation.holds_baton:
+                evaluation.holds_baton = False
+                self.baton.release()
+
+    def _failure(self, evaluation: Evaluation, exc: Exception) -> Outcome:
+        readable = evaluation.readable()
+        if isinstance(exc, RequestError):
+            error = RequestError(readable, exc.message, error_lines(exc), exc.causes, kind=exc.kind)
+        else:
+            error = RequestError(readable, f"{type(exc).__name__}: {exc}", error_lines(exc))
+        self.log.info("request failed", key=evaluation.key, job=evaluation.job, error=error.message)
+        return Outcome(error=error)
+
+    # -- re-entrant requests ----------------------------------------------------------------------
+
+    async def reentrant(self, evaluation: Evaluation, requests: list[Request]) -> list[Any]:
+        """`call_reentrant` inside `evaluation`: push, pass the baton, park, take it back."""
+        batch = await self.request(
+            requests,
+            job=evaluation.job,
+            into=self.id,
+            on_top=True,
+            waiter=(evaluation.key, evaluation.readable),
+        )
+        if not batch.future.done():
+            evaluation.holds_baton = False
+            self.baton.release()
+            try:
+                await batch.future
+            finally:
+                await self.baton.acquire_for_resume()
+                evaluation.holds_baton = True
+        return self.raise_failures(evaluation.readable, requests, batch)

@@ -1,0 +1,1 @@
+"""Testing helpers shipped with girder: the backend conformance suite and a pytest plugin."""

@@ -1,0 +1,1 @@
+"""pytest plugin (entry point `girder`): fixtures for testing code that uses girder."""
