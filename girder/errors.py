@@ -10,9 +10,10 @@ GirderError
 
 A `RequestError` carries the readable request, a message, the traceback lines and, per failed
 sub-request, the `RequestError` that caused it, so the chain leads down to the original exception.
-`kind` says what happened: "error" (the function raised), "cycle" (the request needs itself),
-"crashed" (it killed its worker too often), "invalid" (bad input: unserializable, unknown function,
-tampered or oversized payload).
+`kind` says what happened at the bottom of the chain: "error" (a function raised), "cycle" (a
+request needs itself), "crashed" (a request killed its worker too often), "invalid" (bad input:
+unserializable, unknown function, tampered or oversized payload). A request that failed because a
+sub-request failed has the kind of its first root cause, and its message names that root cause.
 """
 
 from __future__ import annotations

@@ -71,6 +71,7 @@ class GridFunction(Generic[P, R]):
                 self._ref = (self.fn.__module__, self.fn.__qualname__)
             else:
                 self._ref = cloudpickle.dumps(self)
+                _remember_by_value(self._ref, self)
         return self._ref
 
     @property
@@ -222,15 +223,20 @@ _by_value: dict[bytes, GridFunction[..., Any]] = {}
 _BY_VALUE_LIMIT = 1024
 
 
+def _remember_by_value(data: bytes, function: GridFunction[..., Any]) -> None:
+    if len(_by_value) >= _BY_VALUE_LIMIT:
+        _by_value.pop(next(iter(_by_value)))
+    _by_value[data] = function
+
+
 def _load_by_value(data: bytes) -> GridFunction[..., Any]:
-    """Unpickle a function sent by value, once per distinct pickle."""
+    """The function a by-value reference names: in the process that pickled it, the function
+    itself (so it shares its module's globals); elsewhere, unpickled once per distinct pickle."""
     function = _by_value.get(data)
     if function is None:
         function = as_grid_function(cloudpickle.loads(data))
         function._ref = data  # it travels on exactly as it came
-        if len(_by_value) >= _BY_VALUE_LIMIT:
-            _by_value.pop(next(iter(_by_value)))
-        _by_value[data] = function
+        _remember_by_value(data, function)
     return function
 
 

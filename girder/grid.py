@@ -48,10 +48,16 @@ class Handle:
 class Grid:
     """A client of a grid; with `local`, also the grid's distributor and workers."""
 
-    def __init__(self, settings: Settings, *, local_workers: int = 0) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        local_workers: int = 0,
+        backend: StateBackend | None = None,
+    ) -> None:
         self.settings = settings
         self.local_workers = local_workers
-        self.backend: StateBackend = open_backend(settings.backend, settings=settings)
+        self.backend = backend or open_backend(settings.backend, settings=settings)
         self.client = Client(self.backend, settings)
         self.distributor: Distributor | None = None
         self.workers: list[Worker] = []

@@ -32,9 +32,16 @@ def new_node_id(kind: NodeKind) -> str:
     return f"{kind.value}-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
 
 
+_SCHEDULER_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
 def error_lines(exc: BaseException) -> list[str]:
-    """The traceback of `exc` as lines."""
-    return "".join(traceback.format_exception(exc)).rstrip("\n").split("\n")
+    """The traceback of `exc` as lines, without the scheduler's own frames at its start."""
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_frame.f_code.co_filename.startswith(_SCHEDULER_DIR):
+        tb = tb.tb_next
+    lines = traceback.format_exception(type(exc), exc, tb)
+    return "".join(lines).rstrip("\n").split("\n")
 
 
 @dataclass(slots=True)
@@ -293,5 +300,11 @@ class Node:
         if causes:
             count = len(causes)
             noun = "sub-request" if count == 1 else "sub-requests"
-            raise RequestError(readable(), f"{count} {noun} failed", causes=causes)
+            root = next(iter(causes.values())).root_causes()[0]
+            raise RequestError(
+                readable(),
+                f"{count} {noun} failed; at the bottom: {root.request}: {root.message}",
+                causes=causes,
+                kind=root.kind,
+            )
         return [outcome.value for outcome in outcomes]

@@ -1,0 +1,58 @@
+"""Grid functions for the benchmarks.
+
+They live in an importable module (not `__main__`) so that they travel by reference, as real
+grid functions do; a function defined in `__main__` travels by value, which is slower by design.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import girder
+
+
+@girder.function
+async def tree(depth: int, index: int) -> int:
+    """A binary tree of distinct re-entrant requests: 2**(depth+1) - 1 requests in all."""
+    if depth == 0:
+        return 1
+    left, right = await girder.call_reentrant(
+        [(tree, depth - 1, 2 * index), (tree, depth - 1, 2 * index + 1)]
+    )
+    return int(left) + int(right) + 1
+
+
+async def tree_tasks(depth: int, index: int) -> int:
+    """The same tree with one asyncio task per call: the baseline."""
+    if depth == 0:
+        return 1
+    left, right = await asyncio.gather(
+        tree_tasks(depth - 1, 2 * index), tree_tasks(depth - 1, 2 * index + 1)
+    )
+    return left + right + 1
+
+
+@girder.function
+async def chain(n: int) -> int:
+    """A chain of re-entrant requests n deep: chain(n) needs chain(n - 1), down to chain(0)."""
+    if n == 0:
+        return 0
+    (below,) = await girder.call_reentrant([(chain, n - 1)])
+    return int(below) + 1
+
+
+@girder.function
+def square(x: int) -> int:
+    """A cheap leaf: what `grid.call` hits in the cache benchmark."""
+    return x * x
+
+
+@girder.function
+async def reentrant_hits(x: int, calls: int) -> float:
+    """Call `square(x)` re-entrantly `calls` times (it is cached by then); seconds per call."""
+    await girder.call_reentrant([(square, x)])  # computes it once (parks)
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    for _ in range(calls):
+        await girder.call_reentrant([(square, x)])
+    return (loop.time() - start) / calls

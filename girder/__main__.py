@@ -1,0 +1,7 @@
+"""`python -m girder` is the `girder` command."""
+
+import sys
+
+from girder.cli import main
+
+sys.exit(main())

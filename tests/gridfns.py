@@ -1,0 +1,147 @@
+"""Grid functions the tests run (importable, as a worker process would import them)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections import Counter
+
+import girder
+
+calls: Counter[tuple[str, object]] = Counter()
+"""How often each (function, argument) really ran in this process."""
+
+
+@girder.function
+async def fib(n: int) -> int:
+    calls["fib", n] += 1
+    if n < 2:
+        return n
+    a, b = await girder.call_reentrant([(fib, n - 1), (fib, n - 2)])
+    return a + b
+
+
+@girder.function
+async def chain(n: int) -> int:
+    if n == 0:
+        return 0
+    (below,) = await girder.call_reentrant([(chain, n - 1)])
+    return below + 1
+
+
+@girder.function
+async def tree(depth: int, index: int) -> int:
+    if depth == 0:
+        return 1
+    a, b = await girder.call_reentrant(
+        [(tree, depth - 1, 2 * index), (tree, depth - 1, 2 * index + 1)]
+    )
+    return a + b + 1
+
+
+@girder.function
+def add(a: int, b: int) -> int:
+    return a + b
+
+
+@girder.function
+def divide(x: float, y: float) -> float:
+    return x / y
+
+
+@girder.function
+async def ratio(i: int) -> float:
+    (value,) = await girder.call_reentrant([(divide, i, i - 1)])
+    return value
+
+
+@girder.function
+async def ratio_of_ratio(i: int) -> float:
+    (value,) = await girder.call_reentrant([(ratio, i)])
+    return value
+
+
+@girder.function
+async def self_cycle(n: int) -> int:
+    (value,) = await girder.call_reentrant([(self_cycle, n)])
+    return value
+
+
+@girder.function
+async def ping(n: int) -> int:
+    (value,) = await girder.call_reentrant([(pong, n)])
+    return value
+
+
+@girder.function
+async def pong(n: int) -> int:
+    (value,) = await girder.call_reentrant([(ping, n)])
+    return value
+
+
+@girder.function
+async def slow_square(x: int) -> int:
+    calls["slow_square", x] += 1
+    await asyncio.sleep(0.05)
+    return x * x
+
+
+@girder.function(cache=False)
+async def uncached_square(x: int) -> int:
+    calls["uncached_square", x] += 1
+    await asyncio.sleep(0.05)
+    return x * x
+
+
+@girder.function
+def identity(value: object) -> object:
+    return value
+
+
+@girder.function
+def make_lock() -> object:
+    return threading.Lock()
+
+
+@girder.function
+async def where(tag: str) -> str | None:
+    return girder.current_node()
+
+
+# The seeds' sharing scenario: A needs B and C, B and C need D, D needs E, Z needs E.
+@girder.function
+async def share_e(tag: str) -> str:
+    calls["E", tag] += 1
+    await asyncio.sleep(0.05)
+    return "E"
+
+
+@girder.function
+async def share_d(tag: str) -> str:
+    calls["D", tag] += 1
+    (e,) = await girder.call_reentrant([(share_e, tag)])
+    return "D" + e
+
+
+@girder.function
+async def share_b(tag: str) -> str:
+    (d,) = await girder.call_reentrant([(share_d, tag)])
+    return "B" + d
+
+
+@girder.function
+async def share_c(tag: str) -> str:
+    (d,) = await girder.call_reentrant([(share_d, tag)])
+    return "C" + d
+
+
+@girder.function
+async def share_a(tag: str) -> str:
+    b, c = await girder.call_reentrant([(share_b, tag), (share_c, tag)])
+    return "A(" + b + "," + c + ")"
+
+
+@girder.function
+async def share_z(tag: str) -> str:
+    (e,) = await girder.call_reentrant([(share_e, tag)])
+    return "Z" + e

@@ -1,0 +1,86 @@
+"""The relay and distribution: the seeds' sharing scenario, the baton, nested distributors."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from gridfns import add, calls, share_a, share_z, tree
+
+import girder
+from girder.backends.memory import MemoryBackend
+from girder.config import Settings
+from girder.scheduler import Distributor, Worker
+from girder.scheduler.baton import Baton
+
+
+async def test_sharing_scenario_of_the_seeds_finishes() -> None:
+    """A needs B and C, B and C need D, D needs E, Z needs E (running elsewhere)."""
+    calls.clear()
+    async with girder.Grid.local(workers=2) as grid:
+        a, z = await asyncio.wait_for(grid.call_all([(share_a, "t1"), (share_z, "t1")]), timeout=10)
+    assert a == "A(BDE,CDE)"
+    assert z == "ZE"
+    assert calls["E", "t1"] == 1
+    assert calls["D", "t1"] == 1
+
+
+async def test_baton_prefers_resuming_requests() -> None:
+    baton = Baton(1)
+    await baton.acquire_for_work()
+    order: list[str] = []
+
+    async def take(kind: str) -> None:
+        if kind == "work":
+            await baton.acquire_for_work()
+        else:
+            await baton.acquire_for_resume()
+        order.append(kind)
+        baton.release()
+
+    work = asyncio.create_task(take("work"))
+    await asyncio.sleep(0)
+    resume = asyncio.create_task(take("resume"))
+    await asyncio.sleep(0)
+    baton.release()
+    await asyncio.gather(work, resume)
+    assert order == ["resume", "work"]
+
+
+async def test_concurrency_gives_several_batons() -> None:
+    """With concurrency=3 three sleeping functions overlap on one worker."""
+    async with girder.Grid.local(workers=1, concurrency=3) as grid:
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        from gridfns import slow_square
+
+        await grid.call_all([(slow_square, 100 + i) for i in range(3)])
+        assert loop.time() - start < 0.14  # three 50 ms sleeps at once, not 150 ms
+
+
+async def test_nested_distributors_share_work() -> None:
+    """A root pool with a child pool; the child's workers get work submitted at the root."""
+    backend = MemoryBackend()
+    settings = Settings(pool="root", steal_period=0.01, heartbeat_interval=0.05)
+    root = Distributor(backend, settings, node_id="root")
+    child = Distributor(backend, settings, node_id="child", parent="root")
+    workers = [Worker(backend, settings, node_id=f"w{i}", distributor="child") for i in range(2)]
+    client_grid = girder.Grid(settings, backend=backend)
+    for node in (root, child, *workers):
+        await node.start()
+    await client_grid.client.start()
+    try:
+        assert await asyncio.wait_for(client_grid.call(tree, 8, 0), 10) == 511
+        assert await client_grid.call(add, 2, 3) == 5
+        assert sum(w.stats.ran for w in workers) == 512
+        assert root.handed_to["child"] >= 1
+    finally:
+        await client_grid.client.stop()
+        for node in (*workers, child, root):
+            await node.stop()
+
+
+@pytest.mark.parametrize("depth", [1, 6])
+async def test_tree_values(depth: int) -> None:
+    async with girder.Grid.local(workers=3) as grid:
+        assert await grid.call(tree, depth, 0) == 2 ** (depth + 1) - 1
