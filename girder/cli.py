@@ -1,22 +1,39 @@
-"""The `girder` command: a thin layer over the programmatic API.
+"""The `girder` command: a thin layer over `girder.runner` and `girder.demo`.
 
-Every option falls back to its `GIRDER_*` environment variable (see `girder.config.Settings`).
+Every option falls back to its `GIRDER_*` environment variable through `girder.config.Settings`
+(`--backend` is GIRDER_BACKEND, `--pool` is GIRDER_POOL, and so on).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import sys
 from collections.abc import Sequence
 
+from girder.config import Settings, load_settings
 from girder.demo import format_report, run_demo
+from girder.runner import format_status, grid_status, run_distributor, run_up, run_worker
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    return load_settings(
+        backend=args.backend,
+        pool=getattr(args, "pool", None),
+        name=getattr(args, "name", None),
+        parent=getattr(args, "parent", None),
+        workers=getattr(args, "workers", None),
+        concurrency=getattr(args, "concurrency", None),
+        imports=getattr(args, "imports", None),
+        log_level=args.log_level,
+    )
 
 
 def _demo(args: argparse.Namespace) -> int:
     report = asyncio.run(
         run_demo(
-            workers=args.workers,
+            workers=args.workers or 4,
             jobs=args.jobs,
             level=args.level,
             fanout=args.fanout,
@@ -27,6 +44,31 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _worker(args: argparse.Namespace) -> int:
+    run_worker(_settings(args))
+    return 0
+
+
+def _distributor(args: argparse.Namespace) -> int:
+    run_distributor(_settings(args))
+    return 0
+
+
+def _up(args: argparse.Namespace) -> int:
+    return run_up(_settings(args))
+
+
+def _status(args: argparse.Namespace) -> int:
+    status = asyncio.run(grid_status(_settings(args)))
+    print(json.dumps(status, indent=1) if args.json else format_status(status))
+    return 0
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--backend", help="backend URL (GIRDER_BACKEND; default memory://)")
+    parser.add_argument("--log-level", help="DEBUG, INFO, WARNING... (GIRDER_LOG_LEVEL)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="girder", description="An asyncio-native calculation grid."
@@ -34,12 +76,51 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     demo = commands.add_parser("demo", help="run the recursive bogosity demo on an embedded grid")
-    demo.add_argument("--workers", type=int, default=4, help="workers (default 4)")
+    demo.add_argument("--workers", type=int, help="workers (default 4)")
     demo.add_argument("--jobs", type=int, default=10, help="top-level jobs (default 10)")
     demo.add_argument("--level", type=int, default=3, help="recursion depth (default 3)")
     demo.add_argument("--fanout", type=int, default=3, help="sub-jobs per job (default 3)")
     demo.add_argument("--msec", type=int, default=2, help="work per job in ms (default 2)")
     demo.set_defaults(run=_demo)
+
+    worker = commands.add_parser("worker", help="run one worker process")
+    _common(worker)
+    worker.add_argument("--pool", help="the distributor to join (GIRDER_POOL; default pool)")
+    worker.add_argument("--name", help="this worker's id (default: generated)")
+    worker.add_argument(
+        "--import",
+        dest="imports",
+        action="append",
+        metavar="MODULE",
+        help="a module defining grid functions (repeatable)",
+    )
+    worker.add_argument("--concurrency", type=int, help="batons: user functions at once")
+    worker.set_defaults(run=_worker)
+
+    distributor = commands.add_parser("distributor", help="run one distributor process")
+    _common(distributor)
+    distributor.add_argument("--name", help="the distributor's name (default: the pool name)")
+    distributor.add_argument("--parent", help="a distributor to volunteer at (nesting)")
+    distributor.set_defaults(run=_distributor)
+
+    up = commands.add_parser("up", help="a distributor and N worker processes on this machine")
+    _common(up)
+    up.add_argument("--workers", type=int, help="worker processes (GIRDER_WORKERS; default 4)")
+    up.add_argument("--pool", help="the pool's name (default pool)")
+    up.add_argument(
+        "--import",
+        dest="imports",
+        action="append",
+        metavar="MODULE",
+        help="a module defining grid functions (repeatable)",
+    )
+    up.add_argument("--concurrency", type=int, help="batons per worker")
+    up.set_defaults(run=_up)
+
+    status = commands.add_parser("status", help="nodes, liveness, queues, cache size")
+    _common(status)
+    status.add_argument("--json", action="store_true", help="print JSON")
+    status.set_defaults(run=_status)
     return parser
 
 

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from girder.errors import ConfigurationError
 
 
 class Settings(BaseSettings):
@@ -46,5 +48,15 @@ class Settings(BaseSettings):
 
 
 def load_settings(**overrides: Any) -> Settings:
-    """Settings from the environment, with explicit `overrides` (None means "not given")."""
-    return Settings().with_overrides(**overrides)
+    """Settings from the environment, with explicit `overrides` (None means "not given").
+
+    Raises `ConfigurationError` naming every bad field.
+    """
+    try:
+        return Settings().with_overrides(**overrides)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in error['loc']) or 'settings'}: {error['msg']}"
+            for error in exc.errors()
+        )
+        raise ConfigurationError(f"invalid girder settings: {problems}") from exc

@@ -57,25 +57,31 @@ class RequestError(GirderError):
         self.causes: dict[str, RequestError] = dict(causes or {})
         self.kind = kind
 
-    def to_dict(self) -> dict[str, Any]:
-        """The error chain in the seeds' shape: {"msg", "req", "stack", "info": {req: {...}}}."""
-        return {
+    def to_dict(self, *, kinds: bool = False) -> dict[str, Any]:
+        """The error chain in the seeds' shape: {"msg", "req", "stack", "info": {req: {...}}}.
+
+        With `kinds`, every level also carries its "kind" (how girder stores errors).
+        """
+        data: dict[str, Any] = {
             "msg": self.message,
             "req": self.request,
             "stack": list(self.stack),
-            "info": {req: cause.to_dict() for req, cause in self.causes.items()},
+            "info": {req: cause.to_dict(kinds=kinds) for req, cause in self.causes.items()},
         }
+        if kinds:
+            data["kind"] = self.kind
+        return data
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any], *, kind: str = "error") -> RequestError:
-        """Rebuild an error chain from `to_dict` output (kinds below the top read as "error")."""
+    def from_dict(cls, data: Mapping[str, Any], *, kind: str | None = None) -> RequestError:
+        """Rebuild an error chain from `to_dict` output (a level without "kind" is "error")."""
         info: Mapping[str, Any] = data.get("info") or {}
         return cls(
             str(data.get("req", "?")),
             str(data.get("msg", "")),
             [str(line) for line in data.get("stack") or []],
             {str(req): cls.from_dict(cause) for req, cause in info.items()},
-            kind=kind,
+            kind=kind or str(data.get("kind", "error")),
         )
 
     def root_causes(self) -> list[RequestError]:
@@ -84,12 +90,35 @@ class RequestError(GirderError):
             return [self]
         return [root for cause in self.causes.values() for root in cause.root_causes()]
 
+    def depth(self) -> int:
+        """Levels in the chain (1 for an error without causes)."""
+        return 1 + max((cause.depth() for cause in self.causes.values()), default=0)
+
+    def pruned(self, levels: int) -> RequestError:
+        """This chain cut to `levels` levels: below that, the last level kept links straight to
+        the root causes. Each level of a deep call graph stores its whole chain, so cutting keeps
+        a failure at the bottom of a 5,000-deep chain from costing the square of its depth."""
+        if self.depth() <= levels:
+            return self
+        if levels <= 1:
+            roots = self.root_causes()
+            return RequestError(
+                self.request,
+                f"{self.message} [{self.depth() - 2} levels between here and the root cause "
+                "elided]",
+                self.stack,
+                {root.request: root for root in roots},
+                kind=self.kind,
+            )
+        causes = {req: cause.pruned(levels - 1) for req, cause in self.causes.items()}
+        return RequestError(self.request, self.message, self.stack, causes, kind=self.kind)
+
     def __reduce__(self) -> tuple[Any, ...]:
-        return (_rebuild_request_error, (self.to_dict(), self.kind))
+        return (_rebuild_request_error, (self.to_dict(kinds=True),))
 
 
-def _rebuild_request_error(data: dict[str, Any], kind: str) -> RequestError:
-    return RequestError.from_dict(data, kind=kind)
+def _rebuild_request_error(data: dict[str, Any]) -> RequestError:
+    return RequestError.from_dict(data)
 
 
 __all__ = [

@@ -18,7 +18,6 @@ from typing import Any, Generic, ParamSpec, TypeVar, overload
 
 import cloudpickle
 
-from girder.errors import SerializationError
 from girder.keys import request_key
 
 P = ParamSpec("P")
@@ -70,8 +69,9 @@ class GridFunction(Generic[P, R]):
             if _importable(self.fn):
                 self._ref = (self.fn.__module__, self.fn.__qualname__)
             else:
-                self._ref = cloudpickle.dumps(self)
-                _remember_by_value(self._ref, self)
+                data: bytes = cloudpickle.dumps(self)
+                _remember_by_value(data, self)
+                self._ref = data
         return self._ref
 
     @property
@@ -182,10 +182,7 @@ class Request:
         """The request key; raises `SerializationError` naming the argument that cannot be
         encoded."""
         if self._key is None:
-            try:
-                self._key = request_key(self.function.__girder_identity__, self.args, self.kwargs)
-            except SerializationError as exc:
-                raise SerializationError(f"{self.readable()}: {exc}") from exc
+            self._key = request_key(self.function.__girder_identity__, self.args, self.kwargs)
         return self._key
 
     def readable(self) -> str:

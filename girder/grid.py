@@ -138,4 +138,5 @@ class Grid:
         return Handle(request, task)
 
     async def _call_one(self, request: Request) -> Any:
-        return (await self.client.values([request]))[0]
+        (outcome,) = await self.client.run([request])
+        return outcome.unwrap()

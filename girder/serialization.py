@@ -129,7 +129,7 @@ class Codec:
     def encode_outcome(self, outcome: Outcome, readable: Callable[[], str]) -> bytes:
         """Encode an outcome; `readable` names the request in errors (called only on one)."""
         if outcome.error is not None:
-            body = pickle.dumps(("e", outcome.error.to_dict(), outcome.error.kind, outcome.final))
+            body = pickle.dumps(("e", outcome.error.to_dict(kinds=True), None, outcome.final))
         else:
             try:
                 body = pickle.dumps(("v", outcome.value, None, outcome.final), protocol=5)
@@ -150,5 +150,5 @@ class Codec:
             raise SerializationError(f"{what} is malformed (not a girder outcome)")
         tag, body, kind, final = fields
         if tag == "e":
-            return Outcome(error=RequestError.from_dict(body, kind=str(kind)), final=bool(final))
+            return Outcome(error=RequestError.from_dict(body), final=bool(final))
         return Outcome(value=body, final=bool(final))

@@ -145,3 +145,23 @@ async def share_a(tag: str) -> str:
 async def share_z(tag: str) -> str:
     (e,) = await girder.call_reentrant([(share_e, tag)])
     return "Z" + e
+
+
+@girder.function
+async def nap(ms: int, index: int) -> int:
+    """Sleep `ms` milliseconds (holding the baton, like real work) and return `index`."""
+    await asyncio.sleep(ms / 1000)
+    return index
+
+
+@girder.function
+async def fan(count: int, ms: int, tag: str) -> int:
+    """`count` naps of `ms` each, as re-entrant sub-requests; their sum."""
+    values = await girder.call_reentrant([(nap, ms, i) for i in range(count)])
+    return sum(values)
+
+
+@girder.function
+async def fan_of_fans(outer: int, inner: int, ms: int, tag: str) -> int:
+    values = await girder.call_reentrant([(fan, inner, ms, f"{tag}-{i}") for i in range(outer)])
+    return sum(values)

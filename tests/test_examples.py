@@ -67,4 +67,11 @@ def test_public_names() -> None:
         if not name.startswith("_") and not isinstance(value, types.ModuleType)
     }
     assert public == set(girder.__all__) - {"__version__"}
-    assert {"function", "Request", "Grid", "call_reentrant", "current_node", "RequestError"} <= public
+    assert {
+        "function",
+        "Request",
+        "Grid",
+        "call_reentrant",
+        "current_node",
+        "RequestError",
+    } <= public

@@ -148,6 +148,7 @@ class StateBackend(Protocol):
         into: str,
         on_top: bool,
         waiter_key: str | None = None,
+        dispatch: bool = False,
     ) -> list[Submitted]:
         """Register `node` as a waiter of each request and queue the ones nobody runs.
 
@@ -161,6 +162,10 @@ class StateBackend(Protocol):
            several lists, whoever claims it first runs it;
         4. when `waiter_key` is given, add the wait edge `waiter_key -> key` and, if the key
            reaches `waiter_key` through wait edges (a cycle), report that cycle.
+
+        Then, when `dispatch`, hand out `into`'s work to its waiting volunteers exactly as
+        `hand_out(into, even_share=True)` would, in the same atomic step (a client uses this to
+        reach an idle worker without waking the distributor first).
 
         Returns one `Submitted` per request, in order.
         """
@@ -220,12 +225,14 @@ class StateBackend(Protocol):
         """Put `node` on `distributor`'s volunteer queue unless it is already there."""
         ...
 
-    async def hand_out(self, distributor: str) -> list[Assignment]:
-        """Give queued work to volunteers, one request each.
+    async def hand_out(self, distributor: str, *, even_share: bool = False) -> list[Assignment]:
+        """Give queued work to volunteers: one request each, or an even share of the queue.
 
         Atomically, while `distributor` has volunteers and its work list has a pending key:
         pop the oldest volunteer, pop the top of the work list (discarding keys that are done,
-        running or unknown) and push the key on the top of the volunteer's work list. Each key
+        running or unknown) and push the key on the top of the volunteer's work list. With
+        `even_share`, each of the V volunteers waiting at the start gets up to ceil(N / V) of
+        the N queued keys instead of one (pushed so that the oldest is claimed first). Each key
         handed out counts in the distributor's pops (see `trim`).
         """
         ...

@@ -80,7 +80,8 @@ class MemoryBackend:
         self._inbox: dict[str, list[Notification]] = {}
         self._inbox_signal: dict[str, _Signal] = {}
         self._work_signal: dict[str, _Signal] = {}
-        self._waits: dict[str, set[str]] = {}
+        self._waits: dict[str, set[str]] = {}  # waiter key -> keys it waits for
+        self._waited_by: dict[str, set[str]] = {}  # key -> waiter keys
         self._members: dict[str, _Member] = {}
 
     async def connect(self) -> None:
@@ -106,6 +107,19 @@ class MemoryBackend:
     def _is_pending(self, key: str) -> bool:
         record = self._records.get(key)
         return record is not None and record.owner is None
+
+    def _drop_wait_edges(self, key: str) -> None:
+        """Delete the wait edges out of and into `key`."""
+        for target in self._waits.pop(key, ()):
+            waiters = self._waited_by.get(target)
+            if waiters is not None:
+                waiters.discard(key)
+                if not waiters:
+                    del self._waited_by[target]
+        for waiter in self._waited_by.pop(key, ()):
+            targets = self._waits.get(waiter)
+            if targets is not None:
+                targets.discard(key)
 
     def _cycle_from(self, start: str, target: str) -> tuple[str, ...] | None:
         """A path start -> ... -> target along wait edges (breadth first), or None."""
@@ -153,6 +167,7 @@ class MemoryBackend:
         into: str,
         on_top: bool,
         waiter_key: str | None = None,
+        dispatch: bool = False,
     ) -> list[Submitted]:
         results: list[Submitted] = []
         pushed: list[str] = []
@@ -171,6 +186,7 @@ class MemoryBackend:
             cycle = None
             if waiter_key is not None:
                 self._waits.setdefault(waiter_key, set()).add(key)
+                self._waited_by.setdefault(key, set()).add(waiter_key)
                 found = self._cycle_from(key, waiter_key)
                 if found is not None:
                     cycle = (waiter_key, *found)
@@ -181,6 +197,8 @@ class MemoryBackend:
                 self._wake_worker(into)
             else:
                 self._push_bottom(into, pushed)
+        if dispatch:
+            self._hand_out(into, even_share=True)
         return results
 
     async def claim(self, node: str) -> Claimed | None:
@@ -200,7 +218,7 @@ class MemoryBackend:
         running = self._running.get(node)
         if running is not None:
             running.discard(key)
-        self._waits.pop(key, None)
+        self._drop_wait_edges(key)
         record = self._records.pop(key, None)
         if record is None:
             return
@@ -260,18 +278,28 @@ class MemoryBackend:
             queue.append(node)
             self._wake_worker(distributor)
 
-    async def hand_out(self, distributor: str) -> list[Assignment]:
+    async def hand_out(self, distributor: str, *, even_share: bool = False) -> list[Assignment]:
+        return self._hand_out(distributor, even_share=even_share)
+
+    def _hand_out(self, distributor: str, *, even_share: bool) -> list[Assignment]:
         volunteers = self._volunteers.get(distributor)
         work = self._work.get(distributor)
+        if not volunteers or not work:
+            return []
+        share = -(-len(work) // len(volunteers)) if even_share else 1
         handed: list[Assignment] = []
         while volunteers and work:
-            key = work.pop()
-            if not self._is_pending(key):
-                continue
+            keys: list[str] = []
+            while work and len(keys) < share:
+                key = work.pop()
+                if self._is_pending(key):
+                    keys.append(key)
+            if not keys:
+                break
             volunteer = volunteers.popleft()
-            self._list(volunteer).append(key)
+            self._list(volunteer).extend(reversed(keys))
             self._wake_worker(volunteer)
-            handed.append(Assignment(key, volunteer))
+            handed.extend(Assignment(key, volunteer) for key in keys)
         if handed:
             self._pops[distributor] = self._pops.get(distributor, 0) + len(handed)
         return handed

@@ -26,11 +26,9 @@ class Client(Node):
         return batch.results()
 
     async def values(self, requests: Sequence[Request]) -> list[Any]:
-        """Like `run`, but the values, or a `RequestError` naming every failure."""
+        """Like `run`, but the values, or a `RequestError` with every failure as a cause."""
         batch = await self.request(
             requests, job=uuid.uuid4().hex, into=self.settings.pool, on_top=False
         )
         await batch.future
-        if len(requests) == 1:
-            return [batch.results()[0].unwrap()]
         return self.raise_failures(lambda: "call_all", requests, batch)

@@ -57,7 +57,7 @@ class Distributor(Node):
             await backend.wait_for_work(self.id, max(0.0, next_trim - clock()))
 
     async def _hand_out(self) -> None:
-        for assignment in await self.backend.hand_out(self.id):
+        for assignment in await self.backend.hand_out(self.id, even_share=True):
             self.handed_to[assignment.volunteer] += 1
             self.stats.handed_out += 1
 

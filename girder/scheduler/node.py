@@ -23,6 +23,7 @@ from girder.config import Settings
 from girder.errors import RequestError, SerializationError
 from girder.functions import Request
 from girder.log import configure, node_logger
+from girder.scheduler.lease import LeaseKeeper, lease_keeper
 from girder.scheduler.waiters import Batch, Submission, Waiters
 from girder.serialization import Codec, Outcome, RequestPayload
 
@@ -31,6 +32,9 @@ def new_node_id(kind: NodeKind) -> str:
     """A grid-unique id like `worker-host-1234-5f3a`."""
     return f"{kind.value}-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
 
+
+MAX_CHAIN_LEVELS = 32
+"""Levels of an error chain a request keeps (see `RequestError.pruned`)."""
 
 _SCHEDULER_DIR = os.path.dirname(os.path.abspath(__file__))
 
@@ -78,6 +82,7 @@ class Node:
         self.log = node_logger(self.id, kind=self.kind.value)
         self._tasks: list[asyncio.Task[None]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._lease_keeper: LeaseKeeper | None = None
 
     # -- life -------------------------------------------------------------------------------------
 
@@ -86,6 +91,9 @@ class Node:
         self._loop = asyncio.get_running_loop()
         await self.backend.join(self.id, self.kind, self.distributor, self.settings.heartbeat_ttl)
         await self.recover()
+        self._lease_keeper = lease_keeper(self.settings)
+        if self._lease_keeper is not None:
+            self._lease_keeper.add(self.id)
         self._spawn(self._heartbeat_loop, "heartbeat")
         self._spawn(self._listen_loop, "listen")
         self._start_loops()
@@ -100,6 +108,8 @@ class Node:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
+        if self._lease_keeper is not None:
+            self._lease_keeper.discard(self.id)
         await self.backend.leave(self.id)
         self.log.info("node stopped")
 
@@ -276,6 +286,7 @@ class Node:
                 into=head.into,
                 on_top=head.on_top,
                 waiter_key=head.waiter_key,
+                dispatch=not head.on_top,  # new work for a pool: straight to idle volunteers
             )
             for submitted in found:
                 if submitted.outcome is not None:
@@ -293,7 +304,7 @@ class Node:
         """The values of a finished batch, or a `RequestError` with every failure as a cause."""
         outcomes = batch.results()
         causes = {
-            request.readable(): outcome.error
+            request.readable(): outcome.error.pruned(MAX_CHAIN_LEVELS - 1)
             for request, outcome in zip(requests, outcomes, strict=True)
             if outcome.error is not None
         }

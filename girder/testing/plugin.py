@@ -1,1 +1,34 @@
-"""pytest plugin (entry point `girder`): fixtures for testing code that uses girder."""
+"""pytest plugin (entry point `girder`): fixtures for testing code that uses girder.
+
+- `redis_server` (session): a private `RedisServer` on a free loopback port; the tests that use
+  it are skipped when no `redis-server` binary is on PATH. The system server is never touched.
+- `redis_url` (function): the URL of that server, flushed (and restarted if a test killed it)
+  before each test.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from girder.testing.redis_server import RedisServer, find_redis_server
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    """A `redis-server` of this test session (skips the test without the binary)."""
+    binary = find_redis_server()
+    if binary is None:
+        pytest.skip("no redis-server binary on PATH (install Redis to run these tests)")
+    with RedisServer(binary) as server:
+        yield server
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer) -> str:
+    """`redis://` URL of the session's server, with no data in it."""
+    if not redis_server.running:
+        redis_server.start()
+    redis_server.command("FLUSHALL")
+    return redis_server.url

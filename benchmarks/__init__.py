@@ -1,0 +1,1 @@
+"""Benchmarks of girder (see README.md)."""

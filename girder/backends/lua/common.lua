@@ -1,0 +1,151 @@
+-- Helpers shared by every script. The key names (k_record, k_work, K_LEASES, F_STATUS, ...)
+-- are defined just above this, by girder/backends/redis_keys.py.
+
+-- Keys per LPUSH/RPUSH: Lua's unpack() handles only a few thousand values at once.
+local BATCH = 1000
+
+-- Redis server time in milliseconds: leases never depend on the clients' clocks.
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+-- Push `keys` on the top of `list`, in order (the last one ends on top).
+local function push_top(list, keys)
+  for i = 1, #keys, BATCH do
+    redis.call('RPUSH', list, unpack(keys, i, math.min(i + BATCH - 1, #keys)))
+  end
+end
+
+-- Push `keys` on the bottom of `list` so that keys[1] comes up first of them.
+local function push_bottom(list, keys)
+  for i = 1, #keys, BATCH do
+    redis.call('LPUSH', list, unpack(keys, i, math.min(i + BATCH - 1, #keys)))
+  end
+end
+
+-- Leave a wake-up token for a BLPOP on `bell`; one token is enough, so never more than one.
+local function ring(bell)
+  if redis.call('LLEN', bell) == 0 then
+    redis.call('RPUSH', bell, 1)
+  end
+end
+
+local function is_pending(key)
+  return redis.call('HGET', k_record(key), F_STATUS) == PENDING
+end
+
+-- Move up to `count` keys from the bottom of `source`'s list to the bottom of `target`'s,
+-- oldest first. Returns how many moved.
+local function move_bottom(source, target, count)
+  if count <= 0 then
+    return 0
+  end
+  local keys = redis.call('LPOP', k_work(source), count)
+  if not keys then
+    return 0
+  end
+  push_bottom(k_work(target), keys)
+  ring(k_wake(target))
+  return #keys
+end
+
+-- Give `dist`'s pending work to its volunteers, oldest volunteer first: one key each, or with
+-- `even_share` up to ceil(queued / volunteers) each, pushed so that the oldest comes up first.
+-- Returns {key1, volunteer1, key2, volunteer2, ...}.
+local function hand_out(dist, even_share)
+  local queue, work = k_volunteers(dist), k_work(dist)
+  local waiting = redis.call('LLEN', queue)
+  if waiting == 0 then
+    return {}
+  end
+  local share = 1
+  if even_share then
+    share = math.ceil(redis.call('LLEN', work) / waiting)
+  end
+  local handed = {}
+  while redis.call('LLEN', queue) > 0 do
+    local keys = {}
+    while #keys < share do
+      local key = redis.call('RPOP', work)
+      if not key then
+        break
+      end
+      if is_pending(key) then
+        keys[#keys + 1] = key
+      end
+    end
+    if #keys == 0 then
+      break
+    end
+    local volunteer = redis.call('LPOP', queue)
+    local reversed = {}
+    for i = #keys, 1, -1 do
+      reversed[#reversed + 1] = keys[i]
+    end
+    push_top(k_work(volunteer), reversed)
+    ring(k_wake(volunteer))
+    for _, key in ipairs(keys) do
+      handed[#handed + 1] = key
+      handed[#handed + 1] = volunteer
+    end
+  end
+  if #handed > 0 then
+    redis.call('HINCRBY', K_POPS, dist, #handed / 2)
+  end
+  return handed
+end
+
+-- Forget `node` (membership, volunteering, inbox, claim count) and give back its work: its list
+-- and running keys go to the bottom of its distributor's list, or with no distributor the
+-- running keys go to the bottom of its own list, which stays. With `max_crashes`, each running
+-- key's crash count rises and at the limit the key is re-owned by `reaper` instead.
+-- Returns the number of keys given back and the keys that crashed out.
+local function hand_back(node, max_crashes, reaper)
+  local info = k_node(node)
+  local dist = redis.call('HGET', info, F_DISTRIBUTOR)
+  redis.call('ZREM', K_LEASES, node)
+  redis.call('DEL', info)
+  if dist then
+    redis.call('SREM', k_members(dist), node)
+  end
+  for _, queue in ipairs(redis.call('SMEMBERS', k_volunteered(node))) do
+    redis.call('LREM', k_volunteers(queue), 0, node)
+  end
+  redis.call('DEL', k_volunteered(node), k_inbox(node), k_bell(node), k_wake(node))
+  redis.call('HDEL', K_POPS, node)
+
+  local running = redis.call('SMEMBERS', k_running(node))
+  redis.call('DEL', k_running(node))
+  table.sort(running)
+  local requeue, crashed = {}, {}
+  for _, key in ipairs(running) do
+    local record = k_record(key)
+    local state = redis.call('HMGET', record, F_STATUS, F_OWNER)
+    if state[1] == RUNNING and state[2] == node then
+      if max_crashes and redis.call('HINCRBY', record, F_CRASHES, 1) >= max_crashes then
+        redis.call('HSET', record, F_OWNER, reaper)
+        redis.call('SADD', k_running(reaper), key)
+        crashed[#crashed + 1] = key
+      else
+        redis.call('HSET', record, F_STATUS, PENDING)
+        redis.call('HDEL', record, F_OWNER)
+        requeue[#requeue + 1] = key
+      end
+    end
+  end
+
+  if not dist then
+    push_bottom(k_work(node), requeue)
+    return #requeue, crashed
+  end
+  local work = k_work(node)
+  local leftover = redis.call('LRANGE', work, 0, -1)
+  redis.call('DEL', work)
+  push_bottom(k_work(dist), requeue)
+  push_bottom(k_work(dist), leftover)
+  if #requeue + #leftover > 0 then
+    ring(k_wake(dist))
+  end
+  return #requeue + #leftover, crashed
+end

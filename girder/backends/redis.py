@@ -1,0 +1,355 @@
+"""`RedisBackend`: grid state in Redis, shared by processes on many machines.
+
+Selected by `redis://`, `rediss://` (TLS) and `unix://` URLs; credentials, database, TLS and
+client options all come from the URL (redis-py's `from_url`). Every atomic primitive is one Lua
+script from `girder/backends/lua/`, loaded with SCRIPT LOAD and run by SHA (reloaded after a
+NOSCRIPT, e.g. when the server restarted), so submit, claim and complete are one round trip each.
+Key names live in `redis_keys`.
+
+The two waits never depend on pub/sub: a notification is an entry in the node's inbox list plus
+a token on its "bell" list, and a push onto a node's work list or volunteer queue leaves a token
+on its "wake" list. A waiter drains first and only then BLPOPs the token list, so whatever was
+posted before it listened is seen at once; a token lost with a cancelled BLPOP costs only a
+wake-up, never a notification. BLPOPs run on a separate connection pool so they never hold up
+other commands. Leases are kept in server time (TIME inside the scripts).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any, cast
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialWithJitterBackoff
+from redis.exceptions import NoScriptError, RedisError
+from redis.typing import EncodableT
+
+from girder.backends.base import (
+    Assignment,
+    Claimed,
+    NewRequest,
+    NodeInfo,
+    NodeKind,
+    Notification,
+    Reaped,
+    RequestState,
+    Submitted,
+)
+from girder.backends.redis_keys import (
+    DONE,
+    F_OUTCOME,
+    F_PAYLOAD,
+    F_STATUS,
+    PENDING,
+    RUNNING,
+    RedisKeys,
+)
+from girder.config import Settings
+from girder.errors import BackendError, ConfigurationError
+
+_STATES = {
+    PENDING.encode(): RequestState.PENDING,
+    RUNNING.encode(): RequestState.RUNNING,
+    DONE.encode(): RequestState.DONE,
+}
+_SCRIPTS = (
+    "submit",
+    "claim",
+    "complete",
+    "drain",
+    "volunteer",
+    "hand_out",
+    "trim",
+    "steal",
+    "join",
+    "heartbeat",
+    "leave",
+    "reap",
+    "nodes",
+    "members",
+)
+_MIN_SERVER = (6, 2)
+"""LPOP with a count and LPOS need Redis 6.2."""
+
+_REPLY_MARGIN = 5.0
+"""Seconds a BLPOP may overrun its own timeout before the server counts as unreachable."""
+
+
+def _retry() -> Retry:
+    """A few quick reconnection attempts per command; the nodes' loops retry beyond that."""
+    return Retry(ExponentialWithJitterBackoff(cap=0.5, base=0.05), retries=3)
+
+
+def mask_url(url: str) -> str:
+    """`url` with any password (in the user part or the query) replaced by `***`."""
+    parts = urlsplit(url)
+    netloc = parts.netloc
+    if parts.password is not None:
+        user = parts.username or ""
+        netloc = f"{user}:***@{netloc.rpartition('@')[2]}"
+    query = urlencode(
+        [(k, "***" if k == "password" else v) for k, v in parse_qsl(parts.query)], safe="*"
+    )
+    return urlunsplit(parts._replace(netloc=netloc, query=query))
+
+
+@dataclass(slots=True)
+class _Script:
+    name: str
+    source: str
+    sha: str
+
+
+def _load_scripts(keys: RedisKeys) -> dict[str, _Script]:
+    folder = resources.files("girder.backends").joinpath("lua")
+    head = keys.lua_prelude() + folder.joinpath("common.lua").read_text()
+    scripts = {}
+    for name in _SCRIPTS:
+        source = head + folder.joinpath(f"{name}.lua").read_text()
+        scripts[name] = _Script(name, source, hashlib.sha1(source.encode()).hexdigest())
+    return scripts
+
+
+def _text(value: bytes) -> str:
+    return value.decode()
+
+
+def _notification(data: bytes) -> Notification:
+    size, _, rest = data.partition(b":")
+    length = int(size)
+    return Notification(rest[:length].decode(), rest[length:])
+
+
+class RedisBackend:
+    """Grid state in one Redis server (or one slot of a cluster)."""
+
+    def __init__(self, url: str, *, settings: Settings | None = None) -> None:
+        self.url = mask_url(url)
+        self._keys = RedisKeys((settings or Settings()).key_prefix)
+        self._scripts = _load_scripts(self._keys)
+        try:
+            self._redis = aioredis.Redis.from_url(url, retry=_retry())
+            self._blocking = aioredis.Redis.from_url(url, retry=_retry(), socket_timeout=None)
+        except ValueError as exc:
+            raise ConfigurationError(f"bad Redis URL {self.url!r}: {exc}") from exc
+
+    async def connect(self) -> None:
+        try:
+            info = await self._redis.info("server")
+            version = tuple(int(part) for part in str(info["redis_version"]).split(".")[:2])
+            if version < _MIN_SERVER:
+                raise ConfigurationError(
+                    f"Redis at {self.url} is version {info['redis_version']}; girder needs 6.2+"
+                )
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for script in self._scripts.values():
+                    pipe.script_load(script.source)
+                await pipe.execute()
+        except RedisError as exc:
+            raise BackendError(f"cannot connect to Redis at {self.url}: {exc}") from exc
+
+    async def close(self) -> None:
+        await self._blocking.aclose()
+        await self._redis.aclose()
+
+    # -- plumbing ---------------------------------------------------------------------------------
+
+    async def _run(self, name: str, *args: EncodableT) -> Any:
+        """Run one script by SHA (one round trip), loading it again if the server forgot it."""
+        script = self._scripts[name]
+        anchor = self._keys.leases  # declares the grid's hash slot to a cluster
+        try:
+            try:
+                return await self._redis.evalsha(script.sha, 1, anchor, *args)
+            except NoScriptError:
+                await self._redis.script_load(script.source)
+                return await self._redis.evalsha(script.sha, 1, anchor, *args)
+        except RedisError as exc:
+            raise BackendError(f"Redis {name} failed at {self.url}: {exc}") from exc
+
+    async def _pop_token(self, bell: str, timeout: float) -> bool:
+        """Take the token from `bell`, waiting up to `timeout` seconds for one."""
+        try:
+            with self._errors("wait"):
+                if timeout <= 0:
+                    return await self._redis.lpop(bell) is not None
+                async with asyncio.timeout(timeout + _REPLY_MARGIN):
+                    return await self._blocking.blpop([bell], timeout) is not None
+        except TimeoutError as exc:
+            raise BackendError(f"Redis at {self.url} did not answer a wait in time") from exc
+
+    @contextmanager
+    def _errors(self, what: str) -> Iterator[None]:
+        """Raise `BackendError` for whatever Redis raises while doing `what`."""
+        try:
+            yield
+        except RedisError as exc:
+            raise BackendError(f"Redis {what} failed at {self.url}: {exc}") from exc
+
+    # -- requests ---------------------------------------------------------------------------------
+
+    async def submit(
+        self,
+        node: str,
+        requests: Sequence[NewRequest],
+        *,
+        into: str,
+        on_top: bool,
+        waiter_key: str | None = None,
+        dispatch: bool = False,
+    ) -> list[Submitted]:
+        if not requests:
+            return []
+        args: list[EncodableT] = [
+            node,
+            into,
+            int(on_top),
+            int(waiter_key is not None),
+            waiter_key or "",
+            int(dispatch),
+        ]
+        for request in requests:
+            args += (request.key, request.payload)
+        replies = await self._run("submit", *args)
+        found: list[Submitted] = []
+        for request, reply in zip(requests, replies, strict=True):
+            if reply[0] == 1:
+                found.append(Submitted(request.key, outcome=reply[1]))
+            elif reply[0] == 2:
+                found.append(Submitted(request.key, cycle=tuple(map(_text, reply[1:]))))
+            else:
+                found.append(Submitted(request.key))
+        return found
+
+    async def claim(self, node: str) -> Claimed | None:
+        reply = await self._run("claim", node)
+        return None if reply is None else Claimed(reply[0].decode(), reply[1])
+
+    async def complete(self, node: str, key: str, outcome: bytes, *, cache: bool) -> None:
+        await self._run("complete", node, key, outcome, int(cache))
+
+    async def take_notifications(self, node: str, timeout: float) -> list[Notification]:
+        notes = await self._run("drain", node)
+        if not notes and await self._pop_token(self._keys.bell(node), timeout):
+            notes = await self._run("drain", node)
+        return [_notification(note) for note in notes]
+
+    async def wait_for_work(self, node: str, timeout: float) -> None:
+        await self._pop_token(self._keys.wake(node), timeout)
+
+    async def state(self, key: str) -> RequestState:
+        with self._errors("state"):
+            status = cast(bytes | None, await self._redis.hget(self._keys.record(key), F_STATUS))
+        return RequestState.UNKNOWN if status is None else _STATES[status]
+
+    async def result(self, key: str) -> bytes | None:
+        with self._errors("result"):
+            reply = await self._redis.hmget(self._keys.record(key), [F_STATUS, F_OUTCOME])
+        status, outcome = cast(list[bytes | None], reply)
+        return outcome if status == DONE.encode() else None
+
+    async def payloads(self, keys: Sequence[str]) -> list[bytes | None]:
+        if not keys:
+            return []
+        with self._errors("payloads"):
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for key in keys:
+                    pipe.hget(self._keys.record(key), F_PAYLOAD)
+                return list(await pipe.execute())
+
+    # -- distribution -----------------------------------------------------------------------------
+
+    async def volunteer(self, distributor: str, node: str) -> None:
+        await self._run("volunteer", distributor, node)
+
+    async def hand_out(self, distributor: str, *, even_share: bool = False) -> list[Assignment]:
+        flat = await self._run("hand_out", distributor, int(even_share))
+        return [Assignment(flat[i].decode(), flat[i + 1].decode()) for i in range(0, len(flat), 2)]
+
+    async def trim(self, distributor: str, members: Sequence[str]) -> int:
+        if not members:
+            return 0
+        moved: int = await self._run("trim", distributor, *members)
+        return moved
+
+    async def steal(self, distributor: str, member: str, count: int) -> int:
+        moved: int = await self._run("steal", distributor, member, count)
+        return moved
+
+    async def lengths(self, nodes: Sequence[str]) -> list[int]:
+        if not nodes:
+            return []
+        with self._errors("lengths"):
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for node in nodes:
+                    pipe.llen(self._keys.work(node))
+                return list(await pipe.execute())
+
+    async def volunteers(self, distributor: str) -> list[str]:
+        with self._errors("volunteers"):
+            queue = await self._redis.lrange(self._keys.volunteers(distributor), 0, -1)
+        return [node.decode() for node in cast(list[bytes], queue)]
+
+    # -- membership and recovery ------------------------------------------------------------------
+
+    async def join(self, node: str, kind: NodeKind, distributor: str | None, ttl: float) -> None:
+        has_distributor = int(distributor is not None)
+        await self._run("join", node, kind.value, has_distributor, distributor or "", _ms(ttl))
+
+    async def heartbeat(self, node: str, ttl: float) -> bool:
+        return bool(await self._run("heartbeat", node, _ms(ttl)))
+
+    async def leave(self, node: str) -> int:
+        count: int = await self._run("leave", node)
+        return count
+
+    async def reap(self, reaper: str, max_crashes: int) -> Reaped:
+        dead, requeued, crashed_out = await self._run("reap", reaper, max_crashes)
+        return Reaped(tuple(map(_text, dead)), requeued, tuple(map(_text, crashed_out)))
+
+    async def nodes(self) -> list[NodeInfo]:
+        rows = await self._run("nodes")
+        return sorted(
+            (
+                NodeInfo(
+                    node.decode(),
+                    NodeKind(kind.decode()),
+                    None if distributor is None else distributor.decode(),
+                    bool(alive),
+                    work,
+                    running,
+                )
+                for node, kind, distributor, alive, work, running in rows
+            ),
+            key=lambda info: info.node,
+        )
+
+    async def members(self, distributor: str) -> list[str]:
+        return [node.decode() for node in await self._run("members", distributor)]
+
+    async def cache_size(self) -> int:
+        with self._errors("cache_size"):
+            return int(await self._redis.get(self._keys.cached) or 0)
+
+    async def flush(self) -> None:
+        with self._errors("flush"):
+            batch: list[bytes] = []
+            async for key in self._redis.scan_iter(match=self._keys.pattern(), count=1000):
+                batch.append(key)
+                if len(batch) >= 1000:
+                    await self._redis.unlink(*batch)
+                    batch.clear()
+            if batch:
+                await self._redis.unlink(*batch)
+
+
+def _ms(seconds: float) -> int:
+    """A lease in whole milliseconds (at least 1)."""
+    return max(1, round(seconds * 1000))

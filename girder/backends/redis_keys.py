@@ -1,0 +1,144 @@
+"""Every Redis key (and hash field) that `RedisBackend` uses, in one place.
+
+All keys of a grid start with `{<key_prefix>}:`. The braces make the prefix a Redis Cluster hash
+tag, so every key of one grid lives in one slot and one Lua script may touch any of them. The Lua
+scripts spell no names themselves: each starts with `RedisKeys.lua_prelude()`, which renders this
+same layout as Lua functions (`k_record(key)`, `k_work(node)`, ...) and constants.
+
+Per request key:
+    req:<key>          hash: F_STATUS (pending/running/done), F_PAYLOAD, F_OUTCOME (when done),
+                       F_OWNER (when running), F_CRASHES (times its worker died running it)
+    waiters:<key>      set of node ids waiting for the outcome
+    waits:<key>        set of keys this key waits for (wait-for edges out of it)
+    waitedby:<key>     set of keys waiting for this key (the same edges, reversed)
+Per node:
+    work:<node>        list: the node's stack or queue; the right end is the top
+    running:<node>     set of keys the node runs
+    volunteers:<node>  list: a distributor's volunteer queue, oldest on the left
+    volunteered:<node> set of distributors whose volunteer queues may hold the node
+    inbox:<node>       list of notifications ("<len(key)>:<key><outcome>")
+    bell:<node>        list holding at most one token: "the inbox got something" (for BLPOP)
+    wake:<node>        list holding at most one token: "the work list or volunteers got something"
+    node:<node>        hash: F_KIND, F_DISTRIBUTOR (membership)
+    members:<node>     set of nodes whose distributor is this node
+Per grid:
+    leases             sorted set: node -> lease expiry in Redis server milliseconds
+    pops               hash: node -> keys it claimed (or handed out) since its last trim
+    cached             integer: how many outcomes are cached
+"""
+
+from __future__ import annotations
+
+import re
+
+from girder.errors import ConfigurationError
+
+RECORD = "req:"
+WAITERS = "waiters:"
+WAITS = "waits:"
+WAITED_BY = "waitedby:"
+WORK = "work:"
+RUNNING_SET = "running:"
+VOLUNTEERS = "volunteers:"
+VOLUNTEERED = "volunteered:"
+INBOX = "inbox:"
+BELL = "bell:"
+WAKE = "wake:"
+NODE = "node:"
+MEMBERS = "members:"
+LEASES = "leases"
+POPS = "pops"
+CACHED = "cached"
+
+F_STATUS = "s"
+F_PAYLOAD = "pl"
+F_OUTCOME = "out"
+F_OWNER = "o"
+F_CRASHES = "c"
+F_KIND = "kind"
+F_DISTRIBUTOR = "dist"
+
+PENDING = "p"
+RUNNING = "r"
+DONE = "d"
+
+_PER_ID = {
+    "record": RECORD,
+    "waiters": WAITERS,
+    "waits": WAITS,
+    "waited_by": WAITED_BY,
+    "work": WORK,
+    "running": RUNNING_SET,
+    "volunteers": VOLUNTEERS,
+    "volunteered": VOLUNTEERED,
+    "inbox": INBOX,
+    "bell": BELL,
+    "wake": WAKE,
+    "node": NODE,
+    "members": MEMBERS,
+}
+_GLOBAL = {"LEASES": LEASES, "POPS": POPS, "CACHED": CACHED}
+_CONSTANTS = {
+    "F_STATUS": F_STATUS,
+    "F_PAYLOAD": F_PAYLOAD,
+    "F_OUTCOME": F_OUTCOME,
+    "F_OWNER": F_OWNER,
+    "F_CRASHES": F_CRASHES,
+    "F_KIND": F_KIND,
+    "F_DISTRIBUTOR": F_DISTRIBUTOR,
+    "PENDING": PENDING,
+    "RUNNING": RUNNING,
+    "DONE": DONE,
+}
+
+
+def _lua_string(text: str) -> str:
+    """`text` as a Lua string literal (every byte escaped, so any prefix is safe)."""
+    return '"' + "".join(f"\\{byte:03d}" for byte in text.encode()) + '"'
+
+
+class RedisKeys:
+    """The key names of one grid, under `{prefix}:`."""
+
+    def __init__(self, prefix: str) -> None:
+        if not prefix or "{" in prefix or "}" in prefix:
+            raise ConfigurationError(
+                f"key_prefix {prefix!r} must be non-empty and contain no braces "
+                "(it becomes the Redis Cluster hash tag)"
+            )
+        self.base = "{" + prefix + "}:"
+        self.leases = self.base + LEASES
+        self.pops = self.base + POPS
+        self.cached = self.base + CACHED
+
+    def record(self, key: str) -> str:
+        return self.base + RECORD + key
+
+    def work(self, node: str) -> str:
+        return self.base + WORK + node
+
+    def volunteers(self, distributor: str) -> str:
+        return self.base + VOLUNTEERS + distributor
+
+    def bell(self, node: str) -> str:
+        return self.base + BELL + node
+
+    def wake(self, node: str) -> str:
+        return self.base + WAKE + node
+
+    def pattern(self) -> str:
+        """A SCAN pattern that matches every key of this grid and nothing else."""
+        return re.sub(r"([*?\[\]\\])", r"\\\1", self.base) + "*"
+
+    def lua_prelude(self) -> str:
+        """Lua definitions of the same names, for the start of every script."""
+        lines = [f"local PREFIX = {_lua_string(self.base)}"]
+        lines += [
+            f"local function k_{name}(id) return PREFIX .. {_lua_string(part)} .. id end"
+            for name, part in _PER_ID.items()
+        ]
+        lines += [
+            f"local K_{name} = PREFIX .. {_lua_string(part)}" for name, part in _GLOBAL.items()
+        ]
+        lines += [f"local {name} = {_lua_string(value)}" for name, value in _CONSTANTS.items()]
+        return "\n".join(lines) + "\n"

@@ -1,0 +1,154 @@
+"""Running grid nodes as processes: what `girder worker`, `distributor`, `up` and `status` do.
+
+`serve` starts nodes on this event loop and keeps them running until SIGTERM or SIGINT; then it
+stops them gracefully: a worker stops taking work, cancels what it was running and hands its
+stack and running requests back to its distributor (`StateBackend.leave`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Sequence
+
+from girder.backends import open_backend
+from girder.backends.base import NodeInfo
+from girder.config import Settings
+from girder.log import configure, node_logger
+from girder.scheduler import Distributor, Node, Worker
+
+
+def import_modules(modules: Sequence[str]) -> None:
+    """Import the modules that define grid functions (the working directory is importable)."""
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    for module in modules:
+        importlib.import_module(module)
+
+
+async def serve(settings: Settings, nodes: Sequence[Node]) -> None:
+    """Start `nodes`, run until SIGTERM/SIGINT, then stop them gracefully."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    backend = nodes[0].backend
+    await backend.connect()
+    try:
+        for node in nodes:
+            await node.start()
+        await stop.wait()
+    finally:
+        for node in reversed(nodes):
+            await node.stop()
+        await backend.close()
+
+
+def run_worker(settings: Settings) -> None:
+    """`girder worker`: one worker process in the pool `settings.pool`."""
+    configure(settings.log_level)
+    import_modules(settings.imports)
+    backend = open_backend(settings.backend, settings=settings)
+    worker = Worker(backend, settings, node_id=settings.name)
+    node_logger(worker.id).info("worker ready", pool=settings.pool, imports=settings.imports)
+    asyncio.run(serve(settings, [worker]))
+
+
+def run_distributor(settings: Settings) -> None:
+    """`girder distributor`: a distributor named `settings.name` (default: the pool name)."""
+    configure(settings.log_level)
+    backend = open_backend(settings.backend, settings=settings)
+    distributor = Distributor(
+        backend, settings, node_id=settings.name or settings.pool, parent=settings.parent
+    )
+    asyncio.run(serve(settings, [distributor]))
+
+
+def _node_command(settings: Settings, role: str) -> list[str]:
+    command = [sys.executable, "-m", "girder", role, "--backend", settings.backend]
+    if role == "worker":
+        command += ["--pool", settings.pool, "--concurrency", str(settings.concurrency)]
+        for module in settings.imports:
+            command += ["--import", module]
+    else:
+        command += ["--name", settings.pool]
+    return command
+
+
+def run_up(settings: Settings) -> int:
+    """`girder up`: a distributor and `settings.workers` worker processes, stopped together."""
+    children = [subprocess.Popen(_node_command(settings, "distributor"))]
+    children += [
+        subprocess.Popen(_node_command(settings, "worker")) for _ in range(settings.workers)
+    ]
+    stopping = False
+
+    def stop_all(signum: int, frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, stop_all)
+    signal.signal(signal.SIGINT, stop_all)
+    codes = []
+    for child in children:
+        try:
+            codes.append(child.wait())
+        except KeyboardInterrupt:
+            stop_all(signal.SIGINT, None)
+            codes.append(child.wait())
+    if not stopping:
+        return max(codes, default=0)
+    return 0
+
+
+async def grid_status(settings: Settings) -> dict[str, object]:
+    """Nodes with liveness, work-list lengths, running counts, queue and cache sizes."""
+    backend = open_backend(settings.backend, settings=settings)
+    await backend.connect()
+    try:
+        nodes: list[NodeInfo] = await backend.nodes()
+        distributors = [n.node for n in nodes if n.kind.value == "distributor"]
+        volunteers = {d: await backend.volunteers(d) for d in distributors}
+        return {
+            "backend": backend.url,
+            "nodes": [
+                {
+                    "node": n.node,
+                    "kind": n.kind.value,
+                    "distributor": n.distributor,
+                    "alive": n.alive,
+                    "work": n.work,
+                    "running": n.running,
+                }
+                for n in nodes
+            ],
+            "volunteers": volunteers,
+            "cache_size": await backend.cache_size(),
+        }
+    finally:
+        await backend.close()
+
+
+def format_status(status: dict[str, object]) -> str:
+    """`girder status` as a table."""
+    lines = [f"backend {status['backend']}   cached results: {status['cache_size']}"]
+    lines.append(f"{'node':<40}{'kind':<13}{'pool':<12}{'alive':<7}{'work':>7}{'running':>9}")
+    nodes = status["nodes"]
+    assert isinstance(nodes, list)
+    for n in nodes:
+        lines.append(
+            f"{n['node']:<40}{n['kind']:<13}{n['distributor'] or '-':<12}"
+            f"{'yes' if n['alive'] else 'NO':<7}{n['work']:>7}{n['running']:>9}"
+        )
+    volunteers = status["volunteers"]
+    assert isinstance(volunteers, dict)
+    for distributor, waiting in volunteers.items():
+        lines.append(f"volunteers at {distributor}: {', '.join(waiting) or '-'}")
+    return "\n".join(lines)

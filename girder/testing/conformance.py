@@ -1,0 +1,904 @@
+"""The backend conformance suite: every rule of the `StateBackend` protocol, one test each.
+
+It ships with girder so that a third-party backend can prove itself against the same rules as
+the built-in ones. Subclass `BackendConformance` in a test module and override the `backend`
+fixture with one that yields a connected backend holding no state::
+
+    class TestMyBackend(BackendConformance):
+        @pytest.fixture
+        async def backend(self) -> AsyncIterator[StateBackend]:
+            backend = MyBackend("my://test")
+            await backend.connect()
+            await backend.flush()
+            yield backend
+            await backend.close()
+
+The tests are coroutines: run them with pytest-asyncio (`asyncio_mode = "auto"`, or use
+`pytest_asyncio.fixture` for the override in strict mode). Nodes that must die get leases of
+`lease` seconds; everything that must happen is polled for with a deadline of `patience` seconds,
+so a slow machine makes the suite slower, never wrong. "At once" means within `prompt` seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import ClassVar
+
+import pytest
+
+from girder.backends.base import (
+    Assignment,
+    Claimed,
+    NewRequest,
+    NodeInfo,
+    NodeKind,
+    Notification,
+    Reaped,
+    RequestState,
+    StateBackend,
+    Submitted,
+)
+
+LONG = 60.0
+"""A lease that does not run out during a test."""
+
+
+def new(key: str) -> NewRequest:
+    """A request whose payload is derived from its key (binary, to catch text-only storage)."""
+    return NewRequest(key, b"\x00\xffpayload:" + key.encode())
+
+
+def out(key: str, tag: str = "") -> bytes:
+    """An outcome for `key` (binary, like a real serialized outcome)."""
+    return b"\x80\x00outcome:" + key.encode() + tag.encode()
+
+
+async def put(
+    backend: StateBackend,
+    node: str,
+    keys: Sequence[str],
+    *,
+    into: str | None = None,
+    on_top: bool = True,
+    waiter_key: str | None = None,
+    dispatch: bool = False,
+) -> list[Submitted]:
+    """Submit `keys` as `node`, by default onto the top of `node`'s own list."""
+    return await backend.submit(
+        node,
+        [new(key) for key in keys],
+        into=node if into is None else into,
+        on_top=on_top,
+        waiter_key=waiter_key,
+        dispatch=dispatch,
+    )
+
+
+async def claim_all(backend: StateBackend, node: str) -> list[str]:
+    """Claim until `node`'s list runs out; the keys in the order they came up."""
+    keys: list[str] = []
+    while (claimed := await backend.claim(node)) is not None:
+        keys.append(claimed.key)
+    return keys
+
+
+async def run(backend: StateBackend, node: str, key: str, *, cache: bool = True) -> None:
+    """Submit `key` onto `node`'s list, claim it and complete it with `out(key)`."""
+    await put(backend, node, [key])
+    claimed = await backend.claim(node)
+    assert claimed is not None
+    assert claimed.key == key
+    await backend.complete(node, key, out(key), cache=cache)
+
+
+async def timed(awaitable: Awaitable[object]) -> float:
+    """Seconds `awaitable` took."""
+    start = time.monotonic()
+    await awaitable
+    return time.monotonic() - start
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], patience: float, what: str) -> None:
+    """Poll `check` until it holds; fail after `patience` seconds."""
+    deadline = time.monotonic() + patience
+    while not await check():
+        if time.monotonic() > deadline:
+            pytest.fail(f"not within {patience} s: {what}")
+        await asyncio.sleep(0.02)
+
+
+class BackendConformance:
+    """The rules of `girder.backends.base.StateBackend`; subclass and provide `backend`."""
+
+    lease: ClassVar[float] = 0.2
+    """Seconds of lease given to nodes that a test lets die."""
+
+    patience: ClassVar[float] = 5.0
+    """Seconds to wait for something that must happen (and the timeout of waits that must end)."""
+
+    prompt: ClassVar[float] = 1.0
+    """Seconds within which a wait that has its answer must return."""
+
+    @pytest.fixture
+    async def backend(self) -> AsyncIterator[StateBackend]:
+        """Override: yield a connected backend that holds no state, and close it afterwards."""
+        raise NotImplementedError(f"{type(self).__name__} must override the `backend` fixture")
+        yield  # noqa: PT022 -- unreachable; makes this an async generator like the overrides
+
+    async def reap_until(
+        self, backend: StateBackend, reaper: str, dead: set[str], max_crashes: int = 3
+    ) -> Reaped:
+        """Reap until every node of `dead` was declared dead; what all those reaps did."""
+        names: list[str] = []
+        requeued = 0
+        crashed_out: list[str] = []
+        deadline = time.monotonic() + self.lease + self.patience
+        while not dead <= set(names):
+            if time.monotonic() > deadline:
+                pytest.fail(f"reap never reported {sorted(dead - set(names))}")
+            reaped = await backend.reap(reaper, max_crashes)
+            names.extend(reaped.dead)
+            requeued += reaped.requeued
+            crashed_out.extend(reaped.crashed_out)
+            await asyncio.sleep(0.02)
+        return Reaped(tuple(names), requeued, tuple(crashed_out))
+
+    async def test_is_a_state_backend(self, backend: StateBackend) -> None:
+        assert isinstance(backend, StateBackend)
+        assert isinstance(backend.url, str)
+
+    # -- submit -----------------------------------------------------------------------------------
+
+    async def test_submit_reports_each_request_in_order(self, backend: StateBackend) -> None:
+        found = await put(backend, "c", ["k1", "k2", "k3"], into="d", on_top=False)
+        assert found == [Submitted("k1"), Submitted("k2"), Submitted("k3")]
+
+    async def test_submit_stores_a_pending_record(self, backend: StateBackend) -> None:
+        assert await backend.state("k") == RequestState.UNKNOWN
+        await put(backend, "c", ["k"], into="w")
+        assert await backend.state("k") == RequestState.PENDING
+        assert await backend.payloads(["k"]) == [new("k").payload]
+        assert await backend.result("k") is None
+
+    async def test_submit_keeps_the_payload_of_an_existing_record(
+        self, backend: StateBackend
+    ) -> None:
+        await backend.submit("c1", [NewRequest("k", b"first")], into="w1", on_top=True)
+        await backend.submit("c2", [NewRequest("k", b"second")], into="w2", on_top=True)
+        assert await backend.payloads(["k"]) == [b"first"]
+        assert await backend.claim("w2") == Claimed("k", b"first")
+
+    async def test_submit_on_top_comes_up_last_in_first_out(self, backend: StateBackend) -> None:
+        await put(backend, "w", ["a", "b"])
+        await put(backend, "w", ["c"])
+        assert await claim_all(backend, "w") == ["c", "b", "a"]
+
+    async def test_submit_at_the_bottom_comes_up_first_in_first_out(
+        self, backend: StateBackend
+    ) -> None:
+        await put(backend, "c", ["a", "b"], into="d", on_top=False)
+        await put(backend, "c", ["e"], into="d", on_top=False)
+        assert await claim_all(backend, "d") == ["a", "b", "e"]
+
+    async def test_submit_at_the_bottom_goes_under_existing_work(
+        self, backend: StateBackend
+    ) -> None:
+        await put(backend, "w", ["t1"])
+        await put(backend, "c", ["b1"], into="w", on_top=False)
+        await put(backend, "w", ["t2"])
+        assert await claim_all(backend, "w") == ["t2", "t1", "b1"]
+
+    async def test_submit_of_a_done_key_returns_the_outcome_and_does_nothing_else(
+        self, backend: StateBackend
+    ) -> None:
+        await run(backend, "w", "k")
+        found = await put(backend, "c", ["k"], into="d", on_top=False, waiter_key="parent")
+        assert found == [Submitted("k", outcome=out("k"))]
+        assert await backend.lengths(["d"]) == [0]
+        # No wait edge parent -> k was added, so k waiting for parent closes no cycle.
+        assert (await put(backend, "w2", ["parent"], waiter_key="k"))[0].cycle is None
+
+    async def test_submit_of_a_running_key_registers_the_waiter_without_pushing(
+        self, backend: StateBackend
+    ) -> None:
+        await put(backend, "w1", ["k"])
+        assert await backend.claim("w1") == Claimed("k", new("k").payload)
+        assert await put(backend, "c", ["k"], into="w2") == [Submitted("k")]
+        assert await backend.lengths(["w2"]) == [0]
+        await backend.complete("w1", "k", out("k"), cache=True)
+        assert await backend.take_notifications("c", self.patience) == [Notification("k", out("k"))]
+
+    async def test_submit_of_a_pending_key_pushes_it_again(self, backend: StateBackend) -> None:
+        await put(backend, "c1", ["k"], into="w1")
+        await put(backend, "c2", ["k"], into="w2")
+        assert await backend.lengths(["w1", "w2"]) == [1, 1]
+        assert await backend.claim("w2") == Claimed("k", new("k").payload)
+        assert await backend.claim("w1") is None
+        await backend.complete("w2", "k", out("k"), cache=True)
+        for waiter in ("c1", "c2"):
+            notes = await backend.take_notifications(waiter, self.patience)
+            assert notes == [Notification("k", out("k"))]
+
+    async def test_concurrent_submits_of_a_key_make_one_record(self, backend: StateBackend) -> None:
+        clients = [f"c{i}" for i in range(10)]
+        await asyncio.gather(
+            *(
+                backend.submit(c, [NewRequest("k", c.encode())], into=f"w-{c}", on_top=True)
+                for c in clients
+            )
+        )
+        [payload] = await backend.payloads(["k"])
+        assert payload in {c.encode() for c in clients}
+        claims = {c: await backend.claim(f"w-{c}") for c in clients}
+        [(winner, claimed)] = [(c, found) for c, found in claims.items() if found is not None]
+        assert claimed == Claimed("k", payload)
+        await backend.complete(f"w-{winner}", "k", out("k"), cache=True)
+        for client in clients:
+            notes = await backend.take_notifications(client, self.patience)
+            assert notes == [Notification("k", out("k"))]
+
+    async def test_submit_with_dispatch_hands_the_work_to_waiting_volunteers(
+        self, backend: StateBackend
+    ) -> None:
+        await backend.volunteer("d", "v1")
+        await backend.volunteer("d", "v2")
+        keys = ["k1", "k2", "k3"]
+        found = await put(backend, "c", keys, into="d", on_top=False, dispatch=True)
+        assert found == [Submitted(key) for key in keys]
+        assert await backend.volunteers("d") == []
+        assert await backend.lengths(["d", "v1", "v2"]) == [0, 2, 1]
+        assert await timed(backend.wait_for_work("v2", self.patience)) < self.prompt
+        assert await claim_all(backend, "v1") == ["k1", "k2"]
+        assert await claim_all(backend, "v2") == ["k3"]
+
+    async def test_submit_with_dispatch_and_no_volunteer_queues_the_work(
+        self, backend: StateBackend
+    ) -> None:
+        await put(backend, "c", ["k1", "k2"], into="d", on_top=False, dispatch=True)
+        assert await backend.lengths(["d"]) == [2]
+        assert await claim_all(backend, "d") == ["k1", "k2"]
+
+    # -- wait edges and cycles --------------------------------------------------------------------
+
+    async def test_waiting_for_itself_is_a_cycle(self, backend: StateBackend) -> None:
+        await run_until_running(backend, "w", "k")
+        [found] = await put(backend, "w", ["k"], waiter_key="k")
+        assert found.cycle == ("k", "k")
+
+    async def test_two_step_cycle(self, backend: StateBackend) -> None:
+        assert (await put(backend, "w", ["b"], waiter_key="a"))[0].cycle is None
+        assert (await put(backend, "w", ["a"], waiter_key="b"))[0].cycle == ("b", "a", "b")
+
+    async def test_three_step_cycle(self, backend: StateBackend) -> None:
+        assert (await put(backend, "w", ["b"], waiter_key="a"))[0].cycle is None
+        assert (await put(backend, "w", ["c"], waiter_key="b"))[0].cycle is None
+        [found] = await put(backend, "w", ["a"], waiter_key="c")
+        assert found.cycle == ("c", "a", "b", "c")
+
+    async def test_shared_sub_requests_are_no_cycle(self, backend: StateBackend) -> None:
+        edges = [("a", "b"), ("a", "c"), ("b", "d"), ("c", "d"), ("x", "b"), ("d", "e")]
+        for waiter, key in edges:
+            assert (await put(backend, "w", [key], waiter_key=waiter))[0].cycle is None
+        [found] = await put(backend, "w", ["a"], waiter_key="d")
+        assert found.cycle in {("d", "a", "b", "d"), ("d", "a", "c", "d")}
+
+    async def test_a_cycle_still_registers_the_waiter(self, backend: StateBackend) -> None:
+        await run_until_running(backend, "w1", "a")
+        await put(backend, "w1", ["b"], into="w2", waiter_key="a")
+        assert await backend.claim("w2") == Claimed("b", new("b").payload)
+        [found] = await put(backend, "w2", ["a"], waiter_key="b")
+        assert found.cycle == ("b", "a", "b")
+        await backend.complete("w1", "a", out("a"), cache=True)
+        notes = await backend.take_notifications("w2", self.patience)
+        assert notes == [Notification("a", out("a"))]
+
+    async def test_complete_drops_the_wait_edges_of_the_key(self, backend: StateBackend) -> None:
+        await run_until_running(backend, "w1", "a")
+        await put(backend, "w1", ["b"], waiter_key="a")
+        await backend.complete("w1", "a", out("a"), cache=False)
+        # a waits for nothing any more, so b waiting for a new run of a is no cycle.
+        assert (await put(backend, "w2", ["a"], waiter_key="b"))[0].cycle is None
+
+    async def test_complete_drops_the_wait_edges_into_the_key(self, backend: StateBackend) -> None:
+        await run_until_running(backend, "w1", "a")
+        await put(backend, "w1", ["b"], into="w2", waiter_key="a")
+        assert await backend.claim("w2") == Claimed("b", new("b").payload)
+        await backend.complete("w2", "b", out("b"), cache=False)
+        # a got b's outcome and waits for it no more; a new run of b may wait for a.
+        await put(backend, "c", ["b"], into="w3")
+        assert await backend.claim("w3") == Claimed("b", new("b").payload)
+        assert (await put(backend, "w3", ["a"], waiter_key="b"))[0].cycle is None
+
+    # -- claim ------------------------------------------------------------------------------------
+
+    async def test_claim_of_an_empty_list_is_none(self, backend: StateBackend) -> None:
+        assert await backend.claim("w") is None
+
+    async def test_claim_marks_the_key_running(self, backend: StateBackend) -> None:
+        await backend.join("w", NodeKind.WORKER, None, LONG)
+        await put(backend, "c", ["k"], into="w")
+        assert await backend.claim("w") == Claimed("k", new("k").payload)
+        assert await backend.state("k") == RequestState.RUNNING
+        [info] = await backend.nodes()
+        assert (info.work, info.running) == (0, 1)
+
+    async def test_claim_discards_done_running_and_unknown_keys(
+        self, backend: StateBackend
+    ) -> None:
+        await put(backend, "c", ["pending"], into="w")
+        await make_unknown_done_and_running(backend, also_into="w")
+        assert await backend.claim("w") == Claimed("pending", new("pending").payload)
+        assert await backend.lengths(["w"]) == [0]
+        assert await backend.claim("w") is None
+
+    async def test_concurrent_claims_run_each_key_once(self, backend: StateBackend) -> None:
+        keys = [f"k{i}" for i in range(20)]
+        await put(backend, "c", keys, into="w1")
+        await put(backend, "c", keys, into="w2")
+        claims = await asyncio.gather(*(backend.claim(f"w{1 + i % 2}") for i in range(60)))
+        claimed = [c.key for c in claims if c is not None]
+        assert sorted(claimed) == sorted(keys)
+
+    # -- complete ---------------------------------------------------------------------------------
+
+    async def test_complete_with_cache_stores_the_outcome(self, backend: StateBackend) -> None:
+        await run(backend, "w", "k", cache=True)
+        assert await backend.state("k") == RequestState.DONE
+        assert await backend.result("k") == out("k")
+        assert await backend.payloads(["k"]) == [new("k").payload]
+        assert await backend.cache_size() == 1
+
+    async def test_complete_without_cache_forgets_the_key(self, backend: StateBackend) -> None:
+        await run(backend, "w", "k", cache=False)
+        assert await backend.state("k") == RequestState.UNKNOWN
+        assert await backend.result("k") is None
+        assert await backend.payloads(["k"]) == [None]
+        assert await backend.cache_size() == 0
+        assert await put(backend, "c", ["k"], into="w") == [Submitted("k")]
+        assert await backend.state("k") == RequestState.PENDING
+        assert await backend.lengths(["w"]) == [1]
+
+    async def test_complete_notifies_every_waiter_but_the_completing_node(
+        self, backend: StateBackend
+    ) -> None:
+        await put(backend, "c1", ["k"], into="w", on_top=False)
+        await put(backend, "c2", ["k"], into="w", on_top=False)
+        await put(backend, "w", ["k"])
+        assert await backend.claim("w") == Claimed("k", new("k").payload)
+        await backend.complete("w", "k", out("k"), cache=True)
+        for waiter in ("c1", "c2"):
+            notes = await backend.take_notifications(waiter, self.patience)
+            assert notes == [Notification("k", out("k"))]
+        assert await backend.take_notifications("w", 0.05) == []
+
+    async def test_complete_clears_the_waiters(self, backend: StateBackend) -> None:
+        await put(backend, "c1", ["k"], into="w")
+        await run(backend, "w", "k", cache=False)
+        assert await backend.take_notifications("c1", self.patience) == [
+            Notification("k", out("k"))
+        ]
+        await put(backend, "c2", ["k"], into="w")
+        await run(backend, "w", "k", cache=False)
+        assert await backend.take_notifications("c2", self.patience) == [
+            Notification("k", out("k"))
+        ]
+        assert await backend.take_notifications("c1", 0.05) == []
+
+    async def test_completing_twice_changes_nothing(self, backend: StateBackend) -> None:
+        await put(backend, "c", ["k"], into="w")
+        assert await backend.claim("w") is not None
+        await backend.complete("w", "k", out("k", "first"), cache=True)
+        await backend.complete("w", "k", out("k", "second"), cache=True)
+        await backend.complete("w", "k", out("k", "third"), cache=False)
+        assert await backend.state("k") == RequestState.DONE
+        assert await backend.result("k") == out("k", "first")
+        assert await backend.cache_size() == 1
+        notes = await backend.take_notifications("c", self.patience)
+        assert notes == [Notification("k", out("k", "first"))]
+        assert await backend.take_notifications("c", 0.05) == []
+
+    async def test_complete_frees_the_running_slot(self, backend: StateBackend) -> None:
+        await backend.join("w", NodeKind.WORKER, None, LONG)
+        await run(backend, "w", "k")
+        [info] = await backend.nodes()
+        assert (info.work, info.running) == (0, 0)
+
+    # -- notifications ----------------------------------------------------------------------------
+
+    async def test_a_notification_posted_before_the_call_is_returned_at_once(
+        self, backend: StateBackend
+    ) -> None:
+        await put(backend, "c", ["k"], into="w")
+        await run(backend, "w", "k")
+        start = time.monotonic()
+        notes = await backend.take_notifications("c", self.patience)
+        assert time.monotonic() - start < self.prompt
+        assert notes == [Notification("k", out("k"))]
+
+    async def test_take_notifications_returns_nothing_after_its_timeout(
+        self, backend: StateBackend
+    ) -> None:
+        start = time.monotonic()
+        assert await backend.take_notifications("c", 0.2) == []
+        assert 0.1 <= time.monotonic() - start < 0.2 + self.prompt
+
+    async def test_take_notifications_wakes_when_one_arrives(self, backend: StateBackend) -> None:
+        await put(backend, "c", ["k"], into="w")
+        taker = asyncio.create_task(backend.take_notifications("c", self.patience))
+        await asyncio.sleep(0.05)
+        assert not taker.done()
+        start = time.monotonic()
+        await run(backend, "w", "k")
+        assert await asyncio.wait_for(taker, self.patience) == [Notification("k", out("k"))]
+        assert time.monotonic() - start < self.prompt
+
+    async def test_take_notifications_drains_the_inbox(self, backend: StateBackend) -> None:
+        keys = ["k1", "k2", "k3"]
+        await put(backend, "c", keys, into="w")
+        for key in keys:
+            await run(backend, "w", key)
+        notes = await backend.take_notifications("c", self.patience)
+        assert sorted(notes, key=lambda n: n.key) == [Notification(k, out(k)) for k in keys]
+        assert await backend.take_notifications("c", 0.05) == []
+
+    async def test_no_notification_is_lost_or_repeated(self, backend: StateBackend) -> None:
+        keys = [f"k{i:02}" for i in range(30)]
+        await put(backend, "c", keys, into="w", on_top=False)
+        taken: list[str] = []
+
+        async def listen() -> None:
+            while len(taken) < len(keys):
+                taken.extend(n.key for n in await backend.take_notifications("c", 0.05))
+
+        listener = asyncio.create_task(listen())
+        for index in range(len(keys)):
+            claimed = await backend.claim("w")
+            assert claimed is not None
+            await backend.complete("w", claimed.key, out(claimed.key), cache=index % 2 == 0)
+            if index % 3 == 0:
+                await asyncio.sleep(0.01)
+        await asyncio.wait_for(listener, self.patience)
+        assert sorted(taken) == keys
+        assert await backend.take_notifications("c", 0.05) == []
+
+    # -- waiting for work -------------------------------------------------------------------------
+
+    async def test_wait_for_work_returns_at_once_after_a_push(self, backend: StateBackend) -> None:
+        await put(backend, "c", ["k"], into="w")
+        assert await timed(backend.wait_for_work("w", self.patience)) < self.prompt
+
+    async def test_wait_for_work_wakes_on_a_push(self, backend: StateBackend) -> None:
+        waiter = asyncio.create_task(backend.wait_for_work("w", self.patience))
+        await asyncio.sleep(0.05)
+        assert not waiter.done()
+        start = time.monotonic()
+        await put(backend, "c", ["k"], into="w", on_top=False)
+        await asyncio.wait_for(waiter, self.patience)
+        assert time.monotonic() - start < self.prompt
+
+    async def test_wait_for_work_ends_by_its_timeout(self, backend: StateBackend) -> None:
+        assert await timed(backend.wait_for_work("idle", 0.2)) < 0.2 + self.prompt
+
+    async def test_volunteering_wakes_the_distributor(self, backend: StateBackend) -> None:
+        await backend.volunteer("d", "w")
+        assert await timed(backend.wait_for_work("d", self.patience)) < self.prompt
+
+    async def test_hand_out_wakes_the_volunteer(self, backend: StateBackend) -> None:
+        await put(backend, "c", ["k"], into="d", on_top=False)
+        await backend.volunteer("d", "w")
+        assert await backend.hand_out("d") == [Assignment("k", "w")]
+        assert await timed(backend.wait_for_work("w", self.patience)) < self.prompt
+
+    async def test_stealing_wakes_the_distributor(self, backend: StateBackend) -> None:
+        await put(backend, "w", ["k"])
+        assert await backend.steal("d", "w", 1) == 1
+        assert await timed(backend.wait_for_work("d", self.patience)) < self.prompt
+
+    # -- volunteers and hand_out ------------------------------------------------------------------
+
+    async def test_volunteers_queue_first_in_first_out(self, backend: StateBackend) -> None:
+        for node in ("v1", "v2", "v3"):
+            await backend.volunteer("d", node)
+        assert await backend.volunteers("d") == ["v1", "v2", "v3"]
+
+    async def test_volunteering_twice_keeps_one_entry(self, backend: StateBackend) -> None:
+        for node in ("v1", "v2", "v1", "v2"):
+            await backend.volunteer("d", node)
+        assert await backend.volunteers("d") == ["v1", "v2"]
+
+    async def test_hand_out_gives_the_top_of_the_queue_to_the_oldest_volunteer(
+        self, backend: StateBackend
+    ) -> None:
+        await put(backend, "c", ["k1", "k2", "k3"], into="d", on_top=False)
+        await backend.volunteer("d", "v1")
+        await backend.volunteer("d", "v2")
+        assert await backend.hand_out("d") == [Assignment("k1", "v1"), Assignment("k2", "v2")]
+        assert await backend.volunteers("d") == []
+        assert await backend.lengths(["d", "v1", "v2"]) == [1, 1, 1]
+        assert await backend.claim("v1") == Claimed("k1", new("k1").payload)
+
+    async def test_hand_out_skips_keys_nobody_can_claim(self, backend: StateBackend) -> None:
+        await put(backend, "c", ["pending"], into="d")
+        await make_unknown_done_and_running(backend, also_into="d")
+        await backend.volunteer("d", "v")
+        assert await backend.hand_out("d") == [Assignment("pending", "v")]
+        assert await backend.lengths(["d", "v"]) == [0, 1]
+
+    async def test_hand_out_without_pending_work_keeps_the_volunteers(
+        self, backend: StateBackend
+    ) -> None:
+        await put(backend, "c", ["done"], into="d")
+        await run(backend, "x", "done")
+        await backend.volunteer("d", "v")
+        assert await backend.hand_out("d") == []
+        assert await backend.volunteers("d") == ["v"]
+        assert await backend.lengths(["v"]) == [0]
+
+    async def test_hand_out_without_volunteers_keeps_the_work(self, backend: StateBackend) -> None:
+        await put(backend, "c", ["k"], into="d", on_top=False)
+        assert await backend.hand_out("d") == []
+        assert await backend.lengths(["d"]) == [1]
+
+    async def test_hand_out_pushes_on_top_of_the_volunteers_list(
+        self, backend: StateBackend
+    ) -> None:
+        await put(backend, "v", ["own"])
+        await put(backend, "c", ["k"], into="d", on_top=False)
+        await backend.volunteer("d", "v")
+        assert await backend.hand_out("d") == [Assignment("k", "v")]
+        assert await claim_all(backend, "v") == ["k", "own"]
+
+    async def test_handed_out_keys_count_as_pops_of_the_distributor(
+        self, backend: StateBackend
+    ) -> None:
+        await put(backend, "c", ["k1", "k2", "k3"], into="d", on_top=False)
+        await backend.volunteer("d", "v1")
+        await backend.volunteer("d", "v2")
+        assert len(await backend.hand_out("d")) == 2
+        assert await backend.trim("p", ["d"]) == 0
+        assert await backend.lengths(["d", "p"]) == [1, 0]
+        assert await backend.trim("p", ["d"]) == 1
+        assert await backend.lengths(["d", "p"]) == [0, 1]
+
+    async def test_hand_out_an_even_share_of_the_queue(self, backend: StateBackend) -> None:
+        keys = ["k1", "k2", "k3", "k4", "k5"]
+        await put(backend, "c", keys, into="d", on_top=False)
+        await backend.volunteer("d", "v1")
+        await backend.volunteer("d", "v2")
+        handed = await backend.hand_out("d", even_share=True)
+        assert sorted(handed, key=lambda a: a.key) == [
+            Assignment("k1", "v1"),
+            Assignment("k2", "v1"),
+            Assignment("k3", "v1"),
+            Assignment("k4", "v2"),
+            Assignment("k5", "v2"),
+        ]
+        assert await backend.lengths(["d"]) == [0]
+        assert await claim_all(backend, "v1") == ["k1", "k2", "k3"]
+        assert await claim_all(backend, "v2") == ["k4", "k5"]
+        # All five count as the distributor's pops.
+        await put(backend, "c", ["j1", "j2", "j3", "j4"], into="d", on_top=False)
+        assert await backend.trim("p", ["d"]) == 0
+
+    async def test_an_even_share_of_a_short_queue_is_one_key_each(
+        self, backend: StateBackend
+    ) -> None:
+        await put(backend, "c", ["k1", "k2"], into="d", on_top=False)
+        for volunteer in ("v1", "v2", "v3"):
+            await backend.volunteer("d", volunteer)
+        handed = await backend.hand_out("d", even_share=True)
+        assert sorted(handed, key=lambda a: a.key) == [
+            Assignment("k1", "v1"),
+            Assignment("k2", "v2"),
+        ]
+        assert await backend.volunteers("d") == ["v3"]
+
+    # -- trim and steal ---------------------------------------------------------------------------
+
+    async def test_trim_leaves_each_member_what_it_claimed(self, backend: StateBackend) -> None:
+        await put(backend, "w1", ["k1", "k2", "k3", "k4", "k5"])
+        await put(backend, "w2", ["j1", "j2"])
+        assert await backend.claim("w1") == Claimed("k5", new("k5").payload)
+        assert await backend.claim("w1") == Claimed("k4", new("k4").payload)
+        assert await backend.trim("d", ["w1", "w2"]) == 3
+        assert await backend.lengths(["w1", "w2", "d"]) == [2, 0, 3]
+        assert await claim_all(backend, "w1") == ["k3", "k2"]
+
+    async def test_trim_moves_the_oldest_first(self, backend: StateBackend) -> None:
+        await put(backend, "c", ["x"], into="d", on_top=False)
+        await put(backend, "w", ["k1", "k2", "k3", "k4"])
+        assert await backend.trim("d", ["w"]) == 4
+        assert await claim_all(backend, "d") == ["x", "k1", "k2", "k3", "k4"]
+
+    async def test_trim_resets_the_claim_count(self, backend: StateBackend) -> None:
+        await put(backend, "w", ["k1", "k2", "k3"])
+        assert await backend.claim("w") == Claimed("k3", new("k3").payload)
+        assert await backend.trim("d", ["w"]) == 1
+        assert await backend.trim("d", ["w"]) == 1
+        assert await backend.lengths(["w", "d"]) == [0, 2]
+        assert await claim_all(backend, "d") == ["k1", "k2"]
+
+    async def test_trim_moves_nothing_when_claims_exceed_the_list(
+        self, backend: StateBackend
+    ) -> None:
+        await put(backend, "w", ["k1", "k2", "k3"])
+        assert len(await claim_all(backend, "w")) == 3
+        await put(backend, "w", ["m1", "m2"])
+        assert await backend.trim("d", ["w"]) == 0
+        assert await backend.lengths(["w", "d"]) == [2, 0]
+
+    async def test_steal_takes_the_oldest_from_the_bottom(self, backend: StateBackend) -> None:
+        await put(backend, "c", ["x"], into="d", on_top=False)
+        await put(backend, "w", ["k1", "k2", "k3", "k4", "k5"])
+        assert await backend.steal("d", "w", 2) == 2
+        assert await claim_all(backend, "d") == ["x", "k1", "k2"]
+        assert await claim_all(backend, "w") == ["k5", "k4", "k3"]
+
+    async def test_steal_moves_at_most_what_there_is(self, backend: StateBackend) -> None:
+        await put(backend, "w", ["k1", "k2"])
+        assert await backend.steal("d", "w", 10) == 2
+        assert await backend.steal("d", "w", 1) == 0
+        assert await backend.steal("d", "nobody", 3) == 0
+        assert await backend.lengths(["w", "d"]) == [0, 2]
+
+    async def test_lengths_counts_each_list(self, backend: StateBackend) -> None:
+        await put(backend, "a", ["k1", "k2"])
+        await put(backend, "c", ["k3"], into="b", on_top=False)
+        assert await backend.lengths(["a", "b", "none", "a"]) == [2, 1, 0, 2]
+
+    # -- membership -------------------------------------------------------------------------------
+
+    async def test_join_registers_the_node(self, backend: StateBackend) -> None:
+        await backend.join("d", NodeKind.DISTRIBUTOR, None, LONG)
+        await backend.join("w", NodeKind.WORKER, "d", LONG)
+        await backend.join("c", NodeKind.CLIENT, None, LONG)
+        assert {info.node: info for info in await backend.nodes()} == {
+            "d": NodeInfo("d", NodeKind.DISTRIBUTOR, None, True, 0, 0),
+            "w": NodeInfo("w", NodeKind.WORKER, "d", True, 0, 0),
+            "c": NodeInfo("c", NodeKind.CLIENT, None, True, 0, 0),
+        }
+        assert await backend.members("d") == ["w"]
+
+    async def test_nodes_counts_work_and_running_keys(self, backend: StateBackend) -> None:
+        await backend.join("w", NodeKind.WORKER, "d", LONG)
+        await put(backend, "w", ["k1", "k2", "k3"])
+        assert await backend.claim("w") is not None
+        assert await backend.nodes() == [NodeInfo("w", NodeKind.WORKER, "d", True, 2, 1)]
+
+    async def test_joining_again_moves_the_node(self, backend: StateBackend) -> None:
+        await backend.join("w", NodeKind.WORKER, "d1", LONG)
+        await backend.join("w", NodeKind.WORKER, "d2", LONG)
+        assert await backend.members("d1") == []
+        assert await backend.members("d2") == ["w"]
+        assert await backend.nodes() == [NodeInfo("w", NodeKind.WORKER, "d2", True, 0, 0)]
+
+    async def test_members_are_the_live_nodes_of_a_distributor(self, backend: StateBackend) -> None:
+        for node, distributor in [("w2", "d"), ("w1", "d"), ("w3", "other"), ("x", None)]:
+            await backend.join(node, NodeKind.WORKER, distributor, LONG)
+        assert sorted(await backend.members("d")) == ["w1", "w2"]
+        assert await backend.members("other") == ["w3"]
+        assert await backend.members("none") == []
+
+    async def test_heartbeat_is_false_for_an_unknown_node(self, backend: StateBackend) -> None:
+        assert await backend.heartbeat("ghost", LONG) is False
+        await backend.join("w", NodeKind.WORKER, None, LONG)
+        assert await backend.heartbeat("w", LONG) is True
+
+    async def test_heartbeat_extends_the_lease(self, backend: StateBackend) -> None:
+        await backend.join("w1", NodeKind.WORKER, "d", self.lease)
+        await backend.join("w2", NodeKind.WORKER, "d", self.lease)
+        assert await backend.heartbeat("w1", LONG) is True
+        reaped = await self.reap_until(backend, "r", {"w2"})
+        assert "w1" not in reaped.dead
+        assert await backend.members("d") == ["w1"]
+        assert await backend.heartbeat("w1", LONG) is True
+
+    async def test_an_expired_node_is_not_alive_until_it_beats_again(
+        self, backend: StateBackend
+    ) -> None:
+        await backend.join("w", NodeKind.WORKER, "d", self.lease)
+
+        async def dead() -> bool:
+            return not any(info.alive for info in await backend.nodes())
+
+        await eventually(dead, self.lease + self.patience, "the lease runs out")
+        assert await backend.members("d") == []
+        # Not reaped yet: still registered, so a late heartbeat revives it.
+        assert await backend.heartbeat("w", LONG) is True
+        assert await backend.members("d") == ["w"]
+
+    async def test_leave_hands_back_the_list_and_the_running_keys(
+        self, backend: StateBackend
+    ) -> None:
+        await backend.join("d", NodeKind.DISTRIBUTOR, None, LONG)
+        await backend.join("w", NodeKind.WORKER, "d", LONG)
+        await put(backend, "c", ["x"], into="d", on_top=False)
+        await put(backend, "c", ["k1", "k2", "k3"], into="w")
+        assert await backend.claim("w") == Claimed("k3", new("k3").payload)
+        assert await backend.leave("w") == 3
+        assert await backend.state("k3") == RequestState.PENDING
+        assert await backend.lengths(["w"]) == [0]
+        handed_back = await claim_all(backend, "d")
+        assert handed_back[0] == "x"
+        assert sorted(handed_back[1:]) == ["k1", "k2", "k3"]
+
+    async def test_leave_deregisters_the_node(self, backend: StateBackend) -> None:
+        await backend.join("d", NodeKind.DISTRIBUTOR, None, LONG)
+        await backend.join("w", NodeKind.WORKER, "d", LONG)
+        await backend.volunteer("d", "w")
+        await backend.leave("w")
+        assert await backend.heartbeat("w", LONG) is False
+        assert [info.node for info in await backend.nodes()] == ["d"]
+        assert await backend.members("d") == []
+        assert await backend.volunteers("d") == []
+
+    async def test_leave_of_an_unknown_node_hands_back_nothing(self, backend: StateBackend) -> None:
+        assert await backend.leave("ghost") == 0
+
+    # -- reap -------------------------------------------------------------------------------------
+
+    async def test_reap_leaves_live_nodes_alone(self, backend: StateBackend) -> None:
+        await backend.join("w", NodeKind.WORKER, "d", LONG)
+        await put(backend, "w", ["k"])
+        assert await backend.reap("r", 3) == Reaped()
+        assert await backend.heartbeat("w", LONG) is True
+        assert await backend.lengths(["w"]) == [1]
+
+    async def test_reap_requeues_a_dead_nodes_work_at_its_distributor(
+        self, backend: StateBackend
+    ) -> None:
+        await backend.join("d", NodeKind.DISTRIBUTOR, None, LONG)
+        await backend.join("w", NodeKind.WORKER, "d", self.lease)
+        await put(backend, "c", ["x"], into="d", on_top=False)
+        await put(backend, "c", ["k1", "k2", "k3"], into="w")
+        assert await backend.claim("w") == Claimed("k3", new("k3").payload)
+        reaped = await self.reap_until(backend, "r", {"w"})
+        assert reaped == Reaped(("w",), 3, ())
+        assert await backend.state("k3") == RequestState.PENDING
+        assert await backend.lengths(["w"]) == [0]
+        requeued = await claim_all(backend, "d")
+        assert requeued[0] == "x"
+        assert sorted(requeued[1:]) == ["k1", "k2", "k3"]
+
+    async def test_reap_removes_membership_volunteering_and_inbox(
+        self, backend: StateBackend
+    ) -> None:
+        await backend.join("d", NodeKind.DISTRIBUTOR, None, LONG)
+        await backend.join("w", NodeKind.WORKER, "d", self.lease)
+        await backend.volunteer("d", "w")
+        await put(backend, "w", ["k"], into="x")
+        await run_claimed(backend, "x", "k")
+        await self.reap_until(backend, "r", {"w"})
+        assert await backend.heartbeat("w", LONG) is False
+        assert [info.node for info in await backend.nodes()] == ["d"]
+        assert await backend.members("d") == []
+        assert await backend.volunteers("d") == []
+        assert await backend.take_notifications("w", 0.05) == []
+
+    async def test_reap_counts_crashes_and_gives_up_at_the_limit(
+        self, backend: StateBackend
+    ) -> None:
+        await backend.join("d", NodeKind.DISTRIBUTOR, None, LONG)
+        await backend.join("r", NodeKind.CLIENT, None, LONG)
+        await backend.join("w1", NodeKind.WORKER, "d", self.lease)
+        await put(backend, "c", ["k"], into="w1")
+        assert await backend.claim("w1") == Claimed("k", new("k").payload)
+        assert await self.reap_until(backend, "r", {"w1"}, max_crashes=2) == Reaped(("w1",), 1)
+        assert await backend.state("k") == RequestState.PENDING
+
+        await backend.join("w2", NodeKind.WORKER, "d", self.lease)
+        await backend.volunteer("d", "w2")
+        assert await backend.hand_out("d") == [Assignment("k", "w2")]
+        assert await backend.claim("w2") == Claimed("k", new("k").payload)
+        reaped = await self.reap_until(backend, "r", {"w2"}, max_crashes=2)
+        assert reaped == Reaped(("w2",), 0, ("k",))
+        assert await backend.lengths(["d"]) == [0]
+        # The reaper now owns the key and must complete it; its waiters hear of it.
+        assert await backend.state("k") == RequestState.RUNNING
+        assert {info.node: info.running for info in await backend.nodes()} == {"d": 0, "r": 1}
+        await backend.complete("r", "k", out("k", "crashed"), cache=False)
+        notes = await backend.take_notifications("c", self.patience)
+        assert notes == [Notification("k", out("k", "crashed"))]
+        assert await backend.state("k") == RequestState.UNKNOWN
+
+    async def test_a_dead_node_without_distributor_keeps_its_list(
+        self, backend: StateBackend
+    ) -> None:
+        await backend.join("w", NodeKind.WORKER, None, self.lease)
+        await put(backend, "c", ["k1", "k2"], into="w")
+        await self.reap_until(backend, "r", {"w"})
+        assert await backend.heartbeat("w", LONG) is False
+        assert await backend.lengths(["w"]) == [2]
+        await backend.join("w", NodeKind.WORKER, None, LONG)
+        assert await claim_all(backend, "w") == ["k2", "k1"]
+
+    # -- queries and housekeeping -----------------------------------------------------------------
+
+    async def test_state_and_result_follow_a_key(self, backend: StateBackend) -> None:
+        assert (await backend.state("k"), await backend.result("k")) == (RequestState.UNKNOWN, None)
+        await put(backend, "c", ["k"], into="w")
+        assert (await backend.state("k"), await backend.result("k")) == (RequestState.PENDING, None)
+        assert await backend.claim("w") is not None
+        assert (await backend.state("k"), await backend.result("k")) == (RequestState.RUNNING, None)
+        await backend.complete("w", "k", out("k"), cache=True)
+        assert (await backend.state("k"), await backend.result("k")) == (
+            RequestState.DONE,
+            out("k"),
+        )
+
+    async def test_payloads_of_several_keys(self, backend: StateBackend) -> None:
+        await put(backend, "c", ["a", "b"], into="w")
+        assert await backend.payloads(["a", "none", "b"]) == [
+            new("a").payload,
+            None,
+            new("b").payload,
+        ]
+        assert await backend.payloads([]) == []
+
+    async def test_cache_size_counts_cached_outcomes(self, backend: StateBackend) -> None:
+        assert await backend.cache_size() == 0
+        for key in ("a", "b", "c"):
+            await run(backend, "w", key, cache=True)
+        await run(backend, "w", "d", cache=False)
+        assert await backend.cache_size() == 3
+
+    async def test_flush_deletes_everything(self, backend: StateBackend) -> None:
+        await backend.join("w", NodeKind.WORKER, "d", LONG)
+        await put(backend, "c", ["k", "j"], into="w")
+        await run_claimed(backend, "w", "j")
+        await backend.volunteer("d", "w")
+        await backend.flush()
+        assert await backend.cache_size() == 0
+        assert await backend.nodes() == []
+        assert await backend.heartbeat("w", LONG) is False
+        assert await backend.lengths(["w"]) == [0]
+        assert await backend.volunteers("d") == []
+        assert await backend.state("k") == RequestState.UNKNOWN
+        assert await backend.state("j") == RequestState.UNKNOWN
+        assert await backend.payloads(["k", "j"]) == [None, None]
+        assert await backend.take_notifications("c", 0.05) == []
+
+    async def test_unknown_keys_and_nodes_are_empty(self, backend: StateBackend) -> None:
+        assert await backend.claim("ghost") is None
+        await backend.complete("ghost", "nokey", b"x", cache=False)
+        assert await backend.state("nokey") == RequestState.UNKNOWN
+        assert await backend.hand_out("ghost") == []
+        assert await backend.trim("ghost", ["ghost2"]) == 0
+        assert await backend.volunteers("ghost") == []
+        assert await backend.members("ghost") == []
+        assert await backend.lengths(["ghost"]) == [0]
+        assert await backend.nodes() == []
+        assert await backend.take_notifications("ghost", 0) == []
+
+
+async def run_until_running(backend: StateBackend, node: str, key: str) -> None:
+    """Submit `key` onto `node`'s list and claim it there."""
+    await put(backend, node, [key])
+    assert await backend.claim(node) == Claimed(key, new(key).payload)
+
+
+async def run_claimed(backend: StateBackend, node: str, key: str) -> None:
+    """Claim `key` from the top of `node`'s list and complete it (cached) with `out(key)`."""
+    claimed = await backend.claim(node)
+    assert claimed is not None
+    assert claimed.key == key
+    await backend.complete(node, key, out(key), cache=True)
+
+
+async def make_unknown_done_and_running(backend: StateBackend, *, also_into: str) -> None:
+    """Push three keys on top of `also_into` that nobody may claim from there.
+
+    "unknown" completed without caching (its record is gone), "done" completed with caching,
+    "running" is claimed by another node. Each is pushed onto a scratch list "x" as well and
+    claimed there.
+    """
+    for key in ("unknown", "done", "running"):
+        await put(backend, "c", [key], into=also_into)
+        await put(backend, "c", [key], into="x")
+        claimed = await backend.claim("x")
+        assert claimed is not None
+        assert claimed.key == key
+    await backend.complete("x", "unknown", out("unknown"), cache=False)
+    await backend.complete("x", "done", out("done"), cache=True)

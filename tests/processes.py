@@ -1,0 +1,111 @@
+"""Real grid processes for the multi-process tests, started through the `girder` command."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+from girder.backends import open_backend
+from girder.backends.base import NodeInfo, NodeKind
+
+TESTS = Path(__file__).parent
+
+FAST_RECOVERY = {
+    "GIRDER_HEARTBEAT_INTERVAL": "0.2",
+    "GIRDER_HEARTBEAT_TTL": "1.5",
+    "GIRDER_REAP_INTERVAL": "0.3",
+    "GIRDER_IDLE_POLL": "0.5",
+}
+
+
+class GridProcesses:
+    """Starts `girder distributor` and `girder worker` processes; kills them all at the end."""
+
+    def __init__(self, backend_url: str, logs: Path, **env: str) -> None:
+        self.backend_url = backend_url
+        self.logs = logs
+        self.env = {
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]),
+            **FAST_RECOVERY,
+            **env,
+        }
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def _start(self, args: list[str], log_name: str) -> subprocess.Popen[bytes]:
+        log = open(self.logs / f"{log_name}.log", "ab")  # noqa: SIM115 - closed with the process
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "girder", *args, "--backend", self.backend_url],
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        self.procs.append(proc)
+        return proc
+
+    def distributor(self, name: str = "pool") -> subprocess.Popen[bytes]:
+        return self._start(["distributor", "--name", name], f"distributor-{name}")
+
+    def worker(self, name: str, pool: str = "pool", *extra: str) -> subprocess.Popen[bytes]:
+        return self._start(
+            ["worker", "--pool", pool, "--name", name, "--import", "gridfns", *extra], name
+        )
+
+    def kill9(self, proc: subprocess.Popen[bytes]) -> None:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+
+    def stop_all(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        for proc in self.procs:
+            try:
+                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+    def log_text(self) -> str:
+        return "\n".join(
+            f"--- {path.name}\n{path.read_text(errors='replace')[-3000:]}"
+            for path in sorted(self.logs.glob("*.log"))
+        )
+
+
+async def nodes(url: str) -> list[NodeInfo]:
+    backend = open_backend(url)
+    await backend.connect()
+    try:
+        return await backend.nodes()
+    finally:
+        await backend.close()
+
+
+async def wait_until(
+    check: Callable[[], Awaitable[bool]], timeout: float = 20, what: str = "condition"
+) -> None:
+    """Poll `check` until it is true; fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not await check():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout} s waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+async def wait_for_nodes(url: str, workers: int, distributors: int = 1) -> None:
+    async def ready() -> bool:
+        alive = [n for n in await nodes(url) if n.alive]
+        return (
+            sum(n.kind == NodeKind.WORKER for n in alive) >= workers
+            and sum(n.kind == NodeKind.DISTRIBUTOR for n in alive) >= distributors
+        )
+
+    await wait_until(ready, what=f"{workers} workers and {distributors} distributors")

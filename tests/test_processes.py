@@ -1,0 +1,156 @@
+"""The distributed grid in real processes, started through the `girder` command, on Redis."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from gridfns import add, chain, fan, fan_of_fans, fib, tree
+from processes import FAST_RECOVERY, GridProcesses, nodes, wait_for_nodes, wait_until
+
+import girder
+from girder.backends.base import NodeKind
+
+pytestmark = [pytest.mark.redis, pytest.mark.timeout(120)]
+
+CLIENT_OPTIONS: dict[str, Any] = {
+    "heartbeat_interval": 0.2,
+    "heartbeat_ttl": 1.5,
+    "reap_interval": 0.3,
+    "idle_poll": 0.5,
+}
+
+
+@pytest.fixture
+def grid_processes(redis_url: str, tmp_path: Path) -> Iterator[GridProcesses]:
+    procs = GridProcesses(redis_url, tmp_path)
+    try:
+        yield procs
+    finally:
+        procs.stop_all()
+
+
+@pytest.fixture
+async def client(redis_url: str) -> AsyncIterator[girder.Grid]:
+    async with girder.Grid.connect(redis_url, pool="pool", **CLIENT_OPTIONS) as grid:
+        yield grid
+
+
+async def _running_on(url: str, worker: str) -> bool:
+    return any(n.node == worker and n.running > 0 for n in await nodes(url))
+
+
+async def test_fib_500_and_tree_10_on_two_workers(
+    grid_processes: GridProcesses, client: girder.Grid, redis_url: str
+) -> None:
+    grid_processes.distributor()
+    grid_processes.worker("w1")
+    grid_processes.worker("w2")
+    await wait_for_nodes(redis_url, workers=2)
+    value = await asyncio.wait_for(client.call(fib, 500), 60)
+    a, b = 0, 1
+    for _ in range(500):
+        a, b = b, a + b
+    assert value == a
+    assert await asyncio.wait_for(client.call(tree, 10, 0), 60) == 2047
+    assert await client.call_all([(add, i, 1) for i in range(100)]) == list(range(1, 101))
+
+
+async def test_chain_2000_on_one_worker_process(
+    grid_processes: GridProcesses, client: girder.Grid, redis_url: str
+) -> None:
+    grid_processes.distributor()
+    grid_processes.worker("solo")
+    await wait_for_nodes(redis_url, workers=1)
+    assert await asyncio.wait_for(client.call(chain, 2000), 90) == 2000
+
+
+async def test_kill_9_of_a_worker_mid_job_loses_nothing(
+    grid_processes: GridProcesses, client: girder.Grid, redis_url: str
+) -> None:
+    grid_processes.distributor()
+    victim = grid_processes.worker("victim")
+    grid_processes.worker("survivor")
+    await wait_for_nodes(redis_url, workers=2)
+    job = client.submit(fan_of_fans, 6, 8, 40, "kill-worker")
+    await wait_until(lambda: _running_on(redis_url, "victim"), what="victim running work")
+    grid_processes.kill9(victim)
+    assert await asyncio.wait_for(job, 60) == 6 * sum(range(8))
+    assert await client.call(fan, 8, 40, "kill-worker-0") == sum(range(8))  # cached
+
+
+async def test_kill_9_of_the_distributor_and_a_restart(
+    grid_processes: GridProcesses, client: girder.Grid, redis_url: str
+) -> None:
+    distributor = grid_processes.distributor()
+    grid_processes.worker("w1")
+    grid_processes.worker("w2")
+    await wait_for_nodes(redis_url, workers=2)
+    job = client.submit(fan_of_fans, 4, 6, 30, "kill-distributor")
+    await wait_until(
+        lambda: _any_running(redis_url), what="work running before the distributor dies"
+    )
+    grid_processes.kill9(distributor)
+    more = client.submit(fan, 5, 20, "after-distributor-death")
+    await asyncio.sleep(0.3)
+    grid_processes.distributor()
+    assert await asyncio.wait_for(job, 60) == 4 * sum(range(6))
+    assert await asyncio.wait_for(more, 60) == sum(range(5))
+
+
+async def _any_running(url: str) -> bool:
+    return any(n.running > 0 for n in await nodes(url) if n.kind == NodeKind.WORKER)
+
+
+async def test_redis_restart_mid_job(
+    grid_processes: GridProcesses, client: girder.Grid, redis_url: str, redis_server: Any
+) -> None:
+    grid_processes.distributor()
+    grid_processes.worker("w1")
+    grid_processes.worker("w2")
+    await wait_for_nodes(redis_url, workers=2)
+    job = client.submit(fan_of_fans, 4, 6, 50, "redis-restart")
+    await wait_until(lambda: _any_running(redis_url), what="work running")
+    redis_server.restart()
+    assert await asyncio.wait_for(job, 90) == 4 * sum(range(6))
+
+
+async def test_two_clients_share_the_cache(grid_processes: GridProcesses, redis_url: str) -> None:
+    grid_processes.distributor()
+    grid_processes.worker("w1")
+    await wait_for_nodes(redis_url, workers=1)
+    async with girder.Grid.connect(redis_url, **CLIENT_OPTIONS) as first:
+        assert await first.call(fan, 3, 10, "shared") == 3
+    async with girder.Grid.connect(redis_url, **CLIENT_OPTIONS) as second:
+        assert await second.call(fan, 3, 10, "shared") == 3
+        assert second.client.stats.cache_hits == 1
+
+
+async def test_unknown_function_fails_only_its_request(
+    grid_processes: GridProcesses, client: girder.Grid, redis_url: str
+) -> None:
+    grid_processes.distributor()
+    grid_processes.worker("w1")
+    await wait_for_nodes(redis_url, workers=1)
+
+    def _local_only(x: int) -> int:
+        return x
+
+    _local_only.__module__ = "module_only_the_client_has"
+    orphan = girder.function(_local_only)
+    with pytest.raises(girder.RequestError) as caught:
+        await client.call(orphan, 1)
+    assert caught.value.kind == "invalid"
+    assert "module_only_the_client_has._local_only cannot be imported" in caught.value.message
+    assert "on node w1" in caught.value.message
+    assert await client.call(add, 2, 2) == 4
+
+
+def test_fast_recovery_settings_are_valid() -> None:
+    from girder.config import Settings
+
+    values = {k.removeprefix("GIRDER_").lower(): v for k, v in FAST_RECOVERY.items()}
+    assert Settings.model_validate(values).heartbeat_ttl == 1.5
