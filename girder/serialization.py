@@ -129,13 +129,13 @@ class Codec:
     def encode_outcome(self, outcome: Outcome, readable: Callable[[], str]) -> bytes:
         """Encode an outcome; `readable` names the request in errors (called only on one)."""
         if outcome.error is not None:
-            body = pickle.dumps(("e", outcome.error.to_dict(kinds=True), None, outcome.final))
+            body = pickle.dumps(("e", outcome.error.to_dict(kinds=True), outcome.final))
         else:
             try:
-                body = pickle.dumps(("v", outcome.value, None, outcome.final), protocol=5)
+                body = pickle.dumps(("v", outcome.value, outcome.final), protocol=5)
             except Exception:
                 try:
-                    body = cloudpickle.dumps(("v", outcome.value, None, outcome.final))
+                    body = cloudpickle.dumps(("v", outcome.value, outcome.final))
                 except Exception as exc:
                     raise SerializationError(
                         f"the result of {readable()} (type {type(outcome.value).__qualname__}) "
@@ -146,9 +146,9 @@ class Codec:
     def decode_outcome(self, data: bytes, where: str) -> Outcome:
         what = f"result of request {where}"
         fields = self._loads(self._unframe(data, what), what)
-        if not isinstance(fields, tuple) or len(fields) != 4:
+        if not isinstance(fields, tuple) or len(fields) != 3:
             raise SerializationError(f"{what} is malformed (not a girder outcome)")
-        tag, body, kind, final = fields
+        tag, body, final = fields
         if tag == "e":
             return Outcome(error=RequestError.from_dict(body), final=bool(final))
         return Outcome(value=body, final=bool(final))

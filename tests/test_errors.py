@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 import threading
 
 import pytest
@@ -129,8 +130,6 @@ async def test_unknown_function_on_the_worker_fails_its_request() -> None:
 
 
 def test_request_error_survives_pickling() -> None:
-    import pickle
-
     inner = girder.RequestError("f(1)", "ValueError: x", ["line"])
     outer = girder.RequestError("g(1)", "1 sub-request failed", ["a", "b"], {"f(1)": inner})
     copy = pickle.loads(pickle.dumps(outer))

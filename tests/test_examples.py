@@ -6,6 +6,7 @@ import re
 import shutil
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -59,8 +60,6 @@ async def test_demo_shares_work_and_sub_jobs() -> None:
 
 def test_public_names() -> None:
     """`__all__` lists exactly the public non-module names (as anyio's test does)."""
-    import types
-
     public = {
         name
         for name, value in vars(girder).items()
