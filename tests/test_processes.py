@@ -13,6 +13,7 @@ from processes import FAST_RECOVERY, GridProcesses, nodes, wait_for_nodes, wait_
 
 import girder
 from girder.backends.base import NodeKind
+from girder.config import Settings
 
 pytestmark = [pytest.mark.redis, pytest.mark.timeout(120)]
 
@@ -150,7 +151,5 @@ async def test_unknown_function_fails_only_its_request(
 
 
 def test_fast_recovery_settings_are_valid() -> None:
-    from girder.config import Settings
-
     values = {k.removeprefix("GIRDER_").lower(): v for k, v in FAST_RECOVERY.items()}
     assert Settings.model_validate(values).heartbeat_ttl == 1.5

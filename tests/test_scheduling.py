@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from gridfns import add, calls, share_a, share_z, tree
+from gridfns import add, calls, share_a, share_z, slow_square, tree
 
 import girder
 from girder.backends.memory import MemoryBackend
@@ -52,8 +52,6 @@ async def test_concurrency_gives_several_batons() -> None:
     async with girder.Grid.local(workers=1, concurrency=3) as grid:
         loop = asyncio.get_running_loop()
         start = loop.time()
-        from gridfns import slow_square
-
         await grid.call_all([(slow_square, 100 + i) for i in range(3)])
         assert loop.time() - start < 0.14  # three 50 ms sleeps at once, not 150 ms
 
