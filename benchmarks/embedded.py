@@ -2,16 +2,20 @@
 
 Workloads (see README.md):
 
-- `tree`: a binary tree of distinct re-entrant requests, on 1 and 4 workers, side by side with
-  the same tree as one asyncio task per call (the baseline);
-- `chain`: a chain of re-entrant requests n deep on one worker: time, and traced memory per level;
-- `cache-hit-call` / `cache-hit-reentrant`: `grid.call` and `girder.call_reentrant` on a key that
-  is already cached.
+- `tree(d)`: a binary tree of 2**(d+1) - 1 distinct re-entrant requests, on 1 and 4 workers,
+  side by side with the same tree as one asyncio task per call (the baseline);
+- `chain(n)`: a chain of re-entrant requests n deep on one worker: time, and traced memory per
+  level at several depths (memory must be linear in the depth; no RecursionError);
+- `cache-hit-call` / `cache-hit-reentrant`: `grid.call` and `girder.call_reentrant` on a key
+  that is already cached.
 
-Every measured configuration prints one JSON line on stdout; a readable summary goes to stderr.
+Every measured configuration prints one JSON line on stdout (`bench`, `workload`, `system`,
+`workers`, `requests`, `seconds` and `us_per_request` as medians over `runs`, and more); a
+readable summary goes to stderr. Wall-clock times are the figures; CPU times (`cpu_*`) are
+printed too because they are steadier on a shared machine.
 
-    .venv/bin/python benchmarks/embedded.py              # full run (about 2-3 minutes)
-    .venv/bin/python benchmarks/embedded.py --quick      # CI smoke run (seconds)
+    .venv/bin/python benchmarks/embedded.py              # full run (about 2 minutes here)
+    .venv/bin/python benchmarks/embedded.py --quick      # CI smoke run (a few seconds)
 """
 
 from __future__ import annotations
@@ -30,7 +34,8 @@ import time
 import tracemalloc
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from types import TracebackType
+from typing import Any, Self
 
 if __package__ in (None, ""):  # run as a script: make `benchmarks.workloads` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -48,7 +53,7 @@ ASYNCIO = "asyncio-tasks"
 
 @contextlib.contextmanager
 def collector(mode: str) -> Iterator[None]:
-    """Run the body with the cyclic GC on (the default), off, or with the heap frozen."""
+    """Run the body with the cyclic GC on (the default), off, or with the heap frozen first."""
     gc.collect()
     if mode == "off":
         gc.disable()
@@ -62,12 +67,52 @@ def collector(mode: str) -> Iterator[None]:
             gc.unfreeze()
 
 
+class Stopwatch:
+    """Wall-clock and CPU (process) seconds of a block."""
+
+    __slots__ = ("_cpu_start", "_wall_start", "cpu", "wall")
+
+    def __init__(self) -> None:
+        self.wall = self.cpu = 0.0
+        self._wall_start = self._cpu_start = 0.0
+
+    def __enter__(self) -> Self:
+        self._wall_start = time.perf_counter()
+        self._cpu_start = time.process_time()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.wall = time.perf_counter() - self._wall_start
+        self.cpu = time.process_time() - self._cpu_start
+
+
 def median(values: Sequence[float]) -> float:
     return statistics.median(values)
 
 
+def rounded(values: Sequence[float], digits: int = 6) -> list[float]:
+    return [round(v, digits) for v in values]
+
+
 def tree_size(depth: int) -> int:
     return 2 ** (depth + 1) - 1
+
+
+def timing_fields(walls: Sequence[float], cpus: Sequence[float], requests: int) -> dict[str, Any]:
+    """The time fields every line has: medians over runs, per request, and the samples."""
+    seconds, cpu = median(walls), median(cpus)
+    return {
+        "seconds": round(seconds, 6),
+        "us_per_request": round(seconds / requests * 1e6, 3),
+        "cpu_seconds": round(cpu, 6),
+        "cpu_us_per_request": round(cpu / requests * 1e6, 3),
+        "samples_seconds": rounded(walls),
+    }
 
 
 class Report:
@@ -75,15 +120,14 @@ class Report:
 
     def __init__(self) -> None:
         self.common: dict[str, Any] = {
-            "bench": "embedded",
             "python": platform.python_version(),
+            "girder": girder.__version__,
             "cpus": os.cpu_count(),
             "date": datetime.date.today().isoformat(),
         }
 
     def emit(self, **fields: Any) -> None:
-        line = {"bench": self.common["bench"], **fields}
-        line.update({k: v for k, v in self.common.items() if k not in line})
+        line = {"bench": "embedded", **fields, **self.common}
         print(json.dumps(line), flush=True)
 
     @staticmethod
@@ -91,34 +135,26 @@ class Report:
         print(text, file=sys.stderr, flush=True)
 
 
-def rounded(values: Sequence[float], digits: int = 6) -> list[float]:
-    return [round(v, digits) for v in values]
-
-
 # -- tree -------------------------------------------------------------------------------------
 
 
-async def tree_girder(depth: int, workers: int, gc_mode: str) -> tuple[float, list[int]]:
-    """Seconds for tree(depth) on a fresh grid, and how many requests each worker ran."""
+async def tree_girder(depth: int, workers: int, gc_mode: str) -> tuple[Stopwatch, list[int]]:
+    """Times of tree(depth) on a fresh grid, and how many requests each worker ran."""
     async with girder.Grid.local(workers=workers) as grid:
-        with collector(gc_mode):
-            start = time.perf_counter()
+        with collector(gc_mode), Stopwatch() as watch:
             value = await grid.call(tree, depth, 0)
-            elapsed = time.perf_counter() - start
         ran = [worker.stats.ran for worker in grid.workers]
     if value != tree_size(depth):
         raise AssertionError(f"tree({depth}) gave {value}, expected {tree_size(depth)}")
-    return elapsed, ran
+    return watch, ran
 
 
-async def tree_asyncio(depth: int, gc_mode: str) -> float:
-    with collector(gc_mode):
-        start = time.perf_counter()
+async def tree_asyncio(depth: int, gc_mode: str) -> Stopwatch:
+    with collector(gc_mode), Stopwatch() as watch:
         value = await tree_tasks(depth, 0)
-        elapsed = time.perf_counter() - start
     if value != tree_size(depth):
         raise AssertionError(f"tree_tasks({depth}) gave {value}, expected {tree_size(depth)}")
-    return elapsed
+    return watch
 
 
 async def bench_tree(
@@ -126,28 +162,30 @@ async def bench_tree(
 ) -> None:
     """tree(depth) on each worker count and as asyncio tasks, interleaved round by round."""
     systems: list[tuple[str, int]] = [(ASYNCIO, 0), *((GIRDER, w) for w in workers)]
-    samples: dict[tuple[str, int], list[float]] = {system: [] for system in systems}
+    walls: dict[tuple[str, int], list[float]] = {system: [] for system in systems}
+    cpus: dict[tuple[str, int], list[float]] = {system: [] for system in systems}
     ran: dict[int, list[int]] = {}
     for round_ in range(runs):
-        # Rotate the order each round so no system always runs on a warmer (or noisier) heap.
+        # Rotate the order each round so that no system always runs first (or last).
         shift = round_ % len(systems)
         for system, count in systems[shift:] + systems[:shift]:
             if system == ASYNCIO:
-                elapsed = await tree_asyncio(depth, gc_mode)
+                watch = await tree_asyncio(depth, gc_mode)
             else:
-                elapsed, ran[count] = await tree_girder(depth, count, gc_mode)
-            samples[system, count].append(elapsed)
+                watch, ran[count] = await tree_girder(depth, count, gc_mode)
+            walls[system, count].append(watch.wall)
+            cpus[system, count].append(watch.cpu)
     requests = tree_size(depth)
-    baseline = median(samples[ASYNCIO, 0])
+    baseline, cpu_baseline = median(walls[ASYNCIO, 0]), median(cpus[ASYNCIO, 0])
     for system, count in systems:
-        seconds = median(samples[system, count])
-        fields: dict[str, Any] = {}
+        fields = timing_fields(walls[system, count], cpus[system, count], requests)
         if system == GIRDER:
             per_round = [
-                g / a for g, a in zip(samples[system, count], samples[ASYNCIO, 0], strict=True)
+                g / a for g, a in zip(walls[system, count], walls[ASYNCIO, 0], strict=True)
             ]
-            fields = {
-                "ratio_to_asyncio": round(seconds / baseline, 3),
+            fields |= {
+                "ratio_to_asyncio": round(median(walls[system, count]) / baseline, 3),
+                "cpu_ratio_to_asyncio": round(median(cpus[system, count]) / cpu_baseline, 3),
                 "ratio_to_asyncio_per_round": rounded(per_round, 3),
                 "ran_per_worker": ran[count],
             }
@@ -156,38 +194,33 @@ async def bench_tree(
             system=system,
             workers=count,
             requests=requests,
-            seconds=round(seconds, 6),
-            us_per_request=round(seconds / requests * 1e6, 3),
             runs=runs,
             gc=gc_mode,
             depth=depth,
-            samples_seconds=rounded(samples[system, count]),
             **fields,
         )
-        ratio = f"  x{fields['ratio_to_asyncio']:.2f} asyncio" if fields else ""
         label = f"{system} workers={count}" if count else system
+        ratio = f"  x{fields['ratio_to_asyncio']:.2f} asyncio" if system == GIRDER else ""
         report.say(
-            f"tree({depth}) gc={gc_mode:6} {label:28} {seconds / requests * 1e6:7.2f} us/request"
-            f"{ratio}"
+            f"tree({depth}) gc={gc_mode:6} {label:28} {fields['us_per_request']:7.2f} us/request"
+            f" (cpu {fields['cpu_us_per_request']:.2f}){ratio}"
         )
 
 
 # -- chain ------------------------------------------------------------------------------------
 
 
-async def chain_time(depth: int, gc_mode: str) -> float:
+async def chain_time(depth: int, gc_mode: str) -> Stopwatch:
     async with girder.Grid.local(workers=1) as grid:
-        with collector(gc_mode):
-            start = time.perf_counter()
+        with collector(gc_mode), Stopwatch() as watch:
             value = await grid.call(chain, depth)
-            elapsed = time.perf_counter() - start
     if value != depth:
         raise AssertionError(f"chain({depth}) gave {value}")
-    return elapsed
+    return watch
 
 
 async def chain_memory(depth: int, gc_mode: str) -> tuple[int, int]:
-    """Traced bytes of one chain(depth): (peak, still held after it, i.e. the cache)."""
+    """Traced bytes of one chain(depth): the peak, and what is still held after (the cache)."""
     async with girder.Grid.local(workers=1) as grid:
         with collector(gc_mode):
             tracemalloc.start()
@@ -202,7 +235,7 @@ async def chain_memory(depth: int, gc_mode: str) -> tuple[int, int]:
 
 
 def linear_fit(xs: Sequence[float], ys: Sequence[float]) -> tuple[float, float]:
-    """Least-squares slope and intercept."""
+    """Least-squares slope and intercept (a single point: through the origin)."""
     if len(xs) < 2:
         return (ys[0] / xs[0] if xs else 0.0), 0.0
     slope, intercept = statistics.linear_regression(xs, ys)
@@ -210,28 +243,31 @@ def linear_fit(xs: Sequence[float], ys: Sequence[float]) -> tuple[float, float]:
 
 
 async def bench_chain(report: Report, depths: Sequence[int], runs: int, gc_mode: str) -> None:
-    """chain(n) on one worker at several depths: time, and peak memory per level."""
-    times: dict[int, list[float]] = {depth: [] for depth in depths}
+    """chain(n) on one worker at several depths: time, and peak memory per level.
+
+    Memory is measured in a separate run under tracemalloc (which slows everything down).
+    """
+    walls: dict[int, list[float]] = {depth: [] for depth in depths}
+    cpus: dict[int, list[float]] = {depth: [] for depth in depths}
     for _ in range(runs):
         for depth in depths:
-            times[depth].append(await chain_time(depth, gc_mode))
+            watch = await chain_time(depth, gc_mode)
+            walls[depth].append(watch.wall)
+            cpus[depth].append(watch.cpu)
     memory = {depth: await chain_memory(depth, gc_mode) for depth in depths}
     slope, intercept = linear_fit(list(depths), [memory[d][0] for d in depths])
     for depth in depths:
-        seconds = median(times[depth])
         peak, held = memory[depth]
-        requests = depth + 1
+        fields = timing_fields(walls[depth], cpus[depth], depth + 1)
         report.emit(
             workload=f"chain({depth})",
             system=GIRDER,
             workers=1,
-            requests=requests,
-            seconds=round(seconds, 6),
-            us_per_request=round(seconds / requests * 1e6, 3),
+            requests=depth + 1,
             runs=runs,
             gc=gc_mode,
             depth=depth,
-            samples_seconds=rounded(times[depth]),
+            **fields,
             peak_bytes=peak,
             peak_bytes_per_level=round(peak / depth),
             held_bytes=held,
@@ -241,8 +277,8 @@ async def bench_chain(report: Report, depths: Sequence[int], runs: int, gc_mode:
             recursion_limit=sys.getrecursionlimit(),
         )
         report.say(
-            f"chain({depth}) gc={gc_mode:6} {seconds * 1e3:8.1f} ms"
-            f" {seconds / requests * 1e6:7.2f} us/level  peak {peak / depth:6.0f} B/level"
+            f"chain({depth}) gc={gc_mode:6} {fields['seconds'] * 1e3:8.1f} ms"
+            f" {fields['us_per_request']:7.2f} us/level  peak {peak / depth:6.0f} B/level"
             f" (held after: {held / depth:.0f} B/level; fit {slope:.0f} B/level)"
         )
 
@@ -250,56 +286,61 @@ async def bench_chain(report: Report, depths: Sequence[int], runs: int, gc_mode:
 # -- cache hits -------------------------------------------------------------------------------
 
 
-async def cache_hit_call(calls: int, gc_mode: str) -> list[float]:
-    """Seconds of each of `calls` `grid.call`s on a cached key."""
+async def cache_hit_call(calls: int, gc_mode: str) -> tuple[list[float], float]:
+    """Seconds of each of `calls` `grid.call`s on a cached key, and CPU seconds of them all."""
     async with girder.Grid.local(workers=1) as grid:
         await grid.call(square, 7)
         clock = time.perf_counter
         samples = []
-        with collector(gc_mode):
+        with collector(gc_mode), Stopwatch() as watch:
             for _ in range(calls):
                 start = clock()
                 await grid.call(square, 7)
                 samples.append(clock() - start)
-    return samples
+    return samples, watch.cpu
 
 
-async def cache_hit_reentrant(calls: int, gc_mode: str) -> list[float]:
-    """Seconds of each of `calls` `call_reentrant`s on a cached key, inside a grid function."""
+async def cache_hit_reentrant(calls: int, gc_mode: str) -> tuple[list[float], float]:
+    """Seconds of each of `calls` `call_reentrant`s on a cached key inside a grid function,
+    and CPU seconds of them all."""
     async with girder.Grid.local(workers=1) as grid:
         with collector(gc_mode):
-            samples: list[float] = await grid.call(reentrant_hits, 7, calls)
-    return samples
+            samples, cpu = await grid.call(reentrant_hits, 7, calls)
+    return samples, cpu
 
 
 async def bench_cache(report: Report, calls: int, runs: int, gc_mode: str) -> None:
+    """The headline figure is the median of single calls; `us_mean` is their total / calls."""
     for workload, measure in (
         ("cache-hit-call", cache_hit_call),
         ("cache-hit-reentrant", cache_hit_reentrant),
     ):
-        per_run = [await measure(calls, gc_mode) for _ in range(runs)]
-        totals = [sum(samples) for samples in per_run]
-        medians = [median(samples) for samples in per_run]
+        measured = [await measure(calls, gc_mode) for _ in range(runs)]
+        medians = [median(samples) for samples, _ in measured]
+        fields = timing_fields(
+            [sum(samples) for samples, _ in measured], [cpu for _, cpu in measured], calls
+        )
         per_call = median(medians)
+        mean = fields.pop("us_per_request")
         report.emit(
             workload=workload,
             system=GIRDER,
             workers=1,
             requests=calls,
-            seconds=round(median(totals), 6),
-            us_per_request=round(per_call * 1e6, 3),
             runs=runs,
             gc=gc_mode,
-            us_mean=round(median(totals) / calls * 1e6, 3),
+            **fields,
+            us_per_request=round(per_call * 1e6, 3),
+            us_mean=mean,
             us_p90=round(
-                median([statistics.quantiles(s, n=10)[-1] for s in per_run]) * 1e6,
+                median([statistics.quantiles(samples, n=10)[-1] for samples, _ in measured]) * 1e6,
                 3,
             ),
             us_per_run_median=rounded([m * 1e6 for m in medians], 3),
         )
         report.say(
-            f"{workload:19} gc={gc_mode:6} {per_call * 1e6:7.2f} us/call (median of {calls} calls,"
-            f" mean {median(totals) / calls * 1e6:.2f})"
+            f"{workload:19} gc={gc_mode:6} {per_call * 1e6:7.2f} us/call (median of {calls}"
+            f" calls x {runs} runs; mean {mean:.2f}, cpu {fields['cpu_us_per_request']:.2f})"
         )
 
 
@@ -328,7 +369,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--calls", type=int, help="calls per cache-hit run (default 5000; 500 with --quick)"
     )
     parser.add_argument(
-        "--workers", type=int_list, default=[1, 4], help="girder worker counts for the tree"
+        "--workers",
+        type=int_list,
+        default=[1, 4],
+        help="comma-separated girder worker counts for the tree (default 1,4)",
     )
     parser.add_argument(
         "--gc",

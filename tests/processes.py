@@ -10,6 +10,7 @@ import sys
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import BinaryIO
 
 from girder.backends import open_backend
 from girder.backends.base import NodeInfo, NodeKind
@@ -37,9 +38,11 @@ class GridProcesses:
             **env,
         }
         self.procs: list[subprocess.Popen[bytes]] = []
+        self._log_files: list[BinaryIO] = []
 
     def _start(self, args: list[str], log_name: str) -> subprocess.Popen[bytes]:
-        log = open(self.logs / f"{log_name}.log", "ab")  # noqa: SIM115 - closed with the process
+        log = open(self.logs / f"{log_name}.log", "ab")  # noqa: SIM115 - closed in stop_all
+        self._log_files.append(log)
         proc = subprocess.Popen(
             [sys.executable, "-m", "girder", *args, "--backend", self.backend_url],
             env=self.env,
@@ -72,6 +75,8 @@ class GridProcesses:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+        for log in self._log_files:
+            log.close()
 
     def log_text(self) -> str:
         return "\n".join(

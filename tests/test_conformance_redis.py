@@ -3,6 +3,7 @@ reconnect, reload scripts, and survive garbage that someone pushed by hand."""
 
 from __future__ import annotations
 
+import asyncio
 import sys
 from collections.abc import AsyncIterator, Callable
 from typing import Any, cast
@@ -12,7 +13,7 @@ import redis.asyncio as aioredis
 from redis.crc import key_slot
 
 from girder.backends import open_backend
-from girder.backends.base import Claimed, NewRequest, NodeKind, StateBackend
+from girder.backends.base import Claimed, NewRequest, NodeKind, Notification, StateBackend
 from girder.backends.redis import RedisBackend
 from girder.config import Settings
 from girder.errors import BackendError, ConfigurationError
@@ -75,6 +76,22 @@ async def test_a_dead_server_is_a_backend_error(
     assert await backend.claim("w") is None
 
 
+async def test_cancelling_a_node_loop_ends_it(backend: RedisBackend) -> None:
+    """A cancelled task must end even when the cancel lands while a reply is arriving."""
+
+    async def listen() -> None:
+        while True:
+            await backend.take_notifications("n", 0.02)
+            await backend.claim("n")
+
+    for attempt in range(40):
+        task = asyncio.create_task(listen())
+        await asyncio.sleep(0.001 * attempt)
+        task.cancel()
+        done, _ = await asyncio.wait([task], timeout=2)
+        assert done, f"attempt {attempt}: the cancelled task kept running"
+
+
 async def test_connecting_to_nothing_is_a_backend_error() -> None:
     backend = RedisBackend(f"redis://127.0.0.1:{free_port()}/0")
     with pytest.raises(BackendError, match="cannot connect"):
@@ -93,6 +110,16 @@ async def test_claim_discards_garbage_in_a_work_list(
     await raw.rpush(f"{{{PREFIX}}}:work:w", garbage)
     assert await backend.claim("w") == Claimed("k", new("k").payload)
     assert await backend.claim("w") is None
+
+
+async def test_take_notifications_drops_garbage_in_an_inbox(
+    backend: RedisBackend, raw: aioredis.Redis
+) -> None:
+    await put(backend, "c", ["k"], into="w")
+    await raw.rpush(f"{{{PREFIX}}}:inbox:c", b"garbage", b"99:short", b"\xff:\xfe")
+    assert await backend.claim("w") is not None
+    await backend.complete("w", "k", out("k"), cache=True)
+    assert await backend.take_notifications("c", 5) == [Notification("k", out("k"))]
 
 
 async def test_scripts_are_reloaded_after_a_script_flush(

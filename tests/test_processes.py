@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import importlib
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -131,21 +132,25 @@ async def test_two_clients_share_the_cache(grid_processes: GridProcesses, redis_
 
 
 async def test_unknown_function_fails_only_its_request(
-    grid_processes: GridProcesses, client: girder.Grid, redis_url: str
+    grid_processes: GridProcesses,
+    client: girder.Grid,
+    redis_url: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    """A function from a module only the client has: the worker cannot import it."""
+    (tmp_path / "client_only_tasks.py").write_text(
+        "import girder\n\n@girder.function\ndef secret(x):\n    return x\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    client_only = importlib.import_module("client_only_tasks")
     grid_processes.distributor()
     grid_processes.worker("w1")
     await wait_for_nodes(redis_url, workers=1)
-
-    def _local_only(x: int) -> int:
-        return x
-
-    _local_only.__module__ = "module_only_the_client_has"
-    orphan = girder.function(_local_only)
     with pytest.raises(girder.RequestError) as caught:
-        await client.call(orphan, 1)
+        await client.call(client_only.secret, 1)
     assert caught.value.kind == "invalid"
-    assert "module_only_the_client_has._local_only cannot be imported" in caught.value.message
+    assert "client_only_tasks.secret cannot be imported" in caught.value.message
     assert "on node w1" in caught.value.message
     assert await client.call(add, 2, 2) == 4
 

@@ -26,6 +26,7 @@ from typing import Any, cast
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import redis.asyncio as aioredis
+import structlog
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import NoScriptError, RedisError
@@ -53,6 +54,8 @@ from girder.backends.redis_keys import (
 )
 from girder.config import Settings
 from girder.errors import BackendError, ConfigurationError
+
+_log = structlog.get_logger("girder")
 
 _STATES = {
     PENDING.encode(): RequestState.PENDING,
@@ -82,9 +85,14 @@ _REPLY_MARGIN = 5.0
 """Seconds a BLPOP may overrun its own timeout before the server counts as unreachable."""
 
 
-def _retry() -> Retry:
-    """A few quick reconnection attempts per command; the nodes' loops retry beyond that."""
-    return Retry(ExponentialWithJitterBackoff(cap=0.5, base=0.05), retries=3)
+def _client(url: str) -> aioredis.Redis:
+    """A client with a few quick reconnection attempts per command (the nodes' loops retry
+    beyond that) and no socket timeout: redis-py's read timeout can swallow the cancellation
+    of the task that waits (seen with redis-py 8.1, cf. redis/redis-py#2551), which would hang
+    every node's shutdown. TCP keepalive (on by default) still detects a dead server.
+    """
+    retry = Retry(ExponentialWithJitterBackoff(cap=0.5, base=0.05), retries=3)
+    return aioredis.Redis.from_url(url, retry=retry, socket_timeout=None)
 
 
 def mask_url(url: str) -> str:
@@ -94,13 +102,14 @@ def mask_url(url: str) -> str:
     if parts.password is not None:
         user = parts.username or ""
         netloc = f"{user}:***@{netloc.rpartition('@')[2]}"
-    query = urlencode(
-        [(k, "***" if k == "password" else v) for k, v in parse_qsl(parts.query)], safe="*"
-    )
+    query = parts.query
+    pairs = parse_qsl(query, keep_blank_values=True)
+    if any(name == "password" for name, _ in pairs):
+        query = urlencode([(k, "***" if k == "password" else v) for k, v in pairs], safe="*")
     return urlunsplit(parts._replace(netloc=netloc, query=query))
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class _Script:
     name: str
     source: str
@@ -108,6 +117,7 @@ class _Script:
 
 
 def _load_scripts(keys: RedisKeys) -> dict[str, _Script]:
+    """Each script is the key-name prelude, the shared helpers, then its own body."""
     folder = resources.files("girder.backends").joinpath("lua")
     head = keys.lua_prelude() + folder.joinpath("common.lua").read_text()
     scripts = {}
@@ -121,10 +131,21 @@ def _text(value: bytes) -> str:
     return value.decode()
 
 
-def _notification(data: bytes) -> Notification:
-    size, _, rest = data.partition(b":")
-    length = int(size)
-    return Notification(rest[:length].decode(), rest[length:])
+def _notifications(entries: list[bytes]) -> list[Notification]:
+    """Decode inbox entries (`<len(key)>:<key><outcome>`); drop any that someone mangled."""
+    notes = []
+    for entry in entries:
+        size, _, rest = entry.partition(b":")
+        try:
+            length = int(size)
+            if not 0 <= length <= len(rest):
+                raise ValueError(length)
+            key = rest[:length].decode()
+        except ValueError:
+            _log.warning("malformed notification dropped", entry=entry[:100])
+            continue
+        notes.append(Notification(key, rest[length:]))
+    return notes
 
 
 class RedisBackend:
@@ -135,8 +156,8 @@ class RedisBackend:
         self._keys = RedisKeys((settings or Settings()).key_prefix)
         self._scripts = _load_scripts(self._keys)
         try:
-            self._redis = aioredis.Redis.from_url(url, retry=_retry())
-            self._blocking = aioredis.Redis.from_url(url, retry=_retry(), socket_timeout=None)
+            self._redis = _client(url)
+            self._blocking = _client(url)  # BLPOPs only, so they never hold up other commands
         except ValueError as exc:
             raise ConfigurationError(f"bad Redis URL {self.url!r}: {exc}") from exc
 
@@ -239,7 +260,7 @@ class RedisBackend:
         notes = await self._run("drain", node)
         if not notes and await self._pop_token(self._keys.bell(node), timeout):
             notes = await self._run("drain", node)
-        return [_notification(note) for note in notes]
+        return _notifications(notes)
 
     async def wait_for_work(self, node: str, timeout: float) -> None:
         await self._pop_token(self._keys.wake(node), timeout)

@@ -93,6 +93,37 @@ async def run(backend: StateBackend, node: str, key: str, *, cache: bool = True)
     await backend.complete(node, key, out(key), cache=cache)
 
 
+async def run_until_running(backend: StateBackend, node: str, key: str) -> None:
+    """Submit `key` onto `node`'s list and claim it there."""
+    await put(backend, node, [key])
+    assert await backend.claim(node) == Claimed(key, new(key).payload)
+
+
+async def run_claimed(backend: StateBackend, node: str, key: str) -> None:
+    """Claim `key` from the top of `node`'s list and complete it (cached) with `out(key)`."""
+    claimed = await backend.claim(node)
+    assert claimed is not None
+    assert claimed.key == key
+    await backend.complete(node, key, out(key), cache=True)
+
+
+async def make_unknown_done_and_running(backend: StateBackend, *, also_into: str) -> None:
+    """Push three keys on top of `also_into` that nobody may claim from there.
+
+    "unknown" completed without caching (its record is gone), "done" completed with caching,
+    "running" is claimed by another node. Each is pushed onto a scratch list "x" as well and
+    claimed there.
+    """
+    for key in ("unknown", "done", "running"):
+        await put(backend, "c", [key], into=also_into)
+        await put(backend, "c", [key], into="x")
+        claimed = await backend.claim("x")
+        assert claimed is not None
+        assert claimed.key == key
+    await backend.complete("x", "unknown", out("unknown"), cache=False)
+    await backend.complete("x", "done", out("done"), cache=True)
+
+
 async def timed(awaitable: Awaitable[object]) -> float:
     """Seconds `awaitable` took."""
     start = time.monotonic()
@@ -109,6 +140,7 @@ async def eventually(check: Callable[[], Awaitable[bool]], patience: float, what
         await asyncio.sleep(0.02)
 
 
+@pytest.mark.asyncio
 class BackendConformance:
     """The rules of `girder.backends.base.StateBackend`; subclass and provide `backend`."""
 
@@ -496,6 +528,12 @@ class BackendConformance:
         assert await backend.steal("d", "w", 1) == 1
         assert await timed(backend.wait_for_work("d", self.patience)) < self.prompt
 
+    async def test_leaving_wakes_the_distributor(self, backend: StateBackend) -> None:
+        await backend.join("w", NodeKind.WORKER, "d", LONG)
+        await put(backend, "w", ["k"])
+        assert await backend.leave("w") == 1
+        assert await timed(backend.wait_for_work("d", self.patience)) < self.prompt
+
     # -- volunteers and hand_out ------------------------------------------------------------------
 
     async def test_volunteers_queue_first_in_first_out(self, backend: StateBackend) -> None:
@@ -871,34 +909,3 @@ class BackendConformance:
         assert await backend.lengths(["ghost"]) == [0]
         assert await backend.nodes() == []
         assert await backend.take_notifications("ghost", 0) == []
-
-
-async def run_until_running(backend: StateBackend, node: str, key: str) -> None:
-    """Submit `key` onto `node`'s list and claim it there."""
-    await put(backend, node, [key])
-    assert await backend.claim(node) == Claimed(key, new(key).payload)
-
-
-async def run_claimed(backend: StateBackend, node: str, key: str) -> None:
-    """Claim `key` from the top of `node`'s list and complete it (cached) with `out(key)`."""
-    claimed = await backend.claim(node)
-    assert claimed is not None
-    assert claimed.key == key
-    await backend.complete(node, key, out(key), cache=True)
-
-
-async def make_unknown_done_and_running(backend: StateBackend, *, also_into: str) -> None:
-    """Push three keys on top of `also_into` that nobody may claim from there.
-
-    "unknown" completed without caching (its record is gone), "done" completed with caching,
-    "running" is claimed by another node. Each is pushed onto a scratch list "x" as well and
-    claimed there.
-    """
-    for key in ("unknown", "done", "running"):
-        await put(backend, "c", [key], into=also_into)
-        await put(backend, "c", [key], into="x")
-        claimed = await backend.claim("x")
-        assert claimed is not None
-        assert claimed.key == key
-    await backend.complete("x", "unknown", out("unknown"), cache=False)
-    await backend.complete("x", "done", out("done"), cache=True)

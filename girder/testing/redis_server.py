@@ -145,7 +145,11 @@ class RedisServer:
         raise RuntimeError(f"redis-server replied {text!r} to {args[0]}")
 
     def __enter__(self) -> Self:
-        self.start()
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
         return self
 
     def __exit__(
