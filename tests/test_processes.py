@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import json
+import signal
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -158,3 +162,83 @@ async def test_unknown_function_fails_only_its_request(
 def test_fast_recovery_settings_are_valid() -> None:
     values = {k.removeprefix("GIRDER_").lower(): v for k, v in FAST_RECOVERY.items()}
     assert Settings.model_validate(values).heartbeat_ttl == 1.5
+
+
+async def test_sigterm_hands_work_back_at_once(redis_url: str, tmp_path: Path) -> None:
+    """With a 60 s lease, only a graceful hand-back can finish the job quickly."""
+    procs = GridProcesses(redis_url, tmp_path, GIRDER_HEARTBEAT_TTL="60")
+    try:
+        procs.distributor()
+        leaving = procs.worker("leaving")
+        await wait_for_nodes(redis_url, workers=1)
+        async with girder.Grid.connect(
+            redis_url, **{**CLIENT_OPTIONS, "heartbeat_ttl": 60}
+        ) as grid:
+            job = grid.submit(fan, 6, 300, "sigterm")
+            await wait_until(lambda: _running_on(redis_url, "leaving"), what="work running")
+            leaving.terminate()
+            assert leaving.wait(timeout=10) == 0
+            procs.worker("staying")
+            assert await asyncio.wait_for(job, 15) == sum(range(6))
+    finally:
+        procs.stop_all()
+
+
+async def test_grid_local_on_redis(redis_url: str) -> None:
+    async with girder.Grid.local(workers=2, backend=redis_url, **CLIENT_OPTIONS) as grid:
+        assert await grid.call(tree, 6, 0) == 127
+        assert {n.node for n in await nodes(redis_url) if n.kind == NodeKind.WORKER} == {
+            "pool-w1",
+            "pool-w2",
+        }
+
+
+async def test_girder_up_and_status(redis_url: str, tmp_path: Path) -> None:
+    env = GridProcesses(redis_url, tmp_path).env
+    up = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "girder",
+            "up",
+            "--backend",
+            redis_url,
+            "--workers",
+            "2",
+            "--import",
+            "gridfns",
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        await wait_for_nodes(redis_url, workers=2)
+        async with girder.Grid.connect(redis_url, **CLIENT_OPTIONS) as grid:
+            assert await grid.call(tree, 5, 0) == 63
+        status = subprocess.run(
+            [sys.executable, "-m", "girder", "status", "--backend", redis_url, "--json"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
+        )
+        report = json.loads(status.stdout)
+        kinds = sorted(n["kind"] for n in report["nodes"] if n["alive"])
+        assert kinds == ["distributor", "worker", "worker"]
+        assert report["cache_size"] >= 63
+        table = subprocess.run(
+            [sys.executable, "-m", "girder", "status"],
+            env={**env, "GIRDER_BACKEND": redis_url},
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
+        )
+        assert "distributor" in table.stdout
+        assert "cached results" in table.stdout
+    finally:
+        up.send_signal(signal.SIGINT)
+        assert up.wait(timeout=20) == 0
+    assert [n for n in await nodes(redis_url) if n.kind != NodeKind.CLIENT] == []

@@ -185,6 +185,9 @@ class Worker(Node):
             outcome = Outcome(value=await _Resumed(coroutine, first))
         except Exception as exc:
             outcome = self._failure(evaluation, exc)
+        except BaseException:  # cancelled (the worker stops): pass the baton on, finish nothing
+            self._pass_baton(evaluation)
+            raise
         await self._conclude(evaluation, function, outcome)
 
     async def _conclude(
@@ -194,9 +197,12 @@ class Worker(Node):
             await self.finish(evaluation.key, evaluation.readable, outcome, cache=function.cache)
             self.stats.ran += 1
         finally:
-            if evaluation.holds_baton:
-                evaluation.holds_baton = False
-                self.baton.release()
+            self._pass_baton(evaluation)
+
+    def _pass_baton(self, evaluation: Evaluation) -> None:
+        if evaluation.holds_baton:
+            evaluation.holds_baton = False
+            self.baton.release()
 
     def _failure(self, evaluation: Evaluation, exc: Exception) -> Outcome:
         readable = evaluation.readable()
@@ -221,9 +227,7 @@ class Worker(Node):
         if not batch.future.done():
             evaluation.holds_baton = False
             self.baton.release()
-            try:
-                await batch.future
-            finally:
-                await self.baton.acquire_for_resume()
-                evaluation.holds_baton = True
+            await batch.future  # if cancelled here, we hold no baton and need none
+            await self.baton.acquire_for_resume()
+            evaluation.holds_baton = True
         return self.raise_failures(evaluation.readable, requests, batch)
