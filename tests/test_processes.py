@@ -195,7 +195,7 @@ async def test_grid_local_on_redis(redis_url: str) -> None:
 
 async def test_girder_up_and_status(redis_url: str, tmp_path: Path) -> None:
     env = GridProcesses(redis_url, tmp_path).env
-    up = subprocess.Popen(
+    up = subprocess.Popen(  # noqa: ASYNC220 - starting it does not block
         [
             sys.executable,
             "-m",
@@ -216,7 +216,8 @@ async def test_girder_up_and_status(redis_url: str, tmp_path: Path) -> None:
         await wait_for_nodes(redis_url, workers=2)
         async with girder.Grid.connect(redis_url, **CLIENT_OPTIONS) as grid:
             assert await grid.call(tree, 5, 0) == 63
-        status = subprocess.run(
+        status = await asyncio.to_thread(
+            subprocess.run,
             [sys.executable, "-m", "girder", "status", "--backend", redis_url, "--json"],
             env=env,
             capture_output=True,
@@ -228,7 +229,8 @@ async def test_girder_up_and_status(redis_url: str, tmp_path: Path) -> None:
         kinds = sorted(n["kind"] for n in report["nodes"] if n["alive"])
         assert kinds == ["distributor", "worker", "worker"]
         assert report["cache_size"] >= 63
-        table = subprocess.run(
+        table = await asyncio.to_thread(
+            subprocess.run,
             [sys.executable, "-m", "girder", "status"],
             env={**env, "GIRDER_BACKEND": redis_url},
             capture_output=True,
