@@ -82,3 +82,34 @@ async def test_nested_distributors_share_work() -> None:
 async def test_tree_values(depth: int) -> None:
     async with girder.Grid.local(workers=3) as grid:
         assert await grid.call(tree, depth, 0) == 2 ** (depth + 1) - 1
+
+
+async def test_relay_stays_depth_first() -> None:
+    """A parked request whose sub-requests are done resumes before the worker takes new work,
+    so a tree on one worker never has more than about its depth of requests parked."""
+    parked_peak = 0
+
+    async def watch(grid: girder.Grid) -> None:
+        nonlocal parked_peak
+        while True:
+            parked_peak = max(parked_peak, len(grid.workers[0]._evaluations))
+            await asyncio.sleep(0)
+
+    async with girder.Grid.local(workers=1) as grid:
+        watcher = asyncio.create_task(watch(grid))
+        assert await grid.call(tree, 12, 0) == 8191
+        watcher.cancel()
+    assert 0 < parked_peak <= 2 * 12
+
+
+async def test_baton_reservation_keeps_the_loop_waiting() -> None:
+    baton = Baton(1)
+    await baton.acquire_for_resume()  # a request runs
+    baton.reserve()  # a parked one became ready
+    baton.release()  # the running one finishes
+    loop_task = asyncio.create_task(baton.acquire_for_work())
+    await asyncio.sleep(0)
+    assert not loop_task.done()  # the baton is kept for the ready request
+    await baton.acquire_for_resume(reserved=True)
+    baton.release()
+    await asyncio.wait_for(loop_task, 1)

@@ -28,7 +28,7 @@ from girder.config import Settings
 
 @dataclass(slots=True)
 class _Record:
-    """A request that is pending or running (done ones live in `_done`, free of the GC)."""
+    """A request that is pending or running (done ones live in `_outcomes`)."""
 
     payload: bytes
     owner: str | None = None
@@ -72,7 +72,10 @@ class MemoryBackend:
 
     def _reset(self) -> None:
         self._records: dict[str, _Record] = {}
-        self._done: dict[str, tuple[bytes, bytes]] = {}  # key -> (outcome, payload)
+        # Done keys: str -> bytes dicts hold no GC-tracked object, so the collector never
+        # walks the cache however large it grows.
+        self._outcomes: dict[str, bytes] = {}
+        self._done_payloads: dict[str, bytes] = {}
         self._work: dict[str, deque[str]] = {}
         self._pops: dict[str, int] = {}
         self._running: dict[str, set[str]] = {}
@@ -173,9 +176,9 @@ class MemoryBackend:
         pushed: list[str] = []
         for request in requests:
             key = request.key
-            done = self._done.get(key)
+            done = self._outcomes.get(key)
             if done is not None:
-                results.append(Submitted(key, outcome=done[0]))
+                results.append(Submitted(key, outcome=done))
                 continue
             record = self._records.get(key)
             if record is None:
@@ -223,7 +226,8 @@ class MemoryBackend:
         if record is None:
             return
         if cache:
-            self._done[key] = (outcome, record.payload)
+            self._outcomes[key] = outcome
+            self._done_payloads[key] = record.payload
         waiters = record.waiters
         record.waiters = set()
         for waiter in waiters:
@@ -249,7 +253,7 @@ class MemoryBackend:
         await signal.wait(timeout)
 
     async def state(self, key: str) -> RequestState:
-        if key in self._done:
+        if key in self._outcomes:
             return RequestState.DONE
         record = self._records.get(key)
         if record is None:
@@ -257,8 +261,7 @@ class MemoryBackend:
         return RequestState.RUNNING if record.owner is not None else RequestState.PENDING
 
     async def result(self, key: str) -> bytes | None:
-        done = self._done.get(key)
-        return None if done is None else done[0]
+        return self._outcomes.get(key)
 
     async def payloads(self, keys: Sequence[str]) -> list[bytes | None]:
         return [self._payload(key) for key in keys]
@@ -267,8 +270,7 @@ class MemoryBackend:
         record = self._records.get(key)
         if record is not None:
             return record.payload
-        done = self._done.get(key)
-        return None if done is None else done[1]
+        return self._done_payloads.get(key)
 
     # -- distribution -----------------------------------------------------------------------------
 
@@ -404,7 +406,7 @@ class MemoryBackend:
         )
 
     async def cache_size(self) -> int:
-        return len(self._done)
+        return len(self._outcomes)
 
     async def flush(self) -> None:
         self._reset()

@@ -14,21 +14,47 @@ from collections import deque
 class Baton:
     """A counting baton with priority for resuming requests over the worker loop."""
 
-    __slots__ = ("_free", "_loop", "_resumers", "_worker_waiter")
+    __slots__ = ("_free", "_loop", "_reserved", "_resumers", "_worker_waiter")
 
     def __init__(self, permits: int = 1) -> None:
         self._free = permits
+        self._reserved = 0
         self._resumers: deque[asyncio.Future[None]] = deque()
         self._worker_waiter: asyncio.Future[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+
+    def reserve(self) -> None:
+        """A parked request became ready: keep a baton for it from now on.
+
+        Called synchronously when its sub-requests are done, before its task gets to run, so
+        the worker loop cannot take the baton for new work in between (which would turn the
+        depth-first relay breadth-first).
+        """
+        self._reserved += 1
+
+    def cancel_reservation(self) -> None:
+        """The ready request was cancelled before it took its baton."""
+        self._reserved -= 1
+        if self._free > self._reserved:
+            self._wake_worker()
+
+    def _wake_worker(self) -> None:
+        waiter = self._worker_waiter
+        if waiter is not None and not waiter.done():
+            self._worker_waiter = None
+            self._free -= 1
+            waiter.set_result(None)
 
     def _future(self) -> asyncio.Future[None]:
         if self._loop is None:
             self._loop = asyncio.get_running_loop()
         return self._loop.create_future()
 
-    async def acquire_for_resume(self) -> None:
-        """Take a baton for a request that was parked."""
+    async def acquire_for_resume(self, *, reserved: bool = False) -> None:
+        """Take a baton for a request that was parked (turning its reservation, if any, into
+        the baton itself or a place in the queue of resuming requests)."""
+        if reserved:
+            self._reserved -= 1
         if self._free > 0 and not self._resumers:
             self._free -= 1
             return
@@ -38,7 +64,7 @@ class Baton:
 
     async def acquire_for_work(self) -> None:
         """Take a baton for the worker loop (only one loop waits at a time)."""
-        if self._free > 0 and not self._resumers:
+        if self._free > self._reserved and not self._resumers:
             self._free -= 1
             return
         future = self._worker_waiter = self._future()
@@ -59,10 +85,6 @@ class Baton:
             if not future.done():
                 future.set_result(None)
                 return
-        waiter = self._worker_waiter
-        if waiter is not None:
-            self._worker_waiter = None
-            if not waiter.done():
-                waiter.set_result(None)
-                return
         self._free += 1
+        if self._free > self._reserved:
+            self._wake_worker()

@@ -9,6 +9,7 @@ so that it can submit again if the backend loses its state.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from girder.backends.base import NewRequest
@@ -18,12 +19,15 @@ from girder.serialization import Outcome
 class Batch:
     """Outcomes of several keys, in order, and one future that completes when all are in."""
 
-    __slots__ = ("future", "outcomes", "remaining")
+    __slots__ = ("future", "on_ready", "outcomes", "ready", "remaining")
 
     def __init__(self, size: int, loop: asyncio.AbstractEventLoop) -> None:
         self.outcomes: list[Outcome | None] = [None] * size
         self.remaining = size
         self.future: asyncio.Future[None] = loop.create_future()
+        self.on_ready: Callable[[], None] | None = None
+        """Called synchronously when the last outcome arrives (a worker reserves a baton)."""
+        self.ready = False
         if size == 0:
             self.future.set_result(None)
 
@@ -32,6 +36,9 @@ class Batch:
             self.outcomes[index] = outcome
             self.remaining -= 1
             if self.remaining == 0 and not self.future.done():
+                self.ready = True
+                if self.on_ready is not None:
+                    self.on_ready()
                 self.future.set_result(None)
 
     def results(self) -> list[Outcome]:

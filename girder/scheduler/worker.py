@@ -225,9 +225,15 @@ class Worker(Node):
             waiter=(evaluation.key, evaluation.readable),
         )
         if not batch.future.done():
+            batch.on_ready = self.baton.reserve
             evaluation.holds_baton = False
             self.baton.release()
-            await batch.future  # if cancelled here, we hold no baton and need none
-            await self.baton.acquire_for_resume()
+            try:
+                await batch.future
+            except BaseException:  # cancelled: we hold no baton; give up any reservation
+                if batch.ready:
+                    self.baton.cancel_reservation()
+                raise
+            await self.baton.acquire_for_resume(reserved=True)
             evaluation.holds_baton = True
         return self.raise_failures(evaluation.readable, requests, batch)
