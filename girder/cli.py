@@ -69,6 +69,19 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--log-level", help="DEBUG, INFO, WARNING... (GIRDER_LOG_LEVEL)")
 
 
+def _worker_options(parser: argparse.ArgumentParser, pool_help: str) -> None:
+    """The options of worker processes (shared by `worker` and `up`)."""
+    parser.add_argument("--pool", help=pool_help)
+    parser.add_argument(
+        "--import",
+        dest="imports",
+        action="append",
+        metavar="MODULE",
+        help="a module defining grid functions (repeatable)",
+    )
+    parser.add_argument("--concurrency", type=int, help="batons per worker: functions at once")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="girder", description="An asyncio-native calculation grid."
@@ -85,16 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     worker = commands.add_parser("worker", help="run one worker process")
     _common(worker)
-    worker.add_argument("--pool", help="the distributor to join (GIRDER_POOL; default pool)")
+    _worker_options(worker, pool_help="the distributor to join (GIRDER_POOL; default pool)")
     worker.add_argument("--name", help="this worker's id (default: generated)")
-    worker.add_argument(
-        "--import",
-        dest="imports",
-        action="append",
-        metavar="MODULE",
-        help="a module defining grid functions (repeatable)",
-    )
-    worker.add_argument("--concurrency", type=int, help="batons: user functions at once")
     worker.set_defaults(run=_worker)
 
     distributor = commands.add_parser("distributor", help="run one distributor process")
@@ -106,15 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     up = commands.add_parser("up", help="a distributor and N worker processes on this machine")
     _common(up)
     up.add_argument("--workers", type=int, help="worker processes (GIRDER_WORKERS; default 4)")
-    up.add_argument("--pool", help="the pool's name (default pool)")
-    up.add_argument(
-        "--import",
-        dest="imports",
-        action="append",
-        metavar="MODULE",
-        help="a module defining grid functions (repeatable)",
-    )
-    up.add_argument("--concurrency", type=int, help="batons per worker")
+    _worker_options(up, pool_help="the pool's name (GIRDER_POOL; default pool)")
     up.set_defaults(run=_up)
 
     status = commands.add_parser("status", help="nodes, liveness, queues, cache size")

@@ -57,6 +57,20 @@ class Outcome:
         return self.value
 
 
+def _dumps(value: Any, what: Callable[[], str]) -> bytes:
+    """Pickle `value`; what plain pickle cannot (lambdas, local classes), cloudpickle does."""
+    try:
+        return pickle.dumps(value, protocol=5)
+    except Exception:
+        try:
+            data: bytes = cloudpickle.dumps(value, protocol=5)
+        except Exception as exc:
+            raise SerializationError(
+                f"{what()} cannot be serialized: {type(exc).__name__}: {exc}"
+            ) from exc
+        return data
+
+
 class Codec:
     """Encodes payloads and outcomes to framed bytes and back."""
 
@@ -104,16 +118,7 @@ class Codec:
 
     def encode_request(self, payload: RequestPayload) -> bytes:
         fields = (payload.function, payload.name, payload.args, payload.kwargs, payload.job)
-        try:
-            body = pickle.dumps(fields, protocol=5)
-        except Exception:
-            try:
-                body = cloudpickle.dumps(fields, protocol=5)
-            except Exception as exc:
-                raise SerializationError(
-                    f"arguments of {payload.readable()} cannot be serialized: "
-                    f"{type(exc).__name__}: {exc}"
-                ) from exc
+        body = _dumps(fields, lambda: f"arguments of {payload.readable()}")
         return self._frame(body, lambda: f"payload of {payload.readable()}")
 
     def decode_request(self, data: bytes, where: str) -> RequestPayload:
@@ -131,16 +136,10 @@ class Codec:
         if outcome.error is not None:
             body = pickle.dumps(("e", outcome.error.to_dict(kinds=True), outcome.final))
         else:
-            try:
-                body = pickle.dumps(("v", outcome.value, outcome.final), protocol=5)
-            except Exception:
-                try:
-                    body = cloudpickle.dumps(("v", outcome.value, outcome.final))
-                except Exception as exc:
-                    raise SerializationError(
-                        f"the result of {readable()} (type {type(outcome.value).__qualname__}) "
-                        f"cannot be serialized: {type(exc).__name__}: {exc}"
-                    ) from exc
+            body = _dumps(
+                ("v", outcome.value, outcome.final),
+                lambda: f"the result of {readable()} (type {type(outcome.value).__qualname__})",
+            )
         return self._frame(body, lambda: f"result of {readable()}")
 
     def decode_outcome(self, data: bytes, where: str) -> Outcome:
