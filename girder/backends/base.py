@@ -180,14 +180,20 @@ class StateBackend(Protocol):
         """
         ...
 
-    async def complete(self, node: str, key: str, outcome: bytes, *, cache: bool) -> None:
+    async def complete(
+        self, node: str, key: str, outcome: bytes, *, cache: bool, claim_next: bool = False
+    ) -> Claimed | None:
         """Record the outcome of a key `node` ran, and notify its waiters.
 
         Atomically: when `cache`, the key becomes done with `outcome` cached; otherwise its record
         is deleted (the next request computes it again). The key leaves `node`'s running set, its
         wait edges are deleted, and every waiter other than `node` itself gets a `Notification`
         in its inbox (the caller resolves its own local waiters). The waiter set is cleared.
-        Completing a key that is already done changes nothing.
+        Completing a key that is already done changes nothing (but it leaves `node`'s running set).
+
+        With `claim_next`, the same atomic step then does what `claim(node)` does and returns
+        its result (one round trip for a worker going from one request to the next); without,
+        it returns None.
         """
         ...
 

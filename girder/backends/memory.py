@@ -205,6 +205,9 @@ class MemoryBackend:
         return results
 
     async def claim(self, node: str) -> Claimed | None:
+        return self._claim(node)
+
+    def _claim(self, node: str) -> Claimed | None:
         work = self._work.get(node)
         while work:
             key = work.pop()
@@ -217,7 +220,13 @@ class MemoryBackend:
             return Claimed(key, record.payload)
         return None
 
-    async def complete(self, node: str, key: str, outcome: bytes, *, cache: bool) -> None:
+    async def complete(
+        self, node: str, key: str, outcome: bytes, *, cache: bool, claim_next: bool = False
+    ) -> Claimed | None:
+        self._complete(node, key, outcome, cache)
+        return self._claim(node) if claim_next else None
+
+    def _complete(self, node: str, key: str, outcome: bytes, cache: bool) -> None:
         running = self._running.get(node)
         if running is not None:
             running.discard(key)

@@ -253,8 +253,13 @@ class RedisBackend:
         reply = await self._run("claim", node)
         return None if reply is None else Claimed(reply[0].decode(), reply[1])
 
-    async def complete(self, node: str, key: str, outcome: bytes, *, cache: bool) -> None:
-        await self._run("complete", node, key, outcome, int(cache))
+    async def complete(
+        self, node: str, key: str, outcome: bytes, *, cache: bool, claim_next: bool = False
+    ) -> Claimed | None:
+        reply = await self._run("complete", node, key, outcome, int(cache), int(claim_next))
+        if not claim_next or not reply:
+            return None
+        return Claimed(reply[0].decode(), reply[1])
 
     async def take_notifications(self, node: str, timeout: float) -> list[Notification]:
         notes = await self._run("drain", node)

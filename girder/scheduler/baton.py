@@ -78,6 +78,10 @@ class Baton:
                 self.release()  # it was handed to us just as we were cancelled
             raise
 
+    def idle_after_release(self) -> bool:
+        """Whether a release now would leave the baton to the worker loop (nobody resuming)."""
+        return not self._resumers and self._reserved == 0
+
     def release(self) -> None:
         """Pass the baton on: to a resuming request first, then to the worker loop."""
         while self._resumers:

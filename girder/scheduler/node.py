@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from girder.backends.base import NewRequest, NodeKind, StateBackend
+from girder.backends.base import Claimed, NewRequest, NodeKind, StateBackend
 from girder.config import Settings
 from girder.errors import RequestError, SerializationError
 from girder.functions import Request
@@ -203,21 +203,33 @@ class Node:
         return names
 
     async def finish(
-        self, key: str, readable: Callable[[], str], outcome: Outcome, *, cache: bool
-    ) -> None:
+        self,
+        key: str,
+        readable: Callable[[], str],
+        outcome: Outcome,
+        *,
+        cache: bool,
+        claim_next: bool = False,
+    ) -> Claimed | None:
         """Store an outcome this node computed, notify waiters, and wake local ones.
 
-        `readable` names the request; it is only called when something fails.
+        `readable` names the request; it is only called when something fails. With
+        `claim_next`, also claim this node's next request in the same backend step.
         """
         try:
             data = self.codec.encode_outcome(outcome, readable)
         except SerializationError as exc:
             outcome = Outcome(error=RequestError(readable(), str(exc), kind="invalid"))
             data = self.codec.encode_outcome(outcome, readable)
-        await self.backend.complete(
-            self.id, key, data, cache=cache and outcome.error is None and outcome.final
+        claimed = await self.backend.complete(
+            self.id,
+            key,
+            data,
+            cache=cache and outcome.error is None and outcome.final,
+            claim_next=claim_next,
         )
         self.waiters.resolve(key, outcome)
+        return claimed
 
     async def request(
         self,

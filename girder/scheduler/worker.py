@@ -74,6 +74,8 @@ class Worker(Node):
         )
         self.baton = Baton(settings.concurrency)
         self._evaluations: set[asyncio.Task[None]] = set()
+        self._next: Claimed | None = None
+        """A request claimed together with the completion of the previous one."""
 
     def _start_loops(self) -> None:
         self._spawn(self._work_loop, "work")
@@ -97,11 +99,13 @@ class Worker(Node):
                 await asyncio.sleep(0)
                 last_yield = clock()
             await self.baton.acquire_for_work()
-            try:
-                claimed = await backend.claim(self.id)
-            except BaseException:
-                self.baton.release()
-                raise
+            claimed, self._next = self._next, None
+            if claimed is None:
+                try:
+                    claimed = await backend.claim(self.id)
+                except BaseException:
+                    self.baton.release()
+                    raise
             if claimed is None:
                 self.baton.release()
                 assert self.distributor is not None
@@ -147,7 +151,7 @@ class Worker(Node):
             outcome = self._failure(evaluation, exc)
         finally:
             current_evaluation.reset(token)
-        await self._conclude(evaluation, function, outcome)
+        await self._conclude(evaluation, function, outcome, inline=True)
 
     async def _evaluate_async(
         self, evaluation: Evaluation, function: GridFunction[..., Any]
@@ -171,7 +175,7 @@ class Worker(Node):
             return
         finally:
             current_evaluation.reset(token)
-        await self._conclude(evaluation, function, outcome)
+        await self._conclude(evaluation, function, outcome, inline=True)
 
     async def _continue(
         self,
@@ -191,11 +195,28 @@ class Worker(Node):
         await self._conclude(evaluation, function, outcome)
 
     async def _conclude(
-        self, evaluation: Evaluation, function: GridFunction[..., Any], outcome: Outcome
+        self,
+        evaluation: Evaluation,
+        function: GridFunction[..., Any],
+        outcome: Outcome,
+        *,
+        inline: bool = False,
     ) -> None:
+        """Finish a request and pass its baton on. A request the worker loop ran inline also
+        claims the loop's next request in the same backend step, when the loop is the one that
+        gets the baton next."""
+        prefetch = inline and self._next is None and self.baton.idle_after_release()
         try:
-            await self.finish(evaluation.key, evaluation.readable, outcome, cache=function.cache)
+            claimed = await self.finish(
+                evaluation.key,
+                evaluation.readable,
+                outcome,
+                cache=function.cache,
+                claim_next=prefetch,
+            )
             self.stats.ran += 1
+            if claimed is not None:
+                self._next = claimed
         finally:
             self._pass_baton(evaluation)
 

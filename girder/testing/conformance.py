@@ -437,6 +437,30 @@ class BackendConformance:
         [info] = await backend.nodes()
         assert (info.work, info.running) == (0, 0)
 
+    async def test_complete_can_claim_the_next_request(self, backend: StateBackend) -> None:
+        await put(backend, "c", ["a", "b", "c"], into="w")
+        assert await backend.claim("w") == Claimed("c", new("c").payload)
+        claimed = await backend.complete("w", "c", out("c"), cache=True, claim_next=True)
+        assert claimed == Claimed("b", new("b").payload)
+        assert await backend.state("c") == RequestState.DONE
+        assert await backend.state("b") == RequestState.RUNNING
+        assert await backend.complete("w", "b", out("b"), cache=True) is None
+        assert await backend.claim("w") == Claimed("a", new("a").payload)
+        assert await backend.complete("w", "a", out("a"), cache=True, claim_next=True) is None
+        assert await backend.state("a") == RequestState.DONE
+
+    async def test_completing_a_done_key_still_frees_the_running_slot(
+        self, backend: StateBackend
+    ) -> None:
+        await backend.join("w1", NodeKind.WORKER, None, LONG)
+        await put(backend, "c", ["k"], into="w1")
+        assert await backend.claim("w1") is not None
+        await backend.complete("w2", "k", out("k"), cache=True)  # a copy finished elsewhere
+        await backend.complete("w1", "k", out("k", "late"), cache=True)
+        [info] = await backend.nodes()
+        assert info.running == 0
+        assert await backend.result("k") == out("k")
+
     # -- notifications ----------------------------------------------------------------------------
 
     async def test_a_notification_posted_before_the_call_is_returned_at_once(
