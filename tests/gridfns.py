@@ -165,3 +165,14 @@ async def fan(count: int, ms: int, tag: str) -> int:
 async def fan_of_fans(outer: int, inner: int, ms: int, tag: str) -> int:
     values = await girder.call_reentrant([(fan, inner, ms, f"{tag}-{i}") for i in range(outer)])
     return sum(values)
+
+
+@girder.function
+async def times_out(n: int) -> str:
+    """Uses asyncio.timeout in its first step: it must time out its own code, nothing else."""
+    try:
+        async with asyncio.timeout(0.05):
+            await asyncio.sleep(5)
+    except TimeoutError:
+        return "timed out"
+    return "finished"

@@ -109,3 +109,11 @@ async def test_many_top_level_requests_at_once(workers: int) -> None:
     async with girder.Grid.local(workers=workers) as grid:
         values = await grid.call_all([(add, i, i) for i in range(500)])
         assert values == [2 * i for i in range(500)]
+
+
+async def test_asyncio_timeout_inside_a_grid_function_is_its_own() -> None:
+    from gridfns import times_out
+
+    async with girder.Grid.local(workers=1) as grid:
+        assert await asyncio.wait_for(grid.call(times_out, 1), 10) == "timed out"
+        assert await asyncio.wait_for(grid.call(add, 1, 2), 10) == 3  # the worker lives on

@@ -82,6 +82,10 @@ class Baton:
         """Whether a release now would leave the baton to the worker loop (nobody resuming)."""
         return not self._resumers and self._reserved == 0
 
+    def worker_waiting(self) -> bool:
+        """Whether the worker loop waits for a baton."""
+        return self._worker_waiter is not None
+
     def release(self) -> None:
         """Pass the baton on: to a resuming request first, then to the worker loop."""
         while self._resumers:

@@ -11,7 +11,8 @@ stack is empty volunteers at its distributor.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Coroutine, Generator
+import sys
+from collections.abc import Coroutine
 from typing import Any, ClassVar
 
 from girder.backends.base import Claimed, NodeKind, StateBackend
@@ -27,33 +28,15 @@ _FAIRNESS_SLICE = 0.005
 """Seconds a worker loop may run without yielding to the event loop."""
 
 
-class _Resumed:
-    """Awaits a coroutine whose first step already ran and yielded `first`."""
+def _new_task(coroutine: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+    """A task for an evaluation: eager where Python has eager tasks (3.12+)."""
+    loop = asyncio.get_running_loop()
+    if _EAGER_TASKS:
+        return asyncio.Task(coroutine, loop=loop, eager_start=True)  # type: ignore[call-arg,unused-ignore]
+    return loop.create_task(coroutine)
 
-    __slots__ = ("_coroutine", "_first")
 
-    def __init__(self, coroutine: Coroutine[Any, Any, Any], first: Any) -> None:
-        self._coroutine = coroutine
-        self._first = first
-
-    def __await__(self) -> Generator[Any, Any, Any]:
-        coroutine, message = self._coroutine, self._first
-        while True:
-            try:
-                sent = yield message
-            except GeneratorExit:
-                coroutine.close()
-                raise
-            except BaseException as exc:
-                try:
-                    message = coroutine.throw(exc)
-                except StopIteration as stop:
-                    return stop.value
-            else:
-                try:
-                    message = coroutine.send(sent)
-                except StopIteration as stop:
-                    return stop.value
+_EAGER_TASKS = sys.version_info >= (3, 12)
 
 
 class Worker(Node):
@@ -156,37 +139,27 @@ class Worker(Node):
     async def _evaluate_async(
         self, evaluation: Evaluation, function: GridFunction[..., Any]
     ) -> None:
-        """Run the coroutine's first step right here; only one that parks gets its own task.
-
-        Most leaf requests finish in their first step, so they cost no task at all.
-        """
+        """Run the coroutine in its own task, so that `asyncio.current_task()`, timeouts and
+        cancel scopes inside it concern it alone. From Python 3.12 the task starts eagerly:
+        a request that finishes in its first step (most leaves) never waits for the loop."""
         token = current_evaluation.set(evaluation)
         try:
             coroutine = function.fn(*evaluation.args, **evaluation.kwargs)
-            first = coroutine.send(None)
-        except StopIteration as stop:
-            outcome = Outcome(value=stop.value)
-        except Exception as exc:
-            outcome = self._failure(evaluation, exc)
-        else:
-            task = asyncio.create_task(self._continue(evaluation, function, coroutine, first))
-            self._evaluations.add(task)
-            task.add_done_callback(self._evaluations.discard)
-            return
+            task = _new_task(self._run_evaluation(evaluation, function, coroutine))
         finally:
             current_evaluation.reset(token)
-        await self._conclude(evaluation, function, outcome, inline=True)
+        if not task.done():
+            self._evaluations.add(task)
+            task.add_done_callback(self._evaluations.discard)
 
-    async def _continue(
+    async def _run_evaluation(
         self,
         evaluation: Evaluation,
         function: GridFunction[..., Any],
         coroutine: Coroutine[Any, Any, Any],
-        first: Any,
     ) -> None:
-        """Drive a coroutine that parked in its first step to the end, in its own task."""
         try:
-            outcome = Outcome(value=await _Resumed(coroutine, first))
+            outcome = Outcome(value=await coroutine)
         except Exception as exc:
             outcome = self._failure(evaluation, exc)
         except BaseException:  # cancelled (the worker stops): pass the baton on, finish nothing
@@ -202,10 +175,14 @@ class Worker(Node):
         *,
         inline: bool = False,
     ) -> None:
-        """Finish a request and pass its baton on. A request the worker loop ran inline also
-        claims the loop's next request in the same backend step, when the loop is the one that
-        gets the baton next."""
-        prefetch = inline and self._next is None and self.baton.idle_after_release()
+        """Finish a request and pass its baton on. When the worker loop is the one that gets the
+        baton next (it ran this request inline, or it waits for the baton), also claim the loop's
+        next request in the same backend step."""
+        prefetch = (
+            self._next is None
+            and self.baton.idle_after_release()
+            and (inline or self.baton.worker_waiting())
+        )
         try:
             claimed = await self.finish(
                 evaluation.key,
