@@ -105,9 +105,17 @@ def _encode_named(value: Any, where: str) -> bytes:
         raise SerializationError(f"{where}: nested too deeply to encode") from exc
 
 
+_prefixes: dict[bytes, Any] = {}
+"""blake2b states that have hashed a function identity (copying one is cheaper than hashing)."""
+
+
 def request_key(identity: bytes, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> str:
     """The key of a request: 32 hex characters, equal for equal requests in every process."""
-    digest = hashlib.blake2b(identity, digest_size=16)
-    digest.update(b"\x00")
+    prefix = _prefixes.get(identity)
+    if prefix is None:
+        if len(_prefixes) >= 4096:
+            _prefixes.clear()
+        prefix = _prefixes[identity] = hashlib.blake2b(identity + b"\x00", digest_size=16)
+    digest = prefix.copy()
     digest.update(encode_arguments(args, kwargs))
     return digest.hexdigest()

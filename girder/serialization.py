@@ -25,7 +25,7 @@ _SIGNED = b"\x01"
 _SIGNATURE_BYTES = 32
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class RequestPayload:
     """A request as a worker receives it. `job` is the id of the top-level submission."""
 
@@ -39,7 +39,7 @@ class RequestPayload:
         return readable_call(self.name, self.args, self.kwargs)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Outcome:
     """The result of one request: a value, or the error chain that replaced it.
 

@@ -47,7 +47,7 @@ class RequestState(StrEnum):
     DONE = "done"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class NewRequest:
     """A request as it is handed to the backend: its key and serialized payload."""
 
@@ -55,7 +55,7 @@ class NewRequest:
     payload: bytes
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Submitted:
     """What `submit` found for one request.
 
@@ -69,7 +69,7 @@ class Submitted:
     cycle: tuple[str, ...] | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Claimed:
     """A request that `claim` popped and marked running by the claiming node."""
 

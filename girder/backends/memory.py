@@ -190,9 +190,11 @@ class MemoryBackend:
             if waiter_key is not None:
                 self._waits.setdefault(waiter_key, set()).add(key)
                 self._waited_by.setdefault(key, set()).add(waiter_key)
-                found = self._cycle_from(key, waiter_key)
-                if found is not None:
-                    cycle = (waiter_key, *found)
+                if key == waiter_key or key in self._waits:
+                    # Only a key with wait edges of its own can lead back to the waiter.
+                    found = self._cycle_from(key, waiter_key)
+                    if found is not None:
+                        cycle = (waiter_key, *found)
             results.append(Submitted(key, cycle=cycle))
         if pushed:
             if on_top:

@@ -62,6 +62,13 @@ class Baton:
         self._resumers.append(future)
         await self._wait(future)
 
+    def try_acquire_for_work(self) -> bool:
+        """Take a baton for the worker loop at once if one is free (and not reserved)."""
+        if self._free > self._reserved and not self._resumers:
+            self._free -= 1
+            return True
+        return False
+
     async def acquire_for_work(self) -> None:
         """Take a baton for the worker loop (only one loop waits at a time)."""
         if self._free > self._reserved and not self._resumers:

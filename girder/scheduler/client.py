@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import uuid
+import itertools
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
@@ -16,11 +16,16 @@ class Client(Node):
     """What `Grid` talks through. Each submission is a new job."""
 
     kind: ClassVar[NodeKind] = NodeKind.CLIENT
+    _jobs = itertools.count()
+
+    def _new_job(self) -> str:
+        """A grid-unique job id: this node's (unique) id and a counter; no syscall."""
+        return f"{self.id}:{next(self._jobs)}"
 
     async def run(self, requests: Sequence[Request]) -> list[Outcome]:
         """Submit requests as one job, at the bottom of the pool's queue; wait for all."""
         batch = await self.request(
-            requests, job=uuid.uuid4().hex, into=self.settings.pool, on_top=False
+            requests, job=self._new_job(), into=self.settings.pool, on_top=False
         )
         await batch.future
         return batch.results()
@@ -28,7 +33,7 @@ class Client(Node):
     async def values(self, requests: Sequence[Request]) -> list[Any]:
         """Like `run`, but the values, or a `RequestError` with every failure as a cause."""
         batch = await self.request(
-            requests, job=uuid.uuid4().hex, into=self.settings.pool, on_top=False
+            requests, job=self._new_job(), into=self.settings.pool, on_top=False
         )
         await batch.future
         return self.raise_failures(lambda: "call_all", requests, batch)

@@ -269,7 +269,7 @@ class Node:
             submission = Submission(NewRequest(key, data), into, on_top, waiter_key)
             self.waiters.watch(submission, batch, index)
             fresh.setdefault(key, submission)
-        cycle = await self._submit_and_route(list(fresh.values()))
+        cycle = await self._submit_and_route(list(fresh.values()), same_target=True)
         if cycle is not None and waiter is not None:
             names = await self.readables(cycle)
             raise RequestError(
@@ -279,12 +279,14 @@ class Node:
             )
         return batch
 
-    async def _submit_and_route(self, submissions: list[Submission]) -> tuple[str, ...] | None:
+    async def _submit_and_route(
+        self, submissions: list[Submission], *, same_target: bool = False
+    ) -> tuple[str, ...] | None:
         """Submit to the backend (one call per target list); deliver cached outcomes."""
         if not submissions:
             return None
         first = submissions[0]
-        same_target = all(
+        same_target = same_target or all(
             s.into == first.into and s.on_top == first.on_top and s.waiter_key == first.waiter_key
             for s in submissions
         )

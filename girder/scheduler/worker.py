@@ -81,7 +81,8 @@ class Worker(Node):
                 # nodes' loops (heartbeats, distributor) a turn now and then.
                 await asyncio.sleep(0)
                 last_yield = clock()
-            await self.baton.acquire_for_work()
+            if not self.baton.try_acquire_for_work():
+                await self.baton.acquire_for_work()
             claimed, self._next = self._next, None
             if claimed is None:
                 try:
