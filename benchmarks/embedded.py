@@ -14,8 +14,9 @@ Every measured configuration prints one JSON line on stdout (`bench`, `workload`
 readable summary goes to stderr. Wall-clock times are the figures; CPU times (`cpu_*`) are
 printed too because they are steadier on a shared machine.
 
-    .venv/bin/python benchmarks/embedded.py              # full run (about 2 minutes here)
-    .venv/bin/python benchmarks/embedded.py --quick      # CI smoke run (a few seconds)
+    .venv/bin/python benchmarks/embedded.py                # full run (1-2 minutes here)
+    .venv/bin/python benchmarks/embedded.py --gc on,off    # also with the cyclic GC off
+    .venv/bin/python benchmarks/embedded.py --quick        # CI smoke run (a few seconds)
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import time
 import tracemalloc
@@ -100,7 +102,7 @@ def rounded(values: Sequence[float], digits: int = 6) -> list[float]:
 
 
 def tree_size(depth: int) -> int:
-    return 2 ** (depth + 1) - 1
+    return (1 << (depth + 1)) - 1
 
 
 def timing_fields(walls: Sequence[float], cpus: Sequence[float], requests: int) -> dict[str, Any]:
@@ -115,13 +117,38 @@ def timing_fields(walls: Sequence[float], cpus: Sequence[float], requests: int) 
     }
 
 
+def source_version() -> tuple[str | None, bool | None]:
+    """The git commit of the girder being measured, and whether `girder/` has changes."""
+    root = Path(girder.__file__).resolve().parent.parent
+
+    def git(*args: str) -> str | None:
+        try:
+            done = subprocess.run(
+                ["git", "-C", str(root), *args],
+                check=False,
+                capture_output=True,
+                text=True,
+                timeout=10,
+            )
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return done.stdout.strip() if done.returncode == 0 else None
+
+    commit = git("rev-parse", "--short", "HEAD")
+    status = git("status", "--porcelain", "--", "girder")
+    return commit, (None if status is None else bool(status))
+
+
 class Report:
     """Prints one JSON line per measured configuration, with the fields every line shares."""
 
     def __init__(self) -> None:
+        commit, dirty = source_version()
         self.common: dict[str, Any] = {
             "python": platform.python_version(),
             "girder": girder.__version__,
+            "commit": commit,
+            "dirty": dirty,
             "cpus": os.cpu_count(),
             "date": datetime.date.today().isoformat(),
         }
@@ -376,9 +403,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--gc",
-        default="on,off",
-        help="comma-separated GC modes to run every workload under: on, off, freeze "
-        "(default on,off)",
+        default="on",
+        help="comma-separated modes of the cyclic GC to run every workload under: on (the "
+        "default), off (gc.disable()), freeze (gc.freeze() after a collection); e.g. on,off",
     )
     parser.add_argument(
         "--workloads",
