@@ -6,12 +6,13 @@ script from `girder/backends/lua/`, loaded with SCRIPT LOAD and run by SHA (relo
 NOSCRIPT, e.g. when the server restarted), so submit, claim and complete are one round trip each.
 Key names live in `redis_keys`.
 
-The two waits never depend on pub/sub: a notification is an entry in the node's inbox list plus
-a token on its "bell" list, and a push onto a node's work list or volunteer queue leaves a token
-on its "wake" list. A waiter drains first and only then BLPOPs the token list, so whatever was
-posted before it listened is seen at once; a token lost with a cancelled BLPOP costs only a
-wake-up, never a notification. BLPOPs run on a separate connection pool so they never hold up
-other commands. Leases are kept in server time (TIME inside the scripts).
+The two waits never depend on pub/sub. A notification is an entry in the node's inbox list; a
+waiter drains the inbox first and only then blocks on it with BLMOVE into its "taken" list, which
+the next drain reads again unless the reply arrived: whatever was posted before it listened is
+seen at once, and a reply lost with a cancelled wait is delivered later rather than never. A push
+onto a node's work list or volunteer queue leaves a token on its "wake" list; a token lost with a
+cancelled BLPOP costs only a wake-up. Blocking calls run on a separate connection pool so they
+never hold up other commands. Leases are kept in server time (TIME inside the scripts).
 """
 
 from __future__ import annotations
@@ -155,6 +156,8 @@ class RedisBackend:
         self.url = mask_url(url)
         self._keys = RedisKeys((settings or Settings()).key_prefix)
         self._scripts = _load_scripts(self._keys)
+        self._received: set[str] = set()
+        """Nodes whose last blocking wait's reply arrived (the next drain drops `taken`)."""
         try:
             self._redis = _client(url)
             self._blocking = _client(url)  # BLPOPs only, so they never hold up other commands
@@ -262,9 +265,30 @@ class RedisBackend:
         return Claimed(reply[0].decode(), reply[1])
 
     async def take_notifications(self, node: str, timeout: float) -> list[Notification]:
-        notes = await self._run("drain", node)
-        if not notes and await self._pop_token(self._keys.bell(node), timeout):
-            notes = await self._run("drain", node)
+        received = node in self._received
+        self._received.discard(node)
+        notes = await self._run("drain", node, int(received))
+        if not notes and timeout > 0:
+            # Block on the inbox itself, moving what arrives to `taken` (which the next drain
+            # reads again): the first notification comes back in this very reply.
+            inbox, taken = self._keys.inbox(node), self._keys.taken(node)
+            with self._errors("wait"):
+                try:
+                    async with asyncio.timeout(timeout + _REPLY_MARGIN):
+                        moved = await self._blocking.blmove(
+                            inbox,
+                            taken,
+                            cast(int, timeout),  # Redis takes a float timeout
+                            "LEFT",
+                            "RIGHT",
+                        )
+                except TimeoutError as exc:
+                    raise BackendError(
+                        f"Redis at {self.url} did not answer a wait in time"
+                    ) from exc
+            notes = [] if moved is None else [moved]
+            if moved is not None:
+                self._received.add(node)
         return _notifications(notes)
 
     async def wait_for_work(self, node: str, timeout: float) -> None:

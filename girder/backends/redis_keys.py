@@ -17,7 +17,8 @@ Per node:
     volunteers:<node>  list: a distributor's volunteer queue, oldest on the left
     volunteered:<node> set of distributors whose volunteer queues may hold the node
     inbox:<node>       list of notifications ("<len(key)>:<key><outcome>")
-    bell:<node>        list holding at most one token: "the inbox got something" (for BLPOP)
+    taken:<node>       the notification a blocking wait moved out of the inbox (re-read by the
+                       next drain, so a reply lost in transit loses no notification)
     wake:<node>        list holding at most one token: "the work list or volunteers got something"
     node:<node>        hash: F_KIND, F_DISTRIBUTOR (membership)
     members:<node>     set of nodes whose distributor is this node
@@ -42,7 +43,7 @@ RUNNING_SET = "running:"
 VOLUNTEERS = "volunteers:"
 VOLUNTEERED = "volunteered:"
 INBOX = "inbox:"
-BELL = "bell:"
+TAKEN = "taken:"
 WAKE = "wake:"
 NODE = "node:"
 MEMBERS = "members:"
@@ -72,7 +73,7 @@ _PER_ID = {
     "volunteers": VOLUNTEERS,
     "volunteered": VOLUNTEERED,
     "inbox": INBOX,
-    "bell": BELL,
+    "taken": TAKEN,
     "wake": WAKE,
     "node": NODE,
     "members": MEMBERS,
@@ -120,8 +121,11 @@ class RedisKeys:
     def volunteers(self, distributor: str) -> str:
         return self.base + VOLUNTEERS + distributor
 
-    def bell(self, node: str) -> str:
-        return self.base + BELL + node
+    def inbox(self, node: str) -> str:
+        return self.base + INBOX + node
+
+    def taken(self, node: str) -> str:
+        return self.base + TAKEN + node
 
     def wake(self, node: str) -> str:
         return self.base + WAKE + node

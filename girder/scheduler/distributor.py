@@ -1,11 +1,11 @@
 """The distributor: hands queued work to volunteers and moves work up from busy members.
 
-Its loop hands out work whenever it has both a volunteer and a request; every `steal_period` it
+Its loop hands out work whenever it has both a volunteer and a request. Every `steal_period` it
 trims each member's stack from the bottom, leaving a member as many requests as it claimed in the
-last period (requests near the root of the call graph travel; those near the leaves stay local).
-When volunteers wait and nothing is queued it also steals at once from the bottom of the longest
+last period (requests near the root of the call graph travel; those near the leaves stay local);
+then, if volunteers still wait and nothing is queued, it steals from the bottom of the longest
 stacks, one request per waiting volunteer, and, if even that finds nothing, volunteers at its own
-parent distributor (distributors nest).
+parent distributor (distributors nest). Between ticks a wake-up costs one backend call.
 """
 
 from __future__ import annotations
@@ -43,18 +43,22 @@ class Distributor(Node):
         backend = self.backend
         period = self.settings.steal_period
         clock = asyncio.get_running_loop().time
-        next_trim = clock() + period
+        next_tick = clock() + period
         while True:
             await self._hand_out()
-            if clock() >= next_trim:
-                next_trim = clock() + period
+            if clock() >= next_tick:
+                next_tick = clock() + period
                 await self._trim()
-            if await backend.volunteers(self.id) and not (await backend.lengths([self.id]))[0]:
-                if await self._steal_for_volunteers():
-                    continue
-                if self.distributor is not None:
-                    await backend.volunteer(self.distributor, self.id)
-            await backend.wait_for_work(self.id, max(0.0, next_trim - clock()))
+                await self._help_volunteers()
+            await backend.wait_for_work(self.id, max(0.0, next_tick - clock()))
+
+    async def _help_volunteers(self) -> None:
+        """Volunteers wait and nothing is queued: steal for them, or ask the parent for work."""
+        backend = self.backend
+        if not await backend.volunteers(self.id) or (await backend.lengths([self.id]))[0]:
+            return
+        if not await self._steal_for_volunteers() and self.distributor is not None:
+            await backend.volunteer(self.distributor, self.id)
 
     async def _hand_out(self) -> None:
         for assignment in await self.backend.hand_out(self.id, even_share=True):

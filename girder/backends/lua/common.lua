@@ -112,7 +112,7 @@ local function hand_back(node, max_crashes, reaper)
   for _, queue in ipairs(redis.call('SMEMBERS', k_volunteered(node))) do
     redis.call('LREM', k_volunteers(queue), 0, node)
   end
-  redis.call('DEL', k_volunteered(node), k_inbox(node), k_bell(node), k_wake(node))
+  redis.call('DEL', k_volunteered(node), k_inbox(node), k_taken(node), k_wake(node))
   redis.call('HDEL', K_POPS, node)
 
   local running = redis.call('SMEMBERS', k_running(node))

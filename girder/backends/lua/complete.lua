@@ -36,7 +36,6 @@ local function complete()
   for _, waiter in ipairs(redis.call('SMEMBERS', waiters)) do
     if waiter ~= node then
       redis.call('RPUSH', k_inbox(waiter), note)
-      ring(k_bell(waiter))
     end
   end
   redis.call('DEL', waiters)
