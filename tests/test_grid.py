@@ -6,7 +6,17 @@ import asyncio
 import threading
 
 import pytest
-from gridfns import add, calls, chain, fib, slow_square, tree, uncached_square, where
+from gridfns import (
+    add,
+    calls,
+    chain,
+    fib,
+    slow_square,
+    times_out,
+    tree,
+    uncached_square,
+    where,
+)
 
 import girder
 
@@ -112,8 +122,6 @@ async def test_many_top_level_requests_at_once(workers: int) -> None:
 
 
 async def test_asyncio_timeout_inside_a_grid_function_is_its_own() -> None:
-    from gridfns import times_out
-
     async with girder.Grid.local(workers=1) as grid:
         assert await asyncio.wait_for(grid.call(times_out, 1), 10) == "timed out"
         assert await asyncio.wait_for(grid.call(add, 1, 2), 10) == 3  # the worker lives on

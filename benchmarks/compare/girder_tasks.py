@@ -1,0 +1,69 @@
+"""girder grid functions of the comparison; worker processes load them with
+`girder worker --import benchmarks.compare.girder_tasks`.
+
+Every function takes a `tag` so that each measured run uses keys that nothing has cached yet.
+Nested calls use girder's one way: `girder.call_reentrant`.
+"""
+
+from __future__ import annotations
+
+import girder
+from benchmarks.compare.workloads import DagShape, burn, count_execution
+
+
+@girder.function
+def echo(tag: str, index: int) -> int:
+    """The trivial remote call of W1 and W2."""
+    return index
+
+
+@girder.function
+def square(tag: str, x: int) -> int:
+    """The call that the cache workload repeats."""
+    return x * x
+
+
+@girder.function
+async def tree(depth: int, index: int, tag: str) -> int:
+    """W3: a binary tree of distinct nested calls; 2**(depth+1) - 1 calls in all."""
+    if depth == 0:
+        return 1
+    left, right = await girder.call_reentrant(
+        [(tree, depth - 1, 2 * index, tag), (tree, depth - 1, 2 * index + 1, tag)]
+    )
+    return int(left) + int(right) + 1
+
+
+@girder.function
+async def chain(n: int, tag: str) -> int:
+    """W4: chain(n) calls chain(n - 1), down to chain(0)."""
+    if n == 0:
+        return 0
+    (below,) = await girder.call_reentrant([(chain, n - 1, tag)])
+    return int(below) + 1
+
+
+@girder.function
+def dag_leaf(leaf: int, shape: tuple[int, int, int, int, float], tag: str) -> int:
+    dag = DagShape.from_tuple(shape)
+    burn(dag.work_ms)
+    count_execution(tag)
+    return dag.leaf_value(leaf)
+
+
+@girder.function
+async def dag_mid(mid: int, shape: tuple[int, int, int, int, float], tag: str) -> int:
+    dag = DagShape.from_tuple(shape)
+    values = await girder.call_reentrant([(dag_leaf, k, shape, tag) for k in dag.leaves_of(mid)])
+    burn(dag.work_ms)
+    count_execution(tag)
+    return mid + sum(int(v) for v in values)
+
+
+@girder.function
+async def dag_top(top: int, shape: tuple[int, int, int, int, float], tag: str) -> int:
+    dag = DagShape.from_tuple(shape)
+    values = await girder.call_reentrant([(dag_mid, j, shape, tag) for j in dag.mids_of(top)])
+    burn(dag.work_ms)
+    count_execution(tag)
+    return top + sum(int(v) for v in values)
