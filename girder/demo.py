@@ -42,7 +42,8 @@ async def run_demo(
 ) -> DemoReport:
     """Run the bogosity jobs on `Grid.local(workers)` and collect per-node counts."""
     tag = uuid.uuid4().hex[:8]  # a fresh tag per run, so nothing comes from an earlier cache
-    async with Grid.local(workers=workers, steal_period=0.02) as grid:
+    # A short stealing period, so that stealing shows within a demo that lasts milliseconds.
+    async with Grid.local(workers=workers, steal_period=0.002) as grid:
         start = time.perf_counter()
         results = await grid.call_all(
             [(bogosity, msec, job, level, fanout, tag) for job in range(jobs)]
