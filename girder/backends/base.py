@@ -213,6 +213,11 @@ class StateBackend(Protocol):
         """
         ...
 
+    async def wait_and_claim(self, node: str, timeout: float) -> Claimed | None:
+        """Wait as `wait_for_work` does, then claim as `claim` does (not atomic as a whole: a
+        backend may pipeline the two, so an idle worker wakes up holding its next request)."""
+        ...
+
     async def state(self, key: str) -> RequestState:
         """The current status of `key`."""
         ...

@@ -263,6 +263,10 @@ class MemoryBackend:
             signal = self._work_signal[node] = _Signal()
         await signal.wait(timeout)
 
+    async def wait_and_claim(self, node: str, timeout: float) -> Claimed | None:
+        await self.wait_for_work(node, timeout)
+        return self._claim(node)
+
     async def state(self, key: str) -> RequestState:
         if key in self._outcomes:
             return RequestState.DONE

@@ -294,6 +294,23 @@ class RedisBackend:
     async def wait_for_work(self, node: str, timeout: float) -> None:
         await self._pop_token(self._keys.wake(node), timeout)
 
+    async def wait_and_claim(self, node: str, timeout: float) -> Claimed | None:
+        """BLPOP the wake token and claim in one pipeline: Redis runs the claim the moment the
+        token arrives, sparing the worker a round trip."""
+        script = self._scripts["claim"]
+        with self._errors("wait"):
+            try:
+                async with asyncio.timeout(timeout + _REPLY_MARGIN):
+                    async with self._blocking.pipeline(transaction=False) as pipe:
+                        pipe.blpop([self._keys.wake(node)], timeout)
+                        pipe.evalsha(script.sha, 1, self._keys.leases, node)
+                        _, reply = await pipe.execute(raise_on_error=False)
+            except TimeoutError as exc:
+                raise BackendError(f"Redis at {self.url} did not answer a wait in time") from exc
+        if isinstance(reply, Exception):  # e.g. NOSCRIPT after a restart: claim the slow way
+            return await self.claim(node)
+        return None if reply is None else Claimed(reply[0].decode(), reply[1])
+
     async def state(self, key: str) -> RequestState:
         with self._errors("state"):
             status = cast(bytes | None, await self._redis.hget(self._keys.record(key), F_STATUS))

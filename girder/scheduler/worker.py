@@ -94,7 +94,7 @@ class Worker(Node):
                 self.baton.release()
                 assert self.distributor is not None
                 await backend.volunteer(self.distributor, self.id)
-                await backend.wait_for_work(self.id, self.settings.idle_poll)
+                self._next = await backend.wait_and_claim(self.id, self.settings.idle_poll)
                 continue
             await self._start_evaluation(claimed)
 

@@ -437,6 +437,16 @@ class BackendConformance:
         [info] = await backend.nodes()
         assert (info.work, info.running) == (0, 0)
 
+    async def test_wait_and_claim_wakes_up_holding_the_pushed_request(
+        self, backend: StateBackend
+    ) -> None:
+        assert await backend.wait_and_claim("w", 0.05) is None
+        waiting = asyncio.ensure_future(backend.wait_and_claim("w", self.patience))
+        await asyncio.sleep(0.05)
+        await put(backend, "c", ["k"], into="w")
+        assert await asyncio.wait_for(waiting, self.patience + 1) == Claimed("k", new("k").payload)
+        assert await backend.state("k") == RequestState.RUNNING
+
     async def test_complete_can_claim_the_next_request(self, backend: StateBackend) -> None:
         await put(backend, "c", ["a", "b", "c"], into="w")
         assert await backend.claim("w") == Claimed("c", new("c").payload)
