@@ -9,38 +9,15 @@ from __future__ import annotations
 
 import girder
 from benchmarks.compare.workloads import DagShape, burn, count_execution
+from benchmarks.remote_tasks import chain, echo, tree  # the same W1-W4 functions
 
-
-@girder.function
-def echo(tag: str, index: int) -> int:
-    """The trivial remote call of W1 and W2."""
-    return index
+__all__ = ["chain", "echo", "tree"]
 
 
 @girder.function
 def square(tag: str, x: int) -> int:
     """The call that the cache workload repeats."""
     return x * x
-
-
-@girder.function
-async def tree(depth: int, index: int, tag: str) -> int:
-    """W3: a binary tree of distinct nested calls; 2**(depth+1) - 1 calls in all."""
-    if depth == 0:
-        return 1
-    left, right = await girder.call_reentrant(
-        [(tree, depth - 1, 2 * index, tag), (tree, depth - 1, 2 * index + 1, tag)]
-    )
-    return int(left) + int(right) + 1
-
-
-@girder.function
-async def chain(n: int, tag: str) -> int:
-    """W4: chain(n) calls chain(n - 1), down to chain(0)."""
-    if n == 0:
-        return 0
-    (below,) = await girder.call_reentrant([(chain, n - 1, tag)])
-    return int(below) + 1
 
 
 @girder.function
