@@ -18,7 +18,8 @@ from typing import Any
 
 from girder.errors import SerializationError
 
-_SCALARS = frozenset({int, str, float, bool, type(None)})
+SCALARS = frozenset({int, str, float, bool, type(None)})
+"""Immutable argument types whose repr is canonical (the key's fast path)."""
 
 
 def _encode_str(value: str) -> bytes:
@@ -85,7 +86,7 @@ def encode(value: Any) -> bytes:
 
 def encode_arguments(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> bytes:
     """The canonical bytes of a call's arguments; errors name the argument that failed."""
-    if not kwargs and all(type(a) in _SCALARS for a in args):
+    if not kwargs and all(type(a) in SCALARS for a in args):
         # Fast path: repr of ints, strs, floats, bools and None is canonical and type-distinct.
         return b"r" + repr(args).encode("utf-8", "surrogatepass")
     parts = [b"a"]

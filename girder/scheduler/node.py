@@ -22,6 +22,7 @@ from girder.backends.base import Claimed, NewRequest, NodeKind, StateBackend
 from girder.config import Settings
 from girder.errors import RequestError, SerializationError
 from girder.functions import Request
+from girder.keys import SCALARS
 from girder.log import configure, node_logger
 from girder.scheduler.lease import LeaseKeeper, lease_keeper
 from girder.scheduler.waiters import Batch, Submission, Waiters
@@ -267,6 +268,8 @@ class Node:
                 self.log.warning("request rejected", request=readable, error=str(exc))
                 continue
             submission = Submission(NewRequest(key, data), into, on_top, waiter_key)
+            if not payload.kwargs and all(type(arg) in SCALARS for arg in payload.args):
+                submission.local = (payload, request.function)
             self.waiters.watch(submission, batch, index)
             fresh.setdefault(key, submission)
         cycle = await self._submit_and_route(list(fresh.values()), same_target=True)

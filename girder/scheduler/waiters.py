@@ -11,9 +11,11 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from girder.backends.base import NewRequest
-from girder.serialization import Outcome
+from girder.functions import GridFunction
+from girder.serialization import Outcome, RequestPayload
 
 
 class Batch:
@@ -54,6 +56,9 @@ class Submission:
     on_top: bool
     waiter_key: str | None
     slots: list[tuple[Batch, int]] = field(default_factory=list)
+    local: tuple[RequestPayload, GridFunction[..., Any]] | None = None
+    """The payload and function themselves, when every argument is an immutable scalar: a
+    worker of this node that claims the key may use them instead of decoding the bytes."""
 
 
 class Waiters:
@@ -80,6 +85,11 @@ class Waiters:
         for batch, index in submission.slots:
             batch.set(index, outcome)
         return True
+
+    def local(self, key: str) -> tuple[RequestPayload, GridFunction[..., Any]] | None:
+        """(payload, function) of a key this node submitted with immutable arguments."""
+        submission = self._watching.get(key)
+        return None if submission is None else submission.local
 
     def is_waiting(self, key: str) -> bool:
         return key in self._watching

@@ -100,12 +100,16 @@ class Worker(Node):
 
     async def _start_evaluation(self, claimed: Claimed) -> None:
         """Evaluate a claimed request; the baton passes to it. Sync functions run right here."""
-        try:
-            payload = self.codec.decode_request(claimed.payload, claimed.key)
-            function = resolve_function(payload.function)
-        except (SerializationError, LookupError) as exc:
-            await self._reject(claimed.key, exc)
-            return
+        local = self.waiters.local(claimed.key)
+        if local is not None:  # submitted here, immutable arguments: no need to decode
+            payload, function = local
+        else:
+            try:
+                payload = self.codec.decode_request(claimed.payload, claimed.key)
+                function = resolve_function(payload.function)
+            except (SerializationError, LookupError) as exc:
+                await self._reject(claimed.key, exc)
+                return
         evaluation = Evaluation(
             self, claimed.key, payload.job, payload.name, payload.args, payload.kwargs
         )
