@@ -58,8 +58,9 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
+from statistics import median
 from types import FrameType
-from typing import IO, Any
+from typing import Any
 
 if __package__ in (None, ""):  # run as a script: make `benchmarks.remote_tasks` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -68,6 +69,15 @@ import redis.asyncio as aioredis
 from redis.utils import HIREDIS_AVAILABLE
 
 import girder
+from benchmarks.harness import (
+    REPO,
+    STOP_GRACE,
+    Children,
+    fresh_tag,
+    percentile,
+    repo_env,
+    say,
+)
 from benchmarks.remote_tasks import chain, echo, tree
 from girder.backends import open_backend
 from girder.backends.base import NodeKind
@@ -75,7 +85,6 @@ from girder.config import load_settings
 from girder.runner import format_status, grid_status
 from girder.testing.redis_server import RedisServer
 
-REPO = Path(__file__).resolve().parent.parent
 TASKS = "benchmarks.remote_tasks"
 GIRDER = "girder-redis"
 PINGPONG = "redis-pingpong"
@@ -83,110 +92,16 @@ PING_QUEUE = "bench:pingpong:requests"
 PONG_QUEUE = "bench:pingpong:replies"
 STOP = b"stop"
 WORKLOADS = ("floor", "W1", "W2", "W3", "W4", "W4solo")
-STOP_GRACE = 5.0
-"""Seconds a process gets to stop after SIGTERM before it is killed."""
-
-
-def say(text: str) -> None:
-    print(text, file=sys.stderr, flush=True)
-
-
-def median(values: Sequence[float]) -> float:
-    return statistics.median(values)
-
-
-def percentile(samples: Sequence[float], fraction: float) -> float:
-    """The nearest-rank percentile of `samples` (0 < fraction <= 1)."""
-    ordered = sorted(samples)
-    rank = max(1, round(fraction * len(ordered)))
-    return ordered[min(rank, len(ordered)) - 1]
 
 
 def rounded(values: Sequence[float], digits: int = 1) -> list[float]:
     return [round(v, digits) for v in values]
 
 
-def fresh_tag(name: str) -> str:
-    """A tag no run used before: keys with it are not in the cache."""
-    return f"{name}-{uuid.uuid4().hex[:12]}"
-
-
-# -- processes ----------------------------------------------------------------------------------
-
-
-class Processes:
-    """The child processes of this benchmark. `stop` ends them: SIGTERM, then SIGKILL."""
-
-    def __init__(self, logs: Path) -> None:
-        self.logs = logs
-        self.env = {
-            **os.environ,
-            "PYTHONPATH": os.pathsep.join(
-                part for part in (str(REPO), os.environ.get("PYTHONPATH", "")) if part
-            ),
-            "GIRDER_LOG_LEVEL": os.environ.get("GIRDER_LOG_LEVEL", "WARNING"),
-        }
-        self.running: dict[str, subprocess.Popen[bytes]] = {}
-        self._files: list[IO[bytes]] = []
-
-    def start(self, name: str, command: Sequence[str]) -> subprocess.Popen[bytes]:
-        log = open(self.logs / f"{name}.log", "ab")  # noqa: SIM115 - closed in close()
-        self._files.append(log)
-        process = subprocess.Popen(
-            list(command),
-            cwd=REPO,
-            env=self.env,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        self.running[name] = process
-        return process
-
-    def girder(self, name: str, *args: str) -> subprocess.Popen[bytes]:
-        return self.start(name, [sys.executable, "-m", "girder", *args])
-
-    def dead(self) -> list[str]:
-        """Names of the processes that exited."""
-        return [name for name, process in self.running.items() if process.poll() is not None]
-
-    def stop(self, names: Sequence[str] | None = None) -> None:
-        """SIGTERM the processes (all by default), wait a little, then SIGKILL what is left."""
-        chosen = list(self.running) if names is None else [n for n in names if n in self.running]
-        for name in chosen:
-            process = self.running[name]
-            if process.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    process.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + STOP_GRACE
-        for name in chosen:
-            process = self.running.pop(name)
-            try:
-                process.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                say(f"  {name} (pid {process.pid}) ignored SIGTERM; killing it")
-                process.kill()
-                process.wait()
-
-    def close(self) -> None:
-        self.stop()
-        for log in self._files:
-            log.close()
-        self._files.clear()
-
-    def tail(self, names: Sequence[str], chars: int = 2000) -> str:
-        out = []
-        for name in names:
-            path = self.logs / f"{name}.log"
-            if path.exists():
-                out.append(f"--- {name}.log\n{path.read_text(errors='replace')[-chars:]}")
-        return "\n".join(out)
-
-
 class Cluster:
     """One grid: a distributor and `workers` worker processes in `pool`, and a client here."""
 
-    def __init__(self, processes: Processes, url: str, pool: str, workers: int) -> None:
+    def __init__(self, processes: Children, url: str, pool: str, workers: int) -> None:
         self.processes = processes
         self.url = url
         self.pool = pool
@@ -624,7 +539,7 @@ def source_version() -> str | None:
 
 
 class Bench:
-    def __init__(self, args: argparse.Namespace, sizes: Sizes, url: str, processes: Processes):
+    def __init__(self, args: argparse.Namespace, sizes: Sizes, url: str, processes: Children):
         self.args = args
         self.sizes = sizes
         self.url = url
@@ -1022,7 +937,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.perf_counter()
     logs = Path(args.logs) if args.logs else Path(tempfile.mkdtemp(prefix="girder-bench-"))
     logs.mkdir(parents=True, exist_ok=True)
-    processes = Processes(logs)
+    processes = Children(
+        repo_env(GIRDER_LOG_LEVEL=os.environ.get("GIRDER_LOG_LEVEL", "WARNING")), logs
+    )
     failed = True
     try:
         with RedisServer() as server:

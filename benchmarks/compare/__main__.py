@@ -37,8 +37,8 @@ from types import FrameType
 from typing import Any
 
 from benchmarks.compare import report
-from benchmarks.compare.common import REPO, say
 from benchmarks.compare.workloads import W2, W3, WORKLOADS, Sizes
+from benchmarks.harness import REPO, say
 from girder.testing.redis_server import RedisServer
 
 

@@ -33,7 +33,6 @@ from arq.jobs import Job, ResultNotFound, SerializationError, deserialize_result
 
 from benchmarks.compare.common import (
     CacheResult,
-    Children,
     Context,
     DagResult,
     Deadlock,
@@ -43,7 +42,6 @@ from benchmarks.compare.common import (
     WorkloadTimeout,
     child_env,
     flush_redis,
-    fresh_tag,
     redis_dbsize_probe,
 )
 from benchmarks.compare.workloads import (
@@ -54,6 +52,7 @@ from benchmarks.compare.workloads import (
     read_executions,
     tree_value,
 )
+from benchmarks.harness import Children, fresh_tag
 
 POLL_WORKER = float(os.environ.get("COMPARE_ARQ_POLL_WORKER", "0.005"))
 """Worker's queue poll interval (arq's default: 0.5 s)."""
@@ -252,7 +251,7 @@ class ArqPeer(Peer):
             await redis.aclose()
         if self.children is not None:
             children, self.children = self.children, None
-            await asyncio.to_thread(children.stop, 3.0, kill)
+            await asyncio.to_thread(children.close, 3.0, kill)
 
     async def reset(self) -> None:
         await self.stop(kill=True)

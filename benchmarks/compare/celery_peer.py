@@ -31,7 +31,6 @@ from celery.result import AsyncResult, GroupResult
 
 from benchmarks.compare.common import (
     CacheResult,
-    Children,
     Context,
     DagResult,
     Limits,
@@ -41,7 +40,6 @@ from benchmarks.compare.common import (
     WorkloadTimeout,
     child_env,
     flush_redis,
-    fresh_tag,
     redis_dbsize_probe,
 )
 from benchmarks.compare.workloads import (
@@ -52,6 +50,7 @@ from benchmarks.compare.workloads import (
     read_executions,
     tree_value,
 )
+from benchmarks.harness import Children, fresh_tag
 
 QUEUE = "compare"
 POOL = os.environ.get("COMPARE_CELERY_POOL", "solo")
@@ -254,12 +253,12 @@ class CeleryPeer(Peer):
         if self.children is not None:
             children, self.children = self.children, None
             # A worker stuck in a blocking .get() never finishes its task: short grace.
-            children.stop(grace=3.0)
+            children.close(grace=3.0)
 
     async def reset(self) -> None:
         if self.children is not None:
             children, self.children = self.children, None
-            children.stop(kill=True)
+            children.close(kill=True)
         flush_redis(self.ctx.redis_url)
         await self.start()
 

@@ -12,23 +12,19 @@ from __future__ import annotations
 import abc
 import argparse
 import asyncio
-import contextlib
 import json
 import os
 import shutil
 import signal
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 import traceback
-import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
-from typing import IO, Any, ClassVar
+from typing import Any, ClassVar
 
 from benchmarks.compare.workloads import (
     CACHE,
@@ -42,36 +38,15 @@ from benchmarks.compare.workloads import (
     DagShape,
     Sizes,
 )
+from benchmarks.harness import percentile, repo_env, say
 
-REPO = Path(__file__).resolve().parents[2]
-STOP_GRACE = 5.0
 REPEAT_BUDGET = 30.0
 """Seconds of measured runs per workload after which no further run starts (at least one)."""
 
 
-def say(text: str) -> None:
-    """A progress line on stderr (stdout carries only the JSON lines)."""
-    print(text, file=sys.stderr, flush=True)
-
-
-def percentile(samples: Sequence[float], fraction: float) -> float:
-    """Nearest-rank percentile (0 < fraction <= 1)."""
-    ordered = sorted(samples)
-    rank = max(1, round(fraction * len(ordered)))
-    return ordered[min(rank, len(ordered)) - 1]
-
-
-def fresh_tag(prefix: str) -> str:
-    """A tag that no earlier run used: every measured run starts from nothing computed."""
-    return f"{prefix}-{uuid.uuid4().hex[:10]}"
-
-
 def child_env(redis_url: str) -> dict[str, str]:
     """Environment of every process a peer starts: the repo importable, the counter's Redis."""
-    python_path = os.pathsep.join(
-        part for part in (str(REPO), os.environ.get("PYTHONPATH", "")) if part
-    )
-    return {**os.environ, "PYTHONPATH": python_path, COUNTER_URL_ENV: redis_url}
+    return repo_env(**{COUNTER_URL_ENV: redis_url})
 
 
 class WorkloadTimeout(Exception):
@@ -152,62 +127,6 @@ def flush_redis(url: str) -> None:
         client.flushall()
     finally:
         client.close()
-
-
-# -- child processes ----------------------------------------------------------------------------
-
-
-class Children:
-    """Processes that a peer starts (workers, schedulers); `stop` ends them all."""
-
-    def __init__(self, env: dict[str, str], logs: Path) -> None:
-        self.env = env
-        self.logs = logs
-        self.procs: dict[str, subprocess.Popen[bytes]] = {}
-        self._files: list[IO[bytes]] = []
-
-    def start(self, name: str, command: Sequence[str]) -> subprocess.Popen[bytes]:
-        log = open(self.logs / f"{name}.log", "ab")  # noqa: SIM115 - closed in stop()
-        self._files.append(log)
-        proc = subprocess.Popen(
-            list(command),
-            cwd=REPO,
-            env=self.env,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        self.procs[name] = proc
-        return proc
-
-    def dead(self) -> list[str]:
-        return [name for name, proc in self.procs.items() if proc.poll() is not None]
-
-    def tail(self, names: Sequence[str] | None = None, chars: int = 1500) -> str:
-        out = []
-        for name in names if names is not None else list(self.procs):
-            path = self.logs / f"{name}.log"
-            if path.exists():
-                out.append(f"--- {name}.log\n{path.read_text(errors='replace')[-chars:]}")
-        return "\n".join(out)
-
-    def stop(self, grace: float = STOP_GRACE, kill: bool = False) -> None:
-        """SIGTERM (or SIGKILL right away with `kill`), then SIGKILL whatever is left."""
-        for proc in self.procs.values():
-            if proc.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    proc.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
-        deadline = time.monotonic() + grace
-        for proc in self.procs.values():
-            try:
-                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        self.procs.clear()
-        for log in self._files:
-            log.close()
-        self._files.clear()
 
 
 # -- the peer interface -------------------------------------------------------------------------

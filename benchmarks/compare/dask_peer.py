@@ -20,15 +20,7 @@ from typing import Any
 
 from dask.distributed import Client, Future, LocalCluster, wait, worker_client
 
-from benchmarks.compare.common import (
-    CacheResult,
-    Context,
-    DagResult,
-    Limits,
-    Peer,
-    WorkloadTimeout,
-    fresh_tag,
-)
+from benchmarks.compare.common import CacheResult, Context, DagResult, Limits, Peer, WorkloadTimeout
 from benchmarks.compare.workloads import (
     DagShape,
     burn,
@@ -36,6 +28,7 @@ from benchmarks.compare.workloads import (
     read_executions,
     tree_value,
 )
+from benchmarks.harness import fresh_tag
 
 # -- tasks --------------------------------------------------------------------------------------
 

@@ -14,15 +14,9 @@ from typing import Any
 
 import girder
 from benchmarks.compare import girder_tasks as tasks
-from benchmarks.compare.common import (
-    CacheResult,
-    Context,
-    DagResult,
-    Limits,
-    Peer,
-    fresh_tag,
-)
+from benchmarks.compare.common import CacheResult, Context, DagResult, Limits, Peer
 from benchmarks.compare.workloads import DagShape, read_executions, tree_value
+from benchmarks.harness import fresh_tag
 
 
 def clock_us() -> float:

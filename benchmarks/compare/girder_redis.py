@@ -10,8 +10,9 @@ import time
 from typing import Any
 
 import girder
-from benchmarks.compare.common import Children, Context, child_env
+from benchmarks.compare.common import Context, child_env
 from benchmarks.compare.girder_embedded import GirderPeer
+from benchmarks.harness import Children
 from girder.backends import open_backend
 from girder.backends.base import NodeKind
 
@@ -80,7 +81,7 @@ class GirderRedisPeer(GirderPeer):
         await super().stop()
         if self.children is not None:
             children, self.children = self.children, None
-            await asyncio.to_thread(children.stop)
+            await asyncio.to_thread(children.close)
 
 
 PEER = GirderRedisPeer

@@ -24,15 +24,7 @@ import psutil
 import ray
 from ray.exceptions import GetTimeoutError
 
-from benchmarks.compare.common import (
-    Aborted,
-    CacheResult,
-    DagResult,
-    Limits,
-    Peer,
-    WorkloadTimeout,
-    fresh_tag,
-)
+from benchmarks.compare.common import Aborted, CacheResult, DagResult, Limits, Peer, WorkloadTimeout
 from benchmarks.compare.workloads import (
     DagShape,
     burn,
@@ -40,6 +32,7 @@ from benchmarks.compare.workloads import (
     read_executions,
     tree_value,
 )
+from benchmarks.harness import fresh_tag
 
 Shape = tuple[int, int, int, int, float]
 

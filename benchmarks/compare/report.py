@@ -12,6 +12,7 @@ import datetime
 import importlib.metadata
 import os
 import platform
+import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ from benchmarks.compare.workloads import (
     W4,
     Sizes,
 )
+from benchmarks.harness import REPO
 
 BASELINE = "girder-redis"
 PACKAGES = (
@@ -95,7 +97,21 @@ def machine(redis_url: str) -> dict[str, Any]:
         "python": platform.python_version(),
         "redis_server": redis_version,
         "packages": {p: _version(p) for p in PACKAGES},
+        "commit": _girder_commit(),
     }
+
+
+def _girder_commit() -> str:
+    """The girder commit measured (with "+dirty" when girder/ had uncommitted changes)."""
+
+    def git(*args: str) -> str:
+        done = subprocess.run(
+            ["git", *args], cwd=REPO, capture_output=True, text=True, check=False, timeout=10
+        )
+        return done.stdout.strip()
+
+    commit = git("rev-parse", "--short", "HEAD") or "unknown"
+    return commit + ("+dirty" if git("status", "--porcelain", "--", "girder") else "")
 
 
 # -- figures ------------------------------------------------------------------------------------
@@ -493,7 +509,7 @@ def page(results: Sequence[Line], meta: dict[str, Any]) -> str:
     return f"""{HOW_TO_RUN}
 ## girder against the field
 
-Measured on {meta["date"]}{quick} with
+Measured on {meta["date"]}{quick}, girder commit {meta.get("commit", "not recorded")}, with
 
 ```bash
 {meta["command"]}
