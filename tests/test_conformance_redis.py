@@ -122,6 +122,33 @@ async def test_take_notifications_drops_garbage_in_an_inbox(
     assert await backend.take_notifications("c", 5) == [Notification("k", out("k"))]
 
 
+@pytest.mark.parametrize("timeout", [5.0, 0.0], ids=["blocking", "at-once"])
+async def test_notifications_whose_reply_was_lost_come_again(
+    backend: RedisBackend, monkeypatch: pytest.MonkeyPatch, timeout: float
+) -> None:
+    """The wait ran on the server (the entries moved to `taken`) but its reply never arrived:
+    the next wait delivers them again, in order, before anything newer."""
+    await put(backend, "c", ["k1", "k2", "k3"], into="w")
+    for key in ("k3", "k2"):
+        assert await backend.claim("w") is not None
+        await backend.complete("w", key, out(key), cache=True)
+    original = aioredis.client.Pipeline.execute
+
+    async def lost_reply(self: aioredis.client.Pipeline, *args: Any, **options: Any) -> Any:
+        await original(self, *args, **options)
+        raise aioredis.ConnectionError("reply lost")
+
+    monkeypatch.setattr(aioredis.client.Pipeline, "execute", lost_reply)
+    with pytest.raises(BackendError, match="reply lost"):
+        await backend.take_notifications("c", timeout)
+    monkeypatch.undo()
+    assert await backend.claim("w") is not None
+    await backend.complete("w", "k1", out("k1"), cache=True)
+    notes = await backend.take_notifications("c", timeout)
+    assert [note.key for note in notes] == ["k3", "k2", "k1"]
+    assert await backend.take_notifications("c", 0.05) == []
+
+
 async def test_scripts_are_reloaded_after_a_script_flush(
     backend: RedisBackend, raw: aioredis.Redis
 ) -> None:

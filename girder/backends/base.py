@@ -78,6 +78,15 @@ class Claimed:
 
 
 @dataclass(frozen=True, slots=True)
+class Completion:
+    """The outcome of a key a node ran, as `complete_and_claim` records it."""
+
+    key: str
+    outcome: bytes
+    cache: bool
+
+
+@dataclass(frozen=True, slots=True)
 class Notification:
     """A completed key and its outcome, delivered to a node that waits for it."""
 
@@ -163,9 +172,10 @@ class StateBackend(Protocol):
         4. when `waiter_key` is given, add the wait edge `waiter_key -> key` and, if the key
            reaches `waiter_key` through wait edges (a cycle), report that cycle.
 
-        Then, when `dispatch`, hand out `into`'s work to its waiting volunteers exactly as
-        `hand_out(into, even_share=True)` would, in the same atomic step (a client uses this to
-        reach an idle worker without waking the distributor first).
+        Pushing onto `into` wakes it (see `wait_for_work`). When `dispatch`, the same atomic step
+        then hands out `into`'s work to its waiting volunteers exactly as
+        `hand_out(into, even_share=True)` would, and wakes `into` only if work is left over: a
+        client reaches an idle worker without waking the distributor at all.
 
         Returns one `Submitted` per request, in order.
         """
@@ -180,9 +190,7 @@ class StateBackend(Protocol):
         """
         ...
 
-    async def complete(
-        self, node: str, key: str, outcome: bytes, *, cache: bool, claim_next: bool = False
-    ) -> Claimed | None:
+    async def complete(self, node: str, key: str, outcome: bytes, *, cache: bool) -> None:
         """Record the outcome of a key `node` ran, and notify its waiters.
 
         Atomically: when `cache`, the key becomes done with `outcome` cached; otherwise its record
@@ -190,10 +198,25 @@ class StateBackend(Protocol):
         wait edges are deleted, and every waiter other than `node` itself gets a `Notification`
         in its inbox (the caller resolves its own local waiters). The waiter set is cleared.
         Completing a key that is already done changes nothing (but it leaves `node`'s running set).
+        """
+        ...
 
-        With `claim_next`, the same atomic step then does what `claim(node)` does and returns
-        its result (one round trip for a worker going from one request to the next); without,
-        it returns None.
+    async def complete_and_claim(
+        self,
+        node: str,
+        completions: Sequence[Completion],
+        *,
+        claim: int,
+        volunteer_at: str | None = None,
+    ) -> list[Claimed]:
+        """Complete several keys, then claim up to `claim` requests: a worker's one round trip
+        from the requests it finished to the ones it runs next.
+
+        Atomically: each completion in order exactly as `complete` does; then `claim` times what
+        `claim(node)` does, stopping when the list runs out (the claimed requests come in the
+        order they were popped, top first); then, when nothing was claimed (and `claim` > 0)
+        and `volunteer_at` is given, what `volunteer(volunteer_at, node)` does. Returns the
+        claimed requests.
         """
         ...
 
@@ -206,9 +229,10 @@ class StateBackend(Protocol):
         ...
 
     async def wait_for_work(self, node: str, timeout: float) -> None:
-        """Wait up to `timeout` seconds for a push onto `node`'s work list or volunteer queue.
+        """Wait up to `timeout` seconds for a wake-up: a push onto `node`'s work list, or a
+        volunteer arriving while that list is not empty (as each operation states).
 
-        A push since the previous call returns at once. Spurious wake-ups are allowed: callers
+        A wake-up since the previous call returns at once. Spurious wake-ups are allowed: callers
         re-check with `claim` or `hand_out`.
         """
         ...
@@ -233,7 +257,8 @@ class StateBackend(Protocol):
     # -- distribution -----------------------------------------------------------------------------
 
     async def volunteer(self, distributor: str, node: str) -> None:
-        """Put `node` on `distributor`'s volunteer queue unless it is already there."""
+        """Put `node` on `distributor`'s volunteer queue unless it is already there; if it was
+        not there and the distributor's work list is not empty, wake the distributor."""
         ...
 
     async def hand_out(self, distributor: str, *, even_share: bool = False) -> list[Assignment]:

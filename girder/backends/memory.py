@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from girder.backends.base import (
     Assignment,
     Claimed,
+    Completion,
     NewRequest,
     NodeInfo,
     NodeKind,
@@ -199,11 +200,12 @@ class MemoryBackend:
         if pushed:
             if on_top:
                 self._list(into).extend(pushed)
-                self._wake_worker(into)
             else:
-                self._push_bottom(into, pushed)
+                self._list(into).extendleft(pushed)
         if dispatch:
             self._hand_out(into, even_share=True)
+        if pushed and (not dispatch or self._work[into]):
+            self._wake_worker(into)
         return results
 
     async def claim(self, node: str) -> Claimed | None:
@@ -222,11 +224,28 @@ class MemoryBackend:
             return Claimed(key, record.payload)
         return None
 
-    async def complete(
-        self, node: str, key: str, outcome: bytes, *, cache: bool, claim_next: bool = False
-    ) -> Claimed | None:
+    async def complete(self, node: str, key: str, outcome: bytes, *, cache: bool) -> None:
         self._complete(node, key, outcome, cache)
-        return self._claim(node) if claim_next else None
+
+    async def complete_and_claim(
+        self,
+        node: str,
+        completions: Sequence[Completion],
+        *,
+        claim: int,
+        volunteer_at: str | None = None,
+    ) -> list[Claimed]:
+        for completion in completions:
+            self._complete(node, completion.key, completion.outcome, completion.cache)
+        claimed: list[Claimed] = []
+        while len(claimed) < claim:
+            next_claim = self._claim(node)
+            if next_claim is None:
+                break
+            claimed.append(next_claim)
+        if claim > 0 and not claimed and volunteer_at is not None:
+            self._volunteer(volunteer_at, node)
+        return claimed
 
     def _complete(self, node: str, key: str, outcome: bytes, cache: bool) -> None:
         running = self._running.get(node)
@@ -290,10 +309,14 @@ class MemoryBackend:
     # -- distribution -----------------------------------------------------------------------------
 
     async def volunteer(self, distributor: str, node: str) -> None:
+        self._volunteer(distributor, node)
+
+    def _volunteer(self, distributor: str, node: str) -> None:
         queue = self._volunteers.setdefault(distributor, deque())
         if node not in queue:
             queue.append(node)
-            self._wake_worker(distributor)
+            if self._work.get(distributor):
+                self._wake_worker(distributor)
 
     async def hand_out(self, distributor: str, *, even_share: bool = False) -> list[Assignment]:
         return self._hand_out(distributor, even_share=even_share)

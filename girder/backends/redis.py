@@ -7,12 +7,13 @@ NOSCRIPT, e.g. when the server restarted), so submit, claim and complete are one
 Key names live in `redis_keys`.
 
 The two waits never depend on pub/sub. A notification is an entry in the node's inbox list; a
-waiter drains the inbox first and only then blocks on it with BLMOVE into its "taken" list, which
-the next drain reads again unless the reply arrived: whatever was posted before it listened is
-seen at once, and a reply lost with a cancelled wait is delivered later rather than never. A push
-onto a node's work list or volunteer queue leaves a token on its "wake" list; a token lost with a
-cancelled BLPOP costs only a wake-up. Blocking calls run on a separate connection pool so they
-never hold up other commands. Leases are kept in server time (TIME inside the scripts).
+waiter takes entries out of the inbox into its "taken" list (blocking with BLMOVE when the inbox
+is empty), and the next wait drops `taken` if the reply arrived or puts it back in front of the
+inbox if it did not: whatever was posted before it listened is seen at once, and a reply lost with
+a cancelled wait is delivered later rather than never. A push onto a node's work list or volunteer
+queue leaves a token on its "wake" list; a token lost with a cancelled BLPOP costs only a wake-up.
+Blocking calls run on a separate connection pool so they never hold up other commands. Leases are
+kept in server time (TIME inside the scripts).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from redis.typing import EncodableT
 from girder.backends.base import (
     Assignment,
     Claimed,
+    Completion,
     NewRequest,
     NodeInfo,
     NodeKind,
@@ -67,7 +69,8 @@ _SCRIPTS = (
     "submit",
     "claim",
     "complete",
-    "drain",
+    "acknowledge",
+    "take",
     "volunteer",
     "hand_out",
     "trim",
@@ -157,7 +160,7 @@ class RedisBackend:
         self._keys = RedisKeys((settings or Settings()).key_prefix)
         self._scripts = _load_scripts(self._keys)
         self._received: set[str] = set()
-        """Nodes whose last blocking wait's reply arrived (the next drain drops `taken`)."""
+        """Nodes whose last blocking wait's reply arrived (the next wait drops `taken`)."""
         try:
             self._redis = _client(url)
             self._blocking = _client(url)  # BLPOPs only, so they never hold up other commands
@@ -172,12 +175,15 @@ class RedisBackend:
                 raise ConfigurationError(
                     f"Redis at {self.url} is version {info['redis_version']}; girder needs 6.2+"
                 )
-            async with self._redis.pipeline(transaction=False) as pipe:
-                for script in self._scripts.values():
-                    pipe.script_load(script.source)
-                await pipe.execute()
+            await self._load_scripts()
         except RedisError as exc:
             raise BackendError(f"cannot connect to Redis at {self.url}: {exc}") from exc
+
+    async def _load_scripts(self) -> None:
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for script in self._scripts.values():
+                pipe.script_load(script.source)
+            await pipe.execute()
 
     async def close(self) -> None:
         await self._blocking.aclose()
@@ -256,40 +262,58 @@ class RedisBackend:
         reply = await self._run("claim", node)
         return None if reply is None else Claimed(reply[0].decode(), reply[1])
 
-    async def complete(
-        self, node: str, key: str, outcome: bytes, *, cache: bool, claim_next: bool = False
-    ) -> Claimed | None:
-        reply = await self._run("complete", node, key, outcome, int(cache), int(claim_next))
-        if not claim_next or not reply:
-            return None
-        return Claimed(reply[0].decode(), reply[1])
+    async def complete(self, node: str, key: str, outcome: bytes, *, cache: bool) -> None:
+        await self._run("complete", node, 0, "", key, outcome, int(cache))
+
+    async def complete_and_claim(
+        self,
+        node: str,
+        completions: Sequence[Completion],
+        *,
+        claim: int,
+        volunteer_at: str | None = None,
+    ) -> list[Claimed]:
+        args: list[EncodableT] = [node, claim, volunteer_at or ""]
+        for completion in completions:
+            args += (completion.key, completion.outcome, int(completion.cache))
+        flat = await self._run("complete", *args)
+        return [Claimed(flat[i].decode(), flat[i + 1]) for i in range(0, len(flat), 2)]
 
     async def take_notifications(self, node: str, timeout: float) -> list[Notification]:
+        """One round trip: settle the previous wait's `taken` list, block until the inbox has
+        an entry (moving it to `taken`), then take the rest of the inbox the same way."""
         received = node in self._received
         self._received.discard(node)
-        notes = await self._run("drain", node, int(received))
-        if not notes and timeout > 0:
-            # Block on the inbox itself, moving what arrives to `taken` (which the next drain
-            # reads again): the first notification comes back in this very reply.
-            inbox, taken = self._keys.inbox(node), self._keys.taken(node)
-            with self._errors("wait"):
-                try:
-                    async with asyncio.timeout(timeout + _REPLY_MARGIN):
-                        moved = await self._blocking.blmove(
-                            inbox,
-                            taken,
-                            cast(int, timeout),  # Redis takes a float timeout
-                            "LEFT",
-                            "RIGHT",
-                        )
-                except TimeoutError as exc:
-                    raise BackendError(
-                        f"Redis at {self.url} did not answer a wait in time"
-                    ) from exc
-            notes = [] if moved is None else [moved]
-            if moved is not None:
-                self._received.add(node)
-        return _notifications(notes)
+        acknowledge, take = self._scripts["acknowledge"], self._scripts["take"]
+        anchor = self._keys.leases
+        client = self._blocking if timeout > 0 else self._redis
+        with self._errors("wait"):
+            try:
+                async with asyncio.timeout(max(timeout, 0) + _REPLY_MARGIN):
+                    async with client.pipeline(transaction=False) as pipe:
+                        pipe.evalsha(acknowledge.sha, 1, anchor, node, int(received))
+                        if timeout > 0:
+                            pipe.blmove(
+                                self._keys.inbox(node),
+                                self._keys.taken(node),
+                                cast(int, timeout),  # Redis takes a float timeout
+                                "LEFT",
+                                "RIGHT",
+                            )
+                        pipe.evalsha(take.sha, 1, anchor, node)
+                        replies = await pipe.execute(raise_on_error=False)
+            except TimeoutError as exc:
+                raise BackendError(f"Redis at {self.url} did not answer a wait in time") from exc
+        if any(isinstance(reply, NoScriptError) for reply in replies):
+            with self._errors("script load"):
+                await self._load_scripts()  # the server restarted: `taken` is delivered next time
+            return []
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise BackendError(f"Redis wait failed at {self.url}: {reply}")
+        self._received.add(node)
+        moved = [replies[1]] if timeout > 0 and replies[1] is not None else []
+        return _notifications(moved + replies[-1])
 
     async def wait_for_work(self, node: str, timeout: float) -> None:
         await self._pop_token(self._keys.wake(node), timeout)

@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from girder.backends.base import Claimed, NewRequest, NodeKind, StateBackend
+from girder.backends.base import Completion, NewRequest, NodeKind, StateBackend
 from girder.config import Settings
 from girder.errors import RequestError, SerializationError
 from girder.functions import Request
@@ -109,10 +109,17 @@ class Node:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
+        try:
+            await self._before_leaving()
+        except Exception as exc:  # what it did not send, `leave` hands back to the grid
+            self.log.warning("could not settle before leaving", error=repr(exc))
         if self._lease_keeper is not None:
             self._lease_keeper.discard(self.id)
         await self.backend.leave(self.id)
         self.log.info("node stopped")
+
+    async def _before_leaving(self) -> None:
+        """Send what this node still owes the backend (after its loops stopped)."""
 
     def _spawn(self, body: Callable[[], Awaitable[None]], name: str) -> None:
         self._tasks.append(asyncio.create_task(self._forever(body, name), name=f"{self.id}:{name}"))
@@ -203,34 +210,25 @@ class Node:
                 names.append(f"request {key}")
         return names
 
-    async def finish(
-        self,
-        key: str,
-        readable: Callable[[], str],
-        outcome: Outcome,
-        *,
-        cache: bool,
-        claim_next: bool = False,
-    ) -> Claimed | None:
-        """Store an outcome this node computed, notify waiters, and wake local ones.
-
-        `readable` names the request; it is only called when something fails. With
-        `claim_next`, also claim this node's next request in the same backend step.
-        """
+    def completion(
+        self, key: str, readable: Callable[[], str], outcome: Outcome, cache: bool
+    ) -> Completion:
+        """The completion to record for `outcome`; an outcome that cannot be encoded becomes
+        a failure. `readable` names the request; it is only called when something fails."""
         try:
             data = self.codec.encode_outcome(outcome, readable)
         except SerializationError as exc:
             outcome = Outcome(error=RequestError(readable(), str(exc), kind="invalid"))
             data = self.codec.encode_outcome(outcome, readable)
-        claimed = await self.backend.complete(
-            self.id,
-            key,
-            data,
-            cache=cache and outcome.error is None and outcome.final,
-            claim_next=claim_next,
-        )
+        return Completion(key, data, cache and outcome.error is None and outcome.final)
+
+    async def finish(
+        self, key: str, readable: Callable[[], str], outcome: Outcome, *, cache: bool
+    ) -> None:
+        """Store an outcome this node computed, notify waiters, and wake local ones."""
+        completion = self.completion(key, readable, outcome, cache)
+        await self.backend.complete(self.id, key, completion.outcome, cache=completion.cache)
         self.waiters.resolve(key, outcome)
-        return claimed
 
     async def request(
         self,

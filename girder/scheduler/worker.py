@@ -6,16 +6,24 @@ sub-requests nobody runs on top of this stack, passes the baton (so the loop goe
 with exactly those sub-requests) and waits; when all are done the request takes a baton back.
 So any number of requests may be parked, while one user function runs per baton. A worker whose
 stack is empty volunteers at its distributor.
+
+A worker talks to the backend once per step: it sends the completions it owes and claims its next
+requests in one `complete_and_claim`, volunteering in that same step when nothing is left. While
+it runs sync functions that take little time it claims several requests at once (as many as fit
+in `_CLAIM_BUDGET` by their recent duration) and sends their completions together, at most
+`_CLAIM_BUDGET` late; waiters inside this node learn each outcome at once.
 """
 
 from __future__ import annotations
 
 import asyncio
 import sys
+import time
+from collections import deque
 from collections.abc import Coroutine
 from typing import Any, ClassVar
 
-from girder.backends.base import Claimed, NodeKind, StateBackend
+from girder.backends.base import Claimed, Completion, NodeKind, StateBackend
 from girder.config import Settings
 from girder.errors import RequestError, SerializationError
 from girder.functions import GridFunction, Request, resolve_function
@@ -26,6 +34,13 @@ from girder.serialization import Outcome, RequestPayload
 
 _FAIRNESS_SLICE = 0.005
 """Seconds a worker loop may run without yielding to the event loop."""
+
+_CLAIM_BUDGET = 0.001
+"""Seconds of quick sync work a worker claims at once, and the longest it holds back the
+completion of a finished sync request to send it together with the next ones."""
+
+_MAX_CLAIM = 32
+"""The most requests a worker claims, or completions it holds back, at once."""
 
 
 def _new_task(coroutine: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
@@ -57,8 +72,16 @@ class Worker(Node):
         )
         self.baton = Baton(settings.concurrency)
         self._evaluations: set[asyncio.Task[None]] = set()
-        self._next: Claimed | None = None
-        """A request claimed together with the completion of the previous one."""
+        self._claimed: deque[Claimed] = deque()
+        """Requests claimed and not yet started, in order."""
+        self._volunteered = False
+        """The last claim found nothing and volunteered: wait for work before claiming again."""
+        self._outbox: list[tuple[Completion, Outcome]] = []
+        """Finished sync requests whose completion is held back (see `_CLAIM_BUDGET`)."""
+        self._outbox_since = 0.0
+        self._claim_size = 1
+        self._sync_seconds = 0.0
+        """Recent average duration of the sync functions run here."""
 
     def _start_loops(self) -> None:
         self._spawn(self._work_loop, "work")
@@ -69,10 +92,13 @@ class Worker(Node):
         await asyncio.gather(*self._evaluations, return_exceptions=True)
         await super().stop()
 
+    async def _before_leaving(self) -> None:
+        if self._outbox:
+            await self._settle(claim=0)
+
     # -- the loop ---------------------------------------------------------------------------------
 
     async def _work_loop(self) -> None:
-        backend = self.backend
         clock = asyncio.get_running_loop().time
         last_yield = clock()
         while True:
@@ -83,20 +109,42 @@ class Worker(Node):
                 last_yield = clock()
             if not self.baton.try_acquire_for_work():
                 await self.baton.acquire_for_work()
-            claimed, self._next = self._next, None
-            if claimed is None:
+            if not self._claimed and not self._volunteered:
                 try:
-                    claimed = await backend.claim(self.id)
+                    await self._settle(claim=self._claim_size)
                 except BaseException:
                     self.baton.release()
                     raise
-            if claimed is None:
+            if not self._claimed:
                 self.baton.release()
-                assert self.distributor is not None
-                await backend.volunteer(self.distributor, self.id)
-                self._next = await backend.wait_and_claim(self.id, self.settings.idle_poll)
+                self._volunteered = False
+                claimed = await self.backend.wait_and_claim(self.id, self.settings.idle_poll)
+                if claimed is not None:
+                    self._claimed.append(claimed)
                 continue
-            await self._start_evaluation(claimed)
+            await self._start_evaluation(self._claimed.popleft())
+
+    async def _settle(self, *, claim: int) -> None:
+        """Send the held-back completions and claim up to `claim` requests, in one backend
+        step that also volunteers this worker when there is nothing to claim."""
+        sent, self._outbox = self._outbox, []
+        try:
+            claimed = await self.backend.complete_and_claim(
+                self.id,
+                [completion for completion, _ in sent],
+                claim=claim,
+                volunteer_at=self.distributor,
+            )
+        except BaseException:
+            self._outbox[:0] = sent  # sent again with the next step (a repeat changes nothing)
+            raise
+        self._claimed.extend(claimed)
+        if claim:
+            self._volunteered = not claimed
+        for completion, outcome in sent:
+            # Whoever here started waiting for the key after it finished: the backend only
+            # notifies other nodes.
+            self.waiters.resolve(completion.key, outcome)
 
     async def _start_evaluation(self, claimed: Claimed) -> None:
         """Evaluate a claimed request; the baton passes to it. Sync functions run right here."""
@@ -114,6 +162,7 @@ class Worker(Node):
             self, claimed.key, payload.job, payload.name, payload.args, payload.kwargs
         )
         if function.is_async:
+            self._claim_size = 1  # it may park: claim no more than the stack's top
             await self._evaluate_async(evaluation, function)
         else:
             await self._evaluate_sync(evaluation, function, payload)
@@ -133,13 +182,22 @@ class Worker(Node):
         self, evaluation: Evaluation, function: GridFunction[..., Any], payload: RequestPayload
     ) -> None:
         token = current_evaluation.set(evaluation)
+        start = time.perf_counter()
         try:
             outcome = Outcome(value=function.fn(*payload.args, **payload.kwargs))
         except Exception as exc:
             outcome = self._failure(evaluation, exc)
         finally:
             current_evaluation.reset(token)
+        self._time_sync(time.perf_counter() - start)
         await self._conclude(evaluation, function, outcome, inline=True)
+
+    def _time_sync(self, seconds: float) -> None:
+        """Track how long sync functions take, and claim as many as fit in the budget."""
+        average = self._sync_seconds = (
+            seconds if self._sync_seconds == 0 else 0.8 * self._sync_seconds + 0.2 * seconds
+        )
+        self._claim_size = max(1, min(_MAX_CLAIM, int(_CLAIM_BUDGET / max(average, 1e-9))))
 
     async def _evaluate_async(
         self, evaluation: Evaluation, function: GridFunction[..., Any]
@@ -180,27 +238,37 @@ class Worker(Node):
         *,
         inline: bool = False,
     ) -> None:
-        """Finish a request and pass its baton on. When the worker loop is the one that gets the
-        baton next (it ran this request inline, or it waits for the baton), also claim the loop's
-        next request in the same backend step."""
-        prefetch = (
-            self._next is None
-            and self.baton.idle_after_release()
-            and (inline or self.baton.worker_waiting())
-        )
+        """Finish a request and pass its baton on.
+
+        Waiters in this node get the outcome at once. The completion itself goes to the backend
+        now, or, for a sync request run inline while more claimed requests wait, with the next
+        step (held back at most `_CLAIM_BUDGET`). When the worker loop gets the baton next and
+        has nothing claimed, the same step claims its next requests."""
         try:
-            claimed = await self.finish(
-                evaluation.key,
-                evaluation.readable,
-                outcome,
-                cache=function.cache,
-                claim_next=prefetch,
+            completion = self.completion(
+                evaluation.key, evaluation.readable, outcome, function.cache
             )
             self.stats.ran += 1
-            if claimed is not None:
-                self._next = claimed
+            if not self._outbox:
+                self._outbox_since = time.perf_counter()
+            self._outbox.append((completion, outcome))
+            self.waiters.resolve(evaluation.key, outcome)
+            if inline and self._claimed and self._may_hold_back():
+                return
+            prefetch = (
+                not self._claimed
+                and self.baton.idle_after_release()
+                and (inline or self.baton.worker_waiting())
+            )
+            await self._settle(claim=self._claim_size if prefetch else 0)
         finally:
             self._pass_baton(evaluation)
+
+    def _may_hold_back(self) -> bool:
+        return (
+            len(self._outbox) < _MAX_CLAIM
+            and time.perf_counter() - self._outbox_since < _CLAIM_BUDGET
+        )
 
     def _pass_baton(self, evaluation: Evaluation) -> None:
         if evaluation.holds_baton:

@@ -31,6 +31,7 @@ import pytest
 from girder.backends.base import (
     Assignment,
     Claimed,
+    Completion,
     NewRequest,
     NodeInfo,
     NodeKind,
@@ -285,6 +286,16 @@ class BackendConformance:
         assert await claim_all(backend, "v1") == ["k1", "k2"]
         assert await claim_all(backend, "v2") == ["k3"]
 
+    async def test_submit_with_dispatch_wakes_the_distributor_only_for_leftover_work(
+        self, backend: StateBackend
+    ) -> None:
+        await backend.volunteer("d", "v")
+        await put(backend, "c", ["k1"], into="d", on_top=False, dispatch=True)
+        assert await backend.lengths(["d", "v"]) == [0, 1]
+        assert await timed(backend.wait_for_work("d", 0.2)) >= 0.1  # nothing left: no wake-up
+        await put(backend, "c", ["k2"], into="d", on_top=False, dispatch=True)
+        assert await timed(backend.wait_for_work("d", self.patience)) < self.prompt
+
     async def test_submit_with_dispatch_and_no_volunteer_queues_the_work(
         self, backend: StateBackend
     ) -> None:
@@ -447,17 +458,49 @@ class BackendConformance:
         assert await asyncio.wait_for(waiting, self.patience + 1) == Claimed("k", new("k").payload)
         assert await backend.state("k") == RequestState.RUNNING
 
-    async def test_complete_can_claim_the_next_request(self, backend: StateBackend) -> None:
-        await put(backend, "c", ["a", "b", "c"], into="w")
-        assert await backend.claim("w") == Claimed("c", new("c").payload)
-        claimed = await backend.complete("w", "c", out("c"), cache=True, claim_next=True)
-        assert claimed == Claimed("b", new("b").payload)
-        assert await backend.state("c") == RequestState.DONE
-        assert await backend.state("b") == RequestState.RUNNING
-        assert await backend.complete("w", "b", out("b"), cache=True) is None
-        assert await backend.claim("w") == Claimed("a", new("a").payload)
-        assert await backend.complete("w", "a", out("a"), cache=True, claim_next=True) is None
-        assert await backend.state("a") == RequestState.DONE
+    async def test_complete_and_claim_completes_in_order_then_claims_from_the_top(
+        self, backend: StateBackend
+    ) -> None:
+        await put(backend, "c", ["a", "b"], into="w")
+        assert await claim_all(backend, "w") == ["b", "a"]
+        await put(backend, "w", ["x", "y", "z"])
+        done = [Completion("b", out("b"), True), Completion("a", out("a"), False)]
+        claimed = await backend.complete_and_claim("w", done, claim=2, volunteer_at="d")
+        assert claimed == [Claimed("z", new("z").payload), Claimed("y", new("y").payload)]
+        assert await backend.state("b") == RequestState.DONE
+        assert await backend.result("b") == out("b")
+        assert await backend.state("a") == RequestState.UNKNOWN  # not cached
+        assert [await backend.state(key) for key in "zyx"] == [
+            RequestState.RUNNING,
+            RequestState.RUNNING,
+            RequestState.PENDING,
+        ]
+        notes = await backend.take_notifications("c", self.patience)
+        assert notes == [Notification("b", out("b")), Notification("a", out("a"))]
+        assert await backend.volunteers("d") == []  # it claimed something: no volunteering
+
+    async def test_complete_and_claim_volunteers_when_nothing_is_left(
+        self, backend: StateBackend
+    ) -> None:
+        await put(backend, "c", ["k"], into="w")
+        assert await backend.claim("w") == Claimed("k", new("k").payload)
+        done = [Completion("k", out("k"), True)]
+        assert await backend.complete_and_claim("w", done, claim=4, volunteer_at="d") == []
+        assert await backend.state("k") == RequestState.DONE
+        assert await backend.volunteers("d") == ["w"]
+        # Once queued, volunteering again keeps one place.
+        assert await backend.complete_and_claim("w", [], claim=1, volunteer_at="d") == []
+        assert await backend.volunteers("d") == ["w"]
+
+    async def test_complete_and_claim_without_a_claim_neither_claims_nor_volunteers(
+        self, backend: StateBackend
+    ) -> None:
+        await put(backend, "c", ["a", "b"], into="w")
+        assert await backend.claim("w") == Claimed("b", new("b").payload)
+        done = [Completion("b", out("b"), True)]
+        assert await backend.complete_and_claim("w", done, claim=0, volunteer_at="d") == []
+        assert await backend.state("a") == RequestState.PENDING
+        assert await backend.volunteers("d") == []
 
     async def test_completing_a_done_key_still_frees_the_running_slot(
         self, backend: StateBackend
@@ -547,8 +590,12 @@ class BackendConformance:
     async def test_wait_for_work_ends_by_its_timeout(self, backend: StateBackend) -> None:
         assert await timed(backend.wait_for_work("idle", 0.2)) < 0.2 + self.prompt
 
-    async def test_volunteering_wakes_the_distributor(self, backend: StateBackend) -> None:
-        await backend.volunteer("d", "w")
+    async def test_volunteering_wakes_a_distributor_with_work(self, backend: StateBackend) -> None:
+        await backend.volunteer("d", "w1")
+        assert await timed(backend.wait_for_work("d", 0.2)) >= 0.1  # nothing to hand out
+        await put(backend, "c", ["k"], into="d", on_top=False)
+        assert await timed(backend.wait_for_work("d", self.patience)) < self.prompt
+        await backend.volunteer("d", "w2")
         assert await timed(backend.wait_for_work("d", self.patience)) < self.prompt
 
     async def test_hand_out_wakes_the_volunteer(self, backend: StateBackend) -> None:

@@ -168,3 +168,18 @@ local function claim(node)
     end
   end
 end
+
+-- Queue `node` at `dist`'s volunteers unless it is there already, and wake the distributor if
+-- it has work to hand out. Returns 1 when queued, 0 when it was there.
+local function volunteer(dist, node)
+  local queue = k_volunteers(dist)
+  if redis.call('LPOS', queue, node) then
+    return 0
+  end
+  redis.call('RPUSH', queue, node)
+  redis.call('SADD', k_volunteered(node), dist)
+  if redis.call('LLEN', k_work(dist)) > 0 then
+    ring(k_wake(dist))
+  end
+  return 1
+end

@@ -1,16 +1,17 @@
--- complete(node, key, outcome, cache, claim_next): store or forget the outcome, drop the key's
--- wait edges (both ways), and post a notification to every waiter but `node`. A done key stays
--- as it is. With claim_next, then claim node's next request (one round trip for both).
+-- complete(node, claim, volunteer_at, key1, outcome1, cache1, key2, ...): for each key in order,
+-- store or forget its outcome, drop its wait edges (both ways), and post a notification to every
+-- waiter but `node` (a done key stays as it is). Then claim up to `claim` of node's requests;
+-- when none came and volunteer_at is not empty, volunteer node there.
+-- Returns {key1, payload1, key2, payload2, ...} for the claimed requests.
 
-local node, key, outcome, cache = ARGV[1], ARGV[2], ARGV[3], ARGV[4] == '1'
-local claim_next = ARGV[5] == '1'
+local node, wanted, volunteer_at = ARGV[1], tonumber(ARGV[2]), ARGV[3]
 
-local function complete()
+local function complete(key, outcome, cache)
   redis.call('SREM', k_running(node), key)
   local record = k_record(key)
   local status = redis.call('HGET', record, F_STATUS)
   if status == DONE then
-    return 0
+    return
   end
   local waits, waited_by = k_waits(key), k_waited_by(key)
   for _, after in ipairs(redis.call('SMEMBERS', waits)) do
@@ -21,7 +22,7 @@ local function complete()
   end
   redis.call('DEL', waits, waited_by)
   if not status then
-    return 0
+    return
   end
 
   if cache then
@@ -39,11 +40,22 @@ local function complete()
     end
   end
   redis.call('DEL', waiters)
-  return 1
 end
 
-local completed = complete()
-if claim_next then
-  return claim(node)
+for i = 4, #ARGV, 3 do
+  complete(ARGV[i], ARGV[i + 1], ARGV[i + 2] == '1')
 end
-return completed
+
+local claimed = {}
+for _ = 1, wanted do
+  local found = claim(node)
+  if not found then
+    break
+  end
+  claimed[#claimed + 1] = found[1]
+  claimed[#claimed + 1] = found[2]
+end
+if wanted > 0 and #claimed == 0 and volunteer_at ~= '' then
+  volunteer(volunteer_at, node)
+end
+return claimed

@@ -75,9 +75,11 @@ if #pushed > 0 then
   else
     push_bottom(k_work(into), pushed)
   end
-  ring(k_wake(into))
 end
 if dispatch then
   hand_out(into, true)
+end
+if #pushed > 0 and (not dispatch or redis.call('LLEN', k_work(into)) > 0) then
+  ring(k_wake(into))
 end
 return results
