@@ -5,15 +5,22 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Sequence
 from typing import Any, cast
 
 import pytest
 import redis.asyncio as aioredis
 from redis.crc import key_slot
 
-from girder.backends import open_backend
-from girder.backends.base import Claimed, NewRequest, NodeKind, Notification, StateBackend
+from girder.backends import open_backend, resp
+from girder.backends.base import (
+    Claimed,
+    Completion,
+    NewRequest,
+    NodeKind,
+    Notification,
+    StateBackend,
+)
 from girder.backends.redis import RedisBackend
 from girder.config import Settings
 from girder.errors import BackendError, ConfigurationError
@@ -132,13 +139,13 @@ async def test_notifications_whose_reply_was_lost_come_again(
     for key in ("k3", "k2"):
         assert await backend.claim("w") is not None
         await backend.complete("w", key, out(key), cache=True)
-    original = aioredis.client.Pipeline.execute
+    original = resp.Connection.pipeline
 
-    async def lost_reply(self: aioredis.client.Pipeline, *args: Any, **options: Any) -> Any:
-        await original(self, *args, **options)
-        raise aioredis.ConnectionError("reply lost")
+    async def lost_reply(self: resp.Connection, commands: Sequence[resp.Command]) -> list[Any]:
+        await original(self, commands)
+        raise resp.ConnectionLost("reply lost")
 
-    monkeypatch.setattr(aioredis.client.Pipeline, "execute", lost_reply)
+    monkeypatch.setattr(resp.Connection, "pipeline", lost_reply)
     with pytest.raises(BackendError, match="reply lost"):
         await backend.take_notifications("c", timeout)
     monkeypatch.undo()
@@ -194,20 +201,36 @@ async def test_grids_with_different_prefixes_do_not_meet(
 async def test_hot_paths_are_one_round_trip_each(
     backend: RedisBackend, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    commands: list[str] = []
-    original: Callable[..., Any] = aioredis.Redis.execute_command
+    trips: list[list[str]] = []
+    blocking = asyncio.Event()
+    original = resp.Connection.pipeline
 
-    async def counting(self: aioredis.Redis, *args: Any, **options: Any) -> Any:
-        commands.append(str(args[0]))
-        return await original(self, *args, **options)
+    async def counting(self: resp.Connection, commands: Sequence[resp.Command]) -> list[Any]:
+        trips.append([str(command[0]) for command in commands])
+        if commands[0][0] == "BLPOP":
+            blocking.set()  # and the command is written before the test runs again
+        return await original(self, commands)
 
-    monkeypatch.setattr(aioredis.Redis, "execute_command", counting)
+    monkeypatch.setattr(resp.Connection, "pipeline", counting)
     await backend.submit("c", [new("k")], into="w", on_top=True)
-    assert commands == ["EVALSHA"]
     assert await backend.claim("w") is not None
-    assert commands == ["EVALSHA"] * 2
-    await backend.complete("w", "k", out("k"), cache=True)
-    assert commands == ["EVALSHA"] * 3
+    await backend.complete_and_claim("w", [Completion("k", out("k"), True)], claim=3)
+    await backend.take_notifications("c", 5)
+    await backend.wait_for_work("w", 0)  # takes the wake-up token of the first push
+    waiting = asyncio.create_task(backend.wait_and_claim("w", 5))
+    await blocking.wait()
+    await put(backend, "c", ["k2"], into="w")
+    assert await waiting == Claimed("k2", new("k2").payload)
+    evalsha = ["EVALSHA"]
+    assert trips == [
+        evalsha,
+        evalsha,
+        evalsha,
+        ["EVALSHA", "BLMOVE", "EVALSHA"],
+        ["LPOP"],
+        ["BLPOP", "EVALSHA"],
+        evalsha,
+    ]
 
 
 async def test_the_url_hides_the_password(redis_url: str) -> None:
@@ -255,7 +278,8 @@ def test_the_schemes_open_a_redis_backend(scheme: str) -> None:
 
 def test_a_missing_redis_package_says_how_to_install_it(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delitem(sys.modules, "girder.backends.redis")
-    monkeypatch.setitem(sys.modules, "redis", None)
+    monkeypatch.delitem(sys.modules, "girder.backends.resp")
+    monkeypatch.setitem(sys.modules, "hiredis", None)
     with pytest.raises(ConfigurationError, match=r"pip install 'girder\[redis\]'"):
         open_backend("redis://127.0.0.1:1/0")
 

@@ -181,6 +181,22 @@ class StateBackend(Protocol):
         """
         ...
 
+    async def submit_and_claim(
+        self,
+        node: str,
+        requests: Sequence[NewRequest],
+        *,
+        into: str,
+        on_top: bool,
+        waiter_key: str | None = None,
+        dispatch: bool = False,
+        claim: int = 0,
+    ) -> tuple[list[Submitted], list[Claimed]]:
+        """`submit`, then claim up to `claim` of `node`'s requests as `claim(node)` does, in one
+        atomic step: a worker that parks a request hands itself the first sub-requests at once.
+        Returns what `submit` returns and the claimed requests, top first."""
+        ...
+
     async def claim(self, node: str) -> Claimed | None:
         """Pop the top of `node`'s work list until a pending key comes up, and run it.
 

@@ -208,8 +208,33 @@ class MemoryBackend:
             self._wake_worker(into)
         return results
 
+    async def submit_and_claim(
+        self,
+        node: str,
+        requests: Sequence[NewRequest],
+        *,
+        into: str,
+        on_top: bool,
+        waiter_key: str | None = None,
+        dispatch: bool = False,
+        claim: int = 0,
+    ) -> tuple[list[Submitted], list[Claimed]]:
+        submitted = await self.submit(
+            node, requests, into=into, on_top=on_top, waiter_key=waiter_key, dispatch=dispatch
+        )
+        return submitted, self._claim_many(node, claim)
+
     async def claim(self, node: str) -> Claimed | None:
         return self._claim(node)
+
+    def _claim_many(self, node: str, wanted: int) -> list[Claimed]:
+        claimed: list[Claimed] = []
+        while len(claimed) < wanted:
+            next_claim = self._claim(node)
+            if next_claim is None:
+                break
+            claimed.append(next_claim)
+        return claimed
 
     def _claim(self, node: str) -> Claimed | None:
         work = self._work.get(node)
@@ -237,12 +262,7 @@ class MemoryBackend:
     ) -> list[Claimed]:
         for completion in completions:
             self._complete(node, completion.key, completion.outcome, completion.cache)
-        claimed: list[Claimed] = []
-        while len(claimed) < claim:
-            next_claim = self._claim(node)
-            if next_claim is None:
-                break
-            claimed.append(next_claim)
+        claimed = self._claim_many(node, claim)
         if claim > 0 and not claimed and volunteer_at is not None:
             self._volunteer(volunteer_at, node)
         return claimed

@@ -1,9 +1,10 @@
 """`RedisBackend`: grid state in Redis, shared by processes on many machines.
 
-Selected by `redis://`, `rediss://` (TLS) and `unix://` URLs; credentials, database, TLS and
-client options all come from the URL (redis-py's `from_url`). Every atomic primitive is one Lua
-script from `girder/backends/lua/`, loaded with SCRIPT LOAD and run by SHA (reloaded after a
-NOSCRIPT, e.g. when the server restarted), so submit, claim and complete are one round trip each.
+Selected by `redis://`, `rediss://` (TLS) and `unix://` URLs; credentials, database and TLS
+options come from the URL (see `girder.backends.resp`, the small client it talks through).
+Every atomic primitive is one Lua script from `girder/backends/lua/`, loaded with SCRIPT LOAD
+and run by SHA (reloaded after a NOSCRIPT, e.g. when the server restarted), so submit, claim and
+complete are one round trip each.
 Key names live in `redis_keys`.
 
 The two waits never depend on pub/sub. A notification is an entry in the node's inbox list; a
@@ -20,19 +21,15 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import re
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any, cast
+from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-import redis.asyncio as aioredis
 import structlog
-from redis.asyncio.retry import Retry
-from redis.backoff import ExponentialWithJitterBackoff
-from redis.exceptions import NoScriptError, RedisError
-from redis.typing import EncodableT
 
 from girder.backends.base import (
     Assignment,
@@ -55,6 +52,7 @@ from girder.backends.redis_keys import (
     RUNNING,
     RedisKeys,
 )
+from girder.backends.resp import Command, RedisClient, ReplyError, RespError, parse_url
 from girder.config import Settings
 from girder.errors import BackendError, ConfigurationError
 
@@ -87,16 +85,6 @@ _MIN_SERVER = (6, 2)
 
 _REPLY_MARGIN = 5.0
 """Seconds a BLPOP may overrun its own timeout before the server counts as unreachable."""
-
-
-def _client(url: str) -> aioredis.Redis:
-    """A client with a few quick reconnection attempts per command (the nodes' loops retry
-    beyond that) and no socket timeout: redis-py's read timeout can swallow the cancellation
-    of the task that waits (seen with redis-py 8.1, cf. redis/redis-py#2551), which would hang
-    every node's shutdown. TCP keepalive (on by default) still detects a dead server.
-    """
-    retry = Retry(ExponentialWithJitterBackoff(cap=0.5, base=0.05), retries=3)
-    return aioredis.Redis.from_url(url, retry=retry, socket_timeout=None)
 
 
 def mask_url(url: str) -> str:
@@ -162,65 +150,73 @@ class RedisBackend:
         self._received: set[str] = set()
         """Nodes whose last blocking wait's reply arrived (the next wait drops `taken`)."""
         try:
-            self._redis = _client(url)
-            self._blocking = _client(url)  # BLPOPs only, so they never hold up other commands
+            address = parse_url(url)
         except ValueError as exc:
             raise ConfigurationError(f"bad Redis URL {self.url!r}: {exc}") from exc
+        self._redis = RedisClient(address)
 
     async def connect(self) -> None:
-        try:
-            info = await self._redis.info("server")
-            version = tuple(int(part) for part in str(info["redis_version"]).split(".")[:2])
+        with self._errors("connect"):
+            info = (await self._redis.execute("INFO", "server")).decode()
+            found = re.search(r"^redis_version:(\S+)", info, re.MULTILINE)
+            release = found.group(1) if found else "0"
+            version = tuple(int(part) for part in release.split(".")[:2] if part.isdigit())
             if version < _MIN_SERVER:
                 raise ConfigurationError(
-                    f"Redis at {self.url} is version {info['redis_version']}; girder needs 6.2+"
+                    f"Redis at {self.url} is version {release}; girder needs 6.2+"
                 )
             await self._load_scripts()
-        except RedisError as exc:
-            raise BackendError(f"cannot connect to Redis at {self.url}: {exc}") from exc
 
     async def _load_scripts(self) -> None:
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for script in self._scripts.values():
-                pipe.script_load(script.source)
-            await pipe.execute()
+        commands = [("SCRIPT", "LOAD", script.source) for script in self._scripts.values()]
+        for reply in await self._redis.pipeline(commands):
+            if isinstance(reply, ReplyError):
+                raise reply
 
     async def close(self) -> None:
-        await self._blocking.aclose()
-        await self._redis.aclose()
+        self._redis.close()
 
     # -- plumbing ---------------------------------------------------------------------------------
 
-    async def _run(self, name: str, *args: EncodableT) -> Any:
-        """Run one script by SHA (one round trip), loading it again if the server forgot it."""
-        script = self._scripts[name]
+    def _call(self, name: str, *args: str | bytes | int | float) -> Command:
+        """The EVALSHA command of script `name`."""
         anchor = self._keys.leases  # declares the grid's hash slot to a cluster
-        try:
-            try:
-                return await self._redis.evalsha(script.sha, 1, anchor, *args)
-            except NoScriptError:
-                await self._redis.script_load(script.source)
-                return await self._redis.evalsha(script.sha, 1, anchor, *args)
-        except RedisError as exc:
-            raise BackendError(f"Redis {name} failed at {self.url}: {exc}") from exc
+        return ("EVALSHA", self._scripts[name].sha, 1, anchor, *args)
 
-    async def _pop_token(self, bell: str, timeout: float) -> bool:
-        """Take the token from `bell`, waiting up to `timeout` seconds for one."""
+    async def _run(self, name: str, *args: str | bytes | int | float) -> Any:
+        """Run one script by SHA (one round trip), loading it again if the server forgot it."""
+        with self._errors(name):
+            try:
+                return await self._redis.execute(*self._call(name, *args))
+            except ReplyError as exc:
+                if not _is_noscript(exc):
+                    raise
+                await self._load_scripts()
+                return await self._redis.execute(*self._call(name, *args))
+
+    async def _blocking(self, commands: list[Command], timeout: float) -> list[Any]:
+        """Commands that block up to `timeout` seconds, on a connection of their own."""
         try:
-            with self._errors("wait"):
-                if timeout <= 0:
-                    return await self._redis.lpop(bell) is not None
-                async with asyncio.timeout(timeout + _REPLY_MARGIN):
-                    return await self._blocking.blpop([bell], timeout) is not None
+            async with asyncio.timeout(timeout + _REPLY_MARGIN):
+                return await self._redis.blocking(commands)
         except TimeoutError as exc:
             raise BackendError(f"Redis at {self.url} did not answer a wait in time") from exc
 
+    async def _pop_token(self, bell: str, timeout: float) -> bool:
+        """Take the token from `bell`, waiting up to `timeout` seconds for one."""
+        with self._errors("wait"):
+            if timeout <= 0:
+                return await self._redis.execute("LPOP", bell) is not None
+            [reply] = await self._blocking([("BLPOP", bell, timeout)], timeout)
+        _raise_errors([reply])
+        return reply is not None
+
     @contextmanager
     def _errors(self, what: str) -> Iterator[None]:
-        """Raise `BackendError` for whatever Redis raises while doing `what`."""
+        """Raise `BackendError` for whatever Redis or the connection raises while doing `what`."""
         try:
             yield
-        except RedisError as exc:
+        except RespError as exc:
             raise BackendError(f"Redis {what} failed at {self.url}: {exc}") from exc
 
     # -- requests ---------------------------------------------------------------------------------
@@ -235,19 +231,36 @@ class RedisBackend:
         waiter_key: str | None = None,
         dispatch: bool = False,
     ) -> list[Submitted]:
-        if not requests:
-            return []
-        args: list[EncodableT] = [
+        submitted, _ = await self.submit_and_claim(
+            node, requests, into=into, on_top=on_top, waiter_key=waiter_key, dispatch=dispatch
+        )
+        return submitted
+
+    async def submit_and_claim(
+        self,
+        node: str,
+        requests: Sequence[NewRequest],
+        *,
+        into: str,
+        on_top: bool,
+        waiter_key: str | None = None,
+        dispatch: bool = False,
+        claim: int = 0,
+    ) -> tuple[list[Submitted], list[Claimed]]:
+        if not requests and not claim:
+            return [], []
+        args: list[str | bytes | int] = [
             node,
             into,
             int(on_top),
             int(waiter_key is not None),
             waiter_key or "",
             int(dispatch),
+            claim,
         ]
         for request in requests:
             args += (request.key, request.payload)
-        replies = await self._run("submit", *args)
+        replies, flat = await self._run("submit", *args)
         found: list[Submitted] = []
         for request, reply in zip(requests, replies, strict=True):
             if reply[0] == 1:
@@ -256,7 +269,7 @@ class RedisBackend:
                 found.append(Submitted(request.key, cycle=tuple(map(_text, reply[1:]))))
             else:
                 found.append(Submitted(request.key))
-        return found
+        return found, _claimed(flat)
 
     async def claim(self, node: str) -> Claimed | None:
         reply = await self._run("claim", node)
@@ -273,44 +286,30 @@ class RedisBackend:
         claim: int,
         volunteer_at: str | None = None,
     ) -> list[Claimed]:
-        args: list[EncodableT] = [node, claim, volunteer_at or ""]
+        args: list[str | bytes | int] = [node, claim, volunteer_at or ""]
         for completion in completions:
             args += (completion.key, completion.outcome, int(completion.cache))
-        flat = await self._run("complete", *args)
-        return [Claimed(flat[i].decode(), flat[i + 1]) for i in range(0, len(flat), 2)]
+        return _claimed(await self._run("complete", *args))
 
     async def take_notifications(self, node: str, timeout: float) -> list[Notification]:
         """One round trip: settle the previous wait's `taken` list, block until the inbox has
         an entry (moving it to `taken`), then take the rest of the inbox the same way."""
         received = node in self._received
         self._received.discard(node)
-        acknowledge, take = self._scripts["acknowledge"], self._scripts["take"]
-        anchor = self._keys.leases
-        client = self._blocking if timeout > 0 else self._redis
+        commands = [self._call("acknowledge", node, int(received))]
+        if timeout > 0:
+            inbox, taken = self._keys.inbox(node), self._keys.taken(node)
+            commands.append(("BLMOVE", inbox, taken, "LEFT", "RIGHT", timeout))
+        commands.append(self._call("take", node))
         with self._errors("wait"):
-            try:
-                async with asyncio.timeout(max(timeout, 0) + _REPLY_MARGIN):
-                    async with client.pipeline(transaction=False) as pipe:
-                        pipe.evalsha(acknowledge.sha, 1, anchor, node, int(received))
-                        if timeout > 0:
-                            pipe.blmove(
-                                self._keys.inbox(node),
-                                self._keys.taken(node),
-                                cast(int, timeout),  # Redis takes a float timeout
-                                "LEFT",
-                                "RIGHT",
-                            )
-                        pipe.evalsha(take.sha, 1, anchor, node)
-                        replies = await pipe.execute(raise_on_error=False)
-            except TimeoutError as exc:
-                raise BackendError(f"Redis at {self.url} did not answer a wait in time") from exc
-        if any(isinstance(reply, NoScriptError) for reply in replies):
-            with self._errors("script load"):
-                await self._load_scripts()  # the server restarted: `taken` is delivered next time
-            return []
-        for reply in replies:
-            if isinstance(reply, Exception):
-                raise BackendError(f"Redis wait failed at {self.url}: {reply}")
+            if timeout > 0:
+                replies = await self._blocking(commands, timeout)
+            else:
+                replies = await self._redis.pipeline(commands)
+            if any(isinstance(reply, ReplyError) and _is_noscript(reply) for reply in replies):
+                await self._load_scripts()  # the server restarted: `taken` comes next time
+                return []
+        _raise_errors(replies)
         self._received.add(node)
         moved = [replies[1]] if timeout > 0 and replies[1] is not None else []
         return _notifications(moved + replies[-1])
@@ -321,39 +320,33 @@ class RedisBackend:
     async def wait_and_claim(self, node: str, timeout: float) -> Claimed | None:
         """BLPOP the wake token and claim in one pipeline: Redis runs the claim the moment the
         token arrives, sparing the worker a round trip."""
-        script = self._scripts["claim"]
+        commands = [("BLPOP", self._keys.wake(node), timeout), self._call("claim", node)]
         with self._errors("wait"):
-            try:
-                async with asyncio.timeout(timeout + _REPLY_MARGIN):
-                    async with self._blocking.pipeline(transaction=False) as pipe:
-                        pipe.blpop([self._keys.wake(node)], timeout)
-                        pipe.evalsha(script.sha, 1, self._keys.leases, node)
-                        _, reply = await pipe.execute(raise_on_error=False)
-            except TimeoutError as exc:
-                raise BackendError(f"Redis at {self.url} did not answer a wait in time") from exc
-        if isinstance(reply, Exception):  # e.g. NOSCRIPT after a restart: claim the slow way
+            _, reply = await self._blocking(commands, timeout)
+        if isinstance(reply, ReplyError):  # e.g. NOSCRIPT after a restart: claim the slow way
             return await self.claim(node)
         return None if reply is None else Claimed(reply[0].decode(), reply[1])
 
     async def state(self, key: str) -> RequestState:
         with self._errors("state"):
-            status = cast(bytes | None, await self._redis.hget(self._keys.record(key), F_STATUS))
+            status = await self._redis.execute("HGET", self._keys.record(key), F_STATUS)
         return RequestState.UNKNOWN if status is None else _STATES[status]
 
     async def result(self, key: str) -> bytes | None:
         with self._errors("result"):
-            reply = await self._redis.hmget(self._keys.record(key), [F_STATUS, F_OUTCOME])
-        status, outcome = cast(list[bytes | None], reply)
+            status, outcome = await self._redis.execute(
+                "HMGET", self._keys.record(key), F_STATUS, F_OUTCOME
+            )
         return outcome if status == DONE.encode() else None
 
     async def payloads(self, keys: Sequence[str]) -> list[bytes | None]:
         if not keys:
             return []
+        commands = [("HGET", self._keys.record(key), F_PAYLOAD) for key in keys]
         with self._errors("payloads"):
-            async with self._redis.pipeline(transaction=False) as pipe:
-                for key in keys:
-                    pipe.hget(self._keys.record(key), F_PAYLOAD)
-                return list(await pipe.execute())
+            replies = await self._redis.pipeline(commands)
+        _raise_errors(replies)
+        return replies
 
     # -- distribution -----------------------------------------------------------------------------
 
@@ -378,15 +371,14 @@ class RedisBackend:
         if not nodes:
             return []
         with self._errors("lengths"):
-            async with self._redis.pipeline(transaction=False) as pipe:
-                for node in nodes:
-                    pipe.llen(self._keys.work(node))
-                return list(await pipe.execute())
+            replies = await self._redis.pipeline([("LLEN", self._keys.work(n)) for n in nodes])
+        _raise_errors(replies)
+        return replies
 
     async def volunteers(self, distributor: str) -> list[str]:
         with self._errors("volunteers"):
-            queue = await self._redis.lrange(self._keys.volunteers(distributor), 0, -1)
-        return [node.decode() for node in cast(list[bytes], queue)]
+            queue = await self._redis.execute("LRANGE", self._keys.volunteers(distributor), 0, -1)
+        return [node.decode() for node in queue]
 
     # -- membership and recovery ------------------------------------------------------------------
 
@@ -427,18 +419,35 @@ class RedisBackend:
 
     async def cache_size(self) -> int:
         with self._errors("cache_size"):
-            return int(await self._redis.get(self._keys.cached) or 0)
+            return int(await self._redis.execute("GET", self._keys.cached) or 0)
 
     async def flush(self) -> None:
         with self._errors("flush"):
-            batch: list[bytes] = []
-            async for key in self._redis.scan_iter(match=self._keys.pattern(), count=1000):
-                batch.append(key)
-                if len(batch) >= 1000:
-                    await self._redis.unlink(*batch)
-                    batch.clear()
-            if batch:
-                await self._redis.unlink(*batch)
+            cursor = b"0"
+            while True:
+                cursor, found = await self._redis.execute(
+                    "SCAN", cursor, "MATCH", self._keys.pattern(), "COUNT", 1000
+                )
+                if found:
+                    await self._redis.execute("UNLINK", *found)
+                if cursor == b"0":
+                    return
+
+
+def _claimed(flat: list[bytes]) -> list[Claimed]:
+    """Claimed requests from a script's {key1, payload1, key2, payload2, ...}."""
+    return [Claimed(flat[i].decode(), flat[i + 1]) for i in range(0, len(flat), 2)]
+
+
+def _is_noscript(error: ReplyError) -> bool:
+    return str(error).startswith("NOSCRIPT")
+
+
+def _raise_errors(replies: Sequence[Any]) -> None:
+    """Raise the first error reply among `replies` as a `BackendError`."""
+    for reply in replies:
+        if isinstance(reply, ReplyError):
+            raise BackendError(f"Redis replied with an error: {reply}")
 
 
 def _ms(seconds: float) -> int:

@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from girder.backends.base import Completion, NewRequest, NodeKind, StateBackend
+from girder.backends.base import Claimed, Completion, NewRequest, NodeKind, StateBackend
 from girder.config import Settings
 from girder.errors import RequestError, SerializationError
 from girder.functions import Request
@@ -238,12 +238,14 @@ class Node:
         into: str,
         on_top: bool,
         waiter: tuple[str, Callable[[], str]] | None = None,
+        claim: int = 0,
     ) -> Batch:
         """Submit requests and return the batch that their outcomes will fill.
 
         A request that cannot be encoded fails at once (its slot gets the error); the others
         are submitted. `waiter` is (key, readable form) of the request that waits, for cycles;
-        a cycle fails the waiter: this raises `RequestError` naming the cycle.
+        a cycle fails the waiter: this raises `RequestError` naming the cycle. With `claim`,
+        the same backend step claims up to that many of this node's requests (see `adopt`).
         """
         assert self._loop is not None, "node not started"
         batch = Batch(len(requests), self._loop)
@@ -270,7 +272,7 @@ class Node:
                 submission.local = (payload, request.function)
             self.waiters.watch(submission, batch, index)
             fresh.setdefault(key, submission)
-        cycle = await self._submit_and_route(list(fresh.values()), same_target=True)
+        cycle = await self._submit_and_route(list(fresh.values()), same_target=True, claim=claim)
         if cycle is not None and waiter is not None:
             names = await self.readables(cycle)
             raise RequestError(
@@ -280,10 +282,16 @@ class Node:
             )
         return batch
 
+    def adopt(self, claimed: list[Claimed]) -> None:
+        """Take the requests claimed along with a submission (only a worker claims)."""
+        if claimed:
+            raise AssertionError(f"{self.kind.value} {self.id} claimed requests")
+
     async def _submit_and_route(
-        self, submissions: list[Submission], *, same_target: bool = False
+        self, submissions: list[Submission], *, same_target: bool = False, claim: int = 0
     ) -> tuple[str, ...] | None:
-        """Submit to the backend (one call per target list); deliver cached outcomes."""
+        """Submit to the backend (one call per target list; the first call also claims up to
+        `claim` requests, see `adopt`); deliver cached outcomes."""
         if not submissions:
             return None
         first = submissions[0]
@@ -295,14 +303,17 @@ class Node:
         cycle: tuple[str, ...] | None = None
         for group in groups:
             head = group[0]
-            found = await self.backend.submit(
+            found, claimed = await self.backend.submit_and_claim(
                 self.id,
                 [s.request for s in group],
                 into=head.into,
                 on_top=head.on_top,
                 waiter_key=head.waiter_key,
                 dispatch=not head.on_top,  # new work for a pool: straight to idle volunteers
+                claim=claim,
             )
+            claim = 0
+            self.adopt(claimed)
             for submitted in found:
                 if submitted.outcome is not None:
                     self.stats.cache_hits += 1

@@ -124,6 +124,9 @@ class Worker(Node):
                 continue
             await self._start_evaluation(self._claimed.popleft())
 
+    def adopt(self, claimed: list[Claimed]) -> None:
+        self._claimed.extend(claimed)
+
     async def _settle(self, *, claim: int) -> None:
         """Send the held-back completions and claim up to `claim` requests, in one backend
         step that also volunteers this worker when there is nothing to claim."""
@@ -288,12 +291,15 @@ class Worker(Node):
 
     async def reentrant(self, evaluation: Evaluation, requests: list[Request]) -> list[Any]:
         """`call_reentrant` inside `evaluation`: push, pass the baton, park, take it back."""
+        # When the worker loop gets the baton next, claim its next request in the same step.
+        loop_is_next = self.baton.idle_after_release() and self.baton.worker_waiting()
         batch = await self.request(
             requests,
             job=evaluation.job,
             into=self.id,
             on_top=True,
             waiter=(evaluation.key, evaluation.readable),
+            claim=1 if loop_is_next and not self._claimed else 0,
         )
         if not batch.future.done():
             batch.on_ready = self.baton.reserve

@@ -479,6 +479,18 @@ class BackendConformance:
         assert notes == [Notification("b", out("b")), Notification("a", out("a"))]
         assert await backend.volunteers("d") == []  # it claimed something: no volunteering
 
+    async def test_submit_and_claim_claims_the_new_top(self, backend: StateBackend) -> None:
+        await put(backend, "w", ["old"])
+        found, claimed = await backend.submit_and_claim(
+            "w", [new("a"), new("b")], into="w", on_top=True, waiter_key="p", claim=1
+        )
+        assert found == [Submitted("a"), Submitted("b")]
+        assert claimed == [Claimed("b", new("b").payload)]
+        assert await backend.state("b") == RequestState.RUNNING
+        assert await claim_all(backend, "w") == ["a", "old"]
+        _, more = await backend.submit_and_claim("w", [], into="w", on_top=True, claim=2)
+        assert more == []
+
     async def test_complete_and_claim_volunteers_when_nothing_is_left(
         self, backend: StateBackend
     ) -> None:

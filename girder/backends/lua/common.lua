@@ -183,3 +183,17 @@ local function volunteer(dist, node)
   end
   return 1
 end
+
+-- Claim up to `wanted` of node's requests: {key1, payload1, key2, payload2, ...}.
+local function claim_many(node, wanted)
+  local claimed = {}
+  for _ = 1, wanted do
+    local found = claim(node)
+    if not found then
+      break
+    end
+    claimed[#claimed + 1] = found[1]
+    claimed[#claimed + 1] = found[2]
+  end
+  return claimed
+end

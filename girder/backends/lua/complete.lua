@@ -46,15 +46,7 @@ for i = 4, #ARGV, 3 do
   complete(ARGV[i], ARGV[i + 1], ARGV[i + 2] == '1')
 end
 
-local claimed = {}
-for _ = 1, wanted do
-  local found = claim(node)
-  if not found then
-    break
-  end
-  claimed[#claimed + 1] = found[1]
-  claimed[#claimed + 1] = found[2]
-end
+local claimed = claim_many(node, wanted)
 if wanted > 0 and #claimed == 0 and volunteer_at ~= '' then
   volunteer(volunteer_at, node)
 end

@@ -1,9 +1,10 @@
--- submit(node, into, on_top, has_waiter, waiter_key, dispatch, key1, payload1, key2, ...)
--- Per request: {1, outcome} when done, {2, cycle...} when a wait edge closed a cycle, else {0}.
+-- submit(node, into, on_top, has_waiter, waiter_key, dispatch, claim, key1, payload1, key2, ...)
+-- -> {results, claimed}: per request, {1, outcome} when done, {2, cycle...} when a wait edge
+-- closed a cycle, else {0}; then up to `claim` requests claimed for node, {key1, payload1, ...}.
 
 local node, into = ARGV[1], ARGV[2]
 local on_top, has_waiter, waiter = ARGV[3] == '1', ARGV[4] == '1', ARGV[5]
-local dispatch = ARGV[6] == '1'
+local dispatch, wanted = ARGV[6] == '1', tonumber(ARGV[7])
 
 -- A path start -> ... -> target along wait edges (breadth first), or nil.
 local function path(start, target)
@@ -39,7 +40,7 @@ local function path(start, target)
 end
 
 local results, pushed = {}, {}
-for i = 7, #ARGV, 2 do
+for i = 8, #ARGV, 2 do
   local key = ARGV[i]
   local record = k_record(key)
   local state = redis.call('HMGET', record, F_STATUS, F_OUTCOME)
@@ -82,4 +83,4 @@ end
 if #pushed > 0 and (not dispatch or redis.call('LLEN', k_work(into)) > 0) then
   ring(k_wake(into))
 end
-return results
+return {results, claim_many(node, wanted)}
