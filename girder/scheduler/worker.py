@@ -8,10 +8,13 @@ So any number of requests may be parked, while one user function runs per baton.
 stack is empty volunteers at its distributor.
 
 A worker talks to the backend once per step: it sends the completions it owes and claims its next
-requests in one `complete_and_claim`, volunteering in that same step when nothing is left. While
-it runs sync functions that take little time it claims several requests at once (as many as fit
-in `_CLAIM_BUDGET` by their recent duration) and sends their completions together, at most
-`_CLAIM_BUDGET` late; waiters inside this node learn each outcome at once.
+requests in one `complete_and_claim` (volunteering in that same step when nothing is left), or a
+parking request submits its sub-requests and claims the first in one `submit_and_claim`. When
+local work comes next (a parked request the outcome made ready, or the next of several claimed
+requests) a completion waits in the `Outbox` for that work's own step, at most `_CLAIM_BUDGET`;
+waiters inside this node learn each outcome at once. While it runs sync functions that take
+little time a worker claims several requests at once, as many as fit in `_CLAIM_BUDGET` by their
+recent duration.
 """
 
 from __future__ import annotations
@@ -23,13 +26,14 @@ from collections import deque
 from collections.abc import Coroutine
 from typing import Any, ClassVar
 
-from girder.backends.base import Claimed, Completion, NodeKind, StateBackend
+from girder.backends.base import Claimed, NodeKind, StateBackend
 from girder.config import Settings
 from girder.errors import RequestError, SerializationError
 from girder.functions import GridFunction, Request, resolve_function
 from girder.scheduler.baton import Baton
 from girder.scheduler.context import Evaluation, current_evaluation
 from girder.scheduler.node import Node, error_lines
+from girder.scheduler.outbox import Outbox
 from girder.serialization import Outcome, RequestPayload
 
 _FAIRNESS_SLICE = 0.005
@@ -38,6 +42,9 @@ _FAIRNESS_SLICE = 0.005
 _CLAIM_BUDGET = 0.001
 """Seconds of quick sync work a worker claims at once, and the longest it holds back the
 completion of a finished sync request to send it together with the next ones."""
+
+_RETRY_DELAY = 0.5
+"""Seconds before completions that could not be sent are tried again."""
 
 _MAX_CLAIM = 32
 """The most requests a worker claims, or completions it holds back, at once."""
@@ -76,9 +83,8 @@ class Worker(Node):
         """Requests claimed and not yet started, in order."""
         self._volunteered = False
         """The last claim found nothing and volunteered: wait for work before claiming again."""
-        self._outbox: list[tuple[Completion, Outcome]] = []
-        """Finished sync requests whose completion is held back (see `_CLAIM_BUDGET`)."""
-        self._outbox_since = 0.0
+        self._outbox = Outbox(self._send_late, budget=_CLAIM_BUDGET, limit=_MAX_CLAIM)
+        self._late_sends: set[asyncio.Task[None]] = set()
         self._claim_size = 1
         self._sync_seconds = 0.0
         """Recent average duration of the sync functions run here."""
@@ -89,7 +95,7 @@ class Worker(Node):
     async def stop(self) -> None:
         for task in list(self._evaluations):
             task.cancel()
-        await asyncio.gather(*self._evaluations, return_exceptions=True)
+        await asyncio.gather(*self._evaluations, *self._late_sends, return_exceptions=True)
         await super().stop()
 
     async def _before_leaving(self) -> None:
@@ -130,7 +136,7 @@ class Worker(Node):
     async def _settle(self, *, claim: int) -> None:
         """Send the held-back completions and claim up to `claim` requests, in one backend
         step that also volunteers this worker when there is nothing to claim."""
-        sent, self._outbox = self._outbox, []
+        sent = self._outbox.take()
         try:
             claimed = await self.backend.complete_and_claim(
                 self.id,
@@ -139,7 +145,7 @@ class Worker(Node):
                 volunteer_at=self.distributor,
             )
         except BaseException:
-            self._outbox[:0] = sent  # sent again with the next step (a repeat changes nothing)
+            self._outbox.put_back(sent)  # sent again later (a repeat changes nothing)
             raise
         self._claimed.extend(claimed)
         if claim:
@@ -148,6 +154,20 @@ class Worker(Node):
             # Whoever here started waiting for the key after it finished: the backend only
             # notifies other nodes.
             self.waiters.resolve(completion.key, outcome)
+
+    def _send_late(self) -> None:
+        """The outbox's timer ran out: send what it holds now."""
+        if not self._outbox:
+            return
+        task = asyncio.get_running_loop().create_task(self._settle(claim=0))
+        self._late_sends.add(task)
+        task.add_done_callback(self._after_late_send)
+
+    def _after_late_send(self, task: asyncio.Task[None]) -> None:
+        self._late_sends.discard(task)
+        if not task.cancelled() and (error := task.exception()) is not None:
+            self.log.warning("sending completions failed; retrying", error=repr(error))
+            asyncio.get_running_loop().call_later(_RETRY_DELAY, self._send_late)
 
     async def _start_evaluation(self, claimed: Claimed) -> None:
         """Evaluate a claimed request; the baton passes to it. Sync functions run right here."""
@@ -252,11 +272,13 @@ class Worker(Node):
                 evaluation.key, evaluation.readable, outcome, function.cache
             )
             self.stats.ran += 1
-            if not self._outbox:
-                self._outbox_since = time.perf_counter()
-            self._outbox.append((completion, outcome))
+            self._outbox.add(completion, outcome)
             self.waiters.resolve(evaluation.key, outcome)
-            if inline and self._claimed and self._may_hold_back():
+            # Local work comes next: a claimed request (run inline), or a parked one just made
+            # ready. Its own step will carry this completion.
+            local_next = (inline and self._claimed) or not self.baton.idle_after_release()
+            if local_next and self._outbox.may_hold():
+                self._outbox.hold()
                 return
             prefetch = (
                 not self._claimed
@@ -266,12 +288,6 @@ class Worker(Node):
             await self._settle(claim=self._claim_size if prefetch else 0)
         finally:
             self._pass_baton(evaluation)
-
-    def _may_hold_back(self) -> bool:
-        return (
-            len(self._outbox) < _MAX_CLAIM
-            and time.perf_counter() - self._outbox_since < _CLAIM_BUDGET
-        )
 
     def _pass_baton(self, evaluation: Evaluation) -> None:
         if evaluation.holds_baton:
