@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections import Counter
 
 import girder
@@ -176,3 +177,18 @@ async def times_out(n: int) -> str:
     except TimeoutError:
         return "timed out"
     return "finished"
+
+
+@girder.function
+def slow_sync(ms: int, index: int) -> int:
+    """A sync function that blocks for `ms` milliseconds."""
+    time.sleep(ms / 1000)
+    return index
+
+
+@girder.function
+async def then_nap(a: int, b: int, ms: int) -> int:
+    """add(a, b) as a sub-request, then a nap of `ms` milliseconds."""
+    (total,) = await girder.call_reentrant([(add, a, b)])
+    await asyncio.sleep(ms / 1000)
+    return int(total)

@@ -12,13 +12,16 @@ from gridfns import (
     chain,
     fib,
     slow_square,
+    then_nap,
     times_out,
     tree,
     uncached_square,
     where,
 )
+from processes import wait_until
 
 import girder
+from girder.backends.base import RequestState
 
 
 async def test_call_call_all_and_submit() -> None:
@@ -125,3 +128,17 @@ async def test_asyncio_timeout_inside_a_grid_function_is_its_own() -> None:
     async with girder.Grid.local(workers=1) as grid:
         assert await asyncio.wait_for(grid.call(times_out, 1), 10) == "timed out"
         assert await asyncio.wait_for(grid.call(add, 1, 2), 10) == 3  # the worker lives on
+
+
+async def test_a_grid_stops_while_a_request_still_runs() -> None:
+    grid = girder.Grid.local(workers=1)
+    await grid.start()
+    running = grid.submit(then_nap, 1, 2, 60_000)
+    child_key = girder.Request(add, 1, 2).key
+
+    async def napping() -> bool:
+        return await grid.backend.state(child_key) == RequestState.DONE
+
+    await wait_until(napping, 5, "the parent's nap")
+    await asyncio.wait_for(grid.stop(), 5)  # it hung with asyncio.wait_for in the backend
+    assert running.done()  # cancelled

@@ -58,7 +58,8 @@ class _Signal:
     async def wait(self, timeout: float) -> None:
         if not self._event.is_set():
             try:
-                await asyncio.wait_for(self._event.wait(), timeout)
+                async with asyncio.timeout(timeout):
+                    await self._event.wait()
             except TimeoutError:
                 return
         self._event.clear()
@@ -173,6 +174,20 @@ class MemoryBackend:
         waiter_key: str | None = None,
         dispatch: bool = False,
     ) -> list[Submitted]:
+        return self._submit(
+            node, requests, into=into, on_top=on_top, waiter_key=waiter_key, dispatch=dispatch
+        )
+
+    def _submit(
+        self,
+        node: str,
+        requests: Sequence[NewRequest],
+        *,
+        into: str,
+        on_top: bool,
+        waiter_key: str | None,
+        dispatch: bool,
+    ) -> list[Submitted]:
         results: list[Submitted] = []
         pushed: list[str] = []
         for request in requests:
@@ -219,7 +234,7 @@ class MemoryBackend:
         dispatch: bool = False,
         claim: int = 0,
     ) -> tuple[list[Submitted], list[Claimed]]:
-        submitted = await self.submit(
+        submitted = self._submit(
             node, requests, into=into, on_top=on_top, waiter_key=waiter_key, dispatch=dispatch
         )
         return submitted, self._claim_many(node, claim)
