@@ -5,8 +5,9 @@
 Workloads:
 
 - `floor`: a raw Redis request/reply ping-pong between this process and a second one (LPUSH
-  q1 + BLPOP q2 here, BLPOP q1 + LPUSH q2 there; redis-py asyncio with hiredis): p50 and p99
-  round trip. A remote call cannot beat it. Measured round by round next to W1.
+  q1 + BLPOP q2 here, BLPOP q1 + LPUSH q2 there), through the same small asyncio client girder
+  uses (`girder.backends.resp`, hiredis parsing): p50 and p99 round trip. A remote call cannot
+  beat it. Measured round by round next to W1.
 - `W1`: one remote call of a trivial function (`grid.call`), distinct arguments every time;
   p50 and p99 over `--calls` sequential calls after a warm-up (target p50 <= 250 us).
 - `W2`: `grid.call_all` of `--batch` trivial calls at once: calls per second (target >= 10,000).
@@ -66,7 +67,6 @@ if __package__ in (None, ""):  # run as a script: make `benchmarks.remote_tasks`
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import redis.asyncio as aioredis
-from redis.utils import HIREDIS_AVAILABLE
 
 import girder
 from benchmarks.harness import (
@@ -81,6 +81,7 @@ from benchmarks.harness import (
 from benchmarks.remote_tasks import chain, echo, tree
 from girder.backends import open_backend
 from girder.backends.base import NodeKind
+from girder.backends.resp import RedisClient, parse_url
 from girder.config import load_settings
 from girder.runner import format_status, grid_status
 from girder.testing.redis_server import RedisServer
@@ -239,37 +240,37 @@ class Accounting:
 # -- the floor: raw Redis ping-pong -------------------------------------------------------------
 
 
-def blocking_client(url: str) -> aioredis.Redis:
-    """A client for BLPOPs: no socket timeout (redis-py 8 defaults to 5 s, shorter than the
-    waits here); each BLPOP has its own timeout instead."""
-    return aioredis.Redis.from_url(url, socket_timeout=None)
+def floor_client(url: str) -> RedisClient:
+    """The client girder itself talks through (`girder.backends.resp`), so that the floor and
+    W1 differ by girder's own work, not by the client library."""
+    return RedisClient(parse_url(url))
 
 
 async def pong(url: str) -> None:
     """The far side of the floor ping-pong: BLPOP a request, LPUSH it back, until `stop`."""
-    redis = blocking_client(url)
+    redis = floor_client(url)
     try:
         while True:
-            reply = await redis.blpop([PING_QUEUE], timeout=1)
+            [reply] = await redis.blocking([("BLPOP", PING_QUEUE, 1)])
             if reply is None:
                 continue
             value = reply[1]
             if value == STOP:
                 return
-            await redis.lpush(PONG_QUEUE, value)
+            await redis.execute("LPUSH", PONG_QUEUE, value)
     finally:
-        await redis.aclose()
+        redis.close()
 
 
 class Floor:
     """This side of the ping-pong, and a plain PING round trip for reference."""
 
     def __init__(self, url: str) -> None:
-        self.redis = blocking_client(url)
+        self.redis = floor_client(url)
 
     async def round_trip(self, value: bytes) -> None:
-        await self.redis.lpush(PING_QUEUE, value)
-        reply = await self.redis.blpop([PONG_QUEUE], timeout=10)
+        await self.redis.execute("LPUSH", PING_QUEUE, value)
+        [reply] = await self.redis.blocking([("BLPOP", PONG_QUEUE, 10)])
         if reply is None or reply[1] != value:
             raise RuntimeError(f"ping-pong lost {value!r} (got {reply!r})")
 
@@ -283,14 +284,14 @@ class Floor:
             trip_us.append((clock() - start) / 1000)
         for _ in range(trips):
             start = clock()
-            await self.redis.ping()
+            await self.redis.execute("PING")
             ping_us.append((clock() - start) / 1000)
         return trip_us, ping_us
 
     async def close(self) -> None:
         with contextlib.suppress(Exception):
-            await self.redis.lpush(PING_QUEUE, STOP)
-        await self.redis.aclose()
+            await self.redis.execute("LPUSH", PING_QUEUE, STOP)
+        self.redis.close()
 
 
 # -- the workloads ------------------------------------------------------------------------------
@@ -400,7 +401,7 @@ class Tracer:
         return f"{self._owner(port):>18}  {name}"
 
     async def _listen(self) -> None:
-        self._redis = blocking_client(self.url)
+        self._redis = aioredis.Redis.from_url(self.url, socket_timeout=None)  # MONITOR blocks
         async with self._redis.monitor() as monitor:
             self._ready.set()
             while True:
@@ -550,7 +551,6 @@ class Bench:
             "python": platform.python_version(),
             "girder": girder.__version__,
             "cpus": os.cpu_count(),
-            "hiredis": HIREDIS_AVAILABLE,
             "date": datetime.date.today().isoformat(),
             "commit": source_version(),
             "quick": args.quick,

@@ -64,7 +64,7 @@ local function hand_out(dist, even_share)
     share = math.ceil(redis.call('LLEN', work) / waiting)
   end
   local handed = {}
-  while redis.call('LLEN', queue) > 0 do
+  for _ = 1, waiting do
     local keys = {}
     while #keys < share do
       local key = redis.call('RPOP', work)
@@ -159,12 +159,13 @@ local function claim(node)
     if not key then
       return nil
     end
-    if is_pending(key) then
-      local record = k_record(key)
+    local record = k_record(key)
+    local found = redis.call('HMGET', record, F_STATUS, F_PAYLOAD)
+    if found[1] == PENDING then
       redis.call('HSET', record, F_STATUS, RUNNING, F_OWNER, node)
       redis.call('SADD', k_running(node), key)
       redis.call('HINCRBY', K_POPS, node, 1)
-      return {key, redis.call('HGET', record, F_PAYLOAD)}
+      return {key, found[2]}
     end
   end
 end
