@@ -578,7 +578,7 @@ honest, documented way to use it.
   name while its futures are held, so it also skips part of the repeated work. Celery, Ray and
   arq run every call they are given.
 - **arq 0.25.** Every later arq caps redis-py below 6, which Celery 5.5 or later (through kombu)
-  and girder do not allow, so the `bench` extra resolves to arq 0.25.0. Two adaptations, both in
+  does not allow, so the `bench` extra resolves to arq 0.25.0. Two adaptations, both in
   arq's favour: results are polled the way arq 0.26 and later do it (0.25's `Job.result` has a
   race that raises `ResultNotFound`), and the worker's connection cap is lifted (redis-py 6 and
   later cap an asyncio pool at 100 connections, below 1,100 jobs at once).
