@@ -88,6 +88,25 @@ async def test_kill_9_of_a_worker_mid_job_loses_nothing(
     assert await client.call(fan, 8, 40, "kill-worker-0") == sum(range(8))  # cached
 
 
+async def _holding(url: str, worker: str, count: int) -> bool:
+    return any(n.node == worker and n.running >= count for n in await nodes(url))
+
+
+async def test_kill_9_of_a_worker_holding_a_batch_of_quick_requests_loses_nothing(
+    grid_processes: GridProcesses, client: girder.Grid, redis_url: str
+) -> None:
+    """Quick sync requests are claimed several at a time and completed together: a worker
+    killed with a batch claimed (and completions held back) loses none of them."""
+    grid_processes.distributor()
+    victim = grid_processes.worker("victim")
+    grid_processes.worker("survivor")
+    await wait_for_nodes(redis_url, workers=2)
+    job = asyncio.ensure_future(client.call_all([(add, i, 7777) for i in range(20_000)]))
+    await wait_until(lambda: _holding(redis_url, "victim", 2), what="victim holding a batch")
+    grid_processes.kill9(victim)
+    assert await asyncio.wait_for(job, 90) == [i + 7777 for i in range(20_000)]
+
+
 async def test_kill_9_of_the_distributor_and_a_restart(
     grid_processes: GridProcesses, client: girder.Grid, redis_url: str
 ) -> None:
