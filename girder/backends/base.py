@@ -139,6 +139,10 @@ class StateBackend(Protocol):
     url: str
     """The URL the backend was opened from (credentials may be masked)."""
 
+    round_trips: bool
+    """Whether every operation is a round trip to a server. Workers then hold completions back
+    to send several in one step; in process, holding one back costs more than sending it."""
+
     async def connect(self) -> None:
         """Open connections and load scripts. Called once before any other method."""
         ...

@@ -277,7 +277,7 @@ class Worker(Node):
             # Local work comes next: a claimed request (run inline), or a parked one just made
             # ready. Its own step will carry this completion.
             local_next = (inline and self._claimed) or not self.baton.idle_after_release()
-            if local_next and self._outbox.may_hold():
+            if local_next and self.backend.round_trips and self._outbox.may_hold():
                 self._outbox.hold()
                 return
             prefetch = (
