@@ -196,8 +196,9 @@ class StateBackend(Protocol):
         dispatch: bool = False,
         claim: int = 0,
     ) -> tuple[list[Submitted], list[Claimed]]:
-        """`submit`, then claim up to `claim` of `node`'s requests as `claim(node)` does, in one
-        atomic step: a worker that parks a request hands itself the first sub-requests at once.
+        """`submit`, then claim up to `claim` of `node`'s requests as `complete_and_claim` does,
+        in one atomic step: a worker that parks a request hands itself the first sub-requests at
+        once.
         Returns what `submit` returns and the claimed requests, top first."""
         ...
 
@@ -234,7 +235,10 @@ class StateBackend(Protocol):
 
         Atomically: each completion in order exactly as `complete` does; then `claim` times what
         `claim(node)` does, stopping when the list runs out (the claimed requests come in the
-        order they were popped, top first); then, when nothing was claimed (and `claim` > 0)
+        order they were popped, top first). A key whose worker died running it before (see
+        `reap`) is only claimed alone: first, and then nothing more; later it stays on top. So
+        a request that kills its workers never raises the crash count of requests claimed with
+        it. Then, when nothing was claimed (and `claim` > 0)
         and `volunteer_at` is given, what `volunteer(volunteer_at, node)` does. Returns the
         claimed requests.
         """

@@ -244,21 +244,27 @@ class MemoryBackend:
         return self._claim(node)
 
     def _claim_many(self, node: str, wanted: int) -> list[Claimed]:
+        """Up to `wanted` claims; a key that crashed a worker before is only claimed alone."""
         claimed: list[Claimed] = []
         while len(claimed) < wanted:
-            next_claim = self._claim(node)
+            next_claim = self._claim(node, fresh_only=bool(claimed))
             if next_claim is None:
                 break
             claimed.append(next_claim)
+            if self._records[next_claim.key].crashes:
+                break
         return claimed
 
-    def _claim(self, node: str) -> Claimed | None:
+    def _claim(self, node: str, *, fresh_only: bool = False) -> Claimed | None:
         work = self._work.get(node)
         while work:
             key = work.pop()
             record = self._records.get(key)
             if record is None or record.owner is not None:
                 continue
+            if fresh_only and record.crashes:
+                work.append(key)
+                return None
             record.owner = node
             self._running.setdefault(node, set()).add(key)
             self._pops[node] = self._pops.get(node, 0) + 1

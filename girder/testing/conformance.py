@@ -934,6 +934,29 @@ class BackendConformance:
         assert notes == [Notification("k", out("k", "crashed"))]
         assert await backend.state("k") == RequestState.UNKNOWN
 
+    async def test_a_request_that_crashed_a_worker_is_claimed_alone(
+        self, backend: StateBackend
+    ) -> None:
+        await backend.join("d", NodeKind.DISTRIBUTOR, None, LONG)
+        await backend.join("r", NodeKind.CLIENT, None, LONG)
+        # "bad" was running on w1 when w1 died: its crash count is 1.
+        await backend.join("w1", NodeKind.WORKER, "d", self.lease)
+        await put(backend, "c", ["bad"], into="w1")
+        assert await backend.claim("w1") is not None
+        await self.reap_until(backend, "r", {"w1"})
+        await backend.join("w2", NodeKind.WORKER, "d", LONG)
+        await backend.volunteer("d", "w2")
+        assert await backend.hand_out("d") == [Assignment("bad", "w2")]
+        await put(backend, "c", ["fresh1"], into="w2")
+        await put(backend, "c", ["fresh2"], into="w2", on_top=False)
+        # On top: fresh1, then bad (crashed before), then fresh2.
+        claimed = await backend.complete_and_claim("w2", [], claim=5)
+        assert [c.key for c in claimed] == ["fresh1"]  # stops before the crashed key
+        claimed = await backend.complete_and_claim("w2", [], claim=5)
+        assert [c.key for c in claimed] == ["bad"]  # which then comes alone
+        claimed = await backend.complete_and_claim("w2", [], claim=5)
+        assert [c.key for c in claimed] == ["fresh2"]
+
     async def test_a_dead_node_without_distributor_keeps_its_list(
         self, backend: StateBackend
     ) -> None:

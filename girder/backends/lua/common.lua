@@ -150,9 +150,11 @@ local function hand_back(node, max_crashes, reaper)
   return #requeue + #leftover, crashed
 end
 
--- Pop the top of node's list until a pending key comes up, and run it: {key, payload} or nil.
--- Anything else (done, running, no record, or a value that is no key at all) is discarded.
-local function claim(node)
+-- Pop the top of node's list until a pending key comes up, and run it: {key, payload, crashed}
+-- (crashed: whether the key has killed a worker before), or nil. Anything else (done, running, no
+-- record, or a value that is no key at all) is discarded. With `fresh_only`, a pending key that
+-- crashed a worker before is left on top and nil returned.
+local function claim(node, fresh_only)
   local work = k_work(node)
   while true do
     local key = redis.call('RPOP', work)
@@ -160,12 +162,16 @@ local function claim(node)
       return nil
     end
     local record = k_record(key)
-    local found = redis.call('HMGET', record, F_STATUS, F_PAYLOAD)
+    local found = redis.call('HMGET', record, F_STATUS, F_PAYLOAD, F_CRASHES)
     if found[1] == PENDING then
+      if fresh_only and found[3] then
+        redis.call('RPUSH', work, key)
+        return nil
+      end
       redis.call('HSET', record, F_STATUS, RUNNING, F_OWNER, node)
       redis.call('SADD', k_running(node), key)
       redis.call('HINCRBY', K_POPS, node, 1)
-      return {key, found[2]}
+      return {key, found[2], found[3] ~= false}
     end
   end
 end
@@ -185,16 +191,21 @@ local function volunteer(dist, node)
   return 1
 end
 
--- Claim up to `wanted` of node's requests: {key1, payload1, key2, payload2, ...}.
+-- Claim up to `wanted` of node's requests: {key1, payload1, key2, payload2, ...}. A key that
+-- crashed a worker before is only ever claimed alone, so that the requests claimed with it never
+-- share its crash count.
 local function claim_many(node, wanted)
   local claimed = {}
   for _ = 1, wanted do
-    local found = claim(node)
+    local found = claim(node, #claimed > 0)
     if not found then
       break
     end
     claimed[#claimed + 1] = found[1]
     claimed[#claimed + 1] = found[2]
+    if found[3] then
+      break
+    end
   end
   return claimed
 end
