@@ -165,6 +165,10 @@ class Node:
             notes = await self.backend.take_notifications(self.id, self.settings.idle_poll)
             for note in notes:
                 self.waiters.resolve(note.key, self.decode_outcome(note.outcome, note.key))
+            if notes:
+                # Let the waiters just woken run (and send what they send next) before this
+                # loop spends a round trip's worth of CPU waiting again.
+                await asyncio.sleep(0)
 
     # -- recovery ---------------------------------------------------------------------------------
 
