@@ -85,6 +85,7 @@ class Worker(Node):
         """The last claim found nothing and volunteered: wait for work before claiming again."""
         self._outbox = Outbox(self._send_late, budget=_CLAIM_BUDGET, limit=_MAX_CLAIM)
         self._late_sends: set[asyncio.Task[None]] = set()
+        self._stopping = False
         self._claim_size = 1
         self._sync_seconds = 0.0
         """Recent average duration of the sync functions run here."""
@@ -93,6 +94,7 @@ class Worker(Node):
         self._spawn(self._work_loop, "work")
 
     async def stop(self) -> None:
+        self._stopping = True  # from now on `_before_leaving` sends what the outbox holds
         for task in list(self._evaluations):
             task.cancel()
         await asyncio.gather(*self._evaluations, *self._late_sends, return_exceptions=True)
@@ -157,7 +159,7 @@ class Worker(Node):
 
     def _send_late(self) -> None:
         """The outbox's timer ran out: send what it holds now."""
-        if not self._outbox:
+        if not self._outbox or self._stopping:
             return
         task = asyncio.get_running_loop().create_task(self._settle(claim=0))
         self._late_sends.add(task)
