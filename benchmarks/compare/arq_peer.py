@@ -39,10 +39,10 @@ from benchmarks.compare.common import (
     Limits,
     Peer,
     StallWatch,
-    WorkloadTimeout,
     child_env,
     flush_redis,
     redis_dbsize_probe,
+    timed_calls_async,
 )
 from benchmarks.compare.workloads import (
     COUNTER_URL_ENV,
@@ -305,7 +305,6 @@ class ArqPeer(Peer):
 
     async def w1(self, calls: int, warmup: int, limits: Limits) -> list[float]:
         tag = fresh_tag("w1")
-        deadline = limits.deadline()
 
         async def call(i: int) -> Any:
             job = await self.r.enqueue_job("echo", tag, i)
@@ -314,15 +313,7 @@ class ArqPeer(Peer):
 
         for i in range(warmup):
             await call(-1 - i)
-        samples = []
-        for i in range(calls):
-            start = time.perf_counter_ns()
-            value = await call(i)
-            samples.append((time.perf_counter_ns() - start) / 1000)
-            assert value == i
-            if time.monotonic() > deadline:
-                raise WorkloadTimeout(f"{i + 1} of {calls} calls in {limits.seconds:g} s")
-        return samples
+        return await timed_calls_async(call, calls, lambda i: i, limits)
 
     async def w2(self, calls: int, limits: Limits) -> float:
         tag = fresh_tag("w2")
@@ -363,14 +354,13 @@ class ArqPeer(Peer):
         first = await self.r.enqueue_job("square", tag, 7, _job_id=job_id)
         assert first is not None
         assert await job_result(self.r, job_id, POLL_CLIENT, limits.seconds) == 49
-        samples = []
-        for _ in range(calls):
-            start = time.perf_counter_ns()
+
+        async def call(_: int) -> Any:
             again = await self.r.enqueue_job("square", tag, 7, _job_id=job_id)
             assert again is None, "arq ran a duplicate job id"
-            value = await job_result(self.r, job_id, POLL_CLIENT, limits.seconds)
-            samples.append((time.perf_counter_ns() - start) / 1000)
-            assert value == 49
+            return await job_result(self.r, job_id, POLL_CLIENT, limits.seconds)
+
+        samples = await timed_calls_async(call, calls, lambda _: 49)
         return CacheResult(
             samples,
             closest="enqueue_job with the first call's _job_id (arq refuses the duplicate "

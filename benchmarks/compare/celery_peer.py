@@ -41,6 +41,7 @@ from benchmarks.compare.common import (
     child_env,
     flush_redis,
     redis_dbsize_probe,
+    timed_calls,
 )
 from benchmarks.compare.workloads import (
     COUNTER_URL_ENV,
@@ -289,18 +290,11 @@ class CeleryPeer(Peer):
     # -- workloads ----------------------------------------------------------------------------
 
     async def w1(self, calls: int, warmup: int, limits: Limits) -> list[float]:
-        deadline = limits.deadline()
         for i in range(warmup):
             self.get(echo.delay(-1 - i), limits)
-        samples = []
-        for i in range(calls):
-            start = time.perf_counter_ns()
-            value = echo.delay(i).get(timeout=limits.seconds)
-            samples.append((time.perf_counter_ns() - start) / 1000)
-            assert value == i
-            if time.monotonic() > deadline:
-                raise WorkloadTimeout(f"{i + 1} of {calls} calls in {limits.seconds:g} s")
-        return samples
+        return timed_calls(
+            lambda i: echo.delay(i).get(timeout=limits.seconds), calls, lambda i: i, limits
+        )
 
     async def w2(self, calls: int, limits: Limits) -> float:
         start = time.perf_counter()

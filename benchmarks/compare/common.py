@@ -76,6 +76,55 @@ class Limits:
         return time.monotonic() + self.seconds
 
 
+def timed_calls(
+    call: Callable[[int], object],
+    calls: int,
+    expected: Callable[[int], object],
+    limits: Limits | None = None,
+) -> list[float]:
+    """Microseconds of each of `calls` sequential calls `call(i)`, each of which must return
+    `expected(i)`; with `limits`, a `WorkloadTimeout` once they run past its time limit."""
+    deadline = None if limits is None else limits.deadline()
+    samples = []
+    for i in range(calls):
+        start = time.perf_counter_ns()
+        value = call(i)
+        samples.append((time.perf_counter_ns() - start) / 1000)
+        _check(value, expected(i), index=i, calls=calls, deadline=deadline, limits=limits)
+    return samples
+
+
+async def timed_calls_async(
+    call: Callable[[int], Awaitable[object]],
+    calls: int,
+    expected: Callable[[int], object],
+    limits: Limits | None = None,
+) -> list[float]:
+    """`timed_calls` for a coroutine function."""
+    deadline = None if limits is None else limits.deadline()
+    samples = []
+    for i in range(calls):
+        start = time.perf_counter_ns()
+        value = await call(i)
+        samples.append((time.perf_counter_ns() - start) / 1000)
+        _check(value, expected(i), index=i, calls=calls, deadline=deadline, limits=limits)
+    return samples
+
+
+def _check(
+    value: object,
+    expected: object,
+    *,
+    index: int,
+    calls: int,
+    deadline: float | None,
+    limits: Limits | None,
+) -> None:
+    assert value == expected, f"call {index} gave {value!r}, expected {expected!r}"
+    if deadline is not None and limits is not None and time.monotonic() > deadline:
+        raise WorkloadTimeout(f"{index + 1} of {calls} calls in {limits.seconds:g} s")
+
+
 class StallWatch:
     """Declares a deadlock when a progress probe (e.g. Redis DBSIZE) stops changing.
 

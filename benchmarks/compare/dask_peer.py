@@ -20,7 +20,15 @@ from typing import Any
 
 from dask.distributed import Client, Future, LocalCluster, wait, worker_client
 
-from benchmarks.compare.common import CacheResult, Context, DagResult, Limits, Peer, WorkloadTimeout
+from benchmarks.compare.common import (
+    CacheResult,
+    Context,
+    DagResult,
+    Limits,
+    Peer,
+    WorkloadTimeout,
+    timed_calls,
+)
 from benchmarks.compare.workloads import (
     DagShape,
     burn,
@@ -163,18 +171,13 @@ class DaskPeer(Peer):
 
     async def w1(self, calls: int, warmup: int, limits: Limits) -> list[float]:
         tag = fresh_tag("w1")
-        deadline = limits.deadline()
         for i in range(warmup):
             self.c.submit(echo, tag, -1 - i).result(timeout=limits.seconds)
-        samples = []
-        for i in range(calls):
-            start = time.perf_counter_ns()
-            value = self.c.submit(echo, tag, i).result(timeout=limits.seconds)
-            samples.append((time.perf_counter_ns() - start) / 1000)
-            assert value == i
-            if time.monotonic() > deadline:
-                raise WorkloadTimeout(f"{i + 1} of {calls} calls in {limits.seconds:g} s")
-        return samples
+
+        def call(i: int) -> object:
+            return self.c.submit(echo, tag, i).result(timeout=limits.seconds)
+
+        return timed_calls(call, calls, lambda i: i, limits)
 
     async def w2(self, calls: int, limits: Limits) -> float:
         tag = fresh_tag("w2")
@@ -202,12 +205,11 @@ class DaskPeer(Peer):
         tag = fresh_tag("cache")
         held = self.c.submit(square, tag, 7)
         assert held.result(timeout=limits.seconds) == 49
-        samples = []
-        for _ in range(calls):
-            start = time.perf_counter_ns()
-            value = self.c.submit(square, tag, 7).result(timeout=limits.seconds)
-            samples.append((time.perf_counter_ns() - start) / 1000)
-            assert value == 49
+
+        def call(_: int) -> object:
+            return self.c.submit(square, tag, 7).result(timeout=limits.seconds)
+
+        samples = timed_calls(call, calls, lambda _: 49)
         del held
         return CacheResult(
             samples,

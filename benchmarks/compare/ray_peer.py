@@ -24,7 +24,15 @@ import psutil
 import ray
 from ray.exceptions import GetTimeoutError
 
-from benchmarks.compare.common import Aborted, CacheResult, DagResult, Limits, Peer, WorkloadTimeout
+from benchmarks.compare.common import (
+    Aborted,
+    CacheResult,
+    DagResult,
+    Limits,
+    Peer,
+    WorkloadTimeout,
+    timed_calls,
+)
 from benchmarks.compare.workloads import (
     DagShape,
     burn,
@@ -247,18 +255,11 @@ class RayPeer(Peer):
 
     async def w1(self, calls: int, warmup: int, limits: Limits) -> list[float]:
         tag = fresh_tag("w1")
-        deadline = limits.deadline()
         for i in range(warmup):
             self.get(echo.remote(tag, -1 - i), limits, "W1")
-        samples = []
-        for i in range(calls):
-            start = time.perf_counter_ns()
-            value = self.get(echo.remote(tag, i), limits, "W1")
-            samples.append((time.perf_counter_ns() - start) / 1000)
-            assert value == i
-            if time.monotonic() > deadline:
-                raise WorkloadTimeout(f"{i + 1} of {calls} calls in {limits.seconds:g} s")
-        return samples
+        return timed_calls(
+            lambda i: self.get(echo.remote(tag, i), limits, "W1"), calls, lambda i: i, limits
+        )
 
     async def w2(self, calls: int, limits: Limits) -> float:
         tag = fresh_tag("w2")
@@ -325,12 +326,7 @@ class RayPeer(Peer):
     async def cache(self, calls: int, limits: Limits) -> CacheResult:
         ref = square.remote(fresh_tag("cache"), 7)
         assert self.get(ref, limits, "cache") == 49
-        samples = []
-        for _ in range(calls):
-            start = time.perf_counter_ns()
-            value = ray.get(ref, timeout=limits.seconds)
-            samples.append((time.perf_counter_ns() - start) / 1000)
-            assert value == 49
+        samples = timed_calls(lambda _: ray.get(ref, timeout=limits.seconds), calls, lambda _: 49)
         return CacheResult(
             samples,
             closest="ray.get() of the first call's ObjectRef, held by the caller (Ray has no "
