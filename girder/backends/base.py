@@ -143,6 +143,10 @@ class StateBackend(Protocol):
     """Whether every operation is a round trip to a server. Workers then hold completions back
     to send several in one step; in process, holding one back costs more than sending it."""
 
+    shared: bool
+    """Whether other processes can reach this state (a server). Nodes then need a secret to
+    sign what they write, and keep their leases alive from a thread."""
+
     async def connect(self) -> None:
         """Open connections and load scripts. Called once before any other method."""
         ...

@@ -71,6 +71,7 @@ class MemoryBackend:
     def __init__(self, url: str = "memory://", *, settings: Settings | None = None) -> None:
         self.url = url
         self.round_trips = False
+        self.shared = False
         self._reset()
 
     def _reset(self) -> None:

@@ -146,6 +146,7 @@ class RedisBackend:
     def __init__(self, url: str, *, settings: Settings | None = None) -> None:
         self.url = mask_url(url)
         self.round_trips = True
+        self.shared = True
         self._keys = RedisKeys((settings or Settings()).key_prefix)
         self._scripts = _load_scripts(self._keys)
         self._received: set[str] = set()
