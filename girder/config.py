@@ -36,6 +36,12 @@ class Settings(BaseSettings):
     key_prefix: str = Field("girder", description="Prefix of every key a shared backend writes.")
     log_level: str = Field("WARNING", description="structlog level: DEBUG, INFO, WARNING...")
     imports: list[str] = Field(default_factory=list, description="Modules a worker imports.")
+    outage_timeout: float | None = Field(
+        None,
+        gt=0,
+        description="Seconds an operation waits for an unreachable backend before it fails "
+        "(unset: until the backend is back).",
+    )
 
     def with_overrides(self, **overrides: Any) -> Settings:
         """A copy with the non-None `overrides` applied (validated)."""
