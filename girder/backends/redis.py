@@ -413,16 +413,24 @@ class RedisBackend:
 
     async def wait_for_work(self, node: str, timeout: float) -> None:
         bell = self._keys.wake(node)
-        if timeout <= 0:
-            await self._execute("wait", "LPOP", bell)
-            return
 
         async def attempt() -> None:
-            [reply] = await self._blocking([("BLPOP", bell, timeout)], timeout)
+            if timeout <= 0:
+                [reply] = await self._redis.pipeline([("LPOP", bell)])
+            else:
+                [reply] = await self._blocking([("BLPOP", bell, timeout)], timeout)
             if isinstance(reply, ReplyError):
-                raise reply
+                await self._repair(bell, reply)
 
         await self._retrying("wait", attempt)
+
+    async def _repair(self, key: str, error: ReplyError) -> None:
+        """Delete `key` if it holds garbage of the wrong type (a wake-up is all it costs);
+        raise any other error reply."""
+        if not str(error).startswith("WRONGTYPE"):
+            raise error
+        _log.warning("deleted a key that held the wrong type", key=key)
+        await self._redis.pipeline([("DEL", key), ("LPUSH", self._keys.corrupt, key)])
 
     async def wait_and_claim(self, node: str, timeout: float) -> Claimed | None:
         """BLPOP the wake token and claim in one pipeline: Redis runs the claim the moment the
@@ -434,8 +442,10 @@ class RedisBackend:
         claim = self._call("claim", token, min(awaited), node)
         try:
             try:
-                commands = [("BLPOP", self._keys.wake(node), timeout), claim]
-                _, reply = await self._blocking(commands, timeout)
+                bell = self._keys.wake(node)
+                woken, reply = await self._blocking([("BLPOP", bell, timeout), claim], timeout)
+                if isinstance(woken, ReplyError):
+                    await self._repair(bell, woken)
                 if isinstance(reply, ReplyError):
                     raise reply
             except (ConnectionLost, ReplyError):

@@ -749,6 +749,22 @@ class BackendConformance:
         ]
         assert await backend.volunteers("d") == ["v3"]
 
+    async def test_hand_out_drops_volunteers_that_are_no_live_node(
+        self, backend: StateBackend
+    ) -> None:
+        await backend.volunteer("d", "nobody")  # never joined: a forged or stale name
+        await backend.join("gone", NodeKind.WORKER, "d", LONG)
+        await backend.volunteer("d", "gone")
+        await backend.leave("gone")
+        await backend.join("stale", NodeKind.WORKER, "d", self.lease)
+        await backend.volunteer("d", "stale")
+        await asyncio.sleep(self.lease + 0.05)  # its lease runs out; nobody reaped it yet
+        await volunteer(backend, "d", "v")
+        await put(backend, "c", ["k1", "k2"], into="d", on_top=False)
+        assert await backend.hand_out("d") == [Assignment("k1", "v")]
+        assert await backend.volunteers("d") == []
+        assert await backend.lengths(["nobody", "stale"]) == [0, 0]
+
     # -- trim and steal ---------------------------------------------------------------------------
 
     async def test_trim_leaves_each_member_what_it_claimed(self, backend: StateBackend) -> None:
@@ -890,6 +906,43 @@ class BackendConformance:
 
     async def test_leave_of_an_unknown_node_hands_back_nothing(self, backend: StateBackend) -> None:
         assert await backend.leave("ghost") == 0
+
+    async def test_the_clock_rises_at_every_heartbeat(self, backend: StateBackend) -> None:
+        await backend.join("a", NodeKind.WORKER, None, LONG)
+        first = await backend.heartbeat("a", LONG)
+        second = await backend.heartbeat("ghost", LONG)
+        third = await backend.heartbeat("a", LONG)
+        assert (first.registered, second.registered, third.registered) == (True, False, True)
+        assert first.clock < second.clock < third.clock
+
+    async def test_reconcile_gives_back_what_the_node_does_not_run(
+        self, backend: StateBackend
+    ) -> None:
+        await backend.join("d", NodeKind.DISTRIBUTOR, None, LONG)
+        await backend.join("w", NodeKind.WORKER, "d", LONG)
+        await put(backend, "c", ["k3", "k2", "k1"], into="w")
+        assert await claim_all(backend, "w") == ["k1", "k2", "k3"]
+        await backend.complete("w", "k3", out("k3"), cache=True)
+        assert await backend.reconcile("w", ["k1"]) == 1
+        assert await backend.state("k1") == RequestState.RUNNING
+        assert await backend.state("k2") == RequestState.PENDING
+        [info] = [info for info in await backend.nodes() if info.node == "w"]
+        assert info.running == 1
+        await volunteer(backend, "d", "v")
+        assert await backend.hand_out("d") == [Assignment("k2", "v")]
+        assert await backend.reconcile("w", ["k1"]) == 0
+
+    async def test_a_node_that_left_gets_no_notifications(self, backend: StateBackend) -> None:
+        await backend.join("c", NodeKind.CLIENT, None, LONG)
+        await put(backend, "c", ["k"], into="w")
+        await backend.leave("c")
+        assert await backend.claim("w") is not None
+        await backend.complete("w", "k", out("k"), cache=True)
+        assert await backend.take_notifications("c", 0.05) == []
+        await backend.join("c", NodeKind.CLIENT, None, LONG)  # the same name, back again
+        await put(backend, "c", ["j"], into="w")
+        await run_claimed(backend, "w", "j")
+        assert await backend.take_notifications("c", self.patience) == [Notification("j", out("j"))]
 
     # -- reap -------------------------------------------------------------------------------------
 

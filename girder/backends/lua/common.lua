@@ -51,9 +51,18 @@ local function is_live(node, now)
   return expiry ~= false and tonumber(expiry) >= now
 end
 
--- The fields of a request record; a record that is no hash is garbage and reads as absent.
+-- The fields of a request record. A record that is no hash is garbage: it is deleted and reads
+-- with a status that is none of girder's (so a claim runs it, with an empty payload that the
+-- worker fails as malformed, and whoever waits hears of it).
 local function read_record(key, ...)
-  return call('HMGET', k_record(key), ...)
+  local record = k_record(key)
+  local fields = redis.pcall('HMGET', record, ...)
+  if fields.err then
+    redis.call('DEL', record)
+    note_corrupt(record)
+    fields = {'corrupt'}
+  end
+  return fields
 end
 
 -- Push `keys` on the top of `list`, in order (the last one ends on top).
