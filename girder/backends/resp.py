@@ -39,7 +39,17 @@ class ReplyError(RespError):
 
 
 class ConnectionLost(RespError):
-    """The connection failed or closed before the reply arrived."""
+    """The connection failed: a `NotSent` or a `ReplyLost`."""
+
+
+class NotSent(ConnectionLost):
+    """The command certainly did not reach the server (no connection, or it was known broken
+    before the write): safe to send again."""
+
+
+class ReplyLost(ConnectionLost):
+    """The command was written and its reply did not arrive: the server may or may not have run
+    it, so it is not sent again (a script such as `claim` must not run twice)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,7 +116,7 @@ class _Protocol(asyncio.Protocol):
         self._reader = hiredis.Reader(replyError=ReplyError)
         self._waiting: deque[tuple[asyncio.Future[list[Any]], int, list[Any]]] = deque()
         self._transport: asyncio.Transport | None = None
-        self.lost: ConnectionLost | None = None
+        self.lost: ReplyLost | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -117,7 +127,7 @@ class _Protocol(asyncio.Protocol):
         waiting = self._waiting
         while (reply := self._reader.gets()) is not False:
             if not waiting:  # a reply nobody asked for: the stream cannot be trusted
-                self._fail(ConnectionLost("unexpected reply from the server"))
+                self._fail(ReplyLost("unexpected reply from the server"))
                 return
             future, count, replies = waiting[0]
             replies.append(reply)
@@ -128,9 +138,9 @@ class _Protocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         reason = f": {exc}" if exc else ""
-        self._fail(ConnectionLost(f"connection closed{reason}"))
+        self._fail(ReplyLost(f"connection closed{reason}"))
 
-    def _fail(self, error: ConnectionLost) -> None:
+    def _fail(self, error: ReplyLost) -> None:
         if self.lost is None:
             self.lost = error
         while self._waiting:
@@ -143,8 +153,10 @@ class _Protocol(asyncio.Protocol):
     def send(self, packed: bytes, count: int) -> asyncio.Future[list[Any]]:
         """Write `count` packed commands; the future gets their `count` replies."""
         if self.lost is not None:
-            raise self.lost
+            raise NotSent(f"the connection was already broken ({self.lost})")
         assert self._transport is not None
+        if self._transport.is_closing():  # it broke, and connection_lost has not run yet
+            raise NotSent("the connection is closing")
         future = asyncio.get_running_loop().create_future()
         self._waiting.append((future, count, []))
         self._transport.write(packed)
@@ -163,6 +175,9 @@ class Connection:
 
     @classmethod
     async def open(cls, address: ServerAddress) -> Connection:
+        """A connection that has answered: AUTH and SELECT as the URL says, then PING, so that a
+        proxy or balancer that accepts and then drops the connection fails the opening (a
+        `NotSent`) rather than a caller's command (a `ReplyLost`)."""
         loop = asyncio.get_running_loop()
         try:
             if address.path is not None:
@@ -172,7 +187,7 @@ class Connection:
                     _Protocol, address.host, address.port, ssl=address.tls
                 )
         except OSError as exc:
-            raise ConnectionLost(f"cannot connect: {exc}") from exc
+            raise NotSent(f"cannot connect: {exc}") from exc
         connection = cls(protocol)
         setup: list[Command] = []
         if address.password is not None:
@@ -182,14 +197,17 @@ class Connection:
                 setup.append(("AUTH", address.password))
         if address.db:
             setup.append(("SELECT", address.db))
-        if setup:
-            try:
-                for reply in await connection.pipeline(setup):
-                    if isinstance(reply, ReplyError):
-                        raise reply
-            except BaseException:
-                connection.close()
-                raise
+        setup.append(("PING",))
+        try:  # not through `pipeline`: these are no caller's commands
+            for reply in await protocol.send(_pack(setup), len(setup)):
+                if isinstance(reply, ReplyError):
+                    raise reply
+        except ReplyLost as exc:
+            connection.close()
+            raise NotSent(f"the connection broke while opening: {exc}") from exc
+        except BaseException:
+            connection.close()
+            raise
         return connection
 
     @property
@@ -199,9 +217,7 @@ class Connection:
     async def pipeline(self, commands: Sequence[Command]) -> list[Any]:
         """Send the commands at once and return their replies, an error reply as a
         `ReplyError` in its place."""
-        # hiredis's stub types the command as a 1-tuple; any length is accepted.
-        packed = b"".join(hiredis.pack_command(tuple(command)) for command in commands)  # type: ignore[arg-type]
-        return await self._protocol.send(packed, len(commands))
+        return await self._protocol.send(_pack(commands), len(commands))
 
     def close(self) -> None:
         self._protocol.close()
@@ -209,8 +225,9 @@ class Connection:
 
 class RedisClient:
     """A shared pipelined connection for ordinary commands, and one connection per blocking
-    command in flight. A command that meets a broken connection is sent again on a new one, up
-    to `retries` times with a short backoff (as redis-py's default retry does)."""
+    command in flight. A command that could not be written (`NotSent`) is sent on a new
+    connection, up to `retries` times with a short backoff; one that was written is never sent
+    again: if its reply is lost, the caller gets `ReplyLost` at once."""
 
     def __init__(self, address: ServerAddress, *, retries: int = 3) -> None:
         self.address = address
@@ -233,18 +250,17 @@ class RedisClient:
             try:
                 connection = await self._connection()
                 return await connection.pipeline(commands)
-            except ConnectionLost:
+            except NotSent:
                 if attempt == self._retries or self._closed:
                     raise
-                await asyncio.sleep(min(0.5, 0.05 * 2**attempt))
+            await asyncio.sleep(_backoff(attempt))
         raise AssertionError("unreachable")
 
     async def blocking(self, commands: Sequence[Command]) -> list[Any]:
         """Commands that may block the connection (BLPOP, BLMOVE), on a connection of their
-        own; it is closed if anything goes wrong, including cancellation."""
-        connection = self._idle.pop() if self._idle else None
-        if connection is None or connection.closed:
-            connection = await Connection.open(self.address)
+        own; it is closed if anything goes wrong, including cancellation. Only opening the
+        connection is retried: once written, the commands are not sent again."""
+        connection = await self._blocking_connection()
         try:
             replies = await connection.pipeline(commands)
         except BaseException:
@@ -256,14 +272,32 @@ class RedisClient:
             self._idle.append(connection)
         return replies
 
+    async def _blocking_connection(self) -> Connection:
+        """An idle blocking connection that still works, or a new one."""
+        while self._idle:
+            connection = self._idle.pop()
+            if not connection.closed:
+                return connection
+        for attempt in range(self._retries + 1):
+            try:
+                return await self._open()
+            except NotSent:
+                if attempt == self._retries or self._closed:
+                    raise
+            await asyncio.sleep(_backoff(attempt))
+        raise AssertionError("unreachable")
+
+    async def _open(self) -> Connection:
+        if self._closed:
+            raise NotSent("the client is closed")
+        return await Connection.open(self.address)
+
     async def _connection(self) -> Connection:
         shared = self._shared
         if shared is not None and not shared.closed:
             return shared
-        if self._closed:
-            raise ConnectionLost("the client is closed")
         if self._opening is None:  # one task opens; the others wait for the same connection
-            self._opening = asyncio.ensure_future(Connection.open(self.address))
+            self._opening = asyncio.ensure_future(self._open())
         opening = self._opening
         try:
             self._shared = await asyncio.shield(opening)
@@ -279,3 +313,14 @@ class RedisClient:
         for connection in self._idle:
             connection.close()
         self._idle.clear()
+
+
+def _pack(commands: Sequence[Command]) -> bytes:
+    # hiredis's stub types the command as a 1-tuple; any length is accepted.
+    return b"".join(hiredis.pack_command(tuple(command)) for command in commands)  # type: ignore[arg-type]
+
+
+def _backoff(attempt: int) -> float:
+    """Seconds to wait before sending again after `attempt` (0 for the first) found no
+    connection: 50 ms, doubling, at most half a second (as redis-py's default retry does)."""
+    return min(0.5, 0.05 * 2.0**attempt)
