@@ -29,6 +29,10 @@ Command = Sequence[str | bytes | int | float]
 
 _SCHEMES = ("redis", "rediss", "unix")
 
+_Waiter = tuple[asyncio.Future[list[Any]], int, list[Any], float | None]
+"""A command batch in flight: its future, how many replies it has, those come so far, and when
+they are due (`loop.time()`; None: no limit)."""
+
 
 class RespError(Exception):
     """Base of what this client raises."""
@@ -110,12 +114,18 @@ def _tls_context(query: dict[str, str]) -> ssl.SSLContext:
 
 
 class _Protocol(asyncio.Protocol):
-    """Feeds replies to hiredis and hands them, in order, to the futures waiting for them."""
+    """Feeds replies to hiredis and hands them, in order, to the futures waiting for them.
+
+    Each command in flight carries its deadline; one watchdog timer per connection, re-armed
+    for the oldest command when it fires, aborts the connection if that reply is overdue (a
+    timer per command would cost more than the rest of the hot path)."""
 
     def __init__(self) -> None:
+        self._loop = asyncio.get_running_loop()
         self._reader = hiredis.Reader(replyError=ReplyError)
-        self._waiting: deque[tuple[asyncio.Future[list[Any]], int, list[Any]]] = deque()
+        self._waiting: deque[_Waiter] = deque()
         self._transport: asyncio.Transport | None = None
+        self._watchdog: asyncio.TimerHandle | None = None
         self.lost: ReplyLost | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -125,16 +135,19 @@ class _Protocol(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         self._reader.feed(data)
         waiting = self._waiting
-        while (reply := self._reader.gets()) is not False:
-            if not waiting:  # a reply nobody asked for: the stream cannot be trusted
-                self._fail(ReplyLost("unexpected reply from the server"))
-                return
-            future, count, replies = waiting[0]
-            replies.append(reply)
-            if len(replies) == count:
-                waiting.popleft()
-                if not future.done():  # its caller may have been cancelled
-                    future.set_result(replies)
+        try:
+            while (reply := self._reader.gets()) is not False:
+                if not waiting:  # a reply nobody asked for: the stream cannot be trusted
+                    self._fail(ReplyLost("unexpected reply from the server"))
+                    return
+                future, count, replies, _ = waiting[0]
+                replies.append(reply)
+                if len(replies) == count:
+                    waiting.popleft()
+                    if not future.done():  # its caller may have been cancelled
+                        future.set_result(replies)
+        except hiredis.ProtocolError as exc:
+            self._fail(ReplyLost(f"garbled reply from the server: {exc}"))
 
     def connection_lost(self, exc: Exception | None) -> None:
         reason = f": {exc}" if exc else ""
@@ -143,24 +156,45 @@ class _Protocol(asyncio.Protocol):
     def _fail(self, error: ReplyLost) -> None:
         if self.lost is None:
             self.lost = error
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
         while self._waiting:
-            future, _, _ = self._waiting.popleft()
+            future, _, _, _ = self._waiting.popleft()
             if not future.done():
                 future.set_exception(error)
         if self._transport is not None:
             self._transport.abort()
 
-    def send(self, packed: bytes, count: int) -> asyncio.Future[list[Any]]:
-        """Write `count` packed commands; the future gets their `count` replies."""
+    def send(self, packed: bytes, count: int, timeout: float | None) -> asyncio.Future[list[Any]]:
+        """Write `count` packed commands; the future gets their `count` replies, or `ReplyLost`
+        if they have not all come within `timeout` seconds (None: no limit)."""
         if self.lost is not None:
             raise NotSent(f"the connection was already broken ({self.lost})")
         assert self._transport is not None
         if self._transport.is_closing():  # it broke, and connection_lost has not run yet
             raise NotSent("the connection is closing")
-        future = asyncio.get_running_loop().create_future()
-        self._waiting.append((future, count, []))
+        loop = self._loop
+        future = loop.create_future()
+        deadline = None if timeout is None else loop.time() + timeout
+        self._waiting.append((future, count, [], deadline))
         self._transport.write(packed)
+        if deadline is not None and self._watchdog is None:
+            self._watchdog = loop.call_at(deadline, self._watch)
         return future
+
+    def _watch(self) -> None:
+        """Abort the connection if the oldest reply is overdue; otherwise wait for its deadline."""
+        self._watchdog = None
+        if not self._waiting:
+            return
+        deadline = self._waiting[0][3]
+        if deadline is None:
+            return
+        if deadline > self._loop.time():
+            self._watchdog = self._loop.call_at(deadline, self._watch)
+        else:
+            self._fail(ReplyLost("no reply in time; the connection was aborted"))
 
     def close(self) -> None:
         if self._transport is not None:
@@ -170,45 +204,30 @@ class _Protocol(asyncio.Protocol):
 class Connection:
     """One connection; commands from several tasks are pipelined on it in order."""
 
-    def __init__(self, protocol: _Protocol) -> None:
+    def __init__(self, protocol: _Protocol, timeout: float | None) -> None:
         self._protocol = protocol
+        self.timeout = timeout
+        """Seconds the oldest reply may take before the connection is aborted (None: no limit)."""
 
     @classmethod
-    async def open(cls, address: ServerAddress) -> Connection:
+    async def open(
+        cls, address: ServerAddress, *, timeout: float | None = None, connect_timeout: float = 5.0
+    ) -> Connection:
         """A connection that has answered: AUTH and SELECT as the URL says, then PING, so that a
         proxy or balancer that accepts and then drops the connection fails the opening (a
-        `NotSent`) rather than a caller's command (a `ReplyLost`)."""
-        loop = asyncio.get_running_loop()
+        `NotSent`) rather than a caller's command (a `ReplyLost`). All of it within
+        `connect_timeout` seconds; any failure is a `NotSent`, but an error reply (such as a
+        wrong password) is raised as it is."""
         try:
-            if address.path is not None:
-                _, protocol = await loop.create_unix_connection(_Protocol, address.path)
-            else:
-                _, protocol = await loop.create_connection(
-                    _Protocol, address.host, address.port, ssl=address.tls
-                )
+            async with asyncio.timeout(connect_timeout):
+                protocol = await _handshake(address)
+        except TimeoutError as exc:  # before OSError: it is one
+            raise NotSent(f"cannot connect within {connect_timeout} s") from exc
         except OSError as exc:
             raise NotSent(f"cannot connect: {exc}") from exc
-        connection = cls(protocol)
-        setup: list[Command] = []
-        if address.password is not None:
-            if address.username:
-                setup.append(("AUTH", address.username, address.password))
-            else:
-                setup.append(("AUTH", address.password))
-        if address.db:
-            setup.append(("SELECT", address.db))
-        setup.append(("PING",))
-        try:  # not through `pipeline`: these are no caller's commands
-            for reply in await protocol.send(_pack(setup), len(setup)):
-                if isinstance(reply, ReplyError):
-                    raise reply
         except ReplyLost as exc:
-            connection.close()
             raise NotSent(f"the connection broke while opening: {exc}") from exc
-        except BaseException:
-            connection.close()
-            raise
-        return connection
+        return cls(protocol, timeout)
 
     @property
     def closed(self) -> bool:
@@ -217,21 +236,63 @@ class Connection:
     async def pipeline(self, commands: Sequence[Command]) -> list[Any]:
         """Send the commands at once and return their replies, an error reply as a
         `ReplyError` in its place."""
-        return await self._protocol.send(_pack(commands), len(commands))
+        return await self._protocol.send(_pack(commands), len(commands), self.timeout)
 
     def close(self) -> None:
         self._protocol.close()
+
+
+async def _handshake(address: ServerAddress) -> _Protocol:
+    """Connect, then AUTH, SELECT and PING (closing the connection if that fails)."""
+    loop = asyncio.get_running_loop()
+    if address.path is not None:
+        _, protocol = await loop.create_unix_connection(_Protocol, address.path)
+    else:
+        _, protocol = await loop.create_connection(
+            _Protocol, address.host, address.port, ssl=address.tls
+        )
+    setup: list[Command] = []
+    if address.password is not None:
+        if address.username:
+            setup.append(("AUTH", address.username, address.password))
+        else:
+            setup.append(("AUTH", address.password))
+    if address.db:
+        setup.append(("SELECT", address.db))
+    setup.append(("PING",))
+    try:  # not through `Connection.pipeline`: these are no caller's commands
+        for reply in await protocol.send(_pack(setup), len(setup), None):
+            if isinstance(reply, ReplyError):
+                raise reply
+    except BaseException:
+        protocol.close()
+        raise
+    return protocol
 
 
 class RedisClient:
     """A shared pipelined connection for ordinary commands, and one connection per blocking
     command in flight. A command that could not be written (`NotSent`) is sent on a new
     connection, up to `retries` times with a short backoff; one that was written is never sent
-    again: if its reply is lost, the caller gets `ReplyLost` at once."""
+    again: if its reply is lost, the caller gets `ReplyLost` at once.
 
-    def __init__(self, address: ServerAddress, *, retries: int = 3) -> None:
+    A reply on the shared connection that has not come `timeout` seconds after its command was
+    written aborts that connection (every command in flight on it gets `ReplyLost`; the next
+    opens a new one), so a half-dead connection cannot hang its callers; opening a connection
+    takes at most `connect_timeout` seconds."""
+
+    def __init__(
+        self,
+        address: ServerAddress,
+        *,
+        retries: int = 3,
+        timeout: float = 10.0,
+        connect_timeout: float = 5.0,
+    ) -> None:
         self.address = address
         self._retries = retries
+        self._timeout = timeout
+        self._connect_timeout = connect_timeout
         self._shared: Connection | None = None
         self._opening: asyncio.Future[Connection] | None = None
         self._idle: list[Connection] = []
@@ -256,11 +317,18 @@ class RedisClient:
             await asyncio.sleep(_backoff(attempt))
         raise AssertionError("unreachable")
 
-    async def blocking(self, commands: Sequence[Command]) -> list[Any]:
+    async def blocking(
+        self, commands: Sequence[Command], *, timeout: float | None = None
+    ) -> list[Any]:
         """Commands that may block the connection (BLPOP, BLMOVE), on a connection of their
         own; it is closed if anything goes wrong, including cancellation. Only opening the
-        connection is retried: once written, the commands are not sent again."""
+        connection is retried: once written, the commands are not sent again.
+
+        `timeout` is the longest the commands may legitimately block; their replies may take
+        the client's `timeout` more than that before they count as lost. None sets no limit
+        (the caller bounds the wait itself)."""
         connection = await self._blocking_connection()
+        connection.timeout = None if timeout is None else timeout + self._timeout
         try:
             replies = await connection.pipeline(commands)
         except BaseException:
@@ -280,24 +348,26 @@ class RedisClient:
                 return connection
         for attempt in range(self._retries + 1):
             try:
-                return await self._open()
+                return await self._open(None)
             except NotSent:
                 if attempt == self._retries or self._closed:
                     raise
             await asyncio.sleep(_backoff(attempt))
         raise AssertionError("unreachable")
 
-    async def _open(self) -> Connection:
+    async def _open(self, timeout: float | None) -> Connection:
         if self._closed:
             raise NotSent("the client is closed")
-        return await Connection.open(self.address)
+        return await Connection.open(
+            self.address, timeout=timeout, connect_timeout=self._connect_timeout
+        )
 
     async def _connection(self) -> Connection:
         shared = self._shared
         if shared is not None and not shared.closed:
             return shared
         if self._opening is None:  # one task opens; the others wait for the same connection
-            self._opening = asyncio.ensure_future(self._open())
+            self._opening = asyncio.ensure_future(self._open(self._timeout))
         opening = self._opening
         try:
             self._shared = await asyncio.shield(opening)
