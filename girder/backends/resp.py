@@ -16,6 +16,7 @@ from the query.
 from __future__ import annotations
 
 import asyncio
+import socket
 import ssl
 from collections import deque
 from collections.abc import Sequence
@@ -28,6 +29,10 @@ import hiredis
 Command = Sequence[str | bytes | int | float]
 
 _SCHEMES = ("redis", "rediss", "unix")
+
+_KEEPALIVE = (("TCP_KEEPIDLE", 10), ("TCP_KEEPINTVL", 5), ("TCP_KEEPCNT", 3))
+"""TCP keepalive: probe after 10 s of silence, every 5 s, and drop the connection after 3 missed
+probes, so a dead peer is noticed in about 25 s (where the platform has these options)."""
 
 _Waiter = tuple[asyncio.Future[list[Any]], int, list[Any], float | None]
 """A command batch in flight: its future, how many replies it has, those come so far, and when
@@ -248,9 +253,10 @@ async def _handshake(address: ServerAddress) -> _Protocol:
     if address.path is not None:
         _, protocol = await loop.create_unix_connection(_Protocol, address.path)
     else:
-        _, protocol = await loop.create_connection(
+        transport, protocol = await loop.create_connection(
             _Protocol, address.host, address.port, ssl=address.tls
         )
+        _keep_alive(transport.get_extra_info("socket"))
     setup: list[Command] = []
     if address.password is not None:
         if address.username:
@@ -383,6 +389,16 @@ class RedisClient:
         for connection in self._idle:
             connection.close()
         self._idle.clear()
+
+
+def _keep_alive(sock: socket.socket) -> None:
+    """Turn TCP keepalive on, so that a connection to a peer that vanished (a host down, a
+    cable cut) fails instead of waiting for ever."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    for name, value in _KEEPALIVE:
+        option = getattr(socket, name, None)
+        if option is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, option, value)
 
 
 def _pack(commands: Sequence[Command]) -> bytes:
