@@ -7,6 +7,11 @@ client per command. Concurrent commands share one connection and are pipelined o
 come back in order); blocking commands (BLPOP, BLMOVE) each take a connection of their own, which
 is closed if the wait is cancelled.
 
+Failures: a command is sent again (on a new connection, a few times) only when it certainly did
+not reach the server (`NotSent`); once written, it never is, since a script such as `claim` must
+not run twice, and the caller gets `ReplyLost`, meaning it may or may not have run. A reply that
+does not come in time aborts its connection; TCP keepalive notices a peer that vanished.
+
 URLs: `redis://[[user]:password@]host[:port][/db]`, `rediss://` (TLS, verified against the
 system's CAs unless `?ssl_cert_reqs=none`; `ssl_ca_certs=<file>` adds a CA file) and
 `unix://[[user]:password@]/path/to/socket[?db=N]`; `password`, `username` and `db` may also come
