@@ -83,9 +83,6 @@ _STATES = {
 _MIN_SERVER = (6, 2)
 """LPOP with a count and LPOS need Redis 6.2."""
 
-_REPLY_MARGIN = 5.0
-"""Seconds a BLPOP may overrun its own timeout before the server counts as unreachable."""
-
 _OUTAGE_REPLIES = ("LOADING", "BUSY", "MASTERDOWN", "READONLY", "TRYAGAIN", "CLUSTERDOWN")
 """Error replies of a server that cannot serve right now but will: waited out like an outage."""
 
@@ -291,12 +288,9 @@ class RedisBackend:
                 del self._awaited[node]
 
     async def _blocking(self, commands: list[Command], timeout: float) -> list[Any]:
-        """Commands that block up to `timeout` seconds, on a connection of their own."""
-        try:
-            async with asyncio.timeout(timeout + _REPLY_MARGIN):
-                return await self._redis.blocking(commands)
-        except TimeoutError as exc:
-            raise ConnectionLost(f"no reply to a wait within {timeout + _REPLY_MARGIN} s") from exc
+        """Commands that block up to `timeout` seconds, on a connection of their own (a reply
+        later than the client's command timeout after that counts as lost)."""
+        return await self._redis.blocking(commands, timeout=timeout)
 
     @contextmanager
     def _errors(self, what: str) -> Iterator[None]:
