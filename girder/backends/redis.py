@@ -61,6 +61,7 @@ from girder.backends.redis_keys import (
     RedisKeys,
 )
 from girder.backends.redis_scripts import (
+    MAX_SCRIPT_BYTES,
     MAX_SCRIPT_KEYS,
     SUBMITTED_CYCLE,
     SUBMITTED_DONE,
@@ -330,15 +331,14 @@ class RedisBackend:
         dispatch: bool = False,
         claim: int = 0,
     ) -> tuple[list[Submitted], list[Claimed]]:
-        """One script call per `MAX_SCRIPT_KEYS` requests (so none holds Redis for long); the
-        first claims. Chunks go in order: a waiter's cycle check sees the edges of earlier
-        chunks."""
+        """One script call per `MAX_SCRIPT_KEYS` requests or `MAX_SCRIPT_BYTES` of payloads
+        (so none holds Redis for long, nor needs much memory at once); the first claims.
+        Chunks go in order: a waiter's cycle check sees the edges of earlier chunks."""
         if not requests and not claim:
             return [], []
         found: list[Submitted] = []
         claimed: list[Claimed] = []
-        for start in range(0, max(1, len(requests)), MAX_SCRIPT_KEYS):
-            chunk = requests[start : start + MAX_SCRIPT_KEYS]
+        for start, chunk in enumerate(_chunks(requests)):
             wanted = claim if start == 0 else 0
             args: list[str | bytes | int] = [
                 node,
@@ -560,6 +560,20 @@ class RedisBackend:
                 await self._execute("flush", "UNLINK", *found)
             if cursor == b"0":
                 return
+
+
+def _chunks(requests: Sequence[NewRequest]) -> Iterator[Sequence[NewRequest]]:
+    """`requests` in consecutive runs of at most `MAX_SCRIPT_KEYS` requests and, unless one
+    request alone is larger, `MAX_SCRIPT_BYTES` of payloads (at least one run, maybe empty)."""
+    start, size = 0, 0
+    for index, request in enumerate(requests):
+        if index > start and (
+            index - start == MAX_SCRIPT_KEYS or size + len(request.payload) > MAX_SCRIPT_BYTES
+        ):
+            yield requests[start:index]
+            start, size = index, 0
+        size += len(request.payload)
+    yield requests[start:]
 
 
 def _submitted(key: str, reply: list[Any]) -> Submitted:

@@ -39,6 +39,9 @@ MAX_SCRIPT_KEYS = 1000
 """The most request keys one script call submits, hands to one volunteer, trims from one member
 or moves back from a departed node, so that no call holds Redis for more than a few ms."""
 
+MAX_SCRIPT_BYTES = 512 * 1024
+"""The most bytes of payloads one `submit` call carries (unless one payload alone is larger)."""
+
 DEPARTED_MEMORY_MS = 24 * 3600 * 1000
 """How long the grid remembers that a node departed (notifications for it are dropped)."""
 

@@ -161,20 +161,20 @@ class Node:
                 # of them is judged dead.
                 next_reap = max(next_reap, loop.time() + self.settings.heartbeat_ttl)
             last_beat = loop.time()
-            await self._beat()
-            if loop.time() >= next_reap:
-                next_reap = loop.time() + self.settings.reap_interval
-                await self.recover()
-                await self._submit_again_what_waits_long()
+            try:
+                await self._beat()
+                if loop.time() >= next_reap:
+                    next_reap = loop.time() + self.settings.reap_interval
+                    await self.recover()
+                    await self._submit_again_what_waits_long()
+            except BackendFull as exc:
+                self.refused(exc)
+                raise
 
     async def _beat(self) -> None:
         """Renew the lease; rejoin and reconcile when the backend forgot this node or lost
-        writes. A backend that refuses writes for lack of memory is reported to `refused`."""
-        try:
-            beat = await self.backend.heartbeat(self.id, self.settings.heartbeat_ttl)
-        except BackendFull as exc:
-            self.refused(exc)
-            raise
+        writes."""
+        beat = await self.backend.heartbeat(self.id, self.settings.heartbeat_ttl)
         went_back = beat.clock <= self._clock
         self._clock = beat.clock
         if beat.registered and not went_back:
