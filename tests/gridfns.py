@@ -192,3 +192,11 @@ async def then_nap(a: int, b: int, ms: int) -> int:
     (total,) = await girder.call_reentrant([(add, a, b)])
     await asyncio.sleep(ms / 1000)
     return int(total)
+
+
+@girder.function
+def touch(path: str) -> str:
+    """Create the file `path`: a side effect that proves the request ran."""
+    with open(path, "a"):
+        pass
+    return path

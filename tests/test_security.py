@@ -11,11 +11,11 @@ from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
-from gridfns import add
+from gridfns import add, touch
 from processes import GridProcesses, nodes, wait_for_nodes, wait_until
 
 import girder
-from girder.backends.redis_keys import F_PAYLOAD, RedisKeys
+from girder.backends.redis_keys import DONE, F_OUTCOME, F_PAYLOAD, F_STATUS, RedisKeys
 
 pytestmark = [pytest.mark.redis, pytest.mark.timeout(120)]
 
@@ -147,3 +147,66 @@ async def test_oversized_payload_fails_only_its_request(
         (failure,) = caught.value.causes.values()
         assert "over the limit of 10000" in failure.message
         assert await grid.call(add, 1, 2) == 3
+
+
+# -- signatures are bound to their key and record kind -----------------------------------------
+
+
+async def test_a_signed_payload_copied_onto_another_key_is_refused(
+    grid_processes: GridProcesses, redis_url: str, raw_redis: aioredis.Redis, tmp_path: Path
+) -> None:
+    grid_processes.distributor()
+    await wait_for_nodes(redis_url, workers=0)
+    async with girder.Grid.connect(redis_url, secret=SECRET, **OPTIONS) as grid:
+        original = girder.Request(touch, str(tmp_path / "original"))
+        target = girder.Request(touch, str(tmp_path / "target"))
+        original_handle = grid.submit(touch, str(tmp_path / "original"))
+        target_handle = grid.submit(touch, str(tmp_path / "target"))
+        _, payload = await _pending_payload_of(grid, raw_redis, original)
+        record, _ = await _pending_payload_of(grid, raw_redis, target)
+        await raw_redis.hset(record, F_PAYLOAD, payload)
+
+        grid_processes.worker("w1")
+        with pytest.raises(girder.RequestError) as caught:
+            await asyncio.wait_for(target_handle, 30)
+        assert caught.value.kind == "invalid"
+        assert "signed for another key" in caught.value.message
+        assert await asyncio.wait_for(original_handle, 30) == str(tmp_path / "original")
+    assert not (tmp_path / "target").exists()
+
+
+async def test_a_signed_outcome_moved_to_another_key_is_refused(
+    grid_processes: GridProcesses, redis_url: str, raw_redis: aioredis.Redis
+) -> None:
+    """Copied into another key's cached result, or into a notification naming another key."""
+    grid_processes.distributor()
+    grid_processes.worker("w1")
+    await wait_for_nodes(redis_url, workers=1)
+    keys = RedisKeys("girder")
+    async with girder.Grid.connect(redis_url, secret=SECRET, **OPTIONS) as grid:
+        assert await grid.call(add, 40, 2) == 42
+        outcome = await raw_redis.hget(keys.record(girder.Request(add, 40, 2).key), F_OUTCOME)
+        assert isinstance(outcome, bytes)
+
+        cached = girder.Request(add, 1, 1).key
+        await raw_redis.hset(keys.record(cached), mapping={F_STATUS: DONE, F_OUTCOME: outcome})
+        with pytest.raises(girder.RequestError) as caught:
+            await grid.call(add, 1, 1)
+        assert caught.value.kind == "invalid"
+        assert "signed for another key" in caught.value.message
+
+    # A client waiting on a pool nobody serves, so only the forged notification can answer.
+    async with girder.Grid.connect(redis_url, pool="idle", secret=SECRET, **OPTIONS) as grid:
+        waited = girder.Request(add, 2, 2).key
+        handle = grid.submit(add, 2, 2)
+        await wait_until(lambda: _exists(raw_redis, keys.record(waited)), what="the submission")
+        note = f"{len(waited)}:{waited}".encode() + outcome
+        await raw_redis.rpush(keys.inbox(grid.client.id), note)
+        with pytest.raises(girder.RequestError) as caught:
+            await asyncio.wait_for(handle, 30)
+        assert caught.value.kind == "invalid"
+        assert "signed for another key" in caught.value.message
+
+
+async def _exists(raw: aioredis.Redis, key: str) -> bool:
+    return bool(await raw.exists(key))

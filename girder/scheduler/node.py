@@ -220,10 +220,10 @@ class Node:
         """The completion to record for `outcome`; an outcome that cannot be encoded becomes
         a failure. `readable` names the request; it is only called when something fails."""
         try:
-            data = self.codec.encode_outcome(outcome, readable)
+            data = self.codec.encode_outcome(outcome, key, readable)
         except SerializationError as exc:
             outcome = Outcome(error=RequestError(readable(), str(exc), kind="invalid"))
-            data = self.codec.encode_outcome(outcome, readable)
+            data = self.codec.encode_outcome(outcome, key, readable)
         return Completion(key, data, cache and outcome.error is None and outcome.final)
 
     async def finish(
@@ -265,7 +265,7 @@ class Node:
                     dict(request.kwargs),
                     job,
                 )
-                data = self.codec.encode_request(payload)
+                data = self.codec.encode_request(payload, key)
             except SerializationError as exc:
                 readable = request.readable()
                 batch.set(index, Outcome(error=RequestError(readable, str(exc), kind="invalid")))
