@@ -26,6 +26,7 @@ from girder.keys import SCALARS
 from girder.log import configure, node_logger
 from girder.scheduler.lease import LeaseKeeper, lease_keeper
 from girder.scheduler.waiters import Batch, Submission, Waiters
+from girder.security import require_secret
 from girder.serialization import Codec, Outcome, RequestPayload
 
 
@@ -76,11 +77,14 @@ class Node:
         self.settings = settings
         self.id = node_id or new_node_id(self.kind)
         self.distributor = distributor
-        self.codec = Codec(settings.secret_bytes(), settings.max_payload_bytes)
+        # In process nothing else reaches the state: signing it would only cost time.
+        secret = settings.secret_bytes() if backend.shared else None
+        self.codec = Codec(secret, settings.max_payload_bytes)
         self.waiters = Waiters()
         self.stats = NodeStats()
         configure(settings.log_level)
         self.log = node_logger(self.id, kind=self.kind.value)
+        require_secret(settings, backend, self.log)
         self._tasks: list[asyncio.Task[None]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._lease_keeper: LeaseKeeper | None = None
