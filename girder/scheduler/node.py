@@ -96,7 +96,7 @@ class Node:
         self._loop = asyncio.get_running_loop()
         await self.backend.join(self.id, self.kind, self.distributor, self.settings.heartbeat_ttl)
         await self.recover()
-        self._lease_keeper = lease_keeper(self.settings)
+        self._lease_keeper = lease_keeper(self.settings, shared=self.backend.shared)
         if self._lease_keeper is not None:
             self._lease_keeper.add(self.id)
         self._spawn(self._heartbeat_loop, "heartbeat")
