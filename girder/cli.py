@@ -15,7 +15,8 @@ from collections.abc import Sequence
 from girder.config import Settings, load_settings
 from girder.demo import format_report, run_demo
 from girder.errors import ConfigurationError
-from girder.runner import format_status, grid_status, run_distributor, run_up, run_worker
+from girder.runner import format_status, grid_status, run_distributor, run_worker
+from girder.supervisor import run_up
 
 
 def _settings(args: argparse.Namespace) -> Settings:

@@ -40,6 +40,8 @@ class Settings(BaseSettings):
     allowed_modules: list[str] = Field(
         default_factory=list, description="More modules a worker may run functions from by name."
     )
+    restart_limit: int = Field(5, ge=1, description="Deaths of a `girder up` child in the window.")
+    restart_window: float = Field(60.0, gt=0, description="Seconds `restart_limit` counts in.")
 
     @field_validator("secret")
     @classmethod

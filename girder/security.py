@@ -1,4 +1,4 @@
-"""Safe by default (invariant 8): what a node trusts.
+"""Safe by default (invariant 8): what a node trusts, and the secret that `girder up` makes.
 
 Whoever can write to a shared backend could otherwise run code on every node, in two ways:
 through pickles, which is why payloads and outcomes are signed (`girder.serialization`), and
@@ -11,7 +11,10 @@ even when it is insecure.
 from __future__ import annotations
 
 import functools
+import os
+import secrets
 import sys
+from pathlib import Path
 from typing import Any
 
 from girder.backends.base import StateBackend
@@ -28,8 +31,8 @@ def require_secret(settings: Settings, backend: StateBackend, log: Any) -> None:
         raise ConfigurationError(
             f"the backend {backend.url} is shared with other processes and no secret is set, so "
             "whoever can write to it could run code here: set GIRDER_SECRET to the same long "
-            "random string on every node and client, or "
-            "set GIRDER_INSECURE=1 to run unsigned anyway"
+            "random string on every node and client (`girder up` writes one to "
+            f"{default_secret_file()}), or set GIRDER_INSECURE=1 to run unsigned anyway"
         )
     log.warning(
         "INSECURE: no secret on a shared backend (GIRDER_INSECURE=1); whoever can write to it "
@@ -91,3 +94,45 @@ def resolve_allowed(ref: FunctionRef, settings: Settings) -> GridFunction[..., A
         return resolve_function(ref)
     module, qualname = ref
     return _allowed(module, qualname, allowed_prefixes(settings))
+
+
+# -- the secret of `girder up` ---------------------------------------------------------------------
+
+
+def default_secret_file() -> Path:
+    """Where `girder up` keeps the secret it generates: `$XDG_CONFIG_HOME/girder/secret`."""
+    config = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(config) / "girder" / "secret"
+
+
+def read_or_create_secret(path: Path) -> str:
+    """The secret in `path`, created (mode 0600, atomically) when missing.
+
+    Reusing it keeps a restarted `girder up`, its clients and its cached results on one secret.
+    """
+    if not path.exists():
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        draft = path.with_name(f".{path.name}.{os.getpid()}")
+        descriptor = os.open(draft, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(descriptor, "w") as file:
+            file.write(secrets.token_urlsafe(32) + "\n")
+        try:
+            os.link(draft, path)  # fails if another `girder up` made one first: use that
+        except FileExistsError:
+            pass
+        finally:
+            draft.unlink()
+    return _read_private(path)
+
+
+def _read_private(path: Path) -> str:
+    mode = path.stat().st_mode & 0o777
+    if mode & 0o077:
+        raise ConfigurationError(
+            f"the secret file {path} is readable by other users (mode {mode:o}); "
+            f"run: chmod 600 {path}"
+        )
+    secret = path.read_text().strip()
+    if not secret:
+        raise ConfigurationError(f"the secret file {path} is empty; delete it to get a new one")
+    return secret

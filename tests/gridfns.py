@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import threading
 import time
 from collections import Counter
@@ -200,3 +202,9 @@ def touch(path: str) -> str:
     with open(path, "a"):
         pass
     return path
+
+
+@girder.function
+def die(tag: str) -> None:
+    """A poison request: kills the worker process that runs it (never call it in process)."""
+    os.kill(os.getpid(), signal.SIGKILL)
