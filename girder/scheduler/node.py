@@ -32,6 +32,7 @@ from girder.keys import SCALARS
 from girder.log import configure, node_logger
 from girder.scheduler.lease import LeaseKeeper, lease_keeper
 from girder.scheduler.waiters import Batch, Submission, Waiters
+from girder.security import require_secret
 from girder.serialization import Codec, Outcome, RequestPayload
 
 
@@ -85,11 +86,14 @@ class Node:
         self.settings = settings
         self.id = node_id or new_node_id(self.kind)
         self.distributor = distributor
-        self.codec = Codec(settings.secret_bytes(), settings.max_payload_bytes)
+        # In process nothing else reaches the state: signing it would only cost time.
+        secret = settings.secret_bytes() if backend.shared else None
+        self.codec = Codec(secret, settings.max_payload_bytes)
         self.waiters = Waiters()
         self.stats = NodeStats()
         configure(settings.log_level)
         self.log = node_logger(self.id, kind=self.kind.value)
+        require_secret(settings, backend, self.log)
         self._tasks: list[asyncio.Task[None]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._lease_keeper: LeaseKeeper | None = None
@@ -103,7 +107,7 @@ class Node:
         self._loop = asyncio.get_running_loop()
         await self.backend.join(self.id, self.kind, self.distributor, self.settings.heartbeat_ttl)
         await self.recover()
-        self._lease_keeper = lease_keeper(self.settings)
+        self._lease_keeper = lease_keeper(self.settings, shared=self.backend.shared)
         if self._lease_keeper is not None:
             self._lease_keeper.add(self.id)
         self._spawn(self._heartbeat_loop, "heartbeat")
@@ -266,10 +270,10 @@ class Node:
         """The completion to record for `outcome`; an outcome that cannot be encoded becomes
         a failure. `readable` names the request; it is only called when something fails."""
         try:
-            data = self.codec.encode_outcome(outcome, readable)
+            data = self.codec.encode_outcome(outcome, key, readable)
         except SerializationError as exc:
             outcome = Outcome(error=RequestError(readable(), str(exc), kind="invalid"))
-            data = self.codec.encode_outcome(outcome, readable)
+            data = self.codec.encode_outcome(outcome, key, readable)
         return Completion(key, data, cache and outcome.error is None and outcome.final)
 
     async def finish(
@@ -311,7 +315,7 @@ class Node:
                     dict(request.kwargs),
                     job,
                 )
-                data = self.codec.encode_request(payload)
+                data = self.codec.encode_request(payload, key)
             except SerializationError as exc:
                 readable = request.readable()
                 batch.set(index, Outcome(error=RequestError(readable, str(exc), kind="invalid")))

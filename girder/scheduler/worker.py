@@ -29,11 +29,12 @@ from typing import Any, ClassVar
 from girder.backends.base import Claimed, NodeKind, StateBackend
 from girder.config import Settings
 from girder.errors import RequestError, SerializationError
-from girder.functions import GridFunction, Request, resolve_function
+from girder.functions import GridFunction, Request
 from girder.scheduler.baton import Baton
 from girder.scheduler.context import Evaluation, current_evaluation
 from girder.scheduler.node import Node, error_lines
 from girder.scheduler.outbox import Outbox
+from girder.security import resolve_allowed
 from girder.serialization import Outcome, RequestPayload
 
 _FAIRNESS_SLICE = 0.005
@@ -186,7 +187,7 @@ class Worker(Node):
         else:
             try:
                 payload = self.codec.decode_request(claimed.payload, claimed.key)
-                function = resolve_function(payload.function)
+                function = resolve_allowed(payload.function, self.settings)
             except (SerializationError, LookupError) as exc:
                 await self._reject(claimed.key, exc)
                 return
