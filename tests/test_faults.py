@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
-from structlog.testing import capture_logs
 from gridfns import add, fan_of_fans, identity
 from processes import FAST_RECOVERY, GridProcesses, nodes, wait_for_nodes, wait_until
+from structlog.testing import capture_logs
 
 import girder
 from girder.backends.base import NodeKind
