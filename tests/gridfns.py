@@ -208,3 +208,14 @@ def touch(path: str) -> str:
 def die(tag: str) -> None:
     """A poison request: kills the worker process that runs it (never call it in process)."""
     os.kill(os.getpid(), signal.SIGKILL)
+
+
+@girder.function
+async def staged(levels: int, ms: int, tag: str) -> int:
+    """Nap `ms`, then (above level 0) call two sub-requests of the level below: new nested
+    calls keep being made for levels × ms milliseconds. The number of leaves."""
+    await asyncio.sleep(ms / 1000)
+    if levels == 0:
+        return 1
+    parts = await girder.call_reentrant([(staged, levels - 1, ms, f"{tag}.{i}") for i in (0, 1)])
+    return sum(parts)
