@@ -213,7 +213,7 @@ def die(tag: str) -> None:
 @girder.function
 async def staged(levels: int, ms: int, tag: str) -> int:
     """Nap `ms`, then (above level 0) call two sub-requests of the level below: new nested
-    calls keep being made for levels × ms milliseconds. The number of leaves."""
+    calls keep being made for levels * ms milliseconds. The number of leaves."""
     await asyncio.sleep(ms / 1000)
     if levels == 0:
         return 1
