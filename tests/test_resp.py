@@ -180,20 +180,6 @@ async def test_a_command_whose_connection_broke_before_the_write_is_sent_once(
 
 @pytest.mark.redis
 @pytest.mark.timeout(10)
-async def test_a_connection_that_broke_while_idle_is_not_written_to(
-    fault_proxy: FaultProxy, through: RedisClient, raw: aioredis.Redis
-) -> None:
-    fault_proxy.cut_all()
-    # The event loop is busy elsewhere, so it has not seen the connection close: the client
-    # must find out before it writes (else the script would be ReplyLost, not sent again).
-    time.sleep(0.01)  # noqa: ASYNC251
-    assert await through.execute("EVAL", INCR_SCRIPT, 1, "counter") == 1
-    assert await raw.get("counter") == b"1"
-    assert fault_proxy.commands == 4  # the fixture's two PINGs, the new connection's, the EVAL
-
-
-@pytest.mark.redis
-@pytest.mark.timeout(10)
 async def test_overdue_replies_fail_their_commands_and_the_client_recovers(
     fault_proxy: FaultProxy,
 ) -> None:
