@@ -182,18 +182,21 @@ class _Tokens:
         self._last: dict[str, int] = {}
         self._awaited: dict[str, set[int]] = {}
 
-    @contextmanager
-    def issue(self, node: str) -> Iterator[tuple[int, int]]:
-        """A new token of `node` and the oldest token of `node` still awaited."""
+    def issue(self, node: str) -> tuple[int, int]:
+        """A new token of `node` and the oldest token of `node` still awaited; `settle` it."""
         token = self._last[node] = self._last.get(node, 0) + 1
-        awaited = self._awaited.setdefault(node, set())
+        awaited = self._awaited.get(node)
+        if awaited is None:
+            awaited = self._awaited[node] = set()
         awaited.add(token)
-        try:
-            yield token, min(awaited)
-        finally:
-            awaited.discard(token)
-            if not awaited:
-                del self._awaited[node]
+        return token, min(awaited)
+
+    def settle(self, node: str, token: int) -> None:
+        """The call of `token` is over (its reply arrived, or it was given up)."""
+        awaited = self._awaited[node]
+        awaited.discard(token)
+        if not awaited:
+            del self._awaited[node]
 
 
 class RedisBackend:
@@ -316,16 +319,19 @@ class RedisBackend:
         returns the reply of the run that happened instead of doing it again."""
         if not exactly_once:
             return await self._run(name, "", "", 0, *args)
-        with self._tokens.issue(node) as (token, low):
-            again = 0
+        token, low = self._tokens.issue(node)
+        again = 0
 
-            def attempt() -> Awaitable[Any]:
-                nonlocal again
-                command = self._call(name, token, low, again, *args)
-                again = 1
-                return self._redis.execute(*command)
+        def attempt() -> Awaitable[Any]:
+            nonlocal again
+            command = self._call(name, token, low, again, *args)
+            again = 1
+            return self._redis.execute(*command)
 
+        try:
             return await self._retrying(name, attempt)
+        finally:
+            self._tokens.settle(node, token)
 
     async def _blocking(self, commands: list[Command], timeout: float) -> list[Any]:
         """Commands that block up to `timeout` seconds, on a connection of their own (a reply
@@ -469,9 +475,10 @@ class RedisBackend:
         """BLPOP the wake token and claim in one pipeline: Redis runs the claim the moment the
         token arrives, sparing the worker a round trip. If that reply is lost, the claim is
         sent again with its token (it returns what the first one claimed, if it ran)."""
-        with self._tokens.issue(node) as (token, low):
+        token, low = self._tokens.issue(node)
+        bell = self._keys.wake(node)
+        try:
             try:
-                bell = self._keys.wake(node)
                 claim = self._call("claim", token, low, 0, node)
                 woken, reply = await self._blocking([("BLPOP", bell, timeout), claim], timeout)
                 if isinstance(woken, ReplyError):
@@ -481,6 +488,8 @@ class RedisBackend:
             except (ConnectionLost, ReplyError):
                 again = self._call("claim", token, low, 1, node)
                 reply = await self._retrying("claim", lambda: self._redis.execute(*again))
+        finally:
+            self._tokens.settle(node, token)
         return None if reply is None else Claimed(reply[0].decode(), reply[1])
 
     async def state(self, key: str) -> RequestState:

@@ -8,7 +8,6 @@ local found, reply = replayed(node, token, again)
 if found then
   return reply
 end
-local now = now_ms()
 local has_waiter, wanted = waiter ~= '', tonumber(claim)
 
 -- A path start -> ... -> target along wait edges (breadth first), or nil.
@@ -95,7 +94,7 @@ if #pushed > 0 then
   end
 end
 if dispatch == '1' then
-  hand_out(into, true, now)
+  hand_out(into, true, now_ms())
 end
 if #pushed > 0 and (dispatch ~= '1' or call('LLEN', k_work(into)) > 0) then
   ring(k_wake(into))
