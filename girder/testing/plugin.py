@@ -4,6 +4,8 @@
   it are skipped when no `redis-server` binary is on PATH. The system server is never touched.
 - `redis_url` (function): the URL of that server, flushed (and restarted if a test killed it)
   before each test.
+- `persistent_redis` (function): a `RedisServer` of the test alone, with an append-only file, so
+  that `restart()` keeps the data (for recovery and chaos tests).
 """
 
 from __future__ import annotations
@@ -32,3 +34,14 @@ def redis_url(redis_server: RedisServer) -> str:
         redis_server.start()
     redis_server.command("FLUSHALL")
     return redis_server.url
+
+
+@pytest.fixture
+def persistent_redis() -> Iterator[RedisServer]:
+    """A `redis-server` of this test alone, with an append-only file (`appendfsync always`):
+    `restart()` keeps the data (skips the test without the binary)."""
+    binary = find_redis_server()
+    if binary is None:
+        pytest.skip("no redis-server binary on PATH (install Redis to run these tests)")
+    with RedisServer(binary, appendfsync="always") as server:
+        yield server
