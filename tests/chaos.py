@@ -1,0 +1,1037 @@
+"""The chaos harness of tests/test_chaos.py: a seeded schedule of faults against a Redis grid of
+real processes under nested load, and checks of the grid's invariants over the whole run.
+
+A run starts Redis (with an append-only file, so a restart keeps the data), a distributor,
+workers and client processes (`chaos_client.py`) through the `girder` command, all talking to
+Redis through the fault proxy when there is one. The clients run nested jobs (`salted_tree`,
+`salted_fib`, `salted_chain` from gridfns; some keys shared between clients, some fresh) while
+the schedule kills, stops and restarts things. Then the faults stop, the grid gets a quiet period
+in which everything must finish, the nodes stop, and the checks look at the clients' answers, at
+the run log every grid function wrote (start/end of each run, per process) and at what is left in
+Redis. Everything the processes wrote stays under the test's tmp dir.
+
+Reproduce a run with GIRDER_CHAOS_SEED=<seed> (and GIRDER_CHAOS_SECONDS=<length>): the schedule
+and the clients' plans depend on the seed alone (the processes' timing does not).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter, defaultdict
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import redis
+from chaos_client import read_events
+from gridfns import RUN_LOG_ENV
+from processes import FAST_RECOVERY, TESTS, GridProcesses, nodes, wait_for_nodes, wait_until
+
+from girder.testing.redis_server import RedisServer
+
+try:
+    from girder.testing.proxy import FaultProxy
+except ImportError:  # the fault proxy is not there yet: process faults only
+    FaultProxy = None
+
+SEED_ENV = "GIRDER_CHAOS_SEED"
+SECONDS_ENV = "GIRDER_CHAOS_SECONDS"
+LONG_ENV = "GIRDER_CHAOS_LONG"
+PROXY_ENV = "GIRDER_CHAOS_PROXY"
+"""Set to 0 to run without the fault proxy even where it exists."""
+
+DEFAULT_SEED = 20240611
+LEASE = float(FAST_RECOVERY["GIRDER_HEARTBEAT_TTL"])
+"""Seconds without a heartbeat before a node counts as dead (the nodes' GIRDER_HEARTBEAT_TTL)."""
+
+WARM_UP = 2.0
+"""Seconds of load before the first fault."""
+
+PREFIX = "{girder}:"
+
+
+# -- configuration ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ChaosConfig:
+    """One chaos run."""
+
+    seed: int = DEFAULT_SEED
+    seconds: float = 35.0
+    workers: int = 3
+    clients: int = 3
+    concurrency: int = 2
+    """Jobs each client has in flight."""
+    quiet_timeout: float = 60.0
+    """After the last fault, everything must finish within this many seconds."""
+    proxy: bool = True
+    """Put the fault proxy between the nodes and Redis (when `girder.testing.proxy` exists)."""
+    appendfsync: str = "always"
+    pool: str = "pool"
+    secret: str = "chaos-test-secret"
+
+    @classmethod
+    def from_env(cls, default_seconds: float) -> ChaosConfig:
+        """Seed and length from GIRDER_CHAOS_SEED / GIRDER_CHAOS_SECONDS."""
+        return cls(
+            seed=int(os.environ.get(SEED_ENV, DEFAULT_SEED)),
+            seconds=float(os.environ.get(SECONDS_ENV, default_seconds)),
+            proxy=os.environ.get(PROXY_ENV, "1") != "0",
+        )
+
+    @property
+    def use_proxy(self) -> bool:
+        return self.proxy and FaultProxy is not None
+
+
+# -- the schedule ----------------------------------------------------------------------------------
+
+PROCESS_FAULTS = {
+    "kill_worker": 3,
+    "stop_worker": 2,
+    "kill_client": 2,
+    "kill_distributor": 1,
+    "restart_redis": 1,
+}
+PROXY_FAULTS = {"drop_reply": 1, "cut_connection": 1, "delay_replies": 1, "proxy_chaos": 1}
+
+
+@dataclass(frozen=True)
+class Fault:
+    """One scheduled fault: `at` seconds after the start of the chaos."""
+
+    at: float
+    kind: str
+    pick: int
+    """Which target, modulo the candidates at that moment."""
+    length: float = 0.0
+    """Seconds: of a stop, a downtime, a window of delays; the count of dropped replies."""
+    amount: float = 0.0
+    """Seconds of delay per reply (delay_replies)."""
+
+    def describe(self) -> str:
+        extra = {
+            "stop_worker": f" for {self.length:.2f}s (lease {LEASE}s)",
+            "kill_distributor": f", restart after {self.length:.2f}s",
+            "kill_client": f", replacement after {self.length:.2f}s",
+            "restart_redis": f", down {self.length:.2f}s",
+            "drop_reply": f" x{int(self.length)}",
+            "delay_replies": f" by {self.amount:.2f}s for {self.length:.2f}s",
+            "proxy_chaos": f" for {self.length:.2f}s",
+        }.get(self.kind, "")
+        return f"t+{self.at:6.2f}s {self.kind} #{self.pick}{extra}"
+
+
+def _fault_lengths(kind: str, rng: random.Random) -> tuple[float, float]:
+    if kind == "stop_worker":
+        return rng.uniform(1.3, 2.5) * LEASE, 0.0
+    if kind == "kill_distributor":
+        return rng.uniform(0.2, 2.0), 0.0
+    if kind == "kill_client":
+        return rng.uniform(0.0, 1.0), 0.0
+    if kind == "restart_redis":
+        return rng.uniform(0.0, 0.5), 0.0
+    if kind == "drop_reply":
+        return float(rng.randint(1, 3)), 0.0
+    if kind == "delay_replies":
+        return rng.uniform(1.0, 3.0), rng.uniform(0.05, LEASE / 4)
+    if kind == "proxy_chaos":
+        return rng.uniform(1.0, 3.0), 0.0
+    return 0.0, 0.0
+
+
+def make_schedule(seed: int, seconds: float, *, proxy: bool) -> list[Fault]:
+    """The faults of a run: one every 1 to 3 seconds after the warm-up, drawn from `seed`."""
+    rng = random.Random(seed)
+    weights = {**PROCESS_FAULTS, **(PROXY_FAULTS if proxy else {})}
+    kinds, chances = list(weights), list(weights.values())
+    faults = []
+    at = WARM_UP
+    while True:
+        at += rng.uniform(1.0, 3.0)
+        if at > seconds:
+            return faults
+        kind = rng.choices(kinds, chances)[0]
+        length, amount = _fault_lengths(kind, rng)
+        faults.append(Fault(round(at, 2), kind, rng.randrange(1000), round(length, 2), amount))
+
+
+# -- the load --------------------------------------------------------------------------------------
+
+SHARED_SALTS = ("shared-0", "shared-1", "shared-2")
+
+
+@dataclass(frozen=True)
+class Job:
+    """One top-level call a client makes, and its right answer."""
+
+    id: str
+    fn: str
+    args: tuple[Any, ...]
+    expected: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {"id": self.id, "fn": self.fn, "args": list(self.args)}
+
+
+def fibonacci(n: int) -> int:
+    a, b = 0, 1
+    for _ in range(n):
+        a, b = b, a + b
+    return a
+
+
+def _job(rng: random.Random, job_id: str, salt: str) -> Job:
+    kind = rng.choice(("tree", "tree", "fib", "chain"))
+    if kind == "tree":
+        depth = rng.randint(3, 6)
+        return Job(job_id, "salted_tree", (depth, 0, salt, 20), 2 ** (depth + 1) - 1)
+    if kind == "fib":
+        n = rng.randint(10, 60)
+        return Job(job_id, "salted_fib", (n, salt), fibonacci(n))
+    n = rng.randint(5, 40)
+    return Job(job_id, "salted_chain", (n, salt, 100), n)
+
+
+def make_plan(seed: int, slot: int, count: int = 400) -> list[Job]:
+    """Client `slot`'s jobs: half on keys shared by every client, half on fresh keys."""
+    rng = random.Random(f"{seed}:client:{slot}")
+    jobs = []
+    for index in range(count):
+        shared = rng.random() < 0.5
+        salt = rng.choice(SHARED_SALTS) if shared else f"{seed}-c{slot}-{index}"
+        jobs.append(_job(rng, f"c{slot}-{index}", salt))
+    return jobs
+
+
+# -- what happened ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Event:
+    """Something the harness did, at a monotonic time (the processes log the same clock)."""
+
+    t: float
+    kind: str
+    detail: str
+    pid: int | None = None
+    wall: float = field(default_factory=time.time)
+    """The same moment in wall-clock time (the processes' logs have UTC timestamps)."""
+
+
+@dataclass
+class Timeline:
+    """The faults as they happened: kills, stops, Redis downtimes."""
+
+    start: float = field(default_factory=time.monotonic)
+    events: list[Event] = field(default_factory=list)
+    killed: dict[int, float] = field(default_factory=dict)
+    """pid -> when it was killed (kill -9)."""
+    stops: list[tuple[int, float, float]] = field(default_factory=list)
+    """(pid, SIGSTOP time, SIGCONT time)."""
+    redis_down: list[tuple[float, float]] = field(default_factory=list)
+    injected: Counter[str] = field(default_factory=Counter)
+    skipped: Counter[str] = field(default_factory=Counter)
+
+    def add(self, kind: str, detail: str, pid: int | None = None) -> Event:
+        event = Event(time.monotonic(), kind, detail, pid)
+        self.events.append(event)
+        return event
+
+    def before(self, t: float, count: int = 3) -> list[Event]:
+        """The last `count` events at or before `t`."""
+        return [e for e in self.events if e.t <= t][-count:]
+
+    def rel(self, t: float) -> str:
+        return f"t+{t - self.start:7.3f}s"
+
+    def format(self) -> str:
+        lines = [f"  (t+0 is monotonic {self.start:.3f}; UTC times match the logs)"]
+        for e in self.events:
+            pid = f" pid {e.pid}" if e.pid else ""
+            utc = datetime.fromtimestamp(e.wall, UTC).strftime("%H:%M:%S.%f")[:-3]
+            lines.append(f"  {self.rel(e.t)} {utc} {e.kind:<18} {e.detail}{pid}")
+        return "\n".join(lines)
+
+
+# -- runs: at most one at a time -------------------------------------------------------------------
+
+
+@dataclass
+class Run:
+    """One run of a grid function, from the run logs."""
+
+    key: str
+    pid: int
+    node: str
+    start: float
+    end: float | None = None
+    how: str = "open"
+    """ok, error, cancelled (its code ended), killed (its process died), open (never ended)."""
+
+
+def read_runs(folder: Path, killed: dict[int, float]) -> list[Run]:
+    """Every run logged under `folder`; a run of a killed process ends at the kill."""
+    runs: list[Run] = []
+    for path in sorted(folder.glob("runs-*.log")):
+        open_runs: dict[tuple[str, int], list[Run]] = defaultdict(list)
+        for line in path.read_text(errors="replace").splitlines():
+            parts = line.split()
+            if parts[:1] == ["start"] and len(parts) == 5:
+                run = Run(parts[1], int(parts[2]), parts[3], float(parts[4]))
+                runs.append(run)
+                open_runs[run.key, run.pid].append(run)
+            elif parts[:1] == ["end"] and len(parts) == 6:
+                waiting = open_runs.get((parts[1], int(parts[2])))
+                if waiting:
+                    run = waiting.pop(0)
+                    run.end, run.how = float(parts[4]), parts[5]
+        for run in runs:
+            if run.end is None and run.pid in killed:
+                run.end, run.how = killed[run.pid], "killed"
+    return runs
+
+
+@dataclass(frozen=True)
+class Overlap:
+    """Two runs of one key at the same time."""
+
+    first: Run
+    second: Run
+    excuse: str | None
+    """Why the grid may do this (a lease expired), or None: a violation."""
+
+
+def _long_stop(timeline: Timeline, pid: int, since: float, until: float) -> str | None:
+    """A SIGSTOP of `pid` longer than the lease that began in [since, until]."""
+    for stopped, start, end in timeline.stops:
+        if stopped == pid and since <= start <= until and end - start > LEASE:
+            return f"pid {pid} SIGSTOPped {end - start:.2f}s (> lease {LEASE}s) at {start:.3f}"
+    return None
+
+
+def _lossy_restart(timeline: Timeline, since: float, until: float, fsync: str) -> str | None:
+    if fsync == "always":
+        return None
+    for _down, up in timeline.redis_down:
+        if since <= up <= until:
+            return f"Redis restarted at {up:.3f} with appendfsync {fsync} (may lose writes)"
+    return None
+
+
+def find_overlaps(runs: list[Run], timeline: Timeline, fsync: str) -> list[Overlap]:
+    """Pairs of runs of one key that overlap in time, each with its excuse (if any)."""
+    by_key: dict[str, list[Run]] = defaultdict(list)
+    for run in runs:
+        by_key[run.key].append(run)
+    found = []
+    for key_runs in by_key.values():
+        key_runs.sort(key=lambda r: r.start)
+        for i, first in enumerate(key_runs):
+            for second in key_runs[i + 1 :]:
+                if first.end is not None and second.start >= first.end:
+                    continue
+                excuse = _long_stop(timeline, first.pid, first.start, second.start)
+                excuse = excuse or _lossy_restart(timeline, first.start, second.start, fsync)
+                found.append(Overlap(first, second, excuse))
+    return found
+
+
+def rerun_reason(first: Run, second: Run, timeline: Timeline, fsync: str) -> str:
+    """Why a key ran again after an earlier run of it ended (a finished key should be cached)."""
+    if first.how == "killed":
+        return "its runner was killed mid-run"
+    if first.how in ("error", "cancelled"):
+        return f"the earlier run ended: {first.how}"
+    killed_at = timeline.killed.get(first.pid)
+    if killed_at is not None and first.end is not None and first.end <= killed_at <= second.start:
+        return "its runner was killed before the completion was stored"
+    if _long_stop(timeline, first.pid, first.start, second.start):
+        return "its runner was SIGSTOPped past its lease"
+    if _lossy_restart(timeline, first.start, second.start, fsync):
+        return "a Redis restart lost the result"
+    return "UNEXPLAINED (a finished, cached key ran again)"
+
+
+def reruns(runs: list[Run], timeline: Timeline, fsync: str) -> dict[str, list[str]]:
+    """Keys that ran more than once (one after the other): key -> the reason of each rerun."""
+    by_key: dict[str, list[Run]] = defaultdict(list)
+    for run in runs:
+        by_key[run.key].append(run)
+    found: dict[str, list[str]] = {}
+    for key, key_runs in by_key.items():
+        key_runs.sort(key=lambda r: r.start)
+        reasons = [
+            rerun_reason(first, second, timeline, fsync)
+            for first, second in itertools.pairwise(key_runs)
+            if first.end is not None and second.start >= first.end
+        ]
+        if reasons:
+            found[key] = reasons
+    return found
+
+
+# -- answers: right, none lost ---------------------------------------------------------------------
+
+
+@dataclass
+class AnswerReport:
+    completed: int = 0
+    wrong: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    lost: list[str] = field(default_factory=list)
+    incarnations: dict[int, list[int]] = field(default_factory=dict)
+
+
+def check_answers(
+    answers: dict[int, Path], plans: dict[int, list[Job]], killed: dict[int, float]
+) -> AnswerReport:
+    """Every answer right; every job a surviving client submitted answered."""
+    report = AnswerReport()
+    for slot, path in answers.items():
+        expected = {job.id: job for job in plans[slot]}
+        submitted: dict[int, set[str]] = defaultdict(set)
+        answered: dict[int, set[str]] = defaultdict(set)
+        pids: list[int] = []
+        for event in read_events(path):
+            pid = event["pid"]
+            if pid not in pids:
+                pids.append(pid)
+            if event["event"] == "submit":
+                submitted[pid].add(event["job"])
+            elif event["event"] == "answer":
+                job = expected[event["job"]]
+                answered[pid].add(job.id)
+                report.completed += 1
+                if event["value"] != job.expected:
+                    report.wrong.append(
+                        f"{job.id} {job.fn}{job.args}: got {event['value']!r}, "
+                        f"expected {job.expected} (client pid {pid})"
+                    )
+            elif event["event"] == "error":
+                answered[pid].add(event["job"])
+                report.errors.append(f"{event['job']} (client pid {pid}): {event['error']}")
+        report.incarnations[slot] = pids
+        for pid in pids:
+            if pid not in killed:
+                for job_id in sorted(submitted[pid] - answered[pid]):
+                    job = expected[job_id]
+                    report.lost.append(f"{job_id} {job.fn}{job.args} (client pid {pid})")
+    return report
+
+
+# -- Redis: what is left ---------------------------------------------------------------------------
+
+RECORD_KINDS = (
+    "req",
+    "waiters",
+    "waits",
+    "waitedby",
+    "work",
+    "running",
+    "volunteers",
+    "volunteered",
+    "inbox",
+    "taken",
+    "wake",
+    "node",
+    "members",
+)
+
+
+def _decode(value: bytes | None) -> str:
+    return "" if value is None else value.decode(errors="replace")
+
+
+def scan_grid(db: redis.Redis) -> dict[str, str]:
+    """Every key of the grid and its type."""
+    keys = [_decode(k) for k in db.scan_iter(match=PREFIX.replace("{", "\\{") + "*", count=1000)]
+    types = _pipeline(db, [("TYPE", key) for key in keys])
+    return {key: _decode(kind) for key, kind in zip(keys, types, strict=True)}
+
+
+def _pipeline(db: redis.Redis, commands: list[tuple[str, ...]]) -> list[Any]:
+    pipe = db.pipeline(transaction=False)
+    for command in commands:
+        pipe.execute_command(*command)
+    return list(pipe.execute())
+
+
+def record_states(db: redis.Redis) -> dict[str, tuple[str, str, str]]:
+    """Request key -> (status, owner, crashes) of every request record."""
+    keys = [k for k in scan_grid(db) if k.startswith(PREFIX + "req:")]
+    fields = _pipeline(db, [("HMGET", k, "s", "o", "c") for k in keys])
+    return {
+        key.removeprefix(PREFIX + "req:"): (_decode(s), _decode(o), _decode(c))
+        for key, (s, o, c) in zip(keys, fields, strict=True)
+    }
+
+
+@dataclass
+class LeakReport:
+    cached: int = 0
+    cached_counter: int = 0
+    leaked: dict[str, list[str]] = field(default_factory=dict)
+    """Pattern -> examples (key, and what it holds)."""
+    leaked_bytes: int = 0
+
+    @property
+    def count(self) -> int:
+        return sum(len(v) for v in self.leaked.values())
+
+
+def _id_pattern(ident: str, names: dict[str, str]) -> str:
+    if ident in names:
+        return f"<{names[ident]}>"
+    if len(ident) >= 32 and all(c in "0123456789abcdef" for c in ident.lower()):
+        return "<request key>"
+    return "<other>"
+
+
+def _describe_key(db: redis.Redis, key: str, kind: str) -> str:
+    if kind == "hash":
+        fields = {_decode(k): _decode(v)[:40] for k, v in db.hgetall(key).items() if k != b"pl"}
+        return f"{key} hash {fields}"
+    if kind == "list":
+        items = [_decode(v)[:20] for v in db.lrange(key, 0, 4)]
+        return f"{key} list len {db.llen(key)} {items}"
+    if kind == "set":
+        return f"{key} set {sorted(_decode(v)[:20] for v in db.smembers(key))[:5]}"
+    if kind == "zset":
+        return f"{key} zset {[(_decode(m), s) for m, s in db.zrange(key, 0, 4, withscores=True)]}"
+    return f"{key} {kind} {_decode(db.get(key))[:40] if kind == 'string' else ''}"
+
+
+def check_leaks(db: redis.Redis, names: dict[str, str]) -> LeakReport:
+    """What is left after every node stopped: cached results and the global counters only."""
+    report = LeakReport()
+    for key, kind in sorted(scan_grid(db).items()):
+        rest = key.removeprefix(PREFIX)
+        part, _, ident = rest.partition(":")
+        if part == "req" and _decode(db.hget(key, "s")) == "d":
+            report.cached += 1
+            continue
+        if rest == "cached":
+            report.cached_counter = int(db.get(key) or 0)
+            continue
+        if rest in ("pops", "leases"):  # global: fine as keys, but no entry should remain
+            pattern = f"{PREFIX}{rest}[<node>]"
+        elif part in RECORD_KINDS:
+            pattern = f"{PREFIX}{part}:{_id_pattern(ident, names)}"
+            if part == "req":
+                pattern += f" (status {_decode(db.hget(key, 's'))})"
+        else:
+            pattern = f"{PREFIX}{rest} (unknown)"
+        report.leaked.setdefault(pattern, []).append(_describe_key(db, key, kind))
+        report.leaked_bytes += int(db.memory_usage(key) or 0)
+    return report
+
+
+# -- the run ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class ClientSlot:
+    """One client of the load; a killed client is replaced by a new incarnation."""
+
+    slot: int
+    plan: Path
+    answers: Path
+    stop: Path
+    proc: subprocess.Popen[bytes] | None = None
+    incarnation: int = 0
+
+    def files(self) -> tuple[Path, Path, Path]:
+        """The client's arguments: plan, answers, stop file."""
+        return self.plan, self.answers, self.stop
+
+
+class ChaosRun:
+    """Runs the grid, the load and the faults; keeps what the checks need."""
+
+    def __init__(self, config: ChaosConfig, redis_server: RedisServer, tmp: Path) -> None:
+        self.config = config
+        self.redis = redis_server
+        self.tmp = tmp
+        self.logs = tmp / "logs"
+        self.run_logs = tmp / "runs"
+        self.client_dir = tmp / "clients"
+        for folder in (self.logs, self.run_logs, self.client_dir):
+            folder.mkdir(parents=True, exist_ok=True)
+        self.proxy: Any = None
+        if config.use_proxy:
+            self.proxy = FaultProxy("127.0.0.1", redis_server.port)
+            self.proxy.start()
+        self.node_url = self.proxy.url if self.proxy is not None else redis_server.url
+        self.timeline = Timeline()
+        self.procs = GridProcesses(self.node_url, self.logs, **self._env())
+        self.distributor: subprocess.Popen[bytes] | None = None
+        self.workers: dict[str, subprocess.Popen[bytes]] = {}
+        self.stopped: dict[int, float] = {}
+        self.worker_count = 0
+        count = 100 + int(config.seconds * 10)  # more than the clients get through
+        self.plans = {s: make_plan(config.seed, s, count) for s in range(config.clients)}
+        self.clients = {s: self._slot(s) for s in range(config.clients)}
+        self._client_logs: list[BinaryIO] = []
+        self._pending: list[asyncio.Task[None]] = []
+        self.names: dict[str, str] = {config.pool: "distributor"}
+        """Node id -> what it is, for the leak report."""
+
+    def _env(self) -> dict[str, str]:
+        return {
+            "GIRDER_SECRET": self.config.secret,
+            "GIRDER_BACKEND": self.node_url,
+            "GIRDER_POOL": self.config.pool,
+            "GIRDER_LOG_LEVEL": "INFO",
+            RUN_LOG_ENV: str(self.run_logs),
+        }
+
+    def _slot(self, slot: int) -> ClientSlot:
+        plan = self.client_dir / f"plan-{slot}.json"
+        jobs = [job.to_json() for job in self.plans[slot]]
+        plan.write_text(json.dumps({"concurrency": self.config.concurrency, "jobs": jobs}))
+        return ClientSlot(
+            slot, plan, self.client_dir / f"answers-{slot}.jsonl", self.client_dir / f"stop-{slot}"
+        )
+
+    # -- processes ---------------------------------------------------------------------------------
+
+    def start_distributor(self) -> None:
+        self.distributor = self.procs.distributor(self.config.pool)
+        self.timeline.add("start_distributor", self.config.pool, self.distributor.pid)
+
+    def start_worker(self) -> None:
+        self.worker_count += 1
+        name = f"w{self.worker_count}"
+        proc = self.procs.worker(name, self.config.pool)
+        self.workers[name] = proc
+        self.timeline.add("start_worker", name, proc.pid)
+
+    def start_client(self, slot: ClientSlot) -> None:
+        slot.incarnation += 1
+        log = (self.logs / f"client-{slot.slot}-{slot.incarnation}.log").open("ab")
+        self._client_logs.append(log)
+        slot.proc = subprocess.Popen(
+            [sys.executable, str(TESTS / "chaos_client.py"), *map(str, slot.files())],
+            env=self.procs.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        self.timeline.add("start_client", f"slot {slot.slot} #{slot.incarnation}", slot.proc.pid)
+
+    def live_workers(self) -> list[tuple[str, subprocess.Popen[bytes]]]:
+        """Running workers that are not stopped, by name."""
+        return [
+            (name, proc)
+            for name, proc in sorted(self.workers.items())
+            if proc.poll() is None and proc.pid not in self.stopped
+        ]
+
+    def live_clients(self) -> list[ClientSlot]:
+        return [s for s in self.clients.values() if s.proc is not None and s.proc.poll() is None]
+
+    def kill9(self, proc: subprocess.Popen[bytes], what: str) -> None:
+        self.procs.kill9(proc)
+        self.timeline.killed[proc.pid] = self.timeline.add("kill -9", what, proc.pid).t
+
+    def cont(self, proc: subprocess.Popen[bytes], what: str) -> None:
+        stopped_at = self.stopped.pop(proc.pid, None)
+        if stopped_at is None or proc.poll() is not None:
+            return
+        proc.send_signal(signal.SIGCONT)
+        now = self.timeline.add("SIGCONT", what, proc.pid).t
+        self.timeline.stops.append((proc.pid, stopped_at, now))
+
+    async def start(self) -> None:
+        """Distributor, workers, then the clients once the nodes are up."""
+        self.start_distributor()
+        for _ in range(self.config.workers):
+            self.start_worker()
+        await wait_for_nodes(self.redis.url, workers=self.config.workers)
+        for slot in self.clients.values():
+            self.start_client(slot)
+
+    # -- faults ------------------------------------------------------------------------------------
+
+    def later(self, delay: float, action: Callable[[], None]) -> None:
+        """Do `action` after `delay` seconds, while the schedule goes on."""
+
+        async def wait_then_act() -> None:
+            await asyncio.sleep(delay)
+            action()
+
+        self._pending.append(asyncio.create_task(wait_then_act()))
+
+    async def inject(self, schedule: list[Fault]) -> None:
+        """Apply the schedule in time; return when the chaos period is over."""
+        begin = self.timeline.start = time.monotonic()
+        self.timeline.add("chaos", f"{len(schedule)} faults over {self.config.seconds}s")
+        for fault in schedule:
+            await asyncio.sleep(max(0.0, begin + fault.at - time.monotonic()))
+            applied = await self.apply(fault)
+            (self.timeline.injected if applied else self.timeline.skipped)[fault.kind] += 1
+        await asyncio.sleep(max(0.0, begin + self.config.seconds - time.monotonic()))
+
+    async def apply(self, fault: Fault) -> bool:
+        """Inject one fault; False when it had no target."""
+        handler: dict[str, Callable[[Fault], Awaitable[bool]]] = {
+            "kill_worker": self._kill_worker,
+            "stop_worker": self._stop_worker,
+            "kill_client": self._kill_client,
+            "kill_distributor": self._kill_distributor,
+            "restart_redis": self._restart_redis,
+            "drop_reply": self._proxy_fault,
+            "cut_connection": self._proxy_fault,
+            "delay_replies": self._proxy_fault,
+            "proxy_chaos": self._proxy_fault,
+        }
+        return await handler[fault.kind](fault)
+
+    async def _kill_worker(self, fault: Fault) -> bool:
+        live = self.live_workers()
+        if not live:
+            return False
+        name, proc = live[fault.pick % len(live)]
+        self.kill9(proc, name)
+        self.start_worker()
+        return True
+
+    async def _stop_worker(self, fault: Fault) -> bool:
+        live = self.live_workers()
+        if not live:
+            return False
+        name, proc = live[fault.pick % len(live)]
+        proc.send_signal(signal.SIGSTOP)
+        self.stopped[proc.pid] = self.timeline.add("SIGSTOP", name, proc.pid).t
+        self.later(fault.length, lambda: self.cont(proc, name))
+        return True
+
+    async def _kill_client(self, fault: Fault) -> bool:
+        live = self.live_clients()
+        if not live:
+            return False
+        slot = live[fault.pick % len(live)]
+        assert slot.proc is not None
+        self.kill9(slot.proc, f"client slot {slot.slot}")
+        self.later(fault.length, lambda: self.start_client(slot))
+        return True
+
+    async def _kill_distributor(self, fault: Fault) -> bool:
+        if self.distributor is None or self.distributor.poll() is not None:
+            return False
+        self.kill9(self.distributor, self.config.pool)
+        self.later(fault.length, self.start_distributor)
+        return True
+
+    async def _restart_redis(self, fault: Fault) -> bool:
+        down = self.timeline.add("redis kill -9", f"down {fault.length:.2f}s", self.redis.pid).t
+        await asyncio.to_thread(self.redis.kill)
+        await asyncio.sleep(fault.length)
+        await asyncio.to_thread(self.redis.start)
+        up = self.timeline.add("redis up", "appendfsync " + self.config.appendfsync).t
+        self.timeline.redis_down.append((down, up))
+        return True
+
+    async def _proxy_fault(self, fault: Fault) -> bool:
+        proxy = self.proxy
+        if proxy is None:
+            return False
+        self.timeline.add("proxy", fault.describe().split(" ", 2)[-1])
+        if fault.kind == "drop_reply":
+            proxy.drop_next_reply(int(fault.length))
+        elif fault.kind == "cut_connection":
+            proxy.cut_before_next_command()
+        elif fault.kind == "delay_replies":
+            proxy.delay(fault.amount)
+            self.later(fault.length, lambda: proxy.delay(0))
+        else:
+            proxy.chaos(fault.pick, p_drop=0.01, p_cut=0.01, p_delay=0.1, max_delay=LEASE / 4)
+            self.later(fault.length, proxy.calm)
+        return True
+
+    # -- the end -----------------------------------------------------------------------------------
+
+    async def calm(self) -> None:
+        """End the faults: pending restarts and SIGCONTs happen, the grid is whole again."""
+        await asyncio.gather(*self._pending)
+        self._pending.clear()
+        if self.proxy is not None:
+            self.proxy.calm()
+        if not self.redis.running:
+            await asyncio.to_thread(self.redis.start)
+        for name, proc in self.workers.items():
+            self.cont(proc, name)
+        if self.distributor is None or self.distributor.poll() is not None:
+            self.start_distributor()
+        while len(self.live_workers()) < self.config.workers:
+            self.start_worker()
+        for slot in self.clients.values():
+            if slot.proc is None or slot.proc.poll() is not None:
+                self.start_client(slot)
+        self.timeline.add("quiet", "faults over; clients asked to finish")
+        for slot in self.clients.values():
+            slot.stop.touch()
+
+    async def finish(self) -> list[str]:
+        """Wait (within the quiet timeout) for the clients, then for all work; the hangs."""
+        deadline = time.monotonic() + self.config.quiet_timeout
+        hangs = []
+        try:
+            await wait_until(
+                self._clients_exited, timeout=self.config.quiet_timeout, what="clients to finish"
+            )
+        except TimeoutError:
+            hangs.append("clients still running after the quiet timeout: " + self._hung_clients())
+        for check, what in (
+            (self._all_done, "every request to finish (orphans of killed clients included)"),
+            (self._dead_reaped, "every dead node to be reaped"),
+        ):
+            try:
+                await wait_until(check, timeout=max(1.0, deadline - time.monotonic()), what=what)
+            except TimeoutError as exc:
+                hangs.append(f"{exc}\n{await self.snapshot()}")
+        self.timeline.add("idle", "hangs: " + str(len(hangs)))
+        return hangs
+
+    async def _clients_exited(self) -> bool:
+        return not self.live_clients()
+
+    async def _all_done(self) -> bool:
+        db = self.db()
+        try:
+            return all(s == "d" for s, _, _ in record_states(db).values())
+        finally:
+            db.close()
+
+    async def _dead_reaped(self) -> bool:
+        return all(n.alive for n in await nodes(self.redis.url))
+
+    def _hung_clients(self) -> str:
+        return ", ".join(f"slot {s.slot} pid {s.proc.pid}" for s in self.live_clients() if s.proc)
+
+    async def snapshot(self) -> str:
+        """The nodes and the unfinished requests, for a hang report."""
+        lines = ["nodes (node kind distributor alive work running):"]
+        lines += [
+            f"  {n.node} {n.kind.value} {n.distributor} {n.alive} {n.work} {n.running}"
+            for n in await nodes(self.redis.url)
+        ]
+        db = self.db()
+        try:
+            unfinished = {k: v for k, v in record_states(db).items() if v[0] != "d"}
+            lines.append(f"unfinished requests: {len(unfinished)} (key status owner crashes)")
+            for key, (status, owner, crashes) in sorted(unfinished.items())[:20]:
+                waiters = sorted(_decode(w) for w in db.smembers(f"{PREFIX}waiters:{key}"))
+                lines.append(f"  {key} {status} {owner or '-'} {crashes or 0} waiters {waiters}")
+        finally:
+            db.close()
+        return "\n".join(lines)
+
+    def stop(self) -> None:
+        """SIGTERM everything (clients first), SIGCONT what is stopped; close the logs."""
+        for name, proc in self.workers.items():
+            self.cont(proc, name)
+        for slot in self.clients.values():
+            if slot.proc is not None and slot.proc.poll() is None:
+                slot.proc.kill()
+            if slot.proc is not None:
+                slot.proc.wait()
+        self.procs.stop_all()
+        self.timeline.add("stopped", "every process ended")
+        for log in self._client_logs:
+            log.close()
+        if self.proxy is not None:
+            self.proxy.stop()
+
+    def db(self) -> redis.Redis:
+        """A redis-py client of the server itself (never through the proxy)."""
+        return redis.Redis(host="127.0.0.1", port=self.redis.port)
+
+    def node_names(self) -> dict[str, str]:
+        """Node ids of this run -> what they are (killed or not)."""
+        names = dict(self.names)
+        for name, proc in self.workers.items():
+            names[name] = "worker, killed" if proc.pid in self.timeline.killed else "worker"
+        for slot in self.clients.values():
+            for event in read_events(slot.answers):
+                if event["event"] == "hello":
+                    dead = event["pid"] in self.timeline.killed
+                    names[event["node"]] = "client, killed" if dead else "client"
+        return names
+
+    def log_tails(self, lines: int = 25) -> str:
+        parts = []
+        for path in sorted(self.logs.glob("*.log")):
+            tail = path.read_text(errors="replace").splitlines()[-lines:]
+            parts.append(f"--- {path.name}\n" + "\n".join(tail))
+        return "\n".join(parts)
+
+
+# -- one whole run ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Verdict:
+    """What a run found: the violations (empty: all invariants held) and the report."""
+
+    violations: list[str]
+    summary: str
+    details: str
+
+
+def header(config: ChaosConfig, schedule: list[Fault]) -> str:
+    proxy = "on" if config.use_proxy else "off (girder.testing.proxy missing or disabled)"
+    lines = [
+        f"chaos: seed {config.seed}, {config.seconds}s of faults, {config.workers} workers, "
+        f"{config.clients} clients x {config.concurrency} jobs, lease {LEASE}s, "
+        f"appendfsync {config.appendfsync}, fault proxy {proxy}",
+        f"replay: {SEED_ENV}={config.seed} {SECONDS_ENV}={config.seconds:g}",
+        "schedule:",
+    ]
+    lines += [f"  {fault.describe()}" for fault in schedule]
+    return "\n".join(lines)
+
+
+async def run_chaos(config: ChaosConfig, redis_server: RedisServer, tmp: Path) -> Verdict:
+    """Start the grid, run the load through the schedule, calm down, stop, check."""
+    schedule = make_schedule(config.seed, config.seconds, proxy=config.use_proxy)
+    print(header(config, schedule), flush=True)
+    memory_before = int(redis_server.info("memory")["used_memory"])
+    run = ChaosRun(config, redis_server, tmp)
+    try:
+        await run.start()
+        await run.inject(schedule)
+        await run.calm()
+        hangs = await run.finish()
+    finally:
+        run.stop()
+    return judge(run, schedule, hangs, memory_before)
+
+
+def _exits(run: ChaosRun) -> list[str]:
+    """Processes that ended on their own with an error (not killed by the harness)."""
+    found = []
+    for proc in run.procs.procs:
+        if proc.pid not in run.timeline.killed and proc.returncode not in (0, None):
+            found.append(f"node process pid {proc.pid} exited with {proc.returncode}")
+    return found
+
+
+def judge(run: ChaosRun, schedule: list[Fault], hangs: list[str], memory_before: int) -> Verdict:
+    """Check every invariant over the whole run."""
+    config, timeline = run.config, run.timeline
+    answers = check_answers(
+        {s.slot: s.answers for s in run.clients.values()}, run.plans, timeline.killed
+    )
+    runs = read_runs(run.run_logs, timeline.killed)
+    overlaps = find_overlaps(runs, timeline, config.appendfsync)
+    repeated = reruns(runs, timeline, config.appendfsync)
+    db = run.db()
+    try:
+        memory_after = int(db.info("memory")["used_memory"])
+        leaks = check_leaks(db, run.node_names())
+        memory_clean = drop_cache_and_measure(db)
+    finally:
+        db.close()
+    violations = list(hangs)
+    violations += [f"wrong answer: {w}" for w in answers.wrong]
+    violations += [f"job failed: {e}" for e in answers.errors]
+    violations += [f"job lost (submitted, never answered): {lost}" for lost in answers.lost]
+    violations += [_overlap_text(o, timeline) for o in overlaps if o.excuse is None]
+    violations += [
+        f"key {key} ran again: {reason}"
+        for key, reasons in repeated.items()
+        for reason in reasons
+        if reason.startswith("UNEXPLAINED")
+    ]
+    violations += [
+        f"leaked keys {pattern}: {len(examples)}, e.g. {examples[:3]}"
+        for pattern, examples in leaks.leaked.items()
+    ]
+    if leaks.cached != leaks.cached_counter:
+        violations.append(
+            f"the 'cached' counter says {leaks.cached_counter}, {leaks.cached} results are cached"
+        )
+    violations += _exits(run)
+    if answers.completed == 0:
+        violations.append("no job completed at all")
+    summary = _summary(
+        run, answers=answers, runs=runs, overlaps=overlaps, repeated=repeated, leaks=leaks
+    )
+    summary += (
+        f"\nRedis used_memory: before {memory_before}, after {memory_after} "
+        f"(with {leaks.cached} cached results, {leaks.count} leaked keys of "
+        f"{leaks.leaked_bytes} bytes), after dropping the cache {memory_clean}"
+    )
+    details = "\n".join(
+        [
+            header(config, schedule),
+            "timeline:",
+            timeline.format(),
+            f"logs: {run.logs} (process logs), {run.run_logs} (runs), {run.client_dir} (answers)",
+            run.log_tails(),
+        ]
+    )
+    return Verdict(violations, summary, details)
+
+
+def drop_cache_and_measure(db: redis.Redis) -> int:
+    """Delete the cached results and counters; used_memory after that."""
+    keys = list(scan_grid(db))
+    for start in range(0, len(keys), 1000):
+        db.unlink(*keys[start : start + 1000])
+    return int(db.info("memory")["used_memory"])
+
+
+def _overlap_text(overlap: Overlap, timeline: Timeline) -> str:
+    first, second = overlap.first, overlap.second
+    end = "never ended" if first.end is None else f"ended {timeline.rel(first.end)} {first.how}"
+    before = "; ".join(
+        f"{timeline.rel(e.t)} {e.kind} {e.detail}" for e in timeline.before(second.start)
+    )
+    return (
+        f"key {first.key} ran twice at once: on {first.node} (pid {first.pid}) from "
+        f"{timeline.rel(first.start)}, {end}; on {second.node} (pid {second.pid}) from "
+        f"{timeline.rel(second.start)}. Before that: {before}"
+    )
+
+
+def _summary(
+    run: ChaosRun,
+    *,
+    answers: AnswerReport,
+    runs: list[Run],
+    overlaps: list[Overlap],
+    repeated: dict[str, list[str]],
+    leaks: LeakReport,
+) -> str:
+    timeline = run.timeline
+    reasons = Counter(reason for found in repeated.values() for reason in found)
+    excused = sum(o.excuse is not None for o in overlaps)
+    clients = ", ".join(f"slot {s}: {len(p)}" for s, p in answers.incarnations.items())
+    return "\n".join(
+        [
+            f"chaos summary (seed {run.config.seed}):",
+            f"faults injected: {dict(timeline.injected)}; skipped (no target): "
+            f"{dict(timeline.skipped)}",
+            f"jobs completed: {answers.completed}; wrong {len(answers.wrong)}, failed "
+            f"{len(answers.errors)}, lost {len(answers.lost)}; client incarnations: {clients}",
+            f"runs: {len(runs)} of {len({r.key for r in runs})} keys; keys run more than once: "
+            f"{len(repeated)} {dict(reasons)}",
+            f"keys run twice at once: {len(overlaps)} ({excused} after a lease expiry, "
+            f"{len(overlaps) - excused} unexplained)",
+            f"left in Redis: {leaks.cached} cached results (counter {leaks.cached_counter}), "
+            f"leaked: { {p: len(e) for p, e in leaks.leaked.items()} }",
+        ]
+    )
