@@ -4,6 +4,8 @@
   it are skipped when no `redis-server` binary is on PATH. The system server is never touched.
 - `redis_url` (function): the URL of that server, flushed (and restarted if a test killed it)
   before each test.
+- `fault_proxy` (function): a `FaultProxy` in front of that server (flushed as for `redis_url`),
+  to lose replies, cut connections or slow the server down on command.
 - `persistent_redis` (function): a `RedisServer` of the test alone, with an append-only file, so
   that `restart()` keeps the data (for recovery and chaos tests).
 """
@@ -14,6 +16,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from girder.testing.proxy import FaultProxy
 from girder.testing.redis_server import RedisServer, find_redis_server
 
 
@@ -34,6 +37,13 @@ def redis_url(redis_server: RedisServer) -> str:
         redis_server.start()
     redis_server.command("FLUSHALL")
     return redis_server.url
+
+
+@pytest.fixture
+def fault_proxy(redis_url: str, redis_server: RedisServer) -> Iterator[FaultProxy]:
+    """A `FaultProxy` to the session's server, which has no data in it; `.url` is its URL."""
+    with FaultProxy("127.0.0.1", redis_server.port) as proxy:
+        yield proxy
 
 
 @pytest.fixture
