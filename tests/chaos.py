@@ -21,6 +21,7 @@ import itertools
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -104,7 +105,13 @@ PROCESS_FAULTS = {
     "kill_distributor": 1,
     "restart_redis": 1,
 }
-PROXY_FAULTS = {"drop_reply": 1, "cut_connection": 1, "delay_replies": 1, "proxy_chaos": 1}
+PROXY_FAULTS = {
+    "drop_reply": 1,
+    "cut_connection": 1,
+    "delay_replies": 1,
+    "proxy_chaos": 1,
+    "proxy_outage": 1,
+}
 
 
 @dataclass(frozen=True)
@@ -129,6 +136,7 @@ class Fault:
             "drop_reply": f" x{int(self.length)}",
             "delay_replies": f" by {self.amount:.2f}s for {self.length:.2f}s",
             "proxy_chaos": f" for {self.length:.2f}s",
+            "proxy_outage": f" for {self.length:.2f}s",
         }.get(self.kind, "")
         return f"t+{self.at:6.2f}s {self.kind} #{self.pick}{extra}"
 
@@ -148,6 +156,8 @@ def _fault_lengths(kind: str, rng: random.Random) -> tuple[float, float]:
         return rng.uniform(1.0, 3.0), rng.uniform(0.05, LEASE / 4)
     if kind == "proxy_chaos":
         return rng.uniform(1.0, 3.0), 0.0
+    if kind == "proxy_outage":
+        return rng.uniform(0.1, 0.5), 0.0
     return 0.0, 0.0
 
 
@@ -314,11 +324,20 @@ class Overlap:
 
 
 def _long_stop(timeline: Timeline, pid: int, since: float, until: float) -> str | None:
-    """A SIGSTOP of `pid` longer than the lease that began in [since, until]."""
+    """A SIGSTOP of `pid` longer than the lease, at some time in [since, until]."""
     for stopped, start, end in timeline.stops:
-        if stopped == pid and since <= start <= until and end - start > LEASE:
+        if stopped == pid and start <= until and end >= since and end - start > LEASE:
             return f"pid {pid} SIGSTOPped {end - start:.2f}s (> lease {LEASE}s) at {start:.3f}"
     return None
+
+
+def _lease_expired(timeline: Timeline, first: Run, second: Run) -> str | None:
+    """Either runner stopped past its lease between the first start and the second: its claim
+    lapsed while it slept (the first runner's run went on, or the second resumed a stale
+    claim)."""
+    return _long_stop(timeline, first.pid, first.start, second.start) or _long_stop(
+        timeline, second.pid, first.start, second.start
+    )
 
 
 def _lossy_restart(timeline: Timeline, since: float, until: float, fsync: str) -> str | None:
@@ -342,7 +361,7 @@ def find_overlaps(runs: list[Run], timeline: Timeline, fsync: str) -> list[Overl
             for second in key_runs[i + 1 :]:
                 if first.end is not None and second.start >= first.end:
                     continue
-                excuse = _long_stop(timeline, first.pid, first.start, second.start)
+                excuse = _lease_expired(timeline, first, second)
                 excuse = excuse or _lossy_restart(timeline, first.start, second.start, fsync)
                 found.append(Overlap(first, second, excuse))
     return found
@@ -357,8 +376,8 @@ def rerun_reason(first: Run, second: Run, timeline: Timeline, fsync: str) -> str
     killed_at = timeline.killed.get(first.pid)
     if killed_at is not None and first.end is not None and first.end <= killed_at <= second.start:
         return "its runner was killed before the completion was stored"
-    if _long_stop(timeline, first.pid, first.start, second.start):
-        return "its runner was SIGSTOPped past its lease"
+    if _lease_expired(timeline, first, second):
+        return "a runner was SIGSTOPped past its lease"
     if _lossy_restart(timeline, first.start, second.start, fsync):
         return "a Redis restart lost the result"
     return "UNEXPLAINED (a finished, cached key ran again)"
@@ -585,6 +604,7 @@ class ChaosRun:
         self.clients = {s: self._slot(s) for s in range(config.clients)}
         self._client_logs: list[BinaryIO] = []
         self._pending: list[asyncio.Task[None]] = []
+        self.proxy_counts: dict[str, int] = {}
         self.names: dict[str, str] = {config.pool: "distributor"}
         """Node id -> what it is, for the leak report."""
 
@@ -695,6 +715,7 @@ class ChaosRun:
             "cut_connection": self._proxy_fault,
             "delay_replies": self._proxy_fault,
             "proxy_chaos": self._proxy_fault,
+            "proxy_outage": self._proxy_fault,
         }
         return await handler[fault.kind](fault)
 
@@ -755,6 +776,9 @@ class ChaosRun:
         elif fault.kind == "delay_replies":
             proxy.delay(fault.amount)
             self.later(fault.length, lambda: proxy.delay(0))
+        elif fault.kind == "proxy_outage":
+            proxy.refuse(True)
+            self.later(fault.length, lambda: proxy.refuse(False))
         else:
             proxy.chaos(fault.pick, p_drop=0.01, p_cut=0.01, p_delay=0.1, max_delay=LEASE / 4)
             self.later(fault.length, proxy.calm)
@@ -768,6 +792,8 @@ class ChaosRun:
         self._pending.clear()
         if self.proxy is not None:
             self.proxy.calm()
+            self.proxy.delay(0)
+            self.proxy.refuse(False)
         if not self.redis.running:
             await asyncio.to_thread(self.redis.start)
         for name, proc in self.workers.items():
@@ -852,6 +878,11 @@ class ChaosRun:
         for log in self._client_logs:
             log.close()
         if self.proxy is not None:
+            self.proxy_counts = {
+                "commands": self.proxy.commands,
+                "replies_dropped": self.proxy.replies_dropped,
+                "connections_cut": self.proxy.connections_cut,
+            }
             self.proxy.stop()
 
     def db(self) -> redis.Redis:
@@ -986,6 +1017,20 @@ def judge(run: ChaosRun, schedule: list[Fault], hangs: list[str], memory_before:
     return Verdict(violations, summary, details)
 
 
+_FAILED = re.compile(r"event='request failed'.*? error=(['\"])(.*?)\1")
+
+
+def grid_failures(logs: Path) -> Counter[str]:
+    """Why requests failed, from the nodes' `request failed` lines (no chaos function fails by
+    itself: each one is the grid's doing). The root cause, without the request that raised it."""
+    causes: Counter[str] = Counter()
+    for path in logs.glob("*.log"):
+        for match in _FAILED.finditer(path.read_text(errors="replace")):
+            cause = match.group(2).rpartition("at the bottom: ")[2]
+            causes[cause.partition("): ")[2] or cause] += 1
+    return causes
+
+
 def drop_cache_and_measure(db: redis.Redis) -> int:
     """Delete the cached results and counters; used_memory after that."""
     keys = list(scan_grid(db))
@@ -1024,13 +1069,15 @@ def _summary(
         [
             f"chaos summary (seed {run.config.seed}):",
             f"faults injected: {dict(timeline.injected)}; skipped (no target): "
-            f"{dict(timeline.skipped)}",
+            f"{dict(timeline.skipped)}; proxy: {run.proxy_counts or 'none'}",
             f"jobs completed: {answers.completed}; wrong {len(answers.wrong)}, failed "
             f"{len(answers.errors)}, lost {len(answers.lost)}; client incarnations: {clients}",
             f"runs: {len(runs)} of {len({r.key for r in runs})} keys; keys run more than once: "
             f"{len(repeated)} {dict(reasons)}",
             f"keys run twice at once: {len(overlaps)} ({excused} after a lease expiry, "
             f"{len(overlaps) - excused} unexplained)",
+            f"runs that ended in an error: {sum(r.how == 'error' for r in runs)}; requests the "
+            f"grid failed, by root cause: {dict(grid_failures(run.logs).most_common(5))}",
             f"left in Redis: {leaks.cached} cached results (counter {leaks.cached_counter}), "
             f"leaked: { {p: len(e) for p, e in leaks.leaked.items()} }",
         ]

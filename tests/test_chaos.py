@@ -113,3 +113,10 @@ def test_runs_one_after_the_other_are_no_overlap_but_a_rerun() -> None:
     timeline.killed[1] = 2.5
     assert "killed" in rerun_reason(first, second, timeline, "always")
     assert Fault(1.0, "kill_worker", 3).describe().endswith("kill_worker #3")
+
+
+def test_a_stale_claim_resumed_after_a_stop_is_excused() -> None:
+    """The second runner claimed the key, slept past its lease, and ran it on waking."""
+    timeline = Timeline(start=0.0, stops=[(2, 0.5, 0.5 + 2 * LEASE)])
+    first, second = Run("k", 1, "w1", 1.0, 2.0, "ok"), Run("k", 2, "w2", 0.5 + 2 * LEASE, 9, "ok")
+    assert "SIGSTOP" in rerun_reason(first, second, timeline, "always")
