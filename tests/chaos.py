@@ -986,10 +986,12 @@ def judge(run: ChaosRun, schedule: list[Fault], hangs: list[str], memory_before:
         for reason in reasons
         if reason.startswith("UNEXPLAINED")
     ]
+    after_hang = "(after a hang, may be its consequence) " if hangs else ""
     violations += [
-        f"leaked keys {pattern}: {len(examples)}, e.g. {examples[:3]}"
+        f"{after_hang}leaked keys {pattern}: {len(examples)}, e.g. {examples[:3]}"
         for pattern, examples in leaks.leaked.items()
     ]
+    violations += [f"unhandled exception: {e}" for e in unhandled_exceptions(run.logs)]
     if leaks.cached != leaks.cached_counter:
         violations.append(
             f"the 'cached' counter says {leaks.cached_counter}, {leaks.cached} results are cached"
@@ -1029,6 +1031,30 @@ def grid_failures(logs: Path) -> Counter[str]:
             cause = match.group(2).rpartition("at the bottom: ")[2]
             causes[cause.partition("): ")[2] or cause] += 1
     return causes
+
+
+def unhandled_exceptions(logs: Path) -> list[str]:
+    """Exceptions that escaped a task or a process (asyncio's "never retrieved" reports and
+    bare tracebacks), per log: the grid should handle or log everything itself."""
+    found = []
+    for path in sorted(logs.glob("*.log")):
+        lines = path.read_text(errors="replace").splitlines()
+        for index, line in enumerate(lines):
+            if line.startswith("Task exception was never retrieved"):
+                what = lines[index + 1] if index + 1 < len(lines) else ""
+                found.append(f"{path.name}: {line}: {what[:300]}")
+            elif line.startswith("Traceback") and (index == 0 or "Task" not in lines[index - 2]):
+                last = next((x for x in lines[index + 1 :] if not x.startswith(" ")), "")
+                if not _chained(lines, index):
+                    found.append(f"{path.name}: {line} ... {last[:300]}")
+    return found
+
+
+def _chained(lines: list[str], index: int) -> bool:
+    """Whether the traceback at `index` continues an exception already reported above."""
+    return index >= 2 and (
+        "direct cause" in lines[index - 2] or "during handling" in lines[index - 2]
+    )
 
 
 def drop_cache_and_measure(db: redis.Redis) -> int:

@@ -39,14 +39,12 @@ async def _chaos(
     monkeypatch.setenv("GIRDER_SECRET", config.secret)
     verdict = await run_chaos(config, server, tmp_path)
     print(verdict.summary)
-    (tmp_path / "report.txt").write_text(verdict.summary + "\n\n" + verdict.details)
+    problems = "\n".join(f"- {v}" for v in verdict.violations) or "none"
+    report = f"violations:\n{problems}\n\n{verdict.summary}\n\n{verdict.details}"
+    (tmp_path / "report.txt").write_text(report)
     if verdict.violations:
-        problems = "\n".join(f"- {v}" for v in verdict.violations)
-        pytest.fail(
-            f"{len(verdict.violations)} invariant violations (seed {config.seed}):\n{problems}\n\n"
-            f"{verdict.summary}\n\n{verdict.details}",
-            pytrace=False,
-        )
+        count = len(verdict.violations)
+        pytest.fail(f"{count} invariant violations (seed {config.seed}):\n{report}", pytrace=False)
 
 
 @pytest.mark.slow
