@@ -991,7 +991,10 @@ def judge(run: ChaosRun, schedule: list[Fault], hangs: list[str], memory_before:
         f"{after_hang}leaked keys {pattern}: {len(examples)}, e.g. {examples[:3]}"
         for pattern, examples in leaks.leaked.items()
     ]
-    violations += [f"unhandled exception: {e}" for e in unhandled_exceptions(run.logs)]
+    violations += [
+        f"unhandled exception ({count}x): {what}"
+        for what, count in unhandled_exceptions(run.logs).items()
+    ]
     if leaks.cached != leaks.cached_counter:
         violations.append(
             f"the 'cached' counter says {leaks.cached_counter}, {leaks.cached} results are cached"
@@ -1033,27 +1036,31 @@ def grid_failures(logs: Path) -> Counter[str]:
     return causes
 
 
-def unhandled_exceptions(logs: Path) -> list[str]:
+def unhandled_exceptions(logs: Path) -> Counter[str]:
     """Exceptions that escaped a task or a process (asyncio's "never retrieved" reports and
-    bare tracebacks), per log: the grid should handle or log everything itself."""
-    found = []
+    bare tracebacks), by what they say and where: the grid should handle or log them itself."""
+    found: Counter[str] = Counter()
     for path in sorted(logs.glob("*.log")):
         lines = path.read_text(errors="replace").splitlines()
         for index, line in enumerate(lines):
             if line.startswith("Task exception was never retrieved"):
                 what = lines[index + 1] if index + 1 < len(lines) else ""
-                found.append(f"{path.name}: {line}: {what[:300]}")
-            elif line.startswith("Traceback") and (index == 0 or "Task" not in lines[index - 2]):
+                found[_TASK_NAME.sub("Task", what)[:300]] += 1
+            elif line.startswith("Traceback") and not _reported(lines, index):
                 last = next((x for x in lines[index + 1 :] if not x.startswith(" ")), "")
-                if not _chained(lines, index):
-                    found.append(f"{path.name}: {line} ... {last[:300]}")
+                found[f"{path.stem.rstrip('0123456789')}: {last[:300]}"] += 1
     return found
 
 
-def _chained(lines: list[str], index: int) -> bool:
-    """Whether the traceback at `index` continues an exception already reported above."""
+_TASK_NAME = re.compile(r"Task finished name='Task-\d+'")
+
+
+def _reported(lines: list[str], index: int) -> bool:
+    """Whether the traceback at `index` belongs to an exception already counted above."""
     return index >= 2 and (
-        "direct cause" in lines[index - 2] or "during handling" in lines[index - 2]
+        "direct cause" in lines[index - 2]
+        or "during handling" in lines[index - 2]
+        or "Task exception" in lines[index - 2]
     )
 
 
