@@ -331,12 +331,23 @@ def _long_stop(timeline: Timeline, pid: int, since: float, until: float) -> str 
     return None
 
 
+def _stale_claim(timeline: Timeline, run: Run) -> str | None:
+    """`run` started within a lease of its process waking from a stop past the lease: it may
+    run a claim made before the stop, which lapsed while the process slept."""
+    for stopped, start, end in timeline.stops:
+        if stopped == run.pid and end - start > LEASE and end <= run.start <= end + LEASE:
+            return f"pid {run.pid} ran a claim it may have made before a {end - start:.2f}s stop"
+    return None
+
+
 def _lease_expired(timeline: Timeline, first: Run, second: Run) -> str | None:
-    """Either runner stopped past its lease between the first start and the second: its claim
-    lapsed while it slept (the first runner's run went on, or the second resumed a stale
-    claim)."""
-    return _long_stop(timeline, first.pid, first.start, second.start) or _long_stop(
-        timeline, second.pid, first.start, second.start
+    """A runner's claim lapsed while its process was stopped past the lease: the first run
+    went on through the stop, or either run is a stale claim run on waking."""
+    return (
+        _long_stop(timeline, first.pid, first.start, second.start)
+        or _long_stop(timeline, second.pid, first.start, second.start)
+        or _stale_claim(timeline, first)
+        or _stale_claim(timeline, second)
     )
 
 
@@ -1097,6 +1108,7 @@ def _summary(
     timeline = run.timeline
     reasons = Counter(reason for found in repeated.values() for reason in found)
     excused = sum(o.excuse is not None for o in overlaps)
+    same_process = sum(o.first.pid == o.second.pid for o in overlaps)
     clients = ", ".join(f"slot {s}: {len(p)}" for s, p in answers.incarnations.items())
     return "\n".join(
         [
@@ -1108,7 +1120,7 @@ def _summary(
             f"runs: {len(runs)} of {len({r.key for r in runs})} keys; keys run more than once: "
             f"{len(repeated)} {dict(reasons)}",
             f"keys run twice at once: {len(overlaps)} ({excused} after a lease expiry, "
-            f"{len(overlaps) - excused} unexplained)",
+            f"{len(overlaps) - excused} unexplained; in one process: {same_process})",
             f"runs that ended in an error: {sum(r.how == 'error' for r in runs)}; requests the "
             f"grid failed, by root cause: {dict(grid_failures(run.logs).most_common(5))}",
             f"left in Redis: {leaks.cached} cached results (counter {leaks.cached_counter}), "

@@ -118,3 +118,12 @@ def test_a_stale_claim_resumed_after_a_stop_is_excused() -> None:
     timeline = Timeline(start=0.0, stops=[(2, 0.5, 0.5 + 2 * LEASE)])
     first, second = Run("k", 1, "w1", 1.0, 2.0, "ok"), Run("k", 2, "w2", 0.5 + 2 * LEASE, 9, "ok")
     assert "SIGSTOP" in rerun_reason(first, second, timeline, "always")
+
+
+def test_one_process_running_a_stale_claim_and_a_new_one_is_excused() -> None:
+    """Woken from a stop past its lease, a worker runs a claim it made before the stop."""
+    timeline = Timeline(start=0.0, stops=[(1, 1.0, 1.0 + 2 * LEASE)])
+    woke = 1.0 + 2 * LEASE
+    runs = [Run("k", 1, "w1", woke + 0.01, woke + 1, "ok"), Run("k", 1, "w1", woke + 0.02)]
+    (overlap,) = find_overlaps(runs, timeline, "always")
+    assert overlap.excuse is not None
