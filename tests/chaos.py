@@ -50,6 +50,8 @@ SECONDS_ENV = "GIRDER_CHAOS_SECONDS"
 LONG_ENV = "GIRDER_CHAOS_LONG"
 PROXY_ENV = "GIRDER_CHAOS_PROXY"
 """Set to 0 to run without the fault proxy even where it exists."""
+FAULTS_ENV = "GIRDER_CHAOS_FAULTS"
+"""Comma-separated fault kinds to draw from (default: all), to corner one kind of defect."""
 
 DEFAULT_SEED = 20240611
 LEASE = float(FAST_RECOVERY["GIRDER_HEARTBEAT_TTL"])
@@ -79,6 +81,8 @@ class ChaosConfig:
     proxy: bool = True
     """Put the fault proxy between the nodes and Redis (when `girder.testing.proxy` exists)."""
     appendfsync: str = "always"
+    faults: tuple[str, ...] = ()
+    """Fault kinds to draw from; empty: every kind available."""
     pool: str = "pool"
     secret: str = "chaos-test-secret"
 
@@ -89,6 +93,7 @@ class ChaosConfig:
             seed=int(os.environ.get(SEED_ENV, DEFAULT_SEED)),
             seconds=float(os.environ.get(SECONDS_ENV, default_seconds)),
             proxy=os.environ.get(PROXY_ENV, "1") != "0",
+            faults=tuple(k for k in os.environ.get(FAULTS_ENV, "").split(",") if k),
         )
 
     @property
@@ -161,10 +166,20 @@ def _fault_lengths(kind: str, rng: random.Random) -> tuple[float, float]:
     return 0.0, 0.0
 
 
-def make_schedule(seed: int, seconds: float, *, proxy: bool) -> list[Fault]:
-    """The faults of a run: one every 1 to 3 seconds after the warm-up, drawn from `seed`."""
+def make_schedule(
+    seed: int, seconds: float, *, proxy: bool, only: tuple[str, ...] = ()
+) -> list[Fault]:
+    """The faults of a run: one every 1 to 3 seconds after the warm-up, drawn from `seed`
+    (among the kinds `only`, when given)."""
     rng = random.Random(seed)
     weights = {**PROCESS_FAULTS, **(PROXY_FAULTS if proxy else {})}
+    if only:
+        unknown = set(only) - set(PROCESS_FAULTS) - set(PROXY_FAULTS)
+        if unknown:
+            raise ValueError(f"unknown fault kinds {sorted(unknown)}")
+        weights = {kind: weight for kind, weight in weights.items() if kind in only}
+    if not weights:
+        return []
     kinds, chances = list(weights), list(weights.values())
     faults = []
     at = WARM_UP
@@ -938,7 +953,9 @@ def header(config: ChaosConfig, schedule: list[Fault]) -> str:
         f"chaos: seed {config.seed}, {config.seconds}s of faults, {config.workers} workers, "
         f"{config.clients} clients x {config.concurrency} jobs, lease {LEASE}s, "
         f"appendfsync {config.appendfsync}, fault proxy {proxy}",
-        f"replay: {SEED_ENV}={config.seed} {SECONDS_ENV}={config.seconds:g}",
+        f"replay: {SEED_ENV}={config.seed} {SECONDS_ENV}={config.seconds:g}"
+        + ("" if config.use_proxy else f" {PROXY_ENV}=0")
+        + (f" {FAULTS_ENV}={','.join(config.faults)}" if config.faults else ""),
         "schedule:",
     ]
     lines += [f"  {fault.describe()}" for fault in schedule]
@@ -947,7 +964,9 @@ def header(config: ChaosConfig, schedule: list[Fault]) -> str:
 
 async def run_chaos(config: ChaosConfig, redis_server: RedisServer, tmp: Path) -> Verdict:
     """Start the grid, run the load through the schedule, calm down, stop, check."""
-    schedule = make_schedule(config.seed, config.seconds, proxy=config.use_proxy)
+    schedule = make_schedule(
+        config.seed, config.seconds, proxy=config.use_proxy, only=config.faults
+    )
     print(header(config, schedule), flush=True)
     memory_before = int(redis_server.info("memory")["used_memory"])
     run = ChaosRun(config, redis_server, tmp)
