@@ -873,19 +873,26 @@ class ChaosRun:
         return ", ".join(f"slot {s.slot} pid {s.proc.pid}" for s in self.live_clients() if s.proc)
 
     async def snapshot(self) -> str:
-        """The nodes and the unfinished requests, for a hang report."""
+        """The nodes and the unfinished requests, for a hang report. A request claimed by a
+        live node that no process is running is marked STRANDED."""
+        alive = {n.node for n in await nodes(self.redis.url) if n.alive}
         lines = ["nodes (node kind distributor alive work running):"]
         lines += [
             f"  {n.node} {n.kind.value} {n.distributor} {n.alive} {n.work} {n.running}"
             for n in await nodes(self.redis.url)
         ]
+        running = {r.key for r in read_runs(self.run_logs, self.timeline.killed) if r.end is None}
         db = self.db()
         try:
             unfinished = {k: v for k, v in record_states(db).items() if v[0] != "d"}
             lines.append(f"unfinished requests: {len(unfinished)} (key status owner crashes)")
-            for key, (status, owner, crashes) in sorted(unfinished.items())[:20]:
+            for key, (status, owner, crashes) in sorted(unfinished.items())[:30]:
                 waiters = sorted(_decode(w) for w in db.smembers(f"{PREFIX}waiters:{key}"))
-                lines.append(f"  {key} {status} {owner or '-'} {crashes or 0} waiters {waiters}")
+                stranded = status == "r" and owner in alive and key not in running
+                note = " STRANDED: claimed by a live node, run by nobody" if stranded else ""
+                lines.append(
+                    f"  {key} {status} {owner or '-'} {crashes or 0} waiters {waiters}{note}"
+                )
         finally:
             db.close()
         return "\n".join(lines)
