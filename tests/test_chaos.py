@@ -12,19 +12,15 @@ from pathlib import Path
 
 import pytest
 from chaos import (
-    LEASE,
     LONG_ENV,
     SECONDS_ENV,
     ChaosConfig,
     Fault,
-    Run,
-    Timeline,
-    find_overlaps,
     make_plan,
     make_schedule,
-    rerun_reason,
     run_chaos,
 )
+from chaos_checks import LEASE, Run, Timeline, find_overlaps, rerun_reason
 
 from girder.testing.redis_server import RedisServer
 
