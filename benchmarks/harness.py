@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -36,12 +37,19 @@ def fresh_tag(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:12]}"
 
 
+def grid_secret() -> str:
+    """The secret every grid of this run signs with (Redis grids refuse to run without one):
+    GIRDER_SECRET, set for this process, and so for its in-process clients, on first use when the
+    caller has not set it."""
+    return os.environ.setdefault("GIRDER_SECRET", secrets.token_urlsafe(32))
+
+
 def repo_env(**extra: str) -> dict[str, str]:
-    """This environment with the repository importable (and `extra` variables)."""
+    """This environment with the repository importable, the run's grid secret, and `extra`."""
     python_path = os.pathsep.join(
         part for part in (str(REPO), os.environ.get("PYTHONPATH", "")) if part
     )
-    return {**os.environ, "PYTHONPATH": python_path, **extra}
+    return {**os.environ, "PYTHONPATH": python_path, "GIRDER_SECRET": grid_secret(), **extra}
 
 
 class Children:

@@ -14,7 +14,9 @@ from collections.abc import Sequence
 
 from girder.config import Settings, load_settings
 from girder.demo import format_report, run_demo
-from girder.runner import format_status, grid_status, run_distributor, run_up, run_worker
+from girder.errors import ConfigurationError
+from girder.runner import format_status, grid_status, run_distributor, run_worker
+from girder.supervisor import run_up
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -124,7 +126,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `girder` console script."""
     args = build_parser().parse_args(argv)
-    code: int = args.run(args)
+    try:
+        code: int = args.run(args)
+    except ConfigurationError as exc:
+        print(f"girder {args.command}: {exc}", file=sys.stderr)
+        return 2
     return code
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import Field, SecretStr, ValidationError
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from girder.errors import ConfigurationError
@@ -32,10 +32,30 @@ class Settings(BaseSettings):
     max_crashes: int = Field(3, ge=1, description="Worker deaths before a request is failed.")
     idle_poll: float = Field(1.0, gt=0, description="Longest sleep of an idle loop, seconds.")
     secret: SecretStr | None = Field(None, description="HMAC key; when set, payloads are signed.")
+    insecure: bool = Field(False, description="Run on a shared backend without a secret.")
     max_payload_bytes: int = Field(64 * 1024 * 1024, gt=0, description="Largest payload.")
     key_prefix: str = Field("girder", description="Prefix of every key a shared backend writes.")
     log_level: str = Field("WARNING", description="structlog level: DEBUG, INFO, WARNING...")
     imports: list[str] = Field(default_factory=list, description="Modules a worker imports.")
+    outage_timeout: float | None = Field(
+        None,
+        gt=0,
+        description="Seconds an operation waits for an unreachable backend before it fails "
+        "(unset: until the backend is back).",
+    )
+    allowed_modules: list[str] = Field(
+        default_factory=list, description="More modules a worker may run functions from by name."
+    )
+    restart_limit: int = Field(5, ge=1, description="Deaths of a `girder up` child in the window.")
+    restart_window: float = Field(60.0, gt=0, description="Seconds `restart_limit` counts in.")
+
+    @field_validator("secret")
+    @classmethod
+    def _secret_not_empty(cls, secret: SecretStr | None) -> SecretStr | None:
+        """An empty secret is a mistake (say, `$(cat missing-file)`), never a key."""
+        if secret is not None and not secret.get_secret_value():
+            raise ValueError("the secret is empty (GIRDER_SECRET is set to nothing)")
+        return secret
 
     def with_overrides(self, **overrides: Any) -> Settings:
         """A copy with the non-None `overrides` applied (validated)."""

@@ -4,6 +4,7 @@
 GirderError
 ├── ConfigurationError     bad settings, unknown backend scheme, missing optional dependency
 ├── BackendError           the state backend failed or could not be reached
+│   └── BackendFull        the backend refuses writes: it is out of memory
 ├── SerializationError     a value cannot be encoded, or a payload is malformed, tampered or too big
 └── RequestError           a request failed; the one error a caller of the grid sees
 ```
@@ -12,7 +13,8 @@ A `RequestError` carries the readable request, a message, the traceback lines an
 sub-request, the `RequestError` that caused it, so the chain leads down to the original exception.
 `kind` says what happened at the bottom of the chain: "error" (a function raised), "cycle" (a
 request needs itself), "crashed" (a request killed its worker too often), "invalid" (bad input:
-unserializable, unknown function, tampered or oversized payload). A request that failed because a
+unserializable, unknown function, tampered or oversized payload), "backend" (the backend refused
+the writes the request needs: it is out of memory). A request that failed because a
 sub-request failed has the kind of its first root cause, and its message names that root cause.
 """
 
@@ -32,6 +34,10 @@ class ConfigurationError(GirderError):
 
 class BackendError(GirderError):
     """The state backend failed or could not be reached."""
+
+
+class BackendFull(BackendError):
+    """The backend refuses writes because it is out of memory (Redis `maxmemory`)."""
 
 
 class SerializationError(GirderError):
@@ -123,6 +129,7 @@ def _rebuild_request_error(data: dict[str, Any]) -> RequestError:
 
 __all__ = [
     "BackendError",
+    "BackendFull",
     "ConfigurationError",
     "GirderError",
     "RequestError",

@@ -244,7 +244,7 @@ def resolve_function(ref: FunctionRef) -> GridFunction[..., Any]:
     module_name, qualname = ref
     try:
         return _import_ref(module_name, qualname)
-    except (ImportError, AttributeError) as exc:
+    except (ImportError, AttributeError, TypeError) as exc:  # TypeError: not a function
         raise LookupError(
             f"function {module_name}.{qualname} cannot be imported here: "
             f"{type(exc).__name__}: {exc}"

@@ -1,4 +1,5 @@
-"""Running grid nodes as processes: what `girder worker`, `distributor`, `up` and `status` do.
+"""Running grid nodes as processes: what `girder worker`, `distributor` and `status` do
+(`girder up` is `girder.supervisor`).
 
 `serve` starts nodes on this event loop and keeps them running until SIGTERM or SIGINT; then it
 stops them gracefully: a worker stops taking work, cancels what it was running and hands its
@@ -11,13 +12,13 @@ import asyncio
 import importlib
 import os
 import signal
-import subprocess
 import sys
 from collections.abc import Sequence
 
 from girder.backends import open_backend
 from girder.backends.base import NodeInfo
 from girder.config import Settings
+from girder.errors import ConfigurationError
 from girder.log import configure, node_logger
 from girder.scheduler import Distributor, Node, Worker
 
@@ -27,7 +28,12 @@ def import_modules(modules: Sequence[str]) -> None:
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
     for module in modules:
-        importlib.import_module(module)
+        try:
+            importlib.import_module(module)
+        except ImportError as exc:
+            raise ConfigurationError(
+                f"cannot import module {module!r} (--import, GIRDER_IMPORTS): {exc}"
+            ) from exc
 
 
 async def serve(settings: Settings, nodes: Sequence[Node]) -> None:
@@ -66,46 +72,6 @@ def run_distributor(settings: Settings) -> None:
         backend, settings, node_id=settings.name or settings.pool, parent=settings.parent
     )
     asyncio.run(serve(settings, [distributor]))
-
-
-def _node_command(settings: Settings, role: str) -> list[str]:
-    command = [sys.executable, "-m", "girder", role, "--backend", settings.backend]
-    if role == "worker":
-        command += ["--pool", settings.pool, "--concurrency", str(settings.concurrency)]
-        for module in settings.imports:
-            command += ["--import", module]
-    else:
-        command += ["--name", settings.pool]
-    return command
-
-
-def run_up(settings: Settings) -> int:
-    """`girder up`: a distributor and `settings.workers` worker processes, stopped together."""
-    children = [subprocess.Popen(_node_command(settings, "distributor"))]
-    children += [
-        subprocess.Popen(_node_command(settings, "worker")) for _ in range(settings.workers)
-    ]
-    stopping = False
-
-    def stop_all(signum: int, frame: object) -> None:
-        nonlocal stopping
-        stopping = True
-        for child in children:
-            if child.poll() is None:
-                child.send_signal(signal.SIGTERM)
-
-    signal.signal(signal.SIGTERM, stop_all)
-    signal.signal(signal.SIGINT, stop_all)
-    codes = []
-    for child in children:
-        try:
-            codes.append(child.wait())
-        except KeyboardInterrupt:
-            stop_all(signal.SIGINT, None)
-            codes.append(child.wait())
-    if not stopping:
-        return max(codes, default=0)
-    return 0
 
 
 async def grid_status(settings: Settings) -> dict[str, object]:

@@ -276,7 +276,13 @@ RECORD_KINDS = (
     "wake",
     "node",
     "members",
+    "journal",
+    "orphans",
 )
+GLOBAL_KEEP = ("cached", "clock", "departed")
+"""Global bookkeeping that may stay when the grid is idle (counters; the recently departed)."""
+GLOBAL_EMPTY = ("pops", "leases")
+"""Global hashes and sets of nodes: no entry should stay once every node is gone."""
 
 
 def decode(value: bytes | None) -> str:
@@ -353,8 +359,9 @@ def check_leaks(db: redis.Redis, names: dict[str, str]) -> LeakReport:
             continue
         if rest == "cached":
             report.cached_counter = int(db.get(key) or 0)
+        if rest in GLOBAL_KEEP:
             continue
-        if rest in ("pops", "leases"):  # global: fine as keys, but no entry should remain
+        if rest in GLOBAL_EMPTY:
             pattern = f"{PREFIX}{rest}[<node>]"
         elif part in RECORD_KINDS:
             pattern = f"{PREFIX}{part}:{_id_pattern(ident, names)}"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import threading
 import time
 from collections import Counter
@@ -197,6 +198,20 @@ async def then_nap(a: int, b: int, ms: int) -> int:
     (total,) = await girder.call_reentrant([(add, a, b)])
     await asyncio.sleep(ms / 1000)
     return int(total)
+
+
+@girder.function
+def touch(path: str) -> str:
+    """Create the file `path`: a side effect that proves the request ran."""
+    with open(path, "a"):
+        pass
+    return path
+
+
+@girder.function
+def die(tag: str) -> None:
+    """A poison request: kills the worker process that runs it (never call it in process)."""
+    os.kill(os.getpid(), signal.SIGKILL)
 
 
 # -- runs logged for the chaos test ---------------------------------------------------------------

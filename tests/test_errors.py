@@ -120,7 +120,8 @@ def _orphan(x: int) -> int:
 async def test_unknown_function_on_the_worker_fails_its_request() -> None:
     _orphan.__module__ = "girder_no_such_module"
     orphan = girder.function(_orphan)
-    async with girder.Grid.local(workers=1) as grid:
+    # Allowed (so the worker tries the import), but nowhere to be found.
+    async with girder.Grid.local(workers=1, allowed_modules=["girder_no_such_module"]) as grid:
         with pytest.raises(girder.RequestError) as caught:
             await grid.call(orphan, 1)
         assert caught.value.kind == "invalid"

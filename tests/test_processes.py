@@ -167,6 +167,7 @@ async def test_unknown_function_fails_only_its_request(
     )
     monkeypatch.syspath_prepend(str(tmp_path))
     client_only = importlib.import_module("client_only_tasks")
+    grid_processes.env["GIRDER_ALLOWED_MODULES"] = '["client_only_tasks"]'  # so it tries
     grid_processes.distributor()
     grid_processes.worker("w1")
     await wait_for_nodes(redis_url, workers=1)

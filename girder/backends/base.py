@@ -20,6 +20,18 @@ The state, per backend:
 - **membership**: each node's kind, its distributor, and a heartbeat lease.
 
 A node id names one worker, distributor or client, unique across the grid.
+
+Who may complete a key (the one rule about late completions, enforced by every backend): its
+owner while it runs, and anyone while nobody runs it (pending, or no record). A request's value
+depends only on its key, so the outcome of a run that was given up on (its node was reaped while
+stalled) is as good as any while no other run is under way. A completion for a key that is done,
+or that runs under another owner now, changes nothing: that other run completes the key.
+
+Garbage: state someone wrote by hand (a record of the wrong type or with an unknown status, a
+work list holding names that are no keys, a volunteer that is no node, a key owned by a node the
+grid does not know) never hangs a request: an operation treats it as absent or repairs it, and a
+request it cannot run is handed to a worker with an empty payload, which fails it with a clear
+error.
 """
 
 from __future__ import annotations
@@ -115,6 +127,19 @@ class NodeInfo:
 
 
 @dataclass(frozen=True, slots=True)
+class Beat:
+    """What `heartbeat` found: whether the node is registered, and the grid's clock.
+
+    The clock rises at every heartbeat of any node. A node that sees it lower than at its own
+    previous heartbeat knows the backend lost writes (a server restored from an older snapshot)
+    and must reconcile (see `reconcile`).
+    """
+
+    registered: bool
+    clock: int
+
+
+@dataclass(frozen=True, slots=True)
 class Reaped:
     """What `reap` did with the work of nodes whose lease ran out.
 
@@ -172,8 +197,9 @@ class StateBackend(Protocol):
         Atomically, for each request in order:
 
         1. if its key is done, report the cached outcome and do nothing else;
-        2. otherwise add `node` to the key's waiters and store the payload unless a record exists
-           (the new record is pending);
+        2. otherwise add `node` to the key's waiters and store the payload unless a pending
+           record or one running under a registered owner exists (a new record, or one running
+           under a node the grid does not know, becomes pending);
         3. unless the key is running, push it on the work list `into`: on its top when `on_top`
            (a worker's own stack), else on its bottom (a distributor's queue); a key may sit in
            several lists, whoever claims it first runs it;
@@ -185,7 +211,9 @@ class StateBackend(Protocol):
         `hand_out(into, even_share=True)` would, and wakes `into` only if work is left over: a
         client reaches an idle worker without waking the distributor at all.
 
-        Returns one `Submitted` per request, in order.
+        Returns one `Submitted` per request, in order. A backend may cut a long list of requests
+        into several atomic steps of consecutive requests (each step as above), so that no step
+        holds a server for long.
         """
         ...
 
@@ -209,20 +237,23 @@ class StateBackend(Protocol):
     async def claim(self, node: str) -> Claimed | None:
         """Pop the top of `node`'s work list until a pending key comes up, and run it.
 
-        Atomically: keys that are done, running or have no record are discarded; the first
-        pending key is marked running with owner `node`, counted in `node`'s pops (see `trim`)
-        and returned with its payload. Returns None when the list runs out.
+        Atomically: keys that are done, running under a registered owner or have no record are
+        discarded; the first other key (pending, or running under a node the grid does not know)
+        is marked running with owner `node`, counted in `node`'s pops (see `trim`) and returned
+        with its payload. Returns None when the list runs out.
         """
         ...
 
     async def complete(self, node: str, key: str, outcome: bytes, *, cache: bool) -> None:
         """Record the outcome of a key `node` ran, and notify its waiters.
 
-        Atomically: when `cache`, the key becomes done with `outcome` cached; otherwise its record
-        is deleted (the next request computes it again). The key leaves `node`'s running set, its
-        wait edges are deleted, and every waiter other than `node` itself gets a `Notification`
-        in its inbox (the caller resolves its own local waiters). The waiter set is cleared.
-        Completing a key that is already done changes nothing (but it leaves `node`'s running set).
+        Atomically: the key leaves `node`'s running set. Then, unless the key is done or runs
+        under another owner (see "who may complete a key" above): when `cache`, the key becomes
+        done with `outcome` cached, otherwise its record is deleted (the next request computes it
+        again); its wait edges are deleted, and every registered waiter other than `node` itself
+        gets a `Notification` in its inbox (the caller resolves its own local waiters; a node
+        that left gets nothing). The waiter set is cleared. Repeating a completion changes
+        nothing more.
         """
         ...
 
@@ -292,12 +323,13 @@ class StateBackend(Protocol):
     async def hand_out(self, distributor: str, *, even_share: bool = False) -> list[Assignment]:
         """Give queued work to volunteers: one request each, or an even share of the queue.
 
-        Atomically, while `distributor` has volunteers and its work list has a pending key:
-        pop the oldest volunteer, pop the top of the work list (discarding keys that are done,
-        running or unknown) and push the key on the top of the volunteer's work list. With
-        `even_share`, each of the V volunteers waiting at the start gets up to ceil(N / V) of
-        the N queued keys instead of one (pushed so that the oldest is claimed first). Each key
-        handed out counts in the distributor's pops (see `trim`).
+        Atomically, while `distributor` has volunteers and its work list has a key that may run
+        (as `claim` decides): pop the oldest volunteer, pop the top of the work list (discarding
+        the keys `claim` would discard) and push the key on the top of the volunteer's work
+        list. A volunteer without a live lease is dropped and gets nothing. With `even_share`,
+        each of the V volunteers waiting at the start gets up to ceil(N / V) of the N queued keys
+        instead of one (pushed so that the oldest is claimed first; a backend may cap a share to
+        keep the step short). Each key handed out counts in the distributor's pops (see `trim`).
         """
         ...
 
@@ -306,8 +338,9 @@ class StateBackend(Protocol):
 
         Atomically, per member: `keep` is the number of keys it claimed since the previous trim
         (the counter is reset); all but `keep` keys are taken from the *bottom* of its work
-        list and pushed on the bottom of the distributor's list, oldest first.
-        Returns how many keys moved.
+        list and pushed on the bottom of the distributor's list, oldest first (a backend may
+        move fewer per call to keep the step short). The lists that departed members left too
+        long to move at once (see `reap`) move too. Returns how many keys moved.
         """
         ...
 
@@ -330,9 +363,20 @@ class StateBackend(Protocol):
         """Register `node` (or renew its registration) with a lease of `ttl` seconds."""
         ...
 
-    async def heartbeat(self, node: str, ttl: float) -> bool:
-        """Extend `node`'s lease. False when the node is not registered (it was reaped, or the
-        backend lost its state): the node must `join` again and resubmit what it waits for."""
+    async def heartbeat(self, node: str, ttl: float) -> Beat:
+        """Extend `node`'s lease and raise the grid's clock. Not `registered` when the node is
+        not (it was reaped, or the backend lost its state): the node must `join` again and
+        resubmit what it waits for."""
+        ...
+
+    async def reconcile(self, node: str, keep: Sequence[str]) -> int:
+        """Give back the keys `node`'s running set names but `node` does not run.
+
+        Atomically: every key in `node`'s running set that is not in `keep` leaves the set and,
+        if it still runs under `node`, becomes pending at the bottom of `node`'s distributor's
+        work list (of its own without one). A node calls it when the backend may have lost
+        writes, with the keys it really runs. Returns how many keys were given back.
+        """
         ...
 
     async def leave(self, node: str) -> int:
@@ -345,7 +389,8 @@ class StateBackend(Protocol):
         """Declare every node whose lease ran out dead, and recover its work.
 
         Atomically per dead node: its work list moves to the bottom of its distributor's list (or,
-        with no distributor, stays where it is for a node of that name that joins later); each key
+        with no distributor, stays where it is for a node of that name that joins later; a
+        backend may move a long list over several `trim`s of the distributor); each key
         it was running has its crash count raised by one and, below `max_crashes`, becomes pending
         and is pushed on the distributor's list; at the limit it is re-owned by `reaper` and
         reported in `crashed_out`. The node's membership, volunteer entries and inbox are removed.

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 from girder.backends.base import (
     Assignment,
+    Beat,
     Claimed,
     Completion,
     NewRequest,
@@ -90,6 +91,8 @@ class MemoryBackend:
         self._waits: dict[str, set[str]] = {}  # waiter key -> keys it waits for
         self._waited_by: dict[str, set[str]] = {}  # key -> waiter keys
         self._members: dict[str, _Member] = {}
+        self._clock = 0
+        self._departed: set[str] = set()
 
     async def connect(self) -> None:
         return None
@@ -111,9 +114,15 @@ class MemoryBackend:
             signal = self._work_signal[node] = _Signal()
         signal.set()
 
-    def _is_pending(self, key: str) -> bool:
-        record = self._records.get(key)
-        return record is not None and record.owner is None
+    def _runnable(self, key: str, record: _Record | None) -> bool:
+        """Pending, or running under no owner that will complete it: one that claimed it (the
+        key is in its running set) or that is registered."""
+        if record is None:
+            return False
+        owner = record.owner
+        return owner is None or (
+            owner not in self._members and key not in self._running.get(owner, ())
+        )
 
     def _drop_wait_edges(self, key: str) -> None:
         """Delete the wait edges out of and into `key`."""
@@ -202,7 +211,8 @@ class MemoryBackend:
             if record is None:
                 record = self._records[key] = _Record(request.payload)
             record.waiters.add(node)
-            if record.owner is None:
+            if self._runnable(key, record):
+                record.owner = None
                 pushed.append(key)
             cycle = None
             if waiter_key is not None:
@@ -261,7 +271,7 @@ class MemoryBackend:
         while work:
             key = work.pop()
             record = self._records.get(key)
-            if record is None or record.owner is not None:
+            if record is None or not self._runnable(key, record):
                 continue
             if fresh_only and record.crashes:
                 work.append(key)
@@ -294,17 +304,20 @@ class MemoryBackend:
         running = self._running.get(node)
         if running is not None:
             running.discard(key)
+        record = self._records.get(key)
+        if key in self._outcomes or (record is not None and record.owner not in (None, node)):
+            return  # done, or a late completion of a key that now runs elsewhere
         self._drop_wait_edges(key)
-        record = self._records.pop(key, None)
         if record is None:
             return
+        del self._records[key]
         if cache:
             self._outcomes[key] = outcome
             self._done_payloads[key] = record.payload
         waiters = record.waiters
         record.waiters = set()
         for waiter in waiters:
-            if waiter != node:
+            if waiter != node and waiter not in self._departed:
                 self._inbox.setdefault(waiter, []).append(Notification(key, outcome))
                 signal = self._inbox_signal.get(waiter)
                 if signal is None:
@@ -371,11 +384,16 @@ class MemoryBackend:
             return []
         share = -(-len(work) // len(volunteers)) if even_share else 1
         handed: list[Assignment] = []
+        now = time.monotonic()
         while volunteers and work:
+            member = self._members.get(volunteers[0])
+            if member is None or member.expires < now:
+                volunteers.popleft()  # gone, or never a node: it gets nothing
+                continue
             keys: list[str] = []
             while work and len(keys) < share:
                 key = work.pop()
-                if self._is_pending(key):
+                if self._runnable(key, self._records.get(key)):
                     keys.append(key)
             if not keys:
                 break
@@ -407,13 +425,29 @@ class MemoryBackend:
 
     async def join(self, node: str, kind: NodeKind, distributor: str | None, ttl: float) -> None:
         self._members[node] = _Member(kind, distributor, time.monotonic() + ttl)
+        self._departed.discard(node)
 
-    async def heartbeat(self, node: str, ttl: float) -> bool:
+    async def heartbeat(self, node: str, ttl: float) -> Beat:
+        self._clock += 1
         member = self._members.get(node)
         if member is None:
-            return False
+            return Beat(False, self._clock)
         member.expires = time.monotonic() + ttl
-        return True
+        return Beat(True, self._clock)
+
+    async def reconcile(self, node: str, keep: Sequence[str]) -> int:
+        running = self._running.get(node, set())
+        requeue = []
+        for key in sorted(running.difference(keep)):
+            running.discard(key)
+            record = self._records.get(key)
+            if record is not None and record.owner == node:
+                record.owner = None
+                requeue.append(key)
+        member = self._members.get(node)
+        target = member.distributor if member is not None and member.distributor else node
+        self._push_bottom(target, requeue)
+        return len(requeue)
 
     async def leave(self, node: str) -> int:
         member = self._members.pop(node, None)
@@ -430,6 +464,7 @@ class MemoryBackend:
                 queue.remove(node)
         self._inbox.pop(node, None)
         self._pops.pop(node, None)
+        self._departed.add(node)
         crashed_out: list[str] = []
         requeue: list[str] = []
         for key in sorted(self._running.pop(node, set())):

@@ -4,8 +4,16 @@ Selected by `redis://`, `rediss://` (TLS) and `unix://` URLs; credentials, datab
 options come from the URL (see `girder.backends.resp`, the small client it talks through).
 Every atomic primitive is one Lua script from `girder/backends/lua/`, loaded with SCRIPT LOAD
 and run by SHA (reloaded after a NOSCRIPT, e.g. when the server restarted), so submit, claim and
-complete are one round trip each.
-Key names live in `redis_keys`.
+complete are one round trip each. Key names live in `redis_keys`, script arguments and reply
+codes in `redis_scripts`.
+
+Every operation is safe to send again: the scripts that claim work are journaled by a token per
+call (a resent call returns the first call's reply), and the others change nothing when repeated.
+So while the server cannot be reached (a restart, a lost reply, a cut connection) an operation
+waits and tries again with backoff, logging once per outage, until the server answers or
+`Settings.outage_timeout` runs out: an outage is the grid's problem, never a request's outcome.
+A server that refuses writes for lack of memory is not an outage: that is a `BackendError` at
+once, saying so.
 
 The two waits never depend on pub/sub. A notification is an entry in the node's inbox list; a
 waiter takes entries out of the inbox into its "taken" list (blocking with BLMOVE when the inbox
@@ -20,19 +28,19 @@ kept in server time (TIME inside the scripts).
 from __future__ import annotations
 
 import asyncio
-import hashlib
+import itertools
 import re
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
-from importlib import resources
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import structlog
 
 from girder.backends.base import (
     Assignment,
+    Beat,
     Claimed,
     Completion,
     NewRequest,
@@ -52,39 +60,37 @@ from girder.backends.redis_keys import (
     RUNNING,
     RedisKeys,
 )
-from girder.backends.resp import Command, RedisClient, ReplyError, RespError, parse_url
+from girder.backends.redis_scripts import (
+    MAX_SCRIPT_BYTES,
+    MAX_SCRIPT_KEYS,
+    SUBMITTED_CYCLE,
+    SUBMITTED_DONE,
+    Script,
+    build_scripts,
+)
+from girder.backends.resp import Command, ConnectionLost, RedisClient, ReplyError, parse_url
 from girder.config import Settings
-from girder.errors import BackendError, ConfigurationError
+from girder.errors import BackendError, BackendFull, ConfigurationError
 
 _log = structlog.get_logger("girder")
+
+T = TypeVar("T")
 
 _STATES = {
     PENDING.encode(): RequestState.PENDING,
     RUNNING.encode(): RequestState.RUNNING,
     DONE.encode(): RequestState.DONE,
 }
-_SCRIPTS = (
-    "submit",
-    "claim",
-    "complete",
-    "acknowledge",
-    "take",
-    "volunteer",
-    "hand_out",
-    "trim",
-    "steal",
-    "join",
-    "heartbeat",
-    "leave",
-    "reap",
-    "nodes",
-    "members",
-)
 _MIN_SERVER = (6, 2)
 """LPOP with a count and LPOS need Redis 6.2."""
 
-_REPLY_MARGIN = 5.0
-"""Seconds a BLPOP may overrun its own timeout before the server counts as unreachable."""
+_OUTAGE_REPLIES = ("LOADING", "BUSY", "MASTERDOWN", "READONLY", "TRYAGAIN", "CLUSTERDOWN")
+"""Error replies of a server that cannot serve right now but will: waited out like an outage."""
+
+_EVICTING_POLICIES = ("allkeys-lru", "allkeys-lfu", "allkeys-random")
+
+_RETRY_FIRST, _RETRY_MAX = 0.05, 2.0
+"""Backoff between attempts while the server cannot be reached, in seconds."""
 
 
 def mask_url(url: str) -> str:
@@ -99,24 +105,6 @@ def mask_url(url: str) -> str:
     if any(name == "password" for name, _ in pairs):
         query = urlencode([(k, "***" if k == "password" else v) for k, v in pairs], safe="*")
     return urlunsplit(parts._replace(netloc=netloc, query=query))
-
-
-@dataclass(frozen=True, slots=True)
-class _Script:
-    name: str
-    source: str
-    sha: str
-
-
-def _load_scripts(keys: RedisKeys) -> dict[str, _Script]:
-    """Each script is the key-name prelude, the shared helpers, then its own body."""
-    folder = resources.files("girder.backends").joinpath("lua")
-    head = keys.lua_prelude() + folder.joinpath("common.lua").read_text()
-    scripts = {}
-    for name in _SCRIPTS:
-        source = head + folder.joinpath(f"{name}.lua").read_text()
-        scripts[name] = _Script(name, source, hashlib.sha1(source.encode()).hexdigest())
-    return scripts
 
 
 def _text(value: bytes) -> str:
@@ -140,17 +128,59 @@ def _notifications(entries: list[bytes]) -> list[Notification]:
     return notes
 
 
+class _Outage:
+    """Whether the server is unreachable now, so that an outage is logged once, not per call."""
+
+    def __init__(self, url: str, timeout: float | None) -> None:
+        self._url = url
+        self._timeout = timeout
+        self._since: float | None = None
+
+    def failed(self, started: float, what: str, error: Exception) -> float:
+        """Note a failed attempt of an operation begun at `started`; the delay before the
+        next attempt. Raises `BackendError` once the operation waited `timeout` seconds."""
+        now = time.monotonic()
+        if self._since is None:
+            self._since = now
+            _log.warning(
+                "Redis unreachable; operations wait and retry",
+                backend=self._url,
+                operation=what,
+                error=str(error),
+            )
+        if self._timeout is not None and now - started >= self._timeout:
+            raise BackendError(
+                f"Redis {what} failed at {self._url}: unreachable for {now - started:.1f} s "
+                f"(GIRDER_OUTAGE_TIMEOUT): {error}"
+            ) from error
+        return min(_RETRY_MAX, max(_RETRY_FIRST, (now - started) / 2))
+
+    def ended(self) -> None:
+        if self._since is not None:
+            _log.warning(
+                "Redis reachable again",
+                backend=self._url,
+                outage_seconds=round(time.monotonic() - self._since, 2),
+            )
+            self._since = None
+
+
 class RedisBackend:
     """Grid state in one Redis server (or one slot of a cluster)."""
 
     def __init__(self, url: str, *, settings: Settings | None = None) -> None:
+        settings = settings or Settings()
         self.url = mask_url(url)
         self.round_trips = True
         self.shared = True
-        self._keys = RedisKeys((settings or Settings()).key_prefix)
-        self._scripts = _load_scripts(self._keys)
+        self._keys = RedisKeys(settings.key_prefix)
+        self._scripts: dict[str, Script] = build_scripts(self._keys)
         self._received: set[str] = set()
         """Nodes whose last blocking wait's reply arrived (the next wait drops `taken`)."""
+        self._tokens = itertools.count(1)
+        self._awaited: dict[str, set[int]] = {}
+        """Per node, the tokens of journaled calls whose reply has not arrived yet."""
+        self._outage = _Outage(self.url, settings.outage_timeout)
         try:
             address = parse_url(url)
         except ValueError as exc:
@@ -168,6 +198,22 @@ class RedisBackend:
                     f"Redis at {self.url} is version {release}; girder needs 6.2+"
                 )
             await self._load_scripts()
+        await self._check_eviction_policy()
+
+    async def _check_eviction_policy(self) -> None:
+        """Warn when the server may evict the grid's own state (queues, records, leases)."""
+        try:
+            reply = await self._redis.execute("CONFIG", "GET", "maxmemory-policy")
+        except (ReplyError, ConnectionLost):  # CONFIG may be renamed or denied by an ACL
+            return
+        policy = reply[1].decode() if len(reply) == 2 else ""
+        if policy in _EVICTING_POLICIES:
+            _log.warning(
+                "Redis may evict the grid's state; set maxmemory-policy to noeviction "
+                "(or a volatile-* policy)",
+                backend=self.url,
+                policy=policy,
+            )
 
     async def _load_scripts(self) -> None:
         commands = [("SCRIPT", "LOAD", script.source) for script in self._scripts.values()]
@@ -181,44 +227,80 @@ class RedisBackend:
     # -- plumbing ---------------------------------------------------------------------------------
 
     def _call(self, name: str, *args: str | bytes | int | float) -> Command:
-        """The EVALSHA command of script `name`."""
+        """The EVALSHA command of script `name` with its arguments in declared order."""
         anchor = self._keys.leases  # declares the grid's hash slot to a cluster
         return ("EVALSHA", self._scripts[name].sha, 1, anchor, *args)
 
-    async def _run(self, name: str, *args: str | bytes | int | float) -> Any:
-        """Run one script by SHA (one round trip), loading it again if the server forgot it."""
-        with self._errors(name):
+    async def _retrying(self, what: str, attempt: Callable[[], Awaitable[T]]) -> T:
+        """`attempt()` until the server answers it: connection failures and the replies of a
+        server that is not ready are waited out (see `_Outage`); a NOSCRIPT reloads the
+        scripts; other error replies raise `BackendError`."""
+        started = time.monotonic()
+        while True:
             try:
-                return await self._redis.execute(*self._call(name, *args))
+                result = await attempt()
+            except ConnectionLost as exc:
+                await asyncio.sleep(self._outage.failed(started, what, exc))
+                continue
             except ReplyError as exc:
-                if not _is_noscript(exc):
-                    raise
-                await self._load_scripts()
-                return await self._redis.execute(*self._call(name, *args))
+                if _is_noscript(exc):
+                    await self._reload_scripts(what)
+                    continue
+                if str(exc).startswith(_OUTAGE_REPLIES):
+                    await asyncio.sleep(self._outage.failed(started, what, exc))
+                    continue
+                raise _reply_error(self.url, what, exc) from exc
+            self._outage.ended()
+            return result
+
+    async def _reload_scripts(self, what: str) -> None:
+        try:
+            await self._load_scripts()
+        except ReplyError as exc:
+            raise _reply_error(self.url, what, exc) from exc
+
+    async def _execute(self, what: str, *command: str | bytes | int | float) -> Any:
+        """One command, retried through outages."""
+        return await self._retrying(what, lambda: self._redis.execute(*command))
+
+    async def _run(self, name: str, *args: str | bytes | int | float) -> Any:
+        """Run one script by SHA (one round trip), retried through outages (every script is
+        safe to repeat, see `_journaled`)."""
+        command = self._call(name, *args)
+        return await self._retrying(name, lambda: self._redis.execute(*command))
+
+    async def _journaled(
+        self, name: str, node: str, claims: bool, *args: str | bytes | int | float
+    ) -> Any:
+        """Run a script that may claim work for `node`. When it claims, the call carries a
+        token: if its reply is lost, sending it again returns the reply of the run that
+        happened instead of claiming again. The oldest token still awaited lets the script
+        drop the journal entries of replies that arrived."""
+        if not claims:
+            return await self._run(name, "", "", *args)
+        token = next(self._tokens)
+        awaited = self._awaited.setdefault(node, set())
+        awaited.add(token)
+        try:
+            return await self._run(name, token, min(awaited), *args)
+        finally:
+            awaited.discard(token)
+            if not awaited:
+                del self._awaited[node]
 
     async def _blocking(self, commands: list[Command], timeout: float) -> list[Any]:
-        """Commands that block up to `timeout` seconds, on a connection of their own."""
-        try:
-            async with asyncio.timeout(timeout + _REPLY_MARGIN):
-                return await self._redis.blocking(commands)
-        except TimeoutError as exc:
-            raise BackendError(f"Redis at {self.url} did not answer a wait in time") from exc
-
-    async def _pop_token(self, bell: str, timeout: float) -> bool:
-        """Take the token from `bell`, waiting up to `timeout` seconds for one."""
-        with self._errors("wait"):
-            if timeout <= 0:
-                return await self._redis.execute("LPOP", bell) is not None
-            [reply] = await self._blocking([("BLPOP", bell, timeout)], timeout)
-        _raise_errors([reply])
-        return reply is not None
+        """Commands that block up to `timeout` seconds, on a connection of their own (a reply
+        later than the client's command timeout after that counts as lost)."""
+        return await self._redis.blocking(commands, timeout=timeout)
 
     @contextmanager
     def _errors(self, what: str) -> Iterator[None]:
-        """Raise `BackendError` for whatever Redis or the connection raises while doing `what`."""
+        """Raise `BackendError` for what Redis or the connection raises while doing `what`."""
         try:
             yield
-        except RespError as exc:
+        except ReplyError as exc:
+            raise _reply_error(self.url, what, exc) from exc
+        except ConnectionLost as exc:
             raise BackendError(f"Redis {what} failed at {self.url}: {exc}") from exc
 
     # -- requests ---------------------------------------------------------------------------------
@@ -249,36 +331,39 @@ class RedisBackend:
         dispatch: bool = False,
         claim: int = 0,
     ) -> tuple[list[Submitted], list[Claimed]]:
+        """One script call per `MAX_SCRIPT_KEYS` requests or `MAX_SCRIPT_BYTES` of payloads
+        (so none holds Redis for long, nor needs much memory at once); the first claims.
+        Chunks go in order: a waiter's cycle check sees the edges of earlier chunks."""
         if not requests and not claim:
             return [], []
-        args: list[str | bytes | int] = [
-            node,
-            into,
-            int(on_top),
-            int(waiter_key is not None),
-            waiter_key or "",
-            int(dispatch),
-            claim,
-        ]
-        for request in requests:
-            args += (request.key, request.payload)
-        replies, flat = await self._run("submit", *args)
         found: list[Submitted] = []
-        for request, reply in zip(requests, replies, strict=True):
-            if reply[0] == 1:
-                found.append(Submitted(request.key, outcome=reply[1]))
-            elif reply[0] == 2:
-                found.append(Submitted(request.key, cycle=tuple(map(_text, reply[1:]))))
-            else:
-                found.append(Submitted(request.key))
-        return found, _claimed(flat)
+        claimed: list[Claimed] = []
+        for start, chunk in enumerate(_chunks(requests)):
+            wanted = claim if start == 0 else 0
+            args: list[str | bytes | int] = [
+                node,
+                into,
+                int(on_top),
+                waiter_key or "",
+                int(dispatch),
+                wanted,
+            ]
+            for request in chunk:
+                args += (request.key, request.payload)
+            replies, flat = await self._journaled("submit", node, wanted > 0, *args)
+            found += (
+                _submitted(request.key, reply)
+                for request, reply in zip(chunk, replies, strict=True)
+            )
+            claimed += _claimed(flat)
+        return found, claimed
 
     async def claim(self, node: str) -> Claimed | None:
-        reply = await self._run("claim", node)
+        reply = await self._journaled("claim", node, True, node)
         return None if reply is None else Claimed(reply[0].decode(), reply[1])
 
     async def complete(self, node: str, key: str, outcome: bytes, *, cache: bool) -> None:
-        await self._run("complete", node, 0, "", key, outcome, int(cache))
+        await self._journaled("complete", node, False, node, 0, "", key, outcome, int(cache))
 
     async def complete_and_claim(
         self,
@@ -291,64 +376,97 @@ class RedisBackend:
         args: list[str | bytes | int] = [node, claim, volunteer_at or ""]
         for completion in completions:
             args += (completion.key, completion.outcome, int(completion.cache))
-        return _claimed(await self._run("complete", *args))
+        return _claimed(await self._journaled("complete", node, claim > 0, *args))
 
     async def take_notifications(self, node: str, timeout: float) -> list[Notification]:
         """One round trip: settle the previous wait's `taken` list, block until the inbox has
-        an entry (moving it to `taken`), then take the rest of the inbox the same way."""
-        received = node in self._received
-        self._received.discard(node)
-        commands = [self._call("acknowledge", node, int(received))]
-        if timeout > 0:
-            inbox, taken = self._keys.inbox(node), self._keys.taken(node)
-            commands.append(("BLMOVE", inbox, taken, "LEFT", "RIGHT", timeout))
-        commands.append(self._call("take", node))
-        with self._errors("wait"):
+        an entry (moving it to `taken`), then take the rest of the inbox the same way. An
+        attempt whose reply was lost is not trusted: the next one puts `taken` back first."""
+
+        async def attempt() -> list[Any]:
+            received = node in self._received
+            self._received.discard(node)
+            commands = [self._call("acknowledge", node, int(received))]
+            if timeout > 0:
+                inbox, taken = self._keys.inbox(node), self._keys.taken(node)
+                commands.append(("BLMOVE", inbox, taken, "LEFT", "RIGHT", timeout))
+            commands.append(self._call("take", node))
             if timeout > 0:
                 replies = await self._blocking(commands, timeout)
             else:
                 replies = await self._redis.pipeline(commands)
-            if any(isinstance(reply, ReplyError) and _is_noscript(reply) for reply in replies):
-                await self._load_scripts()  # the server restarted: `taken` comes next time
-                return []
-        _raise_errors(replies)
+            for reply in replies:
+                if isinstance(reply, ReplyError):
+                    raise reply
+            return replies
+
+        replies = await self._retrying("wait", attempt)
         self._received.add(node)
         moved = [replies[1]] if timeout > 0 and replies[1] is not None else []
         return _notifications(moved + replies[-1])
 
     async def wait_for_work(self, node: str, timeout: float) -> None:
-        await self._pop_token(self._keys.wake(node), timeout)
+        bell = self._keys.wake(node)
+
+        async def attempt() -> None:
+            if timeout <= 0:
+                [reply] = await self._redis.pipeline([("LPOP", bell)])
+            else:
+                [reply] = await self._blocking([("BLPOP", bell, timeout)], timeout)
+            if isinstance(reply, ReplyError):
+                await self._repair(bell, reply)
+
+        await self._retrying("wait", attempt)
+
+    async def _repair(self, key: str, error: ReplyError) -> None:
+        """Delete `key` if it holds garbage of the wrong type (a wake-up is all it costs);
+        raise any other error reply."""
+        if not str(error).startswith("WRONGTYPE"):
+            raise error
+        _log.warning("deleted a key that held the wrong type", key=key)
+        await self._redis.pipeline([("DEL", key), ("LPUSH", self._keys.corrupt, key)])
 
     async def wait_and_claim(self, node: str, timeout: float) -> Claimed | None:
         """BLPOP the wake token and claim in one pipeline: Redis runs the claim the moment the
-        token arrives, sparing the worker a round trip."""
-        commands = [("BLPOP", self._keys.wake(node), timeout), self._call("claim", node)]
-        with self._errors("wait"):
-            _, reply = await self._blocking(commands, timeout)
-        if isinstance(reply, ReplyError):  # e.g. NOSCRIPT after a restart: claim the slow way
-            return await self.claim(node)
+        token arrives, sparing the worker a round trip. If that reply is lost, the claim is
+        sent again with its token (it returns what the first one claimed, if it ran)."""
+        token = next(self._tokens)
+        awaited = self._awaited.setdefault(node, set())
+        awaited.add(token)
+        claim = self._call("claim", token, min(awaited), node)
+        try:
+            try:
+                bell = self._keys.wake(node)
+                woken, reply = await self._blocking([("BLPOP", bell, timeout), claim], timeout)
+                if isinstance(woken, ReplyError):
+                    await self._repair(bell, woken)
+                if isinstance(reply, ReplyError):
+                    raise reply
+            except (ConnectionLost, ReplyError):
+                reply = await self._retrying("claim", lambda: self._redis.execute(*claim))
+        finally:
+            awaited.discard(token)
+            if not awaited:
+                del self._awaited[node]
         return None if reply is None else Claimed(reply[0].decode(), reply[1])
 
     async def state(self, key: str) -> RequestState:
-        with self._errors("state"):
-            status = await self._redis.execute("HGET", self._keys.record(key), F_STATUS)
-        return RequestState.UNKNOWN if status is None else _STATES[status]
+        status = await self._execute("state", "HGET", self._keys.record(key), F_STATUS)
+        return RequestState.UNKNOWN if status is None else _STATES.get(status, RequestState.PENDING)
 
     async def result(self, key: str) -> bytes | None:
-        with self._errors("result"):
-            status, outcome = await self._redis.execute(
-                "HMGET", self._keys.record(key), F_STATUS, F_OUTCOME
-            )
+        status, outcome = await self._execute(
+            "result", "HMGET", self._keys.record(key), F_STATUS, F_OUTCOME
+        )
         return outcome if status == DONE.encode() else None
 
     async def payloads(self, keys: Sequence[str]) -> list[bytes | None]:
         if not keys:
             return []
         commands = [("HGET", self._keys.record(key), F_PAYLOAD) for key in keys]
-        with self._errors("payloads"):
-            replies = await self._redis.pipeline(commands)
-        _raise_errors(replies)
-        return replies
+        replies = await self._retrying("payloads", lambda: self._redis.pipeline(commands))
+        # A record of the wrong type has no payload to show.
+        return [None if isinstance(reply, ReplyError) else reply for reply in replies]
 
     # -- distribution -----------------------------------------------------------------------------
 
@@ -360,8 +478,6 @@ class RedisBackend:
         return [Assignment(flat[i].decode(), flat[i + 1].decode()) for i in range(0, len(flat), 2)]
 
     async def trim(self, distributor: str, members: Sequence[str]) -> int:
-        if not members:
-            return 0
         moved: int = await self._run("trim", distributor, *members)
         return moved
 
@@ -372,37 +488,50 @@ class RedisBackend:
     async def lengths(self, nodes: Sequence[str]) -> list[int]:
         if not nodes:
             return []
-        with self._errors("lengths"):
-            replies = await self._redis.pipeline([("LLEN", self._keys.work(n)) for n in nodes])
-        _raise_errors(replies)
-        return replies
+        commands = [("LLEN", self._keys.work(n)) for n in nodes]
+        replies = await self._retrying("lengths", lambda: self._redis.pipeline(commands))
+        return [0 if isinstance(reply, ReplyError) else reply for reply in replies]
 
     async def volunteers(self, distributor: str) -> list[str]:
-        with self._errors("volunteers"):
-            queue = await self._redis.execute("LRANGE", self._keys.volunteers(distributor), 0, -1)
-        return [node.decode() for node in queue]
+        try:
+            queue = await self._execute(
+                "volunteers", "LRANGE", self._keys.volunteers(distributor), 0, -1
+            )
+        except BackendError:  # garbage of the wrong type: no volunteers to show
+            return []
+        return [node.decode(errors="replace") for node in queue]
 
     # -- membership and recovery ------------------------------------------------------------------
 
     async def join(self, node: str, kind: NodeKind, distributor: str | None, ttl: float) -> None:
-        has_distributor = int(distributor is not None)
-        await self._run("join", node, kind.value, has_distributor, distributor or "", _ms(ttl))
+        await self._run("join", node, kind.value, distributor or "", _ms(ttl))
 
-    async def heartbeat(self, node: str, ttl: float) -> bool:
-        return bool(await self._run("heartbeat", node, _ms(ttl)))
+    async def heartbeat(self, node: str, ttl: float) -> Beat:
+        registered, clock = await self._run("heartbeat", node, _ms(ttl))
+        return Beat(bool(registered), clock)
+
+    async def reconcile(self, node: str, keep: Sequence[str]) -> int:
+        count: int = await self._run("reconcile", node, *keep)
+        return count
 
     async def leave(self, node: str) -> int:
         count: int = await self._run("leave", node)
         return count
 
     async def reap(self, reaper: str, max_crashes: int) -> Reaped:
-        dead, requeued, crashed_out = await self._run("reap", reaper, max_crashes)
+        dead, requeued, crashed_out = await self._journaled(
+            "reap", reaper, True, reaper, max_crashes
+        )
         return Reaped(tuple(map(_text, dead)), requeued, tuple(map(_text, crashed_out)))
 
     async def nodes(self) -> list[NodeInfo]:
         rows = await self._run("nodes")
-        return sorted(
-            (
+        found = []
+        for node, kind, distributor, alive, work, running in rows:
+            if kind is None or kind.decode() not in NodeKind.__members__.values():
+                _log.warning("node without a membership record skipped", node=node.decode())
+                continue
+            found.append(
                 NodeInfo(
                     node.decode(),
                     NodeKind(kind.decode()),
@@ -411,29 +540,48 @@ class RedisBackend:
                     work,
                     running,
                 )
-                for node, kind, distributor, alive, work, running in rows
-            ),
-            key=lambda info: info.node,
-        )
+            )
+        return sorted(found, key=lambda info: info.node)
 
     async def members(self, distributor: str) -> list[str]:
         return [node.decode() for node in await self._run("members", distributor)]
 
     async def cache_size(self) -> int:
-        with self._errors("cache_size"):
-            return int(await self._redis.execute("GET", self._keys.cached) or 0)
+        value = await self._execute("cache_size", "GET", self._keys.cached)
+        return int(value) if value and value.isdigit() else 0
 
     async def flush(self) -> None:
-        with self._errors("flush"):
-            cursor = b"0"
-            while True:
-                cursor, found = await self._redis.execute(
-                    "SCAN", cursor, "MATCH", self._keys.pattern(), "COUNT", 1000
-                )
-                if found:
-                    await self._redis.execute("UNLINK", *found)
-                if cursor == b"0":
-                    return
+        cursor = b"0"
+        while True:
+            cursor, found = await self._execute(
+                "flush", "SCAN", cursor, "MATCH", self._keys.pattern(), "COUNT", 1000
+            )
+            if found:
+                await self._execute("flush", "UNLINK", *found)
+            if cursor == b"0":
+                return
+
+
+def _chunks(requests: Sequence[NewRequest]) -> Iterator[Sequence[NewRequest]]:
+    """`requests` in consecutive runs of at most `MAX_SCRIPT_KEYS` requests and, unless one
+    request alone is larger, `MAX_SCRIPT_BYTES` of payloads (at least one run, maybe empty)."""
+    start, size = 0, 0
+    for index, request in enumerate(requests):
+        if index > start and (
+            index - start == MAX_SCRIPT_KEYS or size + len(request.payload) > MAX_SCRIPT_BYTES
+        ):
+            yield requests[start:index]
+            start, size = index, 0
+        size += len(request.payload)
+    yield requests[start:]
+
+
+def _submitted(key: str, reply: list[Any]) -> Submitted:
+    if reply[0] == SUBMITTED_DONE:
+        return Submitted(key, outcome=reply[1])
+    if reply[0] == SUBMITTED_CYCLE:
+        return Submitted(key, cycle=tuple(map(_text, reply[1:])))
+    return Submitted(key)
 
 
 def _claimed(flat: list[bytes]) -> list[Claimed]:
@@ -445,11 +593,15 @@ def _is_noscript(error: ReplyError) -> bool:
     return str(error).startswith("NOSCRIPT")
 
 
-def _raise_errors(replies: Sequence[Any]) -> None:
-    """Raise the first error reply among `replies` as a `BackendError`."""
-    for reply in replies:
-        if isinstance(reply, ReplyError):
-            raise BackendError(f"Redis replied with an error: {reply}")
+def _reply_error(url: str, what: str, error: ReplyError) -> BackendError:
+    """The `BackendError` for an error reply; one that says so when Redis is out of memory."""
+    text = str(error)
+    if text.startswith("OOM"):
+        return BackendFull(
+            f"Redis at {url} refuses writes: it is out of memory (maxmemory reached while "
+            f"doing {what}); free memory or raise maxmemory. Redis said: {text}"
+        )
+    return BackendError(f"Redis {what} failed at {url}: {text}")
 
 
 def _ms(seconds: float) -> int:

@@ -22,10 +22,20 @@ Per node:
     wake:<node>        list holding at most one token: "the work list or volunteers got something"
     node:<node>        hash: F_KIND, F_DISTRIBUTOR (membership)
     members:<node>     set of nodes whose distributor is this node
+    journal:<node>     hash: call token -> the packed reply of a script call that claimed work,
+                       kept until the node confirms the reply arrived (a resent call returns it
+                       instead of claiming again)
+    orphans:<node>     hash: a distributor's departed members whose lists were too long to
+                       move back at once (its `trim` fetches the rest)
 Per grid:
     leases             sorted set: node -> lease expiry in Redis server milliseconds
     pops               hash: node -> keys it claimed (or handed out) since its last trim
     cached             integer: how many outcomes are cached
+    clock              integer raised by every heartbeat: if it ever goes down, the server lost
+                       writes (restored from an older snapshot) and the nodes reconcile
+    corrupt            list: the last keys found holding garbage of the wrong type (deleted)
+    departed           sorted set: node -> when it left or was reaped (notifications for it are
+                       dropped; forgotten after a day, or when a node of that name joins)
 """
 
 from __future__ import annotations
@@ -47,9 +57,14 @@ TAKEN = "taken:"
 WAKE = "wake:"
 NODE = "node:"
 MEMBERS = "members:"
+JOURNAL = "journal:"
+ORPHANS = "orphans:"
 LEASES = "leases"
 POPS = "pops"
 CACHED = "cached"
+CLOCK = "clock"
+CORRUPT = "corrupt"
+DEPARTED = "departed"
 
 F_STATUS = "s"
 F_PAYLOAD = "pl"
@@ -77,8 +92,17 @@ _PER_ID = {
     "wake": WAKE,
     "node": NODE,
     "members": MEMBERS,
+    "journal": JOURNAL,
+    "orphans": ORPHANS,
 }
-_GLOBAL = {"LEASES": LEASES, "POPS": POPS, "CACHED": CACHED}
+_GLOBAL = {
+    "LEASES": LEASES,
+    "POPS": POPS,
+    "CACHED": CACHED,
+    "CLOCK": CLOCK,
+    "CORRUPT": CORRUPT,
+    "DEPARTED": DEPARTED,
+}
 _CONSTANTS = {
     "F_STATUS": F_STATUS,
     "F_PAYLOAD": F_PAYLOAD,
@@ -111,6 +135,7 @@ class RedisKeys:
         self.leases = self.base + LEASES
         self.pops = self.base + POPS
         self.cached = self.base + CACHED
+        self.corrupt = self.base + CORRUPT
 
     def record(self, key: str) -> str:
         return self.base + RECORD + key
@@ -129,6 +154,9 @@ class RedisKeys:
 
     def wake(self, node: str) -> str:
         return self.base + WAKE + node
+
+    def journal(self, node: str) -> str:
+        return self.base + JOURNAL + node
 
     def pattern(self) -> str:
         """A SCAN pattern that matches every key of this grid and nothing else."""

@@ -7,6 +7,11 @@ client per command. Concurrent commands share one connection and are pipelined o
 come back in order); blocking commands (BLPOP, BLMOVE) each take a connection of their own, which
 is closed if the wait is cancelled.
 
+Failures: a command is sent again (on a new connection, a few times) only when it certainly did
+not reach the server (`NotSent`); once written, it never is, since a script such as `claim` must
+not run twice, and the caller gets `ReplyLost`, meaning it may or may not have run. A reply that
+does not come in time aborts its connection; TCP keepalive notices a peer that vanished.
+
 URLs: `redis://[[user]:password@]host[:port][/db]`, `rediss://` (TLS, verified against the
 system's CAs unless `?ssl_cert_reqs=none`; `ssl_ca_certs=<file>` adds a CA file) and
 `unix://[[user]:password@]/path/to/socket[?db=N]`; `password`, `username` and `db` may also come
@@ -16,6 +21,7 @@ from the query.
 from __future__ import annotations
 
 import asyncio
+import select
 import socket
 import ssl
 from collections import deque
@@ -33,6 +39,12 @@ _SCHEMES = ("redis", "rediss", "unix")
 _KEEPALIVE = (("TCP_KEEPIDLE", 10), ("TCP_KEEPINTVL", 5), ("TCP_KEEPCNT", 3))
 """TCP keepalive: probe after 10 s of silence, every 5 s, and drop the connection after 3 missed
 probes, so a dead peer is noticed in about 25 s (where the platform has these options)."""
+
+_IDLE = 0.001
+"""Seconds with nothing in flight after which a connection's socket is looked at before the
+connection is used again: had the server closed it meanwhile (a restart, its idle timeout), the
+event loop may not have seen that yet, and a command written into it would be lost rather than
+not sent. Looking costs a system call, so never while commands stream."""
 
 _Waiter = tuple[asyncio.Future[list[Any]], int, list[Any], float | None]
 """A command batch in flight: its future, how many replies it has, those come so far, and when
@@ -131,11 +143,14 @@ class _Protocol(asyncio.Protocol):
         self._waiting: deque[_Waiter] = deque()
         self._transport: asyncio.Transport | None = None
         self._watchdog: asyncio.TimerHandle | None = None
+        self._fd = -1
+        self._last_sent = self._loop.time()
         self.lost: ReplyLost | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self._transport = transport
+        self._fd = transport.get_extra_info("socket").fileno()
 
     def data_received(self, data: bytes) -> None:
         self._reader.feed(data)
@@ -181,12 +196,26 @@ class _Protocol(asyncio.Protocol):
             raise NotSent("the connection is closing")
         loop = self._loop
         future = loop.create_future()
-        deadline = None if timeout is None else loop.time() + timeout
+        self._last_sent = now = loop.time()
+        deadline = None if timeout is None else now + timeout
         self._waiting.append((future, count, [], deadline))
         self._transport.write(packed)
         if deadline is not None and self._watchdog is None:
             self._watchdog = loop.call_at(deadline, self._watch)
         return future
+
+    def broken(self) -> bool:
+        """Whether the connection is known to be broken; if it sat idle, its socket is looked
+        at: nothing is due on it, so anything there is the server's goodbye (an EOF or a reset)
+        that the event loop has not seen yet."""
+        if self.lost is not None:
+            return True
+        if self._waiting or self._loop.time() - self._last_sent < _IDLE:
+            return False
+        readable, _, _ = select.select([self._fd], [], [], 0)
+        if readable:
+            self._fail(ReplyLost("the connection broke while idle"))
+        return self.lost is not None
 
     def _watch(self) -> None:
         """Abort the connection if the oldest reply is overdue; otherwise wait for its deadline."""
@@ -236,7 +265,8 @@ class Connection:
 
     @property
     def closed(self) -> bool:
-        return self._protocol.lost is not None
+        """Whether the connection is known to be broken (a command sent on it would be lost)."""
+        return self._protocol.broken()
 
     async def pipeline(self, commands: Sequence[Command]) -> list[Any]:
         """Send the commands at once and return their replies, an error reply as a

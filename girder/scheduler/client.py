@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from typing import Any, ClassVar
 
 from girder.backends.base import NodeKind
+from girder.errors import BackendFull, RequestError
 from girder.functions import Request
 from girder.scheduler.node import Node
 from girder.serialization import Outcome
@@ -17,6 +18,14 @@ class Client(Node):
 
     kind: ClassVar[NodeKind] = NodeKind.CLIENT
     _jobs = itertools.count()
+
+    def refused(self, error: BackendFull) -> None:
+        """The backend refuses writes: no outcome can reach this client, so every call it
+        waits for fails now with a clear error instead of waiting in silence."""
+        failed = self.waiters.fail_all(
+            Outcome(error=RequestError("request", str(error), kind="backend"))
+        )
+        self.log.error("backend refuses writes; failing waiting calls", calls=failed)
 
     def _new_job(self) -> str:
         """A grid-unique job id: this node's (unique) id and a counter; no syscall."""

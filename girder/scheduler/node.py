@@ -2,9 +2,15 @@
 
 A node is a worker, a distributor or a client. It joins the backend with a lease and renews it;
 it reaps dead nodes on start-up and periodically; and it turns notifications from its inbox into
-outcomes for whoever inside it waits. When the backend says it does not know the node (the node
-was reaped while stalled, or a backend restart lost the state) the node joins again and submits
-again everything it still waits for.
+outcomes for whoever inside it waits.
+
+A node never trusts the backend to keep everything it was told. When the backend says it does not
+know the node (the node was reaped while stalled, or a restart lost the state) or its clock went
+back (a server restored from an older snapshot lost writes), the node joins again, gives back the
+keys the backend thinks it runs but it does not (`StateBackend.reconcile`), and submits again
+everything it still waits for. And a key awaited for long is submitted again now and then (less
+often the longer it waits), so that a record or queue entry lost to eviction or garbage cannot
+leave anyone waiting forever.
 """
 
 from __future__ import annotations
@@ -20,12 +26,13 @@ from typing import Any, ClassVar
 
 from girder.backends.base import Claimed, Completion, NewRequest, NodeKind, StateBackend
 from girder.config import Settings
-from girder.errors import RequestError, SerializationError
+from girder.errors import BackendFull, RequestError, SerializationError
 from girder.functions import Request
 from girder.keys import SCALARS
 from girder.log import configure, node_logger
 from girder.scheduler.lease import LeaseKeeper, lease_keeper
 from girder.scheduler.waiters import Batch, Submission, Waiters
+from girder.security import require_secret
 from girder.serialization import Codec, Outcome, RequestPayload
 
 
@@ -36,6 +43,9 @@ def new_node_id(kind: NodeKind) -> str:
 
 MAX_CHAIN_LEVELS = 32
 """Levels of an error chain a request keeps (see `RequestError.pruned`)."""
+
+_LONGEST_RECHECK = 60.0
+"""The most seconds between two submissions of a key a node still waits for."""
 
 _SCHEDULER_DIR = os.path.dirname(os.path.abspath(__file__))
 
@@ -76,14 +86,19 @@ class Node:
         self.settings = settings
         self.id = node_id or new_node_id(self.kind)
         self.distributor = distributor
-        self.codec = Codec(settings.secret_bytes(), settings.max_payload_bytes)
+        # In process nothing else reaches the state: signing it would only cost time.
+        secret = settings.secret_bytes() if backend.shared else None
+        self.codec = Codec(secret, settings.max_payload_bytes)
         self.waiters = Waiters()
         self.stats = NodeStats()
         configure(settings.log_level)
         self.log = node_logger(self.id, kind=self.kind.value)
+        require_secret(settings, backend, self.log)
         self._tasks: list[asyncio.Task[None]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._lease_keeper: LeaseKeeper | None = None
+        self._clock = 0
+        """The grid's clock at this node's last heartbeat (see `Beat`)."""
 
     # -- life -------------------------------------------------------------------------------------
 
@@ -92,7 +107,7 @@ class Node:
         self._loop = asyncio.get_running_loop()
         await self.backend.join(self.id, self.kind, self.distributor, self.settings.heartbeat_ttl)
         await self.recover()
-        self._lease_keeper = lease_keeper(self.settings)
+        self._lease_keeper = lease_keeper(self.settings, shared=self.backend.shared)
         if self._lease_keeper is not None:
             self._lease_keeper.add(self.id)
         self._spawn(self._heartbeat_loop, "heartbeat")
@@ -150,15 +165,51 @@ class Node:
                 # of them is judged dead.
                 next_reap = max(next_reap, loop.time() + self.settings.heartbeat_ttl)
             last_beat = loop.time()
-            if not await self.backend.heartbeat(self.id, self.settings.heartbeat_ttl):
-                self.log.warning("backend forgot this node; joining and resubmitting")
-                await self.backend.join(
-                    self.id, self.kind, self.distributor, self.settings.heartbeat_ttl
-                )
-                await self.resubmit()
-            if loop.time() >= next_reap:
-                next_reap = loop.time() + self.settings.reap_interval
-                await self.recover()
+            try:
+                await self._beat()
+                if loop.time() >= next_reap:
+                    next_reap = loop.time() + self.settings.reap_interval
+                    await self.recover()
+                    await self._submit_again_what_waits_long()
+            except BackendFull as exc:
+                self.refused(exc)
+                raise
+
+    async def _beat(self) -> None:
+        """Renew the lease; rejoin and reconcile when the backend forgot this node or lost
+        writes."""
+        beat = await self.backend.heartbeat(self.id, self.settings.heartbeat_ttl)
+        went_back = beat.clock <= self._clock
+        self._clock = beat.clock
+        if beat.registered and not went_back:
+            return
+        self.log.warning(
+            "backend lost state; joining again, reconciling and resubmitting",
+            forgot_this_node=not beat.registered,
+            clock_went_back=went_back,
+        )
+        await self.backend.join(self.id, self.kind, self.distributor, self.settings.heartbeat_ttl)
+        given_back = await self.backend.reconcile(self.id, self.running_keys())
+        if given_back:
+            self.log.warning("gave back keys the backend thought ran here", count=given_back)
+        await self.resubmit()
+
+    def running_keys(self) -> list[str]:
+        """The keys this node runs (a worker overrides it), for `reconcile`."""
+        return []
+
+    def refused(self, error: BackendFull) -> None:
+        """The backend refuses this node's writes (a client overrides it to fail its calls)."""
+        self.log.error("backend refuses writes", error=str(error))
+
+    async def _submit_again_what_waits_long(self) -> None:
+        """Submit again the keys awaited for long (see the module's docstring); a submission
+        changes nothing for a key that is queued or running, and requeues one that was lost."""
+        first = 2 * self.settings.heartbeat_ttl + self.settings.reap_interval
+        due = self.waiters.due(asyncio.get_running_loop().time(), first, _LONGEST_RECHECK)
+        if due:
+            self.log.info("submitting again keys awaited for long", count=len(due))
+            await self._submit_and_route(due)
 
     async def _listen_loop(self) -> None:
         while True:
@@ -191,8 +242,7 @@ class Node:
 
     async def resubmit(self) -> None:
         """Submit again every key this node waits for (after the backend lost its state)."""
-        for submission in self.waiters.submissions():
-            await self._submit_and_route([submission])
+        await self._submit_and_route(self.waiters.submissions())
 
     # -- requests ---------------------------------------------------------------------------------
 
@@ -220,10 +270,10 @@ class Node:
         """The completion to record for `outcome`; an outcome that cannot be encoded becomes
         a failure. `readable` names the request; it is only called when something fails."""
         try:
-            data = self.codec.encode_outcome(outcome, readable)
+            data = self.codec.encode_outcome(outcome, key, readable)
         except SerializationError as exc:
             outcome = Outcome(error=RequestError(readable(), str(exc), kind="invalid"))
-            data = self.codec.encode_outcome(outcome, readable)
+            data = self.codec.encode_outcome(outcome, key, readable)
         return Completion(key, data, cache and outcome.error is None and outcome.final)
 
     async def finish(
@@ -265,7 +315,7 @@ class Node:
                     dict(request.kwargs),
                     job,
                 )
-                data = self.codec.encode_request(payload)
+                data = self.codec.encode_request(payload, key)
             except SerializationError as exc:
                 readable = request.readable()
                 batch.set(index, Outcome(error=RequestError(readable, str(exc), kind="invalid")))
@@ -294,37 +344,40 @@ class Node:
     async def _submit_and_route(
         self, submissions: list[Submission], *, same_target: bool = False, claim: int = 0
     ) -> tuple[str, ...] | None:
-        """Submit to the backend (one call per target list; the first call also claims up to
-        `claim` requests, see `adopt`); deliver cached outcomes."""
+        """Submit to the backend, one call per target (work list, end, waiter); the first call
+        also claims up to `claim` requests (see `adopt`). Delivers cached outcomes and returns
+        the first wait-for cycle found, if any."""
         if not submissions:
             return None
-        first = submissions[0]
-        same_target = same_target or all(
-            s.into == first.into and s.on_top == first.on_top and s.waiter_key == first.waiter_key
-            for s in submissions
-        )
-        groups = [submissions] if same_target else [[s] for s in submissions]
+        groups = [submissions] if same_target else _by_target(submissions)
         cycle: tuple[str, ...] | None = None
         for group in groups:
-            head = group[0]
-            found, claimed = await self.backend.submit_and_claim(
-                self.id,
-                [s.request for s in group],
-                into=head.into,
-                on_top=head.on_top,
-                waiter_key=head.waiter_key,
-                dispatch=not head.on_top,  # new work for a pool: straight to idle volunteers
-                claim=claim,
-            )
+            found = await self._submit_group(group, claim)
             claim = 0
-            self.adopt(claimed)
-            for submitted in found:
-                if submitted.outcome is not None:
-                    self.stats.cache_hits += 1
-                    outcome = self.decode_outcome(submitted.outcome, submitted.key)
-                    self.waiters.resolve(submitted.key, outcome)
-                elif submitted.cycle is not None and cycle is None:
-                    cycle = submitted.cycle
+            cycle = cycle or found
+        return cycle
+
+    async def _submit_group(self, group: list[Submission], claim: int) -> tuple[str, ...] | None:
+        """Submit submissions that share a target; deliver cached outcomes; return a cycle."""
+        head = group[0]
+        found, claimed = await self.backend.submit_and_claim(
+            self.id,
+            [s.request for s in group],
+            into=head.into,
+            on_top=head.on_top,
+            waiter_key=head.waiter_key,
+            dispatch=not head.on_top,  # new work for a pool: straight to idle volunteers
+            claim=claim,
+        )
+        self.adopt(claimed)
+        cycle: tuple[str, ...] | None = None
+        for submitted in found:
+            if submitted.outcome is not None:
+                self.stats.cache_hits += 1
+                outcome = self.decode_outcome(submitted.outcome, submitted.key)
+                self.waiters.resolve(submitted.key, outcome)
+            elif submitted.cycle is not None and cycle is None:
+                cycle = submitted.cycle
         return cycle
 
     @staticmethod
@@ -349,3 +402,12 @@ class Node:
                 kind=root.kind,
             )
         return [outcome.value for outcome in outcomes]
+
+
+def _by_target(submissions: list[Submission]) -> list[list[Submission]]:
+    """Submissions grouped by where they go (work list, end, waiter), in first-seen order."""
+    groups: dict[tuple[str, bool, str | None], list[Submission]] = {}
+    for submission in submissions:
+        target = (submission.into, submission.on_top, submission.waiter_key)
+        groups.setdefault(target, []).append(submission)
+    return list(groups.values())

@@ -64,5 +64,9 @@ class Outbox:
             self._held[:0] = held
             self._since = time.perf_counter()
 
+    def keys(self) -> list[str]:
+        """The keys whose completions are held."""
+        return [completion.key for completion, _ in self._held]
+
     def __bool__(self) -> bool:
         return bool(self._held)

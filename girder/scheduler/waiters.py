@@ -59,6 +59,9 @@ class Submission:
     local: tuple[RequestPayload, GridFunction[..., Any]] | None = None
     """The payload and function themselves, when every argument is an immutable scalar: a
     worker of this node that claims the key may use them instead of decoding the bytes."""
+    next_check: float = 0.0
+    """When to submit it again if it is still awaited then (0: not scheduled yet)."""
+    checks: int = 0
 
 
 class Waiters:
@@ -93,6 +96,27 @@ class Waiters:
 
     def is_waiting(self, key: str) -> bool:
         return key in self._watching
+
+    def due(self, now: float, first: float, longest: float) -> list[Submission]:
+        """What has been awaited long enough to be submitted again: a submission is due
+        `first` seconds after it is first seen here, then after twice as long each time, at
+        most `longest` seconds apart."""
+        found = []
+        for submission in self._watching.values():
+            if submission.next_check == 0.0:
+                submission.next_check = now + first
+            elif submission.next_check <= now:
+                submission.checks += 1
+                submission.next_check = now + min(longest, first * 2**submission.checks)
+                found.append(submission)
+        return found
+
+    def fail_all(self, outcome: Outcome) -> int:
+        """Give every awaited key `outcome` (the backend cannot be used). Returns how many."""
+        keys = list(self._watching)
+        for key in keys:
+            self.resolve(key, outcome)
+        return len(keys)
 
     def submissions(self) -> list[Submission]:
         """Everything still awaited (for resubmission after the backend lost its state)."""

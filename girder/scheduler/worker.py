@@ -29,11 +29,12 @@ from typing import Any, ClassVar
 from girder.backends.base import Claimed, NodeKind, StateBackend
 from girder.config import Settings
 from girder.errors import RequestError, SerializationError
-from girder.functions import GridFunction, Request, resolve_function
+from girder.functions import GridFunction, Request
 from girder.scheduler.baton import Baton
 from girder.scheduler.context import Evaluation, current_evaluation
 from girder.scheduler.node import Node, error_lines
 from girder.scheduler.outbox import Outbox
+from girder.security import resolve_allowed
 from girder.serialization import Outcome, RequestPayload
 
 _FAIRNESS_SLICE = 0.005
@@ -81,6 +82,8 @@ class Worker(Node):
         self._evaluations: set[asyncio.Task[None]] = set()
         self._claimed: deque[Claimed] = deque()
         """Requests claimed and not yet started, in order."""
+        self._running: set[str] = set()
+        """Keys started here whose outcome is not in the outbox yet."""
         self._volunteered = False
         """The last claim found nothing and volunteered: wait for work before claiming again."""
         self._outbox = Outbox(self._send_late, budget=_CLAIM_BUDGET, limit=_MAX_CLAIM)
@@ -135,6 +138,10 @@ class Worker(Node):
     def adopt(self, claimed: list[Claimed]) -> None:
         self._claimed.extend(claimed)
 
+    def running_keys(self) -> list[str]:
+        """Claimed, started, or finished with the completion still held."""
+        return [*self._running, *(claimed.key for claimed in self._claimed), *self._outbox.keys()]
+
     async def _settle(self, *, claim: int) -> None:
         """Send the held-back completions and claim up to `claim` requests, in one backend
         step that also volunteers this worker when there is nothing to claim."""
@@ -173,13 +180,14 @@ class Worker(Node):
 
     async def _start_evaluation(self, claimed: Claimed) -> None:
         """Evaluate a claimed request; the baton passes to it. Sync functions run right here."""
+        self._running.add(claimed.key)
         local = self.waiters.local(claimed.key)
         if local is not None:  # submitted here, immutable arguments: no need to decode
             payload, function = local
         else:
             try:
                 payload = self.codec.decode_request(claimed.payload, claimed.key)
-                function = resolve_function(payload.function)
+                function = resolve_allowed(payload.function, self.settings)
             except (SerializationError, LookupError) as exc:
                 await self._reject(claimed.key, exc)
                 return
@@ -201,6 +209,7 @@ class Worker(Node):
             error = RequestError(readable, message, kind="invalid")
             await self.finish(key, error.request.__str__, Outcome(error=error), cache=False)
         finally:
+            self._running.discard(key)
             self.baton.release()
 
     async def _evaluate_sync(
@@ -251,6 +260,7 @@ class Worker(Node):
         except Exception as exc:
             outcome = self._failure(evaluation, exc)
         except BaseException:  # cancelled (the worker stops): pass the baton on, finish nothing
+            self._running.discard(evaluation.key)
             self._pass_baton(evaluation)
             raise
         await self._conclude(evaluation, function, outcome)
@@ -265,31 +275,35 @@ class Worker(Node):
     ) -> None:
         """Finish a request and pass its baton on.
 
-        Waiters in this node get the outcome at once. The completion itself goes to the backend
-        now, or, for a sync request run inline while more claimed requests wait, with the next
-        step (held back at most `_CLAIM_BUDGET`). When the worker loop gets the baton next and
-        has nothing claimed, the same step claims its next requests."""
+        Waiters in this node get the outcome at once; the completion goes to the backend now or
+        with the next step (see `_send_or_hold`)."""
         try:
             completion = self.completion(
                 evaluation.key, evaluation.readable, outcome, function.cache
             )
             self.stats.ran += 1
             self._outbox.add(completion, outcome)
+            self._running.discard(evaluation.key)
             self.waiters.resolve(evaluation.key, outcome)
-            # Local work comes next: a claimed request (run inline), or a parked one just made
-            # ready. Its own step will carry this completion.
-            local_next = (inline and self._claimed) or not self.baton.idle_after_release()
-            if local_next and self.backend.round_trips and self._outbox.may_hold():
-                self._outbox.hold()
-                return
-            prefetch = (
-                not self._claimed
-                and self.baton.idle_after_release()
-                and (inline or self.baton.worker_waiting())
-            )
-            await self._settle(claim=self._claim_size if prefetch else 0)
+            await self._send_or_hold(inline=inline)
         finally:
             self._pass_baton(evaluation)
+
+    async def _send_or_hold(self, *, inline: bool) -> None:
+        """Send the outbox now, or hold it for the step of the local work that comes next: a
+        claimed request (run inline) or a parked one just made ready (held back at most
+        `_CLAIM_BUDGET`). When the worker loop gets the baton next and has nothing claimed, the
+        step that sends also claims its next requests."""
+        local_next = (inline and self._claimed) or not self.baton.idle_after_release()
+        if local_next and self.backend.round_trips and self._outbox.may_hold():
+            self._outbox.hold()
+            return
+        prefetch = (
+            not self._claimed
+            and self.baton.idle_after_release()
+            and (inline or self.baton.worker_waiting())
+        )
+        await self._settle(claim=self._claim_size if prefetch else 0)
 
     def _pass_baton(self, evaluation: Evaluation) -> None:
         if evaluation.holds_baton:

@@ -77,6 +77,13 @@ async def put(
     )
 
 
+async def volunteer(backend: StateBackend, distributor: str, node: str) -> None:
+    """Volunteer `node`, joining it first if needed (a volunteer needs a live lease)."""
+    if node not in {info.node for info in await backend.nodes()}:
+        await backend.join(node, NodeKind.WORKER, distributor, LONG)
+    await backend.volunteer(distributor, node)
+
+
 async def claim_all(backend: StateBackend, node: str) -> list[str]:
     """Claim until `node`'s list runs out; the keys in the order they came up."""
     keys: list[str] = []
@@ -275,8 +282,8 @@ class BackendConformance:
     async def test_submit_with_dispatch_hands_the_work_to_waiting_volunteers(
         self, backend: StateBackend
     ) -> None:
-        await backend.volunteer("d", "v1")
-        await backend.volunteer("d", "v2")
+        await volunteer(backend, "d", "v1")
+        await volunteer(backend, "d", "v2")
         keys = ["k1", "k2", "k3"]
         found = await put(backend, "c", keys, into="d", on_top=False, dispatch=True)
         assert found == [Submitted(key) for key in keys]
@@ -289,7 +296,7 @@ class BackendConformance:
     async def test_submit_with_dispatch_wakes_the_distributor_only_for_leftover_work(
         self, backend: StateBackend
     ) -> None:
-        await backend.volunteer("d", "v")
+        await volunteer(backend, "d", "v")
         await put(backend, "c", ["k1"], into="d", on_top=False, dispatch=True)
         assert await backend.lengths(["d", "v"]) == [0, 1]
         assert await timed(backend.wait_for_work("d", 0.2)) >= 0.1  # nothing left: no wake-up
@@ -514,19 +521,35 @@ class BackendConformance:
         assert await backend.state("a") == RequestState.PENDING
         assert await backend.volunteers("d") == []
 
+    async def test_a_completion_by_another_node_than_the_owner_changes_nothing(
+        self, backend: StateBackend
+    ) -> None:
+        await backend.join("w1", NodeKind.WORKER, None, LONG)
+        await put(backend, "c", ["k"], into="w1")
+        assert await backend.claim("w1") is not None
+        await backend.complete("w2", "k", out("k", "late"), cache=True)  # reaped, now late
+        assert await backend.state("k") == RequestState.RUNNING
+        await backend.complete("w1", "k", out("k"), cache=True)
+        assert await backend.result("k") == out("k")
+
+    async def test_a_late_completion_of_a_pending_key_is_taken(self, backend: StateBackend) -> None:
+        await put(backend, "c", ["k"], into="w1")
+        await backend.complete("w2", "k", out("k"), cache=True)
+        assert await backend.result("k") == out("k")
+        assert await backend.take_notifications("c", self.patience) == [Notification("k", out("k"))]
+        assert await backend.claim("w1") is None
+
     async def test_completing_a_done_key_still_frees_the_running_slot(
         self, backend: StateBackend
     ) -> None:
         await backend.join("w1", NodeKind.WORKER, None, LONG)
         await put(backend, "c", ["k"], into="w1")
         assert await backend.claim("w1") is not None
-        await backend.complete("w2", "k", out("k"), cache=True)  # a copy finished elsewhere
+        await backend.complete("w1", "k", out("k"), cache=True)
         await backend.complete("w1", "k", out("k", "late"), cache=True)
         [info] = await backend.nodes()
         assert info.running == 0
         assert await backend.result("k") == out("k")
-
-    # -- notifications ----------------------------------------------------------------------------
 
     async def test_a_notification_posted_before_the_call_is_returned_at_once(
         self, backend: StateBackend
@@ -603,16 +626,16 @@ class BackendConformance:
         assert await timed(backend.wait_for_work("idle", 0.2)) < 0.2 + self.prompt
 
     async def test_volunteering_wakes_a_distributor_with_work(self, backend: StateBackend) -> None:
-        await backend.volunteer("d", "w1")
+        await volunteer(backend, "d", "w1")
         assert await timed(backend.wait_for_work("d", 0.2)) >= 0.1  # nothing to hand out
         await put(backend, "c", ["k"], into="d", on_top=False)
         assert await timed(backend.wait_for_work("d", self.patience)) < self.prompt
-        await backend.volunteer("d", "w2")
+        await volunteer(backend, "d", "w2")
         assert await timed(backend.wait_for_work("d", self.patience)) < self.prompt
 
     async def test_hand_out_wakes_the_volunteer(self, backend: StateBackend) -> None:
         await put(backend, "c", ["k"], into="d", on_top=False)
-        await backend.volunteer("d", "w")
+        await volunteer(backend, "d", "w")
         assert await backend.hand_out("d") == [Assignment("k", "w")]
         assert await timed(backend.wait_for_work("w", self.patience)) < self.prompt
 
@@ -631,20 +654,20 @@ class BackendConformance:
 
     async def test_volunteers_queue_first_in_first_out(self, backend: StateBackend) -> None:
         for node in ("v1", "v2", "v3"):
-            await backend.volunteer("d", node)
+            await volunteer(backend, "d", node)
         assert await backend.volunteers("d") == ["v1", "v2", "v3"]
 
     async def test_volunteering_twice_keeps_one_entry(self, backend: StateBackend) -> None:
         for node in ("v1", "v2", "v1", "v2"):
-            await backend.volunteer("d", node)
+            await volunteer(backend, "d", node)
         assert await backend.volunteers("d") == ["v1", "v2"]
 
     async def test_hand_out_gives_the_top_of_the_queue_to_the_oldest_volunteer(
         self, backend: StateBackend
     ) -> None:
         await put(backend, "c", ["k1", "k2", "k3"], into="d", on_top=False)
-        await backend.volunteer("d", "v1")
-        await backend.volunteer("d", "v2")
+        await volunteer(backend, "d", "v1")
+        await volunteer(backend, "d", "v2")
         assert await backend.hand_out("d") == [Assignment("k1", "v1"), Assignment("k2", "v2")]
         assert await backend.volunteers("d") == []
         assert await backend.lengths(["d", "v1", "v2"]) == [1, 1, 1]
@@ -653,7 +676,7 @@ class BackendConformance:
     async def test_hand_out_skips_keys_nobody_can_claim(self, backend: StateBackend) -> None:
         await put(backend, "c", ["pending"], into="d")
         await make_unknown_done_and_running(backend, also_into="d")
-        await backend.volunteer("d", "v")
+        await volunteer(backend, "d", "v")
         assert await backend.hand_out("d") == [Assignment("pending", "v")]
         assert await backend.lengths(["d", "v"]) == [0, 1]
 
@@ -662,7 +685,7 @@ class BackendConformance:
     ) -> None:
         await put(backend, "c", ["done"], into="d")
         await run(backend, "x", "done")
-        await backend.volunteer("d", "v")
+        await volunteer(backend, "d", "v")
         assert await backend.hand_out("d") == []
         assert await backend.volunteers("d") == ["v"]
         assert await backend.lengths(["v"]) == [0]
@@ -677,7 +700,7 @@ class BackendConformance:
     ) -> None:
         await put(backend, "v", ["own"])
         await put(backend, "c", ["k"], into="d", on_top=False)
-        await backend.volunteer("d", "v")
+        await volunteer(backend, "d", "v")
         assert await backend.hand_out("d") == [Assignment("k", "v")]
         assert await claim_all(backend, "v") == ["k", "own"]
 
@@ -685,8 +708,8 @@ class BackendConformance:
         self, backend: StateBackend
     ) -> None:
         await put(backend, "c", ["k1", "k2", "k3"], into="d", on_top=False)
-        await backend.volunteer("d", "v1")
-        await backend.volunteer("d", "v2")
+        await volunteer(backend, "d", "v1")
+        await volunteer(backend, "d", "v2")
         assert len(await backend.hand_out("d")) == 2
         assert await backend.trim("p", ["d"]) == 0
         assert await backend.lengths(["d", "p"]) == [1, 0]
@@ -696,8 +719,8 @@ class BackendConformance:
     async def test_hand_out_an_even_share_of_the_queue(self, backend: StateBackend) -> None:
         keys = ["k1", "k2", "k3", "k4", "k5"]
         await put(backend, "c", keys, into="d", on_top=False)
-        await backend.volunteer("d", "v1")
-        await backend.volunteer("d", "v2")
+        await volunteer(backend, "d", "v1")
+        await volunteer(backend, "d", "v2")
         handed = await backend.hand_out("d", even_share=True)
         assert sorted(handed, key=lambda a: a.key) == [
             Assignment("k1", "v1"),
@@ -717,14 +740,30 @@ class BackendConformance:
         self, backend: StateBackend
     ) -> None:
         await put(backend, "c", ["k1", "k2"], into="d", on_top=False)
-        for volunteer in ("v1", "v2", "v3"):
-            await backend.volunteer("d", volunteer)
+        for node in ("v1", "v2", "v3"):
+            await volunteer(backend, "d", node)
         handed = await backend.hand_out("d", even_share=True)
         assert sorted(handed, key=lambda a: a.key) == [
             Assignment("k1", "v1"),
             Assignment("k2", "v2"),
         ]
         assert await backend.volunteers("d") == ["v3"]
+
+    async def test_hand_out_drops_volunteers_that_are_no_live_node(
+        self, backend: StateBackend
+    ) -> None:
+        await backend.volunteer("d", "nobody")  # never joined: a forged or stale name
+        await backend.join("gone", NodeKind.WORKER, "d", LONG)
+        await backend.volunteer("d", "gone")
+        await backend.leave("gone")
+        await backend.join("stale", NodeKind.WORKER, "d", self.lease)
+        await backend.volunteer("d", "stale")
+        await asyncio.sleep(self.lease + 0.05)  # its lease runs out; nobody reaped it yet
+        await volunteer(backend, "d", "v")
+        await put(backend, "c", ["k1", "k2"], into="d", on_top=False)
+        assert await backend.hand_out("d") == [Assignment("k1", "v")]
+        assert await backend.volunteers("d") == []
+        assert await backend.lengths(["nobody", "stale"]) == [0, 0]
 
     # -- trim and steal ---------------------------------------------------------------------------
 
@@ -813,18 +852,18 @@ class BackendConformance:
         assert await backend.members("none") == []
 
     async def test_heartbeat_is_false_for_an_unknown_node(self, backend: StateBackend) -> None:
-        assert await backend.heartbeat("ghost", LONG) is False
+        assert (await backend.heartbeat("ghost", LONG)).registered is False
         await backend.join("w", NodeKind.WORKER, None, LONG)
-        assert await backend.heartbeat("w", LONG) is True
+        assert (await backend.heartbeat("w", LONG)).registered is True
 
     async def test_heartbeat_extends_the_lease(self, backend: StateBackend) -> None:
         await backend.join("w1", NodeKind.WORKER, "d", self.lease)
         await backend.join("w2", NodeKind.WORKER, "d", self.lease)
-        assert await backend.heartbeat("w1", LONG) is True
+        assert (await backend.heartbeat("w1", LONG)).registered is True
         reaped = await self.reap_until(backend, "r", {"w2"})
         assert "w1" not in reaped.dead
         assert await backend.members("d") == ["w1"]
-        assert await backend.heartbeat("w1", LONG) is True
+        assert (await backend.heartbeat("w1", LONG)).registered is True
 
     async def test_an_expired_node_is_not_alive_until_it_beats_again(
         self, backend: StateBackend
@@ -837,7 +876,7 @@ class BackendConformance:
         await eventually(dead, self.lease + self.patience, "the lease runs out")
         assert await backend.members("d") == []
         # Not reaped yet: still registered, so a late heartbeat revives it.
-        assert await backend.heartbeat("w", LONG) is True
+        assert (await backend.heartbeat("w", LONG)).registered is True
         assert await backend.members("d") == ["w"]
 
     async def test_leave_hands_back_the_list_and_the_running_keys(
@@ -858,9 +897,9 @@ class BackendConformance:
     async def test_leave_deregisters_the_node(self, backend: StateBackend) -> None:
         await backend.join("d", NodeKind.DISTRIBUTOR, None, LONG)
         await backend.join("w", NodeKind.WORKER, "d", LONG)
-        await backend.volunteer("d", "w")
+        await volunteer(backend, "d", "w")
         await backend.leave("w")
-        assert await backend.heartbeat("w", LONG) is False
+        assert (await backend.heartbeat("w", LONG)).registered is False
         assert [info.node for info in await backend.nodes()] == ["d"]
         assert await backend.members("d") == []
         assert await backend.volunteers("d") == []
@@ -868,13 +907,50 @@ class BackendConformance:
     async def test_leave_of_an_unknown_node_hands_back_nothing(self, backend: StateBackend) -> None:
         assert await backend.leave("ghost") == 0
 
+    async def test_the_clock_rises_at_every_heartbeat(self, backend: StateBackend) -> None:
+        await backend.join("a", NodeKind.WORKER, None, LONG)
+        first = await backend.heartbeat("a", LONG)
+        second = await backend.heartbeat("ghost", LONG)
+        third = await backend.heartbeat("a", LONG)
+        assert (first.registered, second.registered, third.registered) == (True, False, True)
+        assert first.clock < second.clock < third.clock
+
+    async def test_reconcile_gives_back_what_the_node_does_not_run(
+        self, backend: StateBackend
+    ) -> None:
+        await backend.join("d", NodeKind.DISTRIBUTOR, None, LONG)
+        await backend.join("w", NodeKind.WORKER, "d", LONG)
+        await put(backend, "c", ["k3", "k2", "k1"], into="w")
+        assert await claim_all(backend, "w") == ["k1", "k2", "k3"]
+        await backend.complete("w", "k3", out("k3"), cache=True)
+        assert await backend.reconcile("w", ["k1"]) == 1
+        assert await backend.state("k1") == RequestState.RUNNING
+        assert await backend.state("k2") == RequestState.PENDING
+        [info] = [info for info in await backend.nodes() if info.node == "w"]
+        assert info.running == 1
+        await volunteer(backend, "d", "v")
+        assert await backend.hand_out("d") == [Assignment("k2", "v")]
+        assert await backend.reconcile("w", ["k1"]) == 0
+
+    async def test_a_node_that_left_gets_no_notifications(self, backend: StateBackend) -> None:
+        await backend.join("c", NodeKind.CLIENT, None, LONG)
+        await put(backend, "c", ["k"], into="w")
+        await backend.leave("c")
+        assert await backend.claim("w") is not None
+        await backend.complete("w", "k", out("k"), cache=True)
+        assert await backend.take_notifications("c", 0.05) == []
+        await backend.join("c", NodeKind.CLIENT, None, LONG)  # the same name, back again
+        await put(backend, "c", ["j"], into="w")
+        await run_claimed(backend, "w", "j")
+        assert await backend.take_notifications("c", self.patience) == [Notification("j", out("j"))]
+
     # -- reap -------------------------------------------------------------------------------------
 
     async def test_reap_leaves_live_nodes_alone(self, backend: StateBackend) -> None:
         await backend.join("w", NodeKind.WORKER, "d", LONG)
         await put(backend, "w", ["k"])
         assert await backend.reap("r", 3) == Reaped()
-        assert await backend.heartbeat("w", LONG) is True
+        assert (await backend.heartbeat("w", LONG)).registered is True
         assert await backend.lengths(["w"]) == [1]
 
     async def test_reap_requeues_a_dead_nodes_work_at_its_distributor(
@@ -898,11 +974,11 @@ class BackendConformance:
     ) -> None:
         await backend.join("d", NodeKind.DISTRIBUTOR, None, LONG)
         await backend.join("w", NodeKind.WORKER, "d", self.lease)
-        await backend.volunteer("d", "w")
+        await volunteer(backend, "d", "w")
         await put(backend, "w", ["k"], into="x")
         await run_claimed(backend, "x", "k")
         await self.reap_until(backend, "r", {"w"})
-        assert await backend.heartbeat("w", LONG) is False
+        assert (await backend.heartbeat("w", LONG)).registered is False
         assert [info.node for info in await backend.nodes()] == ["d"]
         assert await backend.members("d") == []
         assert await backend.volunteers("d") == []
@@ -920,7 +996,7 @@ class BackendConformance:
         assert await backend.state("k") == RequestState.PENDING
 
         await backend.join("w2", NodeKind.WORKER, "d", self.lease)
-        await backend.volunteer("d", "w2")
+        await volunteer(backend, "d", "w2")
         assert await backend.hand_out("d") == [Assignment("k", "w2")]
         assert await backend.claim("w2") == Claimed("k", new("k").payload)
         reaped = await self.reap_until(backend, "r", {"w2"}, max_crashes=2)
@@ -945,7 +1021,7 @@ class BackendConformance:
         assert await backend.claim("w1") is not None
         await self.reap_until(backend, "r", {"w1"})
         await backend.join("w2", NodeKind.WORKER, "d", LONG)
-        await backend.volunteer("d", "w2")
+        await volunteer(backend, "d", "w2")
         assert await backend.hand_out("d") == [Assignment("bad", "w2")]
         await put(backend, "c", ["fresh1"], into="w2")
         await put(backend, "c", ["fresh2"], into="w2", on_top=False)
@@ -963,7 +1039,7 @@ class BackendConformance:
         await backend.join("w", NodeKind.WORKER, None, self.lease)
         await put(backend, "c", ["k1", "k2"], into="w")
         await self.reap_until(backend, "r", {"w"})
-        assert await backend.heartbeat("w", LONG) is False
+        assert (await backend.heartbeat("w", LONG)).registered is False
         assert await backend.lengths(["w"]) == [2]
         await backend.join("w", NodeKind.WORKER, None, LONG)
         assert await claim_all(backend, "w") == ["k2", "k1"]
@@ -1002,11 +1078,11 @@ class BackendConformance:
         await backend.join("w", NodeKind.WORKER, "d", LONG)
         await put(backend, "c", ["k", "j"], into="w")
         await run_claimed(backend, "w", "j")
-        await backend.volunteer("d", "w")
+        await volunteer(backend, "d", "w")
         await backend.flush()
         assert await backend.cache_size() == 0
         assert await backend.nodes() == []
-        assert await backend.heartbeat("w", LONG) is False
+        assert (await backend.heartbeat("w", LONG)).registered is False
         assert await backend.lengths(["w"]) == [0]
         assert await backend.volunteers("d") == []
         assert await backend.state("k") == RequestState.UNKNOWN

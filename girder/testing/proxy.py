@@ -403,6 +403,8 @@ class FaultProxy:
     def drop_next_reply(self, count: int = 1) -> None:
         """Let the next `count` commands reach the server and run, swallow each one's reply,
         and cut its connection: a reply lost after the command ran."""
+        if count < 1:
+            raise ValueError("count must be at least 1")
         self._call(lambda: self._hub.drop_next_reply(count))
 
     def cut_before_next_command(self) -> None:

@@ -1,7 +1,11 @@
--- claim(node) -> {key, payload} or nil (see `claim` in common.lua).
+-- claim(token, low, node) -> {key, payload} or nil (see `claim` in common.lua). Journaled.
 
-local found = claim(ARGV[1], false)
+local found, reply = replayed(node, token, low)
 if found then
-  return {found[1], found[2]}
+  return reply
 end
-return nil
+local claimed = claim(node, false)
+if claimed then
+  claimed = {claimed[1], claimed[2]}
+end
+return journaled(node, token, claimed)

@@ -1,8 +1,34 @@
--- Helpers shared by every script. The key names (k_record, k_work, K_LEASES, F_STATUS, ...)
--- are defined just above this, by girder/backends/redis_keys.py.
+-- Helpers shared by every script. The names used here (k_record, k_work, K_LEASES, F_STATUS,
+-- SUBMITTED_DONE, MAX_SCRIPT_KEYS, ...) are generated above this by redis_keys.py and
+-- redis_scripts.py, and so are the script's argument names (`local node = ARGV[3]`).
+--
+-- Redis does not roll back what a script wrote before an error. So no script may fail half way:
+-- each reads what it decides on before its first write, and every command goes through `call`,
+-- which repairs a key holding a value of the wrong type (garbage written by hand) instead of
+-- failing: the key is deleted, noted in K_CORRUPT and the server log, and the command runs again
+-- on the now empty key.
 
 -- Keys per LPUSH/RPUSH: Lua's unpack() handles only a few thousand values at once.
 local BATCH = 1000
+
+local function note_corrupt(key)
+  redis.pcall('LPUSH', K_CORRUPT, key)
+  redis.pcall('LTRIM', K_CORRUPT, 0, 99)
+  redis.log(redis.LOG_WARNING, 'girder: deleted ' .. key .. ': it held a value of the wrong type')
+end
+
+local function call(command, key, ...)
+  local reply = redis.pcall(command, key, ...)
+  if type(reply) == 'table' and reply.err then
+    if string.sub(reply.err, 1, 9) ~= 'WRONGTYPE' then
+      error(reply)
+    end
+    redis.call('DEL', key)
+    note_corrupt(key)
+    return redis.call(command, key, ...)
+  end
+  return reply
+end
 
 -- Redis server time in milliseconds: leases never depend on the clients' clocks.
 local function now_ms()
@@ -10,38 +36,83 @@ local function now_ms()
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 
+-- A node is registered while it has a lease entry (even one that ran out and is not reaped yet).
+local function is_registered(node)
+  return call('ZSCORE', K_LEASES, node) ~= false
+end
+
+-- A node that left or was reaped (until a node of that name joins again).
+local function has_departed(node)
+  return call('ZSCORE', K_DEPARTED, node) ~= false
+end
+
+local function is_live(node, now)
+  local expiry = call('ZSCORE', K_LEASES, node)
+  return expiry ~= false and tonumber(expiry) >= now
+end
+
+-- The fields of a request record. A record that is no hash is garbage: it is deleted and reads
+-- with a status that is none of girder's (so a claim runs it, with an empty payload that the
+-- worker fails as malformed, and whoever waits hears of it).
+local function read_record(key, ...)
+  local record = k_record(key)
+  local fields = redis.pcall('HMGET', record, ...)
+  if fields.err then
+    redis.call('DEL', record)
+    note_corrupt(record)
+    fields = {'corrupt'}
+  end
+  return fields
+end
+
 -- Push `keys` on the top of `list`, in order (the last one ends on top).
 local function push_top(list, keys)
   for i = 1, #keys, BATCH do
-    redis.call('RPUSH', list, unpack(keys, i, math.min(i + BATCH - 1, #keys)))
+    call('RPUSH', list, unpack(keys, i, math.min(i + BATCH - 1, #keys)))
   end
 end
 
 -- Push `keys` on the bottom of `list` so that keys[1] comes up first of them.
 local function push_bottom(list, keys)
   for i = 1, #keys, BATCH do
-    redis.call('LPUSH', list, unpack(keys, i, math.min(i + BATCH - 1, #keys)))
+    call('LPUSH', list, unpack(keys, i, math.min(i + BATCH - 1, #keys)))
   end
 end
 
 -- Leave a wake-up token for a BLPOP on `bell`; one token is enough, so never more than one.
 local function ring(bell)
-  if redis.call('LLEN', bell) == 0 then
-    redis.call('RPUSH', bell, 1)
+  if call('LLEN', bell) == 0 then
+    call('RPUSH', bell, 1)
   end
 end
 
-local function is_pending(key)
-  return redis.call('HGET', k_record(key), F_STATUS) == PENDING
+-- Whether `key`, running under `owner`, has an owner that will complete it: one that claimed
+-- it (the key is in its running set) or that is registered. A record naming any other owner
+-- is garbage, or a leftover of lost writes.
+local function owned(key, owner)
+  return owner ~= false and (is_registered(owner) or call('SISMEMBER', k_running(owner), key) == 1)
 end
 
--- Move up to `count` keys from the bottom of `source`'s list to the bottom of `target`'s,
--- oldest first. Returns how many moved.
+-- Whether a popped key may be run: pending, or with a status nobody wrote (garbage), or running
+-- under no owner that will complete it.
+local function runnable(key, status, owner)
+  if status == PENDING then
+    return true
+  end
+  if status == RUNNING then
+    return not owned(key, owner)
+  end
+  return status ~= false and status ~= DONE
+end
+
+-- Move up to `count` (at most MAX_SCRIPT_KEYS) keys from the bottom of `source`'s list to the
+-- bottom of `target`'s, oldest first. Returns how many moved.
 local function move_bottom(source, target, count)
+  count = math.min(count, MAX_SCRIPT_KEYS)
   if count <= 0 then
     return 0
   end
-  local keys = redis.call('LPOP', k_work(source), count)
+  local keys = call('LPOP', k_work(source), count)
   if not keys then
     return 0
   end
@@ -50,86 +121,105 @@ local function move_bottom(source, target, count)
   return #keys
 end
 
--- Give `dist`'s pending work to its volunteers, oldest volunteer first: one key each, or with
--- `even_share` up to ceil(queued / volunteers) each, pushed so that the oldest comes up first.
+-- Pop up to `share` keys that may run from the top of `work`, discarding the others.
+local function pop_runnable(work, share)
+  local keys = {}
+  while #keys < share do
+    local key = call('RPOP', work)
+    if not key then
+      break
+    end
+    local state = read_record(key, F_STATUS, F_OWNER)
+    if runnable(key, state[1], state[2]) then
+      keys[#keys + 1] = key
+    end
+  end
+  return keys
+end
+
+-- Give `dist`'s work to its live volunteers, oldest volunteer first: one key each, or with
+-- `even_share` up to ceil(queued / volunteers) each (at most MAX_SCRIPT_KEYS), pushed so that
+-- the oldest comes up first. A volunteer without a live lease (gone, or a name nobody
+-- registered) is dropped from the queue and gets nothing.
 -- Returns {key1, volunteer1, key2, volunteer2, ...}.
-local function hand_out(dist, even_share)
+local function hand_out(dist, even_share, now)
   local queue, work = k_volunteers(dist), k_work(dist)
-  local waiting = redis.call('LLEN', queue)
+  local handed = {}
+  local waiting = call('LLEN', queue)
   if waiting == 0 then
-    return {}
+    return handed
   end
   local share = 1
   if even_share then
-    share = math.ceil(redis.call('LLEN', work) / waiting)
+    share = math.min(MAX_SCRIPT_KEYS, math.ceil(call('LLEN', work) / waiting))
   end
-  local handed = {}
   for _ = 1, waiting do
-    local keys = {}
-    while #keys < share do
-      local key = redis.call('RPOP', work)
-      if not key then
-        break
-      end
-      if is_pending(key) then
-        keys[#keys + 1] = key
-      end
-    end
-    if #keys == 0 then
+    local volunteer = call('LINDEX', queue, 0)
+    if not volunteer then
       break
     end
-    local volunteer = redis.call('LPOP', queue)
-    local reversed = {}
-    for i = #keys, 1, -1 do
-      reversed[#reversed + 1] = keys[i]
+    if is_live(volunteer, now) then
+      local keys = pop_runnable(work, share)
+      if #keys == 0 then
+        break
+      end
+      local reversed = {}
+      for i = #keys, 1, -1 do
+        reversed[#reversed + 1] = keys[i]
+      end
+      push_top(k_work(volunteer), reversed)
+      ring(k_wake(volunteer))
+      for _, key in ipairs(keys) do
+        handed[#handed + 1] = key
+        handed[#handed + 1] = volunteer
+      end
     end
-    push_top(k_work(volunteer), reversed)
-    ring(k_wake(volunteer))
-    for _, key in ipairs(keys) do
-      handed[#handed + 1] = key
-      handed[#handed + 1] = volunteer
-    end
+    call('LPOP', queue)
   end
   if #handed > 0 then
-    redis.call('HINCRBY', K_POPS, dist, #handed / 2)
+    call('HINCRBY', K_POPS, dist, #handed / 2)
   end
   return handed
 end
 
--- Forget `node` (membership, volunteering, inbox, claim count) and give back its work: its list
--- and running keys go to the bottom of its distributor's list, or with no distributor the
--- running keys go to the bottom of its own list, which stays. With `max_crashes`, each running
--- key's crash count rises and at the limit the key is re-owned by `reaper` instead.
--- Returns the number of keys given back and the keys that crashed out.
+-- Forget `node` (membership, volunteering, inbox, journal, claim count) and give back its work:
+-- its running keys and its list go to the bottom of its distributor's list (at most
+-- MAX_SCRIPT_KEYS of the list at once: the rest stays and `trim` fetches it later), or with no
+-- distributor the running keys go to the bottom of its own list, which stays. With
+-- `max_crashes`, each running key's crash count rises and at the limit the key is re-owned by
+-- `reaper` instead. Returns the number of keys given back and the keys that crashed out.
 local function hand_back(node, max_crashes, reaper)
   local info = k_node(node)
-  local dist = redis.call('HGET', info, F_DISTRIBUTOR)
-  redis.call('ZREM', K_LEASES, node)
-  redis.call('DEL', info)
-  if dist then
-    redis.call('SREM', k_members(dist), node)
-  end
-  for _, queue in ipairs(redis.call('SMEMBERS', k_volunteered(node))) do
-    redis.call('LREM', k_volunteers(queue), 0, node)
-  end
-  redis.call('DEL', k_volunteered(node), k_inbox(node), k_taken(node), k_wake(node))
-  redis.call('HDEL', K_POPS, node)
-
-  local running = redis.call('SMEMBERS', k_running(node))
-  redis.call('DEL', k_running(node))
+  local dist = call('HGET', info, F_DISTRIBUTOR)
+  local volunteered = call('SMEMBERS', k_volunteered(node))
+  local running = call('SMEMBERS', k_running(node))
   table.sort(running)
+
+  call('ZREM', K_LEASES, node)
+  call('ZADD', K_DEPARTED, now_ms(), node)
+  call('DEL', info)
+  if dist then
+    call('SREM', k_members(dist), node)
+  end
+  for _, queue in ipairs(volunteered) do
+    call('LREM', k_volunteers(queue), 0, node)
+  end
+  redis.call('DEL', k_volunteered(node), k_inbox(node), k_taken(node), k_wake(node),
+    k_running(node), k_journal(node))
+  call('HDEL', K_POPS, node)
+
   local requeue, crashed = {}, {}
   for _, key in ipairs(running) do
     local record = k_record(key)
-    local state = redis.call('HMGET', record, F_STATUS, F_OWNER)
+    local state = read_record(key, F_STATUS, F_OWNER)
     if state[1] == RUNNING and state[2] == node then
-      if max_crashes and redis.call('HINCRBY', record, F_CRASHES, 1) >= max_crashes then
-        redis.call('HSET', record, F_OWNER, reaper)
-        redis.call('SADD', k_running(reaper), key)
+      if max_crashes and call('HINCRBY', record, F_CRASHES, 1) >= max_crashes then
+        call('HSET', record, F_OWNER, reaper)
+        call('SADD', k_running(reaper), key)
         crashed[#crashed + 1] = key
       else
-        redis.call('HSET', record, F_STATUS, PENDING)
-        redis.call('HDEL', record, F_OWNER)
+        call('HSET', record, F_STATUS, PENDING)
+        call('HDEL', record, F_OWNER)
         requeue[#requeue + 1] = key
       end
     end
@@ -139,39 +229,40 @@ local function hand_back(node, max_crashes, reaper)
     push_bottom(k_work(node), requeue)
     return #requeue, crashed
   end
-  local work = k_work(node)
-  local leftover = redis.call('LRANGE', work, 0, -1)
-  redis.call('DEL', work)
   push_bottom(k_work(dist), requeue)
-  push_bottom(k_work(dist), leftover)
-  if #requeue + #leftover > 0 then
+  local moved = move_bottom(node, dist, MAX_SCRIPT_KEYS)
+  if call('LLEN', k_work(node)) > 0 then
+    call('HSET', k_orphans(dist), node, 1)
+  end
+  if #requeue > 0 then
     ring(k_wake(dist))
   end
-  return #requeue + #leftover, crashed
+  return #requeue + moved, crashed
 end
 
--- Pop the top of node's list until a pending key comes up, and run it: {key, payload, crashed}
--- (crashed: whether the key has killed a worker before), or nil. Anything else (done, running, no
--- record, or a value that is no key at all) is discarded. With `fresh_only`, a pending key that
--- crashed a worker before is left on top and nil returned.
+-- Pop the top of node's list until a runnable key comes up, and run it: {key, payload, crashed}
+-- (crashed: whether the key has killed a worker before), or nil. Keys that are done, running
+-- under a known owner or have no record (or are no key at all) are discarded. With
+-- `fresh_only`, a runnable key that crashed a worker before is left on top and nil returned. A
+-- record without a payload is returned with an empty one: the worker fails it as malformed, so
+-- whoever waits for it hears why.
 local function claim(node, fresh_only)
   local work = k_work(node)
   while true do
-    local key = redis.call('RPOP', work)
+    local key = call('RPOP', work)
     if not key then
       return nil
     end
-    local record = k_record(key)
-    local found = redis.call('HMGET', record, F_STATUS, F_PAYLOAD, F_CRASHES)
-    if found[1] == PENDING then
+    local found = read_record(key, F_STATUS, F_PAYLOAD, F_CRASHES, F_OWNER)
+    if runnable(key, found[1], found[4]) then
       if fresh_only and found[3] then
-        redis.call('RPUSH', work, key)
+        call('RPUSH', work, key)
         return nil
       end
-      redis.call('HSET', record, F_STATUS, RUNNING, F_OWNER, node)
-      redis.call('SADD', k_running(node), key)
-      redis.call('HINCRBY', K_POPS, node, 1)
-      return {key, found[2], found[3] ~= false}
+      call('HSET', k_record(key), F_STATUS, RUNNING, F_OWNER, node)
+      call('SADD', k_running(node), key)
+      call('HINCRBY', K_POPS, node, 1)
+      return {key, found[2] or '', found[3] ~= false}
     end
   end
 end
@@ -180,12 +271,12 @@ end
 -- it has work to hand out. Returns 1 when queued, 0 when it was there.
 local function volunteer(dist, node)
   local queue = k_volunteers(dist)
-  if redis.call('LPOS', queue, node) then
+  if call('LPOS', queue, node) then
     return 0
   end
-  redis.call('RPUSH', queue, node)
-  redis.call('SADD', k_volunteered(node), dist)
-  if redis.call('LLEN', k_work(dist)) > 0 then
+  call('RPUSH', queue, node)
+  call('SADD', k_volunteered(node), dist)
+  if call('LLEN', k_work(dist)) > 0 then
     ring(k_wake(dist))
   end
   return 1
@@ -208,4 +299,34 @@ local function claim_many(node, wanted)
     end
   end
   return claimed
+end
+
+-- The journal of a node's calls that claim work. A call whose reply was lost is sent again with
+-- the same token: `replayed` then finds the first call's reply, and the script returns it
+-- instead of running again. `low` is the oldest token whose reply the node still waits for:
+-- every older entry is dropped, so a journal holds about as many entries as calls in flight.
+-- Token '' marks a call that claims nothing (it is safe to repeat as it is).
+local function replayed(node, token, low)
+  if token == '' then
+    return false, nil
+  end
+  local journal = k_journal(node)
+  local stored = call('HGET', journal, token)
+  if stored then
+    return true, cmsgpack.unpack(stored)
+  end
+  low = tonumber(low)
+  for _, old in ipairs(call('HKEYS', journal)) do
+    if tonumber(old) < low then
+      call('HDEL', journal, old)
+    end
+  end
+  return false, nil
+end
+
+local function journaled(node, token, reply)
+  if token ~= '' then
+    call('HSET', k_journal(node), token, cmsgpack.pack(reply))
+  end
+  return reply
 end

@@ -1,48 +1,69 @@
--- complete(node, claim, volunteer_at, key1, outcome1, cache1, key2, ...): for each key in order,
--- store or forget its outcome, drop its wait edges (both ways), and post a notification to every
--- waiter but `node` (a done key stays as it is). Then claim up to `claim` of node's requests;
--- when none came and volunteer_at is not empty, volunteer node there.
+-- complete(token, low, node, claim, volunteer_at, key1, outcome1, cache1, key2, ...): complete
+-- each key in order, then claim up to `claim` of node's requests; when none came and
+-- volunteer_at is not empty, volunteer node there. Journaled when it claims.
 -- Returns {key1, payload1, key2, payload2, ...} for the claimed requests.
+--
+-- Who may complete a key: its owner while it runs; anyone while nobody runs it (pending, or no
+-- record: a node that was reaped while stalled finishing late; its outcome is as good as any,
+-- since a request's value depends only on its key). A completion for a key that is done, or
+-- that now runs under another owner, changes nothing but node's running set: that other run
+-- completes the key.
 
-local node, wanted, volunteer_at = ARGV[1], tonumber(ARGV[2]), ARGV[3]
+local found, reply = replayed(node, token, low)
+if found then
+  return reply
+end
+local wanted = tonumber(claim)
 
-local function complete(key, outcome, cache)
-  redis.call('SREM', k_running(node), key)
-  local record = k_record(key)
-  local status = redis.call('HGET', record, F_STATUS)
-  if status == DONE then
-    return
-  end
-  local waits, waited_by = k_waits(key), k_waited_by(key)
-  for _, after in ipairs(redis.call('SMEMBERS', waits)) do
-    redis.call('SREM', k_waited_by(after), key)
-  end
-  for _, before in ipairs(redis.call('SMEMBERS', waited_by)) do
-    redis.call('SREM', k_waits(before), key)
-  end
-  redis.call('DEL', waits, waited_by)
-  if not status then
-    return
-  end
-
-  if cache then
-    redis.call('HSET', record, F_STATUS, DONE, F_OUTCOME, outcome)
-    redis.call('HDEL', record, F_OWNER, F_CRASHES)
-    redis.call('INCR', K_CACHED)
-  else
-    redis.call('DEL', record)
-  end
+-- Post `note` to every waiter of key but node (a departed node gets nothing: its inbox would
+-- only grow), and forget the waiters.
+local function notify(key, note)
   local waiters = k_waiters(key)
-  local note = #key .. ':' .. key .. outcome
-  for _, waiter in ipairs(redis.call('SMEMBERS', waiters)) do
-    if waiter ~= node then
-      redis.call('RPUSH', k_inbox(waiter), note)
+  for _, waiter in ipairs(call('SMEMBERS', waiters)) do
+    if waiter ~= node and not has_departed(waiter) then
+      call('RPUSH', k_inbox(waiter), note)
     end
   end
   redis.call('DEL', waiters)
 end
 
-for i = 4, #ARGV, 3 do
+local function drop_wait_edges(key)
+  local waits, waited_by = k_waits(key), k_waited_by(key)
+  local after, before = call('SMEMBERS', waits), call('SMEMBERS', waited_by)
+  for _, other in ipairs(after) do
+    call('SREM', k_waited_by(other), key)
+  end
+  for _, other in ipairs(before) do
+    call('SREM', k_waits(other), key)
+  end
+  redis.call('DEL', waits, waited_by)
+end
+
+local function complete(key, outcome, cache)
+  call('SREM', k_running(node), key)
+  local state = read_record(key, F_STATUS, F_OWNER)
+  local status, owner = state[1], state[2]
+  if status == DONE or (status == RUNNING and owner ~= node) then
+    return
+  end
+  drop_wait_edges(key)
+  local record = k_record(key)
+  if status == false then
+    -- No record (a repeat, or the record was lost): nothing to store; tell any waiter left.
+    notify(key, #key .. ':' .. key .. outcome)
+    return
+  end
+  if cache then
+    call('HSET', record, F_STATUS, DONE, F_OUTCOME, outcome)
+    call('HDEL', record, F_OWNER, F_CRASHES)
+    call('INCR', K_CACHED)
+  else
+    redis.call('DEL', record)
+  end
+  notify(key, #key .. ':' .. key .. outcome)
+end
+
+for i = FIRST_COMPLETIONS, #ARGV, 3 do
   complete(ARGV[i], ARGV[i + 1], ARGV[i + 2] == '1')
 end
 
@@ -50,4 +71,4 @@ local claimed = claim_many(node, wanted)
 if wanted > 0 and #claimed == 0 and volunteer_at ~= '' then
   volunteer(volunteer_at, node)
 end
-return claimed
+return journaled(node, token, claimed)

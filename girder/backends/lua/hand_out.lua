@@ -1,3 +1,3 @@
 -- hand_out(distributor, even_share) -> {key1, volunteer1, key2, volunteer2, ...}
 
-return hand_out(ARGV[1], ARGV[2] == '1')
+return hand_out(distributor, even_share == '1', now_ms())

@@ -1,8 +1,9 @@
--- heartbeat(node, ttl_ms) -> 1, or 0 when the node is not registered.
+-- heartbeat(node, ttl_ms) -> {registered (1/0), clock}. The grid's clock rises by one at every
+-- heartbeat: a node that sees it lower than before knows the server lost writes.
 
-local node = ARGV[1]
-if not redis.call('ZSCORE', K_LEASES, node) then
-  return 0
+local registered = 0
+if call('ZSCORE', K_LEASES, node) then
+  call('ZADD', K_LEASES, now_ms() + tonumber(ttl_ms), node)
+  registered = 1
 end
-redis.call('ZADD', K_LEASES, now_ms() + tonumber(ARGV[2]), node)
-return 1
+return {registered, call('INCR', K_CLOCK)}

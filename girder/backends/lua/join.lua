@@ -1,16 +1,16 @@
--- join(node, kind, has_distributor, distributor, ttl_ms): register or renew a node.
+-- join(node, kind, distributor, ttl_ms): register or renew a node ('' for no distributor).
 
-local node, kind, has_dist, dist = ARGV[1], ARGV[2], ARGV[3] == '1', ARGV[4]
 local info = k_node(node)
-local old = redis.call('HGET', info, F_DISTRIBUTOR)
+local old = call('HGET', info, F_DISTRIBUTOR)
 if old then
-  redis.call('SREM', k_members(old), node)
+  call('SREM', k_members(old), node)
 end
 redis.call('DEL', info)
-redis.call('HSET', info, F_KIND, kind)
-if has_dist then
-  redis.call('HSET', info, F_DISTRIBUTOR, dist)
-  redis.call('SADD', k_members(dist), node)
+call('HSET', info, F_KIND, kind)
+if distributor ~= '' then
+  call('HSET', info, F_DISTRIBUTOR, distributor)
+  call('SADD', k_members(distributor), node)
 end
-redis.call('ZADD', K_LEASES, now_ms() + tonumber(ARGV[5]), node)
+call('ZADD', K_LEASES, now_ms() + tonumber(ttl_ms), node)
+call('ZREM', K_DEPARTED, node)
 return 1

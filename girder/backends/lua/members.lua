@@ -2,9 +2,8 @@
 
 local now = now_ms()
 local live = {}
-for _, node in ipairs(redis.call('SMEMBERS', k_members(ARGV[1]))) do
-  local expiry = redis.call('ZSCORE', K_LEASES, node)
-  if expiry and tonumber(expiry) >= now then
+for _, node in ipairs(call('SMEMBERS', k_members(distributor))) do
+  if is_live(node, now) then
     live[#live + 1] = node
   end
 end

@@ -1,14 +1,21 @@
--- reap(reaper, max_crashes) -> {dead nodes, keys requeued, keys crashed out}
+-- reap(token, low, reaper, max_crashes) -> {dead nodes, keys requeued, keys crashed out}.
+-- Journaled: the keys that crashed out are owned by the reaper, which must fail them.
 
-local reaper, max_crashes = ARGV[1], tonumber(ARGV[2])
-local dead = redis.call('ZRANGEBYSCORE', K_LEASES, '-inf', '(' .. now_ms())
+local found, reply = replayed(reaper, token, low)
+if found then
+  return reply
+end
+local limit = tonumber(max_crashes)
+local now = now_ms()
+call('ZREMRANGEBYSCORE', K_DEPARTED, '-inf', now - DEPARTED_MEMORY_MS)
+local dead = call('ZRANGEBYSCORE', K_LEASES, '-inf', '(' .. now)
 table.sort(dead)
 local requeued, crashed_out = 0, {}
 for _, node in ipairs(dead) do
-  local count, crashed = hand_back(node, max_crashes, reaper)
+  local count, crashed = hand_back(node, limit, reaper)
   requeued = requeued + count
   for _, key in ipairs(crashed) do
     crashed_out[#crashed_out + 1] = key
   end
 end
-return {dead, requeued, crashed_out}
+return journaled(reaper, token, {dead, requeued, crashed_out})

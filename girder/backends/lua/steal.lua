@@ -1,3 +1,4 @@
--- steal(distributor, member, count) -> keys moved from the bottom of member's list.
+-- steal(distributor, member, count) -> keys moved from the bottom of member's list (at most
+-- MAX_SCRIPT_KEYS).
 
-return move_bottom(ARGV[2], ARGV[1], tonumber(ARGV[3]))
+return move_bottom(member, distributor, tonumber(count))

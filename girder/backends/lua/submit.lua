@@ -1,10 +1,14 @@
--- submit(node, into, on_top, has_waiter, waiter_key, dispatch, claim, key1, payload1, key2, ...)
--- -> {results, claimed}: per request, {1, outcome} when done, {2, cycle...} when a wait edge
--- closed a cycle, else {0}; then up to `claim` requests claimed for node, {key1, payload1, ...}.
+-- submit(token, low, node, into, on_top, waiter, dispatch, claim, key1, payload1, key2, ...)
+-- -> {results, claimed}: per request, {SUBMITTED_DONE, outcome} when done, {SUBMITTED_CYCLE,
+-- waiter, cycle...} when the wait edge closed a cycle, else {SUBMITTED_QUEUED}; then up to
+-- `claim` requests claimed for node, {key1, payload1, ...}. Journaled when it claims.
 
-local node, into = ARGV[1], ARGV[2]
-local on_top, has_waiter, waiter = ARGV[3] == '1', ARGV[4] == '1', ARGV[5]
-local dispatch, wanted = ARGV[6] == '1', tonumber(ARGV[7])
+local found, reply = replayed(node, token, low)
+if found then
+  return reply
+end
+local now = now_ms()
+local has_waiter, wanted = waiter ~= '', tonumber(claim)
 
 -- A path start -> ... -> target along wait edges (breadth first), or nil.
 local function path(start, target)
@@ -16,7 +20,7 @@ local function path(start, target)
   while #frontier > 0 do
     local next_frontier = {}
     for _, key in ipairs(frontier) do
-      for _, after in ipairs(redis.call('SMEMBERS', k_waits(key))) do
+      for _, after in ipairs(call('SMEMBERS', k_waits(key))) do
         if not parent[after] then
           parent[after] = key
           if after == target then
@@ -24,11 +28,11 @@ local function path(start, target)
             while reversed[#reversed] ~= start do
               reversed[#reversed + 1] = parent[reversed[#reversed]]
             end
-            local found = {}
+            local steps = {}
             for i = #reversed, 1, -1 do
-              found[#found + 1] = reversed[i]
+              steps[#steps + 1] = reversed[i]
             end
-            return found
+            return steps
           end
           next_frontier[#next_frontier + 1] = after
         end
@@ -39,29 +43,41 @@ local function path(start, target)
   return nil
 end
 
+-- Make sure `key` has a record that will run: a new one, or one whose status is garbage or
+-- whose owner the grid does not know, becomes pending with this payload. Returns whether the
+-- key needs queueing (it does unless it runs under a known owner).
+local function ensure_record(key, payload, state)
+  local status, owner = state[1], state[3]
+  if status == RUNNING and owned(key, owner) then
+    return false
+  end
+  if status ~= PENDING then
+    local record = k_record(key)
+    call('HSET', record, F_STATUS, PENDING, F_PAYLOAD, payload)
+    call('HDEL', record, F_OWNER)
+  end
+  return true
+end
+
 local results, pushed = {}, {}
-for i = 8, #ARGV, 2 do
+for i = FIRST_REQUESTS, #ARGV, 2 do
   local key = ARGV[i]
-  local record = k_record(key)
-  local state = redis.call('HMGET', record, F_STATUS, F_OUTCOME)
-  if state[1] == DONE then
-    results[#results + 1] = {1, state[2]}
+  local state = read_record(key, F_STATUS, F_OUTCOME, F_OWNER)
+  if state[1] == DONE and state[2] then
+    results[#results + 1] = {SUBMITTED_DONE, state[2]}
   else
-    if not state[1] then
-      redis.call('HSET', record, F_STATUS, PENDING, F_PAYLOAD, ARGV[i + 1])
-    end
-    redis.call('SADD', k_waiters(key), node)
-    if state[1] ~= RUNNING then
+    if ensure_record(key, ARGV[i + 1], state) then
       pushed[#pushed + 1] = key
     end
-    local result = {0}
+    call('SADD', k_waiters(key), node)
+    local result = {SUBMITTED_QUEUED}
     if has_waiter then
-      redis.call('SADD', k_waits(waiter), key)
-      redis.call('SADD', k_waited_by(key), waiter)
-      local found = path(key, waiter)
-      if found then
-        result = {2, waiter}
-        for _, step in ipairs(found) do
+      call('SADD', k_waits(waiter), key)
+      call('SADD', k_waited_by(key), waiter)
+      local cycle = path(key, waiter)
+      if cycle then
+        result = {SUBMITTED_CYCLE, waiter}
+        for _, step in ipairs(cycle) do
           result[#result + 1] = step
         end
       end
@@ -71,16 +87,16 @@ for i = 8, #ARGV, 2 do
 end
 
 if #pushed > 0 then
-  if on_top then
+  if on_top == '1' then
     push_top(k_work(into), pushed)
   else
     push_bottom(k_work(into), pushed)
   end
 end
-if dispatch then
-  hand_out(into, true)
+if dispatch == '1' then
+  hand_out(into, true, now)
 end
-if #pushed > 0 and (not dispatch or redis.call('LLEN', k_work(into)) > 0) then
+if #pushed > 0 and (dispatch ~= '1' or call('LLEN', k_work(into)) > 0) then
   ring(k_wake(into))
 end
-return {results, claim_many(node, wanted)}
+return journaled(node, token, {results, claim_many(node, wanted)})

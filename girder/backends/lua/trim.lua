@@ -1,12 +1,20 @@
 -- trim(distributor, member1, member2, ...) -> keys moved. Each member keeps as many keys as
--- it claimed since the last trim (the count restarts); the rest leave from the bottom.
+-- it claimed since the last trim (the count restarts); the rest leave from the bottom, at most
+-- MAX_SCRIPT_KEYS per member. Then what departed members left behind (see hand_back) comes up,
+-- at most MAX_SCRIPT_KEYS per departed member.
 
-local dist = ARGV[1]
 local moved = 0
-for i = 2, #ARGV do
+for i = FIRST_MEMBERS, #ARGV do
   local member = ARGV[i]
-  local keep = tonumber(redis.call('HGET', K_POPS, member) or 0)
-  redis.call('HDEL', K_POPS, member)
-  moved = moved + move_bottom(member, dist, redis.call('LLEN', k_work(member)) - keep)
+  local keep = tonumber(call('HGET', K_POPS, member) or 0)
+  call('HDEL', K_POPS, member)
+  moved = moved + move_bottom(member, distributor, call('LLEN', k_work(member)) - keep)
+end
+local orphans = k_orphans(distributor)
+for _, departed in ipairs(call('HKEYS', orphans)) do
+  moved = moved + move_bottom(departed, distributor, MAX_SCRIPT_KEYS)
+  if call('LLEN', k_work(departed)) == 0 then
+    call('HDEL', orphans, departed)
+  end
 end
 return moved

@@ -1,3 +1,3 @@
 -- volunteer(distributor, node): queue node at distributor unless it is there already.
 
-return volunteer(ARGV[1], ARGV[2])
+return volunteer(distributor, node)

@@ -1,0 +1,154 @@
+"""Faults of the Redis server itself, with the grid in real processes: a short outage, a server
+restored from an older snapshot, and a server out of memory. Each test runs its own
+`redis-server` (its snapshots must not leak into other tests)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+from gridfns import add, fan_of_fans, identity
+from processes import FAST_RECOVERY, GridProcesses, nodes, wait_for_nodes, wait_until
+from structlog.testing import capture_logs
+
+import girder
+from girder.backends.base import NodeKind
+from girder.backends.redis import RedisBackend
+from girder.errors import BackendError
+from girder.testing.redis_server import RedisServer
+
+pytestmark = [pytest.mark.redis, pytest.mark.timeout(120)]
+
+CLIENT_OPTIONS: dict[str, Any] = {
+    key.removeprefix("GIRDER_").lower(): float(value) for key, value in FAST_RECOVERY.items()
+}
+
+
+@pytest.fixture
+def server() -> Iterator[RedisServer]:
+    """A server of this test alone: a restart loads the snapshot that this test saved."""
+    with RedisServer() as server:
+        yield server
+
+
+@pytest.fixture
+def grid_processes(server: RedisServer, tmp_path: Path) -> Iterator[GridProcesses]:
+    procs = GridProcesses(server.url, tmp_path)
+    try:
+        yield procs
+    finally:
+        procs.stop_all()
+
+
+@pytest.fixture
+async def client(server: RedisServer) -> AsyncIterator[girder.Grid]:
+    async with girder.Grid.connect(server.url, pool="pool", **CLIENT_OPTIONS) as grid:
+        yield grid
+
+
+async def _running(url: str) -> bool:
+    return any(n.running > 0 for n in await nodes(url) if n.kind == NodeKind.WORKER)
+
+
+async def _cached(url: str, count: int) -> bool:
+    raw = aioredis.Redis.from_url(url)
+    try:
+        return int(await raw.get("{girder}:cached") or 0) >= count
+    finally:
+        await raw.aclose()
+
+
+async def _start_grid(procs: GridProcesses, url: str) -> None:
+    procs.distributor()
+    procs.worker("w1")
+    procs.worker("w2")
+    await wait_for_nodes(url, workers=2)
+
+
+async def test_a_short_redis_outage_fails_no_request(
+    grid_processes: GridProcesses, client: girder.Grid, server: RedisServer
+) -> None:
+    """Redis is gone for over a second while nested calls are under way: nodes wait and
+    retry, and the job finishes with the right answer (no `BackendError` becomes a request's
+    outcome)."""
+    await _start_grid(grid_processes, server.url)
+    job = client.submit(fan_of_fans, 4, 6, 150, "outage")
+    await wait_until(lambda: _running(server.url), what="work running")
+    server.command("SAVE")
+    server.kill()
+    await asyncio.sleep(1.5)  # the outage itself: nothing to wait for but time
+    server.start()  # with the snapshot saved just before the kill
+    assert await asyncio.wait_for(job, 90) == 4 * sum(range(6))
+    assert "request failed" not in grid_processes.log_text()
+
+
+async def test_a_redis_restored_from_an_older_snapshot_does_not_hang_the_grid(
+    grid_processes: GridProcesses, client: girder.Grid, server: RedisServer
+) -> None:
+    """The snapshot says leaves run under live workers that have long finished them (their
+    completions were lost with the newer writes). The nodes see the grid's clock go back,
+    give back what they do not run, submit again what they wait for, and the job finishes."""
+    await _start_grid(grid_processes, server.url)
+    job = client.submit(fan_of_fans, 3, 8, 400, "restore")
+    await wait_until(lambda: _running(server.url), what="leaves running")
+    server.command("SAVE")
+    await wait_until(lambda: _cached(server.url, 6), what="leaves finished after the snapshot")
+    server.restart()  # loads the older snapshot
+    assert await asyncio.wait_for(job, 60) == 3 * sum(range(8))
+    assert "clock_went_back=True" in grid_processes.log_text()
+
+
+async def test_redis_out_of_memory_gives_the_caller_a_clear_error(redis_url: str) -> None:
+    """With `maxmemory` reached and `noeviction`, Redis refuses writes: the caller gets a
+    `BackendError` saying so (no silent wait), and the grid works again once there is room."""
+    raw = aioredis.Redis.from_url(redis_url)
+    try:
+        async with girder.Grid.local(workers=2, backend=redis_url, **CLIENT_OPTIONS) as grid:
+            assert await grid.call(add, 1, 2) == 3
+            used = int((await raw.info("memory"))["used_memory"])
+            await raw.config_set("maxmemory-policy", "noeviction")
+            await raw.config_set("maxmemory", str(used + 64 * 1024))
+            with pytest.raises(BackendError, match="out of memory"):
+                await asyncio.wait_for(
+                    grid.call_all([(identity, bytes([i]) * 50_000) for i in range(100)]), 30
+                )
+            await raw.config_set("maxmemory", "0")
+            assert await asyncio.wait_for(grid.call(add, 2, 3), 30) == 5
+    finally:
+        await raw.config_set("maxmemory", "0")
+        await raw.aclose()
+
+
+async def test_an_evicting_policy_is_warned_about_and_hangs_nothing(redis_url: str) -> None:
+    """`allkeys-lru` may evict records, waiter sets and queues of running work. Girder warns at
+    start, and whatever is evicted, every call still returns (the keys awaited for long are
+    submitted again)."""
+    raw = aioredis.Redis.from_url(redis_url)
+    try:
+        await raw.config_set("maxmemory-policy", "allkeys-lru")
+        backend = RedisBackend(redis_url)
+        with capture_logs() as logs:
+            await backend.connect()
+        await backend.close()
+        assert any(log.get("policy") == "allkeys-lru" for log in logs)
+        grid = girder.Grid.local(workers=2, backend=redis_url, **CLIENT_OPTIONS)
+        await grid.start()
+        try:
+            used = int((await raw.info("memory"))["used_memory"])
+            await raw.config_set("maxmemory", str(used + 1024 * 1024))
+            values = [i.to_bytes(2, "big") * 4_000 for i in range(400)]
+            results = await asyncio.wait_for(
+                asyncio.gather(*(grid.call(identity, value) for value in values)), 90
+            )
+            assert results == values
+            assert int((await raw.info("stats"))["evicted_keys"]) > 0
+        finally:
+            await grid.stop()
+    finally:
+        await raw.config_set("maxmemory", "0")
+        await raw.config_set("maxmemory-policy", "noeviction")
+        await raw.aclose()
