@@ -51,6 +51,11 @@ class Timeline:
     stops: list[tuple[int, float, float]] = field(default_factory=list)
     """(pid, SIGSTOP time, SIGCONT time)."""
     redis_down: list[tuple[float, float]] = field(default_factory=list)
+    """Redis restarts that kept the data: (killed, back)."""
+    redis_wiped: list[tuple[float, float]] = field(default_factory=list)
+    """Redis restarts that lost every key: (killed, back)."""
+    redis_paused: list[tuple[float, float]] = field(default_factory=list)
+    """Redis SIGSTOPped: (stopped, continued)."""
     injected: Counter[str] = field(default_factory=Counter)
     skipped: Counter[str] = field(default_factory=Counter)
 
@@ -120,7 +125,18 @@ class Overlap:
     first: Run
     second: Run
     excuse: str | None
-    """Why the grid may do this (a lease expired), or None: a violation."""
+    """Why the grid may do this (a lease expired, Redis lost data), or None: a violation."""
+
+    @property
+    def kind(self) -> str:
+        """The excuse in a word or two, for the summary."""
+        if self.excuse is None:
+            return "unexplained"
+        if "SIGSTOP" in self.excuse:
+            return "runner stopped past its lease"
+        if "claim" in self.excuse:
+            return "stale claim run on waking"
+        return "Redis lost data"
 
 
 def _long_stop(timeline: Timeline, pid: int, since: float, until: float) -> str | None:
@@ -152,6 +168,10 @@ def _lease_expired(timeline: Timeline, first: Run, second: Run) -> str | None:
 
 
 def _lossy_restart(timeline: Timeline, since: float, until: float, fsync: str) -> str | None:
+    """A Redis restart in [since, until] that lost data (documented: requests run again)."""
+    for down, up in timeline.redis_wiped:
+        if since <= up and down <= until:
+            return f"Redis came back empty at {up:.3f}"
     if fsync == "always":
         return None
     for _down, up in timeline.redis_down:
@@ -184,13 +204,18 @@ def rerun_reason(first: Run, second: Run, timeline: Timeline, fsync: str) -> str
         return "its runner was killed mid-run"
     if first.how in ("error", "cancelled"):
         return f"the earlier run ended: {first.how}"
+    assert first.end is not None
+    if _lossy_restart(timeline, first.end, second.start, fsync):
+        return "Redis lost the result (a restart without the data)"
+    # The completion goes out right after the run: a death or a stop soon after loses it.
+    sending = first.end + LEASE
     killed_at = timeline.killed.get(first.pid)
-    if killed_at is not None and first.end is not None and first.end <= killed_at <= second.start:
+    if killed_at is not None and first.end <= killed_at <= min(sending, second.start):
         return "its runner was killed before the completion was stored"
-    if _lease_expired(timeline, first, second):
-        return "a runner was SIGSTOPped past its lease"
-    if _lossy_restart(timeline, first.start, second.start, fsync):
-        return "a Redis restart lost the result"
+    if _long_stop(timeline, first.pid, first.start, min(sending, second.start)):
+        return "its runner was SIGSTOPped past its lease before the completion was stored"
+    if _stale_claim(timeline, second):
+        return "the second runner woke from a stop past its lease and ran a stale claim"
     return "UNEXPLAINED (a finished, cached key ran again)"
 
 

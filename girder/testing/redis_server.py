@@ -144,6 +144,15 @@ class RedisServer:
         self.kill()
         self.start()
 
+    def wipe(self) -> None:
+        """Delete the data files of a stopped server: the next start is empty even when
+        persistent (a server that lost its disk, or was restored from nothing)."""
+        if self.running:
+            raise RuntimeError("wipe() needs the server stopped (kill() it first)")
+        shutil.rmtree(self._dir / "appendonlydir", ignore_errors=True)
+        for name in ("dump.rdb", "appendonly.aof"):
+            (self._dir / name).unlink(missing_ok=True)
+
     def pause(self) -> None:
         """SIGSTOP the server: connections stay open, nothing is answered."""
         self._signal(signal.SIGSTOP)
