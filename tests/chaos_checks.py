@@ -168,9 +168,10 @@ def _lease_expired(timeline: Timeline, first: Run, second: Run) -> str | None:
 
 
 def _lossy_restart(timeline: Timeline, since: float, until: float, fsync: str) -> str | None:
-    """A Redis restart in [since, until] that lost data (documented: requests run again)."""
+    """A Redis restart in [since, until] that lost data (documented: requests run again), or
+    just before `since` (a request claimed before the loss may start running just after it)."""
     for down, up in timeline.redis_wiped:
-        if since <= up and down <= until:
+        if since <= up + LEASE and down <= until:
             return f"Redis came back empty at {up:.3f}"
     if fsync == "always":
         return None
