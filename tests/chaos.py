@@ -185,7 +185,7 @@ def _fault_lengths(kind: str, rng: random.Random) -> tuple[float, float]:
     if kind == "drop_reply":
         return float(rng.randint(1, 3)), 0.0
     if kind == "delay_replies":
-        return rng.uniform(1.0, 3.0), rng.uniform(0.05, LEASE / 4)
+        return rng.uniform(1.0, 3.0), rng.uniform(0.05, LEASE)
     if kind == "proxy_chaos":
         return rng.uniform(1.0, 3.0), 0.0
     if kind == "proxy_outage":
@@ -620,7 +620,23 @@ class ChaosRun:
             db.close()
 
     async def _dead_reaped(self) -> bool:
-        return all(n.alive for n in await nodes(self.redis.url))
+        """Every node the run killed is gone from the grid (its lease ran out and someone
+        reaped it), and every node left is alive."""
+        found = await nodes(self.redis.url)
+        killed = self.killed_node_ids()
+        return all(n.alive and n.node not in killed for n in found)
+
+    def killed_node_ids(self) -> set[str]:
+        """Ids of the workers and clients this run killed (a distributor comes back under its
+        own name, so it is not one of them)."""
+        killed = {n for n, p in self.workers.items() if p.pid in self.timeline.killed}
+        for slot in self.clients.values():
+            killed |= {
+                e["node"]
+                for e in read_events(slot.answers)
+                if e["event"] == "hello" and e["pid"] in self.timeline.killed
+            }
+        return killed
 
     def _hung_clients(self) -> str:
         return ", ".join(

@@ -206,7 +206,7 @@ def rerun_reason(first: Run, second: Run, timeline: Timeline, fsync: str) -> str
     if first.how in ("error", "cancelled"):
         return f"the earlier run ended: {first.how}"
     assert first.end is not None
-    if _lossy_restart(timeline, first.end, second.start, fsync):
+    if _lossy_restart(timeline, first.start, second.start, fsync):
         return "Redis lost the result (a restart without the data)"
     # The completion goes out right after the run: a death or a stop soon after loses it.
     sending = first.end + LEASE
