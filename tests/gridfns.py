@@ -214,6 +214,17 @@ def die(tag: str) -> None:
     os.kill(os.getpid(), signal.SIGKILL)
 
 
+@girder.function
+async def staged(levels: int, ms: int, tag: str) -> int:
+    """Nap `ms`, then (above level 0) call two sub-requests of the level below: new nested
+    calls keep being made for levels * ms milliseconds. The number of leaves."""
+    await asyncio.sleep(ms / 1000)
+    if levels == 0:
+        return 1
+    parts = await girder.call_reentrant([(staged, levels - 1, ms, f"{tag}.{i}") for i in (0, 1)])
+    return sum(parts)
+
+
 # -- runs logged for the chaos test ---------------------------------------------------------------
 
 RUN_LOG_ENV = "GIRDER_TEST_RUN_LOG"

@@ -513,3 +513,32 @@ async def test_a_departed_node_leaves_no_inbox_behind(
     while (claimed := await backend.claim("w")) is not None:
         await backend.complete("w", claimed.key, out(claimed.key), cache=True)
     assert not await raw.exists(f"{{{PREFIX}}}:inbox:c")
+
+
+class TestRedisBackendLosingEveryReplyOnce(BackendConformance):
+    """The whole suite again, with the reply of every distinct command lost once after the
+    server ran it: every script runs twice (the client sends it again), and every rule must
+    still hold. Waits for a wake-up are spared (a lost wake-up only costs a wake-up)."""
+
+    @pytest.fixture
+    async def backend(
+        self, redis_url: str, monkeypatch: pytest.MonkeyPatch
+    ) -> AsyncIterator[StateBackend]:
+        original = resp.Connection.pipeline
+        seen: set[str] = set()
+
+        async def losing_once(self: resp.Connection, commands: Sequence[resp.Command]) -> list[Any]:
+            replies = await original(self, commands)
+            blocking = any(command[0] in ("BLPOP", "BLMOVE", "LPOP") for command in commands)
+            text = repr(commands)
+            if not blocking and text not in seen:
+                seen.add(text)
+                raise resp.ReplyLost("reply lost after the server ran the command")
+            return replies
+
+        monkeypatch.setattr(resp.Connection, "pipeline", losing_once)
+        backend = RedisBackend(redis_url, settings=Settings(key_prefix=PREFIX))
+        await backend.connect()
+        yield backend
+        await backend.close()
+        assert seen, "no reply was lost"

@@ -68,7 +68,14 @@ from girder.backends.redis_scripts import (
     Script,
     build_scripts,
 )
-from girder.backends.resp import Command, ConnectionLost, RedisClient, ReplyError, parse_url
+from girder.backends.resp import (
+    Command,
+    ConnectionLost,
+    RedisClient,
+    ReplyError,
+    ReplyLost,
+    parse_url,
+)
 from girder.config import Settings
 from girder.errors import BackendError, BackendFull, ConfigurationError
 
@@ -86,6 +93,9 @@ _MIN_SERVER = (6, 2)
 
 _OUTAGE_REPLIES = ("LOADING", "BUSY", "MASTERDOWN", "READONLY", "TRYAGAIN", "CLUSTERDOWN")
 """Error replies of a server that cannot serve right now but will: waited out like an outage."""
+
+_CONNECT_TRIES = 5
+"""Attempts of `connect` whose reply was lost, before it gives up."""
 
 _EVICTING_POLICIES = ("allkeys-lru", "allkeys-lfu", "allkeys-random")
 
@@ -188,17 +198,27 @@ class RedisBackend:
         self._redis = RedisClient(address)
 
     async def connect(self) -> None:
-        with self._errors("connect"):
-            info = (await self._redis.execute("INFO", "server")).decode()
-            found = re.search(r"^redis_version:(\S+)", info, re.MULTILINE)
-            release = found.group(1) if found else "0"
-            version = tuple(int(part) for part in release.split(".")[:2] if part.isdigit())
-            if version < _MIN_SERVER:
-                raise ConfigurationError(
-                    f"Redis at {self.url} is version {release}; girder needs 6.2+"
-                )
-            await self._load_scripts()
+        """Check the server and load the scripts. A server that cannot be reached at all is a
+        `BackendError` at once (a wrong URL should not wait); a reply lost on the way is
+        asked again."""
+        for attempt in range(_CONNECT_TRIES):
+            try:
+                with self._errors("connect"):
+                    await self._check_server()
+                    await self._load_scripts()
+                break
+            except BackendError as exc:
+                if not isinstance(exc.__cause__, ReplyLost) or attempt == _CONNECT_TRIES - 1:
+                    raise
         await self._check_eviction_policy()
+
+    async def _check_server(self) -> None:
+        info = (await self._redis.execute("INFO", "server")).decode()
+        found = re.search(r"^redis_version:(\S+)", info, re.MULTILINE)
+        release = found.group(1) if found else "0"
+        version = tuple(int(part) for part in release.split(".")[:2] if part.isdigit())
+        if version < _MIN_SERVER:
+            raise ConfigurationError(f"Redis at {self.url} is version {release}; girder needs 6.2+")
 
     async def _check_eviction_policy(self) -> None:
         """Warn when the server may evict the grid's own state (queues, records, leases)."""
@@ -270,13 +290,13 @@ class RedisBackend:
         return await self._retrying(name, lambda: self._redis.execute(*command))
 
     async def _journaled(
-        self, name: str, node: str, claims: bool, *args: str | bytes | int | float
+        self, name: str, node: str, exactly_once: bool, *args: str | bytes | int | float
     ) -> Any:
-        """Run a script that may claim work for `node`. When it claims, the call carries a
-        token: if its reply is lost, sending it again returns the reply of the run that
-        happened instead of claiming again. The oldest token still awaited lets the script
-        drop the journal entries of replies that arrived."""
-        if not claims:
+        """Run a journaled script for `node`. With `exactly_once` (the call claims, queues or
+        moves something) it carries a token: if its reply is lost, sending it again returns the
+        reply of the run that happened instead of doing it again. The oldest token still
+        awaited lets the script drop the journal entries of replies that arrived."""
+        if not exactly_once:
             return await self._run(name, "", "", *args)
         token = next(self._tokens)
         awaited = self._awaited.setdefault(node, set())
@@ -350,7 +370,7 @@ class RedisBackend:
             ]
             for request in chunk:
                 args += (request.key, request.payload)
-            replies, flat = await self._journaled("submit", node, wanted > 0, *args)
+            replies, flat = await self._journaled("submit", node, True, *args)
             found += (
                 _submitted(request.key, reply)
                 for request, reply in zip(chunk, replies, strict=True)
@@ -474,15 +494,15 @@ class RedisBackend:
         await self._run("volunteer", distributor, node)
 
     async def hand_out(self, distributor: str, *, even_share: bool = False) -> list[Assignment]:
-        flat = await self._run("hand_out", distributor, int(even_share))
+        flat = await self._journaled("hand_out", distributor, True, distributor, int(even_share))
         return [Assignment(flat[i].decode(), flat[i + 1].decode()) for i in range(0, len(flat), 2)]
 
     async def trim(self, distributor: str, members: Sequence[str]) -> int:
-        moved: int = await self._run("trim", distributor, *members)
+        moved: int = await self._journaled("trim", distributor, True, distributor, *members)
         return moved
 
     async def steal(self, distributor: str, member: str, count: int) -> int:
-        moved: int = await self._run("steal", distributor, member, count)
+        moved: int = await self._journaled("steal", distributor, True, distributor, member, count)
         return moved
 
     async def lengths(self, nodes: Sequence[str]) -> list[int]:
@@ -511,7 +531,7 @@ class RedisBackend:
         return Beat(bool(registered), clock)
 
     async def reconcile(self, node: str, keep: Sequence[str]) -> int:
-        count: int = await self._run("reconcile", node, *keep)
+        count: int = await self._journaled("reconcile", node, True, node, *keep)
         return count
 
     async def leave(self, node: str) -> int:

@@ -36,6 +36,8 @@ Per grid:
     corrupt            list: the last keys found holding garbage of the wrong type (deleted)
     departed           sorted set: node -> when it left or was reaped (notifications for it are
                        dropped; forgotten after a day, or when a node of that name joins)
+    farewells          hash: departed node -> how many keys its `leave` handed back (what a
+                       repeated `leave` answers; forgotten with `departed`)
 """
 
 from __future__ import annotations
@@ -65,6 +67,7 @@ CACHED = "cached"
 CLOCK = "clock"
 CORRUPT = "corrupt"
 DEPARTED = "departed"
+FAREWELLS = "farewells"
 
 F_STATUS = "s"
 F_PAYLOAD = "pl"
@@ -102,6 +105,7 @@ _GLOBAL = {
     "CLOCK": CLOCK,
     "CORRUPT": CORRUPT,
     "DEPARTED": DEPARTED,
+    "FAREWELLS": FAREWELLS,
 }
 _CONSTANTS = {
     "F_STATUS": F_STATUS,

@@ -9,9 +9,10 @@ A built script is: the key-name prelude (`RedisKeys.lua_prelude`), the reply cod
 helpers (`common.lua`), the argument lines, then the script's own body. Every script gets the grid's
 anchor key as KEYS[1]: it names the grid's hash slot, in which every key a script derives lives.
 
-Scripts that claim work are *journaled*: their first two arguments are a call token and the
-lowest token the calling node still waits for. A call whose reply was lost can be sent again with
-the same token and gets the first call's reply back instead of claiming again (see `common.lua`).
+Scripts whose reply depends on what they changed (claims, hand-outs, moves) are *journaled*:
+their first two arguments are a call token and the lowest token the calling node still waits
+for. A call whose reply was lost can be sent again with the same token and gets the first call's
+reply back instead of claiming or moving again (see `common.lua`).
 """
 
 from __future__ import annotations
@@ -90,14 +91,14 @@ SPECS = {
         ScriptSpec("acknowledge", ("node", "received")),
         ScriptSpec("take", ("node",)),
         ScriptSpec("volunteer", ("distributor", "node")),
-        ScriptSpec("hand_out", ("distributor", "even_share")),
-        ScriptSpec("trim", ("distributor",), rest="members"),
-        ScriptSpec("steal", ("distributor", "member", "count")),
+        ScriptSpec("hand_out", ("distributor", "even_share"), journaled=True),
+        ScriptSpec("trim", ("distributor",), rest="members", journaled=True),
+        ScriptSpec("steal", ("distributor", "member", "count"), journaled=True),
         ScriptSpec("join", ("node", "kind", "distributor", "ttl_ms")),
         ScriptSpec("heartbeat", ("node", "ttl_ms")),
         ScriptSpec("leave", ("node",)),
         ScriptSpec("reap", ("reaper", "max_crashes"), journaled=True),
-        ScriptSpec("reconcile", ("node",), rest="keep"),
+        ScriptSpec("reconcile", ("node",), rest="keep", journaled=True),
         ScriptSpec("nodes"),
         ScriptSpec("members", ("distributor",)),
     )

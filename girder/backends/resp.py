@@ -21,7 +21,6 @@ from the query.
 from __future__ import annotations
 
 import asyncio
-import select
 import socket
 import ssl
 from collections import deque
@@ -39,12 +38,6 @@ _SCHEMES = ("redis", "rediss", "unix")
 _KEEPALIVE = (("TCP_KEEPIDLE", 10), ("TCP_KEEPINTVL", 5), ("TCP_KEEPCNT", 3))
 """TCP keepalive: probe after 10 s of silence, every 5 s, and drop the connection after 3 missed
 probes, so a dead peer is noticed in about 25 s (where the platform has these options)."""
-
-_IDLE = 0.001
-"""Seconds with nothing in flight after which a connection's socket is looked at before the
-connection is used again: had the server closed it meanwhile (a restart, its idle timeout), the
-event loop may not have seen that yet, and a command written into it would be lost rather than
-not sent. Looking costs a system call, so never while commands stream."""
 
 _Waiter = tuple[asyncio.Future[list[Any]], int, list[Any], float | None]
 """A command batch in flight: its future, how many replies it has, those come so far, and when
@@ -143,14 +136,11 @@ class _Protocol(asyncio.Protocol):
         self._waiting: deque[_Waiter] = deque()
         self._transport: asyncio.Transport | None = None
         self._watchdog: asyncio.TimerHandle | None = None
-        self._fd = -1
-        self._last_sent = self._loop.time()
         self.lost: ReplyLost | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self._transport = transport
-        self._fd = transport.get_extra_info("socket").fileno()
 
     def data_received(self, data: bytes) -> None:
         self._reader.feed(data)
@@ -196,7 +186,7 @@ class _Protocol(asyncio.Protocol):
             raise NotSent("the connection is closing")
         loop = self._loop
         future = loop.create_future()
-        self._last_sent = now = loop.time()
+        now = loop.time()
         deadline = None if timeout is None else now + timeout
         self._waiting.append((future, count, [], deadline))
         self._transport.write(packed)
@@ -205,16 +195,9 @@ class _Protocol(asyncio.Protocol):
         return future
 
     def broken(self) -> bool:
-        """Whether the connection is known to be broken; if it sat idle, its socket is looked
-        at: nothing is due on it, so anything there is the server's goodbye (an EOF or a reset)
-        that the event loop has not seen yet."""
-        if self.lost is not None:
-            return True
-        if self._waiting or self._loop.time() - self._last_sent < _IDLE:
-            return False
-        readable, _, _ = select.select([self._fd], [], [], 0)
-        if readable:
-            self._fail(ReplyLost("the connection broke while idle"))
+        """Whether the connection is known to be broken. One the server closed while it sat
+        idle may not be known yet: a command sent on it fails with `ReplyLost`, and the
+        backend sends it again (every operation is safe to repeat)."""
         return self.lost is not None
 
     def _watch(self) -> None:

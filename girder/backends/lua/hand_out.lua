@@ -1,3 +1,8 @@
--- hand_out(distributor, even_share) -> {key1, volunteer1, key2, volunteer2, ...}
+-- hand_out(token, low, distributor, even_share) -> {key1, volunteer1, key2, volunteer2, ...}.
+-- Journaled.
 
-return hand_out(distributor, even_share == '1', now_ms())
+local found, reply = replayed(distributor, token, low)
+if found then
+  return reply
+end
+return journaled(distributor, token, hand_out(distributor, even_share == '1', now_ms()))

@@ -13,4 +13,5 @@ if distributor ~= '' then
 end
 call('ZADD', K_LEASES, now_ms() + tonumber(ttl_ms), node)
 call('ZREM', K_DEPARTED, node)
+call('HDEL', K_FAREWELLS, node)
 return 1

@@ -1,8 +1,12 @@
--- reconcile(node, keep1, keep2, ...) -> keys given back. Node's running set names keys the node
+-- reconcile(token, low, node, keep1, keep2, ...) -> keys given back (journaled). Node's running set names keys the node
 -- does not run (the server lost writes, or a claim's reply was lost): every key in it that is
 -- not in `keep` and still runs under node becomes pending again, at the bottom of node's
 -- distributor's list (or of its own list without one).
 
+local found, reply = replayed(node, token, low)
+if found then
+  return reply
+end
 local keep = {}
 for i = FIRST_KEEP, #ARGV do
   keep[ARGV[i]] = true
@@ -26,4 +30,4 @@ push_bottom(k_work(target), requeue)
 if #requeue > 0 then
   ring(k_wake(target))
 end
-return #requeue
+return journaled(node, token, #requeue)

@@ -1,7 +1,8 @@
 -- submit(token, low, node, into, on_top, waiter, dispatch, claim, key1, payload1, key2, ...)
 -- -> {results, claimed}: per request, {SUBMITTED_DONE, outcome} when done, {SUBMITTED_CYCLE,
 -- waiter, cycle...} when the wait edge closed a cycle, else {SUBMITTED_QUEUED}; then up to
--- `claim` requests claimed for node, {key1, payload1, ...}. Journaled when it claims.
+-- `claim` requests claimed for node, {key1, payload1, ...}. Journaled (a repeat would queue
+-- the keys twice).
 
 local found, reply = replayed(node, token, low)
 if found then

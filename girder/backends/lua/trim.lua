@@ -1,8 +1,12 @@
--- trim(distributor, member1, member2, ...) -> keys moved. Each member keeps as many keys as
+-- trim(token, low, distributor, member1, member2, ...) -> keys moved (journaled). Each member keeps as many keys as
 -- it claimed since the last trim (the count restarts); the rest leave from the bottom, at most
 -- MAX_SCRIPT_KEYS per member. Then what departed members left behind (see hand_back) comes up,
 -- at most MAX_SCRIPT_KEYS per departed member.
 
+local found, reply = replayed(distributor, token, low)
+if found then
+  return reply
+end
 local moved = 0
 for i = FIRST_MEMBERS, #ARGV do
   local member = ARGV[i]
@@ -17,4 +21,4 @@ for _, departed in ipairs(call('HKEYS', orphans)) do
     call('HDEL', orphans, departed)
   end
 end
-return moved
+return journaled(distributor, token, moved)
