@@ -18,6 +18,8 @@ import redis
 from chaos_client import read_events
 from processes import FAST_RECOVERY
 
+from girder.backends import redis_keys
+
 LEASE = float(FAST_RECOVERY["GIRDER_HEARTBEAT_TTL"])
 """Seconds without a heartbeat before a node counts as dead (the nodes' GIRDER_HEARTBEAT_TTL)."""
 
@@ -288,27 +290,13 @@ def check_answers(
 
 # -- Redis: what is left ---------------------------------------------------------------------------
 
-RECORD_KINDS = (
-    "req",
-    "waiters",
-    "waits",
-    "waitedby",
-    "work",
-    "running",
-    "volunteers",
-    "volunteered",
-    "inbox",
-    "taken",
-    "wake",
-    "node",
-    "members",
-    "journal",
-    "orphans",
-)
-GLOBAL_KEEP = ("cached", "clock", "departed")
+RECORD_KINDS = tuple(part.rstrip(":") for part in redis_keys._PER_ID.values())
+"""Keys per request or per node (`req:<key>`, `inbox:<node>`, ...), from the backend's layout."""
+GLOBAL_KEEP = ("cached", "clock", "departed", "farewells")
 """Global bookkeeping that may stay when the grid is idle (counters; the recently departed)."""
 GLOBAL_EMPTY = ("pops", "leases")
-"""Global hashes and sets of nodes: no entry should stay once every node is gone."""
+"""Global hashes and sets of nodes: no entry should stay once every node is gone. Any other
+global key of the layout (say `corrupt`) is reported, and so is a key the layout does not name."""
 
 
 def decode(value: bytes | None) -> str:
@@ -393,8 +381,10 @@ def check_leaks(db: redis.Redis, names: dict[str, str]) -> LeakReport:
             pattern = f"{PREFIX}{part}:{_id_pattern(ident, names)}"
             if part == "req":
                 pattern += f" (status {decode(db.hget(key, 's'))})"
+        elif rest in redis_keys._GLOBAL.values():
+            pattern = f"{PREFIX}{rest} (global, not expected to stay)"
         else:
-            pattern = f"{PREFIX}{rest} (unknown)"
+            pattern = f"{PREFIX}{rest} (not in girder.backends.redis_keys)"
         report.leaked.setdefault(pattern, []).append(_describe_key(db, key, kind))
         report.leaked_bytes += int(db.memory_usage(key) or 0)
     return report
