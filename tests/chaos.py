@@ -59,7 +59,7 @@ from girder.testing.redis_server import RedisServer
 
 try:
     from girder.testing.proxy import FaultProxy
-except ImportError:  # the fault proxy is not there yet: process faults only
+except ImportError:  # a checkout without the fault proxy: process faults only
     FaultProxy = None
 
 SEED_ENV = "GIRDER_CHAOS_SEED"
@@ -93,7 +93,6 @@ class ChaosConfig:
     """After the last fault, everything must finish within this many seconds."""
     proxy: bool = True
     """Put the fault proxy between the nodes and Redis (when `girder.testing.proxy` exists)."""
-    appendfsync: str = "always"
     faults: tuple[str, ...] = ()
     """Fault kinds to draw from; empty: every kind available."""
     pool: str = "pool"
@@ -320,6 +319,11 @@ class ChaosRun:
         self.names: dict[str, str] = {config.pool: "distributor"}
         """Node id -> what it is, for the leak report."""
 
+    @property
+    def fsync(self) -> str:
+        """Redis's appendfsync ("off": a restart loses everything)."""
+        return self.redis.appendfsync or "off"
+
     def _env(self) -> dict[str, str]:
         return {
             "GIRDER_SECRET": self.config.secret,
@@ -521,7 +525,7 @@ class ChaosRun:
             self.redis.wipe()
         await asyncio.sleep(fault.length)
         await asyncio.to_thread(self.redis.start)
-        what = "EMPTY (data lost)" if wipe else "appendfsync " + self.config.appendfsync
+        what = "EMPTY (data lost)" if wipe else f"appendfsync {self.redis.appendfsync}"
         up = self.timeline.add("redis up", what).t
         (self.timeline.redis_wiped if wipe else self.timeline.redis_down).append((down, up))
         return True
@@ -725,12 +729,13 @@ class Verdict:
     details: str
 
 
-def header(config: ChaosConfig, schedule: list[Fault]) -> str:
+def header(config: ChaosConfig, schedule: list[Fault], fsync: str) -> str:
+    """What the run does: its settings, how to replay it, its schedule."""
     proxy = "on" if config.use_proxy else "off (girder.testing.proxy missing or disabled)"
     lines = [
         f"chaos: seed {config.seed}, {config.seconds}s of faults, {config.workers} workers, "
         f"{config.clients} clients x {config.concurrency} jobs, lease {LEASE}s, "
-        f"appendfsync {config.appendfsync}, fault proxy {proxy}",
+        f"appendfsync {fsync}, fault proxy {proxy}",
         f"replay: {SEED_ENV}={config.seed} {SECONDS_ENV}={config.seconds:g}"
         + ("" if config.use_proxy else f" {PROXY_ENV}=0")
         + (f" {FAULTS_ENV}={','.join(config.faults)}" if config.faults else ""),
@@ -745,7 +750,7 @@ async def run_chaos(config: ChaosConfig, redis_server: RedisServer, tmp: Path) -
     schedule = make_schedule(
         config.seed, config.seconds, proxy=config.use_proxy, only=config.faults
     )
-    print(header(config, schedule), flush=True)
+    print(header(config, schedule, redis_server.appendfsync or "off"), flush=True)
     memory_before = int(redis_server.info("memory")["used_memory"])
     run = ChaosRun(config, redis_server, tmp)
     try:
@@ -777,8 +782,9 @@ def judge(run: ChaosRun, schedule: list[Fault], hangs: list[str], memory_before:
         {s.slot: s.answers for s in run.clients.values()}, expected, timeline.killed
     )
     runs = read_runs(run.run_logs, timeline.killed)
-    overlaps = find_overlaps(runs, timeline, config.appendfsync)
-    repeated = reruns(runs, timeline, config.appendfsync)
+    fsync = run.fsync
+    overlaps = find_overlaps(runs, timeline, fsync)
+    repeated = reruns(runs, timeline, fsync)
     db = run.db()
     try:
         memory_after = int(db.info("memory")["used_memory"])
@@ -825,7 +831,7 @@ def judge(run: ChaosRun, schedule: list[Fault], hangs: list[str], memory_before:
     )
     details = "\n".join(
         [
-            header(config, schedule),
+            header(config, schedule, fsync),
             "timeline:",
             timeline.format(),
             f"logs: {run.logs} (process logs), {run.run_logs} (runs), {run.client_dir} (answers)",
