@@ -28,7 +28,6 @@ kept in server time (TIME inside the scripts).
 from __future__ import annotations
 
 import asyncio
-import itertools
 import re
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
@@ -175,6 +174,28 @@ class _Outage:
             self._since = None
 
 
+class _Tokens:
+    """Call tokens of journaled scripts: per node, the last one issued and the ones whose reply
+    has not arrived yet (the oldest of those tells the script which journal entries to keep)."""
+
+    def __init__(self) -> None:
+        self._last: dict[str, int] = {}
+        self._awaited: dict[str, set[int]] = {}
+
+    @contextmanager
+    def issue(self, node: str) -> Iterator[tuple[int, int]]:
+        """A new token of `node` and the oldest token of `node` still awaited."""
+        token = self._last[node] = self._last.get(node, 0) + 1
+        awaited = self._awaited.setdefault(node, set())
+        awaited.add(token)
+        try:
+            yield token, min(awaited)
+        finally:
+            awaited.discard(token)
+            if not awaited:
+                del self._awaited[node]
+
+
 class RedisBackend:
     """Grid state in one Redis server (or one slot of a cluster)."""
 
@@ -187,9 +208,7 @@ class RedisBackend:
         self._scripts: dict[str, Script] = build_scripts(self._keys)
         self._received: set[str] = set()
         """Nodes whose last blocking wait's reply arrived (the next wait drops `taken`)."""
-        self._tokens = itertools.count(1)
-        self._awaited: dict[str, set[int]] = {}
-        """Per node, the tokens of journaled calls whose reply has not arrived yet."""
+        self._tokens = _Tokens()
         self._outage = _Outage(self.url, settings.outage_timeout)
         try:
             address = parse_url(url)
@@ -293,20 +312,20 @@ class RedisBackend:
         self, name: str, node: str, exactly_once: bool, *args: str | bytes | int | float
     ) -> Any:
         """Run a journaled script for `node`. With `exactly_once` (the call claims, queues or
-        moves something) it carries a token: if its reply is lost, sending it again returns the
-        reply of the run that happened instead of doing it again. The oldest token still
-        awaited lets the script drop the journal entries of replies that arrived."""
+        moves something) it carries a token: if its reply is lost, sending it again (marked so)
+        returns the reply of the run that happened instead of doing it again."""
         if not exactly_once:
-            return await self._run(name, "", "", *args)
-        token = next(self._tokens)
-        awaited = self._awaited.setdefault(node, set())
-        awaited.add(token)
-        try:
-            return await self._run(name, token, min(awaited), *args)
-        finally:
-            awaited.discard(token)
-            if not awaited:
-                del self._awaited[node]
+            return await self._run(name, "", "", 0, *args)
+        with self._tokens.issue(node) as (token, low):
+            again = 0
+
+            def attempt() -> Awaitable[Any]:
+                nonlocal again
+                command = self._call(name, token, low, again, *args)
+                again = 1
+                return self._redis.execute(*command)
+
+            return await self._retrying(name, attempt)
 
     async def _blocking(self, commands: list[Command], timeout: float) -> list[Any]:
         """Commands that block up to `timeout` seconds, on a connection of their own (a reply
@@ -450,24 +469,18 @@ class RedisBackend:
         """BLPOP the wake token and claim in one pipeline: Redis runs the claim the moment the
         token arrives, sparing the worker a round trip. If that reply is lost, the claim is
         sent again with its token (it returns what the first one claimed, if it ran)."""
-        token = next(self._tokens)
-        awaited = self._awaited.setdefault(node, set())
-        awaited.add(token)
-        claim = self._call("claim", token, min(awaited), node)
-        try:
+        with self._tokens.issue(node) as (token, low):
             try:
                 bell = self._keys.wake(node)
+                claim = self._call("claim", token, low, 0, node)
                 woken, reply = await self._blocking([("BLPOP", bell, timeout), claim], timeout)
                 if isinstance(woken, ReplyError):
                     await self._repair(bell, woken)
                 if isinstance(reply, ReplyError):
                     raise reply
             except (ConnectionLost, ReplyError):
-                reply = await self._retrying("claim", lambda: self._redis.execute(*claim))
-        finally:
-            awaited.discard(token)
-            if not awaited:
-                del self._awaited[node]
+                again = self._call("claim", token, low, 1, node)
+                reply = await self._retrying("claim", lambda: self._redis.execute(*again))
         return None if reply is None else Claimed(reply[0].decode(), reply[1])
 
     async def state(self, key: str) -> RequestState:

@@ -5,19 +5,21 @@ declared here by name; the built script starts with `local node, into = ARGV[3],
 lines generated from that declaration, and `RedisBackend` passes arguments by the same names. The
 reply codes are constants rendered into every script and imported by the Python side.
 
-A built script is: the key-name prelude (`RedisKeys.lua_prelude`), the reply codes, the shared
-helpers (`common.lua`), the argument lines, then the script's own body. Every script gets the grid's
-anchor key as KEYS[1]: it names the grid's hash slot, in which every key a script derives lives.
+A built script is: what it uses of the key-name prelude (`RedisKeys.lua_prelude`), the reply
+codes and the shared helpers (`common.lua`), then the argument lines and the script's own body.
+Every script gets the grid's anchor key as KEYS[1]: it names the grid's hash slot, in which
+every key a script derives lives.
 
 Scripts whose reply depends on what they changed (claims, hand-outs, moves) are *journaled*:
-their first two arguments are a call token and the lowest token the calling node still waits
-for. A call whose reply was lost can be sent again with the same token and gets the first call's
-reply back instead of claiming or moving again (see `common.lua`).
+their first arguments are a call token, the lowest token the calling node still waits for, and
+whether the call is sent again. A call whose reply was lost is sent again with the same token and
+gets the first run's reply back instead of claiming or moving again (see `common.lua`).
 """
 
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass
 from importlib import resources
 
@@ -46,7 +48,7 @@ MAX_SCRIPT_BYTES = 512 * 1024
 DEPARTED_MEMORY_MS = 24 * 3600 * 1000
 """How long the grid remembers that a node departed (notifications for it are dropped)."""
 
-_JOURNAL_ARGS = ("token", "low")
+_JOURNAL_ARGS = ("token", "low", "again")
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,13 +123,47 @@ def _lua_constants() -> str:
     return "\n".join(lines) + "\n"
 
 
+_DEFINITION = re.compile(r"^local (?:function )?([A-Za-z_][A-Za-z0-9_]*)", re.MULTILINE)
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def _definitions(source: str) -> list[tuple[str, str]]:
+    """The top-level definitions of a Lua source, as (name, text) in order: each runs from its
+    `local [function] name` line (with the comment lines just above it) to the next one."""
+    starts = [match.start() for match in _DEFINITION.finditer(source)]
+    chunks = []
+    for index, start in enumerate(starts):
+        end = starts[index + 1] if index + 1 < len(starts) else len(source)
+        text = source[start:end]
+        name = _DEFINITION.match(text)
+        assert name is not None
+        chunks.append((name.group(1), text))
+    return chunks
+
+
+def _needed(definitions: list[tuple[str, str]], body: str) -> str:
+    """The definitions that `body` uses, directly or through each other, in their order.
+
+    Redis runs a script's whole text at every call, and every `local function` there is a new
+    closure each time: a script that carried every helper would pay for all of them."""
+    texts = dict(definitions)
+    wanted: set[str] = set()
+    pending = [body]
+    while pending:
+        for name in set(_NAME.findall(pending.pop())) & texts.keys() - wanted:
+            wanted.add(name)
+            pending.append(texts[name])
+    return "".join(text for name, text in definitions if name in wanted)
+
+
 def build_scripts(keys: RedisKeys) -> dict[str, Script]:
     """Every script of the grid whose key names are `keys`."""
     folder = resources.files("girder.backends").joinpath("lua")
-    head = keys.lua_prelude() + _lua_constants() + folder.joinpath("common.lua").read_text()
+    common = keys.lua_prelude() + _lua_constants() + folder.joinpath("common.lua").read_text()
+    definitions = _definitions(common)
     scripts = {}
     for name, spec in SPECS.items():
-        body = folder.joinpath(f"{name}.lua").read_text()
-        source = head + spec.lua_arguments() + body
+        body = spec.lua_arguments() + folder.joinpath(f"{name}.lua").read_text()
+        source = _needed(definitions, body) + body
         scripts[name] = Script(spec, source, hashlib.sha1(source.encode()).hexdigest())
     return scripts

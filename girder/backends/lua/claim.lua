@@ -1,6 +1,6 @@
--- claim(token, low, node) -> {key, payload} or nil (see `claim` in common.lua). Journaled.
+-- claim(token, low, again, node) -> {key, payload} or nil (see `claim` in common.lua). Journaled.
 
-local found, reply = replayed(node, token, low)
+local found, reply = replayed(node, token, again)
 if found then
   return reply
 end
@@ -8,4 +8,4 @@ local claimed = claim(node, false)
 if claimed then
   claimed = {claimed[1], claimed[2]}
 end
-return journaled(node, token, claimed)
+return journaled(node, token, low, claimed)

@@ -301,32 +301,38 @@ local function claim_many(node, wanted)
   return claimed
 end
 
--- The journal of a node's calls that claim work. A call whose reply was lost is sent again with
--- the same token: `replayed` then finds the first call's reply, and the script returns it
--- instead of running again. `low` is the oldest token whose reply the node still waits for:
--- every older entry is dropped, so a journal holds about as many entries as calls in flight.
--- Token '' marks a call that claims nothing (it is safe to repeat as it is).
-local function replayed(node, token, low)
-  if token == '' then
+-- The journal of a node's calls whose reply depends on what they changed. A call whose reply was
+-- lost is sent again with the same token and `again` set: `replayed` then finds the first run's
+-- reply (if it ran), and the script returns it instead of running again. Every
+-- JOURNAL_TRIM_EVERY-th call of a node drops the entries older than `low`, the oldest token whose
+-- reply the node still waits for, so a journal stays short. Token '' marks a call that is safe
+-- to repeat as it is.
+local JOURNAL_TRIM_EVERY = 16
+
+local function replayed(node, token, again)
+  if token == '' or again ~= '1' then
     return false, nil
   end
-  local journal = k_journal(node)
-  local stored = call('HGET', journal, token)
+  local stored = call('HGET', k_journal(node), token)
   if stored then
     return true, cmsgpack.unpack(stored)
-  end
-  low = tonumber(low)
-  for _, old in ipairs(call('HKEYS', journal)) do
-    if tonumber(old) < low then
-      call('HDEL', journal, old)
-    end
   end
   return false, nil
 end
 
-local function journaled(node, token, reply)
-  if token ~= '' then
-    call('HSET', k_journal(node), token, cmsgpack.pack(reply))
+local function journaled(node, token, low, reply)
+  if token == '' then
+    return reply
+  end
+  local journal = k_journal(node)
+  call('HSET', journal, token, cmsgpack.pack(reply))
+  if tonumber(token) % JOURNAL_TRIM_EVERY == 0 then
+    low = tonumber(low)
+    for _, old in ipairs(call('HKEYS', journal)) do
+      if tonumber(old) < low then
+        call('HDEL', journal, old)
+      end
+    end
   end
   return reply
 end

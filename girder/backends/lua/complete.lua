@@ -1,5 +1,5 @@
--- complete(token, low, node, claim, volunteer_at, key1, outcome1, cache1, key2, ...): complete
--- each key in order, then claim up to `claim` of node's requests; when none came and
+-- complete(token, low, again, node, claim, volunteer_at, key1, outcome1, cache1, key2, ...):
+-- complete each key in order, then claim up to `claim` of node's requests; when none came and
 -- volunteer_at is not empty, volunteer node there. Journaled when it claims.
 -- Returns {key1, payload1, key2, payload2, ...} for the claimed requests.
 --
@@ -9,7 +9,7 @@
 -- that now runs under another owner, changes nothing but node's running set: that other run
 -- completes the key.
 
-local found, reply = replayed(node, token, low)
+local found, reply = replayed(node, token, again)
 if found then
   return reply
 end
@@ -71,4 +71,4 @@ local claimed = claim_many(node, wanted)
 if wanted > 0 and #claimed == 0 and volunteer_at ~= '' then
   volunteer(volunteer_at, node)
 end
-return journaled(node, token, claimed)
+return journaled(node, token, low, claimed)

@@ -1,7 +1,7 @@
--- reap(token, low, reaper, max_crashes) -> {dead nodes, keys requeued, keys crashed out}.
+-- reap(token, low, again, reaper, max_crashes) -> {dead nodes, keys requeued, keys crashed out}.
 -- Journaled: the keys that crashed out are owned by the reaper, which must fail them.
 
-local found, reply = replayed(reaper, token, low)
+local found, reply = replayed(reaper, token, again)
 if found then
   return reply
 end
@@ -22,4 +22,4 @@ for _, node in ipairs(dead) do
     crashed_out[#crashed_out + 1] = key
   end
 end
-return journaled(reaper, token, {dead, requeued, crashed_out})
+return journaled(reaper, token, low, {dead, requeued, crashed_out})

@@ -1,9 +1,9 @@
--- reconcile(token, low, node, keep1, keep2, ...) -> keys given back (journaled). Node's running set names keys the node
--- does not run (the server lost writes, or a claim's reply was lost): every key in it that is
--- not in `keep` and still runs under node becomes pending again, at the bottom of node's
--- distributor's list (or of its own list without one).
+-- reconcile(token, low, again, node, keep1, keep2, ...) -> keys given back (journaled). Node's
+-- running set names keys the node does not run (the server lost writes, or a claim's reply was
+-- lost): every key in it that is not in `keep` and still runs under node becomes pending again,
+-- at the bottom of node's distributor's list (or of its own list without one).
 
-local found, reply = replayed(node, token, low)
+local found, reply = replayed(node, token, again)
 if found then
   return reply
 end
@@ -30,4 +30,4 @@ push_bottom(k_work(target), requeue)
 if #requeue > 0 then
   ring(k_wake(target))
 end
-return journaled(node, token, #requeue)
+return journaled(node, token, low, #requeue)

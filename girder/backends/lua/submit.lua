@@ -1,10 +1,10 @@
--- submit(token, low, node, into, on_top, waiter, dispatch, claim, key1, payload1, key2, ...)
+-- submit(token, low, again, node, into, on_top, waiter, dispatch, claim, key1, payload1, key2, ...)
 -- -> {results, claimed}: per request, {SUBMITTED_DONE, outcome} when done, {SUBMITTED_CYCLE,
 -- waiter, cycle...} when the wait edge closed a cycle, else {SUBMITTED_QUEUED}; then up to
 -- `claim` requests claimed for node, {key1, payload1, ...}. Journaled (a repeat would queue
 -- the keys twice).
 
-local found, reply = replayed(node, token, low)
+local found, reply = replayed(node, token, again)
 if found then
   return reply
 end
@@ -100,4 +100,4 @@ end
 if #pushed > 0 and (dispatch ~= '1' or call('LLEN', k_work(into)) > 0) then
   ring(k_wake(into))
 end
-return journaled(node, token, {results, claim_many(node, wanted)})
+return journaled(node, token, low, {results, claim_many(node, wanted)})

@@ -1,9 +1,9 @@
--- trim(token, low, distributor, member1, member2, ...) -> keys moved (journaled). Each member keeps as many keys as
--- it claimed since the last trim (the count restarts); the rest leave from the bottom, at most
--- MAX_SCRIPT_KEYS per member. Then what departed members left behind (see hand_back) comes up,
--- at most MAX_SCRIPT_KEYS per departed member.
+-- trim(token, low, again, distributor, member1, member2, ...) -> keys moved (journaled). Each
+-- member keeps as many keys as it claimed since the last trim (the count restarts); the rest
+-- leave from the bottom, at most MAX_SCRIPT_KEYS per member. Then what departed members left
+-- behind (see hand_back) comes up, at most MAX_SCRIPT_KEYS per departed member.
 
-local found, reply = replayed(distributor, token, low)
+local found, reply = replayed(distributor, token, again)
 if found then
   return reply
 end
@@ -21,4 +21,4 @@ for _, departed in ipairs(call('HKEYS', orphans)) do
     call('HDEL', orphans, departed)
   end
 end
-return journaled(distributor, token, moved)
+return journaled(distributor, token, low, moved)
