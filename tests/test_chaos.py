@@ -1,8 +1,14 @@
-"""Seeded chaos against a Redis grid of real processes (see tests/chaos.py).
+"""Seeded chaos against a Redis grid of real processes (the harness: chaos.py, chaos_checks.py).
 
-pytest tests/test_chaos.py -m slow                      # the short run, default seed
-GIRDER_CHAOS_SEED=7 GIRDER_CHAOS_SECONDS=40 pytest tests/test_chaos.py -k short
-GIRDER_CHAOS_LONG=1 GIRDER_CHAOS_SECONDS=600 pytest tests/test_chaos.py -k long
+    pytest tests/test_chaos.py                              # the short run (35 s), default seed
+    GIRDER_CHAOS_SEED=14 GIRDER_CHAOS_SECONDS=35 pytest tests/test_chaos.py -k short   # replay
+    GIRDER_CHAOS_LONG=1 GIRDER_CHAOS_SECONDS=600 pytest tests/test_chaos.py -k long    # opt-in
+
+GIRDER_CHAOS_PROXY=0 runs without the fault proxy; GIRDER_CHAOS_FAULTS=kill_worker,pause_redis
+draws only those kinds of fault (see chaos.PROCESS_FAULTS and chaos.PROXY_FAULTS). Each run prints
+its schedule first and a summary at the end; `report.txt` and every process's log, run log and
+answers stay under the test's tmp dir, and a failure shows the violations, the timeline of what
+the harness did and the tail of every log.
 """
 
 from __future__ import annotations
