@@ -8,8 +8,12 @@ import signal
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TextIO
 
 import girder
+from girder.scheduler.context import current_evaluation
 
 calls: Counter[tuple[str, object]] = Counter()
 """How often each (function, argument) really ran in this process."""
@@ -219,3 +223,80 @@ async def staged(levels: int, ms: int, tag: str) -> int:
         return 1
     parts = await girder.call_reentrant([(staged, levels - 1, ms, f"{tag}.{i}") for i in (0, 1)])
     return sum(parts)
+
+
+# -- runs logged for the chaos test ---------------------------------------------------------------
+
+RUN_LOG_ENV = "GIRDER_TEST_RUN_LOG"
+"""A directory: when set, the `salted_*` functions log each run to `runs-<pid>.log` in it."""
+
+_run_log: tuple[int, TextIO] | None = None
+
+
+def _run_log_file() -> TextIO | None:
+    """This process's run log (opened on first use, line-buffered), or None when not asked."""
+    global _run_log
+    folder = os.environ.get(RUN_LOG_ENV)
+    if not folder:
+        return None
+    pid = os.getpid()
+    if _run_log is None or _run_log[0] != pid:
+        _run_log = (pid, open(os.path.join(folder, f"runs-{pid}.log"), "a", buffering=1))  # noqa: SIM115 - kept for the process
+    return _run_log[1]
+
+
+@contextmanager
+def logged_run() -> Iterator[None]:
+    """Log `start` and `end <how>` lines (key, pid, node, monotonic time) around a run."""
+    log = _run_log_file()
+    evaluation = current_evaluation.get()
+    if log is None or evaluation is None:
+        yield
+        return
+    where = f"{evaluation.key} {os.getpid()} {girder.current_node()}"
+    log.write(f"start {where} {time.monotonic():.6f}\n")
+    how = "error"
+    try:
+        yield
+        how = "ok"
+    except asyncio.CancelledError:
+        how = "cancelled"
+        raise
+    finally:
+        log.write(f"end {where} {time.monotonic():.6f} {how}\n")
+
+
+@girder.function
+async def salted_tree(depth: int, index: int, salt: str, ms: int) -> int:
+    """A binary tree of `depth` levels; each leaf naps `ms` milliseconds. Returns its size."""
+    with logged_run():
+        if depth == 0:
+            await asyncio.sleep(ms / 1000)
+            return 1
+        a, b = await girder.call_reentrant(
+            [
+                (salted_tree, depth - 1, 2 * index, salt, ms),
+                (salted_tree, depth - 1, 2 * index + 1, salt, ms),
+            ]
+        )
+        return a + b + 1
+
+
+@girder.function
+async def salted_fib(n: int, salt: str) -> int:
+    with logged_run():
+        if n < 2:
+            return n
+        a, b = await girder.call_reentrant([(salted_fib, n - 1, salt), (salted_fib, n - 2, salt)])
+        return a + b
+
+
+@girder.function
+async def salted_chain(n: int, salt: str, ms: int) -> int:
+    """A chain `n` deep; the bottom naps `ms` milliseconds. Returns `n`."""
+    with logged_run():
+        if n == 0:
+            await asyncio.sleep(ms / 1000)
+            return 0
+        (below,) = await girder.call_reentrant([(salted_chain, n - 1, salt, ms)])
+        return below + 1

@@ -6,6 +6,8 @@
   before each test.
 - `fault_proxy` (function): a `FaultProxy` in front of that server (flushed as for `redis_url`),
   to lose replies, cut connections or slow the server down on command.
+- `persistent_redis` (function): a `RedisServer` of the test alone, with an append-only file, so
+  that `restart()` keeps the data (for recovery and chaos tests).
 """
 
 from __future__ import annotations
@@ -42,3 +44,14 @@ def fault_proxy(redis_url: str, redis_server: RedisServer) -> Iterator[FaultProx
     """A `FaultProxy` to the session's server, which has no data in it; `.url` is its URL."""
     with FaultProxy("127.0.0.1", redis_server.port) as proxy:
         yield proxy
+
+
+@pytest.fixture
+def persistent_redis() -> Iterator[RedisServer]:
+    """A `redis-server` of this test alone, with an append-only file (`appendfsync always`):
+    `restart()` keeps the data (skips the test without the binary)."""
+    binary = find_redis_server()
+    if binary is None:
+        pytest.skip("no redis-server binary on PATH (install Redis to run these tests)")
+    with RedisServer(binary, appendfsync="always") as server:
+        yield server

@@ -1,21 +1,30 @@
 """`RedisServer`: a throw-away `redis-server` process for tests.
 
 It listens on a free loopback port (never the system server's 6379) and on a unix socket in its
-own temporary directory, keeps nothing on disk (`--save "" --appendonly no`), and can be killed
-(SIGKILL) and restarted on the same port to test recovery. Only the standard library is used, so
-the pytest plugin can import this module even where the `redis` package is missing.
+own temporary directory, and can be killed (SIGKILL), paused (SIGSTOP/SIGCONT) and restarted on
+the same port to test recovery. By default it keeps nothing on disk (`--save "" --appendonly no`),
+so a restart starts empty; with `appendfsync="always"` (or "everysec", "no") it keeps an
+append-only file in its directory and a restart reloads the data. Only the standard library is
+used, so the pytest plugin can import this module even where the `redis` package is missing.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
 import time
 from pathlib import Path
 from types import TracebackType
-from typing import Self
+from typing import Literal, Self
+
+Reply = str | None | list["Reply"]
+"""A decoded RESP reply: strings and integers as text, nil as None, arrays as lists."""
+
+AppendFsync = Literal["always", "everysec", "no"]
 
 
 def find_redis_server() -> str | None:
@@ -34,12 +43,21 @@ def free_port() -> int:
 class RedisServer:
     """One `redis-server` process on 127.0.0.1:`port`; `start` it, or use it as a context."""
 
-    def __init__(self, binary: str | None = None, *, startup_timeout: float = 10.0) -> None:
+    def __init__(
+        self,
+        binary: str | None = None,
+        *,
+        startup_timeout: float = 10.0,
+        appendfsync: AppendFsync | None = None,
+    ) -> None:
+        """`appendfsync` turns on the append-only file with that fsync policy (None: no
+        persistence, a restart starts empty)."""
         found = binary or find_redis_server()
         if found is None:
             raise FileNotFoundError("no redis-server binary on PATH")
         self.binary = found
         self.startup_timeout = startup_timeout
+        self.appendfsync = appendfsync
         self.port = free_port()
         self._dir = Path(tempfile.mkdtemp(prefix="girder-redis-"))
         self.unix_socket = str(self._dir / "redis.sock")
@@ -59,6 +77,21 @@ class RedisServer:
     def running(self) -> bool:
         return self._process is not None and self._process.poll() is None
 
+    @property
+    def pid(self) -> int | None:
+        """The server's process id while it runs."""
+        return self._process.pid if self.running and self._process is not None else None
+
+    @property
+    def persistent(self) -> bool:
+        """Whether a restart keeps the data (append-only file on)."""
+        return self.appendfsync is not None
+
+    def _persistence_options(self) -> list[str]:
+        if self.appendfsync is None:
+            return ["--appendonly", "no"]
+        return ["--appendonly", "yes", "--appendfsync", self.appendfsync]
+
     def start(self) -> None:
         """Start the server and wait until it answers PING."""
         if self.running:
@@ -73,7 +106,7 @@ class RedisServer:
                 "--unixsocket", self.unix_socket,
                 "--unixsocketperm", "700",
                 "--save", "",
-                "--appendonly", "no",
+                *self._persistence_options(),
                 "--dir", str(self._dir),
                 "--logfile", str(log),
                 "--daemonize", "no",
@@ -91,7 +124,7 @@ class RedisServer:
             try:
                 if self.command("PING") == "PONG":
                     return
-            except OSError:
+            except (OSError, RuntimeError):  # not listening yet, or LOADING its data
                 pass
             if time.monotonic() > deadline:
                 self.kill()
@@ -99,16 +132,39 @@ class RedisServer:
             time.sleep(0.01)
 
     def kill(self) -> None:
-        """SIGKILL the server (its state is lost: nothing is saved)."""
+        """SIGKILL the server (without persistence its state is lost)."""
         if self._process is not None:
             self._process.kill()
             self._process.wait()
             self._process = None
 
     def restart(self) -> None:
-        """Kill the server and start a fresh one on the same port and socket."""
+        """Kill the server and start it again on the same port and socket (empty, unless
+        persistent: then it reloads its append-only file)."""
         self.kill()
         self.start()
+
+    def wipe(self) -> None:
+        """Delete the data files of a stopped server: the next start is empty even when
+        persistent (a server that lost its disk, or was restored from nothing)."""
+        if self.running:
+            raise RuntimeError("wipe() needs the server stopped (kill() it first)")
+        shutil.rmtree(self._dir / "appendonlydir", ignore_errors=True)
+        for name in ("dump.rdb", "appendonly.aof"):
+            (self._dir / name).unlink(missing_ok=True)
+
+    def pause(self) -> None:
+        """SIGSTOP the server: connections stay open, nothing is answered."""
+        self._signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """SIGCONT a paused server."""
+        self._signal(signal.SIGCONT)
+
+    def _signal(self, signum: signal.Signals) -> None:
+        if self._process is None or self._process.poll() is not None:
+            raise RuntimeError("redis-server is not running")
+        os.kill(self._process.pid, signum)
 
     def stop(self) -> None:
         """Stop the server and delete its directory."""
@@ -122,27 +178,35 @@ class RedisServer:
             self._process = None
         shutil.rmtree(self._dir, ignore_errors=True)
 
-    def command(self, *args: str) -> str:
-        """Send one command; return a simple-string or integer reply (raises on an error reply).
+    def command(self, *args: str, timeout: float = 5.0) -> Reply:
+        """Send one command on a new connection and return its decoded reply.
 
-        Enough for PING and FLUSHALL without depending on a Redis client library.
+        Simple strings, bulk strings and integers come back as text (as PING and FLUSHALL did
+        before arrays were understood), nil as None, arrays as lists; an error reply raises
+        `RuntimeError`. Enough to look at the server without a Redis client library.
         """
         parts = [f"*{len(args)}\r\n".encode()]
         for arg in args:
             data = arg.encode()
             parts.append(b"$%d\r\n%s\r\n" % (len(data), data))
-        with socket.create_connection(("127.0.0.1", self.port), timeout=5) as sock:
+        with socket.create_connection(("127.0.0.1", self.port), timeout=timeout) as sock:
             sock.sendall(b"".join(parts))
-            reply = b""
-            while not reply.endswith(b"\r\n"):
-                chunk = sock.recv(4096)
-                if not chunk:
-                    raise ConnectionError("redis-server closed the connection")
-                reply += chunk
-        text = reply.decode(errors="replace").rstrip("\r\n")
-        if text[:1] in ("+", ":"):
-            return text[1:]
-        raise RuntimeError(f"redis-server replied {text!r} to {args[0]}")
+            reader = _ReplyReader(sock)
+            reply = reader.read()
+        if isinstance(reply, _ErrorReply):
+            raise RuntimeError(f"redis-server replied {reply.text!r} to {args[0]}")
+        return reply
+
+    def info(self, section: str = "default") -> dict[str, str]:
+        """`INFO section` as a dict of its `name:value` lines."""
+        text = self.command("INFO", section)
+        assert isinstance(text, str)
+        fields = {}
+        for line in text.splitlines():
+            name, sep, value = line.partition(":")
+            if sep and not line.startswith("#"):
+                fields[name] = value
+        return fields
 
     def __enter__(self) -> Self:
         try:
@@ -159,3 +223,59 @@ class RedisServer:
         traceback: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+class _ErrorReply:
+    """An error reply (raised by `RedisServer.command`, never nested in a result)."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+
+class _ReplyReader:
+    """Reads one RESP2 reply from a socket."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self._buffer = b""
+
+    def _fill(self) -> None:
+        chunk = self._sock.recv(65536)
+        if not chunk:
+            raise ConnectionError("redis-server closed the connection")
+        self._buffer += chunk
+
+    def _line(self) -> bytes:
+        while b"\r\n" not in self._buffer:
+            self._fill()
+        line, _, self._buffer = self._buffer.partition(b"\r\n")
+        return line
+
+    def _exactly(self, size: int) -> bytes:
+        while len(self._buffer) < size + 2:
+            self._fill()
+        data, self._buffer = self._buffer[:size], self._buffer[size + 2 :]
+        return data
+
+    def read(self) -> Reply | _ErrorReply:
+        line = self._line()
+        kind, rest = line[:1], line[1:].decode(errors="replace")
+        if kind in (b"+", b":"):
+            return rest
+        if kind == b"-":
+            return _ErrorReply(rest)
+        if kind == b"$":
+            size = int(rest)
+            return None if size < 0 else self._exactly(size).decode(errors="replace")
+        if kind == b"*":
+            count = int(rest)
+            if count < 0:
+                return None
+            items: list[Reply] = []
+            for _ in range(count):
+                item = self.read()
+                if isinstance(item, _ErrorReply):  # e.g. inside EXEC: keep it readable
+                    item = f"-{item.text}"
+                items.append(item)
+            return items
+        raise ConnectionError(f"unexpected reply from redis-server: {line[:80]!r}")

@@ -1,0 +1,873 @@
+"""The chaos harness of tests/test_chaos.py: a seeded schedule of faults against a Redis grid of
+real processes under nested load, and checks of the grid's invariants over the whole run.
+
+A run starts Redis (with an append-only file, so a restart keeps the data), a distributor,
+workers and client processes (`chaos_client.py`) through the `girder` command, all talking to
+Redis through the fault proxy when there is one. The clients run nested jobs (`salted_tree`,
+`salted_fib`, `salted_chain` from gridfns; some keys shared between clients, some fresh) while
+the schedule kills, stops and restarts things. Then the faults stop, the grid gets a quiet period
+in which everything must finish, the nodes stop, and the checks look at the clients' answers, at
+the run log every grid function wrote (start/end of each run, per process) and at what is left in
+Redis (`chaos_checks`). Everything the processes wrote stays under the test's tmp dir.
+
+Reproduce a run with GIRDER_CHAOS_SEED=<seed> (and GIRDER_CHAOS_SECONDS=<length>): the schedule
+and the clients' plans depend on the seed alone (the processes' timing does not).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import redis
+from chaos_checks import (
+    LEASE,
+    PREFIX,
+    AnswerReport,
+    LeakReport,
+    Overlap,
+    Run,
+    Timeline,
+    check_answers,
+    check_leaks,
+    decode,
+    drop_cache_and_measure,
+    find_overlaps,
+    grid_failures,
+    overlap_text,
+    read_runs,
+    record_states,
+    reruns,
+    unhandled_exceptions,
+)
+from chaos_client import read_events
+from gridfns import RUN_LOG_ENV
+from processes import TESTS, GridProcesses, nodes, wait_for_nodes, wait_until
+
+from girder.testing.redis_server import RedisServer
+
+try:
+    from girder.testing.proxy import FaultProxy
+except ImportError:  # a checkout without the fault proxy: process faults only
+    FaultProxy = None
+
+SEED_ENV = "GIRDER_CHAOS_SEED"
+SECONDS_ENV = "GIRDER_CHAOS_SECONDS"
+LONG_ENV = "GIRDER_CHAOS_LONG"
+PROXY_ENV = "GIRDER_CHAOS_PROXY"
+"""Set to 0 to run without the fault proxy even where it exists."""
+FAULTS_ENV = "GIRDER_CHAOS_FAULTS"
+"""Comma-separated fault kinds to draw from (default: all), to corner one kind of defect."""
+
+DEFAULT_SEED = 367
+"""A seed whose 35 s schedule (with the proxy) has 13 of the 14 fault kinds (no stop_client)."""
+WARM_UP = 2.0
+"""Seconds of load before the first fault."""
+
+
+# -- configuration ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ChaosConfig:
+    """One chaos run."""
+
+    seed: int = DEFAULT_SEED
+    seconds: float = 35.0
+    workers: int = 3
+    clients: int = 3
+    concurrency: int = 2
+    """Jobs each client has in flight."""
+    quiet_timeout: float = 60.0
+    """After the last fault, everything must finish within this many seconds."""
+    proxy: bool = True
+    """Put the fault proxy between the nodes and Redis (when `girder.testing.proxy` exists)."""
+    faults: tuple[str, ...] = ()
+    """Fault kinds to draw from; empty: every kind available."""
+    pool: str = "pool"
+    secret: str = "chaos-test-secret"
+
+    @classmethod
+    def from_env(cls, default_seconds: float) -> ChaosConfig:
+        """Seed and length from GIRDER_CHAOS_SEED / GIRDER_CHAOS_SECONDS."""
+        return cls(
+            seed=int(os.environ.get(SEED_ENV, DEFAULT_SEED)),
+            seconds=float(os.environ.get(SECONDS_ENV, default_seconds)),
+            proxy=os.environ.get(PROXY_ENV, "1") != "0",
+            faults=tuple(k for k in os.environ.get(FAULTS_ENV, "").split(",") if k),
+        )
+
+    @property
+    def use_proxy(self) -> bool:
+        return self.proxy and FaultProxy is not None
+
+
+# -- the schedule ----------------------------------------------------------------------------------
+
+PROCESS_FAULTS = {
+    "kill_worker": 3,
+    "stop_worker": 2,
+    "kill_client": 2,
+    "stop_client": 1,
+    "kill_distributor": 1,
+    "stop_distributor": 1,
+    "restart_redis": 1,
+    "pause_redis": 1,
+    "wipe_redis": 1,
+}
+PROXY_FAULTS = {
+    "drop_reply": 1,
+    "cut_connection": 1,
+    "delay_replies": 1,
+    "proxy_chaos": 1,
+    "proxy_outage": 1,
+}
+
+
+@dataclass(frozen=True)
+class Fault:
+    """One scheduled fault: `at` seconds after the start of the chaos."""
+
+    at: float
+    kind: str
+    pick: int
+    """Which target, modulo the candidates at that moment."""
+    length: float = 0.0
+    """Seconds: of a stop, a downtime, a window of delays; the count of dropped replies."""
+    amount: float = 0.0
+    """Seconds of delay per reply (delay_replies)."""
+
+    def describe(self) -> str:
+        extra = {
+            "stop_worker": f" for {self.length:.2f}s (lease {LEASE}s)",
+            "stop_client": f" for {self.length:.2f}s (lease {LEASE}s)",
+            "stop_distributor": f" for {self.length:.2f}s (lease {LEASE}s)",
+            "pause_redis": f" for {self.length:.2f}s (lease {LEASE}s)",
+            "wipe_redis": f", down {self.length:.2f}s, back empty",
+            "kill_distributor": f", restart after {self.length:.2f}s",
+            "kill_client": f", replacement after {self.length:.2f}s",
+            "restart_redis": f", down {self.length:.2f}s",
+            "drop_reply": f" x{int(self.length)}",
+            "delay_replies": f" by {self.amount:.2f}s for {self.length:.2f}s",
+            "proxy_chaos": f" for {self.length:.2f}s",
+            "proxy_outage": f" for {self.length:.2f}s",
+        }.get(self.kind, "")
+        return f"t+{self.at:6.2f}s {self.kind} #{self.pick}{extra}"
+
+
+def _fault_lengths(kind: str, rng: random.Random) -> tuple[float, float]:
+    if kind == "stop_worker":
+        return rng.uniform(1.3, 2.5) * LEASE, 0.0
+    if kind in ("stop_client", "stop_distributor"):
+        return rng.uniform(0.5, 2.5) * LEASE, 0.0
+    if kind == "pause_redis":
+        return rng.uniform(0.3, 2.0) * LEASE, 0.0
+    if kind == "wipe_redis":
+        return rng.uniform(0.0, 0.5), 0.0
+    if kind == "kill_distributor":
+        return rng.uniform(0.2, 2.0), 0.0
+    if kind == "kill_client":
+        return rng.uniform(0.0, 1.0), 0.0
+    if kind == "restart_redis":
+        return rng.uniform(0.0, 0.5), 0.0
+    if kind == "drop_reply":
+        return float(rng.randint(1, 3)), 0.0
+    if kind == "delay_replies":
+        return rng.uniform(1.0, 3.0), rng.uniform(0.05, LEASE)
+    if kind == "proxy_chaos":
+        return rng.uniform(1.0, 3.0), 0.0
+    if kind == "proxy_outage":
+        return rng.uniform(0.1, 0.5), 0.0
+    return 0.0, 0.0
+
+
+def make_schedule(
+    seed: int, seconds: float, *, proxy: bool, only: tuple[str, ...] = ()
+) -> list[Fault]:
+    """The faults of a run: one every 1 to 3 seconds after the warm-up, drawn from `seed`
+    (among the kinds `only`, when given)."""
+    rng = random.Random(seed)
+    weights = {**PROCESS_FAULTS, **(PROXY_FAULTS if proxy else {})}
+    if only:
+        unknown = set(only) - set(PROCESS_FAULTS) - set(PROXY_FAULTS)
+        if unknown:
+            raise ValueError(f"unknown fault kinds {sorted(unknown)}")
+        weights = {kind: weight for kind, weight in weights.items() if kind in only}
+    if not weights:
+        return []
+    kinds, chances = list(weights), list(weights.values())
+    faults = []
+    at = WARM_UP
+    while True:
+        at += rng.uniform(1.0, 3.0)
+        if at > seconds:
+            return faults
+        kind = rng.choices(kinds, chances)[0]
+        length, amount = _fault_lengths(kind, rng)
+        faults.append(Fault(round(at, 2), kind, rng.randrange(1000), round(length, 2), amount))
+
+
+# -- the load --------------------------------------------------------------------------------------
+
+SHARED_SALTS = ("shared-0", "shared-1", "shared-2")
+
+
+@dataclass(frozen=True)
+class Job:
+    """One top-level call a client makes, and its right answer."""
+
+    id: str
+    fn: str
+    args: tuple[Any, ...]
+    expected: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {"id": self.id, "fn": self.fn, "args": list(self.args)}
+
+
+def fibonacci(n: int) -> int:
+    a, b = 0, 1
+    for _ in range(n):
+        a, b = b, a + b
+    return a
+
+
+def _job(rng: random.Random, job_id: str, salt: str) -> Job:
+    kind = rng.choice(("tree", "tree", "fib", "chain"))
+    if kind == "tree":
+        depth = rng.randint(3, 6)
+        return Job(job_id, "salted_tree", (depth, 0, salt, 20), 2 ** (depth + 1) - 1)
+    if kind == "fib":
+        n = rng.randint(10, 60)
+        return Job(job_id, "salted_fib", (n, salt), fibonacci(n))
+    n = rng.randint(5, 40)
+    return Job(job_id, "salted_chain", (n, salt, 100), n)
+
+
+def make_plan(seed: int, slot: int, count: int = 400) -> list[Job]:
+    """Client `slot`'s jobs: half on keys shared by every client, half on fresh keys."""
+    rng = random.Random(f"{seed}:client:{slot}")
+    jobs = []
+    for index in range(count):
+        shared = rng.random() < 0.5
+        salt = rng.choice(SHARED_SALTS) if shared else f"{seed}-c{slot}-{index}"
+        jobs.append(_job(rng, f"c{slot}-{index}", salt))
+    return jobs
+
+
+# -- the run ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class ClientSlot:
+    """One client of the load; a killed client is replaced by a new incarnation."""
+
+    slot: int
+    plan: Path
+    answers: Path
+    stop: Path
+    proc: subprocess.Popen[bytes] | None = None
+    incarnation: int = 0
+
+    def files(self) -> tuple[Path, Path, Path]:
+        """The client's arguments: plan, answers, stop file."""
+        return self.plan, self.answers, self.stop
+
+
+class ChaosRun:
+    """Runs the grid, the load and the faults; keeps what the checks need."""
+
+    def __init__(self, config: ChaosConfig, redis_server: RedisServer, tmp: Path) -> None:
+        self.config = config
+        self.redis = redis_server
+        self.tmp = tmp
+        self.logs = tmp / "logs"
+        self.run_logs = tmp / "runs"
+        self.client_dir = tmp / "clients"
+        for folder in (self.logs, self.run_logs, self.client_dir):
+            folder.mkdir(parents=True, exist_ok=True)
+        self.proxy: Any = None
+        if config.use_proxy:
+            self.proxy = FaultProxy("127.0.0.1", redis_server.port)
+            self.proxy.start()
+        self.node_url = self.proxy.url if self.proxy is not None else redis_server.url
+        self.timeline = Timeline()
+        self.procs = GridProcesses(self.node_url, self.logs, **self._env())
+        self.distributor: subprocess.Popen[bytes] | None = None
+        self.workers: dict[str, subprocess.Popen[bytes]] = {}
+        self.stopped: dict[int, tuple[subprocess.Popen[bytes], str, float]] = {}
+        """pid -> (process, what it is, when it was stopped), while SIGSTOPped."""
+        self.redis_paused: float | None = None
+        self.worker_count = 0
+        count = 100 + int(config.seconds * 10)  # more than the clients get through
+        self.plans = {s: make_plan(config.seed, s, count) for s in range(config.clients)}
+        self.clients = {s: self._slot(s) for s in range(config.clients)}
+        self._client_logs: list[BinaryIO] = []
+        self._pending: list[asyncio.Task[None]] = []
+        self.proxy_counts: dict[str, int] = {}
+        self.names: dict[str, str] = {config.pool: "distributor"}
+        """Node id -> what it is, for the leak report."""
+
+    @property
+    def fsync(self) -> str:
+        """Redis's appendfsync ("off": a restart loses everything)."""
+        return self.redis.appendfsync or "off"
+
+    def _env(self) -> dict[str, str]:
+        return {
+            "GIRDER_SECRET": self.config.secret,
+            "GIRDER_BACKEND": self.node_url,
+            "GIRDER_POOL": self.config.pool,
+            "GIRDER_LOG_LEVEL": "INFO",
+            RUN_LOG_ENV: str(self.run_logs),
+        }
+
+    def _slot(self, slot: int) -> ClientSlot:
+        plan = self.client_dir / f"plan-{slot}.json"
+        jobs = [job.to_json() for job in self.plans[slot]]
+        plan.write_text(json.dumps({"concurrency": self.config.concurrency, "jobs": jobs}))
+        return ClientSlot(
+            slot, plan, self.client_dir / f"answers-{slot}.jsonl", self.client_dir / f"stop-{slot}"
+        )
+
+    # -- processes ---------------------------------------------------------------------------------
+
+    def start_distributor(self) -> None:
+        self.distributor = self.procs.distributor(self.config.pool)
+        self.timeline.add("start_distributor", self.config.pool, self.distributor.pid)
+
+    def start_worker(self) -> None:
+        self.worker_count += 1
+        name = f"w{self.worker_count}"
+        proc = self.procs.worker(name, self.config.pool)
+        self.workers[name] = proc
+        self.timeline.add("start_worker", name, proc.pid)
+
+    def start_client(self, slot: ClientSlot) -> None:
+        slot.incarnation += 1
+        log = (self.logs / f"client-{slot.slot}-{slot.incarnation}.log").open("ab")
+        self._client_logs.append(log)
+        slot.proc = subprocess.Popen(
+            [sys.executable, str(TESTS / "chaos_client.py"), *map(str, slot.files())],
+            env=self.procs.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        self.timeline.add("start_client", f"slot {slot.slot} #{slot.incarnation}", slot.proc.pid)
+
+    def live_workers(self) -> list[tuple[str, subprocess.Popen[bytes]]]:
+        """Running workers that are not stopped, by name."""
+        return [
+            (name, proc)
+            for name, proc in sorted(self.workers.items())
+            if proc.poll() is None and proc.pid not in self.stopped
+        ]
+
+    def live_clients(self) -> list[ClientSlot]:
+        """Running clients that are not stopped."""
+        return [
+            s
+            for s in self.clients.values()
+            if s.proc is not None and s.proc.poll() is None and s.proc.pid not in self.stopped
+        ]
+
+    def running_clients(self) -> list[ClientSlot]:
+        """Clients whose process has not ended (stopped or not)."""
+        return [s for s in self.clients.values() if s.proc is not None and s.proc.poll() is None]
+
+    def kill9(self, proc: subprocess.Popen[bytes], what: str) -> None:
+        self.procs.kill9(proc)
+        self.timeline.killed[proc.pid] = self.timeline.add("kill -9", what, proc.pid).t
+
+    def sigstop(self, proc: subprocess.Popen[bytes], what: str, seconds: float) -> None:
+        """SIGSTOP `proc` now, SIGCONT it `seconds` later."""
+        proc.send_signal(signal.SIGSTOP)
+        self.stopped[proc.pid] = (proc, what, self.timeline.add("SIGSTOP", what, proc.pid).t)
+        self.later(seconds, lambda: self.cont(proc.pid))
+
+    def cont(self, pid: int) -> None:
+        """SIGCONT a process this run stopped (if it is still stopped and alive)."""
+        found = self.stopped.pop(pid, None)
+        if found is None:
+            return
+        proc, what, stopped_at = found
+        if proc.poll() is not None:
+            return
+        proc.send_signal(signal.SIGCONT)
+        now = self.timeline.add("SIGCONT", what, proc.pid).t
+        self.timeline.stops.append((proc.pid, stopped_at, now))
+
+    def cont_all(self) -> None:
+        for pid in list(self.stopped):
+            self.cont(pid)
+
+    async def start(self) -> None:
+        """Distributor, workers, then the clients once the nodes are up."""
+        self.start_distributor()
+        for _ in range(self.config.workers):
+            self.start_worker()
+        await wait_for_nodes(self.redis.url, workers=self.config.workers)
+        for slot in self.clients.values():
+            self.start_client(slot)
+
+    # -- faults ------------------------------------------------------------------------------------
+
+    def later(self, delay: float, action: Callable[[], None]) -> None:
+        """Do `action` after `delay` seconds, while the schedule goes on."""
+
+        async def wait_then_act() -> None:
+            await asyncio.sleep(delay)
+            action()
+
+        self._pending.append(asyncio.create_task(wait_then_act()))
+
+    async def inject(self, schedule: list[Fault]) -> None:
+        """Apply the schedule in time; return when the chaos period is over."""
+        begin = self.timeline.start = time.monotonic()
+        self.timeline.add("chaos", f"{len(schedule)} faults over {self.config.seconds}s")
+        for fault in schedule:
+            await asyncio.sleep(max(0.0, begin + fault.at - time.monotonic()))
+            applied = await self.apply(fault)
+            (self.timeline.injected if applied else self.timeline.skipped)[fault.kind] += 1
+        await asyncio.sleep(max(0.0, begin + self.config.seconds - time.monotonic()))
+
+    async def apply(self, fault: Fault) -> bool:
+        """Inject one fault; False when it had no target."""
+        handler: dict[str, Callable[[Fault], Awaitable[bool]]] = {
+            "kill_worker": self._kill_worker,
+            "stop_worker": self._stop_worker,
+            "kill_client": self._kill_client,
+            "stop_client": self._stop_client,
+            "kill_distributor": self._kill_distributor,
+            "stop_distributor": self._stop_distributor,
+            "restart_redis": self._restart_redis,
+            "pause_redis": self._pause_redis,
+            "wipe_redis": self._restart_redis,
+            "drop_reply": self._proxy_fault,
+            "cut_connection": self._proxy_fault,
+            "delay_replies": self._proxy_fault,
+            "proxy_chaos": self._proxy_fault,
+            "proxy_outage": self._proxy_fault,
+        }
+        return await handler[fault.kind](fault)
+
+    async def _kill_worker(self, fault: Fault) -> bool:
+        live = self.live_workers()
+        if not live:
+            return False
+        name, proc = live[fault.pick % len(live)]
+        self.kill9(proc, name)
+        self.start_worker()
+        return True
+
+    async def _stop_worker(self, fault: Fault) -> bool:
+        live = self.live_workers()
+        if not live:
+            return False
+        name, proc = live[fault.pick % len(live)]
+        self.sigstop(proc, name, fault.length)
+        return True
+
+    async def _stop_client(self, fault: Fault) -> bool:
+        live = self.live_clients()
+        if not live:
+            return False
+        slot = live[fault.pick % len(live)]
+        assert slot.proc is not None
+        self.sigstop(slot.proc, f"client slot {slot.slot}", fault.length)
+        return True
+
+    async def _stop_distributor(self, fault: Fault) -> bool:
+        proc = self.distributor
+        if proc is None or proc.poll() is not None or proc.pid in self.stopped:
+            return False
+        self.sigstop(proc, self.config.pool, fault.length)
+        return True
+
+    async def _kill_client(self, fault: Fault) -> bool:
+        live = self.live_clients()
+        if not live:
+            return False
+        slot = live[fault.pick % len(live)]
+        assert slot.proc is not None
+        self.kill9(slot.proc, f"client slot {slot.slot}")
+        self.later(fault.length, lambda: self.start_client(slot))
+        return True
+
+    async def _kill_distributor(self, fault: Fault) -> bool:
+        proc = self.distributor
+        if proc is None or proc.poll() is not None or proc.pid in self.stopped:
+            return False
+        self.kill9(self.distributor, self.config.pool)
+        self.later(fault.length, self.start_distributor)
+        return True
+
+    async def _restart_redis(self, fault: Fault) -> bool:
+        """kill -9 Redis, and start it again after the downtime (with its data, or for
+        `wipe_redis` empty)."""
+        if self.redis_paused is not None:
+            return False
+        wipe = fault.kind == "wipe_redis"
+        down = self.timeline.add("redis kill -9", f"down {fault.length:.2f}s", self.redis.pid).t
+        await asyncio.to_thread(self.redis.kill)
+        if wipe:
+            self.redis.wipe()
+        await asyncio.sleep(fault.length)
+        await asyncio.to_thread(self.redis.start)
+        what = "EMPTY (data lost)" if wipe else f"appendfsync {self.redis.appendfsync}"
+        up = self.timeline.add("redis up", what).t
+        (self.timeline.redis_wiped if wipe else self.timeline.redis_down).append((down, up))
+        return True
+
+    async def _pause_redis(self, fault: Fault) -> bool:
+        """SIGSTOP Redis for a while: every command and every lease renewal waits."""
+        if self.redis_paused is not None or not self.redis.running:
+            return False
+        self.redis.pause()
+        self.redis_paused = self.timeline.add("redis SIGSTOP", f"{fault.length:.2f}s").t
+        self.later(fault.length, self._resume_redis)
+        return True
+
+    def _resume_redis(self) -> None:
+        if self.redis_paused is None:
+            return
+        self.redis.resume()
+        now = self.timeline.add("redis SIGCONT", "").t
+        self.timeline.redis_paused.append((self.redis_paused, now))
+        self.redis_paused = None
+
+    async def _proxy_fault(self, fault: Fault) -> bool:
+        proxy = self.proxy
+        if proxy is None:
+            return False
+        self.timeline.add("proxy", fault.describe().split(" ", 2)[-1])
+        if fault.kind == "drop_reply":
+            proxy.drop_next_reply(int(fault.length))
+        elif fault.kind == "cut_connection":
+            proxy.cut_before_next_command()
+        elif fault.kind == "delay_replies":
+            proxy.delay(fault.amount)
+            self.later(fault.length, lambda: proxy.delay(0))
+        elif fault.kind == "proxy_outage":
+            proxy.refuse(True)
+            self.later(fault.length, lambda: proxy.refuse(False))
+        else:
+            proxy.chaos(fault.pick, p_drop=0.01, p_cut=0.01, p_delay=0.1, max_delay=LEASE / 4)
+            self.later(fault.length, proxy.calm)
+        return True
+
+    # -- the end -----------------------------------------------------------------------------------
+
+    async def calm(self) -> None:
+        """End the faults: pending restarts and SIGCONTs happen, the grid is whole again."""
+        await asyncio.gather(*self._pending)
+        self._pending.clear()
+        if self.proxy is not None:
+            self.proxy.calm()
+            self.proxy.delay(0)
+            self.proxy.refuse(False)
+        self._resume_redis()
+        if not self.redis.running:
+            await asyncio.to_thread(self.redis.start)
+        self.cont_all()
+        if self.distributor is None or self.distributor.poll() is not None:
+            self.start_distributor()
+        while len(self.live_workers()) < self.config.workers:
+            self.start_worker()
+        for slot in self.clients.values():
+            if slot.proc is None or slot.proc.poll() is not None:
+                self.start_client(slot)
+        self.timeline.add("quiet", "faults over; clients asked to finish")
+        for slot in self.clients.values():
+            slot.stop.touch()
+
+    async def finish(self) -> list[str]:
+        """Wait (within the quiet timeout) for the clients, then for all work; the hangs."""
+        deadline = time.monotonic() + self.config.quiet_timeout
+        hangs = []
+        try:
+            await wait_until(
+                self._clients_exited, timeout=self.config.quiet_timeout, what="clients to finish"
+            )
+        except TimeoutError:
+            hangs.append("clients still running after the quiet timeout: " + self._hung_clients())
+        for check, what in (
+            (self._all_done, "every request to finish (orphans of killed clients included)"),
+            (self._dead_reaped, "every dead node to be reaped"),
+        ):
+            try:
+                await wait_until(check, timeout=max(1.0, deadline - time.monotonic()), what=what)
+            except TimeoutError as exc:
+                hangs.append(f"{exc}\n{await self.snapshot()}")
+        self.timeline.add("idle", "hangs: " + str(len(hangs)))
+        return hangs
+
+    async def _clients_exited(self) -> bool:
+        return not self.running_clients()
+
+    async def _all_done(self) -> bool:
+        db = self.db()
+        try:
+            return all(s == "d" for s, _, _ in record_states(db).values())
+        finally:
+            db.close()
+
+    async def _dead_reaped(self) -> bool:
+        """Every node the run killed is gone from the grid (its lease ran out and someone
+        reaped it), and every node left is alive."""
+        found = await nodes(self.redis.url)
+        killed = self.killed_node_ids()
+        return all(n.alive and n.node not in killed for n in found)
+
+    def killed_node_ids(self) -> set[str]:
+        """Ids of the workers and clients this run killed (a distributor comes back under its
+        own name, so it is not one of them)."""
+        killed = {n for n, p in self.workers.items() if p.pid in self.timeline.killed}
+        for slot in self.clients.values():
+            killed |= {
+                e["node"]
+                for e in read_events(slot.answers)
+                if e["event"] == "hello" and e["pid"] in self.timeline.killed
+            }
+        return killed
+
+    def _hung_clients(self) -> str:
+        return ", ".join(
+            f"slot {s.slot} pid {s.proc.pid}" for s in self.running_clients() if s.proc
+        )
+
+    async def snapshot(self) -> str:
+        """The nodes and the unfinished requests, for a hang report. A request claimed by a
+        live node that no process is running is marked STRANDED."""
+        alive = {n.node for n in await nodes(self.redis.url) if n.alive}
+        lines = ["nodes (node kind distributor alive work running):"]
+        lines += [
+            f"  {n.node} {n.kind.value} {n.distributor} {n.alive} {n.work} {n.running}"
+            for n in await nodes(self.redis.url)
+        ]
+        running = {r.key for r in read_runs(self.run_logs, self.timeline.killed) if r.end is None}
+        db = self.db()
+        try:
+            unfinished = {k: v for k, v in record_states(db).items() if v[0] != "d"}
+            lines.append(f"unfinished requests: {len(unfinished)} (key status owner crashes)")
+            for key, (status, owner, crashes) in sorted(unfinished.items())[:30]:
+                waiters = sorted(decode(w) for w in db.smembers(f"{PREFIX}waiters:{key}"))
+                stranded = status == "r" and owner in alive and key not in running
+                note = " STRANDED: claimed by a live node, run by nobody" if stranded else ""
+                lines.append(
+                    f"  {key} {status} {owner or '-'} {crashes or 0} waiters {waiters}{note}"
+                )
+        finally:
+            db.close()
+        return "\n".join(lines)
+
+    def stop(self) -> None:
+        """SIGTERM everything (clients first), SIGCONT what is stopped; close the logs."""
+        self._resume_redis()
+        self.cont_all()
+        for slot in self.clients.values():
+            if slot.proc is not None and slot.proc.poll() is None:
+                slot.proc.kill()
+            if slot.proc is not None:
+                slot.proc.wait()
+        self.procs.stop_all()
+        self.timeline.add("stopped", "every process ended")
+        for log in self._client_logs:
+            log.close()
+        if self.proxy is not None:
+            self.proxy_counts = {
+                "commands": self.proxy.commands,
+                "replies_dropped": self.proxy.replies_dropped,
+                "connections_cut": self.proxy.connections_cut,
+            }
+            self.proxy.stop()
+
+    def db(self) -> redis.Redis:
+        """A redis-py client of the server itself (never through the proxy)."""
+        return redis.Redis(host="127.0.0.1", port=self.redis.port)
+
+    def node_names(self) -> dict[str, str]:
+        """Node ids of this run -> what they are (killed or not)."""
+        names = dict(self.names)
+        for name, proc in self.workers.items():
+            names[name] = "worker, killed" if proc.pid in self.timeline.killed else "worker"
+        for slot in self.clients.values():
+            for event in read_events(slot.answers):
+                if event["event"] == "hello":
+                    dead = event["pid"] in self.timeline.killed
+                    names[event["node"]] = "client, killed" if dead else "client"
+        return names
+
+    def log_tails(self, lines: int = 25) -> str:
+        parts = []
+        for path in sorted(self.logs.glob("*.log")):
+            tail = path.read_text(errors="replace").splitlines()[-lines:]
+            parts.append(f"--- {path.name}\n" + "\n".join(tail))
+        return "\n".join(parts)
+
+
+# -- one whole run ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Verdict:
+    """What a run found: the violations (empty: all invariants held) and the report."""
+
+    violations: list[str]
+    summary: str
+    details: str
+
+
+def header(config: ChaosConfig, schedule: list[Fault], fsync: str) -> str:
+    """What the run does: its settings, how to replay it, its schedule."""
+    proxy = "on" if config.use_proxy else "off (girder.testing.proxy missing or disabled)"
+    lines = [
+        f"chaos: seed {config.seed}, {config.seconds}s of faults, {config.workers} workers, "
+        f"{config.clients} clients x {config.concurrency} jobs, lease {LEASE}s, "
+        f"appendfsync {fsync}, fault proxy {proxy}",
+        f"replay: {SEED_ENV}={config.seed} {SECONDS_ENV}={config.seconds:g}"
+        + ("" if config.use_proxy else f" {PROXY_ENV}=0")
+        + (f" {FAULTS_ENV}={','.join(config.faults)}" if config.faults else ""),
+        "schedule:",
+    ]
+    lines += [f"  {fault.describe()}" for fault in schedule]
+    return "\n".join(lines)
+
+
+async def run_chaos(config: ChaosConfig, redis_server: RedisServer, tmp: Path) -> Verdict:
+    """Start the grid, run the load through the schedule, calm down, stop, check."""
+    schedule = make_schedule(
+        config.seed, config.seconds, proxy=config.use_proxy, only=config.faults
+    )
+    print(header(config, schedule, redis_server.appendfsync or "off"), flush=True)
+    memory_before = int(redis_server.info("memory")["used_memory"])
+    run = ChaosRun(config, redis_server, tmp)
+    try:
+        await run.start()
+        await run.inject(schedule)
+        await run.calm()
+        hangs = await run.finish()
+    finally:
+        run.stop()
+    return judge(run, schedule, hangs, memory_before)
+
+
+def _exits(run: ChaosRun) -> list[str]:
+    """Processes that ended on their own with an error (not killed by the harness)."""
+    found = []
+    for proc in run.procs.procs:
+        if proc.pid not in run.timeline.killed and proc.returncode not in (0, None):
+            found.append(f"node process pid {proc.pid} exited with {proc.returncode}")
+    return found
+
+
+def judge(run: ChaosRun, schedule: list[Fault], hangs: list[str], memory_before: int) -> Verdict:
+    """Check every invariant over the whole run."""
+    config, timeline = run.config, run.timeline
+    expected = {
+        job.id: (f"{job.fn}{job.args}", job.expected) for jobs in run.plans.values() for job in jobs
+    }
+    answers = check_answers(
+        {s.slot: s.answers for s in run.clients.values()}, expected, timeline.killed
+    )
+    runs = read_runs(run.run_logs, timeline.killed)
+    fsync = run.fsync
+    overlaps = find_overlaps(runs, timeline, fsync)
+    repeated = reruns(runs, timeline, fsync)
+    db = run.db()
+    try:
+        memory_after = int(db.info("memory")["used_memory"])
+        leaks = check_leaks(db, run.node_names())
+        memory_clean, scripts = drop_cache_and_measure(db)
+        db_size = db.dbsize()
+    finally:
+        db.close()
+    violations = list(hangs)
+    violations += [f"wrong answer: {w}" for w in answers.wrong]
+    violations += [f"job failed: {e}" for e in answers.errors]
+    violations += [f"job lost (submitted, never answered): {lost}" for lost in answers.lost]
+    violations += [overlap_text(o, timeline) for o in overlaps if o.excuse is None]
+    violations += [
+        f"key {key} ran again: {reason}"
+        for key, reasons in repeated.items()
+        for reason in reasons
+        if reason.startswith("UNEXPLAINED")
+    ]
+    after_hang = "(after a hang, may be its consequence) " if hangs else ""
+    violations += [
+        f"{after_hang}leaked keys {pattern}: {len(examples)}, e.g. {examples[:3]}"
+        for pattern, examples in leaks.leaked.items()
+    ]
+    violations += [
+        f"unhandled exception ({count}x): {what}"
+        for what, count in unhandled_exceptions(run.logs).items()
+    ]
+    if leaks.cached != leaks.cached_counter:
+        violations.append(
+            f"the 'cached' counter says {leaks.cached_counter}, {leaks.cached} results are cached"
+        )
+    violations += _exits(run)
+    if answers.completed == 0:
+        violations.append("no job completed at all")
+    summary = _summary(
+        run, answers=answers, runs=runs, overlaps=overlaps, repeated=repeated, leaks=leaks
+    )
+    summary += (
+        f"\nRedis used_memory: before {memory_before}, after {memory_after} "
+        f"(with {leaks.cached} cached results, {leaks.count} leaked keys of "
+        f"{leaks.leaked_bytes} bytes), after dropping the cache {memory_clean} (Lua scripts "
+        f"{scripts}, DBSIZE {db_size})"
+    )
+    details = "\n".join(
+        [
+            header(config, schedule, fsync),
+            "timeline:",
+            timeline.format(),
+            f"logs: {run.logs} (process logs), {run.run_logs} (runs), {run.client_dir} (answers)",
+            run.log_tails(),
+        ]
+    )
+    return Verdict(violations, summary, details)
+
+
+def _summary(
+    run: ChaosRun,
+    *,
+    answers: AnswerReport,
+    runs: list[Run],
+    overlaps: list[Overlap],
+    repeated: dict[str, list[str]],
+    leaks: LeakReport,
+) -> str:
+    timeline = run.timeline
+    reasons = Counter(reason for found in repeated.values() for reason in found)
+    same_process = sum(o.first.pid == o.second.pid for o in overlaps)
+    clients = ", ".join(f"slot {s}: {len(p)}" for s, p in answers.incarnations.items())
+    return "\n".join(
+        [
+            f"chaos summary (seed {run.config.seed}):",
+            f"faults injected: {dict(timeline.injected)}; skipped (no target): "
+            f"{dict(timeline.skipped)}; proxy: {run.proxy_counts or 'none'}",
+            f"jobs completed: {answers.completed}; wrong {len(answers.wrong)}, failed "
+            f"{len(answers.errors)}, lost {len(answers.lost)}; client incarnations: {clients}",
+            f"runs: {len(runs)} of {len({r.key for r in runs})} keys; keys run more than once: "
+            f"{len(repeated)} {dict(reasons)}",
+            f"keys run twice at once: {len(overlaps)} {dict(Counter(o.kind for o in overlaps))} "
+            f"(in one process: {same_process})",
+            f"runs that ended in an error: {sum(r.how == 'error' for r in runs)}; requests the "
+            f"grid failed, by root cause: {dict(grid_failures(run.logs).most_common(5))}",
+            f"left in Redis: {leaks.cached} cached results (counter {leaks.cached_counter}), "
+            f"leaked: { {p: len(e) for p, e in leaks.leaked.items()} }",
+        ]
+    )

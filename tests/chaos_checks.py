@@ -1,0 +1,458 @@
+"""The checks of the chaos test (tests/chaos.py) over a whole run: what the harness did (the
+`Timeline`), the runs every grid function logged (at most one run of a key at a time, and why a
+key ran again), the clients' answers (right, none lost), what is left in Redis (leaks), and what
+the nodes' logs say (requests the grid failed, exceptions nobody handled)."""
+
+from __future__ import annotations
+
+import itertools
+import re
+import time
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import redis
+from chaos_client import read_events
+from processes import FAST_RECOVERY
+
+from girder.backends import redis_keys
+
+LEASE = float(FAST_RECOVERY["GIRDER_HEARTBEAT_TTL"])
+"""Seconds without a heartbeat before a node counts as dead (the nodes' GIRDER_HEARTBEAT_TTL)."""
+
+PREFIX = "{girder}:"
+"""Every key of the grid starts with this (the default key prefix)."""
+
+
+# -- what happened ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Event:
+    """Something the harness did, at a monotonic time (the processes log the same clock)."""
+
+    t: float
+    kind: str
+    detail: str
+    pid: int | None = None
+    wall: float = field(default_factory=time.time)
+    """The same moment in wall-clock time (the processes' logs have UTC timestamps)."""
+
+
+@dataclass
+class Timeline:
+    """The faults as they happened: kills, stops, Redis downtimes."""
+
+    start: float = field(default_factory=time.monotonic)
+    events: list[Event] = field(default_factory=list)
+    killed: dict[int, float] = field(default_factory=dict)
+    """pid -> when it was killed (kill -9)."""
+    stops: list[tuple[int, float, float]] = field(default_factory=list)
+    """(pid, SIGSTOP time, SIGCONT time)."""
+    redis_down: list[tuple[float, float]] = field(default_factory=list)
+    """Redis restarts that kept the data: (killed, back)."""
+    redis_wiped: list[tuple[float, float]] = field(default_factory=list)
+    """Redis restarts that lost every key: (killed, back)."""
+    redis_paused: list[tuple[float, float]] = field(default_factory=list)
+    """Redis SIGSTOPped: (stopped, continued)."""
+    injected: Counter[str] = field(default_factory=Counter)
+    skipped: Counter[str] = field(default_factory=Counter)
+
+    def add(self, kind: str, detail: str, pid: int | None = None) -> Event:
+        event = Event(time.monotonic(), kind, detail, pid)
+        self.events.append(event)
+        return event
+
+    def before(self, t: float, count: int = 3) -> list[Event]:
+        """The last `count` events at or before `t`."""
+        return [e for e in self.events if e.t <= t][-count:]
+
+    def rel(self, t: float) -> str:
+        return f"t+{t - self.start:7.3f}s"
+
+    def format(self) -> str:
+        lines = [f"  (t+0 is monotonic {self.start:.3f}; UTC times match the logs)"]
+        for e in self.events:
+            pid = f" pid {e.pid}" if e.pid else ""
+            utc = datetime.fromtimestamp(e.wall, UTC).strftime("%H:%M:%S.%f")[:-3]
+            lines.append(f"  {self.rel(e.t)} {utc} {e.kind:<18} {e.detail}{pid}")
+        return "\n".join(lines)
+
+
+# -- runs: at most one at a time -------------------------------------------------------------------
+
+
+@dataclass
+class Run:
+    """One run of a grid function, from the run logs."""
+
+    key: str
+    pid: int
+    node: str
+    start: float
+    end: float | None = None
+    how: str = "open"
+    """ok, error, cancelled (its code ended), killed (its process died), open (never ended)."""
+
+
+def read_runs(folder: Path, killed: dict[int, float]) -> list[Run]:
+    """Every run logged under `folder`; a run of a killed process ends at the kill."""
+    runs: list[Run] = []
+    for path in sorted(folder.glob("runs-*.log")):
+        open_runs: dict[tuple[str, int], list[Run]] = defaultdict(list)
+        for line in path.read_text(errors="replace").splitlines():
+            parts = line.split()
+            if parts[:1] == ["start"] and len(parts) == 5:
+                run = Run(parts[1], int(parts[2]), parts[3], float(parts[4]))
+                runs.append(run)
+                open_runs[run.key, run.pid].append(run)
+            elif parts[:1] == ["end"] and len(parts) == 6:
+                waiting = open_runs.get((parts[1], int(parts[2])))
+                if waiting:
+                    run = waiting.pop(0)
+                    run.end, run.how = float(parts[4]), parts[5]
+        for run in runs:
+            if run.end is None and run.pid in killed:
+                run.end, run.how = killed[run.pid], "killed"
+    return runs
+
+
+@dataclass(frozen=True)
+class Overlap:
+    """Two runs of one key at the same time."""
+
+    first: Run
+    second: Run
+    excuse: str | None
+    """Why the grid may do this (a lease expired, Redis lost data), or None: a violation."""
+
+    @property
+    def kind(self) -> str:
+        """The excuse in a word or two, for the summary."""
+        if self.excuse is None:
+            return "unexplained"
+        if "SIGSTOP" in self.excuse:
+            return "runner stopped past its lease"
+        if "claim" in self.excuse:
+            return "stale claim run on waking"
+        return "Redis lost data"
+
+
+def _long_stop(timeline: Timeline, pid: int, since: float, until: float) -> str | None:
+    """A SIGSTOP of `pid` longer than the lease, at some time in [since, until]."""
+    for stopped, start, end in timeline.stops:
+        if stopped == pid and start <= until and end >= since and end - start > LEASE:
+            return f"pid {pid} SIGSTOPped {end - start:.2f}s (> lease {LEASE}s) at {start:.3f}"
+    return None
+
+
+def _stale_claim(timeline: Timeline, run: Run) -> str | None:
+    """`run` started within a lease of its process waking from a stop past the lease: it may
+    run a claim made before the stop, which lapsed while the process slept."""
+    for stopped, start, end in timeline.stops:
+        if stopped == run.pid and end - start > LEASE and end <= run.start <= end + LEASE:
+            return f"pid {run.pid} ran a claim it may have made before a {end - start:.2f}s stop"
+    return None
+
+
+def _lease_expired(timeline: Timeline, first: Run, second: Run) -> str | None:
+    """A runner's claim lapsed while its process was stopped past the lease: the first run
+    went on through the stop, or either run is a stale claim run on waking."""
+    return (
+        _long_stop(timeline, first.pid, first.start, second.start)
+        or _long_stop(timeline, second.pid, first.start, second.start)
+        or _stale_claim(timeline, first)
+        or _stale_claim(timeline, second)
+    )
+
+
+def _lossy_restart(timeline: Timeline, since: float, until: float, fsync: str) -> str | None:
+    """A Redis restart in [since, until] that lost data (documented: requests run again), or
+    just before `since` (a request claimed before the loss may start running just after it)."""
+    for down, up in timeline.redis_wiped:
+        if since <= up + LEASE and down <= until:
+            return f"Redis came back empty at {up:.3f}"
+    if fsync == "always":
+        return None
+    for _down, up in timeline.redis_down:
+        if since <= up <= until:
+            return f"Redis restarted at {up:.3f} with appendfsync {fsync} (may lose writes)"
+    return None
+
+
+def find_overlaps(runs: list[Run], timeline: Timeline, fsync: str) -> list[Overlap]:
+    """Pairs of runs of one key that overlap in time, each with its excuse (if any)."""
+    by_key: dict[str, list[Run]] = defaultdict(list)
+    for run in runs:
+        by_key[run.key].append(run)
+    found = []
+    for key_runs in by_key.values():
+        key_runs.sort(key=lambda r: r.start)
+        for i, first in enumerate(key_runs):
+            for second in key_runs[i + 1 :]:
+                if first.end is not None and second.start >= first.end:
+                    continue
+                excuse = _lease_expired(timeline, first, second)
+                excuse = excuse or _lossy_restart(timeline, first.start, second.start, fsync)
+                found.append(Overlap(first, second, excuse))
+    return found
+
+
+def rerun_reason(first: Run, second: Run, timeline: Timeline, fsync: str) -> str:
+    """Why a key ran again after an earlier run of it ended (a finished key should be cached)."""
+    if first.how == "killed":
+        return "its runner was killed mid-run"
+    if first.how in ("error", "cancelled"):
+        return f"the earlier run ended: {first.how}"
+    assert first.end is not None
+    if _lossy_restart(timeline, first.start, second.start, fsync):
+        return "Redis lost the result (a restart without the data)"
+    # The completion goes out right after the run: a death or a stop soon after loses it.
+    sending = first.end + LEASE
+    killed_at = timeline.killed.get(first.pid)
+    if killed_at is not None and first.end <= killed_at <= min(sending, second.start):
+        return "its runner was killed before the completion was stored"
+    if _long_stop(timeline, first.pid, first.start, min(sending, second.start)):
+        return "its runner was SIGSTOPped past its lease before the completion was stored"
+    if _stale_claim(timeline, second):
+        return "the second runner woke from a stop past its lease and ran a stale claim"
+    return "UNEXPLAINED (a finished, cached key ran again)"
+
+
+def reruns(runs: list[Run], timeline: Timeline, fsync: str) -> dict[str, list[str]]:
+    """Keys that ran more than once (one after the other): key -> the reason of each rerun."""
+    by_key: dict[str, list[Run]] = defaultdict(list)
+    for run in runs:
+        by_key[run.key].append(run)
+    found: dict[str, list[str]] = {}
+    for key, key_runs in by_key.items():
+        key_runs.sort(key=lambda r: r.start)
+        reasons = [
+            rerun_reason(first, second, timeline, fsync)
+            for first, second in itertools.pairwise(key_runs)
+            if first.end is not None and second.start >= first.end
+        ]
+        if reasons:
+            found[key] = reasons
+    return found
+
+
+# -- answers: right, none lost ---------------------------------------------------------------------
+
+
+@dataclass
+class AnswerReport:
+    completed: int = 0
+    wrong: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    lost: list[str] = field(default_factory=list)
+    incarnations: dict[int, list[int]] = field(default_factory=dict)
+
+
+def check_answers(
+    answers: dict[int, Path], expected: dict[str, tuple[str, int]], killed: dict[int, float]
+) -> AnswerReport:
+    """Every answer right; every job a surviving client submitted answered. `expected`: job
+    id -> (the call, readable, and its right value)."""
+    report = AnswerReport()
+    for slot, path in answers.items():
+        submitted: dict[int, set[str]] = defaultdict(set)
+        answered: dict[int, set[str]] = defaultdict(set)
+        pids: list[int] = []
+        for event in read_events(path):
+            pid = event["pid"]
+            if pid not in pids:
+                pids.append(pid)
+            if event["event"] == "submit":
+                submitted[pid].add(event["job"])
+            elif event["event"] == "answer":
+                job_id, (call, right) = event["job"], expected[event["job"]]
+                answered[pid].add(job_id)
+                report.completed += 1
+                if event["value"] != right:
+                    report.wrong.append(
+                        f"{job_id} {call}: got {event['value']!r}, expected {right} "
+                        f"(client pid {pid})"
+                    )
+            elif event["event"] == "error":
+                answered[pid].add(event["job"])
+                report.errors.append(f"{event['job']} (client pid {pid}): {event['error']}")
+        report.incarnations[slot] = pids
+        for pid in pids:
+            if pid not in killed:
+                for job_id in sorted(submitted[pid] - answered[pid]):
+                    report.lost.append(f"{job_id} {expected[job_id][0]} (client pid {pid})")
+    return report
+
+
+# -- Redis: what is left ---------------------------------------------------------------------------
+
+RECORD_KINDS = tuple(part.rstrip(":") for part in redis_keys._PER_ID.values())
+"""Keys per request or per node (`req:<key>`, `inbox:<node>`, ...), from the backend's layout."""
+GLOBAL_KEEP = ("cached", "clock", "departed", "farewells")
+"""Global bookkeeping that may stay when the grid is idle (counters; the recently departed)."""
+GLOBAL_EMPTY = ("pops", "leases")
+"""Global hashes and sets of nodes: no entry should stay once every node is gone. Any other
+global key of the layout (say `corrupt`) is reported, and so is a key the layout does not name."""
+
+
+def decode(value: bytes | None) -> str:
+    return "" if value is None else value.decode(errors="replace")
+
+
+def scan_grid(db: redis.Redis) -> dict[str, str]:
+    """Every key of the grid and its type."""
+    keys = [decode(k) for k in db.scan_iter(match=PREFIX.replace("{", "\\{") + "*", count=1000)]
+    types = _pipeline(db, [("TYPE", key) for key in keys])
+    return {key: decode(kind) for key, kind in zip(keys, types, strict=True)}
+
+
+def _pipeline(db: redis.Redis, commands: list[tuple[str, ...]]) -> list[Any]:
+    pipe = db.pipeline(transaction=False)
+    for command in commands:
+        pipe.execute_command(*command)
+    return list(pipe.execute())
+
+
+def record_states(db: redis.Redis) -> dict[str, tuple[str, str, str]]:
+    """Request key -> (status, owner, crashes) of every request record."""
+    keys = [k for k in scan_grid(db) if k.startswith(PREFIX + "req:")]
+    fields = _pipeline(db, [("HMGET", k, "s", "o", "c") for k in keys])
+    return {
+        key.removeprefix(PREFIX + "req:"): (decode(s), decode(o), decode(c))
+        for key, (s, o, c) in zip(keys, fields, strict=True)
+    }
+
+
+@dataclass
+class LeakReport:
+    cached: int = 0
+    cached_counter: int = 0
+    leaked: dict[str, list[str]] = field(default_factory=dict)
+    """Pattern -> examples (key, and what it holds)."""
+    leaked_bytes: int = 0
+
+    @property
+    def count(self) -> int:
+        return sum(len(v) for v in self.leaked.values())
+
+
+def _id_pattern(ident: str, names: dict[str, str]) -> str:
+    if ident in names:
+        return f"<{names[ident]}>"
+    if len(ident) >= 32 and all(c in "0123456789abcdef" for c in ident.lower()):
+        return "<request key>"
+    return "<other>"
+
+
+def _describe_key(db: redis.Redis, key: str, kind: str) -> str:
+    if kind == "hash":
+        fields = {decode(k): decode(v)[:40] for k, v in db.hgetall(key).items() if k != b"pl"}
+        return f"{key} hash {fields}"
+    if kind == "list":
+        items = [decode(v)[:20] for v in db.lrange(key, 0, 4)]
+        return f"{key} list len {db.llen(key)} {items}"
+    if kind == "set":
+        return f"{key} set {sorted(decode(v)[:20] for v in db.smembers(key))[:5]}"
+    if kind == "zset":
+        return f"{key} zset {[(decode(m), s) for m, s in db.zrange(key, 0, 4, withscores=True)]}"
+    return f"{key} {kind} {decode(db.get(key))[:40] if kind == 'string' else ''}"
+
+
+def check_leaks(db: redis.Redis, names: dict[str, str]) -> LeakReport:
+    """What is left after every node stopped: cached results and the global counters only."""
+    report = LeakReport()
+    for key, kind in sorted(scan_grid(db).items()):
+        rest = key.removeprefix(PREFIX)
+        part, _, ident = rest.partition(":")
+        if part == "req" and decode(db.hget(key, "s")) == "d":
+            report.cached += 1
+            continue
+        if rest == "cached":
+            report.cached_counter = int(db.get(key) or 0)
+        if rest in GLOBAL_KEEP:
+            continue
+        if rest in GLOBAL_EMPTY:
+            pattern = f"{PREFIX}{rest}[<node>]"
+        elif part in RECORD_KINDS:
+            pattern = f"{PREFIX}{part}:{_id_pattern(ident, names)}"
+            if part == "req":
+                pattern += f" (status {decode(db.hget(key, 's'))})"
+        elif rest in redis_keys._GLOBAL.values():
+            pattern = f"{PREFIX}{rest} (global, not expected to stay)"
+        else:
+            pattern = f"{PREFIX}{rest} (not in girder.backends.redis_keys)"
+        report.leaked.setdefault(pattern, []).append(_describe_key(db, key, kind))
+        report.leaked_bytes += int(db.memory_usage(key) or 0)
+    return report
+
+
+# -- the nodes' logs -------------------------------------------------------------------------------
+
+
+_FAILED = re.compile(r"event='request failed'.*? error=(['\"])(.*?)\1")
+
+
+def grid_failures(logs: Path) -> Counter[str]:
+    """Why requests failed, from the nodes' `request failed` lines (no chaos function fails by
+    itself: each one is the grid's doing). The root cause, without the request that raised it."""
+    causes: Counter[str] = Counter()
+    for path in logs.glob("*.log"):
+        for match in _FAILED.finditer(path.read_text(errors="replace")):
+            cause = match.group(2).rpartition("at the bottom: ")[2]
+            causes[cause.partition("): ")[2] or cause] += 1
+    return causes
+
+
+def unhandled_exceptions(logs: Path) -> Counter[str]:
+    """Exceptions that escaped a task or a process (asyncio's "never retrieved" reports and
+    bare tracebacks), by what they say and where: the grid should handle or log them itself."""
+    found: Counter[str] = Counter()
+    for path in sorted(logs.glob("*.log")):
+        lines = path.read_text(errors="replace").splitlines()
+        for index, line in enumerate(lines):
+            if line.startswith("Task exception was never retrieved"):
+                what = lines[index + 1] if index + 1 < len(lines) else ""
+                found[_TASK_NAME.sub("Task", what)[:300]] += 1
+            elif line.startswith("Traceback") and not _reported(lines, index):
+                last = next((x for x in lines[index + 1 :] if not x.startswith(" ")), "")
+                found[f"{path.stem.rstrip('0123456789')}: {last[:300]}"] += 1
+    return found
+
+
+_TASK_NAME = re.compile(r"Task finished name='Task-\d+'")
+
+
+def _reported(lines: list[str], index: int) -> bool:
+    """Whether the traceback at `index` belongs to an exception already counted above."""
+    return index >= 2 and (
+        "direct cause" in lines[index - 2]
+        or "during handling" in lines[index - 2]
+        or "Task exception" in lines[index - 2]
+    )
+
+
+def drop_cache_and_measure(db: redis.Redis) -> tuple[int, int]:
+    """Delete what is left of the grid (once checked); used_memory and the part of it that
+    is Lua scripts after that."""
+    keys = list(scan_grid(db))
+    for start in range(0, len(keys), 1000):
+        db.unlink(*keys[start : start + 1000])
+    memory = db.info("memory")
+    return int(memory["used_memory"]), int(memory.get("used_memory_scripts", 0))
+
+
+def overlap_text(overlap: Overlap, timeline: Timeline) -> str:
+    first, second = overlap.first, overlap.second
+    end = "never ended" if first.end is None else f"ended {timeline.rel(first.end)} {first.how}"
+    before = "; ".join(
+        f"{timeline.rel(e.t)} {e.kind} {e.detail}" for e in timeline.before(second.start)
+    )
+    return (
+        f"key {first.key} ran twice at once: on {first.node} (pid {first.pid}) from "
+        f"{timeline.rel(first.start)}, {end}; on {second.node} (pid {second.pid}) from "
+        f"{timeline.rel(second.start)}. Before that: {before}"
+    )

@@ -1,0 +1,131 @@
+"""Seeded chaos against a Redis grid of real processes (the harness: chaos.py, chaos_checks.py).
+
+    pytest tests/test_chaos.py                              # the short run (35 s), default seed
+    GIRDER_CHAOS_SEED=14 GIRDER_CHAOS_SECONDS=35 pytest tests/test_chaos.py -k short   # replay
+    GIRDER_CHAOS_LONG=1 GIRDER_CHAOS_SECONDS=600 pytest tests/test_chaos.py -k long    # opt-in
+
+GIRDER_CHAOS_PROXY=0 runs without the fault proxy; GIRDER_CHAOS_FAULTS=kill_worker,pause_redis
+draws only those kinds of fault (see chaos.PROCESS_FAULTS and chaos.PROXY_FAULTS). Each run prints
+its schedule first and a summary at the end; `report.txt` and every process's log, run log and
+answers stay under the test's tmp dir, and a failure shows the violations, the timeline of what
+the harness did and the tail of every log.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from chaos import (
+    LONG_ENV,
+    SECONDS_ENV,
+    ChaosConfig,
+    Fault,
+    make_plan,
+    make_schedule,
+    run_chaos,
+)
+from chaos_checks import LEASE, Run, Timeline, find_overlaps, rerun_reason
+
+from girder.testing.redis_server import RedisServer
+
+SHORT_SECONDS = 35.0
+LONG_SECONDS = 600.0
+_seconds = float(os.environ.get(SECONDS_ENV, "0")) or None
+
+
+async def _chaos(
+    config: ChaosConfig, server: RedisServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("GIRDER_SECRET", config.secret)
+    verdict = await run_chaos(config, server, tmp_path)
+    print(verdict.summary)
+    problems = "\n".join(f"- {v}" for v in verdict.violations) or "none"
+    report = f"violations:\n{problems}\n\n{verdict.summary}\n\n{verdict.details}"
+    (tmp_path / "report.txt").write_text(report)
+    if verdict.violations:
+        count = len(verdict.violations)
+        pytest.fail(f"{count} invariant violations (seed {config.seed}):\n{report}", pytrace=False)
+
+
+@pytest.mark.slow
+@pytest.mark.redis
+@pytest.mark.timeout((_seconds or SHORT_SECONDS) + 240)
+async def test_chaos_short(
+    persistent_redis: RedisServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """About 35 s of faults with the default seed (GIRDER_CHAOS_SEED / _SECONDS replay)."""
+    await _chaos(ChaosConfig.from_env(SHORT_SECONDS), persistent_redis, tmp_path, monkeypatch)
+
+
+@pytest.mark.slow
+@pytest.mark.redis
+@pytest.mark.timeout((_seconds or LONG_SECONDS) + 600)
+async def test_chaos_long(
+    persistent_redis: RedisServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Opt-in: GIRDER_CHAOS_LONG=1 (length GIRDER_CHAOS_SECONDS, default 600 s)."""
+    if os.environ.get(LONG_ENV) != "1":
+        pytest.skip(f"the long chaos run is opt-in: {LONG_ENV}=1")
+    config = ChaosConfig.from_env(LONG_SECONDS)
+    await _chaos(config, persistent_redis, tmp_path, monkeypatch)
+
+
+# -- the harness itself (quick) --------------------------------------------------------------------
+
+
+def test_a_seed_gives_one_schedule_and_one_plan() -> None:
+    assert make_schedule(5, 40, proxy=True) == make_schedule(5, 40, proxy=True)
+    assert make_schedule(5, 40, proxy=False) != make_schedule(6, 40, proxy=False)
+    assert make_plan(5, 0) == make_plan(5, 0)
+    assert make_plan(5, 0) != make_plan(5, 1)
+    faults = make_schedule(5, 40, proxy=False)
+    assert faults
+    assert all(2 < f.at <= 40 for f in faults)
+    assert all(f.length > LEASE for f in faults if f.kind == "stop_worker")
+
+
+def test_the_plans_share_keys_between_clients() -> None:
+    first = {(j.fn, j.args) for j in make_plan(5, 0)}
+    second = {(j.fn, j.args) for j in make_plan(5, 1)}
+    assert first & second
+
+
+def test_overlaps_are_excused_only_by_a_stop_past_the_lease() -> None:
+    timeline = Timeline(start=0.0)
+    runs = [Run("k", 1, "w1", 1.0, 5.0, "ok"), Run("k", 2, "w2", 3.0, 4.0, "ok")]
+    (overlap,) = find_overlaps(runs, timeline, "always")
+    assert overlap.excuse is None
+    timeline.stops.append((1, 2.0, 2.0 + 2 * LEASE))
+    (overlap,) = find_overlaps(runs, timeline, "always")
+    assert overlap.excuse is not None
+    assert "SIGSTOP" in overlap.excuse
+    short = Timeline(start=0.0, stops=[(1, 2.0, 2.0 + LEASE / 2)])
+    assert find_overlaps(runs, short, "always")[0].excuse is None
+
+
+def test_runs_one_after_the_other_are_no_overlap_but_a_rerun() -> None:
+    timeline = Timeline(start=0.0)
+    first, second = Run("k", 1, "w1", 1.0, 2.0, "ok"), Run("k", 2, "w2", 3.0, 4.0, "ok")
+    assert find_overlaps([first, second], timeline, "always") == []
+    assert rerun_reason(first, second, timeline, "always").startswith("UNEXPLAINED")
+    timeline.killed[1] = 2.5
+    assert "killed" in rerun_reason(first, second, timeline, "always")
+    assert Fault(1.0, "kill_worker", 3).describe().endswith("kill_worker #3")
+
+
+def test_a_stale_claim_resumed_after_a_stop_is_excused() -> None:
+    """The second runner claimed the key, slept past its lease, and ran it on waking."""
+    timeline = Timeline(start=0.0, stops=[(2, 0.5, 0.5 + 2 * LEASE)])
+    first, second = Run("k", 1, "w1", 1.0, 2.0, "ok"), Run("k", 2, "w2", 0.5 + 2 * LEASE, 9, "ok")
+    assert "stale claim" in rerun_reason(first, second, timeline, "always")
+
+
+def test_one_process_running_a_stale_claim_and_a_new_one_is_excused() -> None:
+    """Woken from a stop past its lease, a worker runs a claim it made before the stop."""
+    timeline = Timeline(start=0.0, stops=[(1, 1.0, 1.0 + 2 * LEASE)])
+    woke = 1.0 + 2 * LEASE
+    runs = [Run("k", 1, "w1", woke + 0.01, woke + 1, "ok"), Run("k", 1, "w1", woke + 0.02)]
+    (overlap,) = find_overlaps(runs, timeline, "always")
+    assert overlap.excuse is not None

@@ -1,0 +1,44 @@
+"""`girder.testing.RedisServer`: restarts with and without the append-only file, pause, info."""
+
+from __future__ import annotations
+
+import pytest
+
+from girder.testing.redis_server import RedisServer
+
+pytestmark = pytest.mark.redis
+
+
+def test_a_restart_keeps_the_data_with_an_append_only_file(
+    persistent_redis: RedisServer,
+) -> None:
+    persistent_redis.command("RPUSH", "list", "a", "b")
+    persistent_redis.restart()
+    assert persistent_redis.command("LRANGE", "list", "0", "-1") == ["a", "b"]
+    persistent_redis.kill()
+    persistent_redis.wipe()
+    persistent_redis.start()
+    assert persistent_redis.command("DBSIZE") == "0"
+
+
+def test_a_restart_starts_empty_by_default(redis_server: RedisServer, redis_url: str) -> None:
+    redis_server.command("SET", "key", "value")
+    redis_server.restart()
+    assert redis_server.command("GET", "key") is None
+
+
+def test_a_paused_server_answers_after_it_resumes(persistent_redis: RedisServer) -> None:
+    persistent_redis.pause()
+    try:
+        with pytest.raises(TimeoutError):
+            persistent_redis.command("PING", timeout=0.2)
+    finally:
+        persistent_redis.resume()
+    assert persistent_redis.command("PING") == "PONG"
+    assert int(persistent_redis.info("memory")["used_memory"]) > 0
+    assert persistent_redis.info("persistence")["aof_enabled"] == "1"
+
+
+def test_an_error_reply_raises(persistent_redis: RedisServer) -> None:
+    with pytest.raises(RuntimeError, match="unknown command"):
+        persistent_redis.command("NO-SUCH-COMMAND")
