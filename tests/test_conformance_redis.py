@@ -542,3 +542,35 @@ class TestRedisBackendLosingEveryReplyOnce(BackendConformance):
         yield backend
         await backend.close()
         assert seen, "no reply was lost"
+
+
+async def test_a_server_stall_longer_than_the_leases_reaps_nobody(
+    redis_url: str, redis_server: RedisServer
+) -> None:
+    """Redis stops for longer than every lease (a slow fork, a VM pause), and a reap sent during
+    the stall runs first when it resumes, before the heartbeats queued behind it: the server's
+    clock jumped, but the nodes were not silent, the server was. Nobody is declared dead; a node
+    that stays silent while others beat still is. (Leases of 0.5 s, beats every 0.1 s.)"""
+    settings = Settings(key_prefix=PREFIX, heartbeat_interval=0.1)
+    backend = RedisBackend(redis_url, settings=settings)
+    await backend.connect()
+    await backend.join("a", NodeKind.WORKER, None, 0.5)
+    await backend.join("b", NodeKind.WORKER, None, 0.5)
+    redis_server.pause()
+    try:
+        reaping = asyncio.create_task(backend.reap("r", 3))
+        await asyncio.sleep(1.5)  # the stall itself: three leases long
+    finally:
+        redis_server.resume()
+    assert (await asyncio.wait_for(reaping, 10)).dead == ()
+    assert {info.node for info in await backend.nodes() if info.alive} == {"a", "b"}
+
+    async def only_b_reaped() -> bool:
+        await backend.heartbeat("a", 0.5)
+        return (await backend.reap("r", 3)).dead == ("b",)
+
+    deadline = asyncio.get_running_loop().time() + 10
+    while not await only_b_reaped():
+        assert asyncio.get_running_loop().time() < deadline, "a silent node was never reaped"
+        await asyncio.sleep(0.1)
+    await backend.close()

@@ -22,7 +22,8 @@ inbox if it did not: whatever was posted before it listened is seen at once, and
 a cancelled wait is delivered later rather than never. A push onto a node's work list or volunteer
 queue leaves a token on its "wake" list; a token lost with a cancelled BLPOP costs only a wake-up.
 Blocking calls run on a separate connection pool so they never hold up other commands. Leases are
-kept in server time (TIME inside the scripts).
+kept in the grid's clock: Redis server time (TIME inside the scripts) that advances at most two
+heartbeat intervals between two heartbeats, so a stalled server does not make live nodes dead.
 """
 
 from __future__ import annotations
@@ -208,7 +209,8 @@ class RedisBackend:
         self.round_trips = True
         self.shared = True
         self._keys = RedisKeys(settings.key_prefix)
-        self._scripts: dict[str, Script] = build_scripts(self._keys)
+        tick = max(1, round(2000 * settings.heartbeat_interval))
+        self._scripts: dict[str, Script] = build_scripts(self._keys, tick)
         self._received: set[str] = set()
         """Nodes whose last blocking wait's reply arrived (the next wait drops `taken`)."""
         self._tokens = _Tokens()

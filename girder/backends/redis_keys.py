@@ -28,7 +28,7 @@ Per node:
     orphans:<node>     hash: a distributor's departed members whose lists were too long to
                        move back at once (its `trim` fetches the rest)
 Per grid:
-    leases             sorted set: node -> lease expiry in Redis server milliseconds
+    leases             sorted set: node -> lease expiry in grid milliseconds (see timekeeper)
     pops               hash: node -> keys it claimed (or handed out) since its last trim
     cached             integer: how many outcomes are cached
     clock              integer raised by every heartbeat: if it ever goes down, the server lost
@@ -36,6 +36,9 @@ Per grid:
     corrupt            list: the last keys found holding garbage of the wrong type (deleted)
     departed           sorted set: node -> when it left or was reaped (notifications for it are
                        dropped; forgotten after a day, or when a node of that name joins)
+    timekeeper         hash: server (server ms) and grid (grid ms) at the last heartbeat, join or
+                       reap: the grid's clock runs with the server's, but at most a tick at a
+                       time, so that a stalled server does not make every lease run out
     farewells          hash: departed node -> how many keys its `leave` handed back (what a
                        repeated `leave` answers; forgotten with `departed`)
 """
@@ -68,6 +71,7 @@ CLOCK = "clock"
 CORRUPT = "corrupt"
 DEPARTED = "departed"
 FAREWELLS = "farewells"
+TIMEKEEPER = "timekeeper"
 
 F_STATUS = "s"
 F_PAYLOAD = "pl"
@@ -106,6 +110,7 @@ _GLOBAL = {
     "CORRUPT": CORRUPT,
     "DEPARTED": DEPARTED,
     "FAREWELLS": FAREWELLS,
+    "TIMEKEEPER": TIMEKEEPER,
 }
 _CONSTANTS = {
     "F_STATUS": F_STATUS,

@@ -116,8 +116,9 @@ class Script:
     sha: str
 
 
-def _lua_constants() -> str:
+def _lua_constants(grid_tick_ms: int) -> str:
     lines = [f"local {name} = {value}" for name, value in _REPLY_CODES.items()]
+    lines.append(f"local GRID_TICK_MS = {grid_tick_ms}")
     lines.append(f"local MAX_SCRIPT_KEYS = {MAX_SCRIPT_KEYS}")
     lines.append(f"local DEPARTED_MEMORY_MS = {DEPARTED_MEMORY_MS}")
     return "\n".join(lines) + "\n"
@@ -156,10 +157,13 @@ def _needed(definitions: list[tuple[str, str]], body: str) -> str:
     return "".join(text for name, text in definitions if name in wanted)
 
 
-def build_scripts(keys: RedisKeys) -> dict[str, Script]:
-    """Every script of the grid whose key names are `keys`."""
+def build_scripts(keys: RedisKeys, grid_tick_ms: int = 2000) -> dict[str, Script]:
+    """Every script of the grid whose key names are `keys`. `grid_tick_ms` is the most the
+    grid's clock advances between two heartbeats (see `grid_time` in common.lua): twice the
+    heartbeat interval."""
     folder = resources.files("girder.backends").joinpath("lua")
-    common = keys.lua_prelude() + _lua_constants() + folder.joinpath("common.lua").read_text()
+    constants = _lua_constants(grid_tick_ms)
+    common = keys.lua_prelude() + constants + folder.joinpath("common.lua").read_text()
     definitions = _definitions(common)
     scripts = {}
     for name, spec in SPECS.items():

@@ -36,6 +36,29 @@ local function now_ms()
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 
+-- The grid's clock, in ms, on which leases are kept: the server's time, except that between two
+-- events that show the grid is served (a heartbeat, a join, a reap) it advances at most
+-- GRID_TICK_MS. A server that stalls (a slow fork or fsync, a VM pause) jumps its own clock;
+-- judged by that, every lease would have run out, and a reap that ran first after the stall
+-- would declare live nodes dead before their queued heartbeats arrive. Returns the server time
+-- and the grid time.
+local function grid_time()
+  local kept = call('HMGET', K_TIMEKEEPER, 'server', 'grid')
+  local now = now_ms()
+  if not kept[1] or not kept[2] then
+    return now, now
+  end
+  local elapsed = math.min(math.max(now - tonumber(kept[1]), 0), GRID_TICK_MS)
+  return now, tonumber(kept[2]) + elapsed
+end
+
+-- The grid time, moved on to now (see grid_time).
+local function advance_grid_time()
+  local now, grid = grid_time()
+  call('HSET', K_TIMEKEEPER, 'server', now, 'grid', grid)
+  return grid
+end
+
 -- A node is registered while it has a lease entry (even one that ran out and is not reaped yet).
 local function is_registered(node)
   return call('ZSCORE', K_LEASES, node) ~= false

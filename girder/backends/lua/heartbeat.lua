@@ -3,7 +3,7 @@
 
 local registered = 0
 if call('ZSCORE', K_LEASES, node) then
-  call('ZADD', K_LEASES, now_ms() + tonumber(ttl_ms), node)
+  call('ZADD', K_LEASES, advance_grid_time() + tonumber(ttl_ms), node)
   registered = 1
 end
 return {registered, call('INCR', K_CLOCK)}

@@ -11,7 +11,7 @@ if distributor ~= '' then
   call('HSET', info, F_DISTRIBUTOR, distributor)
   call('SADD', k_members(distributor), node)
 end
-call('ZADD', K_LEASES, now_ms() + tonumber(ttl_ms), node)
+call('ZADD', K_LEASES, advance_grid_time() + tonumber(ttl_ms), node)
 call('ZREM', K_DEPARTED, node)
 call('HDEL', K_FAREWELLS, node)
 return 1

@@ -1,6 +1,6 @@
 -- members(distributor) -> the nodes with that distributor whose lease has not run out.
 
-local now = now_ms()
+local _, now = grid_time()
 local live = {}
 for _, node in ipairs(call('SMEMBERS', k_members(distributor))) do
   if is_live(node, now) then

@@ -1,7 +1,7 @@
 -- nodes() -> {{node, kind, distributor or nil, alive (1/0), work, running}, ...}. A node whose
 -- membership record is missing (evicted, or garbage) is reported with kind nil.
 
-local now = now_ms()
+local _, now = grid_time()
 local leases = call('ZRANGE', K_LEASES, 0, -1, 'WITHSCORES')
 local found = {}
 for i = 1, #leases, 2 do

@@ -7,12 +7,13 @@ if found then
 end
 local limit = tonumber(max_crashes)
 local now = now_ms()
+local grid = advance_grid_time()
 local forgotten = call('ZRANGEBYSCORE', K_DEPARTED, '-inf', now - DEPARTED_MEMORY_MS)
 for _, node in ipairs(forgotten) do
   call('ZREM', K_DEPARTED, node)
   call('HDEL', K_FAREWELLS, node)
 end
-local dead = call('ZRANGEBYSCORE', K_LEASES, '-inf', '(' .. now)
+local dead = call('ZRANGEBYSCORE', K_LEASES, '-inf', '(' .. grid)
 table.sort(dead)
 local requeued, crashed_out = 0, {}
 for _, node in ipairs(dead) do

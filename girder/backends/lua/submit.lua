@@ -94,7 +94,7 @@ if #pushed > 0 then
   end
 end
 if dispatch == '1' then
-  hand_out(into, true, now_ms())
+  hand_out(into, true, select(2, grid_time()))
 end
 if #pushed > 0 and (dispatch ~= '1' or call('LLEN', k_work(into)) > 0) then
   ring(k_wake(into))
