@@ -112,3 +112,40 @@ def test_the_outbox_holds_no_more_than_its_limit() -> None:
     assert outbox.may_hold()
     outbox.add(Completion("b", b"", True), Outcome(value=2))
     assert not outbox.may_hold()
+
+
+_held_runs: list[str] = []
+_release_held = asyncio.Event()
+
+
+@girder.function(cache=False)
+async def held(tag: str) -> str:
+    """Runs until `_release_held` is set; each start is counted."""
+    _held_runs.append(tag)
+    await _release_held.wait()
+    return tag
+
+
+async def test_a_key_claimed_again_while_it_runs_here_is_not_run_twice() -> None:
+    """The backend gives back a key this worker still runs (as after a stall past its lease or
+    a reconcile) and the worker claims it again: the run under way completes it, no second
+    run starts beside it in the same process."""
+    _held_runs.clear()
+    _release_held.clear()
+    async with girder.Grid.local(workers=1, concurrency=2) as grid:
+        worker = grid.workers[0]
+        handle = grid.submit(held, "x")
+
+        async def started() -> bool:
+            return _held_runs == ["x"]
+
+        await wait_until(started, timeout=10, what="the first run")
+        assert await grid.backend.reconcile(worker.id, []) == 1
+
+        async def claimed_again() -> bool:
+            return await grid.backend.state(handle.key) == RequestState.RUNNING
+
+        await wait_until(claimed_again, timeout=10, what="the key claimed again")
+        _release_held.set()
+        assert await asyncio.wait_for(handle, 10) == "x"
+        assert _held_runs == ["x"]

@@ -179,7 +179,13 @@ class Worker(Node):
             asyncio.get_running_loop().call_later(_RETRY_DELAY, self._send_late)
 
     async def _start_evaluation(self, claimed: Claimed) -> None:
-        """Evaluate a claimed request; the baton passes to it. Sync functions run right here."""
+        """Evaluate a claimed request; the baton passes to it. Sync functions run right here.
+
+        A key this worker already runs (it was reaped while stalled, its claim went back to the
+        queue and came back here) is not started twice: the run under way completes it."""
+        if claimed.key in self._running:
+            self.baton.release()
+            return
         self._running.add(claimed.key)
         local = self.waiters.local(claimed.key)
         if local is not None:  # submitted here, immutable arguments: no need to decode
