@@ -54,7 +54,9 @@ local function ensure_record(key, payload, state)
   if status ~= PENDING then
     local record = k_record(key)
     call('HSET', record, F_STATUS, PENDING, F_PAYLOAD, payload)
-    call('HDEL', record, F_OWNER)
+    if status ~= false then
+      call('HDEL', record, F_OWNER)
+    end
   end
   return true
 end
