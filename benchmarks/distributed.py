@@ -438,11 +438,14 @@ class Tracer:
 
 
 def script_names() -> dict[str, str]:
-    """SHA -> script name for the scripts of a default-prefix RedisBackend."""
-    from girder.backends.redis import _load_scripts  # noqa: PLC0415 - private, trace only
-    from girder.backends.redis_keys import RedisKeys  # noqa: PLC0415
+    """SHA -> script name for the scripts of a default-prefix RedisBackend (as the benchmark's
+    nodes build them, with their heartbeat interval)."""
+    from girder.backends.redis_keys import RedisKeys  # noqa: PLC0415 - trace only
+    from girder.backends.redis_scripts import build_scripts  # noqa: PLC0415
+    from girder.config import Settings  # noqa: PLC0415
 
-    return {script.sha: name for name, script in _load_scripts(RedisKeys("girder")).items()}
+    tick = max(1, round(2000 * Settings().heartbeat_interval))
+    return {script.sha: name for name, script in build_scripts(RedisKeys("girder"), tick).items()}
 
 
 async def trace(cluster: Cluster, sizes: Sizes) -> dict[str, dict[str, float]]:

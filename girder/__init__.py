@@ -2,6 +2,7 @@
 
 from girder.errors import (
     BackendError,
+    Cancelled,
     ConfigurationError,
     GirderError,
     RequestError,
@@ -15,6 +16,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "BackendError",
+    "Cancelled",
     "ConfigurationError",
     "GirderError",
     "Grid",

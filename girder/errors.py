@@ -7,6 +7,7 @@ GirderError
 │   └── BackendFull        the backend refuses writes: it is out of memory
 ├── SerializationError     a value cannot be encoded, or a payload is malformed, tampered or too big
 └── RequestError           a request failed; the one error a caller of the grid sees
+    └── Cancelled          a request stopped because the job that needed it was cancelled
 ```
 
 A `RequestError` carries the readable request, a message, the traceback lines and, per failed
@@ -14,7 +15,8 @@ sub-request, the `RequestError` that caused it, so the chain leads down to the o
 `kind` says what happened at the bottom of the chain: "error" (a function raised), "cycle" (a
 request needs itself), "crashed" (a request killed its worker too often), "invalid" (bad input:
 unserializable, unknown function, tampered or oversized payload), "backend" (the backend refused
-the writes the request needs: it is out of memory). A request that failed because a
+the writes the request needs: it is out of memory), "cancelled" (its job was cancelled: then the
+error is a `Cancelled`, which names the job). A request that failed because a
 sub-request failed has the kind of its first root cause, and its message names that root cause.
 """
 
@@ -76,19 +78,30 @@ class RequestError(GirderError):
         }
         if kinds:
             data["kind"] = self.kind
+            job = self.cancelled_by()
+            if job is not None:
+                data["job"] = job
         return data
+
+    def cancelled_by(self) -> str | None:
+        """The job whose cancellation is at the bottom of this chain, if that is what it is."""
+        for root in self.root_causes():
+            if isinstance(root, Cancelled):
+                return root.job
+        return None
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], *, kind: str | None = None) -> RequestError:
         """Rebuild an error chain from `to_dict` output (a level without "kind" is "error")."""
         info: Mapping[str, Any] = data.get("info") or {}
-        return cls(
-            str(data.get("req", "?")),
-            str(data.get("msg", "")),
-            [str(line) for line in data.get("stack") or []],
-            {str(req): cls.from_dict(cause) for req, cause in info.items()},
-            kind=kind or str(data.get("kind", "error")),
-        )
+        kind = kind or str(data.get("kind", "error"))
+        request = str(data.get("req", "?"))
+        message = str(data.get("msg", ""))
+        stack = [str(line) for line in data.get("stack") or []]
+        causes = {str(req): RequestError.from_dict(cause) for req, cause in info.items()}
+        if kind == "cancelled":
+            return Cancelled(request, str(data.get("job", "")), message, stack, causes)
+        return RequestError(request, message, stack, causes, kind=kind)
 
     def root_causes(self) -> list[RequestError]:
         """The errors at the bottom of the chain (where the original exceptions were raised)."""
@@ -123,6 +136,26 @@ class RequestError(GirderError):
         return (_rebuild_request_error, (self.to_dict(kinds=True),))
 
 
+class Cancelled(RequestError):
+    """A request stopped because the job that needed it was cancelled (kind "cancelled").
+
+    Whoever else waited for the request gets this error; `job` names the cancelled job. A
+    cancelled request is never cached: asking for it again computes it."""
+
+    def __init__(
+        self,
+        request: str,
+        job: str,
+        message: str | None = None,
+        stack: list[str] | None = None,
+        causes: Mapping[str, RequestError] | None = None,
+    ) -> None:
+        super().__init__(
+            request, message or f"cancelled with job {job}", stack, causes, kind="cancelled"
+        )
+        self.job = job
+
+
 def _rebuild_request_error(data: dict[str, Any]) -> RequestError:
     return RequestError.from_dict(data)
 
@@ -130,6 +163,7 @@ def _rebuild_request_error(data: dict[str, Any]) -> RequestError:
 __all__ = [
     "BackendError",
     "BackendFull",
+    "Cancelled",
     "ConfigurationError",
     "GirderError",
     "RequestError",

@@ -22,13 +22,21 @@ from girder.scheduler import Client, Distributor, Worker
 
 
 class Handle:
-    """A submitted request. Await it for the value (or the `RequestError`)."""
+    """A submitted request. Await it for the value (or the `RequestError`).
 
-    __slots__ = ("_task", "request")
+    `job` is the id of the job it started; `cancel()` cancels that job (awaiting the handle then
+    raises `asyncio.CancelledError`), as `await grid.cancel(handle.job)` does from any client."""
 
-    def __init__(self, request: Request, task: asyncio.Task[Any]) -> None:
+    __slots__ = ("_task", "job", "request")
+
+    def __init__(self, request: Request, task: asyncio.Task[Any], job: str) -> None:
         self.request = request
+        self.job = job
         self._task = task
+
+    def cancel(self) -> bool:
+        """Cancel the job: what no other job needs stops. False if it had already finished."""
+        return self._task.cancel()
 
     @property
     def key(self) -> str:
@@ -132,11 +140,18 @@ class Grid:
     def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> Handle:
         """Start one request and return a handle at once; await the handle for the value."""
         request = Request(fn, *args, **kwargs)
-        task = asyncio.ensure_future(self._call_one(request))
+        job = self.client.new_job()
+        task = asyncio.ensure_future(self._call_one(request, job))
         self._handles.add(task)
         task.add_done_callback(self._handles.discard)
-        return Handle(request, task)
+        return Handle(request, task, job)
 
-    async def _call_one(self, request: Request) -> Any:
-        (outcome,) = await self.client.run([request])
+    async def cancel(self, job: str) -> int:
+        """Cancel the job `job` (a `Handle.job`, from this client or any other of the grid):
+        every request of it that no other live job and no waiting request needs stops; whoever
+        else waited for those gets `girder.Cancelled`. Returns how many requests stopped."""
+        return await self.client.cancel(job)
+
+    async def _call_one(self, request: Request, job: str | None = None) -> Any:
+        (outcome,) = await self.client.run([request], job)
         return outcome.unwrap()

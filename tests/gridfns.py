@@ -300,3 +300,45 @@ async def salted_chain(n: int, salt: str, ms: int) -> int:
             return 0
         (below,) = await girder.call_reentrant([(salted_chain, n - 1, salt, ms)])
         return below + 1
+
+
+def _mark(directory: str, name: str) -> None:
+    with open(os.path.join(directory, name), "w"):
+        pass
+
+
+@girder.function
+async def sleepy_tree(depth: int, fanout: int, index: int, directory: str) -> int:
+    """A tree whose leaves sleep a minute; each leaf marks `start-<index>` and, when it stops
+    however it stops, `stop-<index>` in `directory`; each parent marks `pstart-<depth>-<index>`
+    when it starts and `pstop-<depth>-<index>` when it stops."""
+    if depth == 0:
+        _mark(directory, f"start-{index}")
+        try:
+            await asyncio.sleep(60)
+        finally:
+            _mark(directory, f"stop-{index}")
+        return 1
+    children = [
+        (sleepy_tree, depth - 1, fanout, index * fanout + i, directory) for i in range(fanout)
+    ]
+    _mark(directory, f"pstart-{depth}-{index}")
+    try:
+        return sum(await girder.call_reentrant(children))
+    finally:
+        _mark(directory, f"pstop-{depth}-{index}")
+
+
+@girder.function
+async def slow_shared(tag: str, directory: str) -> str:
+    """Sleeps 0.5 s; marks `shared-<pid>-<n>` in `directory` each time it starts."""
+    _mark(directory, f"shared-{os.getpid()}-{len(os.listdir(directory))}")
+    await asyncio.sleep(0.5)
+    return f"shared {tag}"
+
+
+@girder.function
+async def needs_shared(job_tag: str, tag: str, directory: str) -> str:
+    """A request of its own that waits for `slow_shared(tag)`, shared with other jobs."""
+    (value,) = await girder.call_reentrant([(slow_shared, tag, directory)])
+    return f"{job_tag}: {value}"

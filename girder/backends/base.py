@@ -16,7 +16,8 @@ The state, per backend:
   the *bottom* (first in, first out), and stealing always takes from the bottom.
 - a **volunteer queue** per distributor (first in, first out, no duplicates).
 - the **waiters** of each key (node ids) and a per-node **inbox** of notifications.
-- the **wait-for graph** between request keys, for cycle detection.
+- the **wait-for graph** between request keys, for cycle detection and cancellation, and the
+  **roots** of each job: the keys a client submitted for it at the top level.
 - **membership**: each node's kind, its distributor, and a heartbeat lease.
 
 A node id names one worker, distributor or client, unique across the grid.
@@ -100,10 +101,23 @@ class Completion:
 
 @dataclass(frozen=True, slots=True)
 class Notification:
-    """A completed key and its outcome, delivered to a node that waits for it."""
+    """A completed key and its outcome, delivered to a node that waits for it; or, with
+    `cancelled_by`, a cancellation notice (`outcome` is empty): the job whose cancellation
+    stopped the key. A node that runs the key stops it; a node that waits for it gets
+    `girder.Cancelled`."""
 
     key: str
     outcome: bytes
+    cancelled_by: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Cancelling:
+    """What one `cancel` step did: the keys it cancelled, and how many keys are left to look at
+    (call `cancel` again until none are)."""
+
+    cancelled: tuple[str, ...]
+    remaining: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,6 +205,7 @@ class StateBackend(Protocol):
         on_top: bool,
         waiter_key: str | None = None,
         dispatch: bool = False,
+        job: str | None = None,
     ) -> list[Submitted]:
         """Register `node` as a waiter of each request and queue the ones nobody runs.
 
@@ -204,7 +219,8 @@ class StateBackend(Protocol):
            (a worker's own stack), else on its bottom (a distributor's queue); a key may sit in
            several lists, whoever claims it first runs it;
         4. when `waiter_key` is given, add the wait edge `waiter_key -> key` and, if the key
-           reaches `waiter_key` through wait edges (a cycle), report that cycle.
+           reaches `waiter_key` through wait edges (a cycle), report that cycle; otherwise, when
+           `job` is given, record the key as a root of `job` (what cancelling the job lets go).
 
         Pushing onto `into` wakes it (see `wait_for_work`). When `dispatch`, the same atomic step
         then hands out `into`'s work to its waiting volunteers exactly as
@@ -227,6 +243,7 @@ class StateBackend(Protocol):
         waiter_key: str | None = None,
         dispatch: bool = False,
         claim: int = 0,
+        job: str | None = None,
     ) -> tuple[list[Submitted], list[Claimed]]:
         """`submit`, then claim up to `claim` of `node`'s requests as `complete_and_claim` does,
         in one atomic step: a worker that parks a request hands itself the first sub-requests at
@@ -250,7 +267,7 @@ class StateBackend(Protocol):
         Atomically: the key leaves `node`'s running set. Then, unless the key is done or runs
         under another owner (see "who may complete a key" above): when `cache`, the key becomes
         done with `outcome` cached, otherwise its record is deleted (the next request computes it
-        again); its wait edges are deleted, and every registered waiter other than `node` itself
+        again); its wait edges and job roots are deleted, and every waiter other than `node` itself
         gets a `Notification` in its inbox (the caller resolves its own local waiters; a node
         that left gets nothing). The waiter set is cleared. Repeating a completion changes
         nothing more.
@@ -311,6 +328,19 @@ class StateBackend(Protocol):
 
     async def payloads(self, keys: Sequence[str]) -> list[bytes | None]:
         """The stored payloads of `keys` (None for a key without a record)."""
+        ...
+
+    async def cancel(self, node: str, job: str) -> Cancelling:
+        """One step of cancelling `job` (repeat until nothing `remaining`), on behalf of `node`.
+
+        Atomically: the first step forgets the job's roots. Then each key that no job roots and
+        no key waits for any more is cancelled: its wait edges to the keys it waits for are
+        deleted (those keys are looked at in turn), and if it is pending (never started) its
+        record is deleted and each of its waiters gets a cancellation `Notification`; if it runs,
+        its owner gets one (and completes the key with a `Cancelled` error, never cached). Keys
+        that are done, or still needed by another job or a waiting key, are left alone. A step
+        looks at a bounded number of keys; repeating a finished cancellation changes nothing.
+        """
         ...
 
     # -- distribution -----------------------------------------------------------------------------

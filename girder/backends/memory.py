@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from girder.backends.base import (
     Assignment,
     Beat,
+    Cancelling,
     Claimed,
     Completion,
     NewRequest,
@@ -92,6 +93,8 @@ class MemoryBackend:
         self._waited_by: dict[str, set[str]] = {}  # key -> waiter keys
         self._members: dict[str, _Member] = {}
         self._clock = 0
+        self._roots: dict[str, set[str]] = {}  # key -> jobs that submitted it at the top level
+        self._job_roots: dict[str, set[str]] = {}  # job -> its top-level keys
         self._departed: set[str] = set()
 
     async def connect(self) -> None:
@@ -136,6 +139,14 @@ class MemoryBackend:
             targets = self._waits.get(waiter)
             if targets is not None:
                 targets.discard(key)
+
+    def _drop_roots(self, key: str) -> None:
+        for job in self._roots.pop(key, ()):
+            keys = self._job_roots.get(job)
+            if keys is not None:
+                keys.discard(key)
+                if not keys:
+                    del self._job_roots[job]
 
     def _cycle_from(self, start: str, target: str) -> tuple[str, ...] | None:
         """A path start -> ... -> target along wait edges (breadth first), or None."""
@@ -184,9 +195,16 @@ class MemoryBackend:
         on_top: bool,
         waiter_key: str | None = None,
         dispatch: bool = False,
+        job: str | None = None,
     ) -> list[Submitted]:
         return self._submit(
-            node, requests, into=into, on_top=on_top, waiter_key=waiter_key, dispatch=dispatch
+            node,
+            requests,
+            into=into,
+            on_top=on_top,
+            waiter_key=waiter_key,
+            dispatch=dispatch,
+            job=job,
         )
 
     def _submit(
@@ -198,6 +216,7 @@ class MemoryBackend:
         on_top: bool,
         waiter_key: str | None,
         dispatch: bool,
+        job: str | None,
     ) -> list[Submitted]:
         results: list[Submitted] = []
         pushed: list[str] = []
@@ -215,6 +234,9 @@ class MemoryBackend:
                 record.owner = None
                 pushed.append(key)
             cycle = None
+            if waiter_key is None and job is not None:
+                self._roots.setdefault(key, set()).add(job)
+                self._job_roots.setdefault(job, set()).add(key)
             if waiter_key is not None:
                 self._waits.setdefault(waiter_key, set()).add(key)
                 self._waited_by.setdefault(key, set()).add(waiter_key)
@@ -245,9 +267,16 @@ class MemoryBackend:
         waiter_key: str | None = None,
         dispatch: bool = False,
         claim: int = 0,
+        job: str | None = None,
     ) -> tuple[list[Submitted], list[Claimed]]:
         submitted = self._submit(
-            node, requests, into=into, on_top=on_top, waiter_key=waiter_key, dispatch=dispatch
+            node,
+            requests,
+            into=into,
+            on_top=on_top,
+            waiter_key=waiter_key,
+            dispatch=dispatch,
+            job=job,
         )
         return submitted, self._claim_many(node, claim)
 
@@ -308,6 +337,7 @@ class MemoryBackend:
         if key in self._outcomes or (record is not None and record.owner not in (None, node)):
             return  # done, or a late completion of a key that now runs elsewhere
         self._drop_wait_edges(key)
+        self._drop_roots(key)
         if record is None:
             return
         del self._records[key]
@@ -318,11 +348,7 @@ class MemoryBackend:
         record.waiters = set()
         for waiter in waiters:
             if waiter != node and waiter not in self._departed:
-                self._inbox.setdefault(waiter, []).append(Notification(key, outcome))
-                signal = self._inbox_signal.get(waiter)
-                if signal is None:
-                    signal = self._inbox_signal[waiter] = _Signal()
-                signal.set()
+                self._post(waiter, Notification(key, outcome))
 
     async def take_notifications(self, node: str, timeout: float) -> list[Notification]:
         if not self._inbox.get(node):
@@ -361,6 +387,37 @@ class MemoryBackend:
         if record is not None:
             return record.payload
         return self._done_payloads.get(key)
+
+    async def cancel(self, node: str, job: str) -> Cancelling:
+        frontier = list(self._job_roots.pop(job, ()))
+        for key in frontier:
+            self._roots.get(key, set()).discard(job)
+        cancelled: list[str] = []
+        while frontier:
+            key = frontier.pop()
+            record = self._records.get(key)
+            if record is None or self._roots.get(key) or self._waited_by.get(key):
+                continue
+            frontier.extend(self._waits.get(key, ()))
+            self._drop_wait_edges(key)
+            self._roots.pop(key, None)
+            notice = Notification(key, b"", cancelled_by=job)
+            if record.owner is not None and not self._runnable(key, record):
+                self._post(record.owner, notice)
+            else:
+                del self._records[key]
+                for waiter in record.waiters:
+                    if waiter not in self._departed:
+                        self._post(waiter, notice)
+            cancelled.append(key)
+        return Cancelling(tuple(cancelled), 0)
+
+    def _post(self, node: str, notification: Notification) -> None:
+        self._inbox.setdefault(node, []).append(notification)
+        signal = self._inbox_signal.get(node)
+        if signal is None:
+            signal = self._inbox_signal[node] = _Signal()
+        signal.set()
 
     # -- distribution -----------------------------------------------------------------------------
 

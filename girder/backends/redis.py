@@ -41,6 +41,7 @@ import structlog
 from girder.backends.base import (
     Assignment,
     Beat,
+    Cancelling,
     Claimed,
     Completion,
     NewRequest,
@@ -122,19 +123,25 @@ def _text(value: bytes) -> str:
 
 
 def _notifications(entries: list[bytes]) -> list[Notification]:
-    """Decode inbox entries (`<len(key)>:<key><outcome>`); drop any that someone mangled."""
+    """Decode inbox entries: notifications (`<len(key)>:<key><outcome>`) and cancellation
+    notices (`!<len(key)>:<key><job>`); drop any that someone mangled."""
     notes = []
     for entry in entries:
-        size, _, rest = entry.partition(b":")
+        notice = entry[:1] == b"!"
+        size, _, rest = entry[notice:].partition(b":")
         try:
             length = int(size)
             if not 0 <= length <= len(rest):
                 raise ValueError(length)
             key = rest[:length].decode()
+            job = rest[length:].decode() if notice else None
         except ValueError:
             _log.warning("malformed notification dropped", entry=entry[:100])
             continue
-        notes.append(Notification(key, rest[length:]))
+        if job is not None:
+            notes.append(Notification(key, b"", cancelled_by=job))
+        else:
+            notes.append(Notification(key, rest[length:]))
     return notes
 
 
@@ -361,9 +368,16 @@ class RedisBackend:
         on_top: bool,
         waiter_key: str | None = None,
         dispatch: bool = False,
+        job: str | None = None,
     ) -> list[Submitted]:
         submitted, _ = await self.submit_and_claim(
-            node, requests, into=into, on_top=on_top, waiter_key=waiter_key, dispatch=dispatch
+            node,
+            requests,
+            into=into,
+            on_top=on_top,
+            waiter_key=waiter_key,
+            dispatch=dispatch,
+            job=job,
         )
         return submitted
 
@@ -377,6 +391,7 @@ class RedisBackend:
         waiter_key: str | None = None,
         dispatch: bool = False,
         claim: int = 0,
+        job: str | None = None,
     ) -> tuple[list[Submitted], list[Claimed]]:
         """One script call per `MAX_SCRIPT_KEYS` requests or `MAX_SCRIPT_BYTES` of payloads
         (so none holds Redis for long, nor needs much memory at once); the first claims.
@@ -394,6 +409,7 @@ class RedisBackend:
                 waiter_key or "",
                 int(dispatch),
                 wanted,
+                job or "",
             ]
             for request in chunk:
                 args += (request.key, request.payload)
@@ -511,6 +527,10 @@ class RedisBackend:
         replies = await self._retrying("payloads", lambda: self._redis.pipeline(commands))
         # A record of the wrong type has no payload to show.
         return [None if isinstance(reply, ReplyError) else reply for reply in replies]
+
+    async def cancel(self, node: str, job: str) -> Cancelling:
+        cancelled, remaining = await self._journaled("cancel", node, True, node, job)
+        return Cancelling(tuple(map(_text, cancelled)), remaining)
 
     # -- distribution -----------------------------------------------------------------------------
 

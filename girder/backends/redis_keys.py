@@ -11,12 +11,17 @@ Per request key:
     waiters:<key>      set of node ids waiting for the outcome
     waits:<key>        set of keys this key waits for (wait-for edges out of it)
     waitedby:<key>     set of keys waiting for this key (the same edges, reversed)
+    roots:<key>        set of jobs that submitted this key at the top level
+Per job:
+    jobroots:<job>     set of the keys the job submitted at the top level (see roots:<key>)
+    cancelling:<job>   list: the keys a cancellation of the job still has to look at
 Per node:
     work:<node>        list: the node's stack or queue; the right end is the top
     running:<node>     set of keys the node runs
     volunteers:<node>  list: a distributor's volunteer queue, oldest on the left
     volunteered:<node> set of distributors whose volunteer queues may hold the node
-    inbox:<node>       list of notifications ("<len(key)>:<key><outcome>")
+    inbox:<node>       list of notifications ("<len(key)>:<key><outcome>"), and cancellation
+                       notices ("!<len(key)>:<key><job>")
     taken:<node>       the notification a blocking wait moved out of the inbox (re-read by the
                        next drain, so a reply lost in transit loses no notification)
     wake:<node>        list holding at most one token: "the work list or volunteers got something"
@@ -63,6 +68,9 @@ WAKE = "wake:"
 NODE = "node:"
 MEMBERS = "members:"
 JOURNAL = "journal:"
+ROOTS = "roots:"
+JOB_ROOTS = "jobroots:"
+CANCELLING = "cancelling:"
 ORPHANS = "orphans:"
 LEASES = "leases"
 POPS = "pops"
@@ -101,6 +109,9 @@ _PER_ID = {
     "members": MEMBERS,
     "journal": JOURNAL,
     "orphans": ORPHANS,
+    "roots": ROOTS,
+    "job_roots": JOB_ROOTS,
+    "cancelling": CANCELLING,
 }
 _GLOBAL = {
     "LEASES": LEASES,

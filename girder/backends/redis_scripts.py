@@ -42,6 +42,9 @@ MAX_SCRIPT_KEYS = 1000
 """The most request keys one script call submits, hands to one volunteer, trims from one member
 or moves back from a departed node, so that no call holds Redis for more than a few ms."""
 
+MAX_CANCEL_STEP = 200
+"""The most keys one `cancel` call looks at (the rest waits in the job's `cancelling` list)."""
+
 MAX_SCRIPT_BYTES = 512 * 1024
 """The most bytes of payloads one `submit` call carries (unless one payload alone is larger)."""
 
@@ -82,7 +85,7 @@ SPECS = {
     for spec in (
         ScriptSpec(
             "submit",
-            ("node", "into", "on_top", "waiter", "dispatch", "claim"),
+            ("node", "into", "on_top", "waiter", "dispatch", "claim", "job"),
             rest="requests",
             journaled=True,
         ),
@@ -101,6 +104,7 @@ SPECS = {
         ScriptSpec("leave", ("node",)),
         ScriptSpec("reap", ("reaper", "max_crashes"), journaled=True),
         ScriptSpec("reconcile", ("node",), rest="keep", journaled=True),
+        ScriptSpec("cancel", ("node", "job"), journaled=True),
         ScriptSpec("nodes"),
         ScriptSpec("members", ("distributor",)),
     )
@@ -121,6 +125,7 @@ def _lua_constants(grid_tick_ms: int) -> str:
     lines.append(f"local GRID_TICK_MS = {grid_tick_ms}")
     lines.append(f"local MAX_SCRIPT_KEYS = {MAX_SCRIPT_KEYS}")
     lines.append(f"local DEPARTED_MEMORY_MS = {DEPARTED_MEMORY_MS}")
+    lines.append(f"local MAX_CANCEL_STEP = {MAX_CANCEL_STEP}")
     return "\n".join(lines) + "\n"
 
 

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
-from girder.backends.base import NodeKind
+from girder.backends.base import NodeKind, StateBackend
+from girder.config import Settings
 from girder.errors import BackendFull, RequestError
 from girder.functions import Request
 from girder.scheduler.node import Node
+from girder.scheduler.waiters import Batch
 from girder.serialization import Outcome
 
 
@@ -18,6 +21,11 @@ class Client(Node):
 
     kind: ClassVar[NodeKind] = NodeKind.CLIENT
     _jobs = itertools.count()
+    _cancelling: set[asyncio.Task[None]]
+
+    def __init__(self, backend: StateBackend, settings: Settings, **options: Any) -> None:
+        super().__init__(backend, settings, **options)
+        self._cancelling = set()
 
     def refused(self, error: BackendFull) -> None:
         """The backend refuses writes: no outcome can reach this client, so every call it
@@ -27,22 +35,56 @@ class Client(Node):
         )
         self.log.error("backend refuses writes; failing waiting calls", calls=failed)
 
-    def _new_job(self) -> str:
+    def new_job(self) -> str:
         """A grid-unique job id: this node's (unique) id and a counter; no syscall."""
         return f"{self.id}:{next(self._jobs)}"
 
-    async def run(self, requests: Sequence[Request]) -> list[Outcome]:
+    async def run(self, requests: Sequence[Request], job: str | None = None) -> list[Outcome]:
         """Submit requests as one job, at the bottom of the pool's queue; wait for all."""
-        batch = await self.request(
-            requests, job=self._new_job(), into=self.settings.pool, on_top=False
-        )
-        await batch.future
+        batch = await self._wait(requests, job or self.new_job())
         return batch.results()
 
     async def values(self, requests: Sequence[Request]) -> list[Any]:
         """Like `run`, but the values, or a `RequestError` with every failure as a cause."""
-        batch = await self.request(
-            requests, job=self._new_job(), into=self.settings.pool, on_top=False
-        )
-        await batch.future
+        batch = await self._wait(requests, self.new_job())
         return self.raise_failures(lambda: "call_all", requests, batch)
+
+    async def _wait(self, requests: Sequence[Request], job: str) -> Batch:
+        """Submit the job and wait for it. If the waiting task is cancelled (`task.cancel()`,
+        `asyncio.timeout`, a cancel scope), the job is cancelled on the grid too, in the
+        background: the caller sees its `CancelledError` at once."""
+        batch = await self.request(requests, job=job, into=self.settings.pool, on_top=False)
+        try:
+            await batch.future
+        except asyncio.CancelledError:
+            self._cancel_soon(job)
+            raise
+        return batch
+
+    def _cancel_soon(self, job: str) -> None:
+        task = asyncio.get_running_loop().create_task(self._cancel_quietly(job))
+        self._cancelling.add(task)
+        task.add_done_callback(self._cancelling.discard)
+
+    async def _cancel_quietly(self, job: str) -> None:
+        try:
+            await self.cancel(job)
+        except Exception as exc:  # the caller has gone; the grid notices nothing worse
+            self.log.warning("cancelling a job failed", job=job, error=repr(exc))
+
+    async def cancel(self, job: str) -> int:
+        """Cancel `job` (of any client of the grid): every request that no other live job and
+        no waiting request needs stops (see `StateBackend.cancel`). Returns how many."""
+        count = 0
+        while True:
+            step = await self.backend.cancel(self.id, job)
+            count += len(step.cancelled)
+            if not step.remaining:
+                break
+        self.log.info("job cancelled", job=job, requests=count)
+        return count
+
+    async def stop(self) -> None:
+        """Finish the cancellations under way, then stop like any node."""
+        await asyncio.gather(*self._cancelling, return_exceptions=True)
+        await super().stop()

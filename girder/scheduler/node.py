@@ -26,7 +26,7 @@ from typing import Any, ClassVar
 
 from girder.backends.base import Claimed, Completion, NewRequest, NodeKind, StateBackend
 from girder.config import Settings
-from girder.errors import BackendFull, RequestError, SerializationError
+from girder.errors import BackendFull, Cancelled, RequestError, SerializationError
 from girder.functions import Request
 from girder.keys import SCALARS
 from girder.log import configure, node_logger
@@ -194,6 +194,13 @@ class Node:
             self.log.warning("gave back keys the backend thought ran here", count=given_back)
         await self.resubmit()
 
+    def cancel_notice(self, key: str, job: str) -> None:
+        """`key` was cancelled with `job`: whoever here waits for it gets `Cancelled` (a worker
+        that runs it stops the run instead)."""
+        source = self.waiters.source(key)
+        readable = source.readable() if source is not None else f"request {key}"
+        self.waiters.resolve(key, Outcome(error=Cancelled(readable, job)))
+
     def running_keys(self) -> list[str]:
         """The keys this node runs (a worker overrides it), for `reconcile`."""
         return []
@@ -215,7 +222,10 @@ class Node:
         while True:
             notes = await self.backend.take_notifications(self.id, self.settings.idle_poll)
             for note in notes:
-                self.waiters.resolve(note.key, self.decode_outcome(note.outcome, note.key))
+                if note.cancelled_by is not None:
+                    self.cancel_notice(note.key, note.cancelled_by)
+                else:
+                    self.waiters.resolve(note.key, self.decode_outcome(note.outcome, note.key))
             if notes:
                 # Let the waiters just woken run (and send what they send next) before this
                 # loop spends a round trip's worth of CPU waiting again.
@@ -321,7 +331,10 @@ class Node:
                 batch.set(index, Outcome(error=RequestError(readable, str(exc), kind="invalid")))
                 self.log.warning("request rejected", request=readable, error=str(exc))
                 continue
-            submission = Submission(NewRequest(key, data), into, on_top, waiter_key)
+            root_of = job if waiter_key is None else None
+            submission = Submission(
+                NewRequest(key, data), into, on_top, waiter_key, root_of, request
+            )
             if not payload.kwargs and all(type(arg) in SCALARS for arg in payload.args):
                 submission.local = (payload, request.function)
             self.waiters.watch(submission, batch, index)
@@ -368,6 +381,7 @@ class Node:
             waiter_key=head.waiter_key,
             dispatch=not head.on_top,  # new work for a pool: straight to idle volunteers
             claim=claim,
+            job=head.job,
         )
         self.adopt(claimed)
         cycle: tuple[str, ...] | None = None
@@ -405,9 +419,10 @@ class Node:
 
 
 def _by_target(submissions: list[Submission]) -> list[list[Submission]]:
-    """Submissions grouped by where they go (work list, end, waiter), in first-seen order."""
-    groups: dict[tuple[str, bool, str | None], list[Submission]] = {}
+    """Submissions grouped by where they go (work list, end, waiter or job), in first-seen
+    order."""
+    groups: dict[tuple[str, bool, str | None, str | None], list[Submission]] = {}
     for submission in submissions:
-        target = (submission.into, submission.on_top, submission.waiter_key)
+        target = (submission.into, submission.on_top, submission.waiter_key, submission.job)
         groups.setdefault(target, []).append(submission)
     return list(groups.values())

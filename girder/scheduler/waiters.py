@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from girder.backends.base import NewRequest
-from girder.functions import GridFunction
+from girder.functions import GridFunction, Request
 from girder.serialization import Outcome, RequestPayload
 
 
@@ -55,6 +55,10 @@ class Submission:
     into: str
     on_top: bool
     waiter_key: str | None
+    job: str | None
+    """The job it is a root of (a top-level submission), else None."""
+    source: Request
+    """The request itself (for its readable form, when something must be said about it)."""
     slots: list[tuple[Batch, int]] = field(default_factory=list)
     local: tuple[RequestPayload, GridFunction[..., Any]] | None = None
     """The payload and function themselves, when every argument is an immutable scalar: a
@@ -93,6 +97,11 @@ class Waiters:
         """(payload, function) of a key this node submitted with immutable arguments."""
         submission = self._watching.get(key)
         return None if submission is None else submission.local
+
+    def source(self, key: str) -> Request | None:
+        """The request of an awaited key."""
+        submission = self._watching.get(key)
+        return None if submission is None else submission.source
 
     def is_waiting(self, key: str) -> bool:
         return key in self._watching

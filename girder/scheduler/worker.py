@@ -28,7 +28,7 @@ from typing import Any, ClassVar
 
 from girder.backends.base import Claimed, NodeKind, StateBackend
 from girder.config import Settings
-from girder.errors import RequestError, SerializationError
+from girder.errors import Cancelled, RequestError, SerializationError
 from girder.functions import GridFunction, Request
 from girder.scheduler.baton import Baton
 from girder.scheduler.context import Evaluation, current_evaluation
@@ -79,7 +79,11 @@ class Worker(Node):
             backend, settings, node_id=node_id, distributor=distributor or settings.pool
         )
         self.baton = Baton(settings.concurrency)
-        self._evaluations: set[asyncio.Task[None]] = set()
+        self._evaluations: dict[str, asyncio.Task[None]] = {}
+        """The tasks of async requests under way here, by key."""
+        self._cancelled: dict[str, str] = {}
+        """Keys running here whose job was cancelled, and that job: the run stops and the key
+        completes with a `Cancelled` error."""
         self._claimed: deque[Claimed] = deque()
         """Requests claimed and not yet started, in order."""
         self._running: set[str] = set()
@@ -98,9 +102,10 @@ class Worker(Node):
 
     async def stop(self) -> None:
         self._stopping = True  # from now on `_before_leaving` sends what the outbox holds
-        for task in list(self._evaluations):
+        for task in list(self._evaluations.values()):
             task.cancel()
-        await asyncio.gather(*self._evaluations, *self._late_sends, return_exceptions=True)
+        tasks = [*self._evaluations.values(), *self._late_sends]
+        await asyncio.gather(*tasks, return_exceptions=True)
         await super().stop()
 
     async def _before_leaving(self) -> None:
@@ -137,6 +142,32 @@ class Worker(Node):
 
     def adopt(self, claimed: list[Claimed]) -> None:
         self._claimed.extend(claimed)
+
+    def cancel_notice(self, key: str, job: str) -> None:
+        """Stop a run of `key` here (its coroutine gets `CancelledError` at its current await;
+        a sync one, which cannot be interrupted, finishes but its value is dropped); a key not
+        run here is `Node.cancel_notice`'s."""
+        claimed = any(item.key == key for item in self._claimed)
+        if key not in self._running and not claimed:
+            super().cancel_notice(key, job)
+            return
+        self._cancelled[key] = job
+        task = self._evaluations.get(key)
+        if task is not None:
+            task.cancel()
+
+    async def _end_cancelled(self, key: str, job: str) -> None:
+        """Complete a claimed key that was cancelled before it started."""
+        del self._cancelled[key]
+        source = self.waiters.source(key)
+        readable = source.readable() if source is not None else f"request {key}"
+        try:
+            await self.finish(
+                key, lambda: readable, Outcome(error=Cancelled(readable, job)), cache=False
+            )
+        finally:
+            self._running.discard(key)
+            self.baton.release()
 
     def running_keys(self) -> list[str]:
         """Claimed, started, or finished with the completion still held."""
@@ -187,6 +218,10 @@ class Worker(Node):
             self.baton.release()
             return
         self._running.add(claimed.key)
+        job = self._cancelled.get(claimed.key)
+        if job is not None:  # cancelled before it started
+            await self._end_cancelled(claimed.key, job)
+            return
         local = self.waiters.local(claimed.key)
         if local is not None:  # submitted here, immutable arguments: no need to decode
             payload, function = local
@@ -252,8 +287,9 @@ class Worker(Node):
         finally:
             current_evaluation.reset(token)
         if not task.done():
-            self._evaluations.add(task)
-            task.add_done_callback(self._evaluations.discard)
+            key = evaluation.key
+            self._evaluations[key] = task
+            task.add_done_callback(lambda _: self._evaluations.pop(key, None))
 
     async def _run_evaluation(
         self,
@@ -265,7 +301,17 @@ class Worker(Node):
             outcome = Outcome(value=await coroutine)
         except Exception as exc:
             outcome = self._failure(evaluation, exc)
-        except BaseException:  # cancelled (the worker stops): pass the baton on, finish nothing
+        except asyncio.CancelledError:
+            if self._stopping or evaluation.key not in self._cancelled:
+                # The worker stops: pass the baton on, finish nothing (leaving hands it back).
+                self._running.discard(evaluation.key)
+                self._pass_baton(evaluation)
+                raise
+            task = asyncio.current_task()
+            if task is not None:
+                task.uncancel()  # cancelled on purpose: it concludes like any other run
+            outcome = Outcome()  # replaced below
+        except BaseException:
             self._running.discard(evaluation.key)
             self._pass_baton(evaluation)
             raise
@@ -284,6 +330,9 @@ class Worker(Node):
         Waiters in this node get the outcome at once; the completion goes to the backend now or
         with the next step (see `_send_or_hold`)."""
         try:
+            job = self._cancelled.pop(evaluation.key, None)
+            if job is not None:  # nothing cancelled is cached, whatever the run came to
+                outcome = Outcome(error=Cancelled(evaluation.readable(), job))
             completion = self.completion(
                 evaluation.key, evaluation.readable, outcome, function.cache
             )

@@ -607,6 +607,77 @@ class BackendConformance:
         assert sorted(taken) == keys
         assert await backend.take_notifications("c", 0.05) == []
 
+    # -- cancel -----------------------------------------------------------------------------------
+
+    async def cancel_all(self, backend: StateBackend, job: str) -> set[str]:
+        """Cancel `job` to the end; the keys cancelled."""
+        cancelled: set[str] = set()
+        while True:
+            step = await backend.cancel("canceller", job)
+            cancelled.update(step.cancelled)
+            if not step.remaining:
+                return cancelled
+
+    async def test_cancel_deletes_a_pending_root_and_tells_its_waiters(
+        self, backend: StateBackend
+    ) -> None:
+        await backend.submit("c", [new("k")], into="d", on_top=False, job="j1")
+        assert await self.cancel_all(backend, "j1") == {"k"}
+        assert await backend.state("k") == RequestState.UNKNOWN
+        assert await backend.take_notifications("c", self.patience) == [
+            Notification("k", b"", cancelled_by="j1")
+        ]
+        assert await backend.claim("d") is None  # never started
+
+    async def test_cancel_tells_the_owner_of_a_running_root(self, backend: StateBackend) -> None:
+        await backend.join("w", NodeKind.WORKER, None, LONG)
+        await backend.submit("c", [new("k")], into="w", on_top=True, job="j1")
+        assert await backend.claim("w") is not None
+        assert await self.cancel_all(backend, "j1") == {"k"}
+        assert await backend.state("k") == RequestState.RUNNING
+        assert await backend.take_notifications("w", self.patience) == [
+            Notification("k", b"", cancelled_by="j1")
+        ]
+        await backend.complete("w", "k", out("k", "cancelled"), cache=False)
+        assert await backend.take_notifications("c", self.patience) == [
+            Notification("k", out("k", "cancelled"))
+        ]
+
+    async def test_cancel_follows_the_wait_edges_down(self, backend: StateBackend) -> None:
+        await backend.join("w", NodeKind.WORKER, None, LONG)
+        await backend.submit("c", [new("top")], into="w", on_top=True, job="j1")
+        assert await backend.claim("w") is not None
+        await put(backend, "w", ["a", "b"], waiter_key="top")
+        await put(backend, "w", ["a1"], waiter_key="a")
+        assert await self.cancel_all(backend, "j1") == {"top", "a", "b", "a1"}
+        assert await claim_all(backend, "w") == []  # the pending ones are never started
+
+    async def test_cancel_leaves_what_another_job_or_waiting_key_needs(
+        self, backend: StateBackend
+    ) -> None:
+        await backend.join("w", NodeKind.WORKER, None, LONG)
+        await backend.submit("c1", [new("r1")], into="w", on_top=True, job="j1")
+        await backend.submit("c2", [new("r2")], into="w", on_top=True, job="j2")
+        assert await claim_all(backend, "w") == ["r2", "r1"]
+        await put(backend, "w", ["shared", "only1"], waiter_key="r1")
+        await put(backend, "w", ["shared"], waiter_key="r2")
+        await backend.submit("c3", [new("rooted")], into="w", on_top=True, job="j3")
+        await backend.submit("c1", [new("rooted")], into="w", on_top=True, job="j1")
+        assert await self.cancel_all(backend, "j1") == {"r1", "only1"}
+        assert await backend.state("shared") == RequestState.PENDING
+        assert await backend.state("rooted") == RequestState.PENDING
+        assert await self.cancel_all(backend, "j2") == {"r2", "shared"}
+
+    async def test_cancel_leaves_done_keys_and_is_safe_to_repeat(
+        self, backend: StateBackend
+    ) -> None:
+        await backend.submit("c", [new("k")], into="w", on_top=True, job="j1")
+        await run_claimed(backend, "w", "k")
+        assert await self.cancel_all(backend, "j1") == set()
+        assert await backend.result("k") == out("k")
+        assert await self.cancel_all(backend, "j1") == set()
+        assert await self.cancel_all(backend, "never-submitted") == set()
+
     # -- waiting for work -------------------------------------------------------------------------
 
     async def test_wait_for_work_returns_at_once_after_a_push(self, backend: StateBackend) -> None:

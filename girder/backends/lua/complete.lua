@@ -27,6 +27,7 @@ local function notify(key, note)
   redis.call('DEL', waiters)
 end
 
+-- Drop key's wait edges (both ways) and its job roots.
 local function drop_wait_edges(key)
   local waits, waited_by = k_waits(key), k_waited_by(key)
   local after, before = call('SMEMBERS', waits), call('SMEMBERS', waited_by)
@@ -37,6 +38,11 @@ local function drop_wait_edges(key)
     call('SREM', k_waits(other), key)
   end
   redis.call('DEL', waits, waited_by)
+  local roots = k_roots(key)
+  for _, job in ipairs(call('SMEMBERS', roots)) do
+    call('SREM', k_job_roots(job), key)
+  end
+  redis.call('DEL', roots)
 end
 
 local function complete(key, outcome, cache)

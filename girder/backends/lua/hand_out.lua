@@ -5,4 +5,5 @@ local found, reply = replayed(distributor, token, again)
 if found then
   return reply
 end
-return journaled(distributor, token, low, hand_out(distributor, even_share == '1', select(2, grid_time())))
+local _, now = grid_time()
+return journaled(distributor, token, low, hand_out(distributor, even_share == '1', now))

@@ -1,4 +1,4 @@
--- submit(token, low, again, node, into, on_top, waiter, dispatch, claim, key1, payload1, key2, ...)
+-- submit(token, low, again, node, into, on_top, waiter, dispatch, claim, job, key1, payload1, ...)
 -- -> {results, claimed}: per request, {SUBMITTED_DONE, outcome} when done, {SUBMITTED_CYCLE,
 -- waiter, cycle...} when the wait edge closed a cycle, else {SUBMITTED_QUEUED}; then up to
 -- `claim` requests claimed for node, {key1, payload1, ...}. Journaled (a repeat would queue
@@ -73,6 +73,10 @@ for i = FIRST_REQUESTS, #ARGV, 2 do
     end
     call('SADD', k_waiters(key), node)
     local result = {SUBMITTED_QUEUED}
+    if not has_waiter and job ~= '' then
+      call('SADD', k_roots(key), job)
+      call('SADD', k_job_roots(job), key)
+    end
     if has_waiter then
       call('SADD', k_waits(waiter), key)
       call('SADD', k_waited_by(key), waiter)

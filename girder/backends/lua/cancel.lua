@@ -1,0 +1,59 @@
+-- cancel(token, low, again, node, job) -> {cancelled keys, keys left to look at}. Journaled.
+-- One step of cancelling `job` (node repeats it until nothing is left). The first step forgets
+-- the job's roots and puts them on the job's `cancelling` list. Then each key taken from that
+-- list that no job roots and no key waits for is cancelled: its edges to the keys it waits for
+-- go (those keys join the list), and a pending key's record is deleted (it is never started)
+-- and its waiters get a notice, while a running key's owner gets the notice (it stops the run
+-- and completes the key with a Cancelled error). Done keys, and keys still needed, stay.
+
+local found, reply = replayed(node, token, again)
+if found then
+  return reply
+end
+local frontier, roots = k_cancelling(job), k_job_roots(job)
+for _, key in ipairs(call('SMEMBERS', roots)) do
+  call('SREM', k_roots(key), job)
+  call('RPUSH', frontier, key)
+end
+redis.call('DEL', roots)
+
+local function notify(target, key)
+  if not has_departed(target) then
+    call('RPUSH', k_inbox(target), '!' .. #key .. ':' .. key .. job)
+  end
+end
+
+local function cancel(key)
+  local state = read_record(key, F_STATUS, F_OWNER)
+  local status, owner = state[1], state[2]
+  if status == false or status == DONE then
+    return false
+  end
+  local waits = k_waits(key)
+  for _, after in ipairs(call('SMEMBERS', waits)) do
+    call('SREM', k_waited_by(after), key)
+    call('RPUSH', frontier, after)
+  end
+  redis.call('DEL', waits, k_roots(key))
+  if status == RUNNING and owned(key, owner) then
+    notify(owner, key)
+  else
+    for _, waiter in ipairs(call('SMEMBERS', k_waiters(key))) do
+      notify(waiter, key)
+    end
+    redis.call('DEL', k_record(key), k_waiters(key), k_waited_by(key))
+  end
+  return true
+end
+
+local cancelled = {}
+for _ = 1, MAX_CANCEL_STEP do
+  local key = call('LPOP', frontier)
+  if not key then
+    break
+  end
+  if call('SCARD', k_roots(key)) == 0 and call('SCARD', k_waited_by(key)) == 0 and cancel(key) then
+    cancelled[#cancelled + 1] = key
+  end
+end
+return journaled(node, token, low, {cancelled, call('LLEN', frontier)})
