@@ -47,7 +47,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _worker(args: argparse.Namespace) -> int:
-    run_worker(_settings(args))
+    run_worker(_settings(args), argv=args.argv)
     return 0
 
 
@@ -125,7 +125,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `girder` console script."""
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv  # what starts a supervised worker's node again
     try:
         code: int = args.run(args)
     except ConfigurationError as exc:

@@ -43,11 +43,17 @@ class GridFunction(Generic[P, R]):
         cache: bool = True,
         name: str | None = None,
         version: str | None = None,
+        timeout: float | None = None,
     ) -> None:
         if not callable(fn):
             raise TypeError(f"@girder.function needs a function, got {type(fn).__name__}")
+        if timeout is not None and not timeout > 0:
+            raise ValueError(f"@girder.function(timeout=...) must be more than 0, not {timeout}")
         self.fn = fn
         self.cache = cache
+        self.timeout = timeout
+        """Seconds a request of it may run (parked time included) before it fails with kind
+        "timeout"; None: no limit."""
         self.version = version
         self.is_async = inspect.iscoroutinefunction(fn)
         self.name = name or f"{fn.__module__}.{fn.__qualname__}"
@@ -95,6 +101,7 @@ class GridFunction(Generic[P, R]):
                 self.cache,
                 self.name if self.name != self._default_name() else None,
                 self.version,
+                self.timeout,
             ),
         )
 
@@ -103,9 +110,13 @@ class GridFunction(Generic[P, R]):
 
 
 def _rebuild(
-    fn: Callable[..., Any], cache: bool, name: str | None, version: str | None
+    fn: Callable[..., Any],
+    cache: bool,
+    name: str | None,
+    version: str | None,
+    timeout: float | None = None,
 ) -> GridFunction[..., Any]:
-    return GridFunction(fn, cache=cache, name=name, version=version)
+    return GridFunction(fn, cache=cache, name=name, version=version, timeout=timeout)
 
 
 @overload
@@ -114,7 +125,11 @@ def function(fn: Callable[P, R], /) -> GridFunction[P, R]: ...
 
 @overload
 def function(
-    *, cache: bool = True, name: str | None = None, version: str | None = None
+    *,
+    cache: bool = True,
+    name: str | None = None,
+    version: str | None = None,
+    timeout: float | None = None,
 ) -> Callable[[Callable[P, R]], GridFunction[P, R]]: ...
 
 
@@ -125,15 +140,17 @@ def function(
     cache: bool = True,
     name: str | None = None,
     version: str | None = None,
+    timeout: float | None = None,
 ) -> GridFunction[P, R] | Callable[[Callable[P, R]], GridFunction[P, R]]:
     """Mark a sync or async function as a grid function (with or without arguments).
 
     `cache=False` skips the result cache (in-flight requests are still shared); `name` replaces
-    the qualified name in keys and logs; bump `version` when the function's results change.
+    the qualified name in keys and logs; bump `version` when the function's results change;
+    `timeout` bounds how long one request of it may run (see "Time limits" in the concepts).
     """
 
     def decorate(target: Callable[P, R]) -> GridFunction[P, R]:
-        return GridFunction(target, cache=cache, name=name, version=version)
+        return GridFunction(target, cache=cache, name=name, version=version, timeout=timeout)
 
     return decorate if fn is None else decorate(fn)
 

@@ -16,6 +16,7 @@ from typing import Any, Self
 from girder.backends import open_backend
 from girder.backends.base import StateBackend
 from girder.config import Settings, load_settings
+from girder.errors import RequestError
 from girder.functions import Request, as_request
 from girder.log import configure
 from girder.scheduler import Client, Distributor, Worker
@@ -128,9 +129,29 @@ class Grid:
         self.distributor = None
         await self.backend.close()
 
-    async def call(self, fn: Any, /, *args: Any, **kwargs: Any) -> Any:
-        """Run one request; return its value or raise `RequestError`."""
-        return await self._call_one(Request(fn, *args, **kwargs))
+    async def call(
+        self, fn: Any, /, *args: Any, timeout: float | None = None, **kwargs: Any
+    ) -> Any:
+        """Run one request; return its value or raise `RequestError`.
+
+        With `timeout`, a request that has no answer after that many seconds fails with a
+        `RequestError` of kind "timeout", and its job is cancelled (what nothing else needs
+        stops). `timeout` is girder's: pass a function's own `timeout` argument through
+        `grid.call(girder.Request(fn, timeout=...))`."""
+        request = fn if isinstance(fn, Request) and not args and not kwargs else None
+        request = request or Request(fn, *args, **kwargs)
+        if timeout is None:
+            return await self._call_one(request)
+        scope = asyncio.timeout(timeout)
+        try:
+            async with scope:
+                return await self._call_one(request)
+        except TimeoutError:
+            if not scope.expired():
+                raise
+        raise RequestError(
+            request.readable(), f"no answer within {timeout:g} s (timeout=...)", kind="timeout"
+        )
 
     async def call_all(self, requests: Iterable[Any]) -> list[Any]:
         """Run many requests at once; their values in order, or `RequestError` with every

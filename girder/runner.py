@@ -21,6 +21,7 @@ from girder.config import Settings
 from girder.errors import ConfigurationError
 from girder.log import configure, node_logger
 from girder.scheduler import Distributor, Node, Worker
+from girder.watchdog import WorkerSupervisor, supervised
 
 
 def import_modules(modules: Sequence[str]) -> None:
@@ -54,8 +55,15 @@ async def serve(settings: Settings, nodes: Sequence[Node]) -> None:
         await backend.close()
 
 
-def run_worker(settings: Settings) -> None:
-    """`girder worker`: one worker process in the pool `settings.pool`."""
+def run_worker(settings: Settings, argv: Sequence[str] | None = None) -> None:
+    """`girder worker`: one worker process in the pool `settings.pool`. On a shared backend it
+    runs under a `WorkerSupervisor` (time limits of sync requests; `argv` is the command line
+    that starts the node again), unless it is that supervisor's child already."""
+    if argv is not None and not supervised():
+        backend = open_backend(settings.backend, settings=settings)
+        if backend.shared:
+            configure(settings.log_level)
+            sys.exit(WorkerSupervisor(settings, list(argv)).run())
     configure(settings.log_level)
     import_modules(settings.imports)
     backend = open_backend(settings.backend, settings=settings)

@@ -53,7 +53,7 @@ from chaos_checks import (
 )
 from chaos_client import read_events
 from gridfns import RUN_LOG_ENV
-from processes import TESTS, GridProcesses, nodes, wait_for_nodes, wait_until
+from processes import TESTS, GridProcesses, nodes, signal_group, wait_for_nodes, wait_until
 
 from girder.testing.redis_server import RedisServer
 
@@ -363,6 +363,7 @@ class ChaosRun:
             env=self.procs.env,
             stdout=log,
             stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group, like the nodes
         )
         self.timeline.add("start_client", f"slot {slot.slot} #{slot.incarnation}", slot.proc.pid)
 
@@ -391,8 +392,8 @@ class ChaosRun:
         self.timeline.killed[proc.pid] = self.timeline.add("kill -9", what, proc.pid).t
 
     def sigstop(self, proc: subprocess.Popen[bytes], what: str, seconds: float) -> None:
-        """SIGSTOP `proc` now, SIGCONT it `seconds` later."""
-        proc.send_signal(signal.SIGSTOP)
+        """SIGSTOP `proc` (its process group) now, SIGCONT it `seconds` later."""
+        signal_group(proc, signal.SIGSTOP)
         self.stopped[proc.pid] = (proc, what, self.timeline.add("SIGSTOP", what, proc.pid).t)
         self.later(seconds, lambda: self.cont(proc.pid))
 
@@ -404,7 +405,7 @@ class ChaosRun:
         proc, what, stopped_at = found
         if proc.poll() is not None:
             return
-        proc.send_signal(signal.SIGCONT)
+        signal_group(proc, signal.SIGCONT)
         now = self.timeline.add("SIGCONT", what, proc.pid).t
         self.timeline.stops.append((proc.pid, stopped_at, now))
 

@@ -253,7 +253,9 @@ def logged_run() -> Iterator[None]:
     if log is None or evaluation is None:
         yield
         return
-    where = f"{evaluation.key} {os.getpid()} {girder.current_node()}"
+    # The process group: a `girder worker` and the node it supervises are one process to the
+    # tests (faults are sent to the group).
+    where = f"{evaluation.key} {os.getpgrp()} {girder.current_node()}"
     log.write(f"start {where} {time.monotonic():.6f}\n")
     how = "error"
     try:
@@ -342,3 +344,25 @@ async def needs_shared(job_tag: str, tag: str, directory: str) -> str:
     """A request of its own that waits for `slow_shared(tag)`, shared with other jobs."""
     (value,) = await girder.call_reentrant([(slow_shared, tag, directory)])
     return f"{job_tag}: {value}"
+
+
+@girder.function(timeout=0.5)
+async def limited_parent(directory: str) -> int:
+    """Waits for sleeping leaves longer than its half-second limit."""
+    (total,) = await girder.call_reentrant([(sleepy_tree, 1, 2, 0, directory)])
+    return total
+
+
+@girder.function(timeout=0.2)
+def sync_over_limit(ms: int) -> int:
+    """A sync function that may run past its 0.2 s limit."""
+    time.sleep(ms / 1000)
+    return ms
+
+
+@girder.function(timeout=1.0, cache=False)
+def stuck(directory: str) -> None:
+    """A sync function in an endless loop; marks `stuck-<pid>` each time it starts."""
+    _mark(directory, f"stuck-{os.getpid()}")
+    while True:
+        time.sleep(0.01)

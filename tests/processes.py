@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
@@ -23,6 +24,12 @@ FAST_RECOVERY = {
     "GIRDER_REAP_INTERVAL": "0.3",
     "GIRDER_IDLE_POLL": "0.5",
 }
+
+
+def signal_group(proc: subprocess.Popen[bytes], signum: signal.Signals) -> None:
+    """Send `signum` to the process group `proc` leads (a node started in its own session)."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signum)
 
 
 class GridProcesses:
@@ -48,6 +55,7 @@ class GridProcesses:
             env=self.env,
             stdout=log,
             stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group: signals reach its children too
         )
         self.procs.append(proc)
         return proc
@@ -61,7 +69,8 @@ class GridProcesses:
         )
 
     def kill9(self, proc: subprocess.Popen[bytes]) -> None:
-        proc.send_signal(signal.SIGKILL)
+        """SIGKILL the node's process group: `girder worker` and the node it supervises."""
+        signal_group(proc, signal.SIGKILL)
         proc.wait(timeout=10)
 
     def stop_all(self) -> None:

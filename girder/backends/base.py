@@ -330,10 +330,13 @@ class StateBackend(Protocol):
         """The stored payloads of `keys` (None for a key without a record)."""
         ...
 
-    async def cancel(self, node: str, job: str) -> Cancelling:
+    async def cancel(self, node: str, job: str, *, below: str | None = None) -> Cancelling:
         """One step of cancelling `job` (repeat until nothing `remaining`), on behalf of `node`.
 
-        Atomically: the first step forgets the job's roots. Then each key that no job roots and
+        With `below`, what is cancelled is not a job but what the request `below` waits for (it
+        ran out of time): `job` then only names the cancellation. Atomically: the first step
+        forgets the job's roots (or `below`'s wait edges, and looks at the keys they led to).
+        Then each key that no job roots and
         no key waits for any more is cancelled: its wait edges to the keys it waits for are
         deleted (those keys are looked at in turn), and if it is pending (never started) its
         record is deleted and each of its waiters gets a cancellation `Notification`; if it runs,

@@ -388,10 +388,15 @@ class MemoryBackend:
             return record.payload
         return self._done_payloads.get(key)
 
-    async def cancel(self, node: str, job: str) -> Cancelling:
-        frontier = list(self._job_roots.pop(job, ()))
-        for key in frontier:
-            self._roots.get(key, set()).discard(job)
+    async def cancel(self, node: str, job: str, *, below: str | None = None) -> Cancelling:
+        if below is None:
+            frontier = list(self._job_roots.pop(job, ()))
+            for key in frontier:
+                self._roots.get(key, set()).discard(job)
+        else:
+            frontier = list(self._waits.pop(below, ()))
+            for key in frontier:
+                self._waited_by.get(key, set()).discard(below)
         cancelled: list[str] = []
         while frontier:
             key = frontier.pop()

@@ -528,8 +528,8 @@ class RedisBackend:
         # A record of the wrong type has no payload to show.
         return [None if isinstance(reply, ReplyError) else reply for reply in replies]
 
-    async def cancel(self, node: str, job: str) -> Cancelling:
-        cancelled, remaining = await self._journaled("cancel", node, True, node, job)
+    async def cancel(self, node: str, job: str, *, below: str | None = None) -> Cancelling:
+        cancelled, remaining = await self._journaled("cancel", node, True, node, job, below or "")
         return Cancelling(tuple(map(_text, cancelled)), remaining)
 
     # -- distribution -----------------------------------------------------------------------------

@@ -104,7 +104,7 @@ SPECS = {
         ScriptSpec("leave", ("node",)),
         ScriptSpec("reap", ("reaper", "max_crashes"), journaled=True),
         ScriptSpec("reconcile", ("node",), rest="keep", journaled=True),
-        ScriptSpec("cancel", ("node", "job"), journaled=True),
+        ScriptSpec("cancel", ("node", "job", "below"), journaled=True),
         ScriptSpec("nodes"),
         ScriptSpec("members", ("distributor",)),
     )

@@ -36,6 +36,7 @@ from girder.scheduler.node import Node, error_lines
 from girder.scheduler.outbox import Outbox
 from girder.security import resolve_allowed
 from girder.serialization import Outcome, RequestPayload
+from girder.watchdog import WatchPipe
 
 _FAIRNESS_SLICE = 0.005
 """Seconds a worker loop may run without yielding to the event loop."""
@@ -81,6 +82,8 @@ class Worker(Node):
         self.baton = Baton(settings.concurrency)
         self._evaluations: dict[str, asyncio.Task[None]] = {}
         """The tasks of async requests under way here, by key."""
+        self._watch = WatchPipe.from_environment()
+        """The pipe to this worker's supervisor, which enforces sync time limits (if any)."""
         self._cancelled: dict[str, str] = {}
         """Keys running here whose job was cancelled, and that job: the run stops and the key
         completes with a `Cancelled` error."""
@@ -257,6 +260,9 @@ class Worker(Node):
         self, evaluation: Evaluation, function: GridFunction[..., Any], payload: RequestPayload
     ) -> None:
         token = current_evaluation.set(evaluation)
+        limit = function.timeout
+        if limit is not None and self._watch is not None:
+            self._watch.started(self.id, evaluation.key, limit)
         start = time.perf_counter()
         try:
             outcome = Outcome(value=function.fn(*payload.args, **payload.kwargs))
@@ -264,7 +270,12 @@ class Worker(Node):
             outcome = self._failure(evaluation, exc)
         finally:
             current_evaluation.reset(token)
-        self._time_sync(time.perf_counter() - start)
+            if limit is not None and self._watch is not None:
+                self._watch.ended()
+        elapsed = time.perf_counter() - start
+        self._time_sync(elapsed)
+        if limit is not None and elapsed > limit:  # no supervisor killed it: drop the value
+            outcome = Outcome(error=_timed_out(evaluation, limit))
         await self._conclude(evaluation, function, outcome, inline=True)
 
     def _time_sync(self, seconds: float) -> None:
@@ -298,7 +309,10 @@ class Worker(Node):
         coroutine: Coroutine[Any, Any, Any],
     ) -> None:
         try:
-            outcome = Outcome(value=await coroutine)
+            outcome = Outcome(value=await self._within_limit(function.timeout, coroutine))
+        except _OverLimit:
+            outcome = Outcome(error=_timed_out(evaluation, function.timeout or 0))
+            await self._cancel_below(evaluation.key)
         except Exception as exc:
             outcome = self._failure(evaluation, exc)
         except asyncio.CancelledError:
@@ -316,6 +330,26 @@ class Worker(Node):
             self._pass_baton(evaluation)
             raise
         await self._conclude(evaluation, function, outcome)
+
+    @staticmethod
+    async def _within_limit(limit: float | None, coroutine: Coroutine[Any, Any, Any]) -> Any:
+        """Await `coroutine`, cancelled after `limit` seconds (parked time included)."""
+        if limit is None:
+            return await coroutine
+        scope = asyncio.timeout(limit)
+        try:
+            async with scope:
+                return await coroutine
+        except TimeoutError:
+            if scope.expired():
+                raise _OverLimit from None
+            raise  # the function's own timeout: its error
+
+    async def _cancel_below(self, key: str) -> None:
+        """A request ran out of time: let go of what it waits for (what nothing else needs
+        stops, as when a job is cancelled)."""
+        while (await self.backend.cancel(self.id, f"time limit of {key}", below=key)).remaining:
+            pass
 
     async def _conclude(
         self,
@@ -401,3 +435,15 @@ class Worker(Node):
             await self.baton.acquire_for_resume(reserved=True)
             evaluation.holds_baton = True
         return self.raise_failures(evaluation.readable, requests, batch)
+
+
+class _OverLimit(Exception):
+    """A request ran past its function's time limit."""
+
+
+def _timed_out(evaluation: Evaluation, limit: float) -> RequestError:
+    return RequestError(
+        evaluation.readable(),
+        f"took longer than its time limit of {limit:g} s (@girder.function(timeout=...))",
+        kind="timeout",
+    )

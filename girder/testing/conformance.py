@@ -668,6 +668,24 @@ class BackendConformance:
         assert await backend.state("rooted") == RequestState.PENDING
         assert await self.cancel_all(backend, "j2") == {"r2", "shared"}
 
+    async def test_cancel_below_a_request_lets_go_of_what_it_waits_for(
+        self, backend: StateBackend
+    ) -> None:
+        await backend.join("w", NodeKind.WORKER, None, LONG)
+        await backend.submit("c", [new("top")], into="w", on_top=True, job="j1")
+        assert await backend.claim("w") is not None
+        await put(backend, "w", ["a", "b"], waiter_key="top")
+        await put(backend, "c2", ["b"], waiter_key="other")
+        cancelled: set[str] = set()
+        while True:
+            step = await backend.cancel("w", "timeout of top", below="top")
+            cancelled.update(step.cancelled)
+            if not step.remaining:
+                break
+        assert cancelled == {"a"}  # not `top` itself (its worker fails it), nor `b` (needed)
+        assert await backend.state("top") == RequestState.RUNNING
+        assert await backend.state("b") == RequestState.PENDING
+
     async def test_cancel_leaves_done_keys_and_is_safe_to_repeat(
         self, backend: StateBackend
     ) -> None:

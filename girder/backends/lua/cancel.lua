@@ -1,6 +1,7 @@
--- cancel(token, low, again, node, job) -> {cancelled keys, keys left to look at}. Journaled.
--- One step of cancelling `job` (node repeats it until nothing is left). The first step forgets
--- the job's roots and puts them on the job's `cancelling` list. Then each key taken from that
+-- cancel(token, low, again, node, job, below) -> {cancelled keys, keys left to look at}.
+-- Journaled. One step of cancelling `job` (node repeats it until nothing is left). The first step
+-- forgets the job's roots (or, with `below`, the wait edges of that request, which ran out of
+-- time) and puts the keys on the job's `cancelling` list. Then each key taken from that
 -- list that no job roots and no key waits for is cancelled: its edges to the keys it waits for
 -- go (those keys join the list), and a pending key's record is deleted (it is never started)
 -- and its waiters get a notice, while a running key's owner gets the notice (it stops the run
@@ -10,12 +11,22 @@ local found, reply = replayed(node, token, again)
 if found then
   return reply
 end
-local frontier, roots = k_cancelling(job), k_job_roots(job)
-for _, key in ipairs(call('SMEMBERS', roots)) do
-  call('SREM', k_roots(key), job)
-  call('RPUSH', frontier, key)
+local frontier = k_cancelling(job)
+if below == '' then
+  local roots = k_job_roots(job)
+  for _, key in ipairs(call('SMEMBERS', roots)) do
+    call('SREM', k_roots(key), job)
+    call('RPUSH', frontier, key)
+  end
+  redis.call('DEL', roots)
+else
+  local waits = k_waits(below)
+  for _, key in ipairs(call('SMEMBERS', waits)) do
+    call('SREM', k_waited_by(key), below)
+    call('RPUSH', frontier, key)
+  end
+  redis.call('DEL', waits)
 end
-redis.call('DEL', roots)
 
 local function notify(target, key)
   if not has_departed(target) then
