@@ -410,3 +410,11 @@ async def endless(directory: str) -> AsyncIterator[int]:
         yield 2
     finally:
         _mark(directory, "stop-0")
+
+
+@girder.function
+async def fails_after(tag: str, count: int) -> AsyncIterator[str]:
+    """`count` answers, then a `ValueError`."""
+    for index in range(1, count + 1):
+        yield f"{tag}:{index}"
+    raise ValueError(f"{tag} broke after {count}")

@@ -20,6 +20,7 @@ from gridfns import (
     endless,
     every_answer,
     every_gated_answer,
+    fails_after,
     gated_answers,
     last_of_counting,
     whereabouts,
@@ -91,8 +92,10 @@ async def test_every_waiter_sees_the_answers_in_order_and_a_late_joiner_the_late
         asyncio.create_task(_collect(client.stream(gated_answers, "t", str(marks)), first)),
         asyncio.create_task(_collect(client.stream(gated_answers, "t", str(marks)), second)),
     ]
+    call = client.submit(gated_answers, "t", str(marks))  # waits for the value alone
     await _until_count(first, 1, "the first caller")
     await _until_count(second, 1, "the second caller")
+    assert not call.done()  # a partial answer resolves no call
     (marks / "open-2").touch()
     await _until_count(first, 2, "the first caller")
     await _until_count(second, 2, "the second caller")
@@ -105,7 +108,8 @@ async def test_every_waiter_sees_the_answers_in_order_and_a_late_joiner_the_late
     await asyncio.wait_for(asyncio.gather(*streams), 30)
     assert first == second == ["t:1", "t:2", "t:3"]
     assert late == ["t:2", "t:3"]
-    assert len(_runs(marks)) == 1  # it ran once, for all three
+    assert await call == "t:3"
+    assert len(_runs(marks)) == 1  # it ran once, for all four
     # Only the last answer is cached, and it is the value.
     assert await client.call(gated_answers, "t", str(marks)) == "t:3"
     assert [answer async for answer in client.stream(gated_answers, "t", str(marks))] == ["t:3"]
@@ -171,4 +175,17 @@ async def test_leaving_a_stream_cancels_the_streaming_request(
         return (marks / "stop-0").exists()
 
     await wait_until(stopped, timeout=30, what="the streaming request to stop")
+    assert await client.backend.cache_size() == 0
+
+
+async def test_a_failure_ends_the_stream_after_the_answers_before_it(
+    grid: tuple[girder.Grid, GridProcesses | None],
+) -> None:
+    client, _ = grid
+    answers: list[str] = []
+    with pytest.raises(girder.RequestError, match="ValueError: f broke after 2"):
+        await _collect(client.stream(fails_after, "f", 2), answers)
+    assert answers == ["f:1", "f:2"]
+    with pytest.raises(girder.RequestError, match="yielded no answer"):
+        await client.call(counting, "none", 0)
     assert await client.backend.cache_size() == 0
