@@ -10,7 +10,7 @@ from girder.errors import (
 )
 from girder.functions import GridFunction, Request, function
 from girder.grid import Grid, Handle
-from girder.scheduler.context import call_reentrant, current_node
+from girder.scheduler.context import call_reentrant, current_node, stream
 
 __version__ = "0.1.0"
 
@@ -29,4 +29,5 @@ __all__ = [
     "call_reentrant",
     "current_node",
     "function",
+    "stream",
 ]

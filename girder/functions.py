@@ -55,7 +55,9 @@ class GridFunction(Generic[P, R]):
         """Seconds a request of it may run (parked time included) before it fails with kind
         "timeout"; None: no limit."""
         self.version = version
-        self.is_async = inspect.iscoroutinefunction(fn)
+        self.is_stream = inspect.isasyncgenfunction(fn)
+        """An async generator: each `yield` is an answer, the last one is the value."""
+        self.is_async = self.is_stream or inspect.iscoroutinefunction(fn)
         self.name = name or f"{fn.__module__}.{fn.__qualname__}"
         self.short_name = name or fn.__qualname__
         functools.update_wrapper(self, fn)

@@ -9,7 +9,7 @@ async with girder.Grid.local(workers=4) as grid:
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Generator, Iterable
+from collections.abc import AsyncIterator, Generator, Iterable
 from types import TracebackType
 from typing import Any, Self
 
@@ -157,6 +157,16 @@ class Grid:
         """Run many requests at once; their values in order, or `RequestError` with every
         failure as a cause."""
         return await self.client.values([as_request(item) for item in requests])
+
+    def stream(self, fn: Any, /, *args: Any, **kwargs: Any) -> AsyncIterator[Any]:
+        """The answers of one request, in order: `async for answer in grid.stream(fn, *args)`.
+
+        An async-generator grid function yields several answers (the last one is its value,
+        and only that one is cached); any other function has one, its value. Joining a request
+        that already runs starts from its latest answer; a cached one yields its value alone.
+        A failure raises `RequestError`; leaving the loop early cancels the job.
+        """
+        return self.client.stream(Request(fn, *args, **kwargs))
 
     def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> Handle:
         """Start one request and return a handle at once; await the handle for the value."""

@@ -48,12 +48,16 @@ class RequestPayload:
 class Outcome:
     """The result of one request: a value, or the error chain that replaced it.
 
-    `final` is False for a partial answer (room for functions that stream several answers).
+    `final` is False for a partial answer of a function that streams several answers, and
+    `answer` counts the answers of such a run (1 for the first; 0 for a function that returns
+    one value): a stream skips an answer it has already seen, such as the final outcome that
+    repeats the last partial one.
     """
 
     value: Any = None
     error: RequestError | None = None
     final: bool = True
+    answer: int = 0
 
     def unwrap(self) -> Any:
         """The value, or raise the error."""
@@ -166,11 +170,12 @@ class Codec:
     def encode_outcome(self, outcome: Outcome, key: str, readable: Callable[[], str]) -> bytes:
         """Encode the outcome of request `key`; `readable` names the request in errors (called
         only on one)."""
+        tail = (outcome.answer,) if outcome.answer else ()
         if outcome.error is not None:
-            body = pickle.dumps(("e", outcome.error.to_dict(kinds=True), outcome.final))
+            body = pickle.dumps(("e", outcome.error.to_dict(kinds=True), outcome.final, *tail))
         else:
             body = _dumps(
-                ("v", outcome.value, outcome.final),
+                ("v", outcome.value, outcome.final, *tail),
                 lambda: f"the result of {readable()} (type {type(outcome.value).__qualname__})",
             )
         return self._frame(body, _OUTCOME, key, lambda: f"result of {readable()}")
@@ -180,9 +185,10 @@ class Codec:
         key."""
         what = f"result of request {key}"
         fields = self._loads(self._unframe(data, _OUTCOME, key, what), what)
-        if not isinstance(fields, tuple) or len(fields) != 3:
+        if not isinstance(fields, tuple) or len(fields) not in (3, 4):
             raise SerializationError(f"{what} is malformed (not a girder outcome)")
-        tag, body, final = fields
+        tag, body, final, *tail = fields
+        answer = tail[0] if tail and type(tail[0]) is int else 0
         if tag == "e":
-            return Outcome(error=RequestError.from_dict(body), final=bool(final))
-        return Outcome(value=body, final=bool(final))
+            return Outcome(error=RequestError.from_dict(body), final=bool(final), answer=answer)
+        return Outcome(value=body, final=bool(final), answer=answer)

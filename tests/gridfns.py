@@ -8,7 +8,7 @@ import signal
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from typing import TextIO
 
@@ -366,3 +366,79 @@ def stuck(directory: str) -> None:
     _mark(directory, f"stuck-{os.getpid()}")
     while True:
         time.sleep(0.01)
+
+
+# -- streaming functions (several answers per request) -----------------------------------------
+
+
+async def _until_exists(path: str) -> None:
+    """Wait until the file `path` exists: a gate that a test in another process opens (no
+    event crosses processes; a stat is quick)."""
+    while not os.path.exists(path):  # noqa: ASYNC110, ASYNC240 - a file another process writes
+        await asyncio.sleep(0.01)
+
+
+@girder.function
+async def gated_answers(tag: str, directory: str) -> AsyncIterator[str]:
+    """Three answers; the second waits for `open-2` in `directory`, the third for `open-3`.
+    Marks `run-<pid>-<n>` each time it starts."""
+    _mark(directory, f"run-{os.getpid()}-{len(os.listdir(directory))}")
+    yield f"{tag}:1"
+    await _until_exists(os.path.join(directory, "open-2"))
+    yield f"{tag}:2"
+    await _until_exists(os.path.join(directory, "open-3"))
+    yield f"{tag}:3"
+
+
+@girder.function
+async def counting(tag: str, count: int) -> AsyncIterator[str]:
+    """`count` answers at once: `<tag>:1` ... `<tag>:<count>`."""
+    for index in range(1, count + 1):
+        yield f"{tag}:{index}"
+
+
+@girder.function
+async def whereabouts(count: int) -> AsyncIterator[tuple[int, int]]:
+    """`count` answers, each (the process id that runs it, its index)."""
+    for index in range(count):
+        yield os.getpid(), index
+        await asyncio.sleep(0.01)
+
+
+@girder.function
+async def last_of_counting(tag: str, count: int) -> str:
+    """`call_reentrant` on a streaming function: its last answer."""
+    (value,) = await girder.call_reentrant([(counting, tag, count)])
+    return str(value)
+
+
+@girder.function
+async def every_answer(tag: str, count: int) -> list[str]:
+    """Every answer of a streamed sub-request, in order (parking between answers)."""
+    return [answer async for answer in girder.stream(counting, tag, count)]
+
+
+@girder.function
+async def every_gated_answer(tag: str, directory: str) -> list[str]:
+    """Every answer of a streamed sub-request that waits for gates between answers."""
+    return [answer async for answer in girder.stream(gated_answers, tag, directory)]
+
+
+@girder.function
+async def endless(directory: str) -> AsyncIterator[int]:
+    """One answer, then waits forever; marks `start-0` and, however it stops, `stop-0`."""
+    _mark(directory, "start-0")
+    try:
+        yield 1
+        await asyncio.sleep(3600)
+        yield 2
+    finally:
+        _mark(directory, "stop-0")
+
+
+@girder.function
+async def fails_after(tag: str, count: int) -> AsyncIterator[str]:
+    """`count` answers, then a `ValueError`."""
+    for index in range(1, count + 1):
+        yield f"{tag}:{index}"
+    raise ValueError(f"{tag} broke after {count}")

@@ -73,13 +73,16 @@ class Submitted:
     """What `submit` found for one request.
 
     `outcome` is the cached outcome when the key was already done (then nothing was registered).
-    `cycle` is the list of keys of a wait-for cycle that the new wait edge closed, starting and
-    ending with the waiting key (then the waiter was registered but the caller should fail).
+    `partial` is the latest partial outcome published for a key that is not done (see
+    `publish`): a waiter that joins a streaming request late starts from it. `cycle` is the
+    list of keys of a wait-for cycle that the new wait edge closed, starting and ending with
+    the waiting key (then the waiter was registered but the caller should fail).
     """
 
     key: str
     outcome: bytes | None = None
     cycle: tuple[str, ...] | None = None
+    partial: bytes | None = None
 
 
 @dataclass(slots=True)
@@ -104,11 +107,13 @@ class Notification:
     """A completed key and its outcome, delivered to a node that waits for it; or, with
     `cancelled_by`, a cancellation notice (`outcome` is empty): the job whose cancellation
     stopped the key. A node that runs the key stops it; a node that waits for it gets
-    `girder.Cancelled`."""
+    `girder.Cancelled`. With `partial`, a partial answer of a key that still runs (see
+    `publish`): it feeds streams and resolves nothing."""
 
     key: str
     outcome: bytes
     cancelled_by: str | None = None
+    partial: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,8 +216,9 @@ class StateBackend(Protocol):
 
         Atomically, for each request in order:
 
-        1. if its key is done, report the cached outcome and do nothing else;
-        2. otherwise add `node` to the key's waiters and store the payload unless a pending
+        1. if its key is done, report the cached outcome and do nothing else; otherwise report
+           its latest partial outcome, if any (see `publish`), and go on:
+        2. add `node` to the key's waiters and store the payload unless a pending
            record or one running under a registered owner exists (a new record, or one running
            under a node the grid does not know, becomes pending);
         3. unless the key is running, push it on the work list `into`: on its top when `on_top`
@@ -293,6 +299,23 @@ class StateBackend(Protocol):
         it. Then, when nothing was claimed (and `claim` > 0)
         and `volunteer_at` is given, what `volunteer(volunteer_at, node)` does. Returns the
         claimed requests.
+        """
+        ...
+
+    async def publish(self, node: str, key: str, outcome: bytes) -> bool:
+        """Record a partial answer of `key`, which `node` runs, and tell its waiters.
+
+        Atomically: unless `key` runs under owner `node` (it is done, pending, unknown or owned
+        by another node), nothing changes and this returns False. Otherwise `outcome` replaces
+        the key's latest partial outcome (only the latest is kept: the backend's memory per key
+        is bounded however many answers a run yields), every waiter other than `node` gets a
+        partial `Notification` in its inbox (a node that left gets nothing), the waiter set
+        stays, and this returns True (publishing the latest partial again notifies nobody
+        twice: a call repeated after its reply was lost is harmless). So a waiter either
+        registered before (and gets the notification) or registers after (and `submit` reports
+        this partial): none misses the latest answer. The partial outcome is dropped when the
+        key completes; a key requeued after its owner died keeps it (any answer of a key is as
+        good as another).
         """
         ...
 

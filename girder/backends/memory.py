@@ -37,6 +37,8 @@ class _Record:
     owner: str | None = None
     crashes: int = 0
     waiters: set[str] = field(default_factory=set)
+    partial: bytes | None = None
+    """The latest partial outcome published for the key (see `publish`)."""
 
 
 @dataclass(slots=True)
@@ -245,7 +247,7 @@ class MemoryBackend:
                     found = self._cycle_from(key, waiter_key)
                     if found is not None:
                         cycle = (waiter_key, *found)
-            results.append(Submitted(key, cycle=cycle))
+            results.append(Submitted(key, cycle=cycle, partial=record.partial))
         if pushed:
             if on_top:
                 self._list(into).extend(pushed)
@@ -349,6 +351,18 @@ class MemoryBackend:
         for waiter in waiters:
             if waiter != node and waiter not in self._departed:
                 self._post(waiter, Notification(key, outcome))
+
+    async def publish(self, node: str, key: str, outcome: bytes) -> bool:
+        record = self._records.get(key)
+        if record is None or record.owner != node or key in self._outcomes:
+            return False
+        if record.partial == outcome:
+            return True  # a repeat
+        record.partial = outcome
+        for waiter in record.waiters:
+            if waiter != node and waiter not in self._departed:
+                self._post(waiter, Notification(key, outcome, partial=True))
+        return True
 
     async def take_notifications(self, node: str, timeout: float) -> list[Notification]:
         if not self._inbox.get(node):

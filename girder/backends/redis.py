@@ -123,12 +123,14 @@ def _text(value: bytes) -> str:
 
 
 def _notifications(entries: list[bytes]) -> list[Notification]:
-    """Decode inbox entries: notifications (`<len(key)>:<key><outcome>`) and cancellation
-    notices (`!<len(key)>:<key><job>`); drop any that someone mangled."""
+    """Decode inbox entries: notifications (`<len(key)>:<key><outcome>`), partial answers
+    (`~<len(key)>:<key><outcome>`) and cancellation notices (`!<len(key)>:<key><job>`); drop
+    any that someone mangled."""
     notes = []
     for entry in entries:
         notice = entry[:1] == b"!"
-        size, _, rest = entry[notice:].partition(b":")
+        partial = entry[:1] == b"~"
+        size, _, rest = entry[notice or partial :].partition(b":")
         try:
             length = int(size)
             if not 0 <= length <= len(rest):
@@ -141,7 +143,7 @@ def _notifications(entries: list[bytes]) -> list[Notification]:
         if job is not None:
             notes.append(Notification(key, b"", cancelled_by=job))
         else:
-            notes.append(Notification(key, rest[length:]))
+            notes.append(Notification(key, rest[length:], partial=partial))
     return notes
 
 
@@ -441,6 +443,9 @@ class RedisBackend:
             args += (completion.key, completion.outcome, int(completion.cache))
         return _claimed(await self._journaled("complete", node, claim > 0, *args))
 
+    async def publish(self, node: str, key: str, outcome: bytes) -> bool:
+        return bool(await self._run("publish", node, key, outcome))
+
     async def take_notifications(self, node: str, timeout: float) -> list[Notification]:
         """One round trip: settle the previous wait's `taken` list, block until the inbox has
         an entry (moving it to `taken`), then take the rest of the inbox the same way. An
@@ -645,7 +650,7 @@ def _submitted(key: str, reply: list[Any]) -> Submitted:
         return Submitted(key, outcome=reply[1])
     if reply[0] == SUBMITTED_CYCLE:
         return Submitted(key, cycle=tuple(map(_text, reply[1:])))
-    return Submitted(key)
+    return Submitted(key, partial=reply[1] if len(reply) > 1 else None)
 
 
 def _claimed(flat: list[bytes]) -> list[Claimed]:

@@ -7,7 +7,8 @@ same layout as Lua functions (`k_record(key)`, `k_work(node)`, ...) and constant
 
 Per request key:
     req:<key>          hash: F_STATUS (pending/running/done), F_PAYLOAD, F_OUTCOME (when done),
-                       F_OWNER (when running), F_CRASHES (times its worker died running it)
+                       F_OWNER (when running), F_CRASHES (times its worker died running it),
+                       F_PARTIAL (the latest partial outcome of a streaming run, until done)
     waiters:<key>      set of node ids waiting for the outcome
     waits:<key>        set of keys this key waits for (wait-for edges out of it)
     waitedby:<key>     set of keys waiting for this key (the same edges, reversed)
@@ -20,8 +21,9 @@ Per node:
     running:<node>     set of keys the node runs
     volunteers:<node>  list: a distributor's volunteer queue, oldest on the left
     volunteered:<node> set of distributors whose volunteer queues may hold the node
-    inbox:<node>       list of notifications ("<len(key)>:<key><outcome>"), and cancellation
-                       notices ("!<len(key)>:<key><job>")
+    inbox:<node>       list of notifications ("<len(key)>:<key><outcome>"), partial answers
+                       ("~<len(key)>:<key><outcome>") and cancellation notices
+                       ("!<len(key)>:<key><job>")
     taken:<node>       the notification a blocking wait moved out of the inbox (re-read by the
                        next drain, so a reply lost in transit loses no notification)
     wake:<node>        list holding at most one token: "the work list or volunteers got something"
@@ -86,6 +88,7 @@ F_PAYLOAD = "pl"
 F_OUTCOME = "out"
 F_OWNER = "o"
 F_CRASHES = "c"
+F_PARTIAL = "pt"
 F_KIND = "kind"
 F_DISTRIBUTOR = "dist"
 
@@ -129,6 +132,7 @@ _CONSTANTS = {
     "F_OUTCOME": F_OUTCOME,
     "F_OWNER": F_OWNER,
     "F_CRASHES": F_CRASHES,
+    "F_PARTIAL": F_PARTIAL,
     "F_KIND": F_KIND,
     "F_DISTRIBUTOR": F_DISTRIBUTOR,
     "PENDING": PENDING,

@@ -93,6 +93,7 @@ SPECS = {
         ScriptSpec(
             "complete", ("node", "claim", "volunteer_at"), rest="completions", journaled=True
         ),
+        ScriptSpec("publish", ("node", "key", "outcome")),
         ScriptSpec("acknowledge", ("node", "received")),
         ScriptSpec("take", ("node",)),
         ScriptSpec("volunteer", ("distributor", "node")),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Any, ClassVar
 
 from girder.backends.base import NodeKind, StateBackend
@@ -12,7 +12,7 @@ from girder.config import Settings
 from girder.errors import BackendFull, RequestError
 from girder.functions import Request
 from girder.scheduler.node import Node
-from girder.scheduler.waiters import Batch
+from girder.scheduler.waiters import Batch, Feed
 from girder.serialization import Outcome
 
 
@@ -60,6 +60,26 @@ class Client(Node):
             self._cancel_soon(job)
             raise
         return batch
+
+    async def stream(self, request: Request) -> AsyncIterator[Any]:
+        """The answers of one request as one job, in order: the latest partial one first when
+        it already runs, then each one as it is published, the final one last (raised when it
+        is an error). Leaving the stream early cancels the job, as a cancelled call does."""
+        assert self._loop is not None, "node not started"
+        job = self.new_job()
+        feed = Feed(self._loop)
+        finished = False
+        try:
+            await self.request([request], job=job, into=self.settings.pool, on_top=False, feed=feed)
+            while not finished:
+                await feed.wait()
+                outcome = feed.take()
+                finished = outcome is None or outcome.final
+                if outcome is not None:
+                    yield outcome.unwrap()
+        finally:
+            if not finished:
+                self._cancel_soon(job)
 
     def _cancel_soon(self, job: str) -> None:
         task = asyncio.get_running_loop().create_task(self._cancel_quietly(job))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import inspect
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -18,6 +18,8 @@ class ReentrantHost(Protocol):
 
     async def reentrant(self, evaluation: Evaluation, requests: list[Request]) -> list[Any]: ...
 
+    def stream(self, evaluation: Evaluation, request: Request) -> AsyncIterator[Any]: ...
+
 
 @dataclass(slots=True)
 class Evaluation:
@@ -30,6 +32,8 @@ class Evaluation:
     args: tuple[Any, ...]
     kwargs: dict[str, Any]
     holds_baton: bool = True
+    answers: int = 0
+    """How many answers a streaming function has yielded so far."""
 
     def readable(self) -> str:
         return readable_call(self.name, self.args, self.kwargs)
@@ -52,8 +56,38 @@ async def call_reentrant(requests: Iterable[Any]) -> list[Any]:
     return await evaluation.host.reentrant(evaluation, batch)
 
 
+def stream(fn: Any, /, *args: Any, **kwargs: Any) -> AsyncIterator[Any]:
+    """The answers of a sub-request, in order, as they come: `async for answer in
+    girder.stream(fn, *args)`.
+
+    Inside a grid function, the request goes on this worker's stack and the caller parks
+    between answers (the worker goes on with other work) and takes its baton back for each; a
+    failure raises `RequestError`. Outside a grid, the function is simply called here. A
+    function that is no async generator has one answer, its value.
+    """
+    request = Request(fn, *args, **kwargs)
+    evaluation = current_evaluation.get()
+    if evaluation is None:
+        return _stream_directly(request)
+    return evaluation.host.stream(evaluation, request)
+
+
+async def _stream_directly(request: Request) -> AsyncIterator[Any]:
+    value = request.function.fn(*request.args, **request.kwargs)
+    if inspect.isasyncgen(value):
+        async for answer in value:
+            yield answer
+    else:
+        yield await value if inspect.isawaitable(value) else value
+
+
 async def _call_directly(request: Request) -> Any:
     value = request.function.fn(*request.args, **request.kwargs)
+    if inspect.isasyncgen(value):
+        last = None
+        async for answer in value:
+            last = answer
+        return last
     return await value if inspect.isawaitable(value) else value
 
 

@@ -31,7 +31,7 @@ from girder.functions import Request
 from girder.keys import SCALARS
 from girder.log import configure, node_logger
 from girder.scheduler.lease import LeaseKeeper, lease_keeper
-from girder.scheduler.waiters import Batch, Submission, Waiters
+from girder.scheduler.waiters import Batch, Feed, Submission, Waiters
 from girder.security import require_secret
 from girder.serialization import Codec, Outcome, RequestPayload
 
@@ -224,6 +224,8 @@ class Node:
             for note in notes:
                 if note.cancelled_by is not None:
                     self.cancel_notice(note.key, note.cancelled_by)
+                elif note.partial:
+                    self.partial(note.key, note.outcome)
                 else:
                     self.waiters.resolve(note.key, self.decode_outcome(note.outcome, note.key))
             if notes:
@@ -263,6 +265,17 @@ class Node:
             self.log.error("undecodable outcome", key=key, error=str(exc))
             return Outcome(error=RequestError(f"request {key}", str(exc), kind="invalid"))
 
+    def partial(self, key: str, data: bytes) -> None:
+        """Feed a published partial answer to the streams here; one that cannot be decoded is
+        dropped (the final outcome still comes)."""
+        try:
+            outcome = self.codec.decode_outcome(data, key)
+        except SerializationError as exc:
+            self.log.error("undecodable partial answer dropped", key=key, error=str(exc))
+            return
+        if not outcome.final:
+            self.waiters.partial(key, outcome)
+
     async def readables(self, keys: Sequence[str]) -> list[str]:
         """Readable forms of stored requests (for error messages; never raises)."""
         payloads = await self.backend.payloads(keys)
@@ -286,6 +299,13 @@ class Node:
             data = self.codec.encode_outcome(outcome, key, readable)
         return Completion(key, data, cache and outcome.error is None and outcome.final)
 
+    async def publish(self, key: str, readable: Callable[[], str], outcome: Outcome) -> None:
+        """Publish a partial answer of a key this node runs: to its waiters elsewhere through
+        the backend, to the streams here at once."""
+        data = self.codec.encode_outcome(outcome, key, readable)
+        await self.backend.publish(self.id, key, data)
+        self.waiters.partial(key, outcome)
+
     async def finish(
         self, key: str, readable: Callable[[], str], outcome: Outcome, *, cache: bool
     ) -> None:
@@ -303,6 +323,7 @@ class Node:
         on_top: bool,
         waiter: tuple[str, Callable[[], str]] | None = None,
         claim: int = 0,
+        feed: Feed | None = None,
     ) -> Batch:
         """Submit requests and return the batch that their outcomes will fill.
 
@@ -310,9 +331,11 @@ class Node:
         are submitted. `waiter` is (key, readable form) of the request that waits, for cycles;
         a cycle fails the waiter: this raises `RequestError` naming the cycle. With `claim`,
         the same backend step claims up to that many of this node's requests (see `adopt`).
+        With `feed` (a stream: one request), the answers go there as well, partial ones first.
         """
         assert self._loop is not None, "node not started"
         batch = Batch(len(requests), self._loop)
+        batch.feed = feed
         fresh: dict[str, Submission] = {}
         waiter_key = None if waiter is None else waiter[0]
         for index, request in enumerate(requests):
@@ -390,9 +413,21 @@ class Node:
                 self.stats.cache_hits += 1
                 outcome = self.decode_outcome(submitted.outcome, submitted.key)
                 self.waiters.resolve(submitted.key, outcome)
-            elif submitted.cycle is not None and cycle is None:
+            elif submitted.partial is not None:  # joining a stream late: its latest answer
+                self.partial(submitted.key, submitted.partial)
+            if submitted.cycle is not None and cycle is None:
                 cycle = submitted.cycle
         return cycle
+
+    def stream_answer(self, readable: Callable[[], str], request: Request, outcome: Outcome) -> Any:
+        """The value of one answer of a stream, or the `RequestError` that a batch of this one
+        request would raise (see `raise_failures`)."""
+        if outcome.error is None:
+            return outcome.value
+        assert self._loop is not None
+        batch = Batch(1, self._loop)
+        batch.set(0, outcome)
+        return self.raise_failures(readable, [request], batch)[0]
 
     @staticmethod
     def raise_failures(

@@ -1,14 +1,16 @@
 """A node's local waiting: which keys it waits for, and who inside the node wants each one.
 
 One `Batch` is one `call_reentrant` (or one client submission): a single future that completes
-when every key of the batch has an outcome. Outcomes arrive either from this node's own
-completions or from its inbox of notifications. The node also keeps how it submitted each key,
-so that it can submit again if the backend loses its state.
+when every key of the batch has an outcome. A stream's batch also has a `Feed`: the answers of
+its one key in order, partial ones as they are published, then the final one. Outcomes arrive
+either from this node's own completions or from its inbox of notifications. The node also keeps
+how it submitted each key, so that it can submit again if the backend loses its state.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,10 +20,62 @@ from girder.functions import GridFunction, Request
 from girder.serialization import Outcome, RequestPayload
 
 
+class Feed:
+    """The answers of one streamed key, in order, for one reader.
+
+    An answer is pushed once: one whose count (`Outcome.answer`) is not above the last one's
+    is dropped (a repeat, or the final outcome that repeats the last partial one); an answer
+    that arrives after the final one too. The end is `None` when the final outcome brought
+    nothing new."""
+
+    __slots__ = ("_answers", "_loop", "_waiter", "ended", "last", "on_ready")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._answers: deque[Outcome | None] = deque()
+        self._loop = loop
+        self._waiter: asyncio.Future[None] | None = None
+        self.on_ready: Callable[[], None] | None = None
+        """Called synchronously when an answer arrives for a parked reader (a worker reserves
+        a baton for it)."""
+        self.last = 0
+        self.ended = False
+
+    def push(self, outcome: Outcome) -> None:
+        if self.ended:
+            return
+        fresh = outcome.error is not None or not outcome.answer or outcome.answer > self.last
+        if outcome.final:
+            self.ended = True
+            self._answers.append(outcome if fresh else None)
+        elif fresh:
+            self.last = outcome.answer
+            self._answers.append(outcome)
+        else:
+            return
+        waiter, self._waiter = self._waiter, None
+        if waiter is not None and not waiter.done():
+            if self.on_ready is not None:
+                self.on_ready()
+            waiter.set_result(None)
+
+    def ready(self) -> bool:
+        return bool(self._answers)
+
+    async def wait(self) -> None:
+        """Wait until an answer is ready (`ready()` is then True)."""
+        if not self._answers:
+            self._waiter = self._loop.create_future()
+            await self._waiter
+
+    def take(self) -> Outcome | None:
+        """The next answer; `None` at the end (when the final outcome brought nothing new)."""
+        return self._answers.popleft()
+
+
 class Batch:
     """Outcomes of several keys, in order, and one future that completes when all are in."""
 
-    __slots__ = ("future", "on_ready", "outcomes", "ready", "remaining")
+    __slots__ = ("feed", "future", "on_ready", "outcomes", "ready", "remaining")
 
     def __init__(self, size: int, loop: asyncio.AbstractEventLoop) -> None:
         self.outcomes: list[Outcome | None] = [None] * size
@@ -30,10 +84,14 @@ class Batch:
         self.on_ready: Callable[[], None] | None = None
         """Called synchronously when the last outcome arrives (a worker reserves a baton)."""
         self.ready = False
+        self.feed: Feed | None = None
+        """A stream's answers (its batch has one key)."""
         if size == 0:
             self.future.set_result(None)
 
     def set(self, index: int, outcome: Outcome) -> None:
+        if self.feed is not None:
+            self.feed.push(outcome)
         if self.outcomes[index] is None:
             self.outcomes[index] = outcome
             self.remaining -= 1
@@ -92,6 +150,16 @@ class Waiters:
         for batch, index in submission.slots:
             batch.set(index, outcome)
         return True
+
+    def partial(self, key: str, outcome: Outcome) -> None:
+        """Deliver a partial answer of `key` to the streams here that read it (nothing else
+        waits for it: the key is not resolved)."""
+        submission = self._watching.get(key)
+        if submission is None:
+            return
+        for batch, _ in submission.slots:
+            if batch.feed is not None:
+                batch.feed.push(outcome)
 
     def local(self, key: str) -> tuple[RequestPayload, GridFunction[..., Any]] | None:
         """(payload, function) of a key this node submitted with immutable arguments."""

@@ -23,7 +23,7 @@ import asyncio
 import sys
 import time
 from collections import deque
-from collections.abc import Coroutine
+from collections.abc import AsyncGenerator, AsyncIterator, Coroutine
 from typing import Any, ClassVar
 
 from girder.backends.base import Claimed, NodeKind, StateBackend
@@ -34,6 +34,7 @@ from girder.scheduler.baton import Baton
 from girder.scheduler.context import Evaluation, current_evaluation
 from girder.scheduler.node import Node, error_lines
 from girder.scheduler.outbox import Outbox
+from girder.scheduler.waiters import Feed
 from girder.security import resolve_allowed
 from girder.serialization import Outcome, RequestPayload
 from girder.watchdog import WatchPipe
@@ -294,6 +295,8 @@ class Worker(Node):
         token = current_evaluation.set(evaluation)
         try:
             coroutine = function.fn(*evaluation.args, **evaluation.kwargs)
+            if function.is_stream:
+                coroutine = self._answers(evaluation, coroutine)
             task = _new_task(self._run_evaluation(evaluation, function, coroutine))
         finally:
             current_evaluation.reset(token)
@@ -309,7 +312,8 @@ class Worker(Node):
         coroutine: Coroutine[Any, Any, Any],
     ) -> None:
         try:
-            outcome = Outcome(value=await self._within_limit(function.timeout, coroutine))
+            value = await self._within_limit(function.timeout, coroutine)
+            outcome = Outcome(value=value, answer=evaluation.answers)
         except _OverLimit:
             outcome = Outcome(error=_timed_out(evaluation, function.timeout or 0))
             await self._cancel_below(evaluation.key)
@@ -350,6 +354,21 @@ class Worker(Node):
         stops, as when a job is cancelled)."""
         while (await self.backend.cancel(self.id, f"time limit of {key}", below=key)).remaining:
             pass
+
+    async def _answers(self, evaluation: Evaluation, answers: AsyncGenerator[Any, None]) -> Any:
+        """Drive a streaming function: publish each answer as it comes (partial outcomes that
+        streams of the key read); the last one is the value."""
+        last: Any = None
+        try:
+            async for last in answers:
+                evaluation.answers += 1
+                partial = Outcome(value=last, final=False, answer=evaluation.answers)
+                await self.publish(evaluation.key, evaluation.readable, partial)
+        finally:
+            await answers.aclose()
+        if not evaluation.answers:
+            raise ValueError("the streaming grid function yielded no answer")
+        return last
 
     async def _conclude(
         self,
@@ -435,6 +454,48 @@ class Worker(Node):
             await self.baton.acquire_for_resume(reserved=True)
             evaluation.holds_baton = True
         return self.raise_failures(evaluation.readable, requests, batch)
+
+    async def stream(self, evaluation: Evaluation, request: Request) -> AsyncIterator[Any]:
+        """`girder.stream` inside `evaluation`: push the request like `reentrant` does, then
+        park until each answer comes (passing the baton), and take the baton back for it."""
+        assert self._loop is not None, "node not started"
+        feed = Feed(self._loop)
+        loop_is_next = self.baton.idle_after_release() and self.baton.worker_waiting()
+        await self.request(
+            [request],
+            job=evaluation.job,
+            into=self.id,
+            on_top=True,
+            waiter=(evaluation.key, evaluation.readable),
+            claim=1 if loop_is_next and not self._claimed else 0,
+            feed=feed,
+        )
+        while True:
+            if not feed.ready():
+                await self._park_for(evaluation, feed)
+            outcome = feed.take()
+            if outcome is None:
+                return
+            yield self.stream_answer(evaluation.readable, request, outcome)
+            if outcome.final:
+                return
+
+    async def _park_for(self, evaluation: Evaluation, feed: Feed) -> None:
+        """Pass the baton until `feed` has an answer, then take one back (reserved for this
+        evaluation the moment the answer arrives, as for a ready `call_reentrant`)."""
+        feed.on_ready = self.baton.reserve
+        evaluation.holds_baton = False
+        self.baton.release()
+        try:
+            await feed.wait()
+        except BaseException:  # cancelled: we hold no baton; give up any reservation
+            if feed.ready():
+                self.baton.cancel_reservation()
+            raise
+        finally:
+            feed.on_ready = None
+        await self.baton.acquire_for_resume(reserved=True)
+        evaluation.holds_baton = True
 
 
 class _OverLimit(Exception):

@@ -696,6 +696,66 @@ class BackendConformance:
         assert await self.cancel_all(backend, "j1") == set()
         assert await self.cancel_all(backend, "never-submitted") == set()
 
+    # -- partial answers (publish) -----------------------------------------------------------
+
+    async def test_publish_notifies_every_waiter_but_the_owner_and_keeps_them(
+        self, backend: StateBackend
+    ) -> None:
+        await put(backend, "c1", ["k"], into="w")
+        await put(backend, "c2", ["k"], into="w")
+        await run_until_running(backend, "w", "k")
+        assert await backend.publish("w", "k", out("k", "1")) is True
+        assert await backend.publish("w", "k", out("k", "2")) is True
+        for waiter in ("c1", "c2"):
+            assert await backend.take_notifications(waiter, self.patience) == [
+                Notification("k", out("k", "1"), partial=True),
+                Notification("k", out("k", "2"), partial=True),
+            ]
+        assert await backend.take_notifications("w", 0.05) == []
+        await backend.complete("w", "k", out("k", "3"), cache=True)
+        assert await backend.take_notifications("c1", self.patience) == [
+            Notification("k", out("k", "3"))
+        ]
+
+    async def test_a_late_waiter_gets_the_latest_partial_from_submit(
+        self, backend: StateBackend
+    ) -> None:
+        await run_until_running(backend, "w", "k")
+        assert await put(backend, "c1", ["k"], into="d") == [Submitted("k")]
+        await backend.publish("w", "k", out("k", "1"))
+        await backend.publish("w", "k", out("k", "2"))
+        assert await put(backend, "c2", ["k"], into="d") == [Submitted("k", partial=out("k", "2"))]
+        await backend.publish("w", "k", out("k", "3"))
+        assert await backend.take_notifications("c2", self.patience) == [
+            Notification("k", out("k", "3"), partial=True)
+        ]
+        assert await backend.state("k") == RequestState.RUNNING
+
+    async def test_completion_drops_the_partial(self, backend: StateBackend) -> None:
+        await run_until_running(backend, "w", "k")
+        await backend.publish("w", "k", out("k", "1"))
+        await backend.complete("w", "k", out("k", "2"), cache=True)
+        assert await put(backend, "c", ["k"]) == [Submitted("k", outcome=out("k", "2"))]
+        await run_until_running(backend, "w", "u")
+        await backend.publish("w", "u", out("u", "1"))
+        await backend.complete("w", "u", out("u", "2"), cache=False)
+        assert await put(backend, "c", ["u"]) == [Submitted("u")]
+
+    async def test_publish_by_a_node_that_does_not_run_the_key_changes_nothing(
+        self, backend: StateBackend
+    ) -> None:
+        await put(backend, "c", ["k"], into="w")
+        assert await backend.publish("w", "k", out("k", "pending")) is False
+        await run_claimed(backend, "w", "k")
+        assert await backend.publish("w", "k", out("k", "done")) is False
+        await put(backend, "c", ["r"], into="w")
+        assert await backend.claim("w") is not None
+        assert await backend.publish("x", "r", out("r", "other")) is False
+        assert await backend.publish("w", "never", out("never")) is False
+        assert await backend.take_notifications("c", self.patience) == [Notification("k", out("k"))]
+        assert await backend.take_notifications("c", 0.05) == []
+        assert await put(backend, "c2", ["r"], into="d") == [Submitted("r")]
+
     # -- waiting for work -------------------------------------------------------------------------
 
     async def test_wait_for_work_returns_at_once_after_a_push(self, backend: StateBackend) -> None:

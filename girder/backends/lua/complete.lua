@@ -61,7 +61,7 @@ local function complete(key, outcome, cache)
   end
   if cache then
     call('HSET', record, F_STATUS, DONE, F_OUTCOME, outcome)
-    call('HDEL', record, F_OWNER, F_CRASHES)
+    call('HDEL', record, F_OWNER, F_CRASHES, F_PARTIAL)
     call('INCR', K_CACHED)
   else
     redis.call('DEL', record)

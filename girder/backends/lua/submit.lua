@@ -1,6 +1,7 @@
 -- submit(token, low, again, node, into, on_top, waiter, dispatch, claim, job, key1, payload1, ...)
 -- -> {results, claimed}: per request, {SUBMITTED_DONE, outcome} when done, {SUBMITTED_CYCLE,
--- waiter, cycle...} when the wait edge closed a cycle, else {SUBMITTED_QUEUED}; then up to
+-- waiter, cycle...} when the wait edge closed a cycle, else {SUBMITTED_QUEUED} followed by the
+-- latest partial outcome when the key has one (see publish.lua); then up to
 -- `claim` requests claimed for node, {key1, payload1, ...}. Journaled (a repeat would queue
 -- the keys twice).
 
@@ -64,7 +65,7 @@ end
 local results, pushed = {}, {}
 for i = FIRST_REQUESTS, #ARGV, 2 do
   local key = ARGV[i]
-  local state = read_record(key, F_STATUS, F_OUTCOME, F_OWNER)
+  local state = read_record(key, F_STATUS, F_OUTCOME, F_OWNER, F_PARTIAL)
   if state[1] == DONE and state[2] then
     results[#results + 1] = {SUBMITTED_DONE, state[2]}
   else
@@ -72,7 +73,7 @@ for i = FIRST_REQUESTS, #ARGV, 2 do
       pushed[#pushed + 1] = key
     end
     call('SADD', k_waiters(key), node)
-    local result = {SUBMITTED_QUEUED}
+    local result = {SUBMITTED_QUEUED, state[4]}
     if not has_waiter and job ~= '' then
       call('SADD', k_roots(key), job)
       call('SADD', k_job_roots(job), key)
