@@ -6,6 +6,10 @@ Every function takes a `tag` so that each measured run uses keys that nothing ha
 
 from __future__ import annotations
 
+import asyncio
+import os
+import time
+
 import girder
 
 
@@ -34,3 +38,26 @@ async def chain(n: int, tag: str) -> int:
         return 0
     (below,) = await girder.call_reentrant([(chain, n - 1, tag)])
     return int(below) + 1
+
+
+def _write(path: str, text: str) -> None:
+    with open(path, "w") as file:
+        file.write(text)
+
+
+@girder.function
+async def sleepy(depth: int, fanout: int, index: int, tag: str, folder: str) -> int:
+    """A tree whose `fanout ** depth` leaves sleep ten minutes (`benchmarks/cancel.py`). Every
+    coroutine writes `<folder>/stop-<depth>-<index>` holding `time.time()` when it stops, and
+    leaves write `start-<index>` when they start."""
+    try:
+        if depth == 0:
+            _write(os.path.join(folder, f"start-{index}"), "")
+            await asyncio.sleep(600)
+            return 1
+        children = [
+            (sleepy, depth - 1, fanout, index * fanout + i, tag, folder) for i in range(fanout)
+        ]
+        return sum(await girder.call_reentrant(children))
+    finally:
+        _write(os.path.join(folder, f"stop-{depth}-{index}"), repr(time.time()))
