@@ -63,7 +63,7 @@ from girder.backends.redis_keys import (
 )
 from girder.backends.redis_scripts import (
     MAX_SCRIPT_BYTES,
-    MAX_SCRIPT_KEYS,
+    MAX_SUBMIT_KEYS,
     SUBMITTED_CYCLE,
     SUBMITTED_DONE,
     Script,
@@ -395,7 +395,7 @@ class RedisBackend:
         claim: int = 0,
         job: str | None = None,
     ) -> tuple[list[Submitted], list[Claimed]]:
-        """One script call per `MAX_SCRIPT_KEYS` requests or `MAX_SCRIPT_BYTES` of payloads
+        """One script call per `MAX_SUBMIT_KEYS` requests or `MAX_SCRIPT_BYTES` of payloads
         (so none holds Redis for long, nor needs much memory at once); the first claims.
         Chunks go in order: a waiter's cycle check sees the edges of earlier chunks."""
         if not requests and not claim:
@@ -632,12 +632,12 @@ class RedisBackend:
 
 
 def _chunks(requests: Sequence[NewRequest]) -> Iterator[Sequence[NewRequest]]:
-    """`requests` in consecutive runs of at most `MAX_SCRIPT_KEYS` requests and, unless one
+    """`requests` in consecutive runs of at most `MAX_SUBMIT_KEYS` requests and, unless one
     request alone is larger, `MAX_SCRIPT_BYTES` of payloads (at least one run, maybe empty)."""
     start, size = 0, 0
     for index, request in enumerate(requests):
         if index > start and (
-            index - start == MAX_SCRIPT_KEYS or size + len(request.payload) > MAX_SCRIPT_BYTES
+            index - start == MAX_SUBMIT_KEYS or size + len(request.payload) > MAX_SCRIPT_BYTES
         ):
             yield requests[start:index]
             start, size = index, 0
