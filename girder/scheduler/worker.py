@@ -34,6 +34,7 @@ from girder.scheduler.baton import Baton
 from girder.scheduler.context import Evaluation, current_evaluation
 from girder.scheduler.node import Node, error_lines
 from girder.scheduler.outbox import Outbox
+from girder.scheduler.waiters import Batch
 from girder.security import resolve_allowed
 from girder.serialization import Outcome, RequestPayload
 
@@ -389,15 +390,54 @@ class Worker(Node):
             claim=1 if loop_is_next and not self._claimed else 0,
         )
         if not batch.future.done():
-            batch.on_ready = self.baton.reserve
-            evaluation.holds_baton = False
-            self.baton.release()
-            try:
-                await batch.future
-            except BaseException:  # cancelled: we hold no baton; give up any reservation
-                if batch.ready:
-                    self.baton.cancel_reservation()
-                raise
-            await self.baton.acquire_for_resume(reserved=True)
-            evaluation.holds_baton = True
+            await self._park(evaluation, batch)
         return self.raise_failures(evaluation.readable, requests, batch)
+
+    # -- several flows of one evaluation ----------------------------------------------------------
+    #
+    # A grid function may await several `call_reentrant` at once (`asyncio.gather`, a task group).
+    # The baton is the evaluation's: a flow that parks gives it up if the evaluation holds it (so a
+    # worker with one baton runs the sub-requests); a flow that resumes takes it back (waiting its
+    # turn) unless the evaluation already holds it; so it never holds two. While other flows stay
+    # parked, the baton goes back at the resumed flow's next suspension point: the evaluation may
+    # now only wait for those flows, and holding a baton for that could deadlock the worker.
+
+    async def _park(self, evaluation: Evaluation, batch: Batch) -> None:
+        """Wait for `batch` without the baton, then take the evaluation's baton back."""
+        batch.on_ready = self.baton.reserve
+        evaluation.parked += 1
+        self._pass_baton(evaluation)
+        try:
+            await batch.future
+        except BaseException:  # cancelled: we hold no baton; give up any reservation
+            evaluation.parked -= 1
+            if batch.ready:
+                self.baton.cancel_reservation()
+            raise
+        try:
+            await self._resume(evaluation)
+        finally:
+            evaluation.parked -= 1
+        if evaluation.parked and evaluation.holds_baton:
+            asyncio.get_running_loop().call_soon(self._baton_back_if_parked, evaluation)
+
+    async def _resume(self, evaluation: Evaluation) -> None:
+        """Turn this flow's reservation into the evaluation's baton, or give it up when the
+        evaluation holds the baton already (a sibling flow took it back)."""
+        lock = evaluation.resuming = evaluation.resuming or asyncio.Lock()
+        reserved = True
+        try:
+            async with lock:
+                if evaluation.holds_baton:
+                    return
+                reserved = False
+                await self.baton.acquire_for_resume(reserved=True)
+                evaluation.holds_baton = True
+        finally:
+            if reserved:
+                self.baton.cancel_reservation()
+
+    def _baton_back_if_parked(self, evaluation: Evaluation) -> None:
+        """After a resumed flow's step: pass the baton on if sibling flows are still parked."""
+        if evaluation.parked:
+            self._pass_baton(evaluation)
