@@ -129,8 +129,9 @@ class Grid:
         await self.backend.close()
 
     async def call(self, fn: Any, /, *args: Any, **kwargs: Any) -> Any:
-        """Run one request; return its value or raise `RequestError`."""
-        return await self._call_one(Request(fn, *args, **kwargs))
+        """Run one request; return its value or raise `RequestError`. `fn` may be a `Request`
+        (alone), e.g. one routed to another pool."""
+        return await self._call_one(_one_request(fn, args, kwargs))
 
     async def call_all(self, requests: Iterable[Any]) -> list[Any]:
         """Run many requests at once; their values in order, or `RequestError` with every
@@ -138,8 +139,9 @@ class Grid:
         return await self.client.values([as_request(item) for item in requests])
 
     def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> Handle:
-        """Start one request and return a handle at once; await the handle for the value."""
-        request = Request(fn, *args, **kwargs)
+        """Start one request and return a handle at once; await the handle for the value. `fn`
+        may be a `Request` (alone), as in `call`."""
+        request = _one_request(fn, args, kwargs)
         job = self.client.new_job()
         task = asyncio.ensure_future(self._call_one(request, job))
         self._handles.add(task)
@@ -155,3 +157,15 @@ class Grid:
     async def _call_one(self, request: Request, job: str | None = None) -> Any:
         (outcome,) = await self.client.run([request], job)
         return outcome.unwrap()
+
+
+def _one_request(fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Request:
+    """The request of `call(fn, *args, **kwargs)`: `fn` itself if it is a `Request`; else every
+    keyword argument is the function's (`pool` too: only `Request` reserves it)."""
+    if isinstance(fn, Request):
+        if args or kwargs:
+            raise TypeError("a Request takes its arguments itself, not call(request, ...)")
+        return fn
+    request = Request(fn, *args)
+    request.kwargs = kwargs
+    return request

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import girder
 
@@ -71,3 +72,36 @@ async def route_to(pool: str, n: int) -> dict[str, object]:
         [girder.Request(where, n, pool=pool), girder.Request(where, n + 1)]
     )
     return {"self": girder.current_node(), "routed": routed, "local": local}
+
+
+@girder.function
+def named_pool(pool: str) -> str:
+    """A function with its own argument called `pool`."""
+    return pool
+
+
+@girder.function
+async def needs_itself_in(pool: str) -> None:
+    """Needs its own result, routed to `pool`: a cycle across pools."""
+    await girder.call_reentrant([girder.Request(needs_itself_in, pool, pool=pool)])
+
+
+@girder.function
+async def sleeps_in(directory: str) -> None:
+    """Marks where it starts and that it stopped; sleeps long enough to be cancelled."""
+    node = girder.current_node()
+    _mark(directory, f"start-{node}")
+    try:
+        await asyncio.sleep(60)
+    finally:
+        _mark(directory, f"stop-{node}")
+
+
+def _mark(directory: str, name: str) -> None:
+    Path(directory, name).touch()
+
+
+@girder.function
+async def waits_for(pool: str, directory: str) -> None:
+    """Waits for `sleeps_in` routed to `pool`."""
+    await girder.call_reentrant([girder.Request(sleeps_in, directory, pool=pool)])

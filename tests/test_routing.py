@@ -3,15 +3,26 @@ On the embedded grid and on Redis with worker processes."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from processes import FAST_RECOVERY, GridProcesses, wait_for_nodes
-from routingfns import gather_two, most_at_once, task_group
+from processes import FAST_RECOVERY, GridProcesses, wait_for_nodes, wait_until
+from routingfns import (
+    gather_two,
+    most_at_once,
+    named_pool,
+    needs_itself_in,
+    route_to,
+    task_group,
+    waits_for,
+    where,
+)
 
 import girder
+from girder.config import load_settings
 
 OPTIONS: dict[str, Any] = {
     key.removeprefix("GIRDER_").lower(): float(value) for key, value in FAST_RECOVERY.items()
@@ -61,3 +72,99 @@ async def test_flows_of_a_task_group_park_and_resume_in_any_order(one_baton: gir
     await one_baton.call(most_at_once)
     assert await one_baton.call(task_group, "t", 3) == ["t0t+0", "t1t+1", "t2t+2"]
     assert await one_baton.call(most_at_once) == 1
+
+
+# -- routed requests ------------------------------------------------------------------------------
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def two_pools(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[girder.Grid]:
+    """Pools `a` (workers a1, a2) and `b` (worker b1), and a client of pool `a`.
+
+    On memory, two `Grid`s on one backend object: each hosts one pool (`Grid.local` hosts one)."""
+    if request.param == "memory":
+        pool_a = girder.Grid(load_settings(pool="a", workers=2), local_workers=2)
+        pool_b = girder.Grid(
+            load_settings(pool="b", workers=1), local_workers=1, backend=pool_a.backend
+        )
+        async with pool_b, pool_a:
+            yield pool_a
+        return
+    redis_url: str = request.getfixturevalue("redis_url")
+    (tmp_path / "logs").mkdir()
+    procs = GridProcesses(redis_url, tmp_path / "logs")
+    try:
+        procs.distributor("a")
+        procs.distributor("b")
+        for name, pool in [("a-w1", "a"), ("a-w2", "a"), ("b-w1", "b")]:
+            procs.worker(name, pool, "--import", "routingfns")
+        await wait_for_nodes(redis_url, workers=3, distributors=2)
+        async with girder.Grid.connect(redis_url, pool="a", **OPTIONS) as client:
+            yield client
+    finally:
+        procs.stop_all()
+
+
+POOL_A = {"a-w1", "a-w2"}
+
+
+async def test_a_routed_sub_request_runs_only_in_its_pool(two_pools: girder.Grid) -> None:
+    answers = await two_pools.call_all([(route_to, "b", 10 * n) for n in range(6)])
+    for n, answer in enumerate(answers):
+        assert answer["self"] in POOL_A
+        assert answer["routed"] == (10 * n, "b-w1")
+        assert answer["local"][0] == 10 * n + 1
+        assert answer["local"][1] in POOL_A
+
+
+async def test_a_client_routes_top_level_requests(two_pools: girder.Grid) -> None:
+    assert await two_pools.call(girder.Request(where, 1, pool="b")) == (1, "b-w1")
+    assert await two_pools.submit(girder.Request(where, 2, pool="b")) == (2, "b-w1")
+    mixed = await two_pools.call_all([girder.Request(where, 3, pool="b"), (where, 4)])
+    assert mixed[0] == (3, "b-w1")
+    assert mixed[1][1] in POOL_A
+
+
+async def test_the_pool_is_not_part_of_the_key(two_pools: girder.Grid) -> None:
+    routed = girder.Request(where, 5, pool="b")
+    assert routed.key == girder.Request(where, 5).key == girder.Request(where, 5).to("b").key
+    assert await two_pools.call(routed) == (5, "b-w1")
+    assert await two_pools.call(where, 5) == (5, "b-w1")  # a result is a result: cached
+
+
+async def test_pool_is_reserved_by_request_only() -> None:
+    routed = girder.Request(named_pool, pool="b")
+    assert routed.pool == "b"
+    assert routed.kwargs == {}
+    assert girder.Request(named_pool, "mine").to("b").pool == "b"
+    async with girder.Grid.local(workers=1) as grid:
+        # `grid.call` gives every keyword argument to the function, `pool` too.
+        assert await grid.call(named_pool, pool="mine") == "mine"
+        assert await grid.call(girder.Request(named_pool, "mine")) == "mine"
+        with pytest.raises(TypeError, match="takes its arguments itself"):
+            await grid.call(girder.Request(named_pool), "mine")
+
+
+async def test_a_cycle_across_pools_is_an_error(two_pools: girder.Grid) -> None:
+    with pytest.raises(girder.RequestError, match="cycle"):
+        await two_pools.call(needs_itself_in, "b")
+
+
+async def test_cancelling_reaches_a_routed_sub_request(
+    two_pools: girder.Grid, tmp_path: Path
+) -> None:
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    handle = two_pools.submit(waits_for, "b", str(marks))
+
+    async def started() -> bool:
+        return (marks / "start-b-w1").exists()
+
+    async def stopped() -> bool:
+        return (marks / "stop-b-w1").exists()
+
+    await wait_until(started, what="the routed request to start in pool b")
+    assert handle.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await handle
+    await wait_until(stopped, what="the routed request to stop")
