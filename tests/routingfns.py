@@ -105,3 +105,20 @@ def _mark(directory: str, name: str) -> None:
 async def waits_for(pool: str, directory: str) -> None:
     """Waits for `sleeps_in` routed to `pool`."""
     await girder.call_reentrant([girder.Request(sleeps_in, directory, pool=pool)])
+
+
+left_behind: set[asyncio.Task[None]] = set()
+
+
+@girder.function(cache=False)
+async def leaves_a_flow_behind(tag: str) -> str:
+    """Returns while a flow it started still waits in `call_reentrant`."""
+
+    async def flow() -> None:
+        await girder.call_reentrant([(counted, tag, 0)])
+
+    task = asyncio.get_running_loop().create_task(flow())
+    left_behind.add(task)
+    task.add_done_callback(left_behind.discard)
+    await asyncio.sleep(0)  # the flow parks
+    return tag

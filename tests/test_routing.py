@@ -12,6 +12,7 @@ import pytest
 from processes import FAST_RECOVERY, GridProcesses, wait_for_nodes, wait_until
 from routingfns import (
     gather_two,
+    leaves_a_flow_behind,
     most_at_once,
     named_pool,
     needs_itself_in,
@@ -71,6 +72,14 @@ async def test_gathered_reentrant_calls_run_one_user_function_per_baton(
 async def test_flows_of_a_task_group_park_and_resume_in_any_order(one_baton: girder.Grid) -> None:
     await one_baton.call(most_at_once)
     assert await one_baton.call(task_group, "t", 3) == ["t0t+0", "t1t+1", "t2t+2"]
+    assert await one_baton.call(most_at_once) == 1
+
+
+async def test_a_flow_left_behind_keeps_no_baton(one_baton: girder.Grid) -> None:
+    assert await one_baton.call(leaves_a_flow_behind, "x") == "x"
+    # The flow resumes after its request finished; the worker still has its one baton.
+    after = await asyncio.wait_for(one_baton.call(gather_two, "y"), 30)  # no baton was lost
+    assert after == ["y0", "y1", "y2", "y3"]
     assert await one_baton.call(most_at_once) == 1
 
 

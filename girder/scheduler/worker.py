@@ -418,8 +418,8 @@ class Worker(Node):
             await self._resume(evaluation)
         finally:
             evaluation.parked -= 1
-        if evaluation.parked and evaluation.holds_baton:
-            asyncio.get_running_loop().call_soon(self._baton_back_if_parked, evaluation)
+        if evaluation.holds_baton and (evaluation.parked or evaluation.key not in self._running):
+            asyncio.get_running_loop().call_soon(self._baton_back_if_idle, evaluation)
 
     async def _resume(self, evaluation: Evaluation) -> None:
         """Turn this flow's reservation into the evaluation's baton, or give it up when the
@@ -437,7 +437,8 @@ class Worker(Node):
             if reserved:
                 self.baton.cancel_reservation()
 
-    def _baton_back_if_parked(self, evaluation: Evaluation) -> None:
-        """After a resumed flow's step: pass the baton on if sibling flows are still parked."""
-        if evaluation.parked:
+    def _baton_back_if_idle(self, evaluation: Evaluation) -> None:
+        """After a resumed flow's step: pass the baton on if sibling flows are still parked, or
+        if the evaluation has finished (a flow it left behind must not keep a baton)."""
+        if evaluation.parked or evaluation.key not in self._running:
             self._pass_baton(evaluation)
