@@ -122,3 +122,22 @@ async def leaves_a_flow_behind(tag: str) -> str:
     task.add_done_callback(left_behind.discard)
     await asyncio.sleep(0)  # the flow parks
     return tag
+
+
+@girder.function
+async def sleeper(directory: str, index: int) -> None:
+    """Marks its start and its stop; sleeps long enough to be cancelled."""
+    _mark(directory, f"start-{index}")
+    try:
+        await asyncio.sleep(60)
+    finally:
+        _mark(directory, f"stop-{index}")
+
+
+@girder.function
+async def gather_sleepers(directory: str) -> None:
+    """Two flows, each parked on a sleeper."""
+    await asyncio.gather(
+        girder.call_reentrant([(sleeper, directory, 0)]),
+        girder.call_reentrant([(sleeper, directory, 1)]),
+    )

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from processes import FAST_RECOVERY, GridProcesses, wait_for_nodes, wait_until
 from routingfns import (
+    gather_sleepers,
     gather_two,
     leaves_a_flow_behind,
     most_at_once,
@@ -81,6 +82,47 @@ async def test_a_flow_left_behind_keeps_no_baton(one_baton: girder.Grid) -> None
     after = await asyncio.wait_for(one_baton.call(gather_two, "y"), 30)  # no baton was lost
     assert after == ["y0", "y1", "y2", "y3"]
     assert await one_baton.call(most_at_once) == 1
+
+
+async def test_cancelling_a_request_with_two_parked_flows_loses_no_baton(
+    one_baton: girder.Grid, tmp_path: Path
+) -> None:
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    handle = one_baton.submit(gather_sleepers, str(marks))
+
+    async def started() -> bool:
+        return any(marks.glob("start-*"))
+
+    await wait_until(started, what="a sleeper to start")
+    assert handle.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await handle
+
+    async def stopped() -> bool:
+        return {p.name[5:] for p in marks.glob("stop-*")} == {
+            p.name[6:] for p in marks.glob("start-*")
+        }
+
+    await wait_until(stopped, what="the started sleeper to stop")
+    assert len(list(marks.glob("start-*"))) == 1  # one baton: the other never started
+    after = await asyncio.wait_for(one_baton.call(gather_two, "z"), 30)
+    assert after == ["z0", "z1", "z2", "z3"]
+    assert await one_baton.call(most_at_once) == 1
+
+
+async def test_two_batons_two_flows(tmp_path: Path) -> None:
+    """With two batons, an evaluation with two parked flows still holds at most one."""
+    async with girder.Grid.local(workers=1, concurrency=2) as grid:
+        await grid.call(most_at_once)
+        assert await grid.call(gather_two, "k") == ["k0", "k1", "k2", "k3"]
+        assert await grid.call(most_at_once) == 2
+        baton = grid.workers[0].baton
+        assert baton.try_acquire_for_work()
+        assert baton.try_acquire_for_work()
+        assert not baton.try_acquire_for_work()
+        baton.release()
+        baton.release()
 
 
 # -- routed requests ------------------------------------------------------------------------------
