@@ -379,8 +379,13 @@ class Worker(Node):
 
     async def reentrant(self, evaluation: Evaluation, requests: list[Request]) -> list[Any]:
         """`call_reentrant` inside `evaluation`: push, pass the baton, park, take it back."""
-        # When the worker loop gets the baton next, claim its next request in the same step.
-        loop_is_next = self.baton.idle_after_release() and self.baton.worker_waiting()
+        # When the worker loop gets the baton next, claim its next request in the same step
+        # (not when a sibling flow gave the evaluation's baton up already: nothing passes now).
+        loop_is_next = (
+            evaluation.holds_baton
+            and self.baton.idle_after_release()
+            and self.baton.worker_waiting()
+        )
         batch = await self.request(
             requests,
             job=evaluation.job,
