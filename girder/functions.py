@@ -190,8 +190,8 @@ class Request:
 
     def to(self, pool: str | None) -> Request:
         """The same request routed to `pool` (None: the caller's own)."""
-        routed = Request(self.function, *self.args, **self.kwargs)
-        routed.pool = pool
+        routed = Request(self.function, *self.args, pool=pool)
+        routed.kwargs = self.kwargs  # as they are: a function's own `pool` stays its argument
         routed._key = self._key
         return routed
 

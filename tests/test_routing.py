@@ -192,6 +192,11 @@ async def test_pool_is_reserved_by_request_only() -> None:
         # `grid.call` gives every keyword argument to the function, `pool` too.
         assert await grid.call(named_pool, pool="mine") == "mine"
         assert await grid.call(girder.Request(named_pool, "mine")) == "mine"
+        # `to` keeps the function's own `pool` argument (from `grid.submit`'s request).
+        handle = grid.submit(named_pool, pool="its own")
+        assert handle.request.to(None).kwargs == {"pool": "its own"}
+        assert await grid.call(handle.request.to(None)) == "its own"
+        assert await handle == "its own"
         with pytest.raises(TypeError, match="takes its arguments itself"):
             await grid.call(girder.Request(named_pool), "mine")
 
