@@ -186,15 +186,33 @@ def readable_call(name: str, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -
 
 class Request:
     """One request: a grid function and its arguments. `(fn, *args)` is accepted wherever a
-    `Request` is."""
+    `Request` is.
 
-    __slots__ = ("_key", "args", "function", "kwargs")
+    `pool` routes the request to the named pool's distributor instead of the caller's own
+    (single-purpose workers): a client's request goes to that pool's queue, and a sub-request
+    of `call_reentrant` too instead of the worker's own stack. The keyword is reserved: pass a
+    function's own argument called `pool` positionally. The pool is not part of the key: the
+    same request has the same result wherever it runs.
+    """
 
-    def __init__(self, function: Any, /, *args: Any, **kwargs: Any) -> None:
+    __slots__ = ("_key", "args", "function", "kwargs", "pool")
+
+    def __init__(
+        self, function: Any, /, *args: Any, pool: str | None = None, **kwargs: Any
+    ) -> None:
         self.function: GridFunction[..., Any] = as_grid_function(function)
         self.args = args
         self.kwargs: Mapping[str, Any] = kwargs
+        self.pool = pool
+        """The pool it is routed to; None: the caller's own."""
         self._key: str | None = None
+
+    def to(self, pool: str | None) -> Request:
+        """The same request routed to `pool` (None: the caller's own)."""
+        routed = Request(self.function, *self.args, pool=pool)
+        routed.kwargs = self.kwargs  # as they are: a function's own `pool` stays its argument
+        routed._key = self._key
+        return routed
 
     @property
     def key(self) -> str:
@@ -209,7 +227,8 @@ class Request:
         return readable_call(self.function.short_name, self.args, self.kwargs)
 
     def __repr__(self) -> str:
-        return f"Request({self.readable()})"
+        routed = "" if self.pool is None else f", pool={self.pool!r}"
+        return f"Request({self.readable()}{routed})"
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Request) and self.key == other.key

@@ -132,14 +132,14 @@ class Grid:
     async def call(
         self, fn: Any, /, *args: Any, timeout: float | None = None, **kwargs: Any
     ) -> Any:
-        """Run one request; return its value or raise `RequestError`.
+        """Run one request; return its value or raise `RequestError`. `fn` may be a `Request`
+        (alone), e.g. one routed to another pool.
 
         With `timeout`, a request that has no answer after that many seconds fails with a
         `RequestError` of kind "timeout", and its job is cancelled (what nothing else needs
         stops). `timeout` is girder's: pass a function's own `timeout` argument through
         `grid.call(girder.Request(fn, timeout=...))`."""
-        request = fn if isinstance(fn, Request) and not args and not kwargs else None
-        request = request or Request(fn, *args, **kwargs)
+        request = _one_request(fn, args, kwargs)
         if timeout is None:
             return await self._call_one(request)
         scope = asyncio.timeout(timeout)
@@ -169,8 +169,9 @@ class Grid:
         return self.client.stream(Request(fn, *args, **kwargs))
 
     def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> Handle:
-        """Start one request and return a handle at once; await the handle for the value."""
-        request = Request(fn, *args, **kwargs)
+        """Start one request and return a handle at once; await the handle for the value. `fn`
+        may be a `Request` (alone), as in `call`."""
+        request = _one_request(fn, args, kwargs)
         job = self.client.new_job()
         task = asyncio.ensure_future(self._call_one(request, job))
         self._handles.add(task)
@@ -186,3 +187,15 @@ class Grid:
     async def _call_one(self, request: Request, job: str | None = None) -> Any:
         (outcome,) = await self.client.run([request], job)
         return outcome.unwrap()
+
+
+def _one_request(fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Request:
+    """The request of `call(fn, *args, **kwargs)`: `fn` itself if it is a `Request`; else every
+    keyword argument is the function's (`pool` too: only `Request` reserves it)."""
+    if isinstance(fn, Request):
+        if args or kwargs:
+            raise TypeError("a Request takes its arguments itself, not call(request, ...)")
+        return fn
+    request = Request(fn, *args)
+    request.kwargs = kwargs
+    return request

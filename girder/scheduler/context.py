@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 from collections.abc import AsyncIterator, Iterable
 from contextvars import ContextVar
@@ -23,7 +24,11 @@ class ReentrantHost(Protocol):
 
 @dataclass(slots=True)
 class Evaluation:
-    """One running request: where it runs, its key and job, and whether it holds a baton."""
+    """One running request: where it runs, its key and job, and its baton.
+
+    The baton is the evaluation's, not one flow's: however many of its flows (`asyncio.gather`,
+    a task group) park in `call_reentrant` at once, it holds at most one (see `Worker.reentrant`).
+    """
 
     host: ReentrantHost
     key: str
@@ -34,6 +39,10 @@ class Evaluation:
     holds_baton: bool = True
     answers: int = 0
     """How many answers a streaming function has yielded so far."""
+    parked: int = 0
+    """How many of its flows wait in `call_reentrant` now."""
+    resuming: asyncio.Lock | None = None
+    """Taken by a flow that takes the baton back, so that two flows never take two."""
 
     def readable(self) -> str:
         return readable_call(self.name, self.args, self.kwargs)

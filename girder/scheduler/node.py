@@ -355,14 +355,17 @@ class Node:
                 self.log.warning("request rejected", request=readable, error=str(exc))
                 continue
             root_of = job if waiter_key is None else None
+            target = into if request.pool is None else request.pool  # routed: bottom of its queue
+            top = on_top and target == into
             submission = Submission(
-                NewRequest(key, data), into, on_top, waiter_key, root_of, request
+                NewRequest(key, data), target, top, waiter_key, root_of, request
             )
             if not payload.kwargs and all(type(arg) in SCALARS for arg in payload.args):
                 submission.local = (payload, request.function)
             self.waiters.watch(submission, batch, index)
             fresh.setdefault(key, submission)
-        cycle = await self._submit_and_route(list(fresh.values()), same_target=True, claim=claim)
+        same = all(submission.into == into for submission in fresh.values())
+        cycle = await self._submit_and_route(list(fresh.values()), same_target=same, claim=claim)
         if cycle is not None and waiter is not None:
             names = await self.readables(cycle)
             raise RequestError(
@@ -386,6 +389,7 @@ class Node:
         if not submissions:
             return None
         groups = [submissions] if same_target else _by_target(submissions)
+        groups.sort(key=lambda group: group[0].into != self.id)  # own stack first: it claims
         cycle: tuple[str, ...] | None = None
         for group in groups:
             found = await self._submit_group(group, claim)

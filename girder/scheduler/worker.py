@@ -34,7 +34,7 @@ from girder.scheduler.baton import Baton
 from girder.scheduler.context import Evaluation, current_evaluation
 from girder.scheduler.node import Node, error_lines
 from girder.scheduler.outbox import Outbox
-from girder.scheduler.waiters import Feed
+from girder.scheduler.waiters import Batch, Feed
 from girder.security import resolve_allowed
 from girder.serialization import Outcome, RequestPayload
 from girder.watchdog import WatchPipe
@@ -431,8 +431,13 @@ class Worker(Node):
 
     async def reentrant(self, evaluation: Evaluation, requests: list[Request]) -> list[Any]:
         """`call_reentrant` inside `evaluation`: push, pass the baton, park, take it back."""
-        # When the worker loop gets the baton next, claim its next request in the same step.
-        loop_is_next = self.baton.idle_after_release() and self.baton.worker_waiting()
+        # When the worker loop gets the baton next, claim its next request in the same step
+        # (not when a sibling flow gave the evaluation's baton up already: nothing passes now).
+        loop_is_next = (
+            evaluation.holds_baton
+            and self.baton.idle_after_release()
+            and self.baton.worker_waiting()
+        )
         batch = await self.request(
             requests,
             job=evaluation.job,
@@ -442,17 +447,7 @@ class Worker(Node):
             claim=1 if loop_is_next and not self._claimed else 0,
         )
         if not batch.future.done():
-            batch.on_ready = self.baton.reserve
-            evaluation.holds_baton = False
-            self.baton.release()
-            try:
-                await batch.future
-            except BaseException:  # cancelled: we hold no baton; give up any reservation
-                if batch.ready:
-                    self.baton.cancel_reservation()
-                raise
-            await self.baton.acquire_for_resume(reserved=True)
-            evaluation.holds_baton = True
+            await self._park(evaluation, batch)
         return self.raise_failures(evaluation.readable, requests, batch)
 
     async def stream(self, evaluation: Evaluation, request: Request) -> AsyncIterator[Any]:
@@ -460,7 +455,11 @@ class Worker(Node):
         park until each answer comes (passing the baton), and take the baton back for it."""
         assert self._loop is not None, "node not started"
         feed = Feed(self._loop)
-        loop_is_next = self.baton.idle_after_release() and self.baton.worker_waiting()
+        loop_is_next = (
+            evaluation.holds_baton
+            and self.baton.idle_after_release()
+            and self.baton.worker_waiting()
+        )
         await self.request(
             [request],
             job=evaluation.job,
@@ -481,21 +480,76 @@ class Worker(Node):
                 return
 
     async def _park_for(self, evaluation: Evaluation, feed: Feed) -> None:
-        """Pass the baton until `feed` has an answer, then take one back (reserved for this
-        evaluation the moment the answer arrives, as for a ready `call_reentrant`)."""
+        """Wait for `feed`'s next answer without the baton, then take the evaluation's baton
+        back (reserved the moment the answer arrives), as `_park` does for a batch."""
         feed.on_ready = self.baton.reserve
-        evaluation.holds_baton = False
-        self.baton.release()
+        evaluation.parked += 1
+        self._pass_baton(evaluation)
         try:
             await feed.wait()
         except BaseException:  # cancelled: we hold no baton; give up any reservation
+            evaluation.parked -= 1
             if feed.ready():
                 self.baton.cancel_reservation()
             raise
         finally:
             feed.on_ready = None
-        await self.baton.acquire_for_resume(reserved=True)
-        evaluation.holds_baton = True
+        try:
+            await self._resume(evaluation)
+        finally:
+            evaluation.parked -= 1
+        if evaluation.holds_baton and (evaluation.parked or evaluation.key not in self._running):
+            asyncio.get_running_loop().call_soon(self._baton_back_if_idle, evaluation)
+
+    # -- several flows of one evaluation ----------------------------------------------------------
+    #
+    # A grid function may await several `call_reentrant` at once (`asyncio.gather`, a task group).
+    # The baton is the evaluation's: a flow that parks gives it up if the evaluation holds it (so a
+    # worker with one baton runs the sub-requests); a flow that resumes takes it back (waiting its
+    # turn) unless the evaluation already holds it; so it never holds two. While other flows stay
+    # parked, the baton goes back at the resumed flow's next suspension point: the evaluation may
+    # now only wait for those flows, and holding a baton for that could deadlock the worker.
+
+    async def _park(self, evaluation: Evaluation, batch: Batch) -> None:
+        """Wait for `batch` without the baton, then take the evaluation's baton back."""
+        batch.on_ready = self.baton.reserve
+        evaluation.parked += 1
+        self._pass_baton(evaluation)
+        try:
+            await batch.future
+        except BaseException:  # cancelled: we hold no baton; give up any reservation
+            evaluation.parked -= 1
+            if batch.ready:
+                self.baton.cancel_reservation()
+            raise
+        try:
+            await self._resume(evaluation)
+        finally:
+            evaluation.parked -= 1
+        if evaluation.holds_baton and (evaluation.parked or evaluation.key not in self._running):
+            asyncio.get_running_loop().call_soon(self._baton_back_if_idle, evaluation)
+
+    async def _resume(self, evaluation: Evaluation) -> None:
+        """Turn this flow's reservation into the evaluation's baton, or give it up when the
+        evaluation holds the baton already (a sibling flow took it back)."""
+        lock = evaluation.resuming = evaluation.resuming or asyncio.Lock()
+        reserved = True
+        try:
+            async with lock:
+                if evaluation.holds_baton:
+                    return
+                reserved = False
+                await self.baton.acquire_for_resume(reserved=True)
+                evaluation.holds_baton = True
+        finally:
+            if reserved:
+                self.baton.cancel_reservation()
+
+    def _baton_back_if_idle(self, evaluation: Evaluation) -> None:
+        """After a resumed flow's step: pass the baton on if sibling flows are still parked, or
+        if the evaluation has finished (a flow it left behind must not keep a baton)."""
+        if evaluation.parked or evaluation.key not in self._running:
+            self._pass_baton(evaluation)
 
 
 class _OverLimit(Exception):
