@@ -169,7 +169,7 @@ async def test_a_second_client_process_cancels_by_job_id(
                 timeout=60,
                 check=True,
             )
-            assert int(done.stdout) >= 3
+            assert int(done.stdout) == 0  # another client's job: its own client cancels it
             with pytest.raises(girder.Cancelled):
                 await asyncio.wait_for(handle, 30)
             await _every_started_leaf_stops(marks)

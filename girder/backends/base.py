@@ -17,7 +17,7 @@ The state, per backend:
 - a **volunteer queue** per distributor (first in, first out, no duplicates).
 - the **waiters** of each key (node ids) and a per-node **inbox** of notifications.
 - the **wait-for graph** between request keys, for cycle detection and cancellation, and the
-  **roots** of each job: the keys a client submitted for it at the top level.
+  **roots** of each key: the jobs whose client submitted it at the top level.
 - **membership**: each node's kind, its distributor, and a heartbeat lease.
 
 A node id names one worker, distributor or client, unique across the grid.
@@ -353,20 +353,33 @@ class StateBackend(Protocol):
         """The stored payloads of `keys` (None for a key without a record)."""
         ...
 
-    async def cancel(self, node: str, job: str, *, below: str | None = None) -> Cancelling:
+    async def cancel(
+        self,
+        node: str,
+        job: str,
+        *,
+        roots: Sequence[str] = (),
+        below: str | None = None,
+    ) -> Cancelling:
         """One step of cancelling `job` (repeat until nothing `remaining`), on behalf of `node`.
 
-        With `below`, what is cancelled is not a job but what the request `below` waits for (it
-        ran out of time): `job` then only names the cancellation. Atomically: the first step
-        forgets the job's roots (or `below`'s wait edges, and looks at the keys they led to).
-        Then each key that no job roots and
-        no key waits for any more is cancelled: its wait edges to the keys it waits for are
-        deleted (those keys are looked at in turn), and if it is pending (never started) its
-        record is deleted and each of its waiters gets a cancellation `Notification`; if it runs,
+        `roots` are the keys the job submitted at the top level (its client keeps them). With
+        `below`, what is cancelled is not a job but what the request `below` waits for (it ran
+        out of time): `job` then only names the cancellation. Atomically: the first step removes
+        `job` from the roots of `roots` (or `below`'s wait edges) and looks at those keys. Then
+        each key that no job roots and no key waits for any more is cancelled: its wait edges to
+        the keys it waits for are deleted (those keys are looked at in turn), and if it is
+        pending (never started) its record is deleted and each of its waiters gets a
+        cancellation `Notification`; if it runs,
         its owner gets one (and completes the key with a `Cancelled` error, never cached). Keys
         that are done, or still needed by another job or a waiting key, are left alone. A step
         looks at a bounded number of keys; repeating a finished cancellation changes nothing.
         """
+        ...
+
+    async def ask_to_cancel(self, owner: str, job: str) -> bool:
+        """Ask the client `owner` (whose job `job` is) to cancel it: a cancellation notice with
+        an empty key in its inbox. False (nothing sent) when `owner` is not registered."""
         ...
 
     # -- distribution -----------------------------------------------------------------------------

@@ -96,7 +96,6 @@ class MemoryBackend:
         self._members: dict[str, _Member] = {}
         self._clock = 0
         self._roots: dict[str, set[str]] = {}  # key -> jobs that submitted it at the top level
-        self._job_roots: dict[str, set[str]] = {}  # job -> its top-level keys
         self._departed: set[str] = set()
 
     async def connect(self) -> None:
@@ -141,14 +140,6 @@ class MemoryBackend:
             targets = self._waits.get(waiter)
             if targets is not None:
                 targets.discard(key)
-
-    def _drop_roots(self, key: str) -> None:
-        for job in self._roots.pop(key, ()):
-            keys = self._job_roots.get(job)
-            if keys is not None:
-                keys.discard(key)
-                if not keys:
-                    del self._job_roots[job]
 
     def _cycle_from(self, start: str, target: str) -> tuple[str, ...] | None:
         """A path start -> ... -> target along wait edges (breadth first), or None."""
@@ -238,7 +229,6 @@ class MemoryBackend:
             cycle = None
             if waiter_key is None and job is not None:
                 self._roots.setdefault(key, set()).add(job)
-                self._job_roots.setdefault(job, set()).add(key)
             if waiter_key is not None:
                 self._waits.setdefault(waiter_key, set()).add(key)
                 self._waited_by.setdefault(key, set()).add(waiter_key)
@@ -339,7 +329,7 @@ class MemoryBackend:
         if key in self._outcomes or (record is not None and record.owner not in (None, node)):
             return  # done, or a late completion of a key that now runs elsewhere
         self._drop_wait_edges(key)
-        self._drop_roots(key)
+        self._roots.pop(key, None)
         if record is None:
             return
         del self._records[key]
@@ -402,9 +392,16 @@ class MemoryBackend:
             return record.payload
         return self._done_payloads.get(key)
 
-    async def cancel(self, node: str, job: str, *, below: str | None = None) -> Cancelling:
+    async def cancel(
+        self,
+        node: str,
+        job: str,
+        *,
+        roots: Sequence[str] = (),
+        below: str | None = None,
+    ) -> Cancelling:
         if below is None:
-            frontier = list(self._job_roots.pop(job, ()))
+            frontier = list(roots)
             for key in frontier:
                 self._roots.get(key, set()).discard(job)
         else:
@@ -430,6 +427,12 @@ class MemoryBackend:
                         self._post(waiter, notice)
             cancelled.append(key)
         return Cancelling(tuple(cancelled), 0)
+
+    async def ask_to_cancel(self, owner: str, job: str) -> bool:
+        if owner not in self._members:
+            return False
+        self._post(owner, Notification("", b"", cancelled_by=job))
+        return True
 
     def _post(self, node: str, notification: Notification) -> None:
         self._inbox.setdefault(node, []).append(notification)
@@ -460,10 +463,8 @@ class MemoryBackend:
             return []
         share = -(-len(work) // len(volunteers)) if even_share else 1
         handed: list[Assignment] = []
-        now = time.monotonic()
         while volunteers and work:
-            member = self._members.get(volunteers[0])
-            if member is None or member.expires < now:
+            if volunteers[0] not in self._members:
                 volunteers.popleft()  # gone, or never a node: it gets nothing
                 continue
             keys: list[str] = []

@@ -451,7 +451,7 @@ class RedisBackend:
         an entry (moving it to `taken`), then take the rest of the inbox the same way. An
         attempt whose reply was lost is not trusted: the next one puts `taken` back first."""
 
-        async def attempt() -> list[Any]:
+        async def attempt(repaired: bool = False) -> list[Any]:
             received = node in self._received
             self._received.discard(node)
             commands = [self._call("acknowledge", node, int(received))]
@@ -465,6 +465,9 @@ class RedisBackend:
                 replies = await self._redis.pipeline(commands)
             for reply in replies:
                 if isinstance(reply, ReplyError):
+                    if timeout > 0 and reply is replies[1] and not repaired:
+                        await self._repair(self._keys.inbox(node), reply)  # garbage: deleted
+                        return await attempt(repaired=True)
                     raise reply
             return replies
 
@@ -533,9 +536,21 @@ class RedisBackend:
         # A record of the wrong type has no payload to show.
         return [None if isinstance(reply, ReplyError) else reply for reply in replies]
 
-    async def cancel(self, node: str, job: str, *, below: str | None = None) -> Cancelling:
-        cancelled, remaining = await self._journaled("cancel", node, True, node, job, below or "")
+    async def cancel(
+        self,
+        node: str,
+        job: str,
+        *,
+        roots: Sequence[str] = (),
+        below: str | None = None,
+    ) -> Cancelling:
+        cancelled, remaining = await self._journaled(
+            "cancel", node, True, node, job, below or "", *roots
+        )
         return Cancelling(tuple(map(_text, cancelled)), remaining)
+
+    async def ask_to_cancel(self, owner: str, job: str) -> bool:
+        return bool(await self._run("ask_to_cancel", owner, job))
 
     # -- distribution -----------------------------------------------------------------------------
 

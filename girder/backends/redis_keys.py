@@ -14,7 +14,6 @@ Per request key:
     waitedby:<key>     set of keys waiting for this key (the same edges, reversed)
     roots:<key>        set of jobs that submitted this key at the top level
 Per job:
-    jobroots:<job>     set of the keys the job submitted at the top level (see roots:<key>)
     cancelling:<job>   list: the keys a cancellation of the job still has to look at
 Per node:
     work:<node>        list: the node's stack or queue; the right end is the top
@@ -71,7 +70,6 @@ NODE = "node:"
 MEMBERS = "members:"
 JOURNAL = "journal:"
 ROOTS = "roots:"
-JOB_ROOTS = "jobroots:"
 CANCELLING = "cancelling:"
 ORPHANS = "orphans:"
 LEASES = "leases"
@@ -113,7 +111,6 @@ _PER_ID = {
     "journal": JOURNAL,
     "orphans": ORPHANS,
     "roots": ROOTS,
-    "job_roots": JOB_ROOTS,
     "cancelling": CANCELLING,
 }
 _GLOBAL = {

@@ -109,7 +109,8 @@ SPECS = {
         ScriptSpec("leave", ("node",)),
         ScriptSpec("reap", ("reaper", "max_crashes"), journaled=True),
         ScriptSpec("reconcile", ("node",), rest="keep", journaled=True),
-        ScriptSpec("cancel", ("node", "job", "below"), journaled=True),
+        ScriptSpec("cancel", ("node", "job", "below"), rest="roots", journaled=True),
+        ScriptSpec("ask_to_cancel", ("owner", "job")),
         ScriptSpec("nodes"),
         ScriptSpec("members", ("distributor",)),
     )

@@ -22,10 +22,14 @@ class Client(Node):
     kind: ClassVar[NodeKind] = NodeKind.CLIENT
     _jobs = itertools.count()
     _cancelling: set[asyncio.Task[None]]
+    _roots: dict[str, list[str]]
 
     def __init__(self, backend: StateBackend, settings: Settings, **options: Any) -> None:
         super().__init__(backend, settings, **options)
         self._cancelling = set()
+        self._roots = {}
+        """The keys each job under way submitted at the top level (what cancelling it lets go
+        of): a client keeps its jobs' roots, the backend only each key's jobs."""
 
     def refused(self, error: BackendFull) -> None:
         """The backend refuses writes: no outcome can reach this client, so every call it
@@ -53,12 +57,15 @@ class Client(Node):
         """Submit the job and wait for it. If the waiting task is cancelled (`task.cancel()`,
         `asyncio.timeout`, a cancel scope), the job is cancelled on the grid too, in the
         background: the caller sees its `CancelledError` at once."""
-        batch = await self.request(requests, job=job, into=self.settings.pool, on_top=False)
+        self._roots[job] = [request.key for request in requests]
         try:
+            batch = await self.request(requests, job=job, into=self.settings.pool, on_top=False)
             await batch.future
         except asyncio.CancelledError:
             self._cancel_soon(job)
             raise
+        finally:
+            self._roots.pop(job, None)
         return batch
 
     async def stream(self, request: Request) -> AsyncIterator[Any]:
@@ -69,6 +76,7 @@ class Client(Node):
         job = self.new_job()
         feed = Feed(self._loop)
         finished = False
+        self._roots[job] = [request.key]
         try:
             await self.request([request], job=job, into=self.settings.pool, on_top=False, feed=feed)
             while not finished:
@@ -80,29 +88,50 @@ class Client(Node):
         finally:
             if not finished:
                 self._cancel_soon(job)
+            else:
+                self._roots.pop(job, None)
 
     def _cancel_soon(self, job: str) -> None:
-        task = asyncio.get_running_loop().create_task(self._cancel_quietly(job))
+        roots = self._roots.pop(job, [])
+        task = asyncio.get_running_loop().create_task(self._cancel_quietly(job, roots))
         self._cancelling.add(task)
         task.add_done_callback(self._cancelling.discard)
 
-    async def _cancel_quietly(self, job: str) -> None:
+    async def _cancel_quietly(self, job: str, roots: list[str]) -> None:
         try:
-            await self.cancel(job)
+            await self._cancel(job, roots)
         except Exception as exc:  # the caller has gone; the grid notices nothing worse
             self.log.warning("cancelling a job failed", job=job, error=repr(exc))
 
     async def cancel(self, job: str) -> int:
         """Cancel `job` (of any client of the grid): every request that no other live job and
-        no waiting request needs stops (see `StateBackend.cancel`). Returns how many."""
+        no waiting request needs stops (see `StateBackend.cancel`). A job of this client is
+        cancelled here (returns how many requests stopped); another client's is handed to that
+        client, which knows its job's roots (returns 0: the count is that client's)."""
+        owner = job.rpartition(":")[0]
+        if owner != self.id:
+            await self.backend.ask_to_cancel(owner, job)
+            return 0
+        return await self._cancel(job, self._roots.pop(job, []))
+
+    async def _cancel(self, job: str, roots: list[str]) -> int:
         count = 0
+        step_roots: list[str] = roots
         while True:
-            step = await self.backend.cancel(self.id, job)
+            step = await self.backend.cancel(self.id, job, roots=step_roots)
+            step_roots = []
             count += len(step.cancelled)
             if not step.remaining:
                 break
         self.log.info("job cancelled", job=job, requests=count)
         return count
+
+    def cancel_notice(self, key: str, job: str) -> None:
+        """A notice with no key is another client asking this one to cancel its job `job`."""
+        if key:
+            super().cancel_notice(key, job)
+        elif job in self._roots:
+            self._cancel_soon(job)
 
     async def stop(self) -> None:
         """Finish the cancellations under way, then stop like any node."""

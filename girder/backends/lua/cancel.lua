@@ -1,7 +1,8 @@
--- cancel(token, low, again, node, job, below) -> {cancelled keys, keys left to look at}.
--- Journaled. One step of cancelling `job` (node repeats it until nothing is left). The first step
--- forgets the job's roots (or, with `below`, the wait edges of that request, which ran out of
--- time) and puts the keys on the job's `cancelling` list. Then each key taken from that
+-- cancel(token, low, again, node, job, below, root1, root2, ...) -> {cancelled keys, keys left to
+-- look at}. Journaled. One step of cancelling `job` (node repeats it until nothing is left). The
+-- first step (the roots are passed only then) removes the job from its roots' roots (or, with
+-- `below`, drops the wait edges of that request, which ran out of time) and puts the keys on the
+-- job's `cancelling` list. Then each key taken from that
 -- list that no job roots and no key waits for is cancelled: its edges to the keys it waits for
 -- go (those keys join the list), and a pending key's record is deleted (it is never started)
 -- and its waiters get a notice, while a running key's owner gets the notice (it stops the run
@@ -13,12 +14,11 @@ if found then
 end
 local frontier = k_cancelling(job)
 if below == '' then
-  local roots = k_job_roots(job)
-  for _, key in ipairs(call('SMEMBERS', roots)) do
+  for i = FIRST_ROOTS, #ARGV do
+    local key = ARGV[i]
     call('SREM', k_roots(key), job)
     call('RPUSH', frontier, key)
   end
-  redis.call('DEL', roots)
 else
   local waits = k_waits(below)
   for _, key in ipairs(call('SMEMBERS', waits)) do

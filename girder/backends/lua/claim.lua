@@ -5,7 +5,7 @@ if found then
   return reply
 end
 local claimed = claim(node, false)
-if claimed then
-  claimed = {claimed[1], claimed[2]}
+if not claimed then
+  return nil -- nothing claimed: nothing to replay
 end
-return journaled(node, token, low, claimed)
+return journaled(node, token, low, {claimed[1], claimed[2]})

@@ -160,12 +160,13 @@ local function pop_runnable(work, share)
   return keys
 end
 
--- Give `dist`'s work to its live volunteers, oldest volunteer first: one key each, or with
+-- Give `dist`'s work to its volunteers, oldest volunteer first: one key each, or with
 -- `even_share` up to ceil(queued / volunteers) each (at most MAX_SCRIPT_KEYS), pushed so that
--- the oldest comes up first. A volunteer without a live lease (gone, or a name nobody
--- registered) is dropped from the queue and gets nothing.
+-- the oldest comes up first. A volunteer that is not registered (gone, or a name nobody
+-- registered) is dropped from the queue and gets nothing; one whose lease ran out but is not
+-- reaped yet may get work, which its reaping gives back.
 -- Returns {key1, volunteer1, key2, volunteer2, ...}.
-local function hand_out(dist, even_share, now)
+local function hand_out(dist, even_share)
   local queue, work = k_volunteers(dist), k_work(dist)
   local handed = {}
   local waiting = call('LLEN', queue)
@@ -177,13 +178,14 @@ local function hand_out(dist, even_share, now)
     share = math.min(MAX_SCRIPT_KEYS, math.ceil(call('LLEN', work) / waiting))
   end
   for _ = 1, waiting do
-    local volunteer = call('LINDEX', queue, 0)
+    local volunteer = call('LPOP', queue)
     if not volunteer then
       break
     end
-    if is_live(volunteer, now) then
+    if is_registered(volunteer) then
       local keys = pop_runnable(work, share)
       if #keys == 0 then
+        call('LPUSH', queue, volunteer)
         break
       end
       local reversed = {}
@@ -197,7 +199,6 @@ local function hand_out(dist, even_share, now)
         handed[#handed + 1] = volunteer
       end
     end
-    call('LPOP', queue)
   end
   if #handed > 0 then
     call('HINCRBY', K_POPS, dist, #handed / 2)

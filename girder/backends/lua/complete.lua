@@ -37,12 +37,7 @@ local function drop_wait_edges(key)
   for _, other in ipairs(before) do
     call('SREM', k_waits(other), key)
   end
-  redis.call('DEL', waits, waited_by)
-  local roots = k_roots(key)
-  for _, job in ipairs(call('SMEMBERS', roots)) do
-    call('SREM', k_job_roots(job), key)
-  end
-  redis.call('DEL', roots)
+  redis.call('DEL', waits, waited_by, k_roots(key))
 end
 
 local function complete(key, outcome, cache)
@@ -76,5 +71,8 @@ end
 local claimed = claim_many(node, wanted)
 if wanted > 0 and #claimed == 0 and volunteer_at ~= '' then
   volunteer(volunteer_at, node)
+end
+if #claimed == 0 then
+  return claimed -- nothing claimed: a resend repeats only what changes nothing when repeated
 end
 return journaled(node, token, low, claimed)

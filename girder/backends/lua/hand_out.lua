@@ -5,5 +5,4 @@ local found, reply = replayed(distributor, token, again)
 if found then
   return reply
 end
-local _, now = grid_time()
-return journaled(distributor, token, low, hand_out(distributor, even_share == '1', now))
+return journaled(distributor, token, low, hand_out(distributor, even_share == '1'))

@@ -76,7 +76,6 @@ for i = FIRST_REQUESTS, #ARGV, 2 do
     local result = {SUBMITTED_QUEUED, state[4]}
     if not has_waiter and job ~= '' then
       call('SADD', k_roots(key), job)
-      call('SADD', k_job_roots(job), key)
     end
     if has_waiter then
       call('SADD', k_waits(waiter), key)
@@ -101,7 +100,7 @@ if #pushed > 0 then
   end
 end
 if dispatch == '1' then
-  hand_out(into, true, select(2, grid_time()))
+  hand_out(into, true)
 end
 if #pushed > 0 and (dispatch ~= '1' or call('LLEN', k_work(into)) > 0) then
   ring(k_wake(into))
