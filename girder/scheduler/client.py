@@ -9,7 +9,7 @@ from typing import Any, ClassVar
 
 from girder.backends.base import NodeKind, StateBackend
 from girder.config import Settings
-from girder.errors import BackendFull, RequestError
+from girder.errors import BackendFull, RequestError, SerializationError
 from girder.functions import Request
 from girder.scheduler.node import Node
 from girder.scheduler.waiters import Batch, Feed
@@ -57,7 +57,7 @@ class Client(Node):
         """Submit the job and wait for it. If the waiting task is cancelled (`task.cancel()`,
         `asyncio.timeout`, a cancel scope), the job is cancelled on the grid too, in the
         background: the caller sees its `CancelledError` at once."""
-        self._roots[job] = [request.key for request in requests]
+        self._roots[job] = _keys(requests)
         try:
             batch = await self.request(requests, job=job, into=self.settings.pool, on_top=False)
             await batch.future
@@ -137,3 +137,14 @@ class Client(Node):
         """Finish the cancellations under way, then stop like any node."""
         await asyncio.gather(*self._cancelling, return_exceptions=True)
         await super().stop()
+
+
+def _keys(requests: Sequence[Request]) -> list[str]:
+    """The keys of `requests` (one that cannot be encoded has none: it fails on its own)."""
+    keys = []
+    for request in requests:
+        try:
+            keys.append(request.key)
+        except SerializationError:
+            continue
+    return keys
