@@ -9,10 +9,12 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
+import girder
 from girder.backends import open_backend
 from girder.backends.base import NodeInfo, NodeKind
 
@@ -32,12 +34,19 @@ def signal_group(proc: subprocess.Popen[bytes], signum: signal.Signals) -> None:
         os.killpg(proc.pid, signum)
 
 
+CLIENT_OPTIONS: dict[str, Any] = {
+    key.removeprefix("GIRDER_").lower(): float(value) for key, value in FAST_RECOVERY.items()
+}
+"""The same fast recovery, as keyword options of a client (`Grid.connect`, `Grid.local`)."""
+
+
 class GridProcesses:
     """Starts `girder distributor` and `girder worker` processes; kills them all at the end."""
 
     def __init__(self, backend_url: str, logs: Path, **env: str) -> None:
         self.backend_url = backend_url
         self.logs = logs
+        logs.mkdir(parents=True, exist_ok=True)
         self.env = {
             **os.environ,
             "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]),
@@ -123,3 +132,25 @@ async def wait_for_nodes(url: str, workers: int, distributors: int = 1) -> None:
         )
 
     await wait_until(ready, what=f"{workers} workers and {distributors} distributors")
+
+
+@asynccontextmanager
+async def grid_on(
+    redis_url: str | None, logs: Path, *, workers: int
+) -> AsyncIterator[tuple[girder.Grid, GridProcesses | None]]:
+    """A grid of `workers` workers and a client: in this process on memory (no `redis_url`), or
+    `girder distributor` and `girder worker` processes on Redis (their processes come too)."""
+    if redis_url is None:
+        async with girder.Grid.local(workers=workers) as local:
+            yield local, None
+        return
+    procs = GridProcesses(redis_url, logs)
+    try:
+        procs.distributor()
+        for index in range(workers):
+            procs.worker(f"w{index + 1}")
+        await wait_for_nodes(redis_url, workers=workers)
+        async with girder.Grid.connect(redis_url, **CLIENT_OPTIONS) as client:
+            yield client, procs
+    finally:
+        procs.stop_all()

@@ -9,17 +9,14 @@ import subprocess
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from gridfns import needs_shared, sleepy_tree
-from processes import FAST_RECOVERY, GridProcesses, wait_for_nodes, wait_until
+from processes import CLIENT_OPTIONS, GridProcesses, grid_on, wait_for_nodes, wait_until
 
 import girder
 
-OPTIONS: dict[str, Any] = {
-    key.removeprefix("GIRDER_").lower(): float(value) for key, value in FAST_RECOVERY.items()
-}
+OPTIONS = CLIENT_OPTIONS
 
 
 def _marks(directory: Path, prefix: str) -> set[str]:
@@ -49,22 +46,9 @@ async def grid(
     request: pytest.FixtureRequest, tmp_path: Path
 ) -> AsyncIterator[tuple[girder.Grid, GridProcesses | None]]:
     """A grid of two workers: in this process on memory, or worker processes on Redis."""
-    if request.param == "memory":
-        async with girder.Grid.local(workers=2) as local:
-            yield local, None
-        return
-    redis_url: str = request.getfixturevalue("redis_url")
-    procs = GridProcesses(redis_url, tmp_path / "logs")
-    (tmp_path / "logs").mkdir()
-    try:
-        procs.distributor()
-        procs.worker("w1")
-        procs.worker("w2")
-        await wait_for_nodes(redis_url, workers=2)
-        async with girder.Grid.connect(redis_url, **OPTIONS) as client:
-            yield client, procs
-    finally:
-        procs.stop_all()
+    url = None if request.param == "memory" else request.getfixturevalue("redis_url")
+    async with grid_on(url, tmp_path / "logs", workers=2) as found:
+        yield found
 
 
 @pytest.fixture

@@ -25,13 +25,11 @@ from gridfns import (
     last_of_counting,
     whereabouts,
 )
-from processes import FAST_RECOVERY, GridProcesses, wait_for_nodes, wait_until
+from processes import CLIENT_OPTIONS, GridProcesses, grid_on, wait_until
 
 import girder
 
-OPTIONS: dict[str, Any] = {
-    key.removeprefix("GIRDER_").lower(): float(value) for key, value in FAST_RECOVERY.items()
-}
+OPTIONS = CLIENT_OPTIONS
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -40,22 +38,10 @@ pytestmark = pytest.mark.timeout(90)
 async def grid(
     request: pytest.FixtureRequest, tmp_path: Path
 ) -> AsyncIterator[tuple[girder.Grid, GridProcesses | None]]:
-    """A grid of one worker: in this process on memory, or a worker process on Redis."""
-    if request.param == "memory":
-        async with girder.Grid.local(workers=1) as local:
-            yield local, None
-        return
-    redis_url: str = request.getfixturevalue("redis_url")
-    procs = GridProcesses(redis_url, tmp_path / "logs")
-    (tmp_path / "logs").mkdir()
-    try:
-        procs.distributor()
-        procs.worker("w1")
-        await wait_for_nodes(redis_url, workers=1)
-        async with girder.Grid.connect(redis_url, **OPTIONS) as client:
-            yield client, procs
-    finally:
-        procs.stop_all()
+    """A grid of one worker: in this process on memory, or worker processes on Redis."""
+    url = None if request.param == "memory" else request.getfixturevalue("redis_url")
+    async with grid_on(url, tmp_path / "logs", workers=1) as found:
+        yield found
 
 
 @pytest.fixture
