@@ -395,7 +395,9 @@ class StateBackend(Protocol):
         Atomically, while `distributor` has volunteers and its work list has a key that may run
         (as `claim` decides): pop the oldest volunteer, pop the top of the work list (discarding
         the keys `claim` would discard) and push the key on the top of the volunteer's work
-        list. A volunteer without a live lease is dropped and gets nothing. With `even_share`,
+        list. A volunteer that is not registered (gone, or a name no node joined with) is
+        dropped and gets nothing; one whose lease ran out but is not reaped yet may get work,
+        which its reaping gives back. With `even_share`,
         each of the V volunteers waiting at the start gets up to ceil(N / V) of the N queued keys
         instead of one (pushed so that the oldest is claimed first; a backend may cap a share to
         keep the step short). Each key handed out counts in the distributor's pops (see `trim`).

@@ -78,7 +78,7 @@ async def put(
 
 
 async def volunteer(backend: StateBackend, distributor: str, node: str) -> None:
-    """Volunteer `node`, joining it first if needed (a volunteer needs a live lease)."""
+    """Volunteer `node`, joining it first if needed (a volunteer must be registered)."""
     if node not in {info.node for info in await backend.nodes()}:
         await backend.join(node, NodeKind.WORKER, distributor, LONG)
     await backend.volunteer(distributor, node)
@@ -911,7 +911,7 @@ class BackendConformance:
         ]
         assert await backend.volunteers("d") == ["v3"]
 
-    async def test_hand_out_drops_volunteers_that_are_no_live_node(
+    async def test_hand_out_drops_volunteers_that_are_no_registered_node(
         self, backend: StateBackend
     ) -> None:
         await backend.volunteer("d", "nobody")  # never joined: a forged or stale name
