@@ -41,21 +41,13 @@ async def _every_started_leaf_stops(directory: Path) -> None:
     await wait_until(stopped, timeout=30, what="every started leaf and parent to stop")
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture
 async def grid(
-    request: pytest.FixtureRequest, tmp_path: Path
+    backend_url: str | None, tmp_path: Path
 ) -> AsyncIterator[tuple[girder.Grid, GridProcesses | None]]:
     """A grid of two workers: in this process on memory, or worker processes on Redis."""
-    url = None if request.param == "memory" else request.getfixturevalue("redis_url")
-    async with grid_on(url, tmp_path / "logs", workers=2) as found:
+    async with grid_on(backend_url, tmp_path / "logs", workers=2) as found:
         yield found
-
-
-@pytest.fixture
-def marks(tmp_path: Path) -> Path:
-    directory = tmp_path / "marks"
-    directory.mkdir()
-    return directory
 
 
 pytestmark = pytest.mark.timeout(90)

@@ -34,21 +34,13 @@ OPTIONS = CLIENT_OPTIONS
 pytestmark = pytest.mark.timeout(90)
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture
 async def grid(
-    request: pytest.FixtureRequest, tmp_path: Path
+    backend_url: str | None, tmp_path: Path
 ) -> AsyncIterator[tuple[girder.Grid, GridProcesses | None]]:
     """A grid of one worker: in this process on memory, or worker processes on Redis."""
-    url = None if request.param == "memory" else request.getfixturevalue("redis_url")
-    async with grid_on(url, tmp_path / "logs", workers=1) as found:
+    async with grid_on(backend_url, tmp_path / "logs", workers=1) as found:
         yield found
-
-
-@pytest.fixture
-def marks(tmp_path: Path) -> Path:
-    directory = tmp_path / "marks"
-    directory.mkdir()
-    return directory
 
 
 def _runs(directory: Path) -> list[str]:

@@ -17,13 +17,6 @@ import girder
 pytestmark = pytest.mark.timeout(90)
 
 
-@pytest.fixture
-def marks(tmp_path: Path) -> Path:
-    directory = tmp_path / "marks"
-    directory.mkdir()
-    return directory
-
-
 @pytest.mark.parametrize("backend", ["memory", "redis"])
 async def test_an_async_request_past_its_limit_fails_and_lets_go_of_its_sub_requests(
     backend: str, marks: Path, request: pytest.FixtureRequest
