@@ -188,7 +188,7 @@ async def test_bad_definitions_and_arguments_are_clear_errors(grid: girder.Grid)
     topology = girder.Topology("bad")
     with pytest.raises(ValueError, match="no stage declared before"):
         topology.worker(upstream=["nowhere"])(lambda seq, value, upstream: value)
-    with pytest.raises(ValueError, match="upstream <stage abc.camera_a> is no stage"):
+    with pytest.raises(ValueError, match=r"upstream <stage abc\.camera_a> is no stage"):
         topology.worker(upstream=[topofns.camera_a])  # another topology's stage
     source = topology.spout(lambda emit: None)
     with pytest.raises(ValueError, match="sequential=True needs bundle=True"):
