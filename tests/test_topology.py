@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sys
+import traceback
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from contextlib import aclosing, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -182,6 +184,26 @@ async def test_a_watched_spout_reports_its_values(grid: girder.Grid) -> None:
         grid, topofns.chatty, debug={"words": lambda _, seq, item: seen.append((seq, item))}
     )
     assert seen == [(0, "w0"), (1, "w1"), (2, "w2")]
+
+
+async def test_leaving_the_loop_early_stops_the_run_and_its_spouts(grid: girder.Grid) -> None:
+    seen = []
+    async with aclosing(grid.run(topofns.endless)) as outputs:
+        async for seq, _ in outputs:
+            seen.append(seq)
+            if len(seen) == 5:
+                break
+    assert len(seen) == 5
+    # The endless sync spout's thread got CancelledError from its emit: no thread is left.
+    await wait_until(_no_spout_thread, what="the spout's thread to end")
+
+
+async def _no_spout_thread() -> bool:
+    return not any(
+        summary.name == "forever" and summary.filename == topofns.__file__
+        for frame in sys._current_frames().values()
+        for summary in traceback.extract_stack(frame)
+    )
 
 
 async def test_bad_definitions_and_arguments_are_clear_errors(grid: girder.Grid) -> None:

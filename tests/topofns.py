@@ -196,3 +196,21 @@ async def talker(seq: int, inputs: dict[str, str]) -> str:
     print(f"careful {seq}", file=sys.stderr)
     await asyncio.sleep(0)
     return inputs["noisy"].upper()
+
+
+# -- a spout that never ends ----------------------------------------------------------------------
+
+endless = girder.Topology("endless")
+
+
+@endless.spout
+def forever(emit: Any) -> None:  # sync: it runs in a thread, which must end with the run
+    seq = 0
+    while True:
+        emit(seq, seq)
+        seq += 1
+
+
+@endless.worker(upstream=[forever], max_pending=2)
+def copy(seq: int, value: int, upstream: str) -> int:
+    return value

@@ -19,6 +19,7 @@ smallest bundle only when no upstream's horizon is below it.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import itertools
 import uuid
 from collections import Counter, deque
@@ -59,13 +60,19 @@ class _Slots:
             self._waiting.append(future)
             try:
                 await future
-            finally:
-                if future.cancelled() and self._waiting and future in self._waiting:
+            except asyncio.CancelledError:
+                if future.done() and not future.cancelled():
+                    self._wake_next()  # it was woken, then cancelled: wake another instead
+                elif future in self._waiting:
                     self._waiting.remove(future)
+                raise
         self.used += 1
 
     def give(self) -> None:
         self.used -= 1
+        self._wake_next()
+
+    def _wake_next(self) -> None:
         while self._waiting:
             future = self._waiting.popleft()
             if not future.done():
@@ -127,6 +134,8 @@ class TopologyRun:
         self._spouts_done: set[str] = set()
         self._out: asyncio.Queue[Any] = asyncio.Queue()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._blocked_emits: set[concurrent.futures.Future[None]] = set()
+        """The `emit` calls of sync spouts under way (cancelled when the run stops)."""
         self._failure: BaseException | None = None
         self._ended = False
         self._stopping = False
@@ -150,10 +159,16 @@ class TopologyRun:
 
     async def _stop(self) -> None:
         self._stopping = True
+        for emit in list(self._blocked_emits):
+            emit.cancel()  # a sync spout's thread gets CancelledError from its emit
         tasks = list(self._tasks)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+    @property
+    def stopped(self) -> bool:
+        return self._stopping
 
     def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
         if self._stopping:
@@ -398,12 +413,19 @@ class _Emitter:
         self.last: int | None = None
 
     async def __call__(self, seq: int, value: Any) -> None:
+        if self.run.stopped:
+            raise asyncio.CancelledError("the topology's run has stopped")
         self._check(seq)
         self.last = seq
         await self.run.emitted(self.stage, seq, value)
 
     def blocking(self, seq: int, value: Any) -> None:
-        asyncio.run_coroutine_threadsafe(self(seq, value), self.loop).result()
+        future = asyncio.run_coroutine_threadsafe(self(seq, value), self.loop)
+        self.run._blocked_emits.add(future)
+        try:
+            future.result()
+        finally:
+            self.run._blocked_emits.discard(future)
 
     def printed(self, stream: str, text: str) -> None:
         """A line the spout printed (a debugger watches it); from any thread."""
