@@ -7,10 +7,12 @@ from girder.errors import (
     GirderError,
     RequestError,
     SerializationError,
+    StageError,
 )
 from girder.functions import GridFunction, Request, function
 from girder.grid import Grid, Handle
 from girder.scheduler.context import call_reentrant, current_node, stream
+from girder.topology import Printed, Stage, Topology
 
 __version__ = "0.1.0"
 
@@ -22,9 +24,13 @@ __all__ = [
     "Grid",
     "GridFunction",
     "Handle",
+    "Printed",
     "Request",
     "RequestError",
     "SerializationError",
+    "Stage",
+    "StageError",
+    "Topology",
     "__version__",
     "call_reentrant",
     "current_node",

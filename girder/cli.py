@@ -9,14 +9,19 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 from collections.abc import Sequence
 
+from girder.backends.base import NodeKind
 from girder.config import Settings, load_settings
 from girder.demo import format_report, run_demo
 from girder.errors import ConfigurationError
+from girder.log import log_to_files
 from girder.runner import format_status, grid_status, run_distributor, run_worker
+from girder.scheduler.node import new_node_id
 from girder.supervisor import run_up
+from girder.watchdog import supervised
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -29,6 +34,7 @@ def _settings(args: argparse.Namespace) -> Settings:
         concurrency=getattr(args, "concurrency", None),
         imports=getattr(args, "imports", None),
         log_level=args.log_level,
+        log_dir=getattr(args, "log_dir", None),
     )
 
 
@@ -47,13 +53,26 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _worker(args: argparse.Namespace) -> int:
-    run_worker(_settings(args), argv=args.argv)
+    run_worker(_with_log_files(_settings(args), NodeKind.WORKER), argv=args.argv)
     return 0
 
 
 def _distributor(args: argparse.Namespace) -> int:
-    run_distributor(_settings(args))
+    settings = _settings(args)
+    run_distributor(_with_log_files(settings, NodeKind.DISTRIBUTOR, settings.name or settings.pool))
     return 0
+
+
+def _with_log_files(settings: Settings, kind: NodeKind, name: str | None = None) -> Settings:
+    """With `log_dir`: the node's output goes to its files, so the node needs its name now (it
+    is kept in GIRDER_NAME for a supervised worker's node, which must use the same)."""
+    if settings.log_dir is None:
+        return settings
+    name = name or settings.name or new_node_id(kind)
+    if not supervised():  # a supervised node writes to the files its supervisor opened
+        log_to_files(settings.log_dir, name)
+    os.environ["GIRDER_NAME"] = name
+    return settings.with_overrides(name=settings.name or name)
 
 
 def _up(args: argparse.Namespace) -> int:
@@ -69,6 +88,14 @@ def _status(args: argparse.Namespace) -> int:
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backend", help="backend URL (GIRDER_BACKEND; default memory://)")
     parser.add_argument("--log-level", help="DEBUG, INFO, WARNING... (GIRDER_LOG_LEVEL)")
+
+
+def _log_dir(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--log-dir",
+        metavar="DIR",
+        help="write each node's stdout and stderr to DIR/<node>.out and .err (GIRDER_LOG_DIR)",
+    )
 
 
 def _worker_options(parser: argparse.ArgumentParser, pool_help: str) -> None:
@@ -102,18 +129,21 @@ def build_parser() -> argparse.ArgumentParser:
     _common(worker)
     _worker_options(worker, pool_help="the distributor to join (GIRDER_POOL; default pool)")
     worker.add_argument("--name", help="this worker's id (default: generated)")
+    _log_dir(worker)
     worker.set_defaults(run=_worker)
 
     distributor = commands.add_parser("distributor", help="run one distributor process")
     _common(distributor)
     distributor.add_argument("--name", help="the distributor's name (default: the pool name)")
     distributor.add_argument("--parent", help="a distributor to volunteer at (nesting)")
+    _log_dir(distributor)
     distributor.set_defaults(run=_distributor)
 
     up = commands.add_parser("up", help="a distributor and N worker processes on this machine")
     _common(up)
     up.add_argument("--workers", type=int, help="worker processes (GIRDER_WORKERS; default 4)")
     _worker_options(up, pool_help="the pool's name (GIRDER_POOL; default pool)")
+    _log_dir(up)
     up.set_defaults(run=_up)
 
     status = commands.add_parser("status", help="nodes, liveness, queues, cache size")

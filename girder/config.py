@@ -48,6 +48,9 @@ class Settings(BaseSettings):
     )
     restart_limit: int = Field(5, ge=1, description="Deaths of a `girder up` child in the window.")
     restart_window: float = Field(60.0, gt=0, description="Seconds `restart_limit` counts in.")
+    log_dir: str | None = Field(
+        None, description="Folder of a node process's DIR/<node>.out and .err (unset: stderr)."
+    )
 
     @field_validator("secret")
     @classmethod

@@ -7,7 +7,8 @@ GirderError
 │   └── BackendFull        the backend refuses writes: it is out of memory
 ├── SerializationError     a value cannot be encoded, or a payload is malformed, tampered or too big
 └── RequestError           a request failed; the one error a caller of the grid sees
-    └── Cancelled          a request stopped because the job that needed it was cancelled
+    ├── Cancelled          a request stopped because the job that needed it was cancelled
+    └── StageError         a stage of a topology failed for one seq id (`grid.run`)
 ```
 
 A `RequestError` carries the readable request, a message, the traceback lines and, per failed
@@ -156,6 +157,18 @@ class Cancelled(RequestError):
         self.job = job
 
 
+class StageError(RequestError):
+    """A stage of a topology failed for one seq id: `stage` and `seq` say which (`seq` is None
+    when a spout failed outside an `emit`). Its one cause is the failure of the stage's
+    request, and it has that failure's kind."""
+
+    def __init__(self, topology: str, stage: str, seq: int | None, cause: RequestError) -> None:
+        where = f"{topology}.{stage}" + ("" if seq is None else f"[seq={seq}]")
+        super().__init__(where, cause.message, cause.stack, {cause.request: cause}, kind=cause.kind)
+        self.stage = stage
+        self.seq = seq
+
+
 def _rebuild_request_error(data: dict[str, Any]) -> RequestError:
     return RequestError.from_dict(data)
 
@@ -168,4 +181,5 @@ __all__ = [
     "GirderError",
     "RequestError",
     "SerializationError",
+    "StageError",
 ]

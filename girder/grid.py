@@ -9,7 +9,7 @@ async with girder.Grid.local(workers=4) as grid:
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Generator, Iterable
+from collections.abc import AsyncIterator, Generator, Iterable, Mapping
 from types import TracebackType
 from typing import Any, Self
 
@@ -20,6 +20,8 @@ from girder.errors import RequestError
 from girder.functions import Request, as_request
 from girder.log import configure
 from girder.scheduler import Client, Distributor, Worker
+from girder.topology import Topology
+from girder.topology import runner as topology_runner
 
 
 class Handle:
@@ -177,6 +179,24 @@ class Grid:
         self._handles.add(task)
         task.add_done_callback(self._handles.discard)
         return Handle(request, task, job)
+
+    def run(
+        self,
+        topology: Topology,
+        *,
+        debug: Mapping[str, topology_runner.Callback] | None = None,
+        stop_on_error: bool = False,
+    ) -> AsyncIterator[tuple[int | None, Any]]:
+        """Run a topology: `async for seq, value in grid.run(topology)` gives the outputs of
+        its sinks as they come. Its worker stages run as requests on the grid's workers.
+
+        A stage that fails for a seq id gives `(seq, StageError)` in place of an output and the
+        topology goes on; with `stop_on_error`, the loop raises that `StageError` instead.
+        `debug={"stage": callback}` calls `callback(stage, seq, item)` here for every output of
+        the stage and every line its function prints (a `girder.Printed`). Leaving the loop
+        early stops the run. See docs/topologies.md.
+        """
+        return topology_runner.run(self, topology, debug=debug, stop_on_error=stop_on_error)
 
     async def cancel(self, job: str) -> int:
         """Cancel the job `job` (a `Handle.job`, from this client or any other of the grid):

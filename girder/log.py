@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
+from pathlib import Path
 from typing import Any
 
 import structlog
@@ -34,3 +36,23 @@ def configure(level: str = "WARNING") -> None:
 def node_logger(node: str, **context: Any) -> Any:
     """A logger with the node id bound (and any further context)."""
     return structlog.get_logger("girder").bind(node=node, **context)
+
+
+def log_to_files(directory: str, node: str) -> None:
+    """Send this process's stdout to `directory/<node>.out` and its stderr (where the structured
+    log lines go) to `directory/<node>.err`, appending. The file descriptors themselves are
+    redirected, so the processes it starts (a supervised worker's node) write there too.
+
+    For the node processes of the `girder` command only: a library never redirects its host's
+    output."""
+    folder = Path(directory)
+    folder.mkdir(parents=True, exist_ok=True)
+    for stream, suffix in ((sys.stdout, "out"), (sys.stderr, "err")):
+        stream.flush()
+        target = os.open(folder / f"{node}.{suffix}", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        try:
+            os.dup2(target, stream.fileno())
+        finally:
+            os.close(target)
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(line_buffering=True)  # a line reaches the file when printed

@@ -53,6 +53,11 @@ def _within(module: str, prefixes: tuple[str, ...]) -> bool:
     return any(module == prefix or module.startswith(prefix + ".") for prefix in prefixes)
 
 
+def may_import(module: str, settings: Settings) -> bool:
+    """Whether a worker may import `module` to find something named in a request (a topology)."""
+    return _within(module, allowed_prefixes(settings))
+
+
 def _loaded(module: str, qualname: str) -> Any:
     """The object a reference names in the modules already imported (None if there is none);
     never imports anything."""

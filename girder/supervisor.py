@@ -52,11 +52,14 @@ class Child:
 def planned_children(settings: Settings) -> list[Child]:
     """The distributor and the workers; their argv carries no URL and no secret."""
     node = [sys.executable, "-m", "girder"]
-    children = [Child("distributor", [*node, "distributor", "--name", settings.pool])]
+    logs = ["--log-level", settings.log_level]
+    if settings.log_dir is not None:
+        logs += ["--log-dir", settings.log_dir]
+    children = [Child("distributor", [*node, "distributor", "--name", settings.pool, *logs])]
     worker = [*node, "worker", "--pool", settings.pool, "--concurrency", str(settings.concurrency)]
     for module in settings.imports:
         worker += ["--import", module]
-    children += [Child(f"worker-{n + 1}", list(worker)) for n in range(settings.workers)]
+    children += [Child(f"worker-{n + 1}", [*worker, *logs]) for n in range(settings.workers)]
     return children
 
 
