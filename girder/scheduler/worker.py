@@ -266,7 +266,7 @@ class Worker(Node):
             self._watch.started(self.id, evaluation.key, limit)
         start = time.perf_counter()
         try:
-            outcome = Outcome(value=function.fn(*payload.args, **payload.kwargs))
+            outcome = Outcome(value=function.run_sync(payload.args, payload.kwargs))
         except Exception as exc:
             outcome = self._failure(evaluation, exc)
         finally:
