@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from girder import __version__
 from girder.config import Settings, load_settings
 from girder.demo import format_report, run_demo
-from girder.errors import ConfigurationError, GirderError
+from girder.errors import ConfigurationError, GirderError, RequestError
 from girder.runner import format_status, grid_status, run_distributor, run_worker
 from girder.supervisor import run_up
 
@@ -156,8 +156,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _one_line(exc: Exception) -> str:
     """`exc` as one line: its message (a girder error's message says what to do), or its type
-    and message for anything else."""
-    text = " ".join(str(exc).split())
+    and message for anything else. A failed request's headline (`--debug` shows the rest)."""
+    text = " ".join((exc.args[0] if isinstance(exc, RequestError) else str(exc)).split())
     if isinstance(exc, GirderError):
         return text
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

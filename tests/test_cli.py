@@ -8,7 +8,8 @@ import sys
 import pytest
 
 import girder
-from girder.cli import main
+from girder.cli import _one_line, main
+from girder.errors import RequestError
 
 UNREACHABLE = "redis://127.0.0.1:1/0"  # port 1: nothing listens there
 
@@ -54,3 +55,10 @@ def test_debug_adds_the_traceback(capsys: pytest.CaptureFixture[str], argv: list
     assert err.startswith("Traceback (most recent call last):")
     assert "girder.errors.BackendError: Redis connect failed" in err
     assert err.splitlines()[-1].startswith("girder status: Redis connect failed")
+
+
+def test_a_failed_request_is_its_headline_alone() -> None:
+    error = RequestError("f(1)", "ZeroDivisionError: division by zero", ["Traceback", "  ..."])
+    assert "\n" in str(error)  # printed, it shows the worker-side traceback
+    assert _one_line(error) == "f(1): ZeroDivisionError: division by zero"
+    assert _one_line(ValueError("bad\n  value")) == "ValueError: bad value"
