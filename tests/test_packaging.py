@@ -12,8 +12,6 @@ from pathlib import Path
 import pytest
 
 import girder
-from girder.backends import open_backend
-from girder.errors import ConfigurationError
 
 ROOT = Path(__file__).resolve().parent.parent
 DISTRIBUTION = "girder-grid"
@@ -52,17 +50,6 @@ def test_every_install_line_names_girder_grid_or_the_checkout() -> None:
         if not (target.startswith("-e ") or target.strip("'\"").startswith(DISTRIBUTION))
     ]
     assert wrong == []
-
-
-def test_the_redis_install_hint_names_girder_grid(monkeypatch: pytest.MonkeyPatch) -> None:
-    # As if hiredis were not installed: opening a redis:// URL says how to install the extra.
-    monkeypatch.setitem(sys.modules, "hiredis", None)
-    for name in ("girder.backends.redis", "girder.backends.resp"):
-        monkeypatch.delitem(sys.modules, name, raising=False)
-    with pytest.raises(ConfigurationError) as caught:
-        open_backend("redis://127.0.0.1:6379/0")
-    assert "needs 'hiredis'" in str(caught.value)
-    assert "pip install 'girder-grid[redis]'" in str(caught.value)
 
 
 def test_the_package_ships_py_typed() -> None:
