@@ -1,7 +1,8 @@
 """The `girder` command: a thin layer over `girder.runner` and `girder.demo`.
 
 Every option falls back to its `GIRDER_*` environment variable through `girder.config.Settings`
-(`--backend` is GIRDER_BACKEND, `--pool` is GIRDER_POOL, and so on).
+(`--backend` is GIRDER_BACKEND, `--pool` is GIRDER_POOL, and so on). A failure prints one line,
+`girder COMMAND: what went wrong`; `--debug` prints the traceback as well.
 """
 
 from __future__ import annotations
@@ -11,12 +12,14 @@ import asyncio
 import json
 import os
 import sys
+import traceback
 from collections.abc import Sequence
 
+from girder import __version__
 from girder.backends.base import NodeKind
 from girder.config import Settings, load_settings
 from girder.demo import format_report, run_demo
-from girder.errors import ConfigurationError
+from girder.errors import ConfigurationError, GirderError, RequestError
 from girder.log import log_to_files
 from girder.runner import format_status, grid_status, run_distributor, run_worker
 from girder.scheduler.node import new_node_id
@@ -85,6 +88,13 @@ def _status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _debug_option(parser: argparse.ArgumentParser, default: object) -> None:
+    # Before or after the command; a command's parser must not reset what the main one set.
+    parser.add_argument(
+        "--debug", action="store_true", default=default, help="print tracebacks of failures"
+    )
+
+
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backend", help="backend URL (GIRDER_BACKEND; default memory://)")
     parser.add_argument("--log-level", help="DEBUG, INFO, WARNING... (GIRDER_LOG_LEVEL)")
@@ -115,6 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="girder", description="An asyncio-native calculation grid."
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    _debug_option(parser, default=False)
     commands = parser.add_subparsers(dest="command", required=True)
 
     demo = commands.add_parser("demo", help="run the recursive bogosity demo on an embedded grid")
@@ -150,6 +162,8 @@ def build_parser() -> argparse.ArgumentParser:
     _common(status)
     status.add_argument("--json", action="store_true", help="print JSON")
     status.set_defaults(run=_status)
+    for command in commands.choices.values():
+        _debug_option(command, default=argparse.SUPPRESS)
     return parser
 
 
@@ -160,10 +174,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.argv = argv  # what starts a supervised worker's node again
     try:
         code: int = args.run(args)
-    except ConfigurationError as exc:
-        print(f"girder {args.command}: {exc}", file=sys.stderr)
-        return 2
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:
+        if args.debug:
+            traceback.print_exc()
+        print(f"girder {args.command}: {_one_line(exc)}", file=sys.stderr)
+        return 2 if isinstance(exc, ConfigurationError) else 1
     return code
+
+
+def _one_line(exc: Exception) -> str:
+    """`exc` as one line: its message (a girder error's message says what to do), or its type
+    and message for anything else. A failed request's headline (`--debug` shows the rest)."""
+    text = " ".join((exc.args[0] if isinstance(exc, RequestError) else str(exc)).split())
+    if isinstance(exc, GirderError):
+        return text
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 if __name__ == "__main__":

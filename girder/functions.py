@@ -5,6 +5,10 @@ and by value (cloudpickle) when it cannot: defined in `__main__`, a notebook, or
 Its identity, which goes into every request key, is its name plus an optional `version`; a
 function that travels by value also adds a digest of its pickled code, so two different
 `__main__.f` never share cached results.
+
+Any callable is a grid function: a function, a `functools.partial` or an object with
+`__call__` (an `async def __call__` makes it async). A partial or a callable object travels by
+value, so its bound arguments or its state are part of its identity.
 """
 
 from __future__ import annotations
@@ -28,13 +32,48 @@ FunctionRef = tuple[str, str] | bytes
 
 
 def _importable(fn: Callable[..., Any]) -> bool:
+    """Whether a worker finds `fn` by its module and qualified name. A partial or a callable
+    object has no name of its own, and a bound method's name finds its function without the
+    object: those travel by value."""
     module = getattr(fn, "__module__", None)
-    qualname = getattr(fn, "__qualname__", "")
-    return bool(module) and module != "__main__" and "<locals>" not in qualname
+    qualname = getattr(fn, "__qualname__", None)
+    return (
+        isinstance(module, str)
+        and isinstance(qualname, str)
+        and bool(module and qualname)
+        and module != "__main__"
+        and "<locals>" not in qualname
+        and not inspect.ismethod(fn)
+    )
+
+
+def _names(fn: Callable[..., Any]) -> tuple[str, str]:
+    """(module, qualified name) for keys and logs: a partial is named after the function it
+    wraps (`partial(f)`), a callable object after its class."""
+    if isinstance(fn, functools.partial):
+        module, qualname = _names(fn.func)
+        return module, f"partial({qualname})"
+    name: object = getattr(fn, "__qualname__", None)
+    if not isinstance(name, str):  # a callable object
+        return type(fn).__module__, type(fn).__qualname__
+    return str(getattr(fn, "__module__", None) or "__main__"), name
+
+
+def _code_of(fn: Callable[..., Any]) -> Any:
+    """What runs when `fn` is called, for telling async from sync: a callable object's
+    `__call__` (inspect looks through functions and partials itself)."""
+    if inspect.isroutine(fn) or isinstance(fn, functools.partial | type):
+        return fn
+    return type(fn).__call__
 
 
 class GridFunction(Generic[P, R]):
-    """A function marked with `@girder.function`. Calling it calls the original function."""
+    """A function marked with `@girder.function`. Calling it calls the original function.
+
+    `GridFunction[P, R]` has the original's parameters `P` and return type `R` (a coroutine for
+    an `async def`): `await grid.call(fn, *args)` checks the arguments against `P` and gives the
+    value `R` stands for (what the coroutine returns, or a stream's last answer).
+    """
 
     def __init__(
         self,
@@ -55,17 +94,32 @@ class GridFunction(Generic[P, R]):
         """Seconds a request of it may run (parked time included) before it fails with kind
         "timeout"; None: no limit."""
         self.version = version
-        self.is_stream = inspect.isasyncgenfunction(fn)
+        code = _code_of(fn)
+        self.is_stream = inspect.isasyncgenfunction(code)
         """An async generator: each `yield` is an answer, the last one is the value."""
-        self.is_async = self.is_stream or inspect.iscoroutinefunction(fn)
-        self.name = name or f"{fn.__module__}.{fn.__qualname__}"
-        self.short_name = name or fn.__qualname__
-        functools.update_wrapper(self, fn)
+        self.is_async = self.is_stream or inspect.iscoroutinefunction(code)
+        module, qualname = _names(fn)
+        self.name = name or f"{module}.{qualname}"
+        self.short_name = name or qualname
+        if inspect.isroutine(fn):  # an object's attributes must not become this one's
+            functools.update_wrapper(self, fn)
         self._ref: FunctionRef | None = None
         self._identity: bytes | None = None
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
         return self.fn(*args, **kwargs)
+
+    def run_sync(self, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> Any:
+        """Call a sync function; a coroutine it returns is a mistake girder says how to fix."""
+        value = self.fn(*args, **kwargs)
+        if inspect.iscoroutine(value):
+            value.close()  # never awaited: no "coroutine was never awaited" warning
+            raise TypeError(
+                f"grid function {self.name} returned a coroutine but is not a coroutine "
+                "function: declare it with `async def` (or give the object an `async def "
+                "__call__`) so that girder awaits it"
+            )
+        return value
 
     def __repr__(self) -> str:
         return f"<grid function {self.name}>"
@@ -108,7 +162,8 @@ class GridFunction(Generic[P, R]):
         )
 
     def _default_name(self) -> str:
-        return f"{self.fn.__module__}.{self.fn.__qualname__}"
+        module, qualname = _names(self.fn)
+        return f"{module}.{qualname}"
 
 
 def _rebuild(
@@ -235,6 +290,19 @@ class Request:
 
     def __hash__(self) -> int:
         return hash(self.key)
+
+
+def one_request(fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Request:
+    """The request of `call(fn, *args, **kwargs)` (and `submit`, `call_reentrant`): `fn` itself
+    if it is a `Request`; else every keyword argument is the function's (`pool` too: only
+    `Request` reserves it)."""
+    if isinstance(fn, Request):
+        if args or kwargs:
+            raise TypeError("a Request takes its arguments itself, not call(request, ...)")
+        return fn
+    request = Request(fn, *args)
+    request.kwargs = kwargs
+    return request
 
 
 def as_request(item: Any) -> Request:

@@ -9,30 +9,34 @@ async with girder.Grid.local(workers=4) as grid:
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Generator, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Iterable, Mapping
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Generic, ParamSpec, Self, TypeVar, overload
 
 from girder.backends import open_backend
 from girder.backends.base import StateBackend
 from girder.config import Settings, load_settings
 from girder.errors import RequestError
-from girder.functions import Request, as_request
+from girder.functions import Request, as_request, one_request
 from girder.log import configure
 from girder.scheduler import Client, Distributor, Worker
 from girder.topology import Topology
 from girder.topology import runner as topology_runner
 
+P = ParamSpec("P")
+R = TypeVar("R")
 
-class Handle:
-    """A submitted request. Await it for the value (or the `RequestError`).
+
+class Handle(Generic[R]):
+    """A submitted request. Await it for the value (or the `RequestError`): a `Handle[R]`
+    gives an `R`.
 
     `job` is the id of the job it started; `cancel()` cancels that job (awaiting the handle then
     raises `asyncio.CancelledError`), as `await grid.cancel(handle.job)` does from any client."""
 
     __slots__ = ("_task", "job", "request")
 
-    def __init__(self, request: Request, task: asyncio.Task[Any], job: str) -> None:
+    def __init__(self, request: Request, task: asyncio.Task[R], job: str) -> None:
         self.request = request
         self.job = job
         self._task = task
@@ -48,7 +52,7 @@ class Handle:
     def done(self) -> bool:
         return self._task.done()
 
-    def __await__(self) -> Generator[Any, None, Any]:
+    def __await__(self) -> Generator[Any, None, R]:
         return self._task.__await__()
 
     def __repr__(self) -> str:
@@ -131,9 +135,37 @@ class Grid:
         self.distributor = None
         await self.backend.close()
 
+    # The overloads type `call` and `submit` from the function: its arguments are checked and
+    # the value is what it returns (awaited for `async def`; a stream's last answer). With
+    # girder's `timeout`, the arguments are not checked (typing cannot add a keyword to
+    # ParamSpec arguments) but the value still is; mypy thinks no call reaches those overloads,
+    # but a `timeout` the function does not take fails the first ones and reaches them.
+    @overload
     async def call(
-        self, fn: Any, /, *args: Any, timeout: float | None = None, **kwargs: Any
-    ) -> Any:
+        self, fn: Callable[P, AsyncIterator[R]], /, *args: P.args, **kwargs: P.kwargs
+    ) -> R: ...
+    @overload
+    async def call(
+        self, fn: Callable[P, Awaitable[R]], /, *args: P.args, **kwargs: P.kwargs
+    ) -> R: ...
+    @overload
+    async def call(self, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> R: ...
+    @overload
+    async def call(  # type: ignore[overload-cannot-match]
+        self, fn: Callable[..., AsyncIterator[R]], /, *args: Any, timeout: float, **kwargs: Any
+    ) -> R: ...
+    @overload
+    async def call(  # type: ignore[overload-cannot-match]
+        self, fn: Callable[..., Awaitable[R]], /, *args: Any, timeout: float, **kwargs: Any
+    ) -> R: ...
+    @overload
+    async def call(  # type: ignore[overload-cannot-match]
+        self, fn: Callable[..., R], /, *args: Any, timeout: float, **kwargs: Any
+    ) -> R: ...
+    @overload
+    async def call(self, fn: Request, /, *, timeout: float | None = None) -> Any: ...
+
+    async def call(self, fn: Any, /, *args: Any, **kwargs: Any) -> Any:
         """Run one request; return its value or raise `RequestError`. `fn` may be a `Request`
         (alone), e.g. one routed to another pool.
 
@@ -141,7 +173,8 @@ class Grid:
         `RequestError` of kind "timeout", and its job is cancelled (what nothing else needs
         stops). `timeout` is girder's: pass a function's own `timeout` argument through
         `grid.call(girder.Request(fn, timeout=...))`."""
-        request = _one_request(fn, args, kwargs)
+        timeout: float | None = kwargs.pop("timeout", None)
+        request = one_request(fn, args, kwargs)
         if timeout is None:
             return await self._call_one(request)
         scope = asyncio.timeout(timeout)
@@ -170,10 +203,23 @@ class Grid:
         """
         return self.client.stream(Request(fn, *args, **kwargs))
 
-    def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> Handle:
+    @overload
+    def submit(
+        self, fn: Callable[P, AsyncIterator[R]], /, *args: P.args, **kwargs: P.kwargs
+    ) -> Handle[R]: ...
+    @overload
+    def submit(
+        self, fn: Callable[P, Awaitable[R]], /, *args: P.args, **kwargs: P.kwargs
+    ) -> Handle[R]: ...
+    @overload
+    def submit(self, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> Handle[R]: ...
+    @overload
+    def submit(self, fn: Request, /) -> Handle[Any]: ...
+
+    def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> Handle[Any]:
         """Start one request and return a handle at once; await the handle for the value. `fn`
         may be a `Request` (alone), as in `call`."""
-        request = _one_request(fn, args, kwargs)
+        request = one_request(fn, args, kwargs)
         job = self.client.new_job()
         task = asyncio.ensure_future(self._call_one(request, job))
         self._handles.add(task)
@@ -207,15 +253,3 @@ class Grid:
     async def _call_one(self, request: Request, job: str | None = None) -> Any:
         (outcome,) = await self.client.run([request], job)
         return outcome.unwrap()
-
-
-def _one_request(fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Request:
-    """The request of `call(fn, *args, **kwargs)`: `fn` itself if it is a `Request`; else every
-    keyword argument is the function's (`pool` too: only `Request` reserves it)."""
-    if isinstance(fn, Request):
-        if args or kwargs:
-            raise TypeError("a Request takes its arguments itself, not call(request, ...)")
-        return fn
-    request = Request(fn, *args)
-    request.kwargs = kwargs
-    return request

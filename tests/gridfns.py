@@ -442,3 +442,61 @@ async def fails_after(tag: str, count: int) -> AsyncIterator[str]:
     for index in range(1, count + 1):
         yield f"{tag}:{index}"
     raise ValueError(f"{tag} broke after {count}")
+
+
+class Overdrawn(Exception):
+    """A user's own exception, with an `__init__` of its own (not just a message)."""
+
+    def __init__(self, account: str, amount: int) -> None:
+        super().__init__(f"account {account} is overdrawn by {amount}")
+        self.account = account
+        self.amount = amount
+
+
+@girder.function
+def withdraw(account: str, amount: int) -> int:
+    raise Overdrawn(account, amount)
+
+
+@girder.function
+async def withdraw_twice(account: str) -> int:
+    first = await girder.call_reentrant(withdraw, account, 1)
+    return first + await girder.call_reentrant(withdraw, account, 2)
+
+
+@girder.function
+async def divide_below(x: int) -> float:
+    """Fails one level down, with ZeroDivisionError."""
+    return await girder.call_reentrant(divide, x, 0)
+
+
+@girder.function
+async def catch_below(x: int) -> str:
+    """Catches a sub-request's failure by the type of its root cause, as a caller would."""
+    try:
+        await girder.call_reentrant(divide, x, 0)
+    except ZeroDivisionError as exc:
+        return f"caught {type(exc).__name__} ({isinstance(exc, girder.RequestError)})"
+    return "not caught"
+
+
+class Scale:
+    """A callable object: its state (the factor) is part of its identity."""
+
+    def __init__(self, factor: int) -> None:
+        self.factor = factor
+
+    def __call__(self, x: int) -> int:
+        return self.factor * x
+
+
+class AsyncScale(Scale):
+    async def __call__(self, x: int) -> int:  # type: ignore[override]
+        await asyncio.sleep(0)
+        return self.factor * x
+
+
+@girder.function
+def returns_coroutine(x: int) -> object:
+    """A sync function that returns a coroutine: a mistake girder must explain."""
+    return asyncio.sleep(0, result=x)

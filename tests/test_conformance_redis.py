@@ -307,7 +307,7 @@ def test_a_missing_redis_package_says_how_to_install_it(monkeypatch: pytest.Monk
     monkeypatch.delitem(sys.modules, "girder.backends.redis")
     monkeypatch.delitem(sys.modules, "girder.backends.resp")
     monkeypatch.setitem(sys.modules, "hiredis", None)
-    with pytest.raises(ConfigurationError, match=r"pip install 'girder\[redis\]'"):
+    with pytest.raises(ConfigurationError, match=r"pip install 'girder-grid\[redis\]'"):
         open_backend("redis://127.0.0.1:1/0")
 
 

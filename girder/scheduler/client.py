@@ -72,9 +72,8 @@ class Client(Node):
         """The answers of one request as one job, in order: the latest partial one first when
         it already runs, then each one as it is published, the final one last (raised when it
         is an error). Leaving the stream early cancels the job, as a cancelled call does."""
-        assert self._loop is not None, "node not started"
         job = self.new_job()
-        feed = Feed(self._loop)
+        feed = Feed(self.loop)
         finished = False
         self._roots[job] = [request.key]
         try:

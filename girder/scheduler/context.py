@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, ParamSpec, Protocol, TypeVar, overload
 
-from girder.functions import Request, as_request, readable_call
+from girder.functions import Request, as_request, one_request, readable_call
 
 
 class ReentrantHost(Protocol):
@@ -50,16 +50,47 @@ class Evaluation:
 
 current_evaluation: ContextVar[Evaluation | None] = ContextVar("girder_evaluation", default=None)
 
+P = ParamSpec("P")
+R = TypeVar("R")
 
-async def call_reentrant(requests: Iterable[Any]) -> list[Any]:
-    """Run sub-requests on the grid and return their values in order.
+
+@overload
+async def call_reentrant(requests: Iterable[Any], /) -> list[Any]: ...
+@overload
+async def call_reentrant(
+    fn: Callable[P, AsyncIterator[R]], /, *args: P.args, **kwargs: P.kwargs
+) -> R: ...
+@overload
+async def call_reentrant(
+    fn: Callable[P, Awaitable[R]], /, *args: P.args, **kwargs: P.kwargs
+) -> R: ...
+@overload
+async def call_reentrant(fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> R: ...
+@overload
+async def call_reentrant(request: Request, /) -> Any: ...
+
+
+async def call_reentrant(requests: Any, /, *args: Any, **kwargs: Any) -> Any:
+    """Run sub-requests on the grid and return their values in order; or, given one function
+    and its arguments (`call_reentrant(fib, n - 1)`) or one `Request`, that one's value.
 
     Inside a grid function, the requests go on this worker's stack and the caller parks (the
     worker goes on with other work) until all are done; a failure raises `RequestError` with
     every failed sub-request as a cause. Outside a grid, the functions are simply called here.
+    The form with one function is typed from its signature, like `Grid.call`.
     """
+    if callable(requests) or isinstance(requests, Request):
+        (value,) = await _reentrant([one_request(requests, args, kwargs)])
+        return value
+    if args or kwargs:
+        raise TypeError(
+            "call_reentrant takes a list of requests alone, or one function and its arguments"
+        )
+    return await _reentrant([as_request(item) for item in requests])
+
+
+async def _reentrant(batch: list[Request]) -> list[Any]:
     evaluation = current_evaluation.get()
-    batch = [as_request(item) for item in requests]
     if evaluation is None:
         return [await _call_directly(request) for request in batch]
     return await evaluation.host.reentrant(evaluation, batch)

@@ -26,7 +26,7 @@ from typing import Any, ClassVar
 
 from girder.backends.base import Claimed, Completion, NewRequest, NodeKind, StateBackend
 from girder.config import Settings
-from girder.errors import BackendFull, Cancelled, RequestError, SerializationError
+from girder.errors import BackendFull, Cancelled, GirderError, RequestError, SerializationError
 from girder.functions import Request
 from girder.keys import SCALARS
 from girder.log import configure, node_logger
@@ -47,16 +47,34 @@ MAX_CHAIN_LEVELS = 32
 _LONGEST_RECHECK = 60.0
 """The most seconds between two submissions of a key a node still waits for."""
 
-_SCHEDULER_DIR = os.path.dirname(os.path.abspath(__file__))
+_GIRDER_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
 
 
 def error_lines(exc: BaseException) -> list[str]:
-    """The traceback of `exc` as lines, without the scheduler's own frames at its start."""
-    tb = exc.__traceback__
-    while tb is not None and tb.tb_frame.f_code.co_filename.startswith(_SCHEDULER_DIR):
-        tb = tb.tb_next
-    lines = traceback.format_exception(type(exc), exc, tb)
+    """The traceback of `exc` as lines, for its failure record: the user's frames, without
+    girder's own that called the function. A sub-request's `RequestError` (raised by
+    `call_reentrant`) loses girder's frames at its end too, and ends with its own line alone:
+    its causes keep their own tracebacks."""
+    sub_request = isinstance(exc, RequestError)
+    frames = _trimmed(traceback.extract_tb(exc.__traceback__), end=sub_request)
+    if isinstance(exc, RequestError):
+        kind = type(exc)
+        lines = ["Traceback (most recent call last):\n", *frames.format()] if frames else []
+        lines.append(f"{kind.__module__}.{kind.__qualname__}: {exc.request}: {exc.message}")
+    else:
+        report = traceback.TracebackException.from_exception(exc)
+        report.stack = frames
+        lines = list(report.format())
     return "".join(lines).rstrip("\n").split("\n")
+
+
+def _trimmed(stack: traceback.StackSummary, *, end: bool) -> traceback.StackSummary:
+    frames = list(stack)
+    while frames and frames[0].filename.startswith(_GIRDER_DIR):
+        frames.pop(0)
+    while end and frames and frames[-1].filename.startswith(_GIRDER_DIR):
+        frames.pop()
+    return traceback.StackSummary.from_list(frames)
 
 
 @dataclass(slots=True)
@@ -101,6 +119,16 @@ class Node:
         """The grid's clock at this node's last heartbeat (see `Beat`)."""
 
     # -- life -------------------------------------------------------------------------------------
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The event loop this node started on; a node never started raises, saying so."""
+        if self._loop is None:
+            raise GirderError(
+                f"{self.kind.value} {self.id} is not started: use the grid as "
+                "`async with girder.Grid.local(...) as grid:` (or `await grid.start()`) first"
+            )
+        return self._loop
 
     async def start(self) -> None:
         """Join the grid, recover dead nodes' work, and start this node's loops."""
@@ -333,8 +361,7 @@ class Node:
         the same backend step claims up to that many of this node's requests (see `adopt`).
         With `feed` (a stream: one request), the answers go there as well, partial ones first.
         """
-        assert self._loop is not None, "node not started"
-        batch = Batch(len(requests), self._loop)
+        batch = Batch(len(requests), self.loop)
         batch.feed = feed
         fresh: dict[str, Submission] = {}
         waiter_key = None if waiter is None else waiter[0]
@@ -428,8 +455,7 @@ class Node:
         request would raise (see `raise_failures`)."""
         if outcome.error is None:
             return outcome.value
-        assert self._loop is not None
-        batch = Batch(1, self._loop)
+        batch = Batch(1, self.loop)
         batch.set(0, outcome)
         return self.raise_failures(readable, [request], batch)[0]
 
@@ -453,6 +479,7 @@ class Node:
                 f"{count} {noun} failed; at the bottom: {root.request}: {root.message}",
                 causes=causes,
                 kind=root.kind,
+                exc_type=root.exc_type,
             )
         return [outcome.value for outcome in outcomes]
 

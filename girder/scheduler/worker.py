@@ -28,7 +28,7 @@ from typing import Any, ClassVar
 
 from girder.backends.base import Claimed, NodeKind, StateBackend
 from girder.config import Settings
-from girder.errors import Cancelled, RequestError, SerializationError
+from girder.errors import Cancelled, RequestError, SerializationError, type_name
 from girder.functions import GridFunction, Request
 from girder.scheduler.baton import Baton
 from girder.scheduler.context import Evaluation, current_evaluation
@@ -266,7 +266,7 @@ class Worker(Node):
             self._watch.started(self.id, evaluation.key, limit)
         start = time.perf_counter()
         try:
-            outcome = Outcome(value=function.fn(*payload.args, **payload.kwargs))
+            outcome = Outcome(value=function.run_sync(payload.args, payload.kwargs))
         except Exception as exc:
             outcome = self._failure(evaluation, exc)
         finally:
@@ -421,9 +421,21 @@ class Worker(Node):
     def _failure(self, evaluation: Evaluation, exc: Exception) -> Outcome:
         readable = evaluation.readable()
         if isinstance(exc, RequestError):
-            error = RequestError(readable, exc.message, error_lines(exc), exc.causes, kind=exc.kind)
+            error = RequestError(
+                readable,
+                exc.message,
+                error_lines(exc),
+                exc.causes,
+                kind=exc.kind,
+                exc_type=exc.exc_type,
+            )
         else:
-            error = RequestError(readable, f"{type(exc).__name__}: {exc}", error_lines(exc))
+            error = RequestError(
+                readable,
+                f"{type(exc).__name__}: {exc}",
+                error_lines(exc),
+                exc_type=type_name(type(exc)),
+            )
         self.log.info("request failed", key=evaluation.key, job=evaluation.job, error=error.message)
         return Outcome(error=error)
 
@@ -453,8 +465,7 @@ class Worker(Node):
     async def stream(self, evaluation: Evaluation, request: Request) -> AsyncIterator[Any]:
         """`girder.stream` inside `evaluation`: push the request like `reentrant` does, then
         park until each answer comes (passing the baton), and take the baton back for it."""
-        assert self._loop is not None, "node not started"
-        feed = Feed(self._loop)
+        feed = Feed(self.loop)
         loop_is_next = (
             evaluation.holds_baton
             and self.baton.idle_after_release()
