@@ -86,7 +86,9 @@ def _check_range(start: int, stop: int) -> None:
 def decompose(start: int, stop: int, blocks: Sequence[int] = DEFAULT_BLOCKS) -> list[Block]:
     """The fewest blocks aligned on `blocks` (largest first) that cover `[start, stop)`, in
     order: at each size, the aligned blocks that fit; what is left at either edge goes to the
-    next size; what the finest size leaves is at most one exact piece per edge."""
+    next size; what the finest size leaves is at most one exact piece per edge, each inside one
+    block of the finest size (a range that crosses a boundary of the finest size without
+    holding a whole block is cut there, so that its pieces repeat in other requests)."""
     _check_range(start, stop)
     return _cover(start, stop, check_blocks(blocks), 0)
 
@@ -99,7 +101,7 @@ def _cover(lo: int, hi: int, sizes: tuple[int, ...], level: int) -> list[Block]:
     size = sizes[level]
     first = -(-lo // size) * size
     last = hi // size * size
-    if first >= last:
+    if first > last:  # inside one block of this size
         return _cover(lo, hi, sizes, level + 1)
     middle = [Block(at, at + size, level) for at in range(first, last, size)]
     return [*_cover(lo, first, sizes, level + 1), *middle, *_cover(last, hi, sizes, level + 1)]

@@ -3,7 +3,7 @@
 A block's key names its source, so a source must change whenever the data does. `file_source`
 takes a file's absolute path, size and modification time in nanoseconds (a `stat`, no read), or,
 with `digest=True`, a digest of its content instead of the time (one full read). A mapper reads
-the file at `source.path` (a `FileSource` is path-like: `open(source)`, `np.memmap(source)`) and
+the file at `source.path` (a `FileSource` is path-like too: `open(source)`) and
 calls `source.check()` after reading, so that a file changed in the meantime fails the block
 instead of caching new data under the old identity.
 

@@ -63,7 +63,7 @@ def total(partials: list[int]) -> int:
 def byte_counts(source: tuple[FileSource, str], lo: int, hi: int) -> Any:
     """The histogram of the bytes of a file's range `[lo, hi)`."""
     file, marks = source
-    data = np.memmap(file, dtype=np.uint8, mode="r", offset=lo, shape=(hi - lo,))
+    data = np.memmap(file.path, dtype=np.uint8, mode="r", offset=lo, shape=(hi - lo,))
     counts = np.bincount(data, minlength=256)
     file.check()
     _mark(marks, lo, hi)
