@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import itertools
 import os
+import re
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -369,3 +372,24 @@ async def test_outside_a_grid_everything_runs_here(marks: Path) -> None:
         a async for a in girder.map_reduce_stream(squares, total, ("here", str(marks)), 3, 100)
     ]
     assert [(a.value, a.exact) for a in answers] == [(value, True)]
+
+
+def test_the_histogram_example_reuses_blocks_on_its_second_request() -> None:
+    example = Path(__file__).parent.parent / "examples" / "histogram.py"
+    done = subprocess.run(
+        [sys.executable, str(example), "--mib", "8"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    counts = [
+        (int(computed), int(reused))
+        for computed, reused in re.findall(r"(\d+) blocks computed, (\d+) reused", done.stdout)
+    ]
+    (cold_computed, cold_reused), (warm_computed, warm_reused) = counts
+    assert cold_computed > 0
+    assert cold_reused == 0
+    assert warm_reused > 0
+    assert warm_computed < cold_computed
