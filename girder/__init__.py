@@ -1,5 +1,6 @@
 """girder: an asyncio-native calculation grid with memoized, re-entrant requests."""
 
+from girder.chunking import map_reduce, map_reduce_stream
 from girder.errors import (
     BackendError,
     Cancelled,
@@ -7,11 +8,13 @@ from girder.errors import (
     GirderError,
     RequestError,
     SerializationError,
+    SourceChanged,
     StageError,
 )
 from girder.functions import GridFunction, Request, function
 from girder.grid import Grid, Handle
 from girder.scheduler.context import call_reentrant, current_node, stream
+from girder.sources import FileSource, file_source
 from girder.topology import Printed, Stage, Topology
 
 __version__ = "0.1.0"
@@ -20,6 +23,7 @@ __all__ = [
     "BackendError",
     "Cancelled",
     "ConfigurationError",
+    "FileSource",
     "GirderError",
     "Grid",
     "GridFunction",
@@ -28,12 +32,16 @@ __all__ = [
     "Request",
     "RequestError",
     "SerializationError",
+    "SourceChanged",
     "Stage",
     "StageError",
     "Topology",
     "__version__",
     "call_reentrant",
     "current_node",
+    "file_source",
     "function",
+    "map_reduce",
+    "map_reduce_stream",
     "stream",
 ]

@@ -6,6 +6,7 @@ GirderError
 ├── BackendError           the state backend failed or could not be reached
 │   └── BackendFull        the backend refuses writes: it is out of memory
 ├── SerializationError     a value cannot be encoded, or a payload is malformed, tampered or too big
+├── SourceChanged          a file changed after its identity was taken (`girder.file_source`)
 └── RequestError           a request failed; the one error a caller of the grid sees
     ├── Cancelled          a request stopped because the job that needed it was cancelled
     └── StageError         a stage of a topology failed for one seq id (`grid.run`)
@@ -51,6 +52,11 @@ class BackendFull(BackendError):
 
 class SerializationError(GirderError):
     """A value cannot be serialized, or stored bytes cannot be trusted or decoded."""
+
+
+class SourceChanged(GirderError):
+    """A file no longer matches the identity `girder.file_source` took of it: a block read
+    from it now would be cached under the identity of its former content."""
 
 
 class RequestError(GirderError):
@@ -297,5 +303,6 @@ __all__ = [
     "GirderError",
     "RequestError",
     "SerializationError",
+    "SourceChanged",
     "StageError",
 ]

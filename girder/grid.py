@@ -9,10 +9,19 @@ async with girder.Grid.local(workers=4) as grid:
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Iterable, Mapping
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Generator,
+    Iterable,
+    Mapping,
+    Sequence,
+)
 from types import TracebackType
 from typing import Any, Generic, ParamSpec, Self, TypeVar, overload
 
+from girder import chunking
 from girder.backends import open_backend
 from girder.backends.base import StateBackend
 from girder.config import Settings, load_settings
@@ -202,6 +211,43 @@ class Grid:
         A failure raises `RequestError`; leaving the loop early cancels the job.
         """
         return self.client.stream(Request(fn, *args, **kwargs))
+
+    async def map_reduce(
+        self,
+        mapper: Any,
+        reducer: Any,
+        source: Any,
+        start: int,
+        stop: int,
+        *,
+        blocks: Sequence[int] = chunking.DEFAULT_BLOCKS,
+        workers: int | None = None,
+    ) -> Any:
+        """`girder.map_reduce` from this client: `reducer` of `mapper(source, lo, hi)` over the
+        block-aligned pieces of `[start, stop)`, computing only the blocks not cached yet (see
+        the chunking page of the docs)."""
+        request = chunking.span_request(
+            mapper, reducer, source, start, stop, blocks=blocks, workers=workers
+        )
+        return await self._call_one(request)
+
+    def map_reduce_stream(
+        self,
+        mapper: Any,
+        reducer: Any,
+        source: Any,
+        start: int,
+        stop: int,
+        *,
+        blocks: Sequence[int] = chunking.DEFAULT_BLOCKS,
+        workers: int | None = None,
+    ) -> AsyncIterator[chunking.Answer]:
+        """`girder.map_reduce_stream` from this client: a coarse `Answer` from the blocks
+        already cached (when they cover part of the range), then the exact one."""
+        request = chunking.span_request(
+            mapper, reducer, source, start, stop, blocks=blocks, workers=workers, answers=True
+        )
+        return self.client.stream(request)
 
     @overload
     def submit(

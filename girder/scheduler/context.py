@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any, ParamSpec, Protocol, TypeVar, overload
 
 from girder.functions import Request, as_request, one_request, readable_call
+from girder.serialization import Outcome
 
 
 class ReentrantHost(Protocol):
@@ -20,6 +21,10 @@ class ReentrantHost(Protocol):
     async def reentrant(self, evaluation: Evaluation, requests: list[Request]) -> list[Any]: ...
 
     def stream(self, evaluation: Evaluation, request: Request) -> AsyncIterator[Any]: ...
+
+    async def peek(self, requests: list[Request]) -> list[Outcome | None]: ...
+
+    async def pool_size(self) -> int: ...
 
 
 @dataclass(slots=True)
@@ -135,3 +140,20 @@ def current_node() -> str | None:
     """The id of the node running the current grid function (None outside one)."""
     evaluation = current_evaluation.get()
     return None if evaluation is None else evaluation.host.id
+
+
+async def peek(requests: Iterable[Any]) -> list[Outcome | None]:
+    """The cached outcomes of requests, read without running or queueing anything (None: not
+    cached). Outside a grid nothing is cached."""
+    evaluation = current_evaluation.get()
+    batch = [as_request(item) for item in requests]
+    if evaluation is None:
+        return [None] * len(batch)
+    return await evaluation.host.peek(batch)
+
+
+async def pool_size() -> int:
+    """How many live nodes the pool of the node running this grid function has (1 outside a
+    grid)."""
+    evaluation = current_evaluation.get()
+    return 1 if evaluation is None else await evaluation.host.pool_size()

@@ -304,6 +304,23 @@ class Node:
         if not outcome.final:
             self.waiters.partial(key, outcome)
 
+    async def peek(self, requests: Sequence[Request]) -> list[Outcome | None]:
+        """The cached outcomes of `requests`, read without running or queueing anything (None:
+        not cached, or not readable here). The reads are concurrent: one pipeline on Redis."""
+        keys = [request.key for request in requests]
+        found = await asyncio.gather(*(self.backend.result(key) for key in keys))
+        outcomes: list[Outcome | None] = []
+        for key, data in zip(keys, found, strict=True):
+            outcome = None if data is None else self.decode_outcome(data, key)
+            outcomes.append(outcome if outcome is not None and outcome.error is None else None)
+        return outcomes
+
+    async def pool_size(self) -> int:
+        """How many live nodes the pool of this node has (at least 1): for a worker, itself and
+        its fellow workers (a nested distributor counts as one)."""
+        members = await self.backend.members(self.distributor or self.settings.pool)
+        return max(1, len(members))
+
     async def readables(self, keys: Sequence[str]) -> list[str]:
         """Readable forms of stored requests (for error messages; never raises)."""
         payloads = await self.backend.payloads(keys)
