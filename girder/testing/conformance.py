@@ -1331,8 +1331,8 @@ class BackendConformance:
         assert await backend.blobs() == {}
 
     async def test_a_sweep_goes_through_many_blobs(self, backend: StateBackend) -> None:
-        held = [blob(f"held{i}", 100) for i in range(150)]
-        loose = [blob(f"loose{i}", 100) for i in range(150)]
+        held = [blob(f"held{i}", 100) for i in range(55)]
+        loose = [blob(f"loose{i}", 100) for i in range(55)]
         await put(backend, "c", ["k"], into="w")
         for digest, data in held:
             await backend.put_blob(digest, data, holder="k")
