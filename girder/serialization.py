@@ -267,7 +267,7 @@ class Codec:
         """Fill `payload`'s arguments from the bytes of its blob (None: the blob is gone)."""
         assert payload.blob is not None
         what = f"the arguments of request {key}"
-        args, kwargs = _parts(self._open_blob(data, payload.blob, what), what)
+        args, kwargs = _parts(self._loads(self._open_blob(data, payload.blob, what), what), what)
         payload.args, payload.kwargs, payload.blob = args, kwargs, None
 
     def encode_outcome(

@@ -658,7 +658,6 @@ class RedisBackend:
             if cursor == b"0":
                 return
 
-
     # -- large values -----------------------------------------------------------------------------
 
     async def put_blob(self, digest: str, data: bytes, *, holder: str) -> None:
@@ -718,6 +717,7 @@ class RedisBackend:
             for digest, size in zip(digests, sizes, strict=True)
             if isinstance(size, int) and size
         }
+
 
 def _chunks(requests: Sequence[NewRequest]) -> Iterator[Sequence[NewRequest]]:
     """`requests` in consecutive runs of at most `MAX_SUBMIT_KEYS` requests and, unless one

@@ -1281,9 +1281,7 @@ class BackendConformance:
         assert await backend.get_blob(blob("none")[0]) is None
         assert await backend.blobs() == {small: len(small_data), large: len(large_data)}
 
-    async def test_a_blob_is_stored_once_and_never_overwritten(
-        self, backend: StateBackend
-    ) -> None:
+    async def test_a_blob_is_stored_once_and_never_overwritten(self, backend: StateBackend) -> None:
         digest, data = blob("a")
         await backend.put_blob(digest, data, holder="k1")
         await backend.put_blob(digest, data, holder="k2")
