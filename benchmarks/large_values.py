@@ -55,7 +55,8 @@ def line(workload: str, backend: str, mib: int, samples: list[float]) -> dict[st
         "samples": [round(s, 4) for s in samples],
     }
     print(json.dumps(figures), flush=True)
-    say(f"{workload:6} {backend:6} {mib:4} MiB: {seconds * 1000:8.1f} ms, {mib / seconds:7.1f} MiB/s")
+    rate = mib / seconds
+    say(f"{workload:6} {backend:6} {mib:4} MiB: {seconds * 1000:8.1f} ms, {rate:7.1f} MiB/s")
     return figures
 
 
