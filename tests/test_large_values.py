@@ -3,6 +3,7 @@ digest, fetched only by whoever needs the value, verified, and deleted after the
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import time
 from collections.abc import AsyncIterator
@@ -11,7 +12,7 @@ from pathlib import Path
 import pytest
 import redis.asyncio as aioredis
 from gridfns import big, big_again, big_uncached, digest_of, length_of_big, pattern
-from processes import grid_on
+from processes import CLIENT_OPTIONS, GridProcesses, grid_on, wait_for_nodes, wait_until
 
 import girder
 from girder.backends.base import StateBackend
@@ -134,3 +135,28 @@ async def test_a_100_mib_value_travels_between_processes(redis_url: str, tmp_pat
         print(f"100 MiB result between processes: {elapsed:.2f} s")
         await grid.backend.flush()
         assert await grid.backend.blobs() == {}
+
+
+@pytest.mark.redis
+async def test_large_arguments_survive_a_backend_that_lost_its_state(
+    redis_url: str, tmp_path: Path
+) -> None:
+    """The backend forgets everything (a restart without persistence) while a request with
+    large arguments waits: the client submits it again, and puts its argument blob again."""
+    procs = GridProcesses(redis_url, tmp_path / "logs")
+    try:
+        procs.distributor()
+        await wait_for_nodes(redis_url, workers=0)
+        async with girder.Grid.connect(redis_url, **CLIENT_OPTIONS) as grid:
+            data = pattern(3 * MIB, 11)
+            handle = grid.submit(digest_of, data)
+
+            async def stored() -> bool:
+                return len(await grid.backend.blobs()) == 1
+
+            await wait_until(stored, what="the argument blob")
+            await grid.backend.flush()
+            procs.worker("w1")
+            assert await asyncio.wait_for(handle, 60) == hashlib.sha256(data).hexdigest()
+    finally:
+        procs.stop_all()

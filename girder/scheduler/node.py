@@ -216,6 +216,7 @@ class Node:
         due = self.waiters.due(asyncio.get_running_loop().time(), first, _LONGEST_RECHECK)
         if due:
             self.log.info("submitting again keys awaited for long", count=len(due))
+            await self._store_blobs_again(due)
             await self._submit_and_route(due)
 
     async def _listen_loop(self) -> None:
@@ -254,7 +255,16 @@ class Node:
 
     async def resubmit(self) -> None:
         """Submit again every key this node waits for (after the backend lost its state)."""
-        await self._submit_and_route(self.waiters.submissions())
+        submissions = self.waiters.submissions()
+        await self._store_blobs_again(submissions)
+        await self._submit_and_route(submissions)
+
+    async def _store_blobs_again(self, submissions: list[Submission]) -> None:
+        """Put the argument blobs of submissions again before they are submitted again: the
+        backend may have lost them with the records (a blob still stored does not travel)."""
+        for submission in submissions:
+            if submission.blobs:
+                await self.store_blobs(submission.request.key, list(submission.blobs))
 
     # -- requests ---------------------------------------------------------------------------------
 
@@ -406,7 +416,9 @@ class Node:
                     job,
                 )
                 data = self.codec.encode_request(payload, key, blobs)
+                spilled: tuple[Blob, ...] = ()
                 if blobs:  # large arguments: stored before the record that refers to them
+                    spilled = tuple(blobs)
                     await self.store_blobs(key, blobs)
             except (SerializationError, BackendError) as exc:
                 readable = request.readable()
@@ -422,6 +434,8 @@ class Node:
             )
             if not payload.kwargs and all(type(arg) in SCALARS for arg in payload.args):
                 submission.local = (payload, request.function)
+            elif spilled:
+                submission.blobs = spilled
             self.waiters.watch(submission, batch, index)
             fresh.setdefault(key, submission)
         same = all(submission.into == into for submission in fresh.values())
