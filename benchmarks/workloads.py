@@ -61,3 +61,10 @@ async def reentrant_hits(x: int, calls: int) -> tuple[list[float], float]:
         await girder.call_reentrant([(square, x)])
         samples.append(clock() - start)
     return samples, time.process_time() - cpu_start
+
+
+@girder.function
+def blob_result(size: int, tag: str) -> bytes:
+    """`size` bytes that differ from run to run (by `tag`): a large value, never deduplicated."""
+    head = tag.encode()
+    return head + bytes(size - len(head))

@@ -33,7 +33,12 @@ class Settings(BaseSettings):
     idle_poll: float = Field(1.0, gt=0, description="Longest sleep of an idle loop, seconds.")
     secret: SecretStr | None = Field(None, description="HMAC key; when set, payloads are signed.")
     insecure: bool = Field(False, description="Run on a shared backend without a secret.")
-    max_payload_bytes: int = Field(64 * 1024 * 1024, gt=0, description="Largest payload.")
+    max_payload_bytes: int = Field(
+        512 * 1024 * 1024, gt=0, description="Largest serialized value or arguments."
+    )
+    large_value_bytes: int = Field(
+        1024 * 1024, gt=0, description="Values and arguments over this are stored as blobs."
+    )
     key_prefix: str = Field("girder", description="Prefix of every key a shared backend writes.")
     log_level: str = Field("WARNING", description="structlog level: DEBUG, INFO, WARNING...")
     imports: list[str] = Field(default_factory=list, description="Modules a worker imports.")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 import signal
 import threading
@@ -500,3 +501,40 @@ class AsyncScale(Scale):
 def returns_coroutine(x: int) -> object:
     """A sync function that returns a coroutine: a mistake girder must explain."""
     return asyncio.sleep(0, result=x)
+
+
+# -- large values (tests/test_large_values.py) -----------------------------------------------------
+
+
+def pattern(size: int, seed: int) -> bytes:
+    """`size` bytes that depend on `seed` (cheap to make, the same in every process)."""
+    unit = seed.to_bytes(8, "big") + bytes(range(256))
+    return (unit * (size // len(unit) + 1))[:size]
+
+
+@girder.function
+def big(size: int, seed: int) -> bytes:
+    return pattern(size, seed)
+
+
+@girder.function
+def big_again(size: int, seed: int) -> bytes:
+    """The same value as `big` under another key."""
+    return pattern(size, seed)
+
+
+@girder.function(cache=False)
+def big_uncached(size: int, seed: int) -> bytes:
+    return pattern(size, seed)
+
+
+@girder.function
+def digest_of(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+@girder.function
+async def length_of_big(size: int, seed: int) -> int:
+    """Needs its child's value (so it fetches it) and returns a small one."""
+    (value,) = await girder.call_reentrant([(big, size, seed)])
+    return len(value)

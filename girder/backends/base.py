@@ -19,6 +19,8 @@ The state, per backend:
 - the **wait-for graph** between request keys, for cycle detection and cancellation, and the
   **roots** of each key: the jobs whose client submitted it at the top level.
 - **membership**: each node's kind, its distributor, and a heartbeat lease.
+- **blobs**: large values and arguments, stored once by the digest of their bytes, each with the
+  request keys that *hold* it (whose records refer to it) and when it was last put or checked.
 
 A node id names one worker, distributor or client, unique across the grid.
 
@@ -482,4 +484,41 @@ class StateBackend(Protocol):
 
     async def flush(self) -> None:
         """Delete all of this grid's state (tests and `girder status --flush`)."""
+        ...
+
+    # -- large values -----------------------------------------------------------------------------
+
+    async def put_blob(self, digest: str, data: bytes, *, holder: str) -> None:
+        """Store `data` as the blob `digest` unless one is stored, and record request `holder`
+        as one of its holders; the blob's grace period starts again (see `sweep_blobs`).
+
+        Atomically as `get_blob` and `sweep_blobs` see it: a blob is absent or whole, never
+        part-written (a backend may send a large one in several parts out of sight, then
+        publish it in one step). A blob already stored is never overwritten: its bytes stay
+        (put-if-absent). The backend does not check that `digest` names `data`: readers check
+        the bytes against the digest their signed record names. Repeating a put changes
+        nothing more. A caller puts a blob before it writes the record that refers to it.
+        """
+        ...
+
+    async def get_blob(self, digest: str) -> bytes | None:
+        """The bytes of blob `digest`, or None when none is stored. A backend may read a large
+        blob in several parts: one deleted meanwhile may read short (its digest then fails)."""
+        ...
+
+    async def sweep_blobs(self, grace: float) -> int:
+        """Delete the blobs no request record refers to any more.
+
+        Atomically per blob put or checked more than `grace` seconds ago: the holders that
+        have no request record (pending, running or done) are forgotten; if none is left, the
+        blob is deleted, else it counts as checked now. So a blob lives as long as some record
+        of a key that stored it, plus at least `grace` seconds after its last put (the time a
+        node has to write the record after the blob, or to fetch a value whose record went at
+        once: a result that is not cached). Returns how many blobs it deleted (a call sent
+        again after its reply was lost counts only what the repeat deleted).
+        """
+        ...
+
+    async def blobs(self) -> dict[str, int]:
+        """Every stored blob: digest -> size in bytes."""
         ...

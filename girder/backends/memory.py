@@ -42,6 +42,16 @@ class _Record:
 
 
 @dataclass(slots=True)
+class _Blob:
+    """A stored large value, the request keys that hold it, and when it was last put or
+    checked (see `sweep_blobs`)."""
+
+    data: bytes
+    holders: set[str]
+    touched: float
+
+
+@dataclass(slots=True)
 class _Member:
     kind: NodeKind
     distributor: str | None
@@ -97,6 +107,7 @@ class MemoryBackend:
         self._clock = 0
         self._roots: dict[str, set[str]] = {}  # key -> jobs that submitted it at the top level
         self._departed: set[str] = set()
+        self._blobs: dict[str, _Blob] = {}
 
     async def connect(self) -> None:
         return None
@@ -603,3 +614,36 @@ class MemoryBackend:
 
     async def flush(self) -> None:
         self._reset()
+
+    # -- large values -----------------------------------------------------------------------------
+
+    async def put_blob(self, digest: str, data: bytes, *, holder: str) -> None:
+        blob = self._blobs.get(digest)
+        if blob is None:
+            blob = self._blobs[digest] = _Blob(data, set(), 0.0)
+        blob.holders.add(holder)
+        blob.touched = time.monotonic()
+
+    async def get_blob(self, digest: str) -> bytes | None:
+        blob = self._blobs.get(digest)
+        return None if blob is None else blob.data
+
+    async def sweep_blobs(self, grace: float) -> int:
+        now = time.monotonic()
+        deleted = 0
+        for digest, blob in list(self._blobs.items()):
+            if blob.touched > now - grace:
+                continue
+            blob.holders = {key for key in blob.holders if self._has_record(key)}
+            if blob.holders:
+                blob.touched = now
+            else:
+                del self._blobs[digest]
+                deleted += 1
+        return deleted
+
+    def _has_record(self, key: str) -> bool:
+        return key in self._records or key in self._outcomes
+
+    async def blobs(self) -> dict[str, int]:
+        return {digest: len(blob.data) for digest, blob in self._blobs.items()}

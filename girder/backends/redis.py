@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import re
 import time
+import uuid
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, TypeVar
@@ -102,6 +103,18 @@ _EVICTING_POLICIES = ("allkeys-lru", "allkeys-lfu", "allkeys-random")
 
 _RETRY_FIRST, _RETRY_MAX = 0.05, 2.0
 """Backoff between attempts while the server cannot be reached, in seconds."""
+
+BLOB_CHUNK_BYTES = 8 * 1024 * 1024
+"""The most bytes of a blob one command carries. A larger blob is written in parts (SETRANGE
+on a part key that expires if its writer dies, then published whole by `blob_commit`) and read
+in parts (GETRANGE), so that other commands on the shared connection (heartbeats, claims) pass
+between the parts instead of waiting behind the whole transfer."""
+
+_BLOB_PART_TTL_MS = 600_000
+"""How long the parts of a blob whose writer died stay before they expire."""
+
+_SWEEP_STEP = 100
+"""The most blobs one `blob_sweep` call looks at."""
 
 
 def mask_url(url: str) -> str:
@@ -644,6 +657,66 @@ class RedisBackend:
                 await self._execute("flush", "UNLINK", *found)
             if cursor == b"0":
                 return
+
+    # -- large values -----------------------------------------------------------------------------
+
+    async def put_blob(self, digest: str, data: bytes, *, holder: str) -> None:
+        if await self._run("blob_hold", digest, holder):
+            return  # stored already: the bytes need not travel
+        if len(data) <= BLOB_CHUNK_BYTES:
+            await self._run("blob_put", digest, data, holder)
+            return
+        while True:
+            nonce = uuid.uuid4().hex
+            part = self._keys.blob_part(digest, nonce)
+            for start in range(0, len(data), BLOB_CHUNK_BYTES):
+                await self._put_part(part, start, data[start : start + BLOB_CHUNK_BYTES])
+            if await self._run("blob_commit", digest, nonce, holder):
+                return
+
+    async def _put_part(self, part: str, start: int, chunk: bytes) -> None:
+        """Write one part of a blob (both commands are safe to send again)."""
+        commands: list[Command] = [
+            ("SETRANGE", part, start, chunk),
+            ("PEXPIRE", part, _BLOB_PART_TTL_MS),
+        ]
+        for reply in await self._retrying("put_blob", lambda: self._redis.pipeline(commands)):
+            if isinstance(reply, ReplyError):  # out of memory, say
+                raise _reply_error(self.url, "put_blob", reply)
+
+    async def get_blob(self, digest: str) -> bytes | None:
+        name = self._keys.blob(digest)
+        first: list[Command] = [("STRLEN", name), ("GETRANGE", name, 0, BLOB_CHUNK_BYTES - 1)]
+        size, head = await self._retrying("get_blob", lambda: self._redis.pipeline(first))
+        if not isinstance(size, int) or not size or isinstance(head, ReplyError):
+            return None  # none, or garbage of another type in its place
+        parts = [head]
+        for start in range(BLOB_CHUNK_BYTES, size, BLOB_CHUNK_BYTES):
+            end = min(size, start + BLOB_CHUNK_BYTES) - 1
+            parts.append(await self._execute("get_blob", "GETRANGE", name, start, end))
+        return b"".join(parts)
+
+    async def sweep_blobs(self, grace: float) -> int:
+        deleted, until = 0, ""
+        while True:
+            step, seen, until = await self._run(
+                "blob_sweep", _ms(grace) if grace > 0 else 0, until, _SWEEP_STEP
+            )
+            deleted += int(step)
+            if seen < _SWEEP_STEP:
+                return deleted
+
+    async def blobs(self) -> dict[str, int]:
+        digests = await self._execute("blobs", "ZRANGE", self._keys.blobs, 0, -1)
+        if not digests:
+            return {}
+        commands = [("STRLEN", self._keys.blob(digest.decode())) for digest in digests]
+        sizes = await self._retrying("blobs", lambda: self._redis.pipeline(commands))
+        return {
+            digest.decode(): size
+            for digest, size in zip(digests, sizes, strict=True)
+            if isinstance(size, int) and size
+        }
 
 
 def _chunks(requests: Sequence[NewRequest]) -> Iterator[Sequence[NewRequest]]:

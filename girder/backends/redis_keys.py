@@ -13,6 +13,11 @@ Per request key:
     waits:<key>        set of keys this key waits for (wait-for edges out of it)
     waitedby:<key>     set of keys waiting for this key (the same edges, reversed)
     roots:<key>        set of jobs that submitted this key at the top level
+Per blob (a large value or request's arguments, named by the SHA-256 of its bytes):
+    blob:<digest>      string: the bytes
+    blobholders:<digest> set of request keys that stored the blob (whose records refer to it)
+    blobpart:<digest>:<nonce> string: a large blob being written in parts (expires if its
+                       writer dies; renamed to blob:<digest> when whole)
 Per job:
     cancelling:<job>   list: the keys a cancellation of the job still has to look at
 Per node:
@@ -47,6 +52,7 @@ Per grid:
                        time, so that a stalled server does not make every lease run out
     farewells          hash: departed node -> how many keys its `leave` handed back (what a
                        repeated `leave` answers; forgotten with `departed`)
+    blobs              sorted set: digest -> when the blob was last put or checked (server ms)
 """
 
 from __future__ import annotations
@@ -80,6 +86,10 @@ CORRUPT = "corrupt"
 DEPARTED = "departed"
 FAREWELLS = "farewells"
 TIMEKEEPER = "timekeeper"
+BLOB = "blob:"
+BLOB_HOLDERS = "blobholders:"
+BLOB_PART = "blobpart:"
+BLOBS = "blobs"
 
 F_STATUS = "s"
 F_PAYLOAD = "pl"
@@ -112,6 +122,9 @@ _PER_ID = {
     "orphans": ORPHANS,
     "roots": ROOTS,
     "cancelling": CANCELLING,
+    "blob": BLOB,
+    "blob_holders": BLOB_HOLDERS,
+    "blob_part": BLOB_PART,
 }
 _GLOBAL = {
     "LEASES": LEASES,
@@ -122,6 +135,7 @@ _GLOBAL = {
     "DEPARTED": DEPARTED,
     "FAREWELLS": FAREWELLS,
     "TIMEKEEPER": TIMEKEEPER,
+    "BLOBS": BLOBS,
 }
 _CONSTANTS = {
     "F_STATUS": F_STATUS,
@@ -157,6 +171,7 @@ class RedisKeys:
         self.pops = self.base + POPS
         self.cached = self.base + CACHED
         self.corrupt = self.base + CORRUPT
+        self.blobs = self.base + BLOBS
 
     def record(self, key: str) -> str:
         return self.base + RECORD + key
@@ -178,6 +193,12 @@ class RedisKeys:
 
     def journal(self, node: str) -> str:
         return self.base + JOURNAL + node
+
+    def blob(self, digest: str) -> str:
+        return self.base + BLOB + digest
+
+    def blob_part(self, digest: str, nonce: str) -> str:
+        return self.base + BLOB_PART + digest + ":" + nonce
 
     def pattern(self) -> str:
         """A SCAN pattern that matches every key of this grid and nothing else."""

@@ -113,6 +113,10 @@ SPECS = {
         ScriptSpec("ask_to_cancel", ("owner", "job")),
         ScriptSpec("nodes"),
         ScriptSpec("members", ("distributor",)),
+        ScriptSpec("blob_hold", ("digest", "holder")),
+        ScriptSpec("blob_put", ("digest", "data", "holder")),
+        ScriptSpec("blob_commit", ("digest", "nonce", "holder")),
+        ScriptSpec("blob_sweep", ("grace_ms", "until_ms", "limit")),
     )
 }
 

@@ -46,11 +46,13 @@ class Client(Node):
     async def run(self, requests: Sequence[Request], job: str | None = None) -> list[Outcome]:
         """Submit requests as one job, at the bottom of the pool's queue; wait for all."""
         batch = await self._wait(requests, job or self.new_job())
+        await self.load_values(requests, batch)
         return batch.results()
 
     async def values(self, requests: Sequence[Request]) -> list[Any]:
         """Like `run`, but the values, or a `RequestError` with every failure as a cause."""
         batch = await self._wait(requests, self.new_job())
+        await self.load_values(requests, batch)
         return self.raise_failures(lambda: "call_all", requests, batch)
 
     async def _wait(self, requests: Sequence[Request], job: str) -> Batch:
@@ -83,6 +85,7 @@ class Client(Node):
                 outcome = feed.take()
                 finished = outcome is None or outcome.final
                 if outcome is not None:
+                    await self.load(outcome, request.key, request.readable)
                     yield outcome.unwrap()
         finally:
             if not finished:

@@ -26,14 +26,21 @@ from typing import Any, ClassVar
 
 from girder.backends.base import Claimed, Completion, NewRequest, NodeKind, StateBackend
 from girder.config import Settings
-from girder.errors import BackendFull, Cancelled, GirderError, RequestError, SerializationError
+from girder.errors import (
+    BackendError,
+    BackendFull,
+    Cancelled,
+    GirderError,
+    RequestError,
+    SerializationError,
+)
 from girder.functions import Request
 from girder.keys import SCALARS
 from girder.log import configure, node_logger
 from girder.scheduler.lease import LeaseKeeper, lease_keeper
 from girder.scheduler.waiters import Batch, Feed, Submission, Waiters
 from girder.security import require_secret
-from girder.serialization import Codec, Outcome, RequestPayload
+from girder.serialization import Blob, Codec, Outcome, RequestPayload
 
 
 def new_node_id(kind: NodeKind) -> str:
@@ -106,7 +113,7 @@ class Node:
         self.distributor = distributor
         # In process nothing else reaches the state: signing it would only cost time.
         secret = settings.secret_bytes() if backend.shared else None
-        self.codec = Codec(secret, settings.max_payload_bytes)
+        self.codec = Codec(secret, settings.max_payload_bytes, settings.large_value_bytes)
         self.waiters = Waiters()
         self.stats = NodeStats()
         configure(settings.log_level)
@@ -244,6 +251,7 @@ class Node:
         due = self.waiters.due(asyncio.get_running_loop().time(), first, _LONGEST_RECHECK)
         if due:
             self.log.info("submitting again keys awaited for long", count=len(due))
+            await self._store_blobs_again(due)
             await self._submit_and_route(due)
 
     async def _listen_loop(self) -> None:
@@ -282,7 +290,16 @@ class Node:
 
     async def resubmit(self) -> None:
         """Submit again every key this node waits for (after the backend lost its state)."""
-        await self._submit_and_route(self.waiters.submissions())
+        submissions = self.waiters.submissions()
+        await self._store_blobs_again(submissions)
+        await self._submit_and_route(submissions)
+
+    async def _store_blobs_again(self, submissions: list[Submission]) -> None:
+        """Put the argument blobs of submissions again before they are submitted again: the
+        backend may have lost them with the records (a blob still stored does not travel)."""
+        for submission in submissions:
+            if submission.blobs:
+                await self.store_blobs(submission.request.key, list(submission.blobs))
 
     # -- requests ---------------------------------------------------------------------------------
 
@@ -333,21 +350,74 @@ class Node:
         return names
 
     def completion(
-        self, key: str, readable: Callable[[], str], outcome: Outcome, cache: bool
+        self,
+        key: str,
+        readable: Callable[[], str],
+        outcome: Outcome,
+        cache: bool,
+        blobs: list[Blob] | None = None,
     ) -> Completion:
         """The completion to record for `outcome`; an outcome that cannot be encoded becomes
-        a failure. `readable` names the request; it is only called when something fails."""
+        a failure. `readable` names the request; it is only called when something fails.
+        With `blobs`, a large value goes to a blob appended there: the caller stores it
+        first (see `stored`)."""
         try:
-            data = self.codec.encode_outcome(outcome, key, readable)
+            data = self.codec.encode_outcome(outcome, key, readable, blobs)
         except SerializationError as exc:
             outcome = Outcome(error=RequestError(readable(), str(exc), kind="invalid"))
             data = self.codec.encode_outcome(outcome, key, readable)
         return Completion(key, data, cache and outcome.error is None and outcome.final)
 
+    async def stored(
+        self, completion: Completion, readable: Callable[[], str], blobs: list[Blob]
+    ) -> Completion:
+        """Store the blob of a completion's large value; a failure to store it fails the
+        request instead (never cached)."""
+        try:
+            await self.store_blobs(completion.key, blobs)
+        except BackendError as exc:
+            error = RequestError(
+                readable(), f"its value could not be stored: {exc}", kind="backend"
+            )
+            return self.completion(completion.key, readable, Outcome(error=error), False)
+        return completion
+
+    async def store_blobs(self, holder: str, blobs: list[Blob]) -> None:
+        """Store `blobs` (large values or arguments of request `holder`); empties the list."""
+        try:
+            for blob in blobs:
+                await self.backend.put_blob(blob.ref.digest, blob.data, holder=holder)
+        finally:
+            blobs.clear()
+
+    async def load(self, outcome: Outcome, key: str, readable: Callable[[], str]) -> None:
+        """Fetch the value of `outcome` from its blob, if it has one, in place (every waiter
+        here shares the outcome: the value is fetched once). A blob that is gone or whose
+        bytes do not match its digest makes the outcome an error of this request alone."""
+        ref = outcome.blob
+        if ref is None:
+            return
+        try:
+            loaded = self.codec.load_value(outcome, await self.backend.get_blob(ref.digest), key)
+        except SerializationError as exc:
+            self.log.error("large value refused", key=key, error=str(exc))
+            loaded = Outcome(error=RequestError(readable(), str(exc), kind="invalid"))
+        outcome.value, outcome.error, outcome.blob = loaded.value, loaded.error, None
+
+    async def load_values(self, requests: Sequence[Request], batch: Batch) -> None:
+        """Fetch the large values of a finished batch (see `load`): only a caller that takes
+        the values does; knowing that a key is done costs no transfer."""
+        for request, outcome in zip(requests, batch.outcomes, strict=True):
+            if outcome is not None and outcome.blob is not None:
+                await self.load(outcome, request.key, request.readable)
+
     async def publish(self, key: str, readable: Callable[[], str], outcome: Outcome) -> None:
         """Publish a partial answer of a key this node runs: to its waiters elsewhere through
         the backend, to the streams here at once."""
-        data = self.codec.encode_outcome(outcome, key, readable)
+        blobs: list[Blob] = []
+        data = self.codec.encode_outcome(outcome, key, readable, blobs)
+        if blobs:
+            await self.store_blobs(key, blobs)
         await self.backend.publish(self.id, key, data)
         self.waiters.partial(key, outcome)
 
@@ -355,7 +425,10 @@ class Node:
         self, key: str, readable: Callable[[], str], outcome: Outcome, *, cache: bool
     ) -> None:
         """Store an outcome this node computed, notify waiters, and wake local ones."""
-        completion = self.completion(key, readable, outcome, cache)
+        blobs: list[Blob] = []
+        completion = self.completion(key, readable, outcome, cache, blobs)
+        if blobs:
+            completion = await self.stored(completion, readable, blobs)
         await self.backend.complete(self.id, key, completion.outcome, cache=completion.cache)
         self.waiters.resolve(key, outcome)
 
@@ -382,6 +455,7 @@ class Node:
         batch.feed = feed
         fresh: dict[str, Submission] = {}
         waiter_key = None if waiter is None else waiter[0]
+        blobs: list[Blob] = []
         for index, request in enumerate(requests):
             try:
                 key = request.key
@@ -392,10 +466,15 @@ class Node:
                     dict(request.kwargs),
                     job,
                 )
-                data = self.codec.encode_request(payload, key)
-            except SerializationError as exc:
+                data = self.codec.encode_request(payload, key, blobs)
+                spilled: tuple[Blob, ...] = ()
+                if blobs:  # large arguments: stored before the record that refers to them
+                    spilled = tuple(blobs)
+                    await self.store_blobs(key, blobs)
+            except (SerializationError, BackendError) as exc:
                 readable = request.readable()
-                batch.set(index, Outcome(error=RequestError(readable, str(exc), kind="invalid")))
+                kind = "backend" if isinstance(exc, BackendError) else "invalid"
+                batch.set(index, Outcome(error=RequestError(readable, str(exc), kind=kind)))
                 self.log.warning("request rejected", request=readable, error=str(exc))
                 continue
             root_of = job if waiter_key is None else None
@@ -406,6 +485,8 @@ class Node:
             )
             if not payload.kwargs and all(type(arg) in SCALARS for arg in payload.args):
                 submission.local = (payload, request.function)
+            elif spilled:
+                submission.blobs = spilled
             self.waiters.watch(submission, batch, index)
             fresh.setdefault(key, submission)
         same = all(submission.into == into for submission in fresh.values())

@@ -17,7 +17,7 @@ from typing import Any
 
 from girder.backends.base import NewRequest
 from girder.functions import GridFunction, Request
-from girder.serialization import Outcome, RequestPayload
+from girder.serialization import Blob, Outcome, RequestPayload
 
 
 class Feed:
@@ -121,6 +121,8 @@ class Submission:
     local: tuple[RequestPayload, GridFunction[..., Any]] | None = None
     """The payload and function themselves, when every argument is an immutable scalar: a
     worker of this node that claims the key may use them instead of decoding the bytes."""
+    blobs: tuple[Blob, ...] = ()
+    """The blobs of its large arguments (stored again when it is submitted again)."""
     next_check: float = 0.0
     """When to submit it again if it is still awaited then (0: not scheduled yet)."""
     checks: int = 0

@@ -36,7 +36,7 @@ from girder.scheduler.node import Node, error_lines
 from girder.scheduler.outbox import Outbox
 from girder.scheduler.waiters import Batch, Feed
 from girder.security import resolve_allowed
-from girder.serialization import Outcome, RequestPayload
+from girder.serialization import Blob, Outcome, RequestPayload
 from girder.watchdog import WatchPipe
 
 _FAIRNESS_SLICE = 0.005
@@ -232,6 +232,9 @@ class Worker(Node):
         else:
             try:
                 payload = self.codec.decode_request(claimed.payload, claimed.key)
+                if payload.blob is not None:  # large arguments: fetched from their blob
+                    data = await self.backend.get_blob(payload.blob.digest)
+                    self.codec.load_arguments(payload, data, claimed.key)
                 function = resolve_allowed(payload.function, self.settings)
             except (SerializationError, LookupError) as exc:
                 await self._reject(claimed.key, exc)
@@ -386,9 +389,12 @@ class Worker(Node):
             job = self._cancelled.pop(evaluation.key, None)
             if job is not None:  # nothing cancelled is cached, whatever the run came to
                 outcome = Outcome(error=Cancelled(evaluation.readable(), job))
+            blobs: list[Blob] = []
             completion = self.completion(
-                evaluation.key, evaluation.readable, outcome, function.cache
+                evaluation.key, evaluation.readable, outcome, function.cache, blobs
             )
+            if blobs:  # a large value: its blob is stored before the completion is sent
+                completion = await self.stored(completion, evaluation.readable, blobs)
             self.stats.ran += 1
             self._outbox.add(completion, outcome)
             self._running.discard(evaluation.key)
@@ -460,6 +466,7 @@ class Worker(Node):
         )
         if not batch.future.done():
             await self._park(evaluation, batch)
+        await self.load_values(requests, batch)
         return self.raise_failures(evaluation.readable, requests, batch)
 
     async def stream(self, evaluation: Evaluation, request: Request) -> AsyncIterator[Any]:
@@ -486,6 +493,7 @@ class Worker(Node):
             outcome = feed.take()
             if outcome is None:
                 return
+            await self.load(outcome, request.key, request.readable)
             yield self.stream_answer(evaluation.readable, request, outcome)
             if outcome.final:
                 return

@@ -22,6 +22,7 @@ so a slow machine makes the suite slower, never wrong. "At once" means within `p
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import ClassVar
@@ -54,6 +55,13 @@ def new(key: str) -> NewRequest:
 def out(key: str, tag: str = "") -> bytes:
     """An outcome for `key` (binary, like a real serialized outcome)."""
     return b"\x80\x00outcome:" + key.encode() + tag.encode()
+
+
+def blob(tag: str, size: int = 1000) -> tuple[str, bytes]:
+    """(digest, bytes) of a binary blob of `size` bytes derived from `tag`."""
+    data = (b"\x00\xffblob:" + tag.encode()) * (size // (7 + len(tag)) + 1)
+    data = data[:size]
+    return hashlib.sha256(data).hexdigest(), data
 
 
 async def put(
@@ -1260,3 +1268,73 @@ class BackendConformance:
         assert await backend.lengths(["ghost"]) == [0]
         assert await backend.nodes() == []
         assert await backend.take_notifications("ghost", 0) == []
+
+    # -- large values -----------------------------------------------------------------------------
+
+    async def test_a_blob_is_read_back_whole(self, backend: StateBackend) -> None:
+        small, small_data = blob("a")
+        large, large_data = blob("b", 3 * 1024 * 1024 + 17)
+        await backend.put_blob(small, small_data, holder="k")
+        await backend.put_blob(large, large_data, holder="k")
+        assert await backend.get_blob(small) == small_data
+        assert await backend.get_blob(large) == large_data
+        assert await backend.get_blob(blob("none")[0]) is None
+        assert await backend.blobs() == {small: len(small_data), large: len(large_data)}
+
+    async def test_a_blob_is_stored_once_and_never_overwritten(self, backend: StateBackend) -> None:
+        digest, data = blob("a")
+        await backend.put_blob(digest, data, holder="k1")
+        await backend.put_blob(digest, data, holder="k2")
+        await backend.put_blob(digest, b"forged" + data, holder="k3")
+        assert await backend.blobs() == {digest: len(data)}
+        assert await backend.get_blob(digest) == data
+
+    async def test_a_blob_lives_while_a_record_holds_it(self, backend: StateBackend) -> None:
+        """Pending, running or done: a holder's record keeps the blob through any sweep."""
+        digest, data = blob("a")
+        await backend.put_blob(digest, data, holder="k")
+        await put(backend, "c", ["k"], into="w")
+        assert await backend.sweep_blobs(0) == 0
+        assert await backend.claim("w") is not None
+        assert await backend.sweep_blobs(0) == 0
+        await backend.complete("w", "k", out("k"), cache=True)
+        assert await backend.sweep_blobs(0) == 0
+        assert await backend.get_blob(digest) == data
+
+    async def test_a_blob_goes_with_the_last_record_that_holds_it(
+        self, backend: StateBackend
+    ) -> None:
+        digest, data = blob("a")
+        await backend.put_blob(digest, data, holder="cached")
+        await backend.put_blob(digest, data, holder="uncached")
+        await run(backend, "w", "cached", cache=True)
+        await run(backend, "w", "uncached", cache=False)  # its record is deleted
+        assert await backend.sweep_blobs(0) == 0
+        await backend.flush()
+        assert await backend.blobs() == {}
+        await backend.put_blob(digest, data, holder="uncached")
+        await run(backend, "w", "uncached", cache=False)
+        await backend.sweep_blobs(0)
+        assert await backend.blobs() == {}
+        assert await backend.get_blob(digest) is None
+
+    async def test_a_blob_without_holders_lives_out_its_grace(self, backend: StateBackend) -> None:
+        """The holder's record is not written yet (or its value not fetched yet): the blob
+        stays `grace` seconds after its put."""
+        digest, data = blob("a")
+        await backend.put_blob(digest, data, holder="not-yet")
+        assert await backend.sweep_blobs(LONG) == 0
+        assert await backend.get_blob(digest) == data
+        await backend.sweep_blobs(0)
+        assert await backend.blobs() == {}
+
+    async def test_a_sweep_goes_through_many_blobs(self, backend: StateBackend) -> None:
+        held = [blob(f"held{i}", 100) for i in range(55)]
+        loose = [blob(f"loose{i}", 100) for i in range(55)]
+        await put(backend, "c", ["k"], into="w")
+        for digest, data in held:
+            await backend.put_blob(digest, data, holder="k")
+        for digest, data in loose:
+            await backend.put_blob(digest, data, holder="gone")
+        await backend.sweep_blobs(0)
+        assert set(await backend.blobs()) == {digest for digest, _ in held}
