@@ -1,5 +1,6 @@
 """girder: an asyncio-native calculation grid with memoized, re-entrant requests."""
 
+from girder.config import configure_logging
 from girder.errors import (
     BackendError,
     Cancelled,
@@ -27,6 +28,7 @@ __all__ = [
     "SerializationError",
     "__version__",
     "call_reentrant",
+    "configure_logging",
     "current_node",
     "function",
     "stream",

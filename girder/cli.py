@@ -12,27 +12,34 @@ import json
 import sys
 from collections.abc import Sequence
 
-from girder.config import Settings, load_settings
+from girder.config import Settings, load_settings, warn_unknown_variables
 from girder.demo import format_report, run_demo
 from girder.errors import ConfigurationError
+from girder.log import configure
 from girder.runner import format_status, grid_status, run_distributor, run_worker
 from girder.supervisor import run_up
 
 
 def _settings(args: argparse.Namespace) -> Settings:
-    return load_settings(
-        backend=args.backend,
+    """The command's settings; girder's own process, so it also sets up girder's logging."""
+    settings = load_settings(
+        warn=False,
+        backend=getattr(args, "backend", None),
         pool=getattr(args, "pool", None),
         name=getattr(args, "name", None),
         parent=getattr(args, "parent", None),
         workers=getattr(args, "workers", None),
         concurrency=getattr(args, "concurrency", None),
         imports=getattr(args, "imports", None),
-        log_level=args.log_level,
+        log_level=getattr(args, "log_level", None),
     )
+    configure(settings.log_level, settings.log_format)
+    warn_unknown_variables()
+    return settings
 
 
 def _demo(args: argparse.Namespace) -> int:
+    _settings(args)
     report = asyncio.run(
         run_demo(
             workers=args.workers or 4,

@@ -18,7 +18,6 @@ from girder.backends.base import StateBackend
 from girder.config import Settings, load_settings
 from girder.errors import RequestError
 from girder.functions import Request, as_request
-from girder.log import configure
 from girder.scheduler import Client, Distributor, Worker
 
 
@@ -102,7 +101,6 @@ class Grid:
 
     async def start(self) -> None:
         """Connect to the backend and start the local nodes (if any) and the client."""
-        configure(self.settings.log_level)
         await self.backend.connect()
         if self.local_workers:
             self.distributor = Distributor(self.backend, self.settings, parent=self.settings.parent)

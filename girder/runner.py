@@ -62,9 +62,9 @@ def run_worker(settings: Settings, argv: Sequence[str] | None = None) -> None:
     if argv is not None and not supervised():
         backend = open_backend(settings.backend, settings=settings)
         if backend.shared:
-            configure(settings.log_level)
+            configure(settings.log_level, settings.log_format)
             sys.exit(WorkerSupervisor(settings, list(argv)).run())
-    configure(settings.log_level)
+    configure(settings.log_level, settings.log_format)
     import_modules(settings.imports)
     backend = open_backend(settings.backend, settings=settings)
     worker = Worker(backend, settings, node_id=settings.name)
@@ -74,7 +74,7 @@ def run_worker(settings: Settings, argv: Sequence[str] | None = None) -> None:
 
 def run_distributor(settings: Settings) -> None:
     """`girder distributor`: a distributor named `settings.name` (default: the pool name)."""
-    configure(settings.log_level)
+    configure(settings.log_level, settings.log_format)
     backend = open_backend(settings.backend, settings=settings)
     distributor = Distributor(
         backend, settings, node_id=settings.name or settings.pool, parent=settings.parent

@@ -159,6 +159,6 @@ class Supervisor:
 
 def run_up(settings: Settings) -> int:
     """`girder up`: supervise a distributor and `settings.workers` workers; the exit status."""
-    configure(settings.log_level)
+    configure(settings.log_level, settings.log_format)
     env = child_environment(settings)
     return asyncio.run(Supervisor(settings, planned_children(settings), env).run())

@@ -36,8 +36,6 @@ from contextlib import contextmanager
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-import structlog
-
 from girder.backends.base import (
     Assignment,
     Beat,
@@ -79,8 +77,9 @@ from girder.backends.resp import (
 )
 from girder.config import Settings
 from girder.errors import BackendError, BackendFull, ConfigurationError
+from girder.log import get_logger
 
-_log = structlog.get_logger("girder")
+_log = get_logger()
 
 T = TypeVar("T")
 

@@ -29,7 +29,7 @@ from girder.config import Settings
 from girder.errors import BackendFull, Cancelled, RequestError, SerializationError
 from girder.functions import Request
 from girder.keys import SCALARS
-from girder.log import configure, node_logger
+from girder.log import debug_enabled, node_logger
 from girder.scheduler.lease import LeaseKeeper, lease_keeper
 from girder.scheduler.waiters import Batch, Feed, Submission, Waiters
 from girder.security import require_secret
@@ -64,7 +64,10 @@ class NodeStats:
     """What a node did, for the demo and `girder status`."""
 
     ran: int = 0
+    failed: int = 0
     cache_hits: int = 0
+    shared: int = 0
+    """Requests this node asked for that were already in flight (it joined their run)."""
     handed_out: int = 0
     stolen: int = 0
 
@@ -91,7 +94,6 @@ class Node:
         self.codec = Codec(secret, settings.max_payload_bytes)
         self.waiters = Waiters()
         self.stats = NodeStats()
-        configure(settings.log_level)
         self.log = node_logger(self.id, kind=self.kind.value)
         require_secret(settings, backend, self.log)
         self._tasks: list[asyncio.Task[None]] = []
@@ -338,6 +340,7 @@ class Node:
         batch.feed = feed
         fresh: dict[str, Submission] = {}
         waiter_key = None if waiter is None else waiter[0]
+        debug = debug_enabled()
         for index, request in enumerate(requests):
             try:
                 key = request.key
@@ -364,6 +367,10 @@ class Node:
                 submission.local = (payload, request.function)
             self.waiters.watch(submission, batch, index)
             fresh.setdefault(key, submission)
+            if debug:
+                self.log.debug(
+                    "request submitted", request=request.readable(), key=key, job=job, to=target
+                )
         same = all(submission.into == into for submission in fresh.values())
         cycle = await self._submit_and_route(list(fresh.values()), same_target=same, claim=claim)
         if cycle is not None and waiter is not None:
