@@ -6,6 +6,7 @@ from girder.errors import (
     Cancelled,
     ConfigurationError,
     GirderError,
+    GridStopped,
     RequestError,
     SerializationError,
 )
@@ -22,6 +23,7 @@ __all__ = [
     "GirderError",
     "Grid",
     "GridFunction",
+    "GridStopped",
     "Handle",
     "Request",
     "RequestError",

@@ -11,6 +11,7 @@ import asyncio
 import json
 import sys
 from collections.abc import Sequence
+from urllib.parse import urlsplit
 
 from girder.config import Settings, load_settings, warn_unknown_variables
 from girder.demo import format_report, run_demo
@@ -53,18 +54,30 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _shared_settings(args: argparse.Namespace) -> Settings:
+    """The settings of a command whose processes share the grid's state: never in memory."""
+    settings = _settings(args)
+    if urlsplit(settings.backend).scheme == "memory":
+        raise ConfigurationError(
+            f"the backend {settings.backend} lives inside one process, where no other process "
+            "can reach it; pass the URL of a Redis server that every process of the grid "
+            "reaches: --backend redis://HOST:6379/0 (or GIRDER_BACKEND)"
+        )
+    return settings
+
+
 def _worker(args: argparse.Namespace) -> int:
-    run_worker(_settings(args), argv=args.argv)
+    run_worker(_shared_settings(args), argv=args.argv)
     return 0
 
 
 def _distributor(args: argparse.Namespace) -> int:
-    run_distributor(_settings(args))
+    run_distributor(_shared_settings(args))
     return 0
 
 
 def _up(args: argparse.Namespace) -> int:
-    return run_up(_settings(args))
+    return run_up(_shared_settings(args))
 
 
 def _status(args: argparse.Namespace) -> int:

@@ -16,7 +16,7 @@ from typing import Any, Self
 from girder.backends import open_backend
 from girder.backends.base import StateBackend
 from girder.config import Settings, load_settings
-from girder.errors import RequestError
+from girder.errors import GridStopped, RequestError
 from girder.functions import Request, as_request
 from girder.scheduler import Client, Distributor, Worker
 
@@ -70,6 +70,8 @@ class Grid:
         self.distributor: Distributor | None = None
         self.workers: list[Worker] = []
         self._handles: set[asyncio.Task[Any]] = set()
+        self._state = "new"
+        """"new", "running" or "stopped": only a running grid takes calls."""
 
     @classmethod
     def local(cls, workers: int | None = None, backend: str | None = None, **options: Any) -> Grid:
@@ -112,9 +114,11 @@ class Grid:
                 await worker.start()
                 self.workers.append(worker)
         await self.client.start()
+        self._state = "running"
 
     async def stop(self) -> None:
         """Stop the client and local nodes, and close the backend connection."""
+        self._state = "stopped"
         for task in self._handles:
             task.cancel()
         await asyncio.gather(*self._handles, return_exceptions=True)
@@ -137,6 +141,7 @@ class Grid:
         `RequestError` of kind "timeout", and its job is cancelled (what nothing else needs
         stops). `timeout` is girder's: pass a function's own `timeout` argument through
         `grid.call(girder.Request(fn, timeout=...))`."""
+        self._running()
         request = _one_request(fn, args, kwargs)
         if timeout is None:
             return await self._call_one(request)
@@ -154,6 +159,7 @@ class Grid:
     async def call_all(self, requests: Iterable[Any]) -> list[Any]:
         """Run many requests at once; their values in order, or `RequestError` with every
         failure as a cause."""
+        self._running()
         return await self.client.values([as_request(item) for item in requests])
 
     def stream(self, fn: Any, /, *args: Any, **kwargs: Any) -> AsyncIterator[Any]:
@@ -164,11 +170,13 @@ class Grid:
         that already runs starts from its latest answer; a cached one yields its value alone.
         A failure raises `RequestError`; leaving the loop early cancels the job.
         """
+        self._running()
         return self.client.stream(Request(fn, *args, **kwargs))
 
     def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> Handle:
         """Start one request and return a handle at once; await the handle for the value. `fn`
         may be a `Request` (alone), as in `call`."""
+        self._running()
         request = _one_request(fn, args, kwargs)
         job = self.client.new_job()
         task = asyncio.ensure_future(self._call_one(request, job))
@@ -180,7 +188,18 @@ class Grid:
         """Cancel the job `job` (a `Handle.job`, from this client or any other of the grid):
         every request of it that no other live job and no waiting request needs stops; whoever
         else waited for those gets `girder.Cancelled`. Returns how many requests stopped."""
+        self._running()
         return await self.client.cancel(job)
+
+    def _running(self) -> None:
+        """Raise `GridStopped` at once unless the grid runs (a call would wait forever)."""
+        if self._state == "running":
+            return
+        when = "has not started" if self._state == "new" else "has stopped"
+        raise GridStopped(
+            f"the grid {when}: call it inside `async with girder.Grid.local(...) as grid:` "
+            "(or `Grid.connect`), or between `await grid.start()` and `await grid.stop()`"
+        )
 
     async def _call_one(self, request: Request, job: str | None = None) -> Any:
         (outcome,) = await self.client.run([request], job)
