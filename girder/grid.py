@@ -70,8 +70,7 @@ class Grid:
         self.distributor: Distributor | None = None
         self.workers: list[Worker] = []
         self._handles: set[asyncio.Task[Any]] = set()
-        self._state = "new"
-        """"new", "running" or "stopped": only a running grid takes calls."""
+        self._stopped = False
 
     @classmethod
     def local(cls, workers: int | None = None, backend: str | None = None, **options: Any) -> Grid:
@@ -114,11 +113,10 @@ class Grid:
                 await worker.start()
                 self.workers.append(worker)
         await self.client.start()
-        self._state = "running"
 
     async def stop(self) -> None:
         """Stop the client and local nodes, and close the backend connection."""
-        self._state = "stopped"
+        self._stopped = True
         for task in self._handles:
             task.cancel()
         await asyncio.gather(*self._handles, return_exceptions=True)
@@ -193,9 +191,9 @@ class Grid:
 
     def _running(self) -> None:
         """Raise `GridStopped` at once unless the grid runs (a call would wait forever)."""
-        if self._state == "running":
+        if self.client.running:
             return
-        when = "has not started" if self._state == "new" else "has stopped"
+        when = "has stopped" if self._stopped else "has not started"
         raise GridStopped(
             f"the grid {when}: call it inside `async with girder.Grid.local(...) as grid:` "
             "(or `Grid.connect`), or between `await grid.start()` and `await grid.stop()`"

@@ -31,6 +31,7 @@ from girder.functions import Request
 from girder.keys import SCALARS
 from girder.log import debug_enabled, node_logger
 from girder.scheduler.lease import LeaseKeeper, lease_keeper
+from girder.scheduler.pools import PoolWatch
 from girder.scheduler.waiters import Batch, Feed, Submission, Waiters
 from girder.security import require_secret
 from girder.serialization import Codec, Outcome, RequestPayload
@@ -94,6 +95,7 @@ class Node:
         self.codec = Codec(secret, settings.max_payload_bytes)
         self.waiters = Waiters()
         self.stats = NodeStats()
+        self.pools = PoolWatch(backend, settings.pool_wait, self._pool_unserved)
         self.log = node_logger(self.id, kind=self.kind.value)
         require_secret(settings, backend, self.log)
         self._tasks: list[asyncio.Task[None]] = []
@@ -101,6 +103,8 @@ class Node:
         self._lease_keeper: LeaseKeeper | None = None
         self._clock = 0
         """The grid's clock at this node's last heartbeat (see `Beat`)."""
+        self.running = False
+        """Between the end of `start` and the start of `stop`."""
 
     # -- life -------------------------------------------------------------------------------------
 
@@ -115,6 +119,7 @@ class Node:
         self._spawn(self._heartbeat_loop, "heartbeat")
         self._spawn(self._listen_loop, "listen")
         self._start_loops()
+        self.running = True
         self.log.info("node started", distributor=self.distributor)
 
     def _start_loops(self) -> None:
@@ -122,10 +127,12 @@ class Node:
 
     async def stop(self) -> None:
         """Stop the loops and leave the grid, handing back whatever is still held."""
+        self.running = False
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
+        await self.pools.stop()
         try:
             await self._before_leaving()
         except Exception as exc:  # what it did not send, `leave` hands back to the grid
@@ -202,6 +209,19 @@ class Node:
         source = self.waiters.source(key)
         readable = source.readable() if source is not None else f"request {key}"
         self.waiters.resolve(key, Outcome(error=Cancelled(readable, job)))
+
+    def _pool_unserved(self, pool: str, pools: list[str]) -> None:
+        """No distributor of `pool` was seen for `pool_wait` seconds: fail what waits there."""
+        exist = ", ".join(repr(name) for name in pools) or "none (no distributor is running)"
+        message = (
+            f"no distributor serves the pool {pool!r} (none seen for "
+            f"{self.settings.pool_wait:g} s, GIRDER_POOL_WAIT); the pools that exist: {exist}"
+        )
+        failed = self.waiters.fail_into(
+            pool, lambda request: Outcome(error=RequestError(request, message, kind="pool"))
+        )
+        if failed:
+            self.log.error("no distributor serves the pool", pool=pool, pools=pools, failed=failed)
 
     def running_keys(self) -> list[str]:
         """The keys this node runs (a worker overrides it), for `reconcile`."""
@@ -359,6 +379,8 @@ class Node:
                 continue
             root_of = job if waiter_key is None else None
             target = into if request.pool is None else request.pool  # routed: bottom of its queue
+            if request.pool is not None:
+                self.pools.check(target, self._loop)
             top = on_top and target == into
             submission = Submission(
                 NewRequest(key, data), target, top, waiter_key, root_of, request
@@ -371,6 +393,8 @@ class Node:
                 self.log.debug(
                     "request submitted", request=request.readable(), key=key, job=job, to=target
                 )
+        if into != self.id:  # a pool's queue, not this node's own stack
+            self.pools.check(into, self._loop)
         same = all(submission.into == into for submission in fresh.values())
         cycle = await self._submit_and_route(list(fresh.values()), same_target=same, claim=claim)
         if cycle is not None and waiter is not None:
