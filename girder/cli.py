@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import sys
+import time
 from collections.abc import Sequence
 from urllib.parse import urlsplit
 
@@ -17,7 +19,7 @@ from girder.config import Settings, load_settings, warn_unknown_variables
 from girder.demo import format_report, run_demo
 from girder.errors import ConfigurationError
 from girder.log import configure
-from girder.runner import format_status, grid_status, run_distributor, run_worker
+from girder.runner import format_status, grid_status, run_distributor, run_worker, watch_status
 from girder.supervisor import run_up
 
 
@@ -81,8 +83,24 @@ def _up(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
-    status = asyncio.run(grid_status(_settings(args)))
-    print(json.dumps(status, indent=1) if args.json else format_status(status))
+    settings = _settings(args)
+    if args.watch is None:
+        status = asyncio.run(grid_status(settings))
+        print(json.dumps(status, indent=1) if args.json else format_status(status))
+        return 0
+    if args.watch <= 0:
+        raise ConfigurationError(f"--watch takes a number of seconds above 0, not {args.watch:g}")
+    clear = sys.stdout.isatty() and not args.json
+
+    def show(status: dict[str, object]) -> None:
+        if args.json:
+            print(json.dumps(status), flush=True)  # one line per refresh
+            return
+        print("\x1b[H\x1b[2J" if clear else f"-- {time.strftime('%H:%M:%S')}")
+        print(format_status(status), flush=True)
+
+    with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C ends the watch
+        asyncio.run(watch_status(settings, args.watch, show))
     return 0
 
 
@@ -139,6 +157,14 @@ def build_parser() -> argparse.ArgumentParser:
     status = commands.add_parser("status", help="nodes, liveness, queues, cache size")
     _common(status)
     status.add_argument("--json", action="store_true", help="print JSON")
+    status.add_argument(
+        "--watch",
+        type=float,
+        nargs="?",
+        const=2.0,
+        metavar="SECONDS",
+        help="show the status again every SECONDS (default 2) until Ctrl-C",
+    )
     status.set_defaults(run=_status)
     return parser
 

@@ -4,15 +4,22 @@ given to processes that cannot share it, a pool nobody serves."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+import signal
 import subprocess
 import sys
+import uuid
+from pathlib import Path
+from typing import Any
 
 import pytest
-from gridfns import add
-from processes import CLIENT_OPTIONS
+from gridfns import add, divide, nap
+from processes import CLIENT_OPTIONS, grid_on, wait_until
 
 import girder
+from girder.backends import open_backend
+from girder.backends.base import RequestState
 
 
 def _girder(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
@@ -119,3 +126,90 @@ async def test_a_pool_whose_distributor_comes_within_the_wait_fails_nothing(
         assert not handle.done()
         async with girder.Grid.local(workers=1, backend=redis_url, pool="late", **CLIENT_OPTIONS):
             assert await asyncio.wait_for(handle, 30) == 5
+
+
+# -- girder status ---------------------------------------------------------------------------------
+
+
+async def _girder_output(*args: str) -> str:
+    """What a real `girder` process prints (without blocking this loop: the clients beat)."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "girder",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 0, err.decode()
+    return out.decode()
+
+
+@pytest.mark.redis
+async def test_status_shows_counters_and_work_nobody_serves(redis_url: str, tmp_path: Path) -> None:
+    tag = uuid.uuid4().int % 1_000_000
+    async with grid_on(redis_url, tmp_path / "logs", workers=1) as (client, _):
+        first = client.submit(nap, 400, tag)
+        backend = open_backend(redis_url)
+        await backend.connect()
+        try:
+            key = girder.Request(nap, 400, tag).key
+
+            async def running() -> bool:
+                return await backend.state(key) == RequestState.RUNNING
+
+            await wait_until(running, what="the first request to run")
+        finally:
+            await backend.close()
+        second = client.submit(nap, 400, tag)  # joins the run in flight
+        assert await first == await second == tag
+        assert await client.call(nap, 400, tag) == tag  # from the cache
+        with pytest.raises(girder.RequestError):
+            await client.call(divide, 1, 0)
+        async with girder.Grid.connect(
+            redis_url, pool="typo", pool_wait=120, **CLIENT_OPTIONS
+        ) as typo:
+            queued = typo.submit(add, 1, tag)
+            found: dict[str, Any] = {}
+
+            async def shown() -> bool:
+                found.update(
+                    json.loads(await _girder_output("status", "--json", "--backend", redis_url))
+                )
+                nodes = {n["node"]: n for n in found["nodes"]}
+                me = nodes.get(client.client.id, {})
+                return (
+                    found["unserved"] == {"typo": 1}
+                    and nodes["w1"]["ran"] >= 2
+                    and nodes["w1"]["failed"] >= 1
+                    and me.get("cache_hits", 0) >= 1
+                    and me.get("shared", 0) >= 1
+                )
+
+            await wait_until(shown, timeout=60, what="the counters and the queue in 'typo'")
+            table = (await _girder_output("status", "--backend", redis_url)).splitlines()
+            queued.cancel()
+        assert "shared" in table[1]
+        assert any(line.startswith("w1 ") for line in table)
+        assert "queued in 'typo', which no live node serves: 1" in table
+
+
+@pytest.mark.redis
+def test_status_watch_refreshes_until_interrupted(redis_url: str) -> None:
+    command = [sys.executable, "-m", "girder", "status", "--watch", "0.2", "--backend", redis_url]
+    with subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    ) as proc:
+        try:
+            assert proc.stdout is not None
+            refreshes = 0
+            while refreshes < 3:
+                line = proc.stdout.readline()
+                assert line, "girder status --watch ended by itself"
+                refreshes += line.startswith("-- ")
+            proc.send_signal(signal.SIGINT)
+            assert proc.wait(timeout=30) == 0
+        finally:
+            if proc.poll() is None:
+                proc.kill()

@@ -72,6 +72,17 @@ class NodeStats:
     handed_out: int = 0
     stolen: int = 0
 
+    def counters(self) -> dict[str, int]:
+        """The counters a node publishes with its heartbeat (`girder status` shows them)."""
+        return {
+            "ran": self.ran,
+            "failed": self.failed,
+            "cache_hits": self.cache_hits,
+            "shared": self.shared,
+            "handed_out": self.handed_out,
+            "stolen": self.stolen,
+        }
+
 
 class Node:
     """The common life of a worker, distributor or client."""
@@ -187,7 +198,9 @@ class Node:
     async def _beat(self) -> None:
         """Renew the lease; rejoin and reconcile when the backend forgot this node or lost
         writes."""
-        beat = await self.backend.heartbeat(self.id, self.settings.heartbeat_ttl)
+        beat = await self.backend.heartbeat(
+            self.id, self.settings.heartbeat_ttl, self.stats.counters()
+        )
         went_back = beat.clock <= self._clock
         self._clock = beat.clock
         if beat.registered and not went_back:
@@ -396,7 +409,9 @@ class Node:
         if into != self.id:  # a pool's queue, not this node's own stack
             self.pools.check(into, self._loop)
         same = all(submission.into == into for submission in fresh.values())
-        cycle = await self._submit_and_route(list(fresh.values()), same_target=same, claim=claim)
+        cycle = await self._submit_and_route(
+            list(fresh.values()), same_target=same, claim=claim, fresh=True
+        )
         if cycle is not None and waiter is not None:
             names = await self.readables(cycle)
             raise RequestError(
@@ -412,23 +427,31 @@ class Node:
             raise AssertionError(f"{self.kind.value} {self.id} claimed requests")
 
     async def _submit_and_route(
-        self, submissions: list[Submission], *, same_target: bool = False, claim: int = 0
+        self,
+        submissions: list[Submission],
+        *,
+        same_target: bool = False,
+        claim: int = 0,
+        fresh: bool = False,
     ) -> tuple[str, ...] | None:
         """Submit to the backend, one call per target (work list, end, waiter); the first call
         also claims up to `claim` requests (see `adopt`). Delivers cached outcomes and returns
-        the first wait-for cycle found, if any."""
+        the first wait-for cycle found, if any. `fresh` submissions (not submitted again)
+        count in the node's requests shared while in flight."""
         if not submissions:
             return None
         groups = [submissions] if same_target else _by_target(submissions)
         groups.sort(key=lambda group: group[0].into != self.id)  # own stack first: it claims
         cycle: tuple[str, ...] | None = None
         for group in groups:
-            found = await self._submit_group(group, claim)
+            found = await self._submit_group(group, claim, fresh)
             claim = 0
             cycle = cycle or found
         return cycle
 
-    async def _submit_group(self, group: list[Submission], claim: int) -> tuple[str, ...] | None:
+    async def _submit_group(
+        self, group: list[Submission], claim: int, fresh: bool
+    ) -> tuple[str, ...] | None:
         """Submit submissions that share a target; deliver cached outcomes; return a cycle."""
         head = group[0]
         found, claimed = await self.backend.submit_and_claim(
@@ -450,6 +473,8 @@ class Node:
                 self.waiters.resolve(submitted.key, outcome)
             elif submitted.partial is not None:  # joining a stream late: its latest answer
                 self.partial(submitted.key, submitted.partial)
+            if submitted.shared and fresh:
+                self.stats.shared += 1
             if submitted.cycle is not None and cycle is None:
                 cycle = submitted.cycle
         return cycle
