@@ -18,7 +18,7 @@ request needs itself), "crashed" (a request killed its worker too often), "inval
 unserializable, unknown function, tampered or oversized payload), "backend" (the backend refused
 the writes the request needs: it is out of memory), "cancelled" (its job was cancelled: then the
 error is a `Cancelled`, which names the job), "pool" (no distributor serves the pool it was sent
-to). A request that failed because a
+to), "stopped" (its grid stopped while the caller waited). A request that failed because a
 sub-request failed has the kind of its first root cause, and its message names that root cause.
 """
 

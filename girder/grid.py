@@ -139,7 +139,7 @@ class Grid:
         `RequestError` of kind "timeout", and its job is cancelled (what nothing else needs
         stops). `timeout` is girder's: pass a function's own `timeout` argument through
         `grid.call(girder.Request(fn, timeout=...))`."""
-        self._running()
+        self._require_running()
         request = _one_request(fn, args, kwargs)
         if timeout is None:
             return await self._call_one(request)
@@ -157,7 +157,7 @@ class Grid:
     async def call_all(self, requests: Iterable[Any]) -> list[Any]:
         """Run many requests at once; their values in order, or `RequestError` with every
         failure as a cause."""
-        self._running()
+        self._require_running()
         return await self.client.values([as_request(item) for item in requests])
 
     def stream(self, fn: Any, /, *args: Any, **kwargs: Any) -> AsyncIterator[Any]:
@@ -168,13 +168,13 @@ class Grid:
         that already runs starts from its latest answer; a cached one yields its value alone.
         A failure raises `RequestError`; leaving the loop early cancels the job.
         """
-        self._running()
+        self._require_running()
         return self.client.stream(Request(fn, *args, **kwargs))
 
     def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> Handle:
         """Start one request and return a handle at once; await the handle for the value. `fn`
         may be a `Request` (alone), as in `call`."""
-        self._running()
+        self._require_running()
         request = _one_request(fn, args, kwargs)
         job = self.client.new_job()
         task = asyncio.ensure_future(self._call_one(request, job))
@@ -186,10 +186,10 @@ class Grid:
         """Cancel the job `job` (a `Handle.job`, from this client or any other of the grid):
         every request of it that no other live job and no waiting request needs stops; whoever
         else waited for those gets `girder.Cancelled`. Returns how many requests stopped."""
-        self._running()
+        self._require_running()
         return await self.client.cancel(job)
 
-    def _running(self) -> None:
+    def _require_running(self) -> None:
         """Raise `GridStopped` at once unless the grid runs (a call would wait forever)."""
         if self.client.running:
             return

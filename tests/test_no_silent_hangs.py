@@ -213,3 +213,16 @@ def test_status_watch_refreshes_until_interrupted(redis_url: str) -> None:
         finally:
             if proc.poll() is None:
                 proc.kill()
+
+
+async def test_a_call_under_way_when_the_grid_stops_fails() -> None:
+    async with girder.Grid.local(workers=1) as grid:
+        call = asyncio.create_task(grid.call(nap, 60_000, uuid.uuid4().int % 1_000_000))
+        await wait_until(lambda: _started(grid), what="the long call to start")
+    with pytest.raises(girder.RequestError, match="the grid stopped") as caught:
+        await asyncio.wait_for(call, 30)
+    assert caught.value.kind == "stopped"
+
+
+async def _started(grid: girder.Grid) -> bool:
+    return any(worker.running_keys() for worker in grid.workers)
