@@ -226,3 +226,11 @@ async def test_a_call_under_way_when_the_grid_stops_fails() -> None:
 
 async def _started(grid: girder.Grid) -> bool:
     return any(worker.running_keys() for worker in grid.workers)
+
+
+async def test_a_client_of_an_empty_memory_backend_is_told_to_use_a_local_grid() -> None:
+    async with girder.Grid.connect(pool_wait=0.2) as grid:
+        with pytest.raises(girder.RequestError) as caught:
+            await asyncio.wait_for(grid.call(add, 1, 2), 30)
+    assert "the pools that exist: none" in str(caught.value)
+    assert "Grid.local" in str(caught.value)

@@ -230,6 +230,8 @@ class Node:
             f"no distributor serves the pool {pool!r} (none seen for "
             f"{self.settings.pool_wait:g} s, GIRDER_POOL_WAIT); the pools that exist: {exist}"
         )
+        if not pools and not self.backend.shared:
+            message += f" ({self.backend.url} lives in this process alone: Grid.local runs a grid)"
         failed = self.waiters.fail_into(
             pool, lambda request: Outcome(error=RequestError(request, message, kind="pool"))
         )
