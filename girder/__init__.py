@@ -1,11 +1,13 @@
 """girder: an asyncio-native calculation grid with memoized, re-entrant requests."""
 
 from girder.chunking import map_reduce, map_reduce_stream
+from girder.config import configure_logging
 from girder.errors import (
     BackendError,
     Cancelled,
     ConfigurationError,
     GirderError,
+    GridStopped,
     RequestError,
     SerializationError,
     SourceChanged,
@@ -27,6 +29,7 @@ __all__ = [
     "GirderError",
     "Grid",
     "GridFunction",
+    "GridStopped",
     "Handle",
     "Printed",
     "Request",
@@ -38,6 +41,7 @@ __all__ = [
     "Topology",
     "__version__",
     "call_reentrant",
+    "configure_logging",
     "current_node",
     "file_source",
     "function",

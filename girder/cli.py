@@ -9,39 +9,48 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import sys
+import time
 import traceback
 from collections.abc import Sequence
+from urllib.parse import urlsplit
 
 from girder import __version__
 from girder.backends.base import NodeKind
-from girder.config import Settings, load_settings
+from girder.config import Settings, load_settings, warn_unknown_variables
 from girder.demo import format_report, run_demo
 from girder.errors import ConfigurationError, GirderError, RequestError
-from girder.log import log_to_files
-from girder.runner import format_status, grid_status, run_distributor, run_worker
+from girder.log import configure, log_to_files
+from girder.runner import format_status, grid_status, run_distributor, run_worker, watch_status
 from girder.scheduler.node import new_node_id
 from girder.supervisor import run_up
 from girder.watchdog import supervised
 
 
 def _settings(args: argparse.Namespace) -> Settings:
-    return load_settings(
-        backend=args.backend,
+    """The command's settings; girder's own process, so it also sets up girder's logging."""
+    settings = load_settings(
+        warn=False,
+        backend=getattr(args, "backend", None),
         pool=getattr(args, "pool", None),
         name=getattr(args, "name", None),
         parent=getattr(args, "parent", None),
         workers=getattr(args, "workers", None),
         concurrency=getattr(args, "concurrency", None),
         imports=getattr(args, "imports", None),
-        log_level=args.log_level,
+        log_level=getattr(args, "log_level", None),
         log_dir=getattr(args, "log_dir", None),
     )
+    configure(settings.log_level, settings.log_format)
+    warn_unknown_variables()
+    return settings
 
 
 def _demo(args: argparse.Namespace) -> int:
+    _settings(args)
     report = asyncio.run(
         run_demo(
             workers=args.workers or 4,
@@ -55,13 +64,25 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _shared_settings(args: argparse.Namespace) -> Settings:
+    """The settings of a command whose processes share the grid's state: never in memory."""
+    settings = _settings(args)
+    if urlsplit(settings.backend).scheme == "memory":
+        raise ConfigurationError(
+            f"the backend {settings.backend} lives inside one process, where no other process "
+            "can reach it; pass the URL of a Redis server that every process of the grid "
+            "reaches: --backend redis://HOST:6379/0 (or GIRDER_BACKEND)"
+        )
+    return settings
+
+
 def _worker(args: argparse.Namespace) -> int:
-    run_worker(_with_log_files(_settings(args), NodeKind.WORKER), argv=args.argv)
+    run_worker(_with_log_files(_shared_settings(args), NodeKind.WORKER), argv=args.argv)
     return 0
 
 
 def _distributor(args: argparse.Namespace) -> int:
-    settings = _settings(args)
+    settings = _shared_settings(args)
     run_distributor(_with_log_files(settings, NodeKind.DISTRIBUTOR, settings.name or settings.pool))
     return 0
 
@@ -79,12 +100,28 @@ def _with_log_files(settings: Settings, kind: NodeKind, name: str | None = None)
 
 
 def _up(args: argparse.Namespace) -> int:
-    return run_up(_settings(args))
+    return run_up(_shared_settings(args))
 
 
 def _status(args: argparse.Namespace) -> int:
-    status = asyncio.run(grid_status(_settings(args)))
-    print(json.dumps(status, indent=1) if args.json else format_status(status))
+    settings = _settings(args)
+    if args.watch is None:
+        status = asyncio.run(grid_status(settings))
+        print(json.dumps(status, indent=1) if args.json else format_status(status))
+        return 0
+    if args.watch <= 0:
+        raise ConfigurationError(f"--watch takes a number of seconds above 0, not {args.watch:g}")
+    clear = sys.stdout.isatty() and not args.json
+
+    def show(status: dict[str, object]) -> None:
+        if args.json:
+            print(json.dumps(status), flush=True)  # one line per refresh
+            return
+        print("\x1b[H\x1b[2J" if clear else f"-- {time.strftime('%H:%M:%S')}")
+        print(format_status(status), flush=True)
+
+    with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C ends the watch
+        asyncio.run(watch_status(settings, args.watch, show))
     return 0
 
 
@@ -161,6 +198,14 @@ def build_parser() -> argparse.ArgumentParser:
     status = commands.add_parser("status", help="nodes, liveness, queues, cache size")
     _common(status)
     status.add_argument("--json", action="store_true", help="print JSON")
+    status.add_argument(
+        "--watch",
+        type=float,
+        nargs="?",
+        const=2.0,
+        metavar="SECONDS",
+        help="show the status again every SECONDS (default 2) until Ctrl-C",
+    )
     status.set_defaults(run=_status)
     for command in commands.choices.values():
         _debug_option(command, default=argparse.SUPPRESS)

@@ -6,12 +6,15 @@ defaults below. Every field is documented in docs/configuration.md.
 
 from __future__ import annotations
 
-from typing import Any
+import difflib
+import os
+from typing import Any, Literal
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from girder.errors import ConfigurationError
+from girder.log import LogFormat, configure, get_logger
 
 
 class Settings(BaseSettings):
@@ -56,6 +59,14 @@ class Settings(BaseSettings):
     log_dir: str | None = Field(
         None, description="Folder of a node process's DIR/<node>.out and .err (unset: stderr)."
     )
+    log_format: Literal["console", "json"] = Field(
+        "console", description="How girder's own processes print logs: key=value lines or JSON."
+    )
+    pool_wait: float = Field(
+        5.0,
+        gt=0,
+        description="Seconds a request waits for a pool no distributor serves before it fails.",
+    )
 
     @field_validator("secret")
     @classmethod
@@ -75,11 +86,14 @@ class Settings(BaseSettings):
         return None if self.secret is None else self.secret.get_secret_value().encode()
 
 
-def load_settings(**overrides: Any) -> Settings:
+def load_settings(*, warn: bool = True, **overrides: Any) -> Settings:
     """Settings from the environment, with explicit `overrides` (None means "not given").
 
-    Raises `ConfigurationError` naming every bad field.
+    Raises `ConfigurationError` naming every bad field. With `warn`, unknown `GIRDER_*`
+    environment variables are warned about (see `warn_unknown_variables`).
     """
+    if warn:
+        warn_unknown_variables()
     try:
         return Settings().with_overrides(**overrides)
     except ValidationError as exc:
@@ -88,3 +102,37 @@ def load_settings(**overrides: Any) -> Settings:
             for error in exc.errors()
         )
         raise ConfigurationError(f"invalid girder settings: {problems}") from exc
+
+
+_INTERNAL_VARIABLES = frozenset({"GIRDER_WATCHDOG_FD"})
+"""`GIRDER_*` variables girder sets for its own child processes: no settings."""
+
+_warned: set[str] = set()
+
+
+def warn_unknown_variables() -> None:
+    """Log a warning, once per process and variable, for each `GIRDER_*` environment variable
+    that names no setting (a typo would otherwise be ignored in silence)."""
+    known = {f"GIRDER_{name.upper()}" for name in Settings.model_fields}
+    for variable in os.environ:
+        name = variable.upper()
+        if not name.startswith("GIRDER_") or name in known or name in _INTERNAL_VARIABLES:
+            continue
+        if variable in _warned:
+            continue
+        _warned.add(variable)
+        close = difflib.get_close_matches(name, sorted(known), n=1)
+        hint = f"; did you mean {close[0]}?" if close else ""
+        get_logger().warning(
+            f"unknown environment variable {variable} (no girder setting has that name){hint}",
+            variable=variable,
+            closest=close[0] if close else None,
+        )
+
+
+def configure_logging(level: str | None = None, fmt: LogFormat | None = None) -> None:
+    """Ask girder to print its own log lines (to stderr), for an application or a notebook that
+    has no logging set-up of its own; nothing else's logging changes (see `girder.log`).
+    `level` and `fmt` default to the settings (`GIRDER_LOG_LEVEL`, `GIRDER_LOG_FORMAT`)."""
+    settings = load_settings()
+    configure(level or settings.log_level, fmt or settings.log_format)

@@ -3,6 +3,7 @@
 ```
 GirderError
 ├── ConfigurationError     bad settings, unknown backend scheme, missing optional dependency
+├── GridStopped            a grid was used before it started or after it stopped
 ├── BackendError           the state backend failed or could not be reached
 │   └── BackendFull        the backend refuses writes: it is out of memory
 ├── SerializationError     a value cannot be encoded, or a payload is malformed, tampered or too big
@@ -22,7 +23,8 @@ so `except ZeroDivisionError:` catches it (a subclass of both, as Ray does).
 request needs itself), "crashed" (a request killed its worker too often), "invalid" (bad input:
 unserializable, unknown function, tampered or oversized payload), "backend" (the backend refused
 the writes the request needs: it is out of memory), "cancelled" (its job was cancelled: then the
-error is a `Cancelled`, which names the job). A request that failed because a
+error is a `Cancelled`, which names the job), "pool" (no distributor serves the pool it was sent
+to), "stopped" (its grid stopped while the caller waited). A request that failed because a
 sub-request failed has the kind of its first root cause, and its message names that root cause.
 """
 
@@ -40,6 +42,10 @@ class GirderError(Exception):
 
 class ConfigurationError(GirderError):
     """Settings or a backend URL are wrong, or an optional dependency is missing."""
+
+
+class GridStopped(GirderError):
+    """A grid was called before `start` (or `async with`) or after `stop`."""
 
 
 class BackendError(GirderError):

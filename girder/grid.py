@@ -25,9 +25,8 @@ from girder import chunking
 from girder.backends import open_backend
 from girder.backends.base import StateBackend
 from girder.config import Settings, load_settings
-from girder.errors import RequestError
+from girder.errors import GridStopped, RequestError
 from girder.functions import Request, as_request, one_request
-from girder.log import configure
 from girder.scheduler import Client, Distributor, Worker
 from girder.topology import Topology
 from girder.topology import runner as topology_runner
@@ -86,6 +85,7 @@ class Grid:
         self.distributor: Distributor | None = None
         self.workers: list[Worker] = []
         self._handles: set[asyncio.Task[Any]] = set()
+        self._stopped = False
 
     @classmethod
     def local(cls, workers: int | None = None, backend: str | None = None, **options: Any) -> Grid:
@@ -117,7 +117,6 @@ class Grid:
 
     async def start(self) -> None:
         """Connect to the backend and start the local nodes (if any) and the client."""
-        configure(self.settings.log_level)
         await self.backend.connect()
         if self.local_workers:
             self.distributor = Distributor(self.backend, self.settings, parent=self.settings.parent)
@@ -132,6 +131,7 @@ class Grid:
 
     async def stop(self) -> None:
         """Stop the client and local nodes, and close the backend connection."""
+        self._stopped = True
         for task in self._handles:
             task.cancel()
         await asyncio.gather(*self._handles, return_exceptions=True)
@@ -182,6 +182,7 @@ class Grid:
         `RequestError` of kind "timeout", and its job is cancelled (what nothing else needs
         stops). `timeout` is girder's: pass a function's own `timeout` argument through
         `grid.call(girder.Request(fn, timeout=...))`."""
+        self._require_running()
         timeout: float | None = kwargs.pop("timeout", None)
         request = one_request(fn, args, kwargs)
         if timeout is None:
@@ -200,6 +201,7 @@ class Grid:
     async def call_all(self, requests: Iterable[Any]) -> list[Any]:
         """Run many requests at once; their values in order, or `RequestError` with every
         failure as a cause."""
+        self._require_running()
         return await self.client.values([as_request(item) for item in requests])
 
     def stream(self, fn: Any, /, *args: Any, **kwargs: Any) -> AsyncIterator[Any]:
@@ -210,6 +212,7 @@ class Grid:
         that already runs starts from its latest answer; a cached one yields its value alone.
         A failure raises `RequestError`; leaving the loop early cancels the job.
         """
+        self._require_running()
         return self.client.stream(Request(fn, *args, **kwargs))
 
     async def map_reduce(
@@ -265,6 +268,7 @@ class Grid:
     def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> Handle[Any]:
         """Start one request and return a handle at once; await the handle for the value. `fn`
         may be a `Request` (alone), as in `call`."""
+        self._require_running()
         request = one_request(fn, args, kwargs)
         job = self.client.new_job()
         task = asyncio.ensure_future(self._call_one(request, job))
@@ -294,7 +298,18 @@ class Grid:
         """Cancel the job `job` (a `Handle.job`, from this client or any other of the grid):
         every request of it that no other live job and no waiting request needs stops; whoever
         else waited for those gets `girder.Cancelled`. Returns how many requests stopped."""
+        self._require_running()
         return await self.client.cancel(job)
+
+    def _require_running(self) -> None:
+        """Raise `GridStopped` at once unless the grid runs (a call would wait forever)."""
+        if self.client.running:
+            return
+        when = "has stopped" if self._stopped else "has not started"
+        raise GridStopped(
+            f"the grid {when}: call it inside `async with girder.Grid.local(...) as grid:` "
+            "(or `Grid.connect`), or between `await grid.start()` and `await grid.stop()`"
+        )
 
     async def _call_one(self, request: Request, job: str | None = None) -> Any:
         (outcome,) = await self.client.run([request], job)

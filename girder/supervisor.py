@@ -64,10 +64,11 @@ def planned_children(settings: Settings) -> list[Child]:
 
 
 def child_environment(settings: Settings) -> dict[str, str]:
-    """This environment plus the backend, the log level and the grid's secret (if any)."""
+    """This environment plus the backend, the log level and format, and the secret (if any)."""
     env = {k: v for k, v in os.environ.items() if k.upper() != "GIRDER_NAME"}  # one name each
     env["GIRDER_BACKEND"] = settings.backend
     env["GIRDER_LOG_LEVEL"] = settings.log_level
+    env["GIRDER_LOG_FORMAT"] = settings.log_format
     secret = grid_secret(settings)
     if secret is not None:
         env["GIRDER_SECRET"] = secret
@@ -162,6 +163,6 @@ class Supervisor:
 
 def run_up(settings: Settings) -> int:
     """`girder up`: supervise a distributor and `settings.workers` workers; the exit status."""
-    configure(settings.log_level)
+    configure(settings.log_level, settings.log_format)
     env = child_environment(settings)
     return asyncio.run(Supervisor(settings, planned_children(settings), env).run())

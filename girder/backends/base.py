@@ -39,7 +39,7 @@ error.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Protocol, runtime_checkable
@@ -75,6 +75,9 @@ class Submitted:
     """What `submit` found for one request.
 
     `outcome` is the cached outcome when the key was already done (then nothing was registered).
+    `shared` says the key was in flight already (pending, or running under an owner that will
+    complete it: this submission joins that run; not reported with a cycle): what nodes count
+    as requests shared while in flight.
     `partial` is the latest partial outcome published for a key that is not done (see
     `publish`): a waiter that joins a streaming request late starts from it. `cycle` is the
     list of keys of a wait-for cycle that the new wait edge closed, starting and ending with
@@ -85,6 +88,7 @@ class Submitted:
     outcome: bytes | None = None
     cycle: tuple[str, ...] | None = None
     partial: bytes | None = None
+    shared: bool = False
 
 
 @dataclass(slots=True)
@@ -137,7 +141,8 @@ class Assignment:
 
 @dataclass(frozen=True, slots=True)
 class NodeInfo:
-    """Membership of one node, as `nodes` reports it."""
+    """Membership of one node, as `nodes` reports it. `counters` are the ones the node
+    published with its last heartbeat (see `heartbeat`)."""
 
     node: str
     kind: NodeKind
@@ -145,6 +150,7 @@ class NodeInfo:
     alive: bool
     work: int
     running: int
+    counters: Mapping[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -436,10 +442,13 @@ class StateBackend(Protocol):
         """Register `node` (or renew its registration) with a lease of `ttl` seconds."""
         ...
 
-    async def heartbeat(self, node: str, ttl: float) -> Beat:
+    async def heartbeat(
+        self, node: str, ttl: float, counters: Mapping[str, int] | None = None
+    ) -> Beat:
         """Extend `node`'s lease and raise the grid's clock. Not `registered` when the node is
         not (it was reaped, or the backend lost its state): the node must `join` again and
-        resubmit what it waits for."""
+        resubmit what it waits for. A registered node's `counters` (what it ran, failed...),
+        when given, replace the ones `nodes` reports for it (`join` clears them)."""
         ...
 
     async def reconcile(self, node: str, keep: Sequence[str]) -> int:
@@ -476,6 +485,12 @@ class StateBackend(Protocol):
 
     async def members(self, distributor: str) -> list[str]:
         """The live nodes whose distributor is `distributor`."""
+        ...
+
+    async def work_lists(self) -> dict[str, int]:
+        """Every work list that is not empty, by name, with its length: also the queues of
+        pools that no registered node serves (`girder status`). A reading, not atomic: a
+        backend may scan its keys."""
         ...
 
     async def cache_size(self) -> int:

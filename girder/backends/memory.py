@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from girder.backends.base import (
@@ -56,6 +56,7 @@ class _Member:
     kind: NodeKind
     distributor: str | None
     expires: float
+    counters: dict[str, int] = field(default_factory=dict)
 
 
 class _Signal:
@@ -231,6 +232,9 @@ class MemoryBackend:
                 results.append(Submitted(key, outcome=done))
                 continue
             record = self._records.get(key)
+            shared = record is not None and (
+                record.owner is None or not self._runnable(key, record)
+            )
             if record is None:
                 record = self._records[key] = _Record(request.payload)
             record.waiters.add(node)
@@ -248,7 +252,9 @@ class MemoryBackend:
                     found = self._cycle_from(key, waiter_key)
                     if found is not None:
                         cycle = (waiter_key, *found)
-            results.append(Submitted(key, cycle=cycle, partial=record.partial))
+            results.append(
+                Submitted(key, cycle=cycle, partial=record.partial, shared=shared and not cycle)
+            )
         if pushed:
             if on_top:
                 self._list(into).extend(pushed)
@@ -515,12 +521,16 @@ class MemoryBackend:
         self._members[node] = _Member(kind, distributor, time.monotonic() + ttl)
         self._departed.discard(node)
 
-    async def heartbeat(self, node: str, ttl: float) -> Beat:
+    async def heartbeat(
+        self, node: str, ttl: float, counters: Mapping[str, int] | None = None
+    ) -> Beat:
         self._clock += 1
         member = self._members.get(node)
         if member is None:
             return Beat(False, self._clock)
         member.expires = time.monotonic() + ttl
+        if counters is not None:
+            member.counters = dict(counters)
         return Beat(True, self._clock)
 
     async def reconcile(self, node: str, keep: Sequence[str]) -> int:
@@ -599,9 +609,13 @@ class MemoryBackend:
                 m.expires >= now,
                 len(self._work.get(node, ())),
                 len(self._running.get(node, ())),
+                dict(m.counters),
             )
             for node, m in sorted(self._members.items())
         ]
+
+    async def work_lists(self) -> dict[str, int]:
+        return {node: len(work) for node, work in sorted(self._work.items()) if work}
 
     async def members(self, distributor: str) -> list[str]:
         now = time.monotonic()

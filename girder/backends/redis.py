@@ -29,15 +29,15 @@ heartbeat intervals between two heartbeats, so a stalled server does not make li
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import re
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
-
-import structlog
 
 from girder.backends.base import (
     Assignment,
@@ -80,8 +80,9 @@ from girder.backends.resp import (
 )
 from girder.config import Settings
 from girder.errors import BackendError, BackendFull, ConfigurationError
+from girder.log import get_logger
 
-_log = structlog.get_logger("girder")
+_log = get_logger()
 
 T = TypeVar("T")
 
@@ -603,8 +604,11 @@ class RedisBackend:
     async def join(self, node: str, kind: NodeKind, distributor: str | None, ttl: float) -> None:
         await self._run("join", node, kind.value, distributor or "", _ms(ttl))
 
-    async def heartbeat(self, node: str, ttl: float) -> Beat:
-        registered, clock = await self._run("heartbeat", node, _ms(ttl))
+    async def heartbeat(
+        self, node: str, ttl: float, counters: Mapping[str, int] | None = None
+    ) -> Beat:
+        published = "" if counters is None else json.dumps(dict(counters), separators=(",", ":"))
+        registered, clock = await self._run("heartbeat", node, _ms(ttl), published)
         return Beat(bool(registered), clock)
 
     async def reconcile(self, node: str, keep: Sequence[str]) -> int:
@@ -624,7 +628,7 @@ class RedisBackend:
     async def nodes(self) -> list[NodeInfo]:
         rows = await self._run("nodes")
         found = []
-        for node, kind, distributor, alive, work, running in rows:
+        for node, kind, distributor, alive, work, running, counters in rows:
             if kind is None or kind.decode() not in NodeKind.__members__.values():
                 _log.warning("node without a membership record skipped", node=node.decode())
                 continue
@@ -636,12 +640,29 @@ class RedisBackend:
                     bool(alive),
                     work,
                     running,
+                    _counters(counters),
                 )
             )
         return sorted(found, key=lambda info: info.node)
 
     async def members(self, distributor: str) -> list[str]:
         return [node.decode() for node in await self._run("members", distributor)]
+
+    async def work_lists(self) -> dict[str, int]:
+        found: dict[str, int] = {}
+        prefix = len(self._keys.work("").encode())
+        cursor = b"0"
+        while True:
+            cursor, keys = await self._execute(
+                "work_lists", "SCAN", cursor, "MATCH", self._keys.work_pattern(), "COUNT", 1000
+            )
+            for key in keys:
+                with contextlib.suppress(BackendError):  # garbage of another type: no list
+                    length = await self._execute("work_lists", "LLEN", key)
+                    if length:
+                        found[key[prefix:].decode(errors="replace")] = length
+            if cursor == b"0":
+                return dict(sorted(found.items()))
 
     async def cache_size(self) -> int:
         value = await self._execute("cache_size", "GET", self._keys.cached)
@@ -733,12 +754,23 @@ def _chunks(requests: Sequence[NewRequest]) -> Iterator[Sequence[NewRequest]]:
     yield requests[start:]
 
 
+def _counters(raw: bytes) -> dict[str, int]:
+    """A node's published counters; nothing for a missing or garbled record."""
+    try:
+        value = json.loads(raw) if raw else {}
+    except ValueError:
+        return {}
+    if not isinstance(value, dict):
+        return {}
+    return {str(k): v for k, v in value.items() if type(v) is int}
+
+
 def _submitted(key: str, reply: list[Any]) -> Submitted:
     if reply[0] == SUBMITTED_DONE:
         return Submitted(key, outcome=reply[1])
     if reply[0] == SUBMITTED_CYCLE:
         return Submitted(key, cycle=tuple(map(_text, reply[1:])))
-    return Submitted(key, partial=reply[1] if len(reply) > 1 else None)
+    return Submitted(key, partial=reply[2] if len(reply) > 2 else None, shared=bool(reply[1]))
 
 
 def _claimed(flat: list[bytes]) -> list[Claimed]:

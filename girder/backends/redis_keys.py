@@ -31,7 +31,8 @@ Per node:
     taken:<node>       the notification a blocking wait moved out of the inbox (re-read by the
                        next drain, so a reply lost in transit loses no notification)
     wake:<node>        list holding at most one token: "the work list or volunteers got something"
-    node:<node>        hash: F_KIND, F_DISTRIBUTOR (membership)
+    node:<node>        hash: F_KIND, F_DISTRIBUTOR (membership), F_COUNTERS (the node's
+                       counters, JSON, from its last heartbeat)
     members:<node>     set of nodes whose distributor is this node
     journal:<node>     hash: call token -> the packed reply of a script call that claimed work,
                        kept until the node confirms the reply arrived (a resent call returns it
@@ -99,6 +100,7 @@ F_CRASHES = "c"
 F_PARTIAL = "pt"
 F_KIND = "kind"
 F_DISTRIBUTOR = "dist"
+F_COUNTERS = "ctr"
 
 PENDING = "p"
 RUNNING = "r"
@@ -146,6 +148,7 @@ _CONSTANTS = {
     "F_PARTIAL": F_PARTIAL,
     "F_KIND": F_KIND,
     "F_DISTRIBUTOR": F_DISTRIBUTOR,
+    "F_COUNTERS": F_COUNTERS,
     "PENDING": PENDING,
     "RUNNING": RUNNING,
     "DONE": DONE,
@@ -190,6 +193,10 @@ class RedisKeys:
 
     def wake(self, node: str) -> str:
         return self.base + WAKE + node
+
+    def work_pattern(self) -> str:
+        """A SCAN pattern that matches every work list of this grid."""
+        return self.pattern()[:-1] + WORK + "*"
 
     def journal(self, node: str) -> str:
         return self.base + JOURNAL + node

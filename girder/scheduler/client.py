@@ -136,9 +136,12 @@ class Client(Node):
             self._cancel_soon(job)
 
     async def stop(self) -> None:
-        """Finish the cancellations under way, then stop like any node."""
+        """Finish the cancellations under way, then stop like any node; calls still waiting
+        fail (nothing will answer them any more)."""
         await asyncio.gather(*self._cancelling, return_exceptions=True)
         await super().stop()
+        message = "the grid stopped before the request finished"
+        self.waiters.fail_all(Outcome(error=RequestError("request", message, kind="stopped")))
 
 
 def _keys(requests: Sequence[Request]) -> list[str]:

@@ -36,8 +36,9 @@ from girder.errors import (
 )
 from girder.functions import Request
 from girder.keys import SCALARS
-from girder.log import configure, node_logger
+from girder.log import debug_enabled, node_logger
 from girder.scheduler.lease import LeaseKeeper, lease_keeper
+from girder.scheduler.pools import PoolWatch
 from girder.scheduler.waiters import Batch, Feed, Submission, Waiters
 from girder.security import require_secret
 from girder.serialization import Blob, Codec, Outcome, RequestPayload
@@ -89,9 +90,23 @@ class NodeStats:
     """What a node did, for the demo and `girder status`."""
 
     ran: int = 0
+    failed: int = 0
     cache_hits: int = 0
+    shared: int = 0
+    """Requests this node asked for that were already in flight (it joined their run)."""
     handed_out: int = 0
     stolen: int = 0
+
+    def counters(self) -> dict[str, int]:
+        """The counters a node publishes with its heartbeat (`girder status` shows them)."""
+        return {
+            "ran": self.ran,
+            "failed": self.failed,
+            "cache_hits": self.cache_hits,
+            "shared": self.shared,
+            "handed_out": self.handed_out,
+            "stolen": self.stolen,
+        }
 
 
 class Node:
@@ -116,7 +131,7 @@ class Node:
         self.codec = Codec(secret, settings.max_payload_bytes, settings.large_value_bytes)
         self.waiters = Waiters()
         self.stats = NodeStats()
-        configure(settings.log_level)
+        self.pools = PoolWatch(backend, settings.pool_wait, self._pool_unserved)
         self.log = node_logger(self.id, kind=self.kind.value)
         require_secret(settings, backend, self.log)
         self._tasks: list[asyncio.Task[None]] = []
@@ -124,6 +139,8 @@ class Node:
         self._lease_keeper: LeaseKeeper | None = None
         self._clock = 0
         """The grid's clock at this node's last heartbeat (see `Beat`)."""
+        self.running = False
+        """Between the end of `start` and the start of `stop`."""
 
     # -- life -------------------------------------------------------------------------------------
 
@@ -148,6 +165,7 @@ class Node:
         self._spawn(self._heartbeat_loop, "heartbeat")
         self._spawn(self._listen_loop, "listen")
         self._start_loops()
+        self.running = True
         self.log.info("node started", distributor=self.distributor)
 
     def _start_loops(self) -> None:
@@ -155,10 +173,12 @@ class Node:
 
     async def stop(self) -> None:
         """Stop the loops and leave the grid, handing back whatever is still held."""
+        self.running = False
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
+        await self.pools.stop()
         try:
             await self._before_leaving()
         except Exception as exc:  # what it did not send, `leave` hands back to the grid
@@ -213,7 +233,9 @@ class Node:
     async def _beat(self) -> None:
         """Renew the lease; rejoin and reconcile when the backend forgot this node or lost
         writes."""
-        beat = await self.backend.heartbeat(self.id, self.settings.heartbeat_ttl)
+        beat = await self.backend.heartbeat(
+            self.id, self.settings.heartbeat_ttl, self.stats.counters()
+        )
         went_back = beat.clock <= self._clock
         self._clock = beat.clock
         if beat.registered and not went_back:
@@ -235,6 +257,21 @@ class Node:
         source = self.waiters.source(key)
         readable = source.readable() if source is not None else f"request {key}"
         self.waiters.resolve(key, Outcome(error=Cancelled(readable, job)))
+
+    def _pool_unserved(self, pool: str, pools: list[str]) -> None:
+        """No distributor of `pool` was seen for `pool_wait` seconds: fail what waits there."""
+        exist = ", ".join(repr(name) for name in pools) or "none (no distributor is running)"
+        message = (
+            f"no distributor serves the pool {pool!r} (none seen for "
+            f"{self.settings.pool_wait:g} s, GIRDER_POOL_WAIT); the pools that exist: {exist}"
+        )
+        if not pools and not self.backend.shared:
+            message += f" ({self.backend.url} lives in this process alone: Grid.local runs a grid)"
+        failed = self.waiters.fail_into(
+            pool, lambda request: Outcome(error=RequestError(request, message, kind="pool"))
+        )
+        if failed:
+            self.log.error("no distributor serves the pool", pool=pool, pools=pools, failed=failed)
 
     def running_keys(self) -> list[str]:
         """The keys this node runs (a worker overrides it), for `reconcile`."""
@@ -456,6 +493,7 @@ class Node:
         fresh: dict[str, Submission] = {}
         waiter_key = None if waiter is None else waiter[0]
         blobs: list[Blob] = []
+        debug = debug_enabled()
         for index, request in enumerate(requests):
             try:
                 key = request.key
@@ -479,6 +517,8 @@ class Node:
                 continue
             root_of = job if waiter_key is None else None
             target = into if request.pool is None else request.pool  # routed: bottom of its queue
+            if request.pool is not None:
+                self.pools.check(target, self.loop)
             top = on_top and target == into
             submission = Submission(
                 NewRequest(key, data), target, top, waiter_key, root_of, request
@@ -489,8 +529,16 @@ class Node:
                 submission.blobs = spilled
             self.waiters.watch(submission, batch, index)
             fresh.setdefault(key, submission)
+            if debug:
+                self.log.debug(
+                    "request submitted", request=request.readable(), key=key, job=job, to=target
+                )
+        if into != self.id:  # a pool's queue, not this node's own stack
+            self.pools.check(into, self.loop)
         same = all(submission.into == into for submission in fresh.values())
-        cycle = await self._submit_and_route(list(fresh.values()), same_target=same, claim=claim)
+        cycle = await self._submit_and_route(
+            list(fresh.values()), same_target=same, claim=claim, fresh=True
+        )
         if cycle is not None and waiter is not None:
             names = await self.readables(cycle)
             raise RequestError(
@@ -506,23 +554,31 @@ class Node:
             raise AssertionError(f"{self.kind.value} {self.id} claimed requests")
 
     async def _submit_and_route(
-        self, submissions: list[Submission], *, same_target: bool = False, claim: int = 0
+        self,
+        submissions: list[Submission],
+        *,
+        same_target: bool = False,
+        claim: int = 0,
+        fresh: bool = False,
     ) -> tuple[str, ...] | None:
         """Submit to the backend, one call per target (work list, end, waiter); the first call
         also claims up to `claim` requests (see `adopt`). Delivers cached outcomes and returns
-        the first wait-for cycle found, if any."""
+        the first wait-for cycle found, if any. `fresh` submissions (not submitted again)
+        count in the node's requests shared while in flight."""
         if not submissions:
             return None
         groups = [submissions] if same_target else _by_target(submissions)
         groups.sort(key=lambda group: group[0].into != self.id)  # own stack first: it claims
         cycle: tuple[str, ...] | None = None
         for group in groups:
-            found = await self._submit_group(group, claim)
+            found = await self._submit_group(group, claim, fresh)
             claim = 0
             cycle = cycle or found
         return cycle
 
-    async def _submit_group(self, group: list[Submission], claim: int) -> tuple[str, ...] | None:
+    async def _submit_group(
+        self, group: list[Submission], claim: int, fresh: bool
+    ) -> tuple[str, ...] | None:
         """Submit submissions that share a target; deliver cached outcomes; return a cycle."""
         head = group[0]
         found, claimed = await self.backend.submit_and_claim(
@@ -544,6 +600,8 @@ class Node:
                 self.waiters.resolve(submitted.key, outcome)
             elif submitted.partial is not None:  # joining a stream late: its latest answer
                 self.partial(submitted.key, submitted.partial)
+            if submitted.shared and fresh:
+                self.stats.shared += 1
             if submitted.cycle is not None and cycle is None:
                 cycle = submitted.cycle
         return cycle

@@ -197,6 +197,14 @@ class Waiters:
             self.resolve(key, outcome)
         return len(keys)
 
+    def fail_into(self, into: str, outcome: Callable[[str], Outcome]) -> int:
+        """Give every key submitted into the work list `into` (a pool nobody serves) the
+        outcome `outcome(readable form of its request)`. Returns how many keys."""
+        keys = [key for key, s in self._watching.items() if s.into == into]
+        for key in keys:
+            self.resolve(key, outcome(self._watching[key].source.readable()))
+        return len(keys)
+
     def submissions(self) -> list[Submission]:
         """Everything still awaited (for resubmission after the backend lost its state)."""
         return list(self._watching.values())

@@ -30,6 +30,7 @@ from girder.backends.base import Claimed, NodeKind, StateBackend
 from girder.config import Settings
 from girder.errors import Cancelled, RequestError, SerializationError, type_name
 from girder.functions import GridFunction, Request
+from girder.log import debug_enabled
 from girder.scheduler.baton import Baton
 from girder.scheduler.context import Evaluation, current_evaluation
 from girder.scheduler.node import Node, error_lines
@@ -242,6 +243,8 @@ class Worker(Node):
         evaluation = Evaluation(
             self, claimed.key, payload.job, payload.name, payload.args, payload.kwargs
         )
+        if debug_enabled():
+            self._debug("request started", evaluation)
         if function.is_async:
             self._claim_size = 1  # it may park: claim no more than the stack's top
             await self._evaluate_async(evaluation, function)
@@ -253,6 +256,7 @@ class Worker(Node):
         readable = (await self.readables([key]))[0]
         message = f"{exc} (on node {self.id})"
         self.log.error("request rejected", key=key, request=readable, error=message)
+        self.stats.failed += 1
         try:
             error = RequestError(readable, message, kind="invalid")
             await self.finish(key, error.request.__str__, Outcome(error=error), cache=False)
@@ -396,12 +400,25 @@ class Worker(Node):
             if blobs:  # a large value: its blob is stored before the completion is sent
                 completion = await self.stored(completion, evaluation.readable, blobs)
             self.stats.ran += 1
+            if outcome.error is not None:
+                self.stats.failed += 1
+            if debug_enabled():
+                self._debug("request finished", evaluation, failed=outcome.error is not None)
             self._outbox.add(completion, outcome)
             self._running.discard(evaluation.key)
             self.waiters.resolve(evaluation.key, outcome)
             await self._send_or_hold(inline=inline)
         finally:
             self._pass_baton(evaluation)
+
+    def _debug(self, event: str, evaluation: Evaluation, **fields: Any) -> None:
+        self.log.debug(
+            event,
+            request=evaluation.readable(),
+            key=evaluation.key,
+            job=evaluation.job,
+            **fields,
+        )
 
     async def _send_or_hold(self, *, inline: bool) -> None:
         """Send the outbox now, or hold it for the step of the local work that comes next: a

@@ -203,6 +203,21 @@ class BackendConformance:
         found = await put(backend, "c", ["k1", "k2", "k3"], into="d", on_top=False)
         assert found == [Submitted("k1"), Submitted("k2"), Submitted("k3")]
 
+    async def test_submit_says_which_keys_were_in_flight_already(
+        self, backend: StateBackend
+    ) -> None:
+        await backend.join("w", NodeKind.WORKER, "d", LONG)
+        assert await put(backend, "c1", ["k"], into="d") == [Submitted("k")]
+        assert await put(backend, "c2", ["k", "j"], into="d") == [
+            Submitted("k", shared=True),
+            Submitted("j"),
+        ]
+        await put(backend, "w", ["k"])
+        assert await backend.claim("w") == Claimed("k", new("k").payload)
+        assert await put(backend, "c3", ["k"], into="d") == [Submitted("k", shared=True)]
+        await backend.complete("w", "k", out("k"), cache=False)
+        assert await put(backend, "c4", ["k"], into="d") == [Submitted("k")]
+
     async def test_submit_stores_a_pending_record(self, backend: StateBackend) -> None:
         assert await backend.state("k") == RequestState.UNKNOWN
         await put(backend, "c", ["k"], into="w")
@@ -253,7 +268,7 @@ class BackendConformance:
     ) -> None:
         await put(backend, "w1", ["k"])
         assert await backend.claim("w1") == Claimed("k", new("k").payload)
-        assert await put(backend, "c", ["k"], into="w2") == [Submitted("k")]
+        assert await put(backend, "c", ["k"], into="w2") == [Submitted("k", shared=True)]
         assert await backend.lengths(["w2"]) == [0]
         await backend.complete("w1", "k", out("k"), cache=True)
         assert await backend.take_notifications("c", self.patience) == [Notification("k", out("k"))]
@@ -742,10 +757,12 @@ class BackendConformance:
         self, backend: StateBackend
     ) -> None:
         await run_until_running(backend, "w", "k")
-        assert await put(backend, "c1", ["k"], into="d") == [Submitted("k")]
+        assert await put(backend, "c1", ["k"], into="d") == [Submitted("k", shared=True)]
         await backend.publish("w", "k", out("k", "1"))
         await backend.publish("w", "k", out("k", "2"))
-        assert await put(backend, "c2", ["k"], into="d") == [Submitted("k", partial=out("k", "2"))]
+        assert await put(backend, "c2", ["k"], into="d") == [
+            Submitted("k", partial=out("k", "2"), shared=True)
+        ]
         await backend.publish("w", "k", out("k", "3"))
         assert await backend.take_notifications("c2", self.patience) == [
             Notification("k", out("k", "3"), partial=True)
@@ -775,7 +792,7 @@ class BackendConformance:
         assert await backend.publish("w", "never", out("never")) is False
         assert await backend.take_notifications("c", self.patience) == [Notification("k", out("k"))]
         assert await backend.take_notifications("c", 0.05) == []
-        assert await put(backend, "c2", ["r"], into="d") == [Submitted("r")]
+        assert await put(backend, "c2", ["r"], into="d") == [Submitted("r", shared=True)]
 
     # -- waiting for work -------------------------------------------------------------------------
 
@@ -1023,6 +1040,30 @@ class BackendConformance:
         await backend.join("w", NodeKind.WORKER, None, LONG)
         assert (await backend.heartbeat("w", LONG)).registered is True
 
+    async def test_heartbeat_publishes_the_nodes_counters(self, backend: StateBackend) -> None:
+        await backend.join("w", NodeKind.WORKER, "d", LONG)
+        await backend.heartbeat("w", LONG, {"ran": 3, "failed": 1})
+        await backend.heartbeat("ghost", LONG, {"ran": 9})
+        assert await backend.nodes() == [
+            NodeInfo("w", NodeKind.WORKER, "d", True, 0, 0, {"ran": 3, "failed": 1})
+        ]
+        await backend.heartbeat("w", LONG)  # no counters: the last ones stay
+        assert (await backend.nodes())[0].counters == {"ran": 3, "failed": 1}
+        await backend.heartbeat("w", LONG, {"ran": 4, "failed": 1})
+        assert (await backend.nodes())[0].counters == {"ran": 4, "failed": 1}
+        await backend.join("w", NodeKind.WORKER, "d", LONG)
+        assert (await backend.nodes())[0].counters == {}
+
+    async def test_work_lists_are_every_list_with_work_nodes_or_not(
+        self, backend: StateBackend
+    ) -> None:
+        await backend.join("d", NodeKind.DISTRIBUTOR, None, LONG)
+        await put(backend, "c", ["k1", "k2"], into="typo", on_top=False)
+        await put(backend, "c", ["k3"], into="d", on_top=False)
+        await put(backend, "w", ["k4"])
+        assert await backend.claim("w") is not None
+        assert await backend.work_lists() == {"d": 1, "typo": 2}
+
     async def test_heartbeat_extends_the_lease(self, backend: StateBackend) -> None:
         await backend.join("w1", NodeKind.WORKER, "d", self.lease)
         await backend.join("w2", NodeKind.WORKER, "d", self.lease)
@@ -1267,6 +1308,7 @@ class BackendConformance:
         assert await backend.members("ghost") == []
         assert await backend.lengths(["ghost"]) == [0]
         assert await backend.nodes() == []
+        assert await backend.work_lists() == {}
         assert await backend.take_notifications("ghost", 0) == []
 
     # -- large values -----------------------------------------------------------------------------

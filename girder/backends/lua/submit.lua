@@ -1,7 +1,8 @@
 -- submit(token, low, again, node, into, on_top, waiter, dispatch, claim, job, key1, payload1, ...)
 -- -> {results, claimed}: per request, {SUBMITTED_DONE, outcome} when done, {SUBMITTED_CYCLE,
--- waiter, cycle...} when the wait edge closed a cycle, else {SUBMITTED_QUEUED} followed by the
--- latest partial outcome when the key has one (see publish.lua); then up to
+-- waiter, cycle...} when the wait edge closed a cycle, else {SUBMITTED_QUEUED, shared (1 when
+-- the key was pending, or running under an owner that will complete it, else 0)} followed by the latest partial outcome
+-- when the key has one (see publish.lua); then up to
 -- `claim` requests claimed for node, {key1, payload1, ...}. Journaled (a repeat would queue
 -- the keys twice).
 
@@ -69,11 +70,17 @@ for i = FIRST_REQUESTS, #ARGV, 2 do
   if state[1] == DONE and state[2] then
     results[#results + 1] = {SUBMITTED_DONE, state[2]}
   else
+    local shared = 0
     if ensure_record(key, ARGV[i + 1], state) then
       pushed[#pushed + 1] = key
+      if state[1] == PENDING then
+        shared = 1
+      end
+    else
+      shared = 1 -- running under an owner that will complete it
     end
     call('SADD', k_waiters(key), node)
-    local result = {SUBMITTED_QUEUED, state[4]}
+    local result = {SUBMITTED_QUEUED, shared, state[4]}
     if not has_waiter and job ~= '' then
       call('SADD', k_roots(key), job)
     end
