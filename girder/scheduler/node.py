@@ -24,10 +24,11 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from girder import codeversion
 from girder.backends.base import Claimed, Completion, NewRequest, NodeKind, StateBackend
 from girder.config import Settings
 from girder.errors import BackendFull, Cancelled, RequestError, SerializationError
-from girder.functions import Request
+from girder.functions import GridFunction, Request
 from girder.keys import SCALARS
 from girder.log import configure, node_logger
 from girder.scheduler.lease import LeaseKeeper, lease_keeper
@@ -94,6 +95,7 @@ class Node:
         configure(settings.log_level)
         self.log = node_logger(self.id, kind=self.kind.value)
         require_secret(settings, backend, self.log)
+        codeversion.set_default(settings.auto_version)
         self._tasks: list[asyncio.Task[None]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._lease_keeper: LeaseKeeper | None = None
@@ -288,16 +290,26 @@ class Node:
         return names
 
     def completion(
-        self, key: str, readable: Callable[[], str], outcome: Outcome, cache: bool
+        self,
+        key: str,
+        readable: Callable[[], str],
+        outcome: Outcome,
+        cache: bool,
+        function: GridFunction[..., Any] | None = None,
     ) -> Completion:
         """The completion to record for `outcome`; an outcome that cannot be encoded becomes
-        a failure. `readable` names the request; it is only called when something fails."""
+        a failure. `readable` names the request; it is only called when something fails.
+        `function` (the one that ran) sets how long a cached outcome lives and whose it is."""
         try:
             data = self.codec.encode_outcome(outcome, key, readable)
         except SerializationError as exc:
             outcome = Outcome(error=RequestError(readable(), str(exc), kind="invalid"))
             data = self.codec.encode_outcome(outcome, key, readable)
-        return Completion(key, data, cache and outcome.error is None and outcome.final)
+        cached = cache and outcome.error is None and outcome.final
+        if function is None or not cached:
+            return Completion(key, data, cached)
+        ttl = function.ttl if function.ttl is not None else self.settings.cache_ttl
+        return Completion(key, data, cached, ttl=ttl, function=function.name)
 
     async def publish(self, key: str, readable: Callable[[], str], outcome: Outcome) -> None:
         """Publish a partial answer of a key this node runs: to its waiters elsewhere through

@@ -387,7 +387,7 @@ class Worker(Node):
             if job is not None:  # nothing cancelled is cached, whatever the run came to
                 outcome = Outcome(error=Cancelled(evaluation.readable(), job))
             completion = self.completion(
-                evaluation.key, evaluation.readable, outcome, function.cache
+                evaluation.key, evaluation.readable, outcome, function.cache, function
             )
             self.stats.ran += 1
             self._outbox.add(completion, outcome)
