@@ -21,11 +21,14 @@ variables, arguments or attributes of objects, and code in C extensions.
 from __future__ import annotations
 
 import hashlib
+import os
 import sys
 import types
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
+
+from pydantic import TypeAdapter, ValidationError
 
 from girder.errors import SerializationError
 from girder.keys import encode
@@ -43,8 +46,18 @@ _CODE_PARTS = (
 """What of a code object besides its bytecode and constants goes into the digest (its file name
 and line numbers do not: moving a function in its file changes nothing)."""
 
-_process_default = False
-"""Whether functions without a `version` get an automatic one (`Settings.auto_version`)."""
+def _from_environment() -> bool:
+    """`GIRDER_AUTO_VERSION`, read as `Settings` reads it (a bad value: off; settings say why)."""
+    value = os.environ.get("GIRDER_AUTO_VERSION")
+    try:
+        return bool(value) and TypeAdapter(bool).validate_python(value)
+    except ValidationError:
+        return False
+
+
+_process_default = _from_environment()
+"""Whether functions without a `version` get an automatic one (`Settings.auto_version`): from
+the environment, then from the settings of each node started in this process."""
 
 
 def set_default(enabled: bool) -> None:

@@ -205,12 +205,17 @@ class MemoryBackend:
         return outcome
 
     def _cache(self, key: str, outcome: bytes, payload: bytes, ttl: float | None, fn: str) -> None:
+        """Cache an outcome, dropping the least recently used ones to make room (one larger
+        than the whole cache is not cached: it would only push every other one out)."""
+        size = len(outcome) + len(payload)
+        if self._max_bytes is not None and size > self._max_bytes:
+            return
         self._outcomes[key] = outcome
         self._done_payloads[key] = payload
         self._functions[key] = fn
         if ttl is not None:
             self._expiry[key] = time.monotonic() + ttl
-        self._cache_bytes += len(outcome) + len(payload)
+        self._cache_bytes += size
         while self._outcomes and self._over_limit():
             self._uncache(next(iter(self._outcomes)))
 
