@@ -46,6 +46,7 @@ _CODE_PARTS = (
 """What of a code object besides its bytecode and constants goes into the digest (its file name
 and line numbers do not: moving a function in its file changes nothing)."""
 
+
 def _from_environment() -> bool:
     """`GIRDER_AUTO_VERSION`, read as `Settings` reads it (a bad value: off; settings say why)."""
     value = os.environ.get("GIRDER_AUTO_VERSION")

@@ -681,7 +681,7 @@ class RedisBackend:
     async def _scan_records(self, what: str) -> AsyncIterator[list[str]]:
         """The request keys of every record, in SCAN batches (a key may come twice)."""
         cursor = b"0"
-        start = len(self._keys.record(""))
+        start = len(self._keys.record("").encode())
         while True:
             cursor, found = await self._execute(
                 what, "SCAN", cursor, "MATCH", self._keys.pattern(RECORD), "COUNT", _SCAN_COUNT

@@ -305,11 +305,12 @@ class Node:
         except SerializationError as exc:
             outcome = Outcome(error=RequestError(readable(), str(exc), kind="invalid"))
             data = self.codec.encode_outcome(outcome, key, readable)
-        cached = cache and outcome.error is None and outcome.final
-        if function is None or not cached:
-            return Completion(key, data, cached)
-        ttl = function.ttl if function.ttl is not None else self.settings.cache_ttl
-        return Completion(key, data, cached, ttl=ttl, function=function.name)
+        if not (cache and outcome.error is None and outcome.final):
+            return Completion(key, data, False)
+        if function is None:
+            return Completion(key, data, True, ttl=self.settings.cache_ttl)
+        ttl = self.settings.cache_ttl if function.ttl is None else function.ttl
+        return Completion(key, data, True, ttl=ttl, function=function.name)
 
     async def publish(self, key: str, readable: Callable[[], str], outcome: Outcome) -> None:
         """Publish a partial answer of a key this node runs: to its waiters elsewhere through
