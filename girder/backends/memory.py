@@ -54,6 +54,10 @@ class _Member:
     expires: float
 
 
+_FOREVER = float("inf")
+"""The expiry of an outcome cached without a ttl."""
+
+
 class _Signal:
     """A sticky wake-up: a `set` before `wait` makes the next `wait` return at once."""
 
@@ -93,8 +97,7 @@ class MemoryBackend:
         # collector has nothing to look for in.
         self._outcomes: OrderedDict[str, bytes] = OrderedDict()
         self._done_payloads: dict[str, bytes] = {}
-        self._functions: dict[str, str] = {}
-        self._expiry: dict[str, float] = {}
+        self._meta: dict[str, tuple[str, float]] = {}  # key -> (function, expiry or inf)
         self._cache_bytes = 0
         self._work: dict[str, deque[str]] = {}
         self._pops: dict[str, int] = {}
@@ -197,8 +200,7 @@ class MemoryBackend:
         outcome = self._outcomes.get(key)
         if outcome is None:
             return None
-        expires = self._expiry.get(key)
-        if expires is not None and expires <= time.monotonic():
+        if self._meta[key][1] <= time.monotonic():
             self._uncache(key)
             return None
         self._outcomes.move_to_end(key)
@@ -212,28 +214,24 @@ class MemoryBackend:
             return
         self._outcomes[key] = outcome
         self._done_payloads[key] = payload
-        self._functions[key] = fn
-        if ttl is not None:
-            self._expiry[key] = time.monotonic() + ttl
+        self._meta[key] = (fn, _FOREVER if ttl is None else time.monotonic() + ttl)
         self._cache_bytes += size
-        while self._outcomes and self._over_limit():
-            self._uncache(next(iter(self._outcomes)))
-
-    def _over_limit(self) -> bool:
-        return (self._max_entries is not None and len(self._outcomes) > self._max_entries) or (
-            self._max_bytes is not None and self._cache_bytes > self._max_bytes
-        )
+        if self._max_bytes is not None and self._cache_bytes > self._max_bytes:
+            while self._cache_bytes > self._max_bytes:
+                self._uncache(next(iter(self._outcomes)))
+        if self._max_entries is not None and len(self._outcomes) > self._max_entries:
+            while len(self._outcomes) > self._max_entries:
+                self._uncache(next(iter(self._outcomes)))
 
     def _uncache(self, key: str) -> None:
         outcome = self._outcomes.pop(key)
         payload = self._done_payloads.pop(key)
         self._cache_bytes -= len(outcome) + len(payload)
-        self._functions.pop(key, None)
-        self._expiry.pop(key, None)
+        del self._meta[key]
 
     def _drop_expired(self) -> None:
         now = time.monotonic()
-        for key in [key for key, expires in self._expiry.items() if expires <= now]:
+        for key in [key for key, (_, expires) in self._meta.items() if expires <= now]:
             self._uncache(key)
 
     async def cache_size(self) -> int:
@@ -244,7 +242,7 @@ class MemoryBackend:
         self._drop_expired()
         usage: dict[str, CacheUsage] = {}
         for key, outcome in self._outcomes.items():
-            name = self._functions.get(key, "")
+            name = self._meta[key][0]
             size = len(outcome) + len(self._done_payloads[key])
             found = usage.get(name, CacheUsage())
             usage[name] = CacheUsage(found.entries + 1, found.bytes + size)
@@ -252,9 +250,7 @@ class MemoryBackend:
 
     async def cache_clear(self, function: str | None = None) -> int:
         doomed = [
-            key
-            for key in self._outcomes
-            if function is None or self._functions.get(key, "") == function
+            key for key in self._outcomes if function is None or self._meta[key][0] == function
         ]
         for key in doomed:
             self._uncache(key)
@@ -419,9 +415,9 @@ class MemoryBackend:
         if running is not None:
             running.discard(key)
         record = self._records.get(key)
-        if self._cached(key) is not None or (
-            record is not None and record.owner not in (None, node)
-        ):
+        # A key with a record is not in `_outcomes` (`submit` drops an expired outcome before
+        # it makes one); without a record, an expired outcome changes nothing either.
+        if key in self._outcomes or (record is not None and record.owner not in (None, node)):
             return  # done, or a late completion of a key that now runs elsewhere
         self._drop_wait_edges(key)
         self._roots.pop(key, None)
@@ -438,7 +434,7 @@ class MemoryBackend:
 
     async def publish(self, node: str, key: str, outcome: bytes) -> bool:
         record = self._records.get(key)
-        if record is None or record.owner != node or self._cached(key) is not None:
+        if record is None or record.owner != node or key in self._outcomes:
             return False
         if record.partial == outcome:
             return True  # a repeat
