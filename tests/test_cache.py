@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import redis.asyncio as aioredis
 from cachefns import block, blocks_digest, long_lived, short_lived
+from gridfns import fib
 from processes import CLIENT_OPTIONS, GridProcesses, wait_for_nodes, wait_until
 from structlog.testing import capture_logs
 
@@ -185,6 +186,30 @@ def test_rebinding_a_called_grid_function_in_this_process_changes_the_key() -> N
         scope,
     )
     assert girder.Request(outer, 1).key != first
+
+
+@pytest.mark.redis
+async def test_worker_processes_and_a_client_agree_on_auto_versioned_keys(
+    redis_url: str, tmp_path: Path
+) -> None:
+    """With `auto_version` on every node, the keys workers give sub-requests are the keys the
+    client computes: every level of fib is cached under the client's auto-versioned key."""
+    procs = GridProcesses(redis_url, tmp_path / "logs", GIRDER_AUTO_VERSION="1")
+    try:
+        procs.distributor()
+        procs.worker("w1")
+        await wait_for_nodes(redis_url, workers=1)
+        async with girder.Grid.connect(redis_url, auto_version=True, **CLIENT_OPTIONS) as grid:
+            assert await grid.call(fib, 30) == 832040
+            auto_keys = [girder.Request(fib, n).key for n in range(31)]
+            states = [await grid.backend.state(key) for key in auto_keys]
+            assert set(states) == {RequestState.DONE}
+        async with girder.Grid.connect(redis_url, **CLIENT_OPTIONS) as grid:
+            plain_key = girder.Request(fib, 30).key
+            assert plain_key not in auto_keys
+            assert await grid.backend.state(plain_key) == RequestState.UNKNOWN
+    finally:
+        procs.stop_all()
 
 
 # -- ttl ----------------------------------------------------------------------------------------

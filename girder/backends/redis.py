@@ -25,10 +25,11 @@ Blocking calls run on a separate connection pool so they never hold up other com
 kept in the grid's clock: Redis server time (TIME inside the scripts) that advances at most two
 heartbeat intervals between two heartbeats, so a stalled server does not make live nodes dead.
 
-A cached result is its done request record, and the only key of the grid with an expiry (its
-TTL): under a `volatile-*` `maxmemory-policy` Redis evicts cached results and nothing else. Its
-loss makes the key unknown, so the next request computes it again. `cache_stats` and
-`cache_clear` SCAN the records (nothing on the hot path keeps an index).
+A cached result is its done request record, and the grid's only state with an expiry (its
+TTL; the journal of a `cache_clear` expires too, and is fine to lose): under a `volatile-*`
+`maxmemory-policy` Redis evicts cached results and nothing else. Its loss makes the key
+unknown, so the next request computes it again. `cache_stats` and `cache_clear` SCAN the
+records (nothing on the hot path keeps an index).
 """
 
 from __future__ import annotations

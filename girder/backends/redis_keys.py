@@ -10,8 +10,9 @@ Per request key:
                        F_FUNCTION (when done), F_OWNER (when running), F_CRASHES (times its
                        worker died running it), F_PARTIAL (the latest partial outcome of a
                        streaming run, until done). A done record is the cached result: the only
-                       key of the grid with an expiry (its TTL), so under a volatile-*
-                       `maxmemory-policy` it is the only key Redis may evict.
+                       state of the grid with an expiry (its TTL), so under a volatile-*
+                       `maxmemory-policy` it is the only state Redis may evict (the
+                       journal of a `cache_clear` expires too: it is fine to lose).
     waiters:<key>      set of node ids waiting for the outcome
     waits:<key>        set of keys this key waits for (wait-for edges out of it)
     waitedby:<key>     set of keys waiting for this key (the same edges, reversed)

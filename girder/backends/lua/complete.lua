@@ -2,7 +2,8 @@
 -- function1, key2, ...) (see COMPLETION_ARGS): complete each key in order, then claim up to
 -- `claim` of node's requests; when none came and volunteer_at is not empty, volunteer node there.
 -- Journaled when it claims. A cached outcome stays in the record, which then expires after
--- ttl_ms (0: never): the only key of the grid with an expiry (see cache_result).
+-- ttl_ms (0: never): the grid's only state with an expiry, so the only state a volatile-*
+-- maxmemory-policy may evict.
 -- Returns {key1, payload1, key2, payload2, ...} for the claimed requests.
 --
 -- Who may complete a key: its owner while it runs; anyone while nobody runs it (pending, or no
