@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 
 from girder import __version__
 from girder.backends.base import NodeKind
+from girder.cache_admin import cache_clear, cache_stats, format_cache_stats
 from girder.config import Settings, load_settings, warn_unknown_variables
 from girder.demo import format_report, run_demo
 from girder.errors import ConfigurationError, GirderError, RequestError
@@ -132,6 +133,34 @@ def _debug_option(parser: argparse.ArgumentParser, default: object) -> None:
     )
 
 
+def _cache_stats(args: argparse.Namespace) -> int:
+    stats = asyncio.run(cache_stats(_settings(args)))
+    print(json.dumps(stats, indent=1) if args.json else format_cache_stats(stats))
+    return 0
+
+
+def _cache_clear(args: argparse.Namespace) -> int:
+    dropped = asyncio.run(cache_clear(_settings(args), args.function))
+    whose = f" of {args.function}" if args.function else ""
+    print(f"deleted {dropped} cached results{whose}")
+    return 0
+
+
+def _cache_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    cache = commands.add_parser("cache", help="the result cache: stats, clear")
+    actions = cache.add_subparsers(dest="action", required=True)
+    stats = actions.add_parser("stats", help="cached results: entries and bytes per function")
+    _common(stats)
+    stats.add_argument("--json", action="store_true", help="print JSON")
+    stats.set_defaults(run=_cache_stats)
+    clear = actions.add_parser("clear", help="delete cached results (running work stays)")
+    _common(clear)
+    clear.add_argument(
+        "--function", metavar="NAME", help="only this function's (its full name, as stats lists)"
+    )
+    clear.set_defaults(run=_cache_clear)
+
+
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backend", help="backend URL (GIRDER_BACKEND; default memory://)")
     parser.add_argument("--log-level", help="DEBUG, INFO, WARNING... (GIRDER_LOG_LEVEL)")
@@ -207,6 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="show the status again every SECONDS (default 2) until Ctrl-C",
     )
     status.set_defaults(run=_status)
+    _cache_commands(commands)
     for command in commands.choices.values():
         _debug_option(command, default=argparse.SUPPRESS)
     return parser

@@ -54,6 +54,22 @@ class Settings(BaseSettings):
     allowed_modules: list[str] = Field(
         default_factory=list, description="More modules a worker may run functions from by name."
     )
+    auto_version: bool = Field(
+        False,
+        description='Version grid functions without a `version` by their code ("auto").',
+    )
+    cache_ttl: float | None = Field(
+        30 * 24 * 3600.0,
+        gt=0,
+        description="Seconds a cached result lives unless its function sets `ttl` "
+        "(unset: forever; on Redis such results are never evicted).",
+    )
+    cache_max_entries: int | None = Field(
+        None, gt=0, description="Most results the memory backend caches (least recently used go)."
+    )
+    cache_max_bytes: int | None = Field(
+        1024**3, gt=0, description="Most bytes of results the memory backend caches."
+    )
     restart_limit: int = Field(5, ge=1, description="Deaths of a `girder up` child in the window.")
     restart_window: float = Field(60.0, gt=0, description="Seconds `restart_limit` counts in.")
     log_dir: str | None = Field(

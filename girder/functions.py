@@ -4,7 +4,8 @@ A grid function travels by reference (module and qualified name) when a worker c
 and by value (cloudpickle) when it cannot: defined in `__main__`, a notebook, or a local scope.
 Its identity, which goes into every request key, is its name plus an optional `version`; a
 function that travels by value also adds a digest of its pickled code, so two different
-`__main__.f` never share cached results.
+`__main__.f` never share cached results. `version="auto"` (or `Settings.auto_version`) puts a
+digest of its code and of the grid functions it calls into the identity (see `codeversion`).
 
 Any callable is a grid function: a function, a `functools.partial` or an object with
 `__call__` (an `async def __call__` makes it async). A partial or a callable object travels by
@@ -22,6 +23,7 @@ from typing import Any, Generic, ParamSpec, TypeVar, overload
 
 import cloudpickle
 
+from girder import codeversion
 from girder.keys import request_key
 
 P = ParamSpec("P")
@@ -83,17 +85,24 @@ class GridFunction(Generic[P, R]):
         name: str | None = None,
         version: str | None = None,
         timeout: float | None = None,
+        ttl: float | None = None,
     ) -> None:
         if not callable(fn):
             raise TypeError(f"@girder.function needs a function, got {type(fn).__name__}")
         if timeout is not None and not timeout > 0:
             raise ValueError(f"@girder.function(timeout=...) must be more than 0, not {timeout}")
+        if ttl is not None and not ttl > 0:
+            raise ValueError(f"@girder.function(ttl=...) must be more than 0, not {ttl}")
         self.fn = fn
         self.cache = cache
         self.timeout = timeout
         """Seconds a request of it may run (parked time included) before it fails with kind
         "timeout"; None: no limit."""
         self.version = version
+        """None (the grid's default, see `Settings.auto_version`), "auto" (a digest of the
+        code), or any other string, bumped by hand."""
+        self.ttl = ttl
+        """Seconds its cached results live; None: `Settings.cache_ttl`."""
         code = _code_of(fn)
         self.is_stream = inspect.isasyncgenfunction(code)
         """An async generator: each `yield` is an answer, the last one is the value."""
@@ -105,6 +114,7 @@ class GridFunction(Generic[P, R]):
             functools.update_wrapper(self, fn)
         self._ref: FunctionRef | None = None
         self._identity: bytes | None = None
+        self._code: tuple[codeversion.CodeVersion, bytes] | None = None
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
         return self.fn(*args, **kwargs)
@@ -139,6 +149,8 @@ class GridFunction(Generic[P, R]):
     @property
     def __girder_identity__(self) -> bytes:
         """What a request key knows of this function: name, version, code if by value."""
+        if self.version == "auto" or (self.version is None and codeversion.auto_by_default()):
+            return self._code_identity()
         if self._identity is None:
             parts = [self.name, self.version or ""]
             ref = self.ref
@@ -147,33 +159,45 @@ class GridFunction(Generic[P, R]):
             self._identity = "\x00".join(parts).encode()
         return self._identity
 
+    def _code_identity(self) -> bytes:
+        """The identity with a digest of the code (recomputed when a name it followed is
+        rebound: a reloaded module, a notebook cell run again)."""
+        if self._code is None or not self._code[0].current():
+            found = codeversion.code_version(self, _name_of, _fn_of)
+            parts = [self.name, "auto:" + found.digest]
+            ref = self.ref
+            if isinstance(ref, bytes):
+                parts.append(hashlib.blake2b(ref, digest_size=16).hexdigest())
+            self._code = found, "\x00".join(parts).encode()
+        return self._code[1]
+
     def __reduce__(self) -> str | tuple[Any, ...]:
         if _importable(self.fn):
             return (resolve_function, ((self.fn.__module__, self.fn.__qualname__),))
-        return (
-            _rebuild,
-            (
-                self.fn,
-                self.cache,
-                self.name if self.name != self._default_name() else None,
-                self.version,
-                self.timeout,
-            ),
-        )
+        options = {
+            "cache": self.cache,
+            "name": self.name if self.name != self._default_name() else None,
+            "version": self.version,
+            "timeout": self.timeout,
+            "ttl": self.ttl,
+        }
+        return (_rebuild, (self.fn, options))
 
     def _default_name(self) -> str:
         module, qualname = _names(self.fn)
         return f"{module}.{qualname}"
 
 
-def _rebuild(
-    fn: Callable[..., Any],
-    cache: bool,
-    name: str | None,
-    version: str | None,
-    timeout: float | None = None,
-) -> GridFunction[..., Any]:
-    return GridFunction(fn, cache=cache, name=name, version=version, timeout=timeout)
+def _rebuild(fn: Callable[..., Any], options: dict[str, Any]) -> GridFunction[..., Any]:
+    return GridFunction(fn, **options)
+
+
+def _name_of(function: GridFunction[..., Any]) -> str:
+    return function.name
+
+
+def _fn_of(function: GridFunction[..., Any]) -> Callable[..., Any]:
+    return function.fn
 
 
 @overload
@@ -187,6 +211,7 @@ def function(
     name: str | None = None,
     version: str | None = None,
     timeout: float | None = None,
+    ttl: float | None = None,
 ) -> Callable[[Callable[P, R]], GridFunction[P, R]]: ...
 
 
@@ -198,16 +223,21 @@ def function(
     name: str | None = None,
     version: str | None = None,
     timeout: float | None = None,
+    ttl: float | None = None,
 ) -> GridFunction[P, R] | Callable[[Callable[P, R]], GridFunction[P, R]]:
     """Mark a sync or async function as a grid function (with or without arguments).
 
     `cache=False` skips the result cache (in-flight requests are still shared); `name` replaces
-    the qualified name in keys and logs; bump `version` when the function's results change;
-    `timeout` bounds how long one request of it may run (see "Time limits" in the concepts).
+    the qualified name in keys and logs; bump `version` when the function's results change, or
+    set `version="auto"` to version it by its code (see docs/caching.md); `timeout` bounds how
+    long one request of it may run (see "Time limits" in the concepts); `ttl` is how many
+    seconds its cached results live.
     """
 
     def decorate(target: Callable[P, R]) -> GridFunction[P, R]:
-        return GridFunction(target, cache=cache, name=name, version=version, timeout=timeout)
+        return GridFunction(
+            target, cache=cache, name=name, version=version, timeout=timeout, ttl=ttl
+        )
 
     return decorate if fn is None else decorate(fn)
 

@@ -56,11 +56,12 @@ async def _running(url: str) -> bool:
 
 
 async def _cached(url: str, count: int) -> bool:
-    raw = aioredis.Redis.from_url(url)
+    backend = RedisBackend(url)
+    await backend.connect()
     try:
-        return int(await raw.get("{girder}:cached") or 0) >= count
+        return await backend.cache_size() >= count
     finally:
-        await raw.aclose()
+        await backend.close()
 
 
 async def _start_grid(procs: GridProcesses, url: str) -> None:

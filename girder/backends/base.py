@@ -21,6 +21,11 @@ The state, per backend:
 - **membership**: each node's kind, its distributor, and a heartbeat lease.
 - **blobs**: large values and arguments, stored once by the digest of their bytes, each with the
   request keys that *hold* it (whose records refer to it) and when it was last put or checked.
+- the **result cache**: the outcome of each done key, with the name of the function that
+  computed it and, when its completion gave a `ttl`, an expiry. A cached outcome is the only
+  state a backend may lose on its own: it expires, a bounded cache drops the least recently
+  used, a Redis server under `maxmemory` evicts it. Losing one makes the key unknown (the next
+  request computes it again); it never leaves a key "done" without its outcome.
 
 A node id names one worker, distributor or client, unique across the grid.
 
@@ -101,11 +106,35 @@ class Claimed:
 
 @dataclass(frozen=True, slots=True)
 class Completion:
-    """The outcome of a key a node ran, as `complete_and_claim` records it."""
+    """The outcome of a key a node ran, as `complete_and_claim` records it.
+
+    When `cache`, `ttl` is how many seconds the cached outcome lives (None: until dropped to
+    make room, or cleared) and `function` the name of the grid function that computed it (for
+    `cache_stats` and `cache_clear`)."""
 
     key: str
     outcome: bytes
     cache: bool
+    ttl: float | None = None
+    function: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class CacheUsage:
+    """Cached outcomes and their size: outcome plus stored request payload, in bytes."""
+
+    entries: int = 0
+    bytes: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class CacheStats:
+    """What `cache_stats` found: the totals and the usage per function name ("" for outcomes
+    completed without one)."""
+
+    entries: int
+    bytes: int
+    functions: dict[str, CacheUsage]
 
 
 @dataclass(frozen=True, slots=True)
@@ -275,13 +304,24 @@ class StateBackend(Protocol):
         """
         ...
 
-    async def complete(self, node: str, key: str, outcome: bytes, *, cache: bool) -> None:
+    async def complete(
+        self,
+        node: str,
+        key: str,
+        outcome: bytes,
+        *,
+        cache: bool,
+        ttl: float | None = None,
+        function: str = "",
+    ) -> None:
         """Record the outcome of a key `node` ran, and notify its waiters.
 
         Atomically: the key leaves `node`'s running set. Then, unless the key is done or runs
         under another owner (see "who may complete a key" above): when `cache`, the key becomes
-        done with `outcome` cached, otherwise its record is deleted (the next request computes it
-        again); its wait edges and job roots are deleted, and every waiter other than `node` itself
+        done with `outcome` cached under `function`'s name, to expire after `ttl` seconds (None:
+        no expiry; see the result cache above), otherwise its record is deleted (the next
+        request computes it again); its wait edges and job roots are deleted, and every waiter
+        other than `node` itself
         gets a `Notification` in its inbox (the caller resolves its own local waiters; a node
         that left gets nothing). The waiter set is cleared. Repeating a completion changes
         nothing more.
@@ -494,7 +534,24 @@ class StateBackend(Protocol):
         ...
 
     async def cache_size(self) -> int:
-        """How many outcomes are cached."""
+        """How many outcomes are cached (a shared backend may count them by a scan)."""
+        ...
+
+    async def cache_stats(self) -> CacheStats:
+        """The cached outcomes, their bytes, and both per function.
+
+        Not atomic as a whole on a shared backend (it scans in steps): an outcome cached, dropped
+        or expiring meanwhile may or may not be counted; every other one is counted once.
+        Expired outcomes are never counted."""
+        ...
+
+    async def cache_clear(self, function: str | None = None) -> int:
+        """Delete the cached outcomes (only those of the function named `function`, if given).
+
+        Done keys become unknown: the next request computes them again. Pending and running
+        keys, and everything else, are left alone. Each deletion is atomic; the whole is not on
+        a shared backend (it scans in steps): an outcome cached meanwhile may stay. Clearing
+        again deletes nothing more. Returns how many outcomes were deleted."""
         ...
 
     async def flush(self) -> None:

@@ -2,19 +2,25 @@
 
 Every method runs without an `await` between reading and writing, so each one is atomic on the
 event loop. Wake-ups use one `asyncio.Event` per node; the backend must be used from one loop.
+
+The result cache is bounded: `Settings.cache_max_entries` and `cache_max_bytes` (an outcome plus
+its request payload) drop the least recently used outcomes (a hit makes an outcome the most
+recent) to make room, and an expired outcome is dropped when it is next read.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from girder.backends.base import (
     Assignment,
     Beat,
+    CacheStats,
+    CacheUsage,
     Cancelling,
     Claimed,
     Completion,
@@ -59,6 +65,10 @@ class _Member:
     counters: dict[str, int] = field(default_factory=dict)
 
 
+_FOREVER = float("inf")
+"""The expiry of an outcome cached without a ttl."""
+
+
 class _Signal:
     """A sticky wake-up: a `set` before `wait` makes the next `wait` return at once."""
 
@@ -87,14 +97,19 @@ class MemoryBackend:
         self.url = url
         self.round_trips = False
         self.shared = False
+        settings = settings or Settings()
+        self._max_entries = settings.cache_max_entries
+        self._max_bytes = settings.cache_max_bytes
         self._reset()
 
     def _reset(self) -> None:
         self._records: dict[str, _Record] = {}
-        # Done keys: str -> bytes dicts hold no GC-tracked object, so the collector never
-        # walks the cache however large it grows.
-        self._outcomes: dict[str, bytes] = {}
+        # Done keys, least recently used first; they map str -> bytes, str or float, which the
+        # collector has nothing to look for in.
+        self._outcomes: OrderedDict[str, bytes] = OrderedDict()
         self._done_payloads: dict[str, bytes] = {}
+        self._meta: dict[str, tuple[str, float]] = {}  # key -> (function, expiry or inf)
+        self._cache_bytes = 0
         self._work: dict[str, deque[str]] = {}
         self._pops: dict[str, int] = {}
         self._running: dict[str, set[str]] = {}
@@ -189,6 +204,70 @@ class MemoryBackend:
             self._list(node).extendleft(keys)
             self._wake_worker(node)
 
+    # -- the result cache -------------------------------------------------------------------------
+
+    def _cached(self, key: str) -> bytes | None:
+        """The cached outcome of `key` (now the most recently used), or None; drops it if it
+        expired."""
+        outcome = self._outcomes.get(key)
+        if outcome is None:
+            return None
+        if self._meta[key][1] <= time.monotonic():
+            self._uncache(key)
+            return None
+        self._outcomes.move_to_end(key)
+        return outcome
+
+    def _cache(self, key: str, outcome: bytes, payload: bytes, ttl: float | None, fn: str) -> None:
+        """Cache an outcome, dropping the least recently used ones to make room (one larger
+        than the whole cache is not cached: it would only push every other one out)."""
+        size = len(outcome) + len(payload)
+        if self._max_bytes is not None and size > self._max_bytes:
+            return
+        self._outcomes[key] = outcome
+        self._done_payloads[key] = payload
+        self._meta[key] = (fn, _FOREVER if ttl is None else time.monotonic() + ttl)
+        self._cache_bytes += size
+        if self._max_bytes is not None and self._cache_bytes > self._max_bytes:
+            while self._cache_bytes > self._max_bytes:
+                self._uncache(next(iter(self._outcomes)))
+        if self._max_entries is not None and len(self._outcomes) > self._max_entries:
+            while len(self._outcomes) > self._max_entries:
+                self._uncache(next(iter(self._outcomes)))
+
+    def _uncache(self, key: str) -> None:
+        outcome = self._outcomes.pop(key)
+        payload = self._done_payloads.pop(key)
+        self._cache_bytes -= len(outcome) + len(payload)
+        del self._meta[key]
+
+    def _drop_expired(self) -> None:
+        now = time.monotonic()
+        for key in [key for key, (_, expires) in self._meta.items() if expires <= now]:
+            self._uncache(key)
+
+    async def cache_size(self) -> int:
+        self._drop_expired()
+        return len(self._outcomes)
+
+    async def cache_stats(self) -> CacheStats:
+        self._drop_expired()
+        usage: dict[str, CacheUsage] = {}
+        for key, outcome in self._outcomes.items():
+            name = self._meta[key][0]
+            size = len(outcome) + len(self._done_payloads[key])
+            found = usage.get(name, CacheUsage())
+            usage[name] = CacheUsage(found.entries + 1, found.bytes + size)
+        return CacheStats(len(self._outcomes), self._cache_bytes, usage)
+
+    async def cache_clear(self, function: str | None = None) -> int:
+        doomed = [
+            key for key in self._outcomes if function is None or self._meta[key][0] == function
+        ]
+        for key in doomed:
+            self._uncache(key)
+        return len(doomed)
+
     # -- requests ---------------------------------------------------------------------------------
 
     async def submit(
@@ -227,7 +306,7 @@ class MemoryBackend:
         pushed: list[str] = []
         for request in requests:
             key = request.key
-            done = self._outcomes.get(key)
+            done = self._cached(key)
             if done is not None:
                 results.append(Submitted(key, outcome=done))
                 continue
@@ -320,8 +399,17 @@ class MemoryBackend:
             return Claimed(key, record.payload)
         return None
 
-    async def complete(self, node: str, key: str, outcome: bytes, *, cache: bool) -> None:
-        self._complete(node, key, outcome, cache)
+    async def complete(
+        self,
+        node: str,
+        key: str,
+        outcome: bytes,
+        *,
+        cache: bool,
+        ttl: float | None = None,
+        function: str = "",
+    ) -> None:
+        self._complete(node, Completion(key, outcome, cache, ttl, function))
 
     async def complete_and_claim(
         self,
@@ -332,17 +420,20 @@ class MemoryBackend:
         volunteer_at: str | None = None,
     ) -> list[Claimed]:
         for completion in completions:
-            self._complete(node, completion.key, completion.outcome, completion.cache)
+            self._complete(node, completion)
         claimed = self._claim_many(node, claim)
         if claim > 0 and not claimed and volunteer_at is not None:
             self._volunteer(volunteer_at, node)
         return claimed
 
-    def _complete(self, node: str, key: str, outcome: bytes, cache: bool) -> None:
+    def _complete(self, node: str, completion: Completion) -> None:
+        key, outcome = completion.key, completion.outcome
         running = self._running.get(node)
         if running is not None:
             running.discard(key)
         record = self._records.get(key)
+        # A key with a record is not in `_outcomes` (`submit` drops an expired outcome before
+        # it makes one); without a record, an expired outcome changes nothing either.
         if key in self._outcomes or (record is not None and record.owner not in (None, node)):
             return  # done, or a late completion of a key that now runs elsewhere
         self._drop_wait_edges(key)
@@ -350,9 +441,8 @@ class MemoryBackend:
         if record is None:
             return
         del self._records[key]
-        if cache:
-            self._outcomes[key] = outcome
-            self._done_payloads[key] = record.payload
+        if completion.cache:
+            self._cache(key, outcome, record.payload, completion.ttl, completion.function)
         waiters = record.waiters
         record.waiters = set()
         for waiter in waiters:
@@ -390,7 +480,7 @@ class MemoryBackend:
         return self._claim(node)
 
     async def state(self, key: str) -> RequestState:
-        if key in self._outcomes:
+        if self._cached(key) is not None:
             return RequestState.DONE
         record = self._records.get(key)
         if record is None:
@@ -398,7 +488,7 @@ class MemoryBackend:
         return RequestState.RUNNING if record.owner is not None else RequestState.PENDING
 
     async def result(self, key: str) -> bytes | None:
-        return self._outcomes.get(key)
+        return self._cached(key)
 
     async def payloads(self, keys: Sequence[str]) -> list[bytes | None]:
         return [self._payload(key) for key in keys]
@@ -407,7 +497,7 @@ class MemoryBackend:
         record = self._records.get(key)
         if record is not None:
             return record.payload
-        return self._done_payloads.get(key)
+        return self._done_payloads.get(key) if self._cached(key) is not None else None
 
     async def cancel(
         self,
@@ -622,9 +712,6 @@ class MemoryBackend:
         return sorted(
             n for n, m in self._members.items() if m.distributor == distributor and m.expires >= now
         )
-
-    async def cache_size(self) -> int:
-        return len(self._outcomes)
 
     async def flush(self) -> None:
         self._reset()

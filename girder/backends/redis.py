@@ -24,6 +24,12 @@ queue leaves a token on its "wake" list; a token lost with a cancelled BLPOP cos
 Blocking calls run on a separate connection pool so they never hold up other commands. Leases are
 kept in the grid's clock: Redis server time (TIME inside the scripts) that advances at most two
 heartbeat intervals between two heartbeats, so a stalled server does not make live nodes dead.
+
+A cached result is its done request record, and the grid's only state with an expiry (its
+TTL; the journal of a `cache_clear` expires too, and is fine to lose): under a `volatile-*`
+`maxmemory-policy` Redis evicts cached results and nothing else. Its loss makes the key
+unknown, so the next request computes it again. `cache_stats` and `cache_clear` SCAN the
+records (nothing on the hot path keeps an index).
 """
 
 from __future__ import annotations
@@ -34,7 +40,7 @@ import json
 import re
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -42,6 +48,8 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 from girder.backends.base import (
     Assignment,
     Beat,
+    CacheStats,
+    CacheUsage,
     Cancelling,
     Claimed,
     Completion,
@@ -59,6 +67,7 @@ from girder.backends.redis_keys import (
     F_PAYLOAD,
     F_STATUS,
     PENDING,
+    RECORD,
     RUNNING,
     RedisKeys,
 )
@@ -100,7 +109,14 @@ _OUTAGE_REPLIES = ("LOADING", "BUSY", "MASTERDOWN", "READONLY", "TRYAGAIN", "CLU
 _CONNECT_TRIES = 5
 """Attempts of `connect` whose reply was lost, before it gives up."""
 
-_EVICTING_POLICIES = ("allkeys-lru", "allkeys-lfu", "allkeys-random")
+_SAFE_POLICIES = ("volatile-lru", "volatile-lfu", "volatile-ttl", "volatile-random")
+"""Policies that evict only keys with an expiry: cached results (see the module docstring)."""
+
+_warned_policies: set[tuple[str, str]] = set()
+"""(backend URL, policy) already warned about in this process."""
+
+_SCAN_COUNT = 1000
+"""Keys per SCAN step (and per script call) of `cache_stats` and `cache_clear`."""
 
 _RETRY_FIRST, _RETRY_MAX = 0.05, 2.0
 """Backoff between attempts while the server cannot be reached, in seconds."""
@@ -268,19 +284,38 @@ class RedisBackend:
             raise ConfigurationError(f"Redis at {self.url} is version {release}; girder needs 6.2+")
 
     async def _check_eviction_policy(self) -> None:
-        """Warn when the server may evict the grid's own state (queues, records, leases)."""
+        """Warn (once per process) when the server may evict the grid's own state (queues,
+        records, leases), or will refuse writes when full rather than evict cached results."""
+        commands: list[Command] = [("CONFIG", "GET", "maxmemory-policy")]
+        commands.append(("CONFIG", "GET", "maxmemory"))
         try:
-            reply = await self._redis.execute("CONFIG", "GET", "maxmemory-policy")
-        except (ReplyError, ConnectionLost):  # CONFIG may be renamed or denied by an ACL
+            replies = await self._redis.pipeline(commands)
+        except ConnectionLost:
             return
-        policy = reply[1].decode() if len(reply) == 2 else ""
-        if policy in _EVICTING_POLICIES:
-            _log.warning(
-                "Redis may evict the grid's state; set maxmemory-policy to noeviction "
-                "(or a volatile-* policy)",
-                backend=self.url,
-                policy=policy,
+        found: dict[bytes, bytes] = {}
+        for reply in replies:  # an error reply: CONFIG may be renamed or denied by an ACL
+            if isinstance(reply, list) and len(reply) == 2:
+                found[reply[0]] = reply[1]
+        if b"maxmemory-policy" not in found:
+            return
+        policy = found[b"maxmemory-policy"].decode()
+        limited = found.get(b"maxmemory", b"0") != b"0"
+        if policy in _SAFE_POLICIES or (policy == "noeviction" and not limited):
+            return
+        if (self.url, policy) in _warned_policies:
+            return
+        _warned_policies.add((self.url, policy))
+        if policy.startswith("allkeys"):
+            message = (
+                "Redis may evict the grid's state (queues, records, leases); set "
+                "maxmemory-policy to volatile-lru so that it evicts only cached results"
             )
+        else:
+            message = (
+                "Redis refuses writes once maxmemory is reached instead of evicting cached "
+                "results; set maxmemory-policy to volatile-lru"
+            )
+        _log.warning(message, backend=self.url, policy=policy)
 
     async def _load_scripts(self) -> None:
         commands = [("SCRIPT", "LOAD", script.source) for script in self._scripts.values()]
@@ -441,8 +476,18 @@ class RedisBackend:
         reply = await self._journaled("claim", node, True, node)
         return None if reply is None else Claimed(reply[0].decode(), reply[1])
 
-    async def complete(self, node: str, key: str, outcome: bytes, *, cache: bool) -> None:
-        await self._journaled("complete", node, False, node, 0, "", key, outcome, int(cache))
+    async def complete(
+        self,
+        node: str,
+        key: str,
+        outcome: bytes,
+        *,
+        cache: bool,
+        ttl: float | None = None,
+        function: str = "",
+    ) -> None:
+        args = _completion_args(Completion(key, outcome, cache, ttl, function))
+        await self._journaled("complete", node, False, node, 0, "", *args)
 
     async def complete_and_claim(
         self,
@@ -454,7 +499,7 @@ class RedisBackend:
     ) -> list[Claimed]:
         args: list[str | bytes | int] = [node, claim, volunteer_at or ""]
         for completion in completions:
-            args += (completion.key, completion.outcome, int(completion.cache))
+            args += _completion_args(completion)
         return _claimed(await self._journaled("complete", node, claim > 0, *args))
 
     async def publish(self, node: str, key: str, outcome: bytes) -> bool:
@@ -665,8 +710,47 @@ class RedisBackend:
                 return dict(sorted(found.items()))
 
     async def cache_size(self) -> int:
-        value = await self._execute("cache_size", "GET", self._keys.cached)
-        return int(value) if value and value.isdigit() else 0
+        return (await self.cache_stats()).entries
+
+    async def _scan_records(self, what: str) -> AsyncIterator[list[str]]:
+        """The request keys of every record, in SCAN batches (a key may come twice)."""
+        cursor = b"0"
+        start = len(self._keys.record("").encode())
+        while True:
+            cursor, found = await self._execute(
+                what, "SCAN", cursor, "MATCH", self._keys.pattern(RECORD), "COUNT", _SCAN_COUNT
+            )
+            if found:
+                yield [name[start:].decode(errors="replace") for name in found]
+            if cursor == b"0":
+                return
+
+    async def cache_stats(self) -> CacheStats:
+        seen: set[str] = set()
+        usage: dict[str, CacheUsage] = {}
+        async for keys in self._scan_records("cache_stats"):
+            flat = await self._run("cache_entries", *keys)
+            for i in range(0, len(flat), 3):
+                key, name, size = flat[i].decode(), flat[i + 1].decode(), flat[i + 2]
+                if key not in seen:
+                    seen.add(key)
+                    found = usage.get(name, CacheUsage())
+                    usage[name] = CacheUsage(found.entries + 1, found.bytes + size)
+        entries = sum(u.entries for u in usage.values())
+        return CacheStats(entries, sum(u.bytes for u in usage.values()), usage)
+
+    async def cache_clear(self, function: str | None = None) -> int:
+        every = int(function is None)
+        clearer = f"cache-clear-{uuid.uuid4().hex}"  # names its journal (see cache_drop.lua)
+        dropped = 0
+        try:
+            async for keys in self._scan_records("cache_clear"):
+                dropped += await self._journaled(
+                    "cache_drop", clearer, True, clearer, function or "", every, *keys
+                )
+        finally:
+            await self._execute("cache_clear", "DEL", self._keys.journal(clearer))
+        return dropped
 
     async def flush(self) -> None:
         cursor = b"0"
@@ -791,6 +875,18 @@ def _reply_error(url: str, what: str, error: ReplyError) -> BackendError:
             f"doing {what}); free memory or raise maxmemory. Redis said: {text}"
         )
     return BackendError(f"Redis {what} failed at {url}: {text}")
+
+
+def _completion_args(completion: Completion) -> tuple[str | bytes | int, ...]:
+    """One completion's arguments of the `complete` script (see `COMPLETION_ARGS`)."""
+    ttl_ms = 0 if completion.ttl is None else _ms(completion.ttl)
+    return (
+        completion.key,
+        completion.outcome,
+        int(completion.cache),
+        ttl_ms,
+        completion.function,
+    )
 
 
 def _ms(seconds: float) -> int:

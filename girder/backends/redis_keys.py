@@ -6,9 +6,13 @@ scripts spell no names themselves: each starts with `RedisKeys.lua_prelude()`, w
 same layout as Lua functions (`k_record(key)`, `k_work(node)`, ...) and constants.
 
 Per request key:
-    req:<key>          hash: F_STATUS (pending/running/done), F_PAYLOAD, F_OUTCOME (when done),
-                       F_OWNER (when running), F_CRASHES (times its worker died running it),
-                       F_PARTIAL (the latest partial outcome of a streaming run, until done)
+    req:<key>          hash: F_STATUS (pending/running/done), F_PAYLOAD, F_OUTCOME and
+                       F_FUNCTION (when done), F_OWNER (when running), F_CRASHES (times its
+                       worker died running it), F_PARTIAL (the latest partial outcome of a
+                       streaming run, until done). A done record is the cached result: the only
+                       state of the grid with an expiry (its TTL), so under a volatile-*
+                       `maxmemory-policy` it is the only state Redis may evict (the
+                       journal of a `cache_clear` expires too: it is fine to lose).
     waiters:<key>      set of node ids waiting for the outcome
     waits:<key>        set of keys this key waits for (wait-for edges out of it)
     waitedby:<key>     set of keys waiting for this key (the same edges, reversed)
@@ -42,7 +46,6 @@ Per node:
 Per grid:
     leases             sorted set: node -> lease expiry in grid milliseconds (see timekeeper)
     pops               hash: node -> keys it claimed (or handed out) since its last trim
-    cached             integer: how many outcomes are cached
     clock              integer raised by every heartbeat: if it ever goes down, the server lost
                        writes (restored from an older snapshot) and the nodes reconcile
     corrupt            list: the last keys found holding garbage of the wrong type (deleted)
@@ -81,7 +84,6 @@ CANCELLING = "cancelling:"
 ORPHANS = "orphans:"
 LEASES = "leases"
 POPS = "pops"
-CACHED = "cached"
 CLOCK = "clock"
 CORRUPT = "corrupt"
 DEPARTED = "departed"
@@ -98,6 +100,7 @@ F_OUTCOME = "out"
 F_OWNER = "o"
 F_CRASHES = "c"
 F_PARTIAL = "pt"
+F_FUNCTION = "fn"
 F_KIND = "kind"
 F_DISTRIBUTOR = "dist"
 F_COUNTERS = "ctr"
@@ -131,7 +134,6 @@ _PER_ID = {
 _GLOBAL = {
     "LEASES": LEASES,
     "POPS": POPS,
-    "CACHED": CACHED,
     "CLOCK": CLOCK,
     "CORRUPT": CORRUPT,
     "DEPARTED": DEPARTED,
@@ -146,6 +148,7 @@ _CONSTANTS = {
     "F_OWNER": F_OWNER,
     "F_CRASHES": F_CRASHES,
     "F_PARTIAL": F_PARTIAL,
+    "F_FUNCTION": F_FUNCTION,
     "F_KIND": F_KIND,
     "F_DISTRIBUTOR": F_DISTRIBUTOR,
     "F_COUNTERS": F_COUNTERS,
@@ -172,7 +175,6 @@ class RedisKeys:
         self.base = "{" + prefix + "}:"
         self.leases = self.base + LEASES
         self.pops = self.base + POPS
-        self.cached = self.base + CACHED
         self.corrupt = self.base + CORRUPT
         self.blobs = self.base + BLOBS
 
@@ -207,9 +209,10 @@ class RedisKeys:
     def blob_part(self, digest: str, nonce: str) -> str:
         return self.base + BLOB_PART + digest + ":" + nonce
 
-    def pattern(self) -> str:
-        """A SCAN pattern that matches every key of this grid and nothing else."""
-        return re.sub(r"([*?\[\]\\])", r"\\\1", self.base) + "*"
+    def pattern(self, part: str = "") -> str:
+        """A SCAN pattern that matches every key of this grid (that starts with `part` after
+        the prefix, e.g. `RECORD`) and nothing else."""
+        return re.sub(r"([*?\[\]\\])", r"\\\1", self.base + part) + "*"
 
     def lua_prelude(self) -> str:
         """Lua definitions of the same names, for the start of every script."""

@@ -24,6 +24,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from girder import codeversion
 from girder.backends.base import Claimed, Completion, NewRequest, NodeKind, StateBackend
 from girder.config import Settings
 from girder.errors import (
@@ -34,7 +35,7 @@ from girder.errors import (
     RequestError,
     SerializationError,
 )
-from girder.functions import Request
+from girder.functions import GridFunction, Request
 from girder.keys import SCALARS
 from girder.log import debug_enabled, node_logger
 from girder.scheduler.lease import LeaseKeeper, lease_keeper
@@ -134,6 +135,7 @@ class Node:
         self.pools = PoolWatch(backend, settings.pool_wait, self._pool_unserved)
         self.log = node_logger(self.id, kind=self.kind.value)
         require_secret(settings, backend, self.log)
+        codeversion.set_default(settings.auto_version)
         self._tasks: list[asyncio.Task[None]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._lease_keeper: LeaseKeeper | None = None
@@ -392,18 +394,26 @@ class Node:
         readable: Callable[[], str],
         outcome: Outcome,
         cache: bool,
+        *,
         blobs: list[Blob] | None = None,
+        function: GridFunction[..., Any] | None = None,
     ) -> Completion:
         """The completion to record for `outcome`; an outcome that cannot be encoded becomes
         a failure. `readable` names the request; it is only called when something fails.
         With `blobs`, a large value goes to a blob appended there: the caller stores it
-        first (see `stored`)."""
+        first (see `stored`). `function` (the one that ran) sets how long a cached outcome
+        lives and whose it is."""
         try:
             data = self.codec.encode_outcome(outcome, key, readable, blobs)
         except SerializationError as exc:
             outcome = Outcome(error=RequestError(readable(), str(exc), kind="invalid"))
             data = self.codec.encode_outcome(outcome, key, readable)
-        return Completion(key, data, cache and outcome.error is None and outcome.final)
+        if not (cache and outcome.error is None and outcome.final):
+            return Completion(key, data, False)
+        if function is None:
+            return Completion(key, data, True, ttl=self.settings.cache_ttl)
+        ttl = self.settings.cache_ttl if function.ttl is None else function.ttl
+        return Completion(key, data, True, ttl=ttl, function=function.name)
 
     async def stored(
         self, completion: Completion, readable: Callable[[], str], blobs: list[Blob]
@@ -463,7 +473,7 @@ class Node:
     ) -> None:
         """Store an outcome this node computed, notify waiters, and wake local ones."""
         blobs: list[Blob] = []
-        completion = self.completion(key, readable, outcome, cache, blobs)
+        completion = self.completion(key, readable, outcome, cache, blobs=blobs)
         if blobs:
             completion = await self.stored(completion, readable, blobs)
         await self.backend.complete(self.id, key, completion.outcome, cache=completion.cache)

@@ -395,7 +395,12 @@ class Worker(Node):
                 outcome = Outcome(error=Cancelled(evaluation.readable(), job))
             blobs: list[Blob] = []
             completion = self.completion(
-                evaluation.key, evaluation.readable, outcome, function.cache, blobs
+                evaluation.key,
+                evaluation.readable,
+                outcome,
+                function.cache,
+                blobs=blobs,
+                function=function,
             )
             if blobs:  # a large value: its blob is stored before the completion is sent
                 completion = await self.stored(completion, evaluation.readable, blobs)

@@ -31,6 +31,8 @@ import pytest
 
 from girder.backends.base import (
     Assignment,
+    CacheStats,
+    CacheUsage,
     Claimed,
     Completion,
     NewRequest,
@@ -62,6 +64,11 @@ def blob(tag: str, size: int = 1000) -> tuple[str, bytes]:
     data = (b"\x00\xffblob:" + tag.encode()) * (size // (7 + len(tag)) + 1)
     data = data[:size]
     return hashlib.sha256(data).hexdigest(), data
+
+
+def cached_size(*keys: str) -> int:
+    """The bytes `cache_stats` counts for the cached outcomes `out(key)` of `new(key)`."""
+    return sum(len(out(key)) + len(new(key).payload) for key in keys)
 
 
 async def put(
@@ -1281,6 +1288,114 @@ class BackendConformance:
             await run(backend, "w", key, cache=True)
         await run(backend, "w", "d", cache=False)
         assert await backend.cache_size() == 3
+
+    # -- the result cache -----------------------------------------------------------------------
+
+    async def cache_as(
+        self, backend: StateBackend, key: str, function: str, ttl: float | None = None
+    ) -> None:
+        """Run `key` on "w" and complete it, cached under `function` with `ttl`."""
+        await put(backend, "w", [key])
+        claimed = await backend.claim("w")
+        assert claimed is not None
+        assert claimed.key == key
+        await backend.complete("w", key, out(key), cache=True, ttl=ttl, function=function)
+
+    async def test_cache_stats_count_entries_and_bytes_per_function(
+        self, backend: StateBackend
+    ) -> None:
+        assert await backend.cache_stats() == CacheStats(0, 0, {})
+        for key, function in (("a", "f"), ("b", "f"), ("c", "g")):
+            await self.cache_as(backend, key, function)
+        await run(backend, "w", "d", cache=False)
+        await put(backend, "c", ["pending"], into="x")
+
+        assert await backend.cache_stats() == CacheStats(
+            3,
+            cached_size("a", "b", "c"),
+            {"f": CacheUsage(2, cached_size("a", "b")), "g": CacheUsage(1, cached_size("c"))},
+        )
+
+    async def test_a_cached_outcome_expires_after_its_ttl(self, backend: StateBackend) -> None:
+        await self.cache_as(backend, "long", "f", ttl=LONG)
+        await self.cache_as(backend, "forever", "f")
+        await self.cache_as(backend, "short", "f", ttl=1.0)
+        assert await backend.result("short") == out("short")
+
+        async def expired() -> bool:
+            return await backend.state("short") == RequestState.UNKNOWN
+
+        await eventually(expired, self.patience, "the outcome with a ttl of 1 s expired")
+        assert await backend.result("short") is None
+        assert await backend.payloads(["short"]) == [None]
+        assert (await backend.cache_stats()).functions == {
+            "f": CacheUsage(2, cached_size("long", "forever"))
+        }
+        # Expired, the key is computed again: the next request queues it.
+        assert await put(backend, "c", ["short"], into="w") == [Submitted("short")]
+        assert await backend.state("short") == RequestState.PENDING
+        for key in ("long", "forever"):
+            assert await backend.result(key) == out(key)
+
+    async def test_a_ttl_travels_with_complete_and_claim(self, backend: StateBackend) -> None:
+        await put(backend, "c", ["k", "next"], into="w")
+        claimed = await backend.claim("w")
+        assert claimed is not None
+        assert claimed.key == "next"
+        completion = Completion("next", out("next"), True, ttl=1.0, function="f")
+        assert await backend.complete_and_claim("w", [completion], claim=1) == [
+            Claimed("k", new("k").payload)
+        ]
+        assert (await backend.cache_stats()).functions["f"].entries == 1
+
+        async def expired() -> bool:
+            return await backend.result("next") is None
+
+        await eventually(expired, self.patience, "the outcome with a ttl of 1 s expired")
+
+    async def test_a_pending_or_running_key_never_expires(self, backend: StateBackend) -> None:
+        """Only a cached outcome expires: a key requested again after its outcome expired
+        waits and runs as long as it takes."""
+        await self.cache_as(backend, "k", "f", ttl=0.2)
+
+        async def expired() -> bool:
+            return await backend.state("k") == RequestState.UNKNOWN
+
+        await eventually(expired, self.patience, "the outcome expired")
+        await put(backend, "c", ["k"], into="w")
+        await asyncio.sleep(0.4)
+        assert await backend.state("k") == RequestState.PENDING
+        assert await backend.claim("w") == Claimed("k", new("k").payload)
+        await asyncio.sleep(0.4)
+        assert await backend.state("k") == RequestState.RUNNING
+
+    async def test_cache_clear_of_one_function_leaves_the_rest(self, backend: StateBackend) -> None:
+        for key, function in (("a", "f"), ("b", "f"), ("c", "g")):
+            await self.cache_as(backend, key, function)
+        await put(backend, "c", ["pending"], into="x")
+        await run_until_running(backend, "w", "running")
+        assert await backend.cache_clear("f") == 2
+        assert await backend.cache_clear("f") == 0
+        assert [await backend.state(k) for k in ("a", "b", "c", "pending", "running")] == [
+            RequestState.UNKNOWN,
+            RequestState.UNKNOWN,
+            RequestState.DONE,
+            RequestState.PENDING,
+            RequestState.RUNNING,
+        ]
+        assert (await backend.cache_stats()).functions == {"g": CacheUsage(1, cached_size("c"))}
+        assert await put(backend, "c2", ["a"], into="w") == [Submitted("a")]
+        assert await backend.claim("w") == Claimed("a", new("a").payload)
+
+    async def test_cache_clear_of_everything(self, backend: StateBackend) -> None:
+        for key, function in (("a", "f"), ("b", ""), ("c", "g")):
+            await self.cache_as(backend, key, function)
+        await put(backend, "c", ["pending"], into="x")
+        assert await backend.cache_clear() == 3
+        assert await backend.cache_stats() == CacheStats(0, 0, {})
+        assert await backend.cache_size() == 0
+        assert await backend.state("pending") == RequestState.PENDING
+        assert await backend.claim("x") == Claimed("pending", new("pending").payload)
 
     async def test_flush_deletes_everything(self, backend: StateBackend) -> None:
         await backend.join("w", NodeKind.WORKER, "d", LONG)

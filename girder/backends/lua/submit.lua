@@ -46,8 +46,9 @@ local function path(start, target)
 end
 
 -- Make sure `key` has a record that will run: a new one, or one whose status is garbage or
--- whose owner the grid does not know, becomes pending with this payload. Returns whether the
--- key needs queueing (it does unless it runs under a known owner).
+-- whose owner the grid does not know, becomes pending with this payload (and loses any expiry:
+-- only a cached result may expire or be evicted). Returns whether the key needs queueing (it
+-- does unless it runs under a known owner).
 local function ensure_record(key, payload, state)
   local status, owner = state[1], state[3]
   if status == RUNNING and owned(key, owner) then
@@ -57,7 +58,8 @@ local function ensure_record(key, payload, state)
     local record = k_record(key)
     call('HSET', record, F_STATUS, PENDING, F_PAYLOAD, payload)
     if status ~= false then
-      call('HDEL', record, F_OWNER)
+      call('HDEL', record, F_OWNER, F_OUTCOME, F_FUNCTION)
+      redis.call('PERSIST', record)
     end
   end
   return true
