@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -12,13 +13,13 @@ import textwrap
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
 from cachefns import block, blocks_digest, long_lived, short_lived
 from gridfns import fib
 from processes import CLIENT_OPTIONS, GridProcesses, wait_for_nodes, wait_until
-from structlog.testing import capture_logs
 
 import girder
 from girder.backends.base import CacheUsage, NewRequest, RequestState
@@ -425,8 +426,16 @@ async def test_under_maxmemory_redis_evicts_cached_results_and_nothing_else(
 
 @pytest.mark.redis
 async def test_a_wrong_maxmemory_policy_is_warned_about_once(
-    own_redis: RedisServer, raw: aioredis.Redis
+    own_redis: RedisServer, raw: aioredis.Redis, caplog: pytest.LogCaptureFixture
 ) -> None:
+    async def warnings_at_connect() -> list[dict[str, Any]]:
+        caplog.clear()
+        backend = RedisBackend(own_redis.url)
+        with caplog.at_level(logging.WARNING, logger="girder"):
+            await backend.connect()
+        await backend.close()
+        return [getattr(record, "girder_event", {}) for record in caplog.records]
+
     for policy, warned in (
         ("volatile-lru", False),
         ("noeviction", False),
@@ -434,18 +443,12 @@ async def test_a_wrong_maxmemory_policy_is_warned_about_once(
         ("allkeys-lru", False),  # once
     ):
         await raw.config_set("maxmemory-policy", policy)
-        backend = RedisBackend(own_redis.url)
-        with capture_logs() as logs:
-            await backend.connect()
-        await backend.close()
-        assert any(log.get("policy") == policy for log in logs) is warned, policy
+        events = await warnings_at_connect()
+        assert any(event.get("policy") == policy for event in events) is warned, policy
     await raw.config_set("maxmemory", str(500 * 1024 * 1024))
     await raw.config_set("maxmemory-policy", "noeviction")
-    backend = RedisBackend(own_redis.url)
-    with capture_logs() as logs:
-        await backend.connect()
-    await backend.close()
-    assert [log["event"] for log in logs if log.get("policy") == "noeviction"] == [
+    events = await warnings_at_connect()
+    assert [event["event"] for event in events if event.get("policy") == "noeviction"] == [
         "Redis refuses writes once maxmemory is reached instead of evicting cached results; "
         "set maxmemory-policy to volatile-lru"
     ]

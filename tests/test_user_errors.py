@@ -174,8 +174,8 @@ def test_an_error_without_tracebacks_prints_its_one_line() -> None:
 
 async def test_calling_a_grid_never_started_says_how_to_start_it() -> None:
     grid = girder.Grid.local(workers=1)
-    with pytest.raises(girder.GirderError, match=r"is not started: use the grid as `async with"):
+    with pytest.raises(girder.GirderError, match=r"has not started: call it inside `async with"):
         await grid.call(add, 1, 2)
-    with pytest.raises(girder.GirderError, match="is not started"):
+    with pytest.raises(girder.GirderError, match="has not started"):
         async for _ in grid.stream(add, 1, 2):
             pass
