@@ -156,7 +156,7 @@ async def share_z(tag: str) -> str:
 
 @girder.function
 async def nap(ms: int, index: int) -> int:
-    """Sleep `ms` milliseconds (holding the baton, like real work) and return `index`."""
+    """Sleep `ms` milliseconds (waiting on I/O: its baton is lent meanwhile); return `index`."""
     await asyncio.sleep(ms / 1000)
     return index
 

@@ -23,7 +23,7 @@ import asyncio
 import sys
 import time
 from collections import deque
-from collections.abc import AsyncGenerator, AsyncIterator, Coroutine
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Coroutine
 from typing import Any, ClassVar
 
 from girder.backends.base import Claimed, NodeKind, StateBackend
@@ -32,6 +32,7 @@ from girder.errors import Cancelled, RequestError, SerializationError
 from girder.functions import GridFunction, Request
 from girder.scheduler.baton import Baton
 from girder.scheduler.context import Evaluation, current_evaluation
+from girder.scheduler.lending import suspensions
 from girder.scheduler.node import Node, error_lines
 from girder.scheduler.outbox import Outbox
 from girder.scheduler.waiters import Batch, Feed
@@ -80,7 +81,7 @@ class Worker(Node):
         super().__init__(
             backend, settings, node_id=node_id, distributor=distributor or settings.pool
         )
-        self.baton = Baton(settings.concurrency)
+        self.baton = Baton(settings.concurrency, loans=settings.io_concurrency)
         self._evaluations: dict[str, asyncio.Task[None]] = {}
         """The tasks of async requests under way here, by key."""
         self._watch = WatchPipe.from_environment()
@@ -297,7 +298,10 @@ class Worker(Node):
             coroutine = function.fn(*evaluation.args, **evaluation.kwargs)
             if function.is_stream:
                 coroutine = self._answers(evaluation, coroutine)
-            task = _new_task(self._run_evaluation(evaluation, function, coroutine))
+            awaitable: Awaitable[Any] = coroutine
+            if self.settings.io_concurrency:
+                awaitable = suspensions(coroutine, lambda: self._lend(evaluation))
+            task = _new_task(self._run_evaluation(evaluation, function, awaitable))
         finally:
             current_evaluation.reset(token)
         if not task.done():
@@ -305,11 +309,23 @@ class Worker(Node):
             self._evaluations[key] = task
             task.add_done_callback(lambda _: self._evaluations.pop(key, None))
 
+    def _lend(self, evaluation: Evaluation) -> None:
+        """The evaluation suspended: when it is not parked on the grid it waits on I/O (or a
+        sleep, a lock...): lend its baton so that the worker goes on meanwhile."""
+        if evaluation.holds_baton and not evaluation.parked and self.baton.lend():
+            evaluation.holds_baton = False
+            evaluation.lent = True
+
+    def _end_loan(self, evaluation: Evaluation) -> None:
+        if evaluation.lent:
+            evaluation.lent = False
+            self.baton.end_loan()
+
     async def _run_evaluation(
         self,
         evaluation: Evaluation,
         function: GridFunction[..., Any],
-        coroutine: Coroutine[Any, Any, Any],
+        coroutine: Awaitable[Any],
     ) -> None:
         try:
             value = await self._within_limit(function.timeout, coroutine)
@@ -323,7 +339,7 @@ class Worker(Node):
             if self._stopping or evaluation.key not in self._cancelled:
                 # The worker stops: pass the baton on, finish nothing (leaving hands it back).
                 self._running.discard(evaluation.key)
-                self._pass_baton(evaluation)
+                self._let_go(evaluation)
                 raise
             task = asyncio.current_task()
             if task is not None:
@@ -331,12 +347,12 @@ class Worker(Node):
             outcome = Outcome()  # replaced below
         except BaseException:
             self._running.discard(evaluation.key)
-            self._pass_baton(evaluation)
+            self._let_go(evaluation)
             raise
         await self._conclude(evaluation, function, outcome)
 
     @staticmethod
-    async def _within_limit(limit: float | None, coroutine: Coroutine[Any, Any, Any]) -> Any:
+    async def _within_limit(limit: float | None, coroutine: Awaitable[Any]) -> Any:
         """Await `coroutine`, cancelled after `limit` seconds (parked time included)."""
         if limit is None:
             return await coroutine
@@ -393,9 +409,12 @@ class Worker(Node):
             self._outbox.add(completion, outcome)
             self._running.discard(evaluation.key)
             self.waiters.resolve(evaluation.key, outcome)
-            await self._send_or_hold(inline=inline)
+            if evaluation.lent:
+                await self._send_or_hold_lent()
+            else:
+                await self._send_or_hold(inline=inline)
         finally:
-            self._pass_baton(evaluation)
+            self._let_go(evaluation)
 
     async def _send_or_hold(self, *, inline: bool) -> None:
         """Send the outbox now, or hold it for the step of the local work that comes next: a
@@ -412,6 +431,19 @@ class Worker(Node):
             and (inline or self.baton.worker_waiting())
         )
         await self._settle(claim=self._claim_size if prefetch else 0)
+
+    async def _send_or_hold_lent(self) -> None:
+        """Send the outbox of a request that ran on a lent baton: no baton passes on, so there
+        is nothing to claim for; several such requests ending together share a step."""
+        if self.backend.round_trips and self._outbox.may_hold():
+            self._outbox.hold()
+            return
+        await self._settle(claim=0)
+
+    def _let_go(self, evaluation: Evaluation) -> None:
+        """The evaluation ended: pass its baton on, or end its loan."""
+        self._pass_baton(evaluation)
+        self._end_loan(evaluation)
 
     def _pass_baton(self, evaluation: Evaluation) -> None:
         if evaluation.holds_baton:
@@ -541,6 +573,7 @@ class Worker(Node):
                 reserved = False
                 await self.baton.acquire_for_resume(reserved=True)
                 evaluation.holds_baton = True
+                self._end_loan(evaluation)
         finally:
             if reserved:
                 self.baton.cancel_reservation()
