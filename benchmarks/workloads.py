@@ -78,3 +78,11 @@ def busy(ms: int, index: int) -> int:
     while time.perf_counter() < deadline:
         pass
     return index
+
+
+@girder.function
+def blocking(ms: int, index: int) -> int:
+    """A sync request that blocks `ms` milliseconds with the GIL released (as I/O or NumPy
+    do) and returns `index`."""
+    time.sleep(ms / 1000)
+    return index

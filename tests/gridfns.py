@@ -442,3 +442,24 @@ async def fails_after(tag: str, count: int) -> AsyncIterator[str]:
     for index in range(1, count + 1):
         yield f"{tag}:{index}"
     raise ValueError(f"{tag} broke after {count}")
+
+
+@girder.function
+def sync_sleep(ms: int, index: int) -> int:
+    """A slow sync function: blocks `ms` milliseconds (the GIL released, as blocking I/O does)."""
+    time.sleep(ms / 1000)
+    return index
+
+
+@girder.function
+def which_thread(index: int) -> tuple[int, str, str | None]:
+    """The thread that ran this sync request, and its node."""
+    return index, threading.current_thread().name, girder.current_node()
+
+
+@girder.function(cache=False)
+def sync_marked_sleep(ms: int, directory: str) -> str:
+    """Marks `started` in `directory`, then blocks `ms` milliseconds."""
+    _mark(directory, "started")
+    time.sleep(ms / 1000)
+    return "slept"

@@ -20,6 +20,7 @@ recent duration.
 from __future__ import annotations
 
 import asyncio
+import functools
 import sys
 import time
 from collections import deque
@@ -34,6 +35,7 @@ from girder.scheduler.baton import Baton
 from girder.scheduler.context import Evaluation, current_evaluation
 from girder.scheduler.lending import suspensions
 from girder.scheduler.node import Node, error_lines
+from girder.scheduler.offload import SyncRunner
 from girder.scheduler.outbox import Outbox
 from girder.scheduler.waiters import Batch, Feed
 from girder.security import resolve_allowed
@@ -101,6 +103,8 @@ class Worker(Node):
         self._claim_size = 1
         self._sync_seconds = 0.0
         """Recent average duration of the sync functions run here."""
+        self._sync = SyncRunner(thread_name=f"girder-{self.id}")
+        """Runs sync functions: inline while quick, else in this worker's thread."""
 
     def _start_loops(self) -> None:
         self._spawn(self._work_loop, "work")
@@ -112,6 +116,7 @@ class Worker(Node):
         tasks = [*self._evaluations.values(), *self._late_sends]
         await asyncio.gather(*tasks, return_exceptions=True)
         await super().stop()
+        self._sync.close()
 
     async def _before_leaving(self) -> None:
         if self._outbox:
@@ -215,7 +220,8 @@ class Worker(Node):
             asyncio.get_running_loop().call_later(_RETRY_DELAY, self._send_late)
 
     async def _start_evaluation(self, claimed: Claimed) -> None:
-        """Evaluate a claimed request; the baton passes to it. Sync functions run right here.
+        """Evaluate a claimed request; the baton passes to it. Sync functions run in this turn of
+        the loop: inline while quick, in the worker's thread once slow (see `SyncRunner`).
 
         A key this worker already runs (it was reaped while stalled, its claim went back to the
         queue and came back here) is not started twice: the run under way completes it."""
@@ -266,8 +272,9 @@ class Worker(Node):
         if limit is not None and self._watch is not None:
             self._watch.started(self.id, evaluation.key, limit)
         start = time.perf_counter()
+        call = functools.partial(function.fn, *payload.args, **payload.kwargs)
         try:
-            outcome = Outcome(value=function.fn(*payload.args, **payload.kwargs))
+            outcome = Outcome(value=await self._sync.run(function.name, call))
         except Exception as exc:
             outcome = self._failure(evaluation, exc)
         finally:
