@@ -9,7 +9,7 @@ async with girder.Grid.local(workers=4) as grid:
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Generator, Iterable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Generator, Iterable
 from types import TracebackType
 from typing import Any, Self
 
@@ -19,6 +19,7 @@ from girder.config import Settings, load_settings
 from girder.errors import RequestError
 from girder.functions import Request, as_request
 from girder.log import configure
+from girder.progress import Progress
 from girder.scheduler import Client, Distributor, Worker
 
 
@@ -38,6 +39,10 @@ class Handle:
     def cancel(self) -> bool:
         """Cancel the job: what no other job needs stops. False if it had already finished."""
         return self._task.cancel()
+
+    def add_done_callback(self, callback: Callable[[Handle], object]) -> None:
+        """Call `callback(handle)` once the request has finished (at once if it has)."""
+        self._task.add_done_callback(lambda _: callback(self))
 
     @property
     def key(self) -> str:
@@ -153,10 +158,43 @@ class Grid:
             request.readable(), f"no answer within {timeout:g} s (timeout=...)", kind="timeout"
         )
 
-    async def call_all(self, requests: Iterable[Any]) -> list[Any]:
+    async def call_all(self, requests: Iterable[Any], *, progress: bool = False) -> list[Any]:
         """Run many requests at once; their values in order, or `RequestError` with every
-        failure as a cause."""
-        return await self.client.values([as_request(item) for item in requests])
+        failure as a cause. With `progress`, a progress bar counts them as they finish."""
+        batch = [as_request(item) for item in requests]
+        with Progress(len(batch), description="call_all", enabled=progress) as bar:
+            return await self.client.values(batch, bar.advance if progress else None)
+
+    async def as_completed(
+        self, requests: Iterable[Any], *, progress: bool = False
+    ) -> AsyncGenerator[Handle, None]:
+        """The handles of `requests` as they finish, quickest first:
+        `async for handle in grid.as_completed(requests): value = await handle`.
+
+        Each request (a `Request`, a tuple `(fn, *args)`, or a `Handle` from `submit`) runs as
+        its own job; a finished handle gives its value or raises its `RequestError` when
+        awaited. With `progress`, a progress bar counts them. Leaving the loop early cancels
+        the jobs this call started and that have not finished."""
+        handles: list[Handle] = []
+        ours: list[Handle] = []  # submitted here: cancelled when the loop is left early
+        for item in requests:
+            if isinstance(item, Handle):
+                handles.append(item)
+            else:
+                ours.append(self.submit(as_request(item)))
+                handles.append(ours[-1])
+        finished: asyncio.Queue[Handle] = asyncio.Queue()
+        for handle in handles:
+            handle.add_done_callback(finished.put_nowait)
+        try:
+            with Progress(len(handles), description="as_completed", enabled=progress) as bar:
+                for _ in handles:
+                    handle = await finished.get()
+                    bar.advance()
+                    yield handle
+        finally:
+            for handle in ours:
+                handle.cancel()
 
     def stream(self, fn: Any, /, *args: Any, **kwargs: Any) -> AsyncIterator[Any]:
         """The answers of one request, in order: `async for answer in grid.stream(fn, *args)`.
