@@ -9,8 +9,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from girder.config import Settings, load_settings
 from girder.demo import format_report, run_demo
@@ -57,7 +59,8 @@ def _distributor(args: argparse.Namespace) -> int:
 
 
 def _up(args: argparse.Namespace) -> int:
-    return run_up(_settings(args))
+    private = args.backend is None and not os.environ.get("GIRDER_BACKEND")
+    return run_up(_settings(args), private=private, directory=args.private_dir)
 
 
 def _status(args: argparse.Namespace) -> int:
@@ -110,10 +113,20 @@ def build_parser() -> argparse.ArgumentParser:
     distributor.add_argument("--parent", help="a distributor to volunteer at (nesting)")
     distributor.set_defaults(run=_distributor)
 
-    up = commands.add_parser("up", help="a distributor and N worker processes on this machine")
+    up = commands.add_parser(
+        "up",
+        help="a distributor and N worker processes on this machine (without a backend: on a "
+        "private redis-server)",
+    )
     _common(up)
     up.add_argument("--workers", type=int, help="worker processes (GIRDER_WORKERS; default 4)")
     _worker_options(up, pool_help="the pool's name (GIRDER_POOL; default pool)")
+    up.add_argument(
+        "--private-dir",
+        type=Path,
+        help="without a backend: the new directory of the private redis-server's socket "
+        "(default: a temporary one)",
+    )
     up.set_defaults(run=_up)
 
     status = commands.add_parser("status", help="nodes, liveness, queues, cache size")

@@ -16,9 +16,10 @@ from typing import Any, Self
 from girder.backends import open_backend
 from girder.backends.base import StateBackend
 from girder.config import Settings, load_settings
-from girder.errors import RequestError
+from girder.errors import ConfigurationError, RequestError
 from girder.functions import Request, as_request
 from girder.log import configure
+from girder.processes import LocalProcesses
 from girder.progress import Progress
 from girder.scheduler import Client, Distributor, Worker
 
@@ -68,9 +69,12 @@ class Grid:
         *,
         local_workers: int = 0,
         backend: StateBackend | None = None,
+        processes: LocalProcesses | None = None,
     ) -> None:
         self.settings = settings
         self.local_workers = local_workers
+        self.processes = processes
+        """The worker processes of `Grid.local(processes=N)` (started and stopped with it)."""
         self.backend = backend or open_backend(settings.backend, settings=settings)
         self.client = Client(self.backend, settings)
         self.distributor: Distributor | None = None
@@ -78,14 +82,35 @@ class Grid:
         self._handles: set[asyncio.Task[Any]] = set()
 
     @classmethod
-    def local(cls, workers: int | None = None, backend: str | None = None, **options: Any) -> Grid:
+    def local(
+        cls,
+        workers: int | None = None,
+        backend: str | None = None,
+        *,
+        processes: int | None = None,
+        **options: Any,
+    ) -> Grid:
         """A grid in this process: a distributor and `workers` workers on this event loop.
 
         Use as `async with Grid.local(workers=4) as grid:`. Works inside a running loop (Jupyter).
         Further keyword options are `Settings` fields (e.g. `steal_period=0.05`).
+
+        With `processes=N`, the grid runs on all cores of this machine instead: a private
+        redis-server, a distributor and N worker processes, started with the grid and stopped
+        with it (see `girder.processes`); this process is only a client.
         """
-        settings = load_settings(workers=workers, backend=backend, **options)
-        return cls(settings, local_workers=settings.workers)
+        if processes is None:
+            settings = load_settings(workers=workers, backend=backend, **options)
+            return cls(settings, local_workers=settings.workers)
+        if workers is not None or backend is not None:
+            raise ConfigurationError(
+                "Grid.local(processes=N) starts N worker processes on a private redis-server: "
+                "pass neither workers= nor backend= with it"
+            )
+        load_settings(workers=processes, **options)  # bad options fail here, not in a child
+        machine = LocalProcesses(processes, options)
+        settings = load_settings(backend=machine.url, secret=machine.secret, **options)
+        return cls(settings, processes=machine)
 
     @classmethod
     def connect(cls, url: str | None = None, pool: str | None = None, **options: Any) -> Grid:
@@ -108,6 +133,9 @@ class Grid:
     async def start(self) -> None:
         """Connect to the backend and start the local nodes (if any) and the client."""
         configure(self.settings.log_level)
+        if self.processes is not None:
+            await self._start_processes()
+            return
         await self.backend.connect()
         if self.local_workers:
             self.distributor = Distributor(self.backend, self.settings, parent=self.settings.parent)
@@ -119,6 +147,18 @@ class Grid:
                 await worker.start()
                 self.workers.append(worker)
         await self.client.start()
+
+    async def _start_processes(self) -> None:
+        """Start the private grid's processes, then connect to it as a client."""
+        assert self.processes is not None
+        await self.processes.start()
+        try:
+            await self.backend.connect()
+            await self.client.start()
+            await self.processes.wait_for_workers(self.backend)
+        except BaseException:
+            await self.stop()
+            raise
 
     async def stop(self) -> None:
         """Stop the client and local nodes, and close the backend connection."""
@@ -133,6 +173,8 @@ class Grid:
         self.workers.clear()
         self.distributor = None
         await self.backend.close()
+        if self.processes is not None:
+            await self.processes.stop()
 
     async def call(
         self, fn: Any, /, *args: Any, timeout: float | None = None, **kwargs: Any
