@@ -109,7 +109,7 @@ class Grid:
             )
         load_settings(workers=processes, **options)  # bad options fail here, not in a child
         machine = LocalProcesses(processes, options)
-        settings = load_settings(backend=machine.url, secret=machine.secret, **options)
+        settings = load_settings(**{**options, "backend": machine.url, "secret": machine.secret})
         return cls(settings, processes=machine)
 
     @classmethod

@@ -31,7 +31,7 @@ from girder.errors import ConfigurationError
 from girder.private_redis import die_with_parent, find_redis_server, socket_url
 
 _NOT_INHERITED = {"GIRDER_BACKEND", "GIRDER_NAME", "GIRDER_SECRET", "GIRDER_WORKERS"}
-"""Settings of this process that are not the private grid's."""
+"""Settings of this process (or options of the grid) that are not its processes'."""
 
 START_TIMEOUT = 120.0
 """Seconds the processes get to start (Python start-up, N times, on a busy machine)."""
@@ -51,7 +51,8 @@ class LocalProcesses:
         self.directory = Path(tempfile.gettempdir()) / f"girder-{secrets.token_hex(8)}"
         """Made by `girder up` (mode 0700) and deleted by it."""
         self.url = socket_url(self.directory)
-        self.secret = secrets.token_urlsafe(32)
+        given = options.get("secret")
+        self.secret = str(given) if given else secrets.token_urlsafe(32)
         self._process: asyncio.subprocess.Process | None = None
         self._output: asyncio.Task[None] | None = None
 
@@ -59,7 +60,7 @@ class LocalProcesses:
         """This environment, the options, the secret, and this process's `sys.path`."""
         env = {k: v for k, v in os.environ.items() if k.upper() not in _NOT_INHERITED}
         for name, value in self.options.items():
-            if value is not None:
+            if value is not None and f"GIRDER_{name.upper()}" not in _NOT_INHERITED:
                 env[f"GIRDER_{name.upper()}"] = _env_value(value)
         paths = [path or os.getcwd() for path in sys.path]
         env.update(

@@ -24,6 +24,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 INLINE_LIMIT = 0.001
@@ -62,9 +63,9 @@ class SyncRunner:
         self._thread_name = thread_name
         self._executor: ThreadPoolExecutor | None = None
 
-    async def run(self, name: str, call: Callable[[], Any]) -> Any:
-        """`call()` (the grid function `name` with its arguments): its value, or its exception.
-        In the thread it sees this task's context variables (the current evaluation)."""
+    async def run(self, name: str, call: Callable[[], Any]) -> Ran:
+        """Run `call()` (the grid function `name` with its arguments). In the thread it sees
+        this task's context variables (the current evaluation)."""
         if runs_inline(name):
             return _timed(name, call)
         if self._executor is None:
@@ -81,15 +82,28 @@ class SyncRunner:
             self._executor = None
 
 
-def _timed(name: str, call: Callable[[], Any]) -> Any:
+@dataclass(slots=True)
+class Ran:
+    """How a sync function's run went: its value or its exception, and how long it ran (not
+    counting the wait for its turn in a thread)."""
+
+    value: Any
+    error: Exception | None
+    seconds: float
+
+
+def _timed(name: str, call: Callable[[], Any]) -> Ran:
     start = time.perf_counter()
     try:
-        return call()
-    finally:
-        learn(name, time.perf_counter() - start)
+        ran = Ran(call(), None, 0.0)
+    except Exception as exc:
+        ran = Ran(None, exc, 0.0)
+    ran.seconds = time.perf_counter() - start
+    learn(name, ran.seconds)
+    return ran
 
 
-def _threaded(name: str, call: Callable[[], Any]) -> Any:
+def _threaded(name: str, call: Callable[[], Any]) -> Ran:
     """Run `call` in this thread, alone among the threads of sync functions."""
     with _one_at_a_time:
         return _timed(name, call)

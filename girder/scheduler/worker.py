@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import sys
-import time
 from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Coroutine
 from typing import Any, ClassVar
@@ -271,19 +270,19 @@ class Worker(Node):
         limit = function.timeout
         if limit is not None and self._watch is not None:
             self._watch.started(self.id, evaluation.key, limit)
-        start = time.perf_counter()
         call = functools.partial(function.fn, *payload.args, **payload.kwargs)
         try:
-            outcome = Outcome(value=await self._sync.run(function.name, call))
-        except Exception as exc:
-            outcome = self._failure(evaluation, exc)
+            ran = await self._sync.run(function.name, call)
         finally:
             current_evaluation.reset(token)
             if limit is not None and self._watch is not None:
                 self._watch.ended()
-        elapsed = time.perf_counter() - start
-        self._time_sync(elapsed)
-        if limit is not None and elapsed > limit:  # no supervisor killed it: drop the value
+        if ran.error is None:
+            outcome = Outcome(value=ran.value)
+        else:
+            outcome = self._failure(evaluation, ran.error)
+        self._time_sync(ran.seconds)
+        if limit is not None and ran.seconds > limit:  # no supervisor killed it: drop the value
             outcome = Outcome(error=_timed_out(evaluation, limit))
         await self._conclude(evaluation, function, outcome, inline=True)
 
