@@ -10,7 +10,14 @@ from pathlib import Path
 import pytest
 from gridfns import nap, sleepy_tree, then_nap
 from processes import GridProcesses, wait_for_nodes
-from routingfns import counted, most_at_once
+from routingfns import (
+    counted,
+    gather_two,
+    leaves_a_flow_behind,
+    left_behind,
+    most_at_once,
+    task_group,
+)
 from test_cancel import OPTIONS, _every_started_leaf_stops, _marks, _wait_marks
 
 import girder
@@ -84,6 +91,20 @@ async def test_cancelling_requests_that_wait_on_io_loses_no_baton_and_no_loan(
         await grid.call(most_at_once)
         await grid.call_all([(counted, "d", index) for index in range(100)])
         assert await grid.call(most_at_once) == 81  # one baton and 80 loans: none was lost
+
+
+async def test_flows_of_a_request_that_lends_its_baton_lose_no_baton_and_no_loan() -> None:
+    """A request awaiting `gather` of two `call_reentrant`s suspends while its flows have not
+    parked yet: it lends its baton; a flow that resumes takes a baton back and ends the loan."""
+    async with girder.Grid.local(workers=1, concurrency=1, io_concurrency=5) as grid:
+        assert await grid.call(gather_two, "g") == ["g0", "g1", "g2", "g3"]
+        assert await grid.call(task_group, "t", 3) == ["t0t+0", "t1t+1", "t2t+2"]
+        assert await grid.call(leaves_a_flow_behind, "x") == "x"
+        await asyncio.wait_for(asyncio.gather(*left_behind), 30)
+        _baton_is_whole(grid)
+        await grid.call(most_at_once)
+        await grid.call_all([(counted, "e", index) for index in range(20)])
+        assert await grid.call(most_at_once) == 6  # one baton and five loans
 
 
 @pytest.mark.redis
