@@ -172,23 +172,30 @@ NOTEBOOK_CELLS = [
     print("remote", os.getpid() not in {pid for _, pid in values})
     """,
     """
-    await grid.stop()
-    print("gone", not os.path.exists(directory))
     print("directory", directory)
     """,
 ]
 
+STOP_CELL = """
+await grid.stop()
+print("gone", not os.path.exists(directory))
+"""
 
+
+@pytest.mark.parametrize("stop", [True, False], ids=["stopped", "kernel-ends"])
 def test_a_notebook_runs_on_worker_processes_and_leaves_nothing_behind(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    stop: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """Stopped in a cell, or left running when the kernel shuts down (as after `ray.init()`
+    without `ray.shutdown()`): either way nothing is left behind."""
     for name, value in _env().items():
         monkeypatch.setenv(name, value)
     for name in [name for name in os.environ if name.startswith("GIRDER_")]:
         monkeypatch.delenv(name)
     monkeypatch.setenv("JUPYTER_PATH", str(_kernel_spec(tmp_path / "jupyter")))
     notebook = nbformat.v4.new_notebook()
-    notebook.cells = [nbformat.v4.new_code_cell(textwrap.dedent(c)) for c in NOTEBOOK_CELLS]
+    cells = [*NOTEBOOK_CELLS, STOP_CELL] if stop else NOTEBOOK_CELLS
+    notebook.cells = [nbformat.v4.new_code_cell(textwrap.dedent(c)) for c in cells]
     NotebookClient(
         notebook, kernel_name="girder-test", timeout=180, resources={"metadata": {"path": tmp_path}}
     ).execute()
@@ -197,9 +204,9 @@ def test_a_notebook_runs_on_worker_processes_and_leaves_nothing_behind(
     )
     assert f"sum {sum(i**3 for i in range(20))}" in text
     assert "remote True" in text
-    assert "gone True" in text
+    assert ("gone True" in text) is stop
     directory = text.split("directory ")[1].split()[0]
-    _wait_gone(directory, timeout=10)
+    _wait_gone(directory, timeout=10 if stop else 60)
 
 
 def test_girder_up_without_a_backend_runs_a_private_grid(tmp_path: Path) -> None:
