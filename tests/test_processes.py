@@ -77,16 +77,18 @@ async def test_chain_2000_on_one_worker_process(
 async def test_kill_9_of_a_worker_mid_job_loses_nothing(
     grid_processes: GridProcesses, client: girder.Grid, redis_url: str
 ) -> None:
+    # One request at a time per worker (no baton lent to naps): the job spreads over both
+    # workers by stealing and lasts long enough to kill one of them mid-job.
+    grid_processes.env["GIRDER_IO_CONCURRENCY"] = "0"
     grid_processes.distributor()
     victim = grid_processes.worker("victim")
     grid_processes.worker("survivor")
     await wait_for_nodes(redis_url, workers=2)
-    # Naps of 1.5 s: they wait on I/O together (lent batons), so the job lasts a few seconds.
-    job = client.submit(fan_of_fans, 6, 8, 1500, "kill-worker")
+    job = client.submit(fan_of_fans, 6, 8, 40, "kill-worker")
     await wait_until(lambda: _running_on(redis_url, "victim"), what="victim running work")
     grid_processes.kill9(victim)
     assert await asyncio.wait_for(job, 60) == 6 * sum(range(8))
-    assert await client.call(fan, 8, 1500, "kill-worker-0") == sum(range(8))  # cached
+    assert await client.call(fan, 8, 40, "kill-worker-0") == sum(range(8))  # cached
 
 
 async def _holding(url: str, worker: str, count: int) -> bool:
