@@ -9,7 +9,9 @@ functions of any module (`allowed_modules = ["*"]`; they import them from this p
 
 When the grid stops, `girder up` gets SIGTERM and stops everything it started, then deletes the
 directory. When this process dies without stopping it (`kill -9`, a crashed kernel), `girder up`
-gets SIGTERM from Linux (the parent-death signal) and does the same.
+gets SIGTERM from Linux (the parent-death signal) and does the same. It runs in a session of its
+own, so that signals meant for this process's group (Ctrl-C in a terminal, a kernel's shutdown)
+reach it only that way, after this process is gone or through `stop()`.
 """
 
 from __future__ import annotations
@@ -48,7 +50,7 @@ class LocalProcesses:
         find_redis_server()  # say how to install it before anything starts
         self.workers = workers
         self.options = options
-        self.directory = Path(tempfile.gettempdir()) / f"girder-{secrets.token_hex(8)}"
+        self.directory = _temporary_root() / f"girder-{secrets.token_hex(8)}"
         """Made by `girder up` (mode 0700) and deleted by it."""
         self.url = socket_url(self.directory)
         given = options.get("secret")
@@ -83,6 +85,9 @@ class LocalProcesses:
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             preexec_fn=die_with_parent,  # only a prctl, before exec
+            # Its own session: a signal to this process's group (a Jupyter kernel's shutdown
+            # kills the kernel's group) does not reach it; it stops, and cleans up, on SIGTERM.
+            start_new_session=True,
         )
         stdout = self._process.stdout
         if stdout is None:  # pragma: no cover - asked for above
@@ -147,6 +152,13 @@ class LocalProcesses:
                 await self._output
             self._output = None
         shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def _temporary_root() -> Path:
+    """The temporary folder, unless the socket's path would be too long there (a Unix socket's
+    path has at most 104 bytes on macOS, whose temporary folders are long): then /tmp."""
+    root = Path(tempfile.gettempdir())
+    return root if len(str(root)) <= 60 else Path("/tmp")
 
 
 def _env_value(value: Any) -> str:
