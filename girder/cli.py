@@ -16,6 +16,7 @@ import sys
 import time
 import traceback
 from collections.abc import Sequence
+from pathlib import Path
 from urllib.parse import urlsplit
 
 from girder import __version__
@@ -101,7 +102,9 @@ def _with_log_files(settings: Settings, kind: NodeKind, name: str | None = None)
 
 
 def _up(args: argparse.Namespace) -> int:
-    return run_up(_shared_settings(args))
+    private = args.backend is None and not os.environ.get("GIRDER_BACKEND")
+    settings = _settings(args) if private else _shared_settings(args)
+    return run_up(settings, private=private, directory=args.private_dir)
 
 
 def _status(args: argparse.Namespace) -> int:
@@ -217,11 +220,21 @@ def build_parser() -> argparse.ArgumentParser:
     _log_dir(distributor)
     distributor.set_defaults(run=_distributor)
 
-    up = commands.add_parser("up", help="a distributor and N worker processes on this machine")
+    up = commands.add_parser(
+        "up",
+        help="a distributor and N worker processes on this machine (without a backend: on a "
+        "private redis-server)",
+    )
     _common(up)
     up.add_argument("--workers", type=int, help="worker processes (GIRDER_WORKERS; default 4)")
     _worker_options(up, pool_help="the pool's name (GIRDER_POOL; default pool)")
     _log_dir(up)
+    up.add_argument(
+        "--private-dir",
+        type=Path,
+        help="without a backend: the new directory of the private redis-server's socket "
+        "(default: a temporary one)",
+    )
     up.set_defaults(run=_up)
 
     status = commands.add_parser("status", help="nodes, liveness, queues, cache size")

@@ -28,6 +28,12 @@ class Settings(BaseSettings):
     parent: str | None = Field(None, description="A distributor's own distributor, if nested.")
     workers: int = Field(4, ge=1, description="Workers that `Grid.local` and `girder up` start.")
     concurrency: int = Field(1, ge=1, description="Batons per worker (user functions at once).")
+    io_concurrency: int = Field(
+        256,
+        ge=0,
+        description="Async requests per worker that may wait on I/O at once, their batons lent "
+        "to the next requests (0: an `await` keeps its baton).",
+    )
     steal_period: float = Field(0.1, gt=0, description="Seconds between a distributor's trims.")
     heartbeat_interval: float = Field(1.0, gt=0, description="Seconds between heartbeats.")
     heartbeat_ttl: float = Field(5.0, gt=0, description="Seconds without a heartbeat => dead.")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import (
+    AsyncGenerator,
     AsyncIterator,
     Awaitable,
     Callable,
@@ -25,8 +26,10 @@ from girder import chunking
 from girder.backends import open_backend
 from girder.backends.base import StateBackend
 from girder.config import Settings, load_settings
-from girder.errors import GridStopped, RequestError
+from girder.errors import ConfigurationError, GridStopped, RequestError
 from girder.functions import Request, as_request, one_request
+from girder.processes import LocalProcesses
+from girder.progress import Progress
 from girder.scheduler import Client, Distributor, Worker
 from girder.topology import Topology
 from girder.topology import runner as topology_runner
@@ -53,6 +56,10 @@ class Handle(Generic[R]):
         """Cancel the job: what no other job needs stops. False if it had already finished."""
         return self._task.cancel()
 
+    def add_done_callback(self, callback: Callable[[Handle[R]], object]) -> None:
+        """Call `callback(handle)` once the request has finished (at once if it has)."""
+        self._task.add_done_callback(lambda _: callback(self))
+
     @property
     def key(self) -> str:
         return self.request.key
@@ -77,9 +84,12 @@ class Grid:
         *,
         local_workers: int = 0,
         backend: StateBackend | None = None,
+        processes: LocalProcesses | None = None,
     ) -> None:
         self.settings = settings
         self.local_workers = local_workers
+        self.processes = processes
+        """The worker processes of `Grid.local(processes=N)` (started and stopped with it)."""
         self.backend = backend or open_backend(settings.backend, settings=settings)
         self.client = Client(self.backend, settings)
         self.distributor: Distributor | None = None
@@ -88,14 +98,35 @@ class Grid:
         self._stopped = False
 
     @classmethod
-    def local(cls, workers: int | None = None, backend: str | None = None, **options: Any) -> Grid:
+    def local(
+        cls,
+        workers: int | None = None,
+        backend: str | None = None,
+        *,
+        processes: int | None = None,
+        **options: Any,
+    ) -> Grid:
         """A grid in this process: a distributor and `workers` workers on this event loop.
 
         Use as `async with Grid.local(workers=4) as grid:`. Works inside a running loop (Jupyter).
         Further keyword options are `Settings` fields (e.g. `steal_period=0.05`).
+
+        With `processes=N`, the grid runs on all cores of this machine instead: a private
+        redis-server, a distributor and N worker processes, started with the grid and stopped
+        with it (see `girder.processes`); this process is only a client.
         """
-        settings = load_settings(workers=workers, backend=backend, **options)
-        return cls(settings, local_workers=settings.workers)
+        if processes is None:
+            settings = load_settings(workers=workers, backend=backend, **options)
+            return cls(settings, local_workers=settings.workers)
+        if workers is not None or backend is not None:
+            raise ConfigurationError(
+                "Grid.local(processes=N) starts N worker processes on a private redis-server: "
+                "pass neither workers= nor backend= with it"
+            )
+        load_settings(workers=processes, **options)  # bad options fail here, not in a child
+        machine = LocalProcesses(processes, options)
+        settings = load_settings(**{**options, "backend": machine.url, "secret": machine.secret})
+        return cls(settings, processes=machine)
 
     @classmethod
     def connect(cls, url: str | None = None, pool: str | None = None, **options: Any) -> Grid:
@@ -117,6 +148,9 @@ class Grid:
 
     async def start(self) -> None:
         """Connect to the backend and start the local nodes (if any) and the client."""
+        if self.processes is not None:
+            await self._start_processes()
+            return
         await self.backend.connect()
         if self.local_workers:
             self.distributor = Distributor(self.backend, self.settings, parent=self.settings.parent)
@@ -128,6 +162,18 @@ class Grid:
                 await worker.start()
                 self.workers.append(worker)
         await self.client.start()
+
+    async def _start_processes(self) -> None:
+        """Start the private grid's processes, then connect to it as a client."""
+        assert self.processes is not None
+        await self.processes.start()
+        try:
+            await self.backend.connect()
+            await self.client.start()
+            await self.processes.wait_for_workers(self.backend)
+        except BaseException:
+            await self.stop()
+            raise
 
     async def stop(self) -> None:
         """Stop the client and local nodes, and close the backend connection."""
@@ -143,6 +189,8 @@ class Grid:
         self.workers.clear()
         self.distributor = None
         await self.backend.close()
+        if self.processes is not None:
+            await self.processes.stop()
 
     # The overloads type `call` and `submit` from the function: its arguments are checked and
     # the value is what it returns (awaited for `async def`; a stream's last answer). With
@@ -198,11 +246,44 @@ class Grid:
             request.readable(), f"no answer within {timeout:g} s (timeout=...)", kind="timeout"
         )
 
-    async def call_all(self, requests: Iterable[Any]) -> list[Any]:
+    async def call_all(self, requests: Iterable[Any], *, progress: bool = False) -> list[Any]:
         """Run many requests at once; their values in order, or `RequestError` with every
-        failure as a cause."""
+        failure as a cause. With `progress`, a progress bar counts them as they finish."""
         self._require_running()
-        return await self.client.values([as_request(item) for item in requests])
+        batch = [as_request(item) for item in requests]
+        with Progress(len(batch), description="call_all", enabled=progress) as bar:
+            return await self.client.values(batch, bar.advance if progress else None)
+
+    async def as_completed(
+        self, requests: Iterable[Any], *, progress: bool = False
+    ) -> AsyncGenerator[Handle[Any], None]:
+        """The handles of `requests` as they finish, quickest first:
+        `async for handle in grid.as_completed(requests): value = await handle`.
+
+        Each request (a `Request`, a tuple `(fn, *args)`, or a `Handle` from `submit`) runs as
+        its own job; a finished handle gives its value or raises its `RequestError` when
+        awaited. With `progress`, a progress bar counts them. Leaving the loop early cancels
+        the jobs this call started and that have not finished."""
+        handles: list[Handle[Any]] = []
+        ours: list[Handle[Any]] = []  # submitted here: cancelled when the loop is left early
+        for item in requests:
+            if isinstance(item, Handle):
+                handles.append(item)
+            else:
+                ours.append(self.submit(as_request(item)))
+                handles.append(ours[-1])
+        finished: asyncio.Queue[Handle[Any]] = asyncio.Queue()
+        for handle in handles:
+            handle.add_done_callback(finished.put_nowait)
+        try:
+            with Progress(len(handles), description="as_completed", enabled=progress) as bar:
+                for _ in handles:
+                    handle = await finished.get()
+                    bar.advance()
+                    yield handle
+        finally:
+            for handle in ours:
+                handle.cancel()
 
     def stream(self, fn: Any, /, *args: Any, **kwargs: Any) -> AsyncIterator[Any]:
         """The answers of one request, in order: `async for answer in grid.stream(fn, *args)`.

@@ -9,6 +9,11 @@ loop): `girder up` then stops every child and exits with status 1, naming it.
 Children get the backend URL and the secret in their environment, never on their command line,
 which every local user can read in /proc. Without a secret on a shared backend (and unless
 insecure), `girder up` uses the one in `girder.security.default_secret_file()`, made on first use.
+Children die with `girder up` (Linux's parent-death signal: SIGTERM, so they hand work back).
+
+Without a backend, `girder up` starts a private `redis-server` on a Unix socket in a directory of
+its own (`girder.private_redis`), prints `GIRDER_BACKEND=unix://...` on stdout for clients, and
+stops it and deletes the directory when it stops.
 """
 
 from __future__ import annotations
@@ -21,10 +26,12 @@ import sys
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from girder.backends import open_backend
 from girder.config import Settings
 from girder.log import configure, node_logger
+from girder.private_redis import PrivateRedis, die_with_parent
 from girder.security import default_secret_file, read_or_create_secret
 
 FIRST_DELAY = 0.5
@@ -124,7 +131,11 @@ class Supervisor:
     async def _keep(self, child: Child) -> None:
         """Run `child`, and again after each death; return when it died too often."""
         while True:
-            child.process = await asyncio.create_subprocess_exec(*child.command, env=self.env)
+            child.process = await asyncio.create_subprocess_exec(
+                *child.command,
+                env=self.env,
+                preexec_fn=die_with_parent,  # only a prctl, before exec
+            )
             code = await child.process.wait()
             if self._stopping:
                 return
@@ -161,8 +172,17 @@ class Supervisor:
                     await process.wait()
 
 
-def run_up(settings: Settings) -> int:
-    """`girder up`: supervise a distributor and `settings.workers` workers; the exit status."""
+def run_up(settings: Settings, *, private: bool = False, directory: Path | None = None) -> int:
+    """`girder up`: supervise a distributor and `settings.workers` workers; the exit status.
+    With `private`, on a private redis-server in `directory` (default: a temporary one)."""
     configure(settings.log_level, settings.log_format)
+    if not private:
+        return _supervise(settings)
+    with PrivateRedis(directory) as redis:
+        print(f"GIRDER_BACKEND={redis.url}", flush=True)
+        return _supervise(settings.with_overrides(backend=redis.url))
+
+
+def _supervise(settings: Settings) -> int:
     env = child_environment(settings)
     return asyncio.run(Supervisor(settings, planned_children(settings), env).run())

@@ -157,7 +157,7 @@ async def share_z(tag: str) -> str:
 
 @girder.function
 async def nap(ms: int, index: int) -> int:
-    """Sleep `ms` milliseconds (holding the baton, like real work) and return `index`."""
+    """Sleep `ms` milliseconds (waiting on I/O: its baton is lent meanwhile); return `index`."""
     await asyncio.sleep(ms / 1000)
     return index
 
@@ -538,3 +538,24 @@ async def length_of_big(size: int, seed: int) -> int:
     """Needs its child's value (so it fetches it) and returns a small one."""
     (value,) = await girder.call_reentrant([(big, size, seed)])
     return len(value)
+
+
+@girder.function
+def sync_sleep(ms: int, index: int) -> int:
+    """A slow sync function: blocks `ms` milliseconds (the GIL released, as blocking I/O does)."""
+    time.sleep(ms / 1000)
+    return index
+
+
+@girder.function
+def which_thread(index: int) -> tuple[int, str, str | None]:
+    """The thread that ran this sync request, and its node."""
+    return index, threading.current_thread().name, girder.current_node()
+
+
+@girder.function(cache=False)
+def sync_marked_sleep(ms: int, directory: str) -> str:
+    """Marks `started` in `directory`, then blocks `ms` milliseconds."""
+    _mark(directory, "started")
+    time.sleep(ms / 1000)
+    return "slept"

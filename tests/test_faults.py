@@ -38,7 +38,9 @@ def server() -> Iterator[RedisServer]:
 
 @pytest.fixture
 def grid_processes(server: RedisServer, tmp_path: Path) -> Iterator[GridProcesses]:
-    procs = GridProcesses(server.url, tmp_path)
+    """Workers that run one request at a time (no baton lent to a request that waits on I/O),
+    so that the leaves of a job finish one after the other while the test acts."""
+    procs = GridProcesses(server.url, tmp_path, GIRDER_IO_CONCURRENCY="0")
     try:
         yield procs
     finally:

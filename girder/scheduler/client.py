@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any, ClassVar
 
 from girder.backends.base import NodeKind, StateBackend
@@ -49,19 +49,30 @@ class Client(Node):
         await self.load_values(requests, batch)
         return batch.results()
 
-    async def values(self, requests: Sequence[Request]) -> list[Any]:
-        """Like `run`, but the values, or a `RequestError` with every failure as a cause."""
-        batch = await self._wait(requests, self.new_job())
+    async def values(
+        self, requests: Sequence[Request], on_done: Callable[[int], None] | None = None
+    ) -> list[Any]:
+        """Like `run`, but the values, or a `RequestError` with every failure as a cause.
+        `on_done(n)` hears of each `n` more requests that finished (for a progress bar)."""
+        batch = await self._wait(requests, self.new_job(), on_done)
         await self.load_values(requests, batch)
         return self.raise_failures(lambda: "call_all", requests, batch)
 
-    async def _wait(self, requests: Sequence[Request], job: str) -> Batch:
+    async def _wait(
+        self,
+        requests: Sequence[Request],
+        job: str,
+        on_done: Callable[[int], None] | None = None,
+    ) -> Batch:
         """Submit the job and wait for it. If the waiting task is cancelled (`task.cancel()`,
         `asyncio.timeout`, a cancel scope), the job is cancelled on the grid too, in the
         background: the caller sees its `CancelledError` at once."""
         self._roots[job] = _keys(requests)
         try:
             batch = await self.request(requests, job=job, into=self.settings.pool, on_top=False)
+            if on_done is not None:
+                on_done(len(requests) - batch.remaining)  # answered at once (the cache)
+                batch.on_outcome = lambda: on_done(1)
             await batch.future
         except asyncio.CancelledError:
             self._cancel_soon(job)

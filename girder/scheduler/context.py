@@ -46,6 +46,8 @@ class Evaluation:
     """How many answers a streaming function has yielded so far."""
     parked: int = 0
     """How many of its flows wait in `call_reentrant` now."""
+    lent: bool = False
+    """Its baton was lent while it waited on I/O (see `Baton.lend`): it holds none, but a loan."""
     resuming: asyncio.Lock | None = None
     """Taken by a flow that takes the baton back, so that two flows never take two."""
 

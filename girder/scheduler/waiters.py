@@ -75,7 +75,7 @@ class Feed:
 class Batch:
     """Outcomes of several keys, in order, and one future that completes when all are in."""
 
-    __slots__ = ("feed", "future", "on_ready", "outcomes", "ready", "remaining")
+    __slots__ = ("feed", "future", "on_outcome", "on_ready", "outcomes", "ready", "remaining")
 
     def __init__(self, size: int, loop: asyncio.AbstractEventLoop) -> None:
         self.outcomes: list[Outcome | None] = [None] * size
@@ -86,6 +86,8 @@ class Batch:
         self.ready = False
         self.feed: Feed | None = None
         """A stream's answers (its batch has one key)."""
+        self.on_outcome: Callable[[], None] | None = None
+        """Called when each slot gets its outcome (a progress bar advances)."""
         if size == 0:
             self.future.set_result(None)
 
@@ -95,6 +97,8 @@ class Batch:
         if self.outcomes[index] is None:
             self.outcomes[index] = outcome
             self.remaining -= 1
+            if self.on_outcome is not None:
+                self.on_outcome()
             if self.remaining == 0 and not self.future.done():
                 self.ready = True
                 if self.on_ready is not None:
