@@ -47,6 +47,8 @@ class _Capture:
 class _Router:
     """Stands in for `sys.stdout` or `sys.stderr` while captures are active."""
 
+    __slots__ = ("name", "real")
+
     def __init__(self, name: str, real: TextIO) -> None:
         self.name = name
         self.real = real
@@ -62,7 +64,8 @@ class _Router:
         self.real.flush()
 
     def __getattr__(self, name: str) -> Any:
-        return getattr(self.real, name)
+        real = object.__getattribute__(self, "real")  # never through __getattr__ again
+        return getattr(real, name)
 
 
 @contextmanager
@@ -83,8 +86,8 @@ def _install() -> None:
     global _active
     with _lock:
         if _active == 0:
-            sys.stdout = _Router("stdout", sys.stdout)
-            sys.stderr = _Router("stderr", sys.stderr)
+            sys.stdout = _Router("stdout", _unwrapped(sys.stdout))
+            sys.stderr = _Router("stderr", _unwrapped(sys.stderr))
         _active += 1
 
 
@@ -97,3 +100,10 @@ def _uninstall() -> None:
                 router = getattr(sys, name)
                 if isinstance(router, _Router):  # someone else may have replaced it since
                     setattr(sys, name, router.real)
+
+
+def _unwrapped(stream: Any) -> Any:
+    """The real stream under routers left behind (a router is never wrapped in another)."""
+    while isinstance(stream, _Router):
+        stream = stream.real
+    return stream
