@@ -6,8 +6,10 @@ from __future__ import annotations
 import os
 
 import pytest
+import redis
 
 from girder.testing.redis_cluster import SLOTS, RedisClusterServers
+from girder.testing.redis_server import RedisServer
 
 pytestmark = [pytest.mark.redis, pytest.mark.slow]
 
@@ -28,8 +30,9 @@ def test_a_killed_primary_is_replaced_by_its_replica_and_heals(
 ) -> None:
     slot = redis_cluster.keyslot("{girder}:x")
     primary = redis_cluster.owner(slot)
-    primary.command("SET", "{girder}:x", "kept")
-    primary.command("WAIT", "1", "5000")  # the replica has it before the primary dies
+    with _client(primary) as client:
+        client.set("{girder}:x", "kept")
+        assert client.wait(1, 5000) == 1  # the replica has it before the primary dies
     promoted = redis_cluster.fail_over(primary)
     assert promoted is not primary
     assert not primary.running
@@ -53,3 +56,25 @@ def test_stopping_leaves_no_process_and_no_file() -> None:
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
     assert not any(directory.exists() for directory in directories)
+
+
+def test_a_write_acknowledged_but_not_replicated_is_lost_in_a_failover(
+    redis_cluster: RedisClusterServers, redis_cluster_url: str
+) -> None:
+    """Replication is asynchronous: what the primary acknowledged and its replica had not
+    received when the primary died is gone after the failover."""
+    slot = redis_cluster.keyslot("{girder}:x")
+    primary = redis_cluster.owner(slot)
+    with _client(primary) as client:
+        client.set("{girder}:x", "replicated")
+        assert client.wait(1, 5000) == 1
+        redis_cluster.stall_replication(primary)
+        assert client.set("{girder}:x", "acknowledged, then lost")
+        assert client.wait(1, 200) == 0  # no replica has it
+    promoted = redis_cluster.fail_over(primary)
+    assert promoted.command("GET", "{girder}:x") == "replicated"
+
+
+def _client(server: RedisServer) -> redis.Redis:
+    """A plain client of one node (WAIT counts the writes of its own connection)."""
+    return redis.Redis(port=server.port, single_connection_client=True)

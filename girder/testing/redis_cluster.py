@@ -51,6 +51,7 @@ class RedisClusterServers:
         if primaries < 3:
             raise ValueError("redis-cli --cluster create needs at least 3 primaries")
         self.cli = cli
+        self._stalled: list[RedisServer] = []
         self.replicas = replicas
         self.timeout = timeout
         options = (
@@ -108,12 +109,43 @@ class RedisClusterServers:
         assert isinstance(reply, str)
         return int(reply)
 
+    def replicas_of(self, primary: RedisServer) -> list[RedisServer]:
+        """The running replicas of `primary`."""
+        found = []
+        for server in self.running():
+            replication = server.info("replication")
+            if replication.get("master_port") == str(primary.port):
+                found.append(server)
+        return found
+
+    def stall_replication(self, primary: RedisServer, backlog: int = 32 << 20) -> None:
+        """Make the writes `primary` acknowledges from now on unreplicated, so that a failover
+        loses them (as asynchronous replication may): its replicas are stopped (SIGSTOP) and
+        `backlog` bytes of filler fill their links first. `fail_over` resumes them."""
+        for replica in self.replicas_of(primary):
+            replica.pause()
+            self._stalled.append(replica)
+        primary.command("SET", self._key_on(primary), "x" * backlog)
+
+    def _key_on(self, primary: RedisServer) -> str:
+        """A key that `primary` serves."""
+        ranges = [(start, end) for start, end, port in _slots(primary) if port == primary.port]
+        for index in range(100_000):
+            key = f"girder-filler-{index}"
+            slot = self.keyslot(key)
+            if any(start <= slot <= end for start, end in ranges):
+                return key
+        raise LookupError(f"no key found for the primary on port {primary.port}")
+
     def fail_over(self, primary: RedisServer) -> RedisServer:
-        """SIGKILL `primary` and wait until one of its replicas serves its slots; that one."""
+        """SIGKILL `primary` (then resume any replica `stall_replication` stopped) and wait
+        until one of its replicas serves its slots; that one."""
         slots = [start for start, _, port in _slots(primary) if port == primary.port]
         if not slots:
             raise ValueError(f"the server on port {primary.port} is no primary")
         primary.kill()
+        while self._stalled:
+            self._stalled.pop().resume()
         self._wait(
             lambda: self._all_ok() and self.owner(slots[0]) is not primary,
             f"a replica of port {primary.port} to take over",
@@ -165,6 +197,8 @@ class RedisClusterServers:
 
     def stop(self) -> None:
         """Stop every server and delete its directory."""
+        while self._stalled:
+            self._stalled.pop().resume()
         for server in self.servers:
             server.stop()
 
