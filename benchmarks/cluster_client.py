@@ -1,11 +1,13 @@
 """Which client a grid in one slot of a Redis Cluster should talk through, by measurement.
 
-Starts a private Redis Cluster (3 primaries, no replicas) and runs the same trivial Lua script
+Starts a private Redis Cluster (3 primaries, a replica each) and runs the same trivial Lua script
 (EVALSHA, one key: the grid's anchor) through:
 
 - `resp-direct`: girder's `RedisClient` straight to the slot's primary (the floor: no routing);
 - `girder-cluster`: girder's `ClusterClient` (`redis+cluster://`);
-- `redis-py-cluster`: redis-py's `redis.asyncio.RedisCluster` (hiredis parser).
+- `redis-py-cluster`: redis-py's `redis.asyncio.RedisCluster` (hiredis parser);
+- `girder-cluster+wait`: girder's `ClusterClient`, each EVALSHA pipelined with `WAIT 1 1000`
+  (the call returns once the replica has the write): the cost of synchronous replication.
 
 One JSON line per client and mode: `sequential` (one call at a time: p50/p99 in us) and
 `concurrent` (`--concurrency` callers: calls per second).
@@ -73,6 +75,9 @@ async def measure(url: str, owner_port: int, calls: int, concurrency: int) -> No
         "resp-direct": lambda: direct.execute("EVALSHA", sha, 1, ANCHOR),
         "girder-cluster": lambda: cluster.execute("EVALSHA", sha, 1, ANCHOR),
         "redis-py-cluster": lambda: redis_py.evalsha(sha, 1, ANCHOR),  # type: ignore[misc]
+        "girder-cluster+wait": lambda: cluster.pipeline(
+            [("EVALSHA", sha, 1, ANCHOR), ("WAIT", 1, 1000)]
+        ),
     }
     try:
         for name, call in clients.items():
@@ -93,7 +98,7 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=5000)
     parser.add_argument("--concurrency", type=int, default=64)
     args = parser.parse_args()
-    with RedisClusterServers(replicas=0) as servers:
+    with RedisClusterServers() as servers:
         owner = servers.owner(servers.keyslot(ANCHOR))
         asyncio.run(measure(servers.url, owner.port, args.calls, args.concurrency))
 
