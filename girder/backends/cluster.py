@@ -118,12 +118,6 @@ class ClusterClient:
         self._refreshing: asyncio.Future[Node] | None = None
         self._closed = False
 
-    @property
-    def address(self) -> ServerAddress:
-        """The address of the slot's primary as last known (a seed before the first call)."""
-        host, port = self._owner or self._known[0]
-        return self._node_address((host, port))
-
     async def execute(self, *command: str | bytes | int | float) -> Any:
         """One command's reply; an error reply raises `ReplyError`."""
         [reply] = await self.pipeline([command])
