@@ -81,16 +81,19 @@ from benchmarks.harness import (
 from benchmarks.remote_tasks import chain, echo, tree
 from girder.backends import open_backend
 from girder.backends.base import NodeKind
+from girder.backends.cluster import ClusterClient, parse_cluster_url
 from girder.backends.resp import RedisClient, parse_url
 from girder.config import load_settings
 from girder.runner import format_status, grid_status
+from girder.testing.redis_cluster import RedisClusterServers
 from girder.testing.redis_server import RedisServer
 
 TASKS = "benchmarks.remote_tasks"
 GIRDER = "girder-redis"
 PINGPONG = "redis-pingpong"
-PING_QUEUE = "bench:pingpong:requests"
-PONG_QUEUE = "bench:pingpong:replies"
+PING_QUEUE = "{bench}:pingpong:requests"
+PONG_QUEUE = "{bench}:pingpong:replies"
+"""One hash tag: on a cluster (`--cluster`) both queues live in one slot."""
 STOP = b"stop"
 WORKLOADS = ("floor", "W1", "W2", "W3", "W4", "W4solo")
 
@@ -240,9 +243,11 @@ class Accounting:
 # -- the floor: raw Redis ping-pong -------------------------------------------------------------
 
 
-def floor_client(url: str) -> RedisClient:
+def floor_client(url: str) -> RedisClient | ClusterClient:
     """The client girder itself talks through (`girder.backends.resp`), so that the floor and
     W1 differ by girder's own work, not by the client library."""
+    if url.startswith("redis+cluster://"):
+        return ClusterClient(parse_cluster_url(url), anchor=PING_QUEUE)
     return RedisClient(parse_url(url))
 
 
@@ -543,12 +548,21 @@ def source_version() -> str | None:
 
 
 class Bench:
-    def __init__(self, args: argparse.Namespace, sizes: Sizes, url: str, processes: Children):
+    def __init__(
+        self,
+        args: argparse.Namespace,
+        sizes: Sizes,
+        url: str,
+        processes: Children,
+        server_url: str | None = None,
+    ):
+        """`server_url`: the plain URL of the server that holds the grid, when `url` is a
+        cluster's (its INFO commandstats are the grid's)."""
         self.args = args
         self.sizes = sizes
         self.url = url
         self.processes = processes
-        self.stats = ServerStats(url)
+        self.stats = ServerStats(server_url or url)
         self.failed = False
         self.common: dict[str, Any] = {
             "python": platform.python_version(),
@@ -902,6 +916,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help=f"comma-separated subset of {', '.join(WORKLOADS)} (default: all)",
     )
     parser.add_argument("--logs", help="keep the node processes' logs in this folder")
+    parser.add_argument(
+        "--cluster",
+        action="store_true",
+        help="run on a private Redis Cluster (3 primaries, 3 replicas; redis+cluster:// URL) "
+        "instead of one redis-server; Redis figures are those of the grid's primary",
+    )
     parser.add_argument("--pong", metavar="URL", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.runs < 1:
@@ -945,11 +965,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     failed = True
     try:
-        with RedisServer() as server:
-            say(f"redis-server on {server.url}; node logs in {logs}")
-            bench = Bench(args, args.sizes, server.url, processes)
-            asyncio.run(bench.run())
-            failed = bench.failed
+        if args.cluster:
+            with RedisClusterServers() as servers:
+                owner = servers.owner(servers.keyslot("{girder}:leases"))
+                say(f"Redis Cluster {servers.url}, the grid on {owner.url}; logs in {logs}")
+                bench = Bench(args, args.sizes, servers.url, processes, owner.url)
+                asyncio.run(bench.run())
+                failed = bench.failed
+        else:
+            with RedisServer() as server:
+                say(f"redis-server on {server.url}; node logs in {logs}")
+                bench = Bench(args, args.sizes, server.url, processes)
+                asyncio.run(bench.run())
+                failed = bench.failed
     except KeyboardInterrupt:
         say("interrupted; every process stopped")
         return 130

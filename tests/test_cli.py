@@ -30,7 +30,8 @@ def test_a_bad_setting_is_one_line_and_exit_code_2(capsys: pytest.CaptureFixture
     assert main(["status", "--backend", "bogus://x"]) == 2
     err = capsys.readouterr().err
     assert err.splitlines() == [
-        "girder status: unknown backend scheme 'bogus://'; known: memory, redis, rediss, unix"
+        "girder status: unknown backend scheme 'bogus://'; "
+        "known: memory, redis, redis+cluster, rediss, unix"
     ]
 
 

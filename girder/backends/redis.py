@@ -2,6 +2,8 @@
 
 Selected by `redis://`, `rediss://` (TLS) and `unix://` URLs; credentials, database and TLS
 options come from the URL (see `girder.backends.resp`, the small client it talks through).
+`redis+cluster://host:port[,host:port...]` puts the grid in one slot of a Redis Cluster (see
+`girder.backends.cluster`).
 Every atomic primitive is one Lua script from `girder/backends/lua/`, loaded with SCRIPT LOAD
 and run by SHA (reloaded after a NOSCRIPT, e.g. when the server restarted), so submit, claim and
 complete are one round trip each. Key names live in `redis_keys`, script arguments and reply
@@ -61,6 +63,8 @@ from girder.backends.base import (
     RequestState,
     Submitted,
 )
+from girder.backends.cluster import SCHEME as CLUSTER_SCHEME
+from girder.backends.cluster import ClusterClient, parse_cluster_url
 from girder.backends.redis_keys import (
     DONE,
     F_OUTCOME,
@@ -254,11 +258,14 @@ class RedisBackend:
         """Nodes whose last blocking wait's reply arrived (the next wait drops `taken`)."""
         self._tokens = _Tokens()
         self._outage = _Outage(self.url, settings.outage_timeout)
+        self._redis: RedisClient | ClusterClient
         try:
-            address = parse_url(url)
+            if url.startswith(f"{CLUSTER_SCHEME}://"):
+                self._redis = ClusterClient(parse_cluster_url(url), anchor=self._keys.leases)
+            else:
+                self._redis = RedisClient(parse_url(url))
         except ValueError as exc:
             raise ConfigurationError(f"bad Redis URL {self.url!r}: {exc}") from exc
-        self._redis = RedisClient(address)
 
     async def connect(self) -> None:
         """Check the server and load the scripts. A server that cannot be reached at all is a

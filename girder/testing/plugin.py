@@ -8,6 +8,10 @@
   to lose replies, cut connections or slow the server down on command.
 - `persistent_redis` (function): a `RedisServer` of the test alone, with an append-only file, so
   that `restart()` keeps the data (for recovery and chaos tests).
+- `redis_cluster` (session): a `RedisClusterServers`, 3 primaries and 3 replicas; skipped without
+  the `redis-server` and `redis-cli` binaries.
+- `redis_cluster_url` (function): its `redis+cluster://` URL, healed (if a test killed a node) and
+  flushed before each test.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from collections.abc import Iterator
 import pytest
 
 from girder.testing.proxy import FaultProxy
+from girder.testing.redis_cluster import RedisClusterServers, find_redis_cli
 from girder.testing.redis_server import RedisServer, find_redis_server
 
 
@@ -55,3 +60,21 @@ def persistent_redis() -> Iterator[RedisServer]:
         pytest.skip("no redis-server binary on PATH (install Redis to run these tests)")
     with RedisServer(binary, appendfsync="always") as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[RedisClusterServers]:
+    """A Redis Cluster of this test session: 3 primaries, 3 replicas (skips the test without
+    the binaries)."""
+    if find_redis_server() is None or find_redis_cli() is None:
+        pytest.skip("no redis-server or redis-cli on PATH (install Redis to run these tests)")
+    with RedisClusterServers() as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def redis_cluster_url(redis_cluster: RedisClusterServers) -> str:
+    """`redis+cluster://` URL of the session's cluster, whole again and with no data in it."""
+    redis_cluster.heal()
+    redis_cluster.flush()
+    return redis_cluster.url

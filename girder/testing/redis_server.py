@@ -17,6 +17,7 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Literal, Self
@@ -49,15 +50,18 @@ class RedisServer:
         *,
         startup_timeout: float = 10.0,
         appendfsync: AppendFsync | None = None,
+        options: Sequence[str] = (),
     ) -> None:
         """`appendfsync` turns on the append-only file with that fsync policy (None: no
-        persistence, a restart starts empty)."""
+        persistence, a restart starts empty); `options` go on the command line last (for
+        example `("--cluster-enabled", "yes")`)."""
         found = binary or find_redis_server()
         if found is None:
             raise FileNotFoundError("no redis-server binary on PATH")
         self.binary = found
         self.startup_timeout = startup_timeout
         self.appendfsync = appendfsync
+        self.options = tuple(options)
         self.port = free_port()
         self._dir = Path(tempfile.mkdtemp(prefix="girder-redis-"))
         self.unix_socket = str(self._dir / "redis.sock")
@@ -81,6 +85,11 @@ class RedisServer:
     def pid(self) -> int | None:
         """The server's process id while it runs."""
         return self._process.pid if self.running and self._process is not None else None
+
+    @property
+    def directory(self) -> Path:
+        """The server's own temporary directory (its log, socket and data files)."""
+        return self._dir
 
     @property
     def persistent(self) -> bool:
@@ -110,6 +119,7 @@ class RedisServer:
                 "--dir", str(self._dir),
                 "--logfile", str(log),
                 "--daemonize", "no",
+                *self.options,
             ],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,

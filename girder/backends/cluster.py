@@ -1,0 +1,255 @@
+"""`ClusterClient`: girder's RESP client (`girder.backends.resp`) for a grid in one slot of a
+Redis Cluster.
+
+Every key of a grid carries the same `{prefix}` hash tag, so the whole grid lives in one slot,
+served by one primary at a time: the client finds that primary in the slot map (CLUSTER SLOTS,
+asked of the seed nodes of the URL and of every node seen since) and sends everything there
+through a `RedisClient`, keeping its pipelining, its timeouts and its failure rules (a command
+that certainly did not reach the server is `NotSent`, one whose reply was lost is `ReplyLost`).
+
+Redirections: a `MOVED` reply (the slot has a new owner: a failover, or a resharding that
+finished) refreshes the map and sends the redirected commands, and only those, to the new
+owner; an `ASK` reply (the slot is being migrated and the key is already on the target) sends
+`ASKING` and the command to the node named, once, without changing the map. A redirected
+command did not run, so sending it elsewhere is safe. A lost connection marks the map stale
+(the primary may have died) and the error goes up: the backend waits it out and tries again
+(`CLUSTERDOWN` and `TRYAGAIN` replies too), by which time a replica may have been promoted.
+
+URLs: `redis+cluster://[[user]:password@]host:port[,host:port...][?password=...&username=...]`;
+the nodes are seeds (any one that answers will do), the database is always 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import replace
+from typing import Any
+from urllib.parse import parse_qs, unquote
+
+from girder.backends.resp import (
+    Command,
+    ConnectionLost,
+    NotSent,
+    RedisClient,
+    ReplyError,
+    ServerAddress,
+)
+
+SCHEME = "redis+cluster"
+SLOTS = 16384
+_MAX_REDIRECTS = 5
+"""MOVED/ASK hops one call may take before it gives up (a map that keeps changing)."""
+
+
+def parse_cluster_url(url: str) -> list[ServerAddress]:
+    """The seed nodes a `redis+cluster://` URL names; `ValueError` saying what is wrong."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme != SCHEME:
+        raise ValueError(f"the scheme must be {SCHEME}, not {scheme!r}")
+    rest, _, query_text = rest.partition("?")
+    query = {name: values[-1] for name, values in parse_qs(query_text).items()}
+    userinfo, at, hosts = rest.rpartition("@")
+    hosts = hosts.rstrip("/")
+    if "/" in hosts:
+        raise ValueError("a cluster has no databases: drop the /db part")
+    username, password = query.get("username"), query.get("password")
+    if at:
+        user, colon, secret = userinfo.partition(":")
+        username = unquote(user) or username
+        if colon:
+            password = unquote(secret)
+    seeds = []
+    for node in hosts.split(","):
+        host, colon, port = node.strip().rpartition(":")
+        if not colon or not host or not port.isdigit():
+            raise ValueError(f"each node must be host:port, not {node!r}")
+        seeds.append(
+            ServerAddress(
+                host=host.strip("[]"), port=int(port), username=username, password=password
+            )
+        )
+    return seeds
+
+
+def key_slot(key: str | bytes) -> int:
+    """The cluster slot of `key`: CRC16 (XMODEM) of its hash tag (the part inside the first
+    `{...}`, if not empty) or of the whole key, modulo 16384."""
+    data = key.encode() if isinstance(key, str) else key
+    start = data.find(b"{")
+    if start >= 0:
+        end = data.find(b"}", start + 1)
+        if end > start + 1:
+            data = data[start + 1 : end]
+    crc = 0
+    for byte in data:
+        crc = ((crc << 8) & 0xFFFF) ^ _CRC16[((crc >> 8) ^ byte) & 0xFF]
+    return crc % SLOTS
+
+
+def _crc16_table() -> list[int]:
+    table = []
+    for byte in range(256):
+        crc = byte << 8
+        for _ in range(8):
+            crc = ((crc << 1) ^ 0x1021) if crc & 0x8000 else crc << 1
+        table.append(crc & 0xFFFF)
+    return table
+
+
+_CRC16 = _crc16_table()
+
+Node = tuple[str, int]
+
+
+class ClusterClient:
+    """The `RedisClient` interface, sending everything to the primary of one slot."""
+
+    def __init__(self, seeds: Sequence[ServerAddress], anchor: str, **options: Any) -> None:
+        """`anchor`: a key of the slot to serve; `options` go to each node's `RedisClient`."""
+        if not seeds:
+            raise ValueError("a cluster URL needs at least one node")
+        self._template = seeds[0]
+        self._known: list[Node] = [(seed.host, seed.port) for seed in seeds]
+        self.slot = key_slot(anchor)
+        self._options = options
+        self._clients: dict[Node, RedisClient] = {}
+        self._owner: Node | None = None
+        self._refreshing: asyncio.Future[Node] | None = None
+        self._closed = False
+
+    async def execute(self, *command: str | bytes | int | float) -> Any:
+        """One command's reply; an error reply raises `ReplyError`."""
+        [reply] = await self.pipeline([command])
+        if isinstance(reply, ReplyError):
+            raise reply
+        return reply
+
+    async def pipeline(self, commands: Sequence[Command]) -> list[Any]:
+        """Several commands in one round trip, to the slot's primary."""
+        return await self._routed(commands, lambda client, batch: client.pipeline(batch))
+
+    async def blocking(
+        self, commands: Sequence[Command], *, timeout: float | None = None
+    ) -> list[Any]:
+        """Commands that may block, on a connection of their own (see `RedisClient.blocking`)."""
+        return await self._routed(
+            commands, lambda client, batch: client.blocking(batch, timeout=timeout)
+        )
+
+    async def _routed(
+        self,
+        commands: Sequence[Command],
+        send: Callable[[RedisClient, Sequence[Command]], Awaitable[list[Any]]],
+    ) -> list[Any]:
+        replies: list[Any] = [None] * len(commands)
+        todo = list(range(len(commands)))
+        node = await self._primary()
+        asking = False
+        for _ in range(_MAX_REDIRECTS + 1):
+            batch = [commands[i] for i in todo]
+            if asking:  # each command of the batch after its own ASKING
+                batch = [part for command in batch for part in (("ASKING",), command)]
+            try:
+                got = await send(self._client(node), batch)
+            except ConnectionLost:
+                self._stale(node)
+                raise
+            if asking:
+                got = got[1::2]
+            redirected: list[int] = []
+            target: tuple[str, Node] | None = None
+            for index, reply in zip(todo, got, strict=True):
+                where = _redirection(reply)
+                if where is None:
+                    replies[index] = reply
+                else:
+                    redirected.append(index)
+                    target = target or where
+            if target is None:
+                return replies
+            kind, (host, port) = target
+            node = (host or node[0], port)  # an empty host: the node that answered
+            todo, asking = redirected, kind == "ASK"
+            if kind == "MOVED":
+                self._learn(node)
+                self._owner = node
+        raise NotSent(f"slot {self.slot} kept moving ({_MAX_REDIRECTS} redirections)")
+
+    async def _primary(self) -> Node:
+        """The slot's primary, from the map (asking the nodes for it when stale)."""
+        if self._owner is not None:
+            return self._owner
+        if self._refreshing is None:  # one task asks; the others wait for its answer
+            self._refreshing = asyncio.ensure_future(self._refresh())
+        refreshing = self._refreshing
+        try:
+            self._owner = await asyncio.shield(refreshing)
+        finally:
+            if self._refreshing is refreshing and refreshing.done():
+                self._refreshing = None
+        return self._owner
+
+    async def _refresh(self) -> Node:
+        """Ask the known nodes for CLUSTER SLOTS until one answers; the slot's primary."""
+        failures = []
+        for node in list(self._known):
+            try:
+                ranges = await self._client(node).execute("CLUSTER", "SLOTS")
+            except (ConnectionLost, ReplyError) as exc:
+                failures.append(f"{node[0]}:{node[1]}: {exc}")
+                continue
+            owner = self._read_slots(ranges, node)
+            if owner is not None:
+                return owner
+            failures.append(f"{node[0]}:{node[1]}: no node serves slot {self.slot}")
+        raise NotSent(f"no cluster node could say who serves slot {self.slot}: {failures}")
+
+    def _read_slots(self, ranges: list[Any], asked: Node) -> Node | None:
+        """Learn every node of a CLUSTER SLOTS reply; the primary of our slot, if any."""
+        owner = None
+        for start, end, primary, *replicas in ranges:
+            for entry in (primary, *replicas):
+                host = entry[0].decode() or asked[0]  # an empty host: the node asked
+                self._learn((host, int(entry[1])))
+            if start <= self.slot <= end:
+                owner = (primary[0].decode() or asked[0], int(primary[1]))
+        return owner
+
+    def _learn(self, node: Node) -> None:
+        if node not in self._known:
+            self._known.append(node)
+
+    def _stale(self, node: Node | None) -> None:
+        """Forget the slot's owner (if it is `node`, or whoever it is for None)."""
+        if node is None or self._owner == node:
+            self._owner = None
+
+    def _client(self, node: Node) -> RedisClient:
+        client = self._clients.get(node)
+        if client is None:
+            if self._closed:
+                raise NotSent("the client is closed")
+            client = self._clients[node] = RedisClient(self._node_address(node), **self._options)
+        return client
+
+    def _node_address(self, node: Node) -> ServerAddress:
+        return replace(self._template, host=node[0], port=node[1])
+
+    def close(self) -> None:
+        self._closed = True
+        for client in self._clients.values():
+            client.close()
+        self._clients.clear()
+
+
+def _redirection(reply: Any) -> tuple[str, Node] | None:
+    """("MOVED" or "ASK", node) for a redirection reply; None for any other."""
+    if not isinstance(reply, ReplyError):
+        return None
+    kind, _, rest = str(reply).partition(" ")
+    if kind not in ("MOVED", "ASK"):
+        return None
+    _, _, where = rest.partition(" ")
+    host, _, port = where.rpartition(":")
+    return kind, (host, int(port))

@@ -1,0 +1,106 @@
+"""The distributed grid in real processes (the `girder` command) on a real Redis Cluster:
+nested jobs, and a primary killed with SIGKILL mid-job."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+from gridfns import add, fan_of_fans, fib, tree
+from processes import CLIENT_OPTIONS, GridProcesses, nodes, wait_for_nodes, wait_until
+
+import girder
+from girder.backends import open_backend
+from girder.backends.base import NodeKind
+from girder.testing.redis_cluster import RedisClusterServers
+
+pytestmark = [pytest.mark.redis, pytest.mark.slow, pytest.mark.timeout(180)]
+
+ANCHOR = "{girder}:leases"
+"""A key of the slot of the grid (the default `key_prefix`)."""
+
+
+@pytest.fixture
+def grid_processes(redis_cluster_url: str, tmp_path: Path) -> Iterator[GridProcesses]:
+    procs = GridProcesses(redis_cluster_url, tmp_path)
+    try:
+        procs.distributor()
+        procs.worker("w1")
+        procs.worker("w2")
+        yield procs
+    finally:
+        procs.stop_all()
+
+
+@pytest.fixture
+async def client(
+    redis_cluster_url: str, grid_processes: GridProcesses
+) -> AsyncIterator[girder.Grid]:
+    await wait_for_nodes(redis_cluster_url, workers=2)
+    async with girder.Grid.connect(redis_cluster_url, pool="pool", **CLIENT_OPTIONS) as grid:
+        yield grid
+
+
+async def _any_running(url: str) -> bool:
+    return any(n.running > 0 for n in await nodes(url) if n.kind == NodeKind.WORKER)
+
+
+async def _cached(url: str, count: int) -> bool:
+    backend = open_backend(url)
+    await backend.connect()
+    try:
+        return await backend.cache_size() >= count
+    finally:
+        await backend.close()
+
+
+def _fib(n: int) -> int:
+    a, b = 0, 1
+    for _ in range(n):
+        a, b = b, a + b
+    return a
+
+
+async def test_nested_jobs_on_worker_processes(client: girder.Grid) -> None:
+    assert await asyncio.wait_for(client.call(fib, 200), 60) == _fib(200)
+    assert await asyncio.wait_for(client.call(tree, 8, 0), 60) == 511
+    assert await client.call_all([(add, i, 1) for i in range(500)]) == list(range(1, 501))
+
+
+async def test_a_primary_killed_mid_job_is_replaced_and_every_request_finishes(
+    client: girder.Grid,
+    redis_cluster: RedisClusterServers,
+    redis_cluster_url: str,
+    grid_processes: GridProcesses,
+) -> None:
+    primary = redis_cluster.owner(redis_cluster.keyslot(ANCHOR))
+    job = client.submit(fan_of_fans, 4, 6, 50, "failover")
+    many = asyncio.ensure_future(client.call_all([(add, i, 31) for i in range(3000)]))
+    await wait_until(lambda: _any_running(redis_cluster_url), what="work running")
+    promoted = await asyncio.to_thread(redis_cluster.fail_over, primary)
+    assert promoted is not primary
+    assert await asyncio.wait_for(job, 120) == 4 * sum(range(6))
+    assert await asyncio.wait_for(many, 120) == [i + 31 for i in range(3000)]
+    assert "request failed" not in grid_processes.log_text()
+
+
+async def test_writes_lost_with_a_primary_are_recovered(
+    client: girder.Grid,
+    redis_cluster: RedisClusterServers,
+    redis_cluster_url: str,
+    grid_processes: GridProcesses,
+) -> None:
+    """The primary acknowledges writes its replica never gets (asynchronous replication),
+    then dies: the promoted replica is an older copy of the grid. The nodes see the grid's
+    clock go back, give back what they do not run, submit again what they wait for, and the
+    job finishes with the right answer."""
+    primary = redis_cluster.owner(redis_cluster.keyslot(ANCHOR))
+    job = client.submit(fan_of_fans, 3, 8, 300, "lost-writes")
+    await wait_until(lambda: _any_running(redis_cluster_url), what="leaves running")
+    await asyncio.to_thread(redis_cluster.stall_replication, primary)
+    await wait_until(lambda: _cached(redis_cluster_url, 6), what="leaves finished, unreplicated")
+    await asyncio.to_thread(redis_cluster.fail_over, primary)
+    assert await asyncio.wait_for(job, 120) == 3 * sum(range(8))
+    assert "clock_went_back=True" in grid_processes.log_text()

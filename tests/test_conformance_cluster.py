@@ -1,0 +1,165 @@
+"""The backend conformance suite on `RedisBackend` in one slot of a real Redis Cluster
+(3 primaries, 3 replicas), and what only a cluster does: redirections and failovers."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+import pytest
+from redis.crc import key_slot as redis_key_slot
+
+from girder.backends import open_backend, resp
+from girder.backends.base import Claimed, NodeKind, StateBackend
+from girder.backends.cluster import key_slot, parse_cluster_url
+from girder.backends.redis import RedisBackend
+from girder.config import Settings
+from girder.errors import ConfigurationError
+from girder.testing.conformance import BackendConformance, new, out, put
+from girder.testing.redis_cluster import RedisClusterServers
+
+pytestmark = [pytest.mark.redis, pytest.mark.slow]
+
+PREFIX = "conformance"
+
+
+class TestRedisClusterBackend(BackendConformance):
+    @pytest.fixture
+    async def backend(self, redis_cluster_url: str) -> AsyncIterator[StateBackend]:
+        backend = open_backend(redis_cluster_url, settings=Settings(key_prefix=PREFIX))
+        assert isinstance(backend, RedisBackend)
+        await backend.connect()
+        yield backend
+        await backend.close()
+
+
+class TestRedisClusterBackendLosingEveryReplyOnce(BackendConformance):
+    """The suite again on the cluster, the reply of every distinct command lost once after the
+    server ran it (see the same class in test_conformance_redis.py)."""
+
+    @pytest.fixture
+    async def backend(
+        self, redis_cluster_url: str, monkeypatch: pytest.MonkeyPatch
+    ) -> AsyncIterator[StateBackend]:
+        original = resp.Connection.pipeline
+        seen: set[str] = set()
+
+        async def losing_once(self: resp.Connection, commands: Sequence[resp.Command]) -> list[Any]:
+            replies = await original(self, commands)
+            blocking = any(command[0] in ("BLPOP", "BLMOVE", "LPOP") for command in commands)
+            text = repr(commands)
+            if not blocking and text not in seen:
+                seen.add(text)
+                raise resp.ReplyLost("reply lost after the server ran the command")
+            return replies
+
+        monkeypatch.setattr(resp.Connection, "pipeline", losing_once)
+        backend = RedisBackend(redis_cluster_url, settings=Settings(key_prefix=PREFIX))
+        await backend.connect()
+        yield backend
+        await backend.close()
+        assert seen, "no reply was lost"
+
+
+@pytest.fixture
+async def backend(redis_cluster_url: str) -> AsyncIterator[RedisBackend]:
+    backend = RedisBackend(redis_cluster_url, settings=Settings(key_prefix=PREFIX))
+    await backend.connect()
+    yield backend
+    await backend.close()
+
+
+def _anchor() -> str:
+    return f"{{{PREFIX}}}:leases"
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis+cluster://",
+        "redis+cluster://host",
+        "redis+cluster://host:port",
+        "redis+cluster://a:1,b",
+        "redis+cluster://a:1/3",
+    ],
+)
+def test_a_bad_cluster_url_says_what_is_wrong(url: str) -> None:
+    with pytest.raises(ConfigurationError, match="bad Redis URL"):
+        RedisBackend(url)
+
+
+def test_a_cluster_url_names_its_seeds_and_credentials() -> None:
+    seeds = parse_cluster_url("redis+cluster://me:s%40cret@10.0.0.1:7000,[::1]:7001")
+    assert [(seed.host, seed.port) for seed in seeds] == [("10.0.0.1", 7000), ("::1", 7001)]
+    assert {(seed.username, seed.password) for seed in seeds} == {("me", "s@cret")}
+    backend = RedisBackend("redis+cluster://me:secret@h:1,h:2")
+    assert "secret" not in backend.url
+
+
+@pytest.mark.parametrize(
+    "key",
+    ["", "a", "{conformance}:leases", "x{}y", "{}{a}", "a{b}c{d}", "\u00e9t\u00e9", "k" * 300],
+)
+def test_key_slots_are_those_of_redis(key: str) -> None:
+    assert key_slot(key) == redis_key_slot(key.encode())
+
+
+async def test_the_grid_lives_on_the_primary_of_its_slot(
+    backend: RedisBackend, redis_cluster: RedisClusterServers
+) -> None:
+    await backend.join("w", NodeKind.WORKER, None, 60)
+    await put(backend, "c", ["a", "b"], into="w")
+    owner = redis_cluster.owner(redis_cluster.keyslot(_anchor()))
+    for server in redis_cluster.primaries():
+        count = int(str(server.command("DBSIZE")))
+        assert (count > 0) == (server is owner)
+
+
+async def test_work_goes_on_when_the_primary_dies_and_its_replica_takes_over(
+    backend: RedisBackend, redis_cluster: RedisClusterServers
+) -> None:
+    await backend.join("w", NodeKind.WORKER, None, 60)
+    await put(backend, "c", ["k2", "k1"], into="w")
+    owner = redis_cluster.owner(redis_cluster.keyslot(_anchor()))
+    owner.command("WAIT", "1", "5000")  # replicated: nothing is lost with the primary
+    claiming = asyncio.create_task(backend.claim("w"))
+    redis_cluster.fail_over(owner)
+    assert await asyncio.wait_for(claiming, 30) is not None
+    assert await backend.claim("w") is not None
+    assert await backend.claim("w") is None
+    assert [info.node for info in await backend.nodes()] == ["w"]
+
+
+async def test_a_slot_being_migrated_is_followed_with_ask_then_moved(
+    backend: RedisBackend, redis_cluster: RedisClusterServers
+) -> None:
+    """The grid's slot moves to another primary key by key: a key already moved is read from
+    the target (ASK), and once the slot is the target's, everything goes there (MOVED)."""
+    await put(backend, "c", ["k"], into="w")
+    assert await backend.claim("w") is not None
+    await backend.complete("w", "k", out("k"), cache=True)
+    slot = redis_cluster.keyslot(_anchor())
+    source = redis_cluster.owner(slot)
+    target = next(server for server in redis_cluster.primaries() if server is not source)
+    source_id, target_id = (str(s.command("CLUSTER", "MYID")) for s in (source, target))
+    target.command("CLUSTER", "SETSLOT", str(slot), "IMPORTING", source_id)
+    source.command("CLUSTER", "SETSLOT", str(slot), "MIGRATING", target_id)
+    record = f"{{{PREFIX}}}:req:k"
+    source.command("MIGRATE", "127.0.0.1", str(target.port), record, "0", "5000")
+    target.command("CONFIG", "RESETSTAT")
+    assert await backend.result("k") == out("k")  # ASK: the record is on the target already
+    assert "calls=1," in target.info("commandstats")["cmdstat_asking"]
+    keys = source.command("CLUSTER", "GETKEYSINSLOT", str(slot), "1000")
+    assert isinstance(keys, list)
+    assert keys
+    source.command(
+        "MIGRATE", "127.0.0.1", str(target.port), "", "0", "5000", "KEYS", *map(str, keys)
+    )
+    for server in redis_cluster.primaries():
+        server.command("CLUSTER", "SETSLOT", str(slot), "NODE", target_id)
+    assert redis_cluster.owner(slot) is target
+    assert await backend.result("k") == out("k")  # MOVED, then the target
+    await put(backend, "c", ["k2"], into="w")  # scripts, reloaded on the target
+    assert await backend.claim("w") == Claimed("k2", new("k2").payload)
+    assert int(str(source.command("DBSIZE"))) == 0
