@@ -120,6 +120,41 @@ async def test_cancelling_a_node_loop_ends_it(backend: RedisBackend) -> None:
         assert done, f"attempt {attempt}: the cancelled task kept running"
 
 
+async def test_connecting_while_redis_loads_its_data_waits_until_it_is_ready() -> None:
+    """A node that starts while Redis reloads its data after a restart (replies LOADING) waits
+    for it instead of exiting: a server that answers is not a wrong URL."""
+    slow_load = ("--key-load-delay", "200", "--loading-process-events-interval-bytes", "1024")
+    with RedisServer(options=("--appendonly", "no", *slow_load)) as server:
+        raw = aioredis.Redis(port=server.port)
+        try:
+            async with raw.pipeline(transaction=False) as pipe:
+                for index in range(5000):
+                    pipe.set(f"filler:{index}", "x")
+                await pipe.execute()
+            await raw.save()
+        finally:
+            await raw.aclose()
+        server.kill()
+        starting = asyncio.create_task(asyncio.to_thread(server.start))  # returns once loaded
+        loading = False
+        for _ in range(500):
+            try:
+                server.command("PING")
+            except (OSError, RuntimeError) as exc:
+                loading = "LOADING" in str(exc)
+            if loading:
+                break
+            await asyncio.sleep(0.01)
+        assert loading, "the restarted server never said LOADING"
+        backend = RedisBackend(server.url, settings=Settings(key_prefix=PREFIX))
+        try:
+            await asyncio.wait_for(backend.connect(), 60)
+            assert int(str(server.command("DBSIZE"))) == 5000  # connected once the data was back
+        finally:
+            await backend.close()
+            await starting
+
+
 async def test_connecting_to_nothing_is_a_backend_error() -> None:
     backend = RedisBackend(f"redis://127.0.0.1:{free_port()}/0")
     with pytest.raises(BackendError, match="cannot connect"):

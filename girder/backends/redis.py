@@ -270,16 +270,25 @@ class RedisBackend:
     async def connect(self) -> None:
         """Check the server and load the scripts. A server that cannot be reached at all is a
         `BackendError` at once (a wrong URL should not wait); a reply lost on the way is
-        asked again."""
-        for attempt in range(_CONNECT_TRIES):
+        asked again; a server that answers but is not ready yet (LOADING after a restart,
+        BUSY, ...) is waited out like an outage."""
+        started = time.monotonic()
+        attempt = 0
+        while True:
             try:
                 with self._errors("connect"):
                     await self._check_server()
                     await self._load_scripts()
                 break
             except BackendError as exc:
-                if not isinstance(exc.__cause__, ReplyLost) or attempt == _CONNECT_TRIES - 1:
+                cause = exc.__cause__
+                if isinstance(cause, ReplyError) and str(cause).startswith(_OUTAGE_REPLIES):
+                    await asyncio.sleep(self._outage.failed(started, "connect", cause))
+                    continue
+                attempt += 1
+                if not isinstance(cause, ReplyLost) or attempt == _CONNECT_TRIES:
                     raise
+        self._outage.ended()
         await self._check_eviction_policy()
 
     async def _check_server(self) -> None:
