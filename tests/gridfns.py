@@ -315,12 +315,17 @@ def network_namespace() -> str:
     return "".join(ch for ch in os.readlink("/proc/self/ns/net") if ch.isdigit())
 
 
+def host_tag() -> str:
+    """Which host this process plays in a test: `GRIDFNS_HOST`, else its network namespace."""
+    return os.environ.get("GRIDFNS_HOST") or network_namespace()
+
+
 @girder.function
 async def partition_leaf(index: int, ms: int, directory: str) -> list[object]:
-    """Sleeps `ms`; marks `start-`, then `done-` or `dropped-` (cancelled), `<index>-<network
-    namespace>-<run>` in `directory`. Returns the index squared and the namespace that ran it
+    """Sleeps `ms`; marks `start-`, then `done-` or `dropped-` (cancelled), `<index>-<host>-<run>`
+    in `directory` (the host: `host_tag`). Returns the index squared and the host that ran it
     (so a test sees whose completion the grid kept)."""
-    where = network_namespace()
+    where = host_tag()
     run = os.urandom(3).hex()
     _mark(directory, f"start-{index}-{where}-{run}")
     try:

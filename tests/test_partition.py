@@ -1,5 +1,6 @@
 """Hosts that fail and partition: a worker on a host of its own (a network namespace joined to
-the Redis host by a veth pair) loses its link mid-job, and gets it back after its lease lapsed.
+the Redis host by a veth pair) loses its link mid-job, and gets it back after its lease lapsed;
+and the same with a worker that stalls (SIGSTOP) and resumes.
 
 The test makes the namespace and the veth pair itself (root is needed; it is skipped where the
 machine cannot make them), on a private /30, and removes them even when it fails."""
@@ -9,13 +10,14 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import signal
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
 from gridfns import network_namespace, partition_job, partition_leaf
-from processes import CLIENT_OPTIONS, GridProcesses, wait_for_nodes, wait_until
+from processes import CLIENT_OPTIONS, GridProcesses, signal_group, wait_for_nodes, wait_until
 
 import girder
 from girder.testing.redis_server import RedisServer, find_redis_server
@@ -115,60 +117,110 @@ def _marks(directory: Path, event: str, where: str) -> list[int]:
     return sorted(found)
 
 
+async def _lose_a_host_mid_job(
+    url: str,
+    marks: Path,
+    logs: Path,
+    *,
+    away: str,
+    wrapper: Sequence[str],
+    cut: Callable[[GridProcesses, subprocess.Popen[bytes]], None],
+    restore: Callable[[GridProcesses, subprocess.Popen[bytes]], None],
+    finishes_while_away: bool,
+) -> None:
+    """A worker on a host of its own (started behind `wrapper`, its marks tagged `away`) runs a
+    job's leaves; the host is `cut` off, its lease lapses, a worker on this host runs everything
+    again; then the host is back (`restore`). The far worker notices it was reaped and drops
+    the leaves it still runs; the completions of the leaves it finished late change nothing:
+    the value the grid keeps, and the caller gets, once, is the other worker's. With
+    `finishes_while_away` the far worker finishes the short leaves before it is back."""
+    durations = [SHORT_MS, SHORT_MS, LONG_MS, LONG_MS]
+    everything = list(range(len(durations)))
+    here = network_namespace()
+    procs = GridProcesses(url, logs, GIRDER_IO_CONCURRENCY="8")
+    try:
+        procs.distributor()
+        far = procs.worker("away", wrapper=wrapper)
+        await wait_for_nodes(url, workers=1)
+        async with girder.Grid.connect(url, **CLIENT_OPTIONS) as client:
+            job = client.submit(partition_job, durations, str(marks))
+
+            async def started_away() -> bool:
+                return _marks(marks, "start", away) == everything
+
+            await wait_until(started_away, what="every leaf started on the far host")
+            cut(procs, far)
+            procs.worker("here")
+
+            async def taken_over() -> bool:
+                finished_away = _marks(marks, "done", away)
+                return _marks(marks, "start", here) == everything and (
+                    finished_away == [0, 1] or not finishes_while_away
+                )
+
+            await wait_until(taken_over, timeout=40, what="the leaves run again here")
+            restore(procs, far)
+            result = await asyncio.wait_for(job, 60)
+
+            assert result == [[index * index, here] for index in everything]
+            # The leaves the far host finished (late): their completions changed nothing.
+            # Those it still ran when it came back: dropped, never completed.
+            dropped, finished_away = _marks(marks, "dropped", away), _marks(marks, "done", away)
+            assert sorted(dropped + finished_away) == everything
+            assert set(dropped) >= {2, 3}
+            if finishes_while_away:
+                assert finished_away == [0, 1]
+            assert _marks(marks, "done", here) == everything
+
+            async def dropped_logged() -> bool:
+                return "lease lost: dropped the runs given to others" in procs.log_text()
+
+            await wait_until(dropped_logged, what="the far worker's log line")
+            # What the grid keeps is the newer run's: asked again, every leaf comes from the
+            # cache (no new run) with the value computed here.
+            again = await client.call_all(
+                [(partition_leaf, index, ms, str(marks)) for index, ms in enumerate(durations)]
+            )
+            assert again == [[index * index, here] for index in everything]
+            assert _marks(marks, "start", here) == everything
+    finally:
+        procs.stop_all()
+
+
 async def test_a_partitioned_worker_drops_its_work_and_no_late_completion_wins(
     host: Host, marks: Path, tmp_path: Path
 ) -> None:
-    """A worker on its own host runs a job's leaves; its link is cut, its lease lapses, a
-    worker on the Redis host runs everything again. When the link comes back the cut-off worker
-    notices it was reaped and drops the leaves it still runs; the completions of the leaves it
-    finished while cut off reach Redis late, and change nothing: the value the grid keeps, and
-    the caller gets, once, is the other worker's."""
+    """The far worker is on a host of its own (a network namespace); its link is cut
+    (`ip link set ... down`) and restored after its lease lapsed. It finishes the short
+    leaves while cut off: their completions reach Redis when the link is back."""
     options = ["--bind", "127.0.0.1", host.outside_address, "--protected-mode", "no"]
-    durations = [SHORT_MS, SHORT_MS, LONG_MS, LONG_MS]
-    everything = list(range(len(durations)))
-    away, here = host.inode(), network_namespace()
     with RedisServer(options=options) as server:
-        url = f"redis://{host.outside_address}:{server.port}/0"
-        procs = GridProcesses(url, tmp_path / "logs", GIRDER_IO_CONCURRENCY="8")
-        try:
-            procs.distributor()
-            procs.worker("away", wrapper=host.wrapper)
-            await wait_for_nodes(url, workers=1)
-            async with girder.Grid.connect(url, **CLIENT_OPTIONS) as client:
-                job = client.submit(partition_job, durations, str(marks))
+        await _lose_a_host_mid_job(
+            f"redis://{host.outside_address}:{server.port}/0",
+            marks,
+            tmp_path / "logs",
+            away=host.inode(),
+            wrapper=host.wrapper,
+            cut=lambda procs, far: host.cut(),
+            restore=lambda procs, far: host.restore(),
+            finishes_while_away=True,
+        )
 
-                async def started_away() -> bool:
-                    return _marks(marks, "start", away) == everything
 
-                await wait_until(started_away, what="every leaf started on the far host")
-                host.cut()
-                procs.worker("here")
-
-                async def taken_over() -> bool:
-                    finished_away = _marks(marks, "done", away)
-                    return _marks(marks, "start", here) == everything and finished_away == [0, 1]
-
-                await wait_until(taken_over, timeout=40, what="the leaves run again here")
-                host.restore()
-                result = await asyncio.wait_for(job, 60)
-
-                assert result == [[index * index, here] for index in everything]
-                # The leaves the far host finished while cut off: their late completions
-                # changed nothing. Those it still ran when the link came back: dropped.
-                assert _marks(marks, "dropped", away) == [2, 3]
-                assert _marks(marks, "done", away) == [0, 1]
-                assert _marks(marks, "done", here) == everything
-
-                async def dropped_logged() -> bool:
-                    return "lease lost: dropped the runs given to others" in procs.log_text()
-
-                await wait_until(dropped_logged, what="the far worker's log line")
-                # What the grid keeps is the newer run's: asked again, every leaf comes from
-                # the cache (no new run) with the value computed here.
-                again = await client.call_all(
-                    [(partition_leaf, index, ms, str(marks)) for index, ms in enumerate(durations)]
-                )
-                assert again == [[index * index, here] for index in everything]
-                assert _marks(marks, "start", here) == everything
-        finally:
-            procs.stop_all()
+async def test_a_stalled_worker_drops_its_work_and_no_late_completion_wins(
+    redis_url: str, marks: Path, tmp_path: Path
+) -> None:
+    """The same with a worker that stalls (SIGSTOP of its process group, as a VM paused) and
+    resumes (SIGCONT) after its lease lapsed: no root needed. Its short leaves are due the
+    moment it resumes: each either finishes (its completion changes nothing) or is dropped,
+    whichever comes first; the long ones are dropped."""
+    await _lose_a_host_mid_job(
+        redis_url,
+        marks,
+        tmp_path / "logs",
+        away="stalled",
+        wrapper=["env", "GRIDFNS_HOST=stalled"],
+        cut=lambda procs, far: signal_group(far, signal.SIGSTOP),
+        restore=lambda procs, far: signal_group(far, signal.SIGCONT),
+        finishes_while_away=False,
+    )
