@@ -310,6 +310,40 @@ def _mark(directory: str, name: str) -> None:
         pass
 
 
+def network_namespace() -> str:
+    """The inode of this process's network namespace (which host it runs on, in a test)."""
+    return "".join(ch for ch in os.readlink("/proc/self/ns/net") if ch.isdigit())
+
+
+def host_tag() -> str:
+    """Which host this process plays in a test: `GRIDFNS_HOST`, else its network namespace."""
+    return os.environ.get("GRIDFNS_HOST") or network_namespace()
+
+
+@girder.function
+async def partition_leaf(index: int, ms: int, directory: str) -> list[object]:
+    """Sleeps `ms`; marks `start-`, then `done-` or `dropped-` (cancelled), `<index>-<host>-<run>`
+    in `directory` (the host: `host_tag`). Returns the index squared and the host that ran it
+    (so a test sees whose completion the grid kept)."""
+    where = host_tag()
+    run = os.urandom(3).hex()
+    _mark(directory, f"start-{index}-{where}-{run}")
+    try:
+        await asyncio.sleep(ms / 1000)
+    except asyncio.CancelledError:
+        _mark(directory, f"dropped-{index}-{where}-{run}")
+        raise
+    _mark(directory, f"done-{index}-{where}-{run}")
+    return [index * index, where]
+
+
+@girder.function
+async def partition_job(durations: list[int], directory: str) -> list[list[object]]:
+    """One `partition_leaf` per duration (ms), all at once."""
+    leaves = [(partition_leaf, index, ms, directory) for index, ms in enumerate(durations)]
+    return list(await girder.call_reentrant(leaves))
+
+
 @girder.function
 async def sleepy_tree(depth: int, fanout: int, index: int, directory: str) -> int:
     """A tree whose leaves sleep a minute; each leaf marks `start-<index>` and, when it stops

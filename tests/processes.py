@@ -9,7 +9,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -56,11 +56,14 @@ class GridProcesses:
         self.procs: list[subprocess.Popen[bytes]] = []
         self._log_files: list[BinaryIO] = []
 
-    def _start(self, args: list[str], log_name: str) -> subprocess.Popen[bytes]:
+    def _start(
+        self, args: list[str], log_name: str, wrapper: Sequence[str] = ()
+    ) -> subprocess.Popen[bytes]:
+        """Start `girder <args>`, behind `wrapper` (e.g. `ip netns exec NAME`) when given."""
         log = open(self.logs / f"{log_name}.log", "ab")  # noqa: SIM115 - closed in stop_all
         self._log_files.append(log)
         proc = subprocess.Popen(
-            [sys.executable, "-m", "girder", *args, "--backend", self.backend_url],
+            [*wrapper, sys.executable, "-m", "girder", *args, "--backend", self.backend_url],
             env=self.env,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -72,9 +75,13 @@ class GridProcesses:
     def distributor(self, name: str = "pool") -> subprocess.Popen[bytes]:
         return self._start(["distributor", "--name", name], f"distributor-{name}")
 
-    def worker(self, name: str, pool: str = "pool", *extra: str) -> subprocess.Popen[bytes]:
+    def worker(
+        self, name: str, pool: str = "pool", *extra: str, wrapper: Sequence[str] = ()
+    ) -> subprocess.Popen[bytes]:
         return self._start(
-            ["worker", "--pool", pool, "--name", name, "--import", "gridfns", *extra], name
+            ["worker", "--pool", pool, "--name", name, "--import", "gridfns", *extra],
+            name,
+            wrapper,
         )
 
     def kill9(self, proc: subprocess.Popen[bytes]) -> None:

@@ -1,9 +1,9 @@
 """Backends: the `StateBackend` protocol and its implementations, chosen by URL scheme.
 
-`open_backend("memory://")` builds a `MemoryBackend`; `redis://`, `rediss://`, `unix://` and
-`redis+cluster://` build a `RedisBackend` (the `girder[redis]` extra). Third-party backends
-register a factory under the entry-point group `girder.backends`, named by their URL scheme, or
-call `register_backend`.
+`open_backend("memory://")` builds a `MemoryBackend`; `redis://`, `rediss://`, `unix://`,
+`redis+cluster://` and `redis+sentinel://` build a `RedisBackend` (the `girder[redis]` extra).
+Third-party backends register a factory under the entry-point group `girder.backends`, named by
+their URL scheme, or call `register_backend`.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ known_backends: dict[str, str] = {
     "rediss": "girder.backends.redis:RedisBackend",
     "unix": "girder.backends.redis:RedisBackend",
     "redis+cluster": "girder.backends.redis:RedisBackend",
+    "redis+sentinel": "girder.backends.redis:RedisBackend",
 }
 """URL scheme -> "module:factory" of the backends that ship with girder."""
 

@@ -3,7 +3,8 @@
 Selected by `redis://`, `rediss://` (TLS) and `unix://` URLs; credentials, database and TLS
 options come from the URL (see `girder.backends.resp`, the small client it talks through).
 `redis+cluster://host:port[,host:port...]` puts the grid in one slot of a Redis Cluster (see
-`girder.backends.cluster`).
+`girder.backends.cluster`); `redis+sentinel://host:port[,host:port...]/service-name` on the
+primary that Redis Sentinel names (see `girder.backends.sentinel`).
 Every atomic primitive is one Lua script from `girder/backends/lua/`, loaded with SCRIPT LOAD
 and run by SHA (reloaded after a NOSCRIPT, e.g. when the server restarted), so submit, claim and
 complete are one round trip each. Key names live in `redis_keys`, script arguments and reply
@@ -91,6 +92,8 @@ from girder.backends.resp import (
     ReplyLost,
     parse_url,
 )
+from girder.backends.sentinel import SCHEME as SENTINEL_SCHEME
+from girder.backends.sentinel import SentinelClient, parse_sentinel_url
 from girder.config import Settings
 from girder.errors import BackendError, BackendFull, ConfigurationError
 from girder.log import get_logger
@@ -258,10 +261,12 @@ class RedisBackend:
         """Nodes whose last blocking wait's reply arrived (the next wait drops `taken`)."""
         self._tokens = _Tokens()
         self._outage = _Outage(self.url, settings.outage_timeout)
-        self._redis: RedisClient | ClusterClient
+        self._redis: RedisClient | ClusterClient | SentinelClient
         try:
             if url.startswith(f"{CLUSTER_SCHEME}://"):
                 self._redis = ClusterClient(parse_cluster_url(url), anchor=self._keys.leases)
+            elif url.startswith(f"{SENTINEL_SCHEME}://"):
+                self._redis = SentinelClient(parse_sentinel_url(url))
             else:
                 self._redis = RedisClient(parse_url(url))
         except ValueError as exc:

@@ -248,6 +248,8 @@ class Node:
             clock_went_back=went_back,
         )
         await self.backend.join(self.id, self.kind, self.distributor, self.settings.heartbeat_ttl)
+        if not beat.registered:
+            await self.forgotten()
         given_back = await self.backend.reconcile(self.id, self.running_keys())
         if given_back:
             self.log.warning("gave back keys the backend thought ran here", count=given_back)
@@ -278,6 +280,11 @@ class Node:
     def running_keys(self) -> list[str]:
         """The keys this node runs (a worker overrides it), for `reconcile`."""
         return []
+
+    async def forgotten(self) -> None:
+        """The backend no longer knew this node (its lease lapsed and it was reaped, or the
+        backend lost its state); it has joined again. A worker overrides it to drop the runs
+        that were given to others meanwhile."""
 
     def refused(self, error: BackendFull) -> None:
         """The backend refuses this node's writes (a client overrides it to fail its calls)."""

@@ -26,7 +26,7 @@ from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Coroutine
 from typing import Any, ClassVar
 
-from girder.backends.base import Claimed, NodeKind, StateBackend
+from girder.backends.base import Claimed, NodeKind, RequestState, StateBackend
 from girder.config import Settings
 from girder.errors import Cancelled, RequestError, SerializationError, type_name
 from girder.functions import GridFunction, Request
@@ -51,6 +51,9 @@ completion of a finished sync request to send it together with the next ones."""
 
 _RETRY_DELAY = 0.5
 """Seconds before completions that could not be sent are tried again."""
+
+_TAKEN = (RequestState.RUNNING, RequestState.DONE)
+"""States of a key that a reaped worker no longer runs for anyone (see `Worker.forgotten`)."""
 
 _MAX_CLAIM = 32
 """The most requests a worker claims, or completions it holds back, at once."""
@@ -95,6 +98,8 @@ class Worker(Node):
         """Requests claimed and not yet started, in order."""
         self._running: set[str] = set()
         """Keys started here whose outcome is not in the outbox yet."""
+        self._dropped: set[str] = set()
+        """Sync runs given up after this worker was reaped: their outcome is thrown away."""
         self._volunteered = False
         """The last claim found nothing and volunteered: wait for work before claiming again."""
         self._outbox = Outbox(self._send_late, budget=_CLAIM_BUDGET, limit=_MAX_CLAIM)
@@ -178,6 +183,37 @@ class Worker(Node):
         finally:
             self._running.discard(key)
             self.baton.release()
+
+    async def forgotten(self) -> None:
+        """This worker was reaped (its lease lapsed: a partition, a stall) and has joined again.
+        The reaper gave the keys it ran to others: drop every run or claim whose key is now done
+        or running (elsewhere, or here again: `reconcile` then gives it back), so that the grid
+        pays for one run of each, not two. A key the backend does not know, or that is pending,
+        runs on here (its completion is accepted: nobody else runs it)."""
+        keys = [*self._running, *(claimed.key for claimed in self._claimed)]
+        states = await asyncio.gather(*(self.backend.state(key) for key in keys))
+        lost = {key for key, state in zip(keys, states, strict=True) if state in _TAKEN}
+        if not lost:
+            return
+        self._claimed = deque(claimed for claimed in self._claimed if claimed.key not in lost)
+        for key in lost:
+            self._drop(key)
+        self.log.warning(
+            "lease lost: dropped the runs given to others", count=len(lost), keys=sorted(lost)
+        )
+
+    def _drop(self, key: str) -> None:
+        """Give up a run without completing it: an async one is cancelled, a sync one (which
+        cannot be interrupted) finishes and its outcome is thrown away."""
+        if key not in self._running:
+            return
+        self._running.discard(key)
+        self._cancelled.pop(key, None)
+        task = self._evaluations.get(key)
+        if task is not None:
+            task.cancel()
+        else:
+            self._dropped.add(key)
 
     def running_keys(self) -> list[str]:
         """Claimed, started, or finished with the completion still held."""
@@ -412,6 +448,9 @@ class Worker(Node):
         Waiters in this node get the outcome at once; the completion goes to the backend now or
         with the next step (see `_send_or_hold`)."""
         try:
+            if evaluation.key in self._dropped:  # given to others while this worker was away
+                self._dropped.discard(evaluation.key)
+                return
             job = self._cancelled.pop(evaluation.key, None)
             if job is not None:  # nothing cancelled is cached, whatever the run came to
                 outcome = Outcome(error=Cancelled(evaluation.readable(), job))

@@ -12,6 +12,10 @@
   the `redis-server` and `redis-cli` binaries.
 - `redis_cluster_url` (function): its `redis+cluster://` URL, healed (if a test killed a node) and
   flushed before each test.
+- `redis_sentinel` (session): a `RedisSentinelGroup`, a primary, a replica and a sentinel
+  (`redis-server --sentinel`); skipped without the `redis-server` binary.
+- `redis_sentinel_url` (function): its `redis+sentinel://` URL, healed (if a test killed a
+  server) and flushed before each test.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import pytest
 
 from girder.testing.proxy import FaultProxy
 from girder.testing.redis_cluster import RedisClusterServers, find_redis_cli
+from girder.testing.redis_sentinel import RedisSentinelGroup
 from girder.testing.redis_server import RedisServer, find_redis_server
 
 
@@ -78,3 +83,21 @@ def redis_cluster_url(redis_cluster: RedisClusterServers) -> str:
     redis_cluster.heal()
     redis_cluster.flush()
     return redis_cluster.url
+
+
+@pytest.fixture(scope="session")
+def redis_sentinel() -> Iterator[RedisSentinelGroup]:
+    """A primary, a replica and a sentinel of this test session (skips the test without the
+    `redis-server` binary)."""
+    if find_redis_server() is None:
+        pytest.skip("no redis-server binary on PATH (install Redis to run these tests)")
+    with RedisSentinelGroup() as group:
+        yield group
+
+
+@pytest.fixture
+def redis_sentinel_url(redis_sentinel: RedisSentinelGroup) -> str:
+    """`redis+sentinel://` URL of the session's sentinel group, whole again and empty."""
+    redis_sentinel.heal()
+    redis_sentinel.flush()
+    return redis_sentinel.url

@@ -1,0 +1,208 @@
+"""`RedisSentinelGroup`: a throw-away primary, replica and Sentinel for tests.
+
+A primary and a replica (`--replicaof` it) are `RedisServer`s on free loopback ports; the
+sentinel is `redis-server <config> --sentinel` (no extra package), with a config file in its own
+temporary directory monitoring the primary as service `service` with a quorum of 1, and short
+timeouts (`down-after-milliseconds` 1000), so that `fail_over()` (SIGKILL of the primary, then
+waiting until the sentinel names the replica and the replica says it is a primary) takes a few
+seconds. `heal()` starts a killed server again as a replica of the current primary. `stop()`
+leaves no process and no file behind. Like `redis_server`, only the standard library is used.
+"""
+
+from __future__ import annotations
+
+import functools
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from types import TracebackType
+from typing import Self
+
+from girder.testing.redis_server import (
+    RedisServer,
+    Reply,
+    _ErrorReply,
+    _ReplyReader,
+    find_redis_server,
+    free_port,
+)
+
+_DOWN_AFTER_MS = 1000
+
+
+class _Sentinel:
+    """One `redis-server --sentinel` process."""
+
+    def __init__(self, binary: str, service: str, primary_port: int) -> None:
+        self.port = free_port()
+        self._dir = Path(tempfile.mkdtemp(prefix="girder-sentinel-"))
+        config = self._dir / "sentinel.conf"
+        config.write_text(
+            "\n".join(
+                [
+                    f"port {self.port}",
+                    "bind 127.0.0.1",
+                    "daemonize no",
+                    f"dir {self._dir}",
+                    f"logfile {self._dir / 'sentinel.log'}",
+                    f"sentinel monitor {service} 127.0.0.1 {primary_port} 1",
+                    f"sentinel down-after-milliseconds {service} {_DOWN_AFTER_MS}",
+                    f"sentinel failover-timeout {service} 5000",
+                    f"sentinel parallel-syncs {service} 1",
+                    "",
+                ]
+            )
+        )
+        self._process = subprocess.Popen(
+            [binary, str(config), "--sentinel"],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+
+    def command(self, *args: str, timeout: float = 5.0) -> Reply:
+        parts = [f"*{len(args)}\r\n".encode()]
+        for arg in args:
+            data = arg.encode()
+            parts.append(b"$%d\r\n%s\r\n" % (len(data), data))
+        with socket.create_connection(("127.0.0.1", self.port), timeout=timeout) as sock:
+            sock.sendall(b"".join(parts))
+            reply = _ReplyReader(sock).read()
+        if isinstance(reply, _ErrorReply):
+            raise RuntimeError(f"redis-sentinel replied {reply.text!r} to {args[0]}")
+        return reply
+
+    def stop(self) -> None:
+        if self._process.poll() is None:
+            self._process.terminate()
+            try:
+                self._process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+                self._process.wait()
+        shutil.rmtree(self._dir, ignore_errors=True)
+
+
+class RedisSentinelGroup:
+    """A primary, a replica and a sentinel watching them as `service`; `start` it, or use it as
+    a context."""
+
+    def __init__(self, *, service: str = "girder", timeout: float = 30.0) -> None:
+        binary = find_redis_server()
+        if binary is None:
+            raise FileNotFoundError("no redis-server binary on PATH")
+        self.binary = binary
+        self.service = service
+        self.timeout = timeout
+        self.servers: list[RedisServer] = []
+        self.sentinel: _Sentinel | None = None
+
+    @property
+    def url(self) -> str:
+        """The `redis+sentinel://` URL of the service."""
+        if self.sentinel is None:
+            raise RuntimeError("the group is not started")
+        return f"redis+sentinel://127.0.0.1:{self.sentinel.port}/{self.service}"
+
+    def start(self) -> None:
+        primary = RedisServer(self.binary)
+        self.servers.append(primary)
+        primary.start()
+        replica = RedisServer(self.binary, options=("--replicaof", "127.0.0.1", str(primary.port)))
+        self.servers.append(replica)
+        replica.start()
+        self._wait(lambda: self._linked(replica), "the replica to sync with the primary")
+        self.sentinel = _Sentinel(self.binary, self.service, primary.port)
+        self._wait(lambda: self._sentinel_knows(replica), "the sentinel to see the replica")
+
+    def primary(self) -> RedisServer:
+        """The server the sentinel names as the service's primary."""
+        assert self.sentinel is not None
+        reply = self.sentinel.command("SENTINEL", "get-master-addr-by-name", self.service)
+        assert isinstance(reply, list)
+        port = int(str(reply[1]))
+        return next(server for server in self.servers if server.port == port)
+
+    def fail_over(self) -> RedisServer:
+        """SIGKILL the primary; return the replica once the sentinel has promoted it."""
+        old = self.primary()
+        old.kill()
+        new = next(server for server in self.servers if server is not old)
+
+        def promoted() -> bool:
+            return self.primary() is new and _role(new) == "master"
+
+        self._wait(promoted, "the sentinel to promote the replica")
+        return new
+
+    def heal(self) -> None:
+        """Start every killed server again as a replica of the current primary."""
+        primary = self.primary()
+        for server in self.servers:
+            if not server.running:
+                server.options = ("--replicaof", "127.0.0.1", str(primary.port))
+                server.start()
+                self._wait(functools.partial(self._linked, server), "a replica to sync")
+
+    def flush(self) -> None:
+        """Delete every key, on the primary (the replica follows)."""
+        self.primary().command("FLUSHALL")
+
+    def stop(self) -> None:
+        if self.sentinel is not None:
+            self.sentinel.stop()
+            self.sentinel = None
+        for server in self.servers:
+            server.stop()
+        self.servers.clear()
+
+    def _linked(self, replica: RedisServer) -> bool:
+        try:
+            return replica.info("replication").get("master_link_status") == "up"
+        except (OSError, RuntimeError):
+            return False
+
+    def _sentinel_knows(self, replica: RedisServer) -> bool:
+        assert self.sentinel is not None
+        try:
+            replicas = self.sentinel.command("SENTINEL", "replicas", self.service)
+        except (OSError, RuntimeError):
+            return False
+        return isinstance(replicas, list) and any(
+            isinstance(entry, list) and str(replica.port) in entry for entry in replicas
+        )
+
+    def _wait(self, check: Callable[[], bool], what: str) -> None:
+        deadline = time.monotonic() + self.timeout
+        while not check():
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"timed out after {self.timeout} s waiting for {what}")
+            time.sleep(0.05)
+
+    def __enter__(self) -> Self:
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+def _role(server: RedisServer) -> str | None:
+    try:
+        reply = server.command("ROLE")
+    except (OSError, RuntimeError):
+        return None
+    return str(reply[0]) if isinstance(reply, list) and reply else None

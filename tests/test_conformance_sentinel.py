@@ -1,0 +1,133 @@
+"""The backend conformance suite on `RedisBackend` behind Redis Sentinel (a primary, a replica
+and a sentinel, real processes), and what only Sentinel does: naming the primary, and a new one
+after a failover."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+
+from girder.backends import open_backend
+from girder.backends.base import NodeKind, StateBackend
+from girder.backends.redis import RedisBackend
+from girder.backends.sentinel import parse_sentinel_url
+from girder.config import Settings
+from girder.errors import BackendError, ConfigurationError
+from girder.testing.conformance import BackendConformance, put
+from girder.testing.redis_sentinel import RedisSentinelGroup
+
+pytestmark = [pytest.mark.redis, pytest.mark.slow]
+
+PREFIX = "conformance"
+
+
+class TestRedisSentinelBackend(BackendConformance):
+    @pytest.fixture
+    async def backend(self, redis_sentinel_url: str) -> AsyncIterator[StateBackend]:
+        backend = open_backend(redis_sentinel_url, settings=Settings(key_prefix=PREFIX))
+        assert isinstance(backend, RedisBackend)
+        await backend.connect()
+        yield backend
+        await backend.close()
+
+
+@pytest.fixture
+async def backend(redis_sentinel_url: str) -> AsyncIterator[RedisBackend]:
+    backend = RedisBackend(redis_sentinel_url, settings=Settings(key_prefix=PREFIX))
+    await backend.connect()
+    yield backend
+    await backend.close()
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis+sentinel://",
+        "redis+sentinel://host:1",
+        "redis+sentinel://host:1/",
+        "redis+sentinel://host/service",
+        "redis+sentinel://a:1,b/service",
+        "redis+sentinel://a:1/service/3",
+        "redis+sentinel://a:1/service?db=x",
+    ],
+)
+def test_a_bad_sentinel_url_says_what_is_wrong(url: str) -> None:
+    with pytest.raises(ConfigurationError, match="bad Redis URL"):
+        RedisBackend(url)
+
+
+def test_a_sentinel_url_names_its_sentinels_service_and_credentials() -> None:
+    target = parse_sentinel_url(
+        "redis+sentinel://me:s%40cret@10.0.0.1:26379,[::1]:26380/my%20grid"
+        "?db=2&sentinel_password=watch"
+    )
+    assert [(s.host, s.port) for s in target.sentinels] == [("10.0.0.1", 26379), ("::1", 26380)]
+    assert {s.password for s in target.sentinels} == {"watch"}
+    assert target.service == "my grid"
+    assert (target.primary.username, target.primary.password, target.primary.db) == (
+        "me",
+        "s@cret",
+        2,
+    )
+    assert "secret" not in RedisBackend("redis+sentinel://me:secret@h:1/s").url
+
+
+async def test_the_grid_lives_on_the_primary_the_sentinel_names(
+    backend: RedisBackend, redis_sentinel: RedisSentinelGroup
+) -> None:
+    await backend.join("w", NodeKind.WORKER, None, 60)
+    await put(backend, "c", ["a", "b"], into="w")
+    primary = redis_sentinel.primary()
+    assert int(str(primary.command("DBSIZE"))) > 0
+    assert primary.info("replication")["role"] == "master"
+
+
+async def test_an_unknown_service_is_a_clear_error_at_connect(
+    redis_sentinel: RedisSentinelGroup,
+) -> None:
+    assert redis_sentinel.sentinel is not None
+    backend = RedisBackend(f"redis+sentinel://127.0.0.1:{redis_sentinel.sentinel.port}/nobody")
+    with pytest.raises(BackendError, match="does not know the service 'nobody'"):
+        await asyncio.wait_for(backend.connect(), 30)
+    await backend.close()
+
+
+async def test_work_goes_on_when_the_primary_dies_and_the_sentinel_promotes_the_replica(
+    backend: RedisBackend, redis_sentinel: RedisSentinelGroup
+) -> None:
+    await backend.join("w", NodeKind.WORKER, None, 60)
+    await put(backend, "c", ["k2", "k1"], into="w")
+    old = redis_sentinel.primary()
+    old.command("WAIT", "1", "5000")  # replicated: nothing is lost with the primary
+    claiming = asyncio.create_task(backend.claim("w"))
+    new = await asyncio.to_thread(redis_sentinel.fail_over)
+    assert new is not old
+    assert await asyncio.wait_for(claiming, 30) is not None
+    assert await backend.claim("w") is not None
+    assert await backend.claim("w") is None
+    assert [info.node for info in await backend.nodes()] == ["w"]
+
+
+async def test_a_demoted_primary_is_left_for_the_new_one(
+    backend: RedisBackend, redis_sentinel: RedisSentinelGroup
+) -> None:
+    """The primary becomes a replica (as a failed-over primary that comes back does): its
+    READONLY replies send the client to the sentinel, which names the new primary."""
+    await backend.join("w", NodeKind.WORKER, None, 60)
+    await put(backend, "c", ["k1"], into="w")
+    old = redis_sentinel.primary()
+    old.command("WAIT", "1", "5000")
+    assert redis_sentinel.sentinel is not None
+    redis_sentinel.sentinel.command("SENTINEL", "failover", redis_sentinel.service)
+
+    async def moved() -> bool:
+        return redis_sentinel.primary() is not old
+
+    deadline = asyncio.get_running_loop().time() + 30
+    while not await moved():
+        assert asyncio.get_running_loop().time() < deadline, "no failover"
+        await asyncio.sleep(0.05)
+    assert await asyncio.wait_for(backend.claim("w"), 30) is not None
+    assert redis_sentinel.primary().info("replication")["role"] == "master"

@@ -1,0 +1,226 @@
+"""Hosts that fail and partition: a worker on a host of its own (a network namespace joined to
+the Redis host by a veth pair) loses its link mid-job, and gets it back after its lease lapsed;
+and the same with a worker that stalls (SIGSTOP) and resumes.
+
+The test makes the namespace and the veth pair itself (root is needed; it is skipped where the
+machine cannot make them), on a private /30, and removes them even when it fails."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import subprocess
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+
+import pytest
+from gridfns import network_namespace, partition_job, partition_leaf
+from processes import CLIENT_OPTIONS, GridProcesses, signal_group, wait_for_nodes, wait_until
+
+import girder
+from girder.testing.redis_server import RedisServer, find_redis_server
+
+pytestmark = [pytest.mark.redis, pytest.mark.slow, pytest.mark.timeout(120)]
+
+SHORT_MS = 2500
+"""Leaves the cut-off worker finishes while it is cut off (their completions wait)."""
+LONG_MS = 12000
+"""Leaves it still runs when its link comes back (it must drop them)."""
+
+
+def _ip(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["ip", *args], capture_output=True, text=True, check=False)
+
+
+class Host:
+    """A network namespace (a host of its own) joined to the root namespace by a veth pair:
+    `outside` (in the root namespace) is `10.<a>.<b>.1/30`, `inside` is `.2`."""
+
+    def __init__(self) -> None:
+        tag = os.getpid() % 100000
+        self.name = f"girder-part-{tag}"
+        self.outside = f"gdp{tag}o"
+        self.inside = f"gdp{tag}i"
+        self.outside_address, self.inside_address = self._free_subnet(tag)
+
+    @staticmethod
+    def _free_subnet(tag: int) -> tuple[str, str]:
+        used = _ip("-4", "addr").stdout
+        for third in range(tag % 200, tag % 200 + 50):
+            base = f"10.213.{third % 256}"
+            if f"{base}." not in used:
+                return f"{base}.1", f"{base}.2"
+        raise RuntimeError("no free 10.213.x.0/30 subnet")
+
+    @property
+    def wrapper(self) -> list[str]:
+        """The command prefix that runs a process on this host."""
+        return ["ip", "netns", "exec", self.name]
+
+    def create(self) -> None:
+        made = _ip("netns", "add", self.name)
+        if made.returncode != 0:
+            pytest.skip(f"cannot make a network namespace (ip netns add): {made.stderr.strip()}")
+        steps = [
+            ("link", "add", self.outside, "type", "veth", "peer", "name", self.inside),
+            ("link", "set", self.inside, "netns", self.name),
+            ("addr", "add", f"{self.outside_address}/30", "dev", self.outside),
+            ("link", "set", self.outside, "up"),
+            ("-n", self.name, "addr", "add", f"{self.inside_address}/30", "dev", self.inside),
+            ("-n", self.name, "link", "set", self.inside, "up"),
+            ("-n", self.name, "link", "set", "lo", "up"),
+        ]
+        for step in steps:
+            done = _ip(*step)
+            if done.returncode != 0:
+                raise RuntimeError(f"ip {' '.join(step)} failed: {done.stderr.strip()}")
+
+    def cut(self) -> None:
+        """Pull the host's cable: its side of the link goes down."""
+        _ip("-n", self.name, "link", "set", self.inside, "down").check_returncode()
+
+    def restore(self) -> None:
+        _ip("-n", self.name, "link", "set", self.inside, "up").check_returncode()
+
+    def inode(self) -> str:
+        """The namespace's inode, as `gridfns.network_namespace` names it from inside."""
+        return str(os.stat(f"/run/netns/{self.name}").st_ino)
+
+    def remove(self) -> None:
+        _ip("netns", "del", self.name)  # takes its end of the veth pair, and so the pair
+        _ip("link", "del", self.outside)  # in case the pair outlived a half-made namespace
+
+
+@pytest.fixture
+def host() -> Iterator[Host]:
+    if os.geteuid() != 0 or shutil.which("ip") is None:
+        pytest.skip("network namespaces need root and the `ip` command (iproute2)")
+    if find_redis_server() is None:
+        pytest.skip("redis-server is not installed")
+    made = Host()
+    try:
+        made.create()
+        yield made
+    finally:
+        made.remove()
+
+
+def _marks(directory: Path, event: str, where: str) -> list[int]:
+    """The leaf indexes with an `event` mark made in namespace `where`, one per run."""
+    found = []
+    for path in directory.iterdir():
+        kind, index, namespace, _ = path.name.split("-")
+        if kind == event and namespace == where:
+            found.append(int(index))
+    return sorted(found)
+
+
+async def _lose_a_host_mid_job(
+    url: str,
+    marks: Path,
+    logs: Path,
+    *,
+    away: str,
+    wrapper: Sequence[str],
+    cut: Callable[[GridProcesses, subprocess.Popen[bytes]], None],
+    restore: Callable[[GridProcesses, subprocess.Popen[bytes]], None],
+    finishes_while_away: bool,
+) -> None:
+    """A worker on a host of its own (started behind `wrapper`, its marks tagged `away`) runs a
+    job's leaves; the host is `cut` off, its lease lapses, a worker on this host runs everything
+    again; then the host is back (`restore`). The far worker notices it was reaped and drops
+    the leaves it still runs; the completions of the leaves it finished late change nothing:
+    the value the grid keeps, and the caller gets, once, is the other worker's. With
+    `finishes_while_away` the far worker finishes the short leaves before it is back."""
+    durations = [SHORT_MS, SHORT_MS, LONG_MS, LONG_MS]
+    everything = list(range(len(durations)))
+    here = network_namespace()
+    procs = GridProcesses(url, logs, GIRDER_IO_CONCURRENCY="8")
+    try:
+        procs.distributor()
+        far = procs.worker("away", wrapper=wrapper)
+        await wait_for_nodes(url, workers=1)
+        async with girder.Grid.connect(url, **CLIENT_OPTIONS) as client:
+            job = client.submit(partition_job, durations, str(marks))
+
+            async def started_away() -> bool:
+                return _marks(marks, "start", away) == everything
+
+            await wait_until(started_away, what="every leaf started on the far host")
+            cut(procs, far)
+            procs.worker("here")
+
+            async def taken_over() -> bool:
+                finished_away = _marks(marks, "done", away)
+                return _marks(marks, "start", here) == everything and (
+                    finished_away == [0, 1] or not finishes_while_away
+                )
+
+            await wait_until(taken_over, timeout=40, what="the leaves run again here")
+            restore(procs, far)
+            result = await asyncio.wait_for(job, 60)
+
+            assert result == [[index * index, here] for index in everything]
+            # The leaves the far host finished (late): their completions changed nothing.
+            # Those it still ran when it came back: dropped, never completed.
+            dropped, finished_away = _marks(marks, "dropped", away), _marks(marks, "done", away)
+            assert sorted(dropped + finished_away) == everything
+            assert set(dropped) >= {2, 3}
+            if finishes_while_away:
+                assert finished_away == [0, 1]
+            assert _marks(marks, "done", here) == everything
+
+            async def dropped_logged() -> bool:
+                return "lease lost: dropped the runs given to others" in procs.log_text()
+
+            await wait_until(dropped_logged, what="the far worker's log line")
+            # What the grid keeps is the newer run's: asked again, every leaf comes from the
+            # cache (no new run) with the value computed here.
+            again = await client.call_all(
+                [(partition_leaf, index, ms, str(marks)) for index, ms in enumerate(durations)]
+            )
+            assert again == [[index * index, here] for index in everything]
+            assert _marks(marks, "start", here) == everything
+    finally:
+        procs.stop_all()
+
+
+async def test_a_partitioned_worker_drops_its_work_and_no_late_completion_wins(
+    host: Host, marks: Path, tmp_path: Path
+) -> None:
+    """The far worker is on a host of its own (a network namespace); its link is cut
+    (`ip link set ... down`) and restored after its lease lapsed. It finishes the short
+    leaves while cut off: their completions reach Redis when the link is back."""
+    options = ["--bind", "127.0.0.1", host.outside_address, "--protected-mode", "no"]
+    with RedisServer(options=options) as server:
+        await _lose_a_host_mid_job(
+            f"redis://{host.outside_address}:{server.port}/0",
+            marks,
+            tmp_path / "logs",
+            away=host.inode(),
+            wrapper=host.wrapper,
+            cut=lambda procs, far: host.cut(),
+            restore=lambda procs, far: host.restore(),
+            finishes_while_away=True,
+        )
+
+
+async def test_a_stalled_worker_drops_its_work_and_no_late_completion_wins(
+    redis_url: str, marks: Path, tmp_path: Path
+) -> None:
+    """The same with a worker that stalls (SIGSTOP of its process group, as a VM paused) and
+    resumes (SIGCONT) after its lease lapsed: no root needed. Its short leaves are due the
+    moment it resumes: each either finishes (its completion changes nothing) or is dropped,
+    whichever comes first; the long ones are dropped."""
+    await _lose_a_host_mid_job(
+        redis_url,
+        marks,
+        tmp_path / "logs",
+        away="stalled",
+        wrapper=["env", "GRIDFNS_HOST=stalled"],
+        cut=lambda procs, far: signal_group(far, signal.SIGSTOP),
+        restore=lambda procs, far: signal_group(far, signal.SIGCONT),
+        finishes_while_away=False,
+    )
