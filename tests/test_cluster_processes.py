@@ -24,7 +24,9 @@ ANCHOR = "{girder}:leases"
 
 @pytest.fixture
 def grid_processes(redis_cluster_url: str, tmp_path: Path) -> Iterator[GridProcesses]:
-    procs = GridProcesses(redis_cluster_url, tmp_path)
+    # One nap per baton (no lending while they await): the leaves of a job take long enough
+    # to stall replication while some of them are still to finish.
+    procs = GridProcesses(redis_cluster_url, tmp_path, GIRDER_IO_CONCURRENCY="0")
     try:
         procs.distributor()
         procs.worker("w1")
