@@ -46,6 +46,15 @@ class Settings(BaseSettings):
     allowed_modules: list[str] = Field(
         default_factory=list, description="More modules a worker may run functions from by name."
     )
+    events: bool = Field(
+        True, description="Publish grid events (for `girder dashboard` and `/metrics`)."
+    )
+    events_max: int = Field(
+        10_000,
+        ge=10,
+        description="Length of the event stream: events in memory, atomic steps on Redis "
+        "(trimmed approximately).",
+    )
     restart_limit: int = Field(5, ge=1, description="Deaths of a `girder up` child in the window.")
     restart_window: float = Field(60.0, gt=0, description="Seconds `restart_limit` counts in.")
 

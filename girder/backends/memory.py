@@ -7,6 +7,7 @@ event loop. Wake-ups use one `asyncio.Event` per node; the backend must be used 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from collections import deque
 from collections.abc import Sequence
@@ -18,6 +19,8 @@ from girder.backends.base import (
     Cancelling,
     Claimed,
     Completion,
+    Event,
+    EventKind,
     NewRequest,
     NodeInfo,
     NodeKind,
@@ -76,6 +79,11 @@ class MemoryBackend:
         self.url = url
         self.round_trips = False
         self.shared = False
+        settings = settings or Settings()
+        self._events: deque[Event] | None = (
+            deque(maxlen=settings.events_max) if settings.events else None
+        )
+        self._event_ids = itertools.count(1)
         self._reset()
 
     def _reset(self) -> None:
@@ -171,6 +179,12 @@ class MemoryBackend:
         self._push_bottom(target, moved)
         return len(moved)
 
+    def _event(self, kind: EventKind, node: str, key: str = "", **fields: str) -> None:
+        """Append an event to the ring buffer (when events are published)."""
+        if self._events is not None:
+            event_id = str(next(self._event_ids))
+            self._events.append(Event(event_id, time.time(), kind, node, key, **fields))
+
     def _push_bottom(self, node: str, keys: Sequence[str]) -> None:
         """Push keys on the bottom of `node`'s list so that keys[0] comes up first."""
         if keys:
@@ -218,14 +232,19 @@ class MemoryBackend:
             done = self._outcomes.get(key)
             if done is not None:
                 results.append(Submitted(key, outcome=done))
+                self._submitted(node, request, waiter_key, job, "cached")
                 continue
             record = self._records.get(key)
+            how = "shared" if record is not None and record.owner is None else "new"
             if record is None:
                 record = self._records[key] = _Record(request.payload)
             record.waiters.add(node)
             if self._runnable(key, record):
                 record.owner = None
                 pushed.append(key)
+            else:
+                how = "shared"
+            self._submitted(node, request, waiter_key, job, how)
             cycle = None
             if waiter_key is None and job is not None:
                 self._roots.setdefault(key, set()).add(job)
@@ -248,6 +267,20 @@ class MemoryBackend:
         if pushed and (not dispatch or self._work[into]):
             self._wake_worker(into)
         return results
+
+    def _submitted(
+        self, node: str, request: NewRequest, waiter_key: str | None, job: str | None, how: str
+    ) -> None:
+        if self._events is not None:
+            self._event(
+                EventKind.SUBMITTED,
+                node,
+                request.key,
+                name=request.name,
+                parent=waiter_key or "",
+                job=job or "",
+                detail=how,
+            )
 
     async def submit_and_claim(
         self,
@@ -300,11 +333,14 @@ class MemoryBackend:
             record.owner = node
             self._running.setdefault(node, set()).add(key)
             self._pops[node] = self._pops.get(node, 0) + 1
+            self._event(EventKind.CLAIMED, node, key)
             return Claimed(key, record.payload)
         return None
 
-    async def complete(self, node: str, key: str, outcome: bytes, *, cache: bool) -> None:
-        self._complete(node, key, outcome, cache)
+    async def complete(
+        self, node: str, key: str, outcome: bytes, *, cache: bool, error: str = ""
+    ) -> None:
+        self._complete(node, key, outcome, cache, error)
 
     async def complete_and_claim(
         self,
@@ -315,13 +351,15 @@ class MemoryBackend:
         volunteer_at: str | None = None,
     ) -> list[Claimed]:
         for completion in completions:
-            self._complete(node, completion.key, completion.outcome, completion.cache)
+            self._complete(
+                node, completion.key, completion.outcome, completion.cache, completion.error
+            )
         claimed = self._claim_many(node, claim)
         if claim > 0 and not claimed and volunteer_at is not None:
             self._volunteer(volunteer_at, node)
         return claimed
 
-    def _complete(self, node: str, key: str, outcome: bytes, cache: bool) -> None:
+    def _complete(self, node: str, key: str, outcome: bytes, cache: bool, error: str) -> None:
         running = self._running.get(node)
         if running is not None:
             running.discard(key)
@@ -336,6 +374,10 @@ class MemoryBackend:
         if cache:
             self._outcomes[key] = outcome
             self._done_payloads[key] = record.payload
+        if error:
+            self._event(EventKind.FAILED, node, key, detail=error)
+        else:
+            self._event(EventKind.FINISHED, node, key, detail="cached" if cache else "")
         waiters = record.waiters
         record.waiters = set()
         for waiter in waiters:
@@ -486,11 +528,18 @@ class MemoryBackend:
         moved = 0
         for member in members:
             keep = self._pops.pop(member, 0)
-            moved += self._move_bottom(member, distributor, len(self._work.get(member, ())) - keep)
+            count = len(self._work.get(member, ())) - keep
+            moved += self._steal(distributor, member, count)
         return moved
 
     async def steal(self, distributor: str, member: str, count: int) -> int:
-        return self._move_bottom(member, distributor, count)
+        return self._steal(distributor, member, count)
+
+    def _steal(self, distributor: str, member: str, count: int) -> int:
+        moved = self._move_bottom(member, distributor, count)
+        if moved:
+            self._event(EventKind.STOLEN, distributor, parent=member, detail=str(moved))
+        return moved
 
     async def lengths(self, nodes: Sequence[str]) -> list[int]:
         return [len(self._work.get(node, ())) for node in nodes]
@@ -503,6 +552,7 @@ class MemoryBackend:
     async def join(self, node: str, kind: NodeKind, distributor: str | None, ttl: float) -> None:
         self._members[node] = _Member(kind, distributor, time.monotonic() + ttl)
         self._departed.discard(node)
+        self._event(EventKind.JOINED, node, parent=distributor or "", detail=kind.value)
 
     async def heartbeat(self, node: str, ttl: float) -> Beat:
         self._clock += 1
@@ -530,6 +580,7 @@ class MemoryBackend:
         member = self._members.pop(node, None)
         if member is None:
             return 0
+        self._event(EventKind.LEFT, node, detail="left")
         return self._hand_back(node, member.distributor, max_crashes=None, reaper=node)[0]
 
     def _hand_back(
@@ -571,6 +622,7 @@ class MemoryBackend:
         crashed_out: list[str] = []
         for node in dead:
             member = self._members.pop(node)
+            self._event(EventKind.LEFT, node, detail="reaped")
             count, out = self._hand_back(
                 node, member.distributor, max_crashes=max_crashes, reaper=reaper
             )
@@ -601,5 +653,25 @@ class MemoryBackend:
     async def cache_size(self) -> int:
         return len(self._outcomes)
 
+    async def events(self, after: str | None = None, limit: int = 1000) -> list[Event]:
+        if not self._events:
+            return []
+        start = 0
+        if after is not None:
+            first = int(self._events[0].id)
+            start = max(0, _event_number(after) + 1 - first)
+        return list(itertools.islice(self._events, start, start + max(0, limit)))
+
     async def flush(self) -> None:
         self._reset()
+        if self._events is not None:
+            self._events.clear()
+
+
+def _event_number(event_id: str) -> int:
+    """The number of an event id this backend gave out (an id that is none of its ids reads
+    from the oldest event kept)."""
+    try:
+        return int(event_id)
+    except ValueError:
+        return 0

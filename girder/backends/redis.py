@@ -29,6 +29,7 @@ heartbeat intervals between two heartbeats, so a stalled server does not make li
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
@@ -44,6 +45,8 @@ from girder.backends.base import (
     Cancelling,
     Claimed,
     Completion,
+    Event,
+    EventKind,
     NewRequest,
     NodeInfo,
     NodeKind,
@@ -219,7 +222,9 @@ class RedisBackend:
         self.shared = True
         self._keys = RedisKeys(settings.key_prefix)
         tick = max(1, round(2000 * settings.heartbeat_interval))
-        self._scripts: dict[str, Script] = build_scripts(self._keys, tick)
+        self._events = settings.events
+        events_max = settings.events_max if settings.events else 0
+        self._scripts: dict[str, Script] = build_scripts(self._keys, tick, events_max)
         self._received: set[str] = set()
         """Nodes whose last blocking wait's reply arrived (the next wait drops `taken`)."""
         self._tokens = _Tokens()
@@ -412,6 +417,7 @@ class RedisBackend:
                 int(dispatch),
                 wanted,
                 job or "",
+                json.dumps([request.name for request in chunk]) if self._events else "",
             ]
             for request in chunk:
                 args += (request.key, request.payload)
@@ -427,8 +433,13 @@ class RedisBackend:
         reply = await self._journaled("claim", node, True, node)
         return None if reply is None else Claimed(reply[0].decode(), reply[1])
 
-    async def complete(self, node: str, key: str, outcome: bytes, *, cache: bool) -> None:
-        await self._journaled("complete", node, False, node, 0, "", key, outcome, int(cache))
+    async def complete(
+        self, node: str, key: str, outcome: bytes, *, cache: bool, error: str = ""
+    ) -> None:
+        failures = json.dumps({key: error}) if error and self._events else ""
+        await self._journaled(
+            "complete", node, False, node, 0, "", failures, key, outcome, int(cache)
+        )
 
     async def complete_and_claim(
         self,
@@ -438,7 +449,9 @@ class RedisBackend:
         claim: int,
         volunteer_at: str | None = None,
     ) -> list[Claimed]:
-        args: list[str | bytes | int] = [node, claim, volunteer_at or ""]
+        failed = {c.key: c.error for c in completions if c.error} if self._events else None
+        failures = json.dumps(failed) if failed else ""
+        args: list[str | bytes | int] = [node, claim, volunteer_at or "", failures]
         for completion in completions:
             args += (completion.key, completion.outcome, int(completion.cache))
         return _claimed(await self._journaled("complete", node, claim > 0, *args))
@@ -634,6 +647,24 @@ class RedisBackend:
         value = await self._execute("cache_size", "GET", self._keys.cached)
         return int(value) if value and value.isdigit() else 0
 
+    async def events(self, after: str | None = None, limit: int = 1000) -> list[Event]:
+        """Event ids are `<stream entry id>/<index in the entry>`: one entry holds the events of
+        one script call."""
+        entry, _, index = (after or "").partition("/")
+        start = entry if _STREAM_ID.fullmatch(entry) else "-"
+        skip = int(index) if start != "-" and index.isdigit() else -1
+        entries = await self._execute(
+            "events", "XRANGE", self._keys.events, start, "+", "COUNT", max(1, limit)
+        )
+        found: list[Event] = []
+        for raw_id, fields in entries:
+            entry_id = raw_id.decode()
+            first = skip + 1 if entry_id == start else 0
+            found += _events(entry_id, dict(zip(fields[::2], fields[1::2], strict=True)), first)
+            if len(found) >= limit:
+                break
+        return found[: max(0, limit)]
+
     async def flush(self) -> None:
         cursor = b"0"
         while True:
@@ -658,6 +689,23 @@ def _chunks(requests: Sequence[NewRequest]) -> Iterator[Sequence[NewRequest]]:
             start, size = index, 0
         size += len(request.payload)
     yield requests[start:]
+
+
+_STREAM_ID = re.compile(r"\d+-\d+")
+
+
+def _events(entry_id: str, fields: dict[bytes, bytes], first: int) -> list[Event]:
+    """The events of one stream entry, from its `first` on; a mangled entry holds none."""
+    try:
+        rows = json.loads(fields.get(b"e", b"[]").decode("utf-8", "replace"))
+        seconds = int(entry_id.partition("-")[0]) / 1000
+        return [
+            Event(f"{entry_id}/{index}", seconds, EventKind(row[0]), *map(str, row[1:7]))
+            for index, row in enumerate(rows)
+            if index >= first
+        ]
+    except (ValueError, TypeError, IndexError):
+        return []
 
 
 def _submitted(key: str, reply: list[Any]) -> Submitted:

@@ -47,6 +47,9 @@ Per grid:
                        time, so that a stalled server does not make every lease run out
     farewells          hash: departed node -> how many keys its `leave` handed back (what a
                        repeated `leave` answers; forgotten with `departed`)
+    events             stream capped at about `Settings.events_max` entries: one entry per
+                       script call that had grid events to publish, its field "e" the JSON list
+                       of those events, each [kind, node, key, name, parent, job, detail]
 """
 
 from __future__ import annotations
@@ -80,6 +83,7 @@ CORRUPT = "corrupt"
 DEPARTED = "departed"
 FAREWELLS = "farewells"
 TIMEKEEPER = "timekeeper"
+EVENTS = "events"
 
 F_STATUS = "s"
 F_PAYLOAD = "pl"
@@ -122,6 +126,7 @@ _GLOBAL = {
     "DEPARTED": DEPARTED,
     "FAREWELLS": FAREWELLS,
     "TIMEKEEPER": TIMEKEEPER,
+    "EVENTS": EVENTS,
 }
 _CONSTANTS = {
     "F_STATUS": F_STATUS,
@@ -157,6 +162,7 @@ class RedisKeys:
         self.pops = self.base + POPS
         self.cached = self.base + CACHED
         self.corrupt = self.base + CORRUPT
+        self.events = self.base + EVENTS
 
     def record(self, key: str) -> str:
         return self.base + RECORD + key

@@ -89,13 +89,16 @@ SPECS = {
     for spec in (
         ScriptSpec(
             "submit",
-            ("node", "into", "on_top", "waiter", "dispatch", "claim", "job"),
+            ("node", "into", "on_top", "waiter", "dispatch", "claim", "job", "names"),
             rest="requests",
             journaled=True,
         ),
         ScriptSpec("claim", ("node",), journaled=True),
         ScriptSpec(
-            "complete", ("node", "claim", "volunteer_at"), rest="completions", journaled=True
+            "complete",
+            ("node", "claim", "volunteer_at", "failures"),
+            rest="completions",
+            journaled=True,
         ),
         ScriptSpec("publish", ("node", "key", "outcome")),
         ScriptSpec("acknowledge", ("node", "received")),
@@ -126,8 +129,9 @@ class Script:
     sha: str
 
 
-def _lua_constants(grid_tick_ms: int) -> str:
+def _lua_constants(grid_tick_ms: int, events_max: int) -> str:
     lines = [f"local {name} = {value}" for name, value in _REPLY_CODES.items()]
+    lines.append(f"local EVENTS_MAX = {events_max}")
     lines.append(f"local GRID_TICK_MS = {grid_tick_ms}")
     lines.append(f"local MAX_SCRIPT_KEYS = {MAX_SCRIPT_KEYS}")
     lines.append(f"local DEPARTED_MEMORY_MS = {DEPARTED_MEMORY_MS}")
@@ -168,12 +172,14 @@ def _needed(definitions: list[tuple[str, str]], body: str) -> str:
     return "".join(text for name, text in definitions if name in wanted)
 
 
-def build_scripts(keys: RedisKeys, grid_tick_ms: int = 2000) -> dict[str, Script]:
+def build_scripts(
+    keys: RedisKeys, grid_tick_ms: int = 2000, events_max: int = 0
+) -> dict[str, Script]:
     """Every script of the grid whose key names are `keys`. `grid_tick_ms` is the most the
     grid's clock advances between two heartbeats (see `grid_time` in common.lua): twice the
-    heartbeat interval."""
+    heartbeat interval. `events_max` caps the event stream (0: publish no events)."""
     folder = resources.files("girder.backends").joinpath("lua")
-    constants = _lua_constants(grid_tick_ms)
+    constants = _lua_constants(grid_tick_ms, events_max)
     common = keys.lua_prelude() + constants + folder.joinpath("common.lua").read_text()
     definitions = _definitions(common)
     scripts = {}

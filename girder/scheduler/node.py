@@ -59,6 +59,24 @@ def error_lines(exc: BaseException) -> list[str]:
     return "".join(lines).rstrip("\n").split("\n")
 
 
+MAX_EVENT_CHAIN = 4000
+"""The most characters of an error chain a FAILED grid event carries."""
+
+
+def error_chain(error: RequestError, levels: int = 8) -> str:
+    """The readable chain of `error`, one level a line, causes indented (for grid events)."""
+    lines: list[str] = []
+
+    def walk(level: RequestError, depth: int) -> None:
+        lines.append(f"{'  ' * depth}{level.request}: {level.message}")
+        if depth + 1 < levels:
+            for cause in level.causes.values():
+                walk(cause, depth + 1)
+
+    walk(error, 0)
+    return "\n".join(lines)[:MAX_EVENT_CHAIN]
+
+
 @dataclass(slots=True)
 class NodeStats:
     """What a node did, for the demo and `girder status`."""
@@ -297,7 +315,8 @@ class Node:
         except SerializationError as exc:
             outcome = Outcome(error=RequestError(readable(), str(exc), kind="invalid"))
             data = self.codec.encode_outcome(outcome, key, readable)
-        return Completion(key, data, cache and outcome.error is None and outcome.final)
+        error = "" if outcome.error is None else error_chain(outcome.error)
+        return Completion(key, data, cache and outcome.error is None and outcome.final, error)
 
     async def publish(self, key: str, readable: Callable[[], str], outcome: Outcome) -> None:
         """Publish a partial answer of a key this node runs: to its waiters elsewhere through
@@ -311,7 +330,9 @@ class Node:
     ) -> None:
         """Store an outcome this node computed, notify waiters, and wake local ones."""
         completion = self.completion(key, readable, outcome, cache)
-        await self.backend.complete(self.id, key, completion.outcome, cache=completion.cache)
+        await self.backend.complete(
+            self.id, key, completion.outcome, cache=completion.cache, error=completion.error
+        )
         self.waiters.resolve(key, outcome)
 
     async def request(
@@ -358,7 +379,12 @@ class Node:
             target = into if request.pool is None else request.pool  # routed: bottom of its queue
             top = on_top and target == into
             submission = Submission(
-                NewRequest(key, data), target, top, waiter_key, root_of, request
+                NewRequest(key, data, request.function.short_name),
+                target,
+                top,
+                waiter_key,
+                root_of,
+                request,
             )
             if not payload.kwargs and all(type(arg) in SCALARS for arg in payload.args):
                 submission.local = (payload, request.function)

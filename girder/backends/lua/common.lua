@@ -30,6 +30,24 @@ local function call(command, key, ...)
   return reply
 end
 
+-- The grid events of this script call (see `StateBackend.events`): `event` collects them and
+-- `emit_events` appends them as one entry to the capped stream K_EVENTS before the script
+-- returns (one XADD per call, however many events). With EVENTS_MAX = 0 nothing is published.
+local EVENTS = {}
+
+local function event(kind, node, key, name, parent, job, detail)
+  if EVENTS_MAX > 0 then
+    EVENTS[#EVENTS + 1] = {kind, node, key or '', name or '', parent or '', job or '', detail or ''}
+  end
+end
+
+local function emit_events()
+  if #EVENTS > 0 then
+    call('XADD', K_EVENTS, 'MAXLEN', '~', EVENTS_MAX, '*', 'e', cjson.encode(EVENTS))
+    EVENTS = {}
+  end
+end
+
 -- Redis server time in milliseconds: leases never depend on the clients' clocks.
 local function now_ms()
   local t = redis.call('TIME')
@@ -286,6 +304,7 @@ local function claim(node, fresh_only)
       call('HSET', k_record(key), F_STATUS, RUNNING, F_OWNER, node)
       call('SADD', k_running(node), key)
       call('HINCRBY', K_POPS, node, 1)
+      event('claimed', node, key)
       return {key, found[2] or '', found[3] ~= false}
     end
   end

@@ -1,4 +1,5 @@
--- submit(token, low, again, node, into, on_top, waiter, dispatch, claim, job, key1, payload1, ...)
+-- submit(token, low, again, node, into, on_top, waiter, dispatch, claim, job, names, key1,
+-- payload1, ...) (names: the JSON list of the requests' function names, or '')
 -- -> {results, claimed}: per request, {SUBMITTED_DONE, outcome} when done, {SUBMITTED_CYCLE,
 -- waiter, cycle...} when the wait edge closed a cycle, else {SUBMITTED_QUEUED} followed by the
 -- latest partial outcome when the key has one (see publish.lua); then up to
@@ -10,6 +11,10 @@ if found then
   return reply
 end
 local has_waiter, wanted = waiter ~= '', tonumber(claim)
+local labels = {}
+if EVENTS_MAX > 0 and names ~= '' then
+  labels = cjson.decode(names)
+end
 
 -- A path start -> ... -> target along wait edges (breadth first), or nil.
 local function path(start, target)
@@ -50,28 +55,33 @@ end
 local function ensure_record(key, payload, state)
   local status, owner = state[1], state[3]
   if status == RUNNING and owned(key, owner) then
-    return false
+    return false, 'shared'
   end
-  if status ~= PENDING then
-    local record = k_record(key)
-    call('HSET', record, F_STATUS, PENDING, F_PAYLOAD, payload)
-    if status ~= false then
-      call('HDEL', record, F_OWNER)
-    end
+  if status == PENDING then
+    return true, 'shared'
   end
-  return true
+  local record = k_record(key)
+  call('HSET', record, F_STATUS, PENDING, F_PAYLOAD, payload)
+  if status ~= false then
+    call('HDEL', record, F_OWNER)
+  end
+  return true, 'new'
 end
 
 local results, pushed = {}, {}
 for i = FIRST_REQUESTS, #ARGV, 2 do
   local key = ARGV[i]
+  local label = labels[(i - FIRST_REQUESTS) / 2 + 1]
   local state = read_record(key, F_STATUS, F_OUTCOME, F_OWNER, F_PARTIAL)
   if state[1] == DONE and state[2] then
     results[#results + 1] = {SUBMITTED_DONE, state[2]}
+    event('submitted', node, key, label, waiter, job, 'cached')
   else
-    if ensure_record(key, ARGV[i + 1], state) then
+    local queue, how = ensure_record(key, ARGV[i + 1], state)
+    if queue then
       pushed[#pushed + 1] = key
     end
+    event('submitted', node, key, label, waiter, job, how)
     call('SADD', k_waiters(key), node)
     local result = {SUBMITTED_QUEUED, state[4]}
     if not has_waiter and job ~= '' then
@@ -105,4 +115,6 @@ end
 if #pushed > 0 and (dispatch ~= '1' or call('LLEN', k_work(into)) > 0) then
   ring(k_wake(into))
 end
-return journaled(node, token, low, {results, claim_many(node, wanted)})
+local claimed = claim_many(node, wanted)
+emit_events()
+return journaled(node, token, low, {results, claimed})
