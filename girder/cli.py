@@ -66,6 +66,13 @@ def _status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _dashboard(args: argparse.Namespace) -> int:
+    from girder.dashboard.server import serve_dashboard  # noqa: PLC0415 -- needs the `dashboard` extra
+
+    asyncio.run(serve_dashboard(_settings(args), host=args.host, port=args.port))
+    return 0
+
+
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backend", help="backend URL (GIRDER_BACKEND; default memory://)")
     parser.add_argument("--log-level", help="DEBUG, INFO, WARNING... (GIRDER_LOG_LEVEL)")
@@ -120,6 +127,17 @@ def build_parser() -> argparse.ArgumentParser:
     _common(status)
     status.add_argument("--json", action="store_true", help="print JSON")
     status.set_defaults(run=_status)
+
+    dashboard = commands.add_parser("dashboard", help="serve the live dashboard and /metrics")
+    _common(dashboard)
+    dashboard.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to listen on (default 127.0.0.1; any "
+        "other than loopback needs the token printed at start)",
+    )
+    dashboard.add_argument("--port", type=int, default=8787, help="port (default 8787)")
+    dashboard.set_defaults(run=_dashboard)
     return parser
 
 

@@ -71,16 +71,32 @@ class Grid:
         self.distributor: Distributor | None = None
         self.workers: list[Worker] = []
         self._handles: set[asyncio.Task[Any]] = set()
+        self.dashboard_port: int | None = None
+        """With a port, `start` serves the dashboard on loopback there (0: any free port)."""
+        self.dashboard: Any = None
+        """The running `girder.dashboard.Dashboard`, if any."""
 
     @classmethod
-    def local(cls, workers: int | None = None, backend: str | None = None, **options: Any) -> Grid:
+    def local(
+        cls,
+        workers: int | None = None,
+        backend: str | None = None,
+        *,
+        dashboard: bool | int = False,
+        **options: Any,
+    ) -> Grid:
         """A grid in this process: a distributor and `workers` workers on this event loop.
 
         Use as `async with Grid.local(workers=4) as grid:`. Works inside a running loop (Jupyter).
-        Further keyword options are `Settings` fields (e.g. `steal_period=0.05`).
+        With `dashboard=True` (port 8787) or a port number, it also serves the live dashboard on
+        127.0.0.1 and prints its URL (needs the `dashboard` extra). Further keyword options are
+        `Settings` fields (e.g. `steal_period=0.05`).
         """
         settings = load_settings(workers=workers, backend=backend, **options)
-        return cls(settings, local_workers=settings.workers)
+        grid = cls(settings, local_workers=settings.workers)
+        if dashboard is not False:
+            grid.dashboard_port = 8787 if dashboard is True else int(dashboard)
+        return grid
 
     @classmethod
     def connect(cls, url: str | None = None, pool: str | None = None, **options: Any) -> Grid:
@@ -114,9 +130,17 @@ class Grid:
                 await worker.start()
                 self.workers.append(worker)
         await self.client.start()
+        if self.dashboard_port is not None:
+            from girder.dashboard import Dashboard  # noqa: PLC0415 -- needs the `dashboard` extra
+
+            self.dashboard = Dashboard(self.backend, port=self.dashboard_port)
+            print(f"girder dashboard: {await self.dashboard.start()}", flush=True)
 
     async def stop(self) -> None:
         """Stop the client and local nodes, and close the backend connection."""
+        if self.dashboard is not None:
+            await self.dashboard.stop()
+            self.dashboard = None
         for task in self._handles:
             task.cancel()
         await asyncio.gather(*self._handles, return_exceptions=True)
