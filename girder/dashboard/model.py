@@ -33,7 +33,7 @@ class NodeState:
     alive: bool = True
     work: int = 0
     running: int = 0
-    ran: int = 0
+    ran: int = 0  # requests it completed, failed ones included
     failed: int = 0
     cache_hits: int = 0
     shared: int = 0
@@ -176,6 +176,7 @@ class GridModel:
         request.status = "failed" if failed else "done"
         request.ended = event.time
         node = self._node(event.node)
+        node.ran += 1
         second = self.seconds.setdefault(int(event.time), Second())
         if failed:
             node.failed += 1
@@ -184,7 +185,6 @@ class GridModel:
                 Failure(event.time, event.key, request.name, event.node, event.detail)
             )
         else:
-            node.ran += 1
             second.finished += 1
         self.outcomes[request.name, "failed" if failed else "finished"] += 1
         if request.started:
