@@ -55,6 +55,7 @@ class RequestState:
     shared: bool = False  # asked for again while it was pending or running
     cached: bool = False  # asked for again once done (served from the cache)
     children: list[str] = field(default_factory=list)
+    askers: set[str] = field(default_factory=set)  # parent keys, jobs or nodes that asked
 
 
 @dataclass(slots=True)
@@ -143,6 +144,10 @@ class GridModel:
         if event.name:
             request.name = event.name
         asker = self._node(event.node)
+        who = event.parent or event.job or event.node
+        if who in request.askers:
+            return  # asked again by the same parent or job (a resubmission): nothing new
+        request.askers.add(who)
         if event.detail == "cached":
             asker.cache_hits += 1
             request.cached = True
@@ -375,7 +380,9 @@ def _overall(statuses: Counter[str]) -> str:
 
 
 def _fields(value: Any) -> dict[str, Any]:
-    return {name: getattr(value, name) for name in value.__slots__ if name != "children"}
+    return {
+        name: getattr(value, name) for name in value.__slots__ if name not in ("children", "askers")
+    }
 
 
 _HANDLERS = {

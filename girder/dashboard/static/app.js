@@ -156,6 +156,7 @@ function ensureGraph() {
   cy = window.cytoscape({
     container: document.getElementById("graph"),
     wheelSensitivity: 0.3,
+    maxZoom: 1.2,
     style: [
       { selector: "node", style: {
         "background-color": (n) => COLORS[n.data("status")] || COLORS.pending,
@@ -205,7 +206,7 @@ function renderGraph(graph) {
 function scheduleLayout() {
   if (layoutPending) return;
   layoutPending = true;
-  const wait = Math.max(0, 1000 - (Date.now() - lastLayout));
+  const wait = Math.max(0, 500 - (Date.now() - lastLayout));
   setTimeout(() => {
     layoutPending = false;
     lastLayout = Date.now();
