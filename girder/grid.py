@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Generator, Iterable
 from types import TracebackType
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
 
 from girder.backends import open_backend
 from girder.backends.base import StateBackend
@@ -20,6 +20,9 @@ from girder.errors import RequestError
 from girder.functions import Request, as_request
 from girder.log import configure
 from girder.scheduler import Client, Distributor, Worker
+
+if TYPE_CHECKING:
+    from girder.dashboard import Dashboard
 
 
 class Handle:
@@ -73,7 +76,7 @@ class Grid:
         self._handles: set[asyncio.Task[Any]] = set()
         self.dashboard_port: int | None = None
         """With a port, `start` serves the dashboard on loopback there (0: any free port)."""
-        self.dashboard: Any = None
+        self.dashboard: Dashboard | None = None
         """The running `girder.dashboard.Dashboard`, if any."""
 
     @classmethod

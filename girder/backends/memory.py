@@ -44,6 +44,10 @@ class _Record:
     """The latest partial outcome published for the key (see `publish`)."""
 
 
+_Published = tuple[int, float, EventKind, str, str, str, str, str, str]
+"""An event in the ring buffer: its number, then `Event`'s fields after the id."""
+
+
 @dataclass(slots=True)
 class _Member:
     kind: NodeKind
@@ -80,10 +84,10 @@ class MemoryBackend:
         self.round_trips = False
         self.shared = False
         settings = settings or Settings()
-        self._events: deque[Event] | None = (
+        self._events: deque[_Published] | None = (
             deque(maxlen=settings.events_max) if settings.events else None
         )
-        self._event_ids = itertools.count(1)
+        self._event_numbers = itertools.count(1)
         self._reset()
 
     def _reset(self) -> None:
@@ -179,11 +183,22 @@ class MemoryBackend:
         self._push_bottom(target, moved)
         return len(moved)
 
-    def _event(self, kind: EventKind, node: str, key: str = "", **fields: str) -> None:
-        """Append an event to the ring buffer (when events are published)."""
+    def _event(
+        self,
+        kind: EventKind,
+        node: str,
+        key: str = "",
+        *,
+        name: str = "",
+        parent: str = "",
+        job: str = "",
+        detail: str = "",
+    ) -> None:
+        """Append an event to the ring buffer (when events are published), as a tuple: the
+        `Event` is built only when someone reads it."""
         if self._events is not None:
-            event_id = str(next(self._event_ids))
-            self._events.append(Event(event_id, time.time(), kind, node, key, **fields))
+            number = next(self._event_numbers)
+            self._events.append((number, time.time(), kind, node, key, name, parent, job, detail))
 
     def _push_bottom(self, node: str, keys: Sequence[str]) -> None:
         """Push keys on the bottom of `node`'s list so that keys[0] comes up first."""
@@ -658,9 +673,10 @@ class MemoryBackend:
             return []
         start = 0
         if after is not None:
-            first = int(self._events[0].id)
+            first = self._events[0][0]
             start = max(0, _event_number(after) + 1 - first)
-        return list(itertools.islice(self._events, start, start + max(0, limit)))
+        kept = itertools.islice(self._events, start, start + max(0, limit))
+        return [Event(str(e[0]), e[1], e[2], e[3], e[4], e[5], e[6], e[7], e[8]) for e in kept]
 
     async def flush(self) -> None:
         self._reset()
