@@ -192,6 +192,9 @@ class EventKind(StrEnum):
     """`node` completed `key` (`detail`: "cached" when its outcome was stored)."""
     FAILED = "failed"
     """`node` completed `key` with an error (`detail`: the readable error chain)."""
+    CANCELLED = "cancelled"
+    """`node` cancelled `key` before it ran (`job`: the cancellation; a running key is
+    completed by its owner instead, with a FAILED)."""
     STOLEN = "stolen"
     """Distributor `node` moved work from the bottom of `parent`'s list to its own queue
     (`detail`: how many keys)."""
@@ -541,7 +544,8 @@ class StateBackend(Protocol):
         "shared" when it found it pending or running, "cached" when done); every claim one
         CLAIMED (also those of `submit_and_claim`, `complete_and_claim` and `wait_and_claim`); a
         completion that records an outcome (not one that changes nothing) one FINISHED, or
-        FAILED when it carries an error; `trim` and `steal` one STOLEN per member they moved
+        FAILED when it carries an error; `cancel` one CANCELLED per pending key it deletes;
+        `trim` and `steal` one STOLEN per member they moved
         keys from; `join` one JOINED; `leave` and `reap` one LEFT per node that departed. A
         journaled step sent again after its reply was lost publishes nothing twice; a repeated
         completion or `leave` changes nothing and publishes nothing.

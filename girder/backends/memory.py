@@ -479,6 +479,7 @@ class MemoryBackend:
                 self._post(record.owner, notice)
             else:
                 del self._records[key]
+                self._event(EventKind.CANCELLED, node, key, job=job)
                 for waiter in record.waiters:
                     if waiter not in self._departed:
                         self._post(waiter, notice)

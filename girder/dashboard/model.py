@@ -45,7 +45,7 @@ class RequestState:
     """One request key: its function, where it ran, and when."""
 
     name: str = "?"
-    status: str = "pending"  # pending, running, done, failed
+    status: str = "pending"  # pending, running, done, failed, cancelled
     node: str = ""  # the node that ran it
     submitted_by: str = ""
     submitted: float = 0.0
@@ -208,6 +208,11 @@ class GridModel:
         counts[-2] += seconds
         counts[-1] += 1
 
+    def _cancelled(self, event: Event) -> None:
+        request = self._request(event.key)
+        request.status, request.ended = "cancelled", event.time
+        self.outcomes[request.name, "cancelled"] += 1
+
     def _stolen(self, event: Event) -> None:
         if event.parent and event.detail.isdigit():
             self._node(event.parent).stolen += int(event.detail)
@@ -223,7 +228,9 @@ class GridModel:
         excess = len(self.requests) - self._max_requests
         if excess <= 0:
             return
-        for key in [k for k, r in self.requests.items() if r.status in ("done", "failed")][:excess]:
+        for key in [
+            k for k, r in self.requests.items() if r.status in ("done", "failed", "cancelled")
+        ][:excess]:
             del self.requests[key]
 
     def _forget_old_seconds(self) -> None:
@@ -390,6 +397,7 @@ _HANDLERS = {
     EventKind.CLAIMED: GridModel._claimed,
     EventKind.FINISHED: GridModel._ended,
     EventKind.FAILED: GridModel._ended,
+    EventKind.CANCELLED: GridModel._cancelled,
     EventKind.STOLEN: GridModel._stolen,
     EventKind.JOINED: GridModel._joined,
     EventKind.LEFT: GridModel._left,

@@ -1331,6 +1331,16 @@ class BackendConformance:
             (EventKind.FAILED, "j", "j: bad"),
         ]
 
+    async def test_cancelling_a_pending_key_is_a_cancelled_event(
+        self, backend: StateBackend
+    ) -> None:
+        await backend.submit("c", [new("k"), new("j")], into="w", on_top=True, job="job1")
+        assert await backend.claim("w") is not None  # j runs: its owner completes it
+        step = await backend.cancel("c", "job1", roots=["k", "j"])
+        assert set(step.cancelled) == {"k", "j"}
+        found = await events_of(backend, EventKind.CANCELLED)
+        assert [(e.node, e.key, e.job) for e in found] == [("c", "k", "job1")]
+
     async def test_a_completion_that_changes_nothing_publishes_nothing(
         self, backend: StateBackend
     ) -> None:

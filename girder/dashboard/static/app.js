@@ -1,7 +1,7 @@
 // The girder dashboard page: one server-sent event stream (/live) feeds every panel.
 "use strict";
 
-const COLORS = { done: "#3f9d5a", running: "#2f6fd6", pending: "#b0b7c4", failed: "#d64545" };
+const COLORS = { done: "#3f9d5a", running: "#2f6fd6", pending: "#b0b7c4", failed: "#d64545", cancelled: "#59606e" };
 const PALETTE = ["#2f6fd6", "#e08a1e", "#3f9d5a", "#8a4fd6", "#d64545", "#1aa39a", "#7a5c3e", "#c2449a"];
 const NODE_FIELDS = ["kind", "pool", "alive", "work", "running", "ran", "failed", "cache_hits", "shared", "stolen"];
 
