@@ -575,3 +575,40 @@ async def test_a_server_stall_longer_than_the_leases_reaps_nobody(
         assert asyncio.get_running_loop().time() < deadline, "a silent node was never reaped"
         await asyncio.sleep(0.1)
     await backend.close()
+
+
+async def test_the_event_stream_is_capped_and_read_in_pages(redis_url: str) -> None:
+    capped = RedisBackend(redis_url, settings=Settings(key_prefix=PREFIX, events_max=10))
+    await capped.connect()
+    try:
+        for index in range(300):  # one stream entry per call
+            await put(capped, "c", [f"k{index}"], into="w")
+        kept = await capped.events(None, 10_000)
+        assert 10 <= len(kept) < 300  # trimmed approximately (whole nodes of the stream)
+        assert kept[-1].key == "k299"
+        assert [e.key for e in kept] == [f"k{i}" for i in range(300 - len(kept), 300)]
+        # An id that was trimmed away reads on from the oldest event kept.
+        assert await capped.events("1-0/0", 5) == kept[:5]
+    finally:
+        await capped.close()
+
+
+async def test_events_come_in_pages_of_entries(backend: RedisBackend) -> None:
+    for index in range(250):
+        await put(backend, "c", [f"k{index}", f"j{index}"], into="w")
+    everything = await backend.events(None, 10_000)
+    assert [e.key for e in everything] == [f"{x}{i}" for i in range(250) for x in "kj"]
+    assert await backend.events(everything[299].id, 201) == everything[300:]
+
+
+async def test_with_events_off_nothing_is_published(redis_url: str) -> None:
+    quiet = RedisBackend(redis_url, settings=Settings(key_prefix=PREFIX, events=False))
+    await quiet.connect()
+    try:
+        await quiet.join("w", NodeKind.WORKER, None, 60)
+        await put(quiet, "c", ["k"], into="w")
+        assert await quiet.claim("w") is not None
+        await quiet.complete("w", "k", out("k"), cache=True, error="")
+        assert await quiet.events() == []
+    finally:
+        await quiet.close()

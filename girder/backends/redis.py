@@ -653,15 +653,20 @@ class RedisBackend:
         entry, _, index = (after or "").partition("/")
         start = entry if _STREAM_ID.fullmatch(entry) else "-"
         skip = int(index) if start != "-" and index.isdigit() else -1
-        entries = await self._execute(
-            "events", "XRANGE", self._keys.events, start, "+", "COUNT", max(1, limit)
-        )
         found: list[Event] = []
-        for raw_id, fields in entries:
-            entry_id = raw_id.decode()
-            first = skip + 1 if entry_id == start else 0
-            found += _events(entry_id, dict(zip(fields[::2], fields[1::2], strict=True)), first)
-            if len(found) >= limit:
+        cursor = start
+        while len(found) < limit:
+            # Pages of a few entries: one entry may hold hundreds of events.
+            count = min(limit - len(found), _EVENT_PAGE)
+            page = await self._execute(
+                "events", "XRANGE", self._keys.events, cursor, "+", "COUNT", count
+            )
+            for raw_id, fields in page:
+                entry_id = raw_id.decode()
+                first = skip + 1 if entry_id == start else 0
+                found += _events(entry_id, dict(zip(fields[::2], fields[1::2], strict=True)), first)
+                cursor = "(" + entry_id
+            if len(page) < count:
                 break
         return found[: max(0, limit)]
 
@@ -690,6 +695,9 @@ def _chunks(requests: Sequence[NewRequest]) -> Iterator[Sequence[NewRequest]]:
         size += len(request.payload)
     yield requests[start:]
 
+
+_EVENT_PAGE = 100
+"""Stream entries read per XRANGE by `events`."""
 
 _STREAM_ID = re.compile(r"\d+-\d+")
 
