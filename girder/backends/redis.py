@@ -436,7 +436,7 @@ class RedisBackend:
     async def complete(
         self, node: str, key: str, outcome: bytes, *, cache: bool, error: str = ""
     ) -> None:
-        failures = json.dumps({key: error}) if error and self._events else ""
+        failures = json.dumps({key: _event_text(error)}) if error and self._events else ""
         await self._journaled(
             "complete", node, False, node, 0, "", failures, key, outcome, int(cache)
         )
@@ -449,7 +449,9 @@ class RedisBackend:
         claim: int,
         volunteer_at: str | None = None,
     ) -> list[Claimed]:
-        failed = {c.key: c.error for c in completions if c.error} if self._events else None
+        failed = (
+            {c.key: _event_text(c.error) for c in completions if c.error} if self._events else None
+        )
         failures = json.dumps(failed) if failed else ""
         args: list[str | bytes | int] = [node, claim, volunteer_at or "", failures]
         for completion in completions:
@@ -699,21 +701,33 @@ def _chunks(requests: Sequence[NewRequest]) -> Iterator[Sequence[NewRequest]]:
 _EVENT_PAGE = 100
 """Stream entries read per XRANGE by `events`."""
 
+_EVENT_SEPARATOR, _FIELD_SEPARATOR, _EVENT_FIELDS = "\x1e", "\x1f", 7
+_EVENT_KINDS = frozenset(kind.value for kind in EventKind)
+
 _STREAM_ID = re.compile(r"\d+-\d+")
 
 
 def _events(entry_id: str, fields: dict[bytes, bytes], first: int) -> list[Event]:
-    """The events of one stream entry, from its `first` on; a mangled entry holds none."""
-    try:
-        rows = json.loads(fields.get(b"e", b"[]").decode("utf-8", "replace"))
-        seconds = int(entry_id.partition("-")[0]) / 1000
-        return [
-            Event(f"{entry_id}/{index}", seconds, EventKind(row[0]), *map(str, row[1:7]))
-            for index, row in enumerate(rows)
-            if index >= first
-        ]
-    except (ValueError, TypeError, IndexError):
-        return []
+    """The events of one stream entry, from its `first` on (see `redis_keys`: events joined by
+    \x1e, fields by \x1f); a mangled event is left out."""
+    text = fields.get(b"e", b"").decode("utf-8", "replace")
+    seconds = int(entry_id.partition("-")[0]) / 1000
+    found = []
+    for index, row in enumerate(text.split(_EVENT_SEPARATOR) if text else ()):
+        parts = row.split(_FIELD_SEPARATOR)
+        if index < first or len(parts) != _EVENT_FIELDS or parts[0] not in _EVENT_KINDS:
+            continue
+        kind, node, key, name, parent, job, detail = parts
+        event_id = f"{entry_id}/{index}"
+        found.append(
+            Event(event_id, seconds, EventKind(kind), node, key, name, parent, job, detail)
+        )
+    return found
+
+
+def _event_text(text: str) -> str:
+    """`text` fit for an event field: without the separators of the stream's encoding."""
+    return text.replace(_EVENT_SEPARATOR, " ").replace(_FIELD_SEPARATOR, " ")
 
 
 def _submitted(key: str, reply: list[Any]) -> Submitted:

@@ -48,8 +48,9 @@ Per grid:
     farewells          hash: departed node -> how many keys its `leave` handed back (what a
                        repeated `leave` answers; forgotten with `departed`)
     events             stream capped at about `Settings.events_max` entries: one entry per
-                       script call that had grid events to publish, its field "e" the JSON list
-                       of those events, each [kind, node, key, name, parent, job, detail]
+                       script call that had grid events to publish, its field "e" those events
+                       joined by \x1e, each its fields joined by \x1f: kind, node, key, name,
+                       parent, job, detail
 """
 
 from __future__ import annotations

@@ -32,18 +32,21 @@ end
 
 -- The grid events of this script call (see `StateBackend.events`): `event` collects them and
 -- `emit_events` appends them as one entry to the capped stream K_EVENTS before the script
--- returns (one XADD per call, however many events). With EVENTS_MAX = 0 nothing is published.
+-- returns (one XADD per call, however many events). An event is its fields joined by \031, the
+-- events of an entry are joined by \030 (no table per event, no JSON: this runs on every
+-- request). With EVENTS_MAX = 0 nothing is published.
 local EVENTS = {}
 
 local function event(kind, node, key, name, parent, job, detail)
   if EVENTS_MAX > 0 then
-    EVENTS[#EVENTS + 1] = {kind, node, key or '', name or '', parent or '', job or '', detail or ''}
+    EVENTS[#EVENTS + 1] = kind .. '\031' .. node .. '\031' .. (key or '') .. '\031' .. (name or '')
+      .. '\031' .. (parent or '') .. '\031' .. (job or '') .. '\031' .. (detail or '')
   end
 end
 
 local function emit_events()
   if #EVENTS > 0 then
-    call('XADD', K_EVENTS, 'MAXLEN', '~', EVENTS_MAX, '*', 'e', cjson.encode(EVENTS))
+    call('XADD', K_EVENTS, 'MAXLEN', '~', EVENTS_MAX, '*', 'e', table.concat(EVENTS, '\030'))
     EVENTS = {}
   end
 end
