@@ -61,3 +61,35 @@ async def reentrant_hits(x: int, calls: int) -> tuple[list[float], float]:
         await girder.call_reentrant([(square, x)])
         samples.append(clock() - start)
     return samples, time.process_time() - cpu_start
+
+
+@girder.function
+def blob_result(size: int, tag: str) -> bytes:
+    """`size` bytes that differ from run to run (by `tag`): a large value, never deduplicated."""
+    head = tag.encode()
+    return head + bytes(size - len(head))
+
+
+@girder.function
+async def io_wait(ms: int, index: int) -> int:
+    """An I/O-bound request: it awaits `ms` milliseconds and computes nothing."""
+    await asyncio.sleep(ms / 1000)
+    return index
+
+
+@girder.function
+def busy(ms: int, index: int) -> int:
+    """A CPU-bound sync request: it spins `ms` milliseconds in Python bytecode (holding the
+    GIL as real Python code does) and returns `index`."""
+    deadline = time.perf_counter() + ms / 1000
+    while time.perf_counter() < deadline:
+        pass
+    return index
+
+
+@girder.function
+def blocking(ms: int, index: int) -> int:
+    """A sync request that blocks `ms` milliseconds with the GIL released (as I/O or NumPy
+    do) and returns `index`."""
+    time.sleep(ms / 1000)
+    return index

@@ -6,12 +6,15 @@ defaults below. Every field is documented in docs/configuration.md.
 
 from __future__ import annotations
 
-from typing import Any
+import difflib
+import os
+from typing import Any, Literal
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from girder.errors import ConfigurationError
+from girder.log import LogFormat, configure, get_logger
 
 
 class Settings(BaseSettings):
@@ -25,6 +28,12 @@ class Settings(BaseSettings):
     parent: str | None = Field(None, description="A distributor's own distributor, if nested.")
     workers: int = Field(4, ge=1, description="Workers that `Grid.local` and `girder up` start.")
     concurrency: int = Field(1, ge=1, description="Batons per worker (user functions at once).")
+    io_concurrency: int = Field(
+        256,
+        ge=0,
+        description="Async requests per worker that may wait on I/O at once, their batons lent "
+        "to the next requests (0: an `await` keeps its baton).",
+    )
     steal_period: float = Field(0.1, gt=0, description="Seconds between a distributor's trims.")
     heartbeat_interval: float = Field(1.0, gt=0, description="Seconds between heartbeats.")
     heartbeat_ttl: float = Field(5.0, gt=0, description="Seconds without a heartbeat => dead.")
@@ -33,7 +42,12 @@ class Settings(BaseSettings):
     idle_poll: float = Field(1.0, gt=0, description="Longest sleep of an idle loop, seconds.")
     secret: SecretStr | None = Field(None, description="HMAC key; when set, payloads are signed.")
     insecure: bool = Field(False, description="Run on a shared backend without a secret.")
-    max_payload_bytes: int = Field(64 * 1024 * 1024, gt=0, description="Largest payload.")
+    max_payload_bytes: int = Field(
+        512 * 1024 * 1024, gt=0, description="Largest serialized value or arguments."
+    )
+    large_value_bytes: int = Field(
+        1024 * 1024, gt=0, description="Values and arguments over this are stored as blobs."
+    )
     key_prefix: str = Field("girder", description="Prefix of every key a shared backend writes.")
     log_level: str = Field("WARNING", description="structlog level: DEBUG, INFO, WARNING...")
     imports: list[str] = Field(default_factory=list, description="Modules a worker imports.")
@@ -55,8 +69,35 @@ class Settings(BaseSettings):
         description="Length of the event stream: events in memory, atomic steps on Redis "
         "(trimmed approximately).",
     )
+    auto_version: bool = Field(
+        False,
+        description='Version grid functions without a `version` by their code ("auto").',
+    )
+    cache_ttl: float | None = Field(
+        30 * 24 * 3600.0,
+        gt=0,
+        description="Seconds a cached result lives unless its function sets `ttl` "
+        "(unset: forever; on Redis such results are never evicted).",
+    )
+    cache_max_entries: int | None = Field(
+        None, gt=0, description="Most results the memory backend caches (least recently used go)."
+    )
+    cache_max_bytes: int | None = Field(
+        1024**3, gt=0, description="Most bytes of results the memory backend caches."
+    )
     restart_limit: int = Field(5, ge=1, description="Deaths of a `girder up` child in the window.")
     restart_window: float = Field(60.0, gt=0, description="Seconds `restart_limit` counts in.")
+    log_dir: str | None = Field(
+        None, description="Folder of a node process's DIR/<node>.out and .err (unset: stderr)."
+    )
+    log_format: Literal["console", "json"] = Field(
+        "console", description="How girder's own processes print logs: key=value lines or JSON."
+    )
+    pool_wait: float = Field(
+        5.0,
+        gt=0,
+        description="Seconds a request waits for a pool no distributor serves before it fails.",
+    )
 
     @field_validator("secret")
     @classmethod
@@ -76,11 +117,14 @@ class Settings(BaseSettings):
         return None if self.secret is None else self.secret.get_secret_value().encode()
 
 
-def load_settings(**overrides: Any) -> Settings:
+def load_settings(*, warn: bool = True, **overrides: Any) -> Settings:
     """Settings from the environment, with explicit `overrides` (None means "not given").
 
-    Raises `ConfigurationError` naming every bad field.
+    Raises `ConfigurationError` naming every bad field. With `warn`, unknown `GIRDER_*`
+    environment variables are warned about (see `warn_unknown_variables`).
     """
+    if warn:
+        warn_unknown_variables()
     try:
         return Settings().with_overrides(**overrides)
     except ValidationError as exc:
@@ -89,3 +133,37 @@ def load_settings(**overrides: Any) -> Settings:
             for error in exc.errors()
         )
         raise ConfigurationError(f"invalid girder settings: {problems}") from exc
+
+
+_INTERNAL_VARIABLES = frozenset({"GIRDER_WATCHDOG_FD"})
+"""`GIRDER_*` variables girder sets for its own child processes: no settings."""
+
+_warned: set[str] = set()
+
+
+def warn_unknown_variables() -> None:
+    """Log a warning, once per process and variable, for each `GIRDER_*` environment variable
+    that names no setting (a typo would otherwise be ignored in silence)."""
+    known = {f"GIRDER_{name.upper()}" for name in Settings.model_fields}
+    for variable in os.environ:
+        name = variable.upper()
+        if not name.startswith("GIRDER_") or name in known or name in _INTERNAL_VARIABLES:
+            continue
+        if variable in _warned:
+            continue
+        _warned.add(variable)
+        close = difflib.get_close_matches(name, sorted(known), n=1)
+        hint = f"; did you mean {close[0]}?" if close else ""
+        get_logger().warning(
+            f"unknown environment variable {variable} (no girder setting has that name){hint}",
+            variable=variable,
+            closest=close[0] if close else None,
+        )
+
+
+def configure_logging(level: str | None = None, fmt: LogFormat | None = None) -> None:
+    """Ask girder to print its own log lines (to stderr), for an application or a notebook that
+    has no logging set-up of its own; nothing else's logging changes (see `girder.log`).
+    `level` and `fmt` default to the settings (`GIRDER_LOG_LEVEL`, `GIRDER_LOG_FORMAT`)."""
+    settings = load_settings()
+    configure(level or settings.log_level, fmt or settings.log_format)

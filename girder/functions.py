@@ -4,7 +4,12 @@ A grid function travels by reference (module and qualified name) when a worker c
 and by value (cloudpickle) when it cannot: defined in `__main__`, a notebook, or a local scope.
 Its identity, which goes into every request key, is its name plus an optional `version`; a
 function that travels by value also adds a digest of its pickled code, so two different
-`__main__.f` never share cached results.
+`__main__.f` never share cached results. `version="auto"` (or `Settings.auto_version`) puts a
+digest of its code and of the grid functions it calls into the identity (see `codeversion`).
+
+Any callable is a grid function: a function, a `functools.partial` or an object with
+`__call__` (an `async def __call__` makes it async). A partial or a callable object travels by
+value, so its bound arguments or its state are part of its identity.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from typing import Any, Generic, ParamSpec, TypeVar, overload
 
 import cloudpickle
 
+from girder import codeversion
 from girder.keys import request_key
 
 P = ParamSpec("P")
@@ -28,13 +34,48 @@ FunctionRef = tuple[str, str] | bytes
 
 
 def _importable(fn: Callable[..., Any]) -> bool:
+    """Whether a worker finds `fn` by its module and qualified name. A partial or a callable
+    object has no name of its own, and a bound method's name finds its function without the
+    object: those travel by value."""
     module = getattr(fn, "__module__", None)
-    qualname = getattr(fn, "__qualname__", "")
-    return bool(module) and module != "__main__" and "<locals>" not in qualname
+    qualname = getattr(fn, "__qualname__", None)
+    return (
+        isinstance(module, str)
+        and isinstance(qualname, str)
+        and bool(module and qualname)
+        and module != "__main__"
+        and "<locals>" not in qualname
+        and not inspect.ismethod(fn)
+    )
+
+
+def _names(fn: Callable[..., Any]) -> tuple[str, str]:
+    """(module, qualified name) for keys and logs: a partial is named after the function it
+    wraps (`partial(f)`), a callable object after its class."""
+    if isinstance(fn, functools.partial):
+        module, qualname = _names(fn.func)
+        return module, f"partial({qualname})"
+    name: object = getattr(fn, "__qualname__", None)
+    if not isinstance(name, str):  # a callable object
+        return type(fn).__module__, type(fn).__qualname__
+    return str(getattr(fn, "__module__", None) or "__main__"), name
+
+
+def _code_of(fn: Callable[..., Any]) -> Any:
+    """What runs when `fn` is called, for telling async from sync: a callable object's
+    `__call__` (inspect looks through functions and partials itself)."""
+    if inspect.isroutine(fn) or isinstance(fn, functools.partial | type):
+        return fn
+    return type(fn).__call__
 
 
 class GridFunction(Generic[P, R]):
-    """A function marked with `@girder.function`. Calling it calls the original function."""
+    """A function marked with `@girder.function`. Calling it calls the original function.
+
+    `GridFunction[P, R]` has the original's parameters `P` and return type `R` (a coroutine for
+    an `async def`): `await grid.call(fn, *args)` checks the arguments against `P` and gives the
+    value `R` stands for (what the coroutine returns, or a stream's last answer).
+    """
 
     def __init__(
         self,
@@ -44,28 +85,51 @@ class GridFunction(Generic[P, R]):
         name: str | None = None,
         version: str | None = None,
         timeout: float | None = None,
+        ttl: float | None = None,
     ) -> None:
         if not callable(fn):
             raise TypeError(f"@girder.function needs a function, got {type(fn).__name__}")
         if timeout is not None and not timeout > 0:
             raise ValueError(f"@girder.function(timeout=...) must be more than 0, not {timeout}")
+        if ttl is not None and not ttl > 0:
+            raise ValueError(f"@girder.function(ttl=...) must be more than 0, not {ttl}")
         self.fn = fn
         self.cache = cache
         self.timeout = timeout
         """Seconds a request of it may run (parked time included) before it fails with kind
         "timeout"; None: no limit."""
         self.version = version
-        self.is_stream = inspect.isasyncgenfunction(fn)
+        """None (the grid's default, see `Settings.auto_version`), "auto" (a digest of the
+        code), or any other string, bumped by hand."""
+        self.ttl = ttl
+        """Seconds its cached results live; None: `Settings.cache_ttl`."""
+        code = _code_of(fn)
+        self.is_stream = inspect.isasyncgenfunction(code)
         """An async generator: each `yield` is an answer, the last one is the value."""
-        self.is_async = self.is_stream or inspect.iscoroutinefunction(fn)
-        self.name = name or f"{fn.__module__}.{fn.__qualname__}"
-        self.short_name = name or fn.__qualname__
-        functools.update_wrapper(self, fn)
+        self.is_async = self.is_stream or inspect.iscoroutinefunction(code)
+        module, qualname = _names(fn)
+        self.name = name or f"{module}.{qualname}"
+        self.short_name = name or qualname
+        if inspect.isroutine(fn):  # an object's attributes must not become this one's
+            functools.update_wrapper(self, fn)
         self._ref: FunctionRef | None = None
         self._identity: bytes | None = None
+        self._code: tuple[codeversion.CodeVersion, bytes] | None = None
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
         return self.fn(*args, **kwargs)
+
+    def run_sync(self, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> Any:
+        """Call a sync function; a coroutine it returns is a mistake girder says how to fix."""
+        value = self.fn(*args, **kwargs)
+        if inspect.iscoroutine(value):
+            value.close()  # never awaited: no "coroutine was never awaited" warning
+            raise TypeError(
+                f"grid function {self.name} returned a coroutine but is not a coroutine "
+                "function: declare it with `async def` (or give the object an `async def "
+                "__call__`) so that girder awaits it"
+            )
+        return value
 
     def __repr__(self) -> str:
         return f"<grid function {self.name}>"
@@ -85,6 +149,8 @@ class GridFunction(Generic[P, R]):
     @property
     def __girder_identity__(self) -> bytes:
         """What a request key knows of this function: name, version, code if by value."""
+        if self.version == "auto" or (self.version is None and codeversion.auto_by_default()):
+            return self._code_identity()
         if self._identity is None:
             parts = [self.name, self.version or ""]
             ref = self.ref
@@ -93,32 +159,45 @@ class GridFunction(Generic[P, R]):
             self._identity = "\x00".join(parts).encode()
         return self._identity
 
+    def _code_identity(self) -> bytes:
+        """The identity with a digest of the code (recomputed when a name it followed is
+        rebound: a reloaded module, a notebook cell run again)."""
+        if self._code is None or not self._code[0].current():
+            found = codeversion.code_version(self, _name_of, _fn_of)
+            parts = [self.name, "auto:" + found.digest]
+            ref = self.ref
+            if isinstance(ref, bytes):
+                parts.append(hashlib.blake2b(ref, digest_size=16).hexdigest())
+            self._code = found, "\x00".join(parts).encode()
+        return self._code[1]
+
     def __reduce__(self) -> str | tuple[Any, ...]:
         if _importable(self.fn):
             return (resolve_function, ((self.fn.__module__, self.fn.__qualname__),))
-        return (
-            _rebuild,
-            (
-                self.fn,
-                self.cache,
-                self.name if self.name != self._default_name() else None,
-                self.version,
-                self.timeout,
-            ),
-        )
+        options = {
+            "cache": self.cache,
+            "name": self.name if self.name != self._default_name() else None,
+            "version": self.version,
+            "timeout": self.timeout,
+            "ttl": self.ttl,
+        }
+        return (_rebuild, (self.fn, options))
 
     def _default_name(self) -> str:
-        return f"{self.fn.__module__}.{self.fn.__qualname__}"
+        module, qualname = _names(self.fn)
+        return f"{module}.{qualname}"
 
 
-def _rebuild(
-    fn: Callable[..., Any],
-    cache: bool,
-    name: str | None,
-    version: str | None,
-    timeout: float | None = None,
-) -> GridFunction[..., Any]:
-    return GridFunction(fn, cache=cache, name=name, version=version, timeout=timeout)
+def _rebuild(fn: Callable[..., Any], options: dict[str, Any]) -> GridFunction[..., Any]:
+    return GridFunction(fn, **options)
+
+
+def _name_of(function: GridFunction[..., Any]) -> str:
+    return function.name
+
+
+def _fn_of(function: GridFunction[..., Any]) -> Callable[..., Any]:
+    return function.fn
 
 
 @overload
@@ -132,6 +211,7 @@ def function(
     name: str | None = None,
     version: str | None = None,
     timeout: float | None = None,
+    ttl: float | None = None,
 ) -> Callable[[Callable[P, R]], GridFunction[P, R]]: ...
 
 
@@ -143,16 +223,21 @@ def function(
     name: str | None = None,
     version: str | None = None,
     timeout: float | None = None,
+    ttl: float | None = None,
 ) -> GridFunction[P, R] | Callable[[Callable[P, R]], GridFunction[P, R]]:
     """Mark a sync or async function as a grid function (with or without arguments).
 
     `cache=False` skips the result cache (in-flight requests are still shared); `name` replaces
-    the qualified name in keys and logs; bump `version` when the function's results change;
-    `timeout` bounds how long one request of it may run (see "Time limits" in the concepts).
+    the qualified name in keys and logs; bump `version` when the function's results change, or
+    set `version="auto"` to version it by its code (see docs/caching.md); `timeout` bounds how
+    long one request of it may run (see "Time limits" in the concepts); `ttl` is how many
+    seconds its cached results live.
     """
 
     def decorate(target: Callable[P, R]) -> GridFunction[P, R]:
-        return GridFunction(target, cache=cache, name=name, version=version, timeout=timeout)
+        return GridFunction(
+            target, cache=cache, name=name, version=version, timeout=timeout, ttl=ttl
+        )
 
     return decorate if fn is None else decorate(fn)
 
@@ -235,6 +320,19 @@ class Request:
 
     def __hash__(self) -> int:
         return hash(self.key)
+
+
+def one_request(fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Request:
+    """The request of `call(fn, *args, **kwargs)` (and `submit`, `call_reentrant`): `fn` itself
+    if it is a `Request`; else every keyword argument is the function's (`pool` too: only
+    `Request` reserves it)."""
+    if isinstance(fn, Request):
+        if args or kwargs:
+            raise TypeError("a Request takes its arguments itself, not call(request, ...)")
+        return fn
+    request = Request(fn, *args)
+    request.kwargs = kwargs
+    return request
 
 
 def as_request(item: Any) -> Request:

@@ -13,10 +13,10 @@ import importlib
 import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from girder.backends import open_backend
-from girder.backends.base import NodeInfo
+from girder.backends.base import NodeInfo, StateBackend
 from girder.config import Settings
 from girder.errors import ConfigurationError
 from girder.log import configure, node_logger
@@ -62,9 +62,9 @@ def run_worker(settings: Settings, argv: Sequence[str] | None = None) -> None:
     if argv is not None and not supervised():
         backend = open_backend(settings.backend, settings=settings)
         if backend.shared:
-            configure(settings.log_level)
+            configure(settings.log_level, settings.log_format)
             sys.exit(WorkerSupervisor(settings, list(argv)).run())
-    configure(settings.log_level)
+    configure(settings.log_level, settings.log_format)
     import_modules(settings.imports)
     backend = open_backend(settings.backend, settings=settings)
     worker = Worker(backend, settings, node_id=settings.name)
@@ -74,7 +74,7 @@ def run_worker(settings: Settings, argv: Sequence[str] | None = None) -> None:
 
 def run_distributor(settings: Settings) -> None:
     """`girder distributor`: a distributor named `settings.name` (default: the pool name)."""
-    configure(settings.log_level)
+    configure(settings.log_level, settings.log_format)
     backend = open_backend(settings.backend, settings=settings)
     distributor = Distributor(
         backend, settings, node_id=settings.name or settings.pool, parent=settings.parent
@@ -82,30 +82,58 @@ def run_distributor(settings: Settings) -> None:
     asyncio.run(serve(settings, [distributor]))
 
 
+COUNTERS = ("ran", "failed", "cache_hits", "shared")
+"""The per-node counters `girder status` shows (each node publishes them with its heartbeat)."""
+
+
+async def read_status(backend: StateBackend) -> dict[str, object]:
+    """Nodes with liveness, work-list lengths, running counts and counters; the queues of pools
+    that no live node serves; volunteers and cache size."""
+    nodes: list[NodeInfo] = await backend.nodes()
+    distributors = [n.node for n in nodes if n.kind.value == "distributor"]
+    volunteers = {d: await backend.volunteers(d) for d in distributors}
+    alive = {n.node for n in nodes if n.alive}
+    lists = await backend.work_lists()
+    return {
+        "backend": backend.url,
+        "nodes": [
+            {
+                "node": n.node,
+                "kind": n.kind.value,
+                "distributor": n.distributor,
+                "alive": n.alive,
+                "work": n.work,
+                "running": n.running,
+                **{name: n.counters.get(name, 0) for name in COUNTERS},
+            }
+            for n in nodes
+        ],
+        "unserved": {name: length for name, length in lists.items() if name not in alive},
+        "volunteers": volunteers,
+        "cache_size": await backend.cache_size(),
+    }
+
+
 async def grid_status(settings: Settings) -> dict[str, object]:
-    """Nodes with liveness, work-list lengths, running counts, queue and cache sizes."""
+    """`read_status` of the grid of `settings`, once."""
     backend = open_backend(settings.backend, settings=settings)
     await backend.connect()
     try:
-        nodes: list[NodeInfo] = await backend.nodes()
-        distributors = [n.node for n in nodes if n.kind.value == "distributor"]
-        volunteers = {d: await backend.volunteers(d) for d in distributors}
-        return {
-            "backend": backend.url,
-            "nodes": [
-                {
-                    "node": n.node,
-                    "kind": n.kind.value,
-                    "distributor": n.distributor,
-                    "alive": n.alive,
-                    "work": n.work,
-                    "running": n.running,
-                }
-                for n in nodes
-            ],
-            "volunteers": volunteers,
-            "cache_size": await backend.cache_size(),
-        }
+        return await read_status(backend)
+    finally:
+        await backend.close()
+
+
+async def watch_status(
+    settings: Settings, interval: float, show: Callable[[dict[str, object]], None]
+) -> None:
+    """`show` the grid's status every `interval` seconds, until cancelled (Ctrl-C)."""
+    backend = open_backend(settings.backend, settings=settings)
+    await backend.connect()
+    try:
+        while True:
+            show(await read_status(backend))
+            await asyncio.sleep(interval)
     finally:
         await backend.close()
 
@@ -113,16 +141,25 @@ async def grid_status(settings: Settings) -> dict[str, object]:
 def format_status(status: dict[str, object]) -> str:
     """`girder status` as a table."""
     lines = [f"backend {status['backend']}   cached results: {status['cache_size']}"]
-    lines.append(f"{'node':<40}{'kind':<13}{'pool':<12}{'alive':<7}{'work':>7}{'running':>9}")
+    lines.append(
+        f"{'node':<40}{'kind':<13}{'pool':<12}{'alive':<7}{'work':>7}{'running':>9}"
+        f"{'ran':>9}{'failed':>8}{'hits':>8}{'shared':>8}"
+    )
     nodes = status["nodes"]
-    assert isinstance(nodes, list)
+    unserved = status["unserved"]
+    volunteers = status["volunteers"]
+    if not (
+        isinstance(nodes, list) and isinstance(unserved, dict) and isinstance(volunteers, dict)
+    ):
+        raise TypeError("not a status from read_status")
     for n in nodes:
         lines.append(
             f"{n['node']:<40}{n['kind']:<13}{n['distributor'] or '-':<12}"
             f"{'yes' if n['alive'] else 'NO':<7}{n['work']:>7}{n['running']:>9}"
+            f"{n['ran']:>9}{n['failed']:>8}{n['cache_hits']:>8}{n['shared']:>8}"
         )
-    volunteers = status["volunteers"]
-    assert isinstance(volunteers, dict)
+    for pool, length in unserved.items():
+        lines.append(f"queued in {pool!r}, which no live node serves: {length}")
     for distributor, waiting in volunteers.items():
         lines.append(f"volunteers at {distributor}: {', '.join(waiting) or '-'}")
     return "\n".join(lines)

@@ -50,7 +50,14 @@ def allowed_prefixes(settings: Settings) -> tuple[str, ...]:
 
 
 def _within(module: str, prefixes: tuple[str, ...]) -> bool:
-    return any(module == prefix or module.startswith(prefix + ".") for prefix in prefixes)
+    """Whether `module` is one of `prefixes` or inside one; `*` stands for every module (a
+    private grid's workers: nobody else has its secret)."""
+    return any(prefix in ("*", module) or module.startswith(prefix + ".") for prefix in prefixes)
+
+
+def may_import(module: str, settings: Settings) -> bool:
+    """Whether a worker may import `module` to find something named in a request (a topology)."""
+    return _within(module, allowed_prefixes(settings))
 
 
 def _loaded(module: str, qualname: str) -> Any:

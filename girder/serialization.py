@@ -6,6 +6,12 @@ the record's kind (payload or outcome), its request key and the body, so signed 
 another key, or from a payload onto an outcome, are refused like tampered ones. Bytes whose
 signature is missing or wrong, and signed bytes on a node without the secret, are never
 unpickled. Every failure is a `SerializationError` that says what and where.
+
+Large values: a value or a request's arguments whose encoding is over `large_bytes` is not put
+in the record. Its bytes become a `Blob`, named by their SHA-256 digest and stored once by the
+node (see `StateBackend.put_blob`); the record holds a `BlobRef` (digest and size) instead, and
+is signed as any record is. A reader fetches the blob only when it needs the value, and never
+unpickles one whose bytes do not match the digest of the signed record that names it.
 """
 
 from __future__ import annotations
@@ -30,17 +36,47 @@ _OUTCOME = b"o"
 """Record kinds, signed along with the key: a payload never passes for an outcome."""
 
 
+@dataclass(frozen=True, slots=True)
+class BlobRef:
+    """What a record holds in place of a large value: the SHA-256 (hex) of its bytes, and
+    their size."""
+
+    digest: str
+    size: int
+
+    def __str__(self) -> str:
+        return f"blob {self.digest[:12]} ({self.size} bytes)"
+
+
+@dataclass(frozen=True, slots=True)
+class Blob:
+    """The bytes of a large value, named by their digest."""
+
+    ref: BlobRef
+    data: bytes
+
+    @classmethod
+    def of(cls, data: bytes) -> Blob:
+        return cls(BlobRef(hashlib.sha256(data).hexdigest(), len(data)), data)
+
+
 @dataclass(slots=True)
 class RequestPayload:
-    """A request as a worker receives it. `job` is the id of the top-level submission."""
+    """A request as a worker receives it. `job` is the id of the top-level submission.
+
+    With `blob`, the arguments are in that blob (`args` and `kwargs` are empty until
+    `Codec.load_arguments` fills them)."""
 
     function: FunctionRef
     name: str
     args: tuple[Any, ...]
     kwargs: dict[str, Any]
     job: str
+    blob: BlobRef | None = None
 
     def readable(self) -> str:
+        if self.blob is not None:
+            return f"{self.name}(<arguments in {self.blob}>)"
         return readable_call(self.name, self.args, self.kwargs)
 
 
@@ -58,6 +94,9 @@ class Outcome:
     error: RequestError | None = None
     final: bool = True
     answer: int = 0
+    blob: BlobRef | None = None
+    """The blob that holds the value, not fetched yet (`value` is None until
+    `Codec.load_value`)."""
 
     def unwrap(self) -> Any:
         """The value, or raise the error."""
@@ -87,6 +126,31 @@ def _is_function_ref(value: Any) -> bool:
     return isinstance(value, tuple) and len(value) == 2 and all(type(v) is str for v in value)
 
 
+def _blob_ref(value: Any, what: str) -> BlobRef:
+    """The `BlobRef` a decoded record names: (hex digest, size)."""
+    if (
+        not isinstance(value, tuple)
+        or len(value) != 2
+        or type(value[0]) is not str
+        or len(value[0]) != 64
+        or type(value[1]) is not int
+    ):
+        raise SerializationError(f"{what} is malformed (bad blob reference)")
+    return BlobRef(value[0], value[1])
+
+
+def _parts(value: Any, what: str) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """(args, kwargs) from an argument blob's decoded body."""
+    if (
+        not isinstance(value, tuple)
+        or len(value) != 2
+        or not isinstance(value[0], tuple)
+        or not isinstance(value[1], dict)
+    ):
+        raise SerializationError(f"{what} is malformed (not a girder argument blob)")
+    return value[0], value[1]
+
+
 def _signature(secret: bytes, kind: bytes, key: str, body: bytes) -> bytes:
     """The HMAC of a record of `kind` stored under request `key` (the key's length fences it)."""
     key_bytes = key.encode()
@@ -95,19 +159,26 @@ def _signature(secret: bytes, kind: bytes, key: str, body: bytes) -> bytes:
 
 
 class Codec:
-    """Encodes payloads and outcomes to framed bytes and back, bound to their request key."""
+    """Encodes payloads and outcomes to framed bytes and back, bound to their request key.
 
-    def __init__(self, secret: bytes | None = None, max_bytes: int = 64 * 1024 * 1024) -> None:
+    `max_bytes` bounds every encoded value, inline or in a blob; values and arguments whose
+    encoding is over `large_bytes` go to a blob when the caller takes blobs (see
+    `encode_request`)."""
+
+    def __init__(
+        self,
+        secret: bytes | None = None,
+        max_bytes: int = 512 * 1024 * 1024,
+        large_bytes: int | None = None,
+    ) -> None:
         self._secret = secret
         self.max_bytes = max_bytes
+        self.large_bytes = max_bytes if large_bytes is None else large_bytes
 
     def _frame(self, body: bytes, kind: bytes, key: str, what: Callable[[], str]) -> bytes:
         """Frame (and sign) a body; `what` names it in errors, and is only called on one."""
         if len(body) > self.max_bytes:
-            raise SerializationError(
-                f"{what()} is {len(body)} bytes, over the limit of {self.max_bytes} "
-                "(GIRDER_MAX_PAYLOAD_BYTES)"
-            )
+            self._check_size(len(body), what)
         if self._secret is None:
             return _PLAIN + body
         return _SIGNED + _signature(self._secret, kind, key, body) + body
@@ -148,28 +219,67 @@ class Codec:
                 f"{what} cannot be decoded: {type(exc).__name__}: {exc}"
             ) from exc
 
-    def encode_request(self, payload: RequestPayload, key: str) -> bytes:
-        """The bytes of `payload`, to be stored under request `key` (and only there)."""
+    def encode_request(
+        self, payload: RequestPayload, key: str, blobs: list[Blob] | None = None
+    ) -> bytes:
+        """The bytes of `payload`, to be stored under request `key` (and only there). With
+        `blobs`, arguments over the large-value threshold go to a new blob appended there,
+        which the caller must store before the payload."""
         fields = (payload.function, payload.name, payload.args, payload.kwargs, payload.job)
         body = _dumps(fields, lambda: f"arguments of {payload.readable()}")
+        if len(body) > self.large_bytes and blobs is not None:
+            body = self._spill_arguments(payload, blobs, len(body))
         return self._frame(body, _REQUEST, key, lambda: f"payload of {payload.readable()}")
+
+    def _spill_arguments(self, payload: RequestPayload, blobs: list[Blob], size: int) -> bytes:
+        """The body of a payload whose arguments go to a blob (without the job, so that the
+        same arguments make the same blob in every job)."""
+        self._check_size(size, lambda: f"payload of {payload.readable()}")
+        blob = Blob.of(
+            _dumps((payload.args, payload.kwargs), lambda: f"arguments of {payload.readable()}")
+        )
+        blobs.append(blob)
+        ref = (blob.ref.digest, blob.ref.size)
+        return pickle.dumps((payload.function, payload.name, (), {}, payload.job, ref))
+
+    def _check_size(self, size: int, what: Callable[[], str]) -> None:
+        if size > self.max_bytes:
+            raise SerializationError(
+                f"{what()} is {size} bytes, over the limit of {self.max_bytes} "
+                "(GIRDER_MAX_PAYLOAD_BYTES)"
+            )
 
     def decode_request(self, data: bytes, key: str) -> RequestPayload:
         """The payload stored under request `key`; refuses one signed for another key."""
         what = f"payload of request {key}"
         fields = self._loads(self._unframe(data, _REQUEST, key, what), what)
-        if not isinstance(fields, tuple) or len(fields) != 5:
+        if not isinstance(fields, tuple) or len(fields) not in (5, 6):
             raise SerializationError(f"{what} is malformed (not a girder request)")
-        function, name, args, kwargs, job = fields
+        function, name, args, kwargs, job, *ref = fields
         if not isinstance(args, tuple) or not isinstance(kwargs, dict):
             raise SerializationError(f"{what} is malformed (bad arguments)")
         if not _is_function_ref(function):
             raise SerializationError(f"{what} is malformed (bad function reference)")
-        return RequestPayload(function, str(name), args, kwargs, str(job))
+        blob = _blob_ref(ref[0], what) if ref else None
+        return RequestPayload(function, str(name), args, kwargs, str(job), blob)
 
-    def encode_outcome(self, outcome: Outcome, key: str, readable: Callable[[], str]) -> bytes:
+    def load_arguments(self, payload: RequestPayload, data: bytes | None, key: str) -> None:
+        """Fill `payload`'s arguments from the bytes of its blob (None: the blob is gone)."""
+        assert payload.blob is not None
+        what = f"the arguments of request {key}"
+        args, kwargs = _parts(self._loads(self._open_blob(data, payload.blob, what), what), what)
+        payload.args, payload.kwargs, payload.blob = args, kwargs, None
+
+    def encode_outcome(
+        self,
+        outcome: Outcome,
+        key: str,
+        readable: Callable[[], str],
+        blobs: list[Blob] | None = None,
+    ) -> bytes:
         """Encode the outcome of request `key`; `readable` names the request in errors (called
-        only on one)."""
+        only on one). With `blobs`, a value over the large-value threshold goes to a new blob
+        appended there, which the caller must store before the outcome."""
         tail = (outcome.answer,) if outcome.answer else ()
         if outcome.error is not None:
             body = pickle.dumps(("e", outcome.error.to_dict(kinds=True), outcome.final, *tail))
@@ -178,6 +288,12 @@ class Codec:
                 ("v", outcome.value, outcome.final, *tail),
                 lambda: f"the result of {readable()} (type {type(outcome.value).__qualname__})",
             )
+            if len(body) > self.large_bytes and blobs is not None:
+                self._check_size(len(body), lambda: f"result of {readable()}")
+                blob = Blob.of(body)
+                blobs.append(blob)
+                ref = (blob.ref.digest, blob.ref.size)
+                body = pickle.dumps(("b", ref, outcome.final, *tail))
         return self._frame(body, _OUTCOME, key, lambda: f"result of {readable()}")
 
     def decode_outcome(self, data: bytes, key: str) -> Outcome:
@@ -191,4 +307,31 @@ class Codec:
         answer = tail[0] if tail and type(tail[0]) is int else 0
         if tag == "e":
             return Outcome(error=RequestError.from_dict(body), final=bool(final), answer=answer)
+        if tag == "b":
+            return Outcome(final=bool(final), answer=answer, blob=_blob_ref(body, what))
         return Outcome(value=body, final=bool(final), answer=answer)
+
+    def load_value(self, outcome: Outcome, data: bytes | None, key: str) -> Outcome:
+        """`outcome` with its value, from the bytes of its blob (None: the blob is gone). The
+        blob holds the body of the whole outcome, as a record would (so the same value makes
+        the same blob under any key)."""
+        assert outcome.blob is not None
+        what = f"the result of request {key}"
+        fields = self._loads(self._open_blob(data, outcome.blob, what), what)
+        if not isinstance(fields, tuple) or len(fields) < 2 or fields[0] != "v":
+            raise SerializationError(f"{what} is malformed ({outcome.blob} holds no value)")
+        return Outcome(value=fields[1], final=outcome.final, answer=outcome.answer)
+
+    def _open_blob(self, data: bytes | None, ref: BlobRef, what: str) -> bytes:
+        """The bytes of a blob, checked against the digest its (signed) record names."""
+        if data is None:
+            raise SerializationError(
+                f"{what} is in {ref}, which is no longer stored (deleted after its request's "
+                "record went; see docs/large-values.md)"
+            )
+        if len(data) != ref.size or hashlib.sha256(data).hexdigest() != ref.digest:
+            raise SerializationError(
+                f"{what} is in {ref}, whose bytes do not match its digest: the blob was "
+                "tampered with or damaged; it is not decoded"
+            )
+        return data

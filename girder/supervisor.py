@@ -9,6 +9,11 @@ loop): `girder up` then stops every child and exits with status 1, naming it.
 Children get the backend URL and the secret in their environment, never on their command line,
 which every local user can read in /proc. Without a secret on a shared backend (and unless
 insecure), `girder up` uses the one in `girder.security.default_secret_file()`, made on first use.
+Children die with `girder up` (Linux's parent-death signal: SIGTERM, so they hand work back).
+
+Without a backend, `girder up` starts a private `redis-server` on a Unix socket in a directory of
+its own (`girder.private_redis`), prints `GIRDER_BACKEND=unix://...` on stdout for clients, and
+stops it and deletes the directory when it stops.
 """
 
 from __future__ import annotations
@@ -21,10 +26,12 @@ import sys
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from girder.backends import open_backend
 from girder.config import Settings
 from girder.log import configure, node_logger
+from girder.private_redis import PrivateRedis, die_with_parent
 from girder.security import default_secret_file, read_or_create_secret
 
 FIRST_DELAY = 0.5
@@ -52,19 +59,23 @@ class Child:
 def planned_children(settings: Settings) -> list[Child]:
     """The distributor and the workers; their argv carries no URL and no secret."""
     node = [sys.executable, "-m", "girder"]
-    children = [Child("distributor", [*node, "distributor", "--name", settings.pool])]
+    logs = ["--log-level", settings.log_level]
+    if settings.log_dir is not None:
+        logs += ["--log-dir", settings.log_dir]
+    children = [Child("distributor", [*node, "distributor", "--name", settings.pool, *logs])]
     worker = [*node, "worker", "--pool", settings.pool, "--concurrency", str(settings.concurrency)]
     for module in settings.imports:
         worker += ["--import", module]
-    children += [Child(f"worker-{n + 1}", list(worker)) for n in range(settings.workers)]
+    children += [Child(f"worker-{n + 1}", [*worker, *logs]) for n in range(settings.workers)]
     return children
 
 
 def child_environment(settings: Settings) -> dict[str, str]:
-    """This environment plus the backend, the log level and the grid's secret (if any)."""
+    """This environment plus the backend, the log level and format, and the secret (if any)."""
     env = {k: v for k, v in os.environ.items() if k.upper() != "GIRDER_NAME"}  # one name each
     env["GIRDER_BACKEND"] = settings.backend
     env["GIRDER_LOG_LEVEL"] = settings.log_level
+    env["GIRDER_LOG_FORMAT"] = settings.log_format
     secret = grid_secret(settings)
     if secret is not None:
         env["GIRDER_SECRET"] = secret
@@ -120,7 +131,11 @@ class Supervisor:
     async def _keep(self, child: Child) -> None:
         """Run `child`, and again after each death; return when it died too often."""
         while True:
-            child.process = await asyncio.create_subprocess_exec(*child.command, env=self.env)
+            child.process = await asyncio.create_subprocess_exec(
+                *child.command,
+                env=self.env,
+                preexec_fn=die_with_parent,  # only a prctl, before exec
+            )
             code = await child.process.wait()
             if self._stopping:
                 return
@@ -157,8 +172,17 @@ class Supervisor:
                     await process.wait()
 
 
-def run_up(settings: Settings) -> int:
-    """`girder up`: supervise a distributor and `settings.workers` workers; the exit status."""
-    configure(settings.log_level)
+def run_up(settings: Settings, *, private: bool = False, directory: Path | None = None) -> int:
+    """`girder up`: supervise a distributor and `settings.workers` workers; the exit status.
+    With `private`, on a private redis-server in `directory` (default: a temporary one)."""
+    configure(settings.log_level, settings.log_format)
+    if not private:
+        return _supervise(settings)
+    with PrivateRedis(directory) as redis:
+        print(f"GIRDER_BACKEND={redis.url}", flush=True)
+        return _supervise(settings.with_overrides(backend=redis.url))
+
+
+def _supervise(settings: Settings) -> int:
     env = child_environment(settings)
     return asyncio.run(Supervisor(settings, planned_children(settings), env).run())

@@ -292,7 +292,7 @@ def check_answers(
 
 RECORD_KINDS = tuple(part.rstrip(":") for part in redis_keys._PER_ID.values())
 """Keys per request or per node (`req:<key>`, `inbox:<node>`, ...), from the backend's layout."""
-GLOBAL_KEEP = ("cached", "clock", "departed", "events", "farewells", "timekeeper")
+GLOBAL_KEEP = ("clock", "departed", "events", "farewells", "timekeeper")
 """Global bookkeeping that may stay when the grid is idle (counters; the recently departed; the
 capped stream of grid events)."""
 GLOBAL_EMPTY = ("pops", "leases")
@@ -331,7 +331,6 @@ def record_states(db: redis.Redis) -> dict[str, tuple[str, str, str]]:
 @dataclass
 class LeakReport:
     cached: int = 0
-    cached_counter: int = 0
     leaked: dict[str, list[str]] = field(default_factory=dict)
     """Pattern -> examples (key, and what it holds)."""
     leaked_bytes: int = 0
@@ -372,8 +371,6 @@ def check_leaks(db: redis.Redis, names: dict[str, str]) -> LeakReport:
         if part == "req" and decode(db.hget(key, "s")) == "d":
             report.cached += 1
             continue
-        if rest == "cached":
-            report.cached_counter = int(db.get(key) or 0)
         if rest in GLOBAL_KEEP:
             continue
         if rest in GLOBAL_EMPTY:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 import signal
 import threading
@@ -156,7 +157,7 @@ async def share_z(tag: str) -> str:
 
 @girder.function
 async def nap(ms: int, index: int) -> int:
-    """Sleep `ms` milliseconds (holding the baton, like real work) and return `index`."""
+    """Sleep `ms` milliseconds (waiting on I/O: its baton is lent meanwhile); return `index`."""
     await asyncio.sleep(ms / 1000)
     return index
 
@@ -442,3 +443,119 @@ async def fails_after(tag: str, count: int) -> AsyncIterator[str]:
     for index in range(1, count + 1):
         yield f"{tag}:{index}"
     raise ValueError(f"{tag} broke after {count}")
+
+
+class Overdrawn(Exception):
+    """A user's own exception, with an `__init__` of its own (not just a message)."""
+
+    def __init__(self, account: str, amount: int) -> None:
+        super().__init__(f"account {account} is overdrawn by {amount}")
+        self.account = account
+        self.amount = amount
+
+
+@girder.function
+def withdraw(account: str, amount: int) -> int:
+    raise Overdrawn(account, amount)
+
+
+@girder.function
+async def withdraw_twice(account: str) -> int:
+    first = await girder.call_reentrant(withdraw, account, 1)
+    return first + await girder.call_reentrant(withdraw, account, 2)
+
+
+@girder.function
+async def divide_below(x: int) -> float:
+    """Fails one level down, with ZeroDivisionError."""
+    return await girder.call_reentrant(divide, x, 0)
+
+
+@girder.function
+async def catch_below(x: int) -> str:
+    """Catches a sub-request's failure by the type of its root cause, as a caller would."""
+    try:
+        await girder.call_reentrant(divide, x, 0)
+    except ZeroDivisionError as exc:
+        return f"caught {type(exc).__name__} ({isinstance(exc, girder.RequestError)})"
+    return "not caught"
+
+
+class Scale:
+    """A callable object: its state (the factor) is part of its identity."""
+
+    def __init__(self, factor: int) -> None:
+        self.factor = factor
+
+    def __call__(self, x: int) -> int:
+        return self.factor * x
+
+
+class AsyncScale(Scale):
+    async def __call__(self, x: int) -> int:  # type: ignore[override]
+        await asyncio.sleep(0)
+        return self.factor * x
+
+
+@girder.function
+def returns_coroutine(x: int) -> object:
+    """A sync function that returns a coroutine: a mistake girder must explain."""
+    return asyncio.sleep(0, result=x)
+
+
+# -- large values (tests/test_large_values.py) -----------------------------------------------------
+
+
+def pattern(size: int, seed: int) -> bytes:
+    """`size` bytes that depend on `seed` (cheap to make, the same in every process)."""
+    unit = seed.to_bytes(8, "big") + bytes(range(256))
+    return (unit * (size // len(unit) + 1))[:size]
+
+
+@girder.function
+def big(size: int, seed: int) -> bytes:
+    return pattern(size, seed)
+
+
+@girder.function
+def big_again(size: int, seed: int) -> bytes:
+    """The same value as `big` under another key."""
+    return pattern(size, seed)
+
+
+@girder.function(cache=False)
+def big_uncached(size: int, seed: int) -> bytes:
+    return pattern(size, seed)
+
+
+@girder.function
+def digest_of(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+@girder.function
+async def length_of_big(size: int, seed: int) -> int:
+    """Needs its child's value (so it fetches it) and returns a small one."""
+    (value,) = await girder.call_reentrant([(big, size, seed)])
+    return len(value)
+
+
+@girder.function
+def sync_sleep(ms: int, index: int) -> int:
+    """A slow sync function: blocks `ms` milliseconds (the GIL released, as blocking I/O does)."""
+    time.sleep(ms / 1000)
+    return index
+
+
+@girder.function
+def which_thread(index: int) -> tuple[int, str, str | None]:
+    """The thread that ran this sync request, and its node."""
+    return index, threading.current_thread().name, girder.current_node()
+
+
+@girder.function(cache=False)
+def sync_marked_sleep(ms: int, directory: str) -> str:
+    """Marks `started` in `directory`, then blocks `ms` milliseconds."""
+    _mark(directory, "started")
+    time.sleep(ms / 1000)
+    return "slept"

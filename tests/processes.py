@@ -136,15 +136,17 @@ async def wait_for_nodes(url: str, workers: int, distributors: int = 1) -> None:
 
 @asynccontextmanager
 async def grid_on(
-    redis_url: str | None, logs: Path, *, workers: int
+    redis_url: str | None, logs: Path, *, workers: int, io_concurrency: int | None = None
 ) -> AsyncIterator[tuple[girder.Grid, GridProcesses | None]]:
     """A grid of `workers` workers and a client: in this process on memory (no `redis_url`), or
-    `girder distributor` and `girder worker` processes on Redis (their processes come too)."""
+    `girder distributor` and `girder worker` processes on Redis (their processes come too).
+    `io_concurrency`: the workers' setting, when not the default."""
     if redis_url is None:
-        async with girder.Grid.local(workers=workers) as local:
+        async with girder.Grid.local(workers=workers, io_concurrency=io_concurrency) as local:
             yield local, None
         return
-    procs = GridProcesses(redis_url, logs)
+    env = {} if io_concurrency is None else {"GIRDER_IO_CONCURRENCY": str(io_concurrency)}
+    procs = GridProcesses(redis_url, logs, **env)
     try:
         procs.distributor()
         for index in range(workers):

@@ -45,8 +45,10 @@ async def _every_started_leaf_stops(directory: Path) -> None:
 async def grid(
     backend_url: str | None, tmp_path: Path
 ) -> AsyncIterator[tuple[girder.Grid, GridProcesses | None]]:
-    """A grid of two workers: in this process on memory, or worker processes on Redis."""
-    async with grid_on(backend_url, tmp_path / "logs", workers=2) as found:
+    """A grid of two workers: in this process on memory, or worker processes on Redis. No baton
+    is lent to a request that waits on I/O: each worker runs one request at a time, and the
+    others wait in queues."""
+    async with grid_on(backend_url, tmp_path / "logs", workers=2, io_concurrency=0) as found:
         yield found
 
 

@@ -13,6 +13,7 @@ import redis.asyncio as aioredis
 from redis.crc import key_slot
 
 from girder.backends import open_backend, resp
+from girder.backends import redis as redis_backend
 from girder.backends.base import (
     Claimed,
     Completion,
@@ -26,7 +27,7 @@ from girder.backends.redis import RedisBackend
 from girder.backends.redis_scripts import MAX_SCRIPT_KEYS, MAX_SUBMIT_KEYS, SPECS
 from girder.config import Settings
 from girder.errors import BackendError, ConfigurationError
-from girder.testing.conformance import BackendConformance, claim_all, new, out, put
+from girder.testing.conformance import BackendConformance, blob, claim_all, new, out, put
 from girder.testing.redis_server import RedisServer, free_port
 
 pytestmark = pytest.mark.redis
@@ -307,7 +308,7 @@ def test_a_missing_redis_package_says_how_to_install_it(monkeypatch: pytest.Monk
     monkeypatch.delitem(sys.modules, "girder.backends.redis")
     monkeypatch.delitem(sys.modules, "girder.backends.resp")
     monkeypatch.setitem(sys.modules, "hiredis", None)
-    with pytest.raises(ConfigurationError, match=r"pip install 'girder\[redis\]'"):
+    with pytest.raises(ConfigurationError, match=r"pip install 'girder-grid\[redis\]'"):
         open_backend("redis://127.0.0.1:1/0")
 
 
@@ -575,6 +576,55 @@ async def test_a_server_stall_longer_than_the_leases_reaps_nobody(
         assert asyncio.get_running_loop().time() < deadline, "a silent node was never reaped"
         await asyncio.sleep(0.1)
     await backend.close()
+
+
+# -- blobs in parts --------------------------------------------------------------------------------
+
+
+async def test_a_large_blob_travels_in_parts_and_leaves_none_behind(
+    backend: RedisBackend, raw: aioredis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(redis_backend, "BLOB_CHUNK_BYTES", 1000)
+    sent: list[int] = []
+    original = resp.Connection.pipeline
+
+    async def counting(self: resp.Connection, commands: Sequence[resp.Command]) -> list[Any]:
+        sent.extend(len(command[3]) for command in commands if command[0] == "SETRANGE")
+        return await original(self, commands)
+
+    monkeypatch.setattr(resp.Connection, "pipeline", counting)
+    digest, data = blob("parts", 10_500)
+    await backend.put_blob(digest, data, holder="k")
+    assert sent == [1000] * 10 + [500]
+    assert await backend.get_blob(digest) == data
+    await backend.put_blob(digest, data, holder="k2")  # stored: the bytes do not travel again
+    assert len(sent) == 11
+    assert await raw.keys(f"{{{PREFIX}}}:blobpart:*") == []
+    assert await raw.ttl(f"{{{PREFIX}}}:blob:{digest}") == -1
+
+
+async def test_the_parts_of_a_writer_that_died_expire(
+    backend: RedisBackend, raw: aioredis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(redis_backend, "BLOB_CHUNK_BYTES", 1000)
+    original = RedisBackend._run
+
+    async def dies_before_publishing(self: RedisBackend, name: str, *args: Any) -> Any:
+        if name == "blob_commit":
+            raise RuntimeError("the writer died")
+        return await original(self, name, *args)
+
+    monkeypatch.setattr(RedisBackend, "_run", dies_before_publishing)
+    digest, data = blob("dies", 5000)
+    with pytest.raises(RuntimeError):
+        await backend.put_blob(digest, data, holder="k")
+    [part] = await raw.keys(f"{{{PREFIX}}}:blobpart:*")
+    assert 0 < await raw.pttl(part) <= 600_000
+    assert await raw.exists(f"{{{PREFIX}}}:blob:{digest}") == 0
+    assert await backend.get_blob(digest) is None
+
+
+# -- events --------------------------------------------------------------------------------------
 
 
 async def test_the_event_stream_is_capped_and_read_in_pages(redis_url: str) -> None:

@@ -110,7 +110,10 @@ async def test_the_page_shows_nodes_counts_and_a_growing_graph(
     await backend.connect()
     dashboard = Dashboard(backend, port=0)
     try:
-        async with grid_on(redis_url, tmp_path / "logs", workers=2) as (grid, _):
+        # One request at a time per worker (no baton lent to naps): the tree takes seconds to
+        # unfold, long enough for the page to watch it grow, and spreads over both workers.
+        logs = tmp_path / "logs"
+        async with grid_on(redis_url, logs, workers=2, io_concurrency=0) as (grid, _):
             url = await dashboard.start()
             await asyncio.to_thread(browser.get, url)
             rows = await until(

@@ -77,6 +77,9 @@ async def test_chain_2000_on_one_worker_process(
 async def test_kill_9_of_a_worker_mid_job_loses_nothing(
     grid_processes: GridProcesses, client: girder.Grid, redis_url: str
 ) -> None:
+    # One request at a time per worker (no baton lent to naps): the job spreads over both
+    # workers by stealing and lasts long enough to kill one of them mid-job.
+    grid_processes.env["GIRDER_IO_CONCURRENCY"] = "0"
     grid_processes.distributor()
     victim = grid_processes.worker("victim")
     grid_processes.worker("survivor")

@@ -35,9 +35,10 @@ pytestmark = pytest.mark.timeout(90)
 
 @pytest.fixture(params=["memory", "redis"])
 async def one_baton(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[girder.Grid]:
-    """A grid of one worker with one baton: in this process, or one worker process on Redis."""
+    """A grid of one worker with one baton: in this process, or one worker process on Redis.
+    No baton is lent to requests that wait on I/O, so that `counted` counts baton holders."""
     if request.param == "memory":
-        async with girder.Grid.local(workers=1, concurrency=1) as local:
+        async with girder.Grid.local(workers=1, concurrency=1, io_concurrency=0) as local:
             yield local
             assert local.workers[0].baton.try_acquire_for_work()  # no baton was lost
             assert not local.workers[0].baton.try_acquire_for_work()  # and none was made
@@ -45,7 +46,7 @@ async def one_baton(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIter
         return
     redis_url: str = request.getfixturevalue("redis_url")
     (tmp_path / "logs").mkdir()
-    procs = GridProcesses(redis_url, tmp_path / "logs")
+    procs = GridProcesses(redis_url, tmp_path / "logs", GIRDER_IO_CONCURRENCY="0")
     try:
         procs.distributor()
         procs.worker("w1", "pool", "--import", "routingfns", "--concurrency", "1")
@@ -113,7 +114,7 @@ async def test_cancelling_a_request_with_two_parked_flows_loses_no_baton(
 
 async def test_two_batons_two_flows(tmp_path: Path) -> None:
     """With two batons, an evaluation with two parked flows still holds at most one."""
-    async with girder.Grid.local(workers=1, concurrency=2) as grid:
+    async with girder.Grid.local(workers=1, concurrency=2, io_concurrency=0) as grid:
         await grid.call(most_at_once)
         assert await grid.call(gather_two, "k") == ["k0", "k1", "k2", "k3"]
         assert await grid.call(most_at_once) == 2

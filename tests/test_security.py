@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import pickle
 import subprocess
@@ -13,14 +14,12 @@ from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
-import structlog
 from gridfns import add, touch
 from processes import GridProcesses, nodes, wait_for_nodes, wait_until
 
 import girder
 from girder.backends.redis_keys import DONE, F_OUTCOME, F_PAYLOAD, F_STATUS, RedisKeys
 from girder.errors import ConfigurationError
-from girder.log import configure
 
 pytestmark = [pytest.mark.redis, pytest.mark.timeout(120)]
 
@@ -166,7 +165,7 @@ def no_secret(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.mark.usefixtures("no_secret")
 async def test_a_client_refuses_redis_without_a_secret(
-    redis_url: str, monkeypatch: pytest.MonkeyPatch
+    redis_url: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     for make in (
         lambda: girder.Grid.connect(redis_url),
@@ -180,11 +179,10 @@ async def test_a_client_refuses_redis_without_a_secret(
     assert await _no_nodes(redis_url)
 
     monkeypatch.setenv("GIRDER_INSECURE", "1")
-    configure("WARNING")  # before capturing: a later configure would end the capture
-    with structlog.testing.capture_logs() as logs:
+    with caplog.at_level(logging.WARNING, logger="girder"):
         async with girder.Grid.connect(redis_url, **OPTIONS):
             pass
-    assert any(e["log_level"] == "warning" and "INSECURE" in e["event"] for e in logs)
+    assert any(r.levelno == logging.WARNING and "INSECURE" in r.message for r in caplog.records)
 
 
 @pytest.mark.usefixtures("no_secret")

@@ -25,7 +25,9 @@ known_backends: dict[str, str] = {
 }
 """URL scheme -> "module:factory" of the backends that ship with girder."""
 
-_install_hints = {"redis": "pip install 'girder[redis]'"}
+_install_hints = {
+    "redis": "pip install 'girder-grid[redis]' (in a checkout: pip install -e '.[redis]')"
+}
 _registered: dict[str, BackendFactory] = {}
 
 

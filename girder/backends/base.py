@@ -22,6 +22,13 @@ The state, per backend:
 - the **events** of the grid (see `Event`): a bounded stream, oldest dropped first, that the
   operations below append to as part of their atomic step when the backend publishes events
   (`Settings.events`). Dashboards and metrics read it with `events`; nothing in the grid does.
+- **blobs**: large values and arguments, stored once by the digest of their bytes, each with the
+  request keys that *hold* it (whose records refer to it) and when it was last put or checked.
+- the **result cache**: the outcome of each done key, with the name of the function that
+  computed it and, when its completion gave a `ttl`, an expiry. A cached outcome is the only
+  state a backend may lose on its own: it expires, a bounded cache drops the least recently
+  used, a Redis server under `maxmemory` evicts it. Losing one makes the key unknown (the next
+  request computes it again); it never leaves a key "done" without its outcome.
 
 A node id names one worker, distributor or client, unique across the grid.
 
@@ -40,7 +47,7 @@ error.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Protocol, runtime_checkable
@@ -78,6 +85,9 @@ class Submitted:
     """What `submit` found for one request.
 
     `outcome` is the cached outcome when the key was already done (then nothing was registered).
+    `shared` says the key was in flight already (pending, or running under an owner that will
+    complete it: this submission joins that run; not reported with a cycle): what nodes count
+    as requests shared while in flight.
     `partial` is the latest partial outcome published for a key that is not done (see
     `publish`): a waiter that joins a streaming request late starts from it. `cycle` is the
     list of keys of a wait-for cycle that the new wait edge closed, starting and ending with
@@ -88,6 +98,7 @@ class Submitted:
     outcome: bytes | None = None
     cycle: tuple[str, ...] | None = None
     partial: bytes | None = None
+    shared: bool = False
 
 
 @dataclass(slots=True)
@@ -100,13 +111,37 @@ class Claimed:
 
 @dataclass(frozen=True, slots=True)
 class Completion:
-    """The outcome of a key a node ran, as `complete_and_claim` records it. `error` is the
-    readable error chain when the outcome is a failure (for the grid's events only)."""
+    """The outcome of a key a node ran, as `complete_and_claim` records it.
+
+    When `cache`, `ttl` is how many seconds the cached outcome lives (None: until dropped to
+    make room, or cleared) and `function` the name of the grid function that computed it (for
+    `cache_stats` and `cache_clear`). `error` is the readable error chain when the outcome is a
+    failure (for the grid's events only)."""
 
     key: str
     outcome: bytes
     cache: bool
+    ttl: float | None = None
+    function: str = ""
     error: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class CacheUsage:
+    """Cached outcomes and their size: outcome plus stored request payload, in bytes."""
+
+    entries: int = 0
+    bytes: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class CacheStats:
+    """What `cache_stats` found: the totals and the usage per function name ("" for outcomes
+    completed without one)."""
+
+    entries: int
+    bytes: int
+    functions: dict[str, CacheUsage]
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,7 +177,8 @@ class Assignment:
 
 @dataclass(frozen=True, slots=True)
 class NodeInfo:
-    """Membership of one node, as `nodes` reports it."""
+    """Membership of one node, as `nodes` reports it. `counters` are the ones the node
+    published with its last heartbeat (see `heartbeat`)."""
 
     node: str
     kind: NodeKind
@@ -150,6 +186,7 @@ class NodeInfo:
     alive: bool
     work: int
     running: int
+    counters: Mapping[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -318,15 +355,25 @@ class StateBackend(Protocol):
         ...
 
     async def complete(
-        self, node: str, key: str, outcome: bytes, *, cache: bool, error: str = ""
+        self,
+        node: str,
+        key: str,
+        outcome: bytes,
+        *,
+        cache: bool,
+        ttl: float | None = None,
+        function: str = "",
+        error: str = "",
     ) -> None:
         """Record the outcome of a key `node` ran, and notify its waiters (`error`: the readable
         error chain of a failed outcome, for the events).
 
         Atomically: the key leaves `node`'s running set. Then, unless the key is done or runs
         under another owner (see "who may complete a key" above): when `cache`, the key becomes
-        done with `outcome` cached, otherwise its record is deleted (the next request computes it
-        again); its wait edges and job roots are deleted, and every waiter other than `node` itself
+        done with `outcome` cached under `function`'s name, to expire after `ttl` seconds (None:
+        no expiry; see the result cache above), otherwise its record is deleted (the next
+        request computes it again); its wait edges and job roots are deleted, and every waiter
+        other than `node` itself
         gets a `Notification` in its inbox (the caller resolves its own local waiters; a node
         that left gets nothing). The waiter set is cleared. Repeating a completion changes
         nothing more.
@@ -487,10 +534,13 @@ class StateBackend(Protocol):
         """Register `node` (or renew its registration) with a lease of `ttl` seconds."""
         ...
 
-    async def heartbeat(self, node: str, ttl: float) -> Beat:
+    async def heartbeat(
+        self, node: str, ttl: float, counters: Mapping[str, int] | None = None
+    ) -> Beat:
         """Extend `node`'s lease and raise the grid's clock. Not `registered` when the node is
         not (it was reaped, or the backend lost its state): the node must `join` again and
-        resubmit what it waits for."""
+        resubmit what it waits for. A registered node's `counters` (what it ran, failed...),
+        when given, replace the ones `nodes` reports for it (`join` clears them)."""
         ...
 
     async def reconcile(self, node: str, keep: Sequence[str]) -> int:
@@ -529,8 +579,31 @@ class StateBackend(Protocol):
         """The live nodes whose distributor is `distributor`."""
         ...
 
+    async def work_lists(self) -> dict[str, int]:
+        """Every work list that is not empty, by name, with its length: also the queues of
+        pools that no registered node serves (`girder status`). A reading, not atomic: a
+        backend may scan its keys."""
+        ...
+
     async def cache_size(self) -> int:
-        """How many outcomes are cached."""
+        """How many outcomes are cached (a shared backend may count them by a scan)."""
+        ...
+
+    async def cache_stats(self) -> CacheStats:
+        """The cached outcomes, their bytes, and both per function.
+
+        Not atomic as a whole on a shared backend (it scans in steps): an outcome cached, dropped
+        or expiring meanwhile may or may not be counted; every other one is counted once.
+        Expired outcomes are never counted."""
+        ...
+
+    async def cache_clear(self, function: str | None = None) -> int:
+        """Delete the cached outcomes (only those of the function named `function`, if given).
+
+        Done keys become unknown: the next request computes them again. Pending and running
+        keys, and everything else, are left alone. Each deletion is atomic; the whole is not on
+        a shared backend (it scans in steps): an outcome cached meanwhile may stay. Clearing
+        again deletes nothing more. Returns how many outcomes were deleted."""
         ...
 
     # -- events -----------------------------------------------------------------------------------
@@ -558,4 +631,41 @@ class StateBackend(Protocol):
 
     async def flush(self) -> None:
         """Delete all of this grid's state (tests and `girder status --flush`)."""
+        ...
+
+    # -- large values -----------------------------------------------------------------------------
+
+    async def put_blob(self, digest: str, data: bytes, *, holder: str) -> None:
+        """Store `data` as the blob `digest` unless one is stored, and record request `holder`
+        as one of its holders; the blob's grace period starts again (see `sweep_blobs`).
+
+        Atomically as `get_blob` and `sweep_blobs` see it: a blob is absent or whole, never
+        part-written (a backend may send a large one in several parts out of sight, then
+        publish it in one step). A blob already stored is never overwritten: its bytes stay
+        (put-if-absent). The backend does not check that `digest` names `data`: readers check
+        the bytes against the digest their signed record names. Repeating a put changes
+        nothing more. A caller puts a blob before it writes the record that refers to it.
+        """
+        ...
+
+    async def get_blob(self, digest: str) -> bytes | None:
+        """The bytes of blob `digest`, or None when none is stored. A backend may read a large
+        blob in several parts: one deleted meanwhile may read short (its digest then fails)."""
+        ...
+
+    async def sweep_blobs(self, grace: float) -> int:
+        """Delete the blobs no request record refers to any more.
+
+        Atomically per blob put or checked more than `grace` seconds ago: the holders that
+        have no request record (pending, running or done) are forgotten; if none is left, the
+        blob is deleted, else it counts as checked now. So a blob lives as long as some record
+        of a key that stored it, plus at least `grace` seconds after its last put (the time a
+        node has to write the record after the blob, or to fetch a value whose record went at
+        once: a result that is not cached). Returns how many blobs it deleted (a call sent
+        again after its reply was lost counts only what the repeat deleted).
+        """
+        ...
+
+    async def blobs(self) -> dict[str, int]:
+        """Every stored blob: digest -> size in bytes."""
         ...

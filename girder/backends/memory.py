@@ -2,6 +2,10 @@
 
 Every method runs without an `await` between reading and writing, so each one is atomic on the
 event loop. Wake-ups use one `asyncio.Event` per node; the backend must be used from one loop.
+
+The result cache is bounded: `Settings.cache_max_entries` and `cache_max_bytes` (an outcome plus
+its request payload) drop the least recently used outcomes (a hit makes an outcome the most
+recent) to make room, and an expired outcome is dropped when it is next read.
 """
 
 from __future__ import annotations
@@ -9,13 +13,15 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
-from collections import deque
-from collections.abc import Sequence
+from collections import OrderedDict, deque
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from girder.backends.base import (
     Assignment,
     Beat,
+    CacheStats,
+    CacheUsage,
     Cancelling,
     Claimed,
     Completion,
@@ -49,10 +55,25 @@ _Published = tuple[int, float, EventKind, str, str, str, str, str, str]
 
 
 @dataclass(slots=True)
+class _Blob:
+    """A stored large value, the request keys that hold it, and when it was last put or
+    checked (see `sweep_blobs`)."""
+
+    data: bytes
+    holders: set[str]
+    touched: float
+
+
+@dataclass(slots=True)
 class _Member:
     kind: NodeKind
     distributor: str | None
     expires: float
+    counters: dict[str, int] = field(default_factory=dict)
+
+
+_FOREVER = float("inf")
+"""The expiry of an outcome cached without a ttl."""
 
 
 class _Signal:
@@ -88,14 +109,18 @@ class MemoryBackend:
             deque(maxlen=settings.events_max) if settings.events else None
         )
         self._event_numbers = itertools.count(1)
+        self._max_entries = settings.cache_max_entries
+        self._max_bytes = settings.cache_max_bytes
         self._reset()
 
     def _reset(self) -> None:
         self._records: dict[str, _Record] = {}
-        # Done keys: str -> bytes dicts hold no GC-tracked object, so the collector never
-        # walks the cache however large it grows.
-        self._outcomes: dict[str, bytes] = {}
+        # Done keys, least recently used first; they map str -> bytes, str or float, which the
+        # collector has nothing to look for in.
+        self._outcomes: OrderedDict[str, bytes] = OrderedDict()
         self._done_payloads: dict[str, bytes] = {}
+        self._meta: dict[str, tuple[str, float]] = {}  # key -> (function, expiry or inf)
+        self._cache_bytes = 0
         self._work: dict[str, deque[str]] = {}
         self._pops: dict[str, int] = {}
         self._running: dict[str, set[str]] = {}
@@ -109,6 +134,7 @@ class MemoryBackend:
         self._clock = 0
         self._roots: dict[str, set[str]] = {}  # key -> jobs that submitted it at the top level
         self._departed: set[str] = set()
+        self._blobs: dict[str, _Blob] = {}
 
     async def connect(self) -> None:
         return None
@@ -206,6 +232,70 @@ class MemoryBackend:
             self._list(node).extendleft(keys)
             self._wake_worker(node)
 
+    # -- the result cache -------------------------------------------------------------------------
+
+    def _cached(self, key: str) -> bytes | None:
+        """The cached outcome of `key` (now the most recently used), or None; drops it if it
+        expired."""
+        outcome = self._outcomes.get(key)
+        if outcome is None:
+            return None
+        if self._meta[key][1] <= time.monotonic():
+            self._uncache(key)
+            return None
+        self._outcomes.move_to_end(key)
+        return outcome
+
+    def _cache(self, key: str, outcome: bytes, payload: bytes, ttl: float | None, fn: str) -> None:
+        """Cache an outcome, dropping the least recently used ones to make room (one larger
+        than the whole cache is not cached: it would only push every other one out)."""
+        size = len(outcome) + len(payload)
+        if self._max_bytes is not None and size > self._max_bytes:
+            return
+        self._outcomes[key] = outcome
+        self._done_payloads[key] = payload
+        self._meta[key] = (fn, _FOREVER if ttl is None else time.monotonic() + ttl)
+        self._cache_bytes += size
+        if self._max_bytes is not None and self._cache_bytes > self._max_bytes:
+            while self._cache_bytes > self._max_bytes:
+                self._uncache(next(iter(self._outcomes)))
+        if self._max_entries is not None and len(self._outcomes) > self._max_entries:
+            while len(self._outcomes) > self._max_entries:
+                self._uncache(next(iter(self._outcomes)))
+
+    def _uncache(self, key: str) -> None:
+        outcome = self._outcomes.pop(key)
+        payload = self._done_payloads.pop(key)
+        self._cache_bytes -= len(outcome) + len(payload)
+        del self._meta[key]
+
+    def _drop_expired(self) -> None:
+        now = time.monotonic()
+        for key in [key for key, (_, expires) in self._meta.items() if expires <= now]:
+            self._uncache(key)
+
+    async def cache_size(self) -> int:
+        self._drop_expired()
+        return len(self._outcomes)
+
+    async def cache_stats(self) -> CacheStats:
+        self._drop_expired()
+        usage: dict[str, CacheUsage] = {}
+        for key, outcome in self._outcomes.items():
+            name = self._meta[key][0]
+            size = len(outcome) + len(self._done_payloads[key])
+            found = usage.get(name, CacheUsage())
+            usage[name] = CacheUsage(found.entries + 1, found.bytes + size)
+        return CacheStats(len(self._outcomes), self._cache_bytes, usage)
+
+    async def cache_clear(self, function: str | None = None) -> int:
+        doomed = [
+            key for key in self._outcomes if function is None or self._meta[key][0] == function
+        ]
+        for key in doomed:
+            self._uncache(key)
+        return len(doomed)
+
     # -- requests ---------------------------------------------------------------------------------
 
     async def submit(
@@ -244,22 +334,22 @@ class MemoryBackend:
         pushed: list[str] = []
         for request in requests:
             key = request.key
-            done = self._outcomes.get(key)
+            done = self._cached(key)
             if done is not None:
                 results.append(Submitted(key, outcome=done))
                 self._submitted(node, request, waiter_key, job, "cached")
                 continue
             record = self._records.get(key)
-            how = "shared" if record is not None and record.owner is None else "new"
+            shared = record is not None and (
+                record.owner is None or not self._runnable(key, record)
+            )
             if record is None:
                 record = self._records[key] = _Record(request.payload)
             record.waiters.add(node)
             if self._runnable(key, record):
                 record.owner = None
                 pushed.append(key)
-            else:
-                how = "shared"
-            self._submitted(node, request, waiter_key, job, how)
+            self._submitted(node, request, waiter_key, job, "shared" if shared else "new")
             cycle = None
             if waiter_key is None and job is not None:
                 self._roots.setdefault(key, set()).add(job)
@@ -271,7 +361,9 @@ class MemoryBackend:
                     found = self._cycle_from(key, waiter_key)
                     if found is not None:
                         cycle = (waiter_key, *found)
-            results.append(Submitted(key, cycle=cycle, partial=record.partial))
+            results.append(
+                Submitted(key, cycle=cycle, partial=record.partial, shared=shared and not cycle)
+            )
         if pushed:
             if on_top:
                 self._list(into).extend(pushed)
@@ -353,9 +445,17 @@ class MemoryBackend:
         return None
 
     async def complete(
-        self, node: str, key: str, outcome: bytes, *, cache: bool, error: str = ""
+        self,
+        node: str,
+        key: str,
+        outcome: bytes,
+        *,
+        cache: bool,
+        ttl: float | None = None,
+        function: str = "",
+        error: str = "",
     ) -> None:
-        self._complete(node, key, outcome, cache, error)
+        self._complete(node, Completion(key, outcome, cache, ttl, function, error))
 
     async def complete_and_claim(
         self,
@@ -366,19 +466,20 @@ class MemoryBackend:
         volunteer_at: str | None = None,
     ) -> list[Claimed]:
         for completion in completions:
-            self._complete(
-                node, completion.key, completion.outcome, completion.cache, completion.error
-            )
+            self._complete(node, completion)
         claimed = self._claim_many(node, claim)
         if claim > 0 and not claimed and volunteer_at is not None:
             self._volunteer(volunteer_at, node)
         return claimed
 
-    def _complete(self, node: str, key: str, outcome: bytes, cache: bool, error: str) -> None:
+    def _complete(self, node: str, completion: Completion) -> None:
+        key, outcome = completion.key, completion.outcome
         running = self._running.get(node)
         if running is not None:
             running.discard(key)
         record = self._records.get(key)
+        # A key with a record is not in `_outcomes` (`submit` drops an expired outcome before
+        # it makes one); without a record, an expired outcome changes nothing either.
         if key in self._outcomes or (record is not None and record.owner not in (None, node)):
             return  # done, or a late completion of a key that now runs elsewhere
         self._drop_wait_edges(key)
@@ -386,13 +487,12 @@ class MemoryBackend:
         if record is None:
             return
         del self._records[key]
-        if cache:
-            self._outcomes[key] = outcome
-            self._done_payloads[key] = record.payload
-        if error:
-            self._event(EventKind.FAILED, node, key, detail=error)
+        if completion.cache:
+            self._cache(key, outcome, record.payload, completion.ttl, completion.function)
+        if completion.error:
+            self._event(EventKind.FAILED, node, key, detail=completion.error)
         else:
-            self._event(EventKind.FINISHED, node, key, detail="cached" if cache else "")
+            self._event(EventKind.FINISHED, node, key, detail="cached" if completion.cache else "")
         waiters = record.waiters
         record.waiters = set()
         for waiter in waiters:
@@ -430,7 +530,7 @@ class MemoryBackend:
         return self._claim(node)
 
     async def state(self, key: str) -> RequestState:
-        if key in self._outcomes:
+        if self._cached(key) is not None:
             return RequestState.DONE
         record = self._records.get(key)
         if record is None:
@@ -438,7 +538,7 @@ class MemoryBackend:
         return RequestState.RUNNING if record.owner is not None else RequestState.PENDING
 
     async def result(self, key: str) -> bytes | None:
-        return self._outcomes.get(key)
+        return self._cached(key)
 
     async def payloads(self, keys: Sequence[str]) -> list[bytes | None]:
         return [self._payload(key) for key in keys]
@@ -447,7 +547,7 @@ class MemoryBackend:
         record = self._records.get(key)
         if record is not None:
             return record.payload
-        return self._done_payloads.get(key)
+        return self._done_payloads.get(key) if self._cached(key) is not None else None
 
     async def cancel(
         self,
@@ -570,12 +670,16 @@ class MemoryBackend:
         self._departed.discard(node)
         self._event(EventKind.JOINED, node, parent=distributor or "", detail=kind.value)
 
-    async def heartbeat(self, node: str, ttl: float) -> Beat:
+    async def heartbeat(
+        self, node: str, ttl: float, counters: Mapping[str, int] | None = None
+    ) -> Beat:
         self._clock += 1
         member = self._members.get(node)
         if member is None:
             return Beat(False, self._clock)
         member.expires = time.monotonic() + ttl
+        if counters is not None:
+            member.counters = dict(counters)
         return Beat(True, self._clock)
 
     async def reconcile(self, node: str, keep: Sequence[str]) -> int:
@@ -656,18 +760,19 @@ class MemoryBackend:
                 m.expires >= now,
                 len(self._work.get(node, ())),
                 len(self._running.get(node, ())),
+                dict(m.counters),
             )
             for node, m in sorted(self._members.items())
         ]
+
+    async def work_lists(self) -> dict[str, int]:
+        return {node: len(work) for node, work in sorted(self._work.items()) if work}
 
     async def members(self, distributor: str) -> list[str]:
         now = time.monotonic()
         return sorted(
             n for n, m in self._members.items() if m.distributor == distributor and m.expires >= now
         )
-
-    async def cache_size(self) -> int:
-        return len(self._outcomes)
 
     async def events(self, after: str | None = None, limit: int = 1000) -> list[Event]:
         if not self._events:
@@ -683,6 +788,39 @@ class MemoryBackend:
         self._reset()
         if self._events is not None:
             self._events.clear()
+
+    # -- large values -----------------------------------------------------------------------------
+
+    async def put_blob(self, digest: str, data: bytes, *, holder: str) -> None:
+        blob = self._blobs.get(digest)
+        if blob is None:
+            blob = self._blobs[digest] = _Blob(data, set(), 0.0)
+        blob.holders.add(holder)
+        blob.touched = time.monotonic()
+
+    async def get_blob(self, digest: str) -> bytes | None:
+        blob = self._blobs.get(digest)
+        return None if blob is None else blob.data
+
+    async def sweep_blobs(self, grace: float) -> int:
+        now = time.monotonic()
+        deleted = 0
+        for digest, blob in list(self._blobs.items()):
+            if blob.touched > now - grace:
+                continue
+            blob.holders = {key for key in blob.holders if self._has_record(key)}
+            if blob.holders:
+                blob.touched = now
+            else:
+                del self._blobs[digest]
+                deleted += 1
+        return deleted
+
+    def _has_record(self, key: str) -> bool:
+        return key in self._records or key in self._outcomes
+
+    async def blobs(self) -> dict[str, int]:
+        return {digest: len(blob.data) for digest, blob in self._blobs.items()}
 
 
 def _event_number(event_id: str) -> int:

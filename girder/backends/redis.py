@@ -24,24 +24,32 @@ queue leaves a token on its "wake" list; a token lost with a cancelled BLPOP cos
 Blocking calls run on a separate connection pool so they never hold up other commands. Leases are
 kept in the grid's clock: Redis server time (TIME inside the scripts) that advances at most two
 heartbeat intervals between two heartbeats, so a stalled server does not make live nodes dead.
+
+A cached result is its done request record, and the grid's only state with an expiry (its
+TTL; the journal of a `cache_clear` expires too, and is fine to lose): under a `volatile-*`
+`maxmemory-policy` Redis evicts cached results and nothing else. Its loss makes the key
+unknown, so the next request computes it again. `cache_stats` and `cache_clear` SCAN the
+records (nothing on the hot path keeps an index).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 import time
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-import structlog
-
 from girder.backends.base import (
     Assignment,
     Beat,
+    CacheStats,
+    CacheUsage,
     Cancelling,
     Claimed,
     Completion,
@@ -61,6 +69,7 @@ from girder.backends.redis_keys import (
     F_PAYLOAD,
     F_STATUS,
     PENDING,
+    RECORD,
     RUNNING,
     RedisKeys,
 )
@@ -82,8 +91,9 @@ from girder.backends.resp import (
 )
 from girder.config import Settings
 from girder.errors import BackendError, BackendFull, ConfigurationError
+from girder.log import get_logger
 
-_log = structlog.get_logger("girder")
+_log = get_logger()
 
 T = TypeVar("T")
 
@@ -101,10 +111,29 @@ _OUTAGE_REPLIES = ("LOADING", "BUSY", "MASTERDOWN", "READONLY", "TRYAGAIN", "CLU
 _CONNECT_TRIES = 5
 """Attempts of `connect` whose reply was lost, before it gives up."""
 
-_EVICTING_POLICIES = ("allkeys-lru", "allkeys-lfu", "allkeys-random")
+_SAFE_POLICIES = ("volatile-lru", "volatile-lfu", "volatile-ttl", "volatile-random")
+"""Policies that evict only keys with an expiry: cached results (see the module docstring)."""
+
+_warned_policies: set[tuple[str, str]] = set()
+"""(backend URL, policy) already warned about in this process."""
+
+_SCAN_COUNT = 1000
+"""Keys per SCAN step (and per script call) of `cache_stats` and `cache_clear`."""
 
 _RETRY_FIRST, _RETRY_MAX = 0.05, 2.0
 """Backoff between attempts while the server cannot be reached, in seconds."""
+
+BLOB_CHUNK_BYTES = 8 * 1024 * 1024
+"""The most bytes of a blob one command carries. A larger blob is written in parts (SETRANGE
+on a part key that expires if its writer dies, then published whole by `blob_commit`) and read
+in parts (GETRANGE), so that other commands on the shared connection (heartbeats, claims) pass
+between the parts instead of waiting behind the whole transfer."""
+
+_BLOB_PART_TTL_MS = 600_000
+"""How long the parts of a blob whose writer died stay before they expire."""
+
+_SWEEP_STEP = 100
+"""The most blobs one `blob_sweep` call looks at."""
 
 
 def mask_url(url: str) -> str:
@@ -259,19 +288,38 @@ class RedisBackend:
             raise ConfigurationError(f"Redis at {self.url} is version {release}; girder needs 6.2+")
 
     async def _check_eviction_policy(self) -> None:
-        """Warn when the server may evict the grid's own state (queues, records, leases)."""
+        """Warn (once per process) when the server may evict the grid's own state (queues,
+        records, leases), or will refuse writes when full rather than evict cached results."""
+        commands: list[Command] = [("CONFIG", "GET", "maxmemory-policy")]
+        commands.append(("CONFIG", "GET", "maxmemory"))
         try:
-            reply = await self._redis.execute("CONFIG", "GET", "maxmemory-policy")
-        except (ReplyError, ConnectionLost):  # CONFIG may be renamed or denied by an ACL
+            replies = await self._redis.pipeline(commands)
+        except ConnectionLost:
             return
-        policy = reply[1].decode() if len(reply) == 2 else ""
-        if policy in _EVICTING_POLICIES:
-            _log.warning(
-                "Redis may evict the grid's state; set maxmemory-policy to noeviction "
-                "(or a volatile-* policy)",
-                backend=self.url,
-                policy=policy,
+        found: dict[bytes, bytes] = {}
+        for reply in replies:  # an error reply: CONFIG may be renamed or denied by an ACL
+            if isinstance(reply, list) and len(reply) == 2:
+                found[reply[0]] = reply[1]
+        if b"maxmemory-policy" not in found:
+            return
+        policy = found[b"maxmemory-policy"].decode()
+        limited = found.get(b"maxmemory", b"0") != b"0"
+        if policy in _SAFE_POLICIES or (policy == "noeviction" and not limited):
+            return
+        if (self.url, policy) in _warned_policies:
+            return
+        _warned_policies.add((self.url, policy))
+        if policy.startswith("allkeys"):
+            message = (
+                "Redis may evict the grid's state (queues, records, leases); set "
+                "maxmemory-policy to volatile-lru so that it evicts only cached results"
             )
+        else:
+            message = (
+                "Redis refuses writes once maxmemory is reached instead of evicting cached "
+                "results; set maxmemory-policy to volatile-lru"
+            )
+        _log.warning(message, backend=self.url, policy=policy)
 
     async def _load_scripts(self) -> None:
         commands = [("SCRIPT", "LOAD", script.source) for script in self._scripts.values()]
@@ -434,12 +482,19 @@ class RedisBackend:
         return None if reply is None else Claimed(reply[0].decode(), reply[1])
 
     async def complete(
-        self, node: str, key: str, outcome: bytes, *, cache: bool, error: str = ""
+        self,
+        node: str,
+        key: str,
+        outcome: bytes,
+        *,
+        cache: bool,
+        ttl: float | None = None,
+        function: str = "",
+        error: str = "",
     ) -> None:
         failures = json.dumps({key: _event_text(error)}) if error and self._events else ""
-        await self._journaled(
-            "complete", node, False, node, 0, "", failures, key, outcome, int(cache)
-        )
+        args = _completion_args(Completion(key, outcome, cache, ttl, function))
+        await self._journaled("complete", node, False, node, 0, "", failures, *args)
 
     async def complete_and_claim(
         self,
@@ -455,7 +510,7 @@ class RedisBackend:
         failures = json.dumps(failed) if failed else ""
         args: list[str | bytes | int] = [node, claim, volunteer_at or "", failures]
         for completion in completions:
-            args += (completion.key, completion.outcome, int(completion.cache))
+            args += _completion_args(completion)
         return _claimed(await self._journaled("complete", node, claim > 0, *args))
 
     async def publish(self, node: str, key: str, outcome: bytes) -> bool:
@@ -605,8 +660,11 @@ class RedisBackend:
     async def join(self, node: str, kind: NodeKind, distributor: str | None, ttl: float) -> None:
         await self._run("join", node, kind.value, distributor or "", _ms(ttl))
 
-    async def heartbeat(self, node: str, ttl: float) -> Beat:
-        registered, clock = await self._run("heartbeat", node, _ms(ttl))
+    async def heartbeat(
+        self, node: str, ttl: float, counters: Mapping[str, int] | None = None
+    ) -> Beat:
+        published = "" if counters is None else json.dumps(dict(counters), separators=(",", ":"))
+        registered, clock = await self._run("heartbeat", node, _ms(ttl), published)
         return Beat(bool(registered), clock)
 
     async def reconcile(self, node: str, keep: Sequence[str]) -> int:
@@ -626,7 +684,7 @@ class RedisBackend:
     async def nodes(self) -> list[NodeInfo]:
         rows = await self._run("nodes")
         found = []
-        for node, kind, distributor, alive, work, running in rows:
+        for node, kind, distributor, alive, work, running, counters in rows:
             if kind is None or kind.decode() not in NodeKind.__members__.values():
                 _log.warning("node without a membership record skipped", node=node.decode())
                 continue
@@ -638,6 +696,7 @@ class RedisBackend:
                     bool(alive),
                     work,
                     running,
+                    _counters(counters),
                 )
             )
         return sorted(found, key=lambda info: info.node)
@@ -645,9 +704,64 @@ class RedisBackend:
     async def members(self, distributor: str) -> list[str]:
         return [node.decode() for node in await self._run("members", distributor)]
 
+    async def work_lists(self) -> dict[str, int]:
+        found: dict[str, int] = {}
+        prefix = len(self._keys.work("").encode())
+        cursor = b"0"
+        while True:
+            cursor, keys = await self._execute(
+                "work_lists", "SCAN", cursor, "MATCH", self._keys.work_pattern(), "COUNT", 1000
+            )
+            for key in keys:
+                with contextlib.suppress(BackendError):  # garbage of another type: no list
+                    length = await self._execute("work_lists", "LLEN", key)
+                    if length:
+                        found[key[prefix:].decode(errors="replace")] = length
+            if cursor == b"0":
+                return dict(sorted(found.items()))
+
     async def cache_size(self) -> int:
-        value = await self._execute("cache_size", "GET", self._keys.cached)
-        return int(value) if value and value.isdigit() else 0
+        return (await self.cache_stats()).entries
+
+    async def _scan_records(self, what: str) -> AsyncIterator[list[str]]:
+        """The request keys of every record, in SCAN batches (a key may come twice)."""
+        cursor = b"0"
+        start = len(self._keys.record("").encode())
+        while True:
+            cursor, found = await self._execute(
+                what, "SCAN", cursor, "MATCH", self._keys.pattern(RECORD), "COUNT", _SCAN_COUNT
+            )
+            if found:
+                yield [name[start:].decode(errors="replace") for name in found]
+            if cursor == b"0":
+                return
+
+    async def cache_stats(self) -> CacheStats:
+        seen: set[str] = set()
+        usage: dict[str, CacheUsage] = {}
+        async for keys in self._scan_records("cache_stats"):
+            flat = await self._run("cache_entries", *keys)
+            for i in range(0, len(flat), 3):
+                key, name, size = flat[i].decode(), flat[i + 1].decode(), flat[i + 2]
+                if key not in seen:
+                    seen.add(key)
+                    found = usage.get(name, CacheUsage())
+                    usage[name] = CacheUsage(found.entries + 1, found.bytes + size)
+        entries = sum(u.entries for u in usage.values())
+        return CacheStats(entries, sum(u.bytes for u in usage.values()), usage)
+
+    async def cache_clear(self, function: str | None = None) -> int:
+        every = int(function is None)
+        clearer = f"cache-clear-{uuid.uuid4().hex}"  # names its journal (see cache_drop.lua)
+        dropped = 0
+        try:
+            async for keys in self._scan_records("cache_clear"):
+                dropped += await self._journaled(
+                    "cache_drop", clearer, True, clearer, function or "", every, *keys
+                )
+        finally:
+            await self._execute("cache_clear", "DEL", self._keys.journal(clearer))
+        return dropped
 
     async def events(self, after: str | None = None, limit: int = 1000) -> list[Event]:
         """Event ids are `<stream entry id>/<index in the entry>`: one entry holds the events of
@@ -682,6 +796,66 @@ class RedisBackend:
                 await self._execute("flush", "UNLINK", *found)
             if cursor == b"0":
                 return
+
+    # -- large values -----------------------------------------------------------------------------
+
+    async def put_blob(self, digest: str, data: bytes, *, holder: str) -> None:
+        if await self._run("blob_hold", digest, holder):
+            return  # stored already: the bytes need not travel
+        if len(data) <= BLOB_CHUNK_BYTES:
+            await self._run("blob_put", digest, data, holder)
+            return
+        while True:
+            nonce = uuid.uuid4().hex
+            part = self._keys.blob_part(digest, nonce)
+            for start in range(0, len(data), BLOB_CHUNK_BYTES):
+                await self._put_part(part, start, data[start : start + BLOB_CHUNK_BYTES])
+            if await self._run("blob_commit", digest, nonce, holder):
+                return
+
+    async def _put_part(self, part: str, start: int, chunk: bytes) -> None:
+        """Write one part of a blob (both commands are safe to send again)."""
+        commands: list[Command] = [
+            ("SETRANGE", part, start, chunk),
+            ("PEXPIRE", part, _BLOB_PART_TTL_MS),
+        ]
+        for reply in await self._retrying("put_blob", lambda: self._redis.pipeline(commands)):
+            if isinstance(reply, ReplyError):  # out of memory, say
+                raise _reply_error(self.url, "put_blob", reply)
+
+    async def get_blob(self, digest: str) -> bytes | None:
+        name = self._keys.blob(digest)
+        first: list[Command] = [("STRLEN", name), ("GETRANGE", name, 0, BLOB_CHUNK_BYTES - 1)]
+        size, head = await self._retrying("get_blob", lambda: self._redis.pipeline(first))
+        if not isinstance(size, int) or not size or isinstance(head, ReplyError):
+            return None  # none, or garbage of another type in its place
+        parts = [head]
+        for start in range(BLOB_CHUNK_BYTES, size, BLOB_CHUNK_BYTES):
+            end = min(size, start + BLOB_CHUNK_BYTES) - 1
+            parts.append(await self._execute("get_blob", "GETRANGE", name, start, end))
+        return b"".join(parts)
+
+    async def sweep_blobs(self, grace: float) -> int:
+        deleted, until = 0, ""
+        while True:
+            step, seen, until = await self._run(
+                "blob_sweep", _ms(grace) if grace > 0 else 0, until, _SWEEP_STEP
+            )
+            deleted += int(step)
+            if seen < _SWEEP_STEP:
+                return deleted
+
+    async def blobs(self) -> dict[str, int]:
+        digests = await self._execute("blobs", "ZRANGE", self._keys.blobs, 0, -1)
+        if not digests:
+            return {}
+        commands = [("STRLEN", self._keys.blob(digest.decode())) for digest in digests]
+        sizes = await self._retrying("blobs", lambda: self._redis.pipeline(commands))
+        return {
+            digest.decode(): size
+            for digest, size in zip(digests, sizes, strict=True)
+            if isinstance(size, int) and size
+        }
 
 
 def _chunks(requests: Sequence[NewRequest]) -> Iterator[Sequence[NewRequest]]:
@@ -730,12 +904,23 @@ def _event_text(text: str) -> str:
     return text.replace(_EVENT_SEPARATOR, " ").replace(_FIELD_SEPARATOR, " ")
 
 
+def _counters(raw: bytes) -> dict[str, int]:
+    """A node's published counters; nothing for a missing or garbled record."""
+    try:
+        value = json.loads(raw) if raw else {}
+    except ValueError:
+        return {}
+    if not isinstance(value, dict):
+        return {}
+    return {str(k): v for k, v in value.items() if type(v) is int}
+
+
 def _submitted(key: str, reply: list[Any]) -> Submitted:
     if reply[0] == SUBMITTED_DONE:
         return Submitted(key, outcome=reply[1])
     if reply[0] == SUBMITTED_CYCLE:
         return Submitted(key, cycle=tuple(map(_text, reply[1:])))
-    return Submitted(key, partial=reply[1] if len(reply) > 1 else None)
+    return Submitted(key, partial=reply[2] if len(reply) > 2 else None, shared=bool(reply[1]))
 
 
 def _claimed(flat: list[bytes]) -> list[Claimed]:
@@ -756,6 +941,18 @@ def _reply_error(url: str, what: str, error: ReplyError) -> BackendError:
             f"doing {what}); free memory or raise maxmemory. Redis said: {text}"
         )
     return BackendError(f"Redis {what} failed at {url}: {text}")
+
+
+def _completion_args(completion: Completion) -> tuple[str | bytes | int, ...]:
+    """One completion's arguments of the `complete` script (see `COMPLETION_ARGS`)."""
+    ttl_ms = 0 if completion.ttl is None else _ms(completion.ttl)
+    return (
+        completion.key,
+        completion.outcome,
+        int(completion.cache),
+        ttl_ms,
+        completion.function,
+    )
 
 
 def _ms(seconds: float) -> int:

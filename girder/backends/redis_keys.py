@@ -6,13 +6,22 @@ scripts spell no names themselves: each starts with `RedisKeys.lua_prelude()`, w
 same layout as Lua functions (`k_record(key)`, `k_work(node)`, ...) and constants.
 
 Per request key:
-    req:<key>          hash: F_STATUS (pending/running/done), F_PAYLOAD, F_OUTCOME (when done),
-                       F_OWNER (when running), F_CRASHES (times its worker died running it),
-                       F_PARTIAL (the latest partial outcome of a streaming run, until done)
+    req:<key>          hash: F_STATUS (pending/running/done), F_PAYLOAD, F_OUTCOME and
+                       F_FUNCTION (when done), F_OWNER (when running), F_CRASHES (times its
+                       worker died running it), F_PARTIAL (the latest partial outcome of a
+                       streaming run, until done). A done record is the cached result: the only
+                       state of the grid with an expiry (its TTL), so under a volatile-*
+                       `maxmemory-policy` it is the only state Redis may evict (the
+                       journal of a `cache_clear` expires too: it is fine to lose).
     waiters:<key>      set of node ids waiting for the outcome
     waits:<key>        set of keys this key waits for (wait-for edges out of it)
     waitedby:<key>     set of keys waiting for this key (the same edges, reversed)
     roots:<key>        set of jobs that submitted this key at the top level
+Per blob (a large value or request's arguments, named by the SHA-256 of its bytes):
+    blob:<digest>      string: the bytes
+    blobholders:<digest> set of request keys that stored the blob (whose records refer to it)
+    blobpart:<digest>:<nonce> string: a large blob being written in parts (expires if its
+                       writer dies; renamed to blob:<digest> when whole)
 Per job:
     cancelling:<job>   list: the keys a cancellation of the job still has to look at
 Per node:
@@ -26,7 +35,8 @@ Per node:
     taken:<node>       the notification a blocking wait moved out of the inbox (re-read by the
                        next drain, so a reply lost in transit loses no notification)
     wake:<node>        list holding at most one token: "the work list or volunteers got something"
-    node:<node>        hash: F_KIND, F_DISTRIBUTOR (membership)
+    node:<node>        hash: F_KIND, F_DISTRIBUTOR (membership), F_COUNTERS (the node's
+                       counters, JSON, from its last heartbeat)
     members:<node>     set of nodes whose distributor is this node
     journal:<node>     hash: call token -> the packed reply of a script call that claimed work,
                        kept until the node confirms the reply arrived (a resent call returns it
@@ -36,7 +46,6 @@ Per node:
 Per grid:
     leases             sorted set: node -> lease expiry in grid milliseconds (see timekeeper)
     pops               hash: node -> keys it claimed (or handed out) since its last trim
-    cached             integer: how many outcomes are cached
     clock              integer raised by every heartbeat: if it ever goes down, the server lost
                        writes (restored from an older snapshot) and the nodes reconcile
     corrupt            list: the last keys found holding garbage of the wrong type (deleted)
@@ -51,6 +60,7 @@ Per grid:
                        script call that had grid events to publish, its field "e" those events
                        joined by \x1e, each its fields joined by \x1f: kind, node, key, name,
                        parent, job, detail
+    blobs              sorted set: digest -> when the blob was last put or checked (server ms)
 """
 
 from __future__ import annotations
@@ -78,13 +88,16 @@ CANCELLING = "cancelling:"
 ORPHANS = "orphans:"
 LEASES = "leases"
 POPS = "pops"
-CACHED = "cached"
 CLOCK = "clock"
 CORRUPT = "corrupt"
 DEPARTED = "departed"
 FAREWELLS = "farewells"
 TIMEKEEPER = "timekeeper"
 EVENTS = "events"
+BLOB = "blob:"
+BLOB_HOLDERS = "blobholders:"
+BLOB_PART = "blobpart:"
+BLOBS = "blobs"
 
 F_STATUS = "s"
 F_PAYLOAD = "pl"
@@ -92,8 +105,10 @@ F_OUTCOME = "out"
 F_OWNER = "o"
 F_CRASHES = "c"
 F_PARTIAL = "pt"
+F_FUNCTION = "fn"
 F_KIND = "kind"
 F_DISTRIBUTOR = "dist"
+F_COUNTERS = "ctr"
 
 PENDING = "p"
 RUNNING = "r"
@@ -117,17 +132,20 @@ _PER_ID = {
     "orphans": ORPHANS,
     "roots": ROOTS,
     "cancelling": CANCELLING,
+    "blob": BLOB,
+    "blob_holders": BLOB_HOLDERS,
+    "blob_part": BLOB_PART,
 }
 _GLOBAL = {
     "LEASES": LEASES,
     "POPS": POPS,
-    "CACHED": CACHED,
     "CLOCK": CLOCK,
     "CORRUPT": CORRUPT,
     "DEPARTED": DEPARTED,
     "FAREWELLS": FAREWELLS,
     "TIMEKEEPER": TIMEKEEPER,
     "EVENTS": EVENTS,
+    "BLOBS": BLOBS,
 }
 _CONSTANTS = {
     "F_STATUS": F_STATUS,
@@ -136,8 +154,10 @@ _CONSTANTS = {
     "F_OWNER": F_OWNER,
     "F_CRASHES": F_CRASHES,
     "F_PARTIAL": F_PARTIAL,
+    "F_FUNCTION": F_FUNCTION,
     "F_KIND": F_KIND,
     "F_DISTRIBUTOR": F_DISTRIBUTOR,
+    "F_COUNTERS": F_COUNTERS,
     "PENDING": PENDING,
     "RUNNING": RUNNING,
     "DONE": DONE,
@@ -161,9 +181,9 @@ class RedisKeys:
         self.base = "{" + prefix + "}:"
         self.leases = self.base + LEASES
         self.pops = self.base + POPS
-        self.cached = self.base + CACHED
         self.corrupt = self.base + CORRUPT
         self.events = self.base + EVENTS
+        self.blobs = self.base + BLOBS
 
     def record(self, key: str) -> str:
         return self.base + RECORD + key
@@ -183,12 +203,23 @@ class RedisKeys:
     def wake(self, node: str) -> str:
         return self.base + WAKE + node
 
+    def work_pattern(self) -> str:
+        """A SCAN pattern that matches every work list of this grid."""
+        return self.pattern()[:-1] + WORK + "*"
+
     def journal(self, node: str) -> str:
         return self.base + JOURNAL + node
 
-    def pattern(self) -> str:
-        """A SCAN pattern that matches every key of this grid and nothing else."""
-        return re.sub(r"([*?\[\]\\])", r"\\\1", self.base) + "*"
+    def blob(self, digest: str) -> str:
+        return self.base + BLOB + digest
+
+    def blob_part(self, digest: str, nonce: str) -> str:
+        return self.base + BLOB_PART + digest + ":" + nonce
+
+    def pattern(self, part: str = "") -> str:
+        """A SCAN pattern that matches every key of this grid (that starts with `part` after
+        the prefix, e.g. `RECORD`) and nothing else."""
+        return re.sub(r"([*?\[\]\\])", r"\\\1", self.base + part) + "*"
 
     def lua_prelude(self) -> str:
         """Lua definitions of the same names, for the start of every script."""

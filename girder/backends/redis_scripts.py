@@ -52,8 +52,15 @@ MAX_SUBMIT_KEYS = 250
 MAX_SCRIPT_BYTES = 512 * 1024
 """The most bytes of payloads one `submit` call carries (unless one payload alone is larger)."""
 
+CLEAR_JOURNAL_MS = 600 * 1000
+"""How long the journal of a `cache_clear` lives at most (its client deletes it when done)."""
+
 DEPARTED_MEMORY_MS = 24 * 3600 * 1000
 """How long the grid remembers that a node departed (notifications for it are dropped)."""
+
+COMPLETION_ARGS = ("key", "outcome", "cache", "ttl_ms", "function")
+"""The arguments of one completion in `complete`'s repeated tail, in order (`ttl_ms` 0: no
+expiry)."""
 
 _JOURNAL_ARGS = ("token", "low", "again")
 
@@ -108,7 +115,7 @@ SPECS = {
         ScriptSpec("trim", ("distributor",), rest="members", journaled=True),
         ScriptSpec("steal", ("distributor", "member", "count"), journaled=True),
         ScriptSpec("join", ("node", "kind", "distributor", "ttl_ms")),
-        ScriptSpec("heartbeat", ("node", "ttl_ms")),
+        ScriptSpec("heartbeat", ("node", "ttl_ms", "counters")),
         ScriptSpec("leave", ("node",)),
         ScriptSpec("reap", ("reaper", "max_crashes"), journaled=True),
         ScriptSpec("reconcile", ("node",), rest="keep", journaled=True),
@@ -116,6 +123,12 @@ SPECS = {
         ScriptSpec("ask_to_cancel", ("owner", "job")),
         ScriptSpec("nodes"),
         ScriptSpec("members", ("distributor",)),
+        ScriptSpec("blob_hold", ("digest", "holder")),
+        ScriptSpec("blob_put", ("digest", "data", "holder")),
+        ScriptSpec("blob_commit", ("digest", "nonce", "holder")),
+        ScriptSpec("blob_sweep", ("grace_ms", "until_ms", "limit")),
+        ScriptSpec("cache_entries", rest="keys"),
+        ScriptSpec("cache_drop", ("node", "fn_name", "every"), rest="keys", journaled=True),
     )
 }
 
@@ -135,7 +148,9 @@ def _lua_constants(grid_tick_ms: int, events_max: int) -> str:
     lines.append(f"local GRID_TICK_MS = {grid_tick_ms}")
     lines.append(f"local MAX_SCRIPT_KEYS = {MAX_SCRIPT_KEYS}")
     lines.append(f"local DEPARTED_MEMORY_MS = {DEPARTED_MEMORY_MS}")
+    lines.append(f"local CLEAR_JOURNAL_MS = {CLEAR_JOURNAL_MS}")
     lines.append(f"local MAX_CANCEL_STEP = {MAX_CANCEL_STEP}")
+    lines.append(f"local COMPLETION_ARGS = {len(COMPLETION_ARGS)}")
     return "\n".join(lines) + "\n"
 
 

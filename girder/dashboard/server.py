@@ -29,23 +29,22 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import structlog
-
 from girder.backends import open_backend
 from girder.backends.base import StateBackend
 from girder.config import Settings
 from girder.dashboard.metrics import CONTENT_TYPE, render
 from girder.dashboard.model import GridModel
 from girder.errors import ConfigurationError
+from girder.log import get_logger
 
 try:
     from aiohttp import web
 except ImportError as exc:  # pragma: no cover - depends on the installation
     raise ConfigurationError(
-        "the dashboard needs aiohttp; install it with: pip install 'girder[dashboard]'"
+        "the dashboard needs aiohttp; install it with: pip install 'girder-grid[dashboard]'"
     ) from exc
 
-_log = structlog.get_logger("girder")
+_log = get_logger()
 
 DEFAULT_PORT = 8787
 COOKIE = "girder_dashboard_token"

@@ -3,6 +3,10 @@
 Evaluating a request holds a baton; a request that parks in `call_reentrant` passes it on and
 takes one back when its sub-requests are done. Parked requests that are ready again get a free
 baton before the worker loop does, so work in progress finishes before new work starts.
+
+An async request that waits on something else than the grid (I/O, a sleep) computes nothing
+meanwhile: its baton is *lent* to the worker loop, up to `loans` requests at a time, so that
+I/O-bound functions wait together while CPU-bound ones still run one per baton.
 """
 
 from __future__ import annotations
@@ -14,10 +18,11 @@ from collections import deque
 class Baton:
     """A counting baton with priority for resuming requests over the worker loop."""
 
-    __slots__ = ("_free", "_loop", "_reserved", "_resumers", "_worker_waiter")
+    __slots__ = ("_free", "_loans_left", "_loop", "_reserved", "_resumers", "_worker_waiter")
 
-    def __init__(self, permits: int = 1) -> None:
+    def __init__(self, permits: int = 1, *, loans: int = 0) -> None:
         self._free = permits
+        self._loans_left = loans
         self._reserved = 0
         self._resumers: deque[asyncio.Future[None]] = deque()
         self._worker_waiter: asyncio.Future[None] | None = None
@@ -92,6 +97,21 @@ class Baton:
     def worker_waiting(self) -> bool:
         """Whether the worker loop waits for a baton."""
         return self._worker_waiter is not None
+
+    def lend(self) -> bool:
+        """Pass on the baton of a request that waits on I/O, if fewer than `loans` do already.
+
+        The request keeps a loan until it ends (`end_loan`) or takes a baton back after parking.
+        """
+        if self._loans_left <= 0:
+            return False
+        self._loans_left -= 1
+        self.release()
+        return True
+
+    def end_loan(self) -> None:
+        """A request that had lent its baton finished or took a baton back."""
+        self._loans_left += 1
 
     def release(self) -> None:
         """Pass the baton on: to a resuming request first, then to the worker loop."""

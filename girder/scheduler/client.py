@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any, ClassVar
 
 from girder.backends.base import NodeKind, StateBackend
@@ -46,20 +46,33 @@ class Client(Node):
     async def run(self, requests: Sequence[Request], job: str | None = None) -> list[Outcome]:
         """Submit requests as one job, at the bottom of the pool's queue; wait for all."""
         batch = await self._wait(requests, job or self.new_job())
+        await self.load_values(requests, batch)
         return batch.results()
 
-    async def values(self, requests: Sequence[Request]) -> list[Any]:
-        """Like `run`, but the values, or a `RequestError` with every failure as a cause."""
-        batch = await self._wait(requests, self.new_job())
+    async def values(
+        self, requests: Sequence[Request], on_done: Callable[[int], None] | None = None
+    ) -> list[Any]:
+        """Like `run`, but the values, or a `RequestError` with every failure as a cause.
+        `on_done(n)` hears of each `n` more requests that finished (for a progress bar)."""
+        batch = await self._wait(requests, self.new_job(), on_done)
+        await self.load_values(requests, batch)
         return self.raise_failures(lambda: "call_all", requests, batch)
 
-    async def _wait(self, requests: Sequence[Request], job: str) -> Batch:
+    async def _wait(
+        self,
+        requests: Sequence[Request],
+        job: str,
+        on_done: Callable[[int], None] | None = None,
+    ) -> Batch:
         """Submit the job and wait for it. If the waiting task is cancelled (`task.cancel()`,
         `asyncio.timeout`, a cancel scope), the job is cancelled on the grid too, in the
         background: the caller sees its `CancelledError` at once."""
         self._roots[job] = _keys(requests)
         try:
             batch = await self.request(requests, job=job, into=self.settings.pool, on_top=False)
+            if on_done is not None:
+                on_done(len(requests) - batch.remaining)  # answered at once (the cache)
+                batch.on_outcome = lambda: on_done(1)
             await batch.future
         except asyncio.CancelledError:
             self._cancel_soon(job)
@@ -72,9 +85,8 @@ class Client(Node):
         """The answers of one request as one job, in order: the latest partial one first when
         it already runs, then each one as it is published, the final one last (raised when it
         is an error). Leaving the stream early cancels the job, as a cancelled call does."""
-        assert self._loop is not None, "node not started"
         job = self.new_job()
-        feed = Feed(self._loop)
+        feed = Feed(self.loop)
         finished = False
         self._roots[job] = [request.key]
         try:
@@ -84,6 +96,7 @@ class Client(Node):
                 outcome = feed.take()
                 finished = outcome is None or outcome.final
                 if outcome is not None:
+                    await self.load(outcome, request.key, request.readable)
                     yield outcome.unwrap()
         finally:
             if not finished:
@@ -134,9 +147,12 @@ class Client(Node):
             self._cancel_soon(job)
 
     async def stop(self) -> None:
-        """Finish the cancellations under way, then stop like any node."""
+        """Finish the cancellations under way, then stop like any node; calls still waiting
+        fail (nothing will answer them any more)."""
         await asyncio.gather(*self._cancelling, return_exceptions=True)
         await super().stop()
+        message = "the grid stopped before the request finished"
+        self.waiters.fail_all(Outcome(error=RequestError("request", message, kind="stopped")))
 
 
 def _keys(requests: Sequence[Request]) -> list[str]:

@@ -18,6 +18,14 @@ from girder.backends.base import NodeKind, StateBackend
 from girder.config import Settings
 from girder.scheduler.node import Node
 
+BLOB_GRACE = 600.0
+"""Seconds a blob outlives its last put or check before a sweep may delete it (see
+`StateBackend.sweep_blobs`): the time a node has to write the record that refers to a blob it
+stored, or to fetch a value whose record went at once (a result that is not cached)."""
+
+BLOB_SWEEP_PERIOD = 60.0
+"""Seconds between a distributor's sweeps of the blobs that no record holds any more."""
+
 
 class Distributor(Node):
     """A pool of workers (or of other distributors)."""
@@ -38,6 +46,15 @@ class Distributor(Node):
 
     def _start_loops(self) -> None:
         self._spawn(self._distribute_loop, "distribute")
+        self._spawn(self._sweep_loop, "sweep")
+
+    async def _sweep_loop(self) -> None:
+        """Now and then, delete the blobs that no record holds any more."""
+        while True:
+            await asyncio.sleep(BLOB_SWEEP_PERIOD)
+            deleted = await self.backend.sweep_blobs(BLOB_GRACE)
+            if deleted:
+                self.log.info("swept blobs", deleted=deleted)
 
     async def _distribute_loop(self) -> None:
         backend = self.backend

@@ -24,16 +24,25 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from girder import codeversion
 from girder.backends.base import Claimed, Completion, NewRequest, NodeKind, StateBackend
 from girder.config import Settings
-from girder.errors import BackendFull, Cancelled, RequestError, SerializationError
-from girder.functions import Request
+from girder.errors import (
+    BackendError,
+    BackendFull,
+    Cancelled,
+    GirderError,
+    RequestError,
+    SerializationError,
+)
+from girder.functions import GridFunction, Request
 from girder.keys import SCALARS
-from girder.log import configure, node_logger
+from girder.log import debug_enabled, node_logger
 from girder.scheduler.lease import LeaseKeeper, lease_keeper
+from girder.scheduler.pools import PoolWatch
 from girder.scheduler.waiters import Batch, Feed, Submission, Waiters
 from girder.security import require_secret
-from girder.serialization import Codec, Outcome, RequestPayload
+from girder.serialization import Blob, Codec, Outcome, RequestPayload
 
 
 def new_node_id(kind: NodeKind) -> str:
@@ -47,16 +56,34 @@ MAX_CHAIN_LEVELS = 32
 _LONGEST_RECHECK = 60.0
 """The most seconds between two submissions of a key a node still waits for."""
 
-_SCHEDULER_DIR = os.path.dirname(os.path.abspath(__file__))
+_GIRDER_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
 
 
 def error_lines(exc: BaseException) -> list[str]:
-    """The traceback of `exc` as lines, without the scheduler's own frames at its start."""
-    tb = exc.__traceback__
-    while tb is not None and tb.tb_frame.f_code.co_filename.startswith(_SCHEDULER_DIR):
-        tb = tb.tb_next
-    lines = traceback.format_exception(type(exc), exc, tb)
+    """The traceback of `exc` as lines, for its failure record: the user's frames, without
+    girder's own that called the function. A sub-request's `RequestError` (raised by
+    `call_reentrant`) loses girder's frames at its end too, and ends with its own line alone:
+    its causes keep their own tracebacks."""
+    sub_request = isinstance(exc, RequestError)
+    frames = _trimmed(traceback.extract_tb(exc.__traceback__), end=sub_request)
+    if isinstance(exc, RequestError):
+        kind = type(exc)
+        lines = ["Traceback (most recent call last):\n", *frames.format()] if frames else []
+        lines.append(f"{kind.__module__}.{kind.__qualname__}: {exc.request}: {exc.message}")
+    else:
+        report = traceback.TracebackException.from_exception(exc)
+        report.stack = frames
+        lines = list(report.format())
     return "".join(lines).rstrip("\n").split("\n")
+
+
+def _trimmed(stack: traceback.StackSummary, *, end: bool) -> traceback.StackSummary:
+    frames = list(stack)
+    while frames and frames[0].filename.startswith(_GIRDER_DIR):
+        frames.pop(0)
+    while end and frames and frames[-1].filename.startswith(_GIRDER_DIR):
+        frames.pop()
+    return traceback.StackSummary.from_list(frames)
 
 
 MAX_EVENT_CHAIN = 4000
@@ -82,9 +109,23 @@ class NodeStats:
     """What a node did, for the demo and `girder status`."""
 
     ran: int = 0
+    failed: int = 0
     cache_hits: int = 0
+    shared: int = 0
+    """Requests this node asked for that were already in flight (it joined their run)."""
     handed_out: int = 0
     stolen: int = 0
+
+    def counters(self) -> dict[str, int]:
+        """The counters a node publishes with its heartbeat (`girder status` shows them)."""
+        return {
+            "ran": self.ran,
+            "failed": self.failed,
+            "cache_hits": self.cache_hits,
+            "shared": self.shared,
+            "handed_out": self.handed_out,
+            "stolen": self.stolen,
+        }
 
 
 class Node:
@@ -106,19 +147,32 @@ class Node:
         self.distributor = distributor
         # In process nothing else reaches the state: signing it would only cost time.
         secret = settings.secret_bytes() if backend.shared else None
-        self.codec = Codec(secret, settings.max_payload_bytes)
+        self.codec = Codec(secret, settings.max_payload_bytes, settings.large_value_bytes)
         self.waiters = Waiters()
         self.stats = NodeStats()
-        configure(settings.log_level)
+        self.pools = PoolWatch(backend, settings.pool_wait, self._pool_unserved)
         self.log = node_logger(self.id, kind=self.kind.value)
         require_secret(settings, backend, self.log)
+        codeversion.set_default(settings.auto_version)
         self._tasks: list[asyncio.Task[None]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._lease_keeper: LeaseKeeper | None = None
         self._clock = 0
         """The grid's clock at this node's last heartbeat (see `Beat`)."""
+        self.running = False
+        """Between the end of `start` and the start of `stop`."""
 
     # -- life -------------------------------------------------------------------------------------
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The event loop this node started on; a node never started raises, saying so."""
+        if self._loop is None:
+            raise GirderError(
+                f"{self.kind.value} {self.id} is not started: use the grid as "
+                "`async with girder.Grid.local(...) as grid:` (or `await grid.start()`) first"
+            )
+        return self._loop
 
     async def start(self) -> None:
         """Join the grid, recover dead nodes' work, and start this node's loops."""
@@ -131,6 +185,7 @@ class Node:
         self._spawn(self._heartbeat_loop, "heartbeat")
         self._spawn(self._listen_loop, "listen")
         self._start_loops()
+        self.running = True
         self.log.info("node started", distributor=self.distributor)
 
     def _start_loops(self) -> None:
@@ -138,10 +193,12 @@ class Node:
 
     async def stop(self) -> None:
         """Stop the loops and leave the grid, handing back whatever is still held."""
+        self.running = False
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
+        await self.pools.stop()
         try:
             await self._before_leaving()
         except Exception as exc:  # what it did not send, `leave` hands back to the grid
@@ -196,7 +253,9 @@ class Node:
     async def _beat(self) -> None:
         """Renew the lease; rejoin and reconcile when the backend forgot this node or lost
         writes."""
-        beat = await self.backend.heartbeat(self.id, self.settings.heartbeat_ttl)
+        beat = await self.backend.heartbeat(
+            self.id, self.settings.heartbeat_ttl, self.stats.counters()
+        )
         went_back = beat.clock <= self._clock
         self._clock = beat.clock
         if beat.registered and not went_back:
@@ -219,6 +278,21 @@ class Node:
         readable = source.readable() if source is not None else f"request {key}"
         self.waiters.resolve(key, Outcome(error=Cancelled(readable, job)))
 
+    def _pool_unserved(self, pool: str, pools: list[str]) -> None:
+        """No distributor of `pool` was seen for `pool_wait` seconds: fail what waits there."""
+        exist = ", ".join(repr(name) for name in pools) or "none (no distributor is running)"
+        message = (
+            f"no distributor serves the pool {pool!r} (none seen for "
+            f"{self.settings.pool_wait:g} s, GIRDER_POOL_WAIT); the pools that exist: {exist}"
+        )
+        if not pools and not self.backend.shared:
+            message += f" ({self.backend.url} lives in this process alone: Grid.local runs a grid)"
+        failed = self.waiters.fail_into(
+            pool, lambda request: Outcome(error=RequestError(request, message, kind="pool"))
+        )
+        if failed:
+            self.log.error("no distributor serves the pool", pool=pool, pools=pools, failed=failed)
+
     def running_keys(self) -> list[str]:
         """The keys this node runs (a worker overrides it), for `reconcile`."""
         return []
@@ -234,6 +308,7 @@ class Node:
         due = self.waiters.due(asyncio.get_running_loop().time(), first, _LONGEST_RECHECK)
         if due:
             self.log.info("submitting again keys awaited for long", count=len(due))
+            await self._store_blobs_again(due)
             await self._submit_and_route(due)
 
     async def _listen_loop(self) -> None:
@@ -272,7 +347,16 @@ class Node:
 
     async def resubmit(self) -> None:
         """Submit again every key this node waits for (after the backend lost its state)."""
-        await self._submit_and_route(self.waiters.submissions())
+        submissions = self.waiters.submissions()
+        await self._store_blobs_again(submissions)
+        await self._submit_and_route(submissions)
+
+    async def _store_blobs_again(self, submissions: list[Submission]) -> None:
+        """Put the argument blobs of submissions again before they are submitted again: the
+        backend may have lost them with the records (a blob still stored does not travel)."""
+        for submission in submissions:
+            if submission.blobs:
+                await self.store_blobs(submission.request.key, list(submission.blobs))
 
     # -- requests ---------------------------------------------------------------------------------
 
@@ -294,6 +378,23 @@ class Node:
         if not outcome.final:
             self.waiters.partial(key, outcome)
 
+    async def peek(self, requests: Sequence[Request]) -> list[Outcome | None]:
+        """The cached outcomes of `requests`, read without running or queueing anything (None:
+        not cached, or not readable here). The reads are concurrent: one pipeline on Redis."""
+        keys = [request.key for request in requests]
+        found = await asyncio.gather(*(self.backend.result(key) for key in keys))
+        outcomes: list[Outcome | None] = []
+        for key, data in zip(keys, found, strict=True):
+            outcome = None if data is None else self.decode_outcome(data, key)
+            outcomes.append(outcome if outcome is not None and outcome.error is None else None)
+        return outcomes
+
+    async def pool_size(self) -> int:
+        """How many live nodes the pool of this node has (at least 1): for a worker, itself and
+        its fellow workers (a nested distributor counts as one)."""
+        members = await self.backend.members(self.distributor or self.settings.pool)
+        return max(1, len(members))
+
     async def readables(self, keys: Sequence[str]) -> list[str]:
         """Readable forms of stored requests (for error messages; never raises)."""
         payloads = await self.backend.payloads(keys)
@@ -306,22 +407,83 @@ class Node:
         return names
 
     def completion(
-        self, key: str, readable: Callable[[], str], outcome: Outcome, cache: bool
+        self,
+        key: str,
+        readable: Callable[[], str],
+        outcome: Outcome,
+        cache: bool,
+        *,
+        blobs: list[Blob] | None = None,
+        function: GridFunction[..., Any] | None = None,
     ) -> Completion:
         """The completion to record for `outcome`; an outcome that cannot be encoded becomes
-        a failure. `readable` names the request; it is only called when something fails."""
+        a failure. `readable` names the request; it is only called when something fails.
+        With `blobs`, a large value goes to a blob appended there: the caller stores it
+        first (see `stored`). `function` (the one that ran) sets how long a cached outcome
+        lives and whose it is."""
         try:
-            data = self.codec.encode_outcome(outcome, key, readable)
+            data = self.codec.encode_outcome(outcome, key, readable, blobs)
         except SerializationError as exc:
             outcome = Outcome(error=RequestError(readable(), str(exc), kind="invalid"))
             data = self.codec.encode_outcome(outcome, key, readable)
-        error = "" if outcome.error is None else error_chain(outcome.error)
-        return Completion(key, data, cache and outcome.error is None and outcome.final, error)
+        if not (cache and outcome.error is None and outcome.final):
+            error = "" if outcome.error is None else error_chain(outcome.error)
+            return Completion(key, data, False, error=error)
+        if function is None:
+            return Completion(key, data, True, ttl=self.settings.cache_ttl)
+        ttl = self.settings.cache_ttl if function.ttl is None else function.ttl
+        return Completion(key, data, True, ttl=ttl, function=function.name)
+
+    async def stored(
+        self, completion: Completion, readable: Callable[[], str], blobs: list[Blob]
+    ) -> Completion:
+        """Store the blob of a completion's large value; a failure to store it fails the
+        request instead (never cached)."""
+        try:
+            await self.store_blobs(completion.key, blobs)
+        except BackendError as exc:
+            error = RequestError(
+                readable(), f"its value could not be stored: {exc}", kind="backend"
+            )
+            return self.completion(completion.key, readable, Outcome(error=error), False)
+        return completion
+
+    async def store_blobs(self, holder: str, blobs: list[Blob]) -> None:
+        """Store `blobs` (large values or arguments of request `holder`); empties the list."""
+        try:
+            for blob in blobs:
+                await self.backend.put_blob(blob.ref.digest, blob.data, holder=holder)
+        finally:
+            blobs.clear()
+
+    async def load(self, outcome: Outcome, key: str, readable: Callable[[], str]) -> None:
+        """Fetch the value of `outcome` from its blob, if it has one, in place (every waiter
+        here shares the outcome: the value is fetched once). A blob that is gone or whose
+        bytes do not match its digest makes the outcome an error of this request alone."""
+        ref = outcome.blob
+        if ref is None:
+            return
+        try:
+            loaded = self.codec.load_value(outcome, await self.backend.get_blob(ref.digest), key)
+        except SerializationError as exc:
+            self.log.error("large value refused", key=key, error=str(exc))
+            loaded = Outcome(error=RequestError(readable(), str(exc), kind="invalid"))
+        outcome.value, outcome.error, outcome.blob = loaded.value, loaded.error, None
+
+    async def load_values(self, requests: Sequence[Request], batch: Batch) -> None:
+        """Fetch the large values of a finished batch (see `load`): only a caller that takes
+        the values does; knowing that a key is done costs no transfer."""
+        for request, outcome in zip(requests, batch.outcomes, strict=True):
+            if outcome is not None and outcome.blob is not None:
+                await self.load(outcome, request.key, request.readable)
 
     async def publish(self, key: str, readable: Callable[[], str], outcome: Outcome) -> None:
         """Publish a partial answer of a key this node runs: to its waiters elsewhere through
         the backend, to the streams here at once."""
-        data = self.codec.encode_outcome(outcome, key, readable)
+        blobs: list[Blob] = []
+        data = self.codec.encode_outcome(outcome, key, readable, blobs)
+        if blobs:
+            await self.store_blobs(key, blobs)
         await self.backend.publish(self.id, key, data)
         self.waiters.partial(key, outcome)
 
@@ -329,7 +491,10 @@ class Node:
         self, key: str, readable: Callable[[], str], outcome: Outcome, *, cache: bool
     ) -> None:
         """Store an outcome this node computed, notify waiters, and wake local ones."""
-        completion = self.completion(key, readable, outcome, cache)
+        blobs: list[Blob] = []
+        completion = self.completion(key, readable, outcome, cache, blobs=blobs)
+        if blobs:
+            completion = await self.stored(completion, readable, blobs)
         await self.backend.complete(
             self.id, key, completion.outcome, cache=completion.cache, error=completion.error
         )
@@ -354,11 +519,12 @@ class Node:
         the same backend step claims up to that many of this node's requests (see `adopt`).
         With `feed` (a stream: one request), the answers go there as well, partial ones first.
         """
-        assert self._loop is not None, "node not started"
-        batch = Batch(len(requests), self._loop)
+        batch = Batch(len(requests), self.loop)
         batch.feed = feed
         fresh: dict[str, Submission] = {}
         waiter_key = None if waiter is None else waiter[0]
+        blobs: list[Blob] = []
+        debug = debug_enabled()
         for index, request in enumerate(requests):
             try:
                 key = request.key
@@ -369,14 +535,21 @@ class Node:
                     dict(request.kwargs),
                     job,
                 )
-                data = self.codec.encode_request(payload, key)
-            except SerializationError as exc:
+                data = self.codec.encode_request(payload, key, blobs)
+                spilled: tuple[Blob, ...] = ()
+                if blobs:  # large arguments: stored before the record that refers to them
+                    spilled = tuple(blobs)
+                    await self.store_blobs(key, blobs)
+            except (SerializationError, BackendError) as exc:
                 readable = request.readable()
-                batch.set(index, Outcome(error=RequestError(readable, str(exc), kind="invalid")))
+                kind = "backend" if isinstance(exc, BackendError) else "invalid"
+                batch.set(index, Outcome(error=RequestError(readable, str(exc), kind=kind)))
                 self.log.warning("request rejected", request=readable, error=str(exc))
                 continue
             root_of = job if waiter_key is None else None
             target = into if request.pool is None else request.pool  # routed: bottom of its queue
+            if request.pool is not None:
+                self.pools.check(target, self.loop)
             top = on_top and target == into
             submission = Submission(
                 NewRequest(key, data, request.function.short_name),
@@ -388,10 +561,20 @@ class Node:
             )
             if not payload.kwargs and all(type(arg) in SCALARS for arg in payload.args):
                 submission.local = (payload, request.function)
+            elif spilled:
+                submission.blobs = spilled
             self.waiters.watch(submission, batch, index)
             fresh.setdefault(key, submission)
+            if debug:
+                self.log.debug(
+                    "request submitted", request=request.readable(), key=key, job=job, to=target
+                )
+        if into != self.id:  # a pool's queue, not this node's own stack
+            self.pools.check(into, self.loop)
         same = all(submission.into == into for submission in fresh.values())
-        cycle = await self._submit_and_route(list(fresh.values()), same_target=same, claim=claim)
+        cycle = await self._submit_and_route(
+            list(fresh.values()), same_target=same, claim=claim, fresh=True
+        )
         if cycle is not None and waiter is not None:
             names = await self.readables(cycle)
             raise RequestError(
@@ -407,23 +590,31 @@ class Node:
             raise AssertionError(f"{self.kind.value} {self.id} claimed requests")
 
     async def _submit_and_route(
-        self, submissions: list[Submission], *, same_target: bool = False, claim: int = 0
+        self,
+        submissions: list[Submission],
+        *,
+        same_target: bool = False,
+        claim: int = 0,
+        fresh: bool = False,
     ) -> tuple[str, ...] | None:
         """Submit to the backend, one call per target (work list, end, waiter); the first call
         also claims up to `claim` requests (see `adopt`). Delivers cached outcomes and returns
-        the first wait-for cycle found, if any."""
+        the first wait-for cycle found, if any. `fresh` submissions (not submitted again)
+        count in the node's requests shared while in flight."""
         if not submissions:
             return None
         groups = [submissions] if same_target else _by_target(submissions)
         groups.sort(key=lambda group: group[0].into != self.id)  # own stack first: it claims
         cycle: tuple[str, ...] | None = None
         for group in groups:
-            found = await self._submit_group(group, claim)
+            found = await self._submit_group(group, claim, fresh)
             claim = 0
             cycle = cycle or found
         return cycle
 
-    async def _submit_group(self, group: list[Submission], claim: int) -> tuple[str, ...] | None:
+    async def _submit_group(
+        self, group: list[Submission], claim: int, fresh: bool
+    ) -> tuple[str, ...] | None:
         """Submit submissions that share a target; deliver cached outcomes; return a cycle."""
         head = group[0]
         found, claimed = await self.backend.submit_and_claim(
@@ -445,6 +636,8 @@ class Node:
                 self.waiters.resolve(submitted.key, outcome)
             elif submitted.partial is not None:  # joining a stream late: its latest answer
                 self.partial(submitted.key, submitted.partial)
+            if submitted.shared and fresh:
+                self.stats.shared += 1
             if submitted.cycle is not None and cycle is None:
                 cycle = submitted.cycle
         return cycle
@@ -454,8 +647,7 @@ class Node:
         request would raise (see `raise_failures`)."""
         if outcome.error is None:
             return outcome.value
-        assert self._loop is not None
-        batch = Batch(1, self._loop)
+        batch = Batch(1, self.loop)
         batch.set(0, outcome)
         return self.raise_failures(readable, [request], batch)[0]
 
@@ -479,6 +671,7 @@ class Node:
                 f"{count} {noun} failed; at the bottom: {root.request}: {root.message}",
                 causes=causes,
                 kind=root.kind,
+                exc_type=root.exc_type,
             )
         return [outcome.value for outcome in outcomes]
 

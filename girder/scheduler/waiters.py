@@ -17,7 +17,7 @@ from typing import Any
 
 from girder.backends.base import NewRequest
 from girder.functions import GridFunction, Request
-from girder.serialization import Outcome, RequestPayload
+from girder.serialization import Blob, Outcome, RequestPayload
 
 
 class Feed:
@@ -75,7 +75,7 @@ class Feed:
 class Batch:
     """Outcomes of several keys, in order, and one future that completes when all are in."""
 
-    __slots__ = ("feed", "future", "on_ready", "outcomes", "ready", "remaining")
+    __slots__ = ("feed", "future", "on_outcome", "on_ready", "outcomes", "ready", "remaining")
 
     def __init__(self, size: int, loop: asyncio.AbstractEventLoop) -> None:
         self.outcomes: list[Outcome | None] = [None] * size
@@ -86,6 +86,8 @@ class Batch:
         self.ready = False
         self.feed: Feed | None = None
         """A stream's answers (its batch has one key)."""
+        self.on_outcome: Callable[[], None] | None = None
+        """Called when each slot gets its outcome (a progress bar advances)."""
         if size == 0:
             self.future.set_result(None)
 
@@ -95,6 +97,8 @@ class Batch:
         if self.outcomes[index] is None:
             self.outcomes[index] = outcome
             self.remaining -= 1
+            if self.on_outcome is not None:
+                self.on_outcome()
             if self.remaining == 0 and not self.future.done():
                 self.ready = True
                 if self.on_ready is not None:
@@ -121,6 +125,8 @@ class Submission:
     local: tuple[RequestPayload, GridFunction[..., Any]] | None = None
     """The payload and function themselves, when every argument is an immutable scalar: a
     worker of this node that claims the key may use them instead of decoding the bytes."""
+    blobs: tuple[Blob, ...] = ()
+    """The blobs of its large arguments (stored again when it is submitted again)."""
     next_check: float = 0.0
     """When to submit it again if it is still awaited then (0: not scheduled yet)."""
     checks: int = 0
@@ -193,6 +199,14 @@ class Waiters:
         keys = list(self._watching)
         for key in keys:
             self.resolve(key, outcome)
+        return len(keys)
+
+    def fail_into(self, into: str, outcome: Callable[[str], Outcome]) -> int:
+        """Give every key submitted into the work list `into` (a pool nobody serves) the
+        outcome `outcome(readable form of its request)`. Returns how many keys."""
+        keys = [key for key, s in self._watching.items() if s.into == into]
+        for key in keys:
+            self.resolve(key, outcome(self._watching[key].source.readable()))
         return len(keys)
 
     def submissions(self) -> list[Submission]:

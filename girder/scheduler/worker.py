@@ -20,23 +20,26 @@ recent duration.
 from __future__ import annotations
 
 import asyncio
+import functools
 import sys
-import time
 from collections import deque
-from collections.abc import AsyncGenerator, AsyncIterator, Coroutine
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Coroutine
 from typing import Any, ClassVar
 
 from girder.backends.base import Claimed, NodeKind, StateBackend
 from girder.config import Settings
-from girder.errors import Cancelled, RequestError, SerializationError
+from girder.errors import Cancelled, RequestError, SerializationError, type_name
 from girder.functions import GridFunction, Request
+from girder.log import debug_enabled
 from girder.scheduler.baton import Baton
 from girder.scheduler.context import Evaluation, current_evaluation
+from girder.scheduler.lending import suspensions
 from girder.scheduler.node import Node, error_lines
+from girder.scheduler.offload import SyncRunner
 from girder.scheduler.outbox import Outbox
 from girder.scheduler.waiters import Batch, Feed
 from girder.security import resolve_allowed
-from girder.serialization import Outcome, RequestPayload
+from girder.serialization import Blob, Outcome, RequestPayload
 from girder.watchdog import WatchPipe
 
 _FAIRNESS_SLICE = 0.005
@@ -80,7 +83,7 @@ class Worker(Node):
         super().__init__(
             backend, settings, node_id=node_id, distributor=distributor or settings.pool
         )
-        self.baton = Baton(settings.concurrency)
+        self.baton = Baton(settings.concurrency, loans=settings.io_concurrency)
         self._evaluations: dict[str, asyncio.Task[None]] = {}
         """The tasks of async requests under way here, by key."""
         self._watch = WatchPipe.from_environment()
@@ -100,6 +103,8 @@ class Worker(Node):
         self._claim_size = 1
         self._sync_seconds = 0.0
         """Recent average duration of the sync functions run here."""
+        self._sync = SyncRunner(thread_name=f"girder-{self.id}")
+        """Runs sync functions: inline while quick, else in this worker's thread."""
 
     def _start_loops(self) -> None:
         self._spawn(self._work_loop, "work")
@@ -111,6 +116,7 @@ class Worker(Node):
         tasks = [*self._evaluations.values(), *self._late_sends]
         await asyncio.gather(*tasks, return_exceptions=True)
         await super().stop()
+        self._sync.close()
 
     async def _before_leaving(self) -> None:
         if self._outbox:
@@ -214,7 +220,8 @@ class Worker(Node):
             asyncio.get_running_loop().call_later(_RETRY_DELAY, self._send_late)
 
     async def _start_evaluation(self, claimed: Claimed) -> None:
-        """Evaluate a claimed request; the baton passes to it. Sync functions run right here.
+        """Evaluate a claimed request; the baton passes to it. Sync functions run in this turn of
+        the loop: inline while quick, in the worker's thread once slow (see `SyncRunner`).
 
         A key this worker already runs (it was reaped while stalled, its claim went back to the
         queue and came back here) is not started twice: the run under way completes it."""
@@ -232,6 +239,9 @@ class Worker(Node):
         else:
             try:
                 payload = self.codec.decode_request(claimed.payload, claimed.key)
+                if payload.blob is not None:  # large arguments: fetched from their blob
+                    data = await self.backend.get_blob(payload.blob.digest)
+                    self.codec.load_arguments(payload, data, claimed.key)
                 function = resolve_allowed(payload.function, self.settings)
             except (SerializationError, LookupError) as exc:
                 await self._reject(claimed.key, exc)
@@ -239,6 +249,8 @@ class Worker(Node):
         evaluation = Evaluation(
             self, claimed.key, payload.job, payload.name, payload.args, payload.kwargs
         )
+        if debug_enabled():
+            self._debug("request started", evaluation)
         if function.is_async:
             self._claim_size = 1  # it may park: claim no more than the stack's top
             await self._evaluate_async(evaluation, function)
@@ -250,6 +262,7 @@ class Worker(Node):
         readable = (await self.readables([key]))[0]
         message = f"{exc} (on node {self.id})"
         self.log.error("request rejected", key=key, request=readable, error=message)
+        self.stats.failed += 1
         try:
             error = RequestError(readable, message, kind="invalid")
             await self.finish(key, error.request.__str__, Outcome(error=error), cache=False)
@@ -264,18 +277,19 @@ class Worker(Node):
         limit = function.timeout
         if limit is not None and self._watch is not None:
             self._watch.started(self.id, evaluation.key, limit)
-        start = time.perf_counter()
+        call = functools.partial(function.run_sync, payload.args, payload.kwargs)
         try:
-            outcome = Outcome(value=function.fn(*payload.args, **payload.kwargs))
-        except Exception as exc:
-            outcome = self._failure(evaluation, exc)
+            ran = await self._sync.run(function.name, call)
         finally:
             current_evaluation.reset(token)
             if limit is not None and self._watch is not None:
                 self._watch.ended()
-        elapsed = time.perf_counter() - start
-        self._time_sync(elapsed)
-        if limit is not None and elapsed > limit:  # no supervisor killed it: drop the value
+        if ran.error is None:
+            outcome = Outcome(value=ran.value)
+        else:
+            outcome = self._failure(evaluation, ran.error)
+        self._time_sync(ran.seconds)
+        if limit is not None and ran.seconds > limit:  # no supervisor killed it: drop the value
             outcome = Outcome(error=_timed_out(evaluation, limit))
         await self._conclude(evaluation, function, outcome, inline=True)
 
@@ -297,7 +311,10 @@ class Worker(Node):
             coroutine = function.fn(*evaluation.args, **evaluation.kwargs)
             if function.is_stream:
                 coroutine = self._answers(evaluation, coroutine)
-            task = _new_task(self._run_evaluation(evaluation, function, coroutine))
+            awaitable: Awaitable[Any] = coroutine
+            if self.settings.io_concurrency:
+                awaitable = suspensions(coroutine, lambda: self._lend(evaluation))
+            task = _new_task(self._run_evaluation(evaluation, function, awaitable))
         finally:
             current_evaluation.reset(token)
         if not task.done():
@@ -305,11 +322,23 @@ class Worker(Node):
             self._evaluations[key] = task
             task.add_done_callback(lambda _: self._evaluations.pop(key, None))
 
+    def _lend(self, evaluation: Evaluation) -> None:
+        """The evaluation suspended: when it is not parked on the grid it waits on I/O (or a
+        sleep, a lock...): lend its baton so that the worker goes on meanwhile."""
+        if evaluation.holds_baton and not evaluation.parked and self.baton.lend():
+            evaluation.holds_baton = False
+            evaluation.lent = True
+
+    def _end_loan(self, evaluation: Evaluation) -> None:
+        if evaluation.lent:
+            evaluation.lent = False
+            self.baton.end_loan()
+
     async def _run_evaluation(
         self,
         evaluation: Evaluation,
         function: GridFunction[..., Any],
-        coroutine: Coroutine[Any, Any, Any],
+        coroutine: Awaitable[Any],
     ) -> None:
         try:
             value = await self._within_limit(function.timeout, coroutine)
@@ -323,7 +352,7 @@ class Worker(Node):
             if self._stopping or evaluation.key not in self._cancelled:
                 # The worker stops: pass the baton on, finish nothing (leaving hands it back).
                 self._running.discard(evaluation.key)
-                self._pass_baton(evaluation)
+                self._let_go(evaluation)
                 raise
             task = asyncio.current_task()
             if task is not None:
@@ -331,12 +360,12 @@ class Worker(Node):
             outcome = Outcome()  # replaced below
         except BaseException:
             self._running.discard(evaluation.key)
-            self._pass_baton(evaluation)
+            self._let_go(evaluation)
             raise
         await self._conclude(evaluation, function, outcome)
 
     @staticmethod
-    async def _within_limit(limit: float | None, coroutine: Coroutine[Any, Any, Any]) -> Any:
+    async def _within_limit(limit: float | None, coroutine: Awaitable[Any]) -> Any:
         """Await `coroutine`, cancelled after `limit` seconds (parked time included)."""
         if limit is None:
             return await coroutine
@@ -386,16 +415,40 @@ class Worker(Node):
             job = self._cancelled.pop(evaluation.key, None)
             if job is not None:  # nothing cancelled is cached, whatever the run came to
                 outcome = Outcome(error=Cancelled(evaluation.readable(), job))
+            blobs: list[Blob] = []
             completion = self.completion(
-                evaluation.key, evaluation.readable, outcome, function.cache
+                evaluation.key,
+                evaluation.readable,
+                outcome,
+                function.cache,
+                blobs=blobs,
+                function=function,
             )
+            if blobs:  # a large value: its blob is stored before the completion is sent
+                completion = await self.stored(completion, evaluation.readable, blobs)
             self.stats.ran += 1
+            if outcome.error is not None:
+                self.stats.failed += 1
+            if debug_enabled():
+                self._debug("request finished", evaluation, failed=outcome.error is not None)
             self._outbox.add(completion, outcome)
             self._running.discard(evaluation.key)
             self.waiters.resolve(evaluation.key, outcome)
-            await self._send_or_hold(inline=inline)
+            if evaluation.lent:
+                await self._send_or_hold_lent()
+            else:
+                await self._send_or_hold(inline=inline)
         finally:
-            self._pass_baton(evaluation)
+            self._let_go(evaluation)
+
+    def _debug(self, event: str, evaluation: Evaluation, **fields: Any) -> None:
+        self.log.debug(
+            event,
+            request=evaluation.readable(),
+            key=evaluation.key,
+            job=evaluation.job,
+            **fields,
+        )
 
     async def _send_or_hold(self, *, inline: bool) -> None:
         """Send the outbox now, or hold it for the step of the local work that comes next: a
@@ -413,6 +466,19 @@ class Worker(Node):
         )
         await self._settle(claim=self._claim_size if prefetch else 0)
 
+    async def _send_or_hold_lent(self) -> None:
+        """Send the outbox of a request that ran on a lent baton: no baton passes on, so there
+        is nothing to claim for; several such requests ending together share a step."""
+        if self.backend.round_trips and self._outbox.may_hold():
+            self._outbox.hold()
+            return
+        await self._settle(claim=0)
+
+    def _let_go(self, evaluation: Evaluation) -> None:
+        """The evaluation ended: pass its baton on, or end its loan."""
+        self._pass_baton(evaluation)
+        self._end_loan(evaluation)
+
     def _pass_baton(self, evaluation: Evaluation) -> None:
         if evaluation.holds_baton:
             evaluation.holds_baton = False
@@ -421,9 +487,21 @@ class Worker(Node):
     def _failure(self, evaluation: Evaluation, exc: Exception) -> Outcome:
         readable = evaluation.readable()
         if isinstance(exc, RequestError):
-            error = RequestError(readable, exc.message, error_lines(exc), exc.causes, kind=exc.kind)
+            error = RequestError(
+                readable,
+                exc.message,
+                error_lines(exc),
+                exc.causes,
+                kind=exc.kind,
+                exc_type=exc.exc_type,
+            )
         else:
-            error = RequestError(readable, f"{type(exc).__name__}: {exc}", error_lines(exc))
+            error = RequestError(
+                readable,
+                f"{type(exc).__name__}: {exc}",
+                error_lines(exc),
+                exc_type=type_name(type(exc)),
+            )
         self.log.info("request failed", key=evaluation.key, job=evaluation.job, error=error.message)
         return Outcome(error=error)
 
@@ -448,13 +526,13 @@ class Worker(Node):
         )
         if not batch.future.done():
             await self._park(evaluation, batch)
+        await self.load_values(requests, batch)
         return self.raise_failures(evaluation.readable, requests, batch)
 
     async def stream(self, evaluation: Evaluation, request: Request) -> AsyncIterator[Any]:
         """`girder.stream` inside `evaluation`: push the request like `reentrant` does, then
         park until each answer comes (passing the baton), and take the baton back for it."""
-        assert self._loop is not None, "node not started"
-        feed = Feed(self._loop)
+        feed = Feed(self.loop)
         loop_is_next = (
             evaluation.holds_baton
             and self.baton.idle_after_release()
@@ -475,6 +553,7 @@ class Worker(Node):
             outcome = feed.take()
             if outcome is None:
                 return
+            await self.load(outcome, request.key, request.readable)
             yield self.stream_answer(evaluation.readable, request, outcome)
             if outcome.final:
                 return
@@ -541,6 +620,7 @@ class Worker(Node):
                 reserved = False
                 await self.baton.acquire_for_resume(reserved=True)
                 evaluation.holds_baton = True
+                self._end_loan(evaluation)
         finally:
             if reserved:
                 self.baton.cancel_reservation()

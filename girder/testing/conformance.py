@@ -22,6 +22,7 @@ so a slow machine makes the suite slower, never wrong. "At once" means within `p
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import ClassVar
@@ -30,6 +31,8 @@ import pytest
 
 from girder.backends.base import (
     Assignment,
+    CacheStats,
+    CacheUsage,
     Claimed,
     Completion,
     Event,
@@ -56,6 +59,18 @@ def new(key: str) -> NewRequest:
 def out(key: str, tag: str = "") -> bytes:
     """An outcome for `key` (binary, like a real serialized outcome)."""
     return b"\x80\x00outcome:" + key.encode() + tag.encode()
+
+
+def blob(tag: str, size: int = 1000) -> tuple[str, bytes]:
+    """(digest, bytes) of a binary blob of `size` bytes derived from `tag`."""
+    data = (b"\x00\xffblob:" + tag.encode()) * (size // (7 + len(tag)) + 1)
+    data = data[:size]
+    return hashlib.sha256(data).hexdigest(), data
+
+
+def cached_size(*keys: str) -> int:
+    """The bytes `cache_stats` counts for the cached outcomes `out(key)` of `new(key)`."""
+    return sum(len(out(key)) + len(new(key).payload) for key in keys)
 
 
 async def put(
@@ -203,6 +218,21 @@ class BackendConformance:
         found = await put(backend, "c", ["k1", "k2", "k3"], into="d", on_top=False)
         assert found == [Submitted("k1"), Submitted("k2"), Submitted("k3")]
 
+    async def test_submit_says_which_keys_were_in_flight_already(
+        self, backend: StateBackend
+    ) -> None:
+        await backend.join("w", NodeKind.WORKER, "d", LONG)
+        assert await put(backend, "c1", ["k"], into="d") == [Submitted("k")]
+        assert await put(backend, "c2", ["k", "j"], into="d") == [
+            Submitted("k", shared=True),
+            Submitted("j"),
+        ]
+        await put(backend, "w", ["k"])
+        assert await backend.claim("w") == Claimed("k", new("k").payload)
+        assert await put(backend, "c3", ["k"], into="d") == [Submitted("k", shared=True)]
+        await backend.complete("w", "k", out("k"), cache=False)
+        assert await put(backend, "c4", ["k"], into="d") == [Submitted("k")]
+
     async def test_submit_stores_a_pending_record(self, backend: StateBackend) -> None:
         assert await backend.state("k") == RequestState.UNKNOWN
         await put(backend, "c", ["k"], into="w")
@@ -253,7 +283,7 @@ class BackendConformance:
     ) -> None:
         await put(backend, "w1", ["k"])
         assert await backend.claim("w1") == Claimed("k", new("k").payload)
-        assert await put(backend, "c", ["k"], into="w2") == [Submitted("k")]
+        assert await put(backend, "c", ["k"], into="w2") == [Submitted("k", shared=True)]
         assert await backend.lengths(["w2"]) == [0]
         await backend.complete("w1", "k", out("k"), cache=True)
         assert await backend.take_notifications("c", self.patience) == [Notification("k", out("k"))]
@@ -742,10 +772,12 @@ class BackendConformance:
         self, backend: StateBackend
     ) -> None:
         await run_until_running(backend, "w", "k")
-        assert await put(backend, "c1", ["k"], into="d") == [Submitted("k")]
+        assert await put(backend, "c1", ["k"], into="d") == [Submitted("k", shared=True)]
         await backend.publish("w", "k", out("k", "1"))
         await backend.publish("w", "k", out("k", "2"))
-        assert await put(backend, "c2", ["k"], into="d") == [Submitted("k", partial=out("k", "2"))]
+        assert await put(backend, "c2", ["k"], into="d") == [
+            Submitted("k", partial=out("k", "2"), shared=True)
+        ]
         await backend.publish("w", "k", out("k", "3"))
         assert await backend.take_notifications("c2", self.patience) == [
             Notification("k", out("k", "3"), partial=True)
@@ -775,7 +807,7 @@ class BackendConformance:
         assert await backend.publish("w", "never", out("never")) is False
         assert await backend.take_notifications("c", self.patience) == [Notification("k", out("k"))]
         assert await backend.take_notifications("c", 0.05) == []
-        assert await put(backend, "c2", ["r"], into="d") == [Submitted("r")]
+        assert await put(backend, "c2", ["r"], into="d") == [Submitted("r", shared=True)]
 
     # -- waiting for work -------------------------------------------------------------------------
 
@@ -1023,6 +1055,30 @@ class BackendConformance:
         await backend.join("w", NodeKind.WORKER, None, LONG)
         assert (await backend.heartbeat("w", LONG)).registered is True
 
+    async def test_heartbeat_publishes_the_nodes_counters(self, backend: StateBackend) -> None:
+        await backend.join("w", NodeKind.WORKER, "d", LONG)
+        await backend.heartbeat("w", LONG, {"ran": 3, "failed": 1})
+        await backend.heartbeat("ghost", LONG, {"ran": 9})
+        assert await backend.nodes() == [
+            NodeInfo("w", NodeKind.WORKER, "d", True, 0, 0, {"ran": 3, "failed": 1})
+        ]
+        await backend.heartbeat("w", LONG)  # no counters: the last ones stay
+        assert (await backend.nodes())[0].counters == {"ran": 3, "failed": 1}
+        await backend.heartbeat("w", LONG, {"ran": 4, "failed": 1})
+        assert (await backend.nodes())[0].counters == {"ran": 4, "failed": 1}
+        await backend.join("w", NodeKind.WORKER, "d", LONG)
+        assert (await backend.nodes())[0].counters == {}
+
+    async def test_work_lists_are_every_list_with_work_nodes_or_not(
+        self, backend: StateBackend
+    ) -> None:
+        await backend.join("d", NodeKind.DISTRIBUTOR, None, LONG)
+        await put(backend, "c", ["k1", "k2"], into="typo", on_top=False)
+        await put(backend, "c", ["k3"], into="d", on_top=False)
+        await put(backend, "w", ["k4"])
+        assert await backend.claim("w") is not None
+        assert await backend.work_lists() == {"d": 1, "typo": 2}
+
     async def test_heartbeat_extends_the_lease(self, backend: StateBackend) -> None:
         await backend.join("w1", NodeKind.WORKER, "d", self.lease)
         await backend.join("w2", NodeKind.WORKER, "d", self.lease)
@@ -1241,6 +1297,114 @@ class BackendConformance:
         await run(backend, "w", "d", cache=False)
         assert await backend.cache_size() == 3
 
+    # -- the result cache -----------------------------------------------------------------------
+
+    async def cache_as(
+        self, backend: StateBackend, key: str, function: str, ttl: float | None = None
+    ) -> None:
+        """Run `key` on "w" and complete it, cached under `function` with `ttl`."""
+        await put(backend, "w", [key])
+        claimed = await backend.claim("w")
+        assert claimed is not None
+        assert claimed.key == key
+        await backend.complete("w", key, out(key), cache=True, ttl=ttl, function=function)
+
+    async def test_cache_stats_count_entries_and_bytes_per_function(
+        self, backend: StateBackend
+    ) -> None:
+        assert await backend.cache_stats() == CacheStats(0, 0, {})
+        for key, function in (("a", "f"), ("b", "f"), ("c", "g")):
+            await self.cache_as(backend, key, function)
+        await run(backend, "w", "d", cache=False)
+        await put(backend, "c", ["pending"], into="x")
+
+        assert await backend.cache_stats() == CacheStats(
+            3,
+            cached_size("a", "b", "c"),
+            {"f": CacheUsage(2, cached_size("a", "b")), "g": CacheUsage(1, cached_size("c"))},
+        )
+
+    async def test_a_cached_outcome_expires_after_its_ttl(self, backend: StateBackend) -> None:
+        await self.cache_as(backend, "long", "f", ttl=LONG)
+        await self.cache_as(backend, "forever", "f")
+        await self.cache_as(backend, "short", "f", ttl=1.0)
+        assert await backend.result("short") == out("short")
+
+        async def expired() -> bool:
+            return await backend.state("short") == RequestState.UNKNOWN
+
+        await eventually(expired, self.patience, "the outcome with a ttl of 1 s expired")
+        assert await backend.result("short") is None
+        assert await backend.payloads(["short"]) == [None]
+        assert (await backend.cache_stats()).functions == {
+            "f": CacheUsage(2, cached_size("long", "forever"))
+        }
+        # Expired, the key is computed again: the next request queues it.
+        assert await put(backend, "c", ["short"], into="w") == [Submitted("short")]
+        assert await backend.state("short") == RequestState.PENDING
+        for key in ("long", "forever"):
+            assert await backend.result(key) == out(key)
+
+    async def test_a_ttl_travels_with_complete_and_claim(self, backend: StateBackend) -> None:
+        await put(backend, "c", ["k", "next"], into="w")
+        claimed = await backend.claim("w")
+        assert claimed is not None
+        assert claimed.key == "next"
+        completion = Completion("next", out("next"), True, ttl=1.0, function="f")
+        assert await backend.complete_and_claim("w", [completion], claim=1) == [
+            Claimed("k", new("k").payload)
+        ]
+        assert (await backend.cache_stats()).functions["f"].entries == 1
+
+        async def expired() -> bool:
+            return await backend.result("next") is None
+
+        await eventually(expired, self.patience, "the outcome with a ttl of 1 s expired")
+
+    async def test_a_pending_or_running_key_never_expires(self, backend: StateBackend) -> None:
+        """Only a cached outcome expires: a key requested again after its outcome expired
+        waits and runs as long as it takes."""
+        await self.cache_as(backend, "k", "f", ttl=0.2)
+
+        async def expired() -> bool:
+            return await backend.state("k") == RequestState.UNKNOWN
+
+        await eventually(expired, self.patience, "the outcome expired")
+        await put(backend, "c", ["k"], into="w")
+        await asyncio.sleep(0.4)
+        assert await backend.state("k") == RequestState.PENDING
+        assert await backend.claim("w") == Claimed("k", new("k").payload)
+        await asyncio.sleep(0.4)
+        assert await backend.state("k") == RequestState.RUNNING
+
+    async def test_cache_clear_of_one_function_leaves_the_rest(self, backend: StateBackend) -> None:
+        for key, function in (("a", "f"), ("b", "f"), ("c", "g")):
+            await self.cache_as(backend, key, function)
+        await put(backend, "c", ["pending"], into="x")
+        await run_until_running(backend, "w", "running")
+        assert await backend.cache_clear("f") == 2
+        assert await backend.cache_clear("f") == 0
+        assert [await backend.state(k) for k in ("a", "b", "c", "pending", "running")] == [
+            RequestState.UNKNOWN,
+            RequestState.UNKNOWN,
+            RequestState.DONE,
+            RequestState.PENDING,
+            RequestState.RUNNING,
+        ]
+        assert (await backend.cache_stats()).functions == {"g": CacheUsage(1, cached_size("c"))}
+        assert await put(backend, "c2", ["a"], into="w") == [Submitted("a")]
+        assert await backend.claim("w") == Claimed("a", new("a").payload)
+
+    async def test_cache_clear_of_everything(self, backend: StateBackend) -> None:
+        for key, function in (("a", "f"), ("b", ""), ("c", "g")):
+            await self.cache_as(backend, key, function)
+        await put(backend, "c", ["pending"], into="x")
+        assert await backend.cache_clear() == 3
+        assert await backend.cache_stats() == CacheStats(0, 0, {})
+        assert await backend.cache_size() == 0
+        assert await backend.state("pending") == RequestState.PENDING
+        assert await backend.claim("x") == Claimed("pending", new("pending").payload)
+
     async def test_flush_deletes_everything(self, backend: StateBackend) -> None:
         await backend.join("w", NodeKind.WORKER, "d", LONG)
         await put(backend, "c", ["k", "j"], into="w")
@@ -1267,6 +1431,7 @@ class BackendConformance:
         assert await backend.members("ghost") == []
         assert await backend.lengths(["ghost"]) == [0]
         assert await backend.nodes() == []
+        assert await backend.work_lists() == {}
         assert await backend.take_notifications("ghost", 0) == []
 
     # -- events -----------------------------------------------------------------------------------
@@ -1323,7 +1488,9 @@ class BackendConformance:
         await put(backend, "c", ["k", "j"], into="w")
         await claim_all(backend, "w")
         chain = "f(1): ZeroDivisionError: division by zero\n  g(0): boom"
-        await backend.complete_and_claim("w", [Completion("k", out("k"), False, chain)], claim=0)
+        await backend.complete_and_claim(
+            "w", [Completion("k", out("k"), False, error=chain)], claim=0
+        )
         await backend.complete("w", "j", out("j"), cache=False, error="j: bad")
         found = await events_of(backend, EventKind.FINISHED, EventKind.FAILED)
         assert [(e.kind, e.key, e.detail) for e in found] == [
@@ -1378,3 +1545,73 @@ class BackendConformance:
             assert await backend.events(everything[cut].id, 3) == everything[cut + 1 : cut + 4]
         assert await backend.events(None, 4) == everything[:4]
         assert await backend.events(everything[-1].id) == []
+
+    # -- large values -----------------------------------------------------------------------------
+
+    async def test_a_blob_is_read_back_whole(self, backend: StateBackend) -> None:
+        small, small_data = blob("a")
+        large, large_data = blob("b", 3 * 1024 * 1024 + 17)
+        await backend.put_blob(small, small_data, holder="k")
+        await backend.put_blob(large, large_data, holder="k")
+        assert await backend.get_blob(small) == small_data
+        assert await backend.get_blob(large) == large_data
+        assert await backend.get_blob(blob("none")[0]) is None
+        assert await backend.blobs() == {small: len(small_data), large: len(large_data)}
+
+    async def test_a_blob_is_stored_once_and_never_overwritten(self, backend: StateBackend) -> None:
+        digest, data = blob("a")
+        await backend.put_blob(digest, data, holder="k1")
+        await backend.put_blob(digest, data, holder="k2")
+        await backend.put_blob(digest, b"forged" + data, holder="k3")
+        assert await backend.blobs() == {digest: len(data)}
+        assert await backend.get_blob(digest) == data
+
+    async def test_a_blob_lives_while_a_record_holds_it(self, backend: StateBackend) -> None:
+        """Pending, running or done: a holder's record keeps the blob through any sweep."""
+        digest, data = blob("a")
+        await backend.put_blob(digest, data, holder="k")
+        await put(backend, "c", ["k"], into="w")
+        assert await backend.sweep_blobs(0) == 0
+        assert await backend.claim("w") is not None
+        assert await backend.sweep_blobs(0) == 0
+        await backend.complete("w", "k", out("k"), cache=True)
+        assert await backend.sweep_blobs(0) == 0
+        assert await backend.get_blob(digest) == data
+
+    async def test_a_blob_goes_with_the_last_record_that_holds_it(
+        self, backend: StateBackend
+    ) -> None:
+        digest, data = blob("a")
+        await backend.put_blob(digest, data, holder="cached")
+        await backend.put_blob(digest, data, holder="uncached")
+        await run(backend, "w", "cached", cache=True)
+        await run(backend, "w", "uncached", cache=False)  # its record is deleted
+        assert await backend.sweep_blobs(0) == 0
+        await backend.flush()
+        assert await backend.blobs() == {}
+        await backend.put_blob(digest, data, holder="uncached")
+        await run(backend, "w", "uncached", cache=False)
+        await backend.sweep_blobs(0)
+        assert await backend.blobs() == {}
+        assert await backend.get_blob(digest) is None
+
+    async def test_a_blob_without_holders_lives_out_its_grace(self, backend: StateBackend) -> None:
+        """The holder's record is not written yet (or its value not fetched yet): the blob
+        stays `grace` seconds after its put."""
+        digest, data = blob("a")
+        await backend.put_blob(digest, data, holder="not-yet")
+        assert await backend.sweep_blobs(LONG) == 0
+        assert await backend.get_blob(digest) == data
+        await backend.sweep_blobs(0)
+        assert await backend.blobs() == {}
+
+    async def test_a_sweep_goes_through_many_blobs(self, backend: StateBackend) -> None:
+        held = [blob(f"held{i}", 100) for i in range(55)]
+        loose = [blob(f"loose{i}", 100) for i in range(55)]
+        await put(backend, "c", ["k"], into="w")
+        for digest, data in held:
+            await backend.put_blob(digest, data, holder="k")
+        for digest, data in loose:
+            await backend.put_blob(digest, data, holder="gone")
+        await backend.sweep_blobs(0)
+        assert set(await backend.blobs()) == {digest for digest, _ in held}

@@ -1,7 +1,10 @@
--- complete(token, low, again, node, claim, volunteer_at, failures, key1, outcome1, cache1, ...)
--- (failures: '' or a JSON object, failed key -> its readable error chain, for the events):
--- complete each key in order, then claim up to `claim` of node's requests; when none came and
--- volunteer_at is not empty, volunteer node there. Journaled when it claims.
+-- complete(token, low, again, node, claim, volunteer_at, failures, key1, outcome1, cache1,
+-- ttl_ms1, function1, key2, ...) (see COMPLETION_ARGS; failures: '' or a JSON object, failed
+-- key -> its readable error chain, for the events): complete each key in order, then claim up
+-- to `claim` of node's requests; when none came and volunteer_at is not empty, volunteer node
+-- there. Journaled when it claims. A cached outcome stays in the record, which then expires
+-- after ttl_ms (0: never): the grid's only state with an expiry, so the only state a volatile-*
+-- maxmemory-policy may evict.
 -- Returns {key1, payload1, key2, payload2, ...} for the claimed requests.
 --
 -- Who may complete a key: its owner while it runs; anyone while nobody runs it (pending, or no
@@ -45,7 +48,7 @@ local function drop_wait_edges(key)
   redis.call('DEL', waits, waited_by, k_roots(key))
 end
 
-local function complete(key, outcome, cache)
+local function complete(key, outcome, cache, ttl_ms, fn)
   call('SREM', k_running(node), key)
   local state = read_record(key, F_STATUS, F_OWNER)
   local status, owner = state[1], state[2]
@@ -60,9 +63,11 @@ local function complete(key, outcome, cache)
     return
   end
   if cache then
-    call('HSET', record, F_STATUS, DONE, F_OUTCOME, outcome)
+    call('HSET', record, F_STATUS, DONE, F_OUTCOME, outcome, F_FUNCTION, fn)
     call('HDEL', record, F_OWNER, F_CRASHES, F_PARTIAL)
-    call('INCR', K_CACHED)
+    if ttl_ms > 0 then
+      redis.call('PEXPIRE', record, ttl_ms)
+    end
   else
     redis.call('DEL', record)
   end
@@ -74,8 +79,8 @@ local function complete(key, outcome, cache)
   notify(key, #key .. ':' .. key .. outcome)
 end
 
-for i = FIRST_COMPLETIONS, #ARGV, 3 do
-  complete(ARGV[i], ARGV[i + 1], ARGV[i + 2] == '1')
+for i = FIRST_COMPLETIONS, #ARGV, COMPLETION_ARGS do
+  complete(ARGV[i], ARGV[i + 1], ARGV[i + 2] == '1', tonumber(ARGV[i + 3]), ARGV[i + 4])
 end
 
 local claimed = claim_many(node, wanted)

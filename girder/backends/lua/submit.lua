@@ -1,10 +1,11 @@
 -- submit(token, low, again, node, into, on_top, waiter, dispatch, claim, job, names, key1,
--- payload1, ...) (names: the JSON list of the requests' function names, or '')
+-- payload1, ...) (names: the JSON list of the requests' function names for the events, or '')
 -- -> {results, claimed}: per request, {SUBMITTED_DONE, outcome} when done, {SUBMITTED_CYCLE,
--- waiter, cycle...} when the wait edge closed a cycle, else {SUBMITTED_QUEUED} followed by the
--- latest partial outcome when the key has one (see publish.lua); then up to
--- `claim` requests claimed for node, {key1, payload1, ...}. Journaled (a repeat would queue
--- the keys twice).
+-- waiter, cycle...} when the wait edge closed a cycle, else {SUBMITTED_QUEUED, shared (1 when
+-- the key was pending, or running under an owner that will complete it, else 0)} followed by
+-- the latest partial outcome when the key has one (see publish.lua); then up to `claim`
+-- requests claimed for node, {key1, payload1, ...}. Journaled (a repeat would queue the keys
+-- twice).
 
 local found, reply = replayed(node, token, again)
 if found then
@@ -50,8 +51,10 @@ local function path(start, target)
 end
 
 -- Make sure `key` has a record that will run: a new one, or one whose status is garbage or
--- whose owner the grid does not know, becomes pending with this payload. Returns whether the
--- key needs queueing (it does unless it runs under a known owner).
+-- whose owner the grid does not know, becomes pending with this payload (and loses any expiry:
+-- only a cached result may expire or be evicted). Returns whether the key needs queueing (it
+-- does unless it runs under a known owner), and 'shared' when it was pending or runs under a
+-- known owner (the asker joins that run), else 'new'.
 local function ensure_record(key, payload, state)
   local status, owner = state[1], state[3]
   if status == RUNNING and owned(key, owner) then
@@ -63,7 +66,8 @@ local function ensure_record(key, payload, state)
   local record = k_record(key)
   call('HSET', record, F_STATUS, PENDING, F_PAYLOAD, payload)
   if status ~= false then
-    call('HDEL', record, F_OWNER)
+    call('HDEL', record, F_OWNER, F_OUTCOME, F_FUNCTION)
+    redis.call('PERSIST', record)
   end
   return true, 'new'
 end
@@ -81,9 +85,11 @@ for i = FIRST_REQUESTS, #ARGV, 2 do
     if queue then
       pushed[#pushed + 1] = key
     end
+    -- shared: the key was pending, or runs under an owner that will complete it
+    local shared = how == 'shared' and 1 or 0
     event('submitted', node, key, label, waiter, job, how)
     call('SADD', k_waiters(key), node)
-    local result = {SUBMITTED_QUEUED, state[4]}
+    local result = {SUBMITTED_QUEUED, shared, state[4]}
     if not has_waiter and job ~= '' then
       call('SADD', k_roots(key), job)
     end

@@ -1,0 +1,109 @@
+"""Where a sync grid function runs: on the event loop while it is quick, in a thread once slow.
+
+A sync function that runs on the event loop holds it: in `Grid.local` the host application's
+loop stalls for as long as the function runs. Running every call in a thread would cost each
+quick function (most leaves: microseconds) a hand-off of tens of microseconds. So girder learns,
+per function and per process, how long its runs take: a function not yet measured, or whose
+recent runs took `INLINE_LIMIT` or more, runs in the worker's thread; one measured quick runs
+inline. The estimate rises at once with a slow run and decays over quick ones, so a function
+that is sometimes slow goes to the thread from its first slow run on.
+
+A thread still shares the GIL: a loop that waits for it waits a switch interval
+(`sys.getswitchinterval()`, 5 ms by default) while one thread runs Python bytecode, but several
+intervals, in no fair order, while several do. So the threads of sync functions run them one at
+a time per process. That costs no throughput against running them on the loop as before (one at
+a time too); sync functions that should overlap (blocking I/O) are better written `async def`,
+and CPU-bound ones that should use several cores want `Grid.local(processes=N)`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+INLINE_LIMIT = 0.001
+"""Seconds: a sync function whose runs take less runs on the event loop."""
+
+_DECAY = 0.7
+"""How much of its estimate a function keeps after a run quicker than the estimate."""
+
+_estimates: dict[str, float] = {}
+"""Recent duration of each sync grid function (by name) run in this process."""
+
+_one_at_a_time = threading.Lock()
+"""Held by the thread that runs a sync function (one per process at a time)."""
+
+
+def runs_inline(name: str) -> bool:
+    """Whether the function `name` is known to be quick enough for the event loop."""
+    estimate = _estimates.get(name)
+    return estimate is not None and estimate < INLINE_LIMIT
+
+
+def learn(name: str, seconds: float) -> None:
+    """Count a run of `seconds`: a slower run sets the estimate, a quicker one lowers it."""
+    estimate = _estimates.get(name)
+    if estimate is None or seconds >= estimate:
+        _estimates[name] = seconds
+    else:
+        _estimates[name] = _DECAY * estimate + (1 - _DECAY) * seconds
+
+
+class SyncRunner:
+    """Runs one worker's sync functions, inline or in the worker's own thread (made on first
+    use), and times each run."""
+
+    def __init__(self, thread_name: str) -> None:
+        self._thread_name = thread_name
+        self._executor: ThreadPoolExecutor | None = None
+
+    async def run(self, name: str, call: Callable[[], Any]) -> Ran:
+        """Run `call()` (the grid function `name` with its arguments). In the thread it sees
+        this task's context variables (the current evaluation)."""
+        if runs_inline(name):
+            return _timed(name, call)
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(1, thread_name_prefix=self._thread_name)
+        context = contextvars.copy_context()
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, context.run, _threaded, name, call)
+
+    def close(self) -> None:
+        """Let the thread end once it has finished what it runs (a stopping grid does not wait
+        for a sync function: nothing can interrupt it)."""
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            self._executor = None
+
+
+@dataclass(slots=True)
+class Ran:
+    """How a sync function's run went: its value or its exception, and how long it ran (not
+    counting the wait for its turn in a thread)."""
+
+    value: Any
+    error: Exception | None
+    seconds: float
+
+
+def _timed(name: str, call: Callable[[], Any]) -> Ran:
+    start = time.perf_counter()
+    try:
+        ran = Ran(call(), None, 0.0)
+    except Exception as exc:
+        ran = Ran(None, exc, 0.0)
+    ran.seconds = time.perf_counter() - start
+    learn(name, ran.seconds)
+    return ran
+
+
+def _threaded(name: str, call: Callable[[], Any]) -> Ran:
+    """Run `call` in this thread, alone among the threads of sync functions."""
+    with _one_at_a_time:
+        return _timed(name, call)
