@@ -465,10 +465,9 @@ class RedisBackend:
                 int(dispatch),
                 wanted,
                 job or "",
-                json.dumps([request.name for request in chunk]) if self._events else "",
             ]
             for request in chunk:
-                args += (request.key, request.payload)
+                args += (request.key, request.payload, request.name if self._events else "")
             replies, flat = await self._journaled("submit", node, True, *args)
             found += (
                 _submitted(request.key, reply)
@@ -764,26 +763,22 @@ class RedisBackend:
         return dropped
 
     async def events(self, after: str | None = None, limit: int = 1000) -> list[Event]:
-        """Event ids are `<stream entry id>/<index in the entry>`: one entry holds the events of
-        one script call."""
+        """Event ids are `<entry number>/<index in the entry>`: one entry of the event list
+        holds the events of one script call (see `emit_events` in common.lua)."""
         entry, _, index = (after or "").partition("/")
-        start = entry if _STREAM_ID.fullmatch(entry) else "-"
-        skip = int(index) if start != "-" and index.isdigit() else -1
+        start = int(entry) if entry.isdigit() else -1
+        skip = int(index) if start >= 0 and index.isdigit() else -1
         found: list[Event] = []
         cursor = start
         while len(found) < limit:
             # Pages of a few entries: one entry may hold hundreds of events.
             count = min(limit - len(found), _EVENT_PAGE)
-            page = await self._execute(
-                "events", "XRANGE", self._keys.events, cursor, "+", "COUNT", count
-            )
-            for raw_id, fields in page:
-                entry_id = raw_id.decode()
-                first = skip + 1 if entry_id == start else 0
-                found += _events(entry_id, dict(zip(fields[::2], fields[1::2], strict=True)), first)
-                cursor = "(" + entry_id
-            if len(page) < count:
+            first, *entries = await self._run("events_read", cursor, count)
+            for number, entry_text in enumerate(entries, start=first):
+                found += _events(number, entry_text, skip + 1 if number == start else 0)
+            if len(entries) < count:
                 break
+            cursor = first + len(entries)
         return found[: max(0, limit)]
 
     async def flush(self) -> None:
@@ -873,29 +868,28 @@ def _chunks(requests: Sequence[NewRequest]) -> Iterator[Sequence[NewRequest]]:
 
 
 _EVENT_PAGE = 100
-"""Stream entries read per XRANGE by `events`."""
+"""Entries of the event list read per `events_read` call by `events`."""
 
 _EVENT_SEPARATOR, _FIELD_SEPARATOR, _EVENT_FIELDS = "\x1e", "\x1f", 7
 _EVENT_KINDS = frozenset(kind.value for kind in EventKind)
 
-_STREAM_ID = re.compile(r"\d+-\d+")
 
-
-def _events(entry_id: str, fields: dict[bytes, bytes], first: int) -> list[Event]:
-    """The events of one stream entry, from its `first` on (see `redis_keys`: events joined by
-    \x1e, fields by \x1f); a mangled event is left out."""
-    text = fields.get(b"e", b"").decode("utf-8", "replace")
-    seconds = int(entry_id.partition("-")[0]) / 1000
+def _events(number: int, entry: bytes, first: int) -> list[Event]:
+    """The events of entry `number` of the event list, from its `first` on (see `redis_keys`:
+    the time, then the events, joined by \x1e; fields by \x1f); a mangled event is left out."""
+    head, *rows = entry.decode("utf-8", "replace").split(_EVENT_SEPARATOR)
+    seconds, _, micros = head.partition(_FIELD_SEPARATOR)
+    if not (seconds.isdigit() and micros.isdigit()):
+        return []
+    when = int(seconds) + int(micros) / 1e6
     found = []
-    for index, row in enumerate(text.split(_EVENT_SEPARATOR) if text else ()):
+    for index, row in enumerate(rows):
         parts = row.split(_FIELD_SEPARATOR)
         if index < first or len(parts) != _EVENT_FIELDS or parts[0] not in _EVENT_KINDS:
             continue
         kind, node, key, name, parent, job, detail = parts
-        event_id = f"{entry_id}/{index}"
-        found.append(
-            Event(event_id, seconds, EventKind(kind), node, key, name, parent, job, detail)
-        )
+        event_id = f"{number}/{index}"
+        found.append(Event(event_id, when, EventKind(kind), node, key, name, parent, job, detail))
     return found
 
 

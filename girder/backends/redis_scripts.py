@@ -58,11 +58,21 @@ CLEAR_JOURNAL_MS = 600 * 1000
 DEPARTED_MEMORY_MS = 24 * 3600 * 1000
 """How long the grid remembers that a node departed (notifications for it are dropped)."""
 
+REQUEST_ARGS = ("key", "payload", "name")
+"""The arguments of one request in `submit`'s repeated tail, in order (`name`: its function's,
+for the events; '' when they are off)."""
+
 COMPLETION_ARGS = ("key", "outcome", "cache", "ttl_ms", "function")
 """The arguments of one completion in `complete`'s repeated tail, in order (`ttl_ms` 0: no
 expiry)."""
 
 _JOURNAL_ARGS = ("token", "low", "again")
+
+
+def events_slack(events_max: int) -> int:
+    """How many entries past `events_max` the event list may grow before its oldest are dropped
+    (in one LTRIM, so that a publication rarely pays for trimming)."""
+    return events_max // 10 + 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,7 +106,7 @@ SPECS = {
     for spec in (
         ScriptSpec(
             "submit",
-            ("node", "into", "on_top", "waiter", "dispatch", "claim", "job", "names"),
+            ("node", "into", "on_top", "waiter", "dispatch", "claim", "job"),
             rest="requests",
             journaled=True,
         ),
@@ -129,6 +139,7 @@ SPECS = {
         ScriptSpec("blob_sweep", ("grace_ms", "until_ms", "limit")),
         ScriptSpec("cache_entries", rest="keys"),
         ScriptSpec("cache_drop", ("node", "fn_name", "every"), rest="keys", journaled=True),
+        ScriptSpec("events_read", ("start", "count")),
     )
 }
 
@@ -145,11 +156,13 @@ class Script:
 def _lua_constants(grid_tick_ms: int, events_max: int) -> str:
     lines = [f"local {name} = {value}" for name, value in _REPLY_CODES.items()]
     lines.append(f"local EVENTS_MAX = {events_max}")
+    lines.append(f"local EVENTS_SLACK = {events_slack(events_max)}")
     lines.append(f"local GRID_TICK_MS = {grid_tick_ms}")
     lines.append(f"local MAX_SCRIPT_KEYS = {MAX_SCRIPT_KEYS}")
     lines.append(f"local DEPARTED_MEMORY_MS = {DEPARTED_MEMORY_MS}")
     lines.append(f"local CLEAR_JOURNAL_MS = {CLEAR_JOURNAL_MS}")
     lines.append(f"local MAX_CANCEL_STEP = {MAX_CANCEL_STEP}")
+    lines.append(f"local REQUEST_ARGS = {len(REQUEST_ARGS)}")
     lines.append(f"local COMPLETION_ARGS = {len(COMPLETION_ARGS)}")
     return "\n".join(lines) + "\n"
 

@@ -31,10 +31,13 @@ local function call(command, key, ...)
 end
 
 -- The grid events of this script call (see `StateBackend.events`): `event` collects them and
--- `emit_events` appends them as one entry to the capped stream K_EVENTS before the script
--- returns (one XADD per call, however many events). An event is its fields joined by \031, the
--- events of an entry are joined by \030 (no table per event, no JSON: this runs on every
--- request). With EVENTS_MAX = 0 nothing is published.
+-- `emit_events` appends them as one entry to the list K_EVENTS before the script returns (one
+-- RPUSH per call, however many events: about half the Redis time of an XADD). An entry is the
+-- server's time (seconds \031 microseconds) and the events, each its fields joined by \031,
+-- all joined by \030 (no table per event, no JSON: this runs on every request). The list is
+-- capped at EVENTS_MAX entries: past EVENTS_MAX + EVENTS_SLACK, the oldest are dropped in one
+-- LTRIM and K_EVENTS_BASE (the number of the list's first entry) advances by as many. With
+-- EVENTS_MAX = 0 nothing is published.
 local EVENTS = {}
 
 local function event(kind, node, key, name, parent, job, detail)
@@ -46,7 +49,14 @@ end
 
 local function emit_events()
   if #EVENTS > 0 then
-    call('XADD', K_EVENTS, 'MAXLEN', '~', EVENTS_MAX, '*', 'e', table.concat(EVENTS, '\030'))
+    local t = redis.call('TIME')
+    local length = call('RPUSH', K_EVENTS,
+      t[1] .. '\031' .. t[2] .. '\030' .. table.concat(EVENTS, '\030'))
+    if length > EVENTS_MAX + EVENTS_SLACK then
+      local drop = length - EVENTS_MAX
+      redis.call('LTRIM', K_EVENTS, drop, -1)
+      redis.call('SET', K_EVENTS_BASE, (tonumber(call('GET', K_EVENTS_BASE)) or 0) + drop)
+    end
     EVENTS = {}
   end
 end

@@ -1,5 +1,5 @@
--- submit(token, low, again, node, into, on_top, waiter, dispatch, claim, job, names, key1,
--- payload1, ...) (names: the JSON list of the requests' function names for the events, or '')
+-- submit(token, low, again, node, into, on_top, waiter, dispatch, claim, job, key1, payload1,
+-- name1, key2, ...) (see REQUEST_ARGS; name: the function's, for the events, or '')
 -- -> {results, claimed}: per request, {SUBMITTED_DONE, outcome} when done, {SUBMITTED_CYCLE,
 -- waiter, cycle...} when the wait edge closed a cycle, else {SUBMITTED_QUEUED, shared (1 when
 -- the key was pending, or running under an owner that will complete it, else 0)} followed by
@@ -12,10 +12,6 @@ if found then
   return reply
 end
 local has_waiter, wanted = waiter ~= '', tonumber(claim)
-local labels = {}
-if EVENTS_MAX > 0 and names ~= '' then
-  labels = cjson.decode(names)
-end
 
 -- A path start -> ... -> target along wait edges (breadth first), or nil.
 local function path(start, target)
@@ -73,9 +69,8 @@ local function ensure_record(key, payload, state)
 end
 
 local results, pushed = {}, {}
-for i = FIRST_REQUESTS, #ARGV, 2 do
-  local key = ARGV[i]
-  local label = labels[(i - FIRST_REQUESTS) / 2 + 1]
+for i = FIRST_REQUESTS, #ARGV, REQUEST_ARGS do
+  local key, label = ARGV[i], ARGV[i + 2]
   local state = read_record(key, F_STATUS, F_OUTCOME, F_OWNER, F_PARTIAL)
   if state[1] == DONE and state[2] then
     results[#results + 1] = {SUBMITTED_DONE, state[2]}
