@@ -67,7 +67,7 @@ class Settings(BaseSettings):
         10_000,
         ge=10,
         description="Length of the event stream: events in memory, atomic steps on Redis "
-        "(trimmed approximately).",
+        "(which may grow a tenth past it before the oldest go).",
     )
     auto_version: bool = Field(
         False,

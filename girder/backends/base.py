@@ -625,7 +625,7 @@ class StateBackend(Protocol):
 
         The stream is bounded: the oldest events are dropped first, so a reader that falls
         behind misses some (an `after` that was dropped reads on from the oldest kept). Ids
-        increase along the stream. Does not wait.
+        increase along the stream (a `flush` may start it again). Does not wait.
         """
         ...
 
