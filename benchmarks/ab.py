@@ -7,6 +7,11 @@ all runs of all rounds. Make the checkouts with `git worktree add /tmp/before <c
     .venv/bin/python benchmarks/ab.py /tmp/before . --rounds 3
     .venv/bin/python benchmarks/ab.py /tmp/before . --workloads floor,W1
 
+A checkout may carry environment variables for its runs after commas, to compare settings on
+one checkout (say, grid events on and off):
+
+    .venv/bin/python benchmarks/ab.py . .,GIRDER_EVENTS=false --workloads W1,W2
+
 It prints one JSON line per checkout and workload on stdout (`checkout`, `workload`, `median`,
 `unit`, `samples`) and a side-by-side table on stderr.
 """
@@ -15,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -44,10 +50,15 @@ def readable(value: float) -> str:
     return f"{value:,.0f}" if value >= 100 else f"{value:.3g}"
 
 
-def run_once(checkout: Path, workloads: str, runs: int) -> list[dict[str, object]]:
-    script = checkout / "benchmarks" / "distributed.py"
+def run_once(checkout: str, workloads: str, runs: int) -> list[dict[str, object]]:
+    """One run of `checkout`'s distributed.py: `path[,NAME=VALUE...]`."""
+    path, *assignments = checkout.split(",")
+    env = {**os.environ, **dict(item.split("=", 1) for item in assignments)}
+    script = Path(path) / "benchmarks" / "distributed.py"
     command = [sys.executable, str(script), "--workloads", workloads, "--runs", str(runs)]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=1800, check=False)
+    done = subprocess.run(
+        command, capture_output=True, text=True, timeout=1800, check=False, env=env
+    )
     if done.returncode != 0:
         raise RuntimeError(f"{script} failed ({done.returncode}):\n{done.stderr[-2000:]}")
     return [json.loads(line) for line in done.stdout.splitlines() if line.strip()]
@@ -55,7 +66,9 @@ def run_once(checkout: Path, workloads: str, runs: int) -> list[dict[str, object
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("checkouts", nargs="+", type=Path, help="repository checkouts to compare")
+    parser.add_argument(
+        "checkouts", nargs="+", help="repository checkouts to compare (path[,NAME=VALUE...])"
+    )
     parser.add_argument("--rounds", type=int, default=3, help="rounds (3)")
     parser.add_argument("--runs", type=int, default=3, help="runs per workload per round (3)")
     parser.add_argument("--workloads", default="floor,W1,W2,W3,W4")

@@ -129,6 +129,13 @@ def _status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _dashboard(args: argparse.Namespace) -> int:
+    from girder.dashboard.server import serve_dashboard  # noqa: PLC0415 -- needs the `dashboard` extra
+
+    asyncio.run(serve_dashboard(_shared_settings(args), host=args.host, port=args.port))
+    return 0
+
+
 def _debug_option(parser: argparse.ArgumentParser, default: object) -> None:
     # Before or after the command; a command's parser must not reset what the main one set.
     parser.add_argument(
@@ -249,6 +256,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="show the status again every SECONDS (default 2) until Ctrl-C",
     )
     status.set_defaults(run=_status)
+
+    dashboard = commands.add_parser("dashboard", help="serve the live dashboard and /metrics")
+    _common(dashboard)
+    dashboard.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to listen on (default 127.0.0.1; any "
+        "other than loopback needs the token printed at start)",
+    )
+    dashboard.add_argument("--port", type=int, default=8787, help="port (default 8787)")
+    dashboard.set_defaults(run=_dashboard)
     _cache_commands(commands)
     for command in commands.choices.values():
         _debug_option(command, default=argparse.SUPPRESS)

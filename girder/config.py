@@ -60,6 +60,15 @@ class Settings(BaseSettings):
     allowed_modules: list[str] = Field(
         default_factory=list, description="More modules a worker may run functions from by name."
     )
+    events: bool = Field(
+        True, description="Publish grid events (for `girder dashboard` and `/metrics`)."
+    )
+    events_max: int = Field(
+        10_000,
+        ge=10,
+        description="Length of the event stream: events in memory, atomic steps on Redis "
+        "(which may grow a tenth past it before the oldest go).",
+    )
     auto_version: bool = Field(
         False,
         description='Version grid functions without a `version` by their code ("auto").',

@@ -20,7 +20,7 @@ from collections.abc import (
     Sequence,
 )
 from types import TracebackType
-from typing import Any, Generic, ParamSpec, Self, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, Self, TypeVar, overload
 
 from girder import chunking
 from girder.backends import open_backend
@@ -36,6 +36,9 @@ from girder.topology import runner as topology_runner
 
 P = ParamSpec("P")
 R = TypeVar("R")
+
+if TYPE_CHECKING:
+    from girder.dashboard import Dashboard
 
 
 class Handle(Generic[R]):
@@ -95,6 +98,10 @@ class Grid:
         self.distributor: Distributor | None = None
         self.workers: list[Worker] = []
         self._handles: set[asyncio.Task[Any]] = set()
+        self.dashboard_port: int | None = None
+        """With a port, `start` serves the dashboard on loopback there (0: any free port)."""
+        self.dashboard: Dashboard | None = None
+        """The running `girder.dashboard.Dashboard`, if any."""
         self._stopped = False
 
     @classmethod
@@ -104,6 +111,7 @@ class Grid:
         backend: str | None = None,
         *,
         processes: int | None = None,
+        dashboard: bool | int = False,
         **options: Any,
     ) -> Grid:
         """A grid in this process: a distributor and `workers` workers on this event loop.
@@ -114,7 +122,23 @@ class Grid:
         With `processes=N`, the grid runs on all cores of this machine instead: a private
         redis-server, a distributor and N worker processes, started with the grid and stopped
         with it (see `girder.processes`); this process is only a client.
+
+        With `dashboard=True` (port 8787) or a port number, it also serves the live dashboard on
+        127.0.0.1 and prints its URL (needs the `dashboard` extra).
         """
+        grid = cls._local(workers, backend, processes, options)
+        if dashboard is not False:
+            grid.dashboard_port = 8787 if dashboard is True else int(dashboard)
+        return grid
+
+    @classmethod
+    def _local(
+        cls,
+        workers: int | None,
+        backend: str | None,
+        processes: int | None,
+        options: dict[str, Any],
+    ) -> Grid:
         if processes is None:
             settings = load_settings(workers=workers, backend=backend, **options)
             return cls(settings, local_workers=settings.workers)
@@ -150,7 +174,17 @@ class Grid:
         """Connect to the backend and start the local nodes (if any) and the client."""
         if self.processes is not None:
             await self._start_processes()
-            return
+        else:
+            await self._start_here()
+        if self.dashboard_port is not None:
+            try:
+                await self._start_dashboard(self.dashboard_port)
+            except BaseException:
+                await self.stop()
+                raise
+
+    async def _start_here(self) -> None:
+        """Connect to the backend, start the local nodes (if any) and the client."""
         await self.backend.connect()
         if self.local_workers:
             self.distributor = Distributor(self.backend, self.settings, parent=self.settings.parent)
@@ -162,6 +196,12 @@ class Grid:
                 await worker.start()
                 self.workers.append(worker)
         await self.client.start()
+
+    async def _start_dashboard(self, port: int) -> None:
+        from girder.dashboard import Dashboard  # noqa: PLC0415 -- needs the `dashboard` extra
+
+        self.dashboard = Dashboard(self.backend, port=port)
+        print(f"girder dashboard: {await self.dashboard.start()}", flush=True)
 
     async def _start_processes(self) -> None:
         """Start the private grid's processes, then connect to it as a client."""
@@ -178,6 +218,9 @@ class Grid:
     async def stop(self) -> None:
         """Stop the client and local nodes, and close the backend connection."""
         self._stopped = True
+        if self.dashboard is not None:
+            await self.dashboard.stop()
+            self.dashboard = None
         for task in self._handles:
             task.cancel()
         await asyncio.gather(*self._handles, return_exceptions=True)

@@ -171,7 +171,9 @@ async def _fail_timed_out(settings: Settings, running: _Running) -> None:
             kind="timeout",
         )
         data = codec.encode_outcome(Outcome(error=error), running.key, lambda: readable)
-        await backend.complete(running.node, running.key, data, cache=False)
+        await backend.complete(
+            running.node, running.key, data, cache=False, error=f"{readable}: {error.message}"
+        )
         handed_back = await backend.leave(running.node)
         _log.error(
             "sync request over its time limit: worker process killed and replaced",

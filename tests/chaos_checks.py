@@ -292,8 +292,9 @@ def check_answers(
 
 RECORD_KINDS = tuple(part.rstrip(":") for part in redis_keys._PER_ID.values())
 """Keys per request or per node (`req:<key>`, `inbox:<node>`, ...), from the backend's layout."""
-GLOBAL_KEEP = ("clock", "departed", "farewells", "timekeeper")
-"""Global bookkeeping that may stay when the grid is idle (counters; the recently departed)."""
+GLOBAL_KEEP = ("clock", "departed", "events", "eventsbase", "farewells", "timekeeper")
+"""Global bookkeeping that may stay when the grid is idle (counters; the recently departed; the
+capped list of grid events and its first number)."""
 GLOBAL_EMPTY = ("pops", "leases")
 """Global hashes and sets of nodes: no entry should stay once every node is gone. Any other
 global key of the layout (say `corrupt`) is reported, and so is a key the layout does not name."""

@@ -6,9 +6,10 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from girder.backends.base import StateBackend
+from girder.backends.base import NodeKind, StateBackend
 from girder.backends.memory import MemoryBackend
-from girder.testing.conformance import BackendConformance
+from girder.config import Settings
+from girder.testing.conformance import BackendConformance, put
 
 
 class TestMemoryBackend(BackendConformance):
@@ -18,3 +19,19 @@ class TestMemoryBackend(BackendConformance):
         await backend.connect()
         yield backend
         await backend.close()
+
+
+async def test_the_event_ring_buffer_is_bounded() -> None:
+    backend = MemoryBackend(settings=Settings(events_max=10))
+    for index in range(30):
+        await put(backend, "c", [f"k{index}"], into="w")
+    kept = await backend.events(None, 1000)
+    assert [e.key for e in kept] == [f"k{i}" for i in range(20, 30)]
+    assert await backend.events("1", 3) == kept[:3]  # a dropped id reads from the oldest kept
+
+
+async def test_with_events_off_nothing_is_published() -> None:
+    backend = MemoryBackend(settings=Settings(events=False))
+    await backend.join("w", NodeKind.WORKER, None, 60)
+    await put(backend, "c", ["k"], into="w")
+    assert await backend.events() == []

@@ -24,7 +24,13 @@ from girder.backends.base import (
     Submitted,
 )
 from girder.backends.redis import RedisBackend
-from girder.backends.redis_scripts import MAX_SCRIPT_KEYS, MAX_SUBMIT_KEYS, SPECS
+from girder.backends.redis_scripts import (
+    MAX_SCRIPT_KEYS,
+    MAX_SUBMIT_KEYS,
+    REQUEST_ARGS,
+    SPECS,
+    events_slack,
+)
 from girder.config import Settings
 from girder.errors import BackendError, ConfigurationError
 from girder.testing.conformance import BackendConformance, blob, claim_all, new, out, put
@@ -453,7 +459,7 @@ async def test_a_long_submit_is_cut_into_short_scripts(
     assert found == [Submitted(key) for key in keys]
     assert len(sizes) == -(-2500 // MAX_SUBMIT_KEYS)
     head = 4 + len(SPECS["submit"].all_args)  # EVALSHA sha 1 anchor, then the named arguments
-    assert max(sizes) <= head + 2 * MAX_SUBMIT_KEYS
+    assert max(sizes) <= head + len(REQUEST_ARGS) * MAX_SUBMIT_KEYS
     assert await claim_all(backend, "w") == keys
 
 
@@ -657,3 +663,51 @@ async def test_the_parts_of_a_writer_that_died_expire(
     assert 0 < await raw.pttl(part) <= 600_000
     assert await raw.exists(f"{{{PREFIX}}}:blob:{digest}") == 0
     assert await backend.get_blob(digest) is None
+
+
+# -- events --------------------------------------------------------------------------------------
+
+
+async def test_the_event_list_is_capped_and_read_in_pages(
+    redis_url: str, raw: aioredis.Redis
+) -> None:
+    capped = RedisBackend(redis_url, settings=Settings(key_prefix=PREFIX, events_max=10))
+    await capped.connect()
+    try:
+        for index in range(300):  # one list entry per call
+            await put(capped, "c", [f"k{index}"], into="w")
+            assert await raw.llen(f"{{{PREFIX}}}:events") <= 10 + events_slack(10)
+        kept = await capped.events(None, 10_000)
+        assert 10 <= len(kept) <= 10 + events_slack(10)  # the oldest dropped a few at a time
+        assert kept[-1].key == "k299"
+        assert [e.key for e in kept] == [f"k{i}" for i in range(300 - len(kept), 300)]
+        # An id that was trimmed away reads on from the oldest event kept.
+        assert await capped.events("0/0", 5) == kept[:5]
+        assert await capped.events(kept[-1].id) == []
+        # After a flush, an id from before it reads the new list from its start.
+        await capped.flush()
+        await put(capped, "c", ["fresh"], into="w")
+        assert [e.key for e in await capped.events(kept[-1].id)] == ["fresh"]
+    finally:
+        await capped.close()
+
+
+async def test_events_come_in_pages_of_entries(backend: RedisBackend) -> None:
+    for index in range(250):
+        await put(backend, "c", [f"k{index}", f"j{index}"], into="w")
+    everything = await backend.events(None, 10_000)
+    assert [e.key for e in everything] == [f"{x}{i}" for i in range(250) for x in "kj"]
+    assert await backend.events(everything[299].id, 201) == everything[300:]
+
+
+async def test_with_events_off_nothing_is_published(redis_url: str) -> None:
+    quiet = RedisBackend(redis_url, settings=Settings(key_prefix=PREFIX, events=False))
+    await quiet.connect()
+    try:
+        await quiet.join("w", NodeKind.WORKER, None, 60)
+        await put(quiet, "c", ["k"], into="w")
+        assert await quiet.claim("w") is not None
+        await quiet.complete("w", "k", out("k"), cache=True, error="")
+        assert await quiet.events() == []
+    finally:
+        await quiet.close()

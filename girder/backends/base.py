@@ -19,6 +19,9 @@ The state, per backend:
 - the **wait-for graph** between request keys, for cycle detection and cancellation, and the
   **roots** of each key: the jobs whose client submitted it at the top level.
 - **membership**: each node's kind, its distributor, and a heartbeat lease.
+- the **events** of the grid (see `Event`): a bounded stream, oldest dropped first, that the
+  operations below append to as part of their atomic step when the backend publishes events
+  (`Settings.events`). Dashboards and metrics read it with `events`; nothing in the grid does.
 - **blobs**: large values and arguments, stored once by the digest of their bytes, each with the
   request keys that *hold* it (whose records refer to it) and when it was last put or checked.
 - the **result cache**: the outcome of each done key, with the name of the function that
@@ -69,10 +72,12 @@ class RequestState(StrEnum):
 
 @dataclass(slots=True)
 class NewRequest:
-    """A request as it is handed to the backend: its key and serialized payload."""
+    """A request as it is handed to the backend: its key and serialized payload, and the
+    readable name of its function (for the grid's events only)."""
 
     key: str
     payload: bytes
+    name: str = ""
 
 
 @dataclass(slots=True)
@@ -110,13 +115,15 @@ class Completion:
 
     When `cache`, `ttl` is how many seconds the cached outcome lives (None: until dropped to
     make room, or cleared) and `function` the name of the grid function that computed it (for
-    `cache_stats` and `cache_clear`)."""
+    `cache_stats` and `cache_clear`). `error` is the readable error chain when the outcome is a
+    failure (for the grid's events only)."""
 
     key: str
     outcome: bytes
     cache: bool
     ttl: float | None = None
     function: str = ""
+    error: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,6 +214,49 @@ class Reaped:
     dead: tuple[str, ...] = ()
     requeued: int = 0
     crashed_out: tuple[str, ...] = field(default_factory=tuple)
+
+
+class EventKind(StrEnum):
+    """What a grid event reports."""
+
+    SUBMITTED = "submitted"
+    """A node asked for `key` (`name`: its function; `parent`: the key that waits on it, or
+    `job` for a top-level request; `detail`: "new", "shared" (it was already pending or
+    running: the asker joins that run) or "cached" (it was done))."""
+    CLAIMED = "claimed"
+    """`node` started running `key`."""
+    FINISHED = "finished"
+    """`node` completed `key` (`detail`: "cached" when its outcome was stored)."""
+    FAILED = "failed"
+    """`node` completed `key` with an error (`detail`: the readable error chain)."""
+    CANCELLED = "cancelled"
+    """`node` cancelled `key` before it ran (`job`: the cancellation; a running key is
+    completed by its owner instead, with a FAILED)."""
+    STOLEN = "stolen"
+    """Distributor `node` moved work from the bottom of `parent`'s list to its own queue
+    (`detail`: how many keys)."""
+    JOINED = "joined"
+    """`node` joined (`detail`: its kind; `parent`: its distributor)."""
+    LEFT = "left"
+    """`node` left (`detail`: "left", or "reaped" when its lease ran out)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One grid event (see `EventKind` for what each field holds per kind).
+
+    `id` is opaque and orders the stream: pass the last one seen to `events` to read on.
+    `time` is the backend's clock in seconds since the epoch."""
+
+    id: str
+    time: float
+    kind: EventKind
+    node: str
+    key: str = ""
+    name: str = ""
+    parent: str = ""
+    job: str = ""
+    detail: str = ""
 
 
 @runtime_checkable
@@ -313,8 +363,10 @@ class StateBackend(Protocol):
         cache: bool,
         ttl: float | None = None,
         function: str = "",
+        error: str = "",
     ) -> None:
-        """Record the outcome of a key `node` ran, and notify its waiters.
+        """Record the outcome of a key `node` ran, and notify its waiters (`error`: the readable
+        error chain of a failed outcome, for the events).
 
         Atomically: the key leaves `node`'s running set. Then, unless the key is done or runs
         under another owner (see "who may complete a key" above): when `cache`, the key becomes
@@ -552,6 +604,29 @@ class StateBackend(Protocol):
         keys, and everything else, are left alone. Each deletion is atomic; the whole is not on
         a shared backend (it scans in steps): an outcome cached meanwhile may stay. Clearing
         again deletes nothing more. Returns how many outcomes were deleted."""
+        ...
+
+    # -- events -----------------------------------------------------------------------------------
+
+    async def events(self, after: str | None = None, limit: int = 1000) -> list[Event]:
+        """Up to `limit` grid events, oldest first: those after the event whose id is `after`,
+        or from the oldest one kept when `after` is None.
+
+        What publishes (when the backend publishes events at all), each as part of the same
+        atomic step: `submit` one SUBMITTED per request ("new" when it made the key pending,
+        "shared" when it found it pending or running, "cached" when done); every claim one
+        CLAIMED (also those of `submit_and_claim`, `complete_and_claim` and `wait_and_claim`); a
+        completion that records an outcome (not one that changes nothing) one FINISHED, or
+        FAILED when it carries an error; `cancel` one CANCELLED per pending key it deletes;
+        `trim` and `steal` one STOLEN per member they moved
+        keys from; `join` one JOINED; `leave` and `reap` one LEFT per node that departed. A
+        journaled step sent again after its reply was lost publishes nothing twice; a repeated
+        completion or `leave` changes nothing and publishes nothing.
+
+        The stream is bounded: the oldest events are dropped first, so a reader that falls
+        behind misses some (an `after` that was dropped reads on from the oldest kept). Ids
+        increase along the stream (a `flush` may start it again). Does not wait.
+        """
         ...
 
     async def flush(self) -> None:

@@ -11,6 +11,7 @@ recent) to make room, and an expired outcome is dropped when it is next read.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from collections import OrderedDict, deque
 from collections.abc import Mapping, Sequence
@@ -24,6 +25,8 @@ from girder.backends.base import (
     Cancelling,
     Claimed,
     Completion,
+    Event,
+    EventKind,
     NewRequest,
     NodeInfo,
     NodeKind,
@@ -45,6 +48,10 @@ class _Record:
     waiters: set[str] = field(default_factory=set)
     partial: bytes | None = None
     """The latest partial outcome published for the key (see `publish`)."""
+
+
+_Published = tuple[int, float, EventKind, str, str, str, str, str, str]
+"""An event in the ring buffer: its number, then `Event`'s fields after the id."""
 
 
 @dataclass(slots=True)
@@ -98,6 +105,10 @@ class MemoryBackend:
         self.round_trips = False
         self.shared = False
         settings = settings or Settings()
+        self._events: deque[_Published] | None = (
+            deque(maxlen=settings.events_max) if settings.events else None
+        )
+        self._event_numbers = itertools.count(1)
         self._max_entries = settings.cache_max_entries
         self._max_bytes = settings.cache_max_bytes
         self._reset()
@@ -197,6 +208,23 @@ class MemoryBackend:
         moved = [src.popleft() for _ in range(min(count, len(src)))]
         self._push_bottom(target, moved)
         return len(moved)
+
+    def _event(
+        self,
+        kind: EventKind,
+        node: str,
+        key: str = "",
+        *,
+        name: str = "",
+        parent: str = "",
+        job: str = "",
+        detail: str = "",
+    ) -> None:
+        """Append an event to the ring buffer (when events are published), as a tuple: the
+        `Event` is built only when someone reads it."""
+        if self._events is not None:
+            number = next(self._event_numbers)
+            self._events.append((number, time.time(), kind, node, key, name, parent, job, detail))
 
     def _push_bottom(self, node: str, keys: Sequence[str]) -> None:
         """Push keys on the bottom of `node`'s list so that keys[0] comes up first."""
@@ -309,6 +337,7 @@ class MemoryBackend:
             done = self._cached(key)
             if done is not None:
                 results.append(Submitted(key, outcome=done))
+                self._submitted(node, request, waiter_key, job, "cached")
                 continue
             record = self._records.get(key)
             shared = record is not None and (
@@ -320,6 +349,7 @@ class MemoryBackend:
             if self._runnable(key, record):
                 record.owner = None
                 pushed.append(key)
+            self._submitted(node, request, waiter_key, job, "shared" if shared else "new")
             cycle = None
             if waiter_key is None and job is not None:
                 self._roots.setdefault(key, set()).add(job)
@@ -344,6 +374,20 @@ class MemoryBackend:
         if pushed and (not dispatch or self._work[into]):
             self._wake_worker(into)
         return results
+
+    def _submitted(
+        self, node: str, request: NewRequest, waiter_key: str | None, job: str | None, how: str
+    ) -> None:
+        if self._events is not None:
+            self._event(
+                EventKind.SUBMITTED,
+                node,
+                request.key,
+                name=request.name,
+                parent=waiter_key or "",
+                job=job or "",
+                detail=how,
+            )
 
     async def submit_and_claim(
         self,
@@ -396,6 +440,7 @@ class MemoryBackend:
             record.owner = node
             self._running.setdefault(node, set()).add(key)
             self._pops[node] = self._pops.get(node, 0) + 1
+            self._event(EventKind.CLAIMED, node, key)
             return Claimed(key, record.payload)
         return None
 
@@ -408,8 +453,9 @@ class MemoryBackend:
         cache: bool,
         ttl: float | None = None,
         function: str = "",
+        error: str = "",
     ) -> None:
-        self._complete(node, Completion(key, outcome, cache, ttl, function))
+        self._complete(node, Completion(key, outcome, cache, ttl, function, error))
 
     async def complete_and_claim(
         self,
@@ -443,6 +489,10 @@ class MemoryBackend:
         del self._records[key]
         if completion.cache:
             self._cache(key, outcome, record.payload, completion.ttl, completion.function)
+        if completion.error:
+            self._event(EventKind.FAILED, node, key, detail=completion.error)
+        else:
+            self._event(EventKind.FINISHED, node, key, detail="cached" if completion.cache else "")
         waiters = record.waiters
         record.waiters = set()
         for waiter in waiters:
@@ -529,6 +579,7 @@ class MemoryBackend:
                 self._post(record.owner, notice)
             else:
                 del self._records[key]
+                self._event(EventKind.CANCELLED, node, key, job=job)
                 for waiter in record.waiters:
                     if waiter not in self._departed:
                         self._post(waiter, notice)
@@ -593,11 +644,18 @@ class MemoryBackend:
         moved = 0
         for member in members:
             keep = self._pops.pop(member, 0)
-            moved += self._move_bottom(member, distributor, len(self._work.get(member, ())) - keep)
+            count = len(self._work.get(member, ())) - keep
+            moved += self._steal(distributor, member, count)
         return moved
 
     async def steal(self, distributor: str, member: str, count: int) -> int:
-        return self._move_bottom(member, distributor, count)
+        return self._steal(distributor, member, count)
+
+    def _steal(self, distributor: str, member: str, count: int) -> int:
+        moved = self._move_bottom(member, distributor, count)
+        if moved:
+            self._event(EventKind.STOLEN, distributor, parent=member, detail=str(moved))
+        return moved
 
     async def lengths(self, nodes: Sequence[str]) -> list[int]:
         return [len(self._work.get(node, ())) for node in nodes]
@@ -610,6 +668,7 @@ class MemoryBackend:
     async def join(self, node: str, kind: NodeKind, distributor: str | None, ttl: float) -> None:
         self._members[node] = _Member(kind, distributor, time.monotonic() + ttl)
         self._departed.discard(node)
+        self._event(EventKind.JOINED, node, parent=distributor or "", detail=kind.value)
 
     async def heartbeat(
         self, node: str, ttl: float, counters: Mapping[str, int] | None = None
@@ -641,6 +700,7 @@ class MemoryBackend:
         member = self._members.pop(node, None)
         if member is None:
             return 0
+        self._event(EventKind.LEFT, node, detail="left")
         return self._hand_back(node, member.distributor, max_crashes=None, reaper=node)[0]
 
     def _hand_back(
@@ -682,6 +742,7 @@ class MemoryBackend:
         crashed_out: list[str] = []
         for node in dead:
             member = self._members.pop(node)
+            self._event(EventKind.LEFT, node, detail="reaped")
             count, out = self._hand_back(
                 node, member.distributor, max_crashes=max_crashes, reaper=reaper
             )
@@ -713,8 +774,20 @@ class MemoryBackend:
             n for n, m in self._members.items() if m.distributor == distributor and m.expires >= now
         )
 
+    async def events(self, after: str | None = None, limit: int = 1000) -> list[Event]:
+        if not self._events:
+            return []
+        start = 0
+        if after is not None:
+            first = self._events[0][0]
+            start = max(0, _event_number(after) + 1 - first)
+        kept = itertools.islice(self._events, start, start + max(0, limit))
+        return [Event(str(e[0]), e[1], e[2], e[3], e[4], e[5], e[6], e[7], e[8]) for e in kept]
+
     async def flush(self) -> None:
         self._reset()
+        if self._events is not None:
+            self._events.clear()
 
     # -- large values -----------------------------------------------------------------------------
 
@@ -748,3 +821,12 @@ class MemoryBackend:
 
     async def blobs(self) -> dict[str, int]:
         return {digest: len(blob.data) for digest, blob in self._blobs.items()}
+
+
+def _event_number(event_id: str) -> int:
+    """The number of an event id this backend gave out (an id that is none of its ids reads
+    from the oldest event kept)."""
+    try:
+        return int(event_id)
+    except ValueError:
+        return 0

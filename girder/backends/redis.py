@@ -56,6 +56,8 @@ from girder.backends.base import (
     Cancelling,
     Claimed,
     Completion,
+    Event,
+    EventKind,
     NewRequest,
     NodeInfo,
     NodeKind,
@@ -256,7 +258,9 @@ class RedisBackend:
         self.shared = True
         self._keys = RedisKeys(settings.key_prefix)
         tick = max(1, round(2000 * settings.heartbeat_interval))
-        self._scripts: dict[str, Script] = build_scripts(self._keys, tick)
+        self._events = settings.events
+        events_max = settings.events_max if settings.events else 0
+        self._scripts: dict[str, Script] = build_scripts(self._keys, tick, events_max)
         self._received: set[str] = set()
         """Nodes whose last blocking wait's reply arrived (the next wait drops `taken`)."""
         self._tokens = _Tokens()
@@ -484,7 +488,7 @@ class RedisBackend:
                 job or "",
             ]
             for request in chunk:
-                args += (request.key, request.payload)
+                args += (request.key, request.payload, request.name if self._events else "")
             replies, flat = await self._journaled("submit", node, True, *args)
             found += (
                 _submitted(request.key, reply)
@@ -506,9 +510,11 @@ class RedisBackend:
         cache: bool,
         ttl: float | None = None,
         function: str = "",
+        error: str = "",
     ) -> None:
+        failures = json.dumps({key: _event_text(error)}) if error and self._events else ""
         args = _completion_args(Completion(key, outcome, cache, ttl, function))
-        await self._journaled("complete", node, False, node, 0, "", *args)
+        await self._journaled("complete", node, False, node, 0, "", failures, *args)
 
     async def complete_and_claim(
         self,
@@ -518,7 +524,11 @@ class RedisBackend:
         claim: int,
         volunteer_at: str | None = None,
     ) -> list[Claimed]:
-        args: list[str | bytes | int] = [node, claim, volunteer_at or ""]
+        failed = (
+            {c.key: _event_text(c.error) for c in completions if c.error} if self._events else None
+        )
+        failures = json.dumps(failed) if failed else ""
+        args: list[str | bytes | int] = [node, claim, volunteer_at or "", failures]
         for completion in completions:
             args += _completion_args(completion)
         return _claimed(await self._journaled("complete", node, claim > 0, *args))
@@ -773,6 +783,25 @@ class RedisBackend:
             await self._execute("cache_clear", "DEL", self._keys.journal(clearer))
         return dropped
 
+    async def events(self, after: str | None = None, limit: int = 1000) -> list[Event]:
+        """Event ids are `<entry number>/<index in the entry>`: one entry of the event list
+        holds the events of one script call (see `emit_events` in common.lua)."""
+        entry, _, index = (after or "").partition("/")
+        start = int(entry) if entry.isdigit() else -1
+        skip = int(index) if start >= 0 and index.isdigit() else -1
+        found: list[Event] = []
+        cursor = start
+        while len(found) < limit:
+            # Pages of a few entries: one entry may hold hundreds of events.
+            count = min(limit - len(found), _EVENT_PAGE)
+            first, *entries = await self._run("events_read", cursor, count)
+            for number, entry_text in enumerate(entries, start=first):
+                found += _events(number, entry_text, skip + 1 if number == start else 0)
+            if len(entries) < count:
+                break
+            cursor = first + len(entries)
+        return found[: max(0, limit)]
+
     async def flush(self) -> None:
         cursor = b"0"
         while True:
@@ -857,6 +886,37 @@ def _chunks(requests: Sequence[NewRequest]) -> Iterator[Sequence[NewRequest]]:
             start, size = index, 0
         size += len(request.payload)
     yield requests[start:]
+
+
+_EVENT_PAGE = 100
+"""Entries of the event list read per `events_read` call by `events`."""
+
+_EVENT_SEPARATOR, _FIELD_SEPARATOR, _EVENT_FIELDS = "\x1e", "\x1f", 7
+_EVENT_KINDS = frozenset(kind.value for kind in EventKind)
+
+
+def _events(number: int, entry: bytes, first: int) -> list[Event]:
+    """The events of entry `number` of the event list, from its `first` on (see `redis_keys`:
+    the time, then the events, joined by \x1e; fields by \x1f); a mangled event is left out."""
+    head, *rows = entry.decode("utf-8", "replace").split(_EVENT_SEPARATOR)
+    seconds, _, micros = head.partition(_FIELD_SEPARATOR)
+    if not (seconds.isdigit() and micros.isdigit()):
+        return []
+    when = int(seconds) + int(micros) / 1e6
+    found = []
+    for index, row in enumerate(rows):
+        parts = row.split(_FIELD_SEPARATOR)
+        if index < first or len(parts) != _EVENT_FIELDS or parts[0] not in _EVENT_KINDS:
+            continue
+        kind, node, key, name, parent, job, detail = parts
+        event_id = f"{number}/{index}"
+        found.append(Event(event_id, when, EventKind(kind), node, key, name, parent, job, detail))
+    return found
+
+
+def _event_text(text: str) -> str:
+    """`text` fit for an event field: without the separators of the stream's encoding."""
+    return text.replace(_EVENT_SEPARATOR, " ").replace(_FIELD_SEPARATOR, " ")
 
 
 def _counters(raw: bytes) -> dict[str, int]:

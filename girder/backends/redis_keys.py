@@ -56,6 +56,12 @@ Per grid:
                        time, so that a stalled server does not make every lease run out
     farewells          hash: departed node -> how many keys its `leave` handed back (what a
                        repeated `leave` answers; forgotten with `departed`)
+    events             list of the grid's events, about `Settings.events_max` entries (the
+                       oldest dropped first): one entry per script call that had events to
+                       publish, the server's time (seconds \x1f microseconds) then its events,
+                       joined by \x1e, each its fields joined by \x1f: kind, node, key, name,
+                       parent, job, detail
+    eventsbase         counter: the number of the first entry of `events` (entries dropped)
     blobs              sorted set: digest -> when the blob was last put or checked (server ms)
 """
 
@@ -89,6 +95,8 @@ CORRUPT = "corrupt"
 DEPARTED = "departed"
 FAREWELLS = "farewells"
 TIMEKEEPER = "timekeeper"
+EVENTS = "events"
+EVENTS_BASE = "eventsbase"
 BLOB = "blob:"
 BLOB_HOLDERS = "blobholders:"
 BLOB_PART = "blobpart:"
@@ -139,6 +147,8 @@ _GLOBAL = {
     "DEPARTED": DEPARTED,
     "FAREWELLS": FAREWELLS,
     "TIMEKEEPER": TIMEKEEPER,
+    "EVENTS": EVENTS,
+    "EVENTS_BASE": EVENTS_BASE,
     "BLOBS": BLOBS,
 }
 _CONSTANTS = {

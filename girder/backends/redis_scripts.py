@@ -58,11 +58,21 @@ CLEAR_JOURNAL_MS = 600 * 1000
 DEPARTED_MEMORY_MS = 24 * 3600 * 1000
 """How long the grid remembers that a node departed (notifications for it are dropped)."""
 
+REQUEST_ARGS = ("key", "payload", "name")
+"""The arguments of one request in `submit`'s repeated tail, in order (`name`: its function's,
+for the events; '' when they are off)."""
+
 COMPLETION_ARGS = ("key", "outcome", "cache", "ttl_ms", "function")
 """The arguments of one completion in `complete`'s repeated tail, in order (`ttl_ms` 0: no
 expiry)."""
 
 _JOURNAL_ARGS = ("token", "low", "again")
+
+
+def events_slack(events_max: int) -> int:
+    """How many entries past `events_max` the event list may grow before its oldest are dropped
+    (in one LTRIM, so that a publication rarely pays for trimming)."""
+    return events_max // 10 + 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,7 +112,10 @@ SPECS = {
         ),
         ScriptSpec("claim", ("node",), journaled=True),
         ScriptSpec(
-            "complete", ("node", "claim", "volunteer_at"), rest="completions", journaled=True
+            "complete",
+            ("node", "claim", "volunteer_at", "failures"),
+            rest="completions",
+            journaled=True,
         ),
         ScriptSpec("publish", ("node", "key", "outcome")),
         ScriptSpec("acknowledge", ("node", "received")),
@@ -126,6 +139,7 @@ SPECS = {
         ScriptSpec("blob_sweep", ("grace_ms", "until_ms", "limit")),
         ScriptSpec("cache_entries", rest="keys"),
         ScriptSpec("cache_drop", ("node", "fn_name", "every"), rest="keys", journaled=True),
+        ScriptSpec("events_read", ("start", "count")),
     )
 }
 
@@ -139,13 +153,16 @@ class Script:
     sha: str
 
 
-def _lua_constants(grid_tick_ms: int) -> str:
+def _lua_constants(grid_tick_ms: int, events_max: int) -> str:
     lines = [f"local {name} = {value}" for name, value in _REPLY_CODES.items()]
+    lines.append(f"local EVENTS_MAX = {events_max}")
+    lines.append(f"local EVENTS_SLACK = {events_slack(events_max)}")
     lines.append(f"local GRID_TICK_MS = {grid_tick_ms}")
     lines.append(f"local MAX_SCRIPT_KEYS = {MAX_SCRIPT_KEYS}")
     lines.append(f"local DEPARTED_MEMORY_MS = {DEPARTED_MEMORY_MS}")
     lines.append(f"local CLEAR_JOURNAL_MS = {CLEAR_JOURNAL_MS}")
     lines.append(f"local MAX_CANCEL_STEP = {MAX_CANCEL_STEP}")
+    lines.append(f"local REQUEST_ARGS = {len(REQUEST_ARGS)}")
     lines.append(f"local COMPLETION_ARGS = {len(COMPLETION_ARGS)}")
     return "\n".join(lines) + "\n"
 
@@ -183,12 +200,14 @@ def _needed(definitions: list[tuple[str, str]], body: str) -> str:
     return "".join(text for name, text in definitions if name in wanted)
 
 
-def build_scripts(keys: RedisKeys, grid_tick_ms: int = 2000) -> dict[str, Script]:
+def build_scripts(
+    keys: RedisKeys, grid_tick_ms: int = 2000, events_max: int = 0
+) -> dict[str, Script]:
     """Every script of the grid whose key names are `keys`. `grid_tick_ms` is the most the
     grid's clock advances between two heartbeats (see `grid_time` in common.lua): twice the
-    heartbeat interval."""
+    heartbeat interval. `events_max` caps the event stream (0: publish no events)."""
     folder = resources.files("girder.backends").joinpath("lua")
-    constants = _lua_constants(grid_tick_ms)
+    constants = _lua_constants(grid_tick_ms, events_max)
     common = keys.lua_prelude() + constants + folder.joinpath("common.lua").read_text()
     definitions = _definitions(common)
     scripts = {}

@@ -86,6 +86,24 @@ def _trimmed(stack: traceback.StackSummary, *, end: bool) -> traceback.StackSumm
     return traceback.StackSummary.from_list(frames)
 
 
+MAX_EVENT_CHAIN = 4000
+"""The most characters of an error chain a FAILED grid event carries."""
+
+
+def error_chain(error: RequestError, levels: int = 8) -> str:
+    """The readable chain of `error`, one level a line, causes indented (for grid events)."""
+    lines: list[str] = []
+
+    def walk(level: RequestError, depth: int) -> None:
+        lines.append(f"{'  ' * depth}{level.request}: {level.message}")
+        if depth + 1 < levels:
+            for cause in level.causes.values():
+                walk(cause, depth + 1)
+
+    walk(error, 0)
+    return "\n".join(lines)[:MAX_EVENT_CHAIN]
+
+
 @dataclass(slots=True)
 class NodeStats:
     """What a node did, for the demo and `girder status`."""
@@ -416,7 +434,8 @@ class Node:
             outcome = Outcome(error=RequestError(readable(), str(exc), kind="invalid"))
             data = self.codec.encode_outcome(outcome, key, readable)
         if not (cache and outcome.error is None and outcome.final):
-            return Completion(key, data, False)
+            error = "" if outcome.error is None else error_chain(outcome.error)
+            return Completion(key, data, False, error=error)
         if function is None:
             return Completion(key, data, True, ttl=self.settings.cache_ttl)
         ttl = self.settings.cache_ttl if function.ttl is None else function.ttl
@@ -483,7 +502,9 @@ class Node:
         completion = self.completion(key, readable, outcome, cache, blobs=blobs)
         if blobs:
             completion = await self.stored(completion, readable, blobs)
-        await self.backend.complete(self.id, key, completion.outcome, cache=completion.cache)
+        await self.backend.complete(
+            self.id, key, completion.outcome, cache=completion.cache, error=completion.error
+        )
         self.waiters.resolve(key, outcome)
 
     async def request(
@@ -538,7 +559,12 @@ class Node:
                 self.pools.check(target, self.loop)
             top = on_top and target == into
             submission = Submission(
-                NewRequest(key, data), target, top, waiter_key, root_of, request
+                NewRequest(key, data, request.function.short_name),
+                target,
+                top,
+                waiter_key,
+                root_of,
+                request,
             )
             if not payload.kwargs and all(type(arg) in SCALARS for arg in payload.args):
                 submission.local = (payload, request.function)

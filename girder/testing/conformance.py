@@ -35,6 +35,8 @@ from girder.backends.base import (
     CacheUsage,
     Claimed,
     Completion,
+    Event,
+    EventKind,
     NewRequest,
     NodeInfo,
     NodeKind,
@@ -90,6 +92,12 @@ async def put(
         waiter_key=waiter_key,
         dispatch=dispatch,
     )
+
+
+async def events_of(backend: StateBackend, *kinds: EventKind) -> list[Event]:
+    """Every event the backend keeps (of `kinds`, when given), oldest first."""
+    found = await backend.events(None, 100_000)
+    return [event for event in found if not kinds or event.kind in kinds]
 
 
 async def volunteer(backend: StateBackend, distributor: str, node: str) -> None:
@@ -1425,6 +1433,118 @@ class BackendConformance:
         assert await backend.nodes() == []
         assert await backend.work_lists() == {}
         assert await backend.take_notifications("ghost", 0) == []
+
+    # -- events -----------------------------------------------------------------------------------
+
+    async def test_events_follow_a_request_from_submit_to_finish(
+        self, backend: StateBackend
+    ) -> None:
+        await backend.join("w", NodeKind.WORKER, "d", LONG)
+        before = time.time()
+        await backend.submit("c", [NewRequest("k", b"p", "fib")], into="w", on_top=True, job="j1")
+        assert await backend.claim("w") == Claimed("k", b"p")
+        await backend.complete_and_claim("w", [Completion("k", out("k"), True)], claim=0)
+        await backend.submit("c2", [NewRequest("k", b"p", "fib")], into="w", on_top=True)
+        joined = await events_of(backend, EventKind.JOINED)
+        assert [(e.node, e.parent, e.detail) for e in joined] == [("w", "d", "worker")] * len(
+            joined
+        )
+        found = [e for e in await events_of(backend) if e.key == "k"]
+        assert [(e.kind, e.node, e.detail) for e in found] == [
+            (EventKind.SUBMITTED, "c", "new"),
+            (EventKind.CLAIMED, "w", ""),
+            (EventKind.FINISHED, "w", "cached"),
+            (EventKind.SUBMITTED, "c2", "cached"),
+        ]
+        assert (found[0].name, found[0].job, found[0].parent) == ("fib", "j1", "")
+        assert all(before - 5 <= e.time <= time.time() + 5 for e in found)
+
+    async def test_events_say_what_a_submit_shared_and_who_waits(
+        self, backend: StateBackend
+    ) -> None:
+        await backend.join("w", NodeKind.WORKER, None, LONG)
+        await put(backend, "c", ["k"], into="w")
+        await backend.submit("w", [NewRequest("k", b"p", "f")], into="w", on_top=True)
+        assert await backend.claim("w") is not None
+        await backend.submit(
+            "w",
+            [NewRequest("k", b"p", "f"), NewRequest("j", b"q", "g")],
+            into="w",
+            on_top=True,
+            waiter_key="parent",
+        )
+        found = await events_of(backend, EventKind.SUBMITTED)
+        assert [(e.node, e.key, e.detail) for e in found] == [
+            ("c", "k", "new"),
+            ("w", "k", "shared"),  # pending: joins the run to come
+            ("w", "k", "shared"),  # running
+            ("w", "j", "new"),
+        ]
+        assert [(e.parent, e.name) for e in found[2:]] == [("parent", "f"), ("parent", "g")]
+
+    async def test_a_failed_completion_is_a_failed_event_with_its_chain(
+        self, backend: StateBackend
+    ) -> None:
+        await put(backend, "c", ["k", "j"], into="w")
+        await claim_all(backend, "w")
+        chain = "f(1): ZeroDivisionError: division by zero\n  g(0): boom"
+        await backend.complete_and_claim(
+            "w", [Completion("k", out("k"), False, error=chain)], claim=0
+        )
+        await backend.complete("w", "j", out("j"), cache=False, error="j: bad")
+        found = await events_of(backend, EventKind.FINISHED, EventKind.FAILED)
+        assert [(e.kind, e.key, e.detail) for e in found] == [
+            (EventKind.FAILED, "k", chain),
+            (EventKind.FAILED, "j", "j: bad"),
+        ]
+
+    async def test_cancelling_a_pending_key_is_a_cancelled_event(
+        self, backend: StateBackend
+    ) -> None:
+        await backend.submit("c", [new("k"), new("j")], into="w", on_top=True, job="job1")
+        assert await backend.claim("w") is not None  # j runs: its owner completes it
+        step = await backend.cancel("c", "job1", roots=["k", "j"])
+        assert set(step.cancelled) == {"k", "j"}
+        found = await events_of(backend, EventKind.CANCELLED)
+        assert [(e.node, e.key, e.job) for e in found] == [("c", "k", "job1")]
+
+    async def test_a_completion_that_changes_nothing_publishes_nothing(
+        self, backend: StateBackend
+    ) -> None:
+        await put(backend, "c", ["k"], into="w")
+        await claim_all(backend, "w")
+        await backend.complete("w", "k", out("k"), cache=True)
+        await backend.complete("w", "k", out("k"), cache=True)
+        await backend.complete("w", "never-submitted", out("x"), cache=True)
+        found = await events_of(backend, EventKind.FINISHED)
+        assert [e.key for e in found] == ["k"]
+
+    async def test_events_of_stealing_and_leaving(self, backend: StateBackend) -> None:
+        await backend.join("d", NodeKind.DISTRIBUTOR, None, LONG)
+        await backend.join("w", NodeKind.WORKER, "d", LONG)
+        await backend.join("v", NodeKind.WORKER, "d", self.lease)
+        await put(backend, "c", ["k1", "k2", "k3"], into="w")
+        assert await backend.steal("d", "w", 2) == 2
+        assert await backend.trim("d", ["w"]) == 1
+        await backend.leave("w")
+        await self.reap_until(backend, "d", {"v"})
+        stolen = await events_of(backend, EventKind.STOLEN)
+        assert [(e.node, e.parent, e.detail) for e in stolen] == [("d", "w", "2"), ("d", "w", "1")]
+        left = await events_of(backend, EventKind.LEFT)
+        assert [(e.node, e.detail) for e in left] == [("w", "left"), ("v", "reaped")]
+
+    async def test_events_read_on_after_an_id(self, backend: StateBackend) -> None:
+        for index in range(5):
+            await put(backend, "c", [f"a{index}", f"b{index}"], into="w")
+        everything = await backend.events(None, 1000)
+        assert len(everything) == 10
+        assert len({e.id for e in everything}) == 10
+        assert [e.key for e in everything] == [f"{x}{i}" for i in range(5) for x in "ab"]
+        for cut in range(10):
+            assert await backend.events(everything[cut].id, 1000) == everything[cut + 1 :]
+            assert await backend.events(everything[cut].id, 3) == everything[cut + 1 : cut + 4]
+        assert await backend.events(None, 4) == everything[:4]
+        assert await backend.events(everything[-1].id) == []
 
     # -- large values -----------------------------------------------------------------------------
 

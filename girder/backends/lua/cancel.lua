@@ -53,6 +53,7 @@ local function cancel(key)
       notify(waiter, key)
     end
     redis.call('DEL', k_record(key), k_waiters(key), k_waited_by(key))
+    event('cancelled', node, key, '', '', job, '')
   end
   return true
 end
@@ -67,4 +68,5 @@ for _ = 1, MAX_CANCEL_STEP do
     cancelled[#cancelled + 1] = key
   end
 end
+emit_events()
 return journaled(node, token, low, {cancelled, call('LLEN', frontier)})

@@ -5,6 +5,7 @@ if found then
   return reply
 end
 local claimed = claim(node, false)
+emit_events()
 if not claimed then
   return nil -- nothing claimed: nothing to replay
 end

@@ -30,6 +30,37 @@ local function call(command, key, ...)
   return reply
 end
 
+-- The grid events of this script call (see `StateBackend.events`): `event` collects them and
+-- `emit_events` appends them as one entry to the list K_EVENTS before the script returns (one
+-- RPUSH per call, however many events: about half the Redis time of an XADD). An entry is the
+-- server's time (seconds \031 microseconds) and the events, each its fields joined by \031,
+-- all joined by \030 (no table per event, no JSON: this runs on every request). The list is
+-- capped at EVENTS_MAX entries: past EVENTS_MAX + EVENTS_SLACK, the oldest are dropped in one
+-- LTRIM and K_EVENTS_BASE (the number of the list's first entry) advances by as many. With
+-- EVENTS_MAX = 0 nothing is published.
+local EVENTS = {}
+
+local function event(kind, node, key, name, parent, job, detail)
+  if EVENTS_MAX > 0 then
+    EVENTS[#EVENTS + 1] = kind .. '\031' .. node .. '\031' .. (key or '') .. '\031' .. (name or '')
+      .. '\031' .. (parent or '') .. '\031' .. (job or '') .. '\031' .. (detail or '')
+  end
+end
+
+local function emit_events()
+  if #EVENTS > 0 then
+    local t = redis.call('TIME')
+    local length = call('RPUSH', K_EVENTS,
+      t[1] .. '\031' .. t[2] .. '\030' .. table.concat(EVENTS, '\030'))
+    if length > EVENTS_MAX + EVENTS_SLACK then
+      local drop = length - EVENTS_MAX
+      redis.call('LTRIM', K_EVENTS, drop, -1)
+      redis.call('SET', K_EVENTS_BASE, (tonumber(call('GET', K_EVENTS_BASE)) or 0) + drop)
+    end
+    EVENTS = {}
+  end
+end
+
 -- Redis server time in milliseconds: leases never depend on the clients' clocks.
 local function now_ms()
   local t = redis.call('TIME')
@@ -286,6 +317,7 @@ local function claim(node, fresh_only)
       call('HSET', k_record(key), F_STATUS, RUNNING, F_OWNER, node)
       call('SADD', k_running(node), key)
       call('HINCRBY', K_POPS, node, 1)
+      event('claimed', node, key)
       return {key, found[2] or '', found[3] ~= false}
     end
   end

@@ -1,8 +1,9 @@
--- complete(token, low, again, node, claim, volunteer_at, key1, outcome1, cache1, ttl_ms1,
--- function1, key2, ...) (see COMPLETION_ARGS): complete each key in order, then claim up to
--- `claim` of node's requests; when none came and volunteer_at is not empty, volunteer node there.
--- Journaled when it claims. A cached outcome stays in the record, which then expires after
--- ttl_ms (0: never): the grid's only state with an expiry, so the only state a volatile-*
+-- complete(token, low, again, node, claim, volunteer_at, failures, key1, outcome1, cache1,
+-- ttl_ms1, function1, key2, ...) (see COMPLETION_ARGS; failures: '' or a JSON object, failed
+-- key -> its readable error chain, for the events): complete each key in order, then claim up
+-- to `claim` of node's requests; when none came and volunteer_at is not empty, volunteer node
+-- there. Journaled when it claims. A cached outcome stays in the record, which then expires
+-- after ttl_ms (0: never): the grid's only state with an expiry, so the only state a volatile-*
 -- maxmemory-policy may evict.
 -- Returns {key1, payload1, key2, payload2, ...} for the claimed requests.
 --
@@ -17,6 +18,10 @@ if found then
   return reply
 end
 local wanted = tonumber(claim)
+local errors = {}
+if EVENTS_MAX > 0 and failures ~= '' then
+  errors = cjson.decode(failures)
+end
 
 -- Post `note` to every waiter of key but node (a departed node gets nothing: its inbox would
 -- only grow), and forget the waiters.
@@ -66,6 +71,11 @@ local function complete(key, outcome, cache, ttl_ms, fn)
   else
     redis.call('DEL', record)
   end
+  if errors[key] then
+    event('failed', node, key, '', '', '', errors[key])
+  else
+    event('finished', node, key, '', '', '', cache and 'cached' or '')
+  end
   notify(key, #key .. ':' .. key .. outcome)
 end
 
@@ -77,6 +87,7 @@ local claimed = claim_many(node, wanted)
 if wanted > 0 and #claimed == 0 and volunteer_at ~= '' then
   volunteer(volunteer_at, node)
 end
+emit_events()
 if #claimed == 0 then
   return claimed -- nothing claimed: a resend repeats only what changes nothing when repeated
 end

@@ -14,4 +14,6 @@ end
 call('ZADD', K_LEASES, advance_grid_time() + tonumber(ttl_ms), node)
 call('ZREM', K_DEPARTED, node)
 call('HDEL', K_FAREWELLS, node)
+event('joined', node, '', '', distributor, '', kind)
+emit_events()
 return 1

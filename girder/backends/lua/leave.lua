@@ -5,5 +5,7 @@ if not is_registered(node) then
   return tonumber(call('HGET', K_FAREWELLS, node) or 0)
 end
 local count = hand_back(node, false, node)
+event('left', node, '', '', '', '', 'left')
+emit_events()
 call('HSET', K_FAREWELLS, node, count)
 return count

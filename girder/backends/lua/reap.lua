@@ -18,9 +18,11 @@ table.sort(dead)
 local requeued, crashed_out = 0, {}
 for _, node in ipairs(dead) do
   local count, crashed = hand_back(node, limit, reaper)
+  event('left', node, '', '', '', '', 'reaped')
   requeued = requeued + count
   for _, key in ipairs(crashed) do
     crashed_out[#crashed_out + 1] = key
   end
 end
+emit_events()
 return journaled(reaper, token, low, {dead, requeued, crashed_out})

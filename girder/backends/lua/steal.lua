@@ -5,4 +5,9 @@ local found, reply = replayed(distributor, token, again)
 if found then
   return reply
 end
-return journaled(distributor, token, low, move_bottom(member, distributor, tonumber(count)))
+local moved = move_bottom(member, distributor, tonumber(count))
+if moved > 0 then
+  event('stolen', distributor, '', '', member, '', tostring(moved))
+  emit_events()
+end
+return journaled(distributor, token, low, moved)

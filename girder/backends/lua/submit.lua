@@ -1,10 +1,11 @@
--- submit(token, low, again, node, into, on_top, waiter, dispatch, claim, job, key1, payload1, ...)
+-- submit(token, low, again, node, into, on_top, waiter, dispatch, claim, job, key1, payload1,
+-- name1, key2, ...) (see REQUEST_ARGS; name: the function's, for the events, or '')
 -- -> {results, claimed}: per request, {SUBMITTED_DONE, outcome} when done, {SUBMITTED_CYCLE,
 -- waiter, cycle...} when the wait edge closed a cycle, else {SUBMITTED_QUEUED, shared (1 when
--- the key was pending, or running under an owner that will complete it, else 0)} followed by the latest partial outcome
--- when the key has one (see publish.lua); then up to
--- `claim` requests claimed for node, {key1, payload1, ...}. Journaled (a repeat would queue
--- the keys twice).
+-- the key was pending, or running under an owner that will complete it, else 0)} followed by
+-- the latest partial outcome when the key has one (see publish.lua); then up to `claim`
+-- requests claimed for node, {key1, payload1, ...}. Journaled (a repeat would queue the keys
+-- twice).
 
 local found, reply = replayed(node, token, again)
 if found then
@@ -48,39 +49,40 @@ end
 -- Make sure `key` has a record that will run: a new one, or one whose status is garbage or
 -- whose owner the grid does not know, becomes pending with this payload (and loses any expiry:
 -- only a cached result may expire or be evicted). Returns whether the key needs queueing (it
--- does unless it runs under a known owner).
+-- does unless it runs under a known owner), and 'shared' when it was pending or runs under a
+-- known owner (the asker joins that run), else 'new'.
 local function ensure_record(key, payload, state)
   local status, owner = state[1], state[3]
   if status == RUNNING and owned(key, owner) then
-    return false
+    return false, 'shared'
   end
-  if status ~= PENDING then
-    local record = k_record(key)
-    call('HSET', record, F_STATUS, PENDING, F_PAYLOAD, payload)
-    if status ~= false then
-      call('HDEL', record, F_OWNER, F_OUTCOME, F_FUNCTION)
-      redis.call('PERSIST', record)
-    end
+  if status == PENDING then
+    return true, 'shared'
   end
-  return true
+  local record = k_record(key)
+  call('HSET', record, F_STATUS, PENDING, F_PAYLOAD, payload)
+  if status ~= false then
+    call('HDEL', record, F_OWNER, F_OUTCOME, F_FUNCTION)
+    redis.call('PERSIST', record)
+  end
+  return true, 'new'
 end
 
 local results, pushed = {}, {}
-for i = FIRST_REQUESTS, #ARGV, 2 do
-  local key = ARGV[i]
+for i = FIRST_REQUESTS, #ARGV, REQUEST_ARGS do
+  local key, label = ARGV[i], ARGV[i + 2]
   local state = read_record(key, F_STATUS, F_OUTCOME, F_OWNER, F_PARTIAL)
   if state[1] == DONE and state[2] then
     results[#results + 1] = {SUBMITTED_DONE, state[2]}
+    event('submitted', node, key, label, waiter, job, 'cached')
   else
-    local shared = 0
-    if ensure_record(key, ARGV[i + 1], state) then
+    local queue, how = ensure_record(key, ARGV[i + 1], state)
+    if queue then
       pushed[#pushed + 1] = key
-      if state[1] == PENDING then
-        shared = 1
-      end
-    else
-      shared = 1 -- running under an owner that will complete it
     end
+    -- shared: the key was pending, or runs under an owner that will complete it
+    local shared = how == 'shared' and 1 or 0
+    event('submitted', node, key, label, waiter, job, how)
     call('SADD', k_waiters(key), node)
     local result = {SUBMITTED_QUEUED, shared, state[4]}
     if not has_waiter and job ~= '' then
@@ -114,4 +116,6 @@ end
 if #pushed > 0 and (dispatch ~= '1' or call('LLEN', k_work(into)) > 0) then
   ring(k_wake(into))
 end
-return journaled(node, token, low, {results, claim_many(node, wanted)})
+local claimed = claim_many(node, wanted)
+emit_events()
+return journaled(node, token, low, {results, claimed})

@@ -12,7 +12,11 @@ for i = FIRST_MEMBERS, #ARGV do
   local member = ARGV[i]
   local keep = tonumber(call('HGET', K_POPS, member) or 0)
   call('HDEL', K_POPS, member)
-  moved = moved + move_bottom(member, distributor, call('LLEN', k_work(member)) - keep)
+  local count = move_bottom(member, distributor, call('LLEN', k_work(member)) - keep)
+  if count > 0 then
+    event('stolen', distributor, '', '', member, '', tostring(count))
+  end
+  moved = moved + count
 end
 local orphans = k_orphans(distributor)
 for _, departed in ipairs(call('HKEYS', orphans)) do
@@ -21,4 +25,5 @@ for _, departed in ipairs(call('HKEYS', orphans)) do
     call('HDEL', orphans, departed)
   end
 end
+emit_events()
 return journaled(distributor, token, low, moved)
