@@ -21,17 +21,15 @@ the nodes are seeds (any one that answers will do), the database is always 0.
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import replace
+from collections.abc import Sequence
 from typing import Any
 from urllib.parse import parse_qs, unquote
 
+from girder.backends.primary import Node, PrimaryClient, Send
 from girder.backends.resp import (
     Command,
     ConnectionLost,
     NotSent,
-    RedisClient,
     ReplyError,
     ServerAddress,
 )
@@ -99,49 +97,19 @@ def _crc16_table() -> list[int]:
 
 _CRC16 = _crc16_table()
 
-Node = tuple[str, int]
 
-
-class ClusterClient:
+class ClusterClient(PrimaryClient):
     """The `RedisClient` interface, sending everything to the primary of one slot."""
 
     def __init__(self, seeds: Sequence[ServerAddress], anchor: str, **options: Any) -> None:
         """`anchor`: a key of the slot to serve; `options` go to each node's `RedisClient`."""
         if not seeds:
             raise ValueError("a cluster URL needs at least one node")
-        self._template = seeds[0]
+        super().__init__(seeds[0], **options)
         self._known: list[Node] = [(seed.host, seed.port) for seed in seeds]
         self.slot = key_slot(anchor)
-        self._options = options
-        self._clients: dict[Node, RedisClient] = {}
-        self._owner: Node | None = None
-        self._refreshing: asyncio.Future[Node] | None = None
-        self._closed = False
 
-    async def execute(self, *command: str | bytes | int | float) -> Any:
-        """One command's reply; an error reply raises `ReplyError`."""
-        [reply] = await self.pipeline([command])
-        if isinstance(reply, ReplyError):
-            raise reply
-        return reply
-
-    async def pipeline(self, commands: Sequence[Command]) -> list[Any]:
-        """Several commands in one round trip, to the slot's primary."""
-        return await self._routed(commands, lambda client, batch: client.pipeline(batch))
-
-    async def blocking(
-        self, commands: Sequence[Command], *, timeout: float | None = None
-    ) -> list[Any]:
-        """Commands that may block, on a connection of their own (see `RedisClient.blocking`)."""
-        return await self._routed(
-            commands, lambda client, batch: client.blocking(batch, timeout=timeout)
-        )
-
-    async def _routed(
-        self,
-        commands: Sequence[Command],
-        send: Callable[[RedisClient, Sequence[Command]], Awaitable[list[Any]]],
-    ) -> list[Any]:
+    async def _routed(self, commands: Sequence[Command], send: Send) -> list[Any]:
         replies: list[Any] = [None] * len(commands)
         todo = list(range(len(commands)))
         node = await self._primary()
@@ -176,20 +144,6 @@ class ClusterClient:
                 self._owner = node
         raise NotSent(f"slot {self.slot} kept moving ({_MAX_REDIRECTS} redirections)")
 
-    async def _primary(self) -> Node:
-        """The slot's primary, from the map (asking the nodes for it when stale)."""
-        if self._owner is not None:
-            return self._owner
-        if self._refreshing is None:  # one task asks; the others wait for its answer
-            self._refreshing = asyncio.ensure_future(self._refresh())
-        refreshing = self._refreshing
-        try:
-            self._owner = await asyncio.shield(refreshing)
-        finally:
-            if self._refreshing is refreshing and refreshing.done():
-                self._refreshing = None
-        return self._owner
-
     async def _refresh(self) -> Node:
         """Ask the known nodes for CLUSTER SLOTS until one answers; the slot's primary."""
         failures = []
@@ -219,28 +173,6 @@ class ClusterClient:
     def _learn(self, node: Node) -> None:
         if node not in self._known:
             self._known.append(node)
-
-    def _stale(self, node: Node | None) -> None:
-        """Forget the slot's owner (if it is `node`, or whoever it is for None)."""
-        if node is None or self._owner == node:
-            self._owner = None
-
-    def _client(self, node: Node) -> RedisClient:
-        client = self._clients.get(node)
-        if client is None:
-            if self._closed:
-                raise NotSent("the client is closed")
-            client = self._clients[node] = RedisClient(self._node_address(node), **self._options)
-        return client
-
-    def _node_address(self, node: Node) -> ServerAddress:
-        return replace(self._template, host=node[0], port=node[1])
-
-    def close(self) -> None:
-        self._closed = True
-        for client in self._clients.values():
-            client.close()
-        self._clients.clear()
 
 
 def _redirection(reply: Any) -> tuple[str, Node] | None:

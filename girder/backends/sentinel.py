@@ -17,12 +17,12 @@ sentinels when they need it.
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs, unquote
 
+from girder.backends.primary import Node, PrimaryClient, Send
 from girder.backends.resp import (
     Command,
     ConnectionLost,
@@ -34,7 +34,6 @@ from girder.backends.resp import (
 
 SCHEME = "redis+sentinel"
 
-Node = tuple[str, int]
 
 _SENTINEL_TIMEOUT = 2.0
 """Seconds a sentinel may take to connect or answer before the next one is asked."""
@@ -89,49 +88,21 @@ def parse_sentinel_url(url: str) -> SentinelTarget:
     return SentinelTarget(tuple(sentinels), service, primary)
 
 
-class SentinelClient:
+class SentinelClient(PrimaryClient):
     """The `RedisClient` interface, sending everything to the primary the sentinels name."""
 
     def __init__(self, target: SentinelTarget, **options: Any) -> None:
         """`options` go to the primary's `RedisClient`."""
+        super().__init__(target.primary, **options)
         self.service = target.service
-        self._template = target.primary
-        self._options = options
         self._sentinels = [
             RedisClient(
                 address, retries=0, timeout=_SENTINEL_TIMEOUT, connect_timeout=_SENTINEL_TIMEOUT
             )
             for address in target.sentinels
         ]
-        self._clients: dict[Node, RedisClient] = {}
-        self._owner: Node | None = None
-        self._refreshing: asyncio.Future[Node] | None = None
-        self._closed = False
 
-    async def execute(self, *command: str | bytes | int | float) -> Any:
-        """One command's reply; an error reply raises `ReplyError`."""
-        [reply] = await self.pipeline([command])
-        if isinstance(reply, ReplyError):
-            raise reply
-        return reply
-
-    async def pipeline(self, commands: Sequence[Command]) -> list[Any]:
-        """Several commands in one round trip, to the primary."""
-        return await self._routed(commands, lambda client, batch: client.pipeline(batch))
-
-    async def blocking(
-        self, commands: Sequence[Command], *, timeout: float | None = None
-    ) -> list[Any]:
-        """Commands that may block, on a connection of their own (see `RedisClient.blocking`)."""
-        return await self._routed(
-            commands, lambda client, batch: client.blocking(batch, timeout=timeout)
-        )
-
-    async def _routed(
-        self,
-        commands: Sequence[Command],
-        send: Callable[[RedisClient, Sequence[Command]], Awaitable[list[Any]]],
-    ) -> list[Any]:
+    async def _routed(self, commands: Sequence[Command], send: Send) -> list[Any]:
         node = await self._primary()
         try:
             replies = await send(self._client(node), commands)
@@ -141,20 +112,6 @@ class SentinelClient:
         if any(_demoted(reply) for reply in replies):
             self._stale(node)  # the backend waits READONLY out; the sentinels are asked again
         return replies
-
-    async def _primary(self) -> Node:
-        """The primary, as the sentinels last named it (asking them again when stale)."""
-        if self._owner is not None:
-            return self._owner
-        if self._refreshing is None:  # one task asks; the others wait for its answer
-            self._refreshing = asyncio.ensure_future(self._refresh())
-        refreshing = self._refreshing
-        try:
-            self._owner = await asyncio.shield(refreshing)
-        finally:
-            if self._refreshing is refreshing and refreshing.done():
-                self._refreshing = None
-        return self._owner
 
     async def _refresh(self) -> Node:
         """Ask the sentinels in turn for the service's primary, until one names a node that
@@ -187,24 +144,8 @@ class SentinelClient:
             return None
         return f"is a {role[0].decode() if role else 'node of no role'}"
 
-    def _stale(self, node: Node) -> None:
-        if self._owner == node:
-            self._owner = None
-
-    def _client(self, node: Node) -> RedisClient:
-        client = self._clients.get(node)
-        if client is None:
-            if self._closed:
-                raise NotSent("the client is closed")
-            address = replace(self._template, host=node[0], port=node[1])
-            client = self._clients[node] = RedisClient(address, **self._options)
-        return client
-
-    def close(self) -> None:
-        self._closed = True
-        for client in [*self._sentinels, *self._clients.values()]:
-            client.close()
-        self._clients.clear()
+    def _other_clients(self) -> list[RedisClient]:
+        return self._sentinels
 
 
 def _demoted(reply: Any) -> bool:

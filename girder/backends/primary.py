@@ -1,0 +1,100 @@
+"""`PrimaryClient`: the part that `ClusterClient` and `SentinelClient` share. Both send every
+command to one primary that they must first find (in a cluster's slot map, or from the
+sentinels), through a `RedisClient` per node, and forget it when it stops answering for the
+grid; they differ only in how they find it (`_refresh`) and in what a reply tells them
+(`_routed`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from abc import ABC, abstractmethod
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import replace
+from typing import Any
+
+from girder.backends.resp import Command, NotSent, RedisClient, ReplyError, ServerAddress
+
+Node = tuple[str, int]
+
+Send = Callable[[RedisClient, Sequence[Command]], Awaitable[list[Any]]]
+"""How a batch goes to a node's client: `pipeline`, or `blocking` with its timeout."""
+
+
+class PrimaryClient(ABC):
+    """The `RedisClient` interface, sending everything to the primary that `_refresh` finds."""
+
+    def __init__(self, template: ServerAddress, **options: Any) -> None:
+        """`template`: credentials and database of every node (host and port are the node's);
+        `options` go to each node's `RedisClient`."""
+        self._template = template
+        self._options = options
+        self._clients: dict[Node, RedisClient] = {}
+        self._owner: Node | None = None
+        self._refreshing: asyncio.Future[Node] | None = None
+        self._closed = False
+
+    async def execute(self, *command: str | bytes | int | float) -> Any:
+        """One command's reply; an error reply raises `ReplyError`."""
+        [reply] = await self.pipeline([command])
+        if isinstance(reply, ReplyError):
+            raise reply
+        return reply
+
+    async def pipeline(self, commands: Sequence[Command]) -> list[Any]:
+        """Several commands in one round trip, to the primary."""
+        return await self._routed(commands, lambda client, batch: client.pipeline(batch))
+
+    async def blocking(
+        self, commands: Sequence[Command], *, timeout: float | None = None
+    ) -> list[Any]:
+        """Commands that may block, on a connection of their own (see `RedisClient.blocking`)."""
+        return await self._routed(
+            commands, lambda client, batch: client.blocking(batch, timeout=timeout)
+        )
+
+    @abstractmethod
+    async def _routed(self, commands: Sequence[Command], send: Send) -> list[Any]:
+        """Send `commands` to the primary with `send`; their replies, in order."""
+
+    @abstractmethod
+    async def _refresh(self) -> Node:
+        """Find the primary now (raising `NotSent` saying why when nobody can name it)."""
+
+    async def _primary(self) -> Node:
+        """The primary as last found (finding it again when forgotten)."""
+        if self._owner is not None:
+            return self._owner
+        if self._refreshing is None:  # one task asks; the others wait for its answer
+            self._refreshing = asyncio.ensure_future(self._refresh())
+        refreshing = self._refreshing
+        try:
+            self._owner = await asyncio.shield(refreshing)
+        finally:
+            if self._refreshing is refreshing and refreshing.done():
+                self._refreshing = None
+        return self._owner
+
+    def _stale(self, node: Node) -> None:
+        """Forget the primary if it is `node`: the next command finds it again."""
+        if self._owner == node:
+            self._owner = None
+
+    def _client(self, node: Node) -> RedisClient:
+        client = self._clients.get(node)
+        if client is None:
+            if self._closed:
+                raise NotSent("the client is closed")
+            address = replace(self._template, host=node[0], port=node[1])
+            client = self._clients[node] = RedisClient(address, **self._options)
+        return client
+
+    def _other_clients(self) -> Iterable[RedisClient]:
+        """Clients to close besides the nodes' (a sentinel client's sentinels)."""
+        return ()
+
+    def close(self) -> None:
+        self._closed = True
+        for client in [*self._other_clients(), *self._clients.values()]:
+            client.close()
+        self._clients.clear()
