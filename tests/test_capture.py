@@ -25,4 +25,3 @@ def test_a_router_left_behind_is_never_wrapped_in_another() -> None:
         assert ("stdout", "caught") in lines
     finally:
         sys.stdout = real
-
