@@ -61,7 +61,15 @@ class Settings(BaseSettings):
         default_factory=list, description="More modules a worker may run functions from by name."
     )
     events: bool = Field(
-        True, description="Publish grid events (for `girder dashboard` and `/metrics`)."
+        True,
+        description="Publish grid events (for `girder dashboard` and `/metrics`) while someone "
+        "reads them.",
+    )
+    events_watch: float = Field(
+        30.0,
+        gt=0,
+        description="Seconds a read of the events keeps them published: a grid that nobody "
+        "watches publishes none and pays nothing for them.",
     )
     events_max: int = Field(
         10_000,

@@ -33,7 +33,15 @@ from girder.backends.redis_scripts import (
 )
 from girder.config import Settings
 from girder.errors import BackendError, ConfigurationError
-from girder.testing.conformance import BackendConformance, blob, claim_all, new, out, put
+from girder.testing.conformance import (
+    BackendConformance,
+    blob,
+    claim_all,
+    new,
+    out,
+    put,
+    watch,
+)
 from girder.testing.redis_server import RedisServer, free_port
 
 pytestmark = pytest.mark.redis
@@ -674,6 +682,7 @@ async def test_the_event_list_is_capped_and_read_in_pages(
     capped = RedisBackend(redis_url, settings=Settings(key_prefix=PREFIX, events_max=10))
     await capped.connect()
     try:
+        await watch(capped)
         for index in range(300):  # one list entry per call
             await put(capped, "c", [f"k{index}"], into="w")
             assert await raw.llen(f"{{{PREFIX}}}:events") <= 10 + events_slack(10)
@@ -685,7 +694,8 @@ async def test_the_event_list_is_capped_and_read_in_pages(
         assert await capped.events("0/0", 5) == kept[:5]
         assert await capped.events(kept[-1].id) == []
         # After a flush, an id from before it reads the new list from its start.
-        await capped.flush()
+        await capped.flush()  # which ends the watch too
+        await watch(capped)
         await put(capped, "c", ["fresh"], into="w")
         assert [e.key for e in await capped.events(kept[-1].id)] == ["fresh"]
     finally:
@@ -693,6 +703,7 @@ async def test_the_event_list_is_capped_and_read_in_pages(
 
 
 async def test_events_come_in_pages_of_entries(backend: RedisBackend) -> None:
+    await watch(backend)
     for index in range(250):
         await put(backend, "c", [f"k{index}", f"j{index}"], into="w")
     everything = await backend.events(None, 10_000)
@@ -700,10 +711,27 @@ async def test_events_come_in_pages_of_entries(backend: RedisBackend) -> None:
     assert await backend.events(everything[299].id, 201) == everything[300:]
 
 
+async def test_events_stop_once_nobody_has_read_them_for_events_watch_seconds(
+    redis_url: str, raw: aioredis.Redis
+) -> None:
+    brief = RedisBackend(redis_url, settings=Settings(key_prefix=PREFIX, events_watch=0.2))
+    await brief.connect()
+    try:
+        await watch(brief)
+        assert 0 < await raw.pttl(f"{{{PREFIX}}}:eventswatched") <= 200
+        await put(brief, "c", ["read"], into="w")
+        await asyncio.sleep(0.3)  # the watch lapses: time itself is what is tested
+        await put(brief, "c", ["unread"], into="w")
+        assert [e.key for e in await brief.events()] == ["read"]
+    finally:
+        await brief.close()
+
+
 async def test_with_events_off_nothing_is_published(redis_url: str) -> None:
     quiet = RedisBackend(redis_url, settings=Settings(key_prefix=PREFIX, events=False))
     await quiet.connect()
     try:
+        await watch(quiet)
         await quiet.join("w", NodeKind.WORKER, None, 60)
         await put(quiet, "c", ["k"], into="w")
         assert await quiet.claim("w") is not None

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import math
 import time
 from collections import OrderedDict, deque
 from collections.abc import Mapping, Sequence
@@ -109,6 +110,9 @@ class MemoryBackend:
             deque(maxlen=settings.events_max) if settings.events else None
         )
         self._event_numbers = itertools.count(1)
+        self._watch_seconds = settings.events_watch
+        self._watched_until = -math.inf
+        """Until when (monotonic seconds) the last read of `events` keeps them published."""
         self._max_entries = settings.cache_max_entries
         self._max_bytes = settings.cache_max_bytes
         self._reset()
@@ -222,9 +226,13 @@ class MemoryBackend:
     ) -> None:
         """Append an event to the ring buffer (when events are published), as a tuple: the
         `Event` is built only when someone reads it."""
-        if self._events is not None:
+        if self._events is not None and time.monotonic() < self._watched_until:
             number = next(self._event_numbers)
             self._events.append((number, time.time(), kind, node, key, name, parent, job, detail))
+
+    def _publishing(self) -> bool:
+        """Whether events are published now: enabled, and read within `events_watch`."""
+        return self._events is not None and time.monotonic() < self._watched_until
 
     def _push_bottom(self, node: str, keys: Sequence[str]) -> None:
         """Push keys on the bottom of `node`'s list so that keys[0] comes up first."""
@@ -378,7 +386,7 @@ class MemoryBackend:
     def _submitted(
         self, node: str, request: NewRequest, waiter_key: str | None, job: str | None, how: str
     ) -> None:
-        if self._events is not None:
+        if self._publishing():
             self._event(
                 EventKind.SUBMITTED,
                 node,
@@ -775,6 +783,7 @@ class MemoryBackend:
         )
 
     async def events(self, after: str | None = None, limit: int = 1000) -> list[Event]:
+        self._watched_until = time.monotonic() + self._watch_seconds
         if not self._events:
             return []
         start = 0
@@ -786,6 +795,7 @@ class MemoryBackend:
 
     async def flush(self) -> None:
         self._reset()
+        self._watched_until = -math.inf
         if self._events is not None:
             self._events.clear()
 

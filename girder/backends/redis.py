@@ -260,7 +260,8 @@ class RedisBackend:
         tick = max(1, round(2000 * settings.heartbeat_interval))
         self._events = settings.events
         events_max = settings.events_max if settings.events else 0
-        self._scripts: dict[str, Script] = build_scripts(self._keys, tick, events_max)
+        watch_ms = max(1, round(1000 * settings.events_watch))
+        self._scripts: dict[str, Script] = build_scripts(self._keys, tick, events_max, watch_ms)
         self._received: set[str] = set()
         """Nodes whose last blocking wait's reply arrived (the next wait drops `taken`)."""
         self._tokens = _Tokens()
@@ -791,13 +792,13 @@ class RedisBackend:
         skip = int(index) if start >= 0 and index.isdigit() else -1
         found: list[Event] = []
         cursor = start
-        while len(found) < limit:
+        while True:  # at least one read, which keeps the events published (even of none)
             # Pages of a few entries: one entry may hold hundreds of events.
-            count = min(limit - len(found), _EVENT_PAGE)
+            count = min(max(0, limit - len(found)), _EVENT_PAGE)
             first, *entries = await self._run("events_read", cursor, count)
             for number, entry_text in enumerate(entries, start=first):
                 found += _events(number, entry_text, skip + 1 if number == start else 0)
-            if len(entries) < count:
+            if len(entries) < count or len(found) >= limit:
                 break
             cursor = first + len(entries)
         return found[: max(0, limit)]

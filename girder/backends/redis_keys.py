@@ -62,6 +62,8 @@ Per grid:
                        joined by \x1e, each its fields joined by \x1f: kind, node, key, name,
                        parent, job, detail
     eventsbase         counter: the number of the first entry of `events` (entries dropped)
+    eventswatched      string, expiring `Settings.events_watch` after the last read of
+                       `events`: while it exists, scripts publish events; without it, none
     blobs              sorted set: digest -> when the blob was last put or checked (server ms)
 """
 
@@ -97,6 +99,7 @@ FAREWELLS = "farewells"
 TIMEKEEPER = "timekeeper"
 EVENTS = "events"
 EVENTS_BASE = "eventsbase"
+EVENTS_WATCHED = "eventswatched"
 BLOB = "blob:"
 BLOB_HOLDERS = "blobholders:"
 BLOB_PART = "blobpart:"
@@ -149,6 +152,7 @@ _GLOBAL = {
     "TIMEKEEPER": TIMEKEEPER,
     "EVENTS": EVENTS,
     "EVENTS_BASE": EVENTS_BASE,
+    "EVENTS_WATCHED": EVENTS_WATCHED,
     "BLOBS": BLOBS,
 }
 _CONSTANTS = {

@@ -153,9 +153,10 @@ class Script:
     sha: str
 
 
-def _lua_constants(grid_tick_ms: int, events_max: int) -> str:
+def _lua_constants(grid_tick_ms: int, events_max: int, events_watch_ms: int) -> str:
     lines = [f"local {name} = {value}" for name, value in _REPLY_CODES.items()]
     lines.append(f"local EVENTS_MAX = {events_max}")
+    lines.append(f"local EVENTS_WATCH_MS = {events_watch_ms}")
     lines.append(f"local EVENTS_SLACK = {events_slack(events_max)}")
     lines.append(f"local GRID_TICK_MS = {grid_tick_ms}")
     lines.append(f"local MAX_SCRIPT_KEYS = {MAX_SCRIPT_KEYS}")
@@ -201,13 +202,14 @@ def _needed(definitions: list[tuple[str, str]], body: str) -> str:
 
 
 def build_scripts(
-    keys: RedisKeys, grid_tick_ms: int = 2000, events_max: int = 0
+    keys: RedisKeys, grid_tick_ms: int = 2000, events_max: int = 0, events_watch_ms: int = 30_000
 ) -> dict[str, Script]:
     """Every script of the grid whose key names are `keys`. `grid_tick_ms` is the most the
     grid's clock advances between two heartbeats (see `grid_time` in common.lua): twice the
-    heartbeat interval. `events_max` caps the event stream (0: publish no events)."""
+    heartbeat interval. `events_max` caps the event stream (0: publish no events);
+    `events_watch_ms` is how long a read of the events keeps them published."""
     folder = resources.files("girder.backends").joinpath("lua")
-    constants = _lua_constants(grid_tick_ms, events_max)
+    constants = _lua_constants(grid_tick_ms, events_max, events_watch_ms)
     common = keys.lua_prelude() + constants + folder.joinpath("common.lua").read_text()
     definitions = _definitions(common)
     scripts = {}

@@ -94,6 +94,11 @@ async def put(
     )
 
 
+async def watch(backend: StateBackend) -> None:
+    """Read the events once, as a dashboard does: from then on the backend publishes them."""
+    await backend.events(None, 0)
+
+
 async def events_of(backend: StateBackend, *kinds: EventKind) -> list[Event]:
     """Every event the backend keeps (of `kinds`, when given), oldest first."""
     found = await backend.events(None, 100_000)
@@ -1436,9 +1441,18 @@ class BackendConformance:
 
     # -- events -----------------------------------------------------------------------------------
 
+    async def test_events_are_published_only_while_someone_reads_them(
+        self, backend: StateBackend
+    ) -> None:
+        await put(backend, "c", ["unwatched"], into="w")
+        assert await backend.events() == []  # nobody read them: nothing was published
+        await put(backend, "c", ["watched"], into="w")
+        assert [e.key for e in await events_of(backend)] == ["watched"]
+
     async def test_events_follow_a_request_from_submit_to_finish(
         self, backend: StateBackend
     ) -> None:
+        await watch(backend)
         await backend.join("w", NodeKind.WORKER, "d", LONG)
         before = time.time()
         await backend.submit("c", [NewRequest("k", b"p", "fib")], into="w", on_top=True, job="j1")
@@ -1462,6 +1476,7 @@ class BackendConformance:
     async def test_events_say_what_a_submit_shared_and_who_waits(
         self, backend: StateBackend
     ) -> None:
+        await watch(backend)
         await backend.join("w", NodeKind.WORKER, None, LONG)
         await put(backend, "c", ["k"], into="w")
         await backend.submit("w", [NewRequest("k", b"p", "f")], into="w", on_top=True)
@@ -1485,6 +1500,7 @@ class BackendConformance:
     async def test_a_failed_completion_is_a_failed_event_with_its_chain(
         self, backend: StateBackend
     ) -> None:
+        await watch(backend)
         await put(backend, "c", ["k", "j"], into="w")
         await claim_all(backend, "w")
         chain = "f(1): ZeroDivisionError: division by zero\n  g(0): boom"
@@ -1501,6 +1517,7 @@ class BackendConformance:
     async def test_cancelling_a_pending_key_is_a_cancelled_event(
         self, backend: StateBackend
     ) -> None:
+        await watch(backend)
         await backend.submit("c", [new("k"), new("j")], into="w", on_top=True, job="job1")
         assert await backend.claim("w") is not None  # j runs: its owner completes it
         step = await backend.cancel("c", "job1", roots=["k", "j"])
@@ -1511,6 +1528,7 @@ class BackendConformance:
     async def test_a_completion_that_changes_nothing_publishes_nothing(
         self, backend: StateBackend
     ) -> None:
+        await watch(backend)
         await put(backend, "c", ["k"], into="w")
         await claim_all(backend, "w")
         await backend.complete("w", "k", out("k"), cache=True)
@@ -1520,6 +1538,7 @@ class BackendConformance:
         assert [e.key for e in found] == ["k"]
 
     async def test_events_of_stealing_and_leaving(self, backend: StateBackend) -> None:
+        await watch(backend)
         await backend.join("d", NodeKind.DISTRIBUTOR, None, LONG)
         await backend.join("w", NodeKind.WORKER, "d", LONG)
         await backend.join("v", NodeKind.WORKER, "d", self.lease)
@@ -1534,6 +1553,7 @@ class BackendConformance:
         assert [(e.node, e.detail) for e in left] == [("w", "left"), ("v", "reaped")]
 
     async def test_events_read_on_after_an_id(self, backend: StateBackend) -> None:
+        await watch(backend)
         for index in range(5):
             await put(backend, "c", [f"a{index}", f"b{index}"], into="w")
         everything = await backend.events(None, 1000)

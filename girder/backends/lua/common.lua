@@ -37,13 +37,22 @@ end
 -- all joined by \030 (no table per event, no JSON: this runs on every request). The list is
 -- capped at EVENTS_MAX entries: past EVENTS_MAX + EVENTS_SLACK, the oldest are dropped in one
 -- LTRIM and K_EVENTS_BASE (the number of the list's first entry) advances by as many. With
--- EVENTS_MAX = 0 nothing is published.
+-- EVENTS_MAX = 0 nothing is published; nor while nobody watches: only while K_EVENTS_WATCHED
+-- (set by every read, expiring EVENTS_WATCH_MS later) exists, looked up once per call.
 local EVENTS = {}
+
+local WATCHED = nil
 
 local function event(kind, node, key, name, parent, job, detail)
   if EVENTS_MAX > 0 then
-    EVENTS[#EVENTS + 1] = kind .. '\031' .. node .. '\031' .. (key or '') .. '\031' .. (name or '')
-      .. '\031' .. (parent or '') .. '\031' .. (job or '') .. '\031' .. (detail or '')
+    if WATCHED == nil then
+      WATCHED = redis.call('EXISTS', K_EVENTS_WATCHED) == 1
+    end
+    if WATCHED then
+      EVENTS[#EVENTS + 1] = kind .. '\031' .. node .. '\031' .. (key or '') .. '\031'
+        .. (name or '') .. '\031' .. (parent or '') .. '\031' .. (job or '') .. '\031'
+        .. (detail or '')
+    end
   end
 end
 
