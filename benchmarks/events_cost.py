@@ -5,12 +5,14 @@ machine's noise weighs as little as possible: a client submits requests (alone, 
 `--batch` at once, as W2 does) and a worker claims and completes them with
 `complete_and_claim`: one request a call on the W1 path, up to 32 on the W2 path (as a worker
 takes quick sync requests). Redis's `INFO commandstats` gives the
-microseconds its scripts took; per request, with `Settings.events` on and off, alternating round
-by round (`--rounds`), medians of the rounds.
+microseconds its scripts took; per request, with `Settings.events` on while a reader watches
+(`watched`: it read the events just before), on with nobody reading (`unwatched`: nothing is
+published) and off, alternating round by round (`--rounds`), medians of the rounds.
 
     .venv/bin/python benchmarks/events_cost.py [--requests 5000] [--batch 250] [--rounds 7]
 
-One JSON line per workload and setting: `workload`, `events`, `server_us_per_request` (median),
+One JSON line per workload and setting: `workload`, `events` (watched, unwatched or off),
+`server_us_per_request` (median),
 `wall_us_per_request` (median; this process and Redis on one machine), and the per-round values.
 """
 
@@ -63,39 +65,45 @@ async def _run(backend: RedisBackend, requests: int, batch: int, claim: int) -> 
             claimed = await backend.complete_and_claim("worker", done, claim=claim)
 
 
+_SETTINGS = {"watched": True, "unwatched": True, "off": False}
+"""Each setting's `Settings.events`; `watched` also reads the events before each round."""
+
+
 async def measure(requests: int, batch: int, rounds: int) -> list[dict[str, object]]:
     lines = []
     with RedisServer() as server:
         raw = aioredis.Redis.from_url(server.url)
         backends = {
-            on: RedisBackend(server.url, settings=Settings(events=on, key_prefix=f"bench{on}"))
-            for on in (True, False)
+            name: RedisBackend(server.url, settings=Settings(events=on, key_prefix=f"b{name}"))
+            for name, on in _SETTINGS.items()
         }
         for backend in backends.values():
             await backend.connect()
             await backend.join("worker", NodeKind.WORKER, None, 3600)
         for workload, size, claim in (("W1-path", 1, 1), ("W2-path", batch, 32)):
             count = requests // 5 if size == 1 else requests
-            server_us: dict[bool, list[float]] = {True: [], False: []}
-            wall_us: dict[bool, list[float]] = {True: [], False: []}
+            server_us: dict[str, list[float]] = {name: [] for name in backends}
+            wall_us: dict[str, list[float]] = {name: [] for name in backends}
             for _ in range(rounds):
-                for on, backend in backends.items():
+                for name, backend in backends.items():
+                    if name == "watched":
+                        await backend.events(None, 0)  # as a dashboard does, 4 times a second
                     before, started = await _script_usec(raw), time.perf_counter()
                     await _run(backend, count, size, claim)
                     wall = time.perf_counter() - started
-                    server_us[on].append((await _script_usec(raw) - before) / count)
-                    wall_us[on].append(wall * 1e6 / count)
-            for on in (True, False):
+                    server_us[name].append((await _script_usec(raw) - before) / count)
+                    wall_us[name].append(wall * 1e6 / count)
+            for name in backends:
                 lines.append(
                     {
                         "bench": "events_cost",
                         "workload": workload,
-                        "events": on,
+                        "events": name,
                         "requests": count,
-                        "server_us_per_request": round(statistics.median(server_us[on]), 2),
-                        "wall_us_per_request": round(statistics.median(wall_us[on]), 1),
-                        "server_us_per_round": [round(v, 2) for v in server_us[on]],
-                        "wall_us_per_round": [round(v, 1) for v in wall_us[on]],
+                        "server_us_per_request": round(statistics.median(server_us[name]), 2),
+                        "wall_us_per_request": round(statistics.median(wall_us[name]), 1),
+                        "server_us_per_round": [round(v, 2) for v in server_us[name]],
+                        "wall_us_per_round": [round(v, 1) for v in wall_us[name]],
                     }
                 )
         for backend in backends.values():
@@ -113,7 +121,7 @@ def main() -> None:
     for line in asyncio.run(measure(args.requests, args.batch, args.rounds)):
         print(json.dumps(line), flush=True)
         print(
-            f"{line['workload']:8s} events={'on ' if line['events'] else 'off'}  "
+            f"{line['workload']:8s} events={line['events']:9s}  "
             f"server {line['server_us_per_request']:6.2f} us/request   "
             f"wall {line['wall_us_per_request']:7.1f} us/request",
             file=sys.stderr,
