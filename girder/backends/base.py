@@ -623,6 +623,11 @@ class StateBackend(Protocol):
         journaled step sent again after its reply was lost publishes nothing twice; a repeated
         completion or `leave` changes nothing and publishes nothing.
 
+        Events are published only while watched: every call of `events` (even with `limit` 0)
+        keeps them published for `Settings.events_watch` seconds from then, and a step taken
+        while nobody watches publishes nothing (so a grid without a dashboard pays nothing for
+        them). A `flush` ends the watch.
+
         The stream is bounded: the oldest events are dropped first, so a reader that falls
         behind misses some (an `after` that was dropped reads on from the oldest kept). Ids
         increase along the stream (a `flush` may start it again). Does not wait.
