@@ -302,17 +302,6 @@ class Floor:
 # -- the workloads ------------------------------------------------------------------------------
 
 
-async def watch_events(grid: girder.Grid) -> None:
-    """Read the grid's new events every 0.25 s, as an open dashboard does."""
-    last: str | None = None
-    while True:
-        while events := await grid.backend.events(last, 1000):
-            last = events[-1].id
-            if len(events) < 1000:
-                break
-        await asyncio.sleep(0.25)
-
-
 async def w1_calls(grid: girder.Grid, calls: int, warmup: int) -> list[float]:
     """Microseconds of each of `calls` sequential `grid.call`s, after `warmup` more."""
     tag = fresh_tag("w1")
@@ -696,12 +685,13 @@ class Bench:
         series = {name: Series() for name in ("floor", "W1", "W2", "W3", "W4")}
         pings: list[list[float]] = []
         traced: dict[str, dict[str, float]] = {}
-        watcher: asyncio.Task[None] | None = None
         try:
             await asyncio.wait_for(floor.run(50), 30)  # warm-up; the pong process is up
             await cluster.start()
             if self.args.watch_events:
-                watcher = asyncio.create_task(watch_events(cluster.client()))
+                self.processes.girder(
+                    "dashboard", "dashboard", "--backend", self.url, "--port", "0"
+                )
             await self.warm_up(cluster)
             for round_ in range(runs):
                 say(f"round {round_ + 1}/{runs}")
@@ -717,11 +707,9 @@ class Bench:
             if self.args.trace:
                 traced = await trace(cluster, sizes)
         finally:
-            if watcher is not None:
-                watcher.cancel()
             await cluster.stop()
             await floor.close()
-            self.processes.stop(["pong"])
+            self.processes.stop(["pong", "dashboard"])
         if self.wants("floor"):
             self.report_floor(series["floor"], pings)
         if self.wants("W1"):
@@ -942,8 +930,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--watch-events",
         action="store_true",
         default=os.environ.get("BENCH_WATCH_EVENTS") == "1",
-        help="read the grid's events four times a second from the client, as an open "
-        "dashboard does, so that they are published (env BENCH_WATCH_EVENTS=1, for ab.py)",
+        help="run `girder dashboard` on the grid meanwhile: it reads the events four times a "
+        "second, so that they are published (env BENCH_WATCH_EVENTS=1, for ab.py)",
     )
     parser.add_argument("--pong", metavar="URL", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
