@@ -101,7 +101,8 @@ class ChildPool:
         self.size = size
         self._slots = asyncio.Semaphore(size)
         self._idle: list[_Child] = []
-        self._busy: set[_Child] = set()
+        self._children: set[_Child] = set()
+        """Every child made and not yet seen dead: idle, busy, or killed while busy."""
         self._threads: ThreadPoolExecutor | None = None
 
     async def run(self, call: ChildCall) -> Reply:
@@ -110,7 +111,6 @@ class ChildPool:
             child = self._take()
             if self._threads is None:
                 self._threads = ThreadPoolExecutor(self.size, thread_name_prefix="girder-child")
-            self._busy.add(child)
             try:
                 reply = await asyncio.get_running_loop().run_in_executor(
                     self._threads, child.call, call
@@ -118,10 +118,10 @@ class ChildPool:
             except BaseException:  # cancelled: nobody wants the value, stop computing it
                 child.kill()
                 raise
-            finally:
-                self._busy.discard(child)
             if child.alive():
                 self._idle.append(child)
+            else:
+                self._children.discard(child)
             return reply
 
     def _take(self) -> _Child:
@@ -131,19 +131,22 @@ class ChildPool:
             if child.alive():
                 return child
             child.close()
-        return _Child()
+            self._children.discard(child)
+        child = _Child()
+        self._children.add(child)
+        return child
 
     def pids(self) -> list[int]:
-        """The process ids of the children started and not yet ended."""
-        return [child.pid for child in (*self._idle, *self._busy) if child.pid is not None]
+        """The process ids of the children started and still running."""
+        return [child.pid for child in self._children if child.pid is not None and child.alive()]
 
     async def close(self) -> None:
         """Kill every child and wait until each has exited."""
-        idle, busy = self._idle, list(self._busy)
-        self._idle = []
-        for child in (*idle, *busy):
+        children, idle = list(self._children), self._idle
+        self._children, self._idle = set(), []
+        for child in children:
             child.kill()
-        await asyncio.to_thread(_reap_all, [*idle, *busy])
+        await asyncio.to_thread(_reap_all, children)
         for child in idle:  # a busy child's socket is closed by the thread that used it
             child.close()
         if self._threads is not None:

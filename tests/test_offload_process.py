@@ -1,0 +1,190 @@
+"""`sync_offload="process"`: slow sync grid functions of `Grid.local` run in child processes, so
+pure-Python work never holds the host loop's GIL; quick ones still run inline."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import statistics
+import time
+from pathlib import Path
+
+import pytest
+from gridfns import (
+    sync_divide_slowly,
+    sync_marked_pid_sleep,
+    sync_spin,
+    sync_unpicklable,
+    sync_where,
+)
+from processes import wait_until
+
+import girder
+from girder.config import load_settings
+from girder.errors import ConfigurationError
+from girder.scheduler import offload
+
+pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.fixture(autouse=True)
+def unmeasured(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every test starts with no sync function measured (durations are learned per process)."""
+    monkeypatch.setattr(offload, "_estimates", {})
+
+
+def process_grid(workers: int = 2) -> girder.Grid:
+    return girder.Grid.local(workers=workers, sync_offload="process")
+
+
+async def _stalls_while(work: asyncio.Future[object]) -> list[float]:
+    """How late each 1 ms sleep of the loop woke (something else held the loop or the GIL),
+    until `work` is done."""
+    stalls = []
+    while not work.done():
+        before = time.perf_counter()
+        await asyncio.sleep(0.001)
+        stalls.append(time.perf_counter() - before - 0.001)
+    return stalls
+
+
+def _started(marks: Path) -> list[int]:
+    """The processes in which `sync_marked_pid_sleep` started."""
+    return [int(mark.name.removeprefix("started-")) for mark in marks.glob("started-*")]
+
+
+def _gone(pid: int) -> bool:
+    """Whether no process (not even a zombie: it was waited for) has the id `pid`."""
+    return not Path(f"/proc/{pid}").exists()
+
+
+async def test_pure_python_functions_in_children_do_not_stall_the_host_loop() -> None:
+    """Sync requests spinning 50 ms in Python bytecode. In the worker's thread the loop waits
+    for the GIL a switch interval (5 ms) at nearly every wake-up, and 15 to 50 ms at worst; on
+    the loop it would wait whole runs. In a child it waits for nothing: the median wake-up is
+    on time (a tenth of a millisecond here). Bounded loosely: a busy machine stalls an idle loop
+    too, rarely but by tens of milliseconds (`benchmarks/loop_stall.py` measures it)."""
+    async with process_grid() as grid:
+        await grid.call(sync_spin, 50, -1)  # children started, `sync_spin` measured slow
+        work = asyncio.ensure_future(grid.call_all([(sync_spin, 50, i) for i in range(12)]))
+        stalls = await _stalls_while(work)
+        assert await work == list(range(12))
+    assert statistics.median(stalls) < 0.0025, (
+        f"median stall {1000 * statistics.median(stalls):.1f} ms"
+    )
+    assert max(stalls) < 0.1, f"the host loop stalled {1000 * max(stalls):.0f} ms"
+
+
+async def test_slow_functions_run_in_children_and_quick_ones_inline_once_measured() -> None:
+    async with process_grid(workers=1) as grid:
+        index, pid, node = await grid.call(sync_where, 0, 1)  # not measured yet: in a child
+        assert (index, node) == (1, grid.workers[0].id)
+        assert pid != os.getpid()
+        quick = await grid.call_all([(sync_where, 0, i) for i in range(2, 6)])
+        assert {pid for _, pid, _ in quick} == {os.getpid()}  # measured quick: on the loop
+        # Slow again: the first slow run is inline (nothing tells it apart beforehand), the
+        # next ones in a child.
+        slow = await grid.call_all([(sync_where, 20, i) for i in range(6, 9)])
+        assert [index for index, _, _ in slow] == [6, 7, 8]
+        assert sum(pid == os.getpid() for _, pid, _ in slow) == 1
+
+
+async def test_children_run_one_function_per_baton_at_most_one_per_cpu() -> None:
+    async with process_grid(workers=4) as grid:
+        assert grid.children is not None
+        assert grid.children.size == min(4, len(os.sched_getaffinity(0)))
+        ran = await grid.call_all([(sync_where, 100, i) for i in range(8)])
+        assert [index for index, _, _ in ran] == list(range(8))
+        assert len({pid for _, pid, _ in ran}) <= grid.children.size
+
+
+async def test_an_error_in_a_child_reads_as_in_the_thread() -> None:
+    """Same type (`except ZeroDivisionError` catches it), message and worker-side traceback as
+    the thread gives."""
+    errors = []
+    for mode in ("thread", "process"):
+        async with girder.Grid.local(workers=1, sync_offload=mode) as grid:
+            with pytest.raises(ZeroDivisionError) as caught:
+                await grid.call(sync_divide_slowly, 5, 0)
+        assert isinstance(caught.value, girder.RequestError)
+        errors.append(caught.value)
+    thread, process = errors
+    assert process.message == thread.message == "ZeroDivisionError: division by zero"
+    assert process.kind == thread.kind == "error"
+    assert process.stack == thread.stack
+    assert any("in _divided" in line for line in process.stack)
+
+
+async def test_a_local_function_travels_to_the_child_by_value() -> None:
+    """A function of `__main__`, a notebook or a local scope cannot be imported by a child: it
+    travels by value (cloudpickle), with what it closes over."""
+    offset = 100
+
+    @girder.function
+    def shifted(x: int) -> tuple[int, int]:
+        time.sleep(0.005)
+        return x + offset, os.getpid()
+
+    async with process_grid() as grid:
+        value, pid = await grid.call(shifted, 1)
+    assert value == 101
+    assert pid != os.getpid()
+
+
+async def test_a_value_pickle_cannot_carry_fails_its_request_clearly() -> None:
+    async with process_grid(workers=1) as grid:
+        with pytest.raises(girder.RequestError, match="cannot be pickled back") as caught:
+            await grid.call(sync_unpicklable, 5)
+        assert caught.value.kind == "invalid"
+        index, pid, _ = await grid.call(sync_where, 5, 1)  # the child lives on
+        assert index == 1
+        assert pid != os.getpid()
+
+
+async def test_no_child_process_outlives_its_grid(marks: Path) -> None:
+    """Idle children and one busy in a 30 s function: all are killed and waited for."""
+    stopping = 0.0
+    async with process_grid() as grid:
+        assert grid.children is not None
+        await grid.call_all([(sync_where, 20, i) for i in range(4)])
+        grid.submit(sync_marked_pid_sleep, 30_000, str(marks))
+
+        async def started() -> bool:
+            return bool(_started(marks))
+
+        await wait_until(started, what="the sync function to start in a child")
+        pids = grid.children.pids()
+        assert pids
+        stopping = time.perf_counter()
+    assert time.perf_counter() - stopping < 5
+    assert all(_gone(pid) for pid in pids), [pid for pid in pids if not _gone(pid)]
+
+
+async def test_a_killed_child_fails_its_request_and_the_grid_goes_on(marks: Path) -> None:
+    async with process_grid(workers=1) as grid:
+        handle = grid.submit(sync_marked_pid_sleep, 30_000, str(marks))
+
+        async def started() -> bool:
+            return bool(_started(marks))
+
+        await wait_until(started, what="the sync function to start in a child")
+        (pid,) = _started(marks)
+        os.kill(pid, signal.SIGKILL)
+        with pytest.raises(girder.RequestError) as caught:
+            await asyncio.wait_for(handle, 20)
+        assert caught.value.kind == "crashed"
+        assert re.search(r"child process running it died \(killed by SIGKILL", str(caught.value))
+        index, pid, _ = await grid.call(sync_where, 20, 1)  # a new child
+        assert index == 1
+        assert pid != os.getpid()
+
+
+def test_the_setting_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GIRDER_SYNC_OFFLOAD", "process")
+    assert load_settings().sync_offload == "process"
+    assert load_settings(sync_offload="thread").sync_offload == "thread"
+    monkeypatch.setenv("GIRDER_SYNC_OFFLOAD", "fork")
+    with pytest.raises(ConfigurationError, match="sync_offload"):
+        load_settings()
