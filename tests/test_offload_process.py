@@ -135,7 +135,10 @@ async def test_a_local_function_travels_to_the_child_by_value() -> None:
 
 async def test_a_value_pickle_cannot_carry_fails_its_request_clearly() -> None:
     async with process_grid(workers=1) as grid:
-        with pytest.raises(girder.RequestError, match="cannot be pickled back") as caught:
+        with pytest.raises(
+            girder.RequestError,
+            match=r"the result of sync_unpicklable\(5\) \(type lock\) cannot be pickled back",
+        ) as caught:
             await grid.call(sync_unpicklable, 5)
         assert caught.value.kind == "invalid"
         index, pid, _ = await grid.call(sync_where, 5, 1)  # the child lives on

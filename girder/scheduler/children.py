@@ -42,7 +42,7 @@ from typing import Any
 import cloudpickle
 
 from girder.errors import type_name
-from girder.functions import FunctionRef, Request, resolve_function
+from girder.functions import FunctionRef, Request, readable_call, resolve_function
 from girder.scheduler.context import Evaluation, current_evaluation
 from girder.scheduler.node import error_lines
 from girder.serialization import Outcome
@@ -312,7 +312,11 @@ def answer(data: bytes) -> bytes:
     try:
         pickled: bytes = cloudpickle.dumps((value, error, seconds), protocol=5)
     except Exception as exc:
-        message = f"its value cannot be pickled back from the child process: {_said(exc)}"
+        readable = readable_call(function.short_name, call.args, call.kwargs)
+        message = (
+            f"the result of {readable} (type {type(value).__qualname__}) cannot be pickled "
+            f"back from the child process: {_said(exc)}"
+        )
         pickled = pickle.dumps((None, ChildError(message, [], None, kind="invalid"), seconds))
     return pickled
 
