@@ -91,10 +91,10 @@ async def test_slow_functions_run_in_children_and_quick_ones_inline_once_measure
         assert sum(pid == os.getpid() for _, pid, _ in slow) == 1
 
 
-async def test_children_run_one_function_per_baton_at_most_one_per_cpu() -> None:
+async def test_children_run_one_function_per_baton_leaving_a_cpu_to_the_host() -> None:
     async with process_grid(workers=4) as grid:
         assert grid.children is not None
-        assert grid.children.size == min(4, len(os.sched_getaffinity(0)))
+        assert grid.children.size == max(1, min(4, len(os.sched_getaffinity(0)) - 1))
         ran = await grid.call_all([(sync_where, 100, i) for i in range(8)])
         assert [index for index, _, _ in ran] == list(range(8))
         assert len({pid for _, pid, _ in ran}) <= grid.children.size

@@ -160,9 +160,11 @@ def _reap_all(children: list[_Child]) -> None:
 
 
 def pool_size(batons: int) -> int:
-    """Children for `batons` batons: one each, at most one per CPU this process may use."""
+    """Children for `batons` batons: one each, leaving one CPU this process may use to the
+    host's loop (a loop that must wait for a CPU to wake on stalls as surely as one that waits
+    for the GIL), and at least one."""
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return max(1, min(batons, cpus or 1))
+    return max(1, min(batons, (cpus or 1) - 1))
 
 
 class _Child:

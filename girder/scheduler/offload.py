@@ -17,7 +17,7 @@ and CPU-bound ones that should use several cores want `Grid.local(processes=N)`.
 
 With `sync_offload="process"`, slow and unmeasured functions run in child processes instead
 (`girder.scheduler.children`): they hold none of this process's GIL, so pure-Python work no
-longer keeps the loop waiting, and several run at once (one per baton, at most one per CPU).
+longer keeps the loop waiting, and several run at once (one per baton, on all CPUs but one).
 Quick ones still run inline, learned from the durations the children measure.
 """
 
