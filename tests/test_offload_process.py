@@ -8,6 +8,7 @@ import os
 import re
 import signal
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -191,3 +192,35 @@ def test_the_setting_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setenv("GIRDER_SYNC_OFFLOAD", "fork")
     with pytest.raises(ConfigurationError, match="sync_offload"):
         load_settings()
+
+
+async def test_a_busy_child_exits_when_its_host_is_killed(marks: Path) -> None:
+    """The host dies (`kill -9`) while its child runs a 60 s function: the child notices within
+    a second that its parent is gone and exits."""
+    script = (
+        "import asyncio, sys\n"
+        f"sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
+        "import girder\n"
+        "from gridfns import sync_marked_pid_sleep\n"
+        "async def main():\n"
+        "    async with girder.Grid.local(workers=1, sync_offload='process') as grid:\n"
+        f"        await grid.call(sync_marked_pid_sleep, 60_000, {str(marks)!r})\n"
+        "asyncio.run(main())\n"
+    )
+    host = await asyncio.create_subprocess_exec(sys.executable, "-c", script)
+    try:
+
+        async def started() -> bool:
+            return bool(_started(marks))
+
+        await wait_until(started, what="the sync function to start in a child")
+        (child,) = _started(marks)
+        assert child != host.pid
+    finally:
+        host.kill()
+        await host.wait()
+
+    async def child_gone() -> bool:
+        return _gone(child)
+
+    await wait_until(child_gone, timeout=10, what=f"the orphaned child {child} to exit")
