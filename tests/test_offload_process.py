@@ -14,8 +14,10 @@ from pathlib import Path
 
 import pytest
 from gridfns import (
+    stuck,
     sync_divide_slowly,
     sync_marked_pid_sleep,
+    sync_over_limit,
     sync_spin,
     sync_unpicklable,
     sync_where,
@@ -51,9 +53,9 @@ async def _stalls_while(work: asyncio.Future[object]) -> list[float]:
     return stalls
 
 
-def _started(marks: Path) -> list[int]:
-    """The processes in which `sync_marked_pid_sleep` started."""
-    return [int(mark.name.removeprefix("started-")) for mark in marks.glob("started-*")]
+def _started(marks: Path, prefix: str = "started-") -> list[int]:
+    """The processes in which `sync_marked_pid_sleep` (or `stuck`) started."""
+    return [int(mark.name.removeprefix(prefix)) for mark in marks.glob(f"{prefix}*")]
 
 
 def _gone(pid: int) -> bool:
@@ -224,3 +226,17 @@ async def test_a_busy_child_exits_when_its_host_is_killed(marks: Path) -> None:
         return _gone(child)
 
     await wait_until(child_gone, timeout=10, what=f"the orphaned child {child} to exit")
+
+
+async def test_a_sync_function_past_its_time_limit_is_stopped_with_its_child(marks: Path) -> None:
+    """`stuck` loops forever under a 1 s limit: in the worker's thread nothing could stop it (in
+    `Grid.local` it would hold its baton for good); in a child, the child is killed at the
+    limit and the request fails with kind "timeout"."""
+    async with process_grid(workers=1) as grid:
+        with pytest.raises(girder.RequestError) as caught:
+            await asyncio.wait_for(grid.call(stuck, str(marks)), 30)
+        assert caught.value.kind == "timeout"
+        assert "time limit of 1 s" in caught.value.message
+        (child,) = _started(marks, "stuck-")
+        assert _gone(child)
+        assert await grid.call(sync_over_limit, 10) == 10  # the worker goes on, in a new child

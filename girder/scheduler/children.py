@@ -16,10 +16,12 @@ worker reports of any exception: its message, its traceback lines and its type's
 `except ZeroDivisionError:` still catches the `RequestError`).
 
 A child that dies (killed, out of memory, `os._exit`) fails the one request it ran with kind
-"crashed"; the next call starts a new child. A caller cancelled while its function runs (the
-worker stops) kills the child: nobody wants the value. `close()` kills every child and waits for
-each, so a grid that stops leaves no process behind; a child whose host dies without closing it
-exits when it reads the end of its socket, or within a second if it is busy.
+"crashed"; the next call starts a new child. A function with a time limit tells the host when it
+starts; past the limit its child is killed, the one way to stop a sync function. A caller
+cancelled while its function runs (the worker stops) kills the child: nobody wants the value.
+`close()` kills every child and waits for each, so a grid that stops leaves no process behind;
+a child whose host dies without closing it exits when it reads the end of its socket, or within
+a second if it is busy.
 """
 
 from __future__ import annotations
@@ -79,8 +81,8 @@ class ChildError(Exception):
 
 @dataclass(slots=True)
 class ChildCall:
-    """What a child needs to run one request: the function as it travels, its arguments, and
-    the node, key and job `girder.current_node()` and logs see."""
+    """What a child needs to run one request: the function as it travels, its arguments, the
+    node, key and job `girder.current_node()` and logs see, and the function's time limit."""
 
     ref: FunctionRef
     args: tuple[Any, ...]
@@ -88,6 +90,12 @@ class ChildCall:
     node: str
     key: str
     job: str
+    limit: float | None
+
+
+_STARTED = b""
+"""What a child sends when a function with a time limit starts (a pickled reply is never
+empty): its time counts from there, not from the child's start or the function's import."""
 
 
 Reply = tuple[Any, ChildError | None, float]
@@ -106,7 +114,9 @@ class ChildPool:
         self._threads: ThreadPoolExecutor | None = None
 
     async def run(self, call: ChildCall) -> Reply:
-        """Run `call` in an idle child (waiting for one while all are busy)."""
+        """Run `call` in an idle child (waiting for one while all are busy). Past its time
+        limit the child is killed: the reply says how long it ran, and the worker reports the
+        timeout."""
         async with self._slots:
             child = self._take()
             if self._threads is None:
@@ -186,7 +196,8 @@ class _Child:
         return not self._killed and (self._process is None or self._process.poll() is None)
 
     def call(self, call: ChildCall) -> Reply:
-        """Send `call` and wait for the reply (in a thread: the GIL is released meanwhile)."""
+        """Send `call` and wait for the reply (in a thread: the GIL is released meanwhile), at
+        most its time limit once it has started."""
         try:
             data: bytes = cloudpickle.dumps(call, protocol=5)
         except Exception as exc:
@@ -196,6 +207,11 @@ class _Child:
             connection = self._connect()
             connection.send_bytes(data)
             reply = connection.recv_bytes()
+            if call.limit is not None and reply == _STARTED:
+                start = time.perf_counter()
+                if not connection.poll(call.limit):
+                    return None, self._overran(call.limit), time.perf_counter() - start
+                reply = connection.recv_bytes()
         except (EOFError, OSError):
             return None, self._died(), 0.0
         try:
@@ -238,6 +254,14 @@ class _Child:
             how = f"exited with status {code}"
         message = f"the child process running it died ({how}; sync_offload='process')"
         return ChildError(message, [], None, kind="crashed")
+
+    def _overran(self, limit: float) -> ChildError:
+        """The function ran past its time limit: kill its child (the one way to stop it)."""
+        self.kill()
+        self.reap()
+        self.close()
+        message = f"took longer than its time limit of {limit:g} s: its child process was killed"
+        return ChildError(message, [], None, kind="timeout")
 
     def kill(self) -> None:
         """Stop the child now (and any call: its thread reads the end of the socket)."""
@@ -287,11 +311,12 @@ def serve(fd: int) -> None:
             data = connection.recv_bytes()
         except EOFError:
             return
-        connection.send_bytes(answer(data))
+        connection.send_bytes(answer(data, connection))
 
 
-def answer(data: bytes) -> bytes:
-    """Run the pickled `ChildCall` in `data`; the pickled `Reply`."""
+def answer(data: bytes, connection: Connection) -> bytes:
+    """Run the pickled `ChildCall` in `data` (telling the host through `connection` when it
+    starts, if it has a time limit); the pickled `Reply`."""
     try:
         call: ChildCall = pickle.loads(data)
         function = resolve_function(call.ref)
@@ -303,6 +328,8 @@ def answer(data: bytes) -> bytes:
     )
     token = current_evaluation.set(evaluation)
     value, error = None, None
+    if call.limit is not None:
+        connection.send_bytes(_STARTED)
     start = time.perf_counter()
     try:
         value = function.run_sync(call.args, call.kwargs)

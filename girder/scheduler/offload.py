@@ -100,6 +100,7 @@ class SyncRunner:
                 self._node,
                 evaluation.key,
                 evaluation.job,
+                function.timeout,
             )
         )
         if error is None or error.kind == "error":  # it ran: its duration counts
