@@ -4,6 +4,7 @@ pure-Python work never holds the host loop's GIL; quick ones still run inline.""
 from __future__ import annotations
 
 import asyncio
+import importlib
 import os
 import re
 import signal
@@ -240,3 +241,28 @@ async def test_a_sync_function_past_its_time_limit_is_stopped_with_its_child(mar
         (child,) = _started(marks, "stuck-")
         assert _gone(child)
         assert await grid.call(sync_over_limit, 10) == 10  # the worker goes on, in a new child
+
+
+async def test_a_child_imports_from_a_path_added_after_it_started(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A notebook adds a folder to `sys.path` and imports a module from it while the grid runs:
+    the children follow, and unpickle arguments of the module's classes once it is imported."""
+    (tmp_path / "late_module.py").write_text(
+        "import os, time\n"
+        "import girder\n"
+        "class Box:\n"
+        "    def __init__(self, n):\n"
+        "        self.n = n\n"
+        "@girder.function\n"
+        "def unbox(box):\n"
+        "    time.sleep(0.005)\n"
+        "    return box.n, os.getpid()\n"
+    )
+    async with process_grid(workers=1) as grid:
+        await grid.call(sync_where, 5, 1)  # the child is started
+        monkeypatch.syspath_prepend(str(tmp_path))
+        late_module = importlib.import_module("late_module")
+        value, pid = await grid.call(late_module.unbox, late_module.Box(7))
+    assert value == 7
+    assert pid != os.getpid()

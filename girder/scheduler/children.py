@@ -44,7 +44,13 @@ from typing import Any
 import cloudpickle
 
 from girder.errors import type_name
-from girder.functions import FunctionRef, Request, readable_call, resolve_function
+from girder.functions import (
+    FunctionRef,
+    GridFunction,
+    Request,
+    readable_call,
+    resolve_function,
+)
 from girder.scheduler.context import Evaluation, current_evaluation
 from girder.scheduler.node import error_lines
 from girder.serialization import Outcome
@@ -91,6 +97,24 @@ class ChildCall:
     key: str
     job: str
     limit: float | None
+
+    def encode(self, paths: list[str] | None) -> bytes:
+        """The message to a child: the arguments as bytes of their own, so that the child
+        unpickles them only once it has taken `paths` (this process's `sys.path`, when the
+        child's differs) and imported the function: they may be instances of its classes."""
+        arguments = cloudpickle.dumps((self.args, self.kwargs), protocol=5)
+        fields = (self.ref, arguments, self.node, self.key, self.job, self.limit, paths)
+        return pickle.dumps(fields, protocol=5)
+
+
+def _decoded(data: bytes) -> tuple[GridFunction[..., Any], ChildCall]:
+    """In the child: the function and the call a message names (`ChildCall.encode`)."""
+    ref, arguments, node, key, job, limit, paths = pickle.loads(data)
+    if paths is not None:
+        sys.path[:] = paths
+    function = resolve_function(ref)
+    args, kwargs = pickle.loads(arguments)
+    return function, ChildCall(ref, args, kwargs, node, key, job, limit)
 
 
 _STARTED = b""
@@ -186,6 +210,8 @@ class _Child:
         self._process: subprocess.Popen[bytes] | None = None
         self._connection: Connection | None = None
         self._killed = False
+        self._paths: list[str] | None = None
+        """The `sys.path` the child was sent last."""
 
     @property
     def pid(self) -> int | None:
@@ -198,14 +224,16 @@ class _Child:
     def call(self, call: ChildCall) -> Reply:
         """Send `call` and wait for the reply (in a thread: the GIL is released meanwhile), at
         most its time limit once it has started."""
+        paths = [path or os.getcwd() for path in sys.path]
         try:
-            data: bytes = cloudpickle.dumps(call, protocol=5)
+            data = call.encode(paths if paths != self._paths else None)
         except Exception as exc:
             message = f"its arguments cannot be pickled for a child process: {_said(exc)}"
             return None, ChildError(message, [], None, kind="invalid"), 0.0
         try:
             connection = self._connect()
             connection.send_bytes(data)
+            self._paths = paths
             reply = connection.recv_bytes()
             if call.limit is not None and reply == _STARTED:
                 start = time.perf_counter()
@@ -288,7 +316,7 @@ class _Child:
 
 def _environment() -> dict[str, str]:
     """This environment, with this process's `sys.path` as the child's (so that it imports
-    girder, and functions by name, from where this process does)."""
+    girder from where this process does; its first call sets the rest)."""
     paths = [path or os.getcwd() for path in sys.path]
     return {**os.environ, "PYTHONPATH": os.pathsep.join(dict.fromkeys(paths))}
 
@@ -318,8 +346,7 @@ def answer(data: bytes, connection: Connection) -> bytes:
     """Run the pickled `ChildCall` in `data` (telling the host through `connection` when it
     starts, if it has a time limit); the pickled `Reply`."""
     try:
-        call: ChildCall = pickle.loads(data)
-        function = resolve_function(call.ref)
+        function, call = _decoded(data)
     except Exception as exc:
         message = f"it cannot be loaded in the child process: {_said(exc)}"
         return pickle.dumps((None, ChildError(message, [], None, kind="invalid"), 0.0))

@@ -81,7 +81,7 @@ class SyncRunner:
         if runs_inline(function.name):
             return _timed(function.name, call)
         if self._children is not None:
-            return await self._in_child(function, evaluation)
+            return await _in_child(self._children, self._node, function, evaluation)
         if self._executor is None:
             self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"girder-{self._node}")
         context = contextvars.copy_context()
@@ -89,23 +89,6 @@ class SyncRunner:
         return await loop.run_in_executor(
             self._executor, context.run, _threaded, function.name, call
         )
-
-    async def _in_child(self, function: GridFunction[..., Any], evaluation: Evaluation) -> Ran:
-        assert self._children is not None
-        value, error, seconds = await self._children.run(
-            ChildCall(
-                function.ref,
-                evaluation.args,
-                evaluation.kwargs,
-                self._node,
-                evaluation.key,
-                evaluation.job,
-                function.timeout,
-            )
-        )
-        if error is None or error.kind == "error":  # it ran: its duration counts
-            learn(function.name, seconds)
-        return Ran(value, error, seconds)
 
     def close(self) -> None:
         """Let the thread end once it has finished what it runs (a stopping grid does not wait
@@ -124,6 +107,26 @@ class Ran:
     value: Any
     error: Exception | None
     seconds: float
+
+
+async def _in_child(
+    children: ChildPool, node: str, function: GridFunction[..., Any], evaluation: Evaluation
+) -> Ran:
+    """Run the function in one of `children`; learn how long it ran there."""
+    value, error, seconds = await children.run(
+        ChildCall(
+            function.ref,
+            evaluation.args,
+            evaluation.kwargs,
+            node,
+            evaluation.key,
+            evaluation.job,
+            function.timeout,
+        )
+    )
+    if error is None or error.kind == "error":  # it ran: its duration counts
+        learn(function.name, seconds)
+    return Ran(value, error, seconds)
 
 
 def _timed(name: str, call: Callable[[], Any]) -> Ran:
