@@ -5,14 +5,16 @@ A ticker task on the same loop sleeps 1 ms again and again and records how late 
 `requests` distinct sync requests of `ms` milliseconds each: `busy` spins in Python bytecode
 (holding the GIL), `blocking` sleeps (releasing it, as I/O and NumPy do). `idle` is the ticker
 alone, no grid, as long as the requests would take one after the other: the machine's own noise,
-to read the others against. Each run uses a fresh
-grid in a fresh process-wide state (sync durations are learned per process: the first run of a
-function goes to a thread, so even it does not stall the loop).
+to read the others against. `busy` and `blocking` run under each `sync_offload` mode: "thread"
+(the worker's thread) and "process" (child processes). Each run uses a fresh grid in a fresh
+process-wide state (sync durations are learned per process: the first run of a function goes
+off the loop, so even it does not stall the loop).
 
     .venv/bin/python benchmarks/loop_stall.py [--runs 3] [--requests 40] [--ms 50]
-        [--switch-interval 0.001]
+        [--modes thread,process] [--switch-interval 0.001]
 
-One JSON line per workload: `max_stall_ms` (the worst over all runs) and `p99_stall_ms`.
+One JSON line per workload and mode: `max_stall_ms` (the median over runs of each run's worst
+stall, with the range in `max_stall_range_ms`) and `p99_stall_ms` (likewise).
 Target: a worst stall of at most 5 ms while sync functions of 50 ms run.
 """
 
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import statistics
 import sys
@@ -35,6 +38,9 @@ import girder
 from benchmarks.harness import fresh_tag, percentile, say
 from benchmarks.workloads import blocking, busy
 
+Stalls = tuple[list[float], float]
+"""One run: the ticker's stalls (seconds late) and how long the requests took."""
+
 TICK = 0.001
 """Seconds the ticker sleeps between two looks at the clock."""
 
@@ -46,7 +52,7 @@ async def _ticker(stalls: list[float], stop: asyncio.Event) -> None:
         stalls.append(max(0.0, time.perf_counter() - before - TICK))
 
 
-async def idle_run(seconds: float) -> tuple[list[float], float]:
+async def idle_run(seconds: float) -> Stalls:
     """The ticker's stalls with no grid at all, for `seconds`: the machine's own noise."""
     stalls: list[float] = []
     stop = asyncio.Event()
@@ -57,11 +63,11 @@ async def idle_run(seconds: float) -> tuple[list[float], float]:
     return stalls, seconds
 
 
-async def one_run(function: Any, requests: int, ms: int) -> tuple[list[float], float]:
+async def one_run(function: Any, requests: int, ms: int, mode: str) -> Stalls:
     """The ticker's stalls while the requests run, and how long they took."""
     stalls: list[float] = []
     stop = asyncio.Event()
-    async with girder.Grid.local(workers=4) as grid:
+    async with girder.Grid.local(workers=4, sync_offload=mode) as grid:
         ticker = asyncio.create_task(_ticker(stalls, stop))
         await asyncio.sleep(0.05)  # the ticker's own baseline first
         started = time.perf_counter()
@@ -80,40 +86,52 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--requests", type=int, default=40)
     parser.add_argument("--ms", type=int, default=50)
+    parser.add_argument("--modes", default="thread,process", help="sync_offload modes to run")
     parser.add_argument(
         "--switch-interval", type=float, help="sys.setswitchinterval(seconds) first (default: 5 ms)"
     )
     args = parser.parse_args()
     if args.switch_interval:
         sys.setswitchinterval(args.switch_interval)
-    workloads: list[tuple[str, Callable[[], Coroutine[Any, Any, tuple[list[float], float]]]]] = [
-        ("idle", lambda: idle_run(args.requests * args.ms / 1000)),
-        ("busy", lambda: one_run(busy, args.requests, args.ms)),
-        ("blocking", lambda: one_run(blocking, args.requests, args.ms)),
+    modes = args.modes.split(",")
+    workloads: list[tuple[str, str | None, Callable[[], Coroutine[Any, Any, Stalls]]]] = [
+        ("idle", None, lambda: idle_run(args.requests * args.ms / 1000))
     ]
-    for name, run in workloads:
-        stalls: list[float] = []
-        times: list[float] = []
-        for _ in range(args.runs):
-            run_stalls, elapsed = asyncio.run(run())
-            stalls += run_stalls
-            times.append(elapsed)
-        worst = max(stalls)
-        say(f"{name}: worst loop stall {1000 * worst:.1f} ms over {len(stalls)} ticks")
-        line = {
-            "bench": "loop_stall",
-            "workload": name,
-            "workers": 4,
-            "requests": args.requests,
-            "ms": args.ms,
-            "runs": args.runs,
-            "ticks": len(stalls),
-            "max_stall_ms": round(1000 * worst, 2),
-            "p99_stall_ms": round(1000 * percentile(stalls, 0.99), 2),
-            "seconds": round(statistics.median(times), 4),
-            "switch_interval_ms": 1000 * sys.getswitchinterval(),
-        }
-        print(json.dumps(line), flush=True)
+    for mode in modes:
+        for name, function in (("busy", busy), ("blocking", blocking)):
+            workloads.append(
+                (name, mode, functools.partial(one_run, function, args.requests, args.ms, mode))
+            )
+    for name, mode, run in workloads:
+        runs = [asyncio.run(run()) for _ in range(args.runs)]
+        print(json.dumps(_line(name, mode, runs, args)), flush=True)
+
+
+def _line(
+    name: str, mode: str | None, runs: list[Stalls], args: argparse.Namespace
+) -> dict[str, Any]:
+    """The JSON line of one workload: medians over runs, and the worst over all."""
+    worst = [1000 * max(stalls) for stalls, _ in runs]
+    p99 = [1000 * percentile(stalls, 0.99) for stalls, _ in runs]
+    runs_ms = ", ".join(f"{w:.1f}" for w in worst)
+    say(f"{name} ({mode or 'no grid'}): worst loop stall per run {runs_ms} ms")
+    return {
+        "bench": "loop_stall",
+        "workload": name,
+        "sync_offload": mode,
+        "workers": 4,
+        "requests": args.requests,
+        "ms": args.ms,
+        "runs": args.runs,
+        "ticks": sum(len(stalls) for stalls, _ in runs),
+        "worst_stall_ms": round(statistics.median(worst), 2),
+        "worst_stall_range_ms": [round(min(worst), 2), round(max(worst), 2)],
+        "p99_stall_ms": round(statistics.median(p99), 2),
+        "p99_stall_range_ms": [round(min(p99), 2), round(max(p99), 2)],
+        "max_stall_ms": round(max(worst), 2),
+        "seconds": round(statistics.median(elapsed for _, elapsed in runs), 4),
+        "switch_interval_ms": 1000 * sys.getswitchinterval(),
+    }
 
 
 if __name__ == "__main__":

@@ -34,6 +34,12 @@ class Settings(BaseSettings):
         description="Async requests per worker that may wait on I/O at once, their batons lent "
         "to the next requests (0: an `await` keeps its baton).",
     )
+    sync_offload: Literal["thread", "process"] = Field(
+        "thread",
+        description="Where slow sync grid functions run, off the event loop: the worker's thread "
+        '("thread": same interpreter, shares the GIL) or child processes ("process": the loop '
+        "never waits for the GIL; functions, arguments and values are pickled).",
+    )
     steal_period: float = Field(0.1, gt=0, description="Seconds between a distributor's trims.")
     heartbeat_interval: float = Field(1.0, gt=0, description="Seconds between heartbeats.")
     heartbeat_ttl: float = Field(5.0, gt=0, description="Seconds without a heartbeat => dead.")

@@ -31,6 +31,7 @@ from girder.functions import Request, as_request, one_request
 from girder.processes import LocalProcesses
 from girder.progress import Progress
 from girder.scheduler import Client, Distributor, Worker
+from girder.scheduler.children import ChildPool, pool_size
 from girder.topology import Topology
 from girder.topology import runner as topology_runner
 
@@ -97,6 +98,9 @@ class Grid:
         self.client = Client(self.backend, settings)
         self.distributor: Distributor | None = None
         self.workers: list[Worker] = []
+        self.children: ChildPool | None = None
+        """The child processes of the local workers' slow sync functions
+        (`sync_offload="process"`), started as they are needed and stopped with the grid."""
         self._handles: set[asyncio.Task[Any]] = set()
         self.dashboard_port: int | None = None
         """With a port, `start` serves the dashboard on loopback there (0: any free port)."""
@@ -189,9 +193,15 @@ class Grid:
         if self.local_workers:
             self.distributor = Distributor(self.backend, self.settings, parent=self.settings.parent)
             await self.distributor.start()
+            if self.settings.sync_offload == "process":
+                batons = self.local_workers * self.settings.concurrency
+                self.children = ChildPool(pool_size(batons))
             for index in range(self.local_workers):
                 worker = Worker(
-                    self.backend, self.settings, node_id=f"{self.settings.pool}-w{index + 1}"
+                    self.backend,
+                    self.settings,
+                    node_id=f"{self.settings.pool}-w{index + 1}",
+                    children=self.children,
                 )
                 await worker.start()
                 self.workers.append(worker)
@@ -231,6 +241,9 @@ class Grid:
             await self.distributor.stop()
         self.workers.clear()
         self.distributor = None
+        if self.children is not None:
+            await self.children.close()
+            self.children = None
         await self.backend.close()
         if self.processes is not None:
             await self.processes.stop()

@@ -593,3 +593,45 @@ def sync_marked_sleep(ms: int, directory: str) -> str:
     _mark(directory, "started")
     time.sleep(ms / 1000)
     return "slept"
+
+
+@girder.function
+def sync_spin(ms: int, index: int) -> int:
+    """A CPU-bound sync function: `ms` milliseconds of Python bytecode (holding the GIL)."""
+    deadline = time.perf_counter() + ms / 1000
+    while time.perf_counter() < deadline:
+        pass
+    return index
+
+
+@girder.function
+def sync_where(ms: int, index: int) -> tuple[int, int, str | None]:
+    """Blocks `ms` milliseconds; the process that ran it, and the node `current_node` names."""
+    time.sleep(ms / 1000)
+    return index, os.getpid(), girder.current_node()
+
+
+@girder.function(cache=False)
+def sync_marked_pid_sleep(ms: int, directory: str) -> str:
+    """Marks `started-<pid>` in `directory`, then blocks `ms` milliseconds."""
+    _mark(directory, f"started-{os.getpid()}")
+    time.sleep(ms / 1000)
+    return "slept"
+
+
+@girder.function
+def sync_divide_slowly(ms: int, divisor: int) -> float:
+    """Blocks `ms` milliseconds (never inline), then divides (by zero, if asked)."""
+    time.sleep(ms / 1000)
+    return _divided(divisor)
+
+
+def _divided(divisor: int) -> float:
+    return 1 / divisor
+
+
+@girder.function
+def sync_unpicklable(ms: int) -> threading.Lock:
+    """Blocks `ms` milliseconds, then returns what pickle cannot carry."""
+    time.sleep(ms / 1000)
+    return threading.Lock()

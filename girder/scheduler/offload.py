@@ -14,18 +14,28 @@ intervals, in no fair order, while several do. So the threads of sync functions 
 a time per process. That costs no throughput against running them on the loop as before (one at
 a time too); sync functions that should overlap (blocking I/O) are better written `async def`,
 and CPU-bound ones that should use several cores want `Grid.local(processes=N)`.
+
+With `sync_offload="process"`, slow and unmeasured functions run in child processes instead
+(`girder.scheduler.children`): they hold none of this process's GIL, so pure-Python work no
+longer keeps the loop waiting, and several run at once (one per baton, on all CPUs but one).
+Quick ones still run inline, learned from the durations the children measure.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextvars
+import functools
 import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
+
+from girder.functions import GridFunction
+from girder.scheduler.children import ChildCall, ChildPool
+from girder.scheduler.context import Evaluation
 
 INLINE_LIMIT = 0.001
 """Seconds: a sync function whose runs take less runs on the event loop."""
@@ -56,27 +66,34 @@ def learn(name: str, seconds: float) -> None:
 
 
 class SyncRunner:
-    """Runs one worker's sync functions, inline or in the worker's own thread (made on first
-    use), and times each run."""
+    """Runs one worker's sync functions, inline or off the loop, and times each run: in the
+    worker's own thread (made on first use), or in `children` when given."""
 
-    def __init__(self, thread_name: str) -> None:
-        self._thread_name = thread_name
+    def __init__(self, node: str, children: ChildPool | None = None) -> None:
+        self._node = node
+        self._children = children
         self._executor: ThreadPoolExecutor | None = None
 
-    async def run(self, name: str, call: Callable[[], Any]) -> Ran:
-        """Run `call()` (the grid function `name` with its arguments). In the thread it sees
-        this task's context variables (the current evaluation)."""
-        if runs_inline(name):
-            return _timed(name, call)
+    async def run(self, function: GridFunction[..., Any], evaluation: Evaluation) -> Ran:
+        """Run the sync grid function `function` for `evaluation`. In the thread it sees this
+        task's context variables (the current evaluation)."""
+        call = functools.partial(function.run_sync, evaluation.args, evaluation.kwargs)
+        if runs_inline(function.name):
+            return _timed(function.name, call)
+        if self._children is not None:
+            return await _in_child(self._children, self._node, function, evaluation)
         if self._executor is None:
-            self._executor = ThreadPoolExecutor(1, thread_name_prefix=self._thread_name)
+            self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"girder-{self._node}")
         context = contextvars.copy_context()
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, context.run, _threaded, name, call)
+        return await loop.run_in_executor(
+            self._executor, context.run, _threaded, function.name, call
+        )
 
     def close(self) -> None:
         """Let the thread end once it has finished what it runs (a stopping grid does not wait
-        for a sync function: nothing can interrupt it)."""
+        for a sync function: nothing can interrupt it in a thread; `children` are the grid's
+        to close)."""
         if self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)
             self._executor = None
@@ -90,6 +107,26 @@ class Ran:
     value: Any
     error: Exception | None
     seconds: float
+
+
+async def _in_child(
+    children: ChildPool, node: str, function: GridFunction[..., Any], evaluation: Evaluation
+) -> Ran:
+    """Run the function in one of `children`; learn how long it ran there."""
+    value, error, seconds = await children.run(
+        ChildCall(
+            function.ref,
+            evaluation.args,
+            evaluation.kwargs,
+            node,
+            evaluation.key,
+            evaluation.job,
+            function.timeout,
+        )
+    )
+    if error is None or error.kind == "error":  # it ran: its duration counts
+        learn(function.name, seconds)
+    return Ran(value, error, seconds)
 
 
 def _timed(name: str, call: Callable[[], Any]) -> Ran:

@@ -20,7 +20,6 @@ recent duration.
 from __future__ import annotations
 
 import asyncio
-import functools
 import sys
 from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Coroutine
@@ -32,6 +31,7 @@ from girder.errors import Cancelled, RequestError, SerializationError, type_name
 from girder.functions import GridFunction, Request
 from girder.log import debug_enabled
 from girder.scheduler.baton import Baton
+from girder.scheduler.children import ChildError, ChildPool, pool_size
 from girder.scheduler.context import Evaluation, current_evaluation
 from girder.scheduler.lending import suspensions
 from girder.scheduler.node import Node, error_lines
@@ -39,7 +39,7 @@ from girder.scheduler.offload import SyncRunner
 from girder.scheduler.outbox import Outbox
 from girder.scheduler.waiters import Batch, Feed
 from girder.security import resolve_allowed
-from girder.serialization import Blob, Outcome, RequestPayload
+from girder.serialization import Blob, Outcome
 from girder.watchdog import WatchPipe
 
 _FAIRNESS_SLICE = 0.005
@@ -82,7 +82,10 @@ class Worker(Node):
         *,
         node_id: str | None = None,
         distributor: str | None = None,
+        children: ChildPool | None = None,
     ) -> None:
+        """`children`: where slow sync functions run with `sync_offload="process"`, shared by
+        the workers of a grid (which closes it); when None, the worker makes its own."""
         super().__init__(
             backend, settings, node_id=node_id, distributor=distributor or settings.pool
         )
@@ -108,8 +111,11 @@ class Worker(Node):
         self._claim_size = 1
         self._sync_seconds = 0.0
         """Recent average duration of the sync functions run here."""
-        self._sync = SyncRunner(thread_name=f"girder-{self.id}")
-        """Runs sync functions: inline while quick, else in this worker's thread."""
+        self._own_children: ChildPool | None = None
+        if children is None and settings.sync_offload == "process":
+            children = self._own_children = ChildPool(pool_size(settings.concurrency))
+        self._sync = SyncRunner(self.id, children)
+        """Runs sync functions: inline while quick, else in this worker's thread or children."""
 
     def _start_loops(self) -> None:
         self._spawn(self._work_loop, "work")
@@ -122,6 +128,8 @@ class Worker(Node):
         await asyncio.gather(*tasks, return_exceptions=True)
         await super().stop()
         self._sync.close()
+        if self._own_children is not None:
+            await self._own_children.close()
 
     async def _before_leaving(self) -> None:
         if self._outbox:
@@ -257,7 +265,8 @@ class Worker(Node):
 
     async def _start_evaluation(self, claimed: Claimed) -> None:
         """Evaluate a claimed request; the baton passes to it. Sync functions run in this turn of
-        the loop: inline while quick, in the worker's thread once slow (see `SyncRunner`).
+        the loop: inline while quick, off the loop (a thread or a child process) once slow (see
+        `SyncRunner`).
 
         A key this worker already runs (it was reaped while stalled, its claim went back to the
         queue and came back here) is not started twice: the run under way completes it."""
@@ -291,7 +300,7 @@ class Worker(Node):
             self._claim_size = 1  # it may park: claim no more than the stack's top
             await self._evaluate_async(evaluation, function)
         else:
-            await self._evaluate_sync(evaluation, function, payload)
+            await self._evaluate_sync(evaluation, function)
 
     async def _reject(self, key: str, exc: Exception) -> None:
         """Fail a request that cannot even start (bad payload, unknown function)."""
@@ -307,15 +316,14 @@ class Worker(Node):
             self.baton.release()
 
     async def _evaluate_sync(
-        self, evaluation: Evaluation, function: GridFunction[..., Any], payload: RequestPayload
+        self, evaluation: Evaluation, function: GridFunction[..., Any]
     ) -> None:
         token = current_evaluation.set(evaluation)
         limit = function.timeout
         if limit is not None and self._watch is not None:
             self._watch.started(self.id, evaluation.key, limit)
-        call = functools.partial(function.run_sync, payload.args, payload.kwargs)
         try:
-            ran = await self._sync.run(function.name, call)
+            ran = await self._sync.run(function, evaluation)
         finally:
             current_evaluation.reset(token)
             if limit is not None and self._watch is not None:
@@ -525,7 +533,11 @@ class Worker(Node):
 
     def _failure(self, evaluation: Evaluation, exc: Exception) -> Outcome:
         readable = evaluation.readable()
-        if isinstance(exc, RequestError):
+        if isinstance(exc, ChildError):  # raised in a child process: reported there
+            error = RequestError(
+                readable, exc.message, exc.lines, kind=exc.kind, exc_type=exc.exc_type
+            )
+        elif isinstance(exc, RequestError):
             error = RequestError(
                 readable,
                 exc.message,
