@@ -77,6 +77,8 @@ from girder.backends.redis_keys import (
     RECORD,
     RUNNING,
     RedisKeys,
+    chunk_fields,
+    unchunked,
 )
 from girder.backends.redis_scripts import (
     MAX_SCRIPT_BYTES,
@@ -613,18 +615,19 @@ class RedisBackend:
         return RequestState.UNKNOWN if status is None else _STATES.get(status, RequestState.PENDING)
 
     async def result(self, key: str) -> bytes | None:
-        status, outcome = await self._execute(
-            "result", "HMGET", self._keys.record(key), F_STATUS, F_OUTCOME
+        status, *outcome = await self._execute(
+            "result", "HMGET", self._keys.record(key), F_STATUS, *chunk_fields(F_OUTCOME)
         )
-        return outcome if status == DONE.encode() else None
+        return unchunked(outcome) if status == DONE.encode() else None
 
     async def payloads(self, keys: Sequence[str]) -> list[bytes | None]:
         if not keys:
             return []
-        commands = [("HGET", self._keys.record(key), F_PAYLOAD) for key in keys]
+        fields = chunk_fields(F_PAYLOAD)
+        commands = [("HMGET", self._keys.record(key), *fields) for key in keys]
         replies = await self._retrying("payloads", lambda: self._redis.pipeline(commands))
         # A record of the wrong type has no payload to show.
-        return [None if isinstance(reply, ReplyError) else reply for reply in replies]
+        return [None if isinstance(reply, ReplyError) else unchunked(reply) for reply in replies]
 
     async def cancel(
         self,

@@ -9,14 +9,21 @@ Per request key:
     req:<key>          hash: F_STATUS (pending/running/done), F_PAYLOAD, F_OUTCOME and
                        F_FUNCTION (when done), F_OWNER (when running), F_CRASHES (times its
                        worker died running it), F_PARTIAL (the latest partial outcome of a
-                       streaming run, until done). A done record is the cached result: the only
-                       state of the grid with an expiry (its TTL), so under a volatile-*
-                       `maxmemory-policy` it is the only state Redis may evict (the
+                       streaming run, until done), and one empty field per waiter (F_WAITER
+                       <node>: a node waiting for the outcome) and per root (F_ROOT <job>: a job
+                       that submitted the key at the top level). A done record is the cached
+                       result: the only state of the grid with an expiry (its TTL), so under a
+                       volatile-* `maxmemory-policy` it is the only state Redis may evict (the
                        journal of a `cache_clear` expires too: it is fine to lose).
-    waiters:<key>      set of node ids waiting for the outcome
+                       The payload and the outcome are *chunked*: a value of at most
+                       CHUNKS * CHUNK_BYTES bytes is split into fields of CHUNK_BYTES (F_PAYLOAD,
+                       F_PAYLOAD "2", ... F_PAYLOAD "<CHUNKS>"), a longer one is stored whole in
+                       the first. Redis keeps a hash whose fields and values are all at most 64
+                       bytes (`hash-max-listpack-value`) as one compact listpack, and a hash with
+                       one longer value as a hashtable of several times the size; and one key
+                       costs Redis more than a field. So a queued request is one small key.
     waits:<key>        set of keys this key waits for (wait-for edges out of it)
     waitedby:<key>     set of keys waiting for this key (the same edges, reversed)
-    roots:<key>        set of jobs that submitted this key at the top level
 Per blob (a large value or request's arguments, named by the SHA-256 of its bytes):
     blob:<digest>      string: the bytes
     blobholders:<digest> set of request keys that stored the blob (whose records refer to it)
@@ -68,11 +75,11 @@ Per grid:
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 
 from girder.errors import ConfigurationError
 
 RECORD = "req:"
-WAITERS = "waiters:"
 WAITS = "waits:"
 WAITED_BY = "waitedby:"
 WORK = "work:"
@@ -85,7 +92,6 @@ WAKE = "wake:"
 NODE = "node:"
 MEMBERS = "members:"
 JOURNAL = "journal:"
-ROOTS = "roots:"
 CANCELLING = "cancelling:"
 ORPHANS = "orphans:"
 LEASES = "leases"
@@ -109,9 +115,18 @@ F_OWNER = "o"
 F_CRASHES = "c"
 F_PARTIAL = "pt"
 F_FUNCTION = "fn"
+F_WAITER = "w:"
+"""The prefix of a waiter's field (`w:<node>`); no fixed field name holds a colon."""
+F_ROOT = "r:"
+"""The prefix of a root's field (`r:<job>`)."""
 F_KIND = "kind"
 F_DISTRIBUTOR = "dist"
 F_COUNTERS = "ctr"
+
+CHUNK_BYTES = 64
+"""The most bytes of one chunk of a chunked value: Redis's default `hash-max-listpack-value`."""
+CHUNKS = 8
+"""The most chunks of a chunked value; a value over CHUNKS * CHUNK_BYTES is stored whole."""
 
 PENDING = "p"
 RUNNING = "r"
@@ -119,7 +134,6 @@ DONE = "d"
 
 _PER_ID = {
     "record": RECORD,
-    "waiters": WAITERS,
     "waits": WAITS,
     "waited_by": WAITED_BY,
     "work": WORK,
@@ -133,7 +147,6 @@ _PER_ID = {
     "members": MEMBERS,
     "journal": JOURNAL,
     "orphans": ORPHANS,
-    "roots": ROOTS,
     "cancelling": CANCELLING,
     "blob": BLOB,
     "blob_holders": BLOB_HOLDERS,
@@ -159,6 +172,8 @@ _CONSTANTS = {
     "F_CRASHES": F_CRASHES,
     "F_PARTIAL": F_PARTIAL,
     "F_FUNCTION": F_FUNCTION,
+    "F_WAITER": F_WAITER,
+    "F_ROOT": F_ROOT,
     "F_KIND": F_KIND,
     "F_DISTRIBUTOR": F_DISTRIBUTOR,
     "F_COUNTERS": F_COUNTERS,
@@ -166,6 +181,32 @@ _CONSTANTS = {
     "RUNNING": RUNNING,
     "DONE": DONE,
 }
+
+
+def chunk_fields(field: str) -> tuple[str, ...]:
+    """The fields that hold the chunks of a chunked value of `field`, in order."""
+    return (field, *(f"{field}{index}" for index in range(2, CHUNKS + 1)))
+
+
+def chunked(field: str, value: bytes) -> dict[str, bytes]:
+    """The fields (of `chunk_fields(field)`) that store `value`; the others must be absent."""
+    if len(value) <= CHUNK_BYTES or len(value) > CHUNKS * CHUNK_BYTES:
+        return {field: value}
+    names = chunk_fields(field)
+    return {
+        names[index]: value[start : start + CHUNK_BYTES]
+        for index, start in enumerate(range(0, len(value), CHUNK_BYTES))
+    }
+
+
+def unchunked(replies: Sequence[bytes | None]) -> bytes | None:
+    """The value whose chunks are `replies` (an HMGET of `chunk_fields`), or None without one."""
+    parts: list[bytes] = []
+    for part in replies:
+        if part is None:
+            break
+        parts.append(part)
+    return b"".join(parts) if parts else None
 
 
 def _lua_string(text: str) -> str:
@@ -235,4 +276,5 @@ class RedisKeys:
             f"local K_{name} = PREFIX .. {_lua_string(part)}" for name, part in _GLOBAL.items()
         ]
         lines += [f"local {name} = {_lua_string(value)}" for name, value in _CONSTANTS.items()]
+        lines += [f"local CHUNK_BYTES = {CHUNK_BYTES}", f"local CHUNKS = {CHUNKS}"]
         return "\n".join(lines) + "\n"

@@ -16,7 +16,7 @@ local frontier = k_cancelling(job)
 if below == '' then
   for i = FIRST_ROOTS, #ARGV do
     local key = ARGV[i]
-    call('SREM', k_roots(key), job)
+    call('HDEL', k_record(key), F_ROOT .. job)
     call('RPUSH', frontier, key)
   end
 else
@@ -34,8 +34,7 @@ local function notify(target, key)
   end
 end
 
-local function cancel(key)
-  local state = read_record(key, F_STATUS, F_OWNER)
+local function cancel(key, state, waiters)
   local status, owner = state[1], state[2]
   if status == false or status == DONE then
     return false
@@ -45,14 +44,14 @@ local function cancel(key)
     call('SREM', k_waited_by(after), key)
     call('RPUSH', frontier, after)
   end
-  redis.call('DEL', waits, k_roots(key))
+  redis.call('DEL', waits)
   if status == RUNNING and owned(key, owner) then
     notify(owner, key)
   else
-    for _, waiter in ipairs(call('SMEMBERS', k_waiters(key))) do
+    for _, waiter in ipairs(waiters) do
       notify(waiter, key)
     end
-    redis.call('DEL', k_record(key), k_waiters(key), k_waited_by(key))
+    redis.call('DEL', k_record(key), k_waited_by(key))
     event('cancelled', node, key, '', '', job, '')
   end
   return true
@@ -64,7 +63,9 @@ for _ = 1, MAX_CANCEL_STEP do
   if not key then
     break
   end
-  if call('SCARD', k_roots(key)) == 0 and call('SCARD', k_waited_by(key)) == 0 and cancel(key) then
+  local state = read_record(key, F_STATUS, F_OWNER)
+  local waiters, roots = record_members(k_record(key))
+  if #roots == 0 and call('SCARD', k_waited_by(key)) == 0 and cancel(key, state, waiters) then
     cancelled[#cancelled + 1] = key
   end
 end

@@ -107,7 +107,8 @@ end
 
 -- The fields of a request record. A record that is no hash is garbage: it is deleted and reads
 -- with a status that is none of girder's (so a claim runs it, with an empty payload that the
--- worker fails as malformed, and whoever waits hears of it).
+-- worker fails as malformed; its waiters went with it, and submit the key again when they
+-- check on what they wait for).
 local function read_record(key, ...)
   local record = k_record(key)
   local fields = redis.pcall('HMGET', record, ...)
@@ -117,6 +118,74 @@ local function read_record(key, ...)
     fields = {'corrupt'}
   end
   return fields
+end
+
+-- The fields that hold the chunks of a payload or outcome stored under `field`, in order (see
+-- redis_keys: a value of at most CHUNKS * CHUNK_BYTES bytes is split into chunks of CHUNK_BYTES,
+-- so that a small record stays a compact listpack).
+local function chunk_fields(field)
+  local names = {field}
+  for i = 2, CHUNKS do
+    names[i] = field .. i
+  end
+  return names
+end
+
+local PAYLOAD_FIELDS = chunk_fields(F_PAYLOAD)
+local OUTCOME_FIELDS = chunk_fields(F_OUTCOME)
+
+-- The value whose chunks are replies[first], replies[first + 1], ... (an HMGET of chunk_fields),
+-- or false when it has none.
+local function joined(replies, first)
+  if not replies[first] then
+    return false
+  end
+  local parts = {}
+  for i = first, first + CHUNKS - 1 do
+    if not replies[i] then
+      break
+    end
+    parts[#parts + 1] = replies[i]
+  end
+  return table.concat(parts)
+end
+
+-- Append to `args` the field-value pairs that store `value` under `field` (see chunk_fields),
+-- and to `unused` the chunk fields that it leaves empty (to delete if a value was there before).
+local function add_chunks(args, unused, field, value)
+  local names, count = field == F_PAYLOAD and PAYLOAD_FIELDS or OUTCOME_FIELDS, 1
+  if #value > CHUNK_BYTES and #value <= CHUNKS * CHUNK_BYTES then
+    count = math.ceil(#value / CHUNK_BYTES)
+  end
+  if count == 1 then
+    args[#args + 1] = field
+    args[#args + 1] = value
+  else
+    for i = 1, count do
+      args[#args + 1] = names[i]
+      args[#args + 1] = string.sub(value, (i - 1) * CHUNK_BYTES + 1, i * CHUNK_BYTES)
+    end
+  end
+  for i = count + 1, CHUNKS do
+    unused[#unused + 1] = names[i]
+  end
+end
+
+-- The waiters (fields F_WAITER <node>) and roots (F_ROOT <job>) of `record`, and the names of
+-- all those fields. Both prefixes are two bytes long.
+local function record_members(record)
+  local waiters, roots, fields = {}, {}, {}
+  for _, field in ipairs(call('HKEYS', record)) do
+    local kind = string.sub(field, 1, 2)
+    if kind == F_WAITER then
+      waiters[#waiters + 1] = string.sub(field, 3)
+      fields[#fields + 1] = field
+    elseif kind == F_ROOT then
+      roots[#roots + 1] = string.sub(field, 3)
+      fields[#fields + 1] = field
+    end
+  end
+  return waiters, roots, fields
 end
 
 -- Push `keys` on the top of `list`, in order (the last one ends on top).
@@ -308,9 +377,9 @@ local function claim(node, fresh_only)
     if not key then
       return nil
     end
-    local found = read_record(key, F_STATUS, F_PAYLOAD, F_CRASHES, F_OWNER)
-    if runnable(key, found[1], found[4]) then
-      if fresh_only and found[3] then
+    local found = read_record(key, F_STATUS, F_CRASHES, F_OWNER, unpack(PAYLOAD_FIELDS))
+    if runnable(key, found[1], found[3]) then
+      if fresh_only and found[2] then
         call('RPUSH', work, key)
         return nil
       end
@@ -318,7 +387,7 @@ local function claim(node, fresh_only)
       call('SADD', k_running(node), key)
       call('HINCRBY', K_POPS, node, 1)
       event('claimed', node, key)
-      return {key, found[2] or '', found[3] ~= false}
+      return {key, joined(found, 4) or '', found[2] ~= false}
     end
   end
 end

@@ -23,19 +23,17 @@ if EVENTS_MAX > 0 and failures ~= '' then
   errors = cjson.decode(failures)
 end
 
--- Post `note` to every waiter of key but node (a departed node gets nothing: its inbox would
--- only grow), and forget the waiters.
-local function notify(key, note)
-  local waiters = k_waiters(key)
-  for _, waiter in ipairs(call('SMEMBERS', waiters)) do
+-- Post `note` to every one of `waiters` but node (a departed node gets nothing: its inbox would
+-- only grow).
+local function notify(waiters, note)
+  for _, waiter in ipairs(waiters) do
     if waiter ~= node and not has_departed(waiter) then
       call('RPUSH', k_inbox(waiter), note)
     end
   end
-  redis.call('DEL', waiters)
 end
 
--- Drop key's wait edges (both ways) and its job roots.
+-- Drop key's wait edges (both ways).
 local function drop_wait_edges(key)
   local waits, waited_by = k_waits(key), k_waited_by(key)
   local after, before = call('SMEMBERS', waits), call('SMEMBERS', waited_by)
@@ -45,7 +43,7 @@ local function drop_wait_edges(key)
   for _, other in ipairs(before) do
     call('SREM', k_waits(other), key)
   end
-  redis.call('DEL', waits, waited_by, k_roots(key))
+  redis.call('DEL', waits, waited_by)
 end
 
 local function complete(key, outcome, cache, ttl_ms, fn)
@@ -56,15 +54,16 @@ local function complete(key, outcome, cache, ttl_ms, fn)
     return
   end
   drop_wait_edges(key)
-  local record = k_record(key)
   if status == false then
-    -- No record (a repeat, or the record was lost): nothing to store; tell any waiter left.
-    notify(key, #key .. ':' .. key .. outcome)
-    return
+    return -- no record (a repeat, or the record was lost): nothing to store, nobody to tell
   end
+  local record = k_record(key)
+  local waiters, _, stale = record_members(record)
   if cache then
-    call('HSET', record, F_STATUS, DONE, F_OUTCOME, outcome, F_FUNCTION, fn)
-    call('HDEL', record, F_OWNER, F_CRASHES, F_PARTIAL)
+    local args = {F_STATUS, DONE, F_FUNCTION, fn}
+    add_chunks(args, stale, F_OUTCOME, outcome)
+    call('HSET', record, unpack(args))
+    call('HDEL', record, F_OWNER, F_CRASHES, F_PARTIAL, unpack(stale))
     if ttl_ms > 0 then
       redis.call('PEXPIRE', record, ttl_ms)
     end
@@ -76,7 +75,7 @@ local function complete(key, outcome, cache, ttl_ms, fn)
   else
     event('finished', node, key, '', '', '', cache and 'cached' or '')
   end
-  notify(key, #key .. ':' .. key .. outcome)
+  notify(waiters, #key .. ':' .. key .. outcome)
 end
 
 for i = FIRST_COMPLETIONS, #ARGV, COMPLETION_ARGS do

@@ -51,8 +51,7 @@ end
 -- only a cached result may expire or be evicted). Returns whether the key needs queueing (it
 -- does unless it runs under a known owner), and 'shared' when it was pending or runs under a
 -- known owner (the asker joins that run), else 'new'.
-local function ensure_record(key, payload, state)
-  local status, owner = state[1], state[3]
+local function ensure_record(key, payload, status, owner)
   if status == RUNNING and owned(key, owner) then
     return false, 'shared'
   end
@@ -60,9 +59,14 @@ local function ensure_record(key, payload, state)
     return true, 'shared'
   end
   local record = k_record(key)
-  call('HSET', record, F_STATUS, PENDING, F_PAYLOAD, payload)
+  local args, unused = {F_STATUS, PENDING}, {}
+  add_chunks(args, unused, F_PAYLOAD, payload)
+  call('HSET', record, unpack(args))
   if status ~= false then
-    call('HDEL', record, F_OWNER, F_OUTCOME, F_FUNCTION)
+    for _, field in ipairs(OUTCOME_FIELDS) do
+      unused[#unused + 1] = field
+    end
+    call('HDEL', record, F_OWNER, F_FUNCTION, unpack(unused))
     redis.call('PERSIST', record)
   end
   return true, 'new'
@@ -71,23 +75,25 @@ end
 local results, pushed = {}, {}
 for i = FIRST_REQUESTS, #ARGV, REQUEST_ARGS do
   local key, label = ARGV[i], ARGV[i + 2]
-  local state = read_record(key, F_STATUS, F_OUTCOME, F_OWNER, F_PARTIAL)
-  if state[1] == DONE and state[2] then
-    results[#results + 1] = {SUBMITTED_DONE, state[2]}
+  local state = read_record(key, F_STATUS, F_OWNER, F_PARTIAL, unpack(OUTCOME_FIELDS))
+  local outcome = joined(state, 4)
+  if state[1] == DONE and outcome then
+    results[#results + 1] = {SUBMITTED_DONE, outcome}
     event('submitted', node, key, label, waiter, job, 'cached')
   else
-    local queue, how = ensure_record(key, ARGV[i + 1], state)
+    local queue, how = ensure_record(key, ARGV[i + 1], state[1], state[2])
     if queue then
       pushed[#pushed + 1] = key
     end
     -- shared: the key was pending, or runs under an owner that will complete it
     local shared = how == 'shared' and 1 or 0
     event('submitted', node, key, label, waiter, job, how)
-    call('SADD', k_waiters(key), node)
-    local result = {SUBMITTED_QUEUED, shared, state[4]}
+    local fields = {F_WAITER .. node, ''}
+    local result = {SUBMITTED_QUEUED, shared, state[3]}
     if not has_waiter and job ~= '' then
-      call('SADD', k_roots(key), job)
+      fields[3], fields[4] = F_ROOT .. job, ''
     end
+    call('HSET', k_record(key), unpack(fields))
     if has_waiter then
       call('SADD', k_waits(waiter), key)
       call('SADD', k_waited_by(key), waiter)
