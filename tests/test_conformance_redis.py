@@ -521,6 +521,35 @@ async def test_a_queued_request_is_one_compact_key(
     }
 
 
+async def test_wait_edges_are_fields_of_the_two_records(
+    backend: RedisBackend, raw: aioredis.Redis
+) -> None:
+    """A child waited on by a request key (64 hex digits) names it as a bare field, so the child
+    stays one listpack; the parent names the child. Completing the child drops both."""
+    parent, child = "ab" * 32, "cd" * 32
+    await put(backend, "c", [parent], into="w")
+    assert await backend.claim("w") == Claimed(parent, new(parent).payload)
+    await backend.submit("w", [new(child)], into="w", on_top=True, waiter_key=parent)
+    records = {key: f"{{{PREFIX}}}:req:{key}" for key in (parent, child)}
+    assert [name async for name in raw.scan_iter(match=f"{{{PREFIX}}}:*{child}")] == [
+        records[child].encode()
+    ]
+    assert await raw.object("encoding", records[child]) == b"listpack"
+    assert {b"w:w", parent.encode()} <= set(await raw.hkeys(records[child]))
+    assert f"a:{child}".encode() in await raw.hkeys(records[parent])
+    assert await backend.claim("w") == Claimed(child, new(child).payload)
+    await backend.complete("w", child, out(child), cache=True)
+    chunks = {"pl", "pl2", "out", "out2"}  # the payload and the outcome: 74 bytes each
+    assert {name.decode() for name in await raw.hkeys(records[child])} == {"s", "fn"} | chunks
+    assert {name.decode() for name in await raw.hkeys(records[parent])} == {
+        "s",
+        "o",
+        "w:c",
+        "pl",
+        "pl2",
+    }
+
+
 async def test_a_record_with_an_unknown_status_is_run(
     backend: RedisBackend, raw: aioredis.Redis
 ) -> None:
@@ -545,7 +574,7 @@ async def test_a_record_that_is_no_hash_is_handed_out_to_be_failed(
     assert f"{{{PREFIX}}}:req:k".encode() in await raw.lrange(f"{{{PREFIX}}}:corrupt", 0, -1)
 
 
-@pytest.mark.parametrize("garbage", ["waits:k", "waitedby:k", "running:w"])
+@pytest.mark.parametrize("garbage", ["req:parent", "running:w"])
 async def test_garbage_of_the_wrong_type_never_half_does_a_completion(
     backend: RedisBackend, raw: aioredis.Redis, garbage: str
 ) -> None:

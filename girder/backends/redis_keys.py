@@ -6,24 +6,31 @@ scripts spell no names themselves: each starts with `RedisKeys.lua_prelude()`, w
 same layout as Lua functions (`k_record(key)`, `k_work(node)`, ...) and constants.
 
 Per request key:
-    req:<key>          hash: F_STATUS (pending/running/done), F_PAYLOAD, F_OUTCOME and
-                       F_FUNCTION (when done), F_OWNER (when running), F_CRASHES (times its
-                       worker died running it), F_PARTIAL (the latest partial outcome of a
-                       streaming run, until done), and one empty field per waiter (F_WAITER
-                       <node>: a node waiting for the outcome) and per root (F_ROOT <job>: a job
-                       that submitted the key at the top level). A done record is the cached
-                       result: the only state of the grid with an expiry (its TTL), so under a
-                       volatile-* `maxmemory-policy` it is the only state Redis may evict (the
-                       journal of a `cache_clear` expires too: it is fine to lose).
+    req:<key>          hash, the request's whole state in one key: F_STATUS (pending/running/
+                       done), F_PAYLOAD, F_OUTCOME and F_FUNCTION (when done), F_OWNER (when
+                       running), F_CRASHES (times its worker died running it), F_PARTIAL (the
+                       latest partial outcome of a streaming run, until done); and an empty
+                       field per member, named by a two-byte prefix and the member: F_WAITER
+                       <node> (a node waiting for the outcome), F_ROOT <job> (a job that
+                       submitted the key at the top level), F_WAITS <key> (a key this key waits
+                       for: a wait-for edge out of it) and F_WAITED_BY <key> (a key waiting for
+                       this one: the same edge, reversed; a waiting key of 64 characters without
+                       a member prefix, as request keys are, is the field's name itself). A
+                       record may hold edges only (a waiting key that has no record): it has no
+                       status, and goes when its last edge does.
+                       A done record is the cached result, and holds no member: the only state
+                       of the grid with an expiry (its TTL), so under a volatile-*
+                       `maxmemory-policy` it is the only state Redis may evict (the journal of
+                       a `cache_clear` expires too: it is fine to lose).
                        The payload and the outcome are *chunked*: a value of at most
                        CHUNKS * CHUNK_BYTES bytes is split into fields of CHUNK_BYTES (F_PAYLOAD,
                        F_PAYLOAD "2", ... F_PAYLOAD "<CHUNKS>"), a longer one is stored whole in
-                       the first. Redis keeps a hash whose fields and values are all at most 64
-                       bytes (`hash-max-listpack-value`) as one compact listpack, and a hash with
-                       one longer value as a hashtable of several times the size; and one key
-                       costs Redis more than a field. So a queued request is one small key.
-    waits:<key>        set of keys this key waits for (wait-for edges out of it)
-    waitedby:<key>     set of keys waiting for this key (the same edges, reversed)
+                       the first.
+                       Why one key, and why chunks: a key costs Redis far more than a field
+                       (its entry in the keyspace, its object, its name), and Redis keeps a
+                       hash whose fields and values are all at most 64 bytes long
+                       (`hash-max-listpack-value`) as one compact listpack, while one longer
+                       name or value makes it a hashtable of several times the size.
 Per blob (a large value or request's arguments, named by the SHA-256 of its bytes):
     blob:<digest>      string: the bytes
     blobholders:<digest> set of request keys that stored the blob (whose records refer to it)
@@ -80,8 +87,6 @@ from collections.abc import Sequence
 from girder.errors import ConfigurationError
 
 RECORD = "req:"
-WAITS = "waits:"
-WAITED_BY = "waitedby:"
 WORK = "work:"
 RUNNING_SET = "running:"
 VOLUNTEERS = "volunteers:"
@@ -119,6 +124,10 @@ F_WAITER = "w:"
 """The prefix of a waiter's field (`w:<node>`); no fixed field name holds a colon."""
 F_ROOT = "r:"
 """The prefix of a root's field (`r:<job>`)."""
+F_WAITS = "a:"
+"""The prefix of the field of a key the record's key waits for (`a:<key>`)."""
+F_WAITED_BY = "b:"
+"""The prefix of the field of a key waiting for the record's key (`b:<key>`), unless bare."""
 F_KIND = "kind"
 F_DISTRIBUTOR = "dist"
 F_COUNTERS = "ctr"
@@ -134,8 +143,6 @@ DONE = "d"
 
 _PER_ID = {
     "record": RECORD,
-    "waits": WAITS,
-    "waited_by": WAITED_BY,
     "work": WORK,
     "running": RUNNING_SET,
     "volunteers": VOLUNTEERS,
@@ -174,6 +181,8 @@ _CONSTANTS = {
     "F_FUNCTION": F_FUNCTION,
     "F_WAITER": F_WAITER,
     "F_ROOT": F_ROOT,
+    "F_WAITS": F_WAITS,
+    "F_WAITED_BY": F_WAITED_BY,
     "F_KIND": F_KIND,
     "F_DISTRIBUTOR": F_DISTRIBUTOR,
     "F_COUNTERS": F_COUNTERS,

@@ -171,21 +171,47 @@ local function add_chunks(args, unused, field, value)
   end
 end
 
--- The waiters (fields F_WAITER <node>) and roots (F_ROOT <job>) of `record`, and the names of
--- all those fields. Both prefixes are two bytes long.
+-- The kinds of member a record holds as fields `<prefix><member>` (see redis_keys).
+local MEMBER_KINDS = {
+  [F_WAITER] = 'waiters', [F_ROOT] = 'roots', [F_WAITS] = 'waits', [F_WAITED_BY] = 'waited_by'
+}
+
+-- The members that `record` holds as fields: {waiters = nodes, roots = jobs, waits = keys it
+-- waits for, waited_by = keys waiting for it, fields = the names of all those fields}.
 local function record_members(record)
-  local waiters, roots, fields = {}, {}, {}
+  local found = {waiters = {}, roots = {}, waits = {}, waited_by = {}, fields = {}}
   for _, field in ipairs(call('HKEYS', record)) do
-    local kind = string.sub(field, 1, 2)
-    if kind == F_WAITER then
-      waiters[#waiters + 1] = string.sub(field, 3)
-      fields[#fields + 1] = field
-    elseif kind == F_ROOT then
-      roots[#roots + 1] = string.sub(field, 3)
-      fields[#fields + 1] = field
+    local kind = MEMBER_KINDS[string.sub(field, 1, 2)]
+    if kind then
+      found[kind][#found[kind] + 1] = string.sub(field, 3)
+      found.fields[#found.fields + 1] = field
+    elseif #field == 64 then
+      found.waited_by[#found.waited_by + 1] = field
+      found.fields[#found.fields + 1] = field
     end
   end
-  return waiters, roots, fields
+  return found
+end
+
+-- The field of a key's record that says `waiter` waits for the key: the bare waiter key when it
+-- has 64 characters and no member prefix (as request keys do; so that the record stays a
+-- listpack), else F_WAITED_BY <waiter>.
+local function waited_by_field(waiter)
+  if #waiter == 64 and not MEMBER_KINDS[string.sub(waiter, 1, 2)] then
+    return waiter
+  end
+  return F_WAITED_BY .. waiter
+end
+
+-- Drop the wait edges between `key` and each of `others` (of key's record_members): `key`
+-- waits for them (`waits`) or they wait for key (`waited_by`), on the others' side only.
+local function drop_edges_of_others(key, members)
+  for _, other in ipairs(members.waits) do
+    call('HDEL', k_record(other), waited_by_field(key))
+  end
+  for _, other in ipairs(members.waited_by) do
+    call('HDEL', k_record(other), F_WAITS .. key)
+  end
 end
 
 -- Push `keys` on the top of `list`, in order (the last one ends on top).

@@ -33,19 +33,6 @@ local function notify(waiters, note)
   end
 end
 
--- Drop key's wait edges (both ways).
-local function drop_wait_edges(key)
-  local waits, waited_by = k_waits(key), k_waited_by(key)
-  local after, before = call('SMEMBERS', waits), call('SMEMBERS', waited_by)
-  for _, other in ipairs(after) do
-    call('SREM', k_waited_by(other), key)
-  end
-  for _, other in ipairs(before) do
-    call('SREM', k_waits(other), key)
-  end
-  redis.call('DEL', waits, waited_by)
-end
-
 local function complete(key, outcome, cache, ttl_ms, fn)
   call('SREM', k_running(node), key)
   local state = read_record(key, F_STATUS, F_OWNER)
@@ -53,12 +40,18 @@ local function complete(key, outcome, cache, ttl_ms, fn)
   if status == DONE or (status == RUNNING and owner ~= node) then
     return
   end
-  drop_wait_edges(key)
-  if status == false then
-    return -- no record (a repeat, or the record was lost): nothing to store, nobody to tell
-  end
   local record = k_record(key)
-  local waiters, _, stale = record_members(record)
+  local members = record_members(record)
+  drop_edges_of_others(key, members)
+  local stale = members.fields
+  if status == false then
+    -- No record (a repeat, or the record was lost; or only the edges of a key that waits):
+    -- nothing to store, nobody to tell.
+    if #stale > 0 then
+      call('HDEL', record, unpack(stale))
+    end
+    return
+  end
   if cache then
     local args = {F_STATUS, DONE, F_FUNCTION, fn}
     add_chunks(args, stale, F_OUTCOME, outcome)
@@ -75,7 +68,7 @@ local function complete(key, outcome, cache, ttl_ms, fn)
   else
     event('finished', node, key, '', '', '', cache and 'cached' or '')
   end
-  notify(waiters, #key .. ':' .. key .. outcome)
+  notify(members.waiters, #key .. ':' .. key .. outcome)
 end
 
 for i = FIRST_COMPLETIONS, #ARGV, COMPLETION_ARGS do

@@ -23,7 +23,7 @@ local function path(start, target)
   while #frontier > 0 do
     local next_frontier = {}
     for _, key in ipairs(frontier) do
-      for _, after in ipairs(call('SMEMBERS', k_waits(key))) do
+      for _, after in ipairs(record_members(k_record(key)).waits) do
         if not parent[after] then
           parent[after] = key
           if after == target then
@@ -93,10 +93,12 @@ for i = FIRST_REQUESTS, #ARGV, REQUEST_ARGS do
     if not has_waiter and job ~= '' then
       fields[3], fields[4] = F_ROOT .. job, ''
     end
+    if has_waiter then
+      fields[#fields + 1], fields[#fields + 2] = waited_by_field(waiter), ''
+    end
     call('HSET', k_record(key), unpack(fields))
     if has_waiter then
-      call('SADD', k_waits(waiter), key)
-      call('SADD', k_waited_by(key), waiter)
+      call('HSET', k_record(waiter), F_WAITS .. key, '')
       local cycle = path(key, waiter)
       if cycle then
         result = {SUBMITTED_CYCLE, waiter}
