@@ -11,11 +11,14 @@ A private `redis-server` (`girder.testing.redis_server`) holds one grid; events 
   `square` request has): `--requests` children under parents of `--fanout` children each, the
   parents running (claimed by a worker node), the children queued.
 
-Per workload, `INFO memory`'s `used_memory` before and after gives `bytes_per_request` (all of
-Redis's cost, its main dictionary and expiry table included); `MEMORY USAGE` of a sample of each
-kind of key (`req:`, `waiters:`, ...) gives `kinds`: per kind, how many keys of it there are per
-request and the median bytes of one (`MEMORY USAGE` counts the key and value, not the main
-dictionary's entry). Runs `--runs` times, each on a fresh server; medians.
+Per workload, `INFO memory`'s `used_memory` before and after gives `bytes_per_request`: all of
+Redis's cost, measured (for `queued` and `cached`) once every node has sent its next heartbeats.
+Its parts: `table_bytes_per_request`, the growth of the main and expiry dictionaries (`MEMORY
+STATS`: an entry per key, an expiry per cached result); `client_bytes_per_request`, of the
+clients' buffers; and `key_bytes_per_request`, the `MEMORY USAGE` of every key of the grid, in
+all and per kind of key in `kinds` (`req:`, `work:`, `journal:`, ...: keys per request, the
+median bytes of one, their bytes per request). `payload_bytes` is the size of one stored
+payload. Runs `--runs` times, each on a fresh server; medians.
 
     .venv/bin/python benchmarks/redis_memory.py [--requests 20000] [--fanout 10] [--runs 3]
 """
@@ -39,7 +42,7 @@ from benchmarks.harness import grid_secret, say
 from benchmarks.workloads import square
 from girder.backends.base import NewRequest, NodeKind
 from girder.backends.redis import RedisBackend
-from girder.backends.redis_keys import RECORD, RedisKeys
+from girder.backends.redis_keys import CLOCK, RECORD, RedisKeys
 from girder.backends.resp import RedisClient, parse_url
 from girder.config import load_settings
 from girder.scheduler import Distributor, Worker
@@ -98,9 +101,13 @@ async def _kinds(redis: RedisClient, prefix: str, requests: int) -> dict[str, di
 
 
 async def _measure(
-    redis: RedisClient, prefix: str, requests: int, before: dict[str, int]
+    redis: RedisClient, prefix: str, requests: int, before: dict[str, int], *, beats: bool = True
 ) -> dict[str, object]:
-    """Bytes per request added since `before` (a `_memory`), in all and per kind of key."""
+    """Bytes per request added since `before` (a `_memory`), in all and per kind of key. With
+    `beats`, once every node of the grid has sent its next heartbeats (they trim what bursts of
+    calls left in the nodes' journals)."""
+    if beats:
+        await _heartbeats(redis, prefix)
     after = await _memory(redis)
     kinds = await _kinds(redis, prefix, requests)
     added = {name: round((after[name] - before[name]) / requests, 1) for name in after}
@@ -111,6 +118,23 @@ async def _measure(
         "key_bytes_per_request": round(sum(k["bytes_per_request"] for k in kinds.values()), 1),
         "kinds": kinds,
     }
+
+
+async def _heartbeats(redis: RedisClient, prefix: str) -> None:
+    """Wait until the grid's clock, which every heartbeat raises, has risen by twice the number
+    of nodes (with a heartbeat a second, every node has sent at least one)."""
+    keys = RedisKeys(prefix)
+    nodes = int(await redis.execute("ZCARD", keys.leases))
+
+    async def clock() -> int:
+        return int(await redis.execute("GET", keys.base + CLOCK) or 0)
+
+    start = await clock()
+
+    async def risen() -> bool:
+        return await clock() >= start + 2 * nodes
+
+    await _until(risen, "the nodes' heartbeats")
 
 
 async def _until(condition: Callable[[], Awaitable[bool]], what: str) -> None:
@@ -197,7 +221,7 @@ async def _nested(url: str, requests: int, fanout: int, payload: bytes) -> dict[
             waiter_key=parent,
         )
 
-    figures = await _measure(redis, _NESTED, requests, before)
+    figures = await _measure(redis, _NESTED, requests, before, beats=False)  # no node beats
     await backend.close()
     redis.close()
     return figures

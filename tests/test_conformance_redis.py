@@ -550,6 +550,19 @@ async def test_wait_edges_are_fields_of_the_two_records(
     }
 
 
+async def test_a_heartbeat_trims_the_journal_a_burst_of_calls_left(
+    backend: RedisBackend, raw: aioredis.Redis
+) -> None:
+    """Calls sent all at once carry the same oldest awaited token, so none of them can trim the
+    journal; the node's next heartbeat does, once their replies are in."""
+    await backend.join("c", NodeKind.CLIENT, None, 60)
+    await asyncio.gather(*(put(backend, "c", [f"k{i}"], into="w") for i in range(100)))
+    journal = f"{{{PREFIX}}}:journal:c"
+    assert await raw.hlen(journal) == 100
+    await backend.heartbeat("c", 60)
+    assert await raw.hlen(journal) == 0
+
+
 async def test_a_record_with_an_unknown_status_is_run(
     backend: RedisBackend, raw: aioredis.Redis
 ) -> None:

@@ -240,7 +240,13 @@ class _Tokens:
         if awaited is None:
             awaited = self._awaited[node] = set()
         awaited.add(token)
-        return token, min(awaited)
+        return token, self.oldest(node)
+
+    def oldest(self, node: str) -> int:
+        """The oldest token of `node` still awaited, or the next one when none is: every
+        journal entry of an older token is of no more use."""
+        awaited = self._awaited.get(node)
+        return min(awaited) if awaited else self._last.get(node, 0) + 1
 
     def settle(self, node: str, token: int) -> None:
         """The call of `token` is over (its reply arrived, or it was given up)."""
@@ -687,7 +693,8 @@ class RedisBackend:
         self, node: str, ttl: float, counters: Mapping[str, int] | None = None
     ) -> Beat:
         published = "" if counters is None else json.dumps(dict(counters), separators=(",", ":"))
-        registered, clock = await self._run("heartbeat", node, _ms(ttl), published)
+        low = self._tokens.oldest(node)
+        registered, clock = await self._run("heartbeat", node, _ms(ttl), published, low)
         return Beat(bool(registered), clock)
 
     async def reconcile(self, node: str, keep: Sequence[str]) -> int:

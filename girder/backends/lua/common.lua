@@ -471,6 +471,16 @@ local function replayed(node, token, again)
   return false, nil
 end
 
+-- Drop the entries of `journal` older than token `low`.
+local function trim_journal(journal, low)
+  low = tonumber(low)
+  for _, old in ipairs(call('HKEYS', journal)) do
+    if tonumber(old) < low then
+      call('HDEL', journal, old)
+    end
+  end
+end
+
 local function journaled(node, token, low, reply)
   if token == '' then
     return reply
@@ -478,12 +488,7 @@ local function journaled(node, token, low, reply)
   local journal = k_journal(node)
   call('HSET', journal, token, cmsgpack.pack(reply))
   if tonumber(token) % JOURNAL_TRIM_EVERY == 0 then
-    low = tonumber(low)
-    for _, old in ipairs(call('HKEYS', journal)) do
-      if tonumber(old) < low then
-        call('HDEL', journal, old)
-      end
-    end
+    trim_journal(journal, low)
   end
   return reply
 end
