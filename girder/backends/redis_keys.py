@@ -286,4 +286,8 @@ class RedisKeys:
         ]
         lines += [f"local {name} = {_lua_string(value)}" for name, value in _CONSTANTS.items()]
         lines += [f"local CHUNK_BYTES = {CHUNK_BYTES}", f"local CHUNKS = {CHUNKS}"]
+        lines += [  # constants: a table of literals costs a script far less than building one
+            f"local {name}_FIELDS = {{{', '.join(map(_lua_string, chunk_fields(field)))}}}"
+            for name, field in (("PAYLOAD", F_PAYLOAD), ("OUTCOME", F_OUTCOME))
+        ]
         return "\n".join(lines) + "\n"

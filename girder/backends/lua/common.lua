@@ -120,28 +120,17 @@ local function read_record(key, ...)
   return fields
 end
 
--- The fields that hold the chunks of a payload or outcome stored under `field`, in order (see
--- redis_keys: a value of at most CHUNKS * CHUNK_BYTES bytes is split into chunks of CHUNK_BYTES,
--- so that a small record stays a compact listpack).
-local function chunk_fields(field)
-  local names = {field}
-  for i = 2, CHUNKS do
-    names[i] = field .. i
-  end
-  return names
-end
-
-local PAYLOAD_FIELDS = chunk_fields(F_PAYLOAD)
-local OUTCOME_FIELDS = chunk_fields(F_OUTCOME)
-
--- The value whose chunks are replies[first], replies[first + 1], ... (an HMGET of chunk_fields),
--- or false when it has none.
+-- A payload or an outcome of at most CHUNKS * CHUNK_BYTES bytes is stored in chunks of
+-- CHUNK_BYTES, in the fields PAYLOAD_FIELDS or OUTCOME_FIELDS (see redis_keys), so that a small
+-- record stays a compact listpack. The value whose chunks are replies[first], replies[first + 1],
+-- ... (an HMGET of those fields), or false when it has none.
 local function joined(replies, first)
-  if not replies[first] then
-    return false
+  local value = replies[first]
+  if not value or not replies[first + 1] then
+    return value or false
   end
-  local parts = {}
-  for i = first, first + CHUNKS - 1 do
+  local parts = {value}
+  for i = first + 1, first + CHUNKS - 1 do
     if not replies[i] then
       break
     end
@@ -150,8 +139,9 @@ local function joined(replies, first)
   return table.concat(parts)
 end
 
--- Append to `args` the field-value pairs that store `value` under `field` (see chunk_fields),
--- and to `unused` the chunk fields that it leaves empty (to delete if a value was there before).
+-- Append to `args` the field-value pairs that store `value` under `field` (F_PAYLOAD or
+-- F_OUTCOME), and to `unused` the chunk fields that it leaves empty (to delete if a value was
+-- there before).
 local function add_chunks(args, unused, field, value)
   local names, count = field == F_PAYLOAD and PAYLOAD_FIELDS or OUTCOME_FIELDS, 1
   if #value > CHUNK_BYTES and #value <= CHUNKS * CHUNK_BYTES then

@@ -53,8 +53,15 @@ local function complete(key, outcome, cache, ttl_ms, fn)
     return
   end
   if cache then
-    local args = {F_STATUS, DONE, F_FUNCTION, fn}
-    add_chunks(args, stale, F_OUTCOME, outcome)
+    local args, unused = {F_STATUS, DONE, F_FUNCTION, fn}, {}
+    add_chunks(args, unused, F_OUTCOME, outcome)
+    if status ~= PENDING and status ~= RUNNING then
+      -- A status that is none of girder's (garbage): the record may hold an outcome, whose
+      -- chunks past the new one's must go. A record girder made pending or running holds none.
+      for _, field in ipairs(unused) do
+        stale[#stale + 1] = field
+      end
+    end
     call('HSET', record, unpack(args))
     call('HDEL', record, F_OWNER, F_CRASHES, F_PARTIAL, unpack(stale))
     if ttl_ms > 0 then
