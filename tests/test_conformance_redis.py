@@ -40,6 +40,8 @@ from girder.testing.redis_server import RedisServer, free_port
 pytestmark = pytest.mark.redis
 
 PREFIX = "conformance"
+COMPACT = (b"listpack", b"ziplist")
+"""The encodings of a small hash (a ziplist before Redis 7)."""
 
 
 class TestRedisBackend(BackendConformance):
@@ -508,11 +510,11 @@ async def test_a_queued_request_is_one_compact_key(
     await backend.submit("c2", [NewRequest("k", payload)], into="w", on_top=False)
     record = f"{{{PREFIX}}}:req:k"
     assert [name async for name in raw.scan_iter(match=f"{{{PREFIX}}}:*:k")] == [record.encode()]
-    assert await raw.object("encoding", record) == b"listpack"
+    assert await raw.object("encoding", record) in COMPACT
     assert {b"w:c", b"w:c2", b"r:j"} <= set(await raw.hkeys(record))
     assert await backend.claim("w") == Claimed("k", payload)
     await backend.complete("w", "k", out("k"), cache=True)
-    assert await raw.object("encoding", record) == b"listpack"
+    assert await raw.object("encoding", record) in COMPACT
     assert {name.decode() for name in await raw.hkeys(record)} == {
         "s",
         "fn",
@@ -534,7 +536,7 @@ async def test_wait_edges_are_fields_of_the_two_records(
     assert [name async for name in raw.scan_iter(match=f"{{{PREFIX}}}:*{child}")] == [
         records[child].encode()
     ]
-    assert await raw.object("encoding", records[child]) == b"listpack"
+    assert await raw.object("encoding", records[child]) in COMPACT
     assert {b"w:w", parent.encode()} <= set(await raw.hkeys(records[child]))
     assert f"a:{child}".encode() in await raw.hkeys(records[parent])
     assert await backend.claim("w") == Claimed(child, new(child).payload)
