@@ -20,6 +20,7 @@ from girder.backends.base import (
     NewRequest,
     NodeKind,
     Notification,
+    RequestState,
     StateBackend,
     Submitted,
 )
@@ -563,6 +564,34 @@ async def test_a_heartbeat_trims_the_journal_a_burst_of_calls_left(
     assert await raw.hlen(journal) == 100
     await backend.heartbeat("c", 60)
     assert await raw.hlen(journal) == 0
+
+
+async def test_a_request_waiting_for_thousands_completes_and_is_cancelled_whole(
+    backend: RedisBackend, raw: aioredis.Redis
+) -> None:
+    """More wait edges in one record than Lua's unpack() takes at once: dropping them when the
+    waiting request completes, or when what it waits for is cancelled, still happens whole."""
+    children = {parent: [f"{parent}-{i}" for i in range(9000)] for parent in ("done", "late")}
+    await put(backend, "c", list(children), into="w")
+    for parent, keys in children.items():
+        assert await backend.claim("w") is not None
+        await backend.submit("w", [new(k) for k in keys], into="x", on_top=True, waiter_key=parent)
+    record = f"{{{PREFIX}}}:req:"
+    assert await raw.hlen(record + "done") > 9000
+
+    await backend.complete("w", "done", out("done"), cache=True)
+    assert await backend.result("done") == out("done")
+    assert not [f for f in await raw.hkeys(record + "done") if f.startswith(b"a:")]
+    assert b"b:done" not in await raw.hkeys(record + "done-1")
+
+    step = await backend.cancel("w", "timeout", below="late")
+    cancelled = set(step.cancelled)
+    while step.remaining:
+        step = await backend.cancel("w", "timeout")
+        cancelled |= set(step.cancelled)
+    assert cancelled == set(children["late"])
+    assert not [f for f in await raw.hkeys(record + "late") if f.startswith(b"a:")]
+    assert await backend.state("late-1") == RequestState.UNKNOWN
 
 
 async def test_a_record_with_an_unknown_status_is_run(

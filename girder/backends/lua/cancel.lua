@@ -26,9 +26,7 @@ else
     call('RPUSH', frontier, key)
     waits[#waits + 1] = F_WAITS .. key
   end
-  if #waits > 0 then
-    call('HDEL', k_record(below), unpack(waits))
-  end
+  hdel_all(k_record(below), waits)
 end
 
 local function notify(target, key)
@@ -49,9 +47,7 @@ local function cancel(key, state, members)
     waits[#waits + 1] = F_WAITS .. after
   end
   if status == RUNNING and owned(key, owner) then
-    if #waits > 0 then
-      call('HDEL', record, unpack(waits))
-    end
+    hdel_all(record, waits)
     notify(owner, key)
   else
     for _, waiter in ipairs(members.waiters) do

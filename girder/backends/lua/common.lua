@@ -8,7 +8,7 @@
 -- failing: the key is deleted, noted in K_CORRUPT and the server log, and the command runs again
 -- on the now empty key.
 
--- Keys per LPUSH/RPUSH: Lua's unpack() handles only a few thousand values at once.
+-- Values per LPUSH, RPUSH or HDEL: Lua's unpack() handles only a few thousand at once.
 local BATCH = 1000
 
 local function note_corrupt(key)
@@ -193,17 +193,6 @@ local function waited_by_field(waiter)
   return F_WAITED_BY .. waiter
 end
 
--- Drop the wait edges between `key` and each of `others` (of key's record_members): `key`
--- waits for them (`waits`) or they wait for key (`waited_by`), on the others' side only.
-local function drop_edges_of_others(key, members)
-  for _, other in ipairs(members.waits) do
-    call('HDEL', k_record(other), waited_by_field(key))
-  end
-  for _, other in ipairs(members.waited_by) do
-    call('HDEL', k_record(other), F_WAITS .. key)
-  end
-end
-
 -- Push `keys` on the top of `list`, in order (the last one ends on top).
 local function push_top(list, keys)
   for i = 1, #keys, BATCH do
@@ -215,6 +204,13 @@ end
 local function push_bottom(list, keys)
   for i = 1, #keys, BATCH do
     call('LPUSH', list, unpack(keys, i, math.min(i + BATCH - 1, #keys)))
+  end
+end
+
+-- Delete `fields` of `record`, BATCH at a time.
+local function hdel_all(record, fields)
+  for i = 1, #fields, BATCH do
+    call('HDEL', record, unpack(fields, i, math.min(i + BATCH - 1, #fields)))
   end
 end
 

@@ -33,6 +33,17 @@ local function notify(waiters, note)
   end
 end
 
+-- Drop the wait edges between `key` and each of `others` (of key's record_members): `key`
+-- waits for them (`waits`) or they wait for key (`waited_by`), on the others' side only.
+local function drop_edges_of_others(key, members)
+  for _, other in ipairs(members.waits) do
+    call('HDEL', k_record(other), waited_by_field(key))
+  end
+  for _, other in ipairs(members.waited_by) do
+    call('HDEL', k_record(other), F_WAITS .. key)
+  end
+end
+
 local function complete(key, outcome, cache, ttl_ms, fn)
   call('SREM', k_running(node), key)
   local state = read_record(key, F_STATUS, F_OWNER)
@@ -47,9 +58,7 @@ local function complete(key, outcome, cache, ttl_ms, fn)
   if status == false then
     -- No record (a repeat, or the record was lost; or only the edges of a key that waits):
     -- nothing to store, nobody to tell.
-    if #stale > 0 then
-      call('HDEL', record, unpack(stale))
-    end
+    hdel_all(record, stale)
     return
   end
   if cache then
@@ -63,7 +72,8 @@ local function complete(key, outcome, cache, ttl_ms, fn)
       end
     end
     call('HSET', record, unpack(args))
-    call('HDEL', record, F_OWNER, F_CRASHES, F_PARTIAL, unpack(stale))
+    stale[#stale + 1], stale[#stale + 2], stale[#stale + 3] = F_OWNER, F_CRASHES, F_PARTIAL
+    hdel_all(record, stale)
     if ttl_ms > 0 then
       redis.call('PEXPIRE', record, ttl_ms)
     end
