@@ -18,7 +18,7 @@ STATS`: an entry per key, an expiry per cached result); `client_bytes_per_reques
 clients' buffers; and `key_bytes_per_request`, the `MEMORY USAGE` of every key of the grid, in
 all and per kind of key in `kinds` (`req:`, `work:`, `journal:`, ...: keys per request, the
 median bytes of one, their bytes per request). `payload_bytes` is the size of one stored
-payload. Runs `--runs` times, each on a fresh server; medians.
+payload. Runs `--runs` times, each on a fresh server; medians (`kinds` of the last run).
 
     .venv/bin/python benchmarks/redis_memory.py [--requests 20000] [--fanout 10] [--runs 3]
 """
