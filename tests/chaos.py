@@ -55,6 +55,7 @@ from chaos_client import read_events
 from gridfns import RUN_LOG_ENV
 from processes import TESTS, GridProcesses, nodes, signal_group, wait_for_nodes, wait_until
 
+from girder.backends.redis_keys import F_WAITER
 from girder.testing.redis_server import RedisServer
 
 try:
@@ -663,7 +664,8 @@ class ChaosRun:
             unfinished = {k: v for k, v in record_states(db).items() if v[0] != "d"}
             lines.append(f"unfinished requests: {len(unfinished)} (key status owner crashes)")
             for key, (status, owner, crashes) in sorted(unfinished.items())[:30]:
-                waiters = sorted(decode(w) for w in db.smembers(f"{PREFIX}waiters:{key}"))
+                fields = (decode(f) for f in db.hkeys(f"{PREFIX}req:{key}"))
+                waiters = sorted(f[len(F_WAITER) :] for f in fields if f.startswith(F_WAITER))
                 stranded = status == "r" and owner in alive and key not in running
                 note = " STRANDED: claimed by a live node, run by nobody" if stranded else ""
                 lines.append(

@@ -20,10 +20,12 @@ from girder.backends.base import (
     NewRequest,
     NodeKind,
     Notification,
+    RequestState,
     StateBackend,
     Submitted,
 )
 from girder.backends.redis import RedisBackend
+from girder.backends.redis_keys import F_OUTCOME, F_PAYLOAD, chunk_fields, chunked
 from girder.backends.redis_scripts import (
     MAX_SCRIPT_KEYS,
     MAX_SUBMIT_KEYS,
@@ -47,6 +49,8 @@ from girder.testing.redis_server import RedisServer, free_port
 pytestmark = pytest.mark.redis
 
 PREFIX = "conformance"
+COMPACT = (b"listpack", b"ziplist")
+"""The encodings of a small hash (a ziplist before Redis 7)."""
 
 
 class TestRedisBackend(BackendConformance):
@@ -485,6 +489,119 @@ async def test_a_record_owned_by_a_node_that_does_not_exist_runs_again(
     assert await backend.take_notifications("c", 5) == [Notification("k", out("k"))]
 
 
+async def test_a_record_made_pending_again_keeps_no_chunk_of_its_old_values(
+    backend: RedisBackend, raw: aioredis.Redis
+) -> None:
+    """A record running under a node the grid does not know, with a payload and an outcome of
+    several chunks, takes the payload of the next submission whole and nothing else."""
+    record = f"{{{PREFIX}}}:req:k"
+    stale = {
+        "s": "r",
+        "o": "ghost",
+        **chunked(F_PAYLOAD, bytes(300)),
+        **chunked(F_OUTCOME, b"x" * 300),
+    }
+    await raw.hset(record, mapping=stale)  # type: ignore[arg-type]
+    assert await put(backend, "c", ["k"], into="w") == [Submitted("k")]
+    assert await backend.claim("w") == Claimed("k", new("k").payload)
+    assert {name.decode() for name in await raw.hkeys(record)} == {"s", "o", "pl", "w:c"}
+
+
+async def test_a_queued_request_is_one_compact_key(
+    backend: RedisBackend, raw: aioredis.Redis
+) -> None:
+    """Its waiters and roots are fields of its record, and a payload of up to 512 bytes is
+    stored in chunks short enough for Redis to keep the record a listpack; once done, the
+    record holds neither."""
+    await backend.join("c", NodeKind.CLIENT, None, 60)
+    payload = bytes(range(256)) * 2
+    await backend.submit("c", [NewRequest("k", payload)], into="w", on_top=False, job="j")
+    await backend.submit("c2", [NewRequest("k", payload)], into="w", on_top=False)
+    record = f"{{{PREFIX}}}:req:k"
+    assert [name async for name in raw.scan_iter(match=f"{{{PREFIX}}}:*:k")] == [record.encode()]
+    assert await raw.object("encoding", record) in COMPACT
+    assert {b"w:c", b"w:c2", b"r:j"} <= set(await raw.hkeys(record))
+    assert await backend.claim("w") == Claimed("k", payload)
+    await backend.complete("w", "k", out("k"), cache=True)
+    assert await raw.object("encoding", record) in COMPACT
+    assert {name.decode() for name in await raw.hkeys(record)} == {
+        "s",
+        "fn",
+        "out",
+        *chunk_fields("pl"),
+    }
+
+
+async def test_wait_edges_are_fields_of_the_two_records(
+    backend: RedisBackend, raw: aioredis.Redis
+) -> None:
+    """A child waited on by a request key (64 hex digits) names it as a bare field, so the child
+    stays one listpack; the parent names the child. Completing the child drops both."""
+    parent, child = "ab" * 32, "cd" * 32
+    await put(backend, "c", [parent], into="w")
+    assert await backend.claim("w") == Claimed(parent, new(parent).payload)
+    await backend.submit("w", [new(child)], into="w", on_top=True, waiter_key=parent)
+    records = {key: f"{{{PREFIX}}}:req:{key}" for key in (parent, child)}
+    assert [name async for name in raw.scan_iter(match=f"{{{PREFIX}}}:*{child}")] == [
+        records[child].encode()
+    ]
+    assert await raw.object("encoding", records[child]) in COMPACT
+    assert {b"w:w", parent.encode()} <= set(await raw.hkeys(records[child]))
+    assert f"a:{child}".encode() in await raw.hkeys(records[parent])
+    assert await backend.claim("w") == Claimed(child, new(child).payload)
+    await backend.complete("w", child, out(child), cache=True)
+    chunks = {"pl", "pl2", "out", "out2"}  # the payload and the outcome: 74 bytes each
+    assert {name.decode() for name in await raw.hkeys(records[child])} == {"s", "fn"} | chunks
+    assert {name.decode() for name in await raw.hkeys(records[parent])} == {
+        "s",
+        "o",
+        "w:c",
+        "pl",
+        "pl2",
+    }
+
+
+async def test_a_heartbeat_trims_the_journal_a_burst_of_calls_left(
+    backend: RedisBackend, raw: aioredis.Redis
+) -> None:
+    """Calls sent all at once carry the same oldest awaited token, so none of them can trim the
+    journal; the node's next heartbeat does, once their replies are in."""
+    await backend.join("c", NodeKind.CLIENT, None, 60)
+    await asyncio.gather(*(put(backend, "c", [f"k{i}"], into="w") for i in range(100)))
+    journal = f"{{{PREFIX}}}:journal:c"
+    assert await raw.hlen(journal) == 100
+    await backend.heartbeat("c", 60)
+    assert await raw.hlen(journal) == 0
+
+
+async def test_a_request_waiting_for_thousands_completes_and_is_cancelled_whole(
+    backend: RedisBackend, raw: aioredis.Redis
+) -> None:
+    """More wait edges in one record than Lua's unpack() takes at once: dropping them when the
+    waiting request completes, or when what it waits for is cancelled, still happens whole."""
+    children = {parent: [f"{parent}-{i}" for i in range(9000)] for parent in ("done", "late")}
+    await put(backend, "c", list(children), into="w")
+    for parent, keys in children.items():
+        assert await backend.claim("w") is not None
+        await backend.submit("w", [new(k) for k in keys], into="x", on_top=True, waiter_key=parent)
+    record = f"{{{PREFIX}}}:req:"
+    assert await raw.hlen(record + "done") > 9000
+
+    await backend.complete("w", "done", out("done"), cache=True)
+    assert await backend.result("done") == out("done")
+    assert not [f for f in await raw.hkeys(record + "done") if f.startswith(b"a:")]
+    assert b"b:done" not in await raw.hkeys(record + "done-1")
+
+    step = await backend.cancel("w", "timeout", below="late")
+    cancelled = set(step.cancelled)
+    while step.remaining:
+        step = await backend.cancel("w", "timeout")
+        cancelled |= set(step.cancelled)
+    assert cancelled == set(children["late"])
+    assert not [f for f in await raw.hkeys(record + "late") if f.startswith(b"a:")]
+    assert await backend.state("late-1") == RequestState.UNKNOWN
+
+
 async def test_a_record_with_an_unknown_status_is_run(
     backend: RedisBackend, raw: aioredis.Redis
 ) -> None:
@@ -497,7 +614,8 @@ async def test_a_record_that_is_no_hash_is_handed_out_to_be_failed(
     backend: RedisBackend, raw: aioredis.Redis
 ) -> None:
     """Garbage in place of a record: the worker gets an empty payload (it fails the request
-    as malformed) and whoever waits hears of it, instead of waiting forever."""
+    as malformed) instead of the key staying queued forever. The waiters, which the record
+    held, went with it (a waiting node submits the key again when it checks on it)."""
     await put(backend, "c", ["k"], into="w")
     await raw.delete(f"{{{PREFIX}}}:req:k")
     await raw.set(f"{{{PREFIX}}}:req:k", "garbage")
@@ -508,7 +626,7 @@ async def test_a_record_that_is_no_hash_is_handed_out_to_be_failed(
     assert f"{{{PREFIX}}}:req:k".encode() in await raw.lrange(f"{{{PREFIX}}}:corrupt", 0, -1)
 
 
-@pytest.mark.parametrize("garbage", ["waiters:k", "waits:k", "waitedby:k", "running:w"])
+@pytest.mark.parametrize("garbage", ["req:parent", "running:w"])
 async def test_garbage_of_the_wrong_type_never_half_does_a_completion(
     backend: RedisBackend, raw: aioredis.Redis, garbage: str
 ) -> None:
@@ -523,8 +641,7 @@ async def test_garbage_of_the_wrong_type_never_half_does_a_completion(
     await raw.set(name, "garbage")
     await backend.complete("w", "k", out("k"), cache=True)
     assert await backend.result("k") == out("k")
-    if garbage != "waiters:k":
-        assert await backend.take_notifications("c2", 5) == [Notification("k", out("k"))]
+    assert await backend.take_notifications("c2", 5) == [Notification("k", out("k"))]
     assert name.encode() in await raw.lrange(f"{{{PREFIX}}}:corrupt", 0, -1)
 
 

@@ -18,7 +18,16 @@ from gridfns import add, touch
 from processes import GridProcesses, nodes, wait_for_nodes, wait_until
 
 import girder
-from girder.backends.redis_keys import DONE, F_OUTCOME, F_PAYLOAD, F_STATUS, RedisKeys
+from girder.backends.redis_keys import (
+    DONE,
+    F_OUTCOME,
+    F_PAYLOAD,
+    F_STATUS,
+    RedisKeys,
+    chunk_fields,
+    chunked,
+    unchunked,
+)
 from girder.errors import ConfigurationError
 
 pytestmark = [pytest.mark.redis, pytest.mark.timeout(120)]
@@ -64,9 +73,21 @@ async def _pending_payload_of(
         return bool(await raw.hget(record, F_PAYLOAD))
 
     await wait_until(stored, what="the request's record")
-    payload = await raw.hget(record, F_PAYLOAD)
+    payload = await _stored(raw, record, F_PAYLOAD)
     assert isinstance(payload, bytes)
     return record, payload
+
+
+async def _stored(raw: aioredis.Redis, record: str, field: str) -> bytes | None:
+    """The payload or outcome (`field`) stored in `record`, its chunks joined."""
+    return unchunked(await raw.hmget(record, chunk_fields(field)))
+
+
+async def _store(raw: aioredis.Redis, record: str, field: str, value: bytes) -> None:
+    """Overwrite the payload or outcome (`field`) of `record`, in chunks as the backend stores
+    them."""
+    await raw.hdel(record, *chunk_fields(field))
+    await raw.hset(record, mapping=chunked(field, value))  # type: ignore[arg-type]
 
 
 async def test_tampered_and_unsigned_payloads_are_never_unpickled(
@@ -84,11 +105,11 @@ async def test_tampered_and_unsigned_payloads_are_never_unpickled(
         assert payload[:1] == b"\x01"  # signed
         body = bytearray(payload)
         body[-3] ^= 0x01
-        await raw_redis.hset(record, F_PAYLOAD, bytes(body))
+        await _store(raw_redis, record, F_PAYLOAD, bytes(body))
         record, _ = await _pending_payload_of(grid, raw_redis, unsigned)
         marker = tmp_path / "unpickled"
         exploit = b"\x00" + pickle.dumps(_Exploit(str(marker)))
-        await raw_redis.hset(record, F_PAYLOAD, exploit)
+        await _store(raw_redis, record, F_PAYLOAD, exploit)
 
         grid_processes.worker("w1")
         with pytest.raises(girder.RequestError) as caught:
@@ -245,7 +266,7 @@ async def test_a_forged_payload_naming_os_system_runs_nothing(
             handle = grid.submit(add, 6, 7)
             record, _ = await _pending_payload_of(grid, raw_redis, victim)
             forged = (("os", "system"), "system", (f"touch {marker}",), {}, "forged-job")
-            await raw_redis.hset(record, F_PAYLOAD, b"\x00" + pickle.dumps(forged))
+            await _store(raw_redis, record, F_PAYLOAD, b"\x00" + pickle.dumps(forged))
 
             procs.worker("w1")
             with pytest.raises(girder.RequestError) as caught:
@@ -275,7 +296,7 @@ async def test_a_signed_payload_copied_onto_another_key_is_refused(
         target_handle = grid.submit(touch, str(tmp_path / "target"))
         _, payload = await _pending_payload_of(grid, raw_redis, original)
         record, _ = await _pending_payload_of(grid, raw_redis, target)
-        await raw_redis.hset(record, F_PAYLOAD, payload)
+        await _store(raw_redis, record, F_PAYLOAD, payload)
 
         grid_processes.worker("w1")
         with pytest.raises(girder.RequestError) as caught:
@@ -296,11 +317,12 @@ async def test_a_signed_outcome_moved_to_another_key_is_refused(
     keys = RedisKeys("girder")
     async with girder.Grid.connect(redis_url, secret=SECRET, **OPTIONS) as grid:
         assert await grid.call(add, 40, 2) == 42
-        outcome = await raw_redis.hget(keys.record(girder.Request(add, 40, 2).key), F_OUTCOME)
+        outcome = await _stored(raw_redis, keys.record(girder.Request(add, 40, 2).key), F_OUTCOME)
         assert isinstance(outcome, bytes)
 
         cached = girder.Request(add, 1, 1).key
-        await raw_redis.hset(keys.record(cached), mapping={F_STATUS: DONE, F_OUTCOME: outcome})
+        fields = {F_STATUS: DONE, **chunked(F_OUTCOME, outcome)}
+        await raw_redis.hset(keys.record(cached), mapping=fields)  # type: ignore[arg-type]
         with pytest.raises(girder.RequestError) as caught:
             await grid.call(add, 1, 1)
         assert caught.value.kind == "invalid"

@@ -77,6 +77,8 @@ from girder.backends.redis_keys import (
     RECORD,
     RUNNING,
     RedisKeys,
+    chunk_fields,
+    unchunked,
 )
 from girder.backends.redis_scripts import (
     MAX_SCRIPT_BYTES,
@@ -238,7 +240,13 @@ class _Tokens:
         if awaited is None:
             awaited = self._awaited[node] = set()
         awaited.add(token)
-        return token, min(awaited)
+        return token, self.oldest(node)
+
+    def oldest(self, node: str) -> int:
+        """The oldest token of `node` still awaited, or the next one when none is: every
+        journal entry of an older token is of no more use."""
+        awaited = self._awaited.get(node)
+        return min(awaited) if awaited else self._last.get(node, 0) + 1
 
     def settle(self, node: str, token: int) -> None:
         """The call of `token` is over (its reply arrived, or it was given up)."""
@@ -614,18 +622,19 @@ class RedisBackend:
         return RequestState.UNKNOWN if status is None else _STATES.get(status, RequestState.PENDING)
 
     async def result(self, key: str) -> bytes | None:
-        status, outcome = await self._execute(
-            "result", "HMGET", self._keys.record(key), F_STATUS, F_OUTCOME
+        status, *outcome = await self._execute(
+            "result", "HMGET", self._keys.record(key), F_STATUS, *chunk_fields(F_OUTCOME)
         )
-        return outcome if status == DONE.encode() else None
+        return unchunked(outcome) if status == DONE.encode() else None
 
     async def payloads(self, keys: Sequence[str]) -> list[bytes | None]:
         if not keys:
             return []
-        commands = [("HGET", self._keys.record(key), F_PAYLOAD) for key in keys]
+        fields = chunk_fields(F_PAYLOAD)
+        commands = [("HMGET", self._keys.record(key), *fields) for key in keys]
         replies = await self._retrying("payloads", lambda: self._redis.pipeline(commands))
         # A record of the wrong type has no payload to show.
-        return [None if isinstance(reply, ReplyError) else reply for reply in replies]
+        return [None if isinstance(reply, ReplyError) else unchunked(reply) for reply in replies]
 
     async def cancel(
         self,
@@ -685,7 +694,8 @@ class RedisBackend:
         self, node: str, ttl: float, counters: Mapping[str, int] | None = None
     ) -> Beat:
         published = "" if counters is None else json.dumps(dict(counters), separators=(",", ":"))
-        registered, clock = await self._run("heartbeat", node, _ms(ttl), published)
+        low = self._tokens.oldest(node)
+        registered, clock = await self._run("heartbeat", node, _ms(ttl), published, low)
         return Beat(bool(registered), clock)
 
     async def reconcile(self, node: str, keep: Sequence[str]) -> int:

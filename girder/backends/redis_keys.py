@@ -6,17 +6,31 @@ scripts spell no names themselves: each starts with `RedisKeys.lua_prelude()`, w
 same layout as Lua functions (`k_record(key)`, `k_work(node)`, ...) and constants.
 
 Per request key:
-    req:<key>          hash: F_STATUS (pending/running/done), F_PAYLOAD, F_OUTCOME and
-                       F_FUNCTION (when done), F_OWNER (when running), F_CRASHES (times its
-                       worker died running it), F_PARTIAL (the latest partial outcome of a
-                       streaming run, until done). A done record is the cached result: the only
-                       state of the grid with an expiry (its TTL), so under a volatile-*
-                       `maxmemory-policy` it is the only state Redis may evict (the
-                       journal of a `cache_clear` expires too: it is fine to lose).
-    waiters:<key>      set of node ids waiting for the outcome
-    waits:<key>        set of keys this key waits for (wait-for edges out of it)
-    waitedby:<key>     set of keys waiting for this key (the same edges, reversed)
-    roots:<key>        set of jobs that submitted this key at the top level
+    req:<key>          hash, the request's whole state in one key: F_STATUS (pending/running/
+                       done), F_PAYLOAD, F_OUTCOME and F_FUNCTION (when done), F_OWNER (when
+                       running), F_CRASHES (times its worker died running it), F_PARTIAL (the
+                       latest partial outcome of a streaming run, until done); and an empty
+                       field per member, named by a two-byte prefix and the member: F_WAITER
+                       <node> (a node waiting for the outcome), F_ROOT <job> (a job that
+                       submitted the key at the top level), F_WAITS <key> (a key this key waits
+                       for: a wait-for edge out of it) and F_WAITED_BY <key> (a key waiting for
+                       this one: the same edge, reversed; a waiting key of 64 characters without
+                       a member prefix, as request keys are, is the field's name itself). A
+                       record may hold edges only (a waiting key that has no record): it has no
+                       status, and goes when its last edge does.
+                       A done record is the cached result, and holds no member: the only state
+                       of the grid with an expiry (its TTL), so under a volatile-*
+                       `maxmemory-policy` it is the only state Redis may evict (the journal of
+                       a `cache_clear` expires too: it is fine to lose).
+                       The payload and the outcome are *chunked*: a value of at most
+                       CHUNKS * CHUNK_BYTES bytes is split into fields of CHUNK_BYTES (F_PAYLOAD,
+                       F_PAYLOAD "2", ... F_PAYLOAD "<CHUNKS>"), a longer one is stored whole in
+                       the first.
+                       Why one key, and why chunks: a key costs Redis far more than a field
+                       (its entry in the keyspace, its object, its name), and Redis keeps a
+                       hash whose fields and values are all at most 64 bytes long
+                       (`hash-max-listpack-value`) as one compact listpack, while one longer
+                       name or value makes it a hashtable of several times the size.
 Per blob (a large value or request's arguments, named by the SHA-256 of its bytes):
     blob:<digest>      string: the bytes
     blobholders:<digest> set of request keys that stored the blob (whose records refer to it)
@@ -70,13 +84,11 @@ Per grid:
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 
 from girder.errors import ConfigurationError
 
 RECORD = "req:"
-WAITERS = "waiters:"
-WAITS = "waits:"
-WAITED_BY = "waitedby:"
 WORK = "work:"
 RUNNING_SET = "running:"
 VOLUNTEERS = "volunteers:"
@@ -87,7 +99,6 @@ WAKE = "wake:"
 NODE = "node:"
 MEMBERS = "members:"
 JOURNAL = "journal:"
-ROOTS = "roots:"
 CANCELLING = "cancelling:"
 ORPHANS = "orphans:"
 LEASES = "leases"
@@ -112,9 +123,22 @@ F_OWNER = "o"
 F_CRASHES = "c"
 F_PARTIAL = "pt"
 F_FUNCTION = "fn"
+F_WAITER = "w:"
+"""The prefix of a waiter's field (`w:<node>`); no fixed field name holds a colon."""
+F_ROOT = "r:"
+"""The prefix of a root's field (`r:<job>`)."""
+F_WAITS = "a:"
+"""The prefix of the field of a key the record's key waits for (`a:<key>`)."""
+F_WAITED_BY = "b:"
+"""The prefix of the field of a key waiting for the record's key (`b:<key>`), unless bare."""
 F_KIND = "kind"
 F_DISTRIBUTOR = "dist"
 F_COUNTERS = "ctr"
+
+CHUNK_BYTES = 64
+"""The most bytes of one chunk of a chunked value: Redis's default `hash-max-listpack-value`."""
+CHUNKS = 8
+"""The most chunks of a chunked value; a value over CHUNKS * CHUNK_BYTES is stored whole."""
 
 PENDING = "p"
 RUNNING = "r"
@@ -122,9 +146,6 @@ DONE = "d"
 
 _PER_ID = {
     "record": RECORD,
-    "waiters": WAITERS,
-    "waits": WAITS,
-    "waited_by": WAITED_BY,
     "work": WORK,
     "running": RUNNING_SET,
     "volunteers": VOLUNTEERS,
@@ -136,7 +157,6 @@ _PER_ID = {
     "members": MEMBERS,
     "journal": JOURNAL,
     "orphans": ORPHANS,
-    "roots": ROOTS,
     "cancelling": CANCELLING,
     "blob": BLOB,
     "blob_holders": BLOB_HOLDERS,
@@ -163,6 +183,10 @@ _CONSTANTS = {
     "F_CRASHES": F_CRASHES,
     "F_PARTIAL": F_PARTIAL,
     "F_FUNCTION": F_FUNCTION,
+    "F_WAITER": F_WAITER,
+    "F_ROOT": F_ROOT,
+    "F_WAITS": F_WAITS,
+    "F_WAITED_BY": F_WAITED_BY,
     "F_KIND": F_KIND,
     "F_DISTRIBUTOR": F_DISTRIBUTOR,
     "F_COUNTERS": F_COUNTERS,
@@ -170,6 +194,32 @@ _CONSTANTS = {
     "RUNNING": RUNNING,
     "DONE": DONE,
 }
+
+
+def chunk_fields(field: str) -> tuple[str, ...]:
+    """The fields that hold the chunks of a chunked value of `field`, in order."""
+    return (field, *(f"{field}{index}" for index in range(2, CHUNKS + 1)))
+
+
+def chunked(field: str, value: bytes) -> dict[str, bytes]:
+    """The fields (of `chunk_fields(field)`) that store `value`; the others must be absent."""
+    if len(value) <= CHUNK_BYTES or len(value) > CHUNKS * CHUNK_BYTES:
+        return {field: value}
+    names = chunk_fields(field)
+    return {
+        names[index]: value[start : start + CHUNK_BYTES]
+        for index, start in enumerate(range(0, len(value), CHUNK_BYTES))
+    }
+
+
+def unchunked(replies: Sequence[bytes | None]) -> bytes | None:
+    """The value whose chunks are `replies` (an HMGET of `chunk_fields`), or None without one."""
+    parts: list[bytes] = []
+    for part in replies:
+        if part is None:
+            break
+        parts.append(part)
+    return b"".join(parts) if parts else None
 
 
 def _lua_string(text: str) -> str:
@@ -239,4 +289,9 @@ class RedisKeys:
             f"local K_{name} = PREFIX .. {_lua_string(part)}" for name, part in _GLOBAL.items()
         ]
         lines += [f"local {name} = {_lua_string(value)}" for name, value in _CONSTANTS.items()]
+        lines += [f"local CHUNK_BYTES = {CHUNK_BYTES}", f"local CHUNKS = {CHUNKS}"]
+        lines += [  # constants: a table of literals costs a script far less than building one
+            f"local {name}_FIELDS = {{{', '.join(map(_lua_string, chunk_fields(field)))}}}"
+            for name, field in (("PAYLOAD", F_PAYLOAD), ("OUTCOME", F_OUTCOME))
+        ]
         return "\n".join(lines) + "\n"

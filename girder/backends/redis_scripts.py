@@ -125,7 +125,7 @@ SPECS = {
         ScriptSpec("trim", ("distributor",), rest="members", journaled=True),
         ScriptSpec("steal", ("distributor", "member", "count"), journaled=True),
         ScriptSpec("join", ("node", "kind", "distributor", "ttl_ms")),
-        ScriptSpec("heartbeat", ("node", "ttl_ms", "counters")),
+        ScriptSpec("heartbeat", ("node", "ttl_ms", "counters", "low")),
         ScriptSpec("leave", ("node",)),
         ScriptSpec("reap", ("reaper", "max_crashes"), journaled=True),
         ScriptSpec("reconcile", ("node",), rest="keep", journaled=True),

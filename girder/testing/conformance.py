@@ -1286,6 +1286,25 @@ class BackendConformance:
             out("k"),
         )
 
+    async def test_payloads_and_outcomes_of_every_size_come_back_whole(
+        self, backend: StateBackend
+    ) -> None:
+        """Around the sizes at which a backend may store a value differently (Redis keeps a
+        value of up to 512 bytes in chunks of 64)."""
+        sizes = (0, 1, 63, 64, 65, 128, 129, 511, 512, 513, 5000)
+        block = bytes(range(256)) * 20
+        requests = [NewRequest(f"k{size}", block[:size]) for size in sizes]
+        outcomes = [block[1 : size + 1] for size in sizes]
+        await backend.submit("c", requests, into="w", on_top=False)
+        assert await backend.payloads([r.key for r in requests]) == [r.payload for r in requests]
+        for request, outcome in zip(requests, outcomes, strict=True):
+            assert await backend.claim("w") == Claimed(request.key, request.payload)
+            await backend.complete("w", request.key, outcome, cache=True)
+        assert [await backend.result(r.key) for r in requests] == outcomes
+        again = await backend.submit("c", requests, into="w", on_top=False)
+        assert [submitted.outcome for submitted in again] == outcomes
+        assert (await backend.cache_stats()).bytes == 2 * sum(sizes)
+
     async def test_payloads_of_several_keys(self, backend: StateBackend) -> None:
         await put(backend, "c", ["a", "b"], into="w")
         assert await backend.payloads(["a", "none", "b"]) == [

@@ -16,16 +16,17 @@ local frontier = k_cancelling(job)
 if below == '' then
   for i = FIRST_ROOTS, #ARGV do
     local key = ARGV[i]
-    call('SREM', k_roots(key), job)
+    call('HDEL', k_record(key), F_ROOT .. job)
     call('RPUSH', frontier, key)
   end
 else
-  local waits = k_waits(below)
-  for _, key in ipairs(call('SMEMBERS', waits)) do
-    call('SREM', k_waited_by(key), below)
+  local waits = {}
+  for _, key in ipairs(record_members(k_record(below)).waits) do
+    call('HDEL', k_record(key), waited_by_field(below))
     call('RPUSH', frontier, key)
+    waits[#waits + 1] = F_WAITS .. key
   end
-  redis.call('DEL', waits)
+  hdel_all(k_record(below), waits)
 end
 
 local function notify(target, key)
@@ -34,25 +35,25 @@ local function notify(target, key)
   end
 end
 
-local function cancel(key)
-  local state = read_record(key, F_STATUS, F_OWNER)
+local function cancel(key, state, members)
   local status, owner = state[1], state[2]
   if status == false or status == DONE then
     return false
   end
-  local waits = k_waits(key)
-  for _, after in ipairs(call('SMEMBERS', waits)) do
-    call('SREM', k_waited_by(after), key)
+  local record, waits = k_record(key), {}
+  for _, after in ipairs(members.waits) do
+    call('HDEL', k_record(after), waited_by_field(key))
     call('RPUSH', frontier, after)
+    waits[#waits + 1] = F_WAITS .. after
   end
-  redis.call('DEL', waits, k_roots(key))
   if status == RUNNING and owned(key, owner) then
+    hdel_all(record, waits)
     notify(owner, key)
   else
-    for _, waiter in ipairs(call('SMEMBERS', k_waiters(key))) do
+    for _, waiter in ipairs(members.waiters) do
       notify(waiter, key)
     end
-    redis.call('DEL', k_record(key), k_waiters(key), k_waited_by(key))
+    redis.call('DEL', record)
     event('cancelled', node, key, '', '', job, '')
   end
   return true
@@ -64,7 +65,9 @@ for _ = 1, MAX_CANCEL_STEP do
   if not key then
     break
   end
-  if call('SCARD', k_roots(key)) == 0 and call('SCARD', k_waited_by(key)) == 0 and cancel(key) then
+  local state = read_record(key, F_STATUS, F_OWNER)
+  local members = record_members(k_record(key))
+  if #members.roots == 0 and #members.waited_by == 0 and cancel(key, state, members) then
     cancelled[#cancelled + 1] = key
   end
 end

@@ -8,7 +8,7 @@
 -- failing: the key is deleted, noted in K_CORRUPT and the server log, and the command runs again
 -- on the now empty key.
 
--- Keys per LPUSH/RPUSH: Lua's unpack() handles only a few thousand values at once.
+-- Values per LPUSH, RPUSH or HDEL: Lua's unpack() handles only a few thousand at once.
 local BATCH = 1000
 
 local function note_corrupt(key)
@@ -116,7 +116,8 @@ end
 
 -- The fields of a request record. A record that is no hash is garbage: it is deleted and reads
 -- with a status that is none of girder's (so a claim runs it, with an empty payload that the
--- worker fails as malformed, and whoever waits hears of it).
+-- worker fails as malformed; its waiters went with it, and submit the key again when they
+-- check on what they wait for).
 local function read_record(key, ...)
   local record = k_record(key)
   local fields = redis.pcall('HMGET', record, ...)
@@ -126,6 +127,79 @@ local function read_record(key, ...)
     fields = {'corrupt'}
   end
   return fields
+end
+
+-- A payload or an outcome of at most CHUNKS * CHUNK_BYTES bytes is stored in chunks of
+-- CHUNK_BYTES, in the fields PAYLOAD_FIELDS or OUTCOME_FIELDS (see redis_keys), so that a small
+-- record stays a compact listpack. The value whose chunks are replies[first], replies[first + 1],
+-- ... (an HMGET of those fields), or false when it has none.
+local function joined(replies, first)
+  local value = replies[first]
+  if not value or not replies[first + 1] then
+    return value or false
+  end
+  local parts = {value}
+  for i = first + 1, first + CHUNKS - 1 do
+    if not replies[i] then
+      break
+    end
+    parts[#parts + 1] = replies[i]
+  end
+  return table.concat(parts)
+end
+
+-- Append to `args` the field-value pairs that store `value` under `field` (F_PAYLOAD or
+-- F_OUTCOME), and to `unused` the chunk fields that it leaves empty (to delete if a value was
+-- there before).
+local function add_chunks(args, unused, field, value)
+  local names, count = field == F_PAYLOAD and PAYLOAD_FIELDS or OUTCOME_FIELDS, 1
+  if #value > CHUNK_BYTES and #value <= CHUNKS * CHUNK_BYTES then
+    count = math.ceil(#value / CHUNK_BYTES)
+  end
+  if count == 1 then
+    args[#args + 1] = field
+    args[#args + 1] = value
+  else
+    for i = 1, count do
+      args[#args + 1] = names[i]
+      args[#args + 1] = string.sub(value, (i - 1) * CHUNK_BYTES + 1, i * CHUNK_BYTES)
+    end
+  end
+  for i = count + 1, CHUNKS do
+    unused[#unused + 1] = names[i]
+  end
+end
+
+-- The kinds of member a record holds as fields `<prefix><member>` (see redis_keys).
+local MEMBER_KINDS = {
+  [F_WAITER] = 'waiters', [F_ROOT] = 'roots', [F_WAITS] = 'waits', [F_WAITED_BY] = 'waited_by'
+}
+
+-- The members that `record` holds as fields: {waiters = nodes, roots = jobs, waits = keys it
+-- waits for, waited_by = keys waiting for it, fields = the names of all those fields}.
+local function record_members(record)
+  local found = {waiters = {}, roots = {}, waits = {}, waited_by = {}, fields = {}}
+  for _, field in ipairs(call('HKEYS', record)) do
+    local kind = MEMBER_KINDS[string.sub(field, 1, 2)]
+    if kind then
+      found[kind][#found[kind] + 1] = string.sub(field, 3)
+      found.fields[#found.fields + 1] = field
+    elseif #field == 64 then
+      found.waited_by[#found.waited_by + 1] = field
+      found.fields[#found.fields + 1] = field
+    end
+  end
+  return found
+end
+
+-- The field of a key's record that says `waiter` waits for the key: the bare waiter key when it
+-- has 64 characters and no member prefix (as request keys do; so that the record stays a
+-- listpack), else F_WAITED_BY <waiter>.
+local function waited_by_field(waiter)
+  if #waiter == 64 and not MEMBER_KINDS[string.sub(waiter, 1, 2)] then
+    return waiter
+  end
+  return F_WAITED_BY .. waiter
 end
 
 -- Push `keys` on the top of `list`, in order (the last one ends on top).
@@ -139,6 +213,13 @@ end
 local function push_bottom(list, keys)
   for i = 1, #keys, BATCH do
     call('LPUSH', list, unpack(keys, i, math.min(i + BATCH - 1, #keys)))
+  end
+end
+
+-- Delete `fields` of `record`, BATCH at a time.
+local function hdel_all(record, fields)
+  for i = 1, #fields, BATCH do
+    call('HDEL', record, unpack(fields, i, math.min(i + BATCH - 1, #fields)))
   end
 end
 
@@ -317,9 +398,9 @@ local function claim(node, fresh_only)
     if not key then
       return nil
     end
-    local found = read_record(key, F_STATUS, F_PAYLOAD, F_CRASHES, F_OWNER)
-    if runnable(key, found[1], found[4]) then
-      if fresh_only and found[3] then
+    local found = read_record(key, F_STATUS, F_CRASHES, F_OWNER, unpack(PAYLOAD_FIELDS))
+    if runnable(key, found[1], found[3]) then
+      if fresh_only and found[2] then
         call('RPUSH', work, key)
         return nil
       end
@@ -327,7 +408,7 @@ local function claim(node, fresh_only)
       call('SADD', k_running(node), key)
       call('HINCRBY', K_POPS, node, 1)
       event('claimed', node, key)
-      return {key, found[2] or '', found[3] ~= false}
+      return {key, joined(found, 4) or '', found[2] ~= false}
     end
   end
 end
@@ -385,6 +466,16 @@ local function replayed(node, token, again)
   return false, nil
 end
 
+-- Drop the entries of `journal` older than token `low`.
+local function trim_journal(journal, low)
+  low = tonumber(low)
+  for _, old in ipairs(call('HKEYS', journal)) do
+    if tonumber(old) < low then
+      call('HDEL', journal, old)
+    end
+  end
+end
+
 local function journaled(node, token, low, reply)
   if token == '' then
     return reply
@@ -392,12 +483,7 @@ local function journaled(node, token, low, reply)
   local journal = k_journal(node)
   call('HSET', journal, token, cmsgpack.pack(reply))
   if tonumber(token) % JOURNAL_TRIM_EVERY == 0 then
-    low = tonumber(low)
-    for _, old in ipairs(call('HKEYS', journal)) do
-      if tonumber(old) < low then
-        call('HDEL', journal, old)
-      end
-    end
+    trim_journal(journal, low)
   end
   return reply
 end

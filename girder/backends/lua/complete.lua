@@ -23,29 +23,25 @@ if EVENTS_MAX > 0 and failures ~= '' then
   errors = cjson.decode(failures)
 end
 
--- Post `note` to every waiter of key but node (a departed node gets nothing: its inbox would
--- only grow), and forget the waiters.
-local function notify(key, note)
-  local waiters = k_waiters(key)
-  for _, waiter in ipairs(call('SMEMBERS', waiters)) do
+-- Post `note` to every one of `waiters` but node (a departed node gets nothing: its inbox would
+-- only grow).
+local function notify(waiters, note)
+  for _, waiter in ipairs(waiters) do
     if waiter ~= node and not has_departed(waiter) then
       call('RPUSH', k_inbox(waiter), note)
     end
   end
-  redis.call('DEL', waiters)
 end
 
--- Drop key's wait edges (both ways) and its job roots.
-local function drop_wait_edges(key)
-  local waits, waited_by = k_waits(key), k_waited_by(key)
-  local after, before = call('SMEMBERS', waits), call('SMEMBERS', waited_by)
-  for _, other in ipairs(after) do
-    call('SREM', k_waited_by(other), key)
+-- Drop the wait edges between `key` and each of `others` (of key's record_members): `key`
+-- waits for them (`waits`) or they wait for key (`waited_by`), on the others' side only.
+local function drop_edges_of_others(key, members)
+  for _, other in ipairs(members.waits) do
+    call('HDEL', k_record(other), waited_by_field(key))
   end
-  for _, other in ipairs(before) do
-    call('SREM', k_waits(other), key)
+  for _, other in ipairs(members.waited_by) do
+    call('HDEL', k_record(other), F_WAITS .. key)
   end
-  redis.call('DEL', waits, waited_by, k_roots(key))
 end
 
 local function complete(key, outcome, cache, ttl_ms, fn)
@@ -55,16 +51,29 @@ local function complete(key, outcome, cache, ttl_ms, fn)
   if status == DONE or (status == RUNNING and owner ~= node) then
     return
   end
-  drop_wait_edges(key)
   local record = k_record(key)
+  local members = record_members(record)
+  drop_edges_of_others(key, members)
+  local stale = members.fields
   if status == false then
-    -- No record (a repeat, or the record was lost): nothing to store; tell any waiter left.
-    notify(key, #key .. ':' .. key .. outcome)
+    -- No record (a repeat, or the record was lost; or only the edges of a key that waits):
+    -- nothing to store, nobody to tell.
+    hdel_all(record, stale)
     return
   end
   if cache then
-    call('HSET', record, F_STATUS, DONE, F_OUTCOME, outcome, F_FUNCTION, fn)
-    call('HDEL', record, F_OWNER, F_CRASHES, F_PARTIAL)
+    local args, unused = {F_STATUS, DONE, F_FUNCTION, fn}, {}
+    add_chunks(args, unused, F_OUTCOME, outcome)
+    if status ~= PENDING and status ~= RUNNING then
+      -- A status that is none of girder's (garbage): the record may hold an outcome, whose
+      -- chunks past the new one's must go. A record girder made pending or running holds none.
+      for _, field in ipairs(unused) do
+        stale[#stale + 1] = field
+      end
+    end
+    call('HSET', record, unpack(args))
+    stale[#stale + 1], stale[#stale + 2], stale[#stale + 3] = F_OWNER, F_CRASHES, F_PARTIAL
+    hdel_all(record, stale)
     if ttl_ms > 0 then
       redis.call('PEXPIRE', record, ttl_ms)
     end
@@ -76,7 +85,7 @@ local function complete(key, outcome, cache, ttl_ms, fn)
   else
     event('finished', node, key, '', '', '', cache and 'cached' or '')
   end
-  notify(key, #key .. ':' .. key .. outcome)
+  notify(members.waiters, #key .. ':' .. key .. outcome)
 end
 
 for i = FIRST_COMPLETIONS, #ARGV, COMPLETION_ARGS do

@@ -14,7 +14,7 @@ if state[3] == outcome then
 end
 call('HSET', k_record(key), F_PARTIAL, outcome)
 local note = '~' .. #key .. ':' .. key .. outcome
-for _, waiter in ipairs(call('SMEMBERS', k_waiters(key))) do
+for _, waiter in ipairs(record_members(k_record(key)).waiters) do
   if waiter ~= node and not has_departed(waiter) then
     call('RPUSH', k_inbox(waiter), note)
   end

@@ -23,7 +23,7 @@ local function path(start, target)
   while #frontier > 0 do
     local next_frontier = {}
     for _, key in ipairs(frontier) do
-      for _, after in ipairs(call('SMEMBERS', k_waits(key))) do
+      for _, after in ipairs(record_members(k_record(key)).waits) do
         if not parent[after] then
           parent[after] = key
           if after == target then
@@ -48,49 +48,67 @@ end
 
 -- Make sure `key` has a record that will run: a new one, or one whose status is garbage or
 -- whose owner the grid does not know, becomes pending with this payload (and loses any expiry:
--- only a cached result may expire or be evicted). Returns whether the key needs queueing (it
--- does unless it runs under a known owner), and 'shared' when it was pending or runs under a
--- known owner (the asker joins that run), else 'new'.
-local function ensure_record(key, payload, state)
-  local status, owner = state[1], state[3]
+-- only a cached result may expire or be evicted): its fields go to `fields`, the arguments of
+-- the caller's HSET. Returns whether the key needs queueing (it does unless it runs under a known
+-- owner), and 'shared' when it was pending or runs under a known owner (the asker joins that
+-- run), else 'new'.
+local function ensure_record(key, payload, status, owner, fields)
   if status == RUNNING and owned(key, owner) then
     return false, 'shared'
   end
   if status == PENDING then
     return true, 'shared'
   end
-  local record = k_record(key)
-  call('HSET', record, F_STATUS, PENDING, F_PAYLOAD, payload)
+  fields[#fields + 1], fields[#fields + 2] = F_STATUS, PENDING
+  local unused = {}
+  add_chunks(fields, unused, F_PAYLOAD, payload)
   if status ~= false then
-    call('HDEL', record, F_OWNER, F_OUTCOME, F_FUNCTION)
+    local record = k_record(key)
+    for _, field in ipairs(OUTCOME_FIELDS) do
+      unused[#unused + 1] = field
+    end
+    call('HDEL', record, F_OWNER, F_FUNCTION, unpack(unused))
     redis.call('PERSIST', record)
   end
   return true, 'new'
 end
 
+-- The whole outcome of a done key whose first chunk (read with the record's other fields) is
+-- `first`: only a full first chunk may have others.
+local function outcome_of(key, first)
+  if not first or #first ~= CHUNK_BYTES then
+    return first
+  end
+  return joined(call('HMGET', k_record(key), unpack(OUTCOME_FIELDS)), 1)
+end
+
 local results, pushed = {}, {}
 for i = FIRST_REQUESTS, #ARGV, REQUEST_ARGS do
   local key, label = ARGV[i], ARGV[i + 2]
-  local state = read_record(key, F_STATUS, F_OUTCOME, F_OWNER, F_PARTIAL)
-  if state[1] == DONE and state[2] then
-    results[#results + 1] = {SUBMITTED_DONE, state[2]}
+  local state = read_record(key, F_STATUS, F_OWNER, F_PARTIAL, F_OUTCOME)
+  if state[1] == DONE and state[4] then
+    results[#results + 1] = {SUBMITTED_DONE, outcome_of(key, state[4])}
     event('submitted', node, key, label, waiter, job, 'cached')
   else
-    local queue, how = ensure_record(key, ARGV[i + 1], state)
+    -- The record's fields: its waiter, root and waited-by edge, and those of a new record.
+    local fields = {F_WAITER .. node, ''}
+    if not has_waiter and job ~= '' then
+      fields[3], fields[4] = F_ROOT .. job, ''
+    end
+    if has_waiter then
+      fields[#fields + 1], fields[#fields + 2] = waited_by_field(waiter), ''
+    end
+    local queue, how = ensure_record(key, ARGV[i + 1], state[1], state[2], fields)
     if queue then
       pushed[#pushed + 1] = key
     end
     -- shared: the key was pending, or runs under an owner that will complete it
     local shared = how == 'shared' and 1 or 0
     event('submitted', node, key, label, waiter, job, how)
-    call('SADD', k_waiters(key), node)
-    local result = {SUBMITTED_QUEUED, shared, state[4]}
-    if not has_waiter and job ~= '' then
-      call('SADD', k_roots(key), job)
-    end
+    call('HSET', k_record(key), unpack(fields))
+    local result = {SUBMITTED_QUEUED, shared, state[3]}
     if has_waiter then
-      call('SADD', k_waits(waiter), key)
-      call('SADD', k_waited_by(key), waiter)
+      call('HSET', k_record(waiter), F_WAITS .. key, '')
       local cycle = path(key, waiter)
       if cycle then
         result = {SUBMITTED_CYCLE, waiter}
