@@ -406,9 +406,12 @@ class ChaosRun:
         proc, what, stopped_at = found
         if proc.poll() is not None:
             return
+        # The process may run (and log a run) before `signal_group` returns: it woke when the
+        # signal went out, so that is the moment the checks compare its runs against.
+        sent = time.monotonic()
         signal_group(proc, signal.SIGCONT)
-        now = self.timeline.add("SIGCONT", what, proc.pid).t
-        self.timeline.stops.append((proc.pid, stopped_at, now))
+        woke = self.timeline.add("SIGCONT", what, proc.pid, at=sent).t
+        self.timeline.stops.append((proc.pid, stopped_at, woke))
 
     def cont_all(self) -> None:
         for pid in list(self.stopped):

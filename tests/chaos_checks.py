@@ -61,8 +61,9 @@ class Timeline:
     injected: Counter[str] = field(default_factory=Counter)
     skipped: Counter[str] = field(default_factory=Counter)
 
-    def add(self, kind: str, detail: str, pid: int | None = None) -> Event:
-        event = Event(time.monotonic(), kind, detail, pid)
+    def add(self, kind: str, detail: str, pid: int | None = None, at: float | None = None) -> Event:
+        """Record an event now, or `at` an earlier moment read from the same clock."""
+        event = Event(time.monotonic() if at is None else at, kind, detail, pid)
         self.events.append(event)
         return event
 

@@ -14,19 +14,28 @@ the harness did and the tail of every log.
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
+from types import SimpleNamespace
+from typing import cast
 
+import chaos
 import pytest
 from chaos import (
     LONG_ENV,
     SECONDS_ENV,
     ChaosConfig,
+    ChaosRun,
     Fault,
     make_plan,
     make_schedule,
     run_chaos,
 )
 from chaos_checks import LEASE, Run, Timeline, find_overlaps, rerun_reason
+from processes import signal_group
 
 from girder.testing.redis_server import RedisServer
 
@@ -129,3 +138,36 @@ def test_one_process_running_a_stale_claim_and_a_new_one_is_excused() -> None:
     runs = [Run("k", 1, "w1", woke + 0.01, woke + 1, "ok"), Run("k", 1, "w1", woke + 0.02)]
     (overlap,) = find_overlaps(runs, timeline, "always")
     assert overlap.excuse is not None
+
+
+def test_a_stop_ends_when_the_sigcont_goes_out(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A woken worker may log the start of a stale claim before the harness reads the clock
+    after sending SIGCONT (seed 3 did, 0.5 ms early): the stop must end no later than the send,
+    or the checks call that run an unexplained rerun."""
+    server = cast(RedisServer, SimpleNamespace(url="redis://127.0.0.1:1/0"))
+    run = ChaosRun(ChaosConfig(proxy=False), server, tmp_path)
+    sent: list[float] = []
+
+    def send(proc: subprocess.Popen[bytes], signum: signal.Signals) -> None:
+        signal_group(proc, signum)
+        sent.append(time.monotonic())  # from here on the process may run and log
+
+    monkeypatch.setattr(chaos, "signal_group", send)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True
+    )
+    try:
+        signal_group(proc, signal.SIGSTOP)
+        run.stopped[proc.pid] = (proc, "w1", time.monotonic() - 2 * LEASE)  # past the lease
+        run.cont(proc.pid)
+    finally:
+        proc.kill()
+        proc.wait()
+    ((pid, _stopped, woke),) = run.timeline.stops
+    assert pid == proc.pid
+    assert woke <= sent[0]
+    stale = Run("k", proc.pid, "w1", sent[0], sent[0] + 1, "ok")
+    first = Run("k", 1, "w2", woke - 1, woke - 0.5, "ok")
+    assert "stale claim" in rerun_reason(first, stale, run.timeline, "always")
