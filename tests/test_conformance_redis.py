@@ -25,7 +25,7 @@ from girder.backends.base import (
     Submitted,
 )
 from girder.backends.redis import RedisBackend
-from girder.backends.redis_keys import F_OUTCOME, F_PAYLOAD, chunk_fields, chunked
+from girder.backends.redis_keys import F_OUTCOME, F_PAYLOAD, chunked
 from girder.backends.redis_scripts import (
     MAX_SCRIPT_KEYS,
     MAX_SUBMIT_KEYS,
@@ -512,7 +512,7 @@ async def test_a_queued_request_is_one_compact_key(
 ) -> None:
     """Its waiters and roots are fields of its record, and a payload of up to 512 bytes is
     stored in chunks short enough for Redis to keep the record a listpack; once done, the
-    record holds neither."""
+    record holds none of them."""
     await backend.join("c", NodeKind.CLIENT, None, 60)
     payload = bytes(range(256)) * 2
     await backend.submit("c", [NewRequest("k", payload)], into="w", on_top=False, job="j")
@@ -524,12 +524,7 @@ async def test_a_queued_request_is_one_compact_key(
     assert await backend.claim("w") == Claimed("k", payload)
     await backend.complete("w", "k", out("k"), cache=True)
     assert await raw.object("encoding", record) in COMPACT
-    assert {name.decode() for name in await raw.hkeys(record)} == {
-        "s",
-        "fn",
-        "out",
-        *chunk_fields("pl"),
-    }
+    assert {name.decode() for name in await raw.hkeys(record)} == {"s", "fn", "out"}
 
 
 async def test_wait_edges_are_fields_of_the_two_records(
@@ -550,8 +545,8 @@ async def test_wait_edges_are_fields_of_the_two_records(
     assert f"a:{child}".encode() in await raw.hkeys(records[parent])
     assert await backend.claim("w") == Claimed(child, new(child).payload)
     await backend.complete("w", child, out(child), cache=True)
-    chunks = {"pl", "pl2", "out", "out2"}  # the payload and the outcome: 74 bytes each
-    assert {name.decode() for name in await raw.hkeys(records[child])} == {"s", "fn"} | chunks
+    outcome = {"out", "out2"}  # 74 bytes; the payload went with the run
+    assert {name.decode() for name in await raw.hkeys(records[child])} == {"s", "fn"} | outcome
     assert {name.decode() for name in await raw.hkeys(records[parent])} == {
         "s",
         "o",

@@ -9,8 +9,10 @@ same backend observes it half done. In memory that is one synchronous stretch of
 The state, per backend:
 
 - a **request record** per key: its payload (opaque bytes) and a status, *pending* (known, nobody
-  running it), *running* (claimed by an owner node) or *done* (its outcome is cached). A record that
-  completed without caching is deleted, so the next request for the key computes it again.
+  running it), *running* (claimed by an owner node) or *done* (its outcome is cached). A done
+  record keeps no payload: nothing runs it again, and a submission that makes the key pending
+  again brings its own. A record that completed without caching is deleted, so the next request
+  for the key computes it again.
 - a **work list** per node: a worker's stack or a distributor's queue. Both pop from the *top*; a
   worker pushes its re-entrant requests on the top (depth first), a distributor's new work goes to
   the *bottom* (first in, first out), and stealing always takes from the bottom.
@@ -128,7 +130,7 @@ class Completion:
 
 @dataclass(frozen=True, slots=True)
 class CacheUsage:
-    """Cached outcomes and their size: outcome plus stored request payload, in bytes."""
+    """Cached outcomes and their size in bytes (a cached outcome keeps no request payload)."""
 
     entries: int = 0
     bytes: int = 0
@@ -371,12 +373,11 @@ class StateBackend(Protocol):
         Atomically: the key leaves `node`'s running set. Then, unless the key is done or runs
         under another owner (see "who may complete a key" above): when `cache`, the key becomes
         done with `outcome` cached under `function`'s name, to expire after `ttl` seconds (None:
-        no expiry; see the result cache above), otherwise its record is deleted (the next
-        request computes it again); its wait edges and job roots are deleted, and every waiter
-        other than `node` itself
-        gets a `Notification` in its inbox (the caller resolves its own local waiters; a node
-        that left gets nothing). The waiter set is cleared. Repeating a completion changes
-        nothing more.
+        no expiry; see the result cache above), and its payload is deleted (see `payloads`);
+        otherwise its record is deleted (the next request computes it again). Its wait edges and
+        job roots are deleted, and every waiter other than `node` itself gets a `Notification`
+        in its inbox (the caller resolves its own local waiters; a node that left gets
+        nothing). The waiter set is cleared. Repeating a completion changes nothing more.
         """
         ...
 
@@ -450,7 +451,8 @@ class StateBackend(Protocol):
         ...
 
     async def payloads(self, keys: Sequence[str]) -> list[bytes | None]:
-        """The stored payloads of `keys` (None for a key without a record)."""
+        """The stored payloads of `keys` while they are pending or running; None for a key
+        that is done (a done record keeps no payload) or has no record."""
         ...
 
     async def cancel(

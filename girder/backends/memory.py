@@ -122,7 +122,6 @@ class MemoryBackend:
         # Done keys, least recently used first; they map str -> bytes, str or float, which the
         # collector has nothing to look for in.
         self._outcomes: OrderedDict[str, bytes] = OrderedDict()
-        self._done_payloads: dict[str, bytes] = {}
         self._meta: dict[str, tuple[str, float]] = {}  # key -> (function, expiry or inf)
         self._cache_bytes = 0
         self._work: dict[str, deque[str]] = {}
@@ -254,16 +253,15 @@ class MemoryBackend:
         self._outcomes.move_to_end(key)
         return outcome
 
-    def _cache(self, key: str, outcome: bytes, payload: bytes, ttl: float | None, fn: str) -> None:
-        """Cache an outcome, dropping the least recently used ones to make room (one larger
-        than the whole cache is not cached: it would only push every other one out)."""
-        size = len(outcome) + len(payload)
-        if self._max_bytes is not None and size > self._max_bytes:
+    def _cache(self, key: str, outcome: bytes, ttl: float | None, fn: str) -> None:
+        """Cache an outcome (without the request's payload: nothing runs a done key again),
+        dropping the least recently used ones to make room (one larger than the whole cache is
+        not cached: it would only push every other one out)."""
+        if self._max_bytes is not None and len(outcome) > self._max_bytes:
             return
         self._outcomes[key] = outcome
-        self._done_payloads[key] = payload
         self._meta[key] = (fn, _FOREVER if ttl is None else time.monotonic() + ttl)
-        self._cache_bytes += size
+        self._cache_bytes += len(outcome)
         if self._max_bytes is not None and self._cache_bytes > self._max_bytes:
             while self._cache_bytes > self._max_bytes:
                 self._uncache(next(iter(self._outcomes)))
@@ -272,9 +270,7 @@ class MemoryBackend:
                 self._uncache(next(iter(self._outcomes)))
 
     def _uncache(self, key: str) -> None:
-        outcome = self._outcomes.pop(key)
-        payload = self._done_payloads.pop(key)
-        self._cache_bytes -= len(outcome) + len(payload)
+        self._cache_bytes -= len(self._outcomes.pop(key))
         del self._meta[key]
 
     def _drop_expired(self) -> None:
@@ -291,9 +287,8 @@ class MemoryBackend:
         usage: dict[str, CacheUsage] = {}
         for key, outcome in self._outcomes.items():
             name = self._meta[key][0]
-            size = len(outcome) + len(self._done_payloads[key])
             found = usage.get(name, CacheUsage())
-            usage[name] = CacheUsage(found.entries + 1, found.bytes + size)
+            usage[name] = CacheUsage(found.entries + 1, found.bytes + len(outcome))
         return CacheStats(len(self._outcomes), self._cache_bytes, usage)
 
     async def cache_clear(self, function: str | None = None) -> int:
@@ -496,7 +491,7 @@ class MemoryBackend:
             return
         del self._records[key]
         if completion.cache:
-            self._cache(key, outcome, record.payload, completion.ttl, completion.function)
+            self._cache(key, outcome, completion.ttl, completion.function)
         if completion.error:
             self._event(EventKind.FAILED, node, key, detail=completion.error)
         else:
@@ -553,9 +548,7 @@ class MemoryBackend:
 
     def _payload(self, key: str) -> bytes | None:
         record = self._records.get(key)
-        if record is not None:
-            return record.payload
-        return self._done_payloads.get(key) if self._cached(key) is not None else None
+        return None if record is None else record.payload
 
     async def cancel(
         self,

@@ -6,22 +6,23 @@ scripts spell no names themselves: each starts with `RedisKeys.lua_prelude()`, w
 same layout as Lua functions (`k_record(key)`, `k_work(node)`, ...) and constants.
 
 Per request key:
-    req:<key>          hash, the request's whole state in one key: F_STATUS (pending/running/
-                       done), F_PAYLOAD, F_OUTCOME and F_FUNCTION (when done), F_OWNER (when
-                       running), F_CRASHES (times its worker died running it), F_PARTIAL (the
-                       latest partial outcome of a streaming run, until done); and an empty
-                       field per member, named by a two-byte prefix and the member: F_WAITER
-                       <node> (a node waiting for the outcome), F_ROOT <job> (a job that
-                       submitted the key at the top level), F_WAITS <key> (a key this key waits
-                       for: a wait-for edge out of it) and F_WAITED_BY <key> (a key waiting for
-                       this one: the same edge, reversed; a waiting key of 64 characters without
-                       a member prefix, as request keys are, is the field's name itself). A
-                       record may hold edges only (a waiting key that has no record): it has no
-                       status, and goes when its last edge does.
-                       A done record is the cached result, and holds no member: the only state
-                       of the grid with an expiry (its TTL), so under a volatile-*
-                       `maxmemory-policy` it is the only state Redis may evict (the journal of
-                       a `cache_clear` expires too: it is fine to lose).
+    req:<key>          hash, the request's whole state in one key: F_STATUS (pending/running/done),
+                       F_PAYLOAD (until done), F_OUTCOME and F_FUNCTION (when done), F_OWNER (when
+                       running), F_CRASHES (times its worker died running it), F_PARTIAL (the latest
+                       partial outcome of a streaming run, until done); and an empty field per
+                       member, named by a two-byte prefix and the member: F_WAITER <node> (a node
+                       waiting for the outcome), F_ROOT <job> (a job that submitted the key at the
+                       top level), F_WAITS <key> (a key this key waits for: a wait-for edge out of
+                       it) and F_WAITED_BY <key> (a key waiting for this one: the same edge,
+                       reversed; a waiting key of 64 characters without a member prefix, as request
+                       keys are, is the field's name itself). A record may hold edges only (a
+                       waiting key that has no record): it has no status, and goes when its last
+                       edge does.
+                       A done record is the cached result, and holds no member and no payload
+                       (nothing runs it again; a submission that makes it pending again brings its
+                       payload): the only state of the grid with an expiry (its TTL), so under a
+                       volatile-* `maxmemory-policy` it is the only state Redis may evict (the
+                       journal of a `cache_clear` expires too: it is fine to lose).
                        The payload and the outcome are *chunked*: a value of at most
                        CHUNKS * CHUNK_BYTES bytes is split into fields of CHUNK_BYTES (F_PAYLOAD,
                        F_PAYLOAD "2", ... F_PAYLOAD "<CHUNKS>"), a longer one is stored whole in

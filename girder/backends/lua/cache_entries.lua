@@ -1,9 +1,9 @@
 -- cache_entries(key1, key2, ...) -> {key1, function1, bytes1, ...} for those of the keys that
--- are done (cached), with the bytes of their outcome and payload. Reads only.
+-- are done (cached), with the bytes of their outcome (a done record keeps no payload). Reads
+-- only.
 
 local later = {} -- the chunk fields after the first (at most CHUNK_BYTES each)
 for i = 2, CHUNKS do
-  later[#later + 1] = PAYLOAD_FIELDS[i]
   later[#later + 1] = OUTCOME_FIELDS[i]
 end
 
@@ -13,7 +13,7 @@ for i = FIRST_KEYS, #ARGV do
   local record = k_record(key)
   local state = read_record(key, F_STATUS, F_FUNCTION)
   if state[1] == DONE then
-    local bytes = call('HSTRLEN', record, F_OUTCOME) + call('HSTRLEN', record, F_PAYLOAD)
+    local bytes = call('HSTRLEN', record, F_OUTCOME)
     for _, chunk in ipairs(call('HMGET', record, unpack(later))) do
       if chunk then
         bytes = bytes + #chunk

@@ -4,7 +4,8 @@
 -- to `claim` of node's requests; when none came and volunteer_at is not empty, volunteer node
 -- there. Journaled when it claims. A cached outcome stays in the record, which then expires
 -- after ttl_ms (0: never): the grid's only state with an expiry, so the only state a volatile-*
--- maxmemory-policy may evict.
+-- maxmemory-policy may evict. A done record keeps no payload: nothing runs it again, and a
+-- submission that makes it pending again brings its own.
 -- Returns {key1, payload1, key2, payload2, ...} for the claimed requests.
 --
 -- Who may complete a key: its owner while it runs; anyone while nobody runs it (pending, or no
@@ -73,6 +74,9 @@ local function complete(key, outcome, cache, ttl_ms, fn)
     end
     call('HSET', record, unpack(args))
     stale[#stale + 1], stale[#stale + 2], stale[#stale + 3] = F_OWNER, F_CRASHES, F_PARTIAL
+    for _, field in ipairs(PAYLOAD_FIELDS) do
+      stale[#stale + 1] = field
+    end
     hdel_all(record, stale)
     if ttl_ms > 0 then
       redis.call('PEXPIRE', record, ttl_ms)
