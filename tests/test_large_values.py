@@ -15,7 +15,7 @@ from gridfns import big, big_again, big_uncached, digest_of, length_of_big, patt
 from processes import CLIENT_OPTIONS, GridProcesses, grid_on, wait_for_nodes, wait_until
 
 import girder
-from girder.backends.base import StateBackend
+from girder.backends.base import RequestState, StateBackend
 from girder.backends.memory import MemoryBackend
 from girder.backends.redis import RedisBackend
 
@@ -68,6 +68,23 @@ async def test_a_blob_goes_after_the_records_that_hold_it(grid: girder.Grid) -> 
     [left] = await grid.backend.blobs()
     assert (await grid.call(big, size, 2)) == pattern(size, 2)
     assert await grid.backend.get_blob(left) is not None
+
+
+async def test_an_argument_blob_goes_once_its_request_is_done(grid: girder.Grid) -> None:
+    """A done record keeps no payload: its large arguments are swept while its (small) result
+    stays cached."""
+    data = pattern(2 * MIB, 8)
+    assert await grid.call(digest_of, data) == hashlib.sha256(data).hexdigest()
+    assert len(await grid.backend.blobs()) == 1
+
+    async def swept() -> bool:  # on Redis, a blob checked is due again the next millisecond
+        await grid.backend.sweep_blobs(0)
+        return await grid.backend.blobs() == {}
+
+    await wait_until(swept, what="the argument blob swept")
+    key = girder.Request(digest_of, data).key
+    assert await grid.backend.state(key) == RequestState.DONE
+    assert await grid.call(digest_of, data) == hashlib.sha256(data).hexdigest()
 
 
 async def test_a_tampered_blob_is_refused_and_harms_nothing_else(

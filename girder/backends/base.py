@@ -25,7 +25,8 @@ The state, per backend:
   operations below append to as part of their atomic step when the backend publishes events
   (`Settings.events`). Dashboards and metrics read it with `events`; nothing in the grid does.
 - **blobs**: large values and arguments, stored once by the digest of their bytes, each with the
-  request keys that *hold* it (whose records refer to it) and when it was last put or checked.
+  request keys that *hold* it (whose records refer to it: as long as they exist, or only until
+  they are done) and when it was last put or checked.
 - the **result cache**: the outcome of each done key, with the name of the function that
   computed it and, when its completion gave a `ttl`, an expiry. A cached outcome is the only
   state a backend may lose on its own: it expires, a bounded cache drops the least recently
@@ -642,9 +643,13 @@ class StateBackend(Protocol):
 
     # -- large values -----------------------------------------------------------------------------
 
-    async def put_blob(self, digest: str, data: bytes, *, holder: str) -> None:
+    async def put_blob(
+        self, digest: str, data: bytes, *, holder: str, until_done: bool = False
+    ) -> None:
         """Store `data` as the blob `digest` unless one is stored, and record request `holder`
-        as one of its holders; the blob's grace period starts again (see `sweep_blobs`).
+        as one of its holders; the blob's grace period starts again (see `sweep_blobs`). With
+        `until_done`, `holder` holds it only until its key is done: its arguments or a partial
+        answer, which a done record no longer refers to (it keeps no payload and no partial).
 
         Atomically as `get_blob` and `sweep_blobs` see it: a blob is absent or whole, never
         part-written (a backend may send a large one in several parts out of sight, then
@@ -663,10 +668,11 @@ class StateBackend(Protocol):
     async def sweep_blobs(self, grace: float) -> int:
         """Delete the blobs no request record refers to any more.
 
-        Atomically per blob put or checked more than `grace` seconds ago: the holders that
-        have no request record (pending, running or done) are forgotten; if none is left, the
+        Atomically per blob put or checked more than `grace` seconds ago: the holders whose
+        records no longer refer to it are forgotten (those that have no request record, and
+        those that hold it `until_done` whose key is done or has no record); if none is left, the
         blob is deleted, else it counts as checked now. So a blob lives as long as some record
-        of a key that stored it, plus at least `grace` seconds after its last put (the time a
+        refers to it, plus at least `grace` seconds after its last put (the time a
         node has to write the record after the blob, or to fetch a value whose record went at
         once: a result that is not cached). Returns how many blobs it deleted (a call sent
         again after its reply was lost counts only what the repeat deleted).

@@ -57,11 +57,12 @@ _Published = tuple[int, float, EventKind, str, str, str, str, str, str]
 
 @dataclass(slots=True)
 class _Blob:
-    """A stored large value, the request keys that hold it, and when it was last put or
-    checked (see `sweep_blobs`)."""
+    """A stored large value, the request keys that hold it (`until_done`: those that hold it
+    only until they are done), and when it was last put or checked (see `sweep_blobs`)."""
 
     data: bytes
     holders: set[str]
+    until_done: set[str]
     touched: float
 
 
@@ -794,11 +795,13 @@ class MemoryBackend:
 
     # -- large values -----------------------------------------------------------------------------
 
-    async def put_blob(self, digest: str, data: bytes, *, holder: str) -> None:
+    async def put_blob(
+        self, digest: str, data: bytes, *, holder: str, until_done: bool = False
+    ) -> None:
         blob = self._blobs.get(digest)
         if blob is None:
-            blob = self._blobs[digest] = _Blob(data, set(), 0.0)
-        blob.holders.add(holder)
+            blob = self._blobs[digest] = _Blob(data, set(), set(), 0.0)
+        (blob.until_done if until_done else blob.holders).add(holder)
         blob.touched = time.monotonic()
 
     async def get_blob(self, digest: str) -> bytes | None:
@@ -812,7 +815,8 @@ class MemoryBackend:
             if blob.touched > now - grace:
                 continue
             blob.holders = {key for key in blob.holders if self._has_record(key)}
-            if blob.holders:
+            blob.until_done = {key for key in blob.until_done if key in self._records}
+            if blob.holders or blob.until_done:
                 blob.touched = now
             else:
                 del self._blobs[digest]

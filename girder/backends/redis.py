@@ -826,18 +826,21 @@ class RedisBackend:
 
     # -- large values -----------------------------------------------------------------------------
 
-    async def put_blob(self, digest: str, data: bytes, *, holder: str) -> None:
-        if await self._run("blob_hold", digest, holder):
+    async def put_blob(
+        self, digest: str, data: bytes, *, holder: str, until_done: bool = False
+    ) -> None:
+        role = "1" if until_done else ""
+        if await self._run("blob_hold", digest, holder, role):
             return  # stored already: the bytes need not travel
         if len(data) <= BLOB_CHUNK_BYTES:
-            await self._run("blob_put", digest, data, holder)
+            await self._run("blob_put", digest, data, holder, role)
             return
         while True:
             nonce = uuid.uuid4().hex
             part = self._keys.blob_part(digest, nonce)
             for start in range(0, len(data), BLOB_CHUNK_BYTES):
                 await self._put_part(part, start, data[start : start + BLOB_CHUNK_BYTES])
-            if await self._run("blob_commit", digest, nonce, holder):
+            if await self._run("blob_commit", digest, nonce, holder, role):
                 return
 
     async def _put_part(self, part: str, start: int, chunk: bytes) -> None:

@@ -35,6 +35,8 @@ Per request key:
 Per blob (a large value or request's arguments, named by the SHA-256 of its bytes):
     blob:<digest>      string: the bytes
     blobholders:<digest> set of request keys that stored the blob (whose records refer to it)
+    blobuntildone:<digest> set of request keys that stored the blob for their arguments or a
+                       partial answer: their records refer to it only until they are done
     blobpart:<digest>:<nonce> string: a large blob being written in parts (expires if its
                        writer dies; renamed to blob:<digest> when whole)
 Per job:
@@ -114,6 +116,7 @@ EVENTS_BASE = "eventsbase"
 EVENTS_WATCHED = "eventswatched"
 BLOB = "blob:"
 BLOB_HOLDERS = "blobholders:"
+BLOB_UNTIL_DONE = "blobuntildone:"
 BLOB_PART = "blobpart:"
 BLOBS = "blobs"
 
@@ -161,6 +164,7 @@ _PER_ID = {
     "cancelling": CANCELLING,
     "blob": BLOB,
     "blob_holders": BLOB_HOLDERS,
+    "blob_until_done": BLOB_UNTIL_DONE,
     "blob_part": BLOB_PART,
 }
 _GLOBAL = {

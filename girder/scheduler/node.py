@@ -363,7 +363,9 @@ class Node:
         backend may have lost them with the records (a blob still stored does not travel)."""
         for submission in submissions:
             if submission.blobs:
-                await self.store_blobs(submission.request.key, list(submission.blobs))
+                await self.store_blobs(
+                    submission.request.key, list(submission.blobs), until_done=True
+                )
 
     # -- requests ---------------------------------------------------------------------------------
 
@@ -455,11 +457,16 @@ class Node:
             return self.completion(completion.key, readable, Outcome(error=error), False)
         return completion
 
-    async def store_blobs(self, holder: str, blobs: list[Blob]) -> None:
-        """Store `blobs` (large values or arguments of request `holder`); empties the list."""
+    async def store_blobs(
+        self, holder: str, blobs: list[Blob], *, until_done: bool = False
+    ) -> None:
+        """Store `blobs` (large values, or with `until_done` arguments or partial answers, of
+        request `holder`: see `StateBackend.put_blob`); empties the list."""
         try:
             for blob in blobs:
-                await self.backend.put_blob(blob.ref.digest, blob.data, holder=holder)
+                await self.backend.put_blob(
+                    blob.ref.digest, blob.data, holder=holder, until_done=until_done
+                )
         finally:
             blobs.clear()
 
@@ -490,7 +497,7 @@ class Node:
         blobs: list[Blob] = []
         data = self.codec.encode_outcome(outcome, key, readable, blobs)
         if blobs:
-            await self.store_blobs(key, blobs)
+            await self.store_blobs(key, blobs, until_done=True)
         await self.backend.publish(self.id, key, data)
         self.waiters.partial(key, outcome)
 
@@ -546,7 +553,7 @@ class Node:
                 spilled: tuple[Blob, ...] = ()
                 if blobs:  # large arguments: stored before the record that refers to them
                     spilled = tuple(blobs)
-                    await self.store_blobs(key, blobs)
+                    await self.store_blobs(key, blobs, until_done=True)
             except (SerializationError, BackendError) as exc:
                 readable = request.readable()
                 kind = "backend" if isinstance(exc, BackendError) else "invalid"

@@ -1663,6 +1663,41 @@ class BackendConformance:
         assert await backend.blobs() == {}
         assert await backend.get_blob(digest) is None
 
+    async def test_a_blob_held_until_done_goes_once_its_key_is_done(
+        self, backend: StateBackend
+    ) -> None:
+        """Large arguments (and partial answers) are held only until their key is done: a done
+        record keeps no payload, so it no longer refers to them. A result blob of the same key
+        stays with the cached result, and a blob another pending key holds stays with it."""
+        arguments, argument_bytes = blob("arguments")
+        shared, shared_bytes = blob("shared")
+        result, result_bytes = blob("result")
+        await backend.put_blob(arguments, argument_bytes, holder="k", until_done=True)
+        await backend.put_blob(shared, shared_bytes, holder="k", until_done=True)
+        await backend.put_blob(shared, shared_bytes, holder="other", until_done=True)
+        await put(backend, "c", ["other"], into="x")
+        await run_until_running(backend, "w", "k")
+        await backend.put_blob(result, result_bytes, holder="k")
+        assert await backend.sweep_blobs(0) == 0
+
+        def swept_to(*left: str) -> Callable[[], Awaitable[bool]]:
+            async def check() -> bool:  # a blob checked counts as checked until the next ms
+                await backend.sweep_blobs(0)
+                return set(await backend.blobs()) == set(left)
+
+            return check
+
+        await backend.complete("w", "k", out("k"), cache=True)
+        await eventually(swept_to(shared, result), self.patience, "the arguments swept")
+        assert await backend.get_blob(result) == result_bytes
+        assert await backend.claim("x") == Claimed("other", new("other").payload)
+        assert await backend.sweep_blobs(0) == 0
+        assert set(await backend.blobs()) == {shared, result}
+        await backend.complete("x", "other", out("other"), cache=True)
+        await eventually(swept_to(result), self.patience, "the shared arguments swept")
+        await backend.cache_clear()
+        await eventually(swept_to(), self.patience, "the result swept")
+
     async def test_a_blob_without_holders_lives_out_its_grace(self, backend: StateBackend) -> None:
         """The holder's record is not written yet (or its value not fetched yet): the blob
         stays `grace` seconds after its put."""

@@ -1,6 +1,7 @@
--- blob_commit(digest, nonce, holder): publish the blob written in parts under
+-- blob_commit(digest, nonce, holder, until_done): publish the blob written in parts under
 -- k_blob_part(digest .. ':' .. nonce) as blob `digest` in one step (unless one is stored: then
--- the parts are dropped), add `holder` to its holders and start its grace period again.
+-- the parts are dropped), add `holder` to its holders (see blob_holders) and start its grace
+-- period again.
 -- Returns 1, or 0 (changing nothing) when neither the blob nor the parts exist (they expired).
 local blob, part = k_blob(digest), k_blob_part(digest .. ':' .. nonce)
 if redis.call('EXISTS', blob) == 1 then
@@ -11,6 +12,6 @@ elseif redis.call('EXISTS', part) == 1 then
 else
   return 0
 end
-call('SADD', k_blob_holders(digest), holder)
+call('SADD', blob_holders(digest, until_done), holder)
 call('ZADD', K_BLOBS, now_ms(), digest)
 return 1

@@ -170,6 +170,16 @@ local function add_chunks(args, unused, field, value)
   end
 end
 
+-- The set of the keys that hold blob `digest`: those whose records refer to it as long as they
+-- exist, or with `until_done` ('1') those whose records refer to it only until they are done
+-- (their arguments, a partial answer). See blob_sweep.lua.
+local function blob_holders(digest, until_done)
+  if until_done == '1' then
+    return k_blob_until_done(digest)
+  end
+  return k_blob_holders(digest)
+end
+
 -- The kinds of member a record holds as fields `<prefix><member>` (see redis_keys).
 local MEMBER_KINDS = {
   [F_WAITER] = 'waiters', [F_ROOT] = 'roots', [F_WAITS] = 'waits', [F_WAITED_BY] = 'waited_by'
