@@ -405,7 +405,8 @@ class Node:
         return max(1, len(members))
 
     async def readables(self, keys: Sequence[str]) -> list[str]:
-        """Readable forms of stored requests (for error messages; never raises)."""
+        """Readable forms of stored requests (for error messages; never raises). A key without
+        a payload (done: a done record keeps none; or unknown) reads as the key itself."""
         payloads = await self.backend.payloads(keys)
         names = []
         for key, data in zip(keys, payloads, strict=True):
