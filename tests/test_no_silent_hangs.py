@@ -100,6 +100,24 @@ async def test_a_request_to_a_pool_nobody_serves_fails_naming_the_pools() -> Non
         assert "no distributor serves the pool 'pol'" in str(caught.value)
 
 
+async def test_a_pool_served_in_this_process_is_served_whatever_the_membership_says(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The membership records of a grid may vanish for a while (evicted under an `allkeys-*`
+    policy, lost in a restart): a distributor in this very process still serves its pool, so
+    nothing fails as unserved. The typo check still sees through that."""
+    async with girder.Grid.local(workers=1, pool_wait=0.3) as grid:
+
+        async def no_members() -> list[Any]:
+            return []
+
+        monkeypatch.setattr(grid.backend, "nodes", no_members)
+        assert await asyncio.wait_for(grid.call(nap, 1000, 7), 30) == 7  # past pool_wait
+        with pytest.raises(girder.RequestError) as caught:
+            await asyncio.wait_for(grid.call(girder.Request(add, 1, 2, pool="pol")), 30)
+        assert "no distributor serves the pool 'pol'" in str(caught.value)
+
+
 @pytest.mark.redis
 async def test_a_client_of_a_pool_nobody_serves_fails(redis_url: str) -> None:
     async with (

@@ -17,6 +17,7 @@ from typing import ClassVar
 from girder.backends.base import NodeKind, StateBackend
 from girder.config import Settings
 from girder.scheduler.node import Node
+from girder.scheduler.pools import serve_here, stop_serving_here
 
 BLOB_GRACE = 600.0
 """Seconds a blob outlives its last put or check before a sweep may delete it (see
@@ -45,8 +46,14 @@ class Distributor(Node):
         self.stolen_from: Counter[str] = Counter()
 
     def _start_loops(self) -> None:
+        serve_here(self.backend, self.id)
         self._spawn(self._distribute_loop, "distribute")
         self._spawn(self._sweep_loop, "sweep")
+
+    async def stop(self) -> None:
+        if self.running:
+            stop_serving_here(self.backend, self.id)
+        await super().stop()
 
     async def _sweep_loop(self) -> None:
         """Now and then, delete the blobs that no record holds any more."""

@@ -5,18 +5,37 @@ So a node remembers when it last saw a live distributor of each pool it sends wo
 sends work to a pool it has not seen served within the last `pool_wait` seconds, it watches the
 grid's membership (a few times a second, and only then: the hot path costs a dictionary look-up)
 until a distributor of that name is alive, or `pool_wait` seconds pass. Then it fails what it
-waits for in that pool. A distributor that restarts within `pool_wait` fails nothing.
+waits for in that pool. A distributor that restarts within `pool_wait` fails nothing, and a pool
+that a distributor in this very process serves (`Grid.local`) is served, whatever the backend's
+membership says for the moment (under an evicting `maxmemory-policy` its records may go).
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from collections.abc import Callable
 
 from girder.backends.base import NodeKind, StateBackend
 
 _POLL = 0.25
 """The longest time between two looks at the membership while a pool seems unserved."""
+
+
+_served_here: Counter[tuple[int, str]] = Counter()
+"""The distributors that run in this process, by their backend (its id) and pool."""
+
+
+def serve_here(backend: StateBackend, pool: str) -> None:
+    """A distributor of `pool` on `backend` runs in this process from now on."""
+    _served_here[id(backend), pool] += 1
+
+
+def stop_serving_here(backend: StateBackend, pool: str) -> None:
+    """A distributor of `pool` on `backend` in this process stopped."""
+    _served_here[id(backend), pool] -= 1
+    if _served_here[id(backend), pool] <= 0:
+        del _served_here[id(backend), pool]
 
 
 async def served_pools(backend: StateBackend) -> set[str]:
@@ -55,6 +74,9 @@ class PoolWatch:
     async def _watch(self, pool: str, loop: asyncio.AbstractEventLoop) -> None:
         deadline = loop.time() + self._wait
         while True:
+            if _served_here[id(self._backend), pool]:
+                self._seen[pool] = loop.time()
+                return
             try:
                 pools = await served_pools(self._backend)
             except Exception:  # the backend is away: that is no reason to fail the requests
