@@ -851,3 +851,24 @@ async def test_with_events_off_nothing_is_published(redis_url: str) -> None:
         assert await quiet.events() == []
     finally:
         await quiet.close()
+
+
+# -- lost writes -----------------------------------------------------------------------------------
+
+
+async def test_a_heartbeat_tells_its_node_of_lost_writes_that_others_beats_hid(
+    backend: RedisBackend, raw: aioredis.Redis
+) -> None:
+    """A server restored from an older copy, whose clock other nodes' heartbeats have already
+    raised past what this node saw last: the node's own record still shows the older clock."""
+    await backend.join("w", NodeKind.WORKER, None, 60)
+    first = await backend.heartbeat("w", 60, {"ran": 1})
+    second = await backend.heartbeat("w", 60, {"ran": 2})
+    assert second.own == first.clock  # nothing lost: the previous own beat, as the node saw it
+    assert (await backend.heartbeat("w", 60)).own is None  # the lease keeper's beat: not its own
+    # The restore: the node's record as it was before its last beat; the clock raised since.
+    await raw.hset(f"{{{PREFIX}}}:node:w", "own", first.clock)
+    await raw.incrby(f"{{{PREFIX}}}:clock", 100)
+    third = await backend.heartbeat("w", 60, {"ran": 3})
+    assert third.clock > second.clock  # the grid's clock alone would not tell
+    assert third.own is not None and 0 < third.own < second.clock

@@ -203,6 +203,11 @@ class Beat:
 
     registered: bool
     clock: int
+    own: int | None = None
+    """For a heartbeat with counters (the node's own, not its lease keeper's): the clock that
+    the node's previous such heartbeat got, as the backend still holds it (0: none held). Lower
+    than the node was told then: the backend lost writes, even if other nodes' heartbeats have
+    raised the clock past it since. None where the backend cannot lose writes."""
 
 
 @dataclass(frozen=True, slots=True)

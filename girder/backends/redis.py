@@ -695,8 +695,8 @@ class RedisBackend:
     ) -> Beat:
         published = "" if counters is None else json.dumps(dict(counters), separators=(",", ":"))
         low = self._tokens.oldest(node)
-        registered, clock = await self._run("heartbeat", node, _ms(ttl), published, low)
-        return Beat(bool(registered), clock)
+        registered, clock, own = await self._run("heartbeat", node, _ms(ttl), published, low)
+        return Beat(bool(registered), clock, own if own >= 0 else None)
 
     async def reconcile(self, node: str, keep: Sequence[str]) -> int:
         count: int = await self._journaled("reconcile", node, True, node, *keep)

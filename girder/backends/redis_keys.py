@@ -53,7 +53,8 @@ Per node:
                        next drain, so a reply lost in transit loses no notification)
     wake:<node>        list holding at most one token: "the work list or volunteers got something"
     node:<node>        hash: F_KIND, F_DISTRIBUTOR (membership), F_COUNTERS (the node's
-                       counters, JSON, from its last heartbeat)
+                       counters, JSON, from its last heartbeat), F_OWN_CLOCK (the clock its
+                       last own heartbeat got: see heartbeat.lua)
     members:<node>     set of nodes whose distributor is this node
     journal:<node>     hash: call token -> the packed reply of a script call that claimed work,
                        kept until the node confirms the reply arrived (a resent call returns it
@@ -138,6 +139,7 @@ F_WAITED_BY = "b:"
 F_KIND = "kind"
 F_DISTRIBUTOR = "dist"
 F_COUNTERS = "ctr"
+F_OWN_CLOCK = "own"
 
 CHUNK_BYTES = 64
 """The most bytes of one chunk of a chunked value: Redis's default `hash-max-listpack-value`."""
@@ -195,6 +197,7 @@ _CONSTANTS = {
     "F_KIND": F_KIND,
     "F_DISTRIBUTOR": F_DISTRIBUTOR,
     "F_COUNTERS": F_COUNTERS,
+    "F_OWN_CLOCK": F_OWN_CLOCK,
     "PENDING": PENDING,
     "RUNNING": RUNNING,
     "DONE": DONE,

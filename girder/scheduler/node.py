@@ -256,7 +256,9 @@ class Node:
         beat = await self.backend.heartbeat(
             self.id, self.settings.heartbeat_ttl, self.stats.counters()
         )
-        went_back = beat.clock <= self._clock
+        went_back = beat.clock <= self._clock or (
+            beat.own is not None and 0 < beat.own < self._clock
+        )
         self._clock = beat.clock
         if beat.registered and not went_back:
             return
