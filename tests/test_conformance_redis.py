@@ -871,4 +871,5 @@ async def test_a_heartbeat_tells_its_node_of_lost_writes_that_others_beats_hid(
     await raw.incrby(f"{{{PREFIX}}}:clock", 100)
     third = await backend.heartbeat("w", 60, {"ran": 3})
     assert third.clock > second.clock  # the grid's clock alone would not tell
-    assert third.own is not None and 0 < third.own < second.clock
+    assert third.own is not None
+    assert 0 < third.own < second.clock
