@@ -24,10 +24,11 @@ import random
 import threading
 from collections import deque
 from collections.abc import Callable
-from types import TracebackType
-from typing import Self, TypeVar
+from typing import TypeVar
 
 import hiredis
+
+from girder.testing.started import Started
 
 _T = TypeVar("_T")
 
@@ -322,7 +323,7 @@ class _Upstream(asyncio.Protocol):
         self._link.server_lost(self._transport)
 
 
-class FaultProxy:
+class FaultProxy(Started):
     """A proxy to the Redis server at `target_host`:`target_port` that injects faults on
     command; `start` it (or use it as a context), point clients at `url`."""
 
@@ -387,18 +388,6 @@ class FaultProxy:
         finally:
             _end(loop, thread)
             self._loop = self._thread = self._server = None
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def drop_next_reply(self, count: int = 1) -> None:
         """Let the next `count` commands reach the server and run, swallow each one's reply,

@@ -18,10 +18,9 @@ import shutil
 import subprocess
 import time
 from collections.abc import Callable
-from types import TracebackType
-from typing import Self
 
 from girder.testing.redis_server import RedisServer, find_redis_server, free_port
+from girder.testing.started import Started
 
 SLOTS = 16384
 
@@ -31,7 +30,7 @@ def find_redis_cli() -> str | None:
     return shutil.which("redis-cli")
 
 
-class RedisClusterServers:
+class RedisClusterServers(Started):
     """`primaries` primaries with `replicas` replicas each, on 127.0.0.1; `start` it, or use it
     as a context."""
 
@@ -201,22 +200,6 @@ class RedisClusterServers:
             self._stalled.pop().resume()
         for server in self.servers:
             server.stop()
-
-    def __enter__(self) -> Self:
-        try:
-            self.start()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.stop()
 
 
 def _info(server: RedisServer) -> dict[str, str]:

@@ -19,8 +19,6 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from types import TracebackType
-from typing import Self
 
 from girder.testing.redis_server import (
     RedisServer,
@@ -30,6 +28,7 @@ from girder.testing.redis_server import (
     find_redis_server,
     free_port,
 )
+from girder.testing.started import Started
 
 _DOWN_AFTER_MS = 1000
 
@@ -87,7 +86,7 @@ class _Sentinel:
         shutil.rmtree(self._dir, ignore_errors=True)
 
 
-class RedisSentinelGroup:
+class RedisSentinelGroup(Started):
     """A primary, a replica and a sentinel watching them as `service`; `start` it, or use it as
     a context."""
 
@@ -182,22 +181,6 @@ class RedisSentinelGroup:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"timed out after {self.timeout} s waiting for {what}")
             time.sleep(0.05)
-
-    def __enter__(self) -> Self:
-        try:
-            self.start()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.stop()
 
 
 def _role(server: RedisServer) -> str | None:

@@ -19,8 +19,9 @@ import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from types import TracebackType
-from typing import Literal, Self
+from typing import Literal
+
+from girder.testing.started import Started
 
 Reply = str | None | list["Reply"]
 """A decoded RESP reply: strings and integers as text, nil as None, arrays as lists."""
@@ -41,7 +42,7 @@ def free_port() -> int:
         return port
 
 
-class RedisServer:
+class RedisServer(Started):
     """One `redis-server` process on 127.0.0.1:`port`; `start` it, or use it as a context."""
 
     def __init__(
@@ -217,22 +218,6 @@ class RedisServer:
             if sep and not line.startswith("#"):
                 fields[name] = value
         return fields
-
-    def __enter__(self) -> Self:
-        try:
-            self.start()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.stop()
 
 
 class _ErrorReply:
