@@ -23,9 +23,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from typing import Any
-from urllib.parse import parse_qs, unquote
 
-from girder.backends.primary import Node, PrimaryClient, Send
+from girder.backends.primary import Node, PrimaryClient, Send, host_ports, split_hosts_url
 from girder.backends.resp import (
     Command,
     ConnectionLost,
@@ -42,32 +41,14 @@ _MAX_REDIRECTS = 5
 
 def parse_cluster_url(url: str) -> list[ServerAddress]:
     """The seed nodes a `redis+cluster://` URL names; `ValueError` saying what is wrong."""
-    scheme, sep, rest = url.partition("://")
-    if not sep or scheme != SCHEME:
-        raise ValueError(f"the scheme must be {SCHEME}, not {scheme!r}")
-    rest, _, query_text = rest.partition("?")
-    query = {name: values[-1] for name, values in parse_qs(query_text).items()}
-    userinfo, at, hosts = rest.rpartition("@")
-    hosts = hosts.rstrip("/")
+    parts = split_hosts_url(url, SCHEME)
+    hosts = parts.location.rstrip("/")
     if "/" in hosts:
         raise ValueError("a cluster has no databases: drop the /db part")
-    username, password = query.get("username"), query.get("password")
-    if at:
-        user, colon, secret = userinfo.partition(":")
-        username = unquote(user) or username
-        if colon:
-            password = unquote(secret)
-    seeds = []
-    for node in hosts.split(","):
-        host, colon, port = node.strip().rpartition(":")
-        if not colon or not host or not port.isdigit():
-            raise ValueError(f"each node must be host:port, not {node!r}")
-        seeds.append(
-            ServerAddress(
-                host=host.strip("[]"), port=int(port), username=username, password=password
-            )
-        )
-    return seeds
+    return [
+        ServerAddress(host=host, port=port, username=parts.username, password=parts.password)
+        for host, port in host_ports(hosts, "node")
+    ]
 
 
 def key_slot(key: str | bytes) -> int:

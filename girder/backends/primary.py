@@ -10,8 +10,9 @@ from __future__ import annotations
 import asyncio
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
+from urllib.parse import parse_qs, unquote
 
 from girder.backends.resp import Command, NotSent, RedisClient, ReplyError, ServerAddress
 
@@ -19,6 +20,47 @@ Node = tuple[str, int]
 
 Send = Callable[[RedisClient, Sequence[Command]], Awaitable[list[Any]]]
 """How a batch goes to a node's client: `pipeline`, or `blocking` with its timeout."""
+
+
+@dataclass(frozen=True, slots=True)
+class HostsUrl:
+    """What a `redis+cluster://` or `redis+sentinel://` URL says before its own parts."""
+
+    location: str
+    """What follows the credentials: `host:port[,host:port...]`, then the URL's path."""
+    query: dict[str, str]
+    username: str | None
+    password: str | None
+
+
+def split_hosts_url(url: str, scheme: str) -> HostsUrl:
+    """Check the scheme; take the query and the credentials (in the URL, else `username` and
+    `password` in the query). `ValueError` saying what is wrong."""
+    found, sep, rest = url.partition("://")
+    if not sep or found != scheme:
+        raise ValueError(f"the scheme must be {scheme}, not {found!r}")
+    rest, _, query_text = rest.partition("?")
+    query = {name: values[-1] for name, values in parse_qs(query_text).items()}
+    userinfo, at, location = rest.rpartition("@")
+    username, password = query.get("username"), query.get("password")
+    if at:
+        user, colon, secret = userinfo.partition(":")
+        username = unquote(user) or username
+        if colon:
+            password = unquote(secret)
+    return HostsUrl(location, query, username, password)
+
+
+def host_ports(hosts: str, what: str) -> list[tuple[str, int]]:
+    """`host:port[,host:port...]` as (host, port) pairs; `ValueError` naming `what` (a node,
+    a sentinel) when one is not host:port."""
+    pairs = []
+    for node in hosts.split(","):
+        host, colon, port = node.strip().rpartition(":")
+        if not colon or not host or not port.isdigit():
+            raise ValueError(f"each {what} must be host:port, not {node!r}")
+        pairs.append((host.strip("[]"), int(port)))
+    return pairs
 
 
 class PrimaryClient(ABC):

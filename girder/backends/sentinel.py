@@ -20,9 +20,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qs, unquote
+from urllib.parse import unquote
 
-from girder.backends.primary import Node, PrimaryClient, Send
+from girder.backends.primary import Node, PrimaryClient, Send, host_ports, split_hosts_url
 from girder.backends.resp import (
     Command,
     ConnectionLost,
@@ -52,40 +52,25 @@ class SentinelTarget:
 def parse_sentinel_url(url: str) -> SentinelTarget:
     """The sentinels and service a `redis+sentinel://` URL names; `ValueError` saying what is
     wrong."""
-    scheme, sep, rest = url.partition("://")
-    if not sep or scheme != SCHEME:
-        raise ValueError(f"the scheme must be {SCHEME}, not {scheme!r}")
-    rest, _, query_text = rest.partition("?")
-    query = {name: values[-1] for name, values in parse_qs(query_text).items()}
-    userinfo, at, location = rest.rpartition("@")
-    hosts, slash, service = location.partition("/")
+    parts = split_hosts_url(url, SCHEME)
+    hosts, slash, service = parts.location.partition("/")
     service = unquote(service.strip("/"))
     if not slash or not service or "/" in service:
         raise ValueError("name the service after the sentinels: .../service-name")
-    username, password = query.get("username"), query.get("password")
-    if at:
-        user, colon, secret = userinfo.partition(":")
-        username = unquote(user) or username
-        if colon:
-            password = unquote(secret)
-    db_text = query.get("db", "0")
+    db_text = parts.query.get("db", "0")
     if not db_text.isdigit():
         raise ValueError(f"the database must be a number, not {db_text!r}")
-    sentinels = []
-    for node in hosts.split(","):
-        host, colon, port = node.strip().rpartition(":")
-        if not colon or not host or not port.isdigit():
-            raise ValueError(f"each sentinel must be host:port, not {node!r}")
-        sentinels.append(
-            ServerAddress(
-                host=host.strip("[]"),
-                port=int(port),
-                username=query.get("sentinel_username"),
-                password=query.get("sentinel_password"),
-            )
+    sentinels = tuple(
+        ServerAddress(
+            host=host,
+            port=port,
+            username=parts.query.get("sentinel_username"),
+            password=parts.query.get("sentinel_password"),
         )
-    primary = ServerAddress(db=int(db_text), username=username, password=password)
-    return SentinelTarget(tuple(sentinels), service, primary)
+        for host, port in host_ports(hosts, "sentinel")
+    )
+    primary = ServerAddress(db=int(db_text), username=parts.username, password=parts.password)
+    return SentinelTarget(sentinels, service, primary)
 
 
 class SentinelClient(PrimaryClient):
