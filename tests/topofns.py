@@ -186,7 +186,9 @@ async def words(emit: Any) -> None:
 
 @chatty.worker(upstream=[words])
 def noisy(seq: int, value: str, upstream: str) -> str:
-    print(f"noise {seq}")  # not watched: goes to the worker's own stdout
+    # Not watched: goes to the worker's own stdout. One write per line, since sync workers run
+    # in threads and print() writes the text and its newline separately, so two lines can mix.
+    sys.stdout.write(f"noise {seq}\n")
     return value
 
 
