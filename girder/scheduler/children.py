@@ -17,8 +17,9 @@ worker reports of any exception: its message, its traceback lines and its type's
 
 A child that dies (killed, out of memory, `os._exit`) fails the one request it ran with kind
 "crashed"; the next call starts a new child. A function with a time limit tells the host when it
-starts; past the limit its child is killed, the one way to stop a sync function. A caller
-cancelled while its function runs (the worker stops) kills the child: nobody wants the value.
+starts; past the limit its child is killed, the one way to stop a sync function. A call
+cancelled while its function runs (its job was cancelled, or the worker stops) kills the child
+too, and waits until it has exited: nobody wants the value.
 `close()` kills every child and waits for each, so a grid that stops leaves no process behind;
 a child whose host dies without closing it exits when it reads the end of its socket, or within
 a second if it is busy.
@@ -35,7 +36,7 @@ import sys
 import threading
 import time
 from collections.abc import AsyncIterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from socket import socketpair
@@ -140,23 +141,30 @@ class ChildPool:
     async def run(self, call: ChildCall) -> Reply:
         """Run `call` in an idle child (waiting for one while all are busy). Past its time
         limit the child is killed: the reply says how long it ran, and the worker reports the
-        timeout."""
+        timeout. Cancelled, it kills the child too and waits until it has exited."""
         async with self._slots:
             child = self._take()
             if self._threads is None:
                 self._threads = ThreadPoolExecutor(self.size, thread_name_prefix="girder-child")
+            work = self._threads.submit(child.call, call)
             try:
-                reply = await asyncio.get_running_loop().run_in_executor(
-                    self._threads, child.call, call
-                )
+                reply = await asyncio.wrap_future(work)
             except BaseException:  # cancelled: nobody wants the value, stop computing it
-                child.kill()
+                await self._stop(child, work)
                 raise
             if child.alive():
                 self._idle.append(child)
             else:
                 self._children.discard(child)
             return reply
+
+    async def _stop(self, child: _Child, work: Future[Reply]) -> None:
+        """Kill a busy child; once the thread that called it is done (it reads the end of the
+        socket), wait until the child has exited. Cancelled again meanwhile, `close` reaps it."""
+        child.kill()
+        await asyncio.wait([asyncio.wrap_future(work)])
+        await asyncio.to_thread(child.end)
+        self._children.discard(child)
 
     def _take(self) -> _Child:
         """An idle child that is still alive, or a new one (started by its first call)."""
@@ -271,8 +279,7 @@ class _Child:
 
     def _died(self) -> ChildError:
         """The socket closed: the child died. Reap it and say how it ended."""
-        self.reap()
-        self.close()
+        self.end()
         code = self._process.returncode if self._process is not None else None
         if code is None or self._killed:
             how = "it was stopped"
@@ -286,8 +293,7 @@ class _Child:
     def _overran(self, limit: float) -> ChildError:
         """The function ran past its time limit: kill its child (the one way to stop it)."""
         self.kill()
-        self.reap()
-        self.close()
+        self.end()
         message = f"took longer than its time limit of {limit:g} s: its child process was killed"
         return ChildError(message, [], None, kind="timeout")
 
@@ -307,6 +313,11 @@ class _Child:
         except subprocess.TimeoutExpired:
             self._process.kill()
             self._process.wait()
+
+    def end(self) -> None:
+        """Wait until the process has exited, and close the socket."""
+        self.reap()
+        self.close()
 
     def close(self) -> None:
         if self._connection is not None:
