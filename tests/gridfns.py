@@ -598,10 +598,22 @@ def sync_marked_sleep(ms: int, directory: str) -> str:
 @girder.function
 def sync_spin(ms: int, index: int) -> int:
     """A CPU-bound sync function: `ms` milliseconds of Python bytecode (holding the GIL)."""
+    _spin(ms)
+    return index
+
+
+def _spin(ms: int) -> None:
     deadline = time.perf_counter() + ms / 1000
     while time.perf_counter() < deadline:
         pass
-    return index
+
+
+@girder.function(cache=False)
+def sync_marked_spin(ms: int, directory: str) -> str:
+    """Marks `spinning-<pid>` in `directory`, then spins `ms` milliseconds of Python bytecode."""
+    _mark(directory, f"spinning-{os.getpid()}")
+    _spin(ms)
+    return "spun"
 
 
 @girder.function

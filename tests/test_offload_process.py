@@ -18,6 +18,7 @@ from gridfns import (
     stuck,
     sync_divide_slowly,
     sync_marked_pid_sleep,
+    sync_marked_spin,
     sync_over_limit,
     sync_spin,
     sync_unpicklable,
@@ -243,6 +244,43 @@ async def test_a_sync_function_past_its_time_limit_is_stopped_with_its_child(mar
         (child,) = _started(marks, "stuck-")
         assert _gone(child)
         assert await grid.call(sync_over_limit, 10) == 10  # the worker goes on, in a new child
+
+
+@pytest.mark.parametrize("how", ["handle", "job id"])
+async def test_cancelling_a_job_kills_the_child_running_its_sync_function(
+    marks: Path, how: str
+) -> None:
+    """A sync function spins in pure Python for a minute: in the worker's thread nothing could
+    stop it; in a child, cancelling its job kills the child at once (and waits for it). The
+    caller hears of it as in thread mode, not as a crash: `CancelledError` when it cancelled its
+    own handle, `girder.Cancelled` naming the job when the job was cancelled by id. The next
+    request runs in a new child."""
+    async with process_grid(workers=1) as grid:
+        handle = grid.submit(sync_marked_spin, 60_000, str(marks))
+
+        async def started() -> bool:
+            return bool(_started(marks, "spinning-"))
+
+        await wait_until(started, what="the sync function to start in a child")
+        (child,) = _started(marks, "spinning-")
+        if how == "handle":
+            assert handle.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await asyncio.wait_for(handle, 20)
+        else:
+            assert await grid.cancel(handle.job) >= 1
+            with pytest.raises(girder.Cancelled) as caught:
+                await asyncio.wait_for(handle, 20)
+            assert caught.value.kind == "cancelled"
+            assert caught.value.job == handle.job
+
+        async def child_gone() -> bool:
+            return _gone(child)
+
+        await wait_until(child_gone, timeout=10, what=f"the cancelled child {child} to exit")
+        index, pid, _ = await asyncio.wait_for(grid.call(sync_where, 20, 1), 20)
+        assert index == 1
+        assert pid not in (os.getpid(), child)
 
 
 async def test_a_child_imports_from_a_path_added_after_it_started(

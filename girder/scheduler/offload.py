@@ -18,7 +18,9 @@ and CPU-bound ones that should use several cores want `Grid.local(processes=N)`.
 With `sync_offload="process"`, slow and unmeasured functions run in child processes instead
 (`girder.scheduler.children`): they hold none of this process's GIL, so pure-Python work no
 longer keeps the loop waiting, and several run at once (one per baton, on all CPUs but one).
-Quick ones still run inline, learned from the durations the children measure.
+Quick ones still run inline, learned from the durations the children measure. A run in a child
+can be stopped (`SyncRunner.stop`, when its job is cancelled): its child is killed. One in a
+thread cannot.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ import contextvars
 import functools
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -73,6 +75,8 @@ class SyncRunner:
         self._node = node
         self._children = children
         self._executor: ThreadPoolExecutor | None = None
+        self._in_children: dict[str, asyncio.Task[Ran]] = {}
+        """The runs under way in `children`, by key (`stop` cancels one)."""
 
     async def run(self, function: GridFunction[..., Any], evaluation: Evaluation) -> Ran:
         """Run the sync grid function `function` for `evaluation`. In the thread it sees this
@@ -81,7 +85,8 @@ class SyncRunner:
         if runs_inline(function.name):
             return _timed(function.name, call)
         if self._children is not None:
-            return await _in_child(self._children, self._node, function, evaluation)
+            run = _in_child(self._children, self._node, function, evaluation)
+            return await self._stoppable(evaluation.key, run)
         if self._executor is None:
             self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"girder-{self._node}")
         context = contextvars.copy_context()
@@ -89,6 +94,31 @@ class SyncRunner:
         return await loop.run_in_executor(
             self._executor, context.run, _threaded, function.name, call
         )
+
+    def stop(self, key: str) -> None:
+        """Stop the run of `key` if it is under way in a child: the child is killed (its job
+        was cancelled: nobody wants the value) and `run` returns a `Ran` marked `stopped`. A
+        run in the thread goes on: nothing can interrupt it."""
+        run = self._in_children.get(key)
+        if run is not None:
+            run.cancel()
+
+    async def _stoppable(self, key: str, run: Coroutine[Any, Any, Ran]) -> Ran:
+        """Await `run` in a task of its own, so that `stop` cancels it and not the caller (the
+        worker's loop); a caller cancelled (the worker stops) cancels it too."""
+        task = asyncio.get_running_loop().create_task(run)
+        self._in_children[key] = task
+        try:
+            await asyncio.wait([task])
+        except asyncio.CancelledError:
+            task.cancel()
+            await asyncio.wait([task])  # its child killed and waited for
+            raise
+        finally:
+            del self._in_children[key]
+        if task.cancelled():
+            return Ran(None, None, 0.0, stopped=True)
+        return task.result()
 
     def close(self) -> None:
         """Let the thread end once it has finished what it runs (a stopping grid does not wait
@@ -102,11 +132,13 @@ class SyncRunner:
 @dataclass(slots=True)
 class Ran:
     """How a sync function's run went: its value or its exception, and how long it ran (not
-    counting the wait for its turn in a thread)."""
+    counting the wait for its turn in a thread); or that it was stopped (`SyncRunner.stop`)
+    and has neither."""
 
     value: Any
     error: Exception | None
     seconds: float
+    stopped: bool = False
 
 
 async def _in_child(

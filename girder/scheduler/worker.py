@@ -35,7 +35,7 @@ from girder.scheduler.children import ChildError, ChildPool, pool_size
 from girder.scheduler.context import Evaluation, current_evaluation
 from girder.scheduler.lending import suspensions
 from girder.scheduler.node import Node, error_lines
-from girder.scheduler.offload import SyncRunner
+from girder.scheduler.offload import Ran, SyncRunner
 from girder.scheduler.outbox import Outbox
 from girder.scheduler.waiters import Batch, Feed
 from girder.security import resolve_allowed
@@ -168,8 +168,9 @@ class Worker(Node):
 
     def cancel_notice(self, key: str, job: str) -> None:
         """Stop a run of `key` here (its coroutine gets `CancelledError` at its current await;
-        a sync one, which cannot be interrupted, finishes but its value is dropped); a key not
-        run here is `Node.cancel_notice`'s."""
+        a sync one in a child process has its child killed; one in a thread, which cannot be
+        interrupted, finishes but its value is dropped); a key not run here is
+        `Node.cancel_notice`'s."""
         claimed = any(item.key == key for item in self._claimed)
         if key not in self._running and not claimed:
             super().cancel_notice(key, job)
@@ -178,6 +179,8 @@ class Worker(Node):
         task = self._evaluations.get(key)
         if task is not None:
             task.cancel()
+        else:
+            self._sync.stop(key)
 
     async def _end_cancelled(self, key: str, job: str) -> None:
         """Complete a claimed key that was cancelled before it started."""
@@ -328,6 +331,12 @@ class Worker(Node):
             current_evaluation.reset(token)
             if limit is not None and self._watch is not None:
                 self._watch.ended()
+        # Stopped: cancelled, its child killed; `_conclude` says so.
+        outcome = Outcome() if ran.stopped else self._sync_outcome(evaluation, ran, limit)
+        await self._conclude(evaluation, function, outcome, inline=True)
+
+    def _sync_outcome(self, evaluation: Evaluation, ran: Ran, limit: float | None) -> Outcome:
+        """What a sync function's run came to (and count how long it took)."""
         if ran.error is None:
             outcome = Outcome(value=ran.value)
         else:
@@ -335,7 +344,7 @@ class Worker(Node):
         self._time_sync(ran.seconds)
         if limit is not None and ran.seconds > limit:  # no supervisor killed it: drop the value
             outcome = Outcome(error=_timed_out(evaluation, limit))
-        await self._conclude(evaluation, function, outcome, inline=True)
+        return outcome
 
     def _time_sync(self, seconds: float) -> None:
         """Track how long sync functions take, and claim as many as fit in the budget."""
