@@ -5,6 +5,7 @@ the nodes' logs say (requests the grid failed, exceptions nobody handled)."""
 
 from __future__ import annotations
 
+import bisect
 import itertools
 import re
 import time
@@ -97,6 +98,9 @@ class Run:
     end: float | None = None
     how: str = "open"
     """ok, error, cancelled (its code ended), killed (its process died), open (never ended)."""
+    first_after_stop: bool = False
+    """The first run its process started on waking from a stop past the lease (set by
+    `flag_first_runs_after_stops`): the only run that may be a stale claim."""
 
 
 def read_runs(folder: Path, killed: dict[int, float]) -> list[Run]:
@@ -150,21 +154,40 @@ def _long_stop(timeline: Timeline, pid: int, since: float, until: float) -> str 
     return None
 
 
+def flag_first_runs_after_stops(runs: list[Run], timeline: Timeline) -> None:
+    """Flag the first run each process started within a lease of waking from a stop past the
+    lease (`Run.first_after_stop`)."""
+    starts: dict[int, list[Run]] = defaultdict(list)
+    for run in runs:
+        starts[run.pid].append(run)
+    for pid_runs in starts.values():
+        pid_runs.sort(key=lambda r: r.start)
+    for pid, start, end in timeline.stops:
+        pid_runs = starts.get(pid, [])
+        at = bisect.bisect_left([r.start for r in pid_runs], end)
+        if end - start > LEASE and at < len(pid_runs) and pid_runs[at].start <= end + LEASE:
+            pid_runs[at].first_after_stop = True
+
+
 def _stale_claim(timeline: Timeline, run: Run) -> str | None:
-    """`run` started within a lease of its process waking from a stop past the lease: it may
-    run a claim made before the stop, which lapsed while the process slept."""
+    """`run` is the first its process started on waking from a stop past the lease: it may be
+    the claim the process was starting when it was stopped, whose lease lapsed while it slept.
+    A worker confirms its lease before it starts any other claim (and drops them if it was
+    reaped), so a second run started on waking is no stale claim."""
+    if not run.first_after_stop:
+        return None
     for stopped, start, end in timeline.stops:
         if stopped == run.pid and end - start > LEASE and end <= run.start <= end + LEASE:
-            return f"pid {run.pid} ran a claim it may have made before a {end - start:.2f}s stop"
+            return f"pid {run.pid} ran a claim it was starting when a {end - start:.2f}s stop came"
     return None
 
 
 def _lease_expired(timeline: Timeline, first: Run, second: Run) -> str | None:
     """A runner's claim lapsed while its process was stopped past the lease: the first run
-    went on through the stop, or either run is a stale claim run on waking."""
+    went on through the stop, or either run is the claim a process was starting when it was
+    stopped (see `_stale_claim`)."""
     return (
         _long_stop(timeline, first.pid, first.start, second.start)
-        or _long_stop(timeline, second.pid, first.start, second.start)
         or _stale_claim(timeline, first)
         or _stale_claim(timeline, second)
     )
@@ -186,6 +209,7 @@ def _lossy_restart(timeline: Timeline, since: float, until: float, fsync: str) -
 
 def find_overlaps(runs: list[Run], timeline: Timeline, fsync: str) -> list[Overlap]:
     """Pairs of runs of one key that overlap in time, each with its excuse (if any)."""
+    flag_first_runs_after_stops(runs, timeline)
     by_key: dict[str, list[Run]] = defaultdict(list)
     for run in runs:
         by_key[run.key].append(run)
@@ -203,7 +227,8 @@ def find_overlaps(runs: list[Run], timeline: Timeline, fsync: str) -> list[Overl
 
 
 def rerun_reason(first: Run, second: Run, timeline: Timeline, fsync: str) -> str:
-    """Why a key ran again after an earlier run of it ended (a finished key should be cached)."""
+    """Why a key ran again after an earlier run of it ended (a finished key should be cached).
+    The runs are flagged (`flag_first_runs_after_stops`)."""
     if first.how == "killed":
         return "its runner was killed mid-run"
     if first.how in ("error", "cancelled"):
@@ -219,12 +244,16 @@ def rerun_reason(first: Run, second: Run, timeline: Timeline, fsync: str) -> str
     if _long_stop(timeline, first.pid, first.start, min(sending, second.start)):
         return "its runner was SIGSTOPped past its lease before the completion was stored"
     if _stale_claim(timeline, second):
-        return "the second runner woke from a stop past its lease and ran a stale claim"
+        return (
+            "the second runner woke from a stop past its lease and ran the stale claim it was "
+            "starting when it was stopped"
+        )
     return "UNEXPLAINED (a finished, cached key ran again)"
 
 
 def reruns(runs: list[Run], timeline: Timeline, fsync: str) -> dict[str, list[str]]:
     """Keys that ran more than once (one after the other): key -> the reason of each rerun."""
+    flag_first_runs_after_stops(runs, timeline)
     by_key: dict[str, list[Run]] = defaultdict(list)
     for run in runs:
         by_key[run.key].append(run)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import itertools
 import os
 import signal
 import threading
@@ -342,6 +343,26 @@ async def partition_job(durations: list[int], directory: str) -> list[list[objec
     """One `partition_leaf` per duration (ms), all at once."""
     leaves = [(partition_leaf, index, ms, directory) for index, ms in enumerate(durations)]
     return list(await girder.call_reentrant(leaves))
+
+
+_stall_leaf_runs = itertools.count()
+"""Runs of `stall_leaf` in this process."""
+
+
+@girder.function
+def stall_leaf(index: int, directory: str, hold: str) -> list[object]:
+    """A quick sync leaf: marks `start-`, then `done-`, `<index>-<host>-<run>` in `directory`
+    (the host: `host_tag`). On the host `stalled`, every run after its process's first waits
+    while the file `hold` exists (on the event loop, once the leaf is known quick), so the
+    worker's other claims wait behind it. Returns the index squared and the host."""
+    where = host_tag()
+    run = os.urandom(3).hex()
+    _mark(directory, f"start-{index}-{where}-{run}")
+    if next(_stall_leaf_runs) > 0 and where == "stalled":
+        while os.path.exists(hold):
+            time.sleep(0.01)
+    _mark(directory, f"done-{index}-{where}-{run}")
+    return [index * index, where]
 
 
 @girder.function

@@ -34,7 +34,7 @@ from chaos import (
     make_schedule,
     run_chaos,
 )
-from chaos_checks import LEASE, Run, Timeline, find_overlaps, rerun_reason
+from chaos_checks import LEASE, Run, Timeline, find_overlaps, rerun_reason, reruns
 from processes import signal_group
 
 from girder.testing.redis_server import RedisServer
@@ -124,15 +124,44 @@ def test_runs_one_after_the_other_are_no_overlap_but_a_rerun() -> None:
     assert Fault(1.0, "kill_worker", 3).describe().endswith("kill_worker #3")
 
 
-def test_a_stale_claim_resumed_after_a_stop_is_excused() -> None:
-    """The second runner claimed the key, slept past its lease, and ran it on waking."""
-    timeline = Timeline(start=0.0, stops=[(2, 0.5, 0.5 + 2 * LEASE)])
-    first, second = Run("k", 1, "w1", 1.0, 2.0, "ok"), Run("k", 2, "w2", 0.5 + 2 * LEASE, 9, "ok")
+def test_the_claim_a_worker_was_starting_when_stopped_is_excused() -> None:
+    """The second runner was starting the key when it was stopped past its lease (after its
+    lease check), and ran it on waking: its first run after the stop."""
+    woke = 0.5 + 2 * LEASE
+    timeline = Timeline(start=0.0, stops=[(2, 0.5, woke)])
+    first, second = Run("k", 1, "w1", 1.0, 2.0, "ok"), Run("k", 2, "w2", woke, 9, "ok")
+    assert reruns([first, second], timeline, "always") == {
+        "k": [rerun_reason(first, second, timeline, "always")]
+    }
     assert "stale claim" in rerun_reason(first, second, timeline, "always")
 
 
+def test_other_claims_run_on_waking_are_not_excused() -> None:
+    """A worker confirms its lease before it starts another claim after a stop past its lease,
+    and drops the claims if it was reaped: a second stale run on waking is a violation."""
+    woke = 0.5 + 2 * LEASE
+    timeline = Timeline(start=0.0, stops=[(2, 0.5, woke)])
+    runs = [
+        Run("j", 1, "w1", 1.0, 2.0, "ok"),
+        Run("k", 1, "w1", 1.0, 2.0, "ok"),
+        Run("j", 2, "w2", woke + 0.001, woke + 1, "ok"),
+        Run("k", 2, "w2", woke + 0.002, woke + 1, "ok"),
+    ]
+    found = reruns(runs, timeline, "always")
+    assert "stale claim" in found["j"][0]
+    assert found["k"][0].startswith("UNEXPLAINED")
+    late = [Run("j", 1, "w1", woke + 0.5, woke + 2, "ok"), *runs[2:3]]
+    (overlap,) = find_overlaps(late, timeline, "always")
+    assert overlap.excuse is not None
+    assert "stale claim" in overlap.kind
+    late.append(Run("k", 1, "w1", woke + 0.5, woke + 2, "ok"))
+    late.append(Run("k", 2, "w2", woke + 0.6, woke + 1, "ok"))
+    assert [o.excuse is None for o in find_overlaps(late, timeline, "always")] == [False, True]
+
+
 def test_one_process_running_a_stale_claim_and_a_new_one_is_excused() -> None:
-    """Woken from a stop past its lease, a worker runs a claim it made before the stop."""
+    """Woken from a stop past its lease, a worker runs the claim it was starting before the
+    stop; the same key runs again in that process."""
     timeline = Timeline(start=0.0, stops=[(1, 1.0, 1.0 + 2 * LEASE)])
     woke = 1.0 + 2 * LEASE
     runs = [Run("k", 1, "w1", woke + 0.01, woke + 1, "ok"), Run("k", 1, "w1", woke + 0.02)]
@@ -170,4 +199,5 @@ def test_a_stop_ends_when_the_sigcont_goes_out(
     assert woke <= sent[0]
     stale = Run("k", proc.pid, "w1", sent[0], sent[0] + 1, "ok")
     first = Run("k", 1, "w2", woke - 1, woke - 0.5, "ok")
-    assert "stale claim" in rerun_reason(first, stale, run.timeline, "always")
+    (reason,) = reruns([first, stale], run.timeline, "always")["k"]
+    assert "stale claim" in reason

@@ -16,8 +16,15 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
-from gridfns import network_namespace, partition_job, partition_leaf
-from processes import CLIENT_OPTIONS, GridProcesses, signal_group, wait_for_nodes, wait_until
+from gridfns import add, network_namespace, partition_job, partition_leaf, stall_leaf
+from processes import (
+    CLIENT_OPTIONS,
+    GridProcesses,
+    nodes,
+    signal_group,
+    wait_for_nodes,
+    wait_until,
+)
 
 import girder
 from girder.testing.redis_server import RedisServer, find_redis_server
@@ -224,3 +231,63 @@ async def test_a_stalled_worker_drops_its_work_and_no_late_completion_wins(
         restore=lambda procs, far: signal_group(far, signal.SIGCONT),
         finishes_while_away=False,
     )
+
+
+async def test_a_worker_stalled_past_its_lease_does_not_start_its_stale_claims(
+    redis_url: str, marks: Path, tmp_path: Path
+) -> None:
+    """A worker holds claims it has not started (a batch of quick sync leaves: it waits on the
+    second, which holds its loop) when it is stopped (SIGSTOP) past its lease. It is reaped, a
+    second worker runs every leaf, then it resumes: it must confirm its lease before it starts
+    another claim, learn that it was reaped and drop the claims instead of running them."""
+    leaves = 6
+    hold = tmp_path / "hold"
+    hold.touch()
+    procs = GridProcesses(redis_url, tmp_path / "logs", GIRDER_CONCURRENCY="1")
+    try:
+        procs.distributor()
+        stalled = procs.worker("stalled", wrapper=["env", "GRIDFNS_HOST=stalled"])
+        await wait_for_nodes(redis_url, workers=1)
+        async with girder.Grid.connect(redis_url, **CLIENT_OPTIONS) as client:
+            # Quick sync runs: the worker learns to claim many requests at once.
+            await client.call_all([(add, os.getpid(), index) for index in range(30)])
+            job = asyncio.create_task(
+                client.call_all(
+                    [(stall_leaf, index, str(marks), str(hold)) for index in range(leaves)]
+                )
+            )
+
+            async def waits_behind_a_leaf() -> bool:
+                return len(_marks(marks, "start", "stalled")) == 2
+
+            await wait_until(waits_behind_a_leaf, what="the second leaf holding the worker")
+            (info,) = [n for n in await nodes(redis_url) if n.node == "stalled"]
+            assert info.running >= 2, f"no claim waits behind the leaf the worker runs: {info}"
+            started = set(_marks(marks, "start", "stalled"))
+            claimed = set(range(leaves)) - started
+            signal_group(stalled, signal.SIGSTOP)
+            hold.unlink()
+            procs.worker("here", wrapper=["env", "GRIDFNS_HOST=here"])
+            result = await asyncio.wait_for(job, 60)  # once the stopped worker is reaped
+            assert [value for value, _ in result] == [index * index for index in range(leaves)]
+            ran_here = _marks(marks, "start", "here")
+            assert set(ran_here) >= claimed
+
+            signal_group(stalled, signal.SIGCONT)
+
+            async def back() -> bool:
+                alive = [n for n in await nodes(redis_url) if n.node == "stalled" and n.alive]
+                return bool(alive) and set(_marks(marks, "done", "stalled")) >= started
+
+            await wait_until(back, what="the stopped worker back in the grid")
+            ran_there = _marks(marks, "start", "stalled")
+            assert claimed.isdisjoint(ran_there), f"stale claims ran again: {ran_there}"
+
+            async def dropped_logged() -> bool:
+                return "lease lost: dropped the runs given to others" in procs.log_text()
+
+            await wait_until(dropped_logged, what="the stalled worker's log line")
+    finally:
+        procs.stop_all()
+    assert claimed.isdisjoint(_marks(marks, "start", "stalled"))
+    assert _marks(marks, "start", "here") == ran_here  # each leaf ran here once

@@ -159,6 +159,11 @@ class Node:
         self._lease_keeper: LeaseKeeper | None = None
         self._clock = 0
         """The grid's clock at this node's last heartbeat (see `Beat`)."""
+        self._lease_confirmed = 0.0
+        """When (on the event loop's clock) the last heartbeat that found this node registered
+        was sent, or the node joined: its lease runs for `heartbeat_ttl` from then at least."""
+        self._beating = asyncio.Lock()
+        """Held through a heartbeat and what it finds, so that two never overlap."""
         self.running = False
         """Between the end of `start` and the start of `stop`."""
 
@@ -177,6 +182,7 @@ class Node:
     async def start(self) -> None:
         """Join the grid, recover dead nodes' work, and start this node's loops."""
         self._loop = asyncio.get_running_loop()
+        self._lease_confirmed = self._loop.time()
         await self.backend.join(self.id, self.kind, self.distributor, self.settings.heartbeat_ttl)
         await self.recover()
         self._lease_keeper = lease_keeper(self.settings, shared=self.backend.shared)
@@ -241,7 +247,8 @@ class Node:
                 next_reap = max(next_reap, loop.time() + self.settings.heartbeat_ttl)
             last_beat = loop.time()
             try:
-                await self._beat()
+                async with self._beating:
+                    await self._beat()
                 if loop.time() >= next_reap:
                     next_reap = loop.time() + self.settings.reap_interval
                     await self.recover()
@@ -250,9 +257,24 @@ class Node:
                 self.refused(exc)
                 raise
 
+    def lease_may_have_lapsed(self) -> bool:
+        """Whether this node may have outlived its lease: no heartbeat confirmed it for
+        `heartbeat_ttl` (the process was stopped, its host suspended, its loop blocked). A
+        clock compare: cheap enough before every request a worker starts."""
+        return self.loop.time() - self._lease_confirmed > self.settings.heartbeat_ttl
+
+    async def confirm_lease(self) -> None:
+        """Heartbeat now, unless a heartbeat confirmed the lease meanwhile. A node that was
+        reaped has dropped what was given to others and joined again when this returns."""
+        async with self._beating:
+            if self.lease_may_have_lapsed():
+                await self._beat()
+
     async def _beat(self) -> None:
         """Renew the lease; rejoin and reconcile when the backend forgot this node or lost
-        writes."""
+        writes. A forgotten node drops what was given to others before it joins again: should
+        that fail, the next heartbeat still finds it forgotten and tries again."""
+        sent = self.loop.time()
         beat = await self.backend.heartbeat(
             self.id, self.settings.heartbeat_ttl, self.stats.counters()
         )
@@ -261,19 +283,21 @@ class Node:
         )
         self._clock = beat.clock
         if beat.registered and not went_back:
+            self._lease_confirmed = sent
             return
         self.log.warning(
             "backend lost state; joining again, reconciling and resubmitting",
             forgot_this_node=not beat.registered,
             clock_went_back=went_back,
         )
-        await self.backend.join(self.id, self.kind, self.distributor, self.settings.heartbeat_ttl)
         if not beat.registered:
             await self.forgotten()
+        await self.backend.join(self.id, self.kind, self.distributor, self.settings.heartbeat_ttl)
         given_back = await self.backend.reconcile(self.id, self.running_keys())
         if given_back:
             self.log.warning("gave back keys the backend thought ran here", count=given_back)
         await self.resubmit()
+        self._lease_confirmed = sent
 
     def cancel_notice(self, key: str, job: str) -> None:
         """`key` was cancelled with `job`: whoever here waits for it gets `Cancelled` (a worker
@@ -303,8 +327,8 @@ class Node:
 
     async def forgotten(self) -> None:
         """The backend no longer knew this node (its lease lapsed and it was reaped, or the
-        backend lost its state); it has joined again. A worker overrides it to drop the runs
-        that were given to others meanwhile."""
+        backend lost its state); it joins again next. A worker overrides it to drop the runs
+        and claims that were given to others meanwhile."""
 
     def refused(self, error: BackendFull) -> None:
         """The backend refuses this node's writes (a client overrides it to fail its calls)."""

@@ -15,6 +15,11 @@ requests) a completion waits in the `Outbox` for that work's own step, at most `
 waiters inside this node learn each outcome at once. While it runs sync functions that take
 little time a worker claims several requests at once, as many as fit in `_CLAIM_BUDGET` by their
 recent duration.
+
+A claim is only good while the worker's lease is: a worker stalled past its lease (stopped, its
+host suspended) is reaped and its claims run elsewhere. So before it starts a claimed request, a
+worker whose last confirmed heartbeat is older than the lease heartbeats first, and drops its
+claims if it was reaped (`Worker.forgotten`); a healthy worker pays a clock compare.
 """
 
 from __future__ import annotations
@@ -154,6 +159,9 @@ class Worker(Node):
                 except BaseException:
                     self.baton.release()
                     raise
+            if self._claimed and self.lease_may_have_lapsed() and not await self._claims_kept():
+                self.baton.release()
+                continue  # every claim was stale: claim afresh
             if not self._claimed:
                 self.baton.release()
                 self._volunteered = False
@@ -162,6 +170,17 @@ class Worker(Node):
                     self._claimed.append(claimed)
                 continue
             await self._start_evaluation(self._claimed.popleft())
+
+    async def _claims_kept(self) -> bool:
+        """This worker may have outlived its lease (a stop, a suspended host, a blocked loop):
+        confirm it before starting a claim, which a reaper may have given to others meanwhile
+        (`forgotten` then drops them all). Whether claims are left to start."""
+        try:
+            await self.confirm_lease()
+        except BaseException:
+            self.baton.release()
+            raise
+        return bool(self._claimed)
 
     def adopt(self, claimed: list[Claimed]) -> None:
         self._claimed.extend(claimed)
@@ -196,22 +215,34 @@ class Worker(Node):
             self.baton.release()
 
     async def forgotten(self) -> None:
-        """This worker was reaped (its lease lapsed: a partition, a stall) and has joined again.
-        The reaper gave the keys it ran to others: drop every run or claim whose key is now done
-        or running (elsewhere, or here again: `reconcile` then gives it back), so that the grid
-        pays for one run of each, not two. A key the backend does not know, or that is pending,
-        runs on here (its completion is accepted: nobody else runs it)."""
-        keys = [*self._running, *(claimed.key for claimed in self._claimed)]
+        """This worker was reaped (its lease lapsed: a partition, a stall) and joins again next.
+        The reaper gave the keys it ran and had claimed to others, so that the grid pays for one
+        run of each, not two. Every claim not started yet is dropped: the reaper queued it again
+        (or the backend lost it, and its waiters submit it again). Of the runs under way, those
+        whose key is now done or running (elsewhere, or here again: `reconcile` then gives it
+        back) are dropped; a key the backend does not know, or that is pending, runs on here
+        (its completion is accepted: nobody else runs it)."""
+        stale = self._drop_claims()
+        keys = list(self._running)
         states = await asyncio.gather(*(self.backend.state(key) for key in keys))
         lost = {key for key, state in zip(keys, states, strict=True) if state in _TAKEN}
-        if not lost:
-            return
-        self._claimed = deque(claimed for claimed in self._claimed if claimed.key not in lost)
         for key in lost:
             self._drop(key)
-        self.log.warning(
-            "lease lost: dropped the runs given to others", count=len(lost), keys=sorted(lost)
-        )
+        if lost or stale:
+            self.log.warning(
+                "lease lost: dropped the runs given to others",
+                count=len(lost) + len(stale),
+                claims=len(stale),
+                keys=sorted(lost.union(stale)),
+            )
+
+    def _drop_claims(self) -> set[str]:
+        """Forget every claim not started yet (and its cancellation, if any); their keys."""
+        stale = {claimed.key for claimed in self._claimed}
+        self._claimed.clear()
+        for key in stale.difference(self._running):
+            self._cancelled.pop(key, None)
+        return stale
 
     def _drop(self, key: str) -> None:
         """Give up a run without completing it: an async one is cancelled, a sync one (which
