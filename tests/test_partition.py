@@ -16,7 +16,14 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
-from gridfns import add, network_namespace, partition_job, partition_leaf, stall_leaf
+from gridfns import (
+    add,
+    network_namespace,
+    partition_job,
+    partition_leaf,
+    stall_leaf,
+    sync_marked_spin,
+)
 from processes import (
     CLIENT_OPTIONS,
     GridProcesses,
@@ -112,6 +119,11 @@ def host() -> Iterator[Host]:
         yield made
     finally:
         made.remove()
+
+
+def _process_exists(pid: int) -> bool:
+    """Whether a process (even a zombie) has the id `pid`."""
+    return Path(f"/proc/{pid}").exists()
 
 
 def _marks(directory: Path, event: str, where: str) -> list[int]:
@@ -291,3 +303,42 @@ async def test_a_worker_stalled_past_its_lease_does_not_start_its_stale_claims(
         procs.stop_all()
     assert claimed.isdisjoint(_marks(marks, "start", "stalled"))
     assert _marks(marks, "start", "here") == ran_here  # each leaf ran here once
+
+
+async def test_a_worker_stalled_past_its_lease_kills_the_child_running_what_it_lost(
+    redis_url: str, tmp_path: Path
+) -> None:
+    """With `sync_offload="process"`, a worker runs a sync function that spins for a minute in a
+    child process when it is stopped (SIGSTOP, child too) past its lease. It is reaped and a
+    second worker runs the request. Once it resumes it learns it was reaped and drops the run:
+    its child, which would spin on for most of a minute, is killed at once."""
+    spins = tmp_path / "spins"
+    spins.mkdir()
+    procs = GridProcesses(redis_url, tmp_path / "logs", GIRDER_SYNC_OFFLOAD="process")
+    try:
+        procs.distributor()
+        stalled = procs.worker("stalled")
+        await wait_for_nodes(redis_url, workers=1)
+        async with girder.Grid.connect(redis_url, **CLIENT_OPTIONS) as client:
+            handle = client.submit(sync_marked_spin, 60_000, str(spins))
+
+            def children() -> list[int]:
+                return [int(mark.name.removeprefix("spinning-")) for mark in spins.iterdir()]
+
+            async def spinning(count: int) -> bool:
+                return len(children()) == count
+
+            await wait_until(lambda: spinning(1), what="the spin to start in a child")
+            (child,) = children()
+            signal_group(stalled, signal.SIGSTOP)
+            procs.worker("here")
+            await wait_until(lambda: spinning(2), what="the request to run again elsewhere")
+            signal_group(stalled, signal.SIGCONT)
+
+            async def child_gone() -> bool:
+                return not _process_exists(child)
+
+            await wait_until(child_gone, timeout=15, what=f"the stale run's child {child} killed")
+            assert handle.cancel()
+    finally:
+        procs.stop_all()

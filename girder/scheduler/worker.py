@@ -245,8 +245,9 @@ class Worker(Node):
         return stale
 
     def _drop(self, key: str) -> None:
-        """Give up a run without completing it: an async one is cancelled, a sync one (which
-        cannot be interrupted) finishes and its outcome is thrown away."""
+        """Give up a run without completing it: an async one is cancelled, a sync one in a
+        child process has its child killed, one in the thread (which cannot be interrupted)
+        finishes and its outcome is thrown away."""
         if key not in self._running:
             return
         self._running.discard(key)
@@ -256,6 +257,7 @@ class Worker(Node):
             task.cancel()
         else:
             self._dropped.add(key)
+            self._sync.stop(key)
 
     def running_keys(self) -> list[str]:
         """Claimed, started, or finished with the completion still held."""
