@@ -1,11 +1,12 @@
-"""`ClusterClient`: girder's RESP client (`girder.backends.resp`) for a grid in one slot of a
-Redis Cluster.
+"""`ClusterClient`: girder's RESP client (`girder.backends.resp`) for a grid on a Redis Cluster.
 
-Every key of a grid carries the same `{prefix}` hash tag, so the whole grid lives in one slot,
-served by one primary at a time: the client finds that primary in the slot map (CLUSTER SLOTS,
-asked of the seed nodes of the URL and of every node seen since) and sends everything there
-through a `RedisClient`, keeping its pipelining, its timeouts and its failure rules (a command
-that certainly did not reach the server is `NotSent`, one whose reply was lost is `ReplyLost`).
+Every key of a grid's own state carries the same `{prefix}` hash tag, so that state lives in one
+slot, served by one primary at a time: the client finds that primary in the slot map (CLUSTER
+SLOTS, asked of the seed nodes of the URL and of every node seen since) and sends everything
+there through a `RedisClient`, keeping its pipelining, its timeouts and its failure rules (a
+command that certainly did not reach the server is `NotSent`, one whose reply was lost is
+`ReplyLost`). Keys that live in other slots (the bytes of blobs, tagged by their digest) go
+through `at(key)`: the same rules, sent to the primary of that key's slot, found in the same map.
 
 Redirections: a `MOVED` reply (the slot has a new owner: a failover, or a resharding that
 finished) refreshes the map and sends the redirected commands, and only those, to the new
@@ -80,7 +81,8 @@ _CRC16 = _crc16_table()
 
 
 class ClusterClient(PrimaryClient):
-    """The `RedisClient` interface, sending everything to the primary of one slot."""
+    """The `RedisClient` interface, sending everything to the primary of one slot (and, through
+    `at`, to the primary of any other)."""
 
     def __init__(self, seeds: Sequence[ServerAddress], anchor: str, **options: Any) -> None:
         """`anchor`: a key of the slot to serve; `options` go to each node's `RedisClient`."""
@@ -89,11 +91,60 @@ class ClusterClient(PrimaryClient):
         super().__init__(seeds[0], **options)
         self._known: list[Node] = [(seed.host, seed.port) for seed in seeds]
         self.slot = key_slot(anchor)
+        self._ranges: list[tuple[int, int, Node]] = []
+        """The slot map of the last CLUSTER SLOTS: (first slot, last slot, primary)."""
+        self._moved: dict[int, Node] = {}
+        """Slots (other than ours) whose owner a MOVED named since the last CLUSTER SLOTS."""
 
-    async def _routed(self, commands: Sequence[Command], send: Send) -> list[Any]:
+    def at(self, key: str) -> SlotClient:
+        """The same interface, sending to the primary of `key`'s slot."""
+        return SlotClient(self, key_slot(key))
+
+    async def primaries(self) -> list[SlotClient]:
+        """A client for each primary in the slot map (each sends to one slot it serves)."""
+        await self._owner_of(self.slot)
+        if not self._ranges:  # the map was forgotten (a lost connection): read it again
+            self._owner = None
+            await self._primary()
+        first: dict[Node, int] = {}
+        for start, _, primary in self._ranges:
+            first.setdefault(primary, start)
+        return [SlotClient(self, slot) for slot in sorted(first.values())]
+
+    async def _owner_of(self, slot: int) -> Node:
+        """The primary of `slot` as last seen (reading the slot map again when unknown)."""
+        if slot == self.slot:  # the grid's own slot: the fast path
+            return await self._primary()
+        owner = self._lookup(slot)
+        if owner is None:
+            self._owner = None  # one refresh reads the whole map
+            await self._primary()
+            owner = self._lookup(slot)
+            if owner is None:
+                raise NotSent(f"no cluster node serves slot {slot}")
+        return owner
+
+    def _lookup(self, slot: int) -> Node | None:
+        if slot in self._moved:
+            return self._moved[slot]
+        for start, end, primary in self._ranges:
+            if start <= slot <= end:
+                return primary
+        return None
+
+    def _stale(self, node: Node) -> None:
+        """Forget `node` as the owner of any slot: the next command for one reads the map."""
+        super()._stale(node)
+        self._ranges = [entry for entry in self._ranges if entry[2] != node]
+        self._moved = {slot: owner for slot, owner in self._moved.items() if owner != node}
+
+    async def _routed(
+        self, commands: Sequence[Command], send: Send, slot: int | None = None
+    ) -> list[Any]:
+        slot = self.slot if slot is None else slot
         replies: list[Any] = [None] * len(commands)
         todo = list(range(len(commands)))
-        node = await self._primary()
+        node = await self._owner_of(slot)
         asking = False
         for _ in range(_MAX_REDIRECTS + 1):
             batch = [commands[i] for i in todo]
@@ -122,8 +173,11 @@ class ClusterClient(PrimaryClient):
             todo, asking = redirected, kind == "ASK"
             if kind == "MOVED":
                 self._learn(node)
-                self._owner = node
-        raise NotSent(f"slot {self.slot} kept moving ({_MAX_REDIRECTS} redirections)")
+                if slot == self.slot:
+                    self._owner = node
+                else:
+                    self._moved[slot] = node
+        raise NotSent(f"slot {slot} kept moving ({_MAX_REDIRECTS} redirections)")
 
     async def _refresh(self) -> Node:
         """Ask the known nodes for CLUSTER SLOTS until one answers; the slot's primary."""
@@ -141,19 +195,45 @@ class ClusterClient(PrimaryClient):
         raise NotSent(f"no cluster node could say who serves slot {self.slot}: {failures}")
 
     def _read_slots(self, ranges: list[Any], asked: Node) -> Node | None:
-        """Learn every node of a CLUSTER SLOTS reply; the primary of our slot, if any."""
+        """Learn every node and the slot map of a CLUSTER SLOTS reply; the primary of our
+        slot, if any."""
         owner = None
+        self._ranges, self._moved = [], {}
         for start, end, primary, *replicas in ranges:
             for entry in (primary, *replicas):
                 host = entry[0].decode() or asked[0]  # an empty host: the node asked
                 self._learn((host, int(entry[1])))
+            node = (primary[0].decode() or asked[0], int(primary[1]))
+            self._ranges.append((int(start), int(end), node))
             if start <= self.slot <= end:
-                owner = (primary[0].decode() or asked[0], int(primary[1]))
+                owner = node
         return owner
 
     def _learn(self, node: Node) -> None:
         if node not in self._known:
             self._known.append(node)
+
+
+class SlotClient:
+    """`execute` and `pipeline` of a `ClusterClient`, sent to the primary of one slot (see
+    `ClusterClient.at`)."""
+
+    def __init__(self, cluster: ClusterClient, slot: int) -> None:
+        self._cluster = cluster
+        self.slot = slot
+
+    async def execute(self, *command: str | bytes | int | float) -> Any:
+        """One command's reply; an error reply raises `ReplyError`."""
+        [reply] = await self.pipeline([command])
+        if isinstance(reply, ReplyError):
+            raise reply
+        return reply
+
+    async def pipeline(self, commands: Sequence[Command]) -> list[Any]:
+        """Several commands in one round trip, to the slot's primary."""
+        return await self._cluster._routed(
+            commands, lambda client, batch: client.pipeline(batch), self.slot
+        )
 
 
 def _redirection(reply: Any) -> tuple[str, Node] | None:
