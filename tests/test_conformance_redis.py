@@ -12,8 +12,7 @@ import pytest
 import redis.asyncio as aioredis
 from redis.crc import key_slot
 
-from girder.backends import open_backend, resp
-from girder.backends import redis as redis_backend
+from girder.backends import open_backend, redis_blobs, resp
 from girder.backends.base import (
     Claimed,
     Completion,
@@ -745,7 +744,7 @@ async def test_a_server_stall_longer_than_the_leases_reaps_nobody(
 async def test_a_large_blob_travels_in_parts_and_leaves_none_behind(
     backend: RedisBackend, raw: aioredis.Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(redis_backend, "BLOB_CHUNK_BYTES", 1000)
+    monkeypatch.setattr(redis_blobs, "BLOB_CHUNK_BYTES", 1000)
     sent: list[int] = []
     original = resp.Connection.pipeline
 
@@ -760,28 +759,30 @@ async def test_a_large_blob_travels_in_parts_and_leaves_none_behind(
     assert await backend.get_blob(digest) == data
     await backend.put_blob(digest, data, holder="k2")  # stored: the bytes do not travel again
     assert len(sent) == 11
-    assert await raw.keys(f"{{{PREFIX}}}:blobpart:*") == []
-    assert await raw.ttl(f"{{{PREFIX}}}:blob:{digest}") == -1
+    assert await raw.keys(f"{{{PREFIX}/{digest}}}:blobpart:*") == []
+    assert await raw.ttl(f"{{{PREFIX}/{digest}}}:blob") == -1
 
 
 async def test_the_parts_of_a_writer_that_died_expire(
     backend: RedisBackend, raw: aioredis.Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(redis_backend, "BLOB_CHUNK_BYTES", 1000)
-    original = RedisBackend._run
+    monkeypatch.setattr(redis_blobs, "BLOB_CHUNK_BYTES", 1000)
+    original = redis_blobs.RedisBlobs._slot_script
 
-    async def dies_before_publishing(self: RedisBackend, name: str, *args: Any) -> Any:
-        if name == "blob_commit":
+    async def dies_before_publishing(
+        self: redis_blobs.RedisBlobs, name: str, keys: Sequence[str], *args: Any
+    ) -> Any:
+        if name == "blob_publish":
             raise RuntimeError("the writer died")
-        return await original(self, name, *args)
+        return await original(self, name, keys, *args)
 
-    monkeypatch.setattr(RedisBackend, "_run", dies_before_publishing)
+    monkeypatch.setattr(redis_blobs.RedisBlobs, "_slot_script", dies_before_publishing)
     digest, data = blob("dies", 5000)
     with pytest.raises(RuntimeError):
         await backend.put_blob(digest, data, holder="k")
-    [part] = await raw.keys(f"{{{PREFIX}}}:blobpart:*")
+    [part] = await raw.keys(f"{{{PREFIX}/{digest}}}:blobpart:*")
     assert 0 < await raw.pttl(part) <= 600_000
-    assert await raw.exists(f"{{{PREFIX}}}:blob:{digest}") == 0
+    assert await raw.exists(f"{{{PREFIX}/{digest}}}:blob") == 0
     assert await backend.get_blob(digest) is None
 
 

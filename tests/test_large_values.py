@@ -112,7 +112,7 @@ async def _overwrite_blob(backend: StateBackend, url: str | None, digest: str, d
     raw = aioredis.Redis.from_url(url)
     try:
         prefix = girder.config.Settings().key_prefix
-        assert await raw.set(f"{{{prefix}}}:blob:{digest}", data, xx=True)
+        assert await raw.set(f"{{{prefix}/{digest}}}:blob", data, xx=True)
     finally:
         await raw.aclose()
 

@@ -67,7 +67,8 @@ from girder.backends.base import (
     Submitted,
 )
 from girder.backends.cluster import SCHEME as CLUSTER_SCHEME
-from girder.backends.cluster import ClusterClient, parse_cluster_url
+from girder.backends.cluster import ClusterClient, SlotClient, parse_cluster_url
+from girder.backends.redis_blobs import Client, RedisBlobs
 from girder.backends.redis_keys import (
     DONE,
     F_OUTCOME,
@@ -131,18 +132,6 @@ _SCAN_COUNT = 1000
 
 _RETRY_FIRST, _RETRY_MAX = 0.05, 2.0
 """Backoff between attempts while the server cannot be reached, in seconds."""
-
-BLOB_CHUNK_BYTES = 8 * 1024 * 1024
-"""The most bytes of a blob one command carries. A larger blob is written in parts (SETRANGE
-on a part key that expires if its writer dies, then published whole by `blob_commit`) and read
-in parts (GETRANGE), so that other commands on the shared connection (heartbeats, claims) pass
-between the parts instead of waiting behind the whole transfer."""
-
-_BLOB_PART_TTL_MS = 600_000
-"""How long the parts of a blob whose writer died stay before they expire."""
-
-_SWEEP_STEP = 100
-"""The most blobs one `blob_sweep` call looks at."""
 
 
 def mask_url(url: str) -> str:
@@ -284,6 +273,14 @@ class RedisBackend:
                 self._redis = RedisClient(parse_url(url))
         except ValueError as exc:
             raise ConfigurationError(f"bad Redis URL {self.url!r}: {exc}") from exc
+        self._blobs = RedisBlobs(
+            self._keys,
+            run=self._run,
+            retrying=self._retrying,
+            at=self._at,
+            servers=self._servers,
+            error=lambda what, error: _reply_error(self.url, what, error),
+        )
 
     async def connect(self) -> None:
         """Check the server and load the scripts. A server that cannot be reached at all is a
@@ -426,6 +423,18 @@ class RedisBackend:
             return await self._retrying(name, attempt)
         finally:
             self._tokens.settle(node, token)
+
+    def _at(self, key: str) -> RedisClient | SentinelClient | SlotClient:
+        """The client for the server that holds `key` (its slot's primary on a cluster)."""
+        if isinstance(self._redis, ClusterClient):
+            return self._redis.at(key)
+        return self._redis
+
+    async def _servers(self) -> list[Client]:
+        """A client per server of the grid: every primary of a cluster, else the one."""
+        if isinstance(self._redis, ClusterClient):
+            return list(await self._retrying("flush", self._redis.primaries))
+        return [self._redis]
 
     async def _blocking(self, commands: list[Command], timeout: float) -> list[Any]:
         """Commands that block up to `timeout` seconds, on a connection of their own (a reply
@@ -822,70 +831,24 @@ class RedisBackend:
             if found:
                 await self._execute("flush", "UNLINK", *found)
             if cursor == b"0":
-                return
+                break
+        await self._blobs.flush()
 
     # -- large values -----------------------------------------------------------------------------
 
     async def put_blob(
         self, digest: str, data: bytes, *, holder: str, until_done: bool = False
     ) -> None:
-        role = "1" if until_done else ""
-        if await self._run("blob_hold", digest, holder, role):
-            return  # stored already: the bytes need not travel
-        if len(data) <= BLOB_CHUNK_BYTES:
-            await self._run("blob_put", digest, data, holder, role)
-            return
-        while True:
-            nonce = uuid.uuid4().hex
-            part = self._keys.blob_part(digest, nonce)
-            for start in range(0, len(data), BLOB_CHUNK_BYTES):
-                await self._put_part(part, start, data[start : start + BLOB_CHUNK_BYTES])
-            if await self._run("blob_commit", digest, nonce, holder, role):
-                return
-
-    async def _put_part(self, part: str, start: int, chunk: bytes) -> None:
-        """Write one part of a blob (both commands are safe to send again)."""
-        commands: list[Command] = [
-            ("SETRANGE", part, start, chunk),
-            ("PEXPIRE", part, _BLOB_PART_TTL_MS),
-        ]
-        for reply in await self._retrying("put_blob", lambda: self._redis.pipeline(commands)):
-            if isinstance(reply, ReplyError):  # out of memory, say
-                raise _reply_error(self.url, "put_blob", reply)
+        await self._blobs.put(digest, data, holder, until_done)
 
     async def get_blob(self, digest: str) -> bytes | None:
-        name = self._keys.blob(digest)
-        first: list[Command] = [("STRLEN", name), ("GETRANGE", name, 0, BLOB_CHUNK_BYTES - 1)]
-        size, head = await self._retrying("get_blob", lambda: self._redis.pipeline(first))
-        if not isinstance(size, int) or not size or isinstance(head, ReplyError):
-            return None  # none, or garbage of another type in its place
-        parts = [head]
-        for start in range(BLOB_CHUNK_BYTES, size, BLOB_CHUNK_BYTES):
-            end = min(size, start + BLOB_CHUNK_BYTES) - 1
-            parts.append(await self._execute("get_blob", "GETRANGE", name, start, end))
-        return b"".join(parts)
+        return await self._blobs.get(digest)
 
     async def sweep_blobs(self, grace: float) -> int:
-        deleted, until = 0, ""
-        while True:
-            step, seen, until = await self._run(
-                "blob_sweep", _ms(grace) if grace > 0 else 0, until, _SWEEP_STEP
-            )
-            deleted += int(step)
-            if seen < _SWEEP_STEP:
-                return deleted
+        return await self._blobs.sweep(_ms(grace) if grace > 0 else 0)
 
     async def blobs(self) -> dict[str, int]:
-        digests = await self._execute("blobs", "ZRANGE", self._keys.blobs, 0, -1)
-        if not digests:
-            return {}
-        commands = [("STRLEN", self._keys.blob(digest.decode())) for digest in digests]
-        sizes = await self._retrying("blobs", lambda: self._redis.pipeline(commands))
-        return {
-            digest.decode(): size
-            for digest, size in zip(digests, sizes, strict=True)
-            if isinstance(size, int) and size
-        }
+        return await self._blobs.sizes()
 
 
 def _chunks(requests: Sequence[NewRequest]) -> Iterator[Sequence[NewRequest]]:

@@ -1,7 +1,8 @@
 """Every Redis key (and hash field) that `RedisBackend` uses, in one place.
 
-All keys of a grid start with `{<key_prefix>}:`. The braces make the prefix a Redis Cluster hash
-tag, so every key of one grid lives in one slot and one Lua script may touch any of them. The Lua
+All keys of a grid's own state start with `{<key_prefix>}:`. The braces make the prefix a Redis
+Cluster hash tag, so that state lives in one slot and one Lua script may touch any of it. Only
+the bytes of blobs live elsewhere, each blob in the slot of its digest (see below). The Lua
 scripts spell no names themselves: each starts with `RedisKeys.lua_prelude()`, which renders this
 same layout as Lua functions (`k_record(key)`, `k_work(node)`, ...) and constants.
 
@@ -32,13 +33,21 @@ Per request key:
                        hash whose fields and values are all at most 64 bytes long
                        (`hash-max-listpack-value`) as one compact listpack, while one longer
                        name or value makes it a hashtable of several times the size.
-Per blob (a large value or request's arguments, named by the SHA-256 of its bytes):
-    blob:<digest>      string: the bytes
+Per blob (a large value or request's arguments, named by the SHA-256 of its bytes), in the
+grid's slot:
     blobholders:<digest> set of request keys that stored the blob (whose records refer to it)
     blobuntildone:<digest> set of request keys that stored the blob for their arguments or a
                        partial answer: their records refer to it only until they are done
-    blobpart:<digest>:<nonce> string: a large blob being written in parts (expires if its
-                       writer dies; renamed to blob:<digest> when whole)
+Per blob, in a slot of its own: these keys carry the hash tag `{<key_prefix>/<digest>}` instead
+(`RedisKeys.blob` and below), so that on a Redis Cluster the bytes spread over the primaries
+by their digest, while the index (`blobs`) and the holders stay in the grid's slot. Nothing
+spells these names in Lua: the scripts of the blob's slot get them in KEYS.
+    {<key_prefix>/<digest>}:blob      string: the bytes
+    {<key_prefix>/<digest>}:blobgen   string: a token that every put or reuse of the blob
+                       replaces (a sweep deletes the bytes only if it is still the one it read
+                       before it found the blob unheld: see `RedisBackend.sweep_blobs`)
+    {<key_prefix>/<digest>}:blobpart:<nonce> string: a large blob being written in parts
+                       (expires if its writer dies; renamed to `blob` when whole)
 Per job:
     cancelling:<job>   list: the keys a cancellation of the job still has to look at
 Per node:
@@ -115,7 +124,8 @@ TIMEKEEPER = "timekeeper"
 EVENTS = "events"
 EVENTS_BASE = "eventsbase"
 EVENTS_WATCHED = "eventswatched"
-BLOB = "blob:"
+BLOB = "blob"
+BLOB_GEN = "blobgen"
 BLOB_HOLDERS = "blobholders:"
 BLOB_UNTIL_DONE = "blobuntildone:"
 BLOB_PART = "blobpart:"
@@ -164,10 +174,8 @@ _PER_ID = {
     "journal": JOURNAL,
     "orphans": ORPHANS,
     "cancelling": CANCELLING,
-    "blob": BLOB,
     "blob_holders": BLOB_HOLDERS,
     "blob_until_done": BLOB_UNTIL_DONE,
-    "blob_part": BLOB_PART,
 }
 _GLOBAL = {
     "LEASES": LEASES,
@@ -230,6 +238,9 @@ def unchunked(replies: Sequence[bytes | None]) -> bytes | None:
     return b"".join(parts) if parts else None
 
 
+_NOT_IN_DIGEST = re.compile(r"[{}/]")
+
+
 def _lua_string(text: str) -> str:
     """`text` as a Lua string literal (every byte escaped, so any prefix is safe)."""
     return '"' + "".join(f"\\{byte:03d}" for byte in text.encode()) + '"'
@@ -244,6 +255,7 @@ class RedisKeys:
                 f"key_prefix {prefix!r} must be non-empty and contain no braces "
                 "(it becomes the Redis Cluster hash tag)"
             )
+        self.prefix = prefix
         self.base = "{" + prefix + "}:"
         self.leases = self.base + LEASES
         self.pops = self.base + POPS
@@ -276,10 +288,41 @@ class RedisKeys:
         return self.base + JOURNAL + node
 
     def blob(self, digest: str) -> str:
-        return self.base + BLOB + digest
+        """The bytes of blob `digest`, in the slot of its digest (not the grid's)."""
+        return self._blob_tag(digest) + BLOB
+
+    def blob_gen(self, digest: str) -> str:
+        """The generation token of blob `digest`, beside its bytes."""
+        return self._blob_tag(digest) + BLOB_GEN
 
     def blob_part(self, digest: str, nonce: str) -> str:
-        return self.base + BLOB_PART + digest + ":" + nonce
+        """A part-written blob `digest`, beside its bytes."""
+        return self._blob_tag(digest) + BLOB_PART + nonce
+
+    def _blob_tag(self, digest: str) -> str:
+        if not digest or _NOT_IN_DIGEST.search(digest):
+            raise ValueError(
+                f"a blob digest is a non-empty string without braces or '/': {digest!r}"
+            )
+        return "{" + self.prefix + "/" + digest + "}:"
+
+    def blob_pattern(self) -> str:
+        """A SCAN pattern that matches every blob key of this grid (and maybe some of a grid
+        whose prefix starts with this one's and a '/': `is_blob_key` tells them apart)."""
+        return re.sub(r"([*?\[\]\\])", r"\\\1", "{" + self.prefix + "/") + "*"
+
+    def is_blob_key(self, name: str) -> bool:
+        """Whether `name` is a blob key of this grid (`blob`, `blobgen` or `blobpart:...`)."""
+        tag = "{" + self.prefix + "/"
+        if not name.startswith(tag):
+            return False
+        digest, close, rest = name[len(tag) :].partition("}:")
+        return (
+            bool(close)
+            and bool(digest)
+            and not _NOT_IN_DIGEST.search(digest)
+            and (rest in (BLOB, BLOB_GEN) or rest.startswith(BLOB_PART))
+        )
 
     def pattern(self, part: str = "") -> str:
         """A SCAN pattern that matches every key of this grid (that starts with `part` after

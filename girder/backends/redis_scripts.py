@@ -10,6 +10,10 @@ codes and the shared helpers (`common.lua`), then the argument lines and the scr
 Every script gets the grid's anchor key as KEYS[1]: it names the grid's hash slot, in which
 every key a script derives lives.
 
+The scripts of a blob's own slot (`SLOT_SCRIPTS`, files `slot_<name>.lua`) are the exception:
+they touch only the keys they are given in `KEYS`, the bytes of one blob and what lies beside
+them (see `redis_keys`), and use nothing of the prelude.
+
 Scripts whose reply depends on what they changed (claims, hand-outs, moves) are *journaled*:
 their first arguments are a call token, the lowest token the calling node still waits for, and
 whether the call is sent again. A call whose reply was lost is sent again with the same token and
@@ -134,9 +138,9 @@ SPECS = {
         ScriptSpec("nodes"),
         ScriptSpec("members", ("distributor",)),
         ScriptSpec("blob_hold", ("digest", "holder", "until_done")),
-        ScriptSpec("blob_put", ("digest", "data", "holder", "until_done")),
-        ScriptSpec("blob_commit", ("digest", "nonce", "holder", "until_done")),
-        ScriptSpec("blob_sweep", ("grace_ms", "until_ms", "limit")),
+        ScriptSpec("blob_due", ("grace_ms", "until_ms", "limit")),
+        ScriptSpec("blob_sweep", ("cutoff",), rest="digests"),
+        ScriptSpec("blob_forget", ("cutoff",), rest="digests"),
         ScriptSpec("cache_entries", rest="keys"),
         ScriptSpec("cache_drop", ("node", "fn_name", "every"), rest="keys", journaled=True),
         ScriptSpec("events_read", ("start", "count")),
@@ -151,6 +155,20 @@ class Script:
     spec: ScriptSpec
     source: str
     sha: str
+
+
+SLOT_SCRIPTS = ("blob_store", "blob_reuse", "blob_publish", "blob_drop")
+"""The scripts that run in a blob's own slot."""
+
+
+def build_slot_scripts() -> dict[str, Script]:
+    """The scripts of `SLOT_SCRIPTS`, as they are (their keys come in `KEYS`)."""
+    folder = resources.files("girder.backends").joinpath("lua")
+    scripts = {}
+    for name in SLOT_SCRIPTS:
+        source = folder.joinpath(f"slot_{name}.lua").read_text()
+        scripts[name] = Script(ScriptSpec(name), source, hashlib.sha1(source.encode()).hexdigest())
+    return scripts
 
 
 def _lua_constants(grid_tick_ms: int, events_max: int, events_watch_ms: int) -> str:

@@ -1,0 +1,18 @@
+-- blob_forget(cutoff, digests...): the last step of a sweep, for digests whose bytes are gone
+-- (blob_drop): drop each from the index and delete its holder sets, unless a put held it again
+-- since blob_sweep found it unheld (it has a holder, or was put at or after `cutoff`): then its
+-- bytes are being written again, and it stays.
+-- Returns how many it dropped.
+local dropped = 0
+for i = FIRST_DIGESTS, #ARGV do
+  local digest = ARGV[i]
+  local holders, until_done = k_blob_holders(digest), k_blob_until_done(digest)
+  local score = tonumber(call('ZSCORE', K_BLOBS, digest))
+  if score ~= nil and score < tonumber(cutoff)
+      and call('SCARD', holders) == 0 and call('SCARD', until_done) == 0 then
+    redis.call('DEL', holders, until_done)
+    call('ZREM', K_BLOBS, digest)
+    dropped = dropped + 1
+  end
+end
+return dropped

@@ -1,0 +1,266 @@
+"""`RedisBlobs`: the blobs of a `RedisBackend`, their bytes spread over the slots by digest.
+
+A blob's holders and its entry in the grid's index (`blobs`) live in the grid's slot; its bytes,
+with a generation token beside them, in the slot of its digest (see `redis_keys`), so that on a
+Redis Cluster the bulk of a grid's memory spreads over the primaries. No script can touch both
+slots, so a put and a sweep are steps, each one script in one slot, in an order that keeps two
+rules through any crash between them and any interleaving of puts and sweeps:
+
+- a blob some record holds has its bytes (once its put returned);
+- bytes that exist have an index entry (so a sweep finds them in the end).
+
+Put: (1) grid slot (`blob_hold`): add the holder, start the grace period, index the digest;
+(2) blob slot: write the bytes (`blob_store`, or `blob_publish` for one written in parts) or
+reuse stored ones (`blob_reuse`), replacing the generation token with a new one either way.
+
+Sweep, per batch of due digests: (0) blob slots: read each generation; (1) grid slot
+(`blob_sweep`): forget the holders that let go, and pick the digests still due and unheld,
+leaving them indexed; (2) blob slots (`blob_drop`): delete the bytes only if the generation is
+still the one read in (0); (3) grid slot (`blob_forget`): drop the digests whose bytes are gone
+from the index, unless something held them again.
+
+Why that is safe. A put's step (2) comes after its step (1). If a put's step (1) ran before the
+sweep's step (1), the digest is no longer due (its grace started again) or its holder is seen:
+it is not picked. If it ran after, its step (2) also comes after the sweep's step (0), so the
+generation changed and step (2) of the sweep leaves the bytes, unless that ran first: then
+the put finds no bytes to reuse and writes them again, and the sweep's step (3) sees the holder
+and keeps the index entry. A crash after step (1) or (2) of a sweep leaves an index entry
+whose bytes may be gone: the next sweep finds it unheld again and finishes. A put that died
+after step (1) left a holder without a record, forgotten after the grace period. Generation
+tokens are random, so a generation read once is never seen again after a change.
+
+What only a writer slower than the grace period can do (as with one slot: a blob's holder
+has `grace` to write its record): if two sweeps overlap with a put whose two steps are more
+than `grace` apart, one may drop the index entry after the put wrote the bytes; those bytes
+then stay until the blob is put again (which indexes it) or the grid is flushed.
+
+On a single server (or one under Sentinel) every slot is the same server: the same steps run
+there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Protocol, TypeVar
+
+from girder.backends.redis_keys import RedisKeys
+from girder.backends.redis_scripts import build_slot_scripts
+from girder.backends.resp import Command, ReplyError
+
+T = TypeVar("T")
+
+BLOB_CHUNK_BYTES = 8 * 1024 * 1024
+"""The most bytes of a blob one command carries. A larger blob is written in parts (SETRANGE
+on a part key that expires if its writer dies, then published whole by `blob_publish`) and read
+in parts (GETRANGE), so that other commands on the shared connection (heartbeats, claims) pass
+between the parts instead of waiting behind the whole transfer."""
+
+BLOB_PART_TTL_MS = 600_000
+"""How long the parts of a blob whose writer died stay before they expire."""
+
+SWEEP_STEP = 100
+"""The most blobs one step of a sweep looks at."""
+
+_SCAN_COUNT = 1000
+
+
+class Client(Protocol):
+    """What `RedisBlobs` sends commands through: a server, or the primary of one slot."""
+
+    async def execute(self, *command: str | bytes | int | float) -> Any: ...
+
+    async def pipeline(self, commands: Sequence[Command]) -> list[Any]: ...
+
+
+Run = Callable[..., Awaitable[Any]]
+"""Runs a grid script by name with its arguments, retried through outages."""
+Retrying = Callable[[str, Callable[[], Awaitable[Any]]], Awaitable[Any]]
+"""Calls an attempt until the server answers it (`RedisBackend._retrying`)."""
+
+
+class RedisBlobs:
+    """put/get/sweep/list/flush of a grid's blobs (see the module docstring)."""
+
+    def __init__(
+        self,
+        keys: RedisKeys,
+        *,
+        run: Run,
+        retrying: Retrying,
+        at: Callable[[str], Client],
+        servers: Callable[[], Awaitable[list[Client]]],
+        error: Callable[[str, ReplyError], Exception],
+    ) -> None:
+        """`run`: a grid script; `retrying`: an attempt through outages; `at(key)`: the client
+        for `key`'s slot; `servers()`: one client per server (per primary of a cluster);
+        `error`: the `BackendError` for an error reply."""
+        self._keys = keys
+        self._run = run
+        self._retrying = retrying
+        self._at = at
+        self._servers = servers
+        self._error = error
+        self._scripts = build_slot_scripts()
+
+    # -- put and get ------------------------------------------------------------------------------
+
+    async def put(self, digest: str, data: bytes, holder: str, until_done: bool) -> None:
+        role = "1" if until_done else ""
+        token = uuid.uuid4().hex
+        keys = (self._keys.blob(digest), self._keys.blob_gen(digest))
+        new = await self._run("blob_hold", digest, holder, role)
+        if not new and await self._slot_script("blob_reuse", keys, token):
+            return  # stored already: the bytes need not travel
+        if len(data) <= BLOB_CHUNK_BYTES:
+            await self._slot_script("blob_store", keys, data, token)
+            return
+        while True:
+            part = self._keys.blob_part(digest, uuid.uuid4().hex)
+            for start in range(0, len(data), BLOB_CHUNK_BYTES):
+                await self._put_part(part, start, data[start : start + BLOB_CHUNK_BYTES])
+            if await self._slot_script("blob_publish", (*keys, part), token):
+                return
+
+    async def _put_part(self, part: str, start: int, chunk: bytes) -> None:
+        """Write one part of a blob (both commands are safe to send again)."""
+        commands: list[Command] = [
+            ("SETRANGE", part, start, chunk),
+            ("PEXPIRE", part, BLOB_PART_TTL_MS),
+        ]
+        client = self._at(part)
+        for reply in await self._retrying("put_blob", lambda: client.pipeline(commands)):
+            if isinstance(reply, ReplyError):  # out of memory, say
+                raise self._error("put_blob", reply)
+
+    async def get(self, digest: str) -> bytes | None:
+        name = self._keys.blob(digest)
+        client = self._at(name)
+        first: list[Command] = [("STRLEN", name), ("GETRANGE", name, 0, BLOB_CHUNK_BYTES - 1)]
+        size, head = await self._retrying("get_blob", lambda: client.pipeline(first))
+        if not isinstance(size, int) or not size or isinstance(head, ReplyError):
+            return None  # none, or garbage of another type in its place
+        parts = [head]
+        for start in range(BLOB_CHUNK_BYTES, size, BLOB_CHUNK_BYTES):
+            end = min(size, start + BLOB_CHUNK_BYTES) - 1
+            parts.append(await self._execute(client, "get_blob", "GETRANGE", name, start, end))
+        return b"".join(parts)
+
+    async def sizes(self) -> dict[str, int]:
+        """Every stored blob: digest -> size in bytes."""
+        digests = await self._retrying(
+            "blobs", lambda: self._at(self._keys.blobs).execute("ZRANGE", self._keys.blobs, 0, -1)
+        )
+        names = [digest.decode() for digest in digests]
+        found = await asyncio.gather(*(self._size(name) for name in names))
+        return {name: size for name, size in zip(names, found, strict=True) if size}
+
+    async def _size(self, digest: str) -> int:
+        name = self._keys.blob(digest)
+        size = await self._retrying("blobs", lambda: self._at(name).pipeline([("STRLEN", name)]))
+        return size[0] if isinstance(size[0], int) else 0
+
+    # -- sweep ------------------------------------------------------------------------------------
+
+    async def sweep(self, grace_ms: int) -> int:
+        deleted, until = 0, ""
+        while True:
+            until, due = await self._run("blob_due", grace_ms, until, SWEEP_STEP)
+            digests = [digest.decode() for digest in due]
+            if digests:
+                deleted += await self._sweep_step(until, digests)
+            if len(digests) < SWEEP_STEP:
+                return deleted
+
+    async def _sweep_step(self, cutoff: bytes, digests: list[str]) -> int:
+        generations = await self.generations(digests)
+        unheld = await self.unheld(cutoff, digests)
+        gone = [
+            digest
+            for digest, dropped in zip(
+                unheld,
+                await asyncio.gather(*(self.drop(d, generations[d]) for d in unheld)),
+                strict=True,
+            )
+            if dropped
+        ]
+        return await self.forget(cutoff, gone)
+
+    async def generations(self, digests: Sequence[str]) -> dict[str, bytes]:
+        """Sweep step 0: each blob's generation token (b"" for none)."""
+        found = await asyncio.gather(*(self._generation(digest) for digest in digests))
+        return dict(zip(digests, found, strict=True))
+
+    async def _generation(self, digest: str) -> bytes:
+        name = self._keys.blob_gen(digest)
+        [reply] = await self._retrying(
+            "sweep_blobs", lambda: self._at(name).pipeline([("GET", name)])
+        )
+        return reply if isinstance(reply, bytes) else b""
+
+    async def unheld(self, cutoff: bytes, digests: Sequence[str]) -> list[str]:
+        """Sweep step 1 (grid slot): which of `digests` are still due and held by nobody."""
+        if not digests:
+            return []
+        return [digest.decode() for digest in await self._run("blob_sweep", cutoff, *digests)]
+
+    async def drop(self, digest: str, generation: bytes) -> bool:
+        """Sweep step 2 (blob slot): delete the bytes if the generation is still `generation`;
+        whether they are gone."""
+        keys = (self._keys.blob(digest), self._keys.blob_gen(digest))
+        return bool(await self._slot_script("blob_drop", keys, generation))
+
+    async def forget(self, cutoff: bytes, digests: Sequence[str]) -> int:
+        """Sweep step 3 (grid slot): drop from the index those of `digests` nobody held again;
+        how many."""
+        if not digests:
+            return 0
+        return int(await self._run("blob_forget", cutoff, *digests))
+
+    # -- flush ------------------------------------------------------------------------------------
+
+    async def flush(self) -> None:
+        """Delete the blob keys of the grid on every server (its index and holders go with the
+        rest of the grid's slot)."""
+        pattern = self._keys.blob_pattern()
+        for server in await self._servers():
+            cursor = b"0"
+            while True:
+                scan = ("SCAN", cursor, "MATCH", pattern, "COUNT", _SCAN_COUNT)
+                cursor, found = await self._execute(server, "flush", *scan)
+                names = [name.decode() for name in found]
+                await asyncio.gather(
+                    *(self._unlink(name) for name in names if self._keys.is_blob_key(name))
+                )
+                if cursor == b"0":
+                    break
+
+    async def _unlink(self, name: str) -> None:
+        await self._execute(self._at(name), "flush", "UNLINK", name)
+
+    # -- plumbing ---------------------------------------------------------------------------------
+
+    async def _execute(self, client: Client, what: str, *command: str | bytes | int) -> Any:
+        """One command on `client`, retried through outages."""
+        return await self._retrying(what, lambda: client.execute(*command))
+
+    async def _slot_script(
+        self, name: str, keys: Sequence[str], *args: str | bytes | int | float
+    ) -> Any:
+        """Run a script of the blob's slot by SHA, sending its source on a NOSCRIPT (a server
+        that never saw it, or restarted), retried through outages."""
+        script = self._scripts[name]
+        client = self._at(keys[0])
+        by_sha = ("EVALSHA", script.sha, len(keys), *keys, *args)
+        by_source = ("EVAL", script.source, len(keys), *keys, *args)
+
+        async def attempt() -> Any:
+            [reply] = await client.pipeline([by_sha])
+            if isinstance(reply, ReplyError) and str(reply).startswith("NOSCRIPT"):
+                [reply] = await client.pipeline([by_source])
+            if isinstance(reply, ReplyError):
+                raise reply
+            return reply
+
+        return await self._retrying(name, attempt)
