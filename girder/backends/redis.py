@@ -8,7 +8,8 @@ primary that Redis Sentinel names (see `girder.backends.sentinel`).
 Every atomic primitive is one Lua script from `girder/backends/lua/`, loaded with SCRIPT LOAD
 and run by SHA (reloaded after a NOSCRIPT, e.g. when the server restarted), so submit, claim and
 complete are one round trip each. Key names live in `redis_keys`, script arguments and reply
-codes in `redis_scripts`.
+codes in `redis_scripts`. Blobs are the exception: their bytes live in a slot of their own, so a
+put or a sweep of one is a few ordered steps, one script per slot (see `redis_blobs`).
 
 Every operation is safe to send again: the scripts that claim work are journaled by a token per
 call (a resent call returns the first call's reply), and the others change nothing when repeated.
