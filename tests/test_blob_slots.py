@@ -82,13 +82,14 @@ def indexed(servers: Sequence[RedisServer]) -> set[str]:
 
 async def swept_by_hand(
     backend: RedisBackend,
-) -> tuple[bytes, list[str], dict[str, bytes], list[str]]:
-    """Steps 0 and 1 of a sweep with no grace: (cutoff, due, generations, unheld)."""
+) -> tuple[bytes, int, list[str], dict[str, bytes], list[str]]:
+    """Steps 0 and 1 of a sweep with no grace: (cutoff, deadline, due, generations, unheld)."""
     blobs = backend._blobs
     cutoff, due = await backend._run("blob_due", 0, "", 100)
     digests = [digest.decode() for digest in due]
     generations = await blobs.generations(digests)
-    return cutoff, digests, generations, await blobs.unheld(cutoff, digests)
+    deadline, unheld = await blobs.unheld(cutoff, digests)
+    return cutoff, deadline, digests, generations, unheld
 
 
 # -- spread ---------------------------------------------------------------------------------------
@@ -165,12 +166,11 @@ async def test_a_put_after_a_sweep_found_the_blob_unheld_keeps_its_bytes(
     holds it come before the sweep's step 2: the generation changed, the bytes stay."""
     digest, data = blob("re-put")
     await backend.put_blob(digest, data, holder="gone")  # no record: unheld
-    cutoff, due, generations, unheld = await swept_by_hand(backend)
+    _, _, due, generations, unheld = await swept_by_hand(backend)
     assert due == unheld == [digest]
     await backend.put_blob(digest, data, holder="k")
     await put(backend, "c", ["k"])
     assert not await backend._blobs.drop(digest, generations[digest])
-    assert await backend._blobs.forget(cutoff, []) == 0
     assert await backend.get_blob(digest) == data
     assert await backend.sweep_blobs(0) == 0
     assert await backend.blobs() == {digest: len(data)}
@@ -184,7 +184,7 @@ async def test_a_put_whose_bytes_a_sweep_drops_between_its_steps_writes_them_aga
     bytes to reuse: it writes them), the sweep's step 3 (held again: the index entry stays)."""
     digest, data = blob("between")
     await backend.put_blob(digest, data, holder="gone")
-    cutoff, _, generations, unheld = await swept_by_hand(backend)
+    cutoff, deadline, _, generations, unheld = await swept_by_hand(backend)
     assert unheld == [digest]
     original = redis_blobs.RedisBlobs._slot_script
     dropped: list[bool] = []
@@ -201,11 +201,55 @@ async def test_a_put_whose_bytes_a_sweep_drops_between_its_steps_writes_them_aga
     monkeypatch.undo()
     assert dropped == [True]
     await put(backend, "c", ["k"])
-    assert await backend._blobs.forget(cutoff, [digest]) == 0
+    assert await backend._blobs.forget(cutoff, deadline, [digest]) == 0
     assert await backend.get_blob(digest) == data
     assert digest in indexed(servers[1])
     assert await backend.sweep_blobs(0) == 0
     assert await backend.get_blob(digest) == data
+
+
+async def test_a_put_slower_than_the_window_holds_its_blob_again(
+    backend: RedisBackend, servers: tuple[str, list[RedisServer]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Between the put's steps, longer than the grace passes (here: a sweep with no grace, and
+    a clock moved on by two minutes): the sweep gives the holder up and drops the index entry
+    before the put writes the bytes. The put sees it was slow and runs its steps again: when it
+    returns, the blob is held, indexed and stored."""
+    digest, data = blob("slow-put")
+    clock = [1000.0]
+    monkeypatch.setattr(redis_blobs, "monotonic", lambda: clock[0])
+    original = redis_blobs.RedisBlobs._slot_script
+    swept: list[int] = []
+
+    async def stalled_between_steps(
+        self: redis_blobs.RedisBlobs, name: str, keys: Sequence[str], *args: Any
+    ) -> Any:
+        if name != "blob_drop" and not swept:
+            swept.append(await backend.sweep_blobs(0))
+            clock[0] += 120
+        return await original(self, name, keys, *args)
+
+    monkeypatch.setattr(redis_blobs.RedisBlobs, "_slot_script", stalled_between_steps)
+    await backend.put_blob(digest, data, holder="k")
+    assert swept == [1]  # the holder was given up, the entry dropped, mid-put
+    await put(backend, "c", ["k"])
+    assert await backend.blobs() == {digest: len(data)}
+    assert await backend.sweep_blobs(0) == 0
+    assert await backend.get_blob(digest) == data
+
+
+async def test_a_sweep_whose_last_step_comes_past_its_deadline_leaves_it_to_the_next(
+    backend: RedisBackend, servers: tuple[str, list[RedisServer]]
+) -> None:
+    digest, data = blob("late-forget")
+    await backend.put_blob(digest, data, holder="gone")
+    cutoff, _, _, generations, unheld = await swept_by_hand(backend)
+    assert unheld == [digest]
+    assert await backend._blobs.drop(digest, generations[digest])
+    assert await backend._blobs.forget(cutoff, 0, [digest]) == 0  # a deadline long past
+    assert indexed(servers[1]) == {digest}
+    assert await backend.sweep_blobs(0) == 1
+    assert all_keys(servers[1]) == []
 
 
 # -- crashes --------------------------------------------------------------------------------------
@@ -219,7 +263,7 @@ async def test_a_sweep_that_died_between_its_steps_leaves_nothing_after_the_next
     stays, its bytes gone): the next sweep finishes, and no key of the blob is left."""
     digest, data = blob(f"crash{steps_done}")
     await backend.put_blob(digest, data, holder="gone")
-    _, _, generations, unheld = await swept_by_hand(backend)
+    _, _, _, generations, unheld = await swept_by_hand(backend)
     assert unheld == [digest]
     if steps_done == 2:
         assert await backend._blobs.drop(digest, generations[digest])

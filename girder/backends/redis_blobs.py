@@ -20,8 +20,9 @@ still the one read in (0); (3) grid slot (`blob_forget`): drop the digests whose
 from the index, unless something held them again.
 
 Why that is safe. A put's step (2) comes after its step (1). If a put's step (1) ran before the
-sweep's step (1), the digest is no longer due (its grace started again) or its holder is seen:
-it is not picked. If it ran after, its step (2) also comes after the sweep's step (0), so the
+sweep's step (1), the digest is no longer due (its grace started again), or the put is older
+than the grace and done (its record holds the blob: it is not picked; see Time for a put that
+is not done). If it ran after, its step (2) also comes after the sweep's step (0), so the
 generation changed and step (2) of the sweep leaves the bytes, unless that ran first: then
 the put finds no bytes to reuse and writes them again, and the sweep's step (3) sees the holder
 and keeps the index entry. A crash after step (1) or (2) of a sweep leaves an index entry
@@ -29,10 +30,15 @@ whose bytes may be gone: the next sweep finds it unheld again and finishes. A pu
 after step (1) left a holder without a record, forgotten after the grace period. Generation
 tokens are random, so a generation read once is never seen again after a change.
 
-What only a writer slower than the grace period can do (as with one slot: a blob's holder
-has `grace` to write its record): if two sweeps overlap with a put whose two steps are more
-than `grace` apart, one may drop the index entry after the put wrote the bytes; those bytes
-then stay until the blob is put again (which indexes it) or the grid is flushed.
+Time. A sweep finds a blob due only `grace` after its last put's step (1), and gives up a
+holder without a record only then. A put whose steps took longer than `HOLD_WINDOW_S` runs
+them again, and a sweep's step (3) does nothing past `HOLD_WINDOW_S` after its step (1) (server
+time). With a grace over twice that (girder's: 600 s against 60), no sweep gives up the holder
+of a put between its steps, and no step (3) acts on what a sweep decided before such a put's
+step (2): without those bounds, a put stalled between its steps for longer than the grace (an
+outage of the blob's primary) could return with its holder given up, or with bytes that an
+overlapping sweep left unindexed. As on one slot, a holder has `grace` to write its record
+after the put returns.
 
 On a single server (or one under Sentinel) every slot is the same server: the same steps run
 there.
@@ -43,6 +49,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
+from time import monotonic
 from typing import Any, Protocol, TypeVar
 
 from girder.backends.redis_keys import RedisKeys
@@ -59,6 +66,13 @@ between the parts instead of waiting behind the whole transfer."""
 
 BLOB_PART_TTL_MS = 600_000
 """How long the parts of a blob whose writer died stay before they expire."""
+
+HOLD_WINDOW_S = 60.0
+"""The longest the two steps of a put, or the steps 1 to 3 of a sweep, may take: a put that took
+longer runs them again; a sweep's step 3 that would run later does nothing (the next sweep
+finishes). So a sweep gives up a holder whose put is still between its steps only if its grace
+is under this (girder's is 600 s; see the module docstring)."""
+HOLD_WINDOW_MS = round(HOLD_WINDOW_S * 1000)
 
 SWEEP_STEP = 100
 """The most blobs one step of a sweep looks at."""
@@ -108,6 +122,15 @@ class RedisBlobs:
 
     async def put(self, digest: str, data: bytes, holder: str, until_done: bool) -> None:
         role = "1" if until_done else ""
+        while True:
+            started = monotonic()
+            await self._put_once(digest, data, holder, role)
+            if monotonic() - started <= HOLD_WINDOW_S:
+                return
+            # Slower than the window (an outage, a huge blob): a sweep may have given the holder
+            # up between the steps. The steps again, quickly now that the bytes are stored.
+
+    async def _put_once(self, digest: str, data: bytes, holder: str, role: str) -> None:
         token = uuid.uuid4().hex
         keys = (self._keys.blob(digest), self._keys.blob_gen(digest))
         new = await self._run("blob_hold", digest, holder, role)
@@ -175,7 +198,7 @@ class RedisBlobs:
 
     async def _sweep_step(self, cutoff: bytes, digests: list[str]) -> int:
         generations = await self.generations(digests)
-        unheld = await self.unheld(cutoff, digests)
+        deadline, unheld = await self.unheld(cutoff, digests)
         gone = [
             digest
             for digest, dropped in zip(
@@ -185,7 +208,7 @@ class RedisBlobs:
             )
             if dropped
         ]
-        return await self.forget(cutoff, gone)
+        return await self.forget(cutoff, deadline, gone)
 
     async def generations(self, digests: Sequence[str]) -> dict[str, bytes]:
         """Sweep step 0: each blob's generation token (b"" for none)."""
@@ -199,11 +222,11 @@ class RedisBlobs:
         )
         return reply if isinstance(reply, bytes) else b""
 
-    async def unheld(self, cutoff: bytes, digests: Sequence[str]) -> list[str]:
-        """Sweep step 1 (grid slot): which of `digests` are still due and held by nobody."""
-        if not digests:
-            return []
-        return [digest.decode() for digest in await self._run("blob_sweep", cutoff, *digests)]
+    async def unheld(self, cutoff: bytes, digests: Sequence[str]) -> tuple[int, list[str]]:
+        """Sweep step 1 (grid slot): which of `digests` are still due and held by nobody; and
+        the deadline of step 3 (server ms)."""
+        now, unheld = await self._run("blob_sweep", cutoff, *digests)
+        return int(now) + HOLD_WINDOW_MS, [digest.decode() for digest in unheld]
 
     async def drop(self, digest: str, generation: bytes) -> bool:
         """Sweep step 2 (blob slot): delete the bytes if the generation is still `generation`;
@@ -211,12 +234,12 @@ class RedisBlobs:
         keys = (self._keys.blob(digest), self._keys.blob_gen(digest))
         return bool(await self._slot_script("blob_drop", keys, generation))
 
-    async def forget(self, cutoff: bytes, digests: Sequence[str]) -> int:
-        """Sweep step 3 (grid slot): drop from the index those of `digests` nobody held again;
-        how many."""
+    async def forget(self, cutoff: bytes, deadline: int, digests: Sequence[str]) -> int:
+        """Sweep step 3 (grid slot): drop from the index those of `digests` nobody held again,
+        unless it runs after `deadline` (server ms: then the next sweep does); how many."""
         if not digests:
             return 0
-        return int(await self._run("blob_forget", cutoff, *digests))
+        return int(await self._run("blob_forget", cutoff, deadline, *digests))
 
     # -- flush ------------------------------------------------------------------------------------
 

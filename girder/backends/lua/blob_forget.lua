@@ -1,8 +1,12 @@
--- blob_forget(cutoff, digests...): the last step of a sweep, for digests whose bytes are gone
--- (blob_drop): drop each from the index and delete its holder sets, unless a put held it again
--- since blob_sweep found it unheld (it has a holder, or was put at or after `cutoff`): then its
--- bytes are being written again, and it stays.
+-- blob_forget(cutoff, deadline, digests...): the last step of a sweep, for digests whose bytes
+-- are gone (blob_drop): drop each from the index and delete its holder sets, unless a put held it
+-- again since blob_sweep found it unheld (it has a holder, or was put at or after `cutoff`): then
+-- its bytes are being written again, and it stays. Past `deadline` (server ms), it does nothing:
+-- what blob_sweep decided is too old (see RedisBlobs); the next sweep decides again.
 -- Returns how many it dropped.
+if now_ms() > tonumber(deadline) then
+  return 0
+end
 local dropped = 0
 for i = FIRST_DIGESTS, #ARGV do
   local digest = ARGV[i]

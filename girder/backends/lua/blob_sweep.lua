@@ -5,7 +5,7 @@
 -- as checked now (or at `cutoff` if that is later: a sweep that goes on with the same `cutoff`
 -- does not see it again). The unheld stay in the index: their bytes, in slots of their own, go
 -- first (blob_drop), then blob_forget drops them from the index if nothing held them again.
--- Returns the unheld digests.
+-- Returns {now (server ms), the unheld digests}.
 local now = now_ms()
 
 -- Whether request `key` still refers to the blob: its record exists or, until done, is pending
@@ -45,4 +45,4 @@ for i = FIRST_DIGESTS, #ARGV do
     end
   end
 end
-return unheld
+return {string.format('%.0f', now), unheld}
