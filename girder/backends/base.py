@@ -643,7 +643,7 @@ class StateBackend(Protocol):
         ...
 
     async def flush(self) -> None:
-        """Delete all of this grid's state (tests and `girder status --flush`)."""
+        """Delete all of this grid's state (tests; `girder.backends.open_backend(url).flush()`)."""
         ...
 
     # -- large values -----------------------------------------------------------------------------
