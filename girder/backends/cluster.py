@@ -30,6 +30,7 @@ from girder.backends.resp import (
     Command,
     ConnectionLost,
     NotSent,
+    Pipelined,
     ReplyError,
     ServerAddress,
 )
@@ -214,20 +215,13 @@ class ClusterClient(PrimaryClient):
             self._known.append(node)
 
 
-class SlotClient:
+class SlotClient(Pipelined):
     """`execute` and `pipeline` of a `ClusterClient`, sent to the primary of one slot (see
     `ClusterClient.at`)."""
 
     def __init__(self, cluster: ClusterClient, slot: int) -> None:
         self._cluster = cluster
         self.slot = slot
-
-    async def execute(self, *command: str | bytes | int | float) -> Any:
-        """One command's reply; an error reply raises `ReplyError`."""
-        [reply] = await self.pipeline([command])
-        if isinstance(reply, ReplyError):
-            raise reply
-        return reply
 
     async def pipeline(self, commands: Sequence[Command]) -> list[Any]:
         """Several commands in one round trip, to the slot's primary."""

@@ -8,13 +8,13 @@ grid; they differ only in how they find it (`_refresh`) and in what a reply tell
 from __future__ import annotations
 
 import asyncio
-from abc import ABC, abstractmethod
+from abc import abstractmethod
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import parse_qs, unquote
 
-from girder.backends.resp import Command, NotSent, RedisClient, ReplyError, ServerAddress
+from girder.backends.resp import Command, NotSent, Pipelined, RedisClient, ServerAddress
 
 Node = tuple[str, int]
 
@@ -63,7 +63,7 @@ def host_ports(hosts: str, what: str) -> list[tuple[str, int]]:
     return pairs
 
 
-class PrimaryClient(ABC):
+class PrimaryClient(Pipelined):
     """The `RedisClient` interface, sending everything to the primary that `_refresh` finds."""
 
     def __init__(self, template: ServerAddress, **options: Any) -> None:
@@ -75,13 +75,6 @@ class PrimaryClient(ABC):
         self._owner: Node | None = None
         self._refreshing: asyncio.Future[Node] | None = None
         self._closed = False
-
-    async def execute(self, *command: str | bytes | int | float) -> Any:
-        """One command's reply; an error reply raises `ReplyError`."""
-        [reply] = await self.pipeline([command])
-        if isinstance(reply, ReplyError):
-            raise reply
-        return reply
 
     async def pipeline(self, commands: Sequence[Command]) -> list[Any]:
         """Several commands in one round trip, to the primary."""

@@ -69,7 +69,7 @@ from girder.backends.base import (
 )
 from girder.backends.cluster import SCHEME as CLUSTER_SCHEME
 from girder.backends.cluster import ClusterClient, SlotClient, parse_cluster_url
-from girder.backends.redis_blobs import Client, RedisBlobs
+from girder.backends.redis_blobs import RedisBlobs
 from girder.backends.redis_keys import (
     DONE,
     F_OUTCOME,
@@ -93,6 +93,7 @@ from girder.backends.redis_scripts import (
 from girder.backends.resp import (
     Command,
     ConnectionLost,
+    Pipelined,
     RedisClient,
     ReplyError,
     ReplyLost,
@@ -431,7 +432,7 @@ class RedisBackend:
             return self._redis.at(key)
         return self._redis
 
-    async def _servers(self) -> list[Client]:
+    async def _servers(self) -> list[Pipelined]:
         """A client per server of the grid: every primary of a cluster, else the one."""
         if isinstance(self._redis, ClusterClient):
             return list(await self._retrying("flush", self._redis.primaries))

@@ -50,13 +50,11 @@ import asyncio
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from time import monotonic
-from typing import Any, Protocol, TypeVar
+from typing import Any
 
 from girder.backends.redis_keys import RedisKeys
 from girder.backends.redis_scripts import build_slot_scripts
-from girder.backends.resp import Command, ReplyError
-
-T = TypeVar("T")
+from girder.backends.resp import Command, Pipelined, ReplyError
 
 BLOB_CHUNK_BYTES = 8 * 1024 * 1024
 """The most bytes of a blob one command carries. A larger blob is written in parts (SETRANGE
@@ -80,14 +78,6 @@ SWEEP_STEP = 100
 _SCAN_COUNT = 1000
 
 
-class Client(Protocol):
-    """What `RedisBlobs` sends commands through: a server, or the primary of one slot."""
-
-    async def execute(self, *command: str | bytes | int | float) -> Any: ...
-
-    async def pipeline(self, commands: Sequence[Command]) -> list[Any]: ...
-
-
 Run = Callable[..., Awaitable[Any]]
 """Runs a grid script by name with its arguments, retried through outages."""
 Retrying = Callable[[str, Callable[[], Awaitable[Any]]], Awaitable[Any]]
@@ -103,8 +93,8 @@ class RedisBlobs:
         *,
         run: Run,
         retrying: Retrying,
-        at: Callable[[str], Client],
-        servers: Callable[[], Awaitable[list[Client]]],
+        at: Callable[[str], Pipelined],
+        servers: Callable[[], Awaitable[list[Pipelined]]],
         error: Callable[[str, ReplyError], Exception],
     ) -> None:
         """`run`: a grid script; `retrying`: an attempt through outages; `at(key)`: the client
@@ -264,7 +254,7 @@ class RedisBlobs:
 
     # -- plumbing ---------------------------------------------------------------------------------
 
-    async def _execute(self, client: Client, what: str, *command: str | bytes | int) -> Any:
+    async def _execute(self, client: Pipelined, what: str, *command: str | bytes | int) -> Any:
         """One command on `client`, retried through outages."""
         return await self._retrying(what, lambda: client.execute(*command))
 

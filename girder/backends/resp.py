@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import ssl
+from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -289,7 +290,22 @@ async def _handshake(address: ServerAddress) -> _Protocol:
     return protocol
 
 
-class RedisClient:
+class Pipelined(ABC):
+    """A client that sends batches of commands (`pipeline`); `execute` is a batch of one."""
+
+    @abstractmethod
+    async def pipeline(self, commands: Sequence[Command]) -> list[Any]:
+        """Several commands in one round trip; error replies are returned, not raised."""
+
+    async def execute(self, *command: str | bytes | int | float) -> Any:
+        """One command's reply; an error reply raises `ReplyError`."""
+        [reply] = await self.pipeline([command])
+        if isinstance(reply, ReplyError):
+            raise reply
+        return reply
+
+
+class RedisClient(Pipelined):
     """A shared pipelined connection for ordinary commands, and one connection per blocking
     command in flight. A command that could not be written (`NotSent`) is sent on a new
     connection, up to `retries` times with a short backoff; one that was written is never sent
@@ -316,13 +332,6 @@ class RedisClient:
         self._opening: asyncio.Future[Connection] | None = None
         self._idle: list[Connection] = []
         self._closed = False
-
-    async def execute(self, *command: str | bytes | int | float) -> Any:
-        """One command's reply; an error reply raises `ReplyError`."""
-        [reply] = await self.pipeline([command])
-        if isinstance(reply, ReplyError):
-            raise reply
-        return reply
 
     async def pipeline(self, commands: Sequence[Command]) -> list[Any]:
         """Several commands in one round trip, on the shared connection."""
