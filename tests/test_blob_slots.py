@@ -285,6 +285,22 @@ async def test_a_put_that_died_after_its_first_step_is_swept(
     assert all_keys(servers[1]) == []
 
 
+@pytest.mark.parametrize("forged", [b"not{a}digest", b"a/b", b"\xff\xfe"])
+async def test_a_member_forged_into_the_index_does_not_stop_the_sweep(
+    backend: RedisBackend, servers: tuple[str, list[RedisServer]], forged: bytes
+) -> None:
+    """A member that cannot name a blob (braces, '/', not UTF-8) written into the index by
+    someone else: the sweep drops it and goes on with the real blobs, and the listing skips it.
+    (Its name is no blob key: without this, every sweep would fail on it, and no blob would
+    ever be swept again.)"""
+    digest, data = blob("beside-a-forgery")
+    await backend.put_blob(digest, data, holder="gone")
+    await backend._at(KEYS.blobs).execute("ZADD", KEYS.blobs, 0, forged)
+    assert await backend.blobs() == {digest: len(data)}
+    assert await backend.sweep_blobs(0) == 1
+    assert all_keys(servers[1]) == []
+
+
 # -- failover -------------------------------------------------------------------------------------
 
 

@@ -165,7 +165,7 @@ class RedisBlobs:
         digests = await self._retrying(
             "blobs", lambda: self._at(self._keys.blobs).execute("ZRANGE", self._keys.blobs, 0, -1)
         )
-        names = [digest.decode() for digest in digests]
+        names, _ = self._digests(digests)
         found = await asyncio.gather(*(self._size(name) for name in names))
         return {name: size for name, size in zip(names, found, strict=True) if size}
 
@@ -180,11 +180,31 @@ class RedisBlobs:
         deleted, until = 0, ""
         while True:
             until, due = await self._run("blob_due", grace_ms, until, SWEEP_STEP)
-            digests = [digest.decode() for digest in due]
+            digests, forged = self._digests(due)
+            if forged:  # no bytes can live under such a name: only the index entry goes
+                await self._execute(
+                    self._at(self._keys.blobs), "sweep_blobs", "ZREM", self._keys.blobs, *forged
+                )
             if digests:
                 deleted += await self._sweep_step(until, digests)
-            if len(digests) < SWEEP_STEP:
+            if len(due) < SWEEP_STEP:
                 return deleted
+
+    def _digests(self, members: Sequence[bytes]) -> tuple[list[str], list[bytes]]:
+        """The members of the index that name blobs, decoded; and those that cannot (forged:
+        not UTF-8, or with braces or '/'), as they are."""
+        digests: list[str] = []
+        forged: list[bytes] = []
+        for member in members:
+            try:
+                digest = member.decode()
+            except UnicodeDecodeError:
+                digest = ""
+            if self._keys.is_digest(digest):
+                digests.append(digest)
+            else:
+                forged.append(member)
+        return digests, forged
 
     async def _sweep_step(self, cutoff: bytes, digests: list[str]) -> int:
         generations = await self.generations(digests)

@@ -299,8 +299,14 @@ class RedisKeys:
         """A part-written blob `digest`, beside its bytes."""
         return self._blob_tag(digest) + BLOB_PART + nonce
 
+    @staticmethod
+    def is_digest(digest: str) -> bool:
+        """Whether `digest` can name a blob: a non-empty string without braces or '/' (a
+        SHA-256 in hex always can; a member forged into the index may not)."""
+        return bool(digest) and not _NOT_IN_DIGEST.search(digest)
+
     def _blob_tag(self, digest: str) -> str:
-        if not digest or _NOT_IN_DIGEST.search(digest):
+        if not self.is_digest(digest):
             raise ValueError(
                 f"a blob digest is a non-empty string without braces or '/': {digest!r}"
             )
