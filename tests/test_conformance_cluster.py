@@ -15,7 +15,7 @@ from girder.backends.base import Claimed, NodeKind, StateBackend
 from girder.backends.cluster import key_slot, parse_cluster_url
 from girder.backends.redis import RedisBackend
 from girder.config import Settings
-from girder.errors import ConfigurationError
+from girder.errors import BackendError, ConfigurationError
 from girder.testing.conformance import BackendConformance, new, out, put
 from girder.testing.redis_cluster import RedisClusterServers
 
@@ -163,3 +163,26 @@ async def test_a_slot_being_migrated_is_followed_with_ask_then_moved(
     await put(backend, "c", ["k2"], into="w")  # scripts, reloaded on the target
     assert await backend.claim("w") == Claimed("k2", new("k2").payload)
     assert int(str(source.command("DBSIZE"))) == 0
+
+
+async def test_a_cluster_node_reached_through_redis_url_is_refused_with_the_scheme_to_use(
+    redis_cluster_url: str, redis_cluster: RedisClusterServers
+) -> None:
+    """Even the node that owns the grid's slot: it would serve until a failover, and never
+    serve the blobs, which live in other slots."""
+    owner = redis_cluster.owner(redis_cluster.keyslot(_anchor()))
+    for server in (owner, *[s for s in redis_cluster.primaries() if s is not owner]):
+        plain = RedisBackend(
+            f"redis://127.0.0.1:{server.port}/0", settings=Settings(key_prefix=PREFIX)
+        )
+        with pytest.raises(ConfigurationError, match=r"node of a Redis Cluster.*redis\+cluster://"):
+            await asyncio.wait_for(plain.connect(), 10)
+        await plain.close()
+
+
+async def test_a_cluster_url_for_a_single_server_says_to_use_redis_url(redis_url: str) -> None:
+    single = redis_url.replace("redis://", "redis+cluster://").rsplit("/", 1)[0]
+    backend = RedisBackend(single, settings=Settings(key_prefix=PREFIX, outage_timeout=5))
+    with pytest.raises(BackendError, match=r"no cluster node.*use redis://host:port"):
+        await asyncio.wait_for(backend.connect(), 10)
+    await backend.close()

@@ -131,3 +131,13 @@ async def test_a_demoted_primary_is_left_for_the_new_one(
         await asyncio.sleep(0.05)
     assert await asyncio.wait_for(backend.claim("w"), 30) is not None
     assert redis_sentinel.primary().info("replication")["role"] == "master"
+
+
+async def test_a_sentinel_reached_through_redis_url_is_refused_with_the_scheme_to_use(
+    redis_sentinel: RedisSentinelGroup,
+) -> None:
+    sentinel = redis_sentinel.url.removeprefix("redis+sentinel://").split("/")[0]
+    plain = RedisBackend(f"redis://{sentinel}/0", settings=Settings(key_prefix=PREFIX))
+    with pytest.raises(ConfigurationError, match=r"a Sentinel, not a server.*redis\+sentinel://"):
+        await asyncio.wait_for(plain.connect(), 10)
+    await plain.close()

@@ -193,7 +193,10 @@ class ClusterClient(PrimaryClient):
             if owner is not None:
                 return owner
             failures.append(f"{node[0]}:{node[1]}: no node serves slot {self.slot}")
-        raise NotSent(f"no cluster node could say who serves slot {self.slot}: {failures}")
+        hint = ""
+        if any("cluster support disabled" in failure for failure in failures):
+            hint = " (a server that is no cluster node: use redis://host:port for it)"
+        raise NotSent(f"no cluster node could say who serves slot {self.slot}: {failures}{hint}")
 
     def _read_slots(self, ranges: list[Any], asked: Node) -> Node | None:
         """Learn every node and the slot map of a CLUSTER SLOTS reply; the primary of our

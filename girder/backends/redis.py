@@ -315,6 +315,23 @@ class RedisBackend:
         version = tuple(int(part) for part in release.split(".")[:2] if part.isdigit())
         if version < _MIN_SERVER:
             raise ConfigurationError(f"Redis at {self.url} is version {release}; girder needs 6.2+")
+        mode = re.search(r"^redis_mode:(\S+)", info, re.MULTILINE)
+        self._check_mode(mode.group(1) if mode else "standalone")
+
+    def _check_mode(self, mode: str) -> None:
+        """Refuse a server the URL's scheme cannot drive. A node of a Redis Cluster reached
+        through `redis://` would serve the grid while it owns the grid's slot, then answer MOVED
+        after a failover or a resharding, and at once for blobs, which live in other slots."""
+        if mode == "cluster" and not isinstance(self._redis, ClusterClient):
+            raise ConfigurationError(
+                f"Redis at {self.url} is a node of a Redis Cluster: connect with "
+                "redis+cluster://host:port[,host:port...] (any of its nodes will do)"
+            )
+        if mode == "sentinel":
+            raise ConfigurationError(
+                f"Redis at {self.url} is a Sentinel, not a server: connect with "
+                "redis+sentinel://host:port[,host:port...]/service-name"
+            )
 
     async def _check_eviction_policy(self) -> None:
         """Warn (once per process) when the server may evict the grid's own state (queues,
