@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
-from gridfns import add, fan_of_fans, fib, tree
+from gridfns import add, fan_of_fans, fib, identity, tree
 from processes import CLIENT_OPTIONS, GridProcesses, nodes, wait_for_nodes, wait_until
 
 import girder
@@ -106,3 +106,46 @@ async def test_writes_lost_with_a_primary_are_recovered(
     await asyncio.to_thread(redis_cluster.fail_over, primary)
     assert await asyncio.wait_for(job, 120) == 3 * sum(range(8))
     assert "clock_went_back=True" in grid_processes.log_text()
+
+
+async def test_every_primary_failing_in_turn_under_large_values(
+    redis_cluster: RedisClusterServers, redis_cluster_url: str, tmp_path: Path
+) -> None:
+    """Values and arguments stored as blobs (spread over every primary by digest) while each
+    primary in turn is killed with SIGKILL and replaced by its replica, then comes back as a
+    replica: the grid's own slot and the blobs' slots all fail over mid-work, and every call
+    returns its own value."""
+    large = {"GIRDER_LARGE_VALUE_BYTES": "1024"}
+    procs = GridProcesses(redis_cluster_url, tmp_path, GIRDER_IO_CONCURRENCY="0", **large)
+    try:
+        procs.distributor()
+        procs.worker("w1")
+        procs.worker("w2")
+        await wait_for_nodes(redis_cluster_url, workers=2)
+        options = CLIENT_OPTIONS | {"large_value_bytes": 1024}
+        async with girder.Grid.connect(redis_cluster_url, pool="pool", **options) as client:
+            failing = asyncio.Event()
+            checked = 0
+
+            async def calls() -> None:
+                nonlocal checked
+                batch = 0
+                while not failing.is_set() or batch < 3:
+                    values = [f"{batch}-{i}-".encode() * 400 for i in range(40)]
+                    got = await client.call_all([(identity, value) for value in values])
+                    assert got == values
+                    checked += len(values)
+                    batch += 1
+
+            job = client.submit(fan_of_fans, 3, 6, 200, "every-primary")
+            calling = asyncio.ensure_future(calls())
+            for primary in list(redis_cluster.primaries()):
+                await asyncio.to_thread(redis_cluster.fail_over, primary)
+                await asyncio.to_thread(redis_cluster.heal)
+            failing.set()
+            await asyncio.wait_for(calling, 120)
+            assert await asyncio.wait_for(job, 120) == 3 * sum(range(6))
+        assert checked >= 120
+        assert "request failed" not in procs.log_text()
+    finally:
+        procs.stop_all()
