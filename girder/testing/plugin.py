@@ -8,6 +8,12 @@
   to lose replies, cut connections or slow the server down on command.
 - `persistent_redis` (function): a `RedisServer` of the test alone, with an append-only file, so
   that `restart()` keeps the data (for recovery and chaos tests).
+- `tls_certificates` (session): a throw-away CA and a server certificate for 127.0.0.1 and
+  localhost (`girder.testing.tls`); skipped without the `openssl` binary.
+- `tls_redis_server` (session): a `RedisServer` that speaks only TLS with those certificates;
+  skipped when `redis-server` was built without TLS.
+- `tls_redis_url` (function): its `rediss://` URL (trusting the test CA), flushed (and
+  restarted if a test killed it) before each test.
 - `redis_cluster` (session): a `RedisClusterServers`, 3 primaries and 3 replicas; skipped without
   the `redis-server` and `redis-cli` binaries.
 - `redis_cluster_url` (function): its `redis+cluster://` URL, healed (if a test killed a node) and
@@ -27,7 +33,8 @@ import pytest
 from girder.testing.proxy import FaultProxy
 from girder.testing.redis_cluster import RedisClusterServers, find_redis_cli
 from girder.testing.redis_sentinel import RedisSentinelGroup
-from girder.testing.redis_server import RedisServer, find_redis_server
+from girder.testing.redis_server import RedisServer, TlsUnsupported, find_redis_server
+from girder.testing.tls import Certificates, find_openssl, make_certificates
 
 
 @pytest.fixture(scope="session")
@@ -65,6 +72,38 @@ def persistent_redis() -> Iterator[RedisServer]:
         pytest.skip("no redis-server binary on PATH (install Redis to run these tests)")
     with RedisServer(binary, appendfsync="always") as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def tls_certificates(tmp_path_factory: pytest.TempPathFactory) -> Certificates:
+    """A test CA and a server certificate for 127.0.0.1/localhost (skips the test without the
+    `openssl` binary)."""
+    if find_openssl() is None:
+        pytest.skip("no openssl binary on PATH (install openssl to run the TLS tests)")
+    return make_certificates(tmp_path_factory.mktemp("tls"))
+
+
+@pytest.fixture(scope="session")
+def tls_redis_server(tls_certificates: Certificates) -> Iterator[RedisServer]:
+    """A `redis-server` of this test session that speaks only TLS (skips the test without the
+    binary, or when it was built without TLS)."""
+    binary = find_redis_server()
+    if binary is None:
+        pytest.skip("no redis-server binary on PATH (install Redis to run these tests)")
+    try:
+        with RedisServer(binary, tls=tls_certificates) as server:
+            yield server
+    except TlsUnsupported as exc:
+        pytest.skip(f"redis-server cannot serve TLS ({exc})")
+
+
+@pytest.fixture
+def tls_redis_url(tls_redis_server: RedisServer) -> str:
+    """`rediss://` URL of the session's TLS server (trusting the test CA), with no data in it."""
+    if not tls_redis_server.running:
+        tls_redis_server.start()
+    tls_redis_server.command("FLUSHALL")
+    return tls_redis_server.url
 
 
 @pytest.fixture(scope="session")

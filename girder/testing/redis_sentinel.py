@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import functools
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -23,10 +22,9 @@ from pathlib import Path
 from girder.testing.redis_server import (
     RedisServer,
     Reply,
-    _ErrorReply,
-    _ReplyReader,
     find_redis_server,
     free_port,
+    roundtrip,
 )
 from girder.testing.started import Started
 
@@ -64,16 +62,7 @@ class _Sentinel:
         )
 
     def command(self, *args: str, timeout: float = 5.0) -> Reply:
-        parts = [f"*{len(args)}\r\n".encode()]
-        for arg in args:
-            data = arg.encode()
-            parts.append(b"$%d\r\n%s\r\n" % (len(data), data))
-        with socket.create_connection(("127.0.0.1", self.port), timeout=timeout) as sock:
-            sock.sendall(b"".join(parts))
-            reply = _ReplyReader(sock).read()
-        if isinstance(reply, _ErrorReply):
-            raise RuntimeError(f"redis-sentinel replied {reply.text!r} to {args[0]}")
-        return reply
+        return roundtrip(self.port, args, timeout=timeout, tls=None, server="redis-sentinel")
 
     def stop(self) -> None:
         if self._process.poll() is None:
