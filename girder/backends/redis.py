@@ -4,7 +4,8 @@ Selected by `redis://`, `rediss://` (TLS) and `unix://` URLs; credentials, datab
 options come from the URL (see `girder.backends.resp`, the small client it talks through).
 `redis+cluster://host:port[,host:port...]` puts the grid in one slot of a Redis Cluster (see
 `girder.backends.cluster`); `redis+sentinel://host:port[,host:port...]/service-name` on the
-primary that Redis Sentinel names (see `girder.backends.sentinel`).
+primary that Redis Sentinel names (see `girder.backends.sentinel`); their `rediss+` forms talk
+TLS to every node.
 Every atomic primitive is one Lua script from `girder/backends/lua/`, loaded with SCRIPT LOAD
 and run by SHA (reloaded after a NOSCRIPT, e.g. when the server restarted), so submit, claim and
 complete are one round trip each. Key names live in `redis_keys`, script arguments and reply
@@ -67,7 +68,7 @@ from girder.backends.base import (
     RequestState,
     Submitted,
 )
-from girder.backends.cluster import SCHEME as CLUSTER_SCHEME
+from girder.backends.cluster import SCHEMES as CLUSTER_SCHEMES
 from girder.backends.cluster import ClusterClient, SlotClient, parse_cluster_url
 from girder.backends.redis_blobs import RedisBlobs
 from girder.backends.redis_keys import (
@@ -99,7 +100,7 @@ from girder.backends.resp import (
     ReplyLost,
     parse_url,
 )
-from girder.backends.sentinel import SCHEME as SENTINEL_SCHEME
+from girder.backends.sentinel import SCHEMES as SENTINEL_SCHEMES
 from girder.backends.sentinel import SentinelClient, parse_sentinel_url
 from girder.config import Settings
 from girder.errors import BackendError, BackendFull, ConfigurationError
@@ -266,10 +267,11 @@ class RedisBackend:
         self._tokens = _Tokens()
         self._outage = _Outage(self.url, settings.outage_timeout)
         self._redis: RedisClient | ClusterClient | SentinelClient
+        scheme = url.partition("://")[0]
         try:
-            if url.startswith(f"{CLUSTER_SCHEME}://"):
+            if scheme in CLUSTER_SCHEMES:
                 self._redis = ClusterClient(parse_cluster_url(url), anchor=self._keys.leases)
-            elif url.startswith(f"{SENTINEL_SCHEME}://"):
+            elif scheme in SENTINEL_SCHEMES:
                 self._redis = SentinelClient(parse_sentinel_url(url))
             else:
                 self._redis = RedisClient(parse_url(url))
