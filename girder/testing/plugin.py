@@ -18,6 +18,11 @@
   the `redis-server` and `redis-cli` binaries.
 - `redis_cluster_url` (function): its `redis+cluster://` URL, healed (if a test killed a node) and
   flushed before each test.
+- `tls_redis_cluster` (session): the same cluster, every node speaking only TLS (clients,
+  cluster bus, replication) with the `tls_certificates`; skipped as `redis_cluster` is, and when
+  `redis-server` was built without TLS.
+- `tls_redis_cluster_url` (function): its `rediss+cluster://` URL (trusting the test CA), healed
+  and flushed before each test.
 - `redis_sentinel` (session): a `RedisSentinelGroup`, a primary, a replica and a sentinel
   (`redis-server --sentinel`); skipped without the `redis-server` binary.
 - `redis_sentinel_url` (function): its `redis+sentinel://` URL, healed (if a test killed a
@@ -122,6 +127,27 @@ def redis_cluster_url(redis_cluster: RedisClusterServers) -> str:
     redis_cluster.heal()
     redis_cluster.flush()
     return redis_cluster.url
+
+
+@pytest.fixture(scope="session")
+def tls_redis_cluster(tls_certificates: Certificates) -> Iterator[RedisClusterServers]:
+    """A Redis Cluster of this test session that speaks only TLS: 3 primaries, 3 replicas
+    (skips the test without the binaries, or when they were built without TLS)."""
+    if find_redis_server() is None or find_redis_cli() is None:
+        pytest.skip("no redis-server or redis-cli on PATH (install Redis to run these tests)")
+    try:
+        with RedisClusterServers(tls=tls_certificates) as cluster:
+            yield cluster
+    except TlsUnsupported as exc:
+        pytest.skip(f"redis-server cannot serve TLS ({exc})")
+
+
+@pytest.fixture
+def tls_redis_cluster_url(tls_redis_cluster: RedisClusterServers) -> str:
+    """`rediss+cluster://` URL of the session's TLS cluster, whole again and with no data."""
+    tls_redis_cluster.heal()
+    tls_redis_cluster.flush()
+    return tls_redis_cluster.url
 
 
 @pytest.fixture(scope="session")
