@@ -27,6 +27,9 @@
   (`redis-server --sentinel`); skipped without the `redis-server` binary.
 - `redis_sentinel_url` (function): its `redis+sentinel://` URL, healed (if a test killed a
   server) and flushed before each test.
+- `tls_redis_sentinel` (session) and `tls_redis_sentinel_url` (function): the same, every
+  process speaking only TLS with the `tls_certificates` (`rediss+sentinel://`, trusting the test
+  CA); skipped as `redis_sentinel` is, and when `redis-server` was built without TLS.
 """
 
 from __future__ import annotations
@@ -166,3 +169,24 @@ def redis_sentinel_url(redis_sentinel: RedisSentinelGroup) -> str:
     redis_sentinel.heal()
     redis_sentinel.flush()
     return redis_sentinel.url
+
+
+@pytest.fixture(scope="session")
+def tls_redis_sentinel(tls_certificates: Certificates) -> Iterator[RedisSentinelGroup]:
+    """A primary, a replica and a sentinel of this test session that speak only TLS (skips the
+    test without the `redis-server` binary, or when it was built without TLS)."""
+    if find_redis_server() is None:
+        pytest.skip("no redis-server binary on PATH (install Redis to run these tests)")
+    try:
+        with RedisSentinelGroup(tls=tls_certificates) as group:
+            yield group
+    except TlsUnsupported as exc:
+        pytest.skip(f"redis-server cannot serve TLS ({exc})")
+
+
+@pytest.fixture
+def tls_redis_sentinel_url(tls_redis_sentinel: RedisSentinelGroup) -> str:
+    """`rediss+sentinel://` URL of the session's TLS sentinel group, whole again and empty."""
+    tls_redis_sentinel.heal()
+    tls_redis_sentinel.flush()
+    return tls_redis_sentinel.url
