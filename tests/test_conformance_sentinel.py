@@ -74,6 +74,8 @@ def test_a_sentinel_url_names_its_sentinels_service_and_credentials() -> None:
         2,
     )
     assert "secret" not in RedisBackend("redis+sentinel://me:secret@h:1/s").url
+    masked = RedisBackend("rediss+sentinel://h:1/s?sentinel_password=secret&db=1").url
+    assert masked == "rediss+sentinel://h:1/s?sentinel_password=***&db=1"
 
 
 def test_a_tls_sentinel_url_talks_tls_to_the_sentinels_and_the_primary() -> None:

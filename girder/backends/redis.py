@@ -138,7 +138,8 @@ _RETRY_FIRST, _RETRY_MAX = 0.05, 2.0
 
 
 def mask_url(url: str) -> str:
-    """`url` with any password (in the user part or the query) replaced by `***`."""
+    """`url` with any password (in the user part, or `password` / `sentinel_password` in the
+    query) replaced by `***`."""
     parts = urlsplit(url)
     netloc = parts.netloc
     if parts.password is not None:
@@ -146,9 +147,14 @@ def mask_url(url: str) -> str:
         netloc = f"{user}:***@{netloc.rpartition('@')[2]}"
     query = parts.query
     pairs = parse_qsl(query, keep_blank_values=True)
-    if any(name == "password" for name, _ in pairs):
-        query = urlencode([(k, "***" if k == "password" else v) for k, v in pairs], safe="*")
+    if any(_secret(name) for name, _ in pairs):
+        query = urlencode([(k, "***" if _secret(k) else v) for k, v in pairs], safe="*")
     return urlunsplit(parts._replace(netloc=netloc, query=query))
+
+
+def _secret(name: str) -> bool:
+    """Whether a URL's query option holds a password."""
+    return name == "password" or name.endswith("_password")
 
 
 def _text(value: bytes) -> str:
