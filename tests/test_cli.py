@@ -31,7 +31,8 @@ def test_a_bad_setting_is_one_line_and_exit_code_2(capsys: pytest.CaptureFixture
     err = capsys.readouterr().err
     assert err.splitlines() == [
         "girder status: unknown backend scheme 'bogus://'; "
-        "known: memory, redis, redis+cluster, redis+sentinel, rediss, unix"
+        "known: memory, redis, redis+cluster, redis+sentinel, rediss, rediss+cluster, "
+        "rediss+sentinel, unix"
     ]
 
 

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import ssl
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
@@ -82,6 +83,8 @@ def _anchor() -> str:
         "redis+cluster://host:port",
         "redis+cluster://a:1,b",
         "redis+cluster://a:1/3",
+        "rediss+cluster://a:1?ssl_cert_reqs=maybe",
+        "redis+clusters://a:1",
     ],
 )
 def test_a_bad_cluster_url_says_what_is_wrong(url: str) -> None:
@@ -95,6 +98,19 @@ def test_a_cluster_url_names_its_seeds_and_credentials() -> None:
     assert {(seed.username, seed.password) for seed in seeds} == {("me", "s@cret")}
     backend = RedisBackend("redis+cluster://me:secret@h:1,h:2")
     assert "secret" not in backend.url
+
+
+def test_a_tls_cluster_url_gives_every_node_its_tls_context() -> None:
+    seeds = parse_cluster_url("rediss+cluster://a:1,b:2?ssl_cert_reqs=none")
+    tls = seeds[0].tls
+    assert tls is not None
+    assert tls.verify_mode == ssl.CERT_NONE
+    assert all(seed.tls is tls for seed in seeds)  # and so every node the slot map names
+    verified = parse_cluster_url("rediss+cluster://a:1")[0].tls
+    assert verified is not None
+    assert verified.verify_mode == ssl.CERT_REQUIRED
+    assert all(seed.tls is None for seed in parse_cluster_url("redis+cluster://a:1,b:2"))
+    assert isinstance(open_backend("rediss+cluster://a:1"), RedisBackend)
 
 
 @pytest.mark.parametrize(

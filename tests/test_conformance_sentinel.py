@@ -5,6 +5,7 @@ after a failover."""
 from __future__ import annotations
 
 import asyncio
+import ssl
 from collections.abc import AsyncIterator
 
 import pytest
@@ -51,6 +52,7 @@ async def backend(redis_sentinel_url: str) -> AsyncIterator[RedisBackend]:
         "redis+sentinel://a:1,b/service",
         "redis+sentinel://a:1/service/3",
         "redis+sentinel://a:1/service?db=x",
+        "rediss+sentinel://a:1/service?ssl_cert_reqs=maybe",
     ],
 )
 def test_a_bad_sentinel_url_says_what_is_wrong(url: str) -> None:
@@ -72,6 +74,20 @@ def test_a_sentinel_url_names_its_sentinels_service_and_credentials() -> None:
         2,
     )
     assert "secret" not in RedisBackend("redis+sentinel://me:secret@h:1/s").url
+    masked = RedisBackend("rediss+sentinel://h:1/s?sentinel_password=secret&db=1").url
+    assert masked == "rediss+sentinel://h:1/s?sentinel_password=***&db=1"
+
+
+def test_a_tls_sentinel_url_talks_tls_to_the_sentinels_and_the_primary() -> None:
+    target = parse_sentinel_url("rediss+sentinel://a:1,b:2/s?ssl_cert_reqs=none")
+    tls = target.primary.tls
+    assert tls is not None
+    assert tls.verify_mode == ssl.CERT_NONE
+    assert all(sentinel.tls is tls for sentinel in target.sentinels)
+    plain = parse_sentinel_url("redis+sentinel://a:1/s")
+    assert plain.primary.tls is None
+    assert plain.sentinels[0].tls is None
+    assert isinstance(open_backend("rediss+sentinel://a:1/s"), RedisBackend)
 
 
 async def test_the_grid_lives_on_the_primary_the_sentinel_names(

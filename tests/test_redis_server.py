@@ -1,10 +1,16 @@
-"""`girder.testing.RedisServer`: restarts with and without the append-only file, pause, info."""
+"""`girder.testing.RedisServer`: restarts with and without the append-only file, pause, info,
+and a server that speaks only TLS."""
 
 from __future__ import annotations
 
+import contextlib
+import socket
+import ssl
+
 import pytest
 
-from girder.testing.redis_server import RedisServer
+from girder.testing.redis_server import RedisServer, roundtrip
+from girder.testing.tls import Certificates
 
 pytestmark = pytest.mark.redis
 
@@ -42,3 +48,18 @@ def test_a_paused_server_answers_after_it_resumes(persistent_redis: RedisServer)
 def test_an_error_reply_raises(persistent_redis: RedisServer) -> None:
     with pytest.raises(RuntimeError, match="unknown command"):
         persistent_redis.command("NO-SUCH-COMMAND")
+
+
+def test_a_tls_server_speaks_only_tls_and_trusts_its_test_ca(
+    tls_redis_server: RedisServer, tls_certificates: Certificates, tls_redis_url: str
+) -> None:
+    port = tls_redis_server.port
+    assert tls_redis_url == f"rediss://127.0.0.1:{port}/0?ssl_ca_certs={tls_certificates.ca}"
+    assert tls_redis_server.command("PING") == "PONG"  # over TLS
+    assert tls_redis_server.command("CONFIG", "GET", "port") == ["port", "0"]  # no plain TCP
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as plain:
+        plain.sendall(b"*1\r\n$4\r\nPING\r\n")
+        with contextlib.suppress(ConnectionResetError):  # not TLS: the server hangs up
+            assert plain.recv(100) == b""
+    with pytest.raises(ssl.SSLCertVerificationError):  # a CA it was not signed by
+        roundtrip(port, ["PING"], timeout=5, tls=ssl.create_default_context())

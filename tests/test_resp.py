@@ -62,6 +62,8 @@ def test_a_tls_url_verifies_unless_told_not_to() -> None:
         ("redis://h/zero", "database"),
         ("redis://h:port/0", "port"),
         ("unix://", "path"),
+        ("rediss://h/0?ssl_cert_reqs=optional", "ssl_cert_reqs must be 'required' or 'none'"),
+        ("rediss://h/0?ssl_ca_certs=/nonexistent/ca.pem", "cannot load ssl_ca_certs"),
     ],
 )
 def test_bad_urls_say_what_is_wrong(url: str, message: str) -> None:

@@ -1,7 +1,8 @@
 """Backends: the `StateBackend` protocol and its implementations, chosen by URL scheme.
 
 `open_backend("memory://")` builds a `MemoryBackend`; `redis://`, `rediss://`, `unix://`,
-`redis+cluster://` and `redis+sentinel://` build a `RedisBackend` (the `girder[redis]` extra).
+`redis+cluster://`, `redis+sentinel://` and their TLS forms `rediss+cluster://` and
+`rediss+sentinel://` build a `RedisBackend` (the `girder[redis]` extra).
 Third-party backends register a factory under the entry-point group `girder.backends`, named by
 their URL scheme, or call `register_backend`.
 """
@@ -25,6 +26,8 @@ known_backends: dict[str, str] = {
     "unix": "girder.backends.redis:RedisBackend",
     "redis+cluster": "girder.backends.redis:RedisBackend",
     "redis+sentinel": "girder.backends.redis:RedisBackend",
+    "rediss+cluster": "girder.backends.redis:RedisBackend",
+    "rediss+sentinel": "girder.backends.redis:RedisBackend",
 }
 """URL scheme -> "module:factory" of the backends that ship with girder."""
 

@@ -17,7 +17,10 @@ command did not run, so sending it elsewhere is safe. A lost connection marks th
 (`CLUSTERDOWN` and `TRYAGAIN` replies too), by which time a replica may have been promoted.
 
 URLs: `redis+cluster://[[user]:password@]host:port[,host:port...][?password=...&username=...]`;
-the nodes are seeds (any one that answers will do), the database is always 0.
+the nodes are seeds (any one that answers will do), the database is always 0. `rediss+cluster://`
+talks TLS to every node, with the query options of `rediss://` (`ssl_ca_certs=`,
+`ssl_cert_reqs=`); the nodes must then run with `tls-cluster yes`, so that CLUSTER SLOTS names
+their TLS ports.
 """
 
 from __future__ import annotations
@@ -25,7 +28,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from girder.backends.primary import Node, PrimaryClient, Send, host_ports, split_hosts_url
+from girder.backends.primary import (
+    Node,
+    PrimaryClient,
+    Send,
+    host_ports,
+    split_hosts_url,
+    tls_schemes,
+)
 from girder.backends.resp import (
     Command,
     ConnectionLost,
@@ -35,20 +45,23 @@ from girder.backends.resp import (
     ServerAddress,
 )
 
-SCHEME = "redis+cluster"
+SCHEMES = tls_schemes("redis+cluster")
 SLOTS = 16384
 _MAX_REDIRECTS = 5
 """MOVED/ASK hops one call may take before it gives up (a map that keeps changing)."""
 
 
 def parse_cluster_url(url: str) -> list[ServerAddress]:
-    """The seed nodes a `redis+cluster://` URL names; `ValueError` saying what is wrong."""
-    parts = split_hosts_url(url, SCHEME)
+    """The seed nodes a `redis+cluster://` (or `rediss+cluster://`) URL names; `ValueError`
+    saying what is wrong."""
+    parts = split_hosts_url(url, SCHEMES[0])
     hosts = parts.location.rstrip("/")
     if "/" in hosts:
         raise ValueError("a cluster has no databases: drop the /db part")
     return [
-        ServerAddress(host=host, port=port, username=parts.username, password=parts.password)
+        ServerAddress(
+            host=host, port=port, username=parts.username, password=parts.password, tls=parts.tls
+        )
         for host, port in host_ports(hosts, "node")
     ]
 

@@ -8,13 +8,21 @@ grid; they differ only in how they find it (`_refresh`) and in what a reply tell
 from __future__ import annotations
 
 import asyncio
+import ssl
 from abc import abstractmethod
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import parse_qs, unquote
 
-from girder.backends.resp import Command, NotSent, Pipelined, RedisClient, ServerAddress
+from girder.backends.resp import (
+    Command,
+    NotSent,
+    Pipelined,
+    RedisClient,
+    ServerAddress,
+    tls_context,
+)
 
 Node = tuple[str, int]
 
@@ -24,21 +32,32 @@ Send = Callable[[RedisClient, Sequence[Command]], Awaitable[list[Any]]]
 
 @dataclass(frozen=True, slots=True)
 class HostsUrl:
-    """What a `redis+cluster://` or `redis+sentinel://` URL says before its own parts."""
+    """What a `redis+cluster://` or `redis+sentinel://` URL (or its `rediss+` form) says before
+    its own parts."""
 
     location: str
     """What follows the credentials: `host:port[,host:port...]`, then the URL's path."""
     query: dict[str, str]
     username: str | None
     password: str | None
+    tls: ssl.SSLContext | None
+    """The TLS context of every node, for a `rediss+` scheme (from `ssl_ca_certs=` and
+    `ssl_cert_reqs=` in the query, as for `rediss://`)."""
+
+
+def tls_schemes(scheme: str) -> tuple[str, str]:
+    """`scheme` (`redis+...`) and its TLS form (`rediss+...`)."""
+    return scheme, scheme.replace("redis+", "rediss+", 1)
 
 
 def split_hosts_url(url: str, scheme: str) -> HostsUrl:
-    """Check the scheme; take the query and the credentials (in the URL, else `username` and
-    `password` in the query). `ValueError` saying what is wrong."""
+    """Check the scheme (`scheme` or its `rediss+` form); take the query, the credentials (in
+    the URL, else `username` and `password` in the query) and the TLS context. `ValueError`
+    saying what is wrong."""
     found, sep, rest = url.partition("://")
-    if not sep or found != scheme:
-        raise ValueError(f"the scheme must be {scheme}, not {found!r}")
+    schemes = tls_schemes(scheme)
+    if not sep or found not in schemes:
+        raise ValueError(f"the scheme must be {' or '.join(schemes)}, not {found!r}")
     rest, _, query_text = rest.partition("?")
     query = {name: values[-1] for name, values in parse_qs(query_text).items()}
     userinfo, at, location = rest.rpartition("@")
@@ -48,7 +67,8 @@ def split_hosts_url(url: str, scheme: str) -> HostsUrl:
         username = unquote(user) or username
         if colon:
             password = unquote(secret)
-    return HostsUrl(location, query, username, password)
+    tls = tls_context(query) if found == schemes[1] else None
+    return HostsUrl(location, query, username, password, tls)
 
 
 def host_ports(hosts: str, what: str) -> list[tuple[str, int]]:

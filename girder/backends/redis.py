@@ -4,7 +4,8 @@ Selected by `redis://`, `rediss://` (TLS) and `unix://` URLs; credentials, datab
 options come from the URL (see `girder.backends.resp`, the small client it talks through).
 `redis+cluster://host:port[,host:port...]` puts the grid in one slot of a Redis Cluster (see
 `girder.backends.cluster`); `redis+sentinel://host:port[,host:port...]/service-name` on the
-primary that Redis Sentinel names (see `girder.backends.sentinel`).
+primary that Redis Sentinel names (see `girder.backends.sentinel`); their `rediss+` forms talk
+TLS to every node.
 Every atomic primitive is one Lua script from `girder/backends/lua/`, loaded with SCRIPT LOAD
 and run by SHA (reloaded after a NOSCRIPT, e.g. when the server restarted), so submit, claim and
 complete are one round trip each. Key names live in `redis_keys`, script arguments and reply
@@ -67,7 +68,7 @@ from girder.backends.base import (
     RequestState,
     Submitted,
 )
-from girder.backends.cluster import SCHEME as CLUSTER_SCHEME
+from girder.backends.cluster import SCHEMES as CLUSTER_SCHEMES
 from girder.backends.cluster import ClusterClient, SlotClient, parse_cluster_url
 from girder.backends.redis_blobs import RedisBlobs
 from girder.backends.redis_keys import (
@@ -99,7 +100,7 @@ from girder.backends.resp import (
     ReplyLost,
     parse_url,
 )
-from girder.backends.sentinel import SCHEME as SENTINEL_SCHEME
+from girder.backends.sentinel import SCHEMES as SENTINEL_SCHEMES
 from girder.backends.sentinel import SentinelClient, parse_sentinel_url
 from girder.config import Settings
 from girder.errors import BackendError, BackendFull, ConfigurationError
@@ -137,7 +138,8 @@ _RETRY_FIRST, _RETRY_MAX = 0.05, 2.0
 
 
 def mask_url(url: str) -> str:
-    """`url` with any password (in the user part or the query) replaced by `***`."""
+    """`url` with any password (in the user part, or `password` / `sentinel_password` in the
+    query) replaced by `***`."""
     parts = urlsplit(url)
     netloc = parts.netloc
     if parts.password is not None:
@@ -145,9 +147,14 @@ def mask_url(url: str) -> str:
         netloc = f"{user}:***@{netloc.rpartition('@')[2]}"
     query = parts.query
     pairs = parse_qsl(query, keep_blank_values=True)
-    if any(name == "password" for name, _ in pairs):
-        query = urlencode([(k, "***" if k == "password" else v) for k, v in pairs], safe="*")
+    if any(_secret(name) for name, _ in pairs):
+        query = urlencode([(k, "***" if _secret(k) else v) for k, v in pairs], safe="*")
     return urlunsplit(parts._replace(netloc=netloc, query=query))
+
+
+def _secret(name: str) -> bool:
+    """Whether a URL's query option holds a password."""
+    return name == "password" or name.endswith("_password")
 
 
 def _text(value: bytes) -> str:
@@ -266,10 +273,11 @@ class RedisBackend:
         self._tokens = _Tokens()
         self._outage = _Outage(self.url, settings.outage_timeout)
         self._redis: RedisClient | ClusterClient | SentinelClient
+        scheme = url.partition("://")[0]
         try:
-            if url.startswith(f"{CLUSTER_SCHEME}://"):
+            if scheme in CLUSTER_SCHEMES:
                 self._redis = ClusterClient(parse_cluster_url(url), anchor=self._keys.leases)
-            elif url.startswith(f"{SENTINEL_SCHEME}://"):
+            elif scheme in SENTINEL_SCHEMES:
                 self._redis = SentinelClient(parse_sentinel_url(url))
             else:
                 self._redis = RedisClient(parse_url(url))

@@ -13,9 +13,9 @@ not run twice, and the caller gets `ReplyLost`, meaning it may or may not have r
 does not come in time aborts its connection; TCP keepalive notices a peer that vanished.
 
 URLs: `redis://[[user]:password@]host[:port][/db]`, `rediss://` (TLS, verified against the
-system's CAs unless `?ssl_cert_reqs=none`; `ssl_ca_certs=<file>` adds a CA file) and
+system's CAs unless `?ssl_cert_reqs=none`; `ssl_ca_certs=<file>` trusts that CA file instead) and
 `unix://[[user]:password@]/path/to/socket[?db=N]`; `password`, `username` and `db` may also come
-from the query.
+from the query. A server whose certificate cannot be verified is a `NotSent` that says so.
 """
 
 from __future__ import annotations
@@ -99,7 +99,7 @@ def parse_url(url: str) -> ServerAddress:
     path = parts.path.strip("/")
     if path:
         db_text = path
-    tls = _tls_context(query) if parts.scheme == "rediss" else None
+    tls = tls_context(query) if parts.scheme == "rediss" else None
     return ServerAddress(
         host=parts.hostname or "127.0.0.1",
         port=parts.port or 6379,  # urlsplit raises ValueError for a port that is no number
@@ -116,9 +116,19 @@ def _db(text: str) -> int:
     return int(text)
 
 
-def _tls_context(query: dict[str, str]) -> ssl.SSLContext:
-    context = ssl.create_default_context(cafile=query.get("ssl_ca_certs"))
-    if query.get("ssl_cert_reqs", "required").lower() == "none":
+def tls_context(query: dict[str, str]) -> ssl.SSLContext:
+    """The TLS context a URL's query asks for: `ssl_ca_certs=<file>` (a CA file to trust
+    instead of the system's CAs) and `ssl_cert_reqs=required|none` (none: no verification of
+    the certificate nor of the host name); `ValueError` saying what is wrong."""
+    cert_reqs = query.get("ssl_cert_reqs", "required").lower()
+    if cert_reqs not in ("required", "none"):
+        raise ValueError(f"ssl_cert_reqs must be 'required' or 'none', not {cert_reqs!r}")
+    cafile = query.get("ssl_ca_certs")
+    try:
+        context = ssl.create_default_context(cafile=cafile)
+    except OSError as exc:  # ssl.SSLError is one: a file that holds no certificate
+        raise ValueError(f"cannot load ssl_ca_certs {cafile!r}: {exc}") from exc
+    if cert_reqs == "none":
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
     return context
@@ -215,8 +225,11 @@ class _Protocol(asyncio.Protocol):
             self._fail(ReplyLost("no reply in time; the connection was aborted"))
 
     def close(self) -> None:
+        """Drop the connection now: abort, not close, since a TLS transport's close waits for
+        the server's close_notify (up to 30 s), keeping its socket open past the end of the
+        event loop; nothing still buffered matters (its commands' callers are gone)."""
         if self._transport is not None:
-            self._transport.close()
+            self._transport.abort()
 
 
 class Connection:
@@ -241,6 +254,11 @@ class Connection:
                 protocol = await _handshake(address)
         except TimeoutError as exc:  # before OSError: it is one
             raise NotSent(f"cannot connect within {connect_timeout} s") from exc
+        except ssl.SSLCertVerificationError as exc:  # an OSError too
+            raise NotSent(
+                f"the TLS certificate of {address.host}:{address.port} could not be verified "
+                f"({exc.verify_message}); trust its CA with ?ssl_ca_certs=<file>"
+            ) from exc
         except OSError as exc:
             raise NotSent(f"cannot connect: {exc}") from exc
         except ReplyLost as exc:

@@ -12,7 +12,9 @@ have promoted a replica.
 URLs: `redis+sentinel://[[user]:password@]host:port[,host:port...]/service-name[?db=N]`; the
 nodes are sentinels (any one that answers will do), the credentials and the database are the
 primary's; `sentinel_password=` (and `sentinel_username=`) in the query authenticate to the
-sentinels when they need it.
+sentinels when they need it. `rediss+sentinel://` talks TLS to the sentinels and to the primary,
+with the query options of `rediss://` (`ssl_ca_certs=`, `ssl_cert_reqs=`); the sentinels must
+then name the primary's TLS port (they monitor it over TLS: `tls-replication yes`).
 """
 
 from __future__ import annotations
@@ -22,7 +24,14 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote
 
-from girder.backends.primary import Node, PrimaryClient, Send, host_ports, split_hosts_url
+from girder.backends.primary import (
+    Node,
+    PrimaryClient,
+    Send,
+    host_ports,
+    split_hosts_url,
+    tls_schemes,
+)
 from girder.backends.resp import (
     Command,
     ConnectionLost,
@@ -32,7 +41,7 @@ from girder.backends.resp import (
     ServerAddress,
 )
 
-SCHEME = "redis+sentinel"
+SCHEMES = tls_schemes("redis+sentinel")
 
 
 _SENTINEL_TIMEOUT = 2.0
@@ -50,9 +59,9 @@ class SentinelTarget:
 
 
 def parse_sentinel_url(url: str) -> SentinelTarget:
-    """The sentinels and service a `redis+sentinel://` URL names; `ValueError` saying what is
-    wrong."""
-    parts = split_hosts_url(url, SCHEME)
+    """The sentinels and service a `redis+sentinel://` (or `rediss+sentinel://`) URL names;
+    `ValueError` saying what is wrong."""
+    parts = split_hosts_url(url, SCHEMES[0])
     hosts, slash, service = parts.location.partition("/")
     service = unquote(service.strip("/"))
     if not slash or not service or "/" in service:
@@ -66,10 +75,13 @@ def parse_sentinel_url(url: str) -> SentinelTarget:
             port=port,
             username=parts.query.get("sentinel_username"),
             password=parts.query.get("sentinel_password"),
+            tls=parts.tls,
         )
         for host, port in host_ports(hosts, "sentinel")
     )
-    primary = ServerAddress(db=int(db_text), username=parts.username, password=parts.password)
+    primary = ServerAddress(
+        db=int(db_text), username=parts.username, password=parts.password, tls=parts.tls
+    )
     return SentinelTarget(sentinels, service, primary)
 
 

@@ -9,7 +9,10 @@ promoted; `heal()` starts the dead servers again (they rejoin as replicas) and w
 cluster to be whole. `stop()` leaves no process and no file behind.
 
 The node timeout is short (1 s; Redis's default is 15 s) so that a failover takes a few seconds.
-Like `redis_server`, only the standard library is used.
+With `tls=` (certificates from `girder.testing.tls`) every node speaks only TLS, to clients, on
+the cluster bus and for replication (`--tls-cluster yes --tls-replication yes`), and `url` is a
+`rediss+cluster://` URL that trusts the test CA. Like `redis_server`, only the standard library
+is used.
 """
 
 from __future__ import annotations
@@ -18,9 +21,11 @@ import shutil
 import subprocess
 import time
 from collections.abc import Callable
+from urllib.parse import quote
 
 from girder.testing.redis_server import RedisServer, find_redis_server, free_port
 from girder.testing.started import Started
+from girder.testing.tls import Certificates
 
 SLOTS = 16384
 
@@ -41,9 +46,10 @@ class RedisClusterServers(Started):
         replicas: int = 1,
         node_timeout_ms: int = 1000,
         timeout: float = 60.0,
+        tls: Certificates | None = None,
     ) -> None:
         """`timeout`: seconds that starting, a failover or healing may take before it is an
-        error."""
+        error; `tls`: every node speaks only TLS, with these certificates."""
         binary, cli = find_redis_server(), find_redis_cli()
         if binary is None or cli is None:
             raise FileNotFoundError("no redis-server or redis-cli binary on PATH")
@@ -53,22 +59,28 @@ class RedisClusterServers(Started):
         self._stalled: list[RedisServer] = []
         self.replicas = replicas
         self.timeout = timeout
-        options = (
+        self.tls = tls
+        options: tuple[str, ...] = (
             "--cluster-enabled", "yes",
             "--cluster-config-file", "nodes.conf",
             "--cluster-node-timeout", str(node_timeout_ms),
         )  # fmt: skip
+        if tls is not None:
+            options += ("--tls-cluster", "yes", "--tls-replication", "yes")
         # The bus port is chosen too: the default (port + 10000) may be taken or past 65535.
         self.servers = [
-            RedisServer(binary, options=(*options, "--cluster-port", str(free_port())))
+            RedisServer(binary, options=(*options, "--cluster-port", str(free_port())), tls=tls)
             for _ in range(primaries * (1 + replicas))
         ]
 
     @property
     def url(self) -> str:
-        """`redis+cluster://` URL listing every node as a seed."""
+        """`redis+cluster://` URL listing every node as a seed (`rediss+cluster://`, trusting
+        the test CA, with `tls`)."""
         seeds = ",".join(f"127.0.0.1:{server.port}" for server in self.servers)
-        return f"redis+cluster://{seeds}"
+        if self.tls is None:
+            return f"redis+cluster://{seeds}"
+        return f"rediss+cluster://{seeds}?ssl_ca_certs={quote(str(self.tls.ca))}"
 
     def start(self) -> None:
         """Start every server, create the cluster, and wait until it is whole."""
@@ -76,8 +88,9 @@ class RedisClusterServers(Started):
             server.start()
         addresses = [f"127.0.0.1:{server.port}" for server in self.servers]
         replicas = ("--cluster-replicas", str(self.replicas), "--cluster-yes")
+        tls = () if self.tls is None else ("--tls", "--cacert", str(self.tls.ca))
         created = subprocess.run(
-            [self.cli, "--cluster", "create", *addresses, *replicas],
+            [self.cli, *tls, "--cluster", "create", *addresses, *replicas],
             capture_output=True,
             text=True,
             timeout=self.timeout,

@@ -6,29 +6,33 @@ temporary directory monitoring the primary as service `service` with a quorum of
 timeouts (`down-after-milliseconds` 1000), so that `fail_over()` (SIGKILL of the primary, then
 waiting until the sentinel names the replica and the replica says it is a primary) takes a few
 seconds. `heal()` starts a killed server again as a replica of the current primary. `stop()`
-leaves no process and no file behind. Like `redis_server`, only the standard library is used.
+leaves no process and no file behind. With `tls=` (certificates from `girder.testing.tls`) the
+servers and the sentinel speak only TLS, to clients and to each other (`tls-replication yes`,
+which makes the sentinel monitor them over TLS and name their TLS ports), and `url` is a
+`rediss+sentinel://` URL that trusts the test CA. Like `redis_server`, only the standard library
+is used.
 """
 
 from __future__ import annotations
 
 import functools
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from urllib.parse import quote
 
 from girder.testing.redis_server import (
     RedisServer,
     Reply,
-    _ErrorReply,
-    _ReplyReader,
     find_redis_server,
     free_port,
+    roundtrip,
 )
 from girder.testing.started import Started
+from girder.testing.tls import Certificates
 
 _DOWN_AFTER_MS = 1000
 
@@ -36,14 +40,28 @@ _DOWN_AFTER_MS = 1000
 class _Sentinel:
     """One `redis-server --sentinel` process."""
 
-    def __init__(self, binary: str, service: str, primary_port: int) -> None:
+    def __init__(
+        self, binary: str, service: str, primary_port: int, tls: Certificates | None
+    ) -> None:
         self.port = free_port()
+        self._tls = tls.client_context() if tls is not None else None
         self._dir = Path(tempfile.mkdtemp(prefix="girder-sentinel-"))
         config = self._dir / "sentinel.conf"
+        ports = [f"port {self.port}"]
+        if tls is not None:
+            ports = [
+                "port 0",
+                f"tls-port {self.port}",
+                f"tls-cert-file {tls.cert}",
+                f"tls-key-file {tls.key}",
+                f"tls-ca-cert-file {tls.ca}",
+                "tls-auth-clients no",
+                "tls-replication yes",
+            ]
         config.write_text(
             "\n".join(
                 [
-                    f"port {self.port}",
+                    *ports,
                     "bind 127.0.0.1",
                     "daemonize no",
                     f"dir {self._dir}",
@@ -64,16 +82,7 @@ class _Sentinel:
         )
 
     def command(self, *args: str, timeout: float = 5.0) -> Reply:
-        parts = [f"*{len(args)}\r\n".encode()]
-        for arg in args:
-            data = arg.encode()
-            parts.append(b"$%d\r\n%s\r\n" % (len(data), data))
-        with socket.create_connection(("127.0.0.1", self.port), timeout=timeout) as sock:
-            sock.sendall(b"".join(parts))
-            reply = _ReplyReader(sock).read()
-        if isinstance(reply, _ErrorReply):
-            raise RuntimeError(f"redis-sentinel replied {reply.text!r} to {args[0]}")
-        return reply
+        return roundtrip(self.port, args, timeout=timeout, tls=self._tls, server="redis-sentinel")
 
     def stop(self) -> None:
         if self._process.poll() is None:
@@ -90,32 +99,40 @@ class RedisSentinelGroup(Started):
     """A primary, a replica and a sentinel watching them as `service`; `start` it, or use it as
     a context."""
 
-    def __init__(self, *, service: str = "girder", timeout: float = 30.0) -> None:
+    def __init__(
+        self, *, service: str = "girder", timeout: float = 30.0, tls: Certificates | None = None
+    ) -> None:
+        """`tls`: the servers and the sentinel speak only TLS, with these certificates."""
         binary = find_redis_server()
         if binary is None:
             raise FileNotFoundError("no redis-server binary on PATH")
         self.binary = binary
         self.service = service
         self.timeout = timeout
+        self.tls = tls
         self.servers: list[RedisServer] = []
         self.sentinel: _Sentinel | None = None
 
     @property
     def url(self) -> str:
-        """The `redis+sentinel://` URL of the service."""
+        """The `redis+sentinel://` URL of the service (`rediss+sentinel://`, trusting the test
+        CA, with `tls`)."""
         if self.sentinel is None:
             raise RuntimeError("the group is not started")
-        return f"redis+sentinel://127.0.0.1:{self.sentinel.port}/{self.service}"
+        where = f"127.0.0.1:{self.sentinel.port}/{self.service}"
+        if self.tls is None:
+            return f"redis+sentinel://{where}"
+        return f"rediss+sentinel://{where}?ssl_ca_certs={quote(str(self.tls.ca))}"
 
     def start(self) -> None:
-        primary = RedisServer(self.binary)
+        primary = RedisServer(self.binary, options=self._options(None), tls=self.tls)
         self.servers.append(primary)
         primary.start()
-        replica = RedisServer(self.binary, options=("--replicaof", "127.0.0.1", str(primary.port)))
+        replica = RedisServer(self.binary, options=self._options(primary), tls=self.tls)
         self.servers.append(replica)
         replica.start()
         self._wait(lambda: self._linked(replica), "the replica to sync with the primary")
-        self.sentinel = _Sentinel(self.binary, self.service, primary.port)
+        self.sentinel = _Sentinel(self.binary, self.service, primary.port, self.tls)
         self._wait(lambda: self._sentinel_knows(replica), "the sentinel to see the replica")
 
     def primary(self) -> RedisServer:
@@ -143,7 +160,7 @@ class RedisSentinelGroup(Started):
         primary = self.primary()
         for server in self.servers:
             if not server.running:
-                server.options = ("--replicaof", "127.0.0.1", str(primary.port))
+                server.options = self._options(primary)
                 server.start()
                 self._wait(functools.partial(self._linked, server), "a replica to sync")
 
@@ -158,6 +175,12 @@ class RedisSentinelGroup(Started):
         for server in self.servers:
             server.stop()
         self.servers.clear()
+
+    def _options(self, primary: RedisServer | None) -> tuple[str, ...]:
+        """A server's options: replicating `primary` (over TLS with `tls`), if any."""
+        tls = () if self.tls is None else ("--tls-replication", "yes")
+        replica_of = () if primary is None else ("--replicaof", "127.0.0.1", str(primary.port))
+        return (*tls, *replica_of)
 
     def _linked(self, replica: RedisServer) -> bool:
         try:

@@ -4,8 +4,11 @@ It listens on a free loopback port (never the system server's 6379) and on a uni
 own temporary directory, and can be killed (SIGKILL), paused (SIGSTOP/SIGCONT) and restarted on
 the same port to test recovery. By default it keeps nothing on disk (`--save "" --appendonly no`),
 so a restart starts empty; with `appendfsync="always"` (or "everysec", "no") it keeps an
-append-only file in its directory and a restart reloads the data. Only the standard library is
-used, so the pytest plugin can import this module even where the `redis` package is missing.
+append-only file in its directory and a restart reloads the data. With `tls=` (certificates from
+`girder.testing.tls`) it speaks only TLS on its port (`--port 0 --tls-port ...`; the unix socket
+stays plain) and its `url` is a `rediss://` URL that trusts the test CA. Only the standard
+library is used, so the pytest plugin can import this module even where the `redis` package is
+missing.
 """
 
 from __future__ import annotations
@@ -14,19 +17,26 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal
+from typing import IO, Literal
+from urllib.parse import quote
 
 from girder.testing.started import Started
+from girder.testing.tls import Certificates
 
 Reply = str | None | list["Reply"]
 """A decoded RESP reply: strings and integers as text, nil as None, arrays as lists."""
 
 AppendFsync = Literal["always", "everysec", "no"]
+
+
+class TlsUnsupported(RuntimeError):
+    """The `redis-server` binary was built without TLS (it rejects `--tls-port`)."""
 
 
 def find_redis_server() -> str | None:
@@ -52,10 +62,12 @@ class RedisServer(Started):
         startup_timeout: float = 10.0,
         appendfsync: AppendFsync | None = None,
         options: Sequence[str] = (),
+        tls: Certificates | None = None,
     ) -> None:
         """`appendfsync` turns on the append-only file with that fsync policy (None: no
         persistence, a restart starts empty); `options` go on the command line last (for
-        example `("--cluster-enabled", "yes")`)."""
+        example `("--cluster-enabled", "yes")`); `tls`: serve TLS only, with these
+        certificates (clients are not asked for one)."""
         found = binary or find_redis_server()
         if found is None:
             raise FileNotFoundError("no redis-server binary on PATH")
@@ -63,15 +75,20 @@ class RedisServer(Started):
         self.startup_timeout = startup_timeout
         self.appendfsync = appendfsync
         self.options = tuple(options)
+        self.tls = tls
+        self._client_tls = tls.client_context() if tls is not None else None
         self.port = free_port()
+        """The port it listens on: plain TCP, or TLS only when `tls` is given."""
         self._dir = Path(tempfile.mkdtemp(prefix="girder-redis-"))
         self.unix_socket = str(self._dir / "redis.sock")
         self._process: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        """`redis://` URL of database 0."""
-        return f"redis://127.0.0.1:{self.port}/0"
+        """`redis://` URL of database 0 (`rediss://`, trusting the test CA, with `tls`)."""
+        if self.tls is None:
+            return f"redis://127.0.0.1:{self.port}/0"
+        return f"rediss://127.0.0.1:{self.port}/0?ssl_ca_certs={quote(str(self.tls.ca))}"
 
     @property
     def unix_url(self) -> str:
@@ -97,6 +114,18 @@ class RedisServer(Started):
         """Whether a restart keeps the data (append-only file on)."""
         return self.appendfsync is not None
 
+    def _port_options(self) -> list[str]:
+        if self.tls is None:
+            return ["--port", str(self.port)]
+        return [
+            "--port", "0",
+            "--tls-port", str(self.port),
+            "--tls-cert-file", str(self.tls.cert),
+            "--tls-key-file", str(self.tls.key),
+            "--tls-ca-cert-file", str(self.tls.ca),
+            "--tls-auth-clients", "no",
+        ]  # fmt: skip
+
     def _persistence_options(self) -> list[str]:
         if self.appendfsync is None:
             return ["--appendonly", "no"]
@@ -106,12 +135,36 @@ class RedisServer(Started):
         """Start the server and wait until it answers PING."""
         if self.running:
             return
-        log = self._dir / "redis.log"
+        log, errors = self._dir / "redis.log", self._dir / "stderr.log"
         # Never inherit a config file; everything is on the command line.
-        self._process = subprocess.Popen(
+        with errors.open("wb") as stderr:
+            self._process = self._popen(log, stderr)
+        deadline = time.monotonic() + self.startup_timeout
+        while True:
+            if self._process.poll() is not None:
+                output = "".join(
+                    path.read_text(errors="replace") for path in (errors, log) if path.exists()
+                )
+                self._process = None
+                if self.tls is not None and "'tls-port" in output:
+                    raise TlsUnsupported(f"{self.binary} was built without TLS:\n{output}")
+                raise RuntimeError(f"redis-server exited at start-up:\n{output}")
+            try:
+                if self.command("PING") == "PONG":
+                    return
+            except (OSError, RuntimeError):  # not listening yet, or LOADING its data
+                pass
+            if time.monotonic() > deadline:
+                self.kill()
+                raise RuntimeError(f"redis-server did not answer on port {self.port}")
+            time.sleep(0.01)
+
+    def _popen(self, log: Path, stderr: IO[bytes]) -> subprocess.Popen[bytes]:
+        """Start the process (its start-up errors, such as a bad option, go to `stderr`)."""
+        return subprocess.Popen(
             [
                 self.binary,
-                "--port", str(self.port),
+                *self._port_options(),
                 "--bind", "127.0.0.1",
                 "--unixsocket", self.unix_socket,
                 "--unixsocketperm", "700",
@@ -124,23 +177,8 @@ class RedisServer(Started):
             ],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+            stderr=stderr,
         )  # fmt: skip
-        deadline = time.monotonic() + self.startup_timeout
-        while True:
-            if self._process.poll() is not None:
-                output = log.read_text(errors="replace") if log.exists() else ""
-                self._process = None
-                raise RuntimeError(f"redis-server exited at start-up:\n{output}")
-            try:
-                if self.command("PING") == "PONG":
-                    return
-            except (OSError, RuntimeError):  # not listening yet, or LOADING its data
-                pass
-            if time.monotonic() > deadline:
-                self.kill()
-                raise RuntimeError(f"redis-server did not answer on port {self.port}")
-            time.sleep(0.01)
 
     def kill(self) -> None:
         """SIGKILL the server (without persistence its state is lost)."""
@@ -196,17 +234,7 @@ class RedisServer(Started):
         before arrays were understood), nil as None, arrays as lists; an error reply raises
         `RuntimeError`. Enough to look at the server without a Redis client library.
         """
-        parts = [f"*{len(args)}\r\n".encode()]
-        for arg in args:
-            data = arg.encode()
-            parts.append(b"$%d\r\n%s\r\n" % (len(data), data))
-        with socket.create_connection(("127.0.0.1", self.port), timeout=timeout) as sock:
-            sock.sendall(b"".join(parts))
-            reader = _ReplyReader(sock)
-            reply = reader.read()
-        if isinstance(reply, _ErrorReply):
-            raise RuntimeError(f"redis-server replied {reply.text!r} to {args[0]}")
-        return reply
+        return roundtrip(self.port, args, timeout=timeout, tls=self._client_tls)
 
     def info(self, section: str = "default") -> dict[str, str]:
         """`INFO section` as a dict of its `name:value` lines."""
@@ -218,6 +246,30 @@ class RedisServer(Started):
             if sep and not line.startswith("#"):
                 fields[name] = value
         return fields
+
+
+def roundtrip(
+    port: int,
+    args: Sequence[str],
+    *,
+    timeout: float,
+    tls: ssl.SSLContext | None,
+    server: str = "redis-server",
+) -> Reply:
+    """Send one command to 127.0.0.1:`port` (over TLS with a `tls` context) on a new
+    connection and return its decoded reply; an error reply raises `RuntimeError`."""
+    parts = [f"*{len(args)}\r\n".encode()]
+    for arg in args:
+        data = arg.encode()
+        parts.append(b"$%d\r\n%s\r\n" % (len(data), data))
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as plain:
+        sock = plain if tls is None else tls.wrap_socket(plain, server_hostname="127.0.0.1")
+        with sock:
+            sock.sendall(b"".join(parts))
+            reply = _ReplyReader(sock).read()
+    if isinstance(reply, _ErrorReply):
+        raise RuntimeError(f"{server} replied {reply.text!r} to {args[0]}")
+    return reply
 
 
 class _ErrorReply:

@@ -1,0 +1,80 @@
+"""girder over TLS to a real `redis-server` that speaks only TLS (`rediss://`), with a throw-away
+CA (`girder.testing.tls`): the conformance suite, a grid of worker processes, and the errors
+of a certificate that cannot be verified."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from gridfns import add, fib
+from processes import grid_on
+
+from girder.backends import open_backend
+from girder.backends.base import Claimed, StateBackend
+from girder.backends.redis import RedisBackend
+from girder.config import Settings
+from girder.errors import BackendError
+from girder.testing.conformance import BackendConformance, new, put
+from girder.testing.redis_server import RedisServer
+
+pytestmark = pytest.mark.redis
+
+PREFIX = "conformance"
+
+
+class TestTlsRedisBackend(BackendConformance):
+    @pytest.fixture
+    async def backend(self, tls_redis_url: str) -> AsyncIterator[StateBackend]:
+        backend = open_backend(tls_redis_url, settings=Settings(key_prefix=PREFIX))
+        assert isinstance(backend, RedisBackend)
+        await backend.connect()
+        yield backend
+        await backend.close()
+
+
+async def test_the_server_speaks_only_tls(
+    tls_redis_server: RedisServer, tls_redis_url: str
+) -> None:
+    """What the other tests ran went through TLS: a plain connection gets nowhere."""
+    assert tls_redis_url.startswith(f"rediss://127.0.0.1:{tls_redis_server.port}/0?ssl_ca_certs=")
+    plain = RedisBackend(f"redis://127.0.0.1:{tls_redis_server.port}/0")
+    with pytest.raises(BackendError, match="connect failed"):
+        await asyncio.wait_for(plain.connect(), 10)
+    await plain.close()
+
+
+async def test_a_certificate_that_cannot_be_verified_says_so_and_where(
+    tls_redis_server: RedisServer, tls_redis_url: str
+) -> None:
+    """Without the test CA (the system's CAs do not know it) connecting fails at once, naming
+    the URL, the server and the remedy, rather than hanging or showing an ssl traceback."""
+    url = f"rediss://127.0.0.1:{tls_redis_server.port}/0"
+    backend = RedisBackend(url)
+    with pytest.raises(BackendError) as caught:
+        await asyncio.wait_for(backend.connect(), 10)
+    await backend.close()
+    message = str(caught.value)
+    assert f"at {url}:" in message
+    where = f"127.0.0.1:{tls_redis_server.port}"
+    assert f"the TLS certificate of {where} could not be verified" in message
+    assert "ssl_ca_certs" in message
+
+
+async def test_no_verification_connects(tls_redis_server: RedisServer, tls_redis_url: str) -> None:
+    url = f"rediss://127.0.0.1:{tls_redis_server.port}/0?ssl_cert_reqs=none"
+    backend = RedisBackend(url, settings=Settings(key_prefix=PREFIX))
+    await backend.connect()
+    await put(backend, "c", ["k"], into="w")
+    assert await backend.claim("w") == Claimed("k", new("k").payload)
+    await backend.close()
+
+
+@pytest.mark.timeout(60)
+async def test_worker_processes_over_tls(tls_redis_url: str, tmp_path: Path) -> None:
+    """`girder distributor` and `girder worker` processes and a client, all on `rediss://`."""
+    async with grid_on(tls_redis_url, tmp_path, workers=1) as (grid, _):
+        assert await asyncio.wait_for(grid.call(fib, 30), 30) == 832040
+        assert await grid.call_all([(add, i, 1) for i in range(20)]) == list(range(1, 21))
