@@ -41,7 +41,7 @@ async def test_the_server_speaks_only_tls(
     """What the other tests ran went through TLS: a plain connection gets nowhere."""
     assert tls_redis_url.startswith(f"rediss://127.0.0.1:{tls_redis_server.port}/0?ssl_ca_certs=")
     plain = RedisBackend(f"redis://127.0.0.1:{tls_redis_server.port}/0")
-    with pytest.raises(BackendError, match="connect failed"):
+    with pytest.raises(BackendError, match=r"connect failed.*speaks only TLS, use rediss://"):
         await asyncio.wait_for(plain.connect(), 10)
     await plain.close()
 

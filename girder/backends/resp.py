@@ -262,7 +262,8 @@ class Connection:
         except OSError as exc:
             raise NotSent(f"cannot connect: {exc}") from exc
         except ReplyLost as exc:
-            raise NotSent(f"the connection broke while opening: {exc}") from exc
+            hint = " (if the server speaks only TLS, use rediss://)" if address.tls is None else ""
+            raise NotSent(f"the connection broke while opening: {exc}{hint}") from exc
         return cls(protocol, timeout)
 
     @property
