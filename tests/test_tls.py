@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 from gridfns import add, fib
@@ -16,9 +17,10 @@ from girder.backends import open_backend
 from girder.backends.base import Claimed, StateBackend
 from girder.backends.redis import RedisBackend
 from girder.config import Settings
-from girder.errors import BackendError
+from girder.errors import BackendError, ConfigurationError
 from girder.testing.conformance import BackendConformance, new, put
 from girder.testing.redis_server import RedisServer
+from girder.testing.tls import Certificates
 
 pytestmark = pytest.mark.redis
 
@@ -78,3 +80,35 @@ async def test_worker_processes_over_tls(tls_redis_url: str, tmp_path: Path) -> 
     async with grid_on(tls_redis_url, tmp_path, workers=1) as (grid, _):
         assert await asyncio.wait_for(grid.call(fib, 30), 30) == 832040
         assert await grid.call_all([(add, i, 1) for i in range(20)]) == list(range(1, 21))
+
+
+async def test_a_server_that_asks_for_client_certificates(
+    tls_certificates: Certificates, tls_redis_server: RedisServer
+) -> None:
+    """Mutual TLS (`--tls-auth-clients yes`): without a client certificate the handshake fails
+    with a clear error; with `ssl_certfile` and `ssl_keyfile` the grid works."""
+    options = ("--tls-auth-clients", "yes")
+    with RedisServer(tls_redis_server.binary, tls=tls_certificates, options=options) as server:
+        without = RedisBackend(server.url, settings=Settings(key_prefix=PREFIX))
+        with pytest.raises(BackendError, match=r"connect failed.*client certificate"):
+            await asyncio.wait_for(without.connect(), 10)
+        await without.close()
+        cert, key = (quote(str(path)) for path in (tls_certificates.cert, tls_certificates.key))
+        url = f"{server.url}&ssl_certfile={cert}&ssl_keyfile={key}"
+        backend = RedisBackend(url, settings=Settings(key_prefix=PREFIX))
+        await backend.connect()
+        await put(backend, "c", ["k"], into="w")
+        assert await backend.claim("w") == Claimed("k", new("k").payload)
+        await backend.close()
+
+
+@pytest.mark.parametrize(
+    ("query", "error"),
+    [
+        ("ssl_keyfile=/k.pem", "ssl_keyfile needs ssl_certfile"),
+        ("ssl_certfile=/nonexistent/c.pem", "cannot load ssl_certfile"),
+    ],
+)
+def test_bad_client_certificate_options_are_url_errors(query: str, error: str) -> None:
+    with pytest.raises(ConfigurationError, match=error):
+        RedisBackend(f"rediss://127.0.0.1:1/0?{query}")

@@ -13,7 +13,8 @@ not run twice, and the caller gets `ReplyLost`, meaning it may or may not have r
 does not come in time aborts its connection; TCP keepalive notices a peer that vanished.
 
 URLs: `redis://[[user]:password@]host[:port][/db]`, `rediss://` (TLS, verified against the
-system's CAs unless `?ssl_cert_reqs=none`; `ssl_ca_certs=<file>` trusts that CA file instead) and
+system's CAs unless `?ssl_cert_reqs=none`; `ssl_ca_certs=<file>` trusts that CA file instead;
+`ssl_certfile=<file>` and `ssl_keyfile=<file>` present a client certificate) and
 `unix://[[user]:password@]/path/to/socket[?db=N]`; `password`, `username` and `db` may also come
 from the query. A server whose certificate cannot be verified is a `NotSent` that says so.
 """
@@ -118,8 +119,10 @@ def _db(text: str) -> int:
 
 def tls_context(query: dict[str, str]) -> ssl.SSLContext:
     """The TLS context a URL's query asks for: `ssl_ca_certs=<file>` (a CA file to trust
-    instead of the system's CAs) and `ssl_cert_reqs=required|none` (none: no verification of
-    the certificate nor of the host name); `ValueError` saying what is wrong."""
+    instead of the system's CAs), `ssl_cert_reqs=required|none` (none: no verification of
+    the certificate nor of the host name), and `ssl_certfile=<file>` with `ssl_keyfile=<file>`
+    (the client certificate to present to a server that asks for one, `--tls-auth-clients`;
+    the key may be in the certificate's file); `ValueError` saying what is wrong."""
     cert_reqs = query.get("ssl_cert_reqs", "required").lower()
     if cert_reqs not in ("required", "none"):
         raise ValueError(f"ssl_cert_reqs must be 'required' or 'none', not {cert_reqs!r}")
@@ -128,6 +131,14 @@ def tls_context(query: dict[str, str]) -> ssl.SSLContext:
         context = ssl.create_default_context(cafile=cafile)
     except OSError as exc:  # ssl.SSLError is one: a file that holds no certificate
         raise ValueError(f"cannot load ssl_ca_certs {cafile!r}: {exc}") from exc
+    certfile, keyfile = query.get("ssl_certfile"), query.get("ssl_keyfile")
+    if keyfile and not certfile:
+        raise ValueError("ssl_keyfile needs ssl_certfile (the client certificate)")
+    if certfile:
+        try:
+            context.load_cert_chain(certfile, keyfile)
+        except OSError as exc:
+            raise ValueError(f"cannot load ssl_certfile {certfile!r}: {exc}") from exc
     if cert_reqs == "none":
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
@@ -262,7 +273,11 @@ class Connection:
         except OSError as exc:
             raise NotSent(f"cannot connect: {exc}") from exc
         except ReplyLost as exc:
-            hint = " (if the server speaks only TLS, use rediss://)" if address.tls is None else ""
+            hint = (
+                " (if the server speaks only TLS, use rediss://)"
+                if address.tls is None
+                else " (if the server asks for a client certificate: ssl_certfile=, ssl_keyfile=)"
+            )
             raise NotSent(f"the connection broke while opening: {exc}{hint}") from exc
         return cls(protocol, timeout)
 

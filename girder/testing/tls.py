@@ -53,8 +53,11 @@ class Certificates:
     key: Path
 
     def client_context(self) -> ssl.SSLContext:
-        """A client context that trusts only the test CA (and checks the host name)."""
-        return ssl.create_default_context(cafile=str(self.ca))
+        """A client context that trusts only the test CA (and checks the host name), and
+        presents the certificate as its own (to servers that ask clients for one)."""
+        context = ssl.create_default_context(cafile=str(self.ca))
+        context.load_cert_chain(str(self.cert), str(self.key))
+        return context
 
 
 def make_certificates(directory: Path, openssl: str | None = None) -> Certificates:
