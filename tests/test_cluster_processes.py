@@ -149,3 +149,27 @@ async def test_every_primary_failing_in_turn_under_large_values(
         assert "request failed" not in procs.log_text()
     finally:
         procs.stop_all()
+
+
+async def test_the_grids_slot_moved_under_load_loses_and_hangs_nothing(
+    client: girder.Grid,
+    redis_cluster: RedisClusterServers,
+    redis_cluster_url: str,
+    grid_processes: GridProcesses,
+) -> None:
+    """A resharding moves the grid's slot to another primary while a job and 3,000 calls run:
+    scripts cut short on the source are waited out and reported, commands for keys already
+    moved wait for the end of the migration (never writing on the target, which would make the
+    migration fail with BUSYKEY), and every request finishes soon after."""
+    slot = redis_cluster.keyslot(ANCHOR)
+    target = next(s for s in redis_cluster.primaries() if s is not redis_cluster.owner(slot))
+    job = client.submit(fan_of_fans, 4, 6, 100, "moved")
+    many = asyncio.ensure_future(client.call_all([(add, i, 53) for i in range(3000)]))
+    await wait_until(lambda: _any_running(redis_cluster_url), what="work running")
+    moved = await asyncio.to_thread(redis_cluster.move_slot, slot, target, 5, 0.01)
+    assert moved > 100
+    assert redis_cluster.owner(slot) is target
+    # Within a few retry intervals, not the minute a waiter's resubmission may take.
+    assert await asyncio.wait_for(job, 30) == 4 * sum(range(6))
+    assert await asyncio.wait_for(many, 30) == [i + 53 for i in range(3000)]
+    assert "request failed" not in grid_processes.log_text()

@@ -9,16 +9,18 @@ from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import pytest
+from processes import wait_until
 from redis.crc import key_slot as redis_key_slot
 
 from girder.backends import open_backend, resp
-from girder.backends.base import Claimed, NodeKind, StateBackend
+from girder.backends.base import Claimed, NodeKind, RequestState, StateBackend
 from girder.backends.cluster import key_slot, parse_cluster_url
 from girder.backends.redis import RedisBackend
 from girder.config import Settings
 from girder.errors import BackendError, ConfigurationError
 from girder.testing.conformance import BackendConformance, new, out, put
 from girder.testing.redis_cluster import RedisClusterServers
+from girder.testing.redis_server import RedisServer
 
 pytestmark = [pytest.mark.redis, pytest.mark.slow]
 
@@ -147,38 +149,95 @@ async def test_work_goes_on_when_the_primary_dies_and_its_replica_takes_over(
     assert [info.node for info in await backend.nodes()] == ["w"]
 
 
-async def test_a_slot_being_migrated_is_followed_with_ask_then_moved(
-    backend: RedisBackend, redis_cluster: RedisClusterServers
-) -> None:
-    """The grid's slot moves to another primary key by key: a key already moved is read from
-    the target (ASK), and once the slot is the target's, everything goes there (MOVED)."""
-    await put(backend, "c", ["k"], into="w")
-    assert await backend.claim("w") is not None
-    await backend.complete("w", "k", out("k"), cache=True)
+def _start_migration(
+    redis_cluster: RedisClusterServers,
+) -> tuple[int, RedisServer, RedisServer, str]:
+    """Begin moving the grid's slot to another primary: (slot, source, target, target's id)."""
     slot = redis_cluster.keyslot(_anchor())
     source = redis_cluster.owner(slot)
     target = next(server for server in redis_cluster.primaries() if server is not source)
     source_id, target_id = (str(s.command("CLUSTER", "MYID")) for s in (source, target))
     target.command("CLUSTER", "SETSLOT", str(slot), "IMPORTING", source_id)
     source.command("CLUSTER", "SETSLOT", str(slot), "MIGRATING", target_id)
-    record = f"{{{PREFIX}}}:req:k"
-    source.command("MIGRATE", "127.0.0.1", str(target.port), record, "0", "5000")
-    target.command("CONFIG", "RESETSTAT")
-    assert await backend.result("k") == out("k")  # ASK: the record is on the target already
-    assert "calls=1," in target.info("commandstats")["cmdstat_asking"]
-    keys = source.command("CLUSTER", "GETKEYSINSLOT", str(slot), "1000")
-    assert isinstance(keys, list)
-    assert keys
-    source.command(
-        "MIGRATE", "127.0.0.1", str(target.port), "", "0", "5000", "KEYS", *map(str, keys)
-    )
+    return slot, source, target, target_id
+
+
+def _migrate(source: RedisServer, target: RedisServer, *keys: str) -> None:
+    """MIGRATE `keys` (every key left in the grid's slot when none is named) without REPLACE:
+    a key the target has already (written there during the migration) fails it (BUSYKEY)."""
+    if not keys:
+        slot = str(key_slot(_anchor()))
+        found = source.command("CLUSTER", "GETKEYSINSLOT", slot, "1000")
+        assert isinstance(found, list)
+        keys = tuple(map(str, found))
+    if keys:
+        source.command("MIGRATE", "127.0.0.1", str(target.port), "", "0", "5000", "KEYS", *keys)
+
+
+def _finish_migration(
+    redis_cluster: RedisClusterServers, source: RedisServer, target: RedisServer, target_id: str
+) -> None:
+    _migrate(source, target)
     for server in redis_cluster.primaries():
-        server.command("CLUSTER", "SETSLOT", str(slot), "NODE", target_id)
-    assert redis_cluster.owner(slot) is target
-    assert await backend.result("k") == out("k")  # MOVED, then the target
+        server.command("CLUSTER", "SETSLOT", str(key_slot(_anchor())), "NODE", target_id)
+    assert int(str(source.command("DBSIZE"))) == 0
+
+
+async def test_a_migrating_slot_is_waited_out_then_followed(
+    backend: RedisBackend, redis_cluster: RedisClusterServers
+) -> None:
+    """The grid's slot moves to another primary key by key. A command for a key already moved
+    (ASK) waits until the slot has moved (MOVED) instead of running on the target, where the
+    keys not moved yet would look absent; then everything goes to the target."""
+    await put(backend, "c", ["k"], into="w")
+    assert await backend.claim("w") is not None
+    await backend.complete("w", "k", out("k"), cache=True)
+    _, source, target, target_id = _start_migration(redis_cluster)
+    _migrate(source, target, f"{{{PREFIX}}}:req:k")
+    source.command("CONFIG", "RESETSTAT")
+    reading = asyncio.create_task(backend.result("k"))  # the source answers ASK
+    await wait_until(lambda: _called(source, "hmget"), what="the read sent to the source")
+    assert not reading.done()
+    _finish_migration(redis_cluster, source, target, target_id)
+    assert redis_cluster.owner(key_slot(_anchor())) is target
+    assert await asyncio.wait_for(reading, 30) == out("k")  # MOVED, then the target
+    assert "cmdstat_asking" not in target.info("commandstats")  # ASK was never followed
     await put(backend, "c", ["k2"], into="w")  # scripts, reloaded on the target
     assert await backend.claim("w") == Claimed("k2", new("k2").payload)
-    assert int(str(source.command("DBSIZE"))) == 0
+
+
+async def test_a_script_cut_short_by_a_migration_is_reported_as_lost_writes(
+    backend: RedisBackend, redis_cluster: RedisClusterServers
+) -> None:
+    """A claim runs on the source after the key's record moved but before its work list did:
+    Redis stops the script at the record, after it popped the list (Redis has no rollback).
+    The call waits for the migration, runs on the target (where the list is empty now), and
+    the node's next heartbeat says writes may be half made, so that it reconciles and its
+    waiters submit again; the heartbeat after that does not."""
+    await backend.join("w", NodeKind.WORKER, None, 60)
+    assert not (await backend.heartbeat("w", 60)).lost_writes
+    await put(backend, "c", ["k"], into="w")
+    _, source, target, target_id = _start_migration(redis_cluster)
+    _migrate(source, target, f"{{{PREFIX}}}:req:k")
+    source.command("CONFIG", "RESETSTAT")
+    claiming = asyncio.create_task(backend.claim("w"))
+    await wait_until(lambda: _failed(source, "evalsha"), what="the claim cut short")
+    _finish_migration(redis_cluster, source, target, target_id)
+    assert await asyncio.wait_for(claiming, 30) is None  # its pop was made on the source
+    assert (await backend.heartbeat("w", 60)).lost_writes
+    assert not (await backend.heartbeat("w", 60)).lost_writes
+    assert await backend.state("k") == RequestState.PENDING  # for a waiter to submit again
+
+
+async def _called(server: RedisServer, command: str) -> bool:
+    return f"cmdstat_{command}" in server.info("commandstats")
+
+
+async def _failed(server: RedisServer, command: str) -> bool:
+    """Whether a call of `command` failed on `server` since its last RESETSTAT."""
+    stats = server.info("commandstats").get(f"cmdstat_{command}", "")
+    fields = dict(field.split("=", 1) for field in stats.split(",") if "=" in field)
+    return int(fields.get("failed_calls", "0")) > 0
 
 
 async def test_a_cluster_node_reached_through_redis_url_is_refused_with_the_scheme_to_use(

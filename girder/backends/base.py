@@ -208,6 +208,11 @@ class Beat:
     the node's previous such heartbeat got, as the backend still holds it (0: none held). Lower
     than the node was told then: the backend lost writes, even if other nodes' heartbeats have
     raised the clock past it since. None where the backend cannot lose writes."""
+    lost_writes: bool = False
+    """Whether the backend knows that some of its writes since this node's previous heartbeat
+    may be lost or half made (on a Redis Cluster: a script of this process cut short because
+    the grid's slot moved to another node under it); the node must reconcile as when the
+    clock goes back."""
 
 
 @dataclass(frozen=True, slots=True)

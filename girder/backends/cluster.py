@@ -11,10 +11,12 @@ through `at(key)`: the same rules, sent to the primary of that key's slot, found
 Redirections: a `MOVED` reply (the slot has a new owner: a failover, or a resharding that
 finished) refreshes the map and sends the redirected commands, and only those, to the new
 owner; an `ASK` reply (the slot is being migrated and the key is already on the target) sends
-`ASKING` and the command to the node named, once, without changing the map. A redirected
-command did not run, so sending it elsewhere is safe. A lost connection marks the map stale
-(the primary may have died) and the error goes up: the backend waits it out and tries again
-(`CLUSTERDOWN` and `TRYAGAIN` replies too), by which time a replica may have been promoted.
+`ASKING` and the command to the node named, once, without changing the map, except for the
+grid's own slot: its commands wait until the migration ends (see `_GRID_SLOT_MIGRATING`). A
+redirected command did not run, so sending it elsewhere is safe. A lost connection marks the
+map stale (the primary may have died) and the error goes up: the backend waits it out and tries
+again (`CLUSTERDOWN` and `TRYAGAIN` replies too), by which time a replica may have been
+promoted.
 
 URLs: `redis+cluster://[[user]:password@]host:port[,host:port...][?password=...&username=...]`;
 the nodes are seeds (any one that answers will do), the database is always 0. `rediss+cluster://`
@@ -48,6 +50,11 @@ from girder.backends.resp import (
 SCHEMES = tls_schemes("redis+cluster")
 SLOTS = 16384
 _MAX_REDIRECTS = 5
+_GRID_SLOT_MIGRATING = "TRYAGAIN the grid's slot is being migrated to another node"
+"""The reply that stands for an `ASK` of the grid's own slot. A script of the grid derives
+most of the keys it touches, so on the target of a migration it would read the keys not moved
+yet as absent, and write keys that the migration then cannot move (BUSYKEY): the grid waits
+for the migration to end (MOVED) instead, as for a `TRYAGAIN`."""
 """MOVED/ASK hops one call may take before it gives up (a map that keeps changing)."""
 
 
@@ -183,6 +190,10 @@ class ClusterClient(PrimaryClient):
             if target is None:
                 return replies
             kind, (host, port) = target
+            if kind == "ASK" and slot == self.slot:
+                for index in redirected:
+                    replies[index] = ReplyError(_GRID_SLOT_MIGRATING)
+                return replies
             node = (host or node[0], port)  # an empty host: the node that answered
             todo, asking = redirected, kind == "ASK"
             if kind == "MOVED":

@@ -121,6 +121,11 @@ _MIN_SERVER = (6, 2)
 _OUTAGE_REPLIES = ("LOADING", "BUSY", "MASTERDOWN", "READONLY", "TRYAGAIN", "CLUSTERDOWN")
 """Error replies of a server that cannot serve right now but will: waited out like an outage."""
 
+_CUT_SHORT = "ERR Script attempted to access a non local key"
+"""The error of a script that touched a key the node no longer holds: the grid's slot is being
+migrated, and the key has moved. The script stopped there, its earlier writes made: it is
+waited out like an outage, and counted as writes that may be half made (see `heartbeat`)."""
+
 _CONNECT_TRIES = 5
 """Attempts of `connect` whose reply was lost, before it gives up."""
 
@@ -271,6 +276,10 @@ class RedisBackend:
         self._received: set[str] = set()
         """Nodes whose last blocking wait's reply arrived (the next wait drops `taken`)."""
         self._tokens = _Tokens()
+        self._cut_short = 0
+        """Scripts of this process cut short by a migration of the grid's slot (`_CUT_SHORT`)."""
+        self._cut_short_seen: dict[str, int] = {}
+        """Per node, `_cut_short` as its previous heartbeat saw it."""
         self._outage = _Outage(self.url, settings.outage_timeout)
         self._redis: RedisClient | ClusterClient | SentinelClient
         scheme = url.partition("://")[0]
@@ -406,10 +415,12 @@ class RedisBackend:
                 if _is_noscript(exc):
                     await self._reload_scripts(what)
                     continue
-                if str(exc).startswith(_OUTAGE_REPLIES):
-                    await asyncio.sleep(self._outage.failed(started, what, exc))
-                    continue
-                raise _reply_error(self.url, what, exc) from exc
+                if str(exc).startswith(_CUT_SHORT):
+                    self._cut_short += 1
+                elif not str(exc).startswith(_OUTAGE_REPLIES):
+                    raise _reply_error(self.url, what, exc) from exc
+                await asyncio.sleep(self._outage.failed(started, what, exc))
+                continue
             self._outage.ended()
             return result
 
@@ -731,8 +742,11 @@ class RedisBackend:
     ) -> Beat:
         published = "" if counters is None else json.dumps(dict(counters), separators=(",", ":"))
         low = self._tokens.oldest(node)
+        cut_short = self._cut_short
         registered, clock, own = await self._run("heartbeat", node, _ms(ttl), published, low)
-        return Beat(bool(registered), clock, own if own >= 0 else None)
+        lost = self._cut_short_seen.get(node, 0) < cut_short
+        self._cut_short_seen[node] = cut_short
+        return Beat(bool(registered), clock, own if own >= 0 else None, lost_writes=lost)
 
     async def reconcile(self, node: str, keep: Sequence[str]) -> int:
         count: int = await self._journaled("reconcile", node, True, node, *keep)

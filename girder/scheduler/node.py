@@ -282,13 +282,14 @@ class Node:
             beat.own is not None and 0 < beat.own < self._clock
         )
         self._clock = beat.clock
-        if beat.registered and not went_back:
+        if beat.registered and not went_back and not beat.lost_writes:
             self._lease_confirmed = sent
             return
         self.log.warning(
             "backend lost state; joining again, reconciling and resubmitting",
             forgot_this_node=not beat.registered,
             clock_went_back=went_back,
+            writes_cut_short=beat.lost_writes,
         )
         if not beat.registered:
             await self.forgotten()

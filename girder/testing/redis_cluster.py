@@ -6,7 +6,8 @@ By default 3 primaries and 3 replicas (one each), every one a `RedisServer` star
 node says `cluster_state:ok`, knows every other node, and every replica's link to its primary is
 up. `fail_over(server)` kills a primary with SIGKILL and waits for one of its replicas to be
 promoted; `heal()` starts the dead servers again (they rejoin as replicas) and waits for the
-cluster to be whole. `stop()` leaves no process and no file behind.
+cluster to be whole; `move_slot(slot, to)` migrates a slot key by key, as a resharding
+does. `stop()` leaves no process and no file behind.
 
 The node timeout is short (1 s; Redis's default is 15 s) so that a failover takes a few seconds.
 With `tls=` (certificates from `girder.testing.tls`) every node speaks only TLS, to clients, on
@@ -171,6 +172,26 @@ class RedisClusterServers(Started):
             if not server.running:
                 server.start()
         self._wait(self._whole, "the cluster to heal")
+
+    def move_slot(self, slot: int, to: RedisServer, batch: int = 10, pause: float = 0.0) -> int:
+        """Move `slot` to the primary `to` as `redis-cli --cluster reshard` does: mark it
+        importing and migrating, MIGRATE its keys `batch` at a time (`pause` seconds apart)
+        until none is left, then give it to `to` on every primary. A key the target has already
+        fails the move (BUSYKEY: no REPLACE). Returns how many keys moved."""
+        source = self.owner(slot)
+        source_id, target_id = (str(s.command("CLUSTER", "MYID")) for s in (source, to))
+        to.command("CLUSTER", "SETSLOT", str(slot), "IMPORTING", source_id)
+        source.command("CLUSTER", "SETSLOT", str(slot), "MIGRATING", target_id)
+        moved = 0
+        while keys := source.command("CLUSTER", "GETKEYSINSLOT", str(slot), str(batch)):
+            assert isinstance(keys, list)
+            names = [str(key) for key in keys]
+            source.command("MIGRATE", "127.0.0.1", str(to.port), "", "0", "5000", "KEYS", *names)
+            moved += len(names)
+            time.sleep(pause)
+        for server in self.primaries():
+            server.command("CLUSTER", "SETSLOT", str(slot), "NODE", target_id)
+        return moved
 
     def flush(self) -> None:
         """Delete every key (FLUSHALL on every primary; replicas follow)."""
