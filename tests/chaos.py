@@ -24,6 +24,7 @@ import signal
 import subprocess
 import sys
 import time
+from abc import ABC, abstractmethod
 from collections import Counter
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
@@ -338,7 +339,7 @@ Handler = Callable[[Fault], Awaitable[bool]]
 """Injects a fault; False when it had no target."""
 
 
-class ChaosRun:
+class ChaosRun(ABC):
     """Runs the grid, the load and the faults; keeps what the checks need. The Redis under
     the grid, and its faults, are a subclass's: `ServerChaosRun` (one server, here) or
     `ClusterChaosRun` (chaos_cluster.py)."""
@@ -379,33 +380,33 @@ class ChaosRun:
     # -- the Redis under the grid (a subclass's) --------------------------------------------------
 
     @property
+    @abstractmethod
     def fsync(self) -> str:
         """Redis's appendfsync ("off": a restart loses everything)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def describe_redis(self) -> str:
         """What the grid runs on, for the header."""
-        raise NotImplementedError
 
+    @abstractmethod
     def redis_faults(self) -> dict[str, Handler]:
         """The handlers of the faults of Redis."""
-        raise NotImplementedError
 
+    @abstractmethod
     async def calm_redis(self) -> None:
         """End the faults of Redis: it serves the grid again, whole."""
-        raise NotImplementedError
 
+    @abstractmethod
     def release_redis(self) -> None:
         """At the end: let go of what the faults of Redis hold (a paused server)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def db(self) -> redis.Redis:
         """A redis-py client of the server of the grid's slot (never through the proxy)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def servers(self) -> list[redis.Redis]:
         """A redis-py client of every server the grid's keys may live on (blobs included)."""
-        raise NotImplementedError
 
     def schedule(self) -> list[Fault]:
         config = self.config

@@ -416,15 +416,16 @@ def scan_blobs(servers: list[redis.Redis]) -> dict[str, set[str]]:
 
 def blob_leaks(
     db: redis.Redis, servers: list[redis.Redis]
-) -> tuple[set[str], dict[str, list[str]]]:
+) -> tuple[set[str], set[str], dict[str, list[str]]]:
     """What is wrong with the blobs once every node stopped and a sweep with no grace ran
     (`StateBackend.sweep_blobs(0)`): every blob left must be held by cached results, and
     indexed with its bytes in place (a cached value whose bytes are gone is lost; bytes that
-    no index entry names are never swept). The indexed digests, and pattern -> examples of
-    what is wrong."""
+    no index entry names are never swept). The digests indexed, those rightly held, and
+    pattern -> examples of what is wrong."""
     stored = scan_blobs(servers)
     index = {decode(d) for d in db.zrange(KEYS.blobs, 0, -1)}
     leaked: dict[str, list[str]] = defaultdict(list)
+    held = set()
     for digest in sorted(index):
         holders = [decode(k) for k in db.smembers(PREFIX + redis_keys.BLOB_HOLDERS + digest)]
         states = {decode(db.hget(KEYS.record(k), redis_keys.F_STATUS)) for k in holders}
@@ -436,6 +437,8 @@ def blob_leaks(
             leaked["blob no cached result holds (the sweep left it)"].append(
                 f"{digest} held by {holders[:3]} in states {sorted(states)}"
             )
+        else:
+            held.add(digest)
     for digest, kinds in sorted(stored.items()):
         if digest not in index:
             leaked["blob keys no index entry names (no sweep finds them)"].append(
@@ -445,7 +448,7 @@ def blob_leaks(
             leaked["blob keys other than its bytes and generation"].append(
                 f"{digest}: {sorted(kinds)}"
             )
-    return index, dict(leaked)
+    return index, held, dict(leaked)
 
 
 @dataclass
@@ -489,9 +492,8 @@ def check_leaks(db: redis.Redis, names: dict[str, str], servers: list[redis.Redi
     results (with the blobs they hold) and the global counters only. `db`: the server of the
     grid's slot; `servers`: every server (the primaries of a cluster), where blobs live."""
     report = LeakReport()
-    indexed, blobs = blob_leaks(db, servers)
+    indexed, held, blobs = blob_leaks(db, servers)
     report.leaked.update(blobs)
-    wrong = {example.partition(" ")[0].rstrip(":") for found in blobs.values() for example in found}
     for key, kind in sorted(scan_grid(db).items()):
         rest = key.removeprefix(PREFIX)
         part, _, ident = rest.partition(":")
@@ -501,7 +503,7 @@ def check_leaks(db: redis.Redis, names: dict[str, str], servers: list[redis.Redi
         if rest in GLOBAL_KEEP or rest == redis_keys.BLOBS:  # the index: see blob_leaks
             continue
         if part + ":" == redis_keys.BLOB_HOLDERS and ident in indexed:  # see blob_leaks
-            report.cached_blobs += ident not in wrong
+            report.cached_blobs += ident in held
             continue
         if rest in GLOBAL_EMPTY:
             pattern = f"{PREFIX}{rest}[<node>]"

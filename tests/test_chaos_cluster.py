@@ -21,6 +21,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+import redis
 from chaos import (
     CLUSTER_FAULTS,
     LONG_ENV,
@@ -32,9 +33,21 @@ from chaos import (
     make_plan,
     make_schedule,
 )
-from chaos_checks import LEASE, Failover, Run, Timeline, find_overlaps, rerun_reason
+from chaos_checks import (
+    KEYS,
+    LEASE,
+    PREFIX,
+    Failover,
+    Run,
+    Timeline,
+    blob_leaks,
+    check_leaks,
+    find_overlaps,
+    rerun_reason,
+)
 from chaos_cluster import ClusterChaosRun
 
+from girder.backends import redis_keys
 from girder.testing.redis_cluster import RedisClusterServers
 
 SHORT_SECONDS = 32.0
@@ -132,3 +145,31 @@ def test_a_failover_of_the_grids_primary_excuses_a_rerun_whose_writes_it_may_hav
     timeline.failovers[0] = Failover(7002, False, lost_from=10.0, killed=11.0, promoted=13.0)
     assert reason(Run("k", 1, "w1", 9.0, 10.5, "ok")).startswith("UNEXPLAINED")
     assert find_overlaps(overlap, timeline, "always")[0].excuse is None
+
+
+@pytest.mark.redis
+def test_blobs_left_must_be_held_indexed_and_stored(redis_url: str) -> None:
+    """After the sweep, a blob held by a cached result is no leak; bytes without an index
+    entry are (no sweep finds them), and so is an index entry whose bytes are gone (a cached
+    value lost)."""
+    held, lost, orphan = "a" * 64, "b" * 64, "c" * 64
+    db = redis.Redis.from_url(redis_url)
+    try:
+        db.hset(KEYS.record("k"), redis_keys.F_STATUS, "d")
+        for digest in (held, lost):
+            db.sadd(PREFIX + redis_keys.BLOB_HOLDERS + digest, "k")
+            db.zadd(KEYS.blobs, {digest: 1})
+        for digest in (held, orphan):
+            db.set(KEYS.blob(digest), b"bytes")
+            db.set(KEYS.blob_gen(digest), b"token")
+        indexed, rightly_held, found = blob_leaks(db, [db])
+        assert (indexed, rightly_held) == ({held, lost}, {held})
+        assert [example.split()[0] for examples in found.values() for example in examples] == [
+            lost,
+            orphan + ":",
+        ]
+        report = check_leaks(db, {}, [db])
+        assert (report.cached, report.cached_blobs) == (1, 1)
+        assert report.leaked == found
+    finally:
+        db.close()
