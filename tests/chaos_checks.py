@@ -268,6 +268,21 @@ def find_overlaps(runs: list[Run], timeline: Timeline, fsync: str) -> list[Overl
     return found
 
 
+OUTAGE_RETRY = 2.0
+"""The longest delay between two tries of an operation while Redis cannot be reached."""
+
+
+def _completion_stored_by(timeline: Timeline, end: float) -> float:
+    """When the completion of a run that ended at `end` was stored at the latest: within a
+    lease, unless a failover held it up (of the grid's primary, or of the one its value's
+    blob goes to: it waits and retries until the replica took over)."""
+    stored = end + LEASE
+    for failover in timeline.failovers:
+        if failover.killed <= stored and failover.promoted >= end:
+            stored = max(stored, failover.promoted + OUTAGE_RETRY + LEASE)
+    return stored
+
+
 def rerun_reason(first: Run, second: Run, timeline: Timeline, fsync: str) -> str:
     """Why a key ran again after an earlier run of it ended (a finished key should be cached).
     The runs are flagged (`flag_first_runs_after_stops`)."""
@@ -281,7 +296,7 @@ def rerun_reason(first: Run, second: Run, timeline: Timeline, fsync: str) -> str
     if _failover_loss(timeline, first, second):
         return "a failover of the grid's primary lost its claim or its completion"
     # The completion goes out right after the run: a death or a stop soon after loses it.
-    sending = first.end + LEASE
+    sending = _completion_stored_by(timeline, first.end)
     killed_at = timeline.killed.get(first.pid)
     if killed_at is not None and first.end <= killed_at <= min(sending, second.start):
         return "its runner was killed before the completion was stored"

@@ -7,12 +7,13 @@ blobs live), some with their acknowledged writes lost, each healed after (chaos_
     GIRDER_CHAOS_LONG=1 GIRDER_CHAOS_SECONDS=600 pytest tests/test_chaos_cluster.py -k long
 
 The short run draws every kind of fault but `OPEN_BUGS` (failovers that lose writes, which
-show two open defects: a blob whose bytes were lost fails its request, and bytes whose index
-entry was lost are never swept); the long run draws them all. GIRDER_CHAOS_FAULTS=
-lose_writes_grid,kill_worker draws only those kinds (see chaos.CLUSTER_FAULTS). As in
-test_chaos.py, each run prints its schedule first (and the line that replays it) and a summary
-at the end; `report.txt` and every process's log stay under the test's tmp dir.
-"""
+show open defects: the bytes of a blob lost with a primary fail the requests that read them,
+and bytes whose index entry was lost are never swept); the long run draws them all.
+GIRDER_CHAOS_FAULTS=lose_writes_grid,kill_worker draws only those kinds (see
+chaos.CLUSTER_FAULTS). As in test_chaos.py, each run prints its schedule first (and the line
+that replays it) and a summary at the end; `report.txt` and every process's log stay under the
+test's tmp dir. The long run at 300 s took 12 minutes (the checks of 665,000 cached results
+take one or two)."""
 
 from __future__ import annotations
 
@@ -52,9 +53,9 @@ from girder.testing.redis_cluster import RedisClusterServers
 
 SHORT_SECONDS = 32.0
 LONG_SECONDS = 600.0
-DEFAULT_SEED = 68
-"""A seed whose 32 s schedule (without `OPEN_BUGS`) has every kind of fault it draws: 5
-failovers (2 of the grid's primary) and 11 faults of processes."""
+DEFAULT_SEED = 2
+"""A seed whose 32 s schedule (without `OPEN_BUGS`) has every kind of fault it draws: 3
+failovers (2 of the grid's primary), 5 s and more apart, and 11 faults of processes."""
 OPEN_BUGS = ("lose_writes_grid", "lose_writes_blobs")
 """Kinds of fault the short run leaves out until the defects they show are fixed (see the
 module docstring; GIRDER_CHAOS_FAULTS brings them back)."""
@@ -173,3 +174,14 @@ def test_blobs_left_must_be_held_indexed_and_stored(redis_url: str) -> None:
         assert report.leaked == found
     finally:
         db.close()
+
+
+def test_a_completion_held_up_by_a_failover_may_be_lost_to_a_later_stop() -> None:
+    """seed 2: two runs ended as the primary of their values' blobs died; their completions
+    waited for its replica, and their worker was stopped past its lease after the promotion,
+    before they were stored: the keys ran again elsewhere."""
+    timeline = Timeline(start=0.0, stops=[(1, 25.9, 28.6)])
+    first, second = Run("k", 1, "w3", 23.3, 23.35, "ok"), Run("k", 2, "w6", 27.6, 27.7, "ok")
+    assert rerun_reason(first, second, timeline, "always").startswith("UNEXPLAINED")
+    timeline.failovers.append(Failover(7002, False, lost_from=23.4, killed=23.4, promoted=25.3))
+    assert "SIGSTOPped" in rerun_reason(first, second, timeline, "always")
