@@ -24,12 +24,14 @@ import signal
 import subprocess
 import sys
 import time
+from abc import ABC, abstractmethod
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
+import pytest
 import redis
 from chaos_checks import (
     LEASE,
@@ -52,9 +54,10 @@ from chaos_checks import (
     unhandled_exceptions,
 )
 from chaos_client import read_events
-from gridfns import RUN_LOG_ENV
+from gridfns import RUN_LOG_ENV, blobs_answer
 from processes import TESTS, GridProcesses, nodes, signal_group, wait_for_nodes, wait_until
 
+from girder.backends import open_backend
 from girder.backends.redis_keys import F_WAITER
 from girder.testing.redis_server import RedisServer
 
@@ -75,6 +78,8 @@ DEFAULT_SEED = 367
 """A seed whose 35 s schedule (with the proxy) has 13 of the 14 fault kinds (no stop_client)."""
 WARM_UP = 2.0
 """Seconds of load before the first fault."""
+LARGE_VALUE_BYTES = 2048
+"""GIRDER_LARGE_VALUE_BYTES of a cluster run: the values of `salted_blobs` are blobs."""
 
 
 # -- configuration ---------------------------------------------------------------------------------
@@ -98,20 +103,26 @@ class ChaosConfig:
     """Fault kinds to draw from; empty: every kind available."""
     pool: str = "pool"
     secret: str = "chaos-test-secret"
+    cluster: bool = False
+    """On a Redis Cluster (chaos_cluster.py): failovers instead of the faults of one server,
+    no proxy, and jobs whose values are blobs (spread over the primaries)."""
 
     @classmethod
-    def from_env(cls, default_seconds: float) -> ChaosConfig:
+    def from_env(
+        cls, default_seconds: float, *, cluster: bool = False, default_seed: int = DEFAULT_SEED
+    ) -> ChaosConfig:
         """Seed and length from GIRDER_CHAOS_SEED / GIRDER_CHAOS_SECONDS."""
         return cls(
-            seed=int(os.environ.get(SEED_ENV, DEFAULT_SEED)),
+            seed=int(os.environ.get(SEED_ENV, default_seed)),
             seconds=float(os.environ.get(SECONDS_ENV, default_seconds)),
             proxy=os.environ.get(PROXY_ENV, "1") != "0",
             faults=tuple(k for k in os.environ.get(FAULTS_ENV, "").split(",") if k),
+            cluster=cluster,
         )
 
     @property
     def use_proxy(self) -> bool:
-        return self.proxy and FaultProxy is not None
+        return self.proxy and not self.cluster and FaultProxy is not None
 
 
 # -- the schedule ----------------------------------------------------------------------------------
@@ -134,6 +145,19 @@ PROXY_FAULTS = {
     "proxy_chaos": 1,
     "proxy_outage": 1,
 }
+SERVER_FAULTS = ("restart_redis", "pause_redis", "wipe_redis")
+"""Faults of one Redis server: a cluster run draws `CLUSTER_FAULTS` instead."""
+CLUSTER_FAULTS = {
+    "fail_over_grid": 0.5,
+    "fail_over_blobs": 0.5,
+    "lose_writes_grid": 0.5,
+    "lose_writes_blobs": 0.5,
+}
+"""A primary killed (kill -9) and replaced by its replica, then healed (it comes back as a
+replica): the grid's primary, or another (only blobs live there); `lose_writes_*` stalls its
+replication first, so the writes it acknowledges meanwhile are lost. One runs at a time, and
+takes about 10 s: at these weights (about one fault in six) they seldom queue up behind each
+other (at twice as much, a 300 s run went on to 556 s to get through them)."""
 
 
 @dataclass(frozen=True)
@@ -163,6 +187,10 @@ class Fault:
             "delay_replies": f" by {self.amount:.2f}s for {self.length:.2f}s",
             "proxy_chaos": f" for {self.length:.2f}s",
             "proxy_outage": f" for {self.length:.2f}s",
+            "fail_over_grid": f", heal after {self.length:.2f}s",
+            "fail_over_blobs": f", heal after {self.length:.2f}s",
+            "lose_writes_grid": f" {self.amount:.2f}s, fail over, heal after {self.length:.2f}s",
+            "lose_writes_blobs": f" {self.amount:.2f}s, fail over, heal after {self.length:.2f}s",
         }.get(self.kind, "")
         return f"t+{self.at:6.2f}s {self.kind} #{self.pick}{extra}"
 
@@ -190,18 +218,30 @@ def _fault_lengths(kind: str, rng: random.Random) -> tuple[float, float]:
         return rng.uniform(1.0, 3.0), 0.0
     if kind == "proxy_outage":
         return rng.uniform(0.1, 0.5), 0.0
+    if kind.startswith("fail_over"):
+        return rng.uniform(0.5, 3.0), 0.0
+    if kind.startswith("lose_writes"):
+        return rng.uniform(0.5, 3.0), rng.uniform(0.3, 1.5)
     return 0.0, 0.0
 
 
+def fault_weights(*, proxy: bool, cluster: bool) -> dict[str, float]:
+    """The kinds of fault a run draws from, and their weights."""
+    if cluster:
+        nodes = {k: w for k, w in PROCESS_FAULTS.items() if k not in SERVER_FAULTS}
+        return nodes | CLUSTER_FAULTS
+    return {**PROCESS_FAULTS, **(PROXY_FAULTS if proxy else {})}
+
+
 def make_schedule(
-    seed: int, seconds: float, *, proxy: bool, only: tuple[str, ...] = ()
+    seed: int, seconds: float, *, proxy: bool, cluster: bool = False, only: tuple[str, ...] = ()
 ) -> list[Fault]:
     """The faults of a run: one every 1 to 3 seconds after the warm-up, drawn from `seed`
     (among the kinds `only`, when given)."""
     rng = random.Random(seed)
-    weights = {**PROCESS_FAULTS, **(PROXY_FAULTS if proxy else {})}
+    weights = fault_weights(proxy=proxy, cluster=cluster)
     if only:
-        unknown = set(only) - set(PROCESS_FAULTS) - set(PROXY_FAULTS)
+        unknown = set(only) - set(PROCESS_FAULTS) - set(PROXY_FAULTS) - set(CLUSTER_FAULTS)
         if unknown:
             raise ValueError(f"unknown fault kinds {sorted(unknown)}")
         weights = {kind: weight for kind, weight in weights.items() if kind in only}
@@ -244,8 +284,18 @@ def fibonacci(n: int) -> int:
     return a
 
 
-def _job(rng: random.Random, job_id: str, salt: str) -> Job:
-    kind = rng.choice(("tree", "tree", "fib", "chain"))
+BLOB_PAD = 2100
+"""Characters of the large argument of a `salted_blobs` job (a blob at 2048 bytes)."""
+
+
+def _job(rng: random.Random, job_id: str, salt: str, blobs: bool) -> Job:
+    kind = rng.choice(("tree", "tree", "fib", "chain", *(("blobs",) if blobs else ())))
+    if kind == "blobs":
+        width, depth = rng.randint(1, 4), rng.randint(0, 4)
+        pad = salt[:1] * BLOB_PAD
+        return Job(
+            job_id, "salted_blobs", (width, depth, salt, pad), blobs_answer(width, depth, salt, pad)
+        )
     if kind == "tree":
         depth = rng.randint(3, 6)
         return Job(job_id, "salted_tree", (depth, 0, salt, 20), 2 ** (depth + 1) - 1)
@@ -256,14 +306,15 @@ def _job(rng: random.Random, job_id: str, salt: str) -> Job:
     return Job(job_id, "salted_chain", (n, salt, 100), n)
 
 
-def make_plan(seed: int, slot: int, count: int = 400) -> list[Job]:
-    """Client `slot`'s jobs: half on keys shared by every client, half on fresh keys."""
+def make_plan(seed: int, slot: int, count: int = 400, *, blobs: bool = False) -> list[Job]:
+    """Client `slot`'s jobs: half on keys shared by every client, half on fresh keys; with
+    `blobs`, a fifth of them pass large values around (`salted_blobs`)."""
     rng = random.Random(f"{seed}:client:{slot}")
     jobs = []
     for index in range(count):
         shared = rng.random() < 0.5
         salt = rng.choice(SHARED_SALTS) if shared else f"{seed}-c{slot}-{index}"
-        jobs.append(_job(rng, f"c{slot}-{index}", salt))
+        jobs.append(_job(rng, f"c{slot}-{index}", salt, blobs))
     return jobs
 
 
@@ -286,33 +337,41 @@ class ClientSlot:
         return self.plan, self.answers, self.stop
 
 
-class ChaosRun:
-    """Runs the grid, the load and the faults; keeps what the checks need."""
+Handler = Callable[[Fault], Awaitable[bool]]
+"""Injects a fault; False when it had no target."""
 
-    def __init__(self, config: ChaosConfig, redis_server: RedisServer, tmp: Path) -> None:
+
+class ChaosRun(ABC):
+    """Runs the grid, the load and the faults; keeps what the checks need. The Redis under
+    the grid, and its faults, are a subclass's: `ServerChaosRun` (one server, here) or
+    `ClusterChaosRun` (chaos_cluster.py)."""
+
+    def __init__(self, config: ChaosConfig, tmp: Path, url: str, proxy: Any = None) -> None:
+        """`url`: the grid's Redis, as the harness reaches it; the nodes go through `proxy`
+        (a started `FaultProxy`) when there is one."""
         self.config = config
-        self.redis = redis_server
+        self.url = url
         self.tmp = tmp
         self.logs = tmp / "logs"
         self.run_logs = tmp / "runs"
         self.client_dir = tmp / "clients"
         for folder in (self.logs, self.run_logs, self.client_dir):
             folder.mkdir(parents=True, exist_ok=True)
-        self.proxy: Any = None
-        if config.use_proxy:
-            self.proxy = FaultProxy("127.0.0.1", redis_server.port)
-            self.proxy.start()
-        self.node_url = self.proxy.url if self.proxy is not None else redis_server.url
+        self.proxy = proxy
+        self.node_url = self.proxy.url if self.proxy is not None else url
         self.timeline = Timeline()
         self.procs = GridProcesses(self.node_url, self.logs, **self._env())
         self.distributor: subprocess.Popen[bytes] | None = None
         self.workers: dict[str, subprocess.Popen[bytes]] = {}
         self.stopped: dict[int, tuple[subprocess.Popen[bytes], str, float]] = {}
         """pid -> (process, what it is, when it was stopped), while SIGSTOPped."""
-        self.redis_paused: float | None = None
         self.worker_count = 0
-        count = 100 + int(config.seconds * 10)  # more than the clients get through
-        self.plans = {s: make_plan(config.seed, s, count) for s in range(config.clients)}
+        # More than the clients get through (a cluster's failovers go on past `seconds`, and
+        # its jobs are quicker: they ran out after 21 of 50 s at 10 a second).
+        count = 100 + int(config.seconds * (40 if config.cluster else 10))
+        self.plans = {
+            s: make_plan(config.seed, s, count, blobs=config.cluster) for s in range(config.clients)
+        }
         self.clients = {s: self._slot(s) for s in range(config.clients)}
         self._client_logs: list[BinaryIO] = []
         self._pending: list[asyncio.Task[None]] = []
@@ -320,18 +379,56 @@ class ChaosRun:
         self.names: dict[str, str] = {config.pool: "distributor"}
         """Node id -> what it is, for the leak report."""
 
+    # -- the Redis under the grid (a subclass's) --------------------------------------------------
+
     @property
+    @abstractmethod
     def fsync(self) -> str:
         """Redis's appendfsync ("off": a restart loses everything)."""
-        return self.redis.appendfsync or "off"
+
+    @abstractmethod
+    def describe_redis(self) -> str:
+        """What the grid runs on, for the header."""
+
+    @abstractmethod
+    def redis_faults(self) -> dict[str, Handler]:
+        """The handlers of the faults of Redis."""
+
+    @abstractmethod
+    async def calm_redis(self) -> None:
+        """End the faults of Redis: it serves the grid again, whole."""
+
+    @abstractmethod
+    def release_redis(self) -> None:
+        """At the end: let go of what the faults of Redis hold (a paused server)."""
+
+    @abstractmethod
+    def db(self) -> redis.Redis:
+        """A redis-py client of the server of the grid's slot (never through the proxy)."""
+
+    @abstractmethod
+    def servers(self) -> list[redis.Redis]:
+        """A redis-py client of every server the grid's keys may live on (blobs included)."""
+
+    def schedule(self) -> list[Fault]:
+        config = self.config
+        return make_schedule(
+            config.seed,
+            config.seconds,
+            proxy=self.proxy is not None,
+            cluster=config.cluster,
+            only=config.faults,
+        )
 
     def _env(self) -> dict[str, str]:
+        blobs = {"GIRDER_LARGE_VALUE_BYTES": str(LARGE_VALUE_BYTES)} if self.config.cluster else {}
         return {
             "GIRDER_SECRET": self.config.secret,
             "GIRDER_BACKEND": self.node_url,
             "GIRDER_POOL": self.config.pool,
             "GIRDER_LOG_LEVEL": "INFO",
             RUN_LOG_ENV: str(self.run_logs),
+            **blobs,
         }
 
     def _slot(self, slot: int) -> ClientSlot:
@@ -422,7 +519,7 @@ class ChaosRun:
         self.start_distributor()
         for _ in range(self.config.workers):
             self.start_worker()
-        await wait_for_nodes(self.redis.url, workers=self.config.workers)
+        await wait_for_nodes(self.url, workers=self.config.workers)
         for slot in self.clients.values():
             self.start_client(slot)
 
@@ -435,7 +532,11 @@ class ChaosRun:
             await asyncio.sleep(delay)
             action()
 
-        self._pending.append(asyncio.create_task(wait_then_act()))
+        self.meanwhile(wait_then_act())
+
+    def meanwhile(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run `work` while the schedule goes on (`calm` waits for it)."""
+        self._pending.append(asyncio.create_task(work))
 
     async def inject(self, schedule: list[Fault]) -> None:
         """Apply the schedule in time; return when the chaos period is over."""
@@ -449,21 +550,14 @@ class ChaosRun:
 
     async def apply(self, fault: Fault) -> bool:
         """Inject one fault; False when it had no target."""
-        handler: dict[str, Callable[[Fault], Awaitable[bool]]] = {
+        handler: dict[str, Handler] = {
             "kill_worker": self._kill_worker,
             "stop_worker": self._stop_worker,
             "kill_client": self._kill_client,
             "stop_client": self._stop_client,
             "kill_distributor": self._kill_distributor,
             "stop_distributor": self._stop_distributor,
-            "restart_redis": self._restart_redis,
-            "pause_redis": self._pause_redis,
-            "wipe_redis": self._restart_redis,
-            "drop_reply": self._proxy_fault,
-            "cut_connection": self._proxy_fault,
-            "delay_replies": self._proxy_fault,
-            "proxy_chaos": self._proxy_fault,
-            "proxy_outage": self._proxy_fault,
+            **self.redis_faults(),
         }
         return await handler[fault.kind](fault)
 
@@ -517,6 +611,186 @@ class ChaosRun:
         self.kill9(self.distributor, self.config.pool)
         self.later(fault.length, self.start_distributor)
         return True
+
+    # -- the end -----------------------------------------------------------------------------------
+
+    async def calm(self) -> None:
+        """End the faults: pending restarts and SIGCONTs happen, the grid is whole again."""
+        while self._pending:  # what they start meanwhile too
+            pending = list(self._pending)
+            self._pending.clear()
+            await asyncio.gather(*pending)
+        await self.calm_redis()
+        self.cont_all()
+        if self.distributor is None or self.distributor.poll() is not None:
+            self.start_distributor()
+        while len(self.live_workers()) < self.config.workers:
+            self.start_worker()
+        for slot in self.clients.values():
+            if slot.proc is None or slot.proc.poll() is not None:
+                self.start_client(slot)
+        self.timeline.add("quiet", "faults over; clients asked to finish")
+        for slot in self.clients.values():
+            slot.stop.touch()
+
+    async def finish(self) -> list[str]:
+        """Wait (within the quiet timeout) for the clients, then for all work; the hangs."""
+        deadline = time.monotonic() + self.config.quiet_timeout
+        hangs = []
+        try:
+            await wait_until(
+                self._clients_exited, timeout=self.config.quiet_timeout, what="clients to finish"
+            )
+        except TimeoutError:
+            hangs.append("clients still running after the quiet timeout: " + self._hung_clients())
+        for check, what in (
+            (self._all_done, "every request to finish (orphans of killed clients included)"),
+            (self._dead_reaped, "every dead node to be reaped"),
+        ):
+            try:
+                await wait_until(check, timeout=max(1.0, deadline - time.monotonic()), what=what)
+            except TimeoutError as exc:
+                hangs.append(f"{exc}\n{await self.snapshot()}")
+        self.timeline.add("idle", "hangs: " + str(len(hangs)))
+        return hangs
+
+    async def _clients_exited(self) -> bool:
+        return not self.running_clients()
+
+    async def _all_done(self) -> bool:
+        db = self.db()
+        try:
+            return all(s == "d" for s, _, _ in record_states(db).values())
+        finally:
+            db.close()
+
+    async def _dead_reaped(self) -> bool:
+        """Every node the run killed is gone from the grid (its lease ran out and someone
+        reaped it), and every node left is alive."""
+        found = await nodes(self.url)
+        killed = self.killed_node_ids()
+        return all(n.alive and n.node not in killed for n in found)
+
+    def killed_node_ids(self) -> set[str]:
+        """Ids of the workers and clients this run killed (a distributor comes back under its
+        own name, so it is not one of them)."""
+        killed = {n for n, p in self.workers.items() if p.pid in self.timeline.killed}
+        for slot in self.clients.values():
+            killed |= {
+                e["node"]
+                for e in read_events(slot.answers)
+                if e["event"] == "hello" and e["pid"] in self.timeline.killed
+            }
+        return killed
+
+    def _hung_clients(self) -> str:
+        return ", ".join(
+            f"slot {s.slot} pid {s.proc.pid}" for s in self.running_clients() if s.proc
+        )
+
+    async def snapshot(self) -> str:
+        """The nodes and the unfinished requests, for a hang report. A request claimed by a
+        live node that no process is running is marked STRANDED."""
+        alive = {n.node for n in await nodes(self.url) if n.alive}
+        lines = ["nodes (node kind distributor alive work running):"]
+        lines += [
+            f"  {n.node} {n.kind.value} {n.distributor} {n.alive} {n.work} {n.running}"
+            for n in await nodes(self.url)
+        ]
+        running = {r.key for r in read_runs(self.run_logs, self.timeline.killed) if r.end is None}
+        db = self.db()
+        try:
+            unfinished = {k: v for k, v in record_states(db).items() if v[0] != "d"}
+            lines.append(f"unfinished requests: {len(unfinished)} (key status owner crashes)")
+            for key, (status, owner, crashes) in sorted(unfinished.items())[:30]:
+                fields = (decode(f) for f in db.hkeys(f"{PREFIX}req:{key}"))
+                waiters = sorted(f[len(F_WAITER) :] for f in fields if f.startswith(F_WAITER))
+                stranded = status == "r" and owner in alive and key not in running
+                note = " STRANDED: claimed by a live node, run by nobody" if stranded else ""
+                lines.append(
+                    f"  {key} {status} {owner or '-'} {crashes or 0} waiters {waiters}{note}"
+                )
+        finally:
+            db.close()
+        return "\n".join(lines)
+
+    def stop(self) -> None:
+        """SIGTERM everything (clients first), SIGCONT what is stopped; close the logs."""
+        self.release_redis()
+        self.cont_all()
+        for slot in self.clients.values():
+            if slot.proc is not None and slot.proc.poll() is None:
+                slot.proc.kill()
+            if slot.proc is not None:
+                slot.proc.wait()
+        self.procs.stop_all()
+        self.timeline.add("stopped", "every process ended")
+        for log in self._client_logs:
+            log.close()
+        if self.proxy is not None:
+            self.proxy_counts = {
+                "commands": self.proxy.commands,
+                "replies_dropped": self.proxy.replies_dropped,
+                "connections_cut": self.proxy.connections_cut,
+            }
+            self.proxy.stop()
+
+    def node_names(self) -> dict[str, str]:
+        """Node ids of this run -> what they are (killed or not)."""
+        names = dict(self.names)
+        for name, proc in self.workers.items():
+            names[name] = "worker, killed" if proc.pid in self.timeline.killed else "worker"
+        for slot in self.clients.values():
+            for event in read_events(slot.answers):
+                if event["event"] == "hello":
+                    dead = event["pid"] in self.timeline.killed
+                    names[event["node"]] = "client, killed" if dead else "client"
+        return names
+
+    def log_tails(self, lines: int = 25) -> str:
+        parts = []
+        for path in sorted(self.logs.glob("*.log")):
+            tail = path.read_text(errors="replace").splitlines()[-lines:]
+            parts.append(f"--- {path.name}\n" + "\n".join(tail))
+        return "\n".join(parts)
+
+
+class ServerChaosRun(ChaosRun):
+    """A chaos run on one Redis server (with an append-only file, so a restart keeps the
+    data), the nodes behind the fault proxy when there is one: Redis is killed and restarted,
+    wiped, paused, and the proxy loses replies and connections."""
+
+    def __init__(self, config: ChaosConfig, redis_server: RedisServer, tmp: Path) -> None:
+        self.redis = redis_server
+        self.redis_paused: float | None = None
+        proxy = None
+        if config.use_proxy:
+            proxy = FaultProxy("127.0.0.1", redis_server.port)
+            proxy.start()
+        super().__init__(config, tmp, redis_server.url, proxy)
+
+    @property
+    def fsync(self) -> str:
+        return self.redis.appendfsync or "off"
+
+    def describe_redis(self) -> str:
+        proxy = "on" if self.proxy else "off (girder.testing.proxy missing or disabled)"
+        return f"appendfsync {self.fsync}, fault proxy {proxy}"
+
+    def redis_faults(self) -> dict[str, Handler]:
+        proxy_faults = dict.fromkeys(PROXY_FAULTS, self._proxy_fault)
+        return {
+            "restart_redis": self._restart_redis,
+            "pause_redis": self._pause_redis,
+            "wipe_redis": self._restart_redis,
+            **proxy_faults,
+        }
+
+    def db(self) -> redis.Redis:
+        return redis.Redis(host="127.0.0.1", port=self.redis.port)
+
+    def servers(self) -> list[redis.Redis]:
+        return [self.db()]
 
     async def _restart_redis(self, fault: Fault) -> bool:
         """kill -9 Redis, and start it again after the downtime (with its data, or for
@@ -572,12 +846,7 @@ class ChaosRun:
             self.later(fault.length, proxy.calm)
         return True
 
-    # -- the end -----------------------------------------------------------------------------------
-
-    async def calm(self) -> None:
-        """End the faults: pending restarts and SIGCONTs happen, the grid is whole again."""
-        await asyncio.gather(*self._pending)
-        self._pending.clear()
+    async def calm_redis(self) -> None:
         if self.proxy is not None:
             self.proxy.calm()
             self.proxy.delay(0)
@@ -585,142 +854,9 @@ class ChaosRun:
         self._resume_redis()
         if not self.redis.running:
             await asyncio.to_thread(self.redis.start)
-        self.cont_all()
-        if self.distributor is None or self.distributor.poll() is not None:
-            self.start_distributor()
-        while len(self.live_workers()) < self.config.workers:
-            self.start_worker()
-        for slot in self.clients.values():
-            if slot.proc is None or slot.proc.poll() is not None:
-                self.start_client(slot)
-        self.timeline.add("quiet", "faults over; clients asked to finish")
-        for slot in self.clients.values():
-            slot.stop.touch()
 
-    async def finish(self) -> list[str]:
-        """Wait (within the quiet timeout) for the clients, then for all work; the hangs."""
-        deadline = time.monotonic() + self.config.quiet_timeout
-        hangs = []
-        try:
-            await wait_until(
-                self._clients_exited, timeout=self.config.quiet_timeout, what="clients to finish"
-            )
-        except TimeoutError:
-            hangs.append("clients still running after the quiet timeout: " + self._hung_clients())
-        for check, what in (
-            (self._all_done, "every request to finish (orphans of killed clients included)"),
-            (self._dead_reaped, "every dead node to be reaped"),
-        ):
-            try:
-                await wait_until(check, timeout=max(1.0, deadline - time.monotonic()), what=what)
-            except TimeoutError as exc:
-                hangs.append(f"{exc}\n{await self.snapshot()}")
-        self.timeline.add("idle", "hangs: " + str(len(hangs)))
-        return hangs
-
-    async def _clients_exited(self) -> bool:
-        return not self.running_clients()
-
-    async def _all_done(self) -> bool:
-        db = self.db()
-        try:
-            return all(s == "d" for s, _, _ in record_states(db).values())
-        finally:
-            db.close()
-
-    async def _dead_reaped(self) -> bool:
-        """Every node the run killed is gone from the grid (its lease ran out and someone
-        reaped it), and every node left is alive."""
-        found = await nodes(self.redis.url)
-        killed = self.killed_node_ids()
-        return all(n.alive and n.node not in killed for n in found)
-
-    def killed_node_ids(self) -> set[str]:
-        """Ids of the workers and clients this run killed (a distributor comes back under its
-        own name, so it is not one of them)."""
-        killed = {n for n, p in self.workers.items() if p.pid in self.timeline.killed}
-        for slot in self.clients.values():
-            killed |= {
-                e["node"]
-                for e in read_events(slot.answers)
-                if e["event"] == "hello" and e["pid"] in self.timeline.killed
-            }
-        return killed
-
-    def _hung_clients(self) -> str:
-        return ", ".join(
-            f"slot {s.slot} pid {s.proc.pid}" for s in self.running_clients() if s.proc
-        )
-
-    async def snapshot(self) -> str:
-        """The nodes and the unfinished requests, for a hang report. A request claimed by a
-        live node that no process is running is marked STRANDED."""
-        alive = {n.node for n in await nodes(self.redis.url) if n.alive}
-        lines = ["nodes (node kind distributor alive work running):"]
-        lines += [
-            f"  {n.node} {n.kind.value} {n.distributor} {n.alive} {n.work} {n.running}"
-            for n in await nodes(self.redis.url)
-        ]
-        running = {r.key for r in read_runs(self.run_logs, self.timeline.killed) if r.end is None}
-        db = self.db()
-        try:
-            unfinished = {k: v for k, v in record_states(db).items() if v[0] != "d"}
-            lines.append(f"unfinished requests: {len(unfinished)} (key status owner crashes)")
-            for key, (status, owner, crashes) in sorted(unfinished.items())[:30]:
-                fields = (decode(f) for f in db.hkeys(f"{PREFIX}req:{key}"))
-                waiters = sorted(f[len(F_WAITER) :] for f in fields if f.startswith(F_WAITER))
-                stranded = status == "r" and owner in alive and key not in running
-                note = " STRANDED: claimed by a live node, run by nobody" if stranded else ""
-                lines.append(
-                    f"  {key} {status} {owner or '-'} {crashes or 0} waiters {waiters}{note}"
-                )
-        finally:
-            db.close()
-        return "\n".join(lines)
-
-    def stop(self) -> None:
-        """SIGTERM everything (clients first), SIGCONT what is stopped; close the logs."""
+    def release_redis(self) -> None:
         self._resume_redis()
-        self.cont_all()
-        for slot in self.clients.values():
-            if slot.proc is not None and slot.proc.poll() is None:
-                slot.proc.kill()
-            if slot.proc is not None:
-                slot.proc.wait()
-        self.procs.stop_all()
-        self.timeline.add("stopped", "every process ended")
-        for log in self._client_logs:
-            log.close()
-        if self.proxy is not None:
-            self.proxy_counts = {
-                "commands": self.proxy.commands,
-                "replies_dropped": self.proxy.replies_dropped,
-                "connections_cut": self.proxy.connections_cut,
-            }
-            self.proxy.stop()
-
-    def db(self) -> redis.Redis:
-        """A redis-py client of the server itself (never through the proxy)."""
-        return redis.Redis(host="127.0.0.1", port=self.redis.port)
-
-    def node_names(self) -> dict[str, str]:
-        """Node ids of this run -> what they are (killed or not)."""
-        names = dict(self.names)
-        for name, proc in self.workers.items():
-            names[name] = "worker, killed" if proc.pid in self.timeline.killed else "worker"
-        for slot in self.clients.values():
-            for event in read_events(slot.answers):
-                if event["event"] == "hello":
-                    dead = event["pid"] in self.timeline.killed
-                    names[event["node"]] = "client, killed" if dead else "client"
-        return names
-
-    def log_tails(self, lines: int = 25) -> str:
-        parts = []
-        for path in sorted(self.logs.glob("*.log")):
-            tail = path.read_text(errors="replace").splitlines()[-lines:]
-            parts.append(f"--- {path.name}\n" + "\n".join(tail))
-        return "\n".join(parts)
 
 
 # -- one whole run ---------------------------------------------------------------------------------
@@ -735,15 +871,15 @@ class Verdict:
     details: str
 
 
-def header(config: ChaosConfig, schedule: list[Fault], fsync: str) -> str:
+def header(run: ChaosRun, schedule: list[Fault]) -> str:
     """What the run does: its settings, how to replay it, its schedule."""
-    proxy = "on" if config.use_proxy else "off (girder.testing.proxy missing or disabled)"
+    config = run.config
     lines = [
         f"chaos: seed {config.seed}, {config.seconds}s of faults, {config.workers} workers, "
         f"{config.clients} clients x {config.concurrency} jobs, lease {LEASE}s, "
-        f"appendfsync {fsync}, fault proxy {proxy}",
+        + run.describe_redis(),
         f"replay: {SEED_ENV}={config.seed} {SECONDS_ENV}={config.seconds:g}"
-        + ("" if config.use_proxy else f" {PROXY_ENV}=0")
+        + ("" if config.use_proxy or config.cluster else f" {PROXY_ENV}=0")
         + (f" {FAULTS_ENV}={','.join(config.faults)}" if config.faults else ""),
         "schedule:",
     ]
@@ -751,14 +887,21 @@ def header(config: ChaosConfig, schedule: list[Fault], fsync: str) -> str:
     return "\n".join(lines)
 
 
-async def run_chaos(config: ChaosConfig, redis_server: RedisServer, tmp: Path) -> Verdict:
-    """Start the grid, run the load through the schedule, calm down, stop, check."""
-    schedule = make_schedule(
-        config.seed, config.seconds, proxy=config.use_proxy, only=config.faults
-    )
-    print(header(config, schedule, redis_server.appendfsync or "off"), flush=True)
-    memory_before = int(redis_server.info("memory")["used_memory"])
-    run = ChaosRun(config, redis_server, tmp)
+def used_memory(servers: list[redis.Redis]) -> int:
+    """Redis's used_memory, summed over `servers` (closed after)."""
+    try:
+        return sum(int(server.info("memory")["used_memory"]) for server in servers)
+    finally:
+        for server in servers:
+            server.close()
+
+
+async def run_chaos(run: ChaosRun) -> Verdict:
+    """Start the grid, run the load through the schedule, calm down, stop, sweep the blobs
+    nothing holds (with no grace: what a distributor would do later), check."""
+    schedule = run.schedule()
+    print(header(run, schedule), flush=True)
+    memory_before = used_memory(run.servers())
     try:
         await run.start()
         await run.inject(schedule)
@@ -766,7 +909,28 @@ async def run_chaos(config: ChaosConfig, redis_server: RedisServer, tmp: Path) -
         hangs = await run.finish()
     finally:
         run.stop()
+    backend = open_backend(run.url)
+    await backend.connect()
+    try:
+        swept = await backend.sweep_blobs(0)
+    finally:
+        await backend.close()
+    run.timeline.add("swept", f"{swept} blobs nothing held")
     return judge(run, schedule, hangs, memory_before)
+
+
+async def check_chaos(run: ChaosRun) -> None:
+    """Run `run`, write its report to `report.txt` in its folder, and fail the test with the
+    violations if there are any."""
+    verdict = await run_chaos(run)
+    print(verdict.summary)
+    problems = "\n".join(f"- {v}" for v in verdict.violations) or "none"
+    report = f"violations:\n{problems}\n\n{verdict.summary}\n\n{verdict.details}"
+    (run.tmp / "report.txt").write_text(report)
+    if verdict.violations:
+        count = len(verdict.violations)
+        seed = run.config.seed
+        pytest.fail(f"{count} invariant violations (seed {seed}):\n{report}", pytrace=False)
 
 
 def _exits(run: ChaosRun) -> list[str]:
@@ -780,9 +944,11 @@ def _exits(run: ChaosRun) -> list[str]:
 
 def judge(run: ChaosRun, schedule: list[Fault], hangs: list[str], memory_before: int) -> Verdict:
     """Check every invariant over the whole run."""
-    config, timeline = run.config, run.timeline
+    timeline = run.timeline
     expected = {
-        job.id: (f"{job.fn}{job.args}", job.expected) for jobs in run.plans.values() for job in jobs
+        job.id: (f"{job.fn}{job.args}"[:120], job.expected)
+        for jobs in run.plans.values()
+        for job in jobs
     }
     answers = check_answers(
         {s.slot: s.answers for s in run.clients.values()}, expected, timeline.killed
@@ -791,14 +957,15 @@ def judge(run: ChaosRun, schedule: list[Fault], hangs: list[str], memory_before:
     fsync = run.fsync
     overlaps = find_overlaps(runs, timeline, fsync)
     repeated = reruns(runs, timeline, fsync)
-    db = run.db()
+    db, servers = run.db(), run.servers()
     try:
-        memory_after = int(db.info("memory")["used_memory"])
-        leaks = check_leaks(db, run.node_names())
-        memory_clean, scripts = drop_cache_and_measure(db)
-        db_size = db.dbsize()
+        memory_after = sum(int(server.info("memory")["used_memory"]) for server in servers)
+        leaks = check_leaks(db, run.node_names(), servers)
+        memory_clean, scripts = drop_cache_and_measure(db, servers)
+        db_size = sum(int(server.dbsize()) for server in servers)
     finally:
-        db.close()
+        for client in (db, *servers):
+            client.close()
     violations = list(hangs)
     violations += [f"wrong answer: {w}" for w in answers.wrong]
     violations += [f"job failed: {e}" for e in answers.errors]
@@ -828,12 +995,13 @@ def judge(run: ChaosRun, schedule: list[Fault], hangs: list[str], memory_before:
     summary += (
         f"\nRedis used_memory: before {memory_before}, after {memory_after} "
         f"(with {leaks.cached} cached results, {leaks.count} leaked keys of "
-        f"{leaks.leaked_bytes} bytes), after dropping the cache {memory_clean} (Lua scripts "
+        f"{leaks.leaked_bytes} bytes, {leaks.cached_blobs} blobs of cached results), after "
+        f"dropping the cache {memory_clean} (Lua scripts "
         f"{scripts}, DBSIZE {db_size})"
     )
     details = "\n".join(
         [
-            header(config, schedule, fsync),
+            header(run, schedule),
             "timeline:",
             timeline.format(),
             f"logs: {run.logs} (process logs), {run.run_logs} (runs), {run.client_dir} (answers)",

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import bisect
 import itertools
+import math
 import re
 import time
 from collections import Counter, defaultdict
@@ -20,12 +21,15 @@ from chaos_client import read_events
 from processes import FAST_RECOVERY
 
 from girder.backends import redis_keys
+from girder.backends.redis_keys import RedisKeys
 
 LEASE = float(FAST_RECOVERY["GIRDER_HEARTBEAT_TTL"])
 """Seconds without a heartbeat before a node counts as dead (the nodes' GIRDER_HEARTBEAT_TTL)."""
 
 PREFIX = "{girder}:"
 """Every key of the grid starts with this (the default key prefix)."""
+KEYS = RedisKeys("girder")
+"""The grid's key names: the bytes of its blobs live outside PREFIX, in slots of their own."""
 
 
 # -- what happened ---------------------------------------------------------------------------------
@@ -43,9 +47,24 @@ class Event:
     """The same moment in wall-clock time (the processes' logs have UTC timestamps)."""
 
 
+@dataclass(frozen=True)
+class Failover:
+    """A primary of a Redis Cluster killed (kill -9) and replaced by its replica. Replication
+    is asynchronous: the writes it acknowledged from `lost_from` on may be gone (just before
+    the kill, or since its replication was stalled on purpose)."""
+
+    port: int
+    grid: bool
+    """It served the grid's slot (else only slots of blobs)."""
+    lost_from: float
+    killed: float
+    promoted: float
+    """When its replica served its slots."""
+
+
 @dataclass
 class Timeline:
-    """The faults as they happened: kills, stops, Redis downtimes."""
+    """The faults as they happened: kills, stops, Redis downtimes and failovers."""
 
     start: float = field(default_factory=time.monotonic)
     events: list[Event] = field(default_factory=list)
@@ -59,6 +78,7 @@ class Timeline:
     """Redis restarts that lost every key: (killed, back)."""
     redis_paused: list[tuple[float, float]] = field(default_factory=list)
     """Redis SIGSTOPped: (stopped, continued)."""
+    failovers: list[Failover] = field(default_factory=list)
     injected: Counter[str] = field(default_factory=Counter)
     skipped: Counter[str] = field(default_factory=Counter)
 
@@ -143,6 +163,8 @@ class Overlap:
             return "runner stopped past its lease"
         if "claim" in self.excuse:
             return "stale claim run on waking"
+        if "failed over" in self.excuse:
+            return "failover lost writes"
         return "Redis lost data"
 
 
@@ -207,6 +229,25 @@ def _lossy_restart(timeline: Timeline, since: float, until: float, fsync: str) -
     return None
 
 
+def _failover_loss(timeline: Timeline, first: Run, second: Run) -> str | None:
+    """A failover of the grid's primary that may have lost a write of `first` (documented:
+    the key runs again): its claim (it started before the replica took over) or its completion
+    (sent within a lease of its end, at or after the writes that were lost began)."""
+    sent_by = math.inf if first.end is None else first.end + LEASE
+    for failover in timeline.failovers:
+        if (
+            failover.grid
+            and first.start <= failover.promoted
+            and sent_by >= failover.lost_from
+            and second.start >= failover.lost_from
+        ):
+            return (
+                f"the grid's primary (port {failover.port}) failed over at "
+                f"{failover.killed:.3f}, its writes since {failover.lost_from:.3f} maybe lost"
+            )
+    return None
+
+
 def find_overlaps(runs: list[Run], timeline: Timeline, fsync: str) -> list[Overlap]:
     """Pairs of runs of one key that overlap in time, each with its excuse (if any)."""
     flag_first_runs_after_stops(runs, timeline)
@@ -222,8 +263,24 @@ def find_overlaps(runs: list[Run], timeline: Timeline, fsync: str) -> list[Overl
                     continue
                 excuse = _lease_expired(timeline, first, second)
                 excuse = excuse or _lossy_restart(timeline, first.start, second.start, fsync)
+                excuse = excuse or _failover_loss(timeline, first, second)
                 found.append(Overlap(first, second, excuse))
     return found
+
+
+OUTAGE_RETRY = 2.0
+"""The longest delay between two tries of an operation while Redis cannot be reached."""
+
+
+def _completion_stored_by(timeline: Timeline, end: float) -> float:
+    """When the completion of a run that ended at `end` was stored at the latest: within a
+    lease, unless a failover held it up (of the grid's primary, or of the one its value's
+    blob goes to: it waits and retries until the replica took over)."""
+    stored = end + LEASE
+    for failover in timeline.failovers:
+        if failover.killed <= stored and failover.promoted >= end:
+            stored = max(stored, failover.promoted + OUTAGE_RETRY + LEASE)
+    return stored
 
 
 def rerun_reason(first: Run, second: Run, timeline: Timeline, fsync: str) -> str:
@@ -236,8 +293,10 @@ def rerun_reason(first: Run, second: Run, timeline: Timeline, fsync: str) -> str
     assert first.end is not None
     if _lossy_restart(timeline, first.start, second.start, fsync):
         return "Redis lost the result (a restart without the data)"
+    if _failover_loss(timeline, first, second):
+        return "a failover of the grid's primary lost its claim or its completion"
     # The completion goes out right after the run: a death or a stop soon after loses it.
-    sending = first.end + LEASE
+    sending = _completion_stored_by(timeline, first.end)
     killed_at = timeline.killed.get(first.pid)
     if killed_at is not None and first.end <= killed_at <= min(sending, second.start):
         return "its runner was killed before the completion was stored"
@@ -358,9 +417,60 @@ def record_states(db: redis.Redis) -> dict[str, tuple[str, str, str]]:
     }
 
 
+def scan_blobs(servers: list[redis.Redis]) -> dict[str, set[str]]:
+    """The blob keys of the grid on every server (each primary of a cluster): digest -> what
+    is stored under it (`blob`, `blobgen`, `blobpart`)."""
+    found: dict[str, set[str]] = defaultdict(set)
+    for db in servers:
+        for name in map(decode, db.scan_iter(match=KEYS.blob_pattern(), count=1000)):
+            if KEYS.is_blob_key(name):
+                digest, _, what = name.partition("}:")
+                found[digest.partition("/")[2]].add(what.partition(":")[0])
+    return found
+
+
+def blob_leaks(
+    db: redis.Redis, servers: list[redis.Redis]
+) -> tuple[set[str], set[str], dict[str, list[str]]]:
+    """What is wrong with the blobs once every node stopped and a sweep with no grace ran
+    (`StateBackend.sweep_blobs(0)`): every blob left must be held by cached results, and
+    indexed with its bytes in place (a cached value whose bytes are gone is lost; bytes that
+    no index entry names are never swept). The digests indexed, those rightly held, and
+    pattern -> examples of what is wrong."""
+    stored = scan_blobs(servers)
+    index = {decode(d) for d in db.zrange(KEYS.blobs, 0, -1)}
+    leaked: dict[str, list[str]] = defaultdict(list)
+    held = set()
+    for digest in sorted(index):
+        holders = [decode(k) for k in db.smembers(PREFIX + redis_keys.BLOB_HOLDERS + digest)]
+        states = {decode(db.hget(KEYS.record(k), redis_keys.F_STATUS)) for k in holders}
+        if "blob" not in stored.get(digest, set()):
+            leaked["cached value whose blob bytes are gone (its value is lost)"].append(
+                f"{digest} held by {holders[:3]}"
+            )
+        elif not holders or states != {"d"}:
+            leaked["blob no cached result holds (the sweep left it)"].append(
+                f"{digest} held by {holders[:3]} in states {sorted(states)}"
+            )
+        else:
+            held.add(digest)
+    for digest, kinds in sorted(stored.items()):
+        if digest not in index:
+            leaked["blob keys no index entry names (no sweep finds them)"].append(
+                f"{digest}: {sorted(kinds)}"
+            )
+        elif kinds != {"blob", "blobgen"}:
+            leaked["blob keys other than its bytes and generation"].append(
+                f"{digest}: {sorted(kinds)}"
+            )
+    return index, held, dict(leaked)
+
+
 @dataclass
 class LeakReport:
     cached: int = 0
+    cached_blobs: int = 0
+    """Blobs that cached results hold (their bytes, on any server)."""
     leaked: dict[str, list[str]] = field(default_factory=dict)
     """Pattern -> examples (key, and what it holds)."""
     leaked_bytes: int = 0
@@ -392,21 +502,29 @@ def _describe_key(db: redis.Redis, key: str, kind: str) -> str:
     return f"{key} {kind} {decode(db.get(key))[:40] if kind == 'string' else ''}"
 
 
-def check_leaks(db: redis.Redis, names: dict[str, str]) -> LeakReport:
-    """What is left after every node stopped: cached results and the global counters only."""
+def check_leaks(db: redis.Redis, names: dict[str, str], servers: list[redis.Redis]) -> LeakReport:
+    """What is left after every node stopped and a sweep of blobs with no grace: cached
+    results (with the blobs they hold) and the global counters only. `db`: the server of the
+    grid's slot; `servers`: every server (the primaries of a cluster), where blobs live."""
     report = LeakReport()
+    indexed, held, blobs = blob_leaks(db, servers)
+    report.leaked.update(blobs)
     for key, kind in sorted(scan_grid(db).items()):
         rest = key.removeprefix(PREFIX)
         part, _, ident = rest.partition(":")
         if part == "req" and decode(db.hget(key, "s")) == "d":
             report.cached += 1
             continue
-        if rest in GLOBAL_KEEP:
+        if rest in GLOBAL_KEEP or rest == redis_keys.BLOBS:  # the index: see blob_leaks
+            continue
+        if part + ":" == redis_keys.BLOB_HOLDERS and ident in indexed:  # see blob_leaks
+            report.cached_blobs += ident in held
             continue
         if rest in GLOBAL_EMPTY:
             pattern = f"{PREFIX}{rest}[<node>]"
         elif part in RECORD_KINDS:
-            pattern = f"{PREFIX}{part}:{_id_pattern(ident, names)}"
+            blob = part + ":" in (redis_keys.BLOB_HOLDERS, redis_keys.BLOB_UNTIL_DONE)
+            pattern = f"{PREFIX}{part}:{'<digest>' if blob else _id_pattern(ident, names)}"
             if part == "req":
                 pattern += f" (status {decode(db.hget(key, 's'))})"
         elif rest in redis_keys._GLOBAL.values():
@@ -463,14 +581,20 @@ def _reported(lines: list[str], index: int) -> bool:
     )
 
 
-def drop_cache_and_measure(db: redis.Redis) -> tuple[int, int]:
-    """Delete what is left of the grid (once checked); used_memory and the part of it that
-    is Lua scripts after that."""
+def drop_cache_and_measure(db: redis.Redis, servers: list[redis.Redis]) -> tuple[int, int]:
+    """Delete what is left of the grid (once checked), its blobs on every server too;
+    used_memory and the part of it that is Lua scripts after that, summed over the servers."""
     keys = list(scan_grid(db))
     for start in range(0, len(keys), 1000):
         db.unlink(*keys[start : start + 1000])
-    memory = db.info("memory")
-    return int(memory["used_memory"]), int(memory.get("used_memory_scripts", 0))
+    for server in servers:
+        for name in list(server.scan_iter(match=KEYS.blob_pattern(), count=1000)):
+            server.unlink(name)
+    memory = [server.info("memory") for server in servers]
+    return (
+        sum(int(m["used_memory"]) for m in memory),
+        sum(int(m.get("used_memory_scripts", 0)) for m in memory),
+    )
 
 
 def overlap_text(overlap: Overlap, timeline: Timeline) -> str:

@@ -306,6 +306,64 @@ async def salted_chain(n: int, salt: str, ms: int) -> int:
         return below + 1
 
 
+BLOB_VALUE_BYTES = 3072
+"""The size of the values `salted_blobs` passes around: over the chaos test's
+GIRDER_LARGE_VALUE_BYTES (2048), so that they are stored as blobs."""
+
+
+def large_value(salt: str, n: int) -> bytes:
+    """A value of BLOB_VALUE_BYTES bytes, one per (salt, n)."""
+    return hashlib.sha256(f"{salt}:{n}".encode()).digest() * (BLOB_VALUE_BYTES // 32)
+
+
+def _mix(*values: bytes) -> bytes:
+    return hashlib.sha256(b"".join(values)).digest() * (BLOB_VALUE_BYTES // 32)
+
+
+def blob_link(n: int, salt: str, data: bytes) -> bytes:
+    """What `salted_blob(n, salt, data)` returns, computed here."""
+    value = _mix(large_value(salt, 0), b"bottom")
+    for link in range(1, n + 1):
+        value = _mix(data if link == n else large_value(salt, link), value)
+    return value
+
+
+def blobs_answer(width: int, depth: int, salt: str, pad: str) -> int:
+    """What `salted_blobs(width, depth, salt, pad)` returns, computed here."""
+    links = [
+        blob_link(depth, f"{salt}/{i}", large_value(f"{salt}/{i}", depth)) for i in range(width)
+    ]
+    return int.from_bytes(hashlib.sha256(pad.encode() + b"".join(links)).digest()[:6], "big")
+
+
+@girder.function
+async def salted_blob(n: int, salt: str, data: bytes, ms: int = 20) -> bytes:
+    """A chain `n` deep of large values: each link takes one as its arguments (a blob) and
+    returns one (a blob) mixed from it and the link below; the bottom naps `ms` milliseconds."""
+    with logged_run():
+        if n == 0:
+            await asyncio.sleep(ms / 1000)
+            return _mix(large_value(salt, 0), b"bottom")
+        (below,) = await girder.call_reentrant(
+            [(salted_blob, n - 1, salt, large_value(salt, n - 1), ms)]
+        )
+        return _mix(data, below)
+
+
+@girder.function
+async def salted_blobs(width: int, depth: int, salt: str, pad: str) -> int:
+    """`width` chains of large values (`salted_blob`) under one request whose arguments are
+    large too (`pad`); a number that depends on every byte of their values."""
+    with logged_run():
+        links = await girder.call_reentrant(
+            [
+                (salted_blob, depth, f"{salt}/{i}", large_value(f"{salt}/{i}", depth))
+                for i in range(width)
+            ]
+        )
+        return int.from_bytes(hashlib.sha256(pad.encode() + b"".join(links)).digest()[:6], "big")
+
+
 def _mark(directory: str, name: str) -> None:
     with open(os.path.join(directory, name), "w"):
         pass

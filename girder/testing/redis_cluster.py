@@ -135,10 +135,11 @@ class RedisClusterServers(Started):
         """Make the writes `primary` acknowledges from now on unreplicated, so that a failover
         loses them (as asynchronous replication may): its replicas are stopped (SIGSTOP) and
         `backlog` bytes of filler fill their links first. `fail_over` resumes them."""
+        filler = self._key_on(primary)  # before any pause: a paused node cannot say a slot
         for replica in self.replicas_of(primary):
             replica.pause()
             self._stalled.append(replica)
-        primary.command("SET", self._key_on(primary), "x" * backlog)
+        primary.command("SET", filler, "x" * backlog)
 
     def _key_on(self, primary: RedisServer) -> str:
         """A key that `primary` serves."""
