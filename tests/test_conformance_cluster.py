@@ -261,3 +261,25 @@ async def test_a_cluster_url_for_a_single_server_says_to_use_redis_url(redis_url
     with pytest.raises(BackendError, match=r"no cluster node.*use redis://host:port"):
         await asyncio.wait_for(backend.connect(), 10)
     await backend.close()
+
+
+async def test_connecting_while_the_grids_primary_fails_over_waits_for_its_replica(
+    redis_cluster_url: str, redis_cluster: RedisClusterServers
+) -> None:
+    """The cluster answers, the primary it names is dead: a failover is under way, which
+    connecting waits out (a process started then would otherwise exit at once)."""
+    owner = redis_cluster.owner(redis_cluster.keyslot(_anchor()))
+    failing = asyncio.ensure_future(asyncio.to_thread(redis_cluster.fail_over, owner))
+
+    async def killed() -> bool:
+        return not owner.running
+
+    await wait_until(killed, what="the primary killed")
+    backend = RedisBackend(redis_cluster_url, settings=Settings(key_prefix=PREFIX))
+    connecting = asyncio.create_task(backend.connect())
+    promoted = await failing
+    await asyncio.wait_for(connecting, 30)
+    await backend.join("w", NodeKind.WORKER, None, 60)
+    assert redis_cluster.owner(redis_cluster.keyslot(_anchor())) is promoted
+    assert int(str(promoted.command("EXISTS", _anchor()))) == 1
+    await backend.close()

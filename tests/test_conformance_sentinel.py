@@ -9,6 +9,7 @@ import ssl
 from collections.abc import AsyncIterator
 
 import pytest
+from processes import wait_until
 
 from girder.backends import open_backend
 from girder.backends.base import NodeKind, StateBackend
@@ -157,3 +158,24 @@ async def test_a_sentinel_reached_through_redis_url_is_refused_with_the_scheme_t
     with pytest.raises(ConfigurationError, match=r"a Sentinel, not a server.*redis\+sentinel://"):
         await asyncio.wait_for(plain.connect(), 10)
     await plain.close()
+
+
+async def test_connecting_while_the_primary_fails_over_waits_for_the_replica(
+    redis_sentinel: RedisSentinelGroup, redis_sentinel_url: str
+) -> None:
+    """The sentinel answers, the primary it names is dead: connecting waits for the
+    promotion instead of failing as for a wrong URL."""
+    old = redis_sentinel.primary()
+    failing = asyncio.ensure_future(asyncio.to_thread(redis_sentinel.fail_over))
+
+    async def killed() -> bool:
+        return not old.running
+
+    await wait_until(killed, what="the primary killed")
+    backend = RedisBackend(redis_sentinel_url, settings=Settings(key_prefix=PREFIX))
+    connecting = asyncio.create_task(backend.connect())
+    promoted = await asyncio.wait_for(failing, 60)
+    await asyncio.wait_for(connecting, 30)
+    await backend.join("w", NodeKind.WORKER, None, 60)
+    assert redis_sentinel.primary() is promoted
+    await backend.close()

@@ -226,6 +226,7 @@ class ClusterClient(PrimaryClient):
         """Learn every node and the slot map of a CLUSTER SLOTS reply; the primary of our
         slot, if any."""
         owner = None
+        self.answered = True
         self._ranges, self._moved = [], {}
         for start, end, primary, *replicas in ranges:
             for entry in (primary, *replicas):

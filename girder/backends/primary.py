@@ -95,6 +95,9 @@ class PrimaryClient(Pipelined):
         self._owner: Node | None = None
         self._refreshing: asyncio.Future[Node] | None = None
         self._closed = False
+        self.answered = False
+        """Whether a node of the deployment (a cluster node, a sentinel) has answered: the
+        URL is right, so a primary that cannot be reached is down, and will be replaced."""
 
     async def pipeline(self, commands: Sequence[Command]) -> list[Any]:
         """Several commands in one round trip, to the primary."""

@@ -305,7 +305,8 @@ class RedisBackend:
         """Check the server and load the scripts. A server that cannot be reached at all is a
         `BackendError` at once (a wrong URL should not wait); a reply lost on the way is
         asked again; a server that answers but is not ready yet (LOADING after a restart,
-        BUSY, ...) is waited out like an outage."""
+        BUSY, ...) is waited out like an outage, and so is a primary out of reach while its
+        cluster or sentinels answer (a failover under way)."""
         started = time.monotonic()
         attempt = 0
         while True:
@@ -319,11 +320,20 @@ class RedisBackend:
                 if isinstance(cause, ReplyError) and str(cause).startswith(_OUTAGE_REPLIES):
                     await asyncio.sleep(self._outage.failed(started, "connect", cause))
                     continue
+                if isinstance(cause, ConnectionLost) and self._primary_down():
+                    await asyncio.sleep(self._outage.failed(started, "connect", cause))
+                    continue
                 attempt += 1
                 if not isinstance(cause, ReplyLost) or attempt == _CONNECT_TRIES:
                     raise
         self._outage.ended()
         await self._check_eviction_policy()
+
+    def _primary_down(self) -> bool:
+        """Whether the primary is out of reach although the cluster or the sentinels answered
+        (a failover under way): then connecting waits for the replica that will replace it,
+        as any operation does, instead of failing as for a wrong URL."""
+        return isinstance(self._redis, ClusterClient | SentinelClient) and self._redis.answered
 
     async def _check_server(self) -> None:
         info = (await self._redis.execute("INFO", "server")).decode()

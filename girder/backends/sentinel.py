@@ -124,6 +124,7 @@ class SentinelClient(PrimaryClient):
             if not reply:
                 failures.append(f"{where}: does not know the service {self.service!r}")
                 continue
+            self.answered = True
             node = (reply[0].decode(), int(reply[1]))
             problem = await self._not_primary(node)
             if problem is None:
