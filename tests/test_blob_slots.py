@@ -345,3 +345,31 @@ async def test_blobs_survive_the_failover_of_a_primary_that_holds_their_bytes(
     finally:
         await backend.flush()
         await backend.close()
+
+
+async def test_bytes_whose_index_entry_was_lost_are_indexed_again_by_a_reconcile(
+    backend: RedisBackend, servers: tuple[str, list[RedisServer]]
+) -> None:
+    """A failover of the grid's primary lost the index entry and the holders of a blob whose
+    bytes (on another primary) stayed: no sweep would ever find them. The reconcile of a node
+    that saw the writes lost indexes them again, as if put now, and a sweep takes them."""
+    digest, data = blob("orphan")
+    await backend.put_blob(digest, data, holder="gone")
+    grid = next(s for s in servers[1] if s.port == _grid_primary_port(servers))
+    grid.command("ZREM", KEYS.blobs, digest)  # the lost writes
+    grid.command("DEL", f"{KEYS.base}blobholders:{digest}")
+    assert await backend.sweep_blobs(0) == 0  # not indexed: never found
+    assert await backend.get_blob(digest) == data
+    assert await backend.reconcile("w", []) == 0
+    assert await backend.sweep_blobs(0) == 1
+    assert await backend.get_blob(digest) is None
+    assert await backend.reconcile("w", []) == 0  # nothing left to index
+
+
+def _grid_primary_port(servers: tuple[str, list[RedisServer]]) -> int:
+    """The port of the server that holds the grid's own slot."""
+    slot = str(key_slot(KEYS.blobs))
+    for server in servers[1]:
+        if len(servers[1]) == 1 or int(str(server.command("CLUSTER", "COUNTKEYSINSLOT", slot))):
+            return server.port
+    raise LookupError("no server holds the grid's slot")

@@ -562,7 +562,9 @@ class StateBackend(Protocol):
         Atomically: every key in `node`'s running set that is not in `keep` leaves the set and,
         if it still runs under `node`, becomes pending at the bottom of `node`'s distributor's
         work list (of its own without one). A node calls it when the backend may have lost
-        writes, with the keys it really runs. Returns how many keys were given back.
+        writes, with the keys it really runs; the backend may then also repair what lost writes
+        can leave behind (on Redis: stored blob bytes that the blob index no longer names are
+        indexed again, so that a sweep finds them). Returns how many keys were given back.
         """
         ...
 

@@ -760,6 +760,7 @@ class RedisBackend:
 
     async def reconcile(self, node: str, keep: Sequence[str]) -> int:
         count: int = await self._journaled("reconcile", node, True, node, *keep)
+        await self._blobs.reindex()  # bytes whose index entry the lost writes took
         return count
 
     async def leave(self, node: str) -> int:

@@ -253,6 +253,29 @@ class RedisBlobs:
 
     # -- flush ------------------------------------------------------------------------------------
 
+    async def reindex(self) -> int:
+        """Index the stored bytes that the index does not name (their entry was lost with the
+        grid's primary in a failover, while they stayed on theirs), as if put now: a sweep
+        then finds them, and deletes them after the grace period unless a record holds them.
+        A scan of every server: for after lost writes, not for every sweep."""
+        digests: list[str] = []
+        for server in await self._servers():
+            cursor = b"0"
+            while True:
+                scan = ("SCAN", cursor, "MATCH", self._keys.blob_pattern(), "COUNT", _SCAN_COUNT)
+                cursor, found = await self._execute(server, "reindex", *scan)
+                for name in found:
+                    digest = self._keys.bytes_digest(name.decode(errors="replace"))
+                    if digest is not None:
+                        digests.append(digest)
+                if cursor == b"0":
+                    break
+        unique = sorted(set(digests))  # SCAN may name a key twice
+        added = 0
+        for start in range(0, len(unique), SWEEP_STEP):
+            added += int(await self._run("blob_index", *unique[start : start + SWEEP_STEP]))
+        return added
+
     async def flush(self) -> None:
         """Delete the blob keys of the grid on every server (its index and holders go with the
         rest of the grid's slot)."""

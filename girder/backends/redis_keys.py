@@ -330,6 +330,12 @@ class RedisKeys:
             and (rest in (BLOB, BLOB_GEN) or rest.startswith(BLOB_PART))
         )
 
+    def bytes_digest(self, name: str) -> str | None:
+        """The digest of the blob whose bytes key (`blob`) `name` is; None for any other."""
+        if not self.is_blob_key(name) or not name.endswith("}:" + BLOB):
+            return None
+        return name[len("{" + self.prefix + "/") : -len("}:" + BLOB)]
+
     def pattern(self, part: str = "") -> str:
         """A SCAN pattern that matches every key of this grid (that starts with `part` after
         the prefix, e.g. `RECORD`) and nothing else."""

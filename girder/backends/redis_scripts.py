@@ -141,6 +141,7 @@ SPECS = {
         ScriptSpec("blob_due", ("grace_ms", "until_ms", "limit")),
         ScriptSpec("blob_sweep", ("cutoff",), rest="digests"),
         ScriptSpec("blob_forget", ("cutoff", "deadline"), rest="digests"),
+        ScriptSpec("blob_index", rest="digests"),
         ScriptSpec("cache_entries", rest="keys"),
         ScriptSpec("cache_drop", ("node", "fn_name", "every"), rest="keys", journaled=True),
         ScriptSpec("events_read", ("start", "count")),
