@@ -149,37 +149,22 @@ async def test_work_goes_on_when_the_primary_dies_and_its_replica_takes_over(
     assert [info.node for info in await backend.nodes()] == ["w"]
 
 
-def _start_migration(
-    redis_cluster: RedisClusterServers,
-) -> tuple[int, RedisServer, RedisServer, str]:
-    """Begin moving the grid's slot to another primary: (slot, source, target, target's id)."""
+def _start_migration(redis_cluster: RedisClusterServers) -> tuple[RedisServer, RedisServer]:
+    """Begin moving the grid's slot to another primary: (source, target)."""
     slot = redis_cluster.keyslot(_anchor())
-    source = redis_cluster.owner(slot)
-    target = next(server for server in redis_cluster.primaries() if server is not source)
-    source_id, target_id = (str(s.command("CLUSTER", "MYID")) for s in (source, target))
-    target.command("CLUSTER", "SETSLOT", str(slot), "IMPORTING", source_id)
-    source.command("CLUSTER", "SETSLOT", str(slot), "MIGRATING", target_id)
-    return slot, source, target, target_id
-
-
-def _migrate(source: RedisServer, target: RedisServer, *keys: str) -> None:
-    """MIGRATE `keys` (every key left in the grid's slot when none is named) without REPLACE:
-    a key the target has already (written there during the migration) fails it (BUSYKEY)."""
-    if not keys:
-        slot = str(key_slot(_anchor()))
-        found = source.command("CLUSTER", "GETKEYSINSLOT", slot, "1000")
-        assert isinstance(found, list)
-        keys = tuple(map(str, found))
-    if keys:
-        source.command("MIGRATE", "127.0.0.1", str(target.port), "", "0", "5000", "KEYS", *keys)
+    target = next(s for s in redis_cluster.primaries() if s is not redis_cluster.owner(slot))
+    return redis_cluster.begin_slot_move(slot, target), target
 
 
 def _finish_migration(
-    redis_cluster: RedisClusterServers, source: RedisServer, target: RedisServer, target_id: str
+    redis_cluster: RedisClusterServers, source: RedisServer, target: RedisServer
 ) -> None:
-    _migrate(source, target)
-    for server in redis_cluster.primaries():
-        server.command("CLUSTER", "SETSLOT", str(key_slot(_anchor())), "NODE", target_id)
+    """Move every key left in the grid's slot, then give the slot to `target`."""
+    slot = redis_cluster.keyslot(_anchor())
+    keys = source.command("CLUSTER", "GETKEYSINSLOT", str(slot), "1000")
+    assert isinstance(keys, list)
+    redis_cluster.migrate_keys(source, target, [str(key) for key in keys])
+    redis_cluster.end_slot_move(slot, target)
     assert int(str(source.command("DBSIZE"))) == 0
 
 
@@ -192,13 +177,13 @@ async def test_a_migrating_slot_is_waited_out_then_followed(
     await put(backend, "c", ["k"], into="w")
     assert await backend.claim("w") is not None
     await backend.complete("w", "k", out("k"), cache=True)
-    _, source, target, target_id = _start_migration(redis_cluster)
-    _migrate(source, target, f"{{{PREFIX}}}:req:k")
+    source, target = _start_migration(redis_cluster)
+    redis_cluster.migrate_keys(source, target, [f"{{{PREFIX}}}:req:k"])
     source.command("CONFIG", "RESETSTAT")
     reading = asyncio.create_task(backend.result("k"))  # the source answers ASK
     await wait_until(lambda: _called(source, "hmget"), what="the read sent to the source")
     assert not reading.done()
-    _finish_migration(redis_cluster, source, target, target_id)
+    _finish_migration(redis_cluster, source, target)
     assert redis_cluster.owner(key_slot(_anchor())) is target
     assert await asyncio.wait_for(reading, 30) == out("k")  # MOVED, then the target
     assert "cmdstat_asking" not in target.info("commandstats")  # ASK was never followed
@@ -217,12 +202,12 @@ async def test_a_script_cut_short_by_a_migration_is_reported_as_lost_writes(
     await backend.join("w", NodeKind.WORKER, None, 60)
     assert not (await backend.heartbeat("w", 60)).lost_writes
     await put(backend, "c", ["k"], into="w")
-    _, source, target, target_id = _start_migration(redis_cluster)
-    _migrate(source, target, f"{{{PREFIX}}}:req:k")
+    source, target = _start_migration(redis_cluster)
+    redis_cluster.migrate_keys(source, target, [f"{{{PREFIX}}}:req:k"])
     source.command("CONFIG", "RESETSTAT")
     claiming = asyncio.create_task(backend.claim("w"))
     await wait_until(lambda: _failed(source, "evalsha"), what="the claim cut short")
-    _finish_migration(redis_cluster, source, target, target_id)
+    _finish_migration(redis_cluster, source, target)
     assert await asyncio.wait_for(claiming, 30) is None  # its pop was made on the source
     assert (await backend.heartbeat("w", 60)).lost_writes
     assert not (await backend.heartbeat("w", 60)).lost_writes

@@ -175,24 +175,38 @@ class RedisClusterServers(Started):
         self._wait(self._whole, "the cluster to heal")
 
     def move_slot(self, slot: int, to: RedisServer, batch: int = 10, pause: float = 0.0) -> int:
-        """Move `slot` to the primary `to` as `redis-cli --cluster reshard` does: mark it
-        importing and migrating, MIGRATE its keys `batch` at a time (`pause` seconds apart)
-        until none is left, then give it to `to` on every primary. A key the target has already
-        fails the move (BUSYKEY: no REPLACE). Returns how many keys moved."""
+        """Move `slot` to the primary `to` as `redis-cli --cluster reshard` does: its keys
+        `batch` at a time (`pause` seconds apart) until none is left, between
+        `begin_slot_move` and `end_slot_move`. Returns how many keys moved."""
+        source = self.begin_slot_move(slot, to)
+        moved = 0
+        while keys := source.command("CLUSTER", "GETKEYSINSLOT", str(slot), str(batch)):
+            assert isinstance(keys, list)
+            moved += self.migrate_keys(source, to, [str(key) for key in keys])
+            time.sleep(pause)
+        self.end_slot_move(slot, to)
+        return moved
+
+    def begin_slot_move(self, slot: int, to: RedisServer) -> RedisServer:
+        """Mark `slot` importing on `to` and migrating on its owner; that owner."""
         source = self.owner(slot)
         source_id, target_id = (str(s.command("CLUSTER", "MYID")) for s in (source, to))
         to.command("CLUSTER", "SETSLOT", str(slot), "IMPORTING", source_id)
         source.command("CLUSTER", "SETSLOT", str(slot), "MIGRATING", target_id)
-        moved = 0
-        while keys := source.command("CLUSTER", "GETKEYSINSLOT", str(slot), str(batch)):
-            assert isinstance(keys, list)
-            names = [str(key) for key in keys]
-            source.command("MIGRATE", "127.0.0.1", str(to.port), "", "0", "5000", "KEYS", *names)
-            moved += len(names)
-            time.sleep(pause)
+        return source
+
+    def migrate_keys(self, source: RedisServer, to: RedisServer, keys: list[str]) -> int:
+        """MIGRATE `keys` from `source` to `to`, without REPLACE: a key the target has already
+        (written there during the move) fails it (BUSYKEY). Returns how many."""
+        if keys:
+            source.command("MIGRATE", "127.0.0.1", str(to.port), "", "0", "5000", "KEYS", *keys)
+        return len(keys)
+
+    def end_slot_move(self, slot: int, to: RedisServer) -> None:
+        """Give `slot` to `to` on every primary (its keys must have moved)."""
+        target_id = str(to.command("CLUSTER", "MYID"))
         for server in self.primaries():
             server.command("CLUSTER", "SETSLOT", str(slot), "NODE", target_id)
-        return moved
 
     def flush(self) -> None:
         """Delete every key (FLUSHALL on every primary; replicas follow)."""
