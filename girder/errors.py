@@ -7,6 +7,7 @@ GirderError
 ├── BackendError           the state backend failed or could not be reached
 │   └── BackendFull        the backend refuses writes: it is out of memory
 ├── SerializationError     a value cannot be encoded, or a payload is malformed, tampered or too big
+│   └── BlobLost           the bytes of a large value are no longer stored (the backend lost them)
 ├── SourceChanged          a file changed after its identity was taken (`girder.file_source`)
 └── RequestError           a request failed; the one error a caller of the grid sees
     ├── Cancelled          a request stopped because the job that needed it was cancelled
@@ -24,7 +25,9 @@ request needs itself), "crashed" (a request killed its worker too often), "inval
 unserializable, unknown function, tampered or oversized payload), "backend" (the backend refused
 the writes the request needs: it is out of memory), "cancelled" (its job was cancelled: then the
 error is a `Cancelled`, which names the job), "pool" (no distributor serves the pool it was sent
-to), "stopped" (its grid stopped while the caller waited). A request that failed because a
+to), "stopped" (its grid stopped while the caller waited), "lost" (the backend lost the bytes
+of a large argument or value the request needs, in a failover that lost writes, and submitting
+it again did not bring them back: see docs/large-values.md). A request that failed because a
 sub-request failed has the kind of its first root cause, and its message names that root cause.
 """
 
@@ -58,6 +61,12 @@ class BackendFull(BackendError):
 
 class SerializationError(GirderError):
     """A value cannot be serialized, or stored bytes cannot be trusted or decoded."""
+
+
+class BlobLost(SerializationError):
+    """The bytes of a large value are no longer stored: the backend lost them (a failover that
+    lost writes). The caller that submitted the request holds them, or can compute them again:
+    the request is submitted again rather than failed (see `Node.settle`)."""
 
 
 class SourceChanged(GirderError):

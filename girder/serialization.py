@@ -25,7 +25,7 @@ from typing import Any
 
 import cloudpickle
 
-from girder.errors import RequestError, SerializationError
+from girder.errors import BlobLost, RequestError, SerializationError
 from girder.functions import FunctionRef, readable_call
 
 _PLAIN = b"\x00"
@@ -264,7 +264,8 @@ class Codec:
         return RequestPayload(function, str(name), args, kwargs, str(job), blob)
 
     def load_arguments(self, payload: RequestPayload, data: bytes | None, key: str) -> None:
-        """Fill `payload`'s arguments from the bytes of its blob (None: the blob is gone)."""
+        """Fill `payload`'s arguments from the bytes of its blob (None: the blob is gone, which
+        raises `BlobLost`)."""
         assert payload.blob is not None
         what = f"the arguments of request {key}"
         args, kwargs = _parts(self._loads(self._open_blob(data, payload.blob, what), what), what)
@@ -312,9 +313,9 @@ class Codec:
         return Outcome(value=body, final=bool(final), answer=answer)
 
     def load_value(self, outcome: Outcome, data: bytes | None, key: str) -> Outcome:
-        """`outcome` with its value, from the bytes of its blob (None: the blob is gone). The
-        blob holds the body of the whole outcome, as a record would (so the same value makes
-        the same blob under any key)."""
+        """`outcome` with its value, from the bytes of its blob (None: the blob is gone, which
+        raises `BlobLost`). The blob holds the body of the whole outcome, as a record would (so
+        the same value makes the same blob under any key)."""
         assert outcome.blob is not None
         what = f"the result of request {key}"
         fields = self._loads(self._open_blob(data, outcome.blob, what), what)
@@ -325,9 +326,9 @@ class Codec:
     def _open_blob(self, data: bytes | None, ref: BlobRef, what: str) -> bytes:
         """The bytes of a blob, checked against the digest its (signed) record names."""
         if data is None:
-            raise SerializationError(
-                f"{what} is in {ref}, which is no longer stored (deleted after its request's "
-                "record went; see docs/large-values.md)"
+            raise BlobLost(
+                f"{what} is in {ref}, which is no longer stored (the backend lost it, or it was "
+                "swept after its request's record went; see docs/large-values.md)"
             )
         if len(data) != ref.size or hashlib.sha256(data).hexdigest() != ref.digest:
             raise SerializationError(

@@ -8,6 +8,7 @@ import hashlib
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
@@ -102,6 +103,55 @@ async def test_a_tampered_blob_is_refused_and_harms_nothing_else(
     assert await grid.call(big, 10, 1) == pattern(10, 1)
 
 
+async def test_a_cached_value_whose_blob_was_lost_is_computed_again(
+    grid: girder.Grid, backend_url: str | None
+) -> None:
+    """A failover that lost writes can lose a blob's bytes while the record that names it
+    stays: the caller forgets the cached outcome and the request is computed again."""
+    size = 2 * MIB
+    assert await grid.call(big, size, 21) == pattern(size, 21)
+    [digest] = await grid.backend.blobs()
+    await _lose_blob(grid.backend, backend_url, digest)
+    assert await grid.call(big, size, 21) == pattern(size, 21)
+    assert await grid.backend.get_blob(digest) == await _stored_body(grid, size, 21)
+
+
+async def test_a_sub_requests_value_whose_blob_was_lost_is_computed_again(
+    grid: girder.Grid, backend_url: str | None
+) -> None:
+    """The same inside a worker: a parent whose child's cached value lost its bytes gets the
+    value computed again, not an error."""
+    size = 2 * MIB
+    assert await grid.call(big, size, 22) == pattern(size, 22)
+    [digest] = await grid.backend.blobs()
+    await _lose_blob(grid.backend, backend_url, digest)
+    assert await grid.call(length_of_big, size, 22) == size
+    assert await grid.backend.get_blob(digest) is not None
+
+
+async def _stored_body(grid: girder.Grid, size: int, seed: int) -> bytes | None:
+    """The bytes of the blob that holds the cached value of `big(size, seed)`."""
+    key = girder.Request(big, size, seed).key
+    outcome = grid.client.codec.decode_outcome(await grid.backend.result(key) or b"", key)
+    assert outcome.blob is not None
+    return await grid.backend.get_blob(outcome.blob.digest)
+
+
+async def _lose_blob(backend: StateBackend, url: str | None, digest: str) -> None:
+    """What a failover that lost writes does to a blob: its bytes are gone, its records stay."""
+    if isinstance(backend, MemoryBackend):
+        del backend._blobs[digest]
+        return
+    assert isinstance(backend, RedisBackend)
+    assert url is not None
+    raw = aioredis.Redis.from_url(url)
+    try:
+        prefix = girder.config.Settings().key_prefix
+        assert await raw.delete(f"{{{prefix}/{digest}}}:blob") == 1
+    finally:
+        await raw.aclose()
+
+
 async def _overwrite_blob(backend: StateBackend, url: str | None, digest: str, data: bytes) -> None:
     """What someone who can write to the backend could do to a stored blob."""
     if isinstance(backend, MemoryBackend):
@@ -140,6 +190,34 @@ async def test_only_who_needs_a_value_fetches_it() -> None:
         assert len(backend.fetched) == 1
 
 
+class _Forgetful(MemoryBackend):
+    """A backend that loses every blob's bytes as soon as they are stored; counts the puts."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.puts = 0
+
+    async def get_blob(self, digest: str) -> bytes | None:
+        return None
+
+    async def put_blob(self, digest: str, data: bytes, **options: Any) -> None:
+        self.puts += 1
+        await super().put_blob(digest, data, **options)
+
+
+async def test_a_backend_that_keeps_losing_bytes_fails_the_request_as_lost() -> None:
+    """Bytes lost again and again are not chased forever: the request is computed once and
+    submitted again three times, then fails with kind "lost"; small values still work."""
+    backend = _Forgetful()
+    grid = girder.Grid(girder.config.load_settings(workers=1), local_workers=1, backend=backend)
+    async with grid:
+        with pytest.raises(girder.RequestError, match="no longer stored") as caught:
+            await grid.call(big, 2 * MIB, 23)
+        assert caught.value.kind == "lost"
+        assert backend.puts == 4  # the value computed and stored once, then three times more
+        assert await grid.call(big, 10, 23) == pattern(10, 23)
+
+
 @pytest.mark.redis
 async def test_a_100_mib_value_travels_between_processes(redis_url: str, tmp_path: Path) -> None:
     """A worker process returns 100 MiB; the client receives it intact."""
@@ -152,6 +230,32 @@ async def test_a_100_mib_value_travels_between_processes(redis_url: str, tmp_pat
         print(f"100 MiB result between processes: {elapsed:.2f} s")
         await grid.backend.flush()
         assert await grid.backend.blobs() == {}
+
+
+@pytest.mark.redis
+async def test_large_arguments_whose_blob_was_lost_are_put_again(
+    redis_url: str, tmp_path: Path
+) -> None:
+    """The bytes of a queued request's large arguments are lost (its record stays): the worker
+    that claims it cannot run it and leaves it to its submitter, which puts them again."""
+    procs = GridProcesses(redis_url, tmp_path / "logs")
+    try:
+        procs.distributor()
+        await wait_for_nodes(redis_url, workers=0)
+        async with girder.Grid.connect(redis_url, **CLIENT_OPTIONS) as grid:
+            data = pattern(3 * MIB, 12)
+            handle = grid.submit(digest_of, data)
+
+            async def stored() -> bool:
+                return len(await grid.backend.blobs()) == 1
+
+            await wait_until(stored, what="the argument blob")
+            [digest] = await grid.backend.blobs()
+            await _lose_blob(grid.backend, redis_url, digest)
+            procs.worker("w1")
+            assert await asyncio.wait_for(handle, 60) == hashlib.sha256(data).hexdigest()
+    finally:
+        procs.stop_all()
 
 
 @pytest.mark.redis

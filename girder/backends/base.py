@@ -621,6 +621,16 @@ class StateBackend(Protocol):
         again deletes nothing more. Returns how many outcomes were deleted."""
         ...
 
+    async def forget(self, keys: Sequence[str]) -> int:
+        """Delete the cached outcomes of `keys`: those of them that are done become unknown, so
+        the next request computes them again (the scheduler forgets an outcome whose large
+        value's blob the backend lost). Pending and running keys, and keys without a record,
+        are left alone.
+
+        Atomic as a whole. Forgetting again deletes nothing more (a call sent again after its
+        reply was lost returns what the first one deleted). Returns how many were deleted."""
+        ...
+
     # -- events -----------------------------------------------------------------------------------
 
     async def events(self, after: str | None = None, limit: int = 1000) -> list[Event]:

@@ -300,6 +300,13 @@ class MemoryBackend:
             self._uncache(key)
         return len(doomed)
 
+    async def forget(self, keys: Sequence[str]) -> int:
+        self._drop_expired()
+        doomed = {key for key in keys if key in self._outcomes}
+        for key in doomed:
+            self._uncache(key)
+        return len(doomed)
+
     # -- requests ---------------------------------------------------------------------------------
 
     async def submit(

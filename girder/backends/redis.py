@@ -855,6 +855,17 @@ class RedisBackend:
             await self._execute("cache_clear", "DEL", self._keys.journal(clearer))
         return dropped
 
+    async def forget(self, keys: Sequence[str]) -> int:
+        if not keys:
+            return 0
+        forgetter = f"forget-{uuid.uuid4().hex}"  # names its journal (see cache_drop.lua)
+        try:
+            return int(
+                await self._journaled("cache_drop", forgetter, True, forgetter, "", 1, *keys)
+            )
+        finally:
+            await self._execute("forget", "DEL", self._keys.journal(forgetter))
+
     async def events(self, after: str | None = None, limit: int = 1000) -> list[Event]:
         """Event ids are `<entry number>/<index in the entry>`: one entry of the event list
         holds the events of one script call (see `emit_events` in common.lua)."""

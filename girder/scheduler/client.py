@@ -46,7 +46,6 @@ class Client(Node):
     async def run(self, requests: Sequence[Request], job: str | None = None) -> list[Outcome]:
         """Submit requests as one job, at the bottom of the pool's queue; wait for all."""
         batch = await self._wait(requests, job or self.new_job())
-        await self.load_values(requests, batch)
         return batch.results()
 
     async def values(
@@ -55,7 +54,6 @@ class Client(Node):
         """Like `run`, but the values, or a `RequestError` with every failure as a cause.
         `on_done(n)` hears of each `n` more requests that finished (for a progress bar)."""
         batch = await self._wait(requests, self.new_job(), on_done)
-        await self.load_values(requests, batch)
         return self.raise_failures(lambda: "call_all", requests, batch)
 
     async def _wait(
@@ -64,21 +62,32 @@ class Client(Node):
         job: str,
         on_done: Callable[[int], None] | None = None,
     ) -> Batch:
-        """Submit the job and wait for it. If the waiting task is cancelled (`task.cancel()`,
-        `asyncio.timeout`, a cancel scope), the job is cancelled on the grid too, in the
-        background: the caller sees its `CancelledError` at once."""
+        """Submit the job, wait for it and fetch its large values (see `settle`). If the
+        waiting task is cancelled (`task.cancel()`, `asyncio.timeout`, a cancel scope), the
+        job is cancelled on the grid too, in the background: the caller sees its
+        `CancelledError` at once."""
         self._roots[job] = _keys(requests)
         try:
-            batch = await self.request(requests, job=job, into=self.settings.pool, on_top=False)
-            if on_done is not None:
-                on_done(len(requests) - batch.remaining)  # answered at once (the cache)
-                batch.on_outcome = lambda: on_done(1)
-            await batch.future
+            batch = await self._submit_and_wait(requests, job, on_done)
+            await self.settle(requests, batch, lambda lost: self._submit_and_wait(lost, job))
         except asyncio.CancelledError:
             self._cancel_soon(job)
             raise
         finally:
             self._roots.pop(job, None)
+        return batch
+
+    async def _submit_and_wait(
+        self,
+        requests: Sequence[Request],
+        job: str,
+        on_done: Callable[[int], None] | None = None,
+    ) -> Batch:
+        batch = await self.request(requests, job=job, into=self.settings.pool, on_top=False)
+        if on_done is not None:
+            on_done(len(requests) - batch.remaining)  # answered at once (the cache)
+            batch.on_outcome = lambda: on_done(1)
+        await batch.future
         return batch
 
     async def stream(self, request: Request) -> AsyncIterator[Any]:

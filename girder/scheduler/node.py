@@ -30,6 +30,7 @@ from girder.config import Settings
 from girder.errors import (
     BackendError,
     BackendFull,
+    BlobLost,
     Cancelled,
     GirderError,
     RequestError,
@@ -55,6 +56,9 @@ MAX_CHAIN_LEVELS = 32
 
 _LONGEST_RECHECK = 60.0
 """The most seconds between two submissions of a key a node still waits for."""
+
+_LOST_TRIES = 3
+"""How many times a request whose stored bytes the backend lost is submitted again (`settle`)."""
 
 _GIRDER_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
 
@@ -500,13 +504,20 @@ class Node:
 
     async def load(self, outcome: Outcome, key: str, readable: Callable[[], str]) -> None:
         """Fetch the value of `outcome` from its blob, if it has one, in place (every waiter
-        here shares the outcome: the value is fetched once). A blob that is gone or whose
-        bytes do not match its digest makes the outcome an error of this request alone."""
+        here shares the outcome: the value is fetched once). A blob whose bytes do not match
+        its digest makes the outcome an error of this request alone (kind "invalid"). A blob
+        that is gone (the backend lost it) makes it an error of kind "lost", and the cached
+        outcome is forgotten, so that submitting the request again computes it again (see
+        `settle`)."""
         ref = outcome.blob
         if ref is None:
             return
         try:
             loaded = self.codec.load_value(outcome, await self.backend.get_blob(ref.digest), key)
+        except BlobLost as exc:
+            self.log.warning("large value lost; forgetting its cached outcome", key=key)
+            await self.backend.forget([key])
+            loaded = Outcome(error=RequestError(readable(), str(exc), kind="lost"))
         except SerializationError as exc:
             self.log.error("large value refused", key=key, error=str(exc))
             loaded = Outcome(error=RequestError(readable(), str(exc), kind="invalid"))
@@ -518,6 +529,31 @@ class Node:
         for request, outcome in zip(requests, batch.outcomes, strict=True):
             if outcome is not None and outcome.blob is not None:
                 await self.load(outcome, request.key, request.readable)
+
+    async def settle(
+        self,
+        requests: Sequence[Request],
+        batch: Batch,
+        again: Callable[[Sequence[Request]], Awaitable[Batch]],
+    ) -> None:
+        """Fetch the large values of a finished batch (see `load`), and submit again, through
+        `again` (which submits and waits), the requests whose outcome says the backend lost
+        bytes they need (kind "lost": a large argument's blob, or a cached value's). Whoever
+        submits holds the arguments and puts their blobs again; a forgotten value is computed
+        again. After `_LOST_TRIES` submissions a request keeps its "lost" error: bytes lost
+        that often point to a backend that does not keep what it is given."""
+        for _ in range(_LOST_TRIES):
+            await self.load_values(requests, batch)
+            lost = [index for index, outcome in enumerate(batch.outcomes) if _is_lost(outcome)]
+            if not lost:
+                return
+            self.log.warning(
+                "submitting again requests whose stored bytes were lost", count=len(lost)
+            )
+            fresh = await again([requests[index] for index in lost])
+            for index, outcome in zip(lost, fresh.outcomes, strict=True):
+                batch.outcomes[index] = outcome
+        await self.load_values(requests, batch)
 
     async def publish(self, key: str, readable: Callable[[], str], outcome: Outcome) -> None:
         """Publish a partial answer of a key this node runs: to its waiters elsewhere through
@@ -726,3 +762,8 @@ def _by_target(submissions: list[Submission]) -> list[list[Submission]]:
         target = (submission.into, submission.on_top, submission.waiter_key, submission.job)
         groups.setdefault(target, []).append(submission)
     return list(groups.values())
+
+
+def _is_lost(outcome: Outcome | None) -> bool:
+    """Whether `outcome` says the backend lost bytes its request needs (see `Node.settle`)."""
+    return outcome is not None and outcome.error is not None and outcome.error.kind == "lost"

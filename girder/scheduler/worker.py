@@ -27,12 +27,12 @@ from __future__ import annotations
 import asyncio
 import sys
 from collections import deque
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Coroutine
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Coroutine, Sequence
 from typing import Any, ClassVar
 
 from girder.backends.base import Claimed, NodeKind, RequestState, StateBackend
 from girder.config import Settings
-from girder.errors import Cancelled, RequestError, SerializationError, type_name
+from girder.errors import BlobLost, Cancelled, RequestError, SerializationError, type_name
 from girder.functions import GridFunction, Request
 from girder.log import debug_enabled
 from girder.scheduler.baton import Baton
@@ -339,13 +339,17 @@ class Worker(Node):
             await self._evaluate_sync(evaluation, function)
 
     async def _reject(self, key: str, exc: Exception) -> None:
-        """Fail a request that cannot even start (bad payload, unknown function)."""
+        """Fail a request that cannot even start (bad payload, unknown function). One whose
+        large arguments the backend lost fails with kind "lost", uncached: its waiters hold
+        the arguments and submit it again (see `Node.settle`)."""
         readable = (await self.readables([key]))[0]
         message = f"{exc} (on node {self.id})"
-        self.log.error("request rejected", key=key, request=readable, error=message)
+        lost = isinstance(exc, BlobLost)
+        log = self.log.warning if lost else self.log.error
+        log("request rejected", key=key, request=readable, error=message)
         self.stats.failed += 1
         try:
-            error = RequestError(readable, message, kind="invalid")
+            error = RequestError(readable, message, kind="lost" if lost else "invalid")
             await self.finish(key, error.request.__str__, Outcome(error=error), cache=False)
         finally:
             self._running.discard(key)
@@ -609,18 +613,27 @@ class Worker(Node):
             and self.baton.idle_after_release()
             and self.baton.worker_waiting()
         )
+        batch = await self._submit_and_park(
+            evaluation, requests, claim=1 if loop_is_next and not self._claimed else 0
+        )
+        await self.settle(requests, batch, lambda lost: self._submit_and_park(evaluation, lost))
+        return self.raise_failures(evaluation.readable, requests, batch)
+
+    async def _submit_and_park(
+        self, evaluation: Evaluation, requests: Sequence[Request], claim: int = 0
+    ) -> Batch:
+        """Push `evaluation`'s sub-requests on this worker's stack; park until all are done."""
         batch = await self.request(
             requests,
             job=evaluation.job,
             into=self.id,
             on_top=True,
             waiter=(evaluation.key, evaluation.readable),
-            claim=1 if loop_is_next and not self._claimed else 0,
+            claim=claim,
         )
         if not batch.future.done():
             await self._park(evaluation, batch)
-        await self.load_values(requests, batch)
-        return self.raise_failures(evaluation.readable, requests, batch)
+        return batch
 
     async def stream(self, evaluation: Evaluation, request: Request) -> AsyncIterator[Any]:
         """`girder.stream` inside `evaluation`: push the request like `reentrant` does, then

@@ -1458,6 +1458,25 @@ class BackendConformance:
         assert await backend.state("pending") == RequestState.PENDING
         assert await backend.claim("x") == Claimed("pending", new("pending").payload)
 
+    async def test_forget_deletes_only_the_done_keys_named(self, backend: StateBackend) -> None:
+        for key in ("a", "b", "c"):
+            await self.cache_as(backend, key, "f")
+        await put(backend, "c", ["pending"], into="x")
+        await run_until_running(backend, "w", "running")
+        assert await backend.forget(["a", "b", "pending", "running", "unknown"]) == 2
+        assert await backend.forget(["a", "b"]) == 0
+        assert await backend.forget([]) == 0
+        assert [await backend.state(k) for k in ("a", "b", "c", "pending", "running")] == [
+            RequestState.UNKNOWN,
+            RequestState.UNKNOWN,
+            RequestState.DONE,
+            RequestState.PENDING,
+            RequestState.RUNNING,
+        ]
+        assert (await backend.cache_stats()).functions == {"f": CacheUsage(1, cached_size("c"))}
+        assert await put(backend, "c2", ["a"], into="w") == [Submitted("a")]
+        assert await backend.claim("w") == Claimed("a", new("a").payload)
+
     async def test_flush_deletes_everything(self, backend: StateBackend) -> None:
         await backend.join("w", NodeKind.WORKER, "d", LONG)
         await put(backend, "c", ["k", "j"], into="w")
