@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+from collections.abc import Mapping
 
 import pytest
 from gridfns import add, calls, share_a, share_z, slow_square, tree
 
 import girder
+from girder.backends.base import Beat, NewRequest, NodeKind, RequestState
 from girder.backends.memory import MemoryBackend
 from girder.config import Settings
 from girder.scheduler import Distributor, Worker
@@ -113,3 +116,38 @@ async def test_baton_reservation_keeps_the_loop_waiting() -> None:
     await baton.acquire_for_resume(reserved=True)
     baton.release()
     await asyncio.wait_for(loop_task, 1)
+
+
+class _LosingWrites(MemoryBackend):
+    """Reports lost writes (as a failover would) at the heartbeat after `lose` is set."""
+
+    lose = False
+
+    async def heartbeat(
+        self, node: str, ttl: float, counters: Mapping[str, int] | None = None
+    ) -> Beat:
+        beat = await super().heartbeat(node, ttl, counters)
+        lost, self.lose = self.lose, False
+        return dataclasses.replace(beat, lost_writes=lost)
+
+
+async def test_a_worker_gives_back_the_claims_it_has_not_started_when_writes_were_lost() -> None:
+    """A claim may be among the lost writes, its key pending on a work list again: a worker
+    that kept it would run the key twice once it is claimed again (found by the cluster chaos,
+    seed 2). So it drops every claim not started, and the reconcile gives back the ones that
+    were kept."""
+    backend = _LosingWrites()
+    worker = Worker(backend, Settings(), node_id="w", distributor="d")
+    worker._loop = asyncio.get_running_loop()  # not started: the test drives its heartbeats
+    await backend.join("w", NodeKind.WORKER, "d", 60)
+    await backend.submit("c", [NewRequest("k", b"payload")], into="w", on_top=True)
+    claimed = await backend.claim("w")
+    assert claimed is not None
+    worker.adopt([claimed])
+    await worker._beat()
+    assert worker.running_keys() == ["k"]
+    assert await backend.state("k") == RequestState.RUNNING
+    backend.lose = True
+    await worker._beat()
+    assert worker.running_keys() == []
+    assert await backend.state("k") == RequestState.PENDING

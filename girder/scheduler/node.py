@@ -297,6 +297,8 @@ class Node:
         )
         if not beat.registered:
             await self.forgotten()
+        else:
+            self.writes_lost()
         await self.backend.join(self.id, self.kind, self.distributor, self.settings.heartbeat_ttl)
         given_back = await self.backend.reconcile(self.id, self.running_keys())
         if given_back:
@@ -334,6 +336,11 @@ class Node:
         """The backend no longer knew this node (its lease lapsed and it was reaped, or the
         backend lost its state); it joins again next. A worker overrides it to drop the runs
         and claims that were given to others meanwhile."""
+
+    def writes_lost(self) -> None:
+        """The backend lost writes but still knows this node (a failover, a restore); it
+        reconciles next. A worker overrides it to drop the claims it has not started: a claim
+        may be among the writes lost, its key pending on a work list again."""
 
     def refused(self, error: BackendFull) -> None:
         """The backend refuses this node's writes (a client overrides it to fail its calls)."""

@@ -236,6 +236,15 @@ class Worker(Node):
                 keys=sorted(lost.union(stale)),
             )
 
+    def writes_lost(self) -> None:
+        """Drop every claim not started yet: one whose write was lost is pending on a work
+        list again (whoever claims it next runs it, here or elsewhere: holding it too would
+        run it twice); one that was kept is not in `running_keys` now, so the reconcile that
+        follows gives it back."""
+        stale = self._drop_claims()
+        if stale:
+            self.log.warning("writes lost: gave back the claims not started", count=len(stale))
+
     def _drop_claims(self) -> set[str]:
         """Forget every claim not started yet (and its cancellation, if any); their keys."""
         stale = {claimed.key for claimed in self._claimed}
