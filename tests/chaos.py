@@ -1037,7 +1037,8 @@ def _summary(
             f"(in one process: {same_process})",
             f"runs that ended in an error: {sum(r.how == 'error' for r in runs)}; requests the "
             f"grid failed, by root cause: {dict(grid_failures(run.logs).most_common(5))}",
-            f"left in Redis: {leaks.cached} cached results, "
+            f"left in Redis: {leaks.cached} cached results ({leaks.lost_values} of them values "
+            "whose blob a failover lost: computed again when asked), "
             f"leaked: { {p: len(e) for p, e in leaks.leaked.items()} }",
         ]
     )

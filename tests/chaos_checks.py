@@ -248,6 +248,24 @@ def _failover_loss(timeline: Timeline, first: Run, second: Run) -> str | None:
     return None
 
 
+def _blob_loss(timeline: Timeline, first: Run, second: Run) -> str | None:
+    """A failover of a primary of blobs that may have lost the bytes of `first`'s value (if it
+    was a blob: a fifth of the values are): its blob was put within a lease of its end, at or
+    after the writes that were lost began and before the replica took over. Whoever reads
+    that value then finds its bytes gone, forgets it and has it computed again (documented in
+    docs/large-values.md)."""
+    assert first.end is not None
+    for failover in timeline.failovers:
+        if (
+            not failover.grid
+            and first.end <= failover.promoted
+            and first.end + LEASE >= failover.lost_from
+            and second.start >= failover.lost_from
+        ):
+            return f"port {failover.port} failed over at {failover.killed:.3f}"
+    return None
+
+
 def find_overlaps(runs: list[Run], timeline: Timeline, fsync: str) -> list[Overlap]:
     """Pairs of runs of one key that overlap in time, each with its excuse (if any)."""
     flag_first_runs_after_stops(runs, timeline)
@@ -307,6 +325,8 @@ def rerun_reason(first: Run, second: Run, timeline: Timeline, fsync: str) -> str
             "the second runner woke from a stop past its lease and ran the stale claim it was "
             "starting when it was stopped"
         )
+    if _blob_loss(timeline, first, second):
+        return "a failover of a primary of blobs lost the bytes of its value (computed again)"
     return "UNEXPLAINED (a finished, cached key ran again)"
 
 
@@ -431,22 +451,26 @@ def scan_blobs(servers: list[redis.Redis]) -> dict[str, set[str]]:
 
 def blob_leaks(
     db: redis.Redis, servers: list[redis.Redis]
-) -> tuple[set[str], set[str], dict[str, list[str]]]:
+) -> tuple[set[str], set[str], set[str], dict[str, list[str]]]:
     """What is wrong with the blobs once every node stopped and a sweep with no grace ran
     (`StateBackend.sweep_blobs(0)`): every blob left must be held by cached results, and
-    indexed with its bytes in place (a cached value whose bytes are gone is lost; bytes that
-    no index entry names are never swept). The digests indexed, those rightly held, and
-    pattern -> examples of what is wrong."""
+    indexed with its bytes in place (bytes that no index entry names are never swept). A
+    cached value whose bytes are gone (a failover lost them) is no leak: the next caller that
+    asks for it forgets it and has it computed again. The digests indexed, those rightly held
+    or held with their bytes lost, and pattern -> examples of what is wrong."""
     stored = scan_blobs(servers)
     index = {decode(d) for d in db.zrange(KEYS.blobs, 0, -1)}
     leaked: dict[str, list[str]] = defaultdict(list)
-    held = set()
+    held: set[str] = set()
+    lost: set[str] = set()
     for digest in sorted(index):
         holders = [decode(k) for k in db.smembers(PREFIX + redis_keys.BLOB_HOLDERS + digest)]
         states = {decode(db.hget(KEYS.record(k), redis_keys.F_STATUS)) for k in holders}
-        if "blob" not in stored.get(digest, set()):
-            leaked["cached value whose blob bytes are gone (its value is lost)"].append(
-                f"{digest} held by {holders[:3]}"
+        if "blob" not in stored.get(digest, set()) and holders and states == {"d"}:
+            lost.add(digest)  # not a leak: who asks for the value has it computed again
+        elif "blob" not in stored.get(digest, set()):
+            leaked["blob index entry whose bytes are gone, held by no cached result"].append(
+                f"{digest} held by {holders[:3]} in states {sorted(states)}"
             )
         elif not holders or states != {"d"}:
             leaked["blob no cached result holds (the sweep left it)"].append(
@@ -463,7 +487,7 @@ def blob_leaks(
             leaked["blob keys other than its bytes and generation"].append(
                 f"{digest}: {sorted(kinds)}"
             )
-    return index, held, dict(leaked)
+    return index, held, lost, dict(leaked)
 
 
 @dataclass
@@ -471,6 +495,8 @@ class LeakReport:
     cached: int = 0
     cached_blobs: int = 0
     """Blobs that cached results hold (their bytes, on any server)."""
+    lost_values: int = 0
+    """Blobs that cached results hold whose bytes a failover lost (computed again when asked)."""
     leaked: dict[str, list[str]] = field(default_factory=dict)
     """Pattern -> examples (key, and what it holds)."""
     leaked_bytes: int = 0
@@ -507,7 +533,8 @@ def check_leaks(db: redis.Redis, names: dict[str, str], servers: list[redis.Redi
     results (with the blobs they hold) and the global counters only. `db`: the server of the
     grid's slot; `servers`: every server (the primaries of a cluster), where blobs live."""
     report = LeakReport()
-    indexed, held, blobs = blob_leaks(db, servers)
+    indexed, held, lost, blobs = blob_leaks(db, servers)
+    report.lost_values = len(lost)
     report.leaked.update(blobs)
     for key, kind in sorted(scan_grid(db).items()):
         rest = key.removeprefix(PREFIX)
