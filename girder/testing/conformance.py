@@ -1431,22 +1431,10 @@ class BackendConformance:
         assert await backend.state("k") == RequestState.RUNNING
 
     async def test_cache_clear_of_one_function_leaves_the_rest(self, backend: StateBackend) -> None:
-        for key, function in (("a", "f"), ("b", "f"), ("c", "g")):
-            await self.cache_as(backend, key, function)
-        await put(backend, "c", ["pending"], into="x")
-        await run_until_running(backend, "w", "running")
+        await self._cache_a_b_c(backend, "f", "f", "g")
         assert await backend.cache_clear("f") == 2
         assert await backend.cache_clear("f") == 0
-        assert [await backend.state(k) for k in ("a", "b", "c", "pending", "running")] == [
-            RequestState.UNKNOWN,
-            RequestState.UNKNOWN,
-            RequestState.DONE,
-            RequestState.PENDING,
-            RequestState.RUNNING,
-        ]
-        assert (await backend.cache_stats()).functions == {"g": CacheUsage(1, cached_size("c"))}
-        assert await put(backend, "c2", ["a"], into="w") == [Submitted("a")]
-        assert await backend.claim("w") == Claimed("a", new("a").payload)
+        await self._only_a_b_dropped(backend, "g")
 
     async def test_cache_clear_of_everything(self, backend: StateBackend) -> None:
         for key, function in (("a", "f"), ("b", ""), ("c", "g")):
@@ -1459,13 +1447,21 @@ class BackendConformance:
         assert await backend.claim("x") == Claimed("pending", new("pending").payload)
 
     async def test_forget_deletes_only_the_done_keys_named(self, backend: StateBackend) -> None:
-        for key in ("a", "b", "c"):
-            await self.cache_as(backend, key, "f")
-        await put(backend, "c", ["pending"], into="x")
-        await run_until_running(backend, "w", "running")
+        await self._cache_a_b_c(backend, "f", "f", "f")
         assert await backend.forget(["a", "b", "pending", "running", "unknown"]) == 2
         assert await backend.forget(["a", "b"]) == 0
         assert await backend.forget([]) == 0
+        await self._only_a_b_dropped(backend, "f")
+
+    async def _cache_a_b_c(self, backend: StateBackend, *functions: str) -> None:
+        """Keys a, b, c cached (by `functions`, in order), one pending and one running."""
+        for key, function in zip(("a", "b", "c"), functions, strict=True):
+            await self.cache_as(backend, key, function)
+        await put(backend, "c", ["pending"], into="x")
+        await run_until_running(backend, "w", "running")
+
+    async def _only_a_b_dropped(self, backend: StateBackend, c_function: str) -> None:
+        """After `_cache_a_b_c`: a and b are unknown (a runs again when asked), the rest stays."""
         assert [await backend.state(k) for k in ("a", "b", "c", "pending", "running")] == [
             RequestState.UNKNOWN,
             RequestState.UNKNOWN,
@@ -1473,7 +1469,8 @@ class BackendConformance:
             RequestState.PENDING,
             RequestState.RUNNING,
         ]
-        assert (await backend.cache_stats()).functions == {"f": CacheUsage(1, cached_size("c"))}
+        usage = {c_function: CacheUsage(1, cached_size("c"))}
+        assert (await backend.cache_stats()).functions == usage
         assert await put(backend, "c2", ["a"], into="w") == [Submitted("a")]
         assert await backend.claim("w") == Claimed("a", new("a").payload)
 
