@@ -52,8 +52,8 @@ _PREFIX, _NESTED = "girder", "nested"
 
 
 def _key(text: str) -> str:
-    """A request key as girder makes them: 64 hex digits."""
-    return hashlib.sha256(text.encode()).hexdigest()
+    """A request key of the length girder makes them (`girder.keys`): 32 hex digits."""
+    return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
 
 
 async def _memory(redis: RedisClient) -> dict[str, int]:
