@@ -647,6 +647,13 @@ def digest_of(data: bytes) -> str:
 
 
 @girder.function
+async def digest_through_a_child(size: int, seed: int) -> str:
+    """Passes large arguments to a sub-request."""
+    (digest,) = await girder.call_reentrant([(digest_of, pattern(size, seed))])
+    return str(digest)
+
+
+@girder.function
 async def length_of_big(size: int, seed: int) -> int:
     """Needs its child's value (so it fetches it) and returns a small one."""
     (value,) = await girder.call_reentrant([(big, size, seed)])

@@ -12,7 +12,15 @@ from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
-from gridfns import big, big_again, big_uncached, digest_of, length_of_big, pattern
+from gridfns import (
+    big,
+    big_again,
+    big_uncached,
+    digest_of,
+    digest_through_a_child,
+    length_of_big,
+    pattern,
+)
 from processes import CLIENT_OPTIONS, GridProcesses, grid_on, wait_for_nodes, wait_until
 
 import girder
@@ -179,6 +187,33 @@ async def test_only_who_needs_a_value_fetches_it() -> None:
         assert backend.fetched == []
         assert await grid.call(big, 2 * MIB, 1) == pattern(2 * MIB, 1)
         assert len(backend.fetched) == 1
+
+
+class _LosesOnce(MemoryBackend):
+    """A backend that loses the bytes of each blob when it is first read (as a failover that
+    lost writes would), and keeps them once they are put again."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lost: list[str] = []
+
+    async def get_blob(self, digest: str) -> bytes | None:
+        if digest not in self.lost:
+            self.lost.append(digest)
+            self._blobs.pop(digest, None)
+        return await super().get_blob(digest)
+
+
+async def test_a_sub_request_whose_argument_blob_was_lost_is_submitted_again() -> None:
+    """Inside a worker: the child's large arguments are gone when the worker fetches them; it
+    leaves the child to its parent, which puts them again and submits it again."""
+    backend = _LosesOnce()
+    grid = girder.Grid(girder.config.load_settings(workers=1), local_workers=1, backend=backend)
+    async with grid:
+        data = pattern(2 * MIB, 24)
+        digest = await grid.call(digest_through_a_child, 2 * MIB, 24)
+        assert digest == hashlib.sha256(data).hexdigest()
+        assert len(backend.lost) == 1
 
 
 class _Forgetful(MemoryBackend):
