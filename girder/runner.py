@@ -9,6 +9,7 @@ stack and running requests back to its distributor (`StateBackend.leave`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib
 import os
 import signal
@@ -18,10 +19,14 @@ from collections.abc import Callable, Sequence
 from girder.backends import open_backend
 from girder.backends.base import NodeInfo, StateBackend
 from girder.config import Settings
-from girder.errors import ConfigurationError
+from girder.errors import BackendError, ConfigurationError
 from girder.log import configure, node_logger
 from girder.scheduler import Distributor, Node, Worker
 from girder.watchdog import WorkerSupervisor, supervised
+
+_CONNECT_RETRY_FIRST = 0.1
+_CONNECT_RETRY_MAX = 2.0
+"""Seconds between a node process's attempts to reach its backend at start: doubling."""
 
 
 def import_modules(modules: Sequence[str]) -> None:
@@ -44,7 +49,8 @@ async def serve(settings: Settings, nodes: Sequence[Node]) -> None:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     backend = nodes[0].backend
-    await backend.connect()
+    if not await connect_when_reachable(nodes[0], settings, stop):
+        return  # stopped before the backend answered: nothing started
     try:
         for node in nodes:
             await node.start()
@@ -53,6 +59,39 @@ async def serve(settings: Settings, nodes: Sequence[Node]) -> None:
         for node in reversed(nodes):
             await node.stop()
         await backend.close()
+
+
+async def connect_when_reachable(node: Node, settings: Settings, stop: asyncio.Event) -> bool:
+    """Connect the backend of a node process, waiting for one that cannot be reached yet (a
+    restart or an outage under way as the process starts, as a supervisor restarts it) the
+    way a running node waits out an outage: with a growing delay, up to
+    `GIRDER_OUTAGE_TIMEOUT` (unset: until it answers). It says so in a warning at once, with
+    the error (a wrong URL is then plain to see). A setting the backend refuses (a
+    `ConfigurationError`: a cluster reached with redis://, an old server) fails at once.
+    `Grid.connect` and the one-off commands (`girder status`) do not wait: they fail at once.
+    False if `stop` was set (SIGTERM) before the backend answered."""
+    backend, log = node.backend, node_logger(node.id)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    delay = _CONNECT_RETRY_FIRST
+    while True:
+        try:
+            await backend.connect()
+        except BackendError as exc:
+            waited = loop.time() - started
+            if settings.outage_timeout is not None and waited >= settings.outage_timeout:
+                raise
+            if delay == _CONNECT_RETRY_FIRST:
+                log.warning("backend unreachable at start; waiting for it", error=str(exc))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), delay)
+            if stop.is_set():
+                return False
+            delay = min(_CONNECT_RETRY_MAX, delay * 2)
+            continue
+        if delay != _CONNECT_RETRY_FIRST:
+            log.warning("backend reachable; starting", waited=round(loop.time() - started, 2))
+        return True
 
 
 def run_worker(settings: Settings, argv: Sequence[str] | None = None) -> None:

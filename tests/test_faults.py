@@ -90,6 +90,39 @@ async def test_a_short_redis_outage_fails_no_request(
     assert "request failed" not in grid_processes.log_text()
 
 
+async def test_nodes_started_while_redis_is_down_wait_for_it(
+    grid_processes: GridProcesses, server: RedisServer
+) -> None:
+    """A distributor and a worker started while Redis is down (as a supervisor restarts them
+    during a restart of Redis) wait for it, saying so, instead of exiting; then they serve."""
+    server.kill()
+    started = [grid_processes.distributor(), grid_processes.worker("w1")]
+
+    async def both_waiting() -> bool:
+        return grid_processes.log_text().count("backend unreachable at start") == 2
+
+    await wait_until(both_waiting, what="both nodes waiting for Redis")
+    assert [proc.poll() for proc in started] == [None, None]
+    server.start()
+    await wait_for_nodes(server.url, workers=1)
+    async with girder.Grid.connect(server.url, pool="pool", **CLIENT_OPTIONS) as grid:
+        assert await asyncio.wait_for(grid.call(add, 2, 3), 30) == 5
+
+
+async def test_a_node_waiting_for_redis_at_start_stops_on_sigterm(
+    grid_processes: GridProcesses, server: RedisServer
+) -> None:
+    server.kill()
+    distributor = grid_processes.distributor()
+
+    async def waiting() -> bool:
+        return "backend unreachable at start" in grid_processes.log_text()
+
+    await wait_until(waiting, what="the distributor waiting for Redis")
+    distributor.terminate()
+    assert await asyncio.to_thread(distributor.wait, 10) == 0
+
+
 async def test_a_redis_restored_from_an_older_snapshot_does_not_hang_the_grid(
     grid_processes: GridProcesses, client: girder.Grid, server: RedisServer
 ) -> None:
