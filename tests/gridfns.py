@@ -527,6 +527,13 @@ async def last_of_counting(tag: str, count: int) -> str:
 
 
 @girder.function
+async def big_answers(size: int, count: int) -> AsyncIterator[bytes]:
+    """`count` large answers: `pattern(size, 1)` ... `pattern(size, count)`."""
+    for index in range(1, count + 1):
+        yield pattern(size, index)
+
+
+@girder.function
 async def every_answer(tag: str, count: int) -> list[str]:
     """Every answer of a streamed sub-request, in order (parking between answers)."""
     return [answer async for answer in girder.stream(counting, tag, count)]

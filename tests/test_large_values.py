@@ -15,6 +15,7 @@ import redis.asyncio as aioredis
 from gridfns import (
     big,
     big_again,
+    big_answers,
     big_uncached,
     digest_of,
     digest_through_a_child,
@@ -214,6 +215,22 @@ async def test_a_sub_request_whose_argument_blob_was_lost_is_submitted_again() -
         digest = await grid.call(digest_through_a_child, 2 * MIB, 24)
         assert digest == hashlib.sha256(data).hexdigest()
         assert len(backend.lost) == 1
+
+
+async def test_a_stream_whose_answers_lost_their_bytes_ends_with_its_last_answer() -> None:
+    """A partial answer whose bytes are gone is skipped (as a reader that joins late misses
+    earlier ones); a final one is streamed again: every reader ends with the last answer,
+    after a few answers in order. (Inside a worker, `girder.stream` reads through the same
+    `Node.answers`; in one process a worker hands its answers over in memory, unread.)"""
+    size, count = 2 * MIB, 3
+    backend = _LosesOnce()
+    grid = girder.Grid(girder.config.load_settings(workers=1), local_workers=1, backend=backend)
+    async with grid:
+        answers = [answer async for answer in grid.stream(big_answers, size, count)]
+        seeds = [next(i for i in range(1, count + 1) if a == pattern(size, i)) for a in answers]
+        assert seeds[-1] == count
+        assert seeds == sorted(set(seeds))
+        assert len(backend.lost) == count  # the bytes of every answer were lost once
 
 
 class _Forgetful(MemoryBackend):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any, ClassVar
@@ -95,18 +96,18 @@ class Client(Node):
         it already runs, then each one as it is published, the final one last (raised when it
         is an error). Leaving the stream early cancels the job, as a cancelled call does."""
         job = self.new_job()
-        feed = Feed(self.loop)
         finished = False
         self._roots[job] = [request.key]
-        try:
+
+        async def submit(feed: Feed) -> None:
             await self.request([request], job=job, into=self.settings.pool, on_top=False, feed=feed)
-            while not finished:
-                await feed.wait()
-                outcome = feed.take()
-                finished = outcome is None or outcome.final
-                if outcome is not None:
-                    await self.load(outcome, request.key, request.readable)
+
+        try:
+            async with contextlib.aclosing(self.answers(request, submit, Feed.wait)) as answers:
+                async for outcome in answers:
+                    finished = outcome.final
                     yield outcome.unwrap()
+            finished = True
         finally:
             if not finished:
                 self._cancel_soon(job)

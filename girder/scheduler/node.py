@@ -20,7 +20,7 @@ import os
 import socket
 import traceback
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -536,6 +536,48 @@ class Node:
         for request, outcome in zip(requests, batch.outcomes, strict=True):
             if outcome is not None and outcome.blob is not None:
                 await self.load(outcome, request.key, request.readable)
+
+    async def answers(
+        self,
+        request: Request,
+        submit: Callable[[Feed], Awaitable[None]],
+        wait: Callable[[Feed], Awaitable[None]],
+    ) -> AsyncGenerator[Outcome, None]:
+        """The answers of a streamed request in order, their large values fetched (see
+        `load`); `submit(feed)` submits it with its answers going to `feed`, `wait(feed)` waits
+        for the next one. A partial answer whose bytes the backend lost is skipped (a later
+        one replaces it, as for a reader that joins late); when the final answer is lost (or
+        the end repeats a partial one that was), the request is submitted again, up to
+        `_LOST_TRIES` times, and read on past the answers already given (see `settle`)."""
+        feed = Feed(self.loop)
+        await submit(feed)
+        tries = given = 0  # `given`: the number of the last answer yielded
+        skipped: Outcome | None = None  # the last answer taken, if it was lost
+        while True:
+            if not feed.ready():
+                await wait(feed)
+            outcome = feed.take()
+            if outcome is None and skipped is not None:  # the end repeats a lost answer
+                outcome = Outcome(error=skipped.error, final=True, answer=skipped.answer)
+            elif outcome is not None:
+                await self.load(outcome, request.key, request.readable)
+            if outcome is None:
+                return
+            skipped = None
+            if _is_lost(outcome) and tries < _LOST_TRIES:
+                if not outcome.final:
+                    skipped = outcome
+                    continue
+                tries += 1
+                self.log.warning("streaming again a request whose answer was lost")
+                feed = Feed(self.loop)
+                feed.last = given  # what was given is not given again
+                await submit(feed)
+                continue
+            yield outcome
+            given = outcome.answer
+            if outcome.final:
+                return
 
     async def settle(
         self,

@@ -25,6 +25,7 @@ claims if it was reaped (`Worker.forgotten`); a healthy worker pays a clock comp
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sys
 from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Coroutine, Sequence
@@ -647,31 +648,32 @@ class Worker(Node):
     async def stream(self, evaluation: Evaluation, request: Request) -> AsyncIterator[Any]:
         """`girder.stream` inside `evaluation`: push the request like `reentrant` does, then
         park until each answer comes (passing the baton), and take the baton back for it."""
-        feed = Feed(self.loop)
         loop_is_next = (
             evaluation.holds_baton
             and self.baton.idle_after_release()
             and self.baton.worker_waiting()
         )
-        await self.request(
-            [request],
-            job=evaluation.job,
-            into=self.id,
-            on_top=True,
-            waiter=(evaluation.key, evaluation.readable),
-            claim=1 if loop_is_next and not self._claimed else 0,
-            feed=feed,
-        )
-        while True:
-            if not feed.ready():
-                await self._park_for(evaluation, feed)
-            outcome = feed.take()
-            if outcome is None:
-                return
-            await self.load(outcome, request.key, request.readable)
-            yield self.stream_answer(evaluation.readable, request, outcome)
-            if outcome.final:
-                return
+        claim = 1 if loop_is_next and not self._claimed else 0
+
+        async def submit(feed: Feed) -> None:
+            nonlocal claim
+            await self.request(
+                [request],
+                job=evaluation.job,
+                into=self.id,
+                on_top=True,
+                waiter=(evaluation.key, evaluation.readable),
+                claim=claim,
+                feed=feed,
+            )
+            claim = 0  # submitted again (an answer lost): the loop claims for itself
+
+        async def wait(feed: Feed) -> None:
+            await self._park_for(evaluation, feed)
+
+        async with contextlib.aclosing(self.answers(request, submit, wait)) as answers:
+            async for outcome in answers:
+                yield self.stream_answer(evaluation.readable, request, outcome)
 
     async def _park_for(self, evaluation: Evaluation, feed: Feed) -> None:
         """Wait for `feed`'s next answer without the baton, then take the evaluation's baton
