@@ -54,7 +54,7 @@ LONG_SECONDS = 600.0
 DEFAULT_SEED = 339
 """A seed whose 32 s schedule has every kind of fault (few do: 262, 301 and 339 of the first
 400): 4 failovers, 2 of the grid's primary and 2 of another one, each kind once with its writes
-lost and once without, and 10 faults of processes."""
+lost and once without, and 11 faults of processes."""
 _seconds = float(os.environ.get(SECONDS_ENV, "0")) or None
 
 
