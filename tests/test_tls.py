@@ -66,12 +66,7 @@ async def test_a_certificate_that_cannot_be_verified_says_so_and_where(
 
 
 async def test_no_verification_connects(tls_redis_server: RedisServer, tls_redis_url: str) -> None:
-    url = f"rediss://127.0.0.1:{tls_redis_server.port}/0?ssl_cert_reqs=none"
-    backend = RedisBackend(url, settings=Settings(key_prefix=PREFIX))
-    await backend.connect()
-    await put(backend, "c", ["k"], into="w")
-    assert await backend.claim("w") == Claimed("k", new("k").payload)
-    await backend.close()
+    await _serves(f"rediss://127.0.0.1:{tls_redis_server.port}/0?ssl_cert_reqs=none")
 
 
 @pytest.mark.timeout(60)
@@ -94,12 +89,16 @@ async def test_a_server_that_asks_for_client_certificates(
             await asyncio.wait_for(without.connect(), 10)
         await without.close()
         cert, key = (quote(str(path)) for path in (tls_certificates.cert, tls_certificates.key))
-        url = f"{server.url}&ssl_certfile={cert}&ssl_keyfile={key}"
-        backend = RedisBackend(url, settings=Settings(key_prefix=PREFIX))
-        await backend.connect()
-        await put(backend, "c", ["k"], into="w")
-        assert await backend.claim("w") == Claimed("k", new("k").payload)
-        await backend.close()
+        await _serves(f"{server.url}&ssl_certfile={cert}&ssl_keyfile={key}")
+
+
+async def _serves(url: str) -> None:
+    """A backend on `url` connects, queues a request and hands it out."""
+    backend = RedisBackend(url, settings=Settings(key_prefix=PREFIX))
+    await backend.connect()
+    await put(backend, "c", ["k"], into="w")
+    assert await backend.claim("w") == Claimed("k", new("k").payload)
+    await backend.close()
 
 
 @pytest.mark.parametrize(

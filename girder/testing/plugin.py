@@ -35,6 +35,8 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager
+from typing import TypeVar
 
 import pytest
 
@@ -43,6 +45,8 @@ from girder.testing.redis_cluster import RedisClusterServers, find_redis_cli
 from girder.testing.redis_sentinel import RedisSentinelGroup
 from girder.testing.redis_server import RedisServer, TlsUnsupported, find_redis_server
 from girder.testing.tls import Certificates, find_openssl, make_certificates
+
+T = TypeVar("T")
 
 
 @pytest.fixture(scope="session")
@@ -98,11 +102,8 @@ def tls_redis_server(tls_certificates: Certificates) -> Iterator[RedisServer]:
     binary = find_redis_server()
     if binary is None:
         pytest.skip("no redis-server binary on PATH (install Redis to run these tests)")
-    try:
-        with RedisServer(binary, tls=tls_certificates) as server:
-            yield server
-    except TlsUnsupported as exc:
-        pytest.skip(f"redis-server cannot serve TLS ({exc})")
+    with _skipped_without_tls(RedisServer(binary, tls=tls_certificates)) as server:
+        yield server
 
 
 @pytest.fixture
@@ -138,11 +139,8 @@ def tls_redis_cluster(tls_certificates: Certificates) -> Iterator[RedisClusterSe
     (skips the test without the binaries, or when they were built without TLS)."""
     if find_redis_server() is None or find_redis_cli() is None:
         pytest.skip("no redis-server or redis-cli on PATH (install Redis to run these tests)")
-    try:
-        with RedisClusterServers(tls=tls_certificates) as cluster:
-            yield cluster
-    except TlsUnsupported as exc:
-        pytest.skip(f"redis-server cannot serve TLS ({exc})")
+    with _skipped_without_tls(RedisClusterServers(tls=tls_certificates)) as cluster:
+        yield cluster
 
 
 @pytest.fixture
@@ -177,11 +175,8 @@ def tls_redis_sentinel(tls_certificates: Certificates) -> Iterator[RedisSentinel
     test without the `redis-server` binary, or when it was built without TLS)."""
     if find_redis_server() is None:
         pytest.skip("no redis-server binary on PATH (install Redis to run these tests)")
-    try:
-        with RedisSentinelGroup(tls=tls_certificates) as group:
-            yield group
-    except TlsUnsupported as exc:
-        pytest.skip(f"redis-server cannot serve TLS ({exc})")
+    with _skipped_without_tls(RedisSentinelGroup(tls=tls_certificates)) as group:
+        yield group
 
 
 @pytest.fixture
@@ -190,3 +185,13 @@ def tls_redis_sentinel_url(tls_redis_sentinel: RedisSentinelGroup) -> str:
     tls_redis_sentinel.heal()
     tls_redis_sentinel.flush()
     return tls_redis_sentinel.url
+
+
+@contextmanager
+def _skipped_without_tls(servers: AbstractContextManager[T]) -> Iterator[T]:
+    """Start `servers`; skip the test when `redis-server` was built without TLS."""
+    try:
+        with servers as started:
+            yield started
+    except TlsUnsupported as exc:
+        pytest.skip(f"redis-server cannot serve TLS ({exc})")
