@@ -16,7 +16,7 @@ Redis's cost, measured (for `queued` and `cached`) once every node has sent its 
 Its parts: `table_bytes_per_request`, the growth of the main and expiry dictionaries (`MEMORY
 STATS`: an entry per key, an expiry per cached result); `client_bytes_per_request`, of the
 clients' buffers; and `key_bytes_per_request`, the `MEMORY USAGE` of every key of the grid, in
-all and per kind of key in `kinds` (`req:`, `work:`, `journal:`, ...: keys per request, the
+all and per kind of key in `kinds` (`r:`, `work:`, `journal:`, ...: keys per request, the
 median bytes of one, their bytes per request). `payload_bytes` is the size of one stored
 payload. Runs `--runs` times, each on a fresh server; medians (`kinds` of the last run).
 

@@ -1,7 +1,8 @@
 """What travels through the backend: request payloads and outcomes, as signed bytes.
 
 A `Codec` pickles a request's function reference and arguments, or an outcome, and frames it:
-one format byte, then (when a secret is configured) an HMAC-SHA256, then the body. The HMAC covers
+one format byte, then (when a secret is configured) an HMAC-SHA256 cut to its first 128 bits, then
+the body. The HMAC covers
 the record's kind (payload or outcome), its request key and the body, so signed bytes copied onto
 another key, or from a payload onto an outcome, are refused like tampered ones. Bytes whose
 signature is missing or wrong, and signed bytes on a node without the secret, are never
@@ -29,8 +30,18 @@ from girder.errors import BlobLost, RequestError, SerializationError
 from girder.functions import FunctionRef, readable_call
 
 _PLAIN = b"\x00"
-_SIGNED = b"\x01"
-_SIGNATURE_BYTES = 32
+_SIGNED_FULL = b"\x01"
+"""The format byte of earlier girders (a 256-bit signature): refused with a clear message."""
+_SIGNED = b"\x02"
+_SIGNATURE_BYTES = 16
+"""HMAC-SHA256 cut to 128 bits (as RFC 2104 allows, at least half the hash): forging one takes
+2**128 tries; 16 bytes less in every record (issue 14's memory aim)."""
+_FRAME_HEAD = 11
+"""A protocol-5 pickle's PROTO (2 bytes) and FRAME opcode with its 8-byte length."""
+_SMALL_PICKLE = 4096
+_VALUE, _ERROR, _BLOB = 0, 1, 2
+"""An outcome's kinds (the low bits of its first byte): a value, an error chain, a blob ref."""
+_KIND_BITS, _FINAL, _ANSWERED = 0b11, 0b100, 0b1000
 _REQUEST = b"q"
 _OUTCOME = b"o"
 """Record kinds, signed along with the key: a payload never passes for an outcome."""
@@ -105,10 +116,27 @@ class Outcome:
         return self.value
 
 
+def _unframed(data: bytes) -> bytes:
+    """A small protocol-5 pickle without its one frame (9 bytes less per record: a frame only
+    helps a reader of a stream, and an unframed pickle loads the same)."""
+    if (
+        len(data) <= _SMALL_PICKLE
+        and data[2:3] == pickle.FRAME
+        and int.from_bytes(data[3:_FRAME_HEAD], "little") == len(data) - _FRAME_HEAD
+    ):
+        return data[:2] + data[_FRAME_HEAD:]
+    return data
+
+
+def _pickled(value: Any) -> bytes:
+    """`value` pickled (protocol 5), unframed when small."""
+    return _unframed(pickle.dumps(value, protocol=5))
+
+
 def _dumps(value: Any, what: Callable[[], str]) -> bytes:
     """Pickle `value`; what plain pickle cannot (lambdas, local classes), cloudpickle does."""
     try:
-        return pickle.dumps(value, protocol=5)
+        return _pickled(value)
     except Exception:
         try:
             data: bytes = cloudpickle.dumps(value, protocol=5)
@@ -116,7 +144,19 @@ def _dumps(value: Any, what: Callable[[], str]) -> bytes:
             raise SerializationError(
                 f"{what()} cannot be serialized: {type(exc).__name__}: {exc}"
             ) from exc
-        return data
+        return _unframed(data)
+
+
+def _outcome_body(
+    kind: int, final: bool, answer: int, body: Any, what: Callable[[], str] | None = None
+) -> bytes:
+    """An outcome's body: one byte (its kind, `_FINAL` unless it is a partial answer,
+    `_ANSWERED` when it counts answers), then the pickle of `body`, or of `(body, answer)`. One
+    byte instead of a pickled tuple around the value: 10 bytes less in every cached result."""
+    head = kind | (_FINAL if final else 0) | (_ANSWERED if answer else 0)
+    value = (body, answer) if answer else body
+    pickled = _dumps(value, what) if what is not None else _pickled(value)
+    return bytes((head,)) + pickled
 
 
 def _is_function_ref(value: Any) -> bool:
@@ -152,10 +192,11 @@ def _parts(value: Any, what: str) -> tuple[tuple[Any, ...], dict[str, Any]]:
 
 
 def _signature(secret: bytes, kind: bytes, key: str, body: bytes) -> bytes:
-    """The HMAC of a record of `kind` stored under request `key` (the key's length fences it)."""
+    """The HMAC of a record of `kind` stored under request `key` (the key's length fences it),
+    cut to `_SIGNATURE_BYTES`."""
     key_bytes = key.encode()
     header = kind + len(key_bytes).to_bytes(4, "big") + key_bytes
-    return hmac.digest(secret, header + body, hashlib.sha256)
+    return hmac.digest(secret, header + body, hashlib.sha256)[:_SIGNATURE_BYTES]
 
 
 class Codec:
@@ -187,6 +228,11 @@ class Codec:
         if len(data) > self.max_bytes + 1 + _SIGNATURE_BYTES:
             raise SerializationError(f"{what} is {len(data)} bytes, over the limit")
         head = data[:1]
+        if head == _SIGNED_FULL:
+            raise SerializationError(
+                f"{what} has the 256-bit signature of an earlier girder, whose records this one "
+                "does not read: delete the grid's keys (see docs/security.md)"
+            )
         if head not in (_PLAIN, _SIGNED):
             raise SerializationError(f"{what} is malformed (unknown format byte {head!r})")
         if self._secret is None:
@@ -240,7 +286,7 @@ class Codec:
         )
         blobs.append(blob)
         ref = (blob.ref.digest, blob.ref.size)
-        return pickle.dumps((payload.function, payload.name, (), {}, payload.job, ref))
+        return _pickled((payload.function, payload.name, (), {}, payload.job, ref))
 
     def _check_size(self, size: int, what: Callable[[], str]) -> None:
         if size > self.max_bytes:
@@ -281,36 +327,50 @@ class Codec:
         """Encode the outcome of request `key`; `readable` names the request in errors (called
         only on one). With `blobs`, a value over the large-value threshold goes to a new blob
         appended there, which the caller must store before the outcome."""
-        tail = (outcome.answer,) if outcome.answer else ()
+        final, answer = outcome.final, outcome.answer
         if outcome.error is not None:
-            body = pickle.dumps(("e", outcome.error.to_dict(kinds=True), outcome.final, *tail))
+            body = _outcome_body(_ERROR, final, answer, outcome.error.to_dict(kinds=True))
         else:
-            body = _dumps(
-                ("v", outcome.value, outcome.final, *tail),
+            body = _outcome_body(
+                _VALUE,
+                final,
+                answer,
+                outcome.value,
                 lambda: f"the result of {readable()} (type {type(outcome.value).__qualname__})",
             )
             if len(body) > self.large_bytes and blobs is not None:
                 self._check_size(len(body), lambda: f"result of {readable()}")
                 blob = Blob.of(body)
                 blobs.append(blob)
-                ref = (blob.ref.digest, blob.ref.size)
-                body = pickle.dumps(("b", ref, outcome.final, *tail))
+                body = _outcome_body(_BLOB, final, answer, (blob.ref.digest, blob.ref.size))
         return self._frame(body, _OUTCOME, key, lambda: f"result of {readable()}")
 
     def decode_outcome(self, data: bytes, key: str) -> Outcome:
         """The outcome of request `key` (cached or notified); refuses one signed for another
         key."""
         what = f"result of request {key}"
-        fields = self._loads(self._unframe(data, _OUTCOME, key, what), what)
-        if not isinstance(fields, tuple) or len(fields) not in (3, 4):
+        kind, final, answer, body = self._outcome_parts(
+            self._unframe(data, _OUTCOME, key, what), what
+        )
+        if kind == _ERROR:
+            return Outcome(error=RequestError.from_dict(body), final=final, answer=answer)
+        if kind == _BLOB:
+            return Outcome(final=final, answer=answer, blob=_blob_ref(body, what))
+        return Outcome(value=body, final=final, answer=answer)
+
+    def _outcome_parts(self, data: bytes, what: str) -> tuple[int, bool, int, Any]:
+        """The kind, final flag, answer number and body of an outcome's bytes (see
+        `_outcome_body`)."""
+        head = data[0] if data else 0xFF
+        kind = head & _KIND_BITS
+        if head & ~(_KIND_BITS | _FINAL | _ANSWERED) or kind not in (_VALUE, _ERROR, _BLOB):
             raise SerializationError(f"{what} is malformed (not a girder outcome)")
-        tag, body, final, *tail = fields
-        answer = tail[0] if tail and type(tail[0]) is int else 0
-        if tag == "e":
-            return Outcome(error=RequestError.from_dict(body), final=bool(final), answer=answer)
-        if tag == "b":
-            return Outcome(final=bool(final), answer=answer, blob=_blob_ref(body, what))
-        return Outcome(value=body, final=bool(final), answer=answer)
+        body, answer = self._loads(data[1:], what), 0
+        if head & _ANSWERED:
+            if not isinstance(body, tuple) or len(body) != 2 or type(body[1]) is not int:
+                raise SerializationError(f"{what} is malformed (not a girder outcome)")
+            body, answer = body
+        return kind, bool(head & _FINAL), answer, body
 
     def load_value(self, outcome: Outcome, data: bytes | None, key: str) -> Outcome:
         """`outcome` with its value, from the bytes of its blob (None: the blob is gone, which
@@ -318,10 +378,10 @@ class Codec:
         the same value makes the same blob under any key)."""
         assert outcome.blob is not None
         what = f"the result of request {key}"
-        fields = self._loads(self._open_blob(data, outcome.blob, what), what)
-        if not isinstance(fields, tuple) or len(fields) < 2 or fields[0] != "v":
+        kind, _, _, value = self._outcome_parts(self._open_blob(data, outcome.blob, what), what)
+        if kind != _VALUE:
             raise SerializationError(f"{what} is malformed ({outcome.blob} holds no value)")
-        return Outcome(value=fields[1], final=outcome.final, answer=outcome.answer)
+        return Outcome(value=value, final=outcome.final, answer=outcome.answer)
 
     def _open_blob(self, data: bytes | None, ref: BlobRef, what: str) -> bytes:
         """The bytes of a blob, checked against the digest its (signed) record names."""

@@ -703,7 +703,7 @@ class ChaosRun(ABC):
             unfinished = {k: v for k, v in record_states(db).items() if v[0] != "d"}
             lines.append(f"unfinished requests: {len(unfinished)} (key status owner crashes)")
             for key, (status, owner, crashes) in sorted(unfinished.items())[:30]:
-                fields = (decode(f) for f in db.hkeys(f"{PREFIX}req:{key}"))
+                fields = (decode(f) for f in db.hkeys(f"{PREFIX}r:{key}"))
                 waiters = sorted(f[len(F_WAITER) :] for f in fields if f.startswith(F_WAITER))
                 stranded = status == "r" and owner in alive and key not in running
                 note = " STRANDED: claimed by a live node, run by nobody" if stranded else ""

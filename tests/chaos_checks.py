@@ -400,10 +400,12 @@ def check_answers(
 # -- Redis: what is left ---------------------------------------------------------------------------
 
 RECORD_KINDS = tuple(part.rstrip(":") for part in redis_keys._PER_ID.values())
-"""Keys per request or per node (`req:<key>`, `inbox:<node>`, ...), from the backend's layout."""
-GLOBAL_KEEP = ("clock", "departed", "events", "eventsbase", "farewells", "timekeeper")
+"""Keys per request or per node (`r:<key>`, `inbox:<node>`, ...), from the backend's layout."""
+GLOBAL_KEEP = (
+    "clock", "departed", "events", "eventsbase", "farewells", "functions", "timekeeper"
+)  # fmt: skip
 """Global bookkeeping that may stay when the grid is idle (counters; the recently departed; the
-capped list of grid events and its first number)."""
+capped list of grid events and its first number; the function table of cached results)."""
 GLOBAL_EMPTY = ("pops", "leases")
 """Global hashes and sets of nodes: no entry should stay once every node is gone. Any other
 global key of the layout (say `corrupt`) is reported, and so is a key the layout does not name."""
@@ -429,10 +431,10 @@ def _pipeline(db: redis.Redis, commands: list[tuple[str, ...]]) -> list[Any]:
 
 def record_states(db: redis.Redis) -> dict[str, tuple[str, str, str]]:
     """Request key -> (status, owner, crashes) of every request record."""
-    keys = [k for k in scan_grid(db) if k.startswith(PREFIX + "req:")]
+    keys = [k for k in scan_grid(db) if k.startswith(PREFIX + "r:")]
     fields = _pipeline(db, [("HMGET", k, "s", "o", "c") for k in keys])
     return {
-        key.removeprefix(PREFIX + "req:"): (decode(s), decode(o), decode(c))
+        key.removeprefix(PREFIX + "r:"): (decode(s), decode(o), decode(c))
         for key, (s, o, c) in zip(keys, fields, strict=True)
     }
 

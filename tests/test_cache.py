@@ -342,7 +342,7 @@ async def keys_with_expiry(raw: aioredis.Redis) -> dict[str, bytes | None]:
     found = {}
     async for name in raw.scan_iter(match="{girder}:*", count=1000):
         if await raw.pttl(name) >= 0:
-            status = await raw.hget(name, "s") if name.startswith(b"{girder}:req:") else None
+            status = await raw.hget(name, "s") if name.startswith(b"{girder}:r:") else None
             found[name.decode()] = status
     return found
 
@@ -364,7 +364,7 @@ async def test_on_redis_only_cached_results_carry_an_expiry(
             assert await job == sum(range(50))
             seen.update(await keys_with_expiry(raw))
             assert await grid.call(long_lived, str(marks), 2) == 6
-            ttl = await raw.pttl(f"{{girder}}:req:{girder.Request(long_lived, str(marks), 2).key}")
+            ttl = await raw.pttl(f"{{girder}}:r:{girder.Request(long_lived, str(marks), 2).key}")
     finally:
         procs.stop_all()
     assert len(seen) == 51
@@ -420,7 +420,7 @@ async def test_under_maxmemory_redis_evicts_cached_results_and_nothing_else(
         await listener.aclose()
     assert int((await raw.info("stats"))["evicted_keys"]) > 0
     assert evicted
-    assert all(name.startswith(b"{girder}:req:") for name in evicted), set(evicted)
+    assert all(name.startswith(b"{girder}:r:") for name in evicted), set(evicted)
     assert "backend lost state" not in procs.log_text()
 
 
@@ -502,3 +502,36 @@ async def test_cache_stats_and_clear_through_the_command(
     assert said.strip().startswith("deleted ")
     stats = json.loads(girder_command("cache", "stats", "--json", "--backend", redis_url))
     assert stats == {"entries": 0, "bytes": 0, "functions": {}}
+
+
+@pytest.mark.redis
+async def test_a_cached_result_names_its_function_by_a_short_id(
+    own_redis: RedisServer, raw: aioredis.Redis, marks: Path
+) -> None:
+    """A done record holds its function's id in the grid's function table, not its module path;
+    stats and clears by name still work, also with garbage in the table."""
+    functions = "{girder}:functions"
+    await raw.hset(functions, mapping={"i:1": "forged", "i:2": "forged too"})  # ids taken
+    async with girder.Grid.local(workers=1, backend=own_redis.url) as grid:
+        await grid.call_all([(long_lived, str(marks), n) for n in range(3)])
+        await grid.call(short_lived, str(marks), 0)
+        long_id = await raw.hget(functions, "n:cachefns.long_lived")
+        short_id = await raw.hget(functions, "n:cachefns.short_lived")
+        assert long_id is not None
+        assert short_id is not None
+        assert long_id != short_id
+        assert long_id not in (b"1", b"2")
+        assert short_id not in (b"1", b"2")
+        assert await raw.hget(functions, b"i:" + long_id) == b"cachefns.long_lived"
+        record = f"{{girder}}:r:{girder.Request(long_lived, str(marks), 0).key}"
+        assert await raw.hget(record, "f") == long_id
+
+        stats = await grid.backend.cache_stats()
+        assert {name: usage.entries for name, usage in stats.functions.items()} == {
+            "cachefns.long_lived": 3,
+            "cachefns.short_lived": 1,
+        }
+        assert await grid.backend.cache_clear("cachefns.long_lived") == 3
+        assert await grid.backend.cache_size() == 1
+        assert await grid.call(long_lived, str(marks), 1) == 3
+        assert runs(marks, "long-1") == 2  # cleared: computed again

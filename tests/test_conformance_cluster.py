@@ -178,7 +178,7 @@ async def test_a_migrating_slot_is_waited_out_then_followed(
     assert await backend.claim("w") is not None
     await backend.complete("w", "k", out("k"), cache=True)
     source, target = _start_migration(redis_cluster)
-    redis_cluster.migrate_keys(source, target, [f"{{{PREFIX}}}:req:k"])
+    redis_cluster.migrate_keys(source, target, [f"{{{PREFIX}}}:r:k"])
     source.command("CONFIG", "RESETSTAT")
     reading = asyncio.create_task(backend.result("k"))  # the source answers ASK
     await wait_until(lambda: _called(source, "hmget"), what="the read sent to the source")
@@ -203,7 +203,7 @@ async def test_a_script_cut_short_by_a_migration_is_reported_as_lost_writes(
     assert not (await backend.heartbeat("w", 60)).lost_writes
     await put(backend, "c", ["k"], into="w")
     source, target = _start_migration(redis_cluster)
-    redis_cluster.migrate_keys(source, target, [f"{{{PREFIX}}}:req:k"])
+    redis_cluster.migrate_keys(source, target, [f"{{{PREFIX}}}:r:k"])
     source.command("CONFIG", "RESETSTAT")
     claiming = asyncio.create_task(backend.claim("w"))
     await wait_until(lambda: _failed(source, "evalsha"), what="the claim cut short")

@@ -480,7 +480,7 @@ async def test_a_long_submit_is_cut_into_short_scripts(
 async def test_a_record_owned_by_a_node_that_does_not_exist_runs_again(
     backend: RedisBackend, raw: aioredis.Redis
 ) -> None:
-    record = f"{{{PREFIX}}}:req:k"
+    record = f"{{{PREFIX}}}:r:k"
     await raw.hset(record, mapping={"s": "r", "o": "ghost", "pl": new("k").payload})
     assert await put(backend, "c", ["k"], into="w") == [Submitted("k")]
     assert await backend.claim("w") == Claimed("k", new("k").payload)
@@ -493,7 +493,7 @@ async def test_a_record_made_pending_again_keeps_no_chunk_of_its_old_values(
 ) -> None:
     """A record running under a node the grid does not know, with a payload and an outcome of
     several chunks, takes the payload of the next submission whole and nothing else."""
-    record = f"{{{PREFIX}}}:req:k"
+    record = f"{{{PREFIX}}}:r:k"
     stale = {
         "s": "r",
         "o": "ghost",
@@ -516,14 +516,14 @@ async def test_a_queued_request_is_one_compact_key(
     payload = bytes(range(256)) * 2
     await backend.submit("c", [NewRequest("k", payload)], into="w", on_top=False, job="j")
     await backend.submit("c2", [NewRequest("k", payload)], into="w", on_top=False)
-    record = f"{{{PREFIX}}}:req:k"
+    record = f"{{{PREFIX}}}:r:k"
     assert [name async for name in raw.scan_iter(match=f"{{{PREFIX}}}:*:k")] == [record.encode()]
     assert await raw.object("encoding", record) in COMPACT
     assert {b"w:c", b"w:c2", b"r:j"} <= set(await raw.hkeys(record))
     assert await backend.claim("w") == Claimed("k", payload)
     await backend.complete("w", "k", out("k"), cache=True)
     assert await raw.object("encoding", record) in COMPACT
-    assert {name.decode() for name in await raw.hkeys(record)} == {"s", "fn", "out"}
+    assert {name.decode() for name in await raw.hkeys(record)} == {"s", "f", "v"}
 
 
 async def test_wait_edges_are_fields_of_the_two_records(
@@ -535,7 +535,7 @@ async def test_wait_edges_are_fields_of_the_two_records(
     await put(backend, "c", [parent], into="w")
     assert await backend.claim("w") == Claimed(parent, new(parent).payload)
     await backend.submit("w", [new(child)], into="w", on_top=True, waiter_key=parent)
-    records = {key: f"{{{PREFIX}}}:req:{key}" for key in (parent, child)}
+    records = {key: f"{{{PREFIX}}}:r:{key}" for key in (parent, child)}
     assert [name async for name in raw.scan_iter(match=f"{{{PREFIX}}}:*{child}")] == [
         records[child].encode()
     ]
@@ -544,8 +544,8 @@ async def test_wait_edges_are_fields_of_the_two_records(
     assert f"a:{child}".encode() in await raw.hkeys(records[parent])
     assert await backend.claim("w") == Claimed(child, new(child).payload)
     await backend.complete("w", child, out(child), cache=True)
-    outcome = {"out", "out2"}  # 74 bytes; the payload went with the run
-    assert {name.decode() for name in await raw.hkeys(records[child])} == {"s", "fn"} | outcome
+    outcome = {"v", "v2"}  # 74 bytes; the payload went with the run
+    assert {name.decode() for name in await raw.hkeys(records[child])} == {"s", "f"} | outcome
     assert {name.decode() for name in await raw.hkeys(records[parent])} == {
         "s",
         "o",
@@ -578,7 +578,7 @@ async def test_a_request_waiting_for_thousands_completes_and_is_cancelled_whole(
     for parent, keys in children.items():
         assert await backend.claim("w") is not None
         await backend.submit("w", [new(k) for k in keys], into="x", on_top=True, waiter_key=parent)
-    record = f"{{{PREFIX}}}:req:"
+    record = f"{{{PREFIX}}}:r:"
     assert await raw.hlen(record + "done") > 9000
 
     await backend.complete("w", "done", out("done"), cache=True)
@@ -600,7 +600,7 @@ async def test_a_record_with_an_unknown_status_is_run(
     backend: RedisBackend, raw: aioredis.Redis
 ) -> None:
     await put(backend, "c", ["k"], into="w")
-    await raw.hset(f"{{{PREFIX}}}:req:k", "s", "what")
+    await raw.hset(f"{{{PREFIX}}}:r:k", "s", "what")
     assert await backend.claim("w") == Claimed("k", new("k").payload)
 
 
@@ -611,16 +611,16 @@ async def test_a_record_that_is_no_hash_is_handed_out_to_be_failed(
     as malformed) instead of the key staying queued forever. The waiters, which the record
     held, went with it (a waiting node submits the key again when it checks on it)."""
     await put(backend, "c", ["k"], into="w")
-    await raw.delete(f"{{{PREFIX}}}:req:k")
-    await raw.set(f"{{{PREFIX}}}:req:k", "garbage")
+    await raw.delete(f"{{{PREFIX}}}:r:k")
+    await raw.set(f"{{{PREFIX}}}:r:k", "garbage")
     await raw.rpush(f"{{{PREFIX}}}:work:w", "k")
     claimed = await backend.claim("w")
     assert claimed == Claimed("k", b"")
     await backend.complete("w", "k", out("k", "error"), cache=False)
-    assert f"{{{PREFIX}}}:req:k".encode() in await raw.lrange(f"{{{PREFIX}}}:corrupt", 0, -1)
+    assert f"{{{PREFIX}}}:r:k".encode() in await raw.lrange(f"{{{PREFIX}}}:corrupt", 0, -1)
 
 
-@pytest.mark.parametrize("garbage", ["req:parent", "running:w"])
+@pytest.mark.parametrize("garbage", ["r:parent", "running:w"])
 async def test_garbage_of_the_wrong_type_never_half_does_a_completion(
     backend: RedisBackend, raw: aioredis.Redis, garbage: str
 ) -> None:

@@ -102,7 +102,7 @@ async def test_tampered_and_unsigned_payloads_are_never_unpickled(
         tampered_handle = grid.submit(add, 20, 22)
         unsigned_handle = grid.submit(add, 1, 1)
         record, payload = await _pending_payload_of(grid, raw_redis, tampered)
-        assert payload[:1] == b"\x01"  # signed
+        assert payload[:1] == b"\x02"  # signed (a 128-bit signature)
         body = bytearray(payload)
         body[-3] ^= 0x01
         await _store(raw_redis, record, F_PAYLOAD, bytes(body))

@@ -7,8 +7,9 @@ scripts spell no names themselves: each starts with `RedisKeys.lua_prelude()`, w
 same layout as Lua functions (`k_record(key)`, `k_work(node)`, ...) and constants.
 
 Per request key:
-    req:<key>          hash, the request's whole state in one key: F_STATUS (pending/running/done),
-                       F_PAYLOAD (until done), F_OUTCOME and F_FUNCTION (when done), F_OWNER (when
+    r:<key>            hash, the request's whole state in one key: F_STATUS (pending/running/done),
+                       F_PAYLOAD (until done), F_OUTCOME and F_FUNCTION (when done: the id of its
+                       function in `functions`), F_OWNER (when
                        running), F_CRASHES (times its worker died running it), F_PARTIAL (the latest
                        partial outcome of a streaming run, until done); and an empty field per
                        member, named by a two-byte prefix and the member: F_WAITER <node> (a node
@@ -92,6 +93,10 @@ Per grid:
     eventswatched      string, expiring `Settings.events_watch` after the last read of
                        `events`: while it exists, scripts publish events; without it, none
     blobs              sorted set: digest -> when the blob was last put or checked (server ms)
+    functions          hash: the function table: FUNCTION_NAME <name> -> a short id, and
+                       FUNCTION_ID <id> -> the name, for every function with a cached result
+                       (made by the first one: a done record holds the id, a byte or two,
+                       instead of a module path; never trimmed: one pair per function)
 """
 
 from __future__ import annotations
@@ -101,7 +106,7 @@ from collections.abc import Sequence
 
 from girder.errors import ConfigurationError
 
-RECORD = "req:"
+RECORD = "r:"
 WORK = "work:"
 RUNNING_SET = "running:"
 VOLUNTEERS = "volunteers:"
@@ -130,14 +135,15 @@ BLOB_HOLDERS = "blobholders:"
 BLOB_UNTIL_DONE = "blobuntildone:"
 BLOB_PART = "blobpart:"
 BLOBS = "blobs"
+FUNCTIONS = "functions"
 
 F_STATUS = "s"
 F_PAYLOAD = "pl"
-F_OUTCOME = "out"
+F_OUTCOME = "v"
 F_OWNER = "o"
 F_CRASHES = "c"
 F_PARTIAL = "pt"
-F_FUNCTION = "fn"
+F_FUNCTION = "f"
 F_WAITER = "w:"
 """The prefix of a waiter's field (`w:<node>`); no fixed field name holds a colon."""
 F_ROOT = "r:"
@@ -150,6 +156,10 @@ F_KIND = "kind"
 F_DISTRIBUTOR = "dist"
 F_COUNTERS = "ctr"
 F_OWN_CLOCK = "own"
+FUNCTION_NAME = "n:"
+"""In `functions`: the prefix of a function name's field (`n:<name>` -> its id)."""
+FUNCTION_ID = "i:"
+"""In `functions`: the prefix of a function id's field (`i:<id>` -> its name)."""
 
 CHUNK_BYTES = 64
 """The most bytes of one chunk of a chunked value: Redis's default `hash-max-listpack-value`."""
@@ -189,6 +199,7 @@ _GLOBAL = {
     "EVENTS_BASE": EVENTS_BASE,
     "EVENTS_WATCHED": EVENTS_WATCHED,
     "BLOBS": BLOBS,
+    "FUNCTIONS": FUNCTIONS,
 }
 _CONSTANTS = {
     "F_STATUS": F_STATUS,
@@ -206,6 +217,8 @@ _CONSTANTS = {
     "F_DISTRIBUTOR": F_DISTRIBUTOR,
     "F_COUNTERS": F_COUNTERS,
     "F_OWN_CLOCK": F_OWN_CLOCK,
+    "FUNCTION_NAME": FUNCTION_NAME,
+    "FUNCTION_ID": FUNCTION_ID,
     "PENDING": PENDING,
     "RUNNING": RUNNING,
     "DONE": DONE,

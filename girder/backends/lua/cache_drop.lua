@@ -8,11 +8,13 @@ local found, reply = replayed(node, token, again)
 if found then
   return reply
 end
+-- A done record names its function by its id in the grid's function table (see complete.lua).
+local fn_id = call('HGET', K_FUNCTIONS, FUNCTION_NAME .. fn_name)
 local dropped = 0
 for i = FIRST_KEYS, #ARGV do
   local key = ARGV[i]
   local state = read_record(key, F_STATUS, F_FUNCTION)
-  if state[1] == DONE and (every == '1' or (state[2] or '') == fn_name) then
+  if state[1] == DONE and (every == '1' or (fn_id and state[2] == fn_id)) then
     redis.call('DEL', k_record(key))
     dropped = dropped + 1
   end

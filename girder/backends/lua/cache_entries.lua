@@ -7,6 +7,16 @@ for i = 2, CHUNKS do
   later[#later + 1] = OUTCOME_FIELDS[i]
 end
 
+-- The name of the function whose id (in the grid's function table, see complete.lua) a done
+-- record holds; an id the table lacks (garbage written into a record) stands for itself.
+local names = {}
+local function function_name(fn)
+  if names[fn] == nil then
+    names[fn] = call('HGET', K_FUNCTIONS, FUNCTION_ID .. fn) or fn
+  end
+  return names[fn]
+end
+
 local found = {}
 for i = FIRST_KEYS, #ARGV do
   local key = ARGV[i]
@@ -20,7 +30,7 @@ for i = FIRST_KEYS, #ARGV do
       end
     end
     found[#found + 1] = key
-    found[#found + 1] = state[2] or ''
+    found[#found + 1] = function_name(state[2] or '')
     found[#found + 1] = bytes
   end
 end
