@@ -399,6 +399,8 @@ def check_answers(
 
 # -- Redis: what is left ---------------------------------------------------------------------------
 
+RECORD = redis_keys.RECORD.rstrip(":")
+"""The kind of a request's record (`r`), as `check_leaks` splits a key's name."""
 RECORD_KINDS = tuple(part.rstrip(":") for part in redis_keys._PER_ID.values())
 """Keys per request or per node (`r:<key>`, `inbox:<node>`, ...), from the backend's layout."""
 GLOBAL_KEEP = (
@@ -541,7 +543,7 @@ def check_leaks(db: redis.Redis, names: dict[str, str], servers: list[redis.Redi
     for key, kind in sorted(scan_grid(db).items()):
         rest = key.removeprefix(PREFIX)
         part, _, ident = rest.partition(":")
-        if part == "req" and decode(db.hget(key, "s")) == "d":
+        if part == RECORD and decode(db.hget(key, "s")) == "d":
             report.cached += 1
             continue
         if rest in GLOBAL_KEEP or rest == redis_keys.BLOBS:  # the index: see blob_leaks
@@ -554,7 +556,7 @@ def check_leaks(db: redis.Redis, names: dict[str, str], servers: list[redis.Redi
         elif part in RECORD_KINDS:
             blob = part + ":" in (redis_keys.BLOB_HOLDERS, redis_keys.BLOB_UNTIL_DONE)
             pattern = f"{PREFIX}{part}:{'<digest>' if blob else _id_pattern(ident, names)}"
-            if part == "req":
+            if part == RECORD:
                 pattern += f" (status {decode(db.hget(key, 's'))})"
         elif rest in redis_keys._GLOBAL.values():
             pattern = f"{PREFIX}{rest} (global, not expected to stay)"
