@@ -621,7 +621,7 @@ async def test_a_record_that_is_no_hash_is_handed_out_to_be_failed(
     assert f"{{{PREFIX}}}:r:k".encode() in await raw.lrange(f"{{{PREFIX}}}:corrupt", 0, -1)
 
 
-@pytest.mark.parametrize("garbage", ["r:parent", "running:w"])
+@pytest.mark.parametrize("garbage", ["r:parent", "running:w", "functions"])
 async def test_garbage_of_the_wrong_type_never_half_does_a_completion(
     backend: RedisBackend, raw: aioredis.Redis, garbage: str
 ) -> None:
