@@ -1,12 +1,15 @@
 """What travels through the backend: request payloads and outcomes, as signed bytes.
 
 A `Codec` pickles a request's function reference and arguments, or an outcome, and frames it:
-one format byte, then (when a secret is configured) an HMAC-SHA256 cut to its first 128 bits, then
-the body. The HMAC covers
-the record's kind (payload or outcome), its request key and the body, so signed bytes copied onto
-another key, or from a payload onto an outcome, are refused like tampered ones. Bytes whose
-signature is missing or wrong, and signed bytes on a node without the secret, are never
-unpickled. Every failure is a `SerializationError` that says what and where.
+one format byte, then (when a secret is configured) an HMAC-SHA256 cut to its first 128 bits,
+then the body. The HMAC covers the record's kind (payload or outcome), its request key and the
+body, so signed bytes copied onto another key, or from a payload onto an outcome, are refused
+like tampered ones. Bytes whose signature is missing or wrong, and signed bytes on a node without
+the secret, are never unpickled. Every failure is a `SerializationError` that says what and
+where.
+
+Records are small on purpose (Redis keeps every cached result): a small pickle goes without its
+frame, and an outcome's body is one byte (kind and flags) then the pickle of its value.
 
 Large values: a value or a request's arguments whose encoding is over `large_bytes` is not put
 in the record. Its bytes become a `Blob`, named by their SHA-256 digest and stored once by the
@@ -39,6 +42,8 @@ _SIGNATURE_BYTES = 16
 _FRAME_HEAD = 11
 """A protocol-5 pickle's PROTO (2 bytes) and FRAME opcode with its 8-byte length."""
 _SMALL_PICKLE = 4096
+"""The largest pickle that `_unframed` rewrites (a larger one keeps its frames: 9 bytes do not
+matter there, and copying it would)."""
 _VALUE, _ERROR, _BLOB = 0, 1, 2
 """An outcome's kinds (the low bits of its first byte): a value, an error chain, a blob ref."""
 _KIND_BITS, _FINAL, _ANSWERED = 0b11, 0b100, 0b1000

@@ -9,9 +9,9 @@ same layout as Lua functions (`k_record(key)`, `k_work(node)`, ...) and constant
 Per request key:
     r:<key>            hash, the request's whole state in one key: F_STATUS (pending/running/done),
                        F_PAYLOAD (until done), F_OUTCOME and F_FUNCTION (when done: the id of its
-                       function in `functions`), F_OWNER (when
-                       running), F_CRASHES (times its worker died running it), F_PARTIAL (the latest
-                       partial outcome of a streaming run, until done); and an empty field per
+                       function in `functions`), F_OWNER (when running), F_CRASHES (times its
+                       worker died running it), F_PARTIAL (the latest partial outcome of a
+                       streaming run, until done); and an empty field per
                        member, named by a two-byte prefix and the member: F_WAITER <node> (a node
                        waiting for the outcome), F_ROOT <job> (a job that submitted the key at the
                        top level), F_WAITS <key> (a key this key waits for: a wait-for edge out of
