@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import pickle
+import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -47,6 +48,11 @@ matter there, and copying it would)."""
 _VALUE, _ERROR, _BLOB = 0, 1, 2
 """An outcome's kinds (the low bits of its first byte): a value, an error chain, a blob ref."""
 _KIND_BITS, _FINAL, _ANSWERED = 0b11, 0b100, 0b1000
+_HEADS = tuple(bytes((head,)) for head in range(16))
+"""Every first byte an outcome may have, made once."""
+_PROTO_5 = pickle.PROTO + b"\x05"
+_FRAME_OPCODE = pickle.FRAME[0]
+_FRAME_LENGTH = struct.Struct("<Q")
 _REQUEST = b"q"
 _OUTCOME = b"o"
 """Record kinds, signed along with the key: a payload never passes for an outcome."""
@@ -121,35 +127,34 @@ class Outcome:
         return self.value
 
 
-def _unframed(data: bytes) -> bytes:
-    """A small protocol-5 pickle without its one frame (9 bytes less per record: a frame only
-    helps a reader of a stream, and an unframed pickle loads the same)."""
+def _unframed(data: bytes, head: bytes = b"") -> bytes:
+    """`head`, then `data` (a protocol-5 pickle) without its one frame when it is small: 9
+    bytes less per record (a frame only helps a reader of a stream; an unframed pickle loads
+    the same). On the hot path of every request: no call, no slice that is not needed."""
     if (
         len(data) <= _SMALL_PICKLE
-        and data[2:3] == pickle.FRAME
-        and int.from_bytes(data[3:_FRAME_HEAD], "little") == len(data) - _FRAME_HEAD
+        and data[2] == _FRAME_OPCODE
+        and _FRAME_LENGTH.unpack_from(data, 3)[0] == len(data) - _FRAME_HEAD
     ):
-        return data[:2] + data[_FRAME_HEAD:]
-    return data
+        return head + _PROTO_5 + data[_FRAME_HEAD:]
+    return head + data
 
 
-def _pickled(value: Any) -> bytes:
-    """`value` pickled (protocol 5), unframed when small."""
-    return _unframed(pickle.dumps(value, protocol=5))
-
-
-def _dumps(value: Any, what: Callable[[], str]) -> bytes:
-    """Pickle `value`; what plain pickle cannot (lambdas, local classes), cloudpickle does."""
+def _dumps(value: Any, what: Callable[[], str] | None = None, head: bytes = b"") -> bytes:
+    """`head`, then `value` pickled (see `_unframed`); what plain pickle cannot (lambdas, local
+    classes), cloudpickle does when `what` names the value for errors."""
     try:
-        return _pickled(value)
+        return _unframed(pickle.dumps(value, protocol=5), head)
     except Exception:
+        if what is None:
+            raise
         try:
             data: bytes = cloudpickle.dumps(value, protocol=5)
         except Exception as exc:
             raise SerializationError(
                 f"{what()} cannot be serialized: {type(exc).__name__}: {exc}"
             ) from exc
-        return _unframed(data)
+        return _unframed(data, head)
 
 
 def _outcome_body(
@@ -158,10 +163,9 @@ def _outcome_body(
     """An outcome's body: one byte (its kind, `_FINAL` unless it is a partial answer,
     `_ANSWERED` when it counts answers), then the pickle of `body`, or of `(body, answer)`. One
     byte instead of a pickled tuple around the value: 10 bytes less in every cached result."""
-    head = kind | (_FINAL if final else 0) | (_ANSWERED if answer else 0)
-    value = (body, answer) if answer else body
-    pickled = _dumps(value, what) if what is not None else _pickled(value)
-    return bytes((head,)) + pickled
+    if answer:
+        return _dumps((body, answer), what, _HEADS[kind | _ANSWERED | (_FINAL if final else 0)])
+    return _dumps(body, what, _HEADS[kind | _FINAL] if final else _HEADS[kind])
 
 
 def _is_function_ref(value: Any) -> bool:
@@ -291,7 +295,7 @@ class Codec:
         )
         blobs.append(blob)
         ref = (blob.ref.digest, blob.ref.size)
-        return _pickled((payload.function, payload.name, (), {}, payload.job, ref))
+        return _dumps((payload.function, payload.name, (), {}, payload.job, ref))
 
     def _check_size(self, size: int, what: Callable[[], str]) -> None:
         if size > self.max_bytes:
