@@ -9,7 +9,8 @@ the secret, are never unpickled. Every failure is a `SerializationError` that sa
 where.
 
 Records are small on purpose (Redis keeps every cached result): a small pickle goes without its
-frame, and an outcome's body is one byte (kind and flags) then the pickle of its value.
+frame, and an outcome's body is the pickle of its value, with one byte (kind and flags) before
+it only when it is not a final value (see `_outcome_body`).
 
 Large values: a value or a request's arguments whose encoding is over `large_bytes` is not put
 in the record. Its bytes become a `Blob`, named by their SHA-256 digest and stored once by the
@@ -160,11 +161,15 @@ def _dumps(value: Any, what: Callable[[], str] | None = None, head: bytes = b"")
 def _outcome_body(
     kind: int, final: bool, answer: int, body: Any, what: Callable[[], str] | None = None
 ) -> bytes:
-    """An outcome's body: one byte (its kind, `_FINAL` unless it is a partial answer,
-    `_ANSWERED` when it counts answers), then the pickle of `body`, or of `(body, answer)`. One
-    byte instead of a pickled tuple around the value: 10 bytes less in every cached result."""
+    """An outcome's body. A final value that counts no answers (nearly every outcome) is the
+    pickle of the value alone: it starts with pickle's PROTO opcode, which no head byte equals,
+    so it needs no byte more, and a large value is not copied to put one before it. Any other
+    outcome is one head byte (its kind, `_FINAL` unless it is a partial answer, `_ANSWERED`
+    when it counts answers), then the pickle of `body`, or of `(body, answer)`."""
     if answer:
         return _dumps((body, answer), what, _HEADS[kind | _ANSWERED | (_FINAL if final else 0)])
+    if kind == _VALUE and final:
+        return _dumps(body, what)
     return _dumps(body, what, _HEADS[kind | _FINAL] if final else _HEADS[kind])
 
 
@@ -266,7 +271,7 @@ class Codec:
             )
         return body
 
-    def _loads(self, body: bytes, what: str) -> Any:
+    def _loads(self, body: bytes | memoryview, what: str) -> Any:
         try:
             return pickle.loads(body)
         except Exception as exc:
@@ -370,11 +375,13 @@ class Codec:
     def _outcome_parts(self, data: bytes, what: str) -> tuple[int, bool, int, Any]:
         """The kind, final flag, answer number and body of an outcome's bytes (see
         `_outcome_body`)."""
+        if data[:1] == pickle.PROTO:  # a final value that counts no answers
+            return _VALUE, True, 0, self._loads(data, what)
         head = data[0] if data else 0xFF
         kind = head & _KIND_BITS
         if head & ~(_KIND_BITS | _FINAL | _ANSWERED) or kind not in (_VALUE, _ERROR, _BLOB):
             raise SerializationError(f"{what} is malformed (not a girder outcome)")
-        body, answer = self._loads(data[1:], what), 0
+        body, answer = self._loads(memoryview(data)[1:], what), 0  # not a copy of a large one
         if head & _ANSWERED:
             if not isinstance(body, tuple) or len(body) != 2 or type(body[1]) is not int:
                 raise SerializationError(f"{what} is malformed (not a girder outcome)")

@@ -33,12 +33,21 @@ def _body(data: bytes) -> bytes:
     return data[17:]
 
 
-def test_a_small_outcome_is_one_byte_of_kind_then_an_unframed_pickle() -> None:
+def test_a_small_final_value_is_its_unframed_pickle_alone() -> None:
     codec = Codec(SECRET)
     data = codec.encode_outcome(Outcome(value=289), KEY, lambda: "square(17)")
-    body = _body(data)
-    assert body[1:] == b"\x80\x05M!\x01."  # pickle.dumps(289, protocol=5) without its frame
+    assert _body(data) == b"\x80\x05M!\x01."  # pickle.dumps(289, protocol=5) without its frame
     assert codec.decode_outcome(data, KEY).value == 289
+
+
+def test_a_partial_answer_has_a_head_byte_before_its_pickle() -> None:
+    codec = Codec(SECRET)
+    data = codec.encode_outcome(Outcome(value=289, final=False, answer=2), KEY, lambda: "f()")
+    assert _body(data)[:1] == b"\x08"  # a value (0), not final, counted (0b1000)
+    pickled = pickle.dumps((289, 2), protocol=5)
+    assert _body(data)[1:] == pickled[:2] + pickled[11:]  # unframed
+    read = codec.decode_outcome(data, KEY)
+    assert (read.value, read.final, read.answer) == (289, False, 2)
 
 
 @pytest.mark.parametrize(
@@ -61,11 +70,14 @@ def test_every_kind_of_outcome_reads_back_as_written(outcome: Outcome) -> None:
         assert (read.error.message, read.error.kind) == (outcome.error.message, outcome.error.kind)
 
 
-@pytest.mark.parametrize("head", [b"\x03", b"\x10", b""], ids=["kind", "flags", "empty"])
-def test_an_outcome_with_an_unknown_head_is_refused(head: bytes) -> None:
-    codec = Codec()
+@pytest.mark.parametrize(
+    "body",
+    [b"\x03" + pickle.dumps(1), b"\x10" + pickle.dumps(1), b"\x81" + pickle.dumps(1), b""],
+    ids=["kind", "flags", "high-byte", "empty"],
+)
+def test_an_outcome_with_an_unknown_head_is_refused(body: bytes) -> None:
     with pytest.raises(SerializationError, match="malformed"):
-        codec.decode_outcome(b"\x00" + head + pickle.dumps(1), KEY)
+        Codec().decode_outcome(b"\x00" + body, KEY)  # unsigned: format byte 0
 
 
 def test_a_small_payload_is_pickled_without_a_frame() -> None:
@@ -77,11 +89,11 @@ def test_a_small_payload_is_pickled_without_a_frame() -> None:
     assert (decoded.args, decoded.job) == ((3, 4), "job")
 
 
-def test_a_large_value_keeps_its_frames_and_loads() -> None:
+def test_a_large_value_is_its_pickle_as_made_and_loads() -> None:
     codec = Codec(SECRET)
     value = [str(index) * 3 for index in range(20_000)]  # a pickle of several frames
     data = codec.encode_outcome(Outcome(value=value), KEY, lambda: "big()")
-    assert _body(data)[3:4] == pickle.FRAME
+    assert _body(data) == pickle.dumps(value, protocol=5)  # frames kept, nothing put before
     assert codec.decode_outcome(data, KEY).value == value
 
 
