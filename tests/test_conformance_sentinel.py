@@ -12,12 +12,12 @@ import pytest
 from processes import wait_until
 
 from girder.backends import open_backend
-from girder.backends.base import NodeKind, StateBackend
+from girder.backends.base import Claimed, NodeKind, RequestState, StateBackend
 from girder.backends.redis import RedisBackend
 from girder.backends.sentinel import parse_sentinel_url
 from girder.config import Settings
 from girder.errors import BackendError, ConfigurationError
-from girder.testing.conformance import BackendConformance, put
+from girder.testing.conformance import BackendConformance, new, out, put
 from girder.testing.redis_sentinel import RedisSentinelGroup
 
 pytestmark = [pytest.mark.redis, pytest.mark.slow]
@@ -125,6 +125,34 @@ async def test_work_goes_on_when_the_primary_dies_and_the_sentinel_promotes_the_
     assert await backend.claim("w") is not None
     assert await backend.claim("w") is None
     assert [info.node for info in await backend.nodes()] == ["w"]
+
+
+async def test_a_completion_lost_in_a_failover_is_seen_and_given_back(
+    backend: RedisBackend, redis_sentinel: RedisSentinelGroup
+) -> None:
+    """The worker's heartbeat reached the replica, the completion it made next did not: the
+    promoted replica holds the key as running under a live worker that is done with it, and
+    the grid's clock cannot show it (the worker's last heartbeat is all there). The heartbeat
+    answered by another server says writes may be lost; the reconcile gives the key back."""
+    await backend.join("w", NodeKind.WORKER, None, 60)
+    await put(backend, "c", ["k"], into="w")
+    assert await backend.claim("w") == Claimed("k", new("k").payload)
+    assert not (await backend.heartbeat("w", 60, {})).lost_writes
+    assert not (await backend.heartbeat("w", 60, {})).lost_writes  # the same server
+    before = await backend.heartbeat("w", 60, {})
+    redis_sentinel.primary().command("WAIT", "1", "5000")
+    await asyncio.to_thread(redis_sentinel.stall_replication)
+    await backend.complete("w", "k", out("k"), cache=True)  # acknowledged, never replicated
+    await asyncio.to_thread(redis_sentinel.fail_over)
+    beat = await asyncio.wait_for(backend.heartbeat("w", 60, {}), 30)
+    assert beat.registered
+    assert beat.clock > before.clock  # the clock cannot tell: it went on,
+    assert beat.own == before.clock  # and the worker's last heartbeat is there
+    assert beat.lost_writes
+    assert not (await backend.heartbeat("w", 60, {})).lost_writes
+    assert await backend.state("k") == RequestState.RUNNING
+    assert await backend.reconcile("w", []) == 1
+    assert await backend.claim("w") == Claimed("k", new("k").payload)
 
 
 async def test_a_demoted_primary_is_left_for_the_new_one(

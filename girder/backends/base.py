@@ -210,9 +210,12 @@ class Beat:
     raised the clock past it since. None where the backend cannot lose writes."""
     lost_writes: bool = False
     """Whether the backend knows that some of its writes since this node's previous heartbeat
-    may be lost or half made (on a Redis Cluster: a script of this process cut short because
-    the grid's slot moved to another node under it); the node must reconcile as when the
-    clock goes back."""
+    may be lost or half made: on Redis, the heartbeat was answered by another server than the
+    previous one (a replica promoted in a failover, a server restarted from its append-only
+    file: the writes the node made after its last heartbeat that reached the new server may be
+    gone, and the clock cannot show it), or on a Redis Cluster a script of this process was
+    cut short because the grid's slot moved to another node under it. The node must reconcile
+    as when the clock goes back."""
 
 
 @dataclass(frozen=True, slots=True)

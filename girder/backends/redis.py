@@ -126,6 +126,9 @@ _CUT_SHORT = "ERR Script attempted to access a non local key"
 migrated, and the key has moved. The script stopped there, its earlier writes made: it is
 waited out like an outage, and counted as writes that may be half made (see `heartbeat`)."""
 
+_RUN_ID = re.compile(rb"^run_id:(\w+)", re.MULTILINE)
+"""The server's run id in `INFO server`: a new one for every start of a server process."""
+
 _CONNECT_TRIES = 5
 """Attempts of `connect` whose reply was lost, before it gives up."""
 
@@ -280,6 +283,8 @@ class RedisBackend:
         """Scripts of this process cut short by a migration of the grid's slot (`_CUT_SHORT`)."""
         self._cut_short_seen: dict[str, int] = {}
         """Per node, `_cut_short` as its previous heartbeat saw it."""
+        self._server_seen: dict[str, bytes] = {}
+        """Per node, the run id of the server that answered its previous heartbeat."""
         self._outage = _Outage(self.url, settings.outage_timeout)
         self._redis: RedisClient | ClusterClient | SentinelClient
         scheme = url.partition("://")[0]
@@ -753,10 +758,27 @@ class RedisBackend:
         published = "" if counters is None else json.dumps(dict(counters), separators=(",", ":"))
         low = self._tokens.oldest(node)
         cut_short = self._cut_short
-        registered, clock, own = await self._run("heartbeat", node, _ms(ttl), published, low)
+        command = self._call("heartbeat", node, _ms(ttl), published, low)
+        reply, server = await self._retrying("heartbeat", lambda: self._beat_and_server(command))
+        registered, clock, own = reply
         lost = self._cut_short_seen.get(node, 0) < cut_short
         self._cut_short_seen[node] = cut_short
+        if server:
+            lost = lost or self._server_seen.get(node, server) != server
+            self._server_seen[node] = server
         return Beat(bool(registered), clock, own if own >= 0 else None, lost_writes=lost)
+
+    async def _beat_and_server(self, heartbeat: Command) -> tuple[Any, bytes]:
+        """The heartbeat script's reply, and the run id of the server that ran it (b"" when
+        INFO is denied). A node whose heartbeat lands on another server than the previous one
+        (a replica promoted in a failover, a server restarted from its append-only file) may
+        have lost the writes it made since: the last heartbeat replicated or saved may be its
+        own last one, so the clock cannot tell (see `Beat.lost_writes`)."""
+        reply, info = await self._redis.pipeline([heartbeat, ("INFO", "server")])
+        if isinstance(reply, ReplyError):
+            raise reply
+        found = None if isinstance(info, ReplyError) else _RUN_ID.search(info)
+        return reply, found.group(1) if found else b""
 
     async def reconcile(self, node: str, keep: Sequence[str]) -> int:
         count: int = await self._journaled("reconcile", node, True, node, *keep)

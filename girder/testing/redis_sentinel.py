@@ -112,6 +112,7 @@ class RedisSentinelGroup(Started):
         self.tls = tls
         self.servers: list[RedisServer] = []
         self.sentinel: _Sentinel | None = None
+        self._stalled: list[RedisServer] = []
 
     @property
     def url(self) -> str:
@@ -143,10 +144,24 @@ class RedisSentinelGroup(Started):
         port = int(str(reply[1]))
         return next(server for server in self.servers if server.port == port)
 
+    def stall_replication(self, backlog: int = 32 << 20) -> None:
+        """Make the writes the primary acknowledges from now on unreplicated, so that
+        `fail_over` loses them (as asynchronous replication may): the replica is stopped
+        (SIGSTOP) and `backlog` bytes of filler fill its link first. `fail_over` resumes it."""
+        primary = self.primary()
+        for server in self.servers:
+            if server is not primary and server.running:
+                server.pause()
+                self._stalled.append(server)
+        primary.command("SET", "girder-filler", "x" * backlog)
+
     def fail_over(self) -> RedisServer:
-        """SIGKILL the primary; return the replica once the sentinel has promoted it."""
+        """SIGKILL the primary (then resume the replica `stall_replication` stopped); return
+        the replica once the sentinel has promoted it."""
         old = self.primary()
         old.kill()
+        while self._stalled:
+            self._stalled.pop().resume()
         new = next(server for server in self.servers if server is not old)
 
         def promoted() -> bool:
