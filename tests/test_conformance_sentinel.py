@@ -127,32 +127,38 @@ async def test_work_goes_on_when_the_primary_dies_and_the_sentinel_promotes_the_
     assert [info.node for info in await backend.nodes()] == ["w"]
 
 
-async def test_a_completion_lost_in_a_failover_is_seen_and_given_back(
+async def test_completions_lost_in_a_failover_are_seen_and_given_back(
     backend: RedisBackend, redis_sentinel: RedisSentinelGroup
 ) -> None:
-    """The worker's heartbeat reached the replica, the completion it made next did not: the
-    promoted replica holds the key as running under a live worker that is done with it, and
-    the grid's clock cannot show it (the worker's last heartbeat is all there). The heartbeat
-    answered by another server says writes may be lost; the reconcile gives the key back."""
-    await backend.join("w", NodeKind.WORKER, None, 60)
-    await put(backend, "c", ["k"], into="w")
-    assert await backend.claim("w") == Claimed("k", new("k").payload)
+    """Worker "w" heartbeat, then completed its key; worker "v" joined and completed its key
+    before its first heartbeat. The replica got neither completion: promoted, it holds both
+    keys as running under live workers that are done with them, and the grid's clock cannot
+    show it ("w"'s last heartbeat is all there, "v" had none). A heartbeat answered by another
+    server than the node's join or previous heartbeat says writes may be lost; the reconcile
+    gives the keys back."""
+    for worker in ("w", "v"):
+        await backend.join(worker, NodeKind.WORKER, None, 60)
+        await put(backend, "c", [f"k-{worker}"], into=worker)
+        assert await backend.claim(worker) == Claimed(f"k-{worker}", new(f"k-{worker}").payload)
     assert not (await backend.heartbeat("w", 60, {})).lost_writes
-    assert not (await backend.heartbeat("w", 60, {})).lost_writes  # the same server
     before = await backend.heartbeat("w", 60, {})
+    assert not before.lost_writes  # the same server
     redis_sentinel.primary().command("WAIT", "1", "5000")
     await asyncio.to_thread(redis_sentinel.stall_replication)
-    await backend.complete("w", "k", out("k"), cache=True)  # acknowledged, never replicated
+    for worker in ("w", "v"):  # acknowledged, never replicated
+        await backend.complete(worker, f"k-{worker}", out(f"k-{worker}"), cache=True)
     await asyncio.to_thread(redis_sentinel.fail_over)
     beat = await asyncio.wait_for(backend.heartbeat("w", 60, {}), 30)
     assert beat.registered
     assert beat.clock > before.clock  # the clock cannot tell: it went on,
     assert beat.own == before.clock  # and the worker's last heartbeat is there
     assert beat.lost_writes
-    assert not (await backend.heartbeat("w", 60, {})).lost_writes
-    assert await backend.state("k") == RequestState.RUNNING
-    assert await backend.reconcile("w", []) == 1
-    assert await backend.claim("w") == Claimed("k", new("k").payload)
+    assert (await backend.heartbeat("v", 60, {})).lost_writes
+    for worker in ("w", "v"):
+        assert not (await backend.heartbeat(worker, 60, {})).lost_writes
+        assert await backend.state(f"k-{worker}") == RequestState.RUNNING
+        assert await backend.reconcile(worker, []) == 1
+        assert await backend.claim(worker) == Claimed(f"k-{worker}", new(f"k-{worker}").payload)
 
 
 async def test_a_demoted_primary_is_left_for_the_new_one(

@@ -284,7 +284,7 @@ class RedisBackend:
         self._cut_short_seen: dict[str, int] = {}
         """Per node, `_cut_short` as its previous heartbeat saw it."""
         self._server_seen: dict[str, bytes] = {}
-        """Per node, the run id of the server that answered its previous heartbeat."""
+        """Per node, the run id of the server that answered its join or previous heartbeat."""
         self._outage = _Outage(self.url, settings.outage_timeout)
         self._redis: RedisClient | ClusterClient | SentinelClient
         scheme = url.partition("://")[0]
@@ -750,7 +750,10 @@ class RedisBackend:
     # -- membership and recovery ------------------------------------------------------------------
 
     async def join(self, node: str, kind: NodeKind, distributor: str | None, ttl: float) -> None:
-        await self._run("join", node, kind.value, distributor or "", _ms(ttl))
+        command = self._call("join", node, kind.value, distributor or "", _ms(ttl))
+        _, server = await self._retrying("join", lambda: self._run_with_server(command))
+        if server:
+            self._server_seen[node] = server
 
     async def heartbeat(
         self, node: str, ttl: float, counters: Mapping[str, int] | None = None
@@ -759,7 +762,7 @@ class RedisBackend:
         low = self._tokens.oldest(node)
         cut_short = self._cut_short
         command = self._call("heartbeat", node, _ms(ttl), published, low)
-        reply, server = await self._retrying("heartbeat", lambda: self._beat_and_server(command))
+        reply, server = await self._retrying("heartbeat", lambda: self._run_with_server(command))
         registered, clock, own = reply
         lost = self._cut_short_seen.get(node, 0) < cut_short
         self._cut_short_seen[node] = cut_short
@@ -768,13 +771,14 @@ class RedisBackend:
             self._server_seen[node] = server
         return Beat(bool(registered), clock, own if own >= 0 else None, lost_writes=lost)
 
-    async def _beat_and_server(self, heartbeat: Command) -> tuple[Any, bytes]:
-        """The heartbeat script's reply, and the run id of the server that ran it (b"" when
-        INFO is denied). A node whose heartbeat lands on another server than the previous one
-        (a replica promoted in a failover, a server restarted from its append-only file) may
-        have lost the writes it made since: the last heartbeat replicated or saved may be its
-        own last one, so the clock cannot tell (see `Beat.lost_writes`)."""
-        reply, info = await self._redis.pipeline([heartbeat, ("INFO", "server")])
+    async def _run_with_server(self, script: Command) -> tuple[Any, bytes]:
+        """A script's reply, and the run id of the server that ran it (b"" when INFO is
+        denied). A node whose heartbeat lands on another server than its join or previous
+        heartbeat (a replica promoted in a failover, a server restarted from its append-only
+        file) may have lost the writes it made since: the last heartbeat replicated or saved
+        may be its own last one, or it may have made none yet, so the clock cannot tell (see
+        `Beat.lost_writes`)."""
+        reply, info = await self._redis.pipeline([script, ("INFO", "server")])
         if isinstance(reply, ReplyError):
             raise reply
         found = None if isinstance(info, ReplyError) else _RUN_ID.search(info)
