@@ -325,7 +325,7 @@ async def test_blobs_survive_the_failover_of_a_primary_that_holds_their_bytes(
         assert len(during) == 20
         for digest, data in before:
             await backend.put_blob(digest, data, holder="k")
-        victim.command("WAIT", "1", "5000")
+        redis_cluster.wait_replicated(victim)
         await put(backend, "c", ["k"])  # the holder's record: nothing here may be swept
 
         async def put_all() -> None:

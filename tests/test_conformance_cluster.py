@@ -144,7 +144,7 @@ async def test_work_goes_on_when_the_primary_dies_and_its_replica_takes_over(
     await backend.join("w", NodeKind.WORKER, None, 60)
     await put(backend, "c", ["k2", "k1"], into="w")
     owner = redis_cluster.owner(redis_cluster.keyslot(_anchor()))
-    owner.command("WAIT", "1", "5000")  # replicated: nothing is lost with the primary
+    redis_cluster.wait_replicated(owner)  # nothing is lost with the primary
     claiming = asyncio.create_task(backend.claim("w"))
     redis_cluster.fail_over(owner)
     assert await asyncio.wait_for(claiming, 30) is not None

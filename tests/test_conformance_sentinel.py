@@ -117,7 +117,7 @@ async def test_work_goes_on_when_the_primary_dies_and_the_sentinel_promotes_the_
     await backend.join("w", NodeKind.WORKER, None, 60)
     await put(backend, "c", ["k2", "k1"], into="w")
     old = redis_sentinel.primary()
-    old.command("WAIT", "1", "5000")  # replicated: nothing is lost with the primary
+    await asyncio.to_thread(redis_sentinel.wait_replicated)  # nothing is lost with it
     claiming = asyncio.create_task(backend.claim("w"))
     new = await asyncio.to_thread(redis_sentinel.fail_over)
     assert new is not old
@@ -143,7 +143,7 @@ async def test_completions_lost_in_a_failover_are_seen_and_given_back(
     assert not (await backend.heartbeat("w", 60, {})).lost_writes
     before = await backend.heartbeat("w", 60, {})
     assert not before.lost_writes  # the same server
-    redis_sentinel.primary().command("WAIT", "1", "5000")
+    await asyncio.to_thread(redis_sentinel.wait_replicated)
     await asyncio.to_thread(redis_sentinel.stall_replication)
     for worker in ("w", "v"):  # acknowledged, never replicated
         await backend.complete(worker, f"k-{worker}", out(f"k-{worker}"), cache=True)
@@ -169,7 +169,7 @@ async def test_a_demoted_primary_is_left_for_the_new_one(
     await backend.join("w", NodeKind.WORKER, None, 60)
     await put(backend, "c", ["k1"], into="w")
     old = redis_sentinel.primary()
-    old.command("WAIT", "1", "5000")
+    await asyncio.to_thread(redis_sentinel.wait_replicated)
     assert redis_sentinel.sentinel is not None
     redis_sentinel.sentinel.command("SENTINEL", "failover", redis_sentinel.service)
 

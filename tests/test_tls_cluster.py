@@ -93,7 +93,8 @@ async def test_work_goes_on_when_a_primary_dies_and_its_replica_takes_over(
     await backend.join("w", NodeKind.WORKER, None, 60)
     await put(backend, "c", ["k2", "k1"], into="w")
     owner = tls_redis_cluster.owner(tls_redis_cluster.keyslot(f"{{{PREFIX}}}:leases"))
-    assert owner.command("WAIT", "1", "5000") == "1"  # replicated: nothing is lost
+    assert tls_redis_cluster.replicas_of(owner)
+    tls_redis_cluster.wait_replicated(owner)  # nothing is lost with the primary
     claiming = asyncio.create_task(backend.claim("w"))
     tls_redis_cluster.fail_over(owner)
     assert await asyncio.wait_for(claiming, 30) is not None

@@ -62,7 +62,7 @@ async def test_work_goes_on_when_the_primary_dies_and_the_sentinel_promotes_the_
     await backend.join("w", NodeKind.WORKER, None, 60)
     await put(backend, "c", ["k2", "k1"], into="w")
     old = tls_redis_sentinel.primary()
-    assert old.command("WAIT", "1", "5000") == "1"  # replicated over TLS
+    await asyncio.to_thread(tls_redis_sentinel.wait_replicated)  # replicated over TLS
     claiming = asyncio.create_task(backend.claim("w"))
     new = await asyncio.to_thread(tls_redis_sentinel.fail_over)
     assert new is not old

@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable
 from urllib.parse import quote
 
-from girder.testing.redis_server import RedisServer, find_redis_server, free_port
+from girder.testing.redis_server import RedisServer, find_redis_server, free_port, wait_replicated
 from girder.testing.started import Started
 from girder.testing.tls import Certificates
 
@@ -130,6 +130,10 @@ class RedisClusterServers(Started):
             if replication.get("master_port") == str(primary.port):
                 found.append(server)
         return found
+
+    def wait_replicated(self, primary: RedisServer) -> None:
+        """Wait until the running replicas of `primary` hold every write it has made so far."""
+        wait_replicated(primary, self.replicas_of(primary))
 
     def stall_replication(self, primary: RedisServer, backlog: int = 32 << 20) -> None:
         """Make the writes `primary` acknowledges from now on unreplicated, so that a failover

@@ -30,6 +30,7 @@ from girder.testing.redis_server import (
     find_redis_server,
     free_port,
     roundtrip,
+    wait_replicated,
 )
 from girder.testing.started import Started
 from girder.testing.tls import Certificates
@@ -143,6 +144,13 @@ class RedisSentinelGroup(Started):
         assert isinstance(reply, list)
         port = int(str(reply[1]))
         return next(server for server in self.servers if server.port == port)
+
+    def wait_replicated(self) -> None:
+        """Wait until the running replica holds every write the primary has made so far."""
+        primary = self.primary()
+        wait_replicated(
+            primary, [server for server in self.servers if server is not primary and server.running]
+        )
 
     def stall_replication(self, backlog: int = 32 << 20) -> None:
         """Make the writes the primary acknowledges from now on unreplicated, so that

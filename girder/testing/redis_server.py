@@ -248,6 +248,24 @@ class RedisServer(Started):
         return fields
 
 
+def wait_replicated(
+    primary: RedisServer, replicas: Sequence[RedisServer], timeout: float = 30.0
+) -> None:
+    """Wait until each of `replicas` holds every write `primary` has made so far (its
+    replication offset reached the primary's). `WAIT` cannot say so: it waits for the writes
+    of its own connection only, and a new connection has made none."""
+    offset = int(primary.info("replication")["master_repl_offset"])
+    deadline = time.monotonic() + timeout
+    for replica in replicas:
+        while int(replica.info("replication").get("slave_repl_offset", "-1")) < offset:
+            if time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"timed out after {timeout} s waiting for the replica on port "
+                    f"{replica.port} to reach offset {offset}"
+                )
+            time.sleep(0.01)
+
+
 def roundtrip(
     port: int,
     args: Sequence[str],
