@@ -60,6 +60,7 @@ from processes import TESTS, GridProcesses, nodes, signal_group, wait_for_nodes,
 from girder.backends import open_backend
 from girder.backends.redis_keys import F_WAITER
 from girder.testing.redis_server import RedisServer
+from girder.testing.tethered import tethered_popen
 
 try:
     from girder.testing.proxy import FaultProxy
@@ -456,7 +457,7 @@ class ChaosRun(ABC):
         slot.incarnation += 1
         log = (self.logs / f"client-{slot.slot}-{slot.incarnation}.log").open("ab")
         self._client_logs.append(log)
-        slot.proc = subprocess.Popen(
+        slot.proc = tethered_popen(
             [sys.executable, str(TESTS / "chaos_client.py"), *map(str, slot.files())],
             env=self.procs.env,
             stdout=log,

@@ -17,6 +17,7 @@ from typing import Any, BinaryIO
 import girder
 from girder.backends import open_backend
 from girder.backends.base import NodeInfo, NodeKind
+from girder.testing.tethered import tethered_popen
 
 TESTS = Path(__file__).parent
 
@@ -62,7 +63,7 @@ class GridProcesses:
         """Start `girder <args>`, behind `wrapper` (e.g. `ip netns exec NAME`) when given."""
         log = open(self.logs / f"{log_name}.log", "ab")  # noqa: SIM115 - closed in stop_all
         self._log_files.append(log)
-        proc = subprocess.Popen(
+        proc = tethered_popen(
             [*wrapper, sys.executable, "-m", "girder", *args, "--backend", self.backend_url],
             env=self.env,
             stdout=log,

@@ -6,10 +6,14 @@ from __future__ import annotations
 import contextlib
 import socket
 import ssl
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 
-from girder.testing.redis_server import RedisServer, roundtrip
+from girder.testing.redis_server import RedisServer, find_redis_server, roundtrip
 from girder.testing.tls import Certificates
 
 pytestmark = pytest.mark.redis
@@ -63,3 +67,45 @@ def test_a_tls_server_speaks_only_tls_and_trusts_its_test_ca(
             assert plain.recv(100) == b""
     with pytest.raises(ssl.SSLCertVerificationError):  # a CA it was not signed by
         roundtrip(port, ["PING"], timeout=5, tls=ssl.create_default_context())
+
+
+_STARTS_A_SERVER = """
+import sys, threading, time
+from girder.testing.redis_server import RedisServer, find_redis_server
+server = RedisServer(find_redis_server())
+starter = threading.Thread(target=server.start)  # a thread that ends at once
+starter.start()
+starter.join()
+print(server._process.pid, server.port, flush=True)
+time.sleep(600)
+"""
+
+
+def _gone(pid: int) -> bool:
+    """Whether process `pid` has exited (a zombie nobody reaped counts as gone)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return True
+    return "\nState:\tZ" in status
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_a_server_dies_with_a_test_run_killed_outright() -> None:
+    """A test run killed with SIGKILL runs no teardown: its servers must not outlive it, even
+    one started from a thread that ended long before."""
+    if find_redis_server() is None:
+        pytest.skip("no redis-server binary on PATH")
+    with subprocess.Popen(
+        [sys.executable, "-c", _STARTS_A_SERVER], stdout=subprocess.PIPE, text=True
+    ) as run:
+        try:
+            assert run.stdout is not None
+            pid, port = map(int, run.stdout.readline().split())
+            assert roundtrip(port, ("PING",), timeout=5, tls=None) == "PONG"  # outlived its thread
+        finally:
+            run.kill()
+    deadline = time.monotonic() + 10
+    while not _gone(pid):
+        assert time.monotonic() < deadline, "the server outlived the run that started it"
+        time.sleep(0.01)

@@ -33,6 +33,7 @@ from girder.testing.redis_server import (
     wait_replicated,
 )
 from girder.testing.started import Started
+from girder.testing.tethered import tethered_popen
 from girder.testing.tls import Certificates
 
 _DOWN_AFTER_MS = 1000
@@ -75,7 +76,7 @@ class _Sentinel:
                 ]
             )
         )
-        self._process = subprocess.Popen(
+        self._process = tethered_popen(
             [binary, str(config), "--sentinel"],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,

@@ -27,6 +27,7 @@ from typing import IO, Literal
 from urllib.parse import quote
 
 from girder.testing.started import Started
+from girder.testing.tethered import tethered_popen
 from girder.testing.tls import Certificates
 
 Reply = str | None | list["Reply"]
@@ -161,7 +162,7 @@ class RedisServer(Started):
 
     def _popen(self, log: Path, stderr: IO[bytes]) -> subprocess.Popen[bytes]:
         """Start the process (its start-up errors, such as a bad option, go to `stderr`)."""
-        return subprocess.Popen(
+        return tethered_popen(
             [
                 self.binary,
                 *self._port_options(),
