@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import pytest
 from gridfns import add, calls, share_a, share_z, slow_square, tree
 
 import girder
-from girder.backends.base import Beat, NewRequest, NodeKind, RequestState
+from girder.backends.base import Beat, Claimed, Completion, NewRequest, NodeKind, RequestState
 from girder.backends.memory import MemoryBackend
 from girder.config import Settings
 from girder.scheduler import Distributor, Worker
@@ -151,3 +151,52 @@ async def test_a_worker_gives_back_the_claims_it_has_not_started_when_writes_wer
     await worker._beat()
     assert worker.running_keys() == []
     assert await backend.state("k") == RequestState.PENDING
+
+
+class _RepliesLate(_LosingWrites):
+    """Makes a `complete_and_claim` at once, but holds its reply until `reply` is set (a call
+    sent again to a new server after a failover, whose reply comes after the heartbeat)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.made = asyncio.Event()
+        self.reply = asyncio.Event()
+
+    async def complete_and_claim(
+        self,
+        node: str,
+        completions: Sequence[Completion],
+        *,
+        claim: int,
+        volunteer_at: str | None = None,
+    ) -> list[Claimed]:
+        claimed = await super().complete_and_claim(
+            node, completions, claim=claim, volunteer_at=volunteer_at
+        )
+        self.made.set()
+        await self.reply.wait()
+        return claimed
+
+
+async def test_a_reconcile_keeps_what_a_call_under_way_claimed() -> None:
+    """The server made a claim whose reply has not come when a heartbeat finds lost writes: a
+    reconcile that named only the claims already known gave the key back to others while this
+    worker ran it too (the chaos run, seed 31, once a heartbeat on a restarted server counted
+    as lost writes). The reconcile waits for the calls under way, and keeps their claims."""
+    backend = _RepliesLate()
+    worker = Worker(backend, Settings(), node_id="w", distributor="d")
+    worker._loop = asyncio.get_running_loop()  # not started: the test drives it
+    await backend.join("w", NodeKind.WORKER, "d", 60)
+    await backend.submit("c", [NewRequest("k", b"payload")], into="w", on_top=True)
+    settling = asyncio.create_task(worker._settle(claim=1))
+    await asyncio.wait_for(backend.made.wait(), 5)
+    assert await backend.state("k") == RequestState.RUNNING  # claimed; the reply is on its way
+    backend.lose = True
+    beating = asyncio.create_task(worker._beat())
+    done, _ = await asyncio.wait([beating], timeout=0.2)
+    assert not done, "the reconcile went ahead of the claim's reply"
+    backend.reply.set()
+    await asyncio.wait_for(asyncio.gather(settling, beating), 5)
+    assert worker.running_keys() == ["k"]
+    assert await backend.state("k") == RequestState.RUNNING
+    assert await backend.claim("w") is None  # not given back: nobody else runs it

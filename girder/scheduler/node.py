@@ -39,6 +39,7 @@ from girder.errors import (
 from girder.functions import GridFunction, Request
 from girder.keys import SCALARS
 from girder.log import debug_enabled, node_logger
+from girder.scheduler.inflight import CallsInFlight
 from girder.scheduler.lease import LeaseKeeper, lease_keeper
 from girder.scheduler.pools import PoolWatch
 from girder.scheduler.waiters import Batch, Feed, Submission, Waiters
@@ -168,6 +169,8 @@ class Node:
         was sent, or the node joined: its lease runs for `heartbeat_ttl` from then at least."""
         self._beating = asyncio.Lock()
         """Held through a heartbeat and what it finds, so that two never overlap."""
+        self.calls_in_flight = CallsInFlight()
+        """The calls under way that complete or claim requests: a reconcile waits for them."""
         self.running = False
         """Between the end of `start` and the start of `stop`."""
 
@@ -300,6 +303,9 @@ class Node:
         else:
             self.writes_lost()
         await self.backend.join(self.id, self.kind, self.distributor, self.settings.heartbeat_ttl)
+        # A completion or claim under way may have been made by the server already: wait for
+        # its reply, so that what it completed or claimed is not given back to others.
+        await self.calls_in_flight.settled()
         given_back = await self.backend.reconcile(self.id, self.running_keys())
         if given_back:
             self.log.warning("gave back keys the backend thought ran here", count=given_back)
@@ -744,17 +750,18 @@ class Node:
     ) -> tuple[str, ...] | None:
         """Submit submissions that share a target; deliver cached outcomes; return a cycle."""
         head = group[0]
-        found, claimed = await self.backend.submit_and_claim(
-            self.id,
-            [s.request for s in group],
-            into=head.into,
-            on_top=head.on_top,
-            waiter_key=head.waiter_key,
-            dispatch=not head.on_top,  # new work for a pool: straight to idle volunteers
-            claim=claim,
-            job=head.job,
-        )
-        self.adopt(claimed)
+        with self.calls_in_flight.call():
+            found, claimed = await self.backend.submit_and_claim(
+                self.id,
+                [s.request for s in group],
+                into=head.into,
+                on_top=head.on_top,
+                waiter_key=head.waiter_key,
+                dispatch=not head.on_top,  # new work for a pool: straight to idle volunteers
+                claim=claim,
+                job=head.job,
+            )
+            self.adopt(claimed)
         cycle: tuple[str, ...] | None = None
         for submitted in found:
             if submitted.outcome is not None:

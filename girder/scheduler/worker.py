@@ -166,9 +166,10 @@ class Worker(Node):
             if not self._claimed:
                 self.baton.release()
                 self._volunteered = False
-                claimed = await self.backend.wait_and_claim(self.id, self.settings.idle_poll)
-                if claimed is not None:
-                    self._claimed.append(claimed)
+                with self.calls_in_flight.call():
+                    claimed = await self.backend.wait_and_claim(self.id, self.settings.idle_poll)
+                    if claimed is not None:
+                        self._claimed.append(claimed)
                 continue
             await self._start_evaluation(self._claimed.popleft())
 
@@ -277,17 +278,18 @@ class Worker(Node):
         """Send the held-back completions and claim up to `claim` requests, in one backend
         step that also volunteers this worker when there is nothing to claim."""
         sent = self._outbox.take()
-        try:
-            claimed = await self.backend.complete_and_claim(
-                self.id,
-                [completion for completion, _ in sent],
-                claim=claim,
-                volunteer_at=self.distributor,
-            )
-        except BaseException:
-            self._outbox.put_back(sent)  # sent again later (a repeat changes nothing)
-            raise
-        self._claimed.extend(claimed)
+        with self.calls_in_flight.call():  # its completions and claims count as held
+            try:
+                claimed = await self.backend.complete_and_claim(
+                    self.id,
+                    [completion for completion, _ in sent],
+                    claim=claim,
+                    volunteer_at=self.distributor,
+                )
+            except BaseException:
+                self._outbox.put_back(sent)  # sent again later (a repeat changes nothing)
+                raise
+            self._claimed.extend(claimed)
         if claim:
             self._volunteered = not claimed
         for completion, outcome in sent:
