@@ -200,3 +200,39 @@ async def test_a_reconcile_keeps_what_a_call_under_way_claimed() -> None:
     assert worker.running_keys() == ["k"]
     assert await backend.state("k") == RequestState.RUNNING
     assert await backend.claim("w") is None  # not given back: nobody else runs it
+
+
+class _ReconcilesSlowly(_LosingWrites):
+    """Holds each reconcile back until `finish` is set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reconciling = asyncio.Event()
+        self.finish = asyncio.Event()
+
+    async def reconcile(self, node: str, keep: Sequence[str]) -> int:
+        self.reconciling.set()
+        await self.finish.wait()
+        return await super().reconcile(node, keep)
+
+
+async def test_no_claim_goes_ahead_of_a_reconcile_on_its_way() -> None:
+    """A claim made by the server before a reconcile that was sent first (with the worker's
+    claims named as they were) would be given back by it while the worker runs it: claims
+    wait for the reconcile to end."""
+    backend = _ReconcilesSlowly()
+    worker = Worker(backend, Settings(), node_id="w", distributor="d")
+    worker._loop = asyncio.get_running_loop()  # not started: the test drives it
+    await backend.join("w", NodeKind.WORKER, "d", 60)
+    await backend.submit("c", [NewRequest("k", b"payload")], into="w", on_top=True)
+    backend.lose = True
+    beating = asyncio.create_task(worker._beat())
+    await asyncio.wait_for(backend.reconciling.wait(), 5)
+    settling = asyncio.create_task(worker._settle(claim=1))
+    done, _ = await asyncio.wait([settling], timeout=0.2)
+    assert not done, "a claim went ahead of the reconcile"
+    assert await backend.state("k") == RequestState.PENDING
+    backend.finish.set()
+    await asyncio.wait_for(asyncio.gather(beating, settling), 5)
+    assert worker.running_keys() == ["k"]
+    assert await backend.state("k") == RequestState.RUNNING

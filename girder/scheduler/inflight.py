@@ -1,39 +1,50 @@
-"""`CallsInFlight`: backend calls under way, for whoever must wait for those running now.
+"""`CallsInFlight`: the backend calls that complete or claim requests, held back while a node
+reconciles.
 
-A node that learns the backend lost writes reconciles: it tells the backend which keys it runs
-or holds claims for, and the backend gives back the others. A claim whose call is still under
-way then (sent again to the new server after a failover, or a blocking wait-and-claim) may
-have been made by the server already, but its reply has not arrived: the keys would not be
-named, would be given back to others, and then run here too. So the reconcile first waits for
-the claiming calls under way when it starts (not for those started since: it must not wait
-forever on a busy worker), and their claims count as held.
+A node that learns the backend lost writes reconciles: it names the keys it runs, holds claims
+for or has completions of, and the backend gives back the others in its running set. A call
+under way then (sent again to a new server after a failover, or a blocking wait-and-claim) may
+have been made by the server already while its reply has not arrived, and a call started while
+the reconcile is on its way may be made before it: either way its keys are in the running set
+but not named, and would be given back to others while this node runs them too. So each such
+call counts itself (`async with calls:`), and the reconcile runs `held_back()`: no call starts
+until it ends, and every call under way has ended (its claims taken in) when it begins.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 
 class CallsInFlight:
-    """The calls under way, each a future that is done when its call has ended."""
+    """An async context manager around each call; `held_back()` around a reconcile."""
 
     def __init__(self) -> None:
-        self._calls: set[asyncio.Future[None]] = set()
+        self._under_way = 0
+        self._open = asyncio.Event()
+        self._open.set()
+        self._idle = asyncio.Event()
+        self._idle.set()
 
-    @contextmanager
-    def call(self) -> Iterator[None]:
-        """Count the body (the call and taking in its reply) as a call under way."""
-        ended = asyncio.get_running_loop().create_future()
-        self._calls.add(ended)
+    async def __aenter__(self) -> None:
+        if not self._open.is_set():
+            await self._open.wait()
+        self._under_way += 1
+        self._idle.clear()
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self._under_way -= 1
+        if not self._under_way:
+            self._idle.set()
+
+    @asynccontextmanager
+    async def held_back(self) -> AsyncIterator[None]:
+        """Inside, no call starts, and every call under way when it was entered has ended."""
+        self._open.clear()
         try:
+            await self._idle.wait()
             yield
         finally:
-            self._calls.discard(ended)
-            ended.set_result(None)
-
-    async def settled(self) -> None:
-        """Wait until every call under way now has ended, however it ended."""
-        if self._calls:
-            await asyncio.wait(list(self._calls))
+            self._open.set()

@@ -170,7 +170,7 @@ class Node:
         self._beating = asyncio.Lock()
         """Held through a heartbeat and what it finds, so that two never overlap."""
         self.calls_in_flight = CallsInFlight()
-        """The calls under way that complete or claim requests: a reconcile waits for them."""
+        """The calls that complete or claim requests, held back while this node reconciles."""
         self.running = False
         """Between the end of `start` and the start of `stop`."""
 
@@ -303,10 +303,8 @@ class Node:
         else:
             self.writes_lost()
         await self.backend.join(self.id, self.kind, self.distributor, self.settings.heartbeat_ttl)
-        # A completion or claim under way may have been made by the server already: wait for
-        # its reply, so that what it completed or claimed is not given back to others.
-        await self.calls_in_flight.settled()
-        given_back = await self.backend.reconcile(self.id, self.running_keys())
+        async with self.calls_in_flight.held_back():  # its claims all named (see inflight)
+            given_back = await self.backend.reconcile(self.id, self.running_keys())
         if given_back:
             self.log.warning("gave back keys the backend thought ran here", count=given_back)
         await self.resubmit()
@@ -750,7 +748,7 @@ class Node:
     ) -> tuple[str, ...] | None:
         """Submit submissions that share a target; deliver cached outcomes; return a cycle."""
         head = group[0]
-        with self.calls_in_flight.call():
+        async with self.calls_in_flight:
             found, claimed = await self.backend.submit_and_claim(
                 self.id,
                 [s.request for s in group],

@@ -166,7 +166,7 @@ class Worker(Node):
             if not self._claimed:
                 self.baton.release()
                 self._volunteered = False
-                with self.calls_in_flight.call():
+                async with self.calls_in_flight:
                     claimed = await self.backend.wait_and_claim(self.id, self.settings.idle_poll)
                     if claimed is not None:
                         self._claimed.append(claimed)
@@ -278,7 +278,7 @@ class Worker(Node):
         """Send the held-back completions and claim up to `claim` requests, in one backend
         step that also volunteers this worker when there is nothing to claim."""
         sent = self._outbox.take()
-        with self.calls_in_flight.call():  # its completions and claims count as held
+        async with self.calls_in_flight:  # its completions and claims count as held
             try:
                 claimed = await self.backend.complete_and_claim(
                     self.id,
