@@ -13,6 +13,7 @@ from gridfns import add, fan_of_fans, fib
 from processes import CLIENT_OPTIONS, GridProcesses, nodes, wait_for_nodes, wait_until
 
 import girder
+from girder.backends import open_backend
 from girder.backends.base import NodeKind
 from girder.testing.redis_sentinel import RedisSentinelGroup
 
@@ -71,3 +72,41 @@ async def test_a_primary_killed_mid_job_is_replaced_and_every_request_finishes(
     assert await asyncio.wait_for(job, 120) == 4 * sum(range(6))
     assert await asyncio.wait_for(many, 120) == [i + 17 for i in range(3000)]
     assert "request failed" not in grid_processes.log_text()
+
+
+async def _cached(url: str, count: int) -> bool:
+    backend = open_backend(url)
+    await backend.connect()
+    try:
+        return await backend.cache_size() >= count
+    finally:
+        await backend.close()
+
+
+async def test_writes_lost_with_the_primary_are_recovered(
+    client: girder.Grid,
+    redis_sentinel: RedisSentinelGroup,
+    redis_sentinel_url: str,
+    grid_processes: GridProcesses,
+) -> None:
+    """The primary acknowledges completions its replica never gets, then dies: the promoted
+    replica holds those keys as running under live workers done with them. Each node's
+    heartbeat lands on another server, so it reconciles (the keys are given back and run
+    again) and submits again: the job finishes with the right answer, and no key is left
+    running."""
+    job = client.submit(fan_of_fans, 3, 8, 300, "sentinel-lost-writes")
+    await wait_until(lambda: _any_running(redis_sentinel_url), what="leaves running")
+    await asyncio.to_thread(redis_sentinel.stall_replication)
+    await wait_until(lambda: _cached(redis_sentinel_url, 6), what="leaves finished, unreplicated")
+    await asyncio.to_thread(redis_sentinel.fail_over)
+    assert await asyncio.wait_for(job, 120) == 3 * sum(range(8))
+
+    async def every_node_reconciled() -> bool:
+        logs = grid_processes.log_text().split("--- ")[1:]
+        return len(logs) == 3 and all("writes_may_be_lost=True" in log for log in logs)
+
+    async def nothing_runs() -> bool:
+        return all(node.running == 0 for node in await nodes(redis_sentinel_url))
+
+    await wait_until(every_node_reconciled, what="each node to see another server")
+    await wait_until(nothing_runs, what="no key left running")

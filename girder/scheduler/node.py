@@ -296,7 +296,7 @@ class Node:
             "backend lost state; joining again, reconciling and resubmitting",
             forgot_this_node=not beat.registered,
             clock_went_back=went_back,
-            writes_cut_short=beat.lost_writes,
+            writes_may_be_lost=beat.lost_writes,
         )
         if not beat.registered:
             await self.forgotten()
