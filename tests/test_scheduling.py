@@ -15,6 +15,7 @@ from girder.backends.memory import MemoryBackend
 from girder.config import Settings
 from girder.scheduler import Distributor, Worker
 from girder.scheduler.baton import Baton
+from girder.serialization import Outcome
 
 
 async def test_sharing_scenario_of_the_seeds_finishes() -> None:
@@ -236,3 +237,40 @@ async def test_no_claim_goes_ahead_of_a_reconcile_on_its_way() -> None:
     await asyncio.wait_for(asyncio.gather(beating, settling), 5)
     assert worker.running_keys() == ["k"]
     assert await backend.state("k") == RequestState.RUNNING
+
+
+class _RepliesLateAndReconciles(_RepliesLate):
+    """`_RepliesLate`, and notes what each reconcile was told to keep."""
+
+    kept: list[str] | None = None
+
+    async def reconcile(self, node: str, keep: Sequence[str]) -> int:
+        self.kept = list(keep)
+        return await super().reconcile(node, keep)
+
+
+async def test_a_completion_held_back_by_a_reconcile_is_named_in_it() -> None:
+    """A completion that waits in the outbox while a reconcile waits for a call under way
+    must still be named by it: taken out of the outbox before waiting, it was named nowhere,
+    the reconcile gave its key back, and another worker ran the key again (chaos seed 32)."""
+    backend = _RepliesLateAndReconciles()
+    worker = Worker(backend, Settings(), node_id="w", distributor="d")
+    worker._loop = asyncio.get_running_loop()  # not started: the test drives it
+    await backend.join("w", NodeKind.WORKER, "d", 60)
+    await backend.submit("c", [NewRequest("k", b"payload")], into="w", on_top=True)
+    assert await backend.claim("w") == Claimed("k", b"payload")
+    under_way = asyncio.create_task(worker._settle(claim=0))
+    await asyncio.wait_for(backend.made.wait(), 5)
+    backend.lose = True
+    beating = asyncio.create_task(worker._beat())
+    await asyncio.sleep(0)  # one turn: the in-memory backend answers without waiting
+    assert worker.calls_in_flight.holding_back  # the reconcile waits for the call under way
+    worker._outbox.add(Completion("k", b"outcome", cache=True), Outcome(value=1))
+    settling = asyncio.create_task(worker._settle(claim=0))
+    done, _ = await asyncio.wait([settling], timeout=0.2)
+    assert not done, "a completion went ahead of the reconcile"
+    backend.reply.set()
+    await asyncio.wait_for(asyncio.gather(under_way, beating, settling), 5)
+    assert backend.kept == ["k"]
+    assert await backend.state("k") == RequestState.DONE
+    assert await backend.claim("w") is None  # not queued again

@@ -39,6 +39,11 @@ class CallsInFlight:
         if not self._under_way:
             self._idle.set()
 
+    @property
+    def holding_back(self) -> bool:
+        """Whether calls are held back now (a reconcile is on its way or waits for calls)."""
+        return not self._open.is_set()
+
     @asynccontextmanager
     async def held_back(self) -> AsyncIterator[None]:
         """Inside, no call starts, and every call under way when it was entered has ended."""

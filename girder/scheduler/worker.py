@@ -277,8 +277,8 @@ class Worker(Node):
     async def _settle(self, *, claim: int) -> None:
         """Send the held-back completions and claim up to `claim` requests, in one backend
         step that also volunteers this worker when there is nothing to claim."""
-        sent = self._outbox.take()
         async with self.calls_in_flight:  # its completions and claims count as held
+            sent = self._outbox.take()  # inside: a reconcile names what the outbox holds
             try:
                 claimed = await self.backend.complete_and_claim(
                     self.id,
