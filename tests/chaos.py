@@ -363,6 +363,8 @@ class ChaosRun(ABC):
         self.timeline = Timeline()
         self.procs = GridProcesses(self.node_url, self.logs, **self._env())
         self.distributor: subprocess.Popen[bytes] | None = None
+        self.distributor_started = 0.0
+        """When the distributor process was last started (`time.monotonic`)."""
         self.workers: dict[str, subprocess.Popen[bytes]] = {}
         self.stopped: dict[int, tuple[subprocess.Popen[bytes], str, float]] = {}
         """pid -> (process, what it is, when it was stopped), while SIGSTOPped."""
@@ -444,6 +446,7 @@ class ChaosRun(ABC):
 
     def start_distributor(self) -> None:
         self.distributor = self.procs.distributor(self.config.pool)
+        self.distributor_started = time.monotonic()
         self.timeline.add("start_distributor", self.config.pool, self.distributor.pid)
 
     def start_worker(self) -> None:
@@ -667,7 +670,12 @@ class ChaosRun(ABC):
 
     async def _dead_reaped(self) -> bool:
         """Every node the run killed is gone from the grid (its lease ran out and someone
-        reaped it), and every node left is alive."""
+        reaped it), and every node left is alive. A distributor started again under its own
+        name counts once it has outlived the lease of the one killed before it: its name is
+        alive then only if the new process renewed it (stopped any sooner, it may not have
+        joined yet, and nobody would be left to reap the killed one's lease)."""
+        if time.monotonic() - self.distributor_started < LEASE:
+            return False
         found = await nodes(self.url)
         killed = self.killed_node_ids()
         return all(n.alive and n.node not in killed for n in found)
