@@ -7,8 +7,11 @@ under way then (sent again to a new server after a failover, or a blocking wait-
 have been made by the server already while its reply has not arrived, and a call started while
 the reconcile is on its way may be made before it: either way its keys are in the running set
 but not named, and would be given back to others while this node runs them too. So each such
-call counts itself (`async with calls:`), and the reconcile runs `held_back()`: no call starts
-until it ends, and every call under way has ended (its claims taken in) when it begins.
+call waits until calls are not held back (`await calls.opened()`, which returns at once but
+during a reconcile) and counts itself (`with calls:`, entered with no await in between), and the
+reconcile runs `held_back()`: no call starts until it ends, and every call under way has ended
+(its claims taken in) when it begins. A plain `with` rather than `async with`: W1 measured the
+difference (about 30 us of latency per call over Redis).
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from contextlib import asynccontextmanager
 
 
 class CallsInFlight:
-    """An async context manager around each call; `held_back()` around a reconcile."""
+    """`opened()` then a `with` block around each call; `held_back()` around a reconcile."""
 
     def __init__(self) -> None:
         self._under_way = 0
@@ -28,13 +31,17 @@ class CallsInFlight:
         self._idle = asyncio.Event()
         self._idle.set()
 
-    async def __aenter__(self) -> None:
-        if not self._open.is_set():
+    async def opened(self) -> None:
+        """Return once calls may start: at once, unless a reconcile holds them back."""
+        while not self._open.is_set():
             await self._open.wait()
+
+    def __enter__(self) -> None:
+        """Count a call under way (after `opened`, with no await between the two)."""
         self._under_way += 1
         self._idle.clear()
 
-    async def __aexit__(self, *exc_info: object) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self._under_way -= 1
         if not self._under_way:
             self._idle.set()

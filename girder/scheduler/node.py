@@ -748,7 +748,8 @@ class Node:
     ) -> tuple[str, ...] | None:
         """Submit submissions that share a target; deliver cached outcomes; return a cycle."""
         head = group[0]
-        async with self.calls_in_flight:
+        await self.calls_in_flight.opened()
+        with self.calls_in_flight:
             found, claimed = await self.backend.submit_and_claim(
                 self.id,
                 [s.request for s in group],

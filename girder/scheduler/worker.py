@@ -166,7 +166,8 @@ class Worker(Node):
             if not self._claimed:
                 self.baton.release()
                 self._volunteered = False
-                async with self.calls_in_flight:
+                await self.calls_in_flight.opened()
+                with self.calls_in_flight:
                     claimed = await self.backend.wait_and_claim(self.id, self.settings.idle_poll)
                     if claimed is not None:
                         self._claimed.append(claimed)
@@ -277,7 +278,8 @@ class Worker(Node):
     async def _settle(self, *, claim: int) -> None:
         """Send the held-back completions and claim up to `claim` requests, in one backend
         step that also volunteers this worker when there is nothing to claim."""
-        async with self.calls_in_flight:  # its completions and claims count as held
+        await self.calls_in_flight.opened()
+        with self.calls_in_flight:  # its completions and claims count as held
             sent = self._outbox.take()  # inside: a reconcile names what the outbox holds
             try:
                 claimed = await self.backend.complete_and_claim(
