@@ -120,6 +120,26 @@ async def nodes(url: str) -> list[NodeInfo]:
         await backend.close()
 
 
+async def any_running(url: str) -> bool:
+    """Whether some worker runs a request."""
+    return any(n.running > 0 for n in await nodes(url) if n.kind == NodeKind.WORKER)
+
+
+async def nothing_runs(url: str) -> bool:
+    """Whether no node holds a request as running (none left to a node done with it)."""
+    return all(n.running == 0 for n in await nodes(url))
+
+
+async def cached_at_least(url: str, count: int) -> bool:
+    """Whether the grid holds `count` cached results or more."""
+    backend = open_backend(url)
+    await backend.connect()
+    try:
+        return await backend.cache_size() >= count
+    finally:
+        await backend.close()
+
+
 async def wait_until(
     check: Callable[[], Awaitable[bool]], timeout: float = 20, what: str = "condition"
 ) -> None:

@@ -9,11 +9,17 @@ from pathlib import Path
 
 import pytest
 from gridfns import add, fan_of_fans, fib, identity, tree
-from processes import CLIENT_OPTIONS, GridProcesses, nodes, wait_for_nodes, wait_until
+from processes import (
+    CLIENT_OPTIONS,
+    GridProcesses,
+    any_running,
+    cached_at_least,
+    nothing_runs,
+    wait_for_nodes,
+    wait_until,
+)
 
 import girder
-from girder.backends import open_backend
-from girder.backends.base import NodeKind
 from girder.testing.redis_cluster import RedisClusterServers
 
 pytestmark = [pytest.mark.redis, pytest.mark.slow, pytest.mark.timeout(180)]
@@ -45,19 +51,6 @@ async def client(
         yield grid
 
 
-async def _any_running(url: str) -> bool:
-    return any(n.running > 0 for n in await nodes(url) if n.kind == NodeKind.WORKER)
-
-
-async def _cached(url: str, count: int) -> bool:
-    backend = open_backend(url)
-    await backend.connect()
-    try:
-        return await backend.cache_size() >= count
-    finally:
-        await backend.close()
-
-
 def _fib(n: int) -> int:
     a, b = 0, 1
     for _ in range(n):
@@ -80,7 +73,7 @@ async def test_a_primary_killed_mid_job_is_replaced_and_every_request_finishes(
     primary = redis_cluster.owner(redis_cluster.keyslot(ANCHOR))
     job = client.submit(fan_of_fans, 4, 6, 50, "failover")
     many = asyncio.ensure_future(client.call_all([(add, i, 31) for i in range(3000)]))
-    await wait_until(lambda: _any_running(redis_cluster_url), what="work running")
+    await wait_until(lambda: any_running(redis_cluster_url), what="work running")
     promoted = await asyncio.to_thread(redis_cluster.fail_over, primary)
     assert promoted is not primary
     assert await asyncio.wait_for(job, 120) == 4 * sum(range(6))
@@ -100,20 +93,19 @@ async def test_writes_lost_with_a_primary_are_recovered(
     finishes with the right answer, and no key is left running."""
     primary = redis_cluster.owner(redis_cluster.keyslot(ANCHOR))
     job = client.submit(fan_of_fans, 3, 8, 300, "lost-writes")
-    await wait_until(lambda: _any_running(redis_cluster_url), what="leaves running")
+    await wait_until(lambda: any_running(redis_cluster_url), what="leaves running")
     await asyncio.to_thread(redis_cluster.stall_replication, primary)
-    await wait_until(lambda: _cached(redis_cluster_url, 6), what="leaves finished, unreplicated")
+    await wait_until(
+        lambda: cached_at_least(redis_cluster_url, 6), what="leaves finished, unreplicated"
+    )
     await asyncio.to_thread(redis_cluster.fail_over, primary)
     assert await asyncio.wait_for(job, 120) == 3 * sum(range(8))
 
     async def clock_went_back() -> bool:
         return "clock_went_back=True" in grid_processes.log_text()
 
-    async def nothing_runs() -> bool:
-        return all(node.running == 0 for node in await nodes(redis_cluster_url))
-
     await wait_until(clock_went_back, what="a node to see the clock go back")
-    await wait_until(nothing_runs, what="no key left running")
+    await wait_until(lambda: nothing_runs(redis_cluster_url), what="no key left running")
 
 
 async def test_every_primary_failing_in_turn_under_large_values(
@@ -173,7 +165,7 @@ async def test_the_grids_slot_moved_under_load_loses_and_hangs_nothing(
     target = next(s for s in redis_cluster.primaries() if s is not redis_cluster.owner(slot))
     job = client.submit(fan_of_fans, 4, 6, 100, "moved")
     many = asyncio.ensure_future(client.call_all([(add, i, 53) for i in range(3000)]))
-    await wait_until(lambda: _any_running(redis_cluster_url), what="work running")
+    await wait_until(lambda: any_running(redis_cluster_url), what="work running")
     moved = await asyncio.to_thread(redis_cluster.move_slot, slot, target, 5, 0.01)
     assert moved > 100
     assert redis_cluster.owner(slot) is target

@@ -13,7 +13,14 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 from gridfns import add, fan_of_fans, identity, staged, tree
-from processes import FAST_RECOVERY, GridProcesses, nodes, wait_for_nodes, wait_until
+from processes import (
+    FAST_RECOVERY,
+    GridProcesses,
+    cached_at_least,
+    nodes,
+    wait_for_nodes,
+    wait_until,
+)
 
 import girder
 from girder.backends.base import NodeKind
@@ -57,15 +64,6 @@ async def _running(url: str) -> bool:
     return any(n.running > 0 for n in await nodes(url) if n.kind == NodeKind.WORKER)
 
 
-async def _cached(url: str, count: int) -> bool:
-    backend = RedisBackend(url)
-    await backend.connect()
-    try:
-        return await backend.cache_size() >= count
-    finally:
-        await backend.close()
-
-
 async def _start_grid(procs: GridProcesses, url: str) -> None:
     procs.distributor()
     procs.worker("w1")
@@ -82,7 +80,7 @@ async def test_a_short_redis_outage_fails_no_request(
     await _start_grid(grid_processes, server.url)
     # 63 calls of 150 ms, one at a time per worker: about 4.7 s on the two workers.
     job = client.submit(staged, 5, 150, "outage")
-    await wait_until(lambda: _cached(server.url, 4), what="the first leaves finished")
+    await wait_until(lambda: cached_at_least(server.url, 4), what="the first leaves finished")
     server.command("SAVE")
     server.kill()
     assert not job.done()  # the outage comes mid-job
@@ -136,7 +134,9 @@ async def test_a_redis_restored_from_an_older_snapshot_does_not_hang_the_grid(
     job = client.submit(fan_of_fans, 3, 8, 400, "restore")
     await wait_until(lambda: _running(server.url), what="leaves running")
     server.command("SAVE")
-    await wait_until(lambda: _cached(server.url, 6), what="leaves finished after the snapshot")
+    await wait_until(
+        lambda: cached_at_least(server.url, 6), what="leaves finished after the snapshot"
+    )
     server.restart()  # loads the older snapshot
     assert await asyncio.wait_for(job, 60) == 3 * sum(range(8))
     assert "clock_went_back=True" in grid_processes.log_text()

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 from gridfns import add, chain, fan, fan_of_fans, fib, tree
-from processes import FAST_RECOVERY, GridProcesses, nodes, wait_for_nodes, wait_until
+from processes import FAST_RECOVERY, GridProcesses, any_running, nodes, wait_for_nodes, wait_until
 
 import girder
 from girder.backends.base import NodeKind
@@ -119,7 +119,7 @@ async def test_kill_9_of_the_distributor_and_a_restart(
     await wait_for_nodes(redis_url, workers=2)
     job = client.submit(fan_of_fans, 4, 6, 30, "kill-distributor")
     await wait_until(
-        lambda: _any_running(redis_url), what="work running before the distributor dies"
+        lambda: any_running(redis_url), what="work running before the distributor dies"
     )
     grid_processes.kill9(distributor)
     more = client.submit(fan, 5, 20, "after-distributor-death")
@@ -127,10 +127,6 @@ async def test_kill_9_of_the_distributor_and_a_restart(
     grid_processes.distributor()
     assert await asyncio.wait_for(job, 60) == 4 * sum(range(6))
     assert await asyncio.wait_for(more, 60) == sum(range(5))
-
-
-async def _any_running(url: str) -> bool:
-    return any(n.running > 0 for n in await nodes(url) if n.kind == NodeKind.WORKER)
 
 
 async def test_redis_restart_mid_job(
@@ -141,7 +137,7 @@ async def test_redis_restart_mid_job(
     grid_processes.worker("w2")
     await wait_for_nodes(redis_url, workers=2)
     job = client.submit(fan_of_fans, 4, 6, 50, "redis-restart")
-    await wait_until(lambda: _any_running(redis_url), what="work running")
+    await wait_until(lambda: any_running(redis_url), what="work running")
     redis_server.restart()
     assert await asyncio.wait_for(job, 90) == 4 * sum(range(6))
 

@@ -10,11 +10,17 @@ from pathlib import Path
 
 import pytest
 from gridfns import add, fan_of_fans, fib
-from processes import CLIENT_OPTIONS, GridProcesses, nodes, wait_for_nodes, wait_until
+from processes import (
+    CLIENT_OPTIONS,
+    GridProcesses,
+    any_running,
+    cached_at_least,
+    nothing_runs,
+    wait_for_nodes,
+    wait_until,
+)
 
 import girder
-from girder.backends import open_backend
-from girder.backends.base import NodeKind
 from girder.testing.redis_sentinel import RedisSentinelGroup
 
 pytestmark = [pytest.mark.redis, pytest.mark.slow, pytest.mark.timeout(180)]
@@ -41,10 +47,6 @@ async def client(
         yield grid
 
 
-async def _any_running(url: str) -> bool:
-    return any(n.running > 0 for n in await nodes(url) if n.kind == NodeKind.WORKER)
-
-
 def _fib(n: int) -> int:
     a, b = 0, 1
     for _ in range(n):
@@ -65,22 +67,13 @@ async def test_a_primary_killed_mid_job_is_replaced_and_every_request_finishes(
     old = redis_sentinel.primary()
     job = client.submit(fan_of_fans, 4, 6, 50, "sentinel-failover")
     many = asyncio.ensure_future(client.call_all([(add, i, 17) for i in range(3000)]))
-    await wait_until(lambda: _any_running(redis_sentinel_url), what="work running")
+    await wait_until(lambda: any_running(redis_sentinel_url), what="work running")
     promoted = await asyncio.to_thread(redis_sentinel.fail_over)
     assert promoted is not old
     assert not old.running
     assert await asyncio.wait_for(job, 120) == 4 * sum(range(6))
     assert await asyncio.wait_for(many, 120) == [i + 17 for i in range(3000)]
     assert "request failed" not in grid_processes.log_text()
-
-
-async def _cached(url: str, count: int) -> bool:
-    backend = open_backend(url)
-    await backend.connect()
-    try:
-        return await backend.cache_size() >= count
-    finally:
-        await backend.close()
 
 
 async def test_writes_lost_with_the_primary_are_recovered(
@@ -95,9 +88,11 @@ async def test_writes_lost_with_the_primary_are_recovered(
     again) and submits again: the job finishes with the right answer, and no key is left
     running."""
     job = client.submit(fan_of_fans, 3, 8, 300, "sentinel-lost-writes")
-    await wait_until(lambda: _any_running(redis_sentinel_url), what="leaves running")
+    await wait_until(lambda: any_running(redis_sentinel_url), what="leaves running")
     await asyncio.to_thread(redis_sentinel.stall_replication)
-    await wait_until(lambda: _cached(redis_sentinel_url, 6), what="leaves finished, unreplicated")
+    await wait_until(
+        lambda: cached_at_least(redis_sentinel_url, 6), what="leaves finished, unreplicated"
+    )
     await asyncio.to_thread(redis_sentinel.fail_over)
     assert await asyncio.wait_for(job, 120) == 3 * sum(range(8))
 
@@ -105,8 +100,5 @@ async def test_writes_lost_with_the_primary_are_recovered(
         logs = grid_processes.log_text().split("--- ")[1:]
         return len(logs) == 3 and all("writes_may_be_lost=True" in log for log in logs)
 
-    async def nothing_runs() -> bool:
-        return all(node.running == 0 for node in await nodes(redis_sentinel_url))
-
     await wait_until(every_node_reconciled, what="each node to see another server")
-    await wait_until(nothing_runs, what="no key left running")
+    await wait_until(lambda: nothing_runs(redis_sentinel_url), what="no key left running")
