@@ -1,22 +1,28 @@
-"""How a grid's memory and Redis CPU spread over a Redis Cluster's primaries, by the size from
-which values become blobs (`large_value_bytes`, GIRDER_LARGE_VALUE_BYTES).
+"""How a grid's memory and Redis CPU spread over a Redis Cluster's primaries: by the size from
+which values become blobs (`large_value_bytes`, GIRDER_LARGE_VALUE_BYTES), and with cached
+results moved to their own keys' slots (`spread_results`, GIRDER_SPREAD_RESULTS).
 
 A grid keeps its state in one slot of the cluster (one primary at a time), but the bytes of a
-blob live in the slot of their digest: values over `large_value_bytes` spread over every
-primary. This runs the same grid job with the default (1 MiB: values of `--size` bytes stay in
-the grid's slot) and with `--spread-from` (16 KiB: they become blobs), on a private cluster of
-3 primaries (`girder.testing.redis_cluster`, no replicas: their replication would share the 2
-cores), a distributor and a worker in this process and a client (`Grid.connect`):
+blob live in the slot of their digest, and with `spread_results` a cached result moves to the
+slot of its key. This runs the same grid job in the cases of `--cases`: `one-slot` (the
+defaults), `blobs` (`large_value_bytes` = `--spread-from`: values of `--size` bytes over it
+become blobs) and `results` (`spread_results`), on a private cluster of 3 primaries
+(`girder.testing.redis_cluster`, no replicas: their replication would share the 2 cores), a
+distributor and a worker in this process and a client (`Grid.connect`):
 
-- `call_all` of `--requests` requests of `blob_result(--size)`, distinct values: the wall time;
+- `call_all` of `--requests` requests of `blob_result(--size)`, distinct values: the wall time
+  (and, for `results`, the moves of the cached results, waited for);
 - then every primary's growth of `used_memory` (the cached results and their blobs) and the
   Redis CPU (`used_cpu_sys` + `used_cpu_user`) each spent during the calls;
-- `call_all` again: every value cached, fetched back (from the record, or from its blob).
+- `call_all` again: every value cached, fetched back (from the record, its blob, or its own
+  slot), and the CPU each primary spent on that.
 
 The cases alternate over `--runs` rounds on a flushed grid; one JSON line per case and round,
 then one per case with the medians.
 
     .venv/bin/python benchmarks/value_spread.py [--requests 300] [--size 65536] [--runs 3]
+        [--cases one-slot,blobs]
+    .venv/bin/python benchmarks/value_spread.py --size 100 --requests 3000 --cases one-slot,results
 """
 
 from __future__ import annotations
@@ -55,9 +61,9 @@ def _primaries(servers: RedisClusterServers) -> dict[int, tuple[int, float]]:
 
 
 async def _case(
-    servers: RedisClusterServers, threshold: int, requests: int, size: int
+    servers: RedisClusterServers, options: dict[str, Any], requests: int, size: int
 ) -> dict[str, Any]:
-    options = {"key_prefix": _PREFIX, "large_value_bytes": threshold, "secret": grid_secret()}
+    options = {"key_prefix": _PREFIX, "secret": grid_secret(), **options}
     settings = load_settings(backend=servers.url, **options)
     backend = RedisBackend(servers.url, settings=settings)
     await backend.connect()
@@ -72,12 +78,15 @@ async def _case(
             before = _primaries(servers)
             started = time.perf_counter()
             values = await grid.call_all(calls)
+            if backend._results is not None:
+                await backend._results.settled()  # the moves are part of the cost
             seconds = time.perf_counter() - started
             after = _primaries(servers)
             assert all(len(value) == size for value in values)
             started = time.perf_counter()
             again = await grid.call_all(calls)
             cached_seconds = time.perf_counter() - started
+            reread = _primaries(servers)
             assert again == values
     finally:
         await worker.stop()
@@ -86,6 +95,7 @@ async def _case(
         await backend.close()
     memory = sorted((after[p][0] - before[p][0] for p in before), reverse=True)
     cpu = sorted((after[p][1] - before[p][1] for p in before), reverse=True)
+    reread_cpu = sorted((reread[p][1] - after[p][1] for p in before), reverse=True)
     return {
         "seconds": round(seconds, 3),
         "calls_per_s": round(requests / seconds),
@@ -95,30 +105,37 @@ async def _case(
         "memory_total": sum(memory),
         "cpu_ms_per_primary": [round(c * 1000, 1) for c in cpu],
         "cpu_us_per_request": round(sum(cpu) / requests * 1e6, 1),
+        "cached_cpu_ms_per_primary": [round(c * 1000, 1) for c in reread_cpu],
+        "cached_cpu_us_per_request": round(sum(reread_cpu) / requests * 1e6, 1),
     }
 
 
-def _emit(case: str, threshold: int, args: argparse.Namespace, **fields: object) -> None:
-    line = {"bench": "value_spread", "case": case, "large_value_bytes": threshold}
+def _emit(case: str, options: dict[str, Any], args: argparse.Namespace, **fields: object) -> None:
+    line = {"bench": "value_spread", "case": case, **options}
     line |= {"requests": args.requests, "size": args.size}
     print(json.dumps(line | fields), flush=True)
 
 
 async def _run(servers: RedisClusterServers, args: argparse.Namespace) -> None:
-    cases = {"one-slot": 1024 * 1024, "spread": args.spread_from}
+    known: dict[str, dict[str, Any]] = {
+        "one-slot": {},
+        "blobs": {"large_value_bytes": args.spread_from},
+        "results": {"spread_results": True},
+    }
+    cases = {case: known[case] for case in args.cases.split(",")}
     results: dict[str, list[dict[str, Any]]] = {case: [] for case in cases}
     for round_ in range(args.runs):
-        for case, threshold in cases.items():
-            figures = await _case(servers, threshold, args.requests, args.size)
+        for case, options in cases.items():
+            figures = await _case(servers, options, args.requests, args.size)
             results[case].append(figures)
-            _emit(case, threshold, args, round=round_, **figures)
+            _emit(case, options, args, round=round_, **figures)
             say(f"{case:8} round {round_}: {figures}")
-    for case, threshold in cases.items():
+    for case, options in cases.items():
         runs = results[case]
         names = ("seconds", "calls_per_s", "cached_seconds", "largest_memory_share")
-        names += ("memory_total", "cpu_us_per_request")
+        names += ("memory_total", "cpu_us_per_request", "cached_cpu_us_per_request")
         medians = {name: statistics.median(run[name] for run in runs) for name in names}
-        _emit(case, threshold, args, runs=len(runs), median=medians)
+        _emit(case, options, args, runs=len(runs), median=medians)
 
 
 def main() -> None:
@@ -127,6 +144,9 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=64 * 1024)
     parser.add_argument("--spread-from", type=int, default=16 * 1024)
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument(
+        "--cases", default="one-slot,blobs", help="of one-slot, blobs, results (comma-separated)"
+    )
     args = parser.parse_args()
     with RedisClusterServers(replicas=0) as servers:
         asyncio.run(_run(servers, args))

@@ -54,6 +54,12 @@ class Settings(BaseSettings):
     large_value_bytes: int = Field(
         1024 * 1024, gt=0, description="Values and arguments over this are stored as blobs."
     )
+    spread_results: bool = Field(
+        False,
+        description="Redis: move each cached result out of the grid's hash slot into the slot "
+        "of its own key, so that on a Redis Cluster cached results and cache hits spread over "
+        "every primary (docs/scaling.md). Set it alike on every process of a grid.",
+    )
     key_prefix: str = Field("girder", description="Prefix of every key a shared backend writes.")
     log_level: str = Field("WARNING", description="structlog level: DEBUG, INFO, WARNING...")
     imports: list[str] = Field(default_factory=list, description="Modules a worker imports.")

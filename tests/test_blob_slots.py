@@ -186,17 +186,15 @@ async def test_a_put_whose_bytes_a_sweep_drops_between_its_steps_writes_them_aga
     await backend.put_blob(digest, data, holder="gone")
     cutoff, deadline, _, generations, unheld = await swept_by_hand(backend)
     assert unheld == [digest]
-    original = redis_blobs.RedisBlobs._slot_script
+    original = backend._blobs._slot_script
     dropped: list[bool] = []
 
-    async def sweep_step_2_first(
-        self: redis_blobs.RedisBlobs, name: str, keys: Sequence[str], *args: Any
-    ) -> Any:
+    async def sweep_step_2_first(name: str, keys: Sequence[str], *args: Any) -> Any:
         if name != "blob_drop" and not dropped:
-            dropped.append(await self.drop(digest, generations[digest]))
-        return await original(self, name, keys, *args)
+            dropped.append(await backend._blobs.drop(digest, generations[digest]))
+        return await original(name, keys, *args)
 
-    monkeypatch.setattr(redis_blobs.RedisBlobs, "_slot_script", sweep_step_2_first)
+    monkeypatch.setattr(backend._blobs, "_slot_script", sweep_step_2_first)
     await backend.put_blob(digest, data, holder="k")
     monkeypatch.undo()
     assert dropped == [True]
@@ -218,18 +216,16 @@ async def test_a_put_slower_than_the_window_holds_its_blob_again(
     digest, data = blob("slow-put")
     clock = [1000.0]
     monkeypatch.setattr(redis_blobs, "monotonic", lambda: clock[0])
-    original = redis_blobs.RedisBlobs._slot_script
+    original = backend._blobs._slot_script
     swept: list[int] = []
 
-    async def stalled_between_steps(
-        self: redis_blobs.RedisBlobs, name: str, keys: Sequence[str], *args: Any
-    ) -> Any:
+    async def stalled_between_steps(name: str, keys: Sequence[str], *args: Any) -> Any:
         if name != "blob_drop" and not swept:
             swept.append(await backend.sweep_blobs(0))
             clock[0] += 120
-        return await original(self, name, keys, *args)
+        return await original(name, keys, *args)
 
-    monkeypatch.setattr(redis_blobs.RedisBlobs, "_slot_script", stalled_between_steps)
+    monkeypatch.setattr(backend._blobs, "_slot_script", stalled_between_steps)
     await backend.put_blob(digest, data, holder="k")
     assert swept == [1]  # the holder was given up, the entry dropped, mid-put
     await put(backend, "c", ["k"])

@@ -62,6 +62,18 @@ class TestRedisBackend(BackendConformance):
         await backend.close()
 
 
+class TestRedisBackendSpreadingResults(BackendConformance):
+    """The suite with cached results moved to their own keys' slots (`spread_results`)."""
+
+    @pytest.fixture
+    async def backend(self, redis_url: str) -> AsyncIterator[StateBackend]:
+        settings = Settings(key_prefix=PREFIX, spread_results=True)
+        backend = RedisBackend(redis_url, settings=settings)
+        await backend.connect()
+        yield backend
+        await backend.close()
+
+
 @pytest.fixture
 async def backend(redis_url: str) -> AsyncIterator[RedisBackend]:
     backend = RedisBackend(redis_url, settings=Settings(key_prefix=PREFIX))
@@ -683,6 +695,8 @@ class TestRedisBackendLosingEveryReplyOnce(BackendConformance):
     server ran it: every script runs twice (the client sends it again), and every rule must
     still hold. Waits for a wake-up are spared (a lost wake-up only costs a wake-up)."""
 
+    spread_results = False
+
     @pytest.fixture
     async def backend(
         self, redis_url: str, monkeypatch: pytest.MonkeyPatch
@@ -703,11 +717,19 @@ class TestRedisBackendLosingEveryReplyOnce(BackendConformance):
         # A lost reply is retried after the outage backoff's first step: cut it, so that the
         # hundreds of lost replies of this class cost what their round trips do.
         monkeypatch.setattr(redis_backend, "_RETRY_FIRST", 0.002)
-        backend = RedisBackend(redis_url, settings=Settings(key_prefix=PREFIX))
+        settings = Settings(key_prefix=PREFIX, spread_results=self.spread_results)
+        backend = RedisBackend(redis_url, settings=settings)
         await backend.connect()
         yield backend
         await backend.close()
         assert seen, "no reply was lost"
+
+
+class TestRedisBackendSpreadingResultsLosingEveryReplyOnce(TestRedisBackendLosingEveryReplyOnce):
+    """The same, with cached results moved to their own keys' slots: every step of a move
+    runs twice too."""
+
+    spread_results = True
 
 
 async def test_a_server_stall_longer_than_the_leases_reaps_nobody(
@@ -771,16 +793,14 @@ async def test_the_parts_of_a_writer_that_died_expire(
     backend: RedisBackend, raw: aioredis.Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(redis_blobs, "BLOB_CHUNK_BYTES", 1000)
-    original = redis_blobs.RedisBlobs._slot_script
+    original = backend._blobs._slot_script
 
-    async def dies_before_publishing(
-        self: redis_blobs.RedisBlobs, name: str, keys: Sequence[str], *args: Any
-    ) -> Any:
+    async def dies_before_publishing(name: str, keys: Sequence[str], *args: Any) -> Any:
         if name == "blob_publish":
             raise RuntimeError("the writer died")
-        return await original(self, name, keys, *args)
+        return await original(name, keys, *args)
 
-    monkeypatch.setattr(redis_blobs.RedisBlobs, "_slot_script", dies_before_publishing)
+    monkeypatch.setattr(backend._blobs, "_slot_script", dies_before_publishing)
     digest, data = blob("dies", 5000)
     with pytest.raises(RuntimeError):
         await backend.put_blob(digest, data, holder="k")

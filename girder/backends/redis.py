@@ -10,7 +10,9 @@ Every atomic primitive is one Lua script from `girder/backends/lua/`, loaded wit
 and run by SHA (reloaded after a NOSCRIPT, e.g. when the server restarted), so submit, claim and
 complete are one round trip each. Key names live in `redis_keys`, script arguments and reply
 codes in `redis_scripts`. Blobs are the exception: their bytes live in a slot of their own, so a
-put or a sweep of one is a few ordered steps, one script per slot (see `redis_blobs`).
+put or a sweep of one is a few ordered steps, one script per slot (see `redis_blobs`); and so
+are cached results with `Settings.spread_results`, moved to their own keys' slots in a few
+ordered steps too (see `redis_results`).
 
 Every operation is safe to send again: the scripts that claim work are journaled by a token per
 call (a resent call returns the first call's reply), and the others change nothing when repeated.
@@ -83,6 +85,7 @@ from girder.backends.redis_keys import (
     chunk_fields,
     unchunked,
 )
+from girder.backends.redis_results import SpreadResults
 from girder.backends.redis_scripts import (
     MAX_SCRIPT_BYTES,
     MAX_SUBMIT_KEYS,
@@ -90,6 +93,7 @@ from girder.backends.redis_scripts import (
     SUBMITTED_DONE,
     Script,
     build_scripts,
+    build_slot_scripts,
 )
 from girder.backends.resp import (
     Command,
@@ -297,14 +301,28 @@ class RedisBackend:
                 self._redis = RedisClient(parse_url(url))
         except ValueError as exc:
             raise ConfigurationError(f"bad Redis URL {self.url!r}: {exc}") from exc
+        self._slot_scripts = build_slot_scripts()
         self._blobs = RedisBlobs(
             self._keys,
             run=self._run,
+            slot_script=self._slot_script,
             retrying=self._retrying,
             at=self._at,
             servers=self._servers,
             error=lambda what, error: _reply_error(self.url, what, error),
         )
+        self._results: SpreadResults | None = None
+        """Cached results moved to their own keys' slots, when `Settings.spread_results`."""
+        if settings.spread_results:
+            self._results = SpreadResults(
+                self._keys,
+                run=self._run,
+                journaled=lambda name, node, *args: self._journaled(name, node, True, *args),
+                slot_script=self._slot_script,
+                retrying=self._retrying,
+                at=self._at,
+                servers=self._servers,
+            )
 
     async def connect(self) -> None:
         """Check the server and load the scripts. A server that cannot be reached at all is a
@@ -406,6 +424,8 @@ class RedisBackend:
                 raise reply
 
     async def close(self) -> None:
+        if self._results is not None:
+            await self._results.close()
         self._redis.close()
 
     # -- plumbing ---------------------------------------------------------------------------------
@@ -454,6 +474,27 @@ class RedisBackend:
         safe to repeat, see `_journaled`)."""
         command = self._call(name, *args)
         return await self._retrying(name, lambda: self._redis.execute(*command))
+
+    async def _slot_script(
+        self, name: str, keys: Sequence[str], *args: str | bytes | int | float
+    ) -> Any:
+        """Run a script of a slot of its own (`SLOT_SCRIPTS`: a blob's, a moved result's) by
+        SHA, sending its source on a NOSCRIPT (a server that never saw it, or restarted),
+        retried through outages."""
+        script = self._slot_scripts[name]
+        client = self._at(keys[0])
+        by_sha = ("EVALSHA", script.sha, len(keys), *keys, *args)
+        by_source = ("EVAL", script.source, len(keys), *keys, *args)
+
+        async def attempt() -> Any:
+            [reply] = await client.pipeline([by_sha])
+            if isinstance(reply, ReplyError) and _is_noscript(reply):
+                [reply] = await client.pipeline([by_source])
+            if isinstance(reply, ReplyError):
+                raise reply
+            return reply
+
+        return await self._retrying(name, attempt)
 
     async def _journaled(
         self, name: str, node: str, exactly_once: bool, *args: str | bytes | int | float
@@ -542,7 +583,43 @@ class RedisBackend:
     ) -> tuple[list[Submitted], list[Claimed]]:
         """One script call per `MAX_SUBMIT_KEYS` requests or `MAX_SCRIPT_BYTES` of payloads
         (so none holds Redis for long, nor needs much memory at once); the first claims.
-        Chunks go in order: a waiter's cycle check sees the edges of earlier chunks."""
+        Chunks go in order: a waiter's cycle check sees the edges of earlier chunks. With
+        `spread_results`, the keys whose results moved to their own slots are answered from
+        there, and only the others go to the scripts."""
+        if not requests and not claim:
+            return [], []
+        options: dict[str, Any] = {
+            "into": into,
+            "on_top": on_top,
+            "waiter_key": waiter_key,
+            "dispatch": dispatch,
+            "claim": claim,
+            "job": job,
+        }
+        if self._results is not None and requests:
+            moved = await self._results.lookup([request.key for request in requests])
+            if moved:
+                rest = [request for request in requests if request.key not in moved]
+                found, claimed = await self._submit_and_claim(node, rest, **options)
+                of_rest = iter(found)
+                return [
+                    Submitted(r.key, outcome=moved[r.key]) if r.key in moved else next(of_rest)
+                    for r in requests
+                ], claimed
+        return await self._submit_and_claim(node, requests, **options)
+
+    async def _submit_and_claim(
+        self,
+        node: str,
+        requests: Sequence[NewRequest],
+        *,
+        into: str,
+        on_top: bool,
+        waiter_key: str | None,
+        dispatch: bool,
+        claim: int,
+        job: str | None,
+    ) -> tuple[list[Submitted], list[Claimed]]:
         if not requests and not claim:
             return [], []
         found: list[Submitted] = []
@@ -586,6 +663,8 @@ class RedisBackend:
         failures = json.dumps({key: _event_text(error)}) if error and self._events else ""
         args = _completion_args(Completion(key, outcome, cache, ttl, function))
         await self._journaled("complete", node, False, node, 0, "", failures, *args)
+        if self._results is not None and cache:
+            self._results.completed([key])
 
     async def complete_and_claim(
         self,
@@ -602,7 +681,10 @@ class RedisBackend:
         args: list[str | bytes | int] = [node, claim, volunteer_at or "", failures]
         for completion in completions:
             args += _completion_args(completion)
-        return _claimed(await self._journaled("complete", node, claim > 0, *args))
+        claimed = _claimed(await self._journaled("complete", node, claim > 0, *args))
+        if self._results is not None:
+            self._results.completed([c.key for c in completions if c.cache])
+        return claimed
 
     async def publish(self, node: str, key: str, outcome: bytes) -> bool:
         return bool(await self._run("publish", node, key, outcome))
@@ -681,13 +763,19 @@ class RedisBackend:
 
     async def state(self, key: str) -> RequestState:
         status = await self._execute("state", "HGET", self._keys.record(key), F_STATUS)
+        if status is None and self._results is not None and await self._results.lookup([key]):
+            return RequestState.DONE
         return RequestState.UNKNOWN if status is None else _STATES.get(status, RequestState.PENDING)
 
     async def result(self, key: str) -> bytes | None:
         status, *outcome = await self._execute(
             "result", "HMGET", self._keys.record(key), F_STATUS, *chunk_fields(F_OUTCOME)
         )
-        return unchunked(outcome) if status == DONE.encode() else None
+        if status == DONE.encode():
+            return unchunked(outcome)
+        if status is None and self._results is not None:
+            return (await self._results.lookup([key])).get(key)
+        return None
 
     async def payloads(self, keys: Sequence[str]) -> list[bytes | None]:
         if not keys:
@@ -857,6 +945,9 @@ class RedisBackend:
     async def cache_stats(self) -> CacheStats:
         seen: set[str] = set()
         usage: dict[str, CacheUsage] = {}
+        if self._results is not None:
+            await self._results.settled()
+            await self._results.usage(seen, usage)
         async for keys in self._scan_records("cache_stats"):
             flat = await self._run("cache_entries", *keys)
             for i in range(0, len(flat), 3):
@@ -871,26 +962,43 @@ class RedisBackend:
     async def cache_clear(self, function: str | None = None) -> int:
         every = int(function is None)
         clearer = f"cache-clear-{uuid.uuid4().hex}"  # names its journal (see cache_drop.lua)
-        dropped = 0
+        dropped: set[str] = set()
+        if self._results is not None:
+            await self._results.settled()
         try:
             async for keys in self._scan_records("cache_clear"):
-                dropped += await self._journaled(
-                    "cache_drop", clearer, True, clearer, function or "", every, *keys
+                dropped.update(
+                    map(
+                        _text,
+                        await self._journaled(
+                            "cache_drop", clearer, True, clearer, function or "", every, *keys
+                        ),
+                    )
                 )
         finally:
             await self._execute("cache_clear", "DEL", self._keys.journal(clearer))
-        return dropped
+        if self._results is not None:
+            dropped |= await self._results.clear(function)
+        return len(dropped)
 
     async def forget(self, keys: Sequence[str]) -> int:
         if not keys:
             return 0
         forgetter = f"forget-{uuid.uuid4().hex}"  # names its journal (see cache_drop.lua)
+        if self._results is not None:
+            await self._results.settled()
         try:
-            return int(
-                await self._journaled("cache_drop", forgetter, True, forgetter, "", 1, *keys)
+            dropped = set(
+                map(
+                    _text,
+                    await self._journaled("cache_drop", forgetter, True, forgetter, "", 1, *keys),
+                )
             )
         finally:
             await self._execute("forget", "DEL", self._keys.journal(forgetter))
+        if self._results is not None:
+            dropped |= await self._results.forget(keys)
+        return len(dropped)
 
     async def events(self, after: str | None = None, limit: int = 1000) -> list[Event]:
         """Event ids are `<entry number>/<index in the entry>`: one entry of the event list
@@ -922,12 +1030,16 @@ class RedisBackend:
             if cursor == b"0":
                 break
         await self._blobs.flush()
+        if self._results is not None:
+            await self._results.flush()
 
     # -- large values -----------------------------------------------------------------------------
 
     async def put_blob(
         self, digest: str, data: bytes, *, holder: str, until_done: bool = False
     ) -> None:
+        if self._results is not None and not until_done:
+            self._results.hold(holder)  # the record refers to the blob: it must stay
         await self._blobs.put(digest, data, holder, until_done)
 
     async def get_blob(self, digest: str) -> bytes | None:

@@ -53,7 +53,6 @@ from time import monotonic
 from typing import Any
 
 from girder.backends.redis_keys import RedisKeys
-from girder.backends.redis_scripts import build_slot_scripts
 from girder.backends.resp import Command, Pipelined, ReplyError
 
 BLOB_CHUNK_BYTES = 8 * 1024 * 1024
@@ -92,21 +91,23 @@ class RedisBlobs:
         keys: RedisKeys,
         *,
         run: Run,
+        slot_script: Run,
         retrying: Retrying,
         at: Callable[[str], Pipelined],
         servers: Callable[[], Awaitable[list[Pipelined]]],
         error: Callable[[str, ReplyError], Exception],
     ) -> None:
-        """`run`: a grid script; `retrying`: an attempt through outages; `at(key)`: the client
+        """`run`: a grid script; `slot_script(name, keys, *args)`: a script of the slot of
+        `keys`; `retrying`: an attempt through outages; `at(key)`: the client
         for `key`'s slot; `servers()`: one client per server (per primary of a cluster);
         `error`: the `BackendError` for an error reply."""
         self._keys = keys
         self._run = run
+        self._slot_script = slot_script
         self._retrying = retrying
         self._at = at
         self._servers = servers
         self._error = error
-        self._scripts = build_slot_scripts()
 
     # -- put and get ------------------------------------------------------------------------------
 
@@ -300,23 +301,3 @@ class RedisBlobs:
     async def _execute(self, client: Pipelined, what: str, *command: str | bytes | int) -> Any:
         """One command on `client`, retried through outages."""
         return await self._retrying(what, lambda: client.execute(*command))
-
-    async def _slot_script(
-        self, name: str, keys: Sequence[str], *args: str | bytes | int | float
-    ) -> Any:
-        """Run a script of the blob's slot by SHA, sending its source on a NOSCRIPT (a server
-        that never saw it, or restarted), retried through outages."""
-        script = self._scripts[name]
-        client = self._at(keys[0])
-        by_sha = ("EVALSHA", script.sha, len(keys), *keys, *args)
-        by_source = ("EVAL", script.source, len(keys), *keys, *args)
-
-        async def attempt() -> Any:
-            [reply] = await client.pipeline([by_sha])
-            if isinstance(reply, ReplyError) and str(reply).startswith("NOSCRIPT"):
-                [reply] = await client.pipeline([by_source])
-            if isinstance(reply, ReplyError):
-                raise reply
-            return reply
-
-        return await self._retrying(name, attempt)

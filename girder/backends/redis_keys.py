@@ -49,6 +49,12 @@ spells these names in Lua: the scripts of the blob's slot get them in KEYS.
                        before it found the blob unheld: see `RedisBackend.sweep_blobs`)
     {<key_prefix>/<digest>}:blobpart:<nonce> string: a large blob being written in parts
                        (expires if its writer dies; renamed to `blob` when whole)
+Per cached result moved to its own slot (`Settings.spread_results`, see `redis_results`): the
+hash tag `{<key_prefix>:<request key>}`, so that on a Redis Cluster cached results spread over
+the primaries by their keys. Nothing spells this name in Lua: the scripts get it in KEYS.
+    {<key_prefix>:<key>}:v   string: "<function id>:<outcome>" (the id as in `functions`), with
+                       the TTL the done record had; the done record in the grid's slot goes once
+                       this is written
 Per job:
     cancelling:<job>   list: the keys a cancellation of the job still has to look at
 Per node:
@@ -135,6 +141,7 @@ BLOB_HOLDERS = "blobholders:"
 BLOB_UNTIL_DONE = "blobuntildone:"
 BLOB_PART = "blobpart:"
 BLOBS = "blobs"
+SPREAD_RESULT = "v"
 FUNCTIONS = "functions"
 
 F_STATUS = "s"
@@ -254,6 +261,11 @@ def unchunked(replies: Sequence[bytes | None]) -> bytes | None:
 _NOT_IN_DIGEST = re.compile(r"[{}/]")
 
 
+def _glob_escaped(text: str) -> str:
+    """`text` with the special characters of a SCAN pattern escaped."""
+    return re.sub(r"([*?\[\]\\])", r"\\\1", text)
+
+
 def _lua_string(text: str) -> str:
     """`text` as a Lua string literal (every byte escaped, so any prefix is safe)."""
     return '"' + "".join(f"\\{byte:03d}" for byte in text.encode()) + '"'
@@ -274,6 +286,7 @@ class RedisKeys:
         self.pops = self.base + POPS
         self.corrupt = self.base + CORRUPT
         self.blobs = self.base + BLOBS
+        self.functions = self.base + FUNCTIONS
 
     def record(self, key: str) -> str:
         return self.base + RECORD + key
@@ -328,7 +341,7 @@ class RedisKeys:
     def blob_pattern(self) -> str:
         """A SCAN pattern that matches every blob key of this grid (and maybe some of a grid
         whose prefix starts with this one's and a '/': `is_blob_key` tells them apart)."""
-        return re.sub(r"([*?\[\]\\])", r"\\\1", "{" + self.prefix + "/") + "*"
+        return _glob_escaped("{" + self.prefix + "/") + "*"
 
     def is_blob_key(self, name: str) -> bool:
         """Whether `name` is a blob key of this grid (`blob`, `blobgen` or `blobpart:...`)."""
@@ -349,10 +362,27 @@ class RedisKeys:
             return None
         return name[len("{" + self.prefix + "/") : -len("}:" + BLOB)]
 
+    def result(self, key: str) -> str:
+        """The cached result of request `key` moved to the slot of its own key (not the
+        grid's): see `redis_results`."""
+        return "{" + self.prefix + ":" + key + "}:" + SPREAD_RESULT
+
+    def result_pattern(self) -> str:
+        """A SCAN pattern that matches every moved result of this grid (and those of a grid
+        whose prefix is this one's, a ':' and more: `result_key` cannot tell them apart)."""
+        return _glob_escaped("{" + self.prefix + ":") + "*}:" + SPREAD_RESULT
+
+    def result_key(self, name: str) -> str | None:
+        """The request key whose moved result `name` is; None for any other name."""
+        head, tail = "{" + self.prefix + ":", "}:" + SPREAD_RESULT
+        if not name.startswith(head) or not name.endswith(tail) or len(name) == len(head + tail):
+            return None
+        return name[len(head) : -len(tail)]
+
     def pattern(self, part: str = "") -> str:
         """A SCAN pattern that matches every key of this grid (that starts with `part` after
         the prefix, e.g. `RECORD`) and nothing else."""
-        return re.sub(r"([*?\[\]\\])", r"\\\1", self.base + part) + "*"
+        return _glob_escaped(self.base + part) + "*"
 
     def lua_prelude(self) -> str:
         """Lua definitions of the same names, for the start of every script."""

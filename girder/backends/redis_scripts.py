@@ -10,9 +10,10 @@ codes and the shared helpers (`common.lua`), then the argument lines and the scr
 Every script gets the grid's anchor key as KEYS[1]: it names the grid's hash slot, in which
 every key a script derives lives.
 
-The scripts of a blob's own slot (`SLOT_SCRIPTS`, files `slot_<name>.lua`) are the exception:
+The scripts of a slot of their own (`SLOT_SCRIPTS`, files `slot_<name>.lua`) are the exception:
 they touch only the keys they are given in `KEYS`, the bytes of one blob and what lies beside
-them (see `redis_keys`), and use nothing of the prelude.
+them, or one cached result moved to its key's slot (see `redis_keys`), and use nothing of the
+prelude.
 
 Scripts whose reply depends on what they changed (claims, hand-outs, moves) are *journaled*:
 their first arguments are a call token, the lowest token the calling node still waits for, and
@@ -55,6 +56,9 @@ MAX_SUBMIT_KEYS = 250
 
 MAX_SCRIPT_BYTES = 512 * 1024
 """The most bytes of payloads one `submit` call carries (unless one payload alone is larger)."""
+
+MOVE_MIN_TTL_MS = 5000
+"""A cached result that expires sooner than this stays in the grid's slot (see result_out.lua)."""
 
 CLEAR_JOURNAL_MS = 600 * 1000
 """How long the journal of a `cache_clear` lives at most (its client deletes it when done)."""
@@ -144,6 +148,8 @@ SPECS = {
         ScriptSpec("blob_index", rest="digests"),
         ScriptSpec("cache_entries", rest="keys"),
         ScriptSpec("cache_drop", ("node", "fn_name", "every"), rest="keys", journaled=True),
+        ScriptSpec("result_out", rest="keys"),
+        ScriptSpec("result_drop", ("node",), rest="moved", journaled=True),
         ScriptSpec("events_read", ("start", "count")),
     )
 }
@@ -158,8 +164,14 @@ class Script:
     sha: str
 
 
-SLOT_SCRIPTS = ("blob_store", "blob_reuse", "blob_publish", "blob_drop")
-"""The scripts that run in a blob's own slot."""
+SLOT_SCRIPTS = (
+    "blob_store",
+    "blob_reuse",
+    "blob_publish",
+    "blob_drop",
+    "result_unset",
+)
+"""The scripts that run in a slot of their own: a blob's, or a moved result's."""
 
 
 def build_slot_scripts() -> dict[str, Script]:
@@ -181,6 +193,7 @@ def _lua_constants(grid_tick_ms: int, events_max: int, events_watch_ms: int) -> 
     lines.append(f"local MAX_SCRIPT_KEYS = {MAX_SCRIPT_KEYS}")
     lines.append(f"local DEPARTED_MEMORY_MS = {DEPARTED_MEMORY_MS}")
     lines.append(f"local CLEAR_JOURNAL_MS = {CLEAR_JOURNAL_MS}")
+    lines.append(f"local MOVE_MIN_TTL_MS = {MOVE_MIN_TTL_MS}")
     lines.append(f"local MAX_CANCEL_STEP = {MAX_CANCEL_STEP}")
     lines.append(f"local REQUEST_ARGS = {len(REQUEST_ARGS)}")
     lines.append(f"local COMPLETION_ARGS = {len(COMPLETION_ARGS)}")

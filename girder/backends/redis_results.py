@@ -1,0 +1,279 @@
+"""`SpreadResults`: cached results moved out of the grid's slot into the slots of their own keys.
+
+On with `Settings.spread_results`. A grid's state lives in one hash slot (see `redis_keys`), so
+on a Redis Cluster one primary holds every cached result and answers every cache hit. With this
+on, each cached result moves to `{<key_prefix>:<request key>}:v`, a slot of its own key: the
+results, and the lookups of cached keys, spread over every primary by their keys. The live
+state (pending and running records, queues, waiters) stays in the grid's slot, so the work of
+new requests does not spread: see docs/scaling.md for what this buys and costs.
+
+No script can touch both slots, so a move is three steps, run in the background by the process
+that completed the keys (a batch at a time):
+
+1. grid slot (`result_out`): read the done records that hold nothing but their outcome;
+2. each key's slot: write the copy, with the record's time to live, unless a copy is there
+   (`SET NX`: one that another process moved after the key was cleared and computed again is
+   newer than what step 1 read);
+3. grid slot (`result_drop`): delete each record if it is still the result that step 1 read
+   (the SHA-1 of its outcome); for a key whose record went or changed meanwhile (a
+   `cache_clear`, an expiry), delete the copy if it is still the one step 2 wrote.
+
+A crash between the steps leaves a result in two places (the same outcome), or in the grid's
+slot only: both are cached results, found by every read. A submission looks at the key's own
+slot first and sends the grid only the keys not found there. A submission whose look came
+before a move's step 2 and whose script came after its step 3 finds no record and computes the
+key again: a false miss, which costs work and is never wrong. A clear that overlaps a move can
+leave the copy of a cleared result for the moment between steps 2 and 3 (for good only if the
+mover dies then: it expires with the result's TTL, or goes with the next clear).
+
+A result whose value is a blob stays in the grid's slot: the blob's holder is its record, and a
+sweep would take the bytes from a record that moved (see `redis_blobs`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import Any
+
+from girder.backends.base import CacheUsage
+from girder.backends.redis_keys import FUNCTION_ID, FUNCTION_NAME, RedisKeys
+from girder.backends.resp import Command, Pipelined, ReplyError
+from girder.errors import BackendError
+from girder.log import get_logger
+
+_log = get_logger()
+
+Run = Callable[..., Awaitable[Any]]
+"""Runs a grid script (or a script of a key's own slot) by name, retried through outages."""
+Retrying = Callable[[str, Callable[[], Awaitable[Any]]], Awaitable[Any]]
+"""Calls an attempt until the server answers it (`RedisBackend._retrying`)."""
+
+MOVE_BATCH = 250
+"""The most keys one move carries through its three steps."""
+_SCAN_COUNT = 1000
+
+
+class SpreadResults:
+    """Moves, reads, counts and clears the cached results of a grid kept in their own slots."""
+
+    def __init__(
+        self,
+        keys: RedisKeys,
+        *,
+        run: Run,
+        journaled: Run,
+        slot_script: Run,
+        retrying: Retrying,
+        at: Callable[[str], Pipelined],
+        servers: Callable[[], Awaitable[list[Pipelined]]],
+    ) -> None:
+        """`run`: a grid script; `journaled(name, node, *args)`: a journaled grid script of
+        `node`, run once even if sent again; `slot_script(name, keys, *args)`: a script of
+        the slot of `keys`; `retrying`: an attempt through outages; `at(key)`: the client for
+        `key`'s slot; `servers()`: one client per server (per primary of a cluster)."""
+        self._keys = keys
+        self._run = run
+        self._journaled = journaled
+        self._mover_name = f"results-mover-{uuid.uuid4().hex}"
+        """Names the journal of this process's `result_drop` calls (see result_drop.lua)."""
+        self._slot_script = slot_script
+        self._retrying = retrying
+        self._at = at
+        self._servers = servers
+        self._waiting: list[str] = []
+        """Keys completed as cached results by this process, not moved yet."""
+        self._holders: set[str] = set()
+        """Keys whose outcome this process stored as a blob: they never move."""
+        self._mover: asyncio.Task[None] | None = None
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    # -- moving -----------------------------------------------------------------------------------
+
+    def hold(self, key: str) -> None:
+        """`key`'s outcome is (about to be) a blob reference: its record stays."""
+        self._holders.add(key)
+
+    def completed(self, keys: Sequence[str]) -> None:
+        """`keys` were completed as cached results: move them, in the background."""
+        for key in keys:
+            if key in self._holders:
+                self._holders.discard(key)
+            else:
+                self._waiting.append(key)
+        if self._waiting and self._mover is None:
+            self._idle.clear()
+            self._mover = asyncio.get_running_loop().create_task(self._move_waiting())
+
+    async def settled(self) -> None:
+        """Wait until this process has no move under way."""
+        await self._idle.wait()
+
+    async def close(self) -> None:
+        """Stop moving: what is left stays in the grid's slot (still cached, just not spread)."""
+        mover, self._mover = self._mover, None
+        if mover is not None:
+            mover.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await mover
+        self._waiting.clear()
+        self._idle.set()
+
+    async def _move_waiting(self) -> None:
+        try:
+            while self._waiting:
+                batch, self._waiting = self._waiting[:MOVE_BATCH], self._waiting[MOVE_BATCH:]
+                try:
+                    await self._move(batch)
+                except (BackendError, ReplyError) as exc:
+                    _log.warning(
+                        "cached results stay in the grid's slot", keys=len(batch), error=str(exc)
+                    )
+        finally:
+            self._mover = None
+            self._idle.set()
+
+    async def _move(self, keys: Sequence[str]) -> None:
+        """The three steps of the module docstring, for `keys`."""
+        flat = await self._run("result_out", *keys)
+        copies: dict[str, bytes] = {}
+        moved: list[str | bytes] = []
+        writes = []
+        for i in range(0, len(flat), 4):
+            key, function, ttl_ms, outcome = flat[i].decode(), flat[i + 1], flat[i + 2], flat[i + 3]
+            copies[key] = value = function + b":" + outcome
+            moved += (key, hashlib.sha1(outcome).hexdigest())
+            writes.append(self._write(key, value, ttl_ms))
+        if not moved:
+            return
+        await asyncio.gather(*writes)
+        for key in await self._journaled("result_drop", self._mover_name, self._mover_name, *moved):
+            text = key.decode()
+            await self._slot_script("result_unset", (self._keys.result(text),), copies[text])
+
+    async def _write(self, key: str, value: bytes, ttl_ms: int) -> None:
+        name = self._keys.result(key)
+        command = ("SET", name, value, "NX", *(("PX", ttl_ms) if ttl_ms >= 0 else ()))
+        reply = await self._execute(self._at(name), "spread_results", command)
+        if isinstance(reply, ReplyError):
+            raise reply
+
+    # -- reading ----------------------------------------------------------------------------------
+
+    async def lookup(self, keys: Sequence[str]) -> dict[str, bytes]:
+        """The outcomes of those of `keys` whose results moved to their own slots (one round
+        trip per server, the reads of a server pipelined)."""
+        unique = list(dict.fromkeys(keys))
+        values = await asyncio.gather(*(self._get(key) for key in unique))
+        return {key: value for key, value in zip(unique, values, strict=True) if value is not None}
+
+    async def _get(self, key: str) -> bytes | None:
+        name = self._keys.result(key)
+        value = await self._execute(self._at(name), "lookup", ("GET", name))
+        if not isinstance(value, bytes):
+            return None  # none, or garbage of another type in its place
+        function, colon, outcome = value.partition(b":")
+        return outcome if colon and function.isdigit() else None
+
+    async def _names(self, what: str) -> AsyncIterator[list[str]]:
+        """The names of every moved result of the grid, in SCAN batches per server (a name
+        may come twice)."""
+        pattern = self._keys.result_pattern()
+        for server in await self._servers():
+            cursor = b"0"
+            while True:
+                scan: Command = ("SCAN", cursor, "MATCH", pattern, "COUNT", _SCAN_COUNT)
+                cursor, found = await self._execute(server, what, scan)
+                names = [name.decode(errors="replace") for name in found]
+                if names:
+                    yield [name for name in names if self._keys.result_key(name) is not None]
+                if cursor == b"0":
+                    break
+
+    async def _execute(self, client: Pipelined, what: str, command: Command) -> Any:
+        """One command on `client`, retried through outages; an error reply is its value."""
+        [reply] = await self._retrying(what, lambda: client.pipeline([command]))
+        return reply
+
+    async def usage(self, seen: set[str], usage: dict[str, CacheUsage]) -> None:
+        """Add the moved results whose keys are not in `seen` to `usage` (function name ->
+        entries and bytes of outcome), and their keys to `seen`."""
+        names: dict[bytes, str] = {}
+        async for batch in self._names("cache_stats"):
+            values = await asyncio.gather(
+                *(self._execute(self._at(name), "cache_stats", ("GET", name)) for name in batch)
+            )
+            for name, value in zip(batch, values, strict=True):
+                key = self._keys.result_key(name)
+                if key is None or key in seen or not isinstance(value, bytes) or b":" not in value:
+                    continue
+                seen.add(key)
+                function, _, outcome = value.partition(b":")
+                if function not in names:
+                    names[function] = await self._function_name(function)
+                found = usage.get(names[function], CacheUsage())
+                usage[names[function]] = CacheUsage(found.entries + 1, found.bytes + len(outcome))
+
+    async def _function_name(self, function: bytes) -> str:
+        """The name of the function whose id is `function` (an unknown id stands for itself,
+        as in cache_entries.lua)."""
+        name = await self._grid_get(FUNCTION_ID + function.decode(errors="replace"))
+        return name.decode(errors="replace") if name else function.decode(errors="replace")
+
+    async def _grid_get(self, field: str) -> bytes | None:
+        table = self._keys.functions
+        value = await self._execute(self._at(table), "cache", ("HGET", table, field))
+        return value if isinstance(value, bytes) else None
+
+    # -- clearing ---------------------------------------------------------------------------------
+
+    async def clear(self, function: str | None) -> set[str]:
+        """Delete the moved results (of `function` only, unless None); their keys."""
+        head = b""
+        if function is not None:
+            found = await self._grid_get(FUNCTION_NAME + function)
+            if found is None:
+                return set()  # no result of that function was ever cached
+            head = found + b":"
+        dropped: set[str] = set()
+        async for batch in self._names("cache_clear"):
+            keys = [key for key in map(self._keys.result_key, batch) if key is not None]
+            dropped |= await self._delete(keys, head)
+        return dropped
+
+    async def forget(self, keys: Sequence[str]) -> set[str]:
+        """Delete the moved results of `keys`; the keys that had one."""
+        return await self._delete(keys, b"")
+
+    async def _delete(self, keys: Sequence[str], head: bytes) -> set[str]:
+        """Delete the moved results of `keys` whose values start with `head`; the keys that
+        had one. Each is read, then deleted if it still holds what was read, so that a step
+        sent again after its reply was lost counts the same."""
+        names = [self._keys.result(key) for key in keys]
+        values = await asyncio.gather(
+            *(self._execute(self._at(name), "cache_clear", ("GET", name)) for name in names)
+        )
+        dropped = {
+            key: value
+            for key, value in zip(keys, values, strict=True)
+            if isinstance(value, bytes) and value.startswith(head)
+        }
+        await asyncio.gather(
+            *(
+                self._slot_script("result_unset", (self._keys.result(key),), value)
+                for key, value in dropped.items()
+            )
+        )
+        return set(dropped)
+
+    async def flush(self) -> None:
+        """Delete every moved result of the grid, on every server."""
+        await self.close()
+        async for batch in self._names("flush"):
+            await asyncio.gather(
+                *(self._execute(self._at(name), "flush", ("UNLINK", name)) for name in batch)
+            )

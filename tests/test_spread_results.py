@@ -1,0 +1,256 @@
+"""Cached results moved out of the grid's slot into their own keys' slots (`spread_results`,
+see girder/backends/redis_results.py): where they go, that every read finds them, and that a
+move overlapped by a clear, a new run or garbage leaves nothing wrong behind."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import pytest
+import redis.asyncio as aioredis
+
+from girder.backends import redis_results
+from girder.backends.base import NodeKind, RequestState, StateBackend
+from girder.backends.redis import RedisBackend
+from girder.config import Settings
+from girder.testing.conformance import LONG, blob, out, put, run
+from girder.testing.redis_cluster import RedisClusterServers
+
+pytestmark = pytest.mark.redis
+
+PREFIX = "spread"
+
+
+def record(key: str) -> str:
+    return "{" + PREFIX + "}:r:" + key
+
+
+def moved(key: str) -> str:
+    return "{" + PREFIX + ":" + key + "}:v"
+
+
+async def spreading(url: str) -> RedisBackend:
+    backend = RedisBackend(url, settings=Settings(key_prefix=PREFIX, spread_results=True))
+    await backend.connect()
+    return backend
+
+
+@pytest.fixture
+async def backend(redis_url: str) -> AsyncIterator[RedisBackend]:
+    backend = await spreading(redis_url)
+    await backend.join("w", NodeKind.WORKER, None, LONG)
+    yield backend
+    await backend.close()
+
+
+@pytest.fixture
+async def raw(redis_url: str) -> AsyncIterator[aioredis.Redis]:
+    client = aioredis.Redis.from_url(redis_url)
+    yield client
+    await client.aclose()
+
+
+async def settled(backend: RedisBackend) -> None:
+    assert backend._results is not None
+    await asyncio.wait_for(backend._results.settled(), 10)
+
+
+async def complete_cached(
+    backend: RedisBackend, key: str, outcome: bytes, ttl: float | None = 600.0
+) -> None:
+    """Submit `key`, claim it and complete it as a cached result of function "f"."""
+    await put(backend, "w", [key])
+    claimed = await backend.claim("w")
+    assert claimed is not None
+    assert claimed.key == key
+    await backend.complete("w", key, outcome, cache=True, ttl=ttl, function="f")
+
+
+async def test_a_cached_result_moves_to_its_own_slot_and_every_read_finds_it(
+    backend: RedisBackend, raw: aioredis.Redis
+) -> None:
+    await complete_cached(backend, "k1", out("k1"))
+    await settled(backend)
+    assert not await raw.exists(record("k1"))
+    assert await raw.get(moved("k1")) == b"1:" + out("k1")
+    assert 590_000 < await raw.pttl(moved("k1")) <= 600_000  # the record's time to live
+    [submitted] = await put(backend, "c", ["k1"])
+    assert submitted.outcome == out("k1")
+    assert await raw.llen("{" + PREFIX + "}:work:c") == 0  # nothing queued: found in its slot
+    assert await backend.state("k1") is RequestState.DONE
+    assert await backend.result("k1") == out("k1")
+    stats = await backend.cache_stats()
+    assert (stats.entries, stats.bytes, list(stats.functions)) == (1, len(out("k1")), ["f"])
+
+
+async def test_a_result_that_never_expires_moves_without_an_expiry(
+    backend: RedisBackend, raw: aioredis.Redis
+) -> None:
+    await complete_cached(backend, "k1", out("k1"), ttl=None)
+    await settled(backend)
+    assert await raw.pttl(moved("k1")) == -1
+
+
+async def test_what_is_not_a_plain_cached_result_stays_in_the_grids_slot(
+    backend: RedisBackend, raw: aioredis.Redis
+) -> None:
+    """A result held as a blob (its record is the blob's holder), one about to expire, and a
+    completion that is not cached do not move."""
+    digest, data = blob("big")
+    await put(backend, "w", ["held"])
+    assert await backend.claim("w") is not None
+    await backend.put_blob(digest, data, holder="held")
+    await backend.complete("w", "held", out("held"), cache=True, function="f")
+    await complete_cached(backend, "brief", out("brief"), ttl=1.0)
+    await run(backend, "w", "uncached", cache=False)
+    await settled(backend)
+    assert await raw.exists(record("held"), record("brief")) == 2
+    assert await raw.exists(moved("held"), moved("brief"), moved("uncached")) == 0
+    assert await backend.sweep_blobs(0) == 0  # the blob is still held
+    assert await backend.get_blob(digest) == data
+
+
+async def test_clear_and_forget_reach_moved_results_and_count_each_once(
+    backend: RedisBackend, raw: aioredis.Redis
+) -> None:
+    for key in ("a", "b", "c"):
+        await complete_cached(backend, key, out(key))
+    await run(backend, "w", "g")  # of function ""
+    await settled(backend)
+    assert await raw.exists(*(moved(key) for key in "abcg")) == 4
+    assert await backend.forget(["a", "nothing"]) == 1
+    assert await backend.cache_clear("f") == 2
+    assert await raw.exists(*(moved(key) for key in "abc")) == 0
+    assert await backend.cache_size() == 1  # g's, of another function
+    assert await backend.cache_clear() == 1
+    assert await backend.cache_size() == 0
+
+
+async def test_garbage_in_a_results_slot_is_a_miss_not_an_outcome(
+    backend: RedisBackend, raw: aioredis.Redis
+) -> None:
+    """A list where a moved result goes, and a string that is not `<id>:<outcome>`: the key
+    is computed as if nothing were cached."""
+    await raw.rpush(moved("k1"), "x")
+    await raw.set(moved("k2"), b"no function id")
+    submitted = await put(backend, "c", ["k1", "k2"])
+    assert [s.outcome for s in submitted] == [None, None]
+    assert await raw.llen("{" + PREFIX + "}:work:c") == 2
+    assert await backend.state("k2") is RequestState.PENDING
+
+
+def overlapped_move(
+    monkeypatch: pytest.MonkeyPatch, meanwhile: Callable[[], Awaitable[None]]
+) -> None:
+    """Run `meanwhile` between a move's read of the records and its writes of the copies."""
+    write = redis_results.SpreadResults._write
+    once: list[bool] = []
+
+    async def late_write(
+        self: redis_results.SpreadResults, key: str, value: bytes, ttl_ms: int
+    ) -> None:
+        if not once:
+            once.append(True)
+            await meanwhile()
+        await write(self, key, value, ttl_ms)
+
+    monkeypatch.setattr(redis_results.SpreadResults, "_write", late_write)
+
+
+async def test_a_clear_that_overlaps_a_move_leaves_no_copy_behind(
+    backend: RedisBackend, redis_url: str, raw: aioredis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another process clears the cache after the move read the record and before it wrote
+    the copy: the move's last step sees the record gone and takes its copy back."""
+    other = await spreading(redis_url)
+
+    async def clear() -> None:
+        assert await other.cache_clear() == 1
+
+    try:
+        overlapped_move(monkeypatch, clear)
+        await complete_cached(backend, "k1", out("k1"))
+        await settled(backend)
+    finally:
+        await other.close()
+    assert await raw.exists(record("k1"), moved("k1")) == 0
+    assert await backend.cache_size() == 0
+    [submitted] = await put(backend, "c", ["k1"])
+    assert submitted.outcome is None
+
+
+async def test_a_key_run_again_during_its_move_keeps_its_new_outcome(
+    backend: RedisBackend, redis_url: str, raw: aioredis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The record changes between the move's read and its last step (forgotten and computed
+    again, with another outcome): the old copy goes, and the new outcome is what reads find."""
+    other = await spreading(redis_url)
+
+    async def run_again() -> None:
+        await other.forget(["k1"])
+        await put(other, "o", ["k1"])
+        assert await other.claim("o") is not None
+        await other.complete("o", "k1", out("k1", "new"), cache=True, ttl=600, function="f")
+        await other._results.settled()  # type: ignore[union-attr]
+
+    try:
+        overlapped_move(monkeypatch, run_again)
+        await complete_cached(backend, "k1", out("k1"))
+        await settled(backend)
+    finally:
+        await other.close()
+    assert await backend.result("k1") == out("k1", "new")
+    [submitted] = await put(backend, "c", ["k1"])
+    assert submitted.outcome == out("k1", "new")
+
+
+@pytest.mark.slow
+async def test_moved_results_spread_over_every_primary_of_a_cluster(
+    redis_cluster: RedisClusterServers, redis_cluster_url: str
+) -> None:
+    """300 cached results on 3 primaries: each holds a share (and the grid's own primary no
+    record), and each is read back from its own slot."""
+    backend = await spreading(redis_cluster_url)
+    try:
+        await backend.join("w", NodeKind.WORKER, None, LONG)
+        keys = [hashlib.sha256(str(i).encode()).hexdigest() for i in range(300)]
+        for key in keys:
+            await complete_cached(backend, key, out(key))
+        await settled(backend)
+        shares = []
+        for primary in redis_cluster.primaries():
+            client = aioredis.Redis(host="127.0.0.1", port=primary.port)
+            try:
+                names = [name async for name in client.scan_iter(match="{" + PREFIX + ":*}:v")]
+                shares.append(len(names))
+                assert not [n async for n in client.scan_iter(match="{" + PREFIX + "}:r:*")]
+            finally:
+                await client.aclose()
+        assert sum(shares) == 300
+        assert min(shares) > 50, shares  # 100 each, give or take the hash
+        submitted = await put(backend, "c", keys)
+        assert [s.outcome for s in submitted] == [out(key) for key in keys]
+        assert await backend.cache_size() == 300
+        assert await backend.cache_clear() == 300
+    finally:
+        await backend.close()
+
+
+async def test_a_backend_closed_mid_move_leaves_its_results_cached(
+    redis_url: str, raw: aioredis.Redis
+) -> None:
+    """Closing stops the moves under way: what did not move is still cached where it was."""
+    backend: StateBackend = await spreading(redis_url)
+    assert isinstance(backend, RedisBackend)
+    await backend.join("w", NodeKind.WORKER, None, LONG)
+    for key in ("a", "b"):
+        await complete_cached(backend, key, out(key))
+    await backend.close()
+    reader = await spreading(redis_url)
+    try:
+        submitted = await put(reader, "c", ["a", "b"])
+        assert [s.outcome for s in submitted] == [out("a"), out("b")]
+    finally:
+        await reader.close()
