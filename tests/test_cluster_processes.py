@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+import redis
 from gridfns import add, fan_of_fans, fib, identity, tree
 from processes import (
     CLIENT_OPTIONS,
@@ -108,21 +109,40 @@ async def test_writes_lost_with_a_primary_are_recovered(
     await wait_until(lambda: nothing_runs(redis_cluster_url), what="no key left running")
 
 
-async def test_every_primary_failing_in_turn_under_large_values(
-    redis_cluster: RedisClusterServers, redis_cluster_url: str, tmp_path: Path
+SPREADING = {
+    "large values": ({"GIRDER_LARGE_VALUE_BYTES": "1024"}, {"large_value_bytes": 1024}),
+    "spread results": ({"GIRDER_SPREAD_RESULTS": "1"}, {"spread_results": True}),
+}
+"""Two ways a grid's state leaves its own slot: values stored as blobs (spread over every
+primary by digest), and cached results moved to their keys' own slots."""
+
+
+def moved_results(redis_cluster: RedisClusterServers) -> int:
+    """How many cached results moved to their keys' slots, on every primary."""
+    found = 0
+    for primary in redis_cluster.primaries():
+        with redis.Redis(host="127.0.0.1", port=primary.port) as db:
+            found += sum(1 for _ in db.scan_iter(match="{girder:*}:v", count=1000))
+    return found
+
+
+@pytest.mark.parametrize("spreading", list(SPREADING))
+async def test_every_primary_failing_in_turn_while_state_spreads(
+    redis_cluster: RedisClusterServers, redis_cluster_url: str, tmp_path: Path, spreading: str
 ) -> None:
-    """Values and arguments stored as blobs (spread over every primary by digest) while each
-    primary in turn is killed with SIGKILL and replaced by its replica, then comes back as a
-    replica: the grid's own slot and the blobs' slots all fail over mid-work, and every call
-    returns its own value."""
-    large = {"GIRDER_LARGE_VALUE_BYTES": "1024"}
-    procs = GridProcesses(redis_cluster_url, tmp_path, GIRDER_IO_CONCURRENCY="0", **large)
+    """Values and arguments stored as blobs, or cached results moved to their own slots, while
+    each primary in turn is killed with SIGKILL and replaced by its replica, then comes back as
+    a replica: the grid's own slot and the others all fail over mid-work (lookups and moves
+    too), and every call returns its own value (each value is asked for twice, the second
+    time cached)."""
+    env, options = SPREADING[spreading]
+    procs = GridProcesses(redis_cluster_url, tmp_path, GIRDER_IO_CONCURRENCY="0", **env)
     try:
         procs.distributor()
         procs.worker("w1")
         procs.worker("w2")
         await wait_for_nodes(redis_cluster_url, workers=2)
-        options = CLIENT_OPTIONS | {"large_value_bytes": 1024}
+        options = CLIENT_OPTIONS | options
         async with girder.Grid.connect(redis_cluster_url, pool="pool", **options) as client:
             failing = asyncio.Event()
             checked = 0
@@ -131,7 +151,7 @@ async def test_every_primary_failing_in_turn_under_large_values(
                 nonlocal checked
                 batch = 0
                 while not failing.is_set() or batch < 3:
-                    values = [f"{batch}-{i}-".encode() * 400 for i in range(40)]
+                    values = [f"{batch // 2}-{i}-".encode() * 400 for i in range(40)]
                     got = await client.call_all([(identity, value) for value in values])
                     assert got == values
                     checked += len(values)
@@ -147,6 +167,8 @@ async def test_every_primary_failing_in_turn_under_large_values(
             assert await asyncio.wait_for(job, 120) == 3 * sum(range(6))
         assert checked >= 120
         assert "request failed" not in procs.log_text()
+        if "spread_results" in options:
+            assert moved_results(redis_cluster) > 0
     finally:
         procs.stop_all()
 

@@ -254,3 +254,16 @@ async def test_a_backend_closed_mid_move_leaves_its_results_cached(
         assert [s.outcome for s in submitted] == [out("a"), out("b")]
     finally:
         await reader.close()
+
+
+async def test_a_closed_backend_leaves_no_journal_of_its_moves(
+    redis_url: str, raw: aioredis.Redis
+) -> None:
+    backend = await spreading(redis_url)
+    await backend.join("w", NodeKind.WORKER, None, LONG)
+    await complete_cached(backend, "k1", out("k1"))
+    await settled(backend)
+    assert await raw.keys("{" + PREFIX + "}:journal:results-mover-*")
+    await backend.close()
+    assert not await raw.keys("{" + PREFIX + "}:journal:results-mover-*")
+    assert await raw.exists(moved("k1"))

@@ -41,7 +41,7 @@ from typing import Any
 
 from girder.backends.base import CacheUsage
 from girder.backends.redis_keys import FUNCTION_ID, FUNCTION_NAME, RedisKeys
-from girder.backends.resp import Command, Pipelined, ReplyError
+from girder.backends.resp import Command, ConnectionLost, Pipelined, ReplyError
 from girder.errors import BackendError
 from girder.log import get_logger
 
@@ -80,6 +80,7 @@ class SpreadResults:
         self._journaled = journaled
         self._mover_name = f"results-mover-{uuid.uuid4().hex}"
         """Names the journal of this process's `result_drop` calls (see result_drop.lua)."""
+        self._journal_used = False
         self._slot_script = slot_script
         self._retrying = retrying
         self._at = at
@@ -114,7 +115,8 @@ class SpreadResults:
         await self._idle.wait()
 
     async def close(self) -> None:
-        """Stop moving: what is left stays in the grid's slot (still cached, just not spread)."""
+        """Stop moving: what is left stays in the grid's slot (still cached, just not spread).
+        The journal of the moves goes too (if Redis does not answer, it expires)."""
         mover, self._mover = self._mover, None
         if mover is not None:
             mover.cancel()
@@ -122,6 +124,11 @@ class SpreadResults:
                 await mover
         self._waiting.clear()
         self._idle.set()
+        if self._journal_used:
+            self._journal_used = False
+            journal = self._keys.journal(self._mover_name)
+            with contextlib.suppress(ConnectionLost, asyncio.TimeoutError):
+                await asyncio.wait_for(self._at(journal).pipeline([("DEL", journal)]), 1.0)
 
     async def _move_waiting(self) -> None:
         try:
@@ -151,6 +158,7 @@ class SpreadResults:
         if not moved:
             return
         await asyncio.gather(*writes)
+        self._journal_used = True
         for key in await self._journaled("result_drop", self._mover_name, self._mover_name, *moved):
             text = key.decode()
             await self._slot_script("result_unset", (self._keys.result(text),), copies[text])
