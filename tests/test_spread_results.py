@@ -256,14 +256,16 @@ async def test_a_backend_closed_mid_move_leaves_its_results_cached(
         await reader.close()
 
 
-async def test_a_closed_backend_leaves_no_journal_of_its_moves(
-    redis_url: str, raw: aioredis.Redis
+async def test_a_node_that_leaves_takes_the_journal_of_its_moves_along(
+    backend: RedisBackend, raw: aioredis.Redis
 ) -> None:
-    backend = await spreading(redis_url)
-    await backend.join("w", NodeKind.WORKER, None, LONG)
+    """A move's last step is journaled under the node that completed the keys: when the node
+    leaves (or is reaped), its journal goes, moves and all; the moved result stays."""
+    journal = "{" + PREFIX + "}:journal:w"
     await complete_cached(backend, "k1", out("k1"))
     await settled(backend)
-    assert await raw.keys("{" + PREFIX + "}:journal:results-mover-*")
-    await backend.close()
-    assert not await raw.keys("{" + PREFIX + "}:journal:results-mover-*")
+    assert await raw.exists(journal)
+    await backend.leave("w")
+    assert not await raw.exists(journal)
     assert await raw.exists(moved("k1"))
+    assert not await raw.keys("{" + PREFIX + "}:journal:*")

@@ -664,7 +664,7 @@ class RedisBackend:
         args = _completion_args(Completion(key, outcome, cache, ttl, function))
         await self._journaled("complete", node, False, node, 0, "", failures, *args)
         if self._results is not None and cache:
-            self._results.completed([key])
+            self._results.completed(node, [key])
 
     async def complete_and_claim(
         self,
@@ -683,7 +683,7 @@ class RedisBackend:
             args += _completion_args(completion)
         claimed = _claimed(await self._journaled("complete", node, claim > 0, *args))
         if self._results is not None:
-            self._results.completed([c.key for c in completions if c.cache])
+            self._results.completed(node, [c.key for c in completions if c.cache])
         return claimed
 
     async def publish(self, node: str, key: str, outcome: bytes) -> bool:
@@ -878,6 +878,8 @@ class RedisBackend:
         return count
 
     async def leave(self, node: str) -> int:
+        if self._results is not None:
+            await self._results.settled()  # the moves of node's keys use node's journal
         count: int = await self._run("leave", node)
         return count
 

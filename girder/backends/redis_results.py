@@ -35,13 +35,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
 from girder.backends.base import CacheUsage
 from girder.backends.redis_keys import FUNCTION_ID, FUNCTION_NAME, RedisKeys
-from girder.backends.resp import Command, ConnectionLost, Pipelined, ReplyError
+from girder.backends.resp import Command, Pipelined, ReplyError
 from girder.errors import BackendError
 from girder.log import get_logger
 
@@ -78,15 +77,13 @@ class SpreadResults:
         self._keys = keys
         self._run = run
         self._journaled = journaled
-        self._mover_name = f"results-mover-{uuid.uuid4().hex}"
-        """Names the journal of this process's `result_drop` calls (see result_drop.lua)."""
-        self._journal_used = False
         self._slot_script = slot_script
         self._retrying = retrying
         self._at = at
         self._servers = servers
-        self._waiting: list[str] = []
-        """Keys completed as cached results by this process, not moved yet."""
+        self._waiting: dict[str, list[str]] = {}
+        """Per node of this process, the keys it completed as cached results, not moved yet
+        (a move's last step is journaled under the node that completed its keys)."""
         self._holders: set[str] = set()
         """Keys whose outcome this process stored as a blob: they never move."""
         self._mover: asyncio.Task[None] | None = None
@@ -99,13 +96,13 @@ class SpreadResults:
         """`key`'s outcome is (about to be) a blob reference: its record stays."""
         self._holders.add(key)
 
-    def completed(self, keys: Sequence[str]) -> None:
-        """`keys` were completed as cached results: move them, in the background."""
+    def completed(self, node: str, keys: Sequence[str]) -> None:
+        """`node` completed `keys` as cached results: move them, in the background."""
         for key in keys:
             if key in self._holders:
                 self._holders.discard(key)
             else:
-                self._waiting.append(key)
+                self._waiting.setdefault(node, []).append(key)
         if self._waiting and self._mover is None:
             self._idle.clear()
             self._mover = asyncio.get_running_loop().create_task(self._move_waiting())
@@ -115,8 +112,7 @@ class SpreadResults:
         await self._idle.wait()
 
     async def close(self) -> None:
-        """Stop moving: what is left stays in the grid's slot (still cached, just not spread).
-        The journal of the moves goes too (if Redis does not answer, it expires)."""
+        """Stop moving: what is left stays in the grid's slot (still cached, just not spread)."""
         mover, self._mover = self._mover, None
         if mover is not None:
             mover.cancel()
@@ -124,18 +120,18 @@ class SpreadResults:
                 await mover
         self._waiting.clear()
         self._idle.set()
-        if self._journal_used:
-            self._journal_used = False
-            journal = self._keys.journal(self._mover_name)
-            with contextlib.suppress(ConnectionLost, asyncio.TimeoutError):
-                await asyncio.wait_for(self._at(journal).pipeline([("DEL", journal)]), 1.0)
 
     async def _move_waiting(self) -> None:
         try:
             while self._waiting:
-                batch, self._waiting = self._waiting[:MOVE_BATCH], self._waiting[MOVE_BATCH:]
+                node, keys = next(iter(self._waiting.items()))
+                batch, rest = keys[:MOVE_BATCH], keys[MOVE_BATCH:]
+                if rest:
+                    self._waiting[node] = rest
+                else:
+                    del self._waiting[node]
                 try:
-                    await self._move(batch)
+                    await self._move(node, batch)
                 except (BackendError, ReplyError) as exc:
                     _log.warning(
                         "cached results stay in the grid's slot", keys=len(batch), error=str(exc)
@@ -144,8 +140,8 @@ class SpreadResults:
             self._mover = None
             self._idle.set()
 
-    async def _move(self, keys: Sequence[str]) -> None:
-        """The three steps of the module docstring, for `keys`."""
+    async def _move(self, node: str, keys: Sequence[str]) -> None:
+        """The three steps of the module docstring, for `keys` that `node` completed."""
         flat = await self._run("result_out", *keys)
         copies: dict[str, bytes] = {}
         moved: list[str | bytes] = []
@@ -158,8 +154,7 @@ class SpreadResults:
         if not moved:
             return
         await asyncio.gather(*writes)
-        self._journal_used = True
-        for key in await self._journaled("result_drop", self._mover_name, self._mover_name, *moved):
+        for key in await self._journaled("result_drop", node, node, *moved):
             text = key.decode()
             await self._slot_script("result_unset", (self._keys.result(text),), copies[text])
 

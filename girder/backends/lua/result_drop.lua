@@ -4,7 +4,7 @@
 -- `sha`); a key whose record is gone or is no longer that result (cleared, expired, run again)
 -- is returned, so that the copy does not outlive it. A record that is that result but holds
 -- something more stays, and so does its copy (the same outcome in two places). Journaled under
--- the mover's one-off node name (expiring after CLEAR_JOURNAL_MS, as cache_drop's): sent again
+-- the node that completed the keys (its journal goes when it leaves or is reaped): sent again
 -- after its reply was lost, it must not take the record it deleted for one that went.
 
 local found, reply = replayed(node, token, again)
@@ -22,6 +22,4 @@ for i = FIRST_MOVED, #ARGV, 2 do
     redis.call('DEL', k_record(key))
   end
 end
-journaled(node, token, low, stale)
-redis.call('PEXPIRE', k_journal(node), CLEAR_JOURNAL_MS)
-return stale
+return journaled(node, token, low, stale)
