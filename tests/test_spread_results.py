@@ -37,6 +37,12 @@ async def spreading(url: str) -> RedisBackend:
     return backend
 
 
+@pytest.fixture(autouse=True)
+def quick_drops(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Moves delete the records 50 ms after their copies are written (not a second)."""
+    monkeypatch.setattr(redis_results, "DROP_DELAY_S", 0.05)
+
+
 @pytest.fixture
 async def backend(redis_url: str) -> AsyncIterator[RedisBackend]:
     backend = await spreading(redis_url)
@@ -83,6 +89,29 @@ async def test_a_cached_result_moves_to_its_own_slot_and_every_read_finds_it(
     assert await backend.result("k1") == out("k1")
     stats = await backend.cache_stats()
     assert (stats.entries, stats.bytes, list(stats.functions)) == (1, len(out("k1")), ["f"])
+
+
+async def test_a_submission_that_looked_just_before_the_copy_still_finds_the_record(
+    backend: RedisBackend, raw: aioredis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The copy is written, and a submission whose look in the key's slot came just before
+    (here: a look that finds nothing) reaches the grid's slot: the record is still there for
+    `DROP_DELAY_S`, so the key is not computed again."""
+    monkeypatch.setattr(redis_results, "DROP_DELAY_S", 0.5)
+    await complete_cached(backend, "k1", out("k1"))
+    assert backend._results is not None
+    await backend._results.copied()
+    assert await raw.exists(record("k1"), moved("k1")) == 2
+
+    async def too_early(keys: object) -> dict[str, bytes]:
+        return {}
+
+    monkeypatch.setattr(backend._results, "lookup", too_early)
+    [submitted] = await put(backend, "c", ["k1"])
+    assert submitted.outcome == out("k1")
+    assert await raw.llen("{" + PREFIX + "}:work:c") == 0
+    await settled(backend)
+    assert await raw.exists(record("k1"), moved("k1")) == 1
 
 
 async def test_a_result_that_never_expires_moves_without_an_expiry(

@@ -879,7 +879,7 @@ class RedisBackend:
 
     async def leave(self, node: str) -> int:
         if self._results is not None:
-            await self._results.settled()  # the moves of node's keys use node's journal
+            await self._results.release(node)  # the moves of node's keys use node's journal
         count: int = await self._run("leave", node)
         return count
 
@@ -948,7 +948,7 @@ class RedisBackend:
         seen: set[str] = set()
         usage: dict[str, CacheUsage] = {}
         if self._results is not None:
-            await self._results.settled()
+            await self._results.copied()
             await self._results.usage(seen, usage)
         async for keys in self._scan_records("cache_stats"):
             flat = await self._run("cache_entries", *keys)
@@ -966,7 +966,7 @@ class RedisBackend:
         clearer = f"cache-clear-{uuid.uuid4().hex}"  # names its journal (see cache_drop.lua)
         dropped: set[str] = set()
         if self._results is not None:
-            await self._results.settled()
+            await self._results.copied()
         try:
             async for keys in self._scan_records("cache_clear"):
                 dropped.update(
@@ -988,7 +988,7 @@ class RedisBackend:
             return 0
         forgetter = f"forget-{uuid.uuid4().hex}"  # names its journal (see cache_drop.lua)
         if self._results is not None:
-            await self._results.settled()
+            await self._results.copied()
         try:
             dropped = set(
                 map(

@@ -14,15 +14,17 @@ that completed the keys (a batch at a time):
 2. each key's slot: write the copy, with the record's time to live, unless a copy is there
    (`SET NX`: one that another process moved after the key was cleared and computed again is
    newer than what step 1 read);
-3. grid slot (`result_drop`): delete each record if it is still the result that step 1 read
-   (the SHA-1 of its outcome); for a key whose record went or changed meanwhile (a
-   `cache_clear`, an expiry), delete the copy if it is still the one step 2 wrote.
+3. `DROP_DELAY_S` later, grid slot (`result_drop`, journaled under the node that completed the
+   keys): delete each record if it is still the result that step 1 read (the SHA-1 of its
+   outcome); for a key whose record went or changed meanwhile (a `cache_clear`, an expiry),
+   delete the copy if it is still the one step 2 wrote.
 
 A crash between the steps leaves a result in two places (the same outcome), or in the grid's
 slot only: both are cached results, found by every read. A submission looks at the key's own
-slot first and sends the grid only the keys not found there. A submission whose look came
-before a move's step 2 and whose script came after its step 3 finds no record and computes the
-key again: a false miss, which costs work and is never wrong. A clear that overlaps a move can
+slot first and sends the grid only the keys not found there. The delay before step 3 is for
+the submission whose look came just before step 2: its script still finds the record. One
+whose look and script are further apart than the delay finds no record and computes the key
+again: a false miss, which costs work and is never wrong. A clear that overlaps a move can
 leave the copy of a cleared result for the moment between steps 2 and 3 (for good only if the
 mover dies then: it expires with the result's TTL, or goes with the next clear).
 
@@ -35,7 +37,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from time import monotonic
 from typing import Any
 
 from girder.backends.base import CacheUsage
@@ -53,7 +58,22 @@ Retrying = Callable[[str, Callable[[], Awaitable[Any]]], Awaitable[Any]]
 
 MOVE_BATCH = 250
 """The most keys one move carries through its three steps."""
+DROP_DELAY_S = 1.0
+"""How long after its copies are written a move deletes the records in the grid's slot: a
+submission that looked for a copy just before it was written still finds the record."""
 _SCAN_COUNT = 1000
+
+
+@dataclass
+class _Copied:
+    """A move whose copies are written: its last step is due at `due` (monotonic time)."""
+
+    node: str
+    due: float
+    copies: dict[str, bytes] = field(default_factory=dict)
+    """Key -> the value its copy got."""
+    moved: list[str | bytes] = field(default_factory=list)
+    """The arguments of `result_drop`: key, SHA-1 of its outcome, ..."""
 
 
 class SpreadResults:
@@ -82,12 +102,20 @@ class SpreadResults:
         self._at = at
         self._servers = servers
         self._waiting: dict[str, list[str]] = {}
-        """Per node of this process, the keys it completed as cached results, not moved yet
+        """Per node of this process, the keys it completed as cached results, not copied yet
         (a move's last step is journaled under the node that completed its keys)."""
+        self._copied: deque[_Copied] = deque()
+        """Moves whose copies are written, waiting for their last step, oldest first."""
         self._holders: set[str] = set()
         """Keys whose outcome this process stored as a blob: they never move."""
         self._mover: asyncio.Task[None] | None = None
+        self._busy: str | None = None
+        """The node whose keys a step is moving right now."""
+        self._wake = asyncio.Event()
+        self._step_over = asyncio.Event()
+        self._copying_done = asyncio.Event()
         self._idle = asyncio.Event()
+        self._copying_done.set()
         self._idle.set()
 
     # -- moving -----------------------------------------------------------------------------------
@@ -103,13 +131,32 @@ class SpreadResults:
                 self._holders.discard(key)
             else:
                 self._waiting.setdefault(node, []).append(key)
-        if self._waiting and self._mover is None:
-            self._idle.clear()
-            self._mover = asyncio.get_running_loop().create_task(self._move_waiting())
+        if not self._waiting:
+            return
+        self._copying_done.clear()
+        self._idle.clear()
+        self._wake.set()
+        if self._mover is None:
+            self._mover = asyncio.get_running_loop().create_task(self._move_all())
+
+    async def copied(self) -> None:
+        """Wait until every key this process completed is copied to its own slot (or stays):
+        a clear, a count or a forget that comes after sees every copy."""
+        await self._copying_done.wait()
 
     async def settled(self) -> None:
-        """Wait until this process has no move under way."""
+        """Wait until this process has no move under way, last steps included."""
         await self._idle.wait()
+
+    async def release(self, node: str) -> None:
+        """`node` leaves: forget its moves not done (their results stay in the grid's slot too:
+        their last steps would write into the journal of a node that left)."""
+        self._waiting.pop(node, None)
+        self._copied = deque(copied for copied in self._copied if copied.node != node)
+        while self._busy == node:
+            self._step_over.clear()
+            await self._step_over.wait()
+        self._update_events()
 
     async def close(self) -> None:
         """Stop moving: what is left stays in the grid's slot (still cached, just not spread)."""
@@ -119,44 +166,72 @@ class SpreadResults:
             with contextlib.suppress(asyncio.CancelledError):
                 await mover
         self._waiting.clear()
-        self._idle.set()
+        self._copied.clear()
+        self._update_events()
 
-    async def _move_waiting(self) -> None:
-        try:
-            while self._waiting:
-                node, keys = next(iter(self._waiting.items()))
-                batch, rest = keys[:MOVE_BATCH], keys[MOVE_BATCH:]
-                if rest:
-                    self._waiting[node] = rest
-                else:
-                    del self._waiting[node]
-                try:
-                    await self._move(node, batch)
-                except (BackendError, ReplyError) as exc:
-                    _log.warning(
-                        "cached results stay in the grid's slot", keys=len(batch), error=str(exc)
-                    )
-        finally:
-            self._mover = None
+    def _update_events(self) -> None:
+        if not self._waiting and self._busy is None:
+            self._copying_done.set()
+        if not self._waiting and not self._copied and self._busy is None:
             self._idle.set()
 
-    async def _move(self, node: str, keys: Sequence[str]) -> None:
-        """The three steps of the module docstring, for `keys` that `node` completed."""
+    async def _move_all(self) -> None:
+        """Copy what waits, batch by batch; run each batch's last step `DROP_DELAY_S` after
+        its copies were written."""
+        try:
+            while self._waiting or self._copied:
+                if self._waiting:
+                    node, keys = next(iter(self._waiting.items()))
+                    batch, rest = keys[:MOVE_BATCH], keys[MOVE_BATCH:]
+                    if rest:
+                        self._waiting[node] = rest
+                    else:
+                        del self._waiting[node]
+                    await self._step(node, len(batch), self._copy(node, batch))
+                    continue
+                wait = self._copied[0].due - monotonic()
+                if wait > 0:
+                    self._wake.clear()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._wake.wait(), wait)
+                    continue
+                copied = self._copied.popleft()
+                await self._step(copied.node, len(copied.copies), self._drop(copied))
+        finally:
+            self._mover = None
+            self._update_events()
+
+    async def _step(self, node: str, count: int, step: Awaitable[None]) -> None:
+        self._busy = node
+        try:
+            await step
+        except (BackendError, ReplyError) as exc:
+            _log.warning("cached results stay in the grid's slot", keys=count, error=str(exc))
+        finally:
+            self._busy = None
+            self._step_over.set()
+            self._update_events()
+
+    async def _copy(self, node: str, keys: Sequence[str]) -> None:
+        """Steps 1 and 2 of the module docstring, for `keys` that `node` completed."""
         flat = await self._run("result_out", *keys)
-        copies: dict[str, bytes] = {}
-        moved: list[str | bytes] = []
+        copied = _Copied(node, monotonic() + DROP_DELAY_S)
         writes = []
         for i in range(0, len(flat), 4):
             key, function, ttl_ms, outcome = flat[i].decode(), flat[i + 1], flat[i + 2], flat[i + 3]
-            copies[key] = value = function + b":" + outcome
-            moved += (key, hashlib.sha1(outcome).hexdigest())
+            copied.copies[key] = value = function + b":" + outcome
+            copied.moved += (key, hashlib.sha1(outcome).hexdigest())
             writes.append(self._write(key, value, ttl_ms))
-        if not moved:
-            return
-        await asyncio.gather(*writes)
-        for key in await self._journaled("result_drop", node, node, *moved):
+        if writes:
+            await asyncio.gather(*writes)
+            self._copied.append(copied)
+
+    async def _drop(self, copied: _Copied) -> None:
+        """Step 3 of the module docstring."""
+        node = copied.node
+        for key in await self._journaled("result_drop", node, node, *copied.moved):
             text = key.decode()
-            await self._slot_script("result_unset", (self._keys.result(text),), copies[text])
+            await self._slot_script("result_unset", (self._keys.result(text),), copied.copies[text])
 
     async def _write(self, key: str, value: bytes, ttl_ms: int) -> None:
         name = self._keys.result(key)
