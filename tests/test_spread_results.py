@@ -114,6 +114,27 @@ async def test_a_submission_that_looked_just_before_the_copy_still_finds_the_rec
     assert await raw.exists(record("k1"), moved("k1")) == 1
 
 
+async def test_a_key_completed_by_two_processes_is_moved_by_one_and_stays_cached(
+    backend: RedisBackend, redis_url: str, raw: aioredis.Redis
+) -> None:
+    """A worker that woke past its lease completes a key that another one completed already:
+    its completion changes nothing, and both processes would move the key. Only the first move
+    marks the record; the other leaves it alone (before, the second move found the record gone,
+    took it for a cleared one and deleted the copy: the result was lost)."""
+    other = await spreading(redis_url)
+    try:
+        await complete_cached(backend, "k1", out("k1"))
+        await other.complete("late", "k1", out("k1"), cache=True, ttl=600, function="f")
+        await asyncio.wait_for(other._results.settled(), 10)  # type: ignore[union-attr]
+        await settled(backend)
+    finally:
+        await other.close()
+    assert await raw.exists(record("k1")) == 0
+    assert await raw.get(moved("k1")) == b"1:" + out("k1")
+    [submitted] = await put(backend, "c", ["k1"])
+    assert submitted.outcome == out("k1")
+
+
 async def test_a_result_that_never_expires_moves_without_an_expiry(
     backend: RedisBackend, raw: aioredis.Redis
 ) -> None:

@@ -78,7 +78,7 @@ _SCAN_COUNT = 1000
 
 
 Run = Callable[..., Awaitable[Any]]
-"""Runs a grid script by name with its arguments, retried through outages."""
+"""Runs a script by name with its arguments, retried through outages."""
 Retrying = Callable[[str, Callable[[], Awaitable[Any]]], Awaitable[Any]]
 """Calls an attempt until the server answers it (`RedisBackend._retrying`)."""
 

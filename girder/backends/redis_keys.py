@@ -9,9 +9,10 @@ same layout as Lua functions (`k_record(key)`, `k_work(node)`, ...) and constant
 Per request key:
     r:<key>            hash, the request's whole state in one key: F_STATUS (pending/running/done),
                        F_PAYLOAD (until done), F_OUTCOME and F_FUNCTION (when done: the id of its
-                       function in `functions`), F_OWNER (when running), F_CRASHES (times its
-                       worker died running it), F_PARTIAL (the latest partial outcome of a
-                       streaming run, until done); and an empty field per
+                       function in `functions`), F_OWNER (when running), F_MOVER (when done:
+                       the token of the move taking it to its own slot, see `redis_results`),
+                       F_CRASHES (times its worker died running it), F_PARTIAL (the latest
+                       partial outcome of a streaming run, until done); and an empty field per
                        member, named by a two-byte prefix and the member: F_WAITER <node> (a node
                        waiting for the outcome), F_ROOT <job> (a job that submitted the key at the
                        top level), F_WAITS <key> (a key this key waits for: a wait-for edge out of
@@ -151,6 +152,9 @@ F_OWNER = "o"
 F_CRASHES = "c"
 F_PARTIAL = "pt"
 F_FUNCTION = "f"
+F_MOVER = "m"
+"""In a done record: the token of the one move that may take it to its key's own slot (see
+`redis_results`)."""
 F_WAITER = "w:"
 """The prefix of a waiter's field (`w:<node>`); no fixed field name holds a colon."""
 F_ROOT = "r:"
@@ -216,6 +220,7 @@ _CONSTANTS = {
     "F_CRASHES": F_CRASHES,
     "F_PARTIAL": F_PARTIAL,
     "F_FUNCTION": F_FUNCTION,
+    "F_MOVER": F_MOVER,
     "F_WAITER": F_WAITER,
     "F_ROOT": F_ROOT,
     "F_WAITS": F_WAITS,

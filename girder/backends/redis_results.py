@@ -10,23 +10,26 @@ new requests does not spread: see docs/scaling.md for what this buys and costs.
 No script can touch both slots, so a move is three steps, run in the background by the process
 that completed the keys (a batch at a time):
 
-1. grid slot (`result_out`): read the done records that hold nothing but their outcome;
+1. grid slot (`result_out`): read the done records that hold nothing but their outcome, and
+   mark each with the move's token, unless another move marked it (two processes may complete
+   the same key: a worker that woke past its lease, say; only one moves it);
 2. each key's slot: write the copy, with the record's time to live, unless a copy is there
    (`SET NX`: one that another process moved after the key was cleared and computed again is
    newer than what step 1 read);
 3. `DROP_DELAY_S` later, grid slot (`result_drop`, journaled under the node that completed the
-   keys): delete each record if it is still the result that step 1 read (the SHA-1 of its
-   outcome); for a key whose record went or changed meanwhile (a `cache_clear`, an expiry),
-   delete the copy if it is still the one step 2 wrote.
+   keys): delete each record if it is still the result that step 1 read and marked (the token,
+   the SHA-1 of its outcome); for a key whose record went or changed meanwhile (a
+   `cache_clear`, an expiry), delete the copy if it is still the one step 2 wrote.
 
 A crash between the steps leaves a result in two places (the same outcome), or in the grid's
 slot only: both are cached results, found by every read. A submission looks at the key's own
 slot first and sends the grid only the keys not found there. The delay before step 3 is for
 the submission whose look came just before step 2: its script still finds the record. One
 whose look and script are further apart than the delay finds no record and computes the key
-again: a false miss, which costs work and is never wrong. A clear that overlaps a move can
-leave the copy of a cleared result for the moment between steps 2 and 3 (for good only if the
-mover dies then: it expires with the result's TTL, or goes with the next clear).
+again: a false miss, which costs work and is never wrong. A clear by another process that
+overlaps a move can leave the copy of a cleared result until step 3 (for good only if the
+mover dies, or its node leaves, before step 3: the copy then expires with the result's TTL, or
+goes with the next clear).
 
 A result whose value is a blob stays in the grid's slot: the blob's holder is its record, and a
 sweep would take the bytes from a record that moved (see `redis_blobs`).
@@ -37,6 +40,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import uuid
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -44,17 +48,13 @@ from time import monotonic
 from typing import Any
 
 from girder.backends.base import CacheUsage
+from girder.backends.redis_blobs import Retrying, Run
 from girder.backends.redis_keys import FUNCTION_ID, FUNCTION_NAME, RedisKeys
 from girder.backends.resp import Command, Pipelined, ReplyError
 from girder.errors import BackendError
 from girder.log import get_logger
 
 _log = get_logger()
-
-Run = Callable[..., Awaitable[Any]]
-"""Runs a grid script (or a script of a key's own slot) by name, retried through outages."""
-Retrying = Callable[[str, Callable[[], Awaitable[Any]]], Awaitable[Any]]
-"""Calls an attempt until the server answers it (`RedisBackend._retrying`)."""
 
 MOVE_BATCH = 250
 """The most keys one move carries through its three steps."""
@@ -69,6 +69,8 @@ class _Copied:
     """A move whose copies are written: its last step is due at `due` (monotonic time)."""
 
     node: str
+    mover: str
+    """The token that marks the records of this move (see result_out.lua)."""
     due: float
     copies: dict[str, bytes] = field(default_factory=dict)
     """Key -> the value its copy got."""
@@ -214,8 +216,9 @@ class SpreadResults:
 
     async def _copy(self, node: str, keys: Sequence[str]) -> None:
         """Steps 1 and 2 of the module docstring, for `keys` that `node` completed."""
-        flat = await self._run("result_out", *keys)
-        copied = _Copied(node, monotonic() + DROP_DELAY_S)
+        mover = uuid.uuid4().hex[:16]
+        flat = await self._run("result_out", mover, *keys)
+        copied = _Copied(node, mover, monotonic() + DROP_DELAY_S)
         writes = []
         for i in range(0, len(flat), 4):
             key, function, ttl_ms, outcome = flat[i].decode(), flat[i + 1], flat[i + 2], flat[i + 3]
@@ -229,7 +232,8 @@ class SpreadResults:
     async def _drop(self, copied: _Copied) -> None:
         """Step 3 of the module docstring."""
         node = copied.node
-        for key in await self._journaled("result_drop", node, node, *copied.moved):
+        stale = await self._journaled("result_drop", node, node, copied.mover, *copied.moved)
+        for key in stale:
             text = key.decode()
             await self._slot_script("result_unset", (self._keys.result(text),), copied.copies[text])
 

@@ -148,8 +148,8 @@ SPECS = {
         ScriptSpec("blob_index", rest="digests"),
         ScriptSpec("cache_entries", rest="keys"),
         ScriptSpec("cache_drop", ("node", "fn_name", "every"), rest="keys", journaled=True),
-        ScriptSpec("result_out", rest="keys"),
-        ScriptSpec("result_drop", ("node",), rest="moved", journaled=True),
+        ScriptSpec("result_out", ("mover",), rest="keys"),
+        ScriptSpec("result_drop", ("node", "mover"), rest="moved", journaled=True),
         ScriptSpec("events_read", ("start", "count")),
     )
 }
