@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
 
-from girder.backends import redis_results
+from girder.backends import redis as redis_backend
+from girder.backends import redis_results, resp
 from girder.backends.base import NodeKind, RequestState, StateBackend
 from girder.backends.redis import RedisBackend
 from girder.config import Settings
@@ -176,6 +178,29 @@ async def test_clear_and_forget_reach_moved_results_and_count_each_once(
     assert await backend.cache_size() == 1  # g's, of another function
     assert await backend.cache_clear() == 1
     assert await backend.cache_size() == 0
+
+
+async def test_a_lookup_told_to_try_again_waits_instead_of_missing(
+    backend: RedisBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A key's slot answers TRYAGAIN or CLUSTERDOWN while it fails over or migrates: the lookup
+    waits it out like an outage (a miss would compute the key again)."""
+    await complete_cached(backend, "k1", out("k1"))
+    await settled(backend)
+    original = resp.Connection.pipeline
+    refused: list[bool] = []
+
+    async def busy_once(self: resp.Connection, commands: Sequence[resp.Command]) -> list[Any]:
+        if not refused and commands[0][:2] == ("GET", moved("k1")):
+            refused.append(True)
+            return [resp.ReplyError("TRYAGAIN Multiple keys request during rehashing of slot")]
+        return await original(self, commands)
+
+    monkeypatch.setattr(resp.Connection, "pipeline", busy_once)
+    monkeypatch.setattr(redis_backend, "_RETRY_FIRST", 0.002)
+    [submitted] = await put(backend, "c", ["k1"])
+    assert refused == [True]
+    assert submitted.outcome == out("k1")
 
 
 async def test_garbage_in_a_results_slot_is_a_miss_not_an_outcome(

@@ -238,11 +238,10 @@ class SpreadResults:
             await self._slot_script("result_unset", (self._keys.result(text),), copied.copies[text])
 
     async def _write(self, key: str, value: bytes, ttl_ms: int) -> None:
+        """Step 2 for one key (a key that holds anything already keeps it: `SET NX`)."""
         name = self._keys.result(key)
         command = ("SET", name, value, "NX", *(("PX", ttl_ms) if ttl_ms >= 0 else ()))
-        reply = await self._execute(self._at(name), "spread_results", command)
-        if isinstance(reply, ReplyError):
-            raise reply
+        await self._execute(self._at(name), "spread_results", command)
 
     # -- reading ----------------------------------------------------------------------------------
 
@@ -277,9 +276,18 @@ class SpreadResults:
                     break
 
     async def _execute(self, client: Pipelined, what: str, command: Command) -> Any:
-        """One command on `client`, retried through outages; an error reply is its value."""
-        [reply] = await self._retrying(what, lambda: client.pipeline([command]))
-        return reply
+        """One command on `client`, retried through outages (and through the error replies of
+        a server that will answer later: a failover under way is not a miss). A WRONGTYPE
+        reply (garbage where a copy goes) is its value; other error replies raise
+        `BackendError`."""
+
+        async def attempt() -> Any:
+            [reply] = await client.pipeline([command])
+            if isinstance(reply, ReplyError) and not str(reply).startswith("WRONGTYPE"):
+                raise reply
+            return reply
+
+        return await self._retrying(what, attempt)
 
     async def usage(self, seen: set[str], usage: dict[str, CacheUsage]) -> None:
         """Add the moved results whose keys are not in `seen` to `usage` (function name ->
