@@ -137,6 +137,34 @@ async def test_a_key_completed_by_two_processes_is_moved_by_one_and_stays_cached
     assert submitted.outcome == out("k1")
 
 
+async def test_a_submission_stalled_since_its_look_looks_again(
+    backend: RedisBackend, raw: aioredis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A process looked for the key in its own slot, found nothing, and stalled (a SIGSTOP, a
+    reconcile holding its calls back) past the move of the key's result: its script finds no
+    record. The script sees a record was dropped since the look, queues nothing, and says to
+    look again; the second look finds the result."""
+    await complete_cached(backend, "k1", out("k1"))
+    await settled(backend)
+    assert await raw.exists(record("k1")) == 0
+    original = backend._results_lookup
+    looks: list[str] = []
+
+    async def stalled_first(keys: Sequence[str]) -> tuple[str, dict[str, bytes]]:
+        looked_at, found = await original(keys)
+        if not looks:
+            looks.append("stale")
+            return str(int(looked_at) - 2000), {}  # looked two seconds ago, before the move
+        looks.append("fresh")
+        return looked_at, found
+
+    monkeypatch.setattr(backend, "_results_lookup", stalled_first)
+    [submitted] = await put(backend, "c", ["k1"])
+    assert looks == ["stale", "fresh"]
+    assert submitted.outcome == out("k1")
+    assert await raw.exists(record("k1"), "{" + PREFIX + "}:work:c") == 0
+
+
 async def test_a_result_that_never_expires_moves_without_an_expiry(
     backend: RedisBackend, raw: aioredis.Redis
 ) -> None:

@@ -91,6 +91,7 @@ from girder.backends.redis_scripts import (
     MAX_SUBMIT_KEYS,
     SUBMITTED_CYCLE,
     SUBMITTED_DONE,
+    SUBMITTED_LOOK_AGAIN,
     Script,
     build_scripts,
     build_slot_scripts,
@@ -593,20 +594,49 @@ class RedisBackend:
             "on_top": on_top,
             "waiter_key": waiter_key,
             "dispatch": dispatch,
-            "claim": claim,
             "job": job,
         }
-        if self._results is not None and requests:
-            moved = await self._results.lookup([request.key for request in requests])
-            if moved:
-                rest = [request for request in requests if request.key not in moved]
-                found, claimed = await self._submit_and_claim(node, rest, **options)
-                of_rest = iter(found)
-                return [
-                    Submitted(r.key, outcome=moved[r.key]) if r.key in moved else next(of_rest)
-                    for r in requests
-                ], claimed
-        return await self._submit_and_claim(node, requests, **options)
+        if self._results is None or not requests:
+            found, claimed = await self._submit_and_claim(node, requests, claim=claim, **options)
+            return [_looked_for(answer) for answer in found], claimed
+        return await self._submit_spread(node, requests, claim, options)
+
+    async def _submit_spread(
+        self, node: str, requests: Sequence[NewRequest], claim: int, options: dict[str, Any]
+    ) -> tuple[list[Submitted], list[Claimed]]:
+        """`submit_and_claim` with `spread_results`: look for the keys in their own slots,
+        submit the others; those the script says to look for again (a record dropped since the
+        look, see submit.lua) go round again."""
+        answers: dict[int, Submitted] = {}
+        claimed: list[Claimed] = []
+        left = list(range(len(requests)))
+        while left:
+            looked_at, moved = await self._results_lookup([requests[i].key for i in left])
+            rest = [i for i in left if requests[i].key not in moved]
+            answers.update(
+                (i, Submitted(requests[i].key, outcome=moved[requests[i].key]))
+                for i in left
+                if requests[i].key in moved
+            )
+            found, more = await self._submit_and_claim(
+                node, [requests[i] for i in rest], claim=claim, looked_at=looked_at, **options
+            )
+            claim, claimed = 0, claimed + more
+            answers.update(
+                (i, answer) for i, answer in zip(rest, found, strict=True) if answer is not None
+            )
+            left = [i for i, answer in zip(rest, found, strict=True) if answer is None]
+        return [answers[i] for i in range(len(requests))], claimed
+
+    async def _results_lookup(self, keys: Sequence[str]) -> tuple[str, dict[str, bytes]]:
+        """The grid server's time (ms) and, concurrently, the outcomes of the keys found in
+        their own slots."""
+        assert self._results is not None
+        client = self._at(self._keys.leases)
+        clock, moved = await asyncio.gather(
+            self._retrying("lookup", lambda: client.execute("TIME")), self._results.lookup(keys)
+        )
+        return str(int(clock[0]) * 1000 + int(clock[1]) // 1000), moved
 
     async def _submit_and_claim(
         self,
@@ -619,10 +649,12 @@ class RedisBackend:
         dispatch: bool,
         claim: int,
         job: str | None,
-    ) -> tuple[list[Submitted], list[Claimed]]:
+        looked_at: str = "",
+    ) -> tuple[list[Submitted | None], list[Claimed]]:
+        """The scripts of `submit_and_claim`; None for a request to look for again."""
         if not requests and not claim:
             return [], []
-        found: list[Submitted] = []
+        found: list[Submitted | None] = []
         claimed: list[Claimed] = []
         for start, chunk in enumerate(_chunks(requests)):
             wanted = claim if start == 0 else 0
@@ -634,6 +666,7 @@ class RedisBackend:
                 int(dispatch),
                 wanted,
                 job or "",
+                looked_at,
             ]
             for request in chunk:
                 args += (request.key, request.payload, request.name if self._events else "")
@@ -1110,12 +1143,23 @@ def _counters(raw: bytes) -> dict[str, int]:
     return {str(k): v for k, v in value.items() if type(v) is int}
 
 
-def _submitted(key: str, reply: list[Any]) -> Submitted:
+def _submitted(key: str, reply: list[Any]) -> Submitted | None:
+    """What the submit script answered for `key`; None: look for it again."""
+    if reply[0] == SUBMITTED_LOOK_AGAIN:
+        return None
     if reply[0] == SUBMITTED_DONE:
         return Submitted(key, outcome=reply[1])
     if reply[0] == SUBMITTED_CYCLE:
         return Submitted(key, cycle=tuple(map(_text, reply[1:])))
     return Submitted(key, partial=reply[2] if len(reply) > 2 else None, shared=bool(reply[1]))
+
+
+def _looked_for(answer: Submitted | None) -> Submitted:
+    """An answer of a submission made without a look in the keys' own slots: never "look
+    again" (the script says that only to a caller that looked)."""
+    if answer is None:
+        raise BackendError("the submit script said to look again, but nothing was looked at")
+    return answer
 
 
 def _claimed(flat: list[bytes]) -> list[Claimed]:

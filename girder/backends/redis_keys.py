@@ -100,6 +100,9 @@ Per grid:
     eventswatched      string, expiring `Settings.events_watch` after the last read of
                        `events`: while it exists, scripts publish events; without it, none
     blobs              sorted set: digest -> when the blob was last put or checked (server ms)
+    resultsdropped     string: the server time (ms) of the latest `result_drop` that deleted a
+                       record whose result moved to its own slot (`spread_results`): a submission
+                       whose look in the keys' slots came well before it looks again
     functions          hash: the function table: FUNCTION_NAME <name> -> a short id, and
                        FUNCTION_ID <id> -> the name, for every function with a cached result
                        (made by the first one: a done record holds the id, a byte or two,
@@ -143,6 +146,7 @@ BLOB_UNTIL_DONE = "blobuntildone:"
 BLOB_PART = "blobpart:"
 BLOBS = "blobs"
 SPREAD_RESULT = "v"
+RESULTS_DROPPED = "resultsdropped"
 FUNCTIONS = "functions"
 
 F_STATUS = "s"
@@ -211,6 +215,7 @@ _GLOBAL = {
     "EVENTS_WATCHED": EVENTS_WATCHED,
     "BLOBS": BLOBS,
     "FUNCTIONS": FUNCTIONS,
+    "RESULTS_DROPPED": RESULTS_DROPPED,
 }
 _CONSTANTS = {
     "F_STATUS": F_STATUS,

@@ -36,11 +36,15 @@ SUBMITTED_DONE = 1
 """`submit`, per request: already done; the cached outcome follows."""
 SUBMITTED_CYCLE = 2
 """`submit`, per request: the new wait edge closed a cycle; its keys follow."""
+SUBMITTED_LOOK_AGAIN = 3
+"""`submit`, per request: no record, and a result moved to its key's slot since the caller
+looked there (`spread_results`): nothing was done; look there again."""
 
 _REPLY_CODES = {
     "SUBMITTED_QUEUED": SUBMITTED_QUEUED,
     "SUBMITTED_DONE": SUBMITTED_DONE,
     "SUBMITTED_CYCLE": SUBMITTED_CYCLE,
+    "SUBMITTED_LOOK_AGAIN": SUBMITTED_LOOK_AGAIN,
 }
 
 MAX_SCRIPT_KEYS = 1000
@@ -56,6 +60,11 @@ MAX_SUBMIT_KEYS = 250
 
 MAX_SCRIPT_BYTES = 512 * 1024
 """The most bytes of payloads one `submit` call carries (unless one payload alone is larger)."""
+
+LOOK_AGAIN_MS = 500
+"""A submission whose look in the keys' own slots came this long before the latest drop of a
+moved result's record looks again (see submit.lua); under the moves' delay (1 s), so that a
+look made before a copy was written is always caught."""
 
 MOVE_MIN_TTL_MS = 5000
 """A cached result that expires sooner than this stays in the grid's slot (see result_out.lua)."""
@@ -114,7 +123,7 @@ SPECS = {
     for spec in (
         ScriptSpec(
             "submit",
-            ("node", "into", "on_top", "waiter", "dispatch", "claim", "job"),
+            ("node", "into", "on_top", "waiter", "dispatch", "claim", "job", "looked_at"),
             rest="requests",
             journaled=True,
         ),
@@ -194,6 +203,7 @@ def _lua_constants(grid_tick_ms: int, events_max: int, events_watch_ms: int) -> 
     lines.append(f"local DEPARTED_MEMORY_MS = {DEPARTED_MEMORY_MS}")
     lines.append(f"local CLEAR_JOURNAL_MS = {CLEAR_JOURNAL_MS}")
     lines.append(f"local MOVE_MIN_TTL_MS = {MOVE_MIN_TTL_MS}")
+    lines.append(f"local LOOK_AGAIN_MS = {LOOK_AGAIN_MS}")
     lines.append(f"local MAX_CANCEL_STEP = {MAX_CANCEL_STEP}")
     lines.append(f"local REQUEST_ARGS = {len(REQUEST_ARGS)}")
     lines.append(f"local COMPLETION_ARGS = {len(COMPLETION_ARGS)}")

@@ -12,7 +12,7 @@ local found, reply = replayed(node, token, again)
 if found then
   return reply
 end
-local stale = {}
+local stale, dropped = {}, false
 for i = FIRST_MOVED, #ARGV, 2 do
   local key, sha = ARGV[i], ARGV[i + 1]
   local state = read_record(key, F_STATUS, F_MOVER, unpack(OUTCOME_FIELDS))
@@ -21,6 +21,10 @@ for i = FIRST_MOVED, #ARGV, 2 do
     stale[#stale + 1] = key
   elseif #record_members(k_record(key)).fields == 0 then
     redis.call('DEL', k_record(key))
+    dropped = true
   end
+end
+if dropped then
+  redis.call('SET', K_RESULTS_DROPPED, now_ms()) -- see submit.lua: a stale look looks again
 end
 return journaled(node, token, low, stale)

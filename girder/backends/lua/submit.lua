@@ -1,6 +1,9 @@
--- submit(token, low, again, node, into, on_top, waiter, dispatch, claim, job, key1, payload1,
--- name1, key2, ...) (see REQUEST_ARGS; name: the function's, for the events, or '')
--- -> {results, claimed}: per request, {SUBMITTED_DONE, outcome} when done, {SUBMITTED_CYCLE,
+-- submit(token, low, again, node, into, on_top, waiter, dispatch, claim, job, looked_at, key1,
+-- payload1, name1, key2, ...) (see REQUEST_ARGS; name: the function's, for the events, or '';
+-- looked_at: with `spread_results`, the server time (ms) when the caller looked for the keys
+-- in their own slots, else '') -> {results, claimed}: per request, {SUBMITTED_DONE, outcome}
+-- when done, {SUBMITTED_LOOK_AGAIN} when it has no record and a moved result's record was
+-- dropped since the caller looked (see redis_results.py: nothing is done for it), {SUBMITTED_CYCLE,
 -- waiter, cycle...} when the wait edge closed a cycle, else {SUBMITTED_QUEUED, shared (1 when
 -- the key was pending, or running under an owner that will complete it, else 0)} followed by
 -- the latest partial outcome when the key has one (see publish.lua); then up to `claim`
@@ -82,6 +85,17 @@ local function outcome_of(key, first)
   return joined(call('HMGET', k_record(key), unpack(OUTCOME_FIELDS)), 1)
 end
 
+-- Whether a record dropped after its result moved (redis_results.py) may be one the caller did
+-- not see in its look at `looked_at`: a drop came LOOK_AGAIN_MS or more after the look.
+local stale_look
+local function look_is_stale()
+  if stale_look == nil then
+    local dropped = looked_at ~= '' and tonumber(redis.call('GET', K_RESULTS_DROPPED))
+    stale_look = dropped and dropped - LOOK_AGAIN_MS > tonumber(looked_at) or false
+  end
+  return stale_look
+end
+
 local results, pushed = {}, {}
 for i = FIRST_REQUESTS, #ARGV, REQUEST_ARGS do
   local key, label = ARGV[i], ARGV[i + 2]
@@ -89,6 +103,8 @@ for i = FIRST_REQUESTS, #ARGV, REQUEST_ARGS do
   if state[1] == DONE and state[4] then
     results[#results + 1] = {SUBMITTED_DONE, outcome_of(key, state[4])}
     event('submitted', node, key, label, waiter, job, 'cached')
+  elseif state[1] == false and look_is_stale() then
+    results[#results + 1] = {SUBMITTED_LOOK_AGAIN}
   else
     -- The record's fields: its waiter, root and waited-by edge, and those of a new record.
     local fields = {F_WAITER .. node, ''}
