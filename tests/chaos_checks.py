@@ -404,10 +404,12 @@ RECORD = redis_keys.RECORD.rstrip(":")
 RECORD_KINDS = tuple(part.rstrip(":") for part in redis_keys._PER_ID.values())
 """Keys per request or per node (`r:<key>`, `inbox:<node>`, ...), from the backend's layout."""
 GLOBAL_KEEP = (
-    "clock", "departed", "events", "eventsbase", "farewells", "functions", "timekeeper"
+    "clock", "departed", "events", "eventsbase", "farewells", "functions", "timekeeper",
+    "resultsdropped",
 )  # fmt: skip
 """Global bookkeeping that may stay when the grid is idle (counters; the recently departed; the
-capped list of grid events and its first number; the function table of cached results)."""
+capped list of grid events and its first number; the function table of cached results; when
+the latest record of a result moved to its own slot was dropped)."""
 GLOBAL_EMPTY = ("pops", "leases")
 """Global hashes and sets of nodes: no entry should stay once every node is gone. Any other
 global key of the layout (say `corrupt`) is reported, and so is a key the layout does not name."""

@@ -165,6 +165,37 @@ async def test_a_submission_stalled_since_its_look_looks_again(
     assert await raw.exists(record("k1"), "{" + PREFIX + "}:work:c") == 0
 
 
+async def test_a_look_whose_clock_came_late_is_made_again(
+    backend: RedisBackend, raw: aioredis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The grid's server answers the time late (it was out of reach while the keys' slots
+    answered the look): the time may be later than a drop the look missed, so the look is
+    made again after it."""
+    await complete_cached(backend, "k1", out("k1"))
+    await settled(backend)
+    assert backend._results is not None
+    original_lookup = backend._results.lookup
+    looks: list[int] = []
+
+    async def before_the_copy_first(keys: Sequence[str]) -> dict[str, bytes]:
+        looks.append(len(keys))
+        return {} if len(looks) == 1 else await original_lookup(keys)
+
+    original = resp.Connection.pipeline
+
+    async def late_clock(self: resp.Connection, commands: Sequence[resp.Command]) -> list[Any]:
+        if commands[0][:1] == ("TIME",):
+            await asyncio.sleep(0.2)
+        return await original(self, commands)
+
+    monkeypatch.setattr(backend._results, "lookup", before_the_copy_first)
+    monkeypatch.setattr(resp.Connection, "pipeline", late_clock)
+    [submitted] = await put(backend, "c", ["k1"])
+    assert looks == [1, 1]
+    assert submitted.outcome == out("k1")
+    assert await raw.exists(record("k1"), "{" + PREFIX + "}:work:c") == 0
+
+
 async def test_a_result_that_never_expires_moves_without_an_expiry(
     backend: RedisBackend, raw: aioredis.Redis
 ) -> None:

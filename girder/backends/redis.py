@@ -629,13 +629,17 @@ class RedisBackend:
         return [answers[i] for i in range(len(requests))], claimed
 
     async def _results_lookup(self, keys: Sequence[str]) -> tuple[str, dict[str, bytes]]:
-        """The grid server's time (ms) and, concurrently, the outcomes of the keys found in
-        their own slots."""
+        """The grid server's time (ms) and the outcomes of the keys found in their own slots,
+        read concurrently; read again after the time if the time came late (the grid's server
+        was out of reach, say), so that the time is never later than the look."""
         assert self._results is not None
         client = self._at(self._keys.leases)
-        clock, moved = await asyncio.gather(
-            self._retrying("lookup", lambda: client.execute("TIME")), self._results.lookup(keys)
+        (clock, clock_at), (moved, looked) = await asyncio.gather(
+            _timed(self._retrying("lookup", lambda: client.execute("TIME"))),
+            _timed(self._results.lookup(keys)),
         )
+        if clock_at - looked > _LATE_CLOCK_S:
+            moved = await self._results.lookup(keys)
         return str(int(clock[0]) * 1000 + int(clock[1]) // 1000), moved
 
     async def _submit_and_claim(
@@ -1152,6 +1156,16 @@ def _submitted(key: str, reply: list[Any]) -> Submitted | None:
     if reply[0] == SUBMITTED_CYCLE:
         return Submitted(key, cycle=tuple(map(_text, reply[1:])))
     return Submitted(key, partial=reply[2] if len(reply) > 2 else None, shared=bool(reply[1]))
+
+
+async def _timed(awaitable: Awaitable[T]) -> tuple[T, float]:
+    """What `awaitable` gives, and when (monotonic seconds)."""
+    return await awaitable, time.monotonic()
+
+
+_LATE_CLOCK_S = 0.05
+"""A server time that came this much later than the look it goes with is read before another
+look (see `RedisBackend._results_lookup`)."""
 
 
 def _looked_for(answer: Submitted | None) -> Submitted:

@@ -23,13 +23,18 @@ that completed the keys (a batch at a time):
 
 A crash between the steps leaves a result in two places (the same outcome), or in the grid's
 slot only: both are cached results, found by every read. A submission looks at the key's own
-slot first and sends the grid only the keys not found there. The delay before step 3 is for
-the submission whose look came just before step 2: its script still finds the record. One
-whose look and script are further apart than the delay finds no record and computes the key
-again: a false miss, which costs work and is never wrong. A clear by another process that
-overlaps a move can leave the copy of a cleared result until step 3 (for good only if the
-mover dies, or its node leaves, before step 3: the copy then expires with the result's TTL, or
-goes with the next clear).
+slot first (and asks the grid's server its time meanwhile) and sends the grid only the keys
+not found there. The delay before step 3 is for the submission whose look came just before
+step 2: its script still finds the record. One whose look and script are further apart (a
+process stopped, or held back by a reconcile, in between) would find no record and compute the
+key again; so step 3 notes the server's time of its drop, and the submit script tells a
+caller whose look came `LOOK_AGAIN_MS` or more before the latest drop to look again for the
+keys that have no record (it does nothing for them), instead of queueing them (the look is
+made again if the time came late, so that the time is never later than the look).
+
+A clear by another process that overlaps a move can leave the copy of a cleared result until
+step 3 (for good only if the mover dies, or its node leaves, before step 3: the copy then
+expires with the result's TTL, or goes with the next clear).
 
 A result whose value is a blob stays in the grid's slot: the blob's holder is its record, and a
 sweep would take the bytes from a record that moved (see `redis_blobs`).
