@@ -11,6 +11,7 @@ A checkout may carry environment variables for its runs after commas, to compare
 one checkout (say, grid events on and off):
 
     .venv/bin/python benchmarks/ab.py . .,GIRDER_EVENTS=false --workloads W1,W2
+    .venv/bin/python benchmarks/ab.py . .,GIRDER_SPREAD_RESULTS=1 --workloads W1,W2 --cluster
 
 It prints one JSON line per checkout and workload on stdout (`checkout`, `workload`, `median`,
 `unit`, `samples`) and a side-by-side table on stderr.
@@ -50,12 +51,15 @@ def readable(value: float) -> str:
     return f"{value:,.0f}" if value >= 100 else f"{value:.3g}"
 
 
-def run_once(checkout: str, workloads: str, runs: int) -> list[dict[str, object]]:
+def run_once(
+    checkout: str, workloads: str, runs: int, *, cluster: bool = False
+) -> list[dict[str, object]]:
     """One run of `checkout`'s distributed.py: `path[,NAME=VALUE...]`."""
     path, *assignments = checkout.split(",")
     env = {**os.environ, **dict(item.split("=", 1) for item in assignments)}
     script = Path(path) / "benchmarks" / "distributed.py"
     command = [sys.executable, str(script), "--workloads", workloads, "--runs", str(runs)]
+    command += ["--cluster"] if cluster else []
     done = subprocess.run(
         command, capture_output=True, text=True, timeout=1800, check=False, env=env
     )
@@ -72,12 +76,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3, help="rounds (3)")
     parser.add_argument("--runs", type=int, default=3, help="runs per workload per round (3)")
     parser.add_argument("--workloads", default="floor,W1,W2,W3,W4")
+    parser.add_argument(
+        "--cluster", action="store_true", help="on a private Redis Cluster (distributed.py)"
+    )
     args = parser.parse_args(argv)
     samples: dict[tuple[str, str], tuple[str, list[float]]] = {}
     for index in range(args.rounds):
         for checkout in args.checkouts:
             say(f"round {index + 1}/{args.rounds}: {checkout}")
-            for line in run_once(checkout, args.workloads, args.runs):
+            for line in run_once(checkout, args.workloads, args.runs, cluster=args.cluster):
                 found = headline(line)
                 if found is None:
                     continue

@@ -107,6 +107,8 @@ class ChaosConfig:
     cluster: bool = False
     """On a Redis Cluster (chaos_cluster.py): failovers instead of the faults of one server,
     no proxy, and jobs whose values are blobs (spread over the primaries)."""
+    spread_results: bool = os.environ.get("GIRDER_SPREAD_RESULTS", "") not in ("", "0", "false")
+    """Every process moves cached results to their keys' own slots (`spread_results`)."""
 
     @classmethod
     def from_env(
@@ -431,6 +433,7 @@ class ChaosRun(ABC):
             "GIRDER_POOL": self.config.pool,
             "GIRDER_LOG_LEVEL": "INFO",
             RUN_LOG_ENV: str(self.run_logs),
+            "GIRDER_SPREAD_RESULTS": "1" if self.config.spread_results else "0",
             **blobs,
         }
 
