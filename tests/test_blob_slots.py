@@ -186,7 +186,7 @@ async def test_a_put_whose_bytes_a_sweep_drops_between_its_steps_writes_them_aga
     await backend.put_blob(digest, data, holder="gone")
     cutoff, deadline, _, generations, unheld = await swept_by_hand(backend)
     assert unheld == [digest]
-    original = backend._blobs._slot_script
+    original = backend._slot_script
     dropped: list[bool] = []
 
     async def sweep_step_2_first(name: str, keys: Sequence[str], *args: Any) -> Any:
@@ -194,7 +194,7 @@ async def test_a_put_whose_bytes_a_sweep_drops_between_its_steps_writes_them_aga
             dropped.append(await backend._blobs.drop(digest, generations[digest]))
         return await original(name, keys, *args)
 
-    monkeypatch.setattr(backend._blobs, "_slot_script", sweep_step_2_first)
+    monkeypatch.setattr(backend, "_slot_script", sweep_step_2_first)
     await backend.put_blob(digest, data, holder="k")
     monkeypatch.undo()
     assert dropped == [True]
@@ -216,7 +216,7 @@ async def test_a_put_slower_than_the_window_holds_its_blob_again(
     digest, data = blob("slow-put")
     clock = [1000.0]
     monkeypatch.setattr(redis_blobs, "monotonic", lambda: clock[0])
-    original = backend._blobs._slot_script
+    original = backend._slot_script
     swept: list[int] = []
 
     async def stalled_between_steps(name: str, keys: Sequence[str], *args: Any) -> Any:
@@ -225,7 +225,7 @@ async def test_a_put_slower_than_the_window_holds_its_blob_again(
             clock[0] += 120
         return await original(name, keys, *args)
 
-    monkeypatch.setattr(backend._blobs, "_slot_script", stalled_between_steps)
+    monkeypatch.setattr(backend, "_slot_script", stalled_between_steps)
     await backend.put_blob(digest, data, holder="k")
     assert swept == [1]  # the holder was given up, the entry dropped, mid-put
     await put(backend, "c", ["k"])

@@ -793,14 +793,14 @@ async def test_the_parts_of_a_writer_that_died_expire(
     backend: RedisBackend, raw: aioredis.Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(redis_blobs, "BLOB_CHUNK_BYTES", 1000)
-    original = backend._blobs._slot_script
+    original = backend._slot_script
 
     async def dies_before_publishing(name: str, keys: Sequence[str], *args: Any) -> Any:
         if name == "blob_publish":
             raise RuntimeError("the writer died")
         return await original(name, keys, *args)
 
-    monkeypatch.setattr(backend._blobs, "_slot_script", dies_before_publishing)
+    monkeypatch.setattr(backend, "_slot_script", dies_before_publishing)
     digest, data = blob("dies", 5000)
     with pytest.raises(RuntimeError):
         await backend.put_blob(digest, data, holder="k")

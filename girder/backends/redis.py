@@ -72,6 +72,7 @@ from girder.backends.base import (
 )
 from girder.backends.cluster import SCHEMES as CLUSTER_SCHEMES
 from girder.backends.cluster import ClusterClient, SlotClient, parse_cluster_url
+from girder.backends.redis_access import RedisAccess
 from girder.backends.redis_blobs import RedisBlobs
 from girder.backends.redis_keys import (
     DONE,
@@ -303,27 +304,21 @@ class RedisBackend:
         except ValueError as exc:
             raise ConfigurationError(f"bad Redis URL {self.url!r}: {exc}") from exc
         self._slot_scripts = build_slot_scripts()
-        self._blobs = RedisBlobs(
-            self._keys,
+        access = RedisAccess(
             run=self._run,
-            slot_script=self._slot_script,
+            journaled=lambda name, node, *args: self._journaled(name, node, True, *args),
+            # Looked up at each call, so that a test may wrap the method on this backend.
+            slot_script=lambda *args: self._slot_script(*args),  # noqa: PLW0108
             retrying=self._retrying,
             at=self._at,
             servers=self._servers,
             error=lambda what, error: _reply_error(self.url, what, error),
         )
+        self._blobs = RedisBlobs(self._keys, access)
         self._results: SpreadResults | None = None
         """Cached results moved to their own keys' slots, when `Settings.spread_results`."""
         if settings.spread_results:
-            self._results = SpreadResults(
-                self._keys,
-                run=self._run,
-                journaled=lambda name, node, *args: self._journaled(name, node, True, *args),
-                slot_script=self._slot_script,
-                retrying=self._retrying,
-                at=self._at,
-                servers=self._servers,
-            )
+            self._results = SpreadResults(self._keys, access)
 
     async def connect(self) -> None:
         """Check the server and load the scripts. A server that cannot be reached at all is a

@@ -48,10 +48,11 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from time import monotonic
 from typing import Any
 
+from girder.backends.redis_access import RedisAccess
 from girder.backends.redis_keys import RedisKeys
 from girder.backends.resp import Command, Pipelined, ReplyError
 
@@ -77,37 +78,12 @@ SWEEP_STEP = 100
 _SCAN_COUNT = 1000
 
 
-Run = Callable[..., Awaitable[Any]]
-"""Runs a script by name with its arguments, retried through outages."""
-Retrying = Callable[[str, Callable[[], Awaitable[Any]]], Awaitable[Any]]
-"""Calls an attempt until the server answers it (`RedisBackend._retrying`)."""
-
-
 class RedisBlobs:
     """put/get/sweep/list/flush of a grid's blobs (see the module docstring)."""
 
-    def __init__(
-        self,
-        keys: RedisKeys,
-        *,
-        run: Run,
-        slot_script: Run,
-        retrying: Retrying,
-        at: Callable[[str], Pipelined],
-        servers: Callable[[], Awaitable[list[Pipelined]]],
-        error: Callable[[str, ReplyError], Exception],
-    ) -> None:
-        """`run`: a grid script; `slot_script(name, keys, *args)`: a script of the slot of
-        `keys`; `retrying`: an attempt through outages; `at(key)`: the client
-        for `key`'s slot; `servers()`: one client per server (per primary of a cluster);
-        `error`: the `BackendError` for an error reply."""
+    def __init__(self, keys: RedisKeys, access: RedisAccess) -> None:
         self._keys = keys
-        self._run = run
-        self._slot_script = slot_script
-        self._retrying = retrying
-        self._at = at
-        self._servers = servers
-        self._error = error
+        self._access = access
 
     # -- put and get ------------------------------------------------------------------------------
 
@@ -124,17 +100,17 @@ class RedisBlobs:
     async def _put_once(self, digest: str, data: bytes, holder: str, role: str) -> None:
         token = uuid.uuid4().hex
         keys = (self._keys.blob(digest), self._keys.blob_gen(digest))
-        new = await self._run("blob_hold", digest, holder, role)
-        if not new and await self._slot_script("blob_reuse", keys, token):
+        new = await self._access.run("blob_hold", digest, holder, role)
+        if not new and await self._access.slot_script("blob_reuse", keys, token):
             return  # stored already: the bytes need not travel
         if len(data) <= BLOB_CHUNK_BYTES:
-            await self._slot_script("blob_store", keys, data, token)
+            await self._access.slot_script("blob_store", keys, data, token)
             return
         while True:
             part = self._keys.blob_part(digest, uuid.uuid4().hex)
             for start in range(0, len(data), BLOB_CHUNK_BYTES):
                 await self._put_part(part, start, data[start : start + BLOB_CHUNK_BYTES])
-            if await self._slot_script("blob_publish", (*keys, part), token):
+            if await self._access.slot_script("blob_publish", (*keys, part), token):
                 return
 
     async def _put_part(self, part: str, start: int, chunk: bytes) -> None:
@@ -143,16 +119,16 @@ class RedisBlobs:
             ("SETRANGE", part, start, chunk),
             ("PEXPIRE", part, BLOB_PART_TTL_MS),
         ]
-        client = self._at(part)
-        for reply in await self._retrying("put_blob", lambda: client.pipeline(commands)):
+        client = self._access.at(part)
+        for reply in await self._access.retrying("put_blob", lambda: client.pipeline(commands)):
             if isinstance(reply, ReplyError):  # out of memory, say
-                raise self._error("put_blob", reply)
+                raise self._access.error("put_blob", reply)
 
     async def get(self, digest: str) -> bytes | None:
         name = self._keys.blob(digest)
-        client = self._at(name)
+        client = self._access.at(name)
         first: list[Command] = [("STRLEN", name), ("GETRANGE", name, 0, BLOB_CHUNK_BYTES - 1)]
-        size, head = await self._retrying("get_blob", lambda: client.pipeline(first))
+        size, head = await self._access.retrying("get_blob", lambda: client.pipeline(first))
         if not isinstance(size, int) or not size or isinstance(head, ReplyError):
             return None  # none, or garbage of another type in its place
         parts = [head]
@@ -163,8 +139,9 @@ class RedisBlobs:
 
     async def sizes(self) -> dict[str, int]:
         """Every stored blob: digest -> size in bytes."""
-        digests = await self._retrying(
-            "blobs", lambda: self._at(self._keys.blobs).execute("ZRANGE", self._keys.blobs, 0, -1)
+        digests = await self._access.retrying(
+            "blobs",
+            lambda: self._access.at(self._keys.blobs).execute("ZRANGE", self._keys.blobs, 0, -1),
         )
         names, _ = self._digests(digests)
         found = await asyncio.gather(*(self._size(name) for name in names))
@@ -172,7 +149,9 @@ class RedisBlobs:
 
     async def _size(self, digest: str) -> int:
         name = self._keys.blob(digest)
-        size = await self._retrying("blobs", lambda: self._at(name).pipeline([("STRLEN", name)]))
+        size = await self._access.retrying(
+            "blobs", lambda: self._access.at(name).pipeline([("STRLEN", name)])
+        )
         return size[0] if isinstance(size[0], int) else 0
 
     # -- sweep ------------------------------------------------------------------------------------
@@ -180,11 +159,15 @@ class RedisBlobs:
     async def sweep(self, grace_ms: int) -> int:
         deleted, until = 0, ""
         while True:
-            until, due = await self._run("blob_due", grace_ms, until, SWEEP_STEP)
+            until, due = await self._access.run("blob_due", grace_ms, until, SWEEP_STEP)
             digests, forged = self._digests(due)
             if forged:  # no bytes can live under such a name: only the index entry goes
                 await self._execute(
-                    self._at(self._keys.blobs), "sweep_blobs", "ZREM", self._keys.blobs, *forged
+                    self._access.at(self._keys.blobs),
+                    "sweep_blobs",
+                    "ZREM",
+                    self._keys.blobs,
+                    *forged,
                 )
             if digests:
                 deleted += await self._sweep_step(until, digests)
@@ -228,29 +211,29 @@ class RedisBlobs:
 
     async def _generation(self, digest: str) -> bytes:
         name = self._keys.blob_gen(digest)
-        [reply] = await self._retrying(
-            "sweep_blobs", lambda: self._at(name).pipeline([("GET", name)])
+        [reply] = await self._access.retrying(
+            "sweep_blobs", lambda: self._access.at(name).pipeline([("GET", name)])
         )
         return reply if isinstance(reply, bytes) else b""
 
     async def unheld(self, cutoff: bytes, digests: Sequence[str]) -> tuple[int, list[str]]:
         """Sweep step 1 (grid slot): which of `digests` are still due and held by nobody; and
         the deadline of step 3 (server ms)."""
-        now, unheld = await self._run("blob_sweep", cutoff, *digests)
+        now, unheld = await self._access.run("blob_sweep", cutoff, *digests)
         return int(now) + HOLD_WINDOW_MS, [digest.decode() for digest in unheld]
 
     async def drop(self, digest: str, generation: bytes) -> bool:
         """Sweep step 2 (blob slot): delete the bytes if the generation is still `generation`;
         whether they are gone."""
         keys = (self._keys.blob(digest), self._keys.blob_gen(digest))
-        return bool(await self._slot_script("blob_drop", keys, generation))
+        return bool(await self._access.slot_script("blob_drop", keys, generation))
 
     async def forget(self, cutoff: bytes, deadline: int, digests: Sequence[str]) -> int:
         """Sweep step 3 (grid slot): drop from the index those of `digests` nobody held again,
         unless it runs after `deadline` (server ms: then the next sweep does); how many."""
         if not digests:
             return 0
-        return int(await self._run("blob_forget", cutoff, deadline, *digests))
+        return int(await self._access.run("blob_forget", cutoff, deadline, *digests))
 
     # -- flush ------------------------------------------------------------------------------------
 
@@ -260,7 +243,7 @@ class RedisBlobs:
         then finds them, and deletes them after the grace period unless a record holds them.
         A scan of every server: for after lost writes, not for every sweep."""
         digests: list[str] = []
-        for server in await self._servers():
+        for server in await self._access.servers():
             cursor = b"0"
             while True:
                 scan = ("SCAN", cursor, "MATCH", self._keys.blob_pattern(), "COUNT", _SCAN_COUNT)
@@ -274,14 +257,14 @@ class RedisBlobs:
         unique = sorted(set(digests))  # SCAN may name a key twice
         added = 0
         for start in range(0, len(unique), SWEEP_STEP):
-            added += int(await self._run("blob_index", *unique[start : start + SWEEP_STEP]))
+            added += int(await self._access.run("blob_index", *unique[start : start + SWEEP_STEP]))
         return added
 
     async def flush(self) -> None:
         """Delete the blob keys of the grid on every server (its index and holders go with the
         rest of the grid's slot)."""
         pattern = self._keys.blob_pattern()
-        for server in await self._servers():
+        for server in await self._access.servers():
             cursor = b"0"
             while True:
                 scan = ("SCAN", cursor, "MATCH", pattern, "COUNT", _SCAN_COUNT)
@@ -294,10 +277,10 @@ class RedisBlobs:
                     break
 
     async def _unlink(self, name: str) -> None:
-        await self._execute(self._at(name), "flush", "UNLINK", name)
+        await self._execute(self._access.at(name), "flush", "UNLINK", name)
 
     # -- plumbing ---------------------------------------------------------------------------------
 
     async def _execute(self, client: Pipelined, what: str, *command: str | bytes | int) -> Any:
         """One command on `client`, retried through outages."""
-        return await self._retrying(what, lambda: client.execute(*command))
+        return await self._access.retrying(what, lambda: client.execute(*command))

@@ -47,13 +47,13 @@ import contextlib
 import hashlib
 import uuid
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Sequence
 from dataclasses import dataclass, field
 from time import monotonic
 from typing import Any
 
 from girder.backends.base import CacheUsage
-from girder.backends.redis_blobs import Retrying, Run
+from girder.backends.redis_access import RedisAccess
 from girder.backends.redis_keys import FUNCTION_ID, FUNCTION_NAME, RedisKeys
 from girder.backends.resp import Command, Pipelined, ReplyError
 from girder.errors import BackendError
@@ -86,28 +86,9 @@ class _Copied:
 class SpreadResults:
     """Moves, reads, counts and clears the cached results of a grid kept in their own slots."""
 
-    def __init__(
-        self,
-        keys: RedisKeys,
-        *,
-        run: Run,
-        journaled: Run,
-        slot_script: Run,
-        retrying: Retrying,
-        at: Callable[[str], Pipelined],
-        servers: Callable[[], Awaitable[list[Pipelined]]],
-    ) -> None:
-        """`run`: a grid script; `journaled(name, node, *args)`: a journaled grid script of
-        `node`, run once even if sent again; `slot_script(name, keys, *args)`: a script of
-        the slot of `keys`; `retrying`: an attempt through outages; `at(key)`: the client for
-        `key`'s slot; `servers()`: one client per server (per primary of a cluster)."""
+    def __init__(self, keys: RedisKeys, access: RedisAccess) -> None:
         self._keys = keys
-        self._run = run
-        self._journaled = journaled
-        self._slot_script = slot_script
-        self._retrying = retrying
-        self._at = at
-        self._servers = servers
+        self._access = access
         self._waiting: dict[str, list[str]] = {}
         """Per node of this process, the keys it completed as cached results, not copied yet
         (a move's last step is journaled under the node that completed its keys)."""
@@ -222,7 +203,7 @@ class SpreadResults:
     async def _copy(self, node: str, keys: Sequence[str]) -> None:
         """Steps 1 and 2 of the module docstring, for `keys` that `node` completed."""
         mover = uuid.uuid4().hex[:16]
-        flat = await self._run("result_out", mover, *keys)
+        flat = await self._access.run("result_out", mover, *keys)
         copied = _Copied(node, mover, monotonic() + DROP_DELAY_S)
         writes = []
         for i in range(0, len(flat), 4):
@@ -237,16 +218,18 @@ class SpreadResults:
     async def _drop(self, copied: _Copied) -> None:
         """Step 3 of the module docstring."""
         node = copied.node
-        stale = await self._journaled("result_drop", node, node, copied.mover, *copied.moved)
+        stale = await self._access.journaled("result_drop", node, node, copied.mover, *copied.moved)
         for key in stale:
             text = key.decode()
-            await self._slot_script("result_unset", (self._keys.result(text),), copied.copies[text])
+            await self._access.slot_script(
+                "result_unset", (self._keys.result(text),), copied.copies[text]
+            )
 
     async def _write(self, key: str, value: bytes, ttl_ms: int) -> None:
         """Step 2 for one key (a key that holds anything already keeps it: `SET NX`)."""
         name = self._keys.result(key)
         command = ("SET", name, value, "NX", *(("PX", ttl_ms) if ttl_ms >= 0 else ()))
-        await self._execute(self._at(name), "spread_results", command)
+        await self._execute(self._access.at(name), "spread_results", command)
 
     # -- reading ----------------------------------------------------------------------------------
 
@@ -259,7 +242,7 @@ class SpreadResults:
 
     async def _get(self, key: str) -> bytes | None:
         name = self._keys.result(key)
-        value = await self._execute(self._at(name), "lookup", ("GET", name))
+        value = await self._execute(self._access.at(name), "lookup", ("GET", name))
         if not isinstance(value, bytes):
             return None  # none, or garbage of another type in its place
         function, colon, outcome = value.partition(b":")
@@ -269,7 +252,7 @@ class SpreadResults:
         """The names of every moved result of the grid, in SCAN batches per server (a name
         may come twice)."""
         pattern = self._keys.result_pattern()
-        for server in await self._servers():
+        for server in await self._access.servers():
             cursor = b"0"
             while True:
                 scan: Command = ("SCAN", cursor, "MATCH", pattern, "COUNT", _SCAN_COUNT)
@@ -292,7 +275,7 @@ class SpreadResults:
                 raise reply
             return reply
 
-        return await self._retrying(what, attempt)
+        return await self._access.retrying(what, attempt)
 
     async def usage(self, seen: set[str], usage: dict[str, CacheUsage]) -> None:
         """Add the moved results whose keys are not in `seen` to `usage` (function name ->
@@ -300,7 +283,10 @@ class SpreadResults:
         names: dict[bytes, str] = {}
         async for batch in self._names("cache_stats"):
             values = await asyncio.gather(
-                *(self._execute(self._at(name), "cache_stats", ("GET", name)) for name in batch)
+                *(
+                    self._execute(self._access.at(name), "cache_stats", ("GET", name))
+                    for name in batch
+                )
             )
             for name, value in zip(batch, values, strict=True):
                 key = self._keys.result_key(name)
@@ -321,7 +307,7 @@ class SpreadResults:
 
     async def _grid_get(self, field: str) -> bytes | None:
         table = self._keys.functions
-        value = await self._execute(self._at(table), "cache", ("HGET", table, field))
+        value = await self._execute(self._access.at(table), "cache", ("HGET", table, field))
         return value if isinstance(value, bytes) else None
 
     # -- clearing ---------------------------------------------------------------------------------
@@ -350,7 +336,7 @@ class SpreadResults:
         sent again after its reply was lost counts the same."""
         names = [self._keys.result(key) for key in keys]
         values = await asyncio.gather(
-            *(self._execute(self._at(name), "cache_clear", ("GET", name)) for name in names)
+            *(self._execute(self._access.at(name), "cache_clear", ("GET", name)) for name in names)
         )
         dropped = {
             key: value
@@ -359,7 +345,7 @@ class SpreadResults:
         }
         await asyncio.gather(
             *(
-                self._slot_script("result_unset", (self._keys.result(key),), value)
+                self._access.slot_script("result_unset", (self._keys.result(key),), value)
                 for key, value in dropped.items()
             )
         )
@@ -370,5 +356,5 @@ class SpreadResults:
         await self.close()
         async for batch in self._names("flush"):
             await asyncio.gather(
-                *(self._execute(self._at(name), "flush", ("UNLINK", name)) for name in batch)
+                *(self._execute(self._access.at(name), "flush", ("UNLINK", name)) for name in batch)
             )
