@@ -58,7 +58,8 @@ class Settings(BaseSettings):
         False,
         description="Redis: move each cached result out of the grid's hash slot into the slot "
         "of its own key, so that on a Redis Cluster cached results and cache hits spread over "
-        "every primary (docs/scaling.md). Set it alike on every process of a grid.",
+        "every primary (docs/scaling.md). The workers move what they complete; every process "
+        "finds moved results.",
     )
     key_prefix: str = Field("girder", description="Prefix of every key a shared backend writes.")
     log_level: str = Field("WARNING", description="structlog level: DEBUG, INFO, WARNING...")

@@ -403,3 +403,49 @@ async def test_a_node_that_leaves_takes_the_journal_of_its_moves_along(
     assert not await raw.exists(journal)
     assert await raw.exists(moved("k1"))
     assert not await raw.keys("{" + PREFIX + "}:journal:*")
+
+
+async def plain(url: str) -> RedisBackend:
+    """A backend without `spread_results`."""
+    backend = RedisBackend(url, settings=Settings(key_prefix=PREFIX))
+    await backend.connect()
+    return backend
+
+
+async def test_a_process_without_the_setting_finds_counts_and_clears_moved_results(
+    backend: RedisBackend, redis_url: str, raw: aioredis.Redis
+) -> None:
+    """Results moved by processes with `spread_results` are found, counted and cleared by one
+    without it (a `girder cache clear` run without GIRDER_SPREAD_RESULTS, say): it sees the
+    grid has moved results when it connects. Before, it computed them again, and a clear
+    left them cached."""
+    await complete_cached(backend, "k1", out("k1"))
+    await settled(backend)
+    other = await plain(redis_url)
+    try:
+        [submitted] = await put(other, "c", ["k1"])
+        assert submitted.outcome == out("k1")
+        assert await other.cache_size() == 1
+        assert await other.cache_clear() == 1
+        assert not await raw.exists(moved("k1"))
+        await complete_cached(other, "k2", out("k2"))
+        assert other._results is not None
+        assert other._results._mover is None  # it moves nothing of its own
+        assert await raw.exists(record("k2")) == 1
+    finally:
+        await other.close()
+
+
+async def test_a_process_without_the_setting_learns_of_moved_results_at_its_heartbeat(
+    backend: RedisBackend, redis_url: str
+) -> None:
+    other = await plain(redis_url)  # before any result moved
+    try:
+        await complete_cached(backend, "k1", out("k1"))
+        await settled(backend)
+        await other.join("o", NodeKind.CLIENT, None, LONG)
+        await other.heartbeat("o", LONG)
+        [submitted] = await put(other, "c", ["k1"])
+        assert submitted.outcome == out("k1")
+    finally:
+        await other.close()

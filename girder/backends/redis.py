@@ -314,9 +314,12 @@ class RedisBackend:
             servers=self._servers,
             error=lambda what, error: _reply_error(self.url, what, error),
         )
+        self._access = access
         self._blobs = RedisBlobs(self._keys, access)
         self._results: SpreadResults | None = None
-        """Cached results moved to their own keys' slots, when `Settings.spread_results`."""
+        """Cached results moved to their own keys' slots: this process moves those it
+        completes with `Settings.spread_results`; without it, it looks for, counts and clears
+        those others moved once it saw the grid has some (`_saw_results_moved`)."""
         if settings.spread_results:
             self._results = SpreadResults(self._keys, access)
 
@@ -347,6 +350,18 @@ class RedisBackend:
                     raise
         self._outage.ended()
         await self._check_eviction_policy()
+        if self._results is None:
+            self._saw_results_moved(
+                await self._execute("connect", "EXISTS", self._keys.results_dropped)
+            )
+
+    def _saw_results_moved(self, moved: object) -> None:
+        """Some process of the grid moves cached results to their own slots (`moved`: the
+        reply of an EXISTS of `resultsdropped`): look for them there too, count and clear
+        them, even without `spread_results` here."""
+        if moved == 1 and self._results is None:
+            self._results = SpreadResults(self._keys, self._access, moves=False)
+            _log.info("cached results found in their own slots: looking there too")
 
     def _primary_down(self) -> bool:
         """Whether the primary is out of reach although the cluster or the sentinels answered
@@ -871,7 +886,7 @@ class RedisBackend:
 
     async def join(self, node: str, kind: NodeKind, distributor: str | None, ttl: float) -> None:
         command = self._call("join", node, kind.value, distributor or "", _ms(ttl))
-        _, server = await self._retrying("join", lambda: self._run_with_server(command))
+        _, server, _ = await self._retrying("join", lambda: self._run_with_server(command))
         if server:
             self._server_seen[node] = server
 
@@ -882,7 +897,14 @@ class RedisBackend:
         low = self._tokens.oldest(node)
         cut_short = self._cut_short
         command = self._call("heartbeat", node, _ms(ttl), published, low)
-        reply, server = await self._retrying("heartbeat", lambda: self._run_with_server(command))
+        extra: list[Command] = (
+            [] if self._results is not None else [("EXISTS", self._keys.results_dropped)]
+        )
+        reply, server, seen = await self._retrying(
+            "heartbeat", lambda: self._run_with_server(command, *extra)
+        )
+        if seen:
+            self._saw_results_moved(seen[0])
         registered, clock, own = reply
         lost = self._cut_short_seen.get(node, 0) < cut_short
         self._cut_short_seen[node] = cut_short
@@ -891,18 +913,20 @@ class RedisBackend:
             self._server_seen[node] = server
         return Beat(bool(registered), clock, own if own >= 0 else None, lost_writes=lost)
 
-    async def _run_with_server(self, script: Command) -> tuple[Any, bytes]:
+    async def _run_with_server(
+        self, script: Command, *extra: Command
+    ) -> tuple[Any, bytes, list[Any]]:
         """A script's reply, and the run id of the server that ran it (b"" when INFO is
         denied). A node whose heartbeat lands on another server than its join or previous
         heartbeat (a replica promoted in a failover, a server restarted from its append-only
         file) may have lost the writes it made since: the last heartbeat replicated or saved
         may be its own last one, or it may have made none yet, so the clock cannot tell (see
         `Beat.lost_writes`)."""
-        reply, info = await self._redis.pipeline([script, ("INFO", "server")])
+        reply, info, *more = await self._redis.pipeline([script, ("INFO", "server"), *extra])
         if isinstance(reply, ReplyError):
             raise reply
         found = None if isinstance(info, ReplyError) else _RUN_ID.search(info)
-        return reply, found.group(1) if found else b""
+        return reply, found.group(1) if found else b"", more
 
     async def reconcile(self, node: str, keep: Sequence[str]) -> int:
         count: int = await self._journaled("reconcile", node, True, node, *keep)

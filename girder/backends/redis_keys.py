@@ -102,7 +102,9 @@ Per grid:
     blobs              sorted set: digest -> when the blob was last put or checked (server ms)
     resultsdropped     string: the server time (ms) of the latest `result_drop` that deleted a
                        record whose result moved to its own slot (`spread_results`): a submission
-                       whose look in the keys' slots came well before it looks again
+                       whose look in the keys' slots came well before it looks again; and its
+                       existence tells every process that results have moved (so that one
+                       without the setting looks for them too)
     functions          hash: the function table: FUNCTION_NAME <name> -> a short id, and
                        FUNCTION_ID <id> -> the name, for every function with a cached result
                        (made by the first one: a done record holds the id, a byte or two,
@@ -297,6 +299,7 @@ class RedisKeys:
         self.corrupt = self.base + CORRUPT
         self.blobs = self.base + BLOBS
         self.functions = self.base + FUNCTIONS
+        self.results_dropped = self.base + RESULTS_DROPPED
 
     def record(self, key: str) -> str:
         return self.base + RECORD + key

@@ -36,6 +36,10 @@ A clear by another process that overlaps a move can leave the copy of a cleared 
 step 3 (for good only if the mover dies, or its node leaves, before step 3: the copy then
 expires with the result's TTL, or goes with the next clear).
 
+A process without the setting moves nothing (`moves=False`), but once it has seen that the
+grid has moved results (`resultsdropped` exists: `RedisBackend` asks when it connects and at
+each heartbeat) it finds, counts and clears them like the others.
+
 A result whose value is a blob stays in the grid's slot: the blob's holder is its record, and a
 sweep would take the bytes from a record that moved (see `redis_blobs`).
 """
@@ -86,9 +90,12 @@ class _Copied:
 class SpreadResults:
     """Moves, reads, counts and clears the cached results of a grid kept in their own slots."""
 
-    def __init__(self, keys: RedisKeys, access: RedisAccess) -> None:
+    def __init__(self, keys: RedisKeys, access: RedisAccess, *, moves: bool = True) -> None:
+        """`moves`: this process moves the results it completes (`spread_results`); without
+        it, it only finds, counts and clears those that others moved."""
         self._keys = keys
         self._access = access
+        self._moves = moves
         self._waiting: dict[str, list[str]] = {}
         """Per node of this process, the keys it completed as cached results, not copied yet
         (a move's last step is journaled under the node that completed its keys)."""
@@ -114,6 +121,8 @@ class SpreadResults:
 
     def completed(self, node: str, keys: Sequence[str]) -> None:
         """`node` completed `keys` as cached results: move them, in the background."""
+        if not self._moves:
+            return
         for key in keys:
             if key in self._holders:
                 self._holders.discard(key)
