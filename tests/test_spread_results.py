@@ -223,6 +223,19 @@ async def test_what_is_not_a_plain_cached_result_stays_in_the_grids_slot(
     assert await backend.get_blob(digest) == data
 
 
+async def test_a_blob_holder_is_forgotten_by_any_completion(backend: RedisBackend) -> None:
+    """The process remembers which keys hold a blob only until they complete, cached or not
+    (a worker that stores large values uncached must not grow that memory for ever)."""
+    digest, data = blob("uncached")
+    await put(backend, "w", ["h"])
+    assert await backend.claim("w") is not None
+    await backend.put_blob(digest, data, holder="h")
+    assert backend._results is not None
+    assert backend._results._holders == {"h"}
+    await backend.complete("w", "h", out("h"), cache=False)
+    assert backend._results._holders == set()
+
+
 async def test_clear_and_forget_reach_moved_results_and_count_each_once(
     backend: RedisBackend, raw: aioredis.Redis
 ) -> None:

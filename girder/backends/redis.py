@@ -708,10 +708,12 @@ class RedisBackend:
         error: str = "",
     ) -> None:
         failures = json.dumps({key: _event_text(error)}) if error and self._events else ""
-        args = _completion_args(Completion(key, outcome, cache, ttl, function))
-        await self._journaled("complete", node, False, node, 0, "", failures, *args)
-        if self._results is not None and cache:
-            self._results.completed(node, [key])
+        completion = Completion(key, outcome, cache, ttl, function)
+        await self._journaled(
+            "complete", node, False, node, 0, "", failures, *_completion_args(completion)
+        )
+        if self._results is not None:
+            self._results.completed(node, [completion])
 
     async def complete_and_claim(
         self,
@@ -730,7 +732,7 @@ class RedisBackend:
             args += _completion_args(completion)
         claimed = _claimed(await self._journaled("complete", node, claim > 0, *args))
         if self._results is not None:
-            self._results.completed(node, [c.key for c in completions if c.cache])
+            self._results.completed(node, completions)
         return claimed
 
     async def publish(self, node: str, key: str, outcome: bytes) -> bool:

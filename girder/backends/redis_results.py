@@ -56,7 +56,7 @@ from dataclasses import dataclass, field
 from time import monotonic
 from typing import Any
 
-from girder.backends.base import CacheUsage
+from girder.backends.base import CacheUsage, Completion
 from girder.backends.redis_access import RedisAccess
 from girder.backends.redis_keys import FUNCTION_ID, FUNCTION_NAME, RedisKeys
 from girder.backends.resp import Command, Pipelined, ReplyError
@@ -117,16 +117,17 @@ class SpreadResults:
 
     def hold(self, key: str) -> None:
         """`key`'s outcome is (about to be) a blob reference: its record stays."""
-        self._holders.add(key)
+        if self._moves:
+            self._holders.add(key)
 
-    def completed(self, node: str, keys: Sequence[str]) -> None:
-        """`node` completed `keys` as cached results: move them, in the background."""
-        if not self._moves:
-            return
-        for key in keys:
+    def completed(self, node: str, completions: Sequence[Completion]) -> None:
+        """`node` completed these: move the cached ones, in the background (but for those
+        held as blobs, which every completion forgets)."""
+        for completion in completions:
+            key = completion.key
             if key in self._holders:
                 self._holders.discard(key)
-            else:
+            elif completion.cache and self._moves:
                 self._waiting.setdefault(node, []).append(key)
         if not self._waiting:
             return
