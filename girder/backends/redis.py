@@ -36,7 +36,8 @@ A cached result is its done request record, and the grid's only state with an ex
 TTL; the journal of a `cache_clear` expires too, and is fine to lose): under a `volatile-*`
 `maxmemory-policy` Redis evicts cached results and nothing else. Its loss makes the key
 unknown, so the next request computes it again. `cache_stats` and `cache_clear` SCAN the
-records (nothing on the hot path keeps an index).
+records (nothing on the hot path keeps an index), and with `spread_results` the cached results
+moved to their own keys' slots too (see `redis_results`).
 """
 
 from __future__ import annotations
