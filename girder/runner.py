@@ -121,7 +121,7 @@ def run_distributor(settings: Settings) -> None:
     asyncio.run(serve(settings, [distributor]))
 
 
-COUNTERS = ("ran", "failed", "cache_hits", "shared")
+COUNTERS = ("ran", "failed", "cache_hits", "shared", "lost")
 """The per-node counters `girder status` shows (each node publishes them with its heartbeat)."""
 
 
@@ -182,7 +182,7 @@ def format_status(status: dict[str, object]) -> str:
     lines = [f"backend {status['backend']}   cached results: {status['cache_size']}"]
     lines.append(
         f"{'node':<40}{'kind':<13}{'pool':<12}{'alive':<7}{'work':>7}{'running':>9}"
-        f"{'ran':>9}{'failed':>8}{'hits':>8}{'shared':>8}"
+        f"{'ran':>9}{'failed':>8}{'hits':>8}{'shared':>8}{'lost':>6}"
     )
     nodes = status["nodes"]
     unserved = status["unserved"]
@@ -195,7 +195,7 @@ def format_status(status: dict[str, object]) -> str:
         lines.append(
             f"{n['node']:<40}{n['kind']:<13}{n['distributor'] or '-':<12}"
             f"{'yes' if n['alive'] else 'NO':<7}{n['work']:>7}{n['running']:>9}"
-            f"{n['ran']:>9}{n['failed']:>8}{n['cache_hits']:>8}{n['shared']:>8}"
+            f"{n['ran']:>9}{n['failed']:>8}{n['cache_hits']:>8}{n['shared']:>8}{n['lost']:>6}"
         )
     for pool, length in unserved.items():
         lines.append(f"queued in {pool!r}, which no live node serves: {length}")

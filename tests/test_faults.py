@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,7 @@ from processes import (
 import girder
 from girder.backends.base import NodeKind
 from girder.backends.redis import RedisBackend
+from girder.backends.redis_keys import RedisKeys
 from girder.errors import BackendError
 from girder.testing.proxy import FaultProxy
 from girder.testing.redis_server import RedisServer
@@ -184,9 +185,7 @@ async def test_an_evicting_policy_is_warned_about_and_hangs_nothing(
             used = int((await raw.info("memory"))["used_memory"])
             await raw.config_set("maxmemory", str(used + 1024 * 1024))
             values = [i.to_bytes(2, "big") * 4_000 for i in range(400)]
-            results = await asyncio.wait_for(
-                asyncio.gather(*(grid.call(identity, value) for value in values)), 90
-            )
+            results = await asyncio.wait_for(_call_in_waves(grid, values, 100), 90)
             assert results == values
             assert int((await raw.info("stats"))["evicted_keys"]) > 0
         finally:
@@ -195,6 +194,65 @@ async def test_an_evicting_policy_is_warned_about_and_hangs_nothing(
         await raw.config_set("maxmemory", "0")
         await raw.config_set("maxmemory-policy", "noeviction")
         await raw.aclose()
+
+
+async def test_a_key_found_lost_has_every_awaited_key_checked_soon(
+    server: RedisServer, grid_processes: GridProcesses, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A key awaited for long is submitted again less and less often. Once a submission finds
+    one the backend lost (evicted, or lost in a failover), the node does not leave the others to
+    that backoff: every key it waits for is submitted again soon."""
+    grid_processes.distributor()  # and no worker: the keys stay pending
+    await wait_for_nodes(server.url, workers=0)
+    options = {"heartbeat_interval": 0.05, "heartbeat_ttl": 0.5, "reap_interval": 0.2}
+    first = 2 * options["heartbeat_ttl"] + options["reap_interval"]  # then 2x, 4x, 8x as long
+    raw = aioredis.Redis.from_url(server.url)
+    keys = RedisKeys("girder")
+
+    def rechecks() -> int:
+        return sum(r.getMessage().startswith("submitting again keys") for r in caplog.records)
+
+    async def has_record(key: str) -> bool:
+        return bool(await raw.exists(keys.record(key)))
+
+    try:
+        with caplog.at_level(logging.INFO, logger="girder"):
+            async with girder.Grid.connect(server.url, pool="pool", **options) as grid:
+                old = grid.submit(add, 1, 1)
+                await wait_until(_async(lambda: rechecks() >= 3), 20, "three rechecks")
+                # Its next submission is 8 * first away; a newer key's first is `first` away.
+                new = grid.submit(add, 2, 2)
+                await wait_until(lambda: has_record(new.key), 5, "the new key's record")
+                await raw.delete(keys.record(old.key), keys.record(new.key))
+                # Without the rule, the old key would be back only 8 * first after its last
+                # submission.
+                await wait_until(lambda: has_record(new.key), 3 * first, "the new key back")
+                await wait_until(lambda: has_record(old.key), 3 * first, "the old key back")
+                assert grid.client.stats.lost == 2
+                old.cancel()
+                new.cancel()
+    finally:
+        await raw.aclose()
+    warned = [r for r in caplog.records if "checking every awaited key" in r.getMessage()]
+    assert warned
+
+
+def _async(check: Callable[[], bool]) -> Callable[[], Awaitable[bool]]:
+    async def checked() -> bool:
+        return check()
+
+    return checked
+
+
+async def _call_in_waves(grid: girder.Grid, values: list[bytes], wave: int) -> list[object]:
+    """`identity` of each value, `wave` calls at a time. Evictions still take records, queues
+    and nodes; all 400 at once would put more payloads in flight than the server may hold, and
+    the grid would spend minutes submitting them again as fast as they are evicted."""
+    results: list[object] = []
+    for start in range(0, len(values), wave):
+        batch = values[start : start + wave]
+        results += await asyncio.gather(*(grid.call(identity, value) for value in batch))
+    return results
 
 
 async def test_lost_replies_and_cut_connections_lose_and_orphan_nothing(

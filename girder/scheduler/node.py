@@ -25,7 +25,14 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from girder import codeversion
-from girder.backends.base import Claimed, Completion, NewRequest, NodeKind, StateBackend
+from girder.backends.base import (
+    Claimed,
+    Completion,
+    NewRequest,
+    NodeKind,
+    StateBackend,
+    Submitted,
+)
 from girder.config import Settings
 from girder.errors import (
     BackendError,
@@ -45,6 +52,17 @@ from girder.scheduler.pools import PoolWatch
 from girder.scheduler.waiters import Batch, Feed, Submission, Waiters
 from girder.security import require_secret
 from girder.serialization import Blob, Codec, Outcome, RequestPayload
+
+
+def _found_unknown(submitted: Submitted) -> bool:
+    """Whether a submission made its key new: a key submitted again that the backend had lost
+    (a key still awaited has a record: pending, running, or done and being delivered)."""
+    return (
+        not submitted.shared
+        and submitted.outcome is None
+        and submitted.cycle is None
+        and submitted.partial is None
+    )
 
 
 def new_node_id(kind: NodeKind) -> str:
@@ -120,6 +138,9 @@ class NodeStats:
     """Requests this node asked for that were already in flight (it joined their run)."""
     handed_out: int = 0
     stolen: int = 0
+    lost: int = 0
+    """Keys this node waited for that a later submission found unknown to the backend (evicted,
+    or lost in a failover or restart): submitting them again brought them back."""
 
     def counters(self) -> dict[str, int]:
         """The counters a node publishes with its heartbeat (`girder status` shows them)."""
@@ -130,6 +151,7 @@ class NodeStats:
             "shared": self.shared,
             "handed_out": self.handed_out,
             "stolen": self.stolen,
+            "lost": self.lost,
         }
 
 
@@ -354,11 +376,21 @@ class Node:
         """Submit again the keys awaited for long (see the module's docstring); a submission
         changes nothing for a key that is queued or running, and requeues one that was lost."""
         first = 2 * self.settings.heartbeat_ttl + self.settings.reap_interval
-        due = self.waiters.due(asyncio.get_running_loop().time(), first, _LONGEST_RECHECK)
+        now = self.loop.time()
+        due = self.waiters.due(now, first, _LONGEST_RECHECK)
         if due:
             self.log.info("submitting again keys awaited for long", count=len(due))
+            lost_before = self.stats.lost
             await self._store_blobs_again(due)
             await self._submit_and_route(due)
+            if self.stats.lost > lost_before:
+                # The backend loses what it was told (it evicts, or failed over): whatever
+                # else this node waits for may be lost too, so it is not left to the backoff.
+                self.log.warning(
+                    "the backend had lost keys awaited; checking every awaited key again soon",
+                    lost=self.stats.lost - lost_before,
+                )
+                self.waiters.check_all_by(now + first)
 
     async def _listen_loop(self) -> None:
         while True:
@@ -771,6 +803,8 @@ class Node:
                 self.partial(submitted.key, submitted.partial)
             if submitted.shared and fresh:
                 self.stats.shared += 1
+            elif not fresh and _found_unknown(submitted):
+                self.stats.lost += 1
             if submitted.cycle is not None and cycle is None:
                 cycle = submitted.cycle
         return cycle

@@ -194,6 +194,13 @@ class Waiters:
                 found.append(submission)
         return found
 
+    def check_all_by(self, when: float) -> None:
+        """Have every awaited key submitted again by `when`, backing off anew from there."""
+        for submission in self._watching.values():
+            submission.checks = 0
+            if submission.next_check:
+                submission.next_check = min(submission.next_check, when)
+
     def fail_all(self, outcome: Outcome) -> int:
         """Give every awaited key `outcome` (the backend cannot be used). Returns how many."""
         keys = list(self._watching)
