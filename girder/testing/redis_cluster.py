@@ -172,11 +172,15 @@ class RedisClusterServers(Started):
 
     def heal(self) -> None:
         """Start every dead server again (it rejoins as a replica) and wait until the cluster
-        is whole."""
+        is whole and every replica holds what its primary wrote: a replica's link is up once
+        it loaded its primary's snapshot, and the writes made meanwhile follow, so a failover
+        just then would lose seconds of writes."""
         for server in self.servers:
             if not server.running:
                 server.start()
         self._wait(self._whole, "the cluster to heal")
+        for primary in self.primaries():
+            self.wait_replicated(primary)
 
     def move_slot(self, slot: int, to: RedisServer, batch: int = 10, pause: float = 0.0) -> int:
         """Move `slot` to the primary `to` as `redis-cli --cluster reshard` does: its keys
