@@ -229,7 +229,7 @@ async def staged(levels: int, ms: int, tag: str) -> int:
 
 # -- runs logged for the chaos test ---------------------------------------------------------------
 
-RUN_LOG_ENV = "GIRDER_TEST_RUN_LOG"
+RUN_LOG_ENV = "CHAOS_RUN_LOG"
 """A directory: when set, the `salted_*` functions log each run to `runs-<pid>.log` in it."""
 
 _run_log: tuple[int, TextIO] | None = None
