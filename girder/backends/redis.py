@@ -710,11 +710,7 @@ class RedisBackend:
     ) -> None:
         failures = json.dumps({key: _event_text(error)}) if error and self._events else ""
         completion = Completion(key, outcome, cache, ttl, function)
-        await self._journaled(
-            "complete", node, False, node, 0, "", failures, *_completion_args(completion)
-        )
-        if self._results is not None:
-            self._results.completed(node, [completion])
+        await self._complete(node, [completion], 0, "", failures)
 
     async def complete_and_claim(
         self,
@@ -728,13 +724,27 @@ class RedisBackend:
             {c.key: _event_text(c.error) for c in completions if c.error} if self._events else None
         )
         failures = json.dumps(failed) if failed else ""
-        args: list[str | bytes | int] = [node, claim, volunteer_at or "", failures]
-        for completion in completions:
-            args += _completion_args(completion)
-        claimed = _claimed(await self._journaled("complete", node, claim > 0, *args))
-        if self._results is not None:
-            self._results.completed(node, completions)
-        return claimed
+        return await self._complete(node, completions, claim, volunteer_at or "", failures)
+
+    async def _complete(
+        self,
+        node: str,
+        completions: Sequence[Completion],
+        claim: int,
+        volunteer_at: str,
+        failures: str,
+    ) -> list[Claimed]:
+        """Run `complete`; with `spread_results`, the records it marks start their moves."""
+        results = self._results
+        moving = results.moving(completions) if results is not None else [False] * len(completions)
+        mover = uuid.uuid4().hex[:16] if any(moving) else ""
+        args: list[str | bytes | int] = [node, claim, volunteer_at, failures, mover]
+        for completion, moves in zip(completions, moving, strict=True):
+            args += _completion_args(completion, moves)
+        claimed, moved = await self._journaled("complete", node, claim > 0, *args)
+        if results is not None and moved:
+            results.marked(node, mover, moved)
+        return _claimed(claimed)
 
     async def publish(self, node: str, key: str, outcome: bytes) -> bool:
         return bool(await self._run("publish", node, key, outcome))
@@ -1218,13 +1228,14 @@ def _reply_error(url: str, what: str, error: ReplyError) -> BackendError:
     return BackendError(f"Redis {what} failed at {url}: {text}")
 
 
-def _completion_args(completion: Completion) -> tuple[str | bytes | int, ...]:
-    """One completion's arguments of the `complete` script (see `COMPLETION_ARGS`)."""
+def _completion_args(completion: Completion, moves: bool) -> tuple[str | bytes | int, ...]:
+    """One completion's arguments of the `complete` script (see `COMPLETION_ARGS`); `moves`:
+    its cached result moves to its key's own slot."""
     ttl_ms = 0 if completion.ttl is None else _ms(completion.ttl)
     return (
         completion.key,
         completion.outcome,
-        int(completion.cache),
+        "m" if moves else str(int(completion.cache)),
         ttl_ms,
         completion.function,
     )

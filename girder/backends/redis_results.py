@@ -7,12 +7,13 @@ results, and the lookups of cached keys, spread over every primary by their keys
 state (pending and running records, queues, waiters) stays in the grid's slot, so the work of
 new requests does not spread: see docs/scaling.md for what this buys and costs.
 
-No script can touch both slots, so a move is three steps, run in the background by the process
-that completed the keys (a batch at a time):
+No script can touch both slots, so a move is three steps, the first in the completion itself,
+the others in the background, by the process that completed the keys (the keys of one
+completion call at a time):
 
-1. grid slot (`result_out`): read the done records that hold nothing but their outcome, and
-   mark each with the move's token, unless another move marked it (two processes may complete
-   the same key: a worker that woke past its lease, say; only one moves it);
+1. grid slot, in the `complete` script: mark each record it caches with the move's token and
+   report it (only the completion that makes a key done does: two processes may complete the
+   same key, a worker that woke past its lease, say, and only one moves it);
 2. each key's slot: write the copy, with the record's time to live, unless a copy is there
    (`SET NX`: one that another process moved after the key was cleared and computed again is
    newer than what step 1 read);
@@ -49,7 +50,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import uuid
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Sequence
 from dataclasses import dataclass, field
@@ -65,8 +65,6 @@ from girder.log import get_logger
 
 _log = get_logger()
 
-MOVE_BATCH = 250
-"""The most keys one move carries through its three steps."""
 DROP_DELAY_S = 1.0
 """How long after its copies are written a move deletes the records in the grid's slot: a
 submission that looked for a copy just before it was written still finds the record."""
@@ -79,7 +77,7 @@ class _Copied:
 
     node: str
     mover: str
-    """The token that marks the records of this move (see result_out.lua)."""
+    """The token that marks the records of this move (see complete.lua)."""
     due: float
     copies: dict[str, bytes] = field(default_factory=dict)
     """Key -> the value its copy got."""
@@ -96,9 +94,10 @@ class SpreadResults:
         self._keys = keys
         self._access = access
         self._moves = moves
-        self._waiting: dict[str, list[str]] = {}
-        """Per node of this process, the keys it completed as cached results, not copied yet
-        (a move's last step is journaled under the node that completed its keys)."""
+        self._marked: deque[tuple[str, str, Sequence[Any]]] = deque()
+        """Moves whose records a completion marked, not copied yet: (the node that completed
+        them, the token, what `complete` reported). A move's last step is journaled under the
+        node that completed its keys."""
         self._copied: deque[_Copied] = deque()
         """Moves whose copies are written, waiting for their last step, oldest first."""
         self._holders: set[str] = set()
@@ -120,17 +119,20 @@ class SpreadResults:
         if self._moves:
             self._holders.add(key)
 
-    def completed(self, node: str, completions: Sequence[Completion]) -> None:
-        """`node` completed these: move the cached ones, in the background (but for those
-        held as blobs, which every completion forgets)."""
+    def moving(self, completions: Sequence[Completion]) -> list[bool]:
+        """Which of these completions move their cached results (those held as blobs stay;
+        every completion forgets its hold)."""
+        moving = []
         for completion in completions:
-            key = completion.key
-            if key in self._holders:
-                self._holders.discard(key)
-            elif completion.cache and self._moves:
-                self._waiting.setdefault(node, []).append(key)
-        if not self._waiting:
-            return
+            held = completion.key in self._holders
+            self._holders.discard(completion.key)
+            moving.append(completion.cache and self._moves and not held)
+        return moving
+
+    def marked(self, node: str, mover: str, moved: Sequence[Any]) -> None:
+        """`node`'s completion marked these records with the token `mover` (step 1): copy
+        them, in the background. `moved`: key, function id, ttl_ms, outcome, ..."""
+        self._marked.append((node, mover, moved))
         self._copying_done.clear()
         self._idle.clear()
         self._wake.set()
@@ -149,7 +151,7 @@ class SpreadResults:
     async def release(self, node: str) -> None:
         """`node` leaves: forget its moves not done (their results stay in the grid's slot too:
         their last steps would write into the journal of a node that left)."""
-        self._waiting.pop(node, None)
+        self._marked = deque(marked for marked in self._marked if marked[0] != node)
         self._copied = deque(copied for copied in self._copied if copied.node != node)
         while self._busy == node:
             self._step_over.clear()
@@ -163,29 +165,24 @@ class SpreadResults:
             mover.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await mover
-        self._waiting.clear()
+        self._marked.clear()
         self._copied.clear()
         self._update_events()
 
     def _update_events(self) -> None:
-        if not self._waiting and self._busy is None:
+        if not self._marked and self._busy is None:
             self._copying_done.set()
-        if not self._waiting and not self._copied and self._busy is None:
+        if not self._marked and not self._copied and self._busy is None:
             self._idle.set()
 
     async def _move_all(self) -> None:
         """Copy what waits, batch by batch; run each batch's last step `DROP_DELAY_S` after
         its copies were written."""
         try:
-            while self._waiting or self._copied:
-                if self._waiting:
-                    node, keys = next(iter(self._waiting.items()))
-                    batch, rest = keys[:MOVE_BATCH], keys[MOVE_BATCH:]
-                    if rest:
-                        self._waiting[node] = rest
-                    else:
-                        del self._waiting[node]
-                    await self._step(node, len(batch), self._copy(node, batch))
+            while self._marked or self._copied:
+                if self._marked:
+                    node, mover, moved = self._marked.popleft()
+                    await self._step(node, len(moved) // 4, self._copy(node, mover, moved))
                     continue
                 wait = self._copied[0].due - monotonic()
                 if wait > 0:
@@ -210,14 +207,12 @@ class SpreadResults:
             self._step_over.set()
             self._update_events()
 
-    async def _copy(self, node: str, keys: Sequence[str]) -> None:
-        """Steps 1 and 2 of the module docstring, for `keys` that `node` completed."""
-        mover = uuid.uuid4().hex[:16]
-        flat = await self._access.run("result_out", mover, *keys)
+    async def _copy(self, node: str, mover: str, moved: Sequence[Any]) -> None:
+        """Step 2 of the module docstring, for the records `node`'s completion marked."""
         copied = _Copied(node, mover, monotonic() + DROP_DELAY_S)
         writes = []
-        for i in range(0, len(flat), 4):
-            key, function, ttl_ms, outcome = flat[i].decode(), flat[i + 1], flat[i + 2], flat[i + 3]
+        for i in range(0, len(moved), 4):
+            key, function, ttl_ms, outcome = moved[i].decode(), *moved[i + 1 : i + 4]
             copied.copies[key] = value = function + b":" + outcome
             copied.moved += (key, hashlib.sha1(outcome).hexdigest())
             writes.append(self._write(key, value, ttl_ms))

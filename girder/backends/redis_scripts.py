@@ -67,7 +67,7 @@ moved result's record looks again (see submit.lua); under the moves' delay (1 s)
 look made before a copy was written is always caught."""
 
 MOVE_MIN_TTL_MS = 5000
-"""A cached result that expires sooner than this stays in the grid's slot (see result_out.lua)."""
+"""A cached result that expires sooner than this stays in the grid's slot (see complete.lua)."""
 
 CLEAR_JOURNAL_MS = 600 * 1000
 """How long the journal of a `cache_clear` lives at most (its client deletes it when done)."""
@@ -80,8 +80,8 @@ REQUEST_ARGS = ("key", "payload", "name")
 for the events; '' when they are off)."""
 
 COMPLETION_ARGS = ("key", "outcome", "cache", "ttl_ms", "function")
-"""The arguments of one completion in `complete`'s repeated tail, in order (`ttl_ms` 0: no
-expiry)."""
+"""The arguments of one completion in `complete`'s repeated tail, in order (`cache`: '0', '1',
+or 'm' to cache and move; `ttl_ms` 0: no expiry)."""
 
 _JOURNAL_ARGS = ("token", "low", "again")
 
@@ -130,7 +130,7 @@ SPECS = {
         ScriptSpec("claim", ("node",), journaled=True),
         ScriptSpec(
             "complete",
-            ("node", "claim", "volunteer_at", "failures"),
+            ("node", "claim", "volunteer_at", "failures", "mover"),
             rest="completions",
             journaled=True,
         ),
@@ -157,7 +157,6 @@ SPECS = {
         ScriptSpec("blob_index", rest="digests"),
         ScriptSpec("cache_entries", rest="keys"),
         ScriptSpec("cache_drop", ("node", "fn_name", "every"), rest="keys", journaled=True),
-        ScriptSpec("result_out", ("mover",), rest="keys"),
         ScriptSpec("result_drop", ("node", "mover"), rest="moved", journaled=True),
         ScriptSpec("events_read", ("start", "count")),
     )

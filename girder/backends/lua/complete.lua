@@ -1,12 +1,19 @@
--- complete(token, low, again, node, claim, volunteer_at, failures, key1, outcome1, cache1,
--- ttl_ms1, function1, key2, ...) (see COMPLETION_ARGS; failures: '' or a JSON object, failed
--- key -> its readable error chain, for the events): complete each key in order, then claim up
--- to `claim` of node's requests; when none came and volunteer_at is not empty, volunteer node
--- there. Journaled when it claims. A cached outcome stays in the record, which then expires
--- after ttl_ms (0: never): the grid's only state with an expiry, so the only state a volatile-*
--- maxmemory-policy may evict. A done record keeps no payload: nothing runs it again, and a
--- submission that makes it pending again brings its own.
--- Returns {key1, payload1, key2, payload2, ...} for the claimed requests.
+-- complete(token, low, again, node, claim, volunteer_at, failures, mover, key1, outcome1,
+-- cache1, ttl_ms1, function1, key2, ...) (see COMPLETION_ARGS; failures: '' or a JSON object,
+-- failed key -> its readable error chain, for the events): complete each key in order, then
+-- claim up to `claim` of node's requests; when none came and volunteer_at is not empty,
+-- volunteer node there. Journaled when it claims. A cached outcome stays in the record, which
+-- then expires after ttl_ms (0: never): the grid's only state with an expiry, so the only state
+-- a volatile-* maxmemory-policy may evict. A done record keeps no payload: nothing runs it
+-- again, and a submission that makes it pending again brings its own.
+-- cache is '0' (not cached), '1' (cached) or 'm' (cached, and the caller moves it to its key's
+-- own slot: see redis_results.py): a record cached so that lives at least MOVE_MIN_TTL_MS is
+-- marked with the token `mover` (F_MOVER) and reported, the first step of its move.
+-- Returns {claimed, moves}: claimed is {key1, payload1, key2, payload2, ...} for the claimed
+-- requests; moves is {key1, function id1, ttl_ms1 (-1: none), outcome1, ...} for the marked
+-- records (sent again, it reports the records marked with its token again). Only the
+-- completion that made a key done marks it (a second completion, say by a worker that woke
+-- past its lease, changes nothing), so one process moves it.
 --
 -- Who may complete a key: its owner while it runs; anyone while nobody runs it (pending, or no
 -- record: a node that was reaped while stalled finishing late; its outcome is as good as any,
@@ -65,10 +72,25 @@ local function function_id(fn)
   return id
 end
 
+-- Report the move of `key` (see `moves` below).
+local moves = {}
+local function report_move(key, id, ttl_ms, outcome)
+  for _, value in ipairs({key, id, ttl_ms, outcome}) do
+    moves[#moves + 1] = value
+  end
+end
+
 local function complete(key, outcome, cache, ttl_ms, fn)
   call('SREM', k_running(node), key)
-  local state = read_record(key, F_STATUS, F_OWNER)
+  local state = read_record(key, F_STATUS, F_OWNER, F_MOVER, F_FUNCTION)
   local status, owner = state[1], state[2]
+  if status == DONE and mover ~= '' and state[3] == mover then
+    -- Sent again (its reply was lost): the same move as the first time.
+    local record = k_record(key)
+    report_move(key, state[4], redis.call('PTTL', record),
+      joined(call('HMGET', record, unpack(OUTCOME_FIELDS)), 1))
+    return
+  end
   if status == DONE or (status == RUNNING and owner ~= node) then
     return
   end
@@ -82,8 +104,9 @@ local function complete(key, outcome, cache, ttl_ms, fn)
     hdel_all(record, stale)
     return
   end
-  if cache then
-    local args, unused = {F_STATUS, DONE, F_FUNCTION, function_id(fn)}, {}
+  if cache ~= '0' then
+    local id = function_id(fn)
+    local args, unused = {F_STATUS, DONE, F_FUNCTION, id}, {}
     add_chunks(args, unused, F_OUTCOME, outcome)
     if status ~= PENDING and status ~= RUNNING then
       -- A status that is none of girder's (garbage): the record may hold an outcome, whose
@@ -101,19 +124,23 @@ local function complete(key, outcome, cache, ttl_ms, fn)
     if ttl_ms > 0 then
       redis.call('PEXPIRE', record, ttl_ms)
     end
+    if cache == 'm' and (ttl_ms == 0 or ttl_ms > MOVE_MIN_TTL_MS) then
+      call('HSET', record, F_MOVER, mover)
+      report_move(key, id, ttl_ms == 0 and -1 or ttl_ms, outcome)
+    end
   else
     redis.call('DEL', record)
   end
   if errors[key] then
     event('failed', node, key, '', '', '', errors[key])
   else
-    event('finished', node, key, '', '', '', cache and 'cached' or '')
+    event('finished', node, key, '', '', '', cache ~= '0' and 'cached' or '')
   end
   notify(members.waiters, #key .. ':' .. key .. outcome)
 end
 
 for i = FIRST_COMPLETIONS, #ARGV, COMPLETION_ARGS do
-  complete(ARGV[i], ARGV[i + 1], ARGV[i + 2] == '1', tonumber(ARGV[i + 3]), ARGV[i + 4])
+  complete(ARGV[i], ARGV[i + 1], ARGV[i + 2], tonumber(ARGV[i + 3]), ARGV[i + 4])
 end
 
 local claimed = claim_many(node, wanted)
@@ -122,6 +149,6 @@ if wanted > 0 and #claimed == 0 and volunteer_at ~= '' then
 end
 emit_events()
 if #claimed == 0 then
-  return claimed -- nothing claimed: a resend repeats only what changes nothing when repeated
+  return {claimed, moves} -- nothing claimed: a resend repeats only what changes nothing
 end
-return journaled(node, token, low, claimed)
+return journaled(node, token, low, {claimed, moves})

@@ -1,6 +1,6 @@
 -- result_drop(token, low, again, node, mover, key1, sha1, key2, sha2, ...) -> the keys whose
 -- copy in their own slot must go: each key's record is deleted if it is still the cached
--- result that `result_out` read and marked for the move `mover` (done, marked so, holding
+-- result that `complete` marked for the move `mover` and reported (done, marked so, holding
 -- nothing else, its outcome's SHA-1 `sha`); a key whose record is gone or is no longer that
 -- result (cleared, expired, run again) is returned, so that the copy does not outlive it. A
 -- record that is that result but holds something more stays, and so does its copy (the same
