@@ -1050,7 +1050,8 @@ def _summary(
             f"runs that ended in an error: {sum(r.how == 'error' for r in runs)}; requests the "
             f"grid failed, by root cause: {dict(grid_failures(run.logs).most_common(5))}",
             f"left in Redis: {leaks.cached} cached results ({leaks.lost_values} of them values "
-            "whose blob a failover lost: computed again when asked), "
+            "whose blob a failover lost: computed again when asked) and "
+            f"{leaks.moved} moved to their keys' own slots, "
             f"leaked: { {p: len(e) for p, e in leaks.leaked.items()} }",
         ]
     )

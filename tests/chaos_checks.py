@@ -499,6 +499,8 @@ def blob_leaks(
 @dataclass
 class LeakReport:
     cached: int = 0
+    moved: int = 0
+    """Cached results moved to their own keys' slots (`spread_results`), on any server."""
     cached_blobs: int = 0
     """Blobs that cached results hold (their bytes, on any server)."""
     lost_values: int = 0
@@ -542,6 +544,8 @@ def check_leaks(db: redis.Redis, names: dict[str, str], servers: list[redis.Redi
     indexed, held, lost, blobs = blob_leaks(db, servers)
     report.lost_values = len(lost)
     report.leaked.update(blobs)
+    for server in servers:
+        report.moved += sum(1 for _ in server.scan_iter(match=KEYS.result_pattern(), count=1000))
     for key, kind in sorted(scan_grid(db).items()):
         rest = key.removeprefix(PREFIX)
         part, _, ident = rest.partition(":")
@@ -615,14 +619,16 @@ def _reported(lines: list[str], index: int) -> bool:
 
 
 def drop_cache_and_measure(db: redis.Redis, servers: list[redis.Redis]) -> tuple[int, int]:
-    """Delete what is left of the grid (once checked), its blobs on every server too;
-    used_memory and the part of it that is Lua scripts after that, summed over the servers."""
+    """Delete what is left of the grid (once checked), its blobs and moved results on every
+    server too; used_memory and the part of it that is Lua scripts after that, summed over the
+    servers."""
     keys = list(scan_grid(db))
     for start in range(0, len(keys), 1000):
         db.unlink(*keys[start : start + 1000])
     for server in servers:
-        for name in list(server.scan_iter(match=KEYS.blob_pattern(), count=1000)):
-            server.unlink(name)
+        for pattern in (KEYS.blob_pattern(), KEYS.result_pattern()):
+            for name in list(server.scan_iter(match=pattern, count=1000)):
+                server.unlink(name)
     memory = [server.info("memory") for server in servers]
     return (
         sum(int(m["used_memory"]) for m in memory),
