@@ -203,12 +203,13 @@ async def test_status_shows_counters_and_work_nobody_serves(redis_url: str, tmp_
                     and nodes["w1"]["failed"] >= 1
                     and me.get("cache_hits", 0) >= 1
                     and me.get("shared", 0) >= 1
+                    and me.get("lost") == 0  # nothing was lost
                 )
 
             await wait_until(shown, timeout=60, what="the counters and the queue in 'typo'")
             table = (await _girder_output("status", "--backend", redis_url)).splitlines()
             queued.cancel()
-        assert "shared" in table[1]
+        assert table[1].split()[-2:] == ["shared", "lost"]
         assert any(line.startswith("w1 ") for line in table)
         assert "queued in 'typo', which no live node serves: 1" in table
 
