@@ -55,22 +55,19 @@ async def _chaos(
 @pytest.mark.slow
 @pytest.mark.redis
 @pytest.mark.timeout((_seconds or SHORT_SECONDS) + 240)
+@pytest.mark.parametrize("spread_results", [False, True], ids=["default", "spreading-results"])
 async def test_chaos_short(
-    persistent_redis: RedisServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    persistent_redis: RedisServer,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    spread_results: bool,
 ) -> None:
-    """About 35 s of faults with the default seed (GIRDER_CHAOS_SEED / _SECONDS replay)."""
-    await _chaos(ChaosConfig.from_env(SHORT_SECONDS), persistent_redis, tmp_path, monkeypatch)
-
-
-@pytest.mark.slow
-@pytest.mark.redis
-@pytest.mark.timeout((_seconds or SHORT_SECONDS) + 240)
-async def test_chaos_short_spreading_results(
-    persistent_redis: RedisServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The short run with cached results moved to their keys' own slots (`spread_results`):
-    every process moves, looks up and counts them there."""
-    config = dataclasses.replace(ChaosConfig.from_env(SHORT_SECONDS), spread_results=True)
+    """About 35 s of faults with the default seed (GIRDER_CHAOS_SEED / _SECONDS replay); the
+    second run with cached results moved to their keys' own slots (`spread_results`): every
+    process moves, looks up and counts them there."""
+    config = ChaosConfig.from_env(SHORT_SECONDS)
+    if spread_results:
+        config = dataclasses.replace(config, spread_results=True)
     await _chaos(config, persistent_redis, tmp_path, monkeypatch)
 
 

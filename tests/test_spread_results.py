@@ -462,3 +462,31 @@ async def test_a_process_without_the_setting_learns_of_moved_results_at_its_hear
         assert submitted.outcome == out("k1")
     finally:
         await other.close()
+
+
+async def test_a_completion_sent_again_reports_its_moves_again_but_not_a_forged_record(
+    backend: RedisBackend, raw: aioredis.Redis
+) -> None:
+    """A completion whose reply was lost is sent again: it reports the records it marked
+    again (step 1 of their moves), with their function and outcome; a record whose function
+    someone took meanwhile is reported not at all (not as a broken entry)."""
+
+    async def complete_script(key: str, mover: str) -> list[Any]:
+        args = ("w", 0, "", "", mover, key, out(key), "m", 600_000, "f")
+        reply: list[Any] = await backend._run("complete", "", "", 0, *args)
+        return reply
+
+    for key in ("kept", "forged"):
+        await put(backend, "w", [key])
+        assert (await backend.claim("w")) is not None
+        _, first = await complete_script(key, f"mover-{key}")
+        assert first[0] == key.encode()
+        assert first[2:] == [600_000, out(key)]
+        _, again = await complete_script(key, f"mover-{key}")
+        assert again[:2] == first[:2]
+        assert again[3] == out(key)
+    await raw.hdel(record("forged"), "f")
+    _, forged = await complete_script("forged", "mover-forged")
+    assert forged == []
+    _, other = await complete_script("kept", "another mover")
+    assert other == []  # a completion of a done key by another changes and reports nothing

@@ -85,10 +85,13 @@ local function complete(key, outcome, cache, ttl_ms, fn)
   local state = read_record(key, F_STATUS, F_OWNER, F_MOVER, F_FUNCTION)
   local status, owner = state[1], state[2]
   if status == DONE and mover ~= '' and state[3] == mover then
-    -- Sent again (its reply was lost): the same move as the first time.
+    -- Sent again (its reply was lost): the same move as the first time, unless someone took
+    -- the record's function or outcome since (then it stays where it is).
     local record = k_record(key)
-    report_move(key, state[4], redis.call('PTTL', record),
-      joined(call('HMGET', record, unpack(OUTCOME_FIELDS)), 1))
+    local first = joined(call('HMGET', record, unpack(OUTCOME_FIELDS)), 1)
+    if state[4] and first then
+      report_move(key, state[4], redis.call('PTTL', record), first)
+    end
     return
   end
   if status == DONE or (status == RUNNING and owner ~= node) then
