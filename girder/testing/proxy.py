@@ -22,7 +22,7 @@ import asyncio
 import enum
 import random
 import threading
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -55,21 +55,30 @@ class _Framer:
         self._fed = 0
         """How many of them hiredis has seen: always up to the end of a CRLF."""
 
-    def feed(self, data: bytes) -> list[bytes]:
-        """The messages `data` completes; `hiredis.ProtocolError` if the stream is no RESP."""
+    def feed(self, data: bytes) -> list[tuple[bytes, str]]:
+        """The messages `data` completes, each with its command's name (upper case; "" when
+        the message is no command); `hiredis.ProtocolError` if the stream is no RESP."""
         buffer = self._buffer
         buffer += data
         messages = []
         while (crlf := buffer.find(b"\r\n", self._fed)) != -1:
             end = crlf + 2
             self._reader.feed(bytes(buffer[self._fed : end]))
-            if self._reader.gets() is _INCOMPLETE:
+            message = self._reader.gets()
+            if message is _INCOMPLETE:
                 self._fed = end
             else:
-                messages.append(bytes(buffer[:end]))
+                messages.append((bytes(buffer[:end]), _command_name(message)))
                 del buffer[:end]
                 self._fed = 0
         return messages
+
+
+def _command_name(message: object) -> str:
+    """The name of the command `message` (parsed RESP) is, in upper case; "" if none."""
+    if isinstance(message, list) and message and isinstance(message[0], bytes):
+        return message[0].decode(errors="replace").upper()
+    return ""
 
 
 class _Chaos:
@@ -106,6 +115,7 @@ class _Hub:
         self.target_host = target_host
         self.target_port = target_port
         self.commands = 0
+        self.named: Counter[str] = Counter()
         self.replies_dropped = 0
         self.connections_cut = 0
         self.drops = 0
@@ -118,9 +128,10 @@ class _Hub:
         self.transports: set[asyncio.Transport] = set()
         self.tasks: set[asyncio.Task[None]] = set()
 
-    def fate(self) -> _Fate:
-        """Count a command from a client, and say what happens to it."""
+    def fate(self, name: str) -> _Fate:
+        """Count a command from a client, named `name`, and say what happens to it."""
         self.commands += 1
+        self.named[name] += 1
         if self.cut_next:
             self.cut_next = False
             return _Fault.CUT
@@ -224,8 +235,8 @@ class _Link(asyncio.Protocol):
             return
         forward = []
         fault = False
-        for command in commands:
-            fate = self._hub.fate()
+        for command, name in commands:
+            fate = self._hub.fate(name)
             if fate is _Fault.CUT:
                 fault = True
                 break
@@ -243,7 +254,7 @@ class _Link(asyncio.Protocol):
         except hiredis.ProtocolError:
             self.close(abort=True)
             return
-        for reply in replies:
+        for reply, _ in replies:
             fate = self._fates.popleft() if self._fates else 0.0
             if fate is _Fault.DROP:
                 self._hub.replies_dropped += 1
@@ -350,6 +361,12 @@ class FaultProxy(Started):
     def commands(self) -> int:
         """Whole commands received from clients (forwarded or cut)."""
         return self._hub.commands
+
+    def commands_named(self, name: str) -> int:
+        """Whole commands received named `name` (any case). Unlike `commands`, a count that
+        a stray client cannot swell: another test's process that keeps dialing a port this
+        proxy now holds sends PINGs and INFOs, not the test's own commands."""
+        return self._hub.named[name.upper()]
 
     @property
     def replies_dropped(self) -> int:
