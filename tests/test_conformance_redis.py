@@ -774,6 +774,7 @@ async def test_a_server_stall_longer_than_the_leases_reaps_nobody(
     await backend.connect()
     await backend.join("a", NodeKind.WORKER, None, 0.5)
     await backend.join("b", NodeKind.WORKER, None, 0.5)
+    await backend.join("r", NodeKind.CLIENT, None, 60)  # a reaper outlives the stall
     redis_server.pause()
     try:
         reaping = asyncio.create_task(backend.reap("r", 3))
@@ -781,7 +782,7 @@ async def test_a_server_stall_longer_than_the_leases_reaps_nobody(
     finally:
         redis_server.resume()
     assert (await asyncio.wait_for(reaping, 10)).dead == ()
-    assert {info.node for info in await backend.nodes() if info.alive} == {"a", "b"}
+    assert {info.node for info in await backend.nodes() if info.alive} == {"a", "b", "r"}
 
     async def only_b_reaped() -> bool:
         await backend.heartbeat("a", 0.5)

@@ -586,6 +586,11 @@ class StateBackend(Protocol):
         it was running has its crash count raised by one and, below `max_crashes`, becomes pending
         and is pushed on the distributor's list; at the limit it is re-owned by `reaper` and
         reported in `crashed_out`. The node's membership, volunteer entries and inbox are removed.
+
+        A `reaper` whose own lease ran out, or that is not registered, reaps nobody: whatever
+        kept it from beating (an outage it waited out with this very call pending, a stall of
+        its process or of the server) kept the others from beating too, and judged right
+        after it every lease looks out. It beats again first; others get that long to do so.
         """
         ...
 

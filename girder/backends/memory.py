@@ -746,6 +746,9 @@ class MemoryBackend:
 
     async def reap(self, reaper: str, max_crashes: int) -> Reaped:
         now = time.monotonic()
+        judge = self._members.get(reaper)
+        if judge is None or judge.expires < now:
+            return Reaped()
         dead = sorted(node for node, m in self._members.items() if m.expires < now)
         requeued = 0
         crashed_out: list[str] = []

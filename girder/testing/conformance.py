@@ -74,6 +74,13 @@ def cached_size(*keys: str) -> int:
     return sum(len(out(key)) for key in keys)
 
 
+async def live_reaper(backend: StateBackend, reaper: str) -> None:
+    """Make `reaper` a registered node with a long lease (a reaper whose own lease ran out
+    reaps nobody)."""
+    if not (await backend.heartbeat(reaper, LONG)).registered:
+        await backend.join(reaper, NodeKind.CLIENT, None, LONG)
+
+
 async def put(
     backend: StateBackend,
     node: str,
@@ -203,6 +210,7 @@ class BackendConformance:
         names: list[str] = []
         requeued = 0
         crashed_out: list[str] = []
+        await live_reaper(backend, reaper)
         deadline = time.monotonic() + self.lease + self.patience
         while not dead <= set(names):
             if time.monotonic() > deadline:
@@ -1204,11 +1212,26 @@ class BackendConformance:
     # -- reap -------------------------------------------------------------------------------------
 
     async def test_reap_leaves_live_nodes_alone(self, backend: StateBackend) -> None:
+        await live_reaper(backend, "r")
         await backend.join("w", NodeKind.WORKER, "d", LONG)
         await put(backend, "w", ["k"])
         assert await backend.reap("r", 3) == Reaped()
         assert (await backend.heartbeat("w", LONG)).registered is True
         assert await backend.lengths(["w"]) == [1]
+
+    async def test_a_reaper_whose_own_lease_ran_out_reaps_nobody_until_it_beats(
+        self, backend: StateBackend
+    ) -> None:
+        """What kept the reaper from beating (an outage it waited out, a stall) kept the others
+        too: judged right then, every lease looks out."""
+        await backend.join("w", NodeKind.WORKER, "d", self.lease)
+        await backend.join("r", NodeKind.CLIENT, None, self.lease)
+        await put(backend, "w", ["k"])
+        await asyncio.sleep(self.lease * 2)
+        assert await backend.reap("r", 3) == Reaped()
+        assert await backend.reap("stranger", 3) == Reaped()  # nor does a node not registered
+        assert await backend.lengths(["w"]) == [1]
+        assert await self.reap_until(backend, "r", {"w"}) == Reaped(("w",), 1)
 
     async def test_reap_requeues_a_dead_nodes_work_at_its_distributor(
         self, backend: StateBackend
@@ -1234,7 +1257,7 @@ class BackendConformance:
         await volunteer(backend, "d", "w")
         await put(backend, "w", ["k"], into="x")
         await run_claimed(backend, "x", "k")
-        await self.reap_until(backend, "r", {"w"})
+        await self.reap_until(backend, "d", {"w"})
         assert (await backend.heartbeat("w", LONG)).registered is False
         assert [info.node for info in await backend.nodes()] == ["d"]
         assert await backend.members("d") == []

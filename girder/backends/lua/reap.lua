@@ -1,13 +1,17 @@
 -- reap(token, low, again, reaper, max_crashes) -> {dead nodes, keys requeued, keys crashed out}.
--- Journaled: the keys that crashed out are owned by the reaper, which must fail them.
+-- Journaled: the keys that crashed out are owned by the reaper, which must fail them. A reaper
+-- whose own lease ran out (or that is not registered) reaps nobody (see base.py).
 
 local found, reply = replayed(reaper, token, again)
 if found then
   return reply
 end
 local limit = tonumber(max_crashes)
-local now = now_ms()
-local grid = advance_grid_time()
+local now, grid = grid_time()
+if not is_live(reaper, grid) then
+  return journaled(reaper, token, low, {{}, 0, {}})
+end
+advance_grid_time()
 local forgotten = call('ZRANGEBYSCORE', K_DEPARTED, '-inf', now - DEPARTED_MEMORY_MS)
 for _, node in ipairs(forgotten) do
   call('ZREM', K_DEPARTED, node)
