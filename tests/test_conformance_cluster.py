@@ -14,7 +14,7 @@ from redis.crc import key_slot as redis_key_slot
 
 from girder.backends import open_backend, resp
 from girder.backends import redis as redis_backend
-from girder.backends.base import Claimed, NodeKind, RequestState, StateBackend
+from girder.backends.base import Claimed, NodeKind, Notification, RequestState, StateBackend
 from girder.backends.cluster import key_slot, parse_cluster_url
 from girder.backends.redis import RedisBackend
 from girder.config import Settings
@@ -216,6 +216,31 @@ async def test_a_script_cut_short_by_a_migration_is_reported_as_lost_writes(
     assert (await backend.heartbeat("w", 60)).lost_writes
     assert not (await backend.heartbeat("w", 60)).lost_writes
     assert await backend.state("k") == RequestState.PENDING  # for a waiter to submit again
+
+
+async def test_a_completion_cut_short_by_a_migration_tells_the_waiters_when_sent_again(
+    backend: RedisBackend, redis_cluster: RedisClusterServers
+) -> None:
+    """The completion runs on the source after the client's inbox moved: Redis stops the
+    script there, after it stored the outcome. Sent again on the target, it finds the key
+    done, and still tells the waiter, which would otherwise wait for its next check."""
+    await backend.join("c", NodeKind.CLIENT, None, 60)
+    await backend.join("w", NodeKind.WORKER, None, 60)
+    await put(backend, "c", ["k0", "k"], into="w")
+    for key in ("k", "k0"):  # the top of the stack first
+        assert await backend.claim("w") == Claimed(key, new(key).payload)
+    await backend.complete("w", "k0", out("k0"), cache=True)  # the inbox holds its note
+    source, target = _start_migration(redis_cluster)
+    redis_cluster.migrate_keys(source, target, [f"{{{PREFIX}}}:inbox:c"])
+    source.command("CONFIG", "RESETSTAT")
+    completing = asyncio.create_task(backend.complete("w", "k", out("k"), cache=True))
+    await wait_until(lambda: _failed(source, "evalsha"), what="the completion cut short")
+    _finish_migration(redis_cluster, source, target)
+    await asyncio.wait_for(completing, 30)
+    notes = await backend.take_notifications("c", 5)
+    notes += await backend.take_notifications("c", 0.1)
+    assert notes == [Notification("k0", out("k0")), Notification("k", out("k"))]
+    assert await backend.state("k") == RequestState.DONE
 
 
 async def _called(server: RedisServer, command: str) -> bool:
