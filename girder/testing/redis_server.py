@@ -14,6 +14,7 @@ missing.
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import signal
 import socket
@@ -45,12 +46,43 @@ def find_redis_server() -> str | None:
     return shutil.which("redis-server")
 
 
+_PORTS_FROM = 12000
+"""The lowest port `free_port` picks from."""
+
+_port_picker = random.SystemRandom()
+"""Its own source of randomness: a test run may seed the module's (pytest-randomly does, the
+same way for every test), and would have every test pick the same ports."""
+
+
+def _ephemeral_ports_start() -> int:
+    """The first port of the range the kernel gives outgoing connections (Linux), or 0."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
 def free_port() -> int:
-    """A loopback TCP port that nothing listens on right now."""
+    """A loopback TCP port that nothing listens on right now, for a server to listen on: on
+    Linux, one below the range of the ports the kernel gives outgoing connections, which any
+    connection may take between this check and the server's bind (seen: a cluster node that
+    could not bind its bus port). It keeps the servers' ports apart from the proxies' too
+    (those bind a port of that range themselves), so that a client that keeps dialing a server
+    stopped in an earlier test never reaches a proxy of this one."""
+    end = _ephemeral_ports_start()
+    if end - _PORTS_FROM >= 1000:
+        for _ in range(100):
+            port = _port_picker.randrange(_PORTS_FROM, end)
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+                try:
+                    sock.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+                return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+        found: int = sock.getsockname()[1]
+        return found
 
 
 class RedisServer(Started):
