@@ -180,7 +180,8 @@ async def test_the_grids_slot_moved_under_load_loses_and_hangs_nothing(
     grid_processes: GridProcesses,
 ) -> None:
     """A resharding moves the grid's slot to another primary while a job and 3,000 calls run:
-    scripts cut short on the source are waited out and reported, commands for keys already
+    scripts wait for its end instead of running on the source (where they would stop at the
+    first key already moved, their earlier writes made), commands for keys already
     moved wait for the end of the migration (never writing on the target, which would make the
     migration fail with BUSYKEY), and every request finishes soon after."""
     slot = redis_cluster.keyslot(ANCHOR)

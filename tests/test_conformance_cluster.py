@@ -195,17 +195,51 @@ async def test_a_migrating_slot_is_waited_out_then_followed(
     assert await backend.claim("w") == Claimed("k2", new("k2").payload)
 
 
-async def test_a_script_cut_short_by_a_migration_is_reported_as_lost_writes(
+async def test_a_script_waits_out_a_migration_of_the_grids_slot_and_then_runs_whole(
     backend: RedisBackend, redis_cluster: RedisClusterServers
 ) -> None:
-    """A claim runs on the source after the key's record moved but before its work list did:
-    Redis stops the script at the record, after it popped the list (Redis has no rollback).
-    The call waits for the migration, runs on the target (where the list is empty now), and
-    the node's next heartbeat says writes may be half made, so that it reconciles and its
-    waiters submit again; the heartbeat after that does not."""
+    """A completion is sent after the client's inbox moved to the target: on the source it
+    would store the outcome and stop at the inbox (Redis has no rollback), its waiter never
+    told. The key it declares that never exists makes the source refuse it before it runs;
+    it waits for the end of the move, and runs whole on the target."""
+    await backend.join("c", NodeKind.CLIENT, None, 60)
+    await backend.join("w", NodeKind.WORKER, None, 60)
+    await put(backend, "c", ["k0", "k"], into="w")
+    for key in ("k", "k0"):  # the top of the stack first
+        assert await backend.claim("w") == Claimed(key, new(key).payload)
+    await backend.complete("w", "k0", out("k0"), cache=True)  # the inbox holds its note
+    source, target = _start_migration(redis_cluster)
+    redis_cluster.migrate_keys(source, target, [f"{{{PREFIX}}}:inbox:c"])
+    source.command("CONFIG", "RESETSTAT")
+    completing = asyncio.create_task(backend.complete("w", "k", out("k"), cache=True))
+    await wait_until(lambda: _refused(source, "evalsha"), what="the completion refused")
+    assert await backend.state("k") == RequestState.RUNNING  # (the read waits too)
+    _finish_migration(redis_cluster, source, target)
+    await asyncio.wait_for(completing, 30)
+    assert not await _failed(source, "evalsha")  # nothing ran on the source
+    notes = await backend.take_notifications("c", 5)
+    notes += await backend.take_notifications("c", 0.1)
+    assert notes == [Notification("k0", out("k0")), Notification("k", out("k"))]
+
+
+async def test_a_script_cut_short_by_a_migration_is_reported_as_lost_writes(
+    backend: RedisBackend, redis_cluster: RedisClusterServers, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A script that does not declare the absent key (as from a process that does not) runs
+    on the source after the key's record moved but before its work list did: Redis stops it at
+    the record, after it popped the list. The call waits for the migration, runs on the target
+    (where the list is empty now), and the node's next heartbeat says writes may be half made,
+    so that it reconciles and its waiters submit again; the heartbeat after that does not."""
     await backend.join("w", NodeKind.WORKER, None, 60)
     assert not (await backend.heartbeat("w", 60)).lost_writes
     await put(backend, "c", ["k"], into="w")
+    declared = backend._call
+
+    def undeclared(name: str, *args: str | bytes | int | float) -> tuple[object, ...]:
+        evalsha, sha, _, leases, _migrating, *rest = declared(name, *args)
+        return (evalsha, sha, 1, leases, *rest)
+
+    monkeypatch.setattr(backend, "_call", undeclared)
     source, target = _start_migration(redis_cluster)
     redis_cluster.migrate_keys(source, target, [f"{{{PREFIX}}}:r:k"])
     source.command("CONFIG", "RESETSTAT")
@@ -218,40 +252,25 @@ async def test_a_script_cut_short_by_a_migration_is_reported_as_lost_writes(
     assert await backend.state("k") == RequestState.PENDING  # for a waiter to submit again
 
 
-async def test_a_completion_cut_short_by_a_migration_tells_the_waiters_when_sent_again(
-    backend: RedisBackend, redis_cluster: RedisClusterServers
-) -> None:
-    """The completion runs on the source after the client's inbox moved: Redis stops the
-    script there, after it stored the outcome. Sent again on the target, it finds the key
-    done, and still tells the waiter, which would otherwise wait for its next check."""
-    await backend.join("c", NodeKind.CLIENT, None, 60)
-    await backend.join("w", NodeKind.WORKER, None, 60)
-    await put(backend, "c", ["k0", "k"], into="w")
-    for key in ("k", "k0"):  # the top of the stack first
-        assert await backend.claim("w") == Claimed(key, new(key).payload)
-    await backend.complete("w", "k0", out("k0"), cache=True)  # the inbox holds its note
-    source, target = _start_migration(redis_cluster)
-    redis_cluster.migrate_keys(source, target, [f"{{{PREFIX}}}:inbox:c"])
-    source.command("CONFIG", "RESETSTAT")
-    completing = asyncio.create_task(backend.complete("w", "k", out("k"), cache=True))
-    await wait_until(lambda: _failed(source, "evalsha"), what="the completion cut short")
-    _finish_migration(redis_cluster, source, target)
-    await asyncio.wait_for(completing, 30)
-    notes = await backend.take_notifications("c", 5)
-    notes += await backend.take_notifications("c", 0.1)
-    assert notes == [Notification("k0", out("k0")), Notification("k", out("k"))]
-    assert await backend.state("k") == RequestState.DONE
-
-
 async def _called(server: RedisServer, command: str) -> bool:
     return f"cmdstat_{command}" in server.info("commandstats")
 
 
-async def _failed(server: RedisServer, command: str) -> bool:
-    """Whether a call of `command` failed on `server` since its last RESETSTAT."""
+async def _refused(server: RedisServer, command: str) -> bool:
+    """Whether a call of `command` was refused before it ran (a redirection) on `server`
+    since its last RESETSTAT."""
+    return _commandstat(server, command, "rejected_calls") > 0
+
+
+def _commandstat(server: RedisServer, command: str, name: str) -> int:
     stats = server.info("commandstats").get(f"cmdstat_{command}", "")
     fields = dict(field.split("=", 1) for field in stats.split(",") if "=" in field)
-    return int(fields.get("failed_calls", "0")) > 0
+    return int(fields.get(name, "0"))
+
+
+async def _failed(server: RedisServer, command: str) -> bool:
+    """Whether a call of `command` failed on `server` since its last RESETSTAT."""
+    return _commandstat(server, command, "failed_calls") > 0
 
 
 async def test_a_cluster_node_reached_through_redis_url_is_refused_with_the_scheme_to_use(

@@ -510,7 +510,7 @@ async def test_a_long_submit_is_cut_into_short_scripts(
     monkeypatch.undo()
     assert found == [Submitted(key) for key in keys]
     assert len(sizes) == -(-2500 // MAX_SUBMIT_KEYS)
-    head = 4 + len(SPECS["submit"].all_args)  # EVALSHA sha 1 anchor, then the named arguments
+    head = 5 + len(SPECS["submit"].all_args)  # EVALSHA sha 2 leases migrating, then the arguments
     assert max(sizes) <= head + len(REQUEST_ARGS) * MAX_SUBMIT_KEYS
     assert await claim_all(backend, "w") == keys
 

@@ -214,8 +214,9 @@ class Beat:
     previous one (a replica promoted in a failover, a server restarted from its append-only
     file: the writes the node made after its last heartbeat that reached the new server may be
     gone, and the clock cannot show it), or on a Redis Cluster a script of this process was
-    cut short because the grid's slot moved to another node under it. The node must reconcile
-    as when the clock goes back."""
+    cut short because the grid's slot moved to another node under it (which the scripts of
+    this girder prevent: see `redis_keys`, `migrating`). The node must reconcile as when the
+    clock goes back."""
 
 
 @dataclass(frozen=True, slots=True)

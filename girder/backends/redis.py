@@ -444,8 +444,10 @@ class RedisBackend:
 
     def _call(self, name: str, *args: str | bytes | int | float) -> Command:
         """The EVALSHA command of script `name` with its arguments in declared order."""
-        anchor = self._keys.leases  # declares the grid's hash slot to a cluster
-        return ("EVALSHA", self._scripts[name].sha, 1, anchor, *args)
+        keys = self._keys
+        # Both name the grid's hash slot to a cluster; the second, never written, makes a
+        # migration of that slot answer TRYAGAIN or ASK before the script runs (redis_keys).
+        return ("EVALSHA", self._scripts[name].sha, 2, keys.leases, keys.migrating, *args)
 
     async def _retrying(self, what: str, attempt: Callable[[], Awaitable[T]]) -> T:
         """`attempt()` until the server answers it: connection failures and the replies of a

@@ -105,6 +105,12 @@ Per grid:
                        whose look in the keys' slots came well before it looks again; and its
                        existence tells every process that results have moved (so that one
                        without the setting looks for them too)
+    migrating          never written: every script of the grid declares it in KEYS beside
+                       `leases`, so that while the grid's slot is being migrated (a resharding)
+                       the server answers TRYAGAIN or ASK instead of running the script (a key
+                       declared but absent on a migrating slot redirects the call). A script run
+                       on the source would stop at the first key already moved, its earlier
+                       writes made (Redis has no rollback): the grid waits for the move instead
     functions          hash: the function table: FUNCTION_NAME <name> -> a short id, and
                        FUNCTION_ID <id> -> the name, for every function with a cached result
                        (made by the first one: a done record holds the id, a byte or two,
@@ -132,6 +138,7 @@ JOURNAL = "journal:"
 CANCELLING = "cancelling:"
 ORPHANS = "orphans:"
 LEASES = "leases"
+MIGRATING = "migrating"
 POPS = "pops"
 CLOCK = "clock"
 CORRUPT = "corrupt"
@@ -295,6 +302,7 @@ class RedisKeys:
         self.prefix = prefix
         self.base = "{" + prefix + "}:"
         self.leases = self.base + LEASES
+        self.migrating = self.base + MIGRATING
         self.pops = self.base + POPS
         self.corrupt = self.base + CORRUPT
         self.blobs = self.base + BLOBS

@@ -7,8 +7,9 @@ reply codes are constants rendered into every script and imported by the Python 
 
 A built script is: what it uses of the key-name prelude (`RedisKeys.lua_prelude`), the reply
 codes and the shared helpers (`common.lua`), then the argument lines and the script's own body.
-Every script gets the grid's anchor key as KEYS[1]: it names the grid's hash slot, in which
-every key a script derives lives.
+Every script gets two keys of the grid in KEYS: `leases`, and `migrating`, which never exists.
+They name the grid's hash slot, in which every key a script derives lives; the absent one makes
+a migration of that slot redirect the call before the script runs (see `redis_keys`).
 
 The scripts of a slot of their own (`SLOT_SCRIPTS`, files `slot_<name>.lua`) are the exception:
 they touch only the keys they are given in `KEYS`, the bytes of one blob and what lies beside

@@ -80,57 +80,21 @@ local function report_move(key, id, ttl_ms, outcome)
   end
 end
 
--- The fields a done record does not keep, besides its members.
-local function not_kept_when_done()
-  local fields = {F_OWNER, F_CRASHES, F_PARTIAL}
-  for _, field in ipairs(PAYLOAD_FIELDS) do
-    fields[#fields + 1] = field
-  end
-  return fields
-end
-
--- A done record that still has members had its completion cut short after the outcome was
--- stored (a migration of the grid's slot stops a script at the first key that moved; see
--- redis.py): tell its waiters now, as that completion was to do (one may hear twice, which
--- changes nothing), and drop what a done record does not keep.
-local function finish_cut_short(key)
-  local record = k_record(key)
-  local members = record_members(record)
-  if #members.fields == 0 then
-    return
-  end
-  local outcome = joined(call('HMGET', record, unpack(OUTCOME_FIELDS)), 1)
-  if outcome then
-    notify(members.waiters, #key .. ':' .. key .. outcome)
-  end
-  local stale = members.fields
-  for _, field in ipairs(not_kept_when_done()) do
-    stale[#stale + 1] = field
-  end
-  hdel_all(record, stale)
-end
-
--- The order is such that a script cut short anywhere is finished by the same completion sent
--- again: the record is done only once the edges of others are dropped, and it keeps its
--- members until its waiters were told.
 local function complete(key, outcome, cache, ttl_ms, fn)
   call('SREM', k_running(node), key)
   local state = read_record(key, F_STATUS, F_OWNER, F_MOVER, F_FUNCTION)
   local status, owner = state[1], state[2]
-  if status == DONE then
-    finish_cut_short(key)
-    if mover ~= '' and state[3] == mover then
-      -- Sent again (its reply was lost): the same move as the first time, unless someone took
-      -- the record's function or outcome since (then it stays where it is).
-      local record = k_record(key)
-      local first = joined(call('HMGET', record, unpack(OUTCOME_FIELDS)), 1)
-      if state[4] and first then
-        report_move(key, state[4], redis.call('PTTL', record), first)
-      end
+  if status == DONE and mover ~= '' and state[3] == mover then
+    -- Sent again (its reply was lost): the same move as the first time, unless someone took
+    -- the record's function or outcome since (then it stays where it is).
+    local record = k_record(key)
+    local first = joined(call('HMGET', record, unpack(OUTCOME_FIELDS)), 1)
+    if state[4] and first then
+      report_move(key, state[4], redis.call('PTTL', record), first)
     end
     return
   end
-  if status == RUNNING and owner ~= node then
+  if status == DONE or (status == RUNNING and owner ~= node) then
     return
   end
   local record = k_record(key)
@@ -155,6 +119,11 @@ local function complete(key, outcome, cache, ttl_ms, fn)
       end
     end
     call('HSET', record, unpack(args))
+    stale[#stale + 1], stale[#stale + 2], stale[#stale + 3] = F_OWNER, F_CRASHES, F_PARTIAL
+    for _, field in ipairs(PAYLOAD_FIELDS) do
+      stale[#stale + 1] = field
+    end
+    hdel_all(record, stale)
     if ttl_ms > 0 then
       redis.call('PEXPIRE', record, ttl_ms)
     end
@@ -162,21 +131,15 @@ local function complete(key, outcome, cache, ttl_ms, fn)
       call('HSET', record, F_MOVER, mover)
       report_move(key, id, ttl_ms == 0 and -1 or ttl_ms, outcome)
     end
+  else
+    redis.call('DEL', record)
   end
-  notify(members.waiters, #key .. ':' .. key .. outcome)
   if errors[key] then
     event('failed', node, key, '', '', '', errors[key])
   else
     event('finished', node, key, '', '', '', cache ~= '0' and 'cached' or '')
   end
-  if cache ~= '0' then
-    for _, field in ipairs(not_kept_when_done()) do
-      stale[#stale + 1] = field
-    end
-    hdel_all(record, stale)
-  else
-    redis.call('DEL', record)
-  end
+  notify(members.waiters, #key .. ':' .. key .. outcome)
 end
 
 for i = FIRST_COMPLETIONS, #ARGV, COMPLETION_ARGS do
