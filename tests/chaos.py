@@ -155,10 +155,12 @@ CLUSTER_FAULTS = {
     "fail_over_blobs": 0.5,
     "lose_writes_grid": 0.5,
     "lose_writes_blobs": 0.5,
+    "move_slot_grid": 0.5,
 }
 """A primary killed (kill -9) and replaced by its replica, then healed (it comes back as a
 replica): the grid's primary, or another (only blobs live there); `lose_writes_*` stalls its
-replication first, so the writes it acknowledges meanwhile are lost. One runs at a time, and
+replication first, so the writes it acknowledges meanwhile are lost. `move_slot_grid` moves
+the grid's slot to another primary (a resharding), a few keys per MIGRATE. One runs at a time, and
 takes about 10 s: at these weights (about one fault in six) they seldom queue up behind each
 other (at twice as much, a 300 s run went on to 556 s to get through them)."""
 
@@ -194,6 +196,7 @@ class Fault:
             "fail_over_blobs": f", heal after {self.length:.2f}s",
             "lose_writes_grid": f" {self.amount:.2f}s, fail over, heal after {self.length:.2f}s",
             "lose_writes_blobs": f" {self.amount:.2f}s, fail over, heal after {self.length:.2f}s",
+            "move_slot_grid": f", {int(self.amount)} keys per MIGRATE, {self.length:.3f}s apart",
         }.get(self.kind, "")
         return f"t+{self.at:6.2f}s {self.kind} #{self.pick}{extra}"
 
@@ -225,6 +228,8 @@ def _fault_lengths(kind: str, rng: random.Random) -> tuple[float, float]:
         return rng.uniform(0.5, 3.0), 0.0
     if kind.startswith("lose_writes"):
         return rng.uniform(0.5, 3.0), rng.uniform(0.3, 1.5)
+    if kind == "move_slot_grid":
+        return rng.uniform(0.0, 0.02), float(rng.choice((5, 20, 100)))
     return 0.0, 0.0
 
 

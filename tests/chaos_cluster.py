@@ -1,15 +1,17 @@
 """The chaos harness (chaos.py) on a real Redis Cluster (`RedisClusterServers`, 3 primaries and
-3 replicas): the faults of Redis are failovers.
+3 replicas): the faults of Redis are failovers, and moves of the grid's slot.
 
-A cluster fault kills a primary with kill -9 and waits until its replica serves its slots, then
-after a while heals the cluster (the dead server comes back as a replica). The primary is the
-one of the grid's slot (`*_grid`: every node loses its connection and the grid's state moves),
-or another one (`*_blobs`: only the bytes of blobs, spread over the primaries by digest, live
+A failover kills a primary with kill -9 and waits until its replica serves its slots, then after
+a while heals the cluster (the dead server comes back as a replica). The primary is the one of
+the grid's slot (`*_grid`: every node loses its connection and the grid's state moves), or
+another one (`*_blobs`: only the bytes of blobs, spread over the primaries by digest, live
 there). `lose_writes_*` first stalls its replication (`stall_replication`): what it acknowledges
 until the kill is lost with it, which the nodes must survive at the cost of running keys again
-(docs/scaling.md, "Failover, and what asynchronous replication can lose"). One cluster fault
-runs at a time, beside the faults of the processes; the values of a fifth of the jobs are blobs
-(GIRDER_LARGE_VALUE_BYTES is `chaos.LARGE_VALUE_BYTES` for every process).
+(docs/scaling.md, "Failover, and what asynchronous replication can lose"). `move_slot_grid`
+moves the grid's slot to another primary, as a resharding does: nothing may be lost or run
+twice. One cluster fault runs at a time, beside the faults of the processes; the values of a
+fifth of the jobs are blobs (GIRDER_LARGE_VALUE_BYTES is `chaos.LARGE_VALUE_BYTES` for every
+process).
 """
 
 from __future__ import annotations
@@ -116,7 +118,26 @@ class ClusterChaosRun(ChaosRun):
         )
 
     def redis_faults(self) -> dict[str, Handler]:
-        return dict.fromkeys(CLUSTER_FAULTS, self._fail_over)
+        faults = dict.fromkeys(CLUSTER_FAULTS, self._fail_over)
+        faults["move_slot_grid"] = self._move_slot
+        return faults
+
+    async def _move_slot(self, fault: Fault) -> bool:
+        """Start moving the grid's slot; it waits for the cluster fault under way, if any."""
+        self.meanwhile(self._slot_move(fault))
+        return True
+
+    async def _slot_move(self, fault: Fault) -> None:
+        """Move the grid's slot to another primary (by `pick`), `fault.amount` keys per
+        MIGRATE, `fault.length` seconds apart."""
+        async with self.failing:
+            slot = self.cluster.keyslot(ANCHOR)
+            target = self._target(grid=False, pick=fault.pick)
+            self.timeline.add("slot move", f"grid's slot to port {target.port}")
+            moved = await asyncio.to_thread(
+                self.cluster.move_slot, slot, target, int(fault.amount), fault.length
+            )
+            self.timeline.add("slot moved", f"{moved} keys")
 
     async def _fail_over(self, fault: Fault) -> bool:
         """Start the failover; it waits for the one under way, if any."""
