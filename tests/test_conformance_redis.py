@@ -46,6 +46,7 @@ from girder.testing.conformance import (
     put,
     watch,
 )
+from girder.testing.proxy import FaultProxy
 from girder.testing.redis_server import RedisServer, free_port
 
 pytestmark = pytest.mark.redis
@@ -144,6 +145,26 @@ async def test_an_operation_waits_out_an_outage(
     redis_server.start()
     assert await asyncio.wait_for(claiming, 10) is None
     assert await asyncio.wait_for(waiting, 10) == []
+
+
+async def test_a_long_outage_is_tried_again_a_few_times_per_lease(fault_proxy: FaultProxy) -> None:
+    """The delay between attempts grows, but never past a quarter of the lease: a node that
+    came back later than a lease after the server did would be declared dead by those that
+    came back first. (2 s, the longest delay, is more than this lease of 0.8 s.)"""
+    settings = Settings(key_prefix=PREFIX, heartbeat_ttl=0.8)
+    backend = RedisBackend(fault_proxy.url, settings=settings)
+    await backend.connect()
+    try:
+        fault_proxy.refuse(True)
+        claiming = asyncio.create_task(backend.claim("w"))
+        await asyncio.sleep(2.0)
+        before = fault_proxy.connections_cut
+        await asyncio.sleep(2.0)  # the delay is at its longest by now
+        assert fault_proxy.connections_cut - before >= 2.0 / 0.2 - 3
+        fault_proxy.refuse(False)
+        assert await asyncio.wait_for(claiming, 10) is None
+    finally:
+        await backend.close()
 
 
 async def test_the_outage_timeout_bounds_the_wait(

@@ -204,9 +204,10 @@ def _notifications(entries: list[bytes]) -> list[Notification]:
 class _Outage:
     """Whether the server is unreachable now, so that an outage is logged once, not per call."""
 
-    def __init__(self, url: str, timeout: float | None) -> None:
+    def __init__(self, url: str, timeout: float | None, longest_delay: float) -> None:
         self._url = url
         self._timeout = timeout
+        self._longest_delay = longest_delay
         self._since: float | None = None
 
     def failed(self, started: float, what: str, error: Exception) -> float:
@@ -226,7 +227,7 @@ class _Outage:
                 f"Redis {what} failed at {self._url}: unreachable for {now - started:.1f} s "
                 f"(GIRDER_OUTAGE_TIMEOUT): {error}"
             ) from error
-        return min(_RETRY_MAX, max(_RETRY_FIRST, (now - started) / 2))
+        return min(self._longest_delay, max(_RETRY_FIRST, (now - started) / 2))
 
     def ended(self) -> None:
         if self._since is not None:
@@ -292,7 +293,10 @@ class RedisBackend:
         """Per node, `_cut_short` as its previous heartbeat saw it."""
         self._server_seen: dict[str, bytes] = {}
         """Per node, the run id of the server that answered its join or previous heartbeat."""
-        self._outage = _Outage(self.url, settings.outage_timeout)
+        # A node must try a few times per lease: one that comes back later than a lease after
+        # the server does is declared dead by those that came back first.
+        longest = max(_RETRY_FIRST, min(_RETRY_MAX, settings.heartbeat_ttl / 4))
+        self._outage = _Outage(self.url, settings.outage_timeout, longest)
         self._redis: RedisClient | ClusterClient | SentinelClient
         scheme = url.partition("://")[0]
         try:
