@@ -13,10 +13,33 @@ from pathlib import Path
 
 import pytest
 
-from girder.testing.redis_server import RedisServer, find_redis_server, roundtrip
+from girder.testing import redis_server
+from girder.testing.redis_server import RedisServer, find_redis_server, free_port, roundtrip
 from girder.testing.tls import Certificates
 
 pytestmark = pytest.mark.redis
+
+
+@pytest.mark.skipif(
+    not Path("/proc/sys/net/ipv4/ip_local_port_range").exists(), reason="Linux only"
+)
+def test_free_ports_are_below_the_range_of_outgoing_connections_and_vary(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A port of that range may be taken by any connection before the server binds it; and a
+    run that seeds `random` the same way for every test must not get the same ports."""
+    start = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    ports = []
+    for _ in range(20):
+        redis_server.random.seed(7)  # as pytest-randomly does before every test
+        ports.append(free_port())
+    assert all(port < start for port in ports)
+    assert len(set(ports)) > 10
+    with socket.socket() as taken:  # a port in use is never given
+        taken.bind(("127.0.0.1", ports[0]))
+        taken.listen()
+        monkeypatch.setattr(redis_server._port_picker, "randrange", lambda a, b: ports[0])
+        assert free_port() != ports[0]
 
 
 def test_a_restart_keeps_the_data_with_an_append_only_file(

@@ -7,8 +7,9 @@
 -- a volatile-* maxmemory-policy may evict. A done record keeps no payload: nothing runs it
 -- again, and a submission that makes it pending again brings its own.
 -- cache is '0' (not cached), '1' (cached) or 'm' (cached, and the caller moves it to its key's
--- own slot: see redis_results.py): a record cached so that lives at least MOVE_MIN_TTL_MS is
--- marked with the token `mover` (F_MOVER) and reported, the first step of its move.
+-- own slot: see redis_results.py): a record cached with no expiry, or one at least
+-- MOVE_MIN_TTL_MS away, is marked with the token `mover` (F_MOVER) and reported, the first
+-- step of its move.
 -- Returns {claimed, moves}: claimed is {key1, payload1, key2, payload2, ...} for the claimed
 -- requests; moves is {key1, function id1, ttl_ms1 (-1: none), outcome1, ...} for the marked
 -- records (sent again, it reports the records marked with its token again). Only the
