@@ -590,8 +590,8 @@ class StateBackend(Protocol):
 
         A `reaper` whose own lease ran out, or that is not registered, reaps nobody: whatever
         kept it from beating (an outage it waited out with this very call pending, a stall of
-        its process or of the server) kept the others from beating too, and judged right
-        after it every lease looks out. It beats again first; others get that long to do so.
+        its process) may have kept the others from beating too, and judged right after it
+        their leases look out. It beats again first; others get that long to do so.
         """
         ...
 
