@@ -61,6 +61,13 @@ class Settings(BaseSettings):
         "every primary (docs/scaling.md). The workers move what they complete; every process "
         "finds moved results.",
     )
+    spread_notifications: bool = Field(
+        False,
+        description="Redis: keep each node's notifications in a hash slot of its own instead "
+        "of the grid's, so that on a Redis Cluster the notifications, and the waits for them, "
+        "spread over every primary (docs/scaling.md). Set per process: it says where that "
+        "process's nodes are told; every process posts wherever a node says.",
+    )
     key_prefix: str = Field("girder", description="Prefix of every key a shared backend writes.")
     log_level: str = Field("WARNING", description="structlog level: DEBUG, INFO, WARNING...")
     imports: list[str] = Field(default_factory=list, description="Modules a worker imports.")

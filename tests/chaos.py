@@ -58,7 +58,7 @@ from gridfns import RUN_LOG_ENV, blobs_answer
 from processes import TESTS, GridProcesses, nodes, signal_group, wait_for_nodes, wait_until
 
 from girder.backends import open_backend
-from girder.backends.redis_keys import F_WAITER
+from girder.backends.redis_keys import F_OWN_WAITER, F_WAITER
 from girder.testing.redis_server import RedisServer
 from girder.testing.tethered import tethered_popen
 
@@ -722,7 +722,9 @@ class ChaosRun(ABC):
             lines.append(f"unfinished requests: {len(unfinished)} (key status owner crashes)")
             for key, (status, owner, crashes) in sorted(unfinished.items())[:30]:
                 fields = (decode(f) for f in db.hkeys(f"{PREFIX}r:{key}"))
-                waiters = sorted(f[len(F_WAITER) :] for f in fields if f.startswith(F_WAITER))
+                waiters = sorted(
+                    f[len(F_WAITER) :] for f in fields if f.startswith((F_WAITER, F_OWN_WAITER))
+                )
                 stranded = status == "r" and owner in alive and key not in running
                 note = " STRANDED: claimed by a live node, run by nobody" if stranded else ""
                 lines.append(

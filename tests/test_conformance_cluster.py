@@ -38,6 +38,19 @@ class TestRedisClusterBackend(BackendConformance):
         await backend.close()
 
 
+class TestRedisClusterBackendSpreadingNotifications(BackendConformance):
+    """The suite with each node's notifications in a slot of its own (`spread_notifications`):
+    on another primary than the grid's for most nodes."""
+
+    @pytest.fixture
+    async def backend(self, redis_cluster_url: str) -> AsyncIterator[StateBackend]:
+        settings = Settings(key_prefix=PREFIX, spread_notifications=True)
+        backend = RedisBackend(redis_cluster_url, settings=settings)
+        await backend.connect()
+        yield backend
+        await backend.close()
+
+
 class TestRedisClusterBackendLosingEveryReplyOnce(BackendConformance):
     """The suite again on the cluster, the reply of every distinct command lost once after the
     server ran it (see the same class in test_conformance_redis.py)."""

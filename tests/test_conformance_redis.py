@@ -103,6 +103,19 @@ class TestRedisBackendSpreadingResults(MovedResultsPublishNoHitEvents, BackendCo
         await backend.close()
 
 
+class TestRedisBackendSpreadingNotifications(BackendConformance):
+    """The suite with each node's notifications in a slot of its own
+    (`spread_notifications`)."""
+
+    @pytest.fixture
+    async def backend(self, redis_url: str) -> AsyncIterator[StateBackend]:
+        settings = Settings(key_prefix=PREFIX, spread_notifications=True)
+        backend = RedisBackend(redis_url, settings=settings)
+        await backend.connect()
+        yield backend
+        await backend.close()
+
+
 @pytest.fixture
 async def backend(redis_url: str) -> AsyncIterator[RedisBackend]:
     backend = RedisBackend(redis_url, settings=Settings(key_prefix=PREFIX))
@@ -745,6 +758,7 @@ class TestRedisBackendLosingEveryReplyOnce(BackendConformance):
     still hold. Waits for a wake-up are spared (a lost wake-up only costs a wake-up)."""
 
     spread_results = False
+    spread_notifications = False
 
     @pytest.fixture
     async def backend(
@@ -766,7 +780,11 @@ class TestRedisBackendLosingEveryReplyOnce(BackendConformance):
         # A lost reply is retried after the outage backoff's first step: cut it, so that the
         # hundreds of lost replies of this class cost what their round trips do.
         monkeypatch.setattr(redis_backend, "_RETRY_FIRST", 0.002)
-        settings = Settings(key_prefix=PREFIX, spread_results=self.spread_results)
+        settings = Settings(
+            key_prefix=PREFIX,
+            spread_results=self.spread_results,
+            spread_notifications=self.spread_notifications,
+        )
         backend = RedisBackend(redis_url, settings=settings)
         await backend.connect()
         yield backend
@@ -781,6 +799,15 @@ class TestRedisBackendSpreadingResultsLosingEveryReplyOnce(
     runs twice too."""
 
     spread_results = True
+
+
+class TestRedisBackendSpreadingNotificationsLosingEveryReplyOnce(
+    TestRedisBackendLosingEveryReplyOnce
+):
+    """The same, with each node's notifications in a slot of its own: every post is sent
+    twice, every completion that reports posts is replayed from its journal."""
+
+    spread_notifications = True
 
 
 async def test_a_server_stall_longer_than_the_leases_reaps_nobody(

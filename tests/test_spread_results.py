@@ -479,14 +479,14 @@ async def test_a_completion_sent_again_reports_its_moves_again_but_not_a_forged_
     for key in ("kept", "forged"):
         await put(backend, "w", [key])
         assert (await backend.claim("w")) is not None
-        _, first = await complete_script(key, f"mover-{key}")
+        _, first, _ = await complete_script(key, f"mover-{key}")
         assert first[0] == key.encode()
         assert first[2:] == [600_000, out(key)]
-        _, again = await complete_script(key, f"mover-{key}")
+        _, again, _ = await complete_script(key, f"mover-{key}")
         assert again[:2] == first[:2]
         assert again[3] == out(key)
     await raw.hdel(record("forged"), "f")
-    _, forged = await complete_script("forged", "mover-forged")
+    _, forged, _ = await complete_script("forged", "mover-forged")
     assert forged == []
-    _, other = await complete_script("kept", "another mover")
+    _, other, _ = await complete_script("kept", "another mover")
     assert other == []  # a completion of a done key by another changes and reports nothing

@@ -257,6 +257,14 @@ class SlotClient(Pipelined):
             commands, lambda client, batch: client.pipeline(batch), self.slot
         )
 
+    async def blocking(
+        self, commands: Sequence[Command], *, timeout: float | None = None
+    ) -> list[Any]:
+        """Commands that may block, on a connection of their own, to the slot's primary."""
+        return await self._cluster._routed(
+            commands, lambda client, batch: client.blocking(batch, timeout=timeout), self.slot
+        )
+
 
 def _redirection(reply: Any) -> tuple[str, Node] | None:
     """("MOVED" or "ASK", node) for a redirection reply; None for any other."""

@@ -75,6 +75,7 @@ from girder.backends.cluster import SCHEMES as CLUSTER_SCHEMES
 from girder.backends.cluster import ClusterClient, SlotClient, parse_cluster_url
 from girder.backends.redis_access import RedisAccess
 from girder.backends.redis_blobs import RedisBlobs
+from girder.backends.redis_inboxes import OwnInboxes
 from girder.backends.redis_keys import (
     DONE,
     F_OUTCOME,
@@ -327,6 +328,10 @@ class RedisBackend:
         those others moved once it saw the grid has some (`_saw_results_moved`)."""
         if settings.spread_results:
             self._results = SpreadResults(self._keys, access)
+        self._inboxes = OwnInboxes(self._keys, access, self._slot_scripts, self._blocking_at)
+        """Notifications in the nodes' own slots: this process's nodes are told there with
+        `Settings.spread_notifications`, and every process posts there for nodes that are."""
+        self._own_inbox = settings.spread_notifications
 
     async def connect(self) -> None:
         """Check the server and load the scripts. A server that cannot be reached at all is a
@@ -553,6 +558,10 @@ class RedisBackend:
         later than the client's command timeout after that counts as lost)."""
         return await self._redis.blocking(commands, timeout=timeout)
 
+    async def _blocking_at(self, key: str, commands: list[Command], timeout: float) -> list[Any]:
+        """`_blocking` at the server of `key`'s slot."""
+        return await self._at(key).blocking(commands, timeout=timeout)
+
     @contextmanager
     def _errors(self, what: str) -> Iterator[None]:
         """Raise `BackendError` for what Redis or the connection raises while doing `what`."""
@@ -688,6 +697,7 @@ class RedisBackend:
                 wanted,
                 job or "",
                 looked_at,
+                int(self._own_inbox),
             ]
             for request in chunk:
                 args += (request.key, request.payload, request.name if self._events else "")
@@ -747,18 +757,28 @@ class RedisBackend:
         args: list[str | bytes | int] = [node, claim, volunteer_at, failures, mover]
         for completion, moves in zip(completions, moving, strict=True):
             args += _completion_args(completion, moves)
-        claimed, moved = await self._journaled("complete", node, claim > 0, *args)
+        # Journaled whatever it claims: it may report notifications to post (redis_inboxes).
+        claimed, moved, posts = await self._journaled("complete", node, True, *args)
         if results is not None and moved:
             results.marked(node, mover, moved)
+        if posts:
+            tails = {_head(completion.key): completion.outcome for completion in completions}
+            await self._inboxes.post(posts, tails)
         return _claimed(claimed)
 
     async def publish(self, node: str, key: str, outcome: bytes) -> bool:
-        return bool(await self._run("publish", node, key, outcome))
+        stored, posts = await self._run("publish", node, key, outcome)
+        if posts:
+            await self._inboxes.post(posts, {b"~" + _head(key): outcome})
+        return bool(stored)
 
     async def take_notifications(self, node: str, timeout: float) -> list[Notification]:
         """One round trip: settle the previous wait's `taken` list, block until the inbox has
         an entry (moving it to `taken`), then take the rest of the inbox the same way. An
-        attempt whose reply was lost is not trusted: the next one puts `taken` back first."""
+        attempt whose reply was lost is not trusted: the next one puts `taken` back first.
+        With `spread_notifications`, the same on the node's own slot (`redis_inboxes`)."""
+        if self._own_inbox:
+            return _notifications(await self._inboxes.take(node, timeout))
 
         async def attempt(repaired: bool = False) -> list[Any]:
             received = node in self._received
@@ -860,13 +880,18 @@ class RedisBackend:
         roots: Sequence[str] = (),
         below: str | None = None,
     ) -> Cancelling:
-        cancelled, remaining = await self._journaled(
+        cancelled, remaining, posts = await self._journaled(
             "cancel", node, True, node, job, below or "", *roots
         )
+        if posts:
+            await self._inboxes.post(posts, {})
         return Cancelling(tuple(map(_text, cancelled)), remaining)
 
     async def ask_to_cancel(self, owner: str, job: str) -> bool:
-        return bool(await self._run("ask_to_cancel", owner, job))
+        asked, posts = await self._run("ask_to_cancel", owner, job)
+        if posts:
+            await self._inboxes.post(posts, {})
+        return bool(asked)
 
     # -- distribution -----------------------------------------------------------------------------
 
@@ -904,7 +929,8 @@ class RedisBackend:
     # -- membership and recovery ------------------------------------------------------------------
 
     async def join(self, node: str, kind: NodeKind, distributor: str | None, ttl: float) -> None:
-        command = self._call("join", node, kind.value, distributor or "", _ms(ttl))
+        own_inbox = int(self._own_inbox)
+        command = self._call("join", node, kind.value, distributor or "", _ms(ttl), own_inbox)
         _, server, _ = await self._retrying("join", lambda: self._run_with_server(command))
         if server:
             self._server_seen[node] = server
@@ -956,13 +982,16 @@ class RedisBackend:
         if self._results is not None:
             await self._results.release(node)  # the moves of node's keys use node's journal
         count: int = await self._run("leave", node)
+        await self._inboxes.drop([node])
         return count
 
     async def reap(self, reaper: str, max_crashes: int) -> Reaped:
         dead, requeued, crashed_out = await self._journaled(
             "reap", reaper, True, reaper, max_crashes
         )
-        return Reaped(tuple(map(_text, dead)), requeued, tuple(map(_text, crashed_out)))
+        reaped = Reaped(tuple(map(_text, dead)), requeued, tuple(map(_text, crashed_out)))
+        await self._inboxes.drop(reaped.dead)  # in their own slots, if they had them
+        return reaped
 
     async def nodes(self) -> list[NodeInfo]:
         rows = await self._run("nodes")
@@ -1107,6 +1136,7 @@ class RedisBackend:
             if cursor == b"0":
                 break
         await self._blobs.flush()
+        await self._inboxes.flush()
         if self._results is not None:
             await self._results.flush()
 
@@ -1245,6 +1275,11 @@ def _completion_args(completion: Completion, moves: bool) -> tuple[str | bytes |
         ttl_ms,
         completion.function,
     )
+
+
+def _head(key: str) -> bytes:
+    """The head of key's notification (`<len(key)>:<key>`): the outcome follows it."""
+    return f"{len(key)}:{key}".encode()
 
 
 def _ms(seconds: float) -> int:

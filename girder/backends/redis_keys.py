@@ -14,7 +14,8 @@ Per request key:
                        F_CRASHES (times its worker died running it), F_PARTIAL (the latest
                        partial outcome of a streaming run, until done); and an empty field per
                        member, named by a two-byte prefix and the member: F_WAITER <node> (a node
-                       waiting for the outcome), F_ROOT <job> (a job that submitted the key at the
+                       waiting for the outcome; F_OWN_WAITER <node> for one whose inbox is in
+                       its own slot), F_ROOT <job> (a job that submitted the key at the
                        top level), F_WAITS <key> (a key this key waits for: a wait-for edge out of
                        it) and F_WAITED_BY <key> (a key waiting for this one: the same edge,
                        reversed; a waiting key of 64 characters without a member prefix, as request
@@ -56,6 +57,19 @@ the primaries by their keys. Nothing spells this name in Lua: the scripts get it
     {<key_prefix>:<key>}:v   string: "<function id>:<outcome>" (the id as in `functions`), with
                        the TTL the done record had; the done record in the grid's slot goes once
                        this is written
+Per node whose notifications live in its own slot (`Settings.spread_notifications`, see
+`redis_inboxes`): the hash tag `{<key_prefix>:node:<node>}`, so that on a Redis Cluster the
+nodes' inboxes, and the waits on them, spread over the primaries. Nothing spells these names in
+Lua: the grid's scripts report what is to be posted there, and the scripts of that slot get the
+names in KEYS. The node's hash (`node:<node>`) says where its inbox is (F_OWN_INBOX).
+    {<key_prefix>:node:<node>}:inbox      list: as `inbox:<node>` below, expiring (OWN_INBOX_TTL_MS
+                       after the last post) so that one posted after the node left goes too
+    {<key_prefix>:node:<node>}:taken      list: as `taken:<node>` below, expiring the same way
+    {<key_prefix>:node:<node>}:posted     hash: the tokens of the latest posts to the inbox (a
+                       post sent again after its reply was lost posts nothing twice), expiring
+                       the same way
+    {<key_prefix>:node:<node>}:migrating  never exists: declared by the slot's scripts, so a
+                       migration of the slot redirects them before they run (as `migrating`)
 Per job:
     cancelling:<job>   list: the keys a cancellation of the job still has to look at
 Per node:
@@ -71,7 +85,8 @@ Per node:
     wake:<node>        list holding at most one token: "the work list or volunteers got something"
     node:<node>        hash: F_KIND, F_DISTRIBUTOR (membership), F_COUNTERS (the node's
                        counters, JSON, from its last heartbeat), F_OWN_CLOCK (the clock its
-                       last own heartbeat got: see heartbeat.lua)
+                       last own heartbeat got: see heartbeat.lua), F_OWN_INBOX ('1' when
+                       the node's notifications go to its own slot: see above)
     members:<node>     set of nodes whose distributor is this node
     journal:<node>     hash: call token -> the packed reply of a script call that claimed work,
                        kept until the node confirms the reply arrived (a resent call returns it
@@ -170,6 +185,9 @@ F_MOVER = "m"
 `redis_results`)."""
 F_WAITER = "w:"
 """The prefix of a waiter's field (`w:<node>`); no fixed field name holds a colon."""
+F_OWN_WAITER = "i:"
+"""The prefix of the field of a waiter whose inbox is in its own slot (`i:<node>`, see
+`redis_inboxes`)."""
 F_ROOT = "r:"
 """The prefix of a root's field (`r:<job>`)."""
 F_WAITS = "a:"
@@ -180,6 +198,10 @@ F_KIND = "kind"
 F_DISTRIBUTOR = "dist"
 F_COUNTERS = "ctr"
 F_OWN_CLOCK = "own"
+F_OWN_INBOX = "ib"
+OWN_INBOX = "inbox"
+OWN_TAKEN = "taken"
+OWN_POSTED = "posted"
 FUNCTION_NAME = "n:"
 """In `functions`: the prefix of a function name's field (`n:<name>` -> its id)."""
 FUNCTION_ID = "i:"
@@ -236,6 +258,7 @@ _CONSTANTS = {
     "F_FUNCTION": F_FUNCTION,
     "F_MOVER": F_MOVER,
     "F_WAITER": F_WAITER,
+    "F_OWN_WAITER": F_OWN_WAITER,
     "F_ROOT": F_ROOT,
     "F_WAITS": F_WAITS,
     "F_WAITED_BY": F_WAITED_BY,
@@ -243,6 +266,7 @@ _CONSTANTS = {
     "F_DISTRIBUTOR": F_DISTRIBUTOR,
     "F_COUNTERS": F_COUNTERS,
     "F_OWN_CLOCK": F_OWN_CLOCK,
+    "F_OWN_INBOX": F_OWN_INBOX,
     "FUNCTION_NAME": FUNCTION_NAME,
     "FUNCTION_ID": FUNCTION_ID,
     "PENDING": PENDING,
@@ -399,6 +423,38 @@ class RedisKeys:
         if not name.startswith(head) or not name.endswith(tail) or len(name) == len(head + tail):
             return None
         return name[len(head) : -len(tail)]
+
+    def _node_tag(self, node: str) -> str:
+        return "{" + self.prefix + ":node:" + node + "}:"
+
+    def own_inbox(self, node: str) -> str:
+        """Node's inbox in its own slot (not the grid's): see `redis_inboxes`."""
+        return self._node_tag(node) + OWN_INBOX
+
+    def own_taken(self, node: str) -> str:
+        """Node's `taken` list beside its own inbox."""
+        return self._node_tag(node) + OWN_TAKEN
+
+    def own_posted(self, node: str) -> str:
+        """The tokens of the recent posts to node's own inbox (see inbox_post.lua)."""
+        return self._node_tag(node) + OWN_POSTED
+
+    def own_migrating(self, node: str) -> str:
+        """A key of node's own slot that never exists (the slot's migration probe)."""
+        return self._node_tag(node) + MIGRATING
+
+    def own_inbox_pattern(self) -> str:
+        """A SCAN pattern that matches every key of the nodes' own slots of this grid (and
+        maybe some of a grid whose prefix is this one's, ':node:' and more)."""
+        return _glob_escaped("{" + self.prefix + ":node:") + "*"
+
+    def is_own_inbox_key(self, name: str) -> bool:
+        """Whether `name` is a key of a node's own inbox of this grid (the inbox, its taken
+        list, its posted tokens)."""
+        head = "{" + self.prefix + ":node:"
+        return name.startswith(head) and name.endswith(
+            tuple("}:" + part for part in (OWN_INBOX, OWN_TAKEN, OWN_POSTED))
+        )
 
     def pattern(self, part: str = "") -> str:
         """A SCAN pattern that matches every key of this grid (that starts with `part` after

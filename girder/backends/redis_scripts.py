@@ -13,8 +13,8 @@ a migration of that slot redirect the call before the script runs (see `redis_ke
 
 The scripts of a slot of their own (`SLOT_SCRIPTS`, files `slot_<name>.lua`) are the exception:
 they touch only the keys they are given in `KEYS`, the bytes of one blob and what lies beside
-them, or one cached result moved to its key's slot (see `redis_keys`), and use nothing of the
-prelude.
+them, one cached result moved to its key's slot, or a node's own inbox (see `redis_keys`), and
+use nothing of the prelude.
 
 Scripts whose reply depends on what they changed (claims, hand-outs, moves) are *journaled*:
 their first arguments are a call token, the lowest token the calling node still waits for, and
@@ -124,7 +124,17 @@ SPECS = {
     for spec in (
         ScriptSpec(
             "submit",
-            ("node", "into", "on_top", "waiter", "dispatch", "claim", "job", "looked_at"),
+            (
+                "node",
+                "into",
+                "on_top",
+                "waiter",
+                "dispatch",
+                "claim",
+                "job",
+                "looked_at",
+                "own_inbox",
+            ),
             rest="requests",
             journaled=True,
         ),
@@ -142,7 +152,7 @@ SPECS = {
         ScriptSpec("hand_out", ("distributor", "even_share"), journaled=True),
         ScriptSpec("trim", ("distributor",), rest="members", journaled=True),
         ScriptSpec("steal", ("distributor", "member", "count"), journaled=True),
-        ScriptSpec("join", ("node", "kind", "distributor", "ttl_ms")),
+        ScriptSpec("join", ("node", "kind", "distributor", "ttl_ms", "own_inbox")),
         ScriptSpec("heartbeat", ("node", "ttl_ms", "counters", "low")),
         ScriptSpec("leave", ("node",)),
         ScriptSpec("reap", ("reaper", "max_crashes"), journaled=True),
@@ -179,8 +189,19 @@ SLOT_SCRIPTS = (
     "blob_publish",
     "blob_drop",
     "result_unset",
+    "inbox_post",
+    "inbox_settle",
+    "inbox_take",
 )
-"""The scripts that run in a slot of their own: a blob's, or a moved result's."""
+"""The scripts that run in a slot of their own: a blob's, a moved result's, or a node's own
+inbox's."""
+
+OWN_INBOX_TTL_MS = 3600 * 1000
+"""How long a node's own inbox (and taken list) lives after the last post to it, or the last
+take from it: the node deletes both when it leaves, and so does the reaper of a dead node; this
+bounds what a post that comes after those (or a process that dies between) leaves behind. A
+live node takes from its inbox every `idle_poll`; a notification lost to the expiry all the
+same is made up by the waiter's own checks (it submits again what it waited long for)."""
 
 
 def build_slot_scripts() -> dict[str, Script]:

@@ -1,5 +1,6 @@
 -- cancel(token, low, again, node, job, below, root1, root2, ...) -> {cancelled keys, keys left to
--- look at}. Journaled. One step of cancelling `job` (node repeats it until nothing is left). The
+-- look at, posts (as in complete.lua: the whole notices, for nodes whose inbox is in their own
+-- slot)}. Journaled. One step of cancelling `job` (node repeats it until nothing is left). The
 -- first step (the roots are passed only then) removes the job from its roots' roots (or, with
 -- `below`, drops the wait edges of that request, which ran out of time) and puts the keys on the
 -- job's `cancelling` list. Then each key taken from that
@@ -29,10 +30,8 @@ else
   hdel_all(k_record(below), waits)
 end
 
-local function notify(target, key)
-  if not has_departed(target) then
-    call('RPUSH', k_inbox(target), '!' .. #key .. ':' .. key .. job)
-  end
+local function notice(key)
+  return '!' .. #key .. ':' .. key .. job
 end
 
 local function cancel(key, state, members)
@@ -48,11 +47,9 @@ local function cancel(key, state, members)
   end
   if status == RUNNING and owned(key, owner) then
     hdel_all(record, waits)
-    notify(owner, key)
+    post_note(owner, nil, notice(key), '')
   else
-    for _, waiter in ipairs(members.waiters) do
-      notify(waiter, key)
-    end
+    notify_waiters(members, nil, notice(key), '')
     redis.call('DEL', record)
     event('cancelled', node, key, '', '', job, '')
   end
@@ -72,4 +69,4 @@ for _ = 1, MAX_CANCEL_STEP do
   end
 end
 emit_events()
-return journaled(node, token, low, {cancelled, call('LLEN', frontier)})
+return journaled(node, token, low, {cancelled, call('LLEN', frontier), POSTS})

@@ -109,6 +109,45 @@ local function has_departed(node)
   return call('ZSCORE', K_DEPARTED, node) ~= false
 end
 
+-- Notifications for nodes whose inbox lives in their own slot (Settings.spread_notifications),
+-- which no script of the grid may touch: {node1, note1, node2, note2, ...}, reported to the
+-- caller, which posts them there (see redis_inboxes.py).
+local POSTS = {}
+
+-- Post the notification head .. tail to node `target`: into its inbox here, or, when its inbox
+-- is in its own slot (`own`; nil: as its hash says), reported in POSTS as its head alone (the
+-- caller holds the tail: an outcome it sent). A departed node gets nothing: its inbox would
+-- only grow. With `again` (a call sent again after its reply was lost) only the report is made
+-- again: what was pushed here stays.
+local function post_note(target, own, head, tail, again)
+  if has_departed(target) then
+    return
+  end
+  if own == nil then
+    own = call('HGET', k_node(target), F_OWN_INBOX) == '1'
+  end
+  if own then
+    POSTS[#POSTS + 1] = target
+    POSTS[#POSTS + 1] = head
+  elseif not again then
+    call('RPUSH', k_inbox(target), head .. tail)
+  end
+end
+
+-- Post head .. tail (see post_note) to each waiter of a record's `members` but node `but`.
+local function notify_waiters(members, but, head, tail, again)
+  for _, waiter in ipairs(members.waiters) do
+    if waiter ~= but then
+      post_note(waiter, false, head, tail, again)
+    end
+  end
+  for _, waiter in ipairs(members.own_waiters) do
+    if waiter ~= but then
+      post_note(waiter, true, head, tail, again)
+    end
+  end
+end
+
 local function is_live(node, now)
   local expiry = call('ZSCORE', K_LEASES, node)
   return expiry ~= false and tonumber(expiry) >= now
@@ -182,13 +221,15 @@ end
 
 -- The kinds of member a record holds as fields `<prefix><member>` (see redis_keys).
 local MEMBER_KINDS = {
-  [F_WAITER] = 'waiters', [F_ROOT] = 'roots', [F_WAITS] = 'waits', [F_WAITED_BY] = 'waited_by'
+  [F_WAITER] = 'waiters', [F_OWN_WAITER] = 'own_waiters', [F_ROOT] = 'roots', [F_WAITS] = 'waits',
+  [F_WAITED_BY] = 'waited_by'
 }
 
--- The members that `record` holds as fields: {waiters = nodes, roots = jobs, waits = keys it
--- waits for, waited_by = keys waiting for it, fields = the names of all those fields}.
+-- The members that `record` holds as fields: {waiters = nodes, own_waiters = nodes whose inbox
+-- is in their own slot, roots = jobs, waits = keys it waits for, waited_by = keys waiting for
+-- it, fields = the names of all those fields}.
 local function record_members(record)
-  local found = {waiters = {}, roots = {}, waits = {}, waited_by = {}, fields = {}}
+  local found = {waiters = {}, own_waiters = {}, roots = {}, waits = {}, waited_by = {}, fields = {}}
   for _, field in ipairs(call('HKEYS', record)) do
     local kind = MEMBER_KINDS[string.sub(field, 1, 2)]
     if kind then

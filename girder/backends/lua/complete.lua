@@ -2,7 +2,7 @@
 -- cache1, ttl_ms1, function1, key2, ...) (see COMPLETION_ARGS; failures: '' or a JSON object,
 -- failed key -> its readable error chain, for the events): complete each key in order, then
 -- claim up to `claim` of node's requests; when none came and volunteer_at is not empty,
--- volunteer node there. Journaled when it claims. A cached outcome stays in the record, which
+-- volunteer node there. A cached outcome stays in the record, which
 -- then expires after ttl_ms (0: never): the grid's only state with an expiry, so the only state
 -- a volatile-* maxmemory-policy may evict. A done record keeps no payload: nothing runs it
 -- again, and a submission that makes it pending again brings its own.
@@ -10,9 +10,12 @@
 -- own slot: see redis_results.py): a record cached with no expiry, or one at least
 -- MOVE_MIN_TTL_MS away, is marked with the token `mover` (F_MOVER) and reported, the first
 -- step of its move.
--- Returns {claimed, moves}: claimed is {key1, payload1, key2, payload2, ...} for the claimed
--- requests; moves is {key1, function id1, ttl_ms1 (-1: none), outcome1, ...} for the marked
--- records (sent again, it reports the records marked with its token again). Only the
+-- Returns {claimed, moves, posts}: claimed is {key1, payload1, key2, payload2, ...} for the
+-- claimed requests; moves is {key1, function id1, ttl_ms1 (-1: none), outcome1, ...} for the
+-- marked records (sent again, it reports the records marked with its token again); posts is
+-- POSTS (common.lua): the waiters in their own slots to tell, each with the head
+-- "<len(key)>:<key>" of its notification, whose tail is key's outcome. Journaled when it
+-- claims or reports posts. Only the
 -- completion that made a key done marks it (a second completion, say by a worker that woke
 -- past its lease, changes nothing), so one process moves it.
 --
@@ -30,16 +33,6 @@ local wanted = tonumber(claim)
 local errors = {}
 if EVENTS_MAX > 0 and failures ~= '' then
   errors = cjson.decode(failures)
-end
-
--- Post `note` to every one of `waiters` but node (a departed node gets nothing: its inbox would
--- only grow).
-local function notify(waiters, note)
-  for _, waiter in ipairs(waiters) do
-    if waiter ~= node and not has_departed(waiter) then
-      call('RPUSH', k_inbox(waiter), note)
-    end
-  end
 end
 
 -- Drop the wait edges between `key` and each of `others` (of key's record_members): `key`
@@ -140,7 +133,7 @@ local function complete(key, outcome, cache, ttl_ms, fn)
   else
     event('finished', node, key, '', '', '', cache ~= '0' and 'cached' or '')
   end
-  notify(members.waiters, #key .. ':' .. key .. outcome)
+  notify_waiters(members, node, #key .. ':' .. key, outcome)
 end
 
 for i = FIRST_COMPLETIONS, #ARGV, COMPLETION_ARGS do
@@ -152,7 +145,7 @@ if wanted > 0 and #claimed == 0 and volunteer_at ~= '' then
   volunteer(volunteer_at, node)
 end
 emit_events()
-if #claimed == 0 then
-  return {claimed, moves} -- nothing claimed: a resend repeats only what changes nothing
+if #claimed == 0 and #POSTS == 0 then
+  return {claimed, moves, POSTS} -- a resend repeats only what changes nothing
 end
-return journaled(node, token, low, {claimed, moves})
+return journaled(node, token, low, {claimed, moves, POSTS})

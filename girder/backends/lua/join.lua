@@ -1,4 +1,5 @@
--- join(node, kind, distributor, ttl_ms): register or renew a node ('' for no distributor).
+-- join(node, kind, distributor, ttl_ms, own_inbox): register or renew a node ('' for no
+-- distributor); own_inbox '1': its notifications go to its own slot (see redis_inboxes.py).
 
 local info = k_node(node)
 local old = call('HGET', info, F_DISTRIBUTOR)
@@ -7,6 +8,9 @@ if old then
 end
 redis.call('DEL', info)
 call('HSET', info, F_KIND, kind)
+if own_inbox == '1' then
+  call('HSET', info, F_OWN_INBOX, '1')
+end
 if distributor ~= '' then
   call('HSET', info, F_DISTRIBUTOR, distributor)
   call('SADD', k_members(distributor), node)

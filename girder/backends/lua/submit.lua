@@ -1,7 +1,8 @@
--- submit(token, low, again, node, into, on_top, waiter, dispatch, claim, job, looked_at, key1,
--- payload1, name1, key2, ...) (see REQUEST_ARGS; name: the function's, for the events, or '';
--- looked_at: with `spread_results`, the server time (ms) when the caller looked for the keys
--- in their own slots, else '') -> {results, claimed}: per request, {SUBMITTED_DONE, outcome}
+-- submit(token, low, again, node, into, on_top, waiter, dispatch, claim, job, looked_at,
+-- own_inbox, key1, payload1, name1, key2, ...) (see REQUEST_ARGS; name: the function's, for the
+-- events, or ''; looked_at: with `spread_results`, the server time (ms) when the caller looked
+-- for the keys in their own slots, else ''; own_inbox '1': node's notifications go to its own
+-- slot, see redis_inboxes.py) -> {results, claimed}: per request, {SUBMITTED_DONE, outcome}
 -- when done, {SUBMITTED_LOOK_AGAIN} when it has no record and a moved result's record was
 -- dropped since the caller looked (see redis_results.py: nothing is done for it), {SUBMITTED_CYCLE,
 -- waiter, cycle...} when the wait edge closed a cycle, else {SUBMITTED_QUEUED, shared (1 when
@@ -107,7 +108,7 @@ for i = FIRST_REQUESTS, #ARGV, REQUEST_ARGS do
     results[#results + 1] = {SUBMITTED_LOOK_AGAIN}
   else
     -- The record's fields: its waiter, root and waited-by edge, and those of a new record.
-    local fields = {F_WAITER .. node, ''}
+    local fields = {(own_inbox == '1' and F_OWN_WAITER or F_WAITER) .. node, ''}
     if not has_waiter and job ~= '' then
       fields[3], fields[4] = F_ROOT .. job, ''
     end
