@@ -206,7 +206,7 @@ class ServerStats:
         await self.redis.aclose()
 
 
-TOP_LEVEL = frozenset({"evalsha", "eval", "blpop", "script|load", "get", "info"})
+TOP_LEVEL = frozenset({"evalsha", "eval", "blpop", "blmove", "script|load", "get", "info"})
 """Commands girder sends but its scripts never run (their server time includes the commands the
 scripts run, so this sum is the server's time without double counting)."""
 
@@ -217,11 +217,14 @@ class Accounting:
 
     calls: Counter[str] = field(default_factory=Counter)
     usec: float = 0.0
+    others_usec: float = 0.0
+    """On a cluster: the server time of the other primaries (the grid's is `usec`)."""
     requests: int = 0
 
-    def add(self, calls: Counter[str], usec: float, requests: int) -> None:
+    def add(self, calls: Counter[str], usec: float, requests: int, others_usec: float) -> None:
         self.calls.update(calls)
         self.usec += usec
+        self.others_usec += others_usec
         self.requests += requests
 
     def fields(self) -> dict[str, Any]:
@@ -237,6 +240,7 @@ class Accounting:
             "redis_evalsha_per_request": per.get("evalsha", 0.0),
             "redis_blpop_per_request": per.get("blpop", 0.0),
             "redis_server_us_per_request": round(self.usec / self.requests, 2),
+            "redis_other_primaries_us_per_request": round(self.others_usec / self.requests, 2),
         }
 
 
@@ -554,15 +558,18 @@ class Bench:
         sizes: Sizes,
         url: str,
         processes: Children,
+        *,
         server_url: str | None = None,
+        other_urls: Sequence[str] = (),
     ):
         """`server_url`: the plain URL of the server that holds the grid, when `url` is a
-        cluster's (its INFO commandstats are the grid's)."""
+        cluster's (its INFO commandstats are the grid's); `other_urls`: the other primaries'."""
         self.args = args
         self.sizes = sizes
         self.url = url
         self.processes = processes
         self.stats = ServerStats(server_url or url)
+        self.others = [ServerStats(other) for other in other_urls]
         self.failed = False
         self.common: dict[str, Any] = {
             "python": platform.python_version(),
@@ -631,7 +638,8 @@ class Bench:
         """One timed run of a workload, counting Redis commands. False if it failed."""
         if series.stopped:
             return False
-        await self.stats.reset()
+        for stats in (self.stats, *self.others):
+            await stats.reset()
         problem, sample = await self.guarded(what, body, cluster)
         if problem == "timeout":
             series.timeouts += 1
@@ -639,7 +647,8 @@ class Bench:
             series.errors.append(problem)
         else:
             calls, usec = await self.stats.read()
-            series.accounting.add(calls, usec, requests)
+            others = sum([(await stats.read())[1] for stats in self.others])
+            series.accounting.add(calls, usec, requests, others)
             series.samples.append(sample)
         return problem is None
 
@@ -885,7 +894,8 @@ class Bench:
             await self.two_workers()
             await self.one_worker()
         finally:
-            await self.stats.close()
+            for stats in (self.stats, *self.others):
+                await stats.close()
 
 
 # -- main ---------------------------------------------------------------------------------------
@@ -980,7 +990,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             with RedisClusterServers() as servers:
                 owner = servers.owner(servers.keyslot("{girder}:leases"))
                 say(f"Redis Cluster {servers.url}, the grid on {owner.url}; logs in {logs}")
-                bench = Bench(args, args.sizes, servers.url, processes, owner.url)
+                others = [p.url for p in servers.primaries() if p.url != owner.url]
+                bench = Bench(
+                    args,
+                    args.sizes,
+                    servers.url,
+                    processes,
+                    server_url=owner.url,
+                    other_urls=others,
+                )
                 asyncio.run(bench.run())
                 failed = bench.failed
         else:

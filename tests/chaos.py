@@ -109,6 +109,10 @@ class ChaosConfig:
     no proxy, and jobs whose values are blobs (spread over the primaries)."""
     spread_results: bool = os.environ.get("GIRDER_SPREAD_RESULTS", "") not in ("", "0", "false")
     """Every process moves cached results to their keys' own slots (`spread_results`)."""
+    spread_notifications: str = os.environ.get("GIRDER_SPREAD_NOTIFICATIONS", "")
+    """Whose nodes keep their notifications in their own slots (`spread_notifications`): ''
+    or '0' nobody's, 'mixed' every client's and every other worker's (w1, w3, ...), anything
+    else every process's."""
 
     @classmethod
     def from_env(
@@ -431,6 +435,10 @@ class ChaosRun(ABC):
             only=config.faults,
         )
 
+    @property
+    def _notes_off(self) -> bool:
+        return self.config.spread_notifications in ("", "0", "false")
+
     def _env(self) -> dict[str, str]:
         blobs = {"GIRDER_LARGE_VALUE_BYTES": str(LARGE_VALUE_BYTES)} if self.config.cluster else {}
         return {
@@ -440,6 +448,7 @@ class ChaosRun(ABC):
             "GIRDER_LOG_LEVEL": "INFO",
             RUN_LOG_ENV: str(self.run_logs),
             "GIRDER_SPREAD_RESULTS": "1" if self.config.spread_results else "0",
+            "GIRDER_SPREAD_NOTIFICATIONS": "0" if self._notes_off else "1",
             **blobs,
         }
 
@@ -461,7 +470,10 @@ class ChaosRun(ABC):
     def start_worker(self) -> None:
         self.worker_count += 1
         name = f"w{self.worker_count}"
-        proc = self.procs.worker(name, self.config.pool)
+        odd = self.worker_count % 2 == 1
+        mixed = self.config.spread_notifications == "mixed"
+        env = {"GIRDER_SPREAD_NOTIFICATIONS": "1" if odd else "0"} if mixed else None
+        proc = self.procs.worker(name, self.config.pool, env=env)
         self.workers[name] = proc
         self.timeline.add("start_worker", name, proc.pid)
 

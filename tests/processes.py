@@ -9,7 +9,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -58,14 +58,19 @@ class GridProcesses:
         self._log_files: list[BinaryIO] = []
 
     def _start(
-        self, args: list[str], log_name: str, wrapper: Sequence[str] = ()
+        self,
+        args: list[str],
+        log_name: str,
+        wrapper: Sequence[str] = (),
+        env: Mapping[str, str] | None = None,
     ) -> subprocess.Popen[bytes]:
-        """Start `girder <args>`, behind `wrapper` (e.g. `ip netns exec NAME`) when given."""
+        """Start `girder <args>`, behind `wrapper` (e.g. `ip netns exec NAME`) when given, with
+        `env` over the environment of every process."""
         log = open(self.logs / f"{log_name}.log", "ab")  # noqa: SIM115 - closed in stop_all
         self._log_files.append(log)
         proc = tethered_popen(
             [*wrapper, sys.executable, "-m", "girder", *args, "--backend", self.backend_url],
-            env=self.env,
+            env={**self.env, **(env or {})},
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # its own process group: signals reach its children too
@@ -77,12 +82,18 @@ class GridProcesses:
         return self._start(["distributor", "--name", name], f"distributor-{name}")
 
     def worker(
-        self, name: str, pool: str = "pool", *extra: str, wrapper: Sequence[str] = ()
+        self,
+        name: str,
+        pool: str = "pool",
+        *extra: str,
+        wrapper: Sequence[str] = (),
+        env: Mapping[str, str] | None = None,
     ) -> subprocess.Popen[bytes]:
         return self._start(
             ["worker", "--pool", pool, "--name", name, "--import", "gridfns", *extra],
             name,
             wrapper,
+            env,
         )
 
     def kill9(self, proc: subprocess.Popen[bytes]) -> None:

@@ -12,7 +12,9 @@ complete are one round trip each. Key names live in `redis_keys`, script argumen
 codes in `redis_scripts`. Blobs are the exception: their bytes live in a slot of their own, so a
 put or a sweep of one is a few ordered steps, one script per slot (see `redis_blobs`); and so
 are cached results with `Settings.spread_results`, moved to their own keys' slots in a few
-ordered steps too (see `redis_results`).
+ordered steps too (see `redis_results`), and notifications for nodes whose inbox is in their own
+slot (`Settings.spread_notifications`), reported by the grid's scripts and posted there by the
+caller (see `redis_inboxes`).
 
 Every operation is safe to send again: the scripts that claim work are journaled by a token per
 call (a resent call returns the first call's reply), and the others change nothing when repeated.

@@ -1,6 +1,6 @@
 """`RedisAccess`: what `RedisBackend` lends the helpers that keep state outside the grid's slot
-(`RedisBlobs`, `SpreadResults`): its scripts, its retries through outages, and its clients per
-slot and per server."""
+(`RedisBlobs`, `SpreadResults`, `OwnInboxes`): its scripts, its retries through outages, and its
+clients per slot and per server."""
 
 from __future__ import annotations
 

@@ -87,7 +87,7 @@ class OwnInboxes:
         inbox = self._keys.own_inbox(node)
         keys = (inbox, self._keys.own_posted(node), self._keys.own_migrating(node))
         client = self._access.at(inbox)
-        command = self._command("inbox_post", keys, OWN_INBOX_TTL_MS, uuid.uuid4().hex, *notes)
+        command = self._command("inbox_post", keys, OWN_INBOX_TTL_MS, uuid.uuid4().hex[:16], *notes)
 
         async def attempt() -> Any:
             [reply] = await client.pipeline([command])

@@ -7,7 +7,7 @@
 -- redis_inboxes.py). Garbage of another type in either is deleted first. Returns 1 when it
 -- posted, 0 when the token was there.
 local inbox, posted, token = KEYS[1], KEYS[2], ARGV[2]
-local POSTED_MAX = 512
+local POSTED_MAX = 128
 for _, key in ipairs({inbox, posted}) do
   local kind = redis.call('TYPE', key).ok
   if kind ~= (key == inbox and 'list' or 'hash') and kind ~= 'none' then
