@@ -109,10 +109,11 @@ class ChaosConfig:
     no proxy, and jobs whose values are blobs (spread over the primaries)."""
     spread_results: bool = os.environ.get("GIRDER_SPREAD_RESULTS", "") not in ("", "0", "false")
     """Every process moves cached results to their keys' own slots (`spread_results`)."""
-    spread_notifications: str = os.environ.get("GIRDER_SPREAD_NOTIFICATIONS", "")
+    spread_notifications: str = os.environ.get("GIRDER_CHAOS_SPREAD_NOTIFICATIONS", "")
     """Whose nodes keep their notifications in their own slots (`spread_notifications`): ''
     or '0' nobody's, 'mixed' every client's and every other worker's (w1, w3, ...), anything
-    else every process's."""
+    else every process's. (Not GIRDER_SPREAD_NOTIFICATIONS: the test's own process reads that
+    one, as a boolean.)"""
 
     @classmethod
     def from_env(
@@ -1071,7 +1072,8 @@ def _summary(
             f"grid failed, by root cause: {dict(grid_failures(run.logs).most_common(5))}",
             f"left in Redis: {leaks.cached} cached results ({leaks.lost_values} of them values "
             "whose blob a failover lost: computed again when asked) and "
-            f"{leaks.moved} moved to their keys' own slots, "
+            f"{leaks.moved} moved to their keys' own slots, {leaks.own_inboxes} keys of nodes' "
+            "own inboxes (expiring), "
             f"leaked: { {p: len(e) for p, e in leaks.leaked.items()} }",
         ]
     )

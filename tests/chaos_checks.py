@@ -505,6 +505,10 @@ class LeakReport:
     """Blobs that cached results hold (their bytes, on any server)."""
     lost_values: int = 0
     """Blobs that cached results hold whose bytes a failover lost (computed again when asked)."""
+    own_inboxes: int = 0
+    """Keys of nodes' own inboxes left, each expiring (`spread_notifications`: a post that came
+    after its node left, or a poster that died between its steps); one without an expiry is
+    a leak."""
     leaked: dict[str, list[str]] = field(default_factory=dict)
     """Pattern -> examples (key, and what it holds)."""
     leaked_bytes: int = 0
@@ -546,6 +550,14 @@ def check_leaks(db: redis.Redis, names: dict[str, str], servers: list[redis.Redi
     report.leaked.update(blobs)
     for server in servers:
         report.moved += sum(1 for _ in server.scan_iter(match=KEYS.result_pattern(), count=1000))
+        for name in server.scan_iter(match=KEYS.own_inbox_pattern(), count=1000):
+            if server.pttl(name) > 0:
+                report.own_inboxes += 1
+            else:
+                kind = decode(server.type(name))
+                report.leaked.setdefault("own inbox without expiry", []).append(
+                    _describe_key(server, decode(name), kind)
+                )
     for key, kind in sorted(scan_grid(db).items()):
         rest = key.removeprefix(PREFIX)
         part, _, ident = rest.partition(":")
