@@ -196,8 +196,9 @@ def _line(name: str, samples: list[tuple[float, int, int]]) -> dict[str, object]
     return line
 
 
-async def _measure(url: str, repeat: int, runs: int) -> None:
-    backend = RedisBackend(url, settings=Settings(events=False, key_prefix=_PREFIX))
+async def _measure(url: str, repeat: int, runs: int, spread_notifications: bool) -> None:
+    settings = Settings(events=False, key_prefix=_PREFIX, spread_notifications=spread_notifications)
+    backend = RedisBackend(url, settings=settings)
     await backend.connect()
     redis = RedisClient(parse_url(url))
     await backend.join("w", NodeKind.WORKER, None, 600)
@@ -233,9 +234,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=2000)
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument(
+        "--spread-notifications",
+        action="store_true",
+        help="the nodes' notifications in their own slots (a completion's time includes its "
+        "post there, on the same server)",
+    )
     args = parser.parse_args()
     with RedisServer() as server:
-        asyncio.run(_measure(server.url, args.repeat, args.runs))
+        asyncio.run(_measure(server.url, args.repeat, args.runs, args.spread_notifications))
 
 
 if __name__ == "__main__":

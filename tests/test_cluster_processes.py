@@ -112,9 +112,14 @@ async def test_writes_lost_with_a_primary_are_recovered(
 SPREADING = {
     "large values": ({"GIRDER_LARGE_VALUE_BYTES": "1024"}, {"large_value_bytes": 1024}),
     "spread results": ({"GIRDER_SPREAD_RESULTS": "1"}, {"spread_results": True}),
+    "spread notifications": (
+        {"GIRDER_SPREAD_NOTIFICATIONS": "1"},
+        {"spread_notifications": True},
+    ),
 }
-"""Two ways a grid's state leaves its own slot: values stored as blobs (spread over every
-primary by digest), and cached results moved to their keys' own slots."""
+"""Three ways a grid's state leaves its own slot: values stored as blobs (spread over every
+primary by digest), cached results moved to their keys' own slots, and each node's
+notifications in its own slot (the workers' nested calls wait there, and so does the client)."""
 
 
 def moved_results(redis_cluster: RedisClusterServers) -> int:
@@ -126,11 +131,22 @@ def moved_results(redis_cluster: RedisClusterServers) -> int:
     return found
 
 
+def own_inboxes_used(redis_cluster: RedisClusterServers) -> bool:
+    """Whether some node's notifications went to its own slot: the post tokens beside its
+    inbox, on any primary (they outlive the posts that the node took)."""
+    for primary in redis_cluster.primaries():
+        with redis.Redis(host="127.0.0.1", port=primary.port) as db:
+            if any(True for _ in db.scan_iter(match="{girder:node:*}:posted", count=1000)):
+                return True
+    return False
+
+
 @pytest.mark.parametrize("spreading", list(SPREADING))
 async def test_every_primary_failing_in_turn_while_state_spreads(
     redis_cluster: RedisClusterServers, redis_cluster_url: str, tmp_path: Path, spreading: str
 ) -> None:
-    """Values and arguments stored as blobs, or cached results moved to their own slots, while
+    """Values and arguments stored as blobs, cached results moved to their own slots, or
+    notifications in their nodes' own slots, while
     each primary in turn is killed with SIGKILL and replaced by its replica, then comes back as
     a replica: the grid's own slot and the others all fail over mid-work (lookups and moves
     too), and every call returns its own value (each value is asked for twice, the second
@@ -169,6 +185,8 @@ async def test_every_primary_failing_in_turn_while_state_spreads(
         assert "request failed" not in procs.log_text()
         if "spread_results" in options:
             assert moved_results(redis_cluster) > 0
+        if "spread_notifications" in options:
+            assert own_inboxes_used(redis_cluster)
     finally:
         procs.stop_all()
 
