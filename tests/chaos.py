@@ -69,6 +69,7 @@ except ImportError:  # a checkout without the fault proxy: process faults only
 
 SEED_ENV = "GIRDER_CHAOS_SEED"
 SECONDS_ENV = "GIRDER_CHAOS_SECONDS"
+NOTES_ENV = "GIRDER_CHAOS_SPREAD_NOTIFICATIONS"
 LONG_ENV = "GIRDER_CHAOS_LONG"
 PROXY_ENV = "GIRDER_CHAOS_PROXY"
 """Set to 0 to run without the fault proxy even where it exists."""
@@ -109,7 +110,7 @@ class ChaosConfig:
     no proxy, and jobs whose values are blobs (spread over the primaries)."""
     spread_results: bool = os.environ.get("GIRDER_SPREAD_RESULTS", "") not in ("", "0", "false")
     """Every process moves cached results to their keys' own slots (`spread_results`)."""
-    spread_notifications: str = os.environ.get("GIRDER_CHAOS_SPREAD_NOTIFICATIONS", "")
+    spread_notifications: str = os.environ.get(NOTES_ENV, "")
     """Whose nodes keep their notifications in their own slots (`spread_notifications`): ''
     or '0' nobody's, 'mixed' every client's and every other worker's (w1, w3, ...), anything
     else every process's. (Not GIRDER_SPREAD_NOTIFICATIONS: the test's own process reads that
@@ -1059,7 +1060,8 @@ def _summary(
     clients = ", ".join(f"slot {s}: {len(p)}" for s, p in answers.incarnations.items())
     return "\n".join(
         [
-            f"chaos summary (seed {run.config.seed}):",
+            f"chaos summary (seed {run.config.seed}; notifications in the nodes' own slots: "
+            f"{run.config.spread_notifications or 'none'}):",
             f"faults injected: {dict(timeline.injected)}; skipped (no target): "
             f"{dict(timeline.skipped)}; proxy: {run.proxy_counts or 'none'}",
             f"jobs completed: {answers.completed}; wrong {len(answers.wrong)}, failed "

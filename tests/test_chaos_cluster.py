@@ -17,6 +17,7 @@ take one or two)."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 
@@ -25,6 +26,7 @@ import redis
 from chaos import (
     CLUSTER_FAULTS,
     LONG_ENV,
+    NOTES_ENV,
     SECONDS_ENV,
     SERVER_FAULTS,
     ChaosConfig,
@@ -79,8 +81,13 @@ async def test_chaos_cluster_short(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """About 32 s of faults with the default seed (GIRDER_CHAOS_SEED / _SECONDS replay)."""
+    """About 32 s of faults with the default seed (GIRDER_CHAOS_SEED / _SECONDS replay). The
+    clients and every other worker keep their notifications in their own slots, the other
+    workers in the grid's (GIRDER_CHAOS_SPREAD_NOTIFICATIONS chooses otherwise): both ways, and
+    the posts between them, under failovers and moves of the grid's slot."""
     config = ChaosConfig.from_env(SHORT_SECONDS, cluster=True, default_seed=DEFAULT_SEED)
+    if NOTES_ENV not in os.environ:
+        config = dataclasses.replace(config, spread_notifications="mixed")
     await _chaos(config, redis_cluster, tmp_path, monkeypatch)
 
 

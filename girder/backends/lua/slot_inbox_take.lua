@@ -10,7 +10,5 @@ end
 if #notes > 0 then
   redis.call('DEL', inbox)
 end
-if redis.call('EXISTS', taken) == 1 then
-  redis.call('PEXPIRE', taken, ARGV[1])
-end
+redis.call('PEXPIRE', taken, ARGV[1]) -- none when there is no taken list
 return notes
