@@ -142,7 +142,8 @@ class OwnInboxes:
         await self._access.at(key).pipeline(commands)
 
     async def drop(self, nodes: Sequence[str]) -> None:
-        """Delete the own inboxes (and taken lists) of `nodes`, which left or were reaped."""
+        """Delete the own inboxes of `nodes` (with their taken lists and post tokens), which
+        left or were reaped."""
 
         async def drop_one(node: str) -> None:
             inbox, taken, _ = self._slot_keys(node)
