@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+import redis.asyncio as aioredis
 
 TESTS = Path(__file__).parent
 if str(TESTS) not in sys.path:
@@ -19,6 +21,14 @@ if str(TESTS) not in sys.path:
 
 TEST_SECRET = "girder test session secret"
 os.environ.setdefault("GIRDER_SECRET", TEST_SECRET)
+
+
+@pytest.fixture
+async def raw(redis_url: str) -> AsyncIterator[aioredis.Redis]:
+    """A plain client of the test server, to look at and tamper with what the backend wrote."""
+    client = aioredis.Redis.from_url(redis_url)
+    yield client
+    await client.aclose()
 
 
 @pytest.fixture

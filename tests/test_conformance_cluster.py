@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import pytest
+from backends import connected
 from processes import wait_until
 from redis.crc import key_slot as redis_key_slot
 
@@ -44,11 +45,9 @@ class TestRedisClusterBackendSpreadingNotifications(BackendConformance):
 
     @pytest.fixture
     async def backend(self, redis_cluster_url: str) -> AsyncIterator[StateBackend]:
-        settings = Settings(key_prefix=PREFIX, spread_notifications=True)
-        backend = RedisBackend(redis_cluster_url, settings=settings)
-        await backend.connect()
-        yield backend
-        await backend.close()
+        settings = {"key_prefix": PREFIX, "spread_notifications": True}
+        async with connected(redis_cluster_url, **settings) as backend:
+            yield backend
 
 
 class TestRedisClusterBackendLosingEveryReplyOnce(BackendConformance):

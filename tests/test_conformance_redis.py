@@ -10,6 +10,7 @@ from typing import Any, cast
 
 import pytest
 import redis.asyncio as aioredis
+from backends import connected
 from redis.crc import key_slot
 
 from girder.backends import open_backend, redis_blobs, resp
@@ -96,11 +97,8 @@ class TestRedisBackendSpreadingResults(MovedResultsPublishNoHitEvents, BackendCo
 
     @pytest.fixture
     async def backend(self, redis_url: str) -> AsyncIterator[StateBackend]:
-        settings = Settings(key_prefix=PREFIX, spread_results=True)
-        backend = RedisBackend(redis_url, settings=settings)
-        await backend.connect()
-        yield backend
-        await backend.close()
+        async with connected(redis_url, key_prefix=PREFIX, spread_results=True) as backend:
+            yield backend
 
 
 class TestRedisBackendSpreadingNotifications(BackendConformance):
@@ -109,11 +107,8 @@ class TestRedisBackendSpreadingNotifications(BackendConformance):
 
     @pytest.fixture
     async def backend(self, redis_url: str) -> AsyncIterator[StateBackend]:
-        settings = Settings(key_prefix=PREFIX, spread_notifications=True)
-        backend = RedisBackend(redis_url, settings=settings)
-        await backend.connect()
-        yield backend
-        await backend.close()
+        async with connected(redis_url, key_prefix=PREFIX, spread_notifications=True) as backend:
+            yield backend
 
 
 @pytest.fixture
@@ -122,14 +117,6 @@ async def backend(redis_url: str) -> AsyncIterator[RedisBackend]:
     await backend.connect()
     yield backend
     await backend.close()
-
-
-@pytest.fixture
-async def raw(redis_url: str) -> AsyncIterator[aioredis.Redis]:
-    """A plain client of the test server, to look at and tamper with what the backend wrote."""
-    client = aioredis.Redis.from_url(redis_url)
-    yield client
-    await client.aclose()
 
 
 async def test_the_backend_reconnects_after_a_restart(

@@ -109,14 +109,6 @@ async def test_a_cancelled_blocking_wait_leaves_the_client_working(redis_url: st
 
 
 @pytest.fixture
-async def raw(redis_url: str) -> AsyncIterator[aioredis.Redis]:
-    """redis-py, straight to the server: to see what really ran."""
-    client = aioredis.Redis.from_url(redis_url)
-    yield client
-    await client.aclose()
-
-
-@pytest.fixture
 async def through(fault_proxy: FaultProxy) -> AsyncIterator[RedisClient]:
     """A client connected through the proxy, with its shared connection open (so the proxy's
     next command is the test's, not the handshake's)."""

@@ -12,13 +12,13 @@ from collections.abc import AsyncIterator
 
 import pytest
 import redis.asyncio as aioredis
+from backends import connected
 from processes import wait_until
 
 from girder.backends.base import Completion, NodeKind, Notification, Submitted
 from girder.backends.redis import RedisBackend
 from girder.backends.redis_inboxes import OwnInboxes
 from girder.backends.redis_keys import RedisKeys
-from girder.config import Settings
 from girder.testing.conformance import LONG, new, out, put
 from girder.testing.redis_cluster import RedisClusterServers
 
@@ -28,32 +28,16 @@ PREFIX = "spreadnotes"
 PATIENCE = 10.0
 
 
-async def backend_of(url: str, *, own: bool) -> RedisBackend:
-    settings = Settings(key_prefix=PREFIX, spread_notifications=own)
-    backend = RedisBackend(url, settings=settings)
-    await backend.connect()
-    return backend
-
-
 @pytest.fixture
 async def spreading(redis_url: str) -> AsyncIterator[RedisBackend]:
-    backend = await backend_of(redis_url, own=True)
-    yield backend
-    await backend.close()
+    async with connected(redis_url, key_prefix=PREFIX, spread_notifications=True) as backend:
+        yield backend
 
 
 @pytest.fixture
 async def plain(redis_url: str) -> AsyncIterator[RedisBackend]:
-    backend = await backend_of(redis_url, own=False)
-    yield backend
-    await backend.close()
-
-
-@pytest.fixture
-async def raw(redis_url: str) -> AsyncIterator[aioredis.Redis]:
-    client = aioredis.Redis.from_url(redis_url)
-    yield client
-    await client.aclose()
+    async with connected(redis_url, key_prefix=PREFIX) as backend:
+        yield backend
 
 
 def own_inbox(node: str) -> str:
@@ -191,9 +175,9 @@ async def test_own_inboxes_spread_over_the_primaries_of_a_cluster(
 ) -> None:
     """60 clients with their inboxes in their own slots wait for keys of one worker: the
     inboxes land on every primary, none in the grid's slot, and each client hears its own."""
-    backend = await backend_of(redis_cluster_url, own=True)
     clients = [f"client-{i}" for i in range(60)]
-    try:
+    settings = {"key_prefix": PREFIX, "spread_notifications": True}
+    async with connected(redis_cluster_url, **settings) as backend:
         await backend.join("w", NodeKind.WORKER, None, LONG)
         for client in clients:
             await backend.join(client, NodeKind.CLIENT, None, LONG)
@@ -219,8 +203,6 @@ async def test_own_inboxes_spread_over_the_primaries_of_a_cluster(
                 Notification(key, out(key))
             ]
         await backend.flush()
-    finally:
-        await backend.close()
 
 
 def test_the_key_names_of_own_inboxes_are_told_apart_from_other_keys() -> None:

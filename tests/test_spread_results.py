@@ -53,13 +53,6 @@ async def backend(redis_url: str) -> AsyncIterator[RedisBackend]:
     await backend.close()
 
 
-@pytest.fixture
-async def raw(redis_url: str) -> AsyncIterator[aioredis.Redis]:
-    client = aioredis.Redis.from_url(redis_url)
-    yield client
-    await client.aclose()
-
-
 async def settled(backend: RedisBackend) -> None:
     assert backend._results is not None
     await asyncio.wait_for(backend._results.settled(), 10)
