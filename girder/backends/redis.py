@@ -984,16 +984,16 @@ class RedisBackend:
         if self._results is not None:
             await self._results.release(node)  # the moves of node's keys use node's journal
         count: int = await self._run("leave", node)
-        await self._inboxes.drop([node])
+        if self._own_inbox:
+            await self._inboxes.drop([node])
         return count
 
     async def reap(self, reaper: str, max_crashes: int) -> Reaped:
-        dead, requeued, crashed_out = await self._journaled(
+        dead, requeued, crashed_out, own_inboxes = await self._journaled(
             "reap", reaper, True, reaper, max_crashes
         )
-        reaped = Reaped(tuple(map(_text, dead)), requeued, tuple(map(_text, crashed_out)))
-        await self._inboxes.drop(reaped.dead)  # in their own slots, if they had them
-        return reaped
+        await self._inboxes.drop(list(map(_text, own_inboxes)))
+        return Reaped(tuple(map(_text, dead)), requeued, tuple(map(_text, crashed_out)))
 
     async def nodes(self) -> list[NodeInfo]:
         rows = await self._run("nodes")

@@ -28,8 +28,8 @@ notification.
 Waiting (`take`) is the same as for an inbox in the grid's slot, on the node's slot: settle
 what the last wait took, block with BLMOVE until the inbox has an entry, take the rest, one
 round trip. The inbox and the taken list expire `OWN_INBOX_TTL_MS` after they were last
-written; a node deletes both when it leaves, and a reaper those of the nodes it reaps (it
-cannot know which of them had their own, so it tries for each: reaps are rare).
+written; a node deletes both when it leaves, and a reaper those of the nodes it reaps (the
+`reap` script names the dead nodes that had their own).
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
--- reap(token, low, again, reaper, max_crashes) -> {dead nodes, keys requeued, keys crashed out}.
--- Journaled: the keys that crashed out are owned by the reaper, which must fail them. A reaper
+-- reap(token, low, again, reaper, max_crashes) -> {dead nodes, keys requeued, keys crashed out,
+-- the dead nodes whose inbox was in their own slot (their caller deletes it)}. Journaled: the keys that crashed out are owned by the reaper, which must fail them. A reaper
 -- whose own lease ran out (or that is not registered) reaps nobody (see base.py).
 
 local found, reply = replayed(reaper, token, again)
@@ -9,7 +9,7 @@ end
 local limit = tonumber(max_crashes)
 local now, grid = grid_time()
 if not is_live(reaper, grid) then
-  return journaled(reaper, token, low, {{}, 0, {}})
+  return journaled(reaper, token, low, {{}, 0, {}, {}})
 end
 advance_grid_time()
 local forgotten = call('ZRANGEBYSCORE', K_DEPARTED, '-inf', now - DEPARTED_MEMORY_MS)
@@ -19,8 +19,11 @@ for _, node in ipairs(forgotten) do
 end
 local dead = call('ZRANGEBYSCORE', K_LEASES, '-inf', '(' .. grid)
 table.sort(dead)
-local requeued, crashed_out = 0, {}
+local requeued, crashed_out, own_inboxes = 0, {}, {}
 for _, node in ipairs(dead) do
+  if call('HGET', k_node(node), F_OWN_INBOX) == '1' then
+    own_inboxes[#own_inboxes + 1] = node
+  end
   local count, crashed = hand_back(node, limit, reaper)
   event('left', node, '', '', '', '', 'reaped')
   requeued = requeued + count
@@ -29,4 +32,4 @@ for _, node in ipairs(dead) do
   end
 end
 emit_events()
-return journaled(reaper, token, low, {dead, requeued, crashed_out})
+return journaled(reaper, token, low, {dead, requeued, crashed_out, own_inboxes})
