@@ -21,6 +21,7 @@ from girder.backends.redis_inboxes import OwnInboxes
 from girder.backends.redis_keys import RedisKeys
 from girder.testing.conformance import LONG, new, out, put
 from girder.testing.redis_cluster import RedisClusterServers
+from girder.testing.redis_server import RedisServer
 
 pytestmark = pytest.mark.redis
 
@@ -212,3 +213,60 @@ def test_the_key_names_of_own_inboxes_are_told_apart_from_other_keys() -> None:
     others = [keys.own_migrating("n"), keys.result(hashlib.sha256(b"x").hexdigest()), keys.leases]
     assert not any(map(keys.is_own_inbox_key, others))
     assert not RedisKeys(PREFIX + "x").is_own_inbox_key(keys.own_inbox("n"))
+
+
+@pytest.mark.slow
+async def test_a_node_hears_everything_once_while_its_own_slot_moves(
+    redis_cluster: RedisClusterServers, redis_cluster_url: str
+) -> None:
+    """A client's own slot moves to another primary while it waits and a worker completes
+    what it waits for: a post that comes while the slot's keys are split between the two is
+    refused before it runs (its migration probe), waits the move out and runs whole on the
+    target, and the client, whose wait was on the source, hears every outcome once."""
+    settings = {"key_prefix": PREFIX, "spread_notifications": True}
+    async with connected(redis_cluster_url, **settings) as backend:
+        await backend.join("c", NodeKind.CLIENT, None, LONG)
+        await backend.join("w", NodeKind.WORKER, None, LONG)
+        keys = ["k0", "k1", "k2"]
+        await put(backend, "c", keys, into="w", on_top=False)
+        heard: list[Notification] = []
+
+        async def listen() -> None:
+            while len(heard) < len(keys):
+                heard.extend(await backend.take_notifications("c", 0.5))
+
+        listening = asyncio.create_task(listen())
+        await claim_and_complete(backend, "w", "k0")  # the slot now holds posted tokens
+        await wait_until(lambda: _heard(heard, 1), PATIENCE)
+        slot = redis_cluster.keyslot(own_inbox("c"))
+        target = next(s for s in redis_cluster.primaries() if s is not redis_cluster.owner(slot))
+        source = redis_cluster.begin_slot_move(slot, target)
+        redis_cluster.migrate_keys(source, target, ["{" + PREFIX + ":node:c}:posted"])
+        source.command("CONFIG", "RESETSTAT")
+        completing = asyncio.create_task(claim_and_complete(backend, "w", "k1"))
+        await wait_until(lambda: _rejected(source, "evalsha"), PATIENCE)
+        assert not completing.done()  # its post waits for the move
+        left = source.command("CLUSTER", "GETKEYSINSLOT", str(slot), "100")
+        assert isinstance(left, list)
+        redis_cluster.migrate_keys(source, target, [str(key) for key in left])
+        redis_cluster.end_slot_move(slot, target)
+        await asyncio.wait_for(completing, PATIENCE)
+        await claim_and_complete(backend, "w", "k2")
+        await asyncio.wait_for(listening, PATIENCE)
+        assert sorted(note.key for note in heard) == keys
+        assert all(note.outcome == out(note.key) for note in heard)
+        assert await backend.take_notifications("c", 0.2) == []
+        assert redis_cluster.owner(slot) is target
+        await backend.flush()
+
+
+async def _heard(heard: list[Notification], count: int) -> bool:
+    return len(heard) >= count
+
+
+async def _rejected(server: RedisServer, command: str) -> bool:
+    """Whether `server` refused a call of `command` before it ran (a redirection) since its
+    last RESETSTAT."""
+    stats = server.info("commandstats").get(f"cmdstat_{command}", "")
+    fields = dict(field.split("=", 1) for field in stats.split(",") if "=" in field)
+    return int(fields.get("rejected_calls", "0")) > 0
