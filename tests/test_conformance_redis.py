@@ -101,16 +101,6 @@ class TestRedisBackendSpreadingResults(MovedResultsPublishNoHitEvents, BackendCo
             yield backend
 
 
-class TestRedisBackendSpreadingNotifications(BackendConformance):
-    """The suite with each node's notifications in a slot of its own
-    (`spread_notifications`)."""
-
-    @pytest.fixture
-    async def backend(self, redis_url: str) -> AsyncIterator[StateBackend]:
-        async with connected(redis_url, key_prefix=PREFIX, spread_notifications=True) as backend:
-            yield backend
-
-
 @pytest.fixture
 async def backend(redis_url: str) -> AsyncIterator[RedisBackend]:
     backend = RedisBackend(redis_url, settings=Settings(key_prefix=PREFIX))
@@ -791,8 +781,9 @@ class TestRedisBackendSpreadingResultsLosingEveryReplyOnce(
 class TestRedisBackendSpreadingNotificationsLosingEveryReplyOnce(
     TestRedisBackendLosingEveryReplyOnce
 ):
-    """The same, with each node's notifications in a slot of its own: every post is sent
-    twice, every completion that reports posts is replayed from its journal."""
+    """The same, with each node's notifications in a slot of its own (`spread_notifications`):
+    every post is sent twice, every completion that reports posts is replayed from its
+    journal. (The suite with the setting and no lost replies runs on the cluster.)"""
 
     spread_notifications = True
 
