@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import pytest
-from backends import connected
+from backends import MovedResultsPublishNoHitEvents, connected
 from processes import wait_until
 from redis.crc import key_slot as redis_key_slot
 
@@ -39,13 +39,17 @@ class TestRedisClusterBackend(BackendConformance):
         await backend.close()
 
 
-class TestRedisClusterBackendSpreadingNotifications(BackendConformance):
-    """The suite with each node's notifications in a slot of its own (`spread_notifications`):
-    on another primary than the grid's for most nodes."""
+class TestRedisClusterBackendSpreadingResultsAndNotifications(
+    MovedResultsPublishNoHitEvents, BackendConformance
+):
+    """The suite with cached results moved to their keys' own slots (`spread_results`) and
+    each node's notifications in a slot of its own (`spread_notifications`): most of both on
+    other primaries than the grid's. (On one server, each setting runs alone with lost
+    replies.)"""
 
     @pytest.fixture
     async def backend(self, redis_cluster_url: str) -> AsyncIterator[StateBackend]:
-        settings = {"key_prefix": PREFIX, "spread_notifications": True}
+        settings = {"key_prefix": PREFIX, "spread_results": True, "spread_notifications": True}
         async with connected(redis_cluster_url, **settings) as backend:
             yield backend
 

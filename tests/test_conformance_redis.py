@@ -10,7 +10,7 @@ from typing import Any, cast
 
 import pytest
 import redis.asyncio as aioredis
-from backends import connected
+from backends import MovedResultsPublishNoHitEvents
 from redis.crc import key_slot
 
 from girder.backends import open_backend, redis_blobs, resp
@@ -18,7 +18,6 @@ from girder.backends import redis as redis_backend
 from girder.backends.base import (
     Claimed,
     Completion,
-    EventKind,
     NewRequest,
     NodeKind,
     Notification,
@@ -41,7 +40,6 @@ from girder.testing.conformance import (
     BackendConformance,
     blob,
     claim_all,
-    events_of,
     new,
     out,
     put,
@@ -64,41 +62,6 @@ class TestRedisBackend(BackendConformance):
         await backend.connect()
         yield backend
         await backend.close()
-
-
-class MovedResultsPublishNoHitEvents:
-    """For the suite's classes with `spread_results`."""
-
-    async def test_events_follow_a_request_from_submit_to_finish(
-        self, backend: StateBackend
-    ) -> None:
-        """As the suite's, but a submission answered from the key's own slot, once the result
-        moved, publishes no event (docs/scaling.md)."""
-        assert isinstance(backend, RedisBackend)
-        assert backend._results is not None
-        await watch(backend)
-        await backend.join("w", NodeKind.WORKER, "d", 60.0)
-        await backend.submit("c", [NewRequest("k", b"p", "fib")], into="w", on_top=True, job="j1")
-        assert await backend.claim("w") == Claimed("k", b"p")
-        await backend.complete_and_claim("w", [Completion("k", out("k"), True)], claim=0)
-        await asyncio.wait_for(backend._results.settled(), 10)
-        found = await backend.submit("c2", [NewRequest("k", b"p", "fib")], into="w", on_top=True)
-        assert found == [Submitted("k", out("k"))]
-        events = [e for e in await events_of(backend) if e.key == "k"]
-        assert [(e.kind, e.node, e.detail) for e in events] == [
-            (EventKind.SUBMITTED, "c", "new"),
-            (EventKind.CLAIMED, "w", ""),
-            (EventKind.FINISHED, "w", "cached"),
-        ]
-
-
-class TestRedisBackendSpreadingResults(MovedResultsPublishNoHitEvents, BackendConformance):
-    """The suite with cached results moved to their own keys' slots (`spread_results`)."""
-
-    @pytest.fixture
-    async def backend(self, redis_url: str) -> AsyncIterator[StateBackend]:
-        async with connected(redis_url, key_prefix=PREFIX, spread_results=True) as backend:
-            yield backend
 
 
 @pytest.fixture
@@ -773,7 +736,7 @@ class TestRedisBackendSpreadingResultsLosingEveryReplyOnce(
     MovedResultsPublishNoHitEvents, TestRedisBackendLosingEveryReplyOnce
 ):
     """The same, with cached results moved to their own keys' slots: every step of a move
-    runs twice too."""
+    runs twice too. (The suite with the setting and no lost replies runs on the cluster.)"""
 
     spread_results = True
 

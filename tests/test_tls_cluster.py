@@ -25,6 +25,41 @@ pytestmark = [pytest.mark.redis, pytest.mark.slow]
 PREFIX = "conformance"
 
 
+TLS_CLUSTER_CASES = frozenset(
+    {
+        "test_is_a_state_backend",
+        "test_submit_with_dispatch_hands_the_work_to_waiting_volunteers",
+        "test_three_step_cycle",
+        "test_wait_and_claim_wakes_up_holding_the_pushed_request",
+        "test_complete_and_claim_completes_in_order_then_claims_from_the_top",
+        "test_take_notifications_wakes_when_one_arrives",
+        "test_no_notification_is_lost_or_repeated",
+        "test_cancel_follows_the_wait_edges_down",
+        "test_wait_for_work_wakes_on_a_push",
+        "test_volunteering_wakes_a_distributor_with_work",
+        "test_reap_requeues_a_dead_nodes_work_at_its_distributor",
+        "test_payloads_and_outcomes_of_every_size_come_back_whole",
+        "test_events_follow_a_request_from_submit_to_finish",
+        "test_a_blob_is_read_back_whole",
+        "test_a_sweep_goes_through_many_blobs",
+        "test_flush_deletes_everything",
+    }
+)
+"""The suite's cases that run over TLS on the cluster: blocking waits, notifications, blobs on
+every primary and a flush of them all. The whole suite runs over TLS on one server
+(test_tls.py) and in plain text on the cluster; here, where each test's connections to three
+primaries cost a TLS handshake each, the whole suite took CI about 30 s."""
+
+
+def only_tls_cluster_cases(suite: type[BackendConformance]) -> type[BackendConformance]:
+    """`suite` with the tests not in TLS_CLUSTER_CASES taken out of collection."""
+    for name in dir(BackendConformance):
+        if name.startswith("test_") and name not in TLS_CLUSTER_CASES:
+            setattr(suite, name, None)
+    return suite
+
+
+@only_tls_cluster_cases
 class TestTlsRedisClusterBackend(BackendConformance):
     @pytest.fixture
     async def backend(self, tls_redis_cluster_url: str) -> AsyncIterator[StateBackend]:
