@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import importlib
 import os
 import signal
@@ -127,7 +128,8 @@ COUNTERS = ("ran", "failed", "cache_hits", "shared", "lost")
 
 async def read_status(backend: StateBackend) -> dict[str, object]:
     """Nodes with liveness, work-list lengths, running counts and counters; the queues of pools
-    that no live node serves; volunteers and cache size."""
+    that no live node serves; volunteers, cache size, and the figures of each server that
+    holds the grid's state."""
     nodes: list[NodeInfo] = await backend.nodes()
     distributors = [n.node for n in nodes if n.kind.value == "distributor"]
     volunteers = {d: await backend.volunteers(d) for d in distributors}
@@ -150,6 +152,7 @@ async def read_status(backend: StateBackend) -> dict[str, object]:
         "unserved": {name: length for name, length in lists.items() if name not in alive},
         "volunteers": volunteers,
         "cache_size": await backend.cache_size(),
+        "servers": [dataclasses.asdict(load) for load in await backend.servers()],
     }
 
 
@@ -201,4 +204,31 @@ def format_status(status: dict[str, object]) -> str:
         lines.append(f"queued in {pool!r}, which no live node serves: {length}")
     for distributor, waiting in volunteers.items():
         lines.append(f"volunteers at {distributor}: {', '.join(waiting) or '-'}")
+    servers = status["servers"]
+    if not isinstance(servers, list):
+        raise TypeError("not a status from read_status")
+    if servers:
+        lines += ["", _server_table(servers)]
     return "\n".join(lines)
+
+
+def _server_table(servers: list[dict[str, object]]) -> str:
+    """The servers of `girder status`: where the grid's load goes (`StateBackend.servers`)."""
+    lines = [
+        f"{'server':<24}{'slots':>7}{'  grid slot':<12}{'memory MiB':>11}{'cpu s':>10}"
+        f"{'commands':>12}{'ops/s':>8}{'keys':>10}"
+    ]
+    for s in servers:
+        memory = _number(s["memory"]) / 2**20
+        lines.append(
+            f"{s['address']!s:<24}{s['slots']:>7}{'  yes' if s['grid_slot'] else '  -':<12}"
+            f"{memory:>11.1f}{_number(s['cpu_seconds']):>10.1f}{s['commands']:>12}"
+            f"{s['ops_per_second']:>8}{s['keys']:>10}"
+        )
+    return "\n".join(lines)
+
+
+def _number(value: object) -> float:
+    if not isinstance(value, int | float):
+        raise TypeError(f"not a number in a status: {value!r}")
+    return float(value)

@@ -1,7 +1,7 @@
 """The dashboard in a real browser: headless Chromium (Debian's `chromium` and
 `chromium-driver`, which `.ci/run` installs) driven by Selenium loads the page while a tree of
-requests runs over Redis on two worker processes, and sees the nodes, their counts and the
-job's call graph appear and grow.
+requests runs over Redis on two worker processes, and sees the nodes, their counts, the Redis
+server and the job's call graph appear and grow.
 
 Screenshots go to the test's folder, and to $GIRDER_SCREENSHOTS when set (how the pictures in
 docs/img/ were made: `GIRDER_SCREENSHOTS=docs/img pytest tests/test_dashboard_browser.py`).
@@ -71,6 +71,16 @@ async def until(check: Callable[[], Any], what: str, timeout: float = 60) -> Any
         await asyncio.sleep(0.2)
 
 
+def server_rows(driver: Any) -> list[list[str]]:
+    """The Redis servers table, if shown: each row's cells."""
+    script = """
+      if (document.getElementById('servers-panel').hidden) return [];
+      return [...document.querySelectorAll('#servers tbody tr')].map(
+        (row) => [...row.querySelectorAll('td')].map((cell) => cell.textContent));"""
+    found: list[list[str]] = driver.execute_script(script)
+    return found
+
+
 def node_counts(driver: Any) -> dict[str, dict[str, str]]:
     """The nodes table: node -> {field: shown value}."""
     script = """
@@ -123,6 +133,12 @@ async def test_the_page_shows_nodes_counts_and_a_growing_graph(
             assert rows["w1"]["kind"] == "worker"
             assert rows["w1"]["pool"] == "pool"
             assert rows["w2"]["alive"] == "yes"
+            # The one server, with every slot; its share of a core once sampled twice.
+            [server] = await until(
+                lambda: [r for r in server_rows(browser) if r[3] != "…"], "the server's CPU"
+            )
+            assert server[:3] == [redis_url.split("/")[2], "16384", "yes"]
+            assert float(server[3]) >= 0
 
             handle = grid.submit(staged, LEVELS, 100, "browser")
             first = await until(lambda: graph_size(browser)[0] > 0, "the job's graph")

@@ -193,6 +193,29 @@ class NodeInfo:
 
 
 @dataclass(frozen=True, slots=True)
+class ServerLoad:
+    """One server that holds a grid's state, as it reports itself, for `servers`: where the
+    load of a grid goes, and how evenly it spreads over the primaries of a cluster."""
+
+    address: str
+    """host:port, as this client reached it."""
+    slots: int
+    """How many of the 16,384 hash slots it serves (all of them on one server)."""
+    grid_slot: bool
+    """Whether it serves the grid's own slot: the live state (records, queues, membership)."""
+    memory: int
+    """Bytes of memory in use (`used_memory`), for every key it holds, the grid's or not."""
+    cpu_seconds: float
+    """CPU time since it started (system and user)."""
+    commands: int
+    """Commands it has run since it started."""
+    ops_per_second: int
+    """Commands per second, as it measured them over the last moments."""
+    keys: int
+    """Keys in the grid's database (every key, the grid's or not)."""
+
+
+@dataclass(frozen=True, slots=True)
 class Beat:
     """What `heartbeat` found: whether the node is registered, and the grid's clock.
 
@@ -607,6 +630,12 @@ class StateBackend(Protocol):
         """Every work list that is not empty, by name, with its length: also the queues of
         pools that no registered node serves (`girder status`). A reading, not atomic: a
         backend may scan its keys."""
+        ...
+
+    async def servers(self) -> list[ServerLoad]:
+        """The figures of each server that holds the grid's state (every primary of a cluster;
+        none in memory: the state is in this process). A reading of each server in turn, not
+        atomic; a server that cannot be reached raises `BackendError`, as other reads do."""
         ...
 
     async def cache_size(self) -> int:

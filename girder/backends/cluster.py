@@ -132,6 +132,13 @@ class ClusterClient(PrimaryClient):
             first.setdefault(primary, start)
         return [SlotClient(self, slot) for slot in sorted(first.values())]
 
+    def share(self, slot: int) -> tuple[int, bool]:
+        """How many slots the primary of `slot` serves, and whether the grid's own slot is one
+        of them, as the last slot map says (after `primaries`, it is fresh)."""
+        owner = self._lookup(slot)
+        served = sum(end - start + 1 for start, end, primary in self._ranges if primary == owner)
+        return served, owner is not None and self._lookup(self.slot) == owner
+
     async def _owner_of(self, slot: int) -> Node:
         """The primary of `slot` as last seen (reading the slot map again when unknown)."""
         if slot == self.slot:  # the grid's own slot: the fast path

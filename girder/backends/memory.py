@@ -34,6 +34,7 @@ from girder.backends.base import (
     Notification,
     Reaped,
     RequestState,
+    ServerLoad,
     Submitted,
 )
 from girder.config import Settings
@@ -779,6 +780,9 @@ class MemoryBackend:
 
     async def work_lists(self) -> dict[str, int]:
         return {node: len(work) for node, work in sorted(self._work.items()) if work}
+
+    async def servers(self) -> list[ServerLoad]:
+        return []
 
     async def members(self, distributor: str) -> list[str]:
         now = time.monotonic()

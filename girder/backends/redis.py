@@ -52,9 +52,11 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from functools import partial
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+from girder.backends import redis_servers
 from girder.backends.base import (
     Assignment,
     Beat,
@@ -71,6 +73,7 @@ from girder.backends.base import (
     Notification,
     Reaped,
     RequestState,
+    ServerLoad,
     Submitted,
 )
 from girder.backends.cluster import SCHEMES as CLUSTER_SCHEMES
@@ -1034,6 +1037,20 @@ class RedisBackend:
             if cursor == b"0":
                 return dict(sorted(found.items()))
 
+    async def servers(self) -> list[ServerLoad]:
+        return [await self._server_load(server) for server in await self._servers()]
+
+    async def _server_load(self, server: Pipelined) -> ServerLoad:
+        if isinstance(server, SlotClient) and isinstance(self._redis, ClusterClient):
+            slots, grid_slot = self._redis.share(server.slot)
+        else:
+            slots, grid_slot = redis_servers.SLOTS, True
+        replies = await self._retrying("servers", partial(_answered, server, redis_servers.QUERY))
+        try:
+            return redis_servers.server_load(replies, slots=slots, grid_slot=grid_slot)
+        except ValueError as exc:
+            raise BackendError(f"Redis at {self.url}: {exc}") from exc
+
     async def cache_size(self) -> int:
         return (await self.cache_stats()).entries
 
@@ -1249,6 +1266,16 @@ def _looked_for(answer: Submitted | None) -> Submitted:
 def _claimed(flat: list[bytes]) -> list[Claimed]:
     """Claimed requests from a script's {key1, payload1, key2, payload2, ...}."""
     return [Claimed(flat[i].decode(), flat[i + 1]) for i in range(0, len(flat), 2)]
+
+
+async def _answered(server: Pipelined, commands: Sequence[Command]) -> list[Any]:
+    """The replies of `commands` sent to `server` in one round trip; the first error reply
+    raised (`_retrying` waits out the ones of a server that is not ready)."""
+    replies = await server.pipeline(commands)
+    for reply in replies:
+        if isinstance(reply, ReplyError):
+            raise reply
+    return replies
 
 
 def _is_noscript(error: ReplyError) -> bool:

@@ -1,9 +1,11 @@
 """`/metrics`: the grid in the Prometheus text exposition format (version 0.0.4).
 
-Rendered by hand from a `GridModel` (no client library needed at run time): requests by function
-and outcome, latency histograms by function (claim to completion), work-list depths by node, and
-node counts by kind and liveness. The counters count what the dashboard has seen since it
-started (Prometheus handles the resets of a restarted dashboard as of any restarted process).
+Rendered by hand from a `GridModel` (no client library needed at run time): requests by function and
+outcome, latency histograms by function (claim to completion), work-list depths by node, and node
+counts by kind and liveness, and each Redis server's memory, CPU time, commands and keys (labelled
+by address, with whether it serves the grid's own slot). The counters count what the dashboard has
+seen since it started (Prometheus handles the resets of a restarted dashboard as of any restarted
+process).
 """
 
 from __future__ import annotations
@@ -67,9 +69,32 @@ def render(model: GridModel) -> str:
     kinds = Counter((node.kind, "true" if node.alive else "false") for node in model.nodes.values())
     for (kind, alive), count in sorted(kinds.items()):
         lines.append(f"girder_nodes{_labels(kind=kind, alive=alive)} {count}")
+    lines += _server_lines(model)
     lines += [
         "# HELP girder_events_total Grid events the dashboard has read.",
         "# TYPE girder_events_total counter",
         f"girder_events_total {model.events_seen}",
     ]
     return "\n".join(lines) + "\n"
+
+
+_SERVER_FIGURES = (
+    ("memory_bytes", "gauge", "Bytes of memory the server uses (used_memory).", "memory"),
+    ("cpu_seconds_total", "counter", "CPU time the server has used.", "cpu_seconds"),
+    ("commands_total", "counter", "Commands the server has run.", "commands"),
+    ("keys", "gauge", "Keys in the grid's database on the server.", "keys"),
+)
+
+
+def _server_lines(model: GridModel) -> list[str]:
+    """Each server's figures, as the last sample of `StateBackend.servers` gave them."""
+    lines: list[str] = []
+    for name, kind, text, attribute in _SERVER_FIGURES:
+        lines += [
+            f"# HELP girder_redis_{name} {text} By server; grid_slot: it holds the live state.",
+            f"# TYPE girder_redis_{name} {kind}",
+        ]
+        for load in model.servers:
+            labels = _labels(server=load.address, grid_slot="true" if load.grid_slot else "false")
+            lines.append(f"girder_redis_{name}{labels} {_number(getattr(load, attribute))}")
+    return lines

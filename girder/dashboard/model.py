@@ -1,10 +1,11 @@
 """The dashboard's picture of a grid, folded from grid events (`StateBackend.events`) and from
-periodic samples of the nodes and their work lists.
+periodic samples of the nodes and their work lists, and of the servers that hold the grid.
 
 Nothing here talks to the backend: `GridModel.fold` takes events, `GridModel.sample` takes what
-`nodes` reported, and the rest reads the state out as plain data (JSON for the page, numbers for
-`/metrics`). Memory is bounded: the model keeps at most `max_requests` requests (the oldest
-finished ones go first), `history` samples of each time series and `max_failures` failures.
+`nodes` reported, `GridModel.sample_servers` what `servers` did, and the rest reads the state out as
+plain data (JSON for the page, numbers for `/metrics`). Memory is bounded: the model keeps at most
+`max_requests` requests (the oldest finished ones go first), `history` samples of each time series
+and `max_failures` failures.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from girder.backends.base import Event, EventKind, NodeInfo
+from girder.backends.base import Event, EventKind, NodeInfo, ServerLoad
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 """Upper bounds (seconds) of the latency histogram buckets (`/metrics`)."""
@@ -93,6 +94,10 @@ class GridModel:
         self.depths: deque[tuple[float, dict[str, int]]] = deque(maxlen=history)
         self.outcomes: Counter[tuple[str, str]] = Counter()  # (function, outcome) -> count
         self.latency: dict[str, list[float]] = {}  # function -> bucket counts (+ sum, count)
+        self.servers: list[ServerLoad] = []
+        self.server_cpu: dict[str, float] = {}
+        """Each server's share of one core over the last two samples (0.5: half a core)."""
+        self._server_sampled: dict[str, tuple[float, float]] = {}  # address -> (time, cpu s)
         self.events_seen = 0
         self.last_event = ""
         self._max_requests = max_requests
@@ -125,6 +130,20 @@ class GridModel:
             if name not in seen:
                 state.alive, state.work, state.running = False, 0, 0
         self.depths.append((now, depths))
+
+    def sample_servers(self, loads: Iterable[ServerLoad], now: float | None = None) -> None:
+        """Record the servers' figures, and the CPU each used since its previous sample."""
+        now = time.time() if now is None else now
+        self.servers = sorted(loads, key=lambda load: load.address)
+        cpu: dict[str, float] = {}
+        for load in self.servers:
+            before = self._server_sampled.get(load.address)
+            if before is not None and now > before[0] and load.cpu_seconds >= before[1]:
+                cpu[load.address] = (load.cpu_seconds - before[1]) / (now - before[0])
+            self._server_sampled[load.address] = (now, load.cpu_seconds)
+        self.server_cpu = cpu
+        known = {load.address for load in self.servers}
+        self._server_sampled = {a: v for a, v in self._server_sampled.items() if a in known}
 
     def _node(self, name: str) -> NodeState:
         state = self.nodes.get(name)
@@ -254,6 +273,9 @@ class GridModel:
             "depths": [{"time": t, "depths": d} for t, d in self.depths],
             "failures": [_fields(f) for f in reversed(self.failures)],
             "jobs": self._jobs(),
+            "servers": [
+                {**_fields(load), "cpu": self.server_cpu.get(load.address)} for load in self.servers
+            ],
         }
 
     def _active(self, now: float, limit: int = 200) -> list[dict[str, Any]]:

@@ -2,17 +2,16 @@
 
 A `Dashboard` follows one backend: every `period` seconds it reads the new grid events
 (`StateBackend.events`) and folds them into a `GridModel`; every `sample_period` it samples the
-nodes and their work lists. The page gets the model pushed as server-sent events (`/live`), at
-most `period` + `push_period` behind the backend.
+nodes and their work lists, and the figures of the servers that hold the grid. The page gets the
+model pushed as server-sent events (`/live`), at most `period` + `push_period` behind the backend.
 
 Routes: `/` the page, `/static/...` its files (all packaged: the page works offline), `/live`
-server-sent events (`?job=ID` adds that job's call graph), `/api/state`, `/api/graph?job=ID`,
-and `/metrics` (Prometheus text).
+server-sent events (`?job=ID` adds that job's call graph), `/api/state`, `/api/graph?job=ID`, and
+`/metrics` (Prometheus text).
 
 Bound to loopback by default. On any other address every route needs the dashboard's token (a
-`?token=` query parameter, an `Authorization: Bearer` header, or the cookie the page gets when
-it is opened with the token): a grid's request names, errors and topology are not for its whole
-network.
+`?token=` query parameter, an `Authorization: Bearer` header, or the cookie the page gets when it is
+opened with the token): a grid's request names, errors and topology are not for its whole network.
 """
 
 from __future__ import annotations
@@ -34,7 +33,7 @@ from girder.backends.base import StateBackend
 from girder.config import Settings
 from girder.dashboard.metrics import CONTENT_TYPE, render
 from girder.dashboard.model import GridModel
-from girder.errors import ConfigurationError
+from girder.errors import BackendError, ConfigurationError
 from girder.log import get_logger
 
 try:
@@ -87,6 +86,7 @@ class Dashboard:
         self._runner: web.AppRunner | None = None
         self._follower: asyncio.Task[None] | None = None
         self._closing = asyncio.Event()
+        self._servers_refused = False
         self._static = Path(str(resources.files("girder.dashboard").joinpath("static")))
 
     @property
@@ -140,6 +140,17 @@ class Dashboard:
                 break
         if sample:
             self.model.sample(await self.backend.nodes())
+            await self._sample_servers()
+
+    async def _sample_servers(self) -> None:
+        """The servers' figures; a server that refuses them (an ACL without INFO or CLIENT)
+        costs only its table, said once in the log."""
+        try:
+            self.model.sample_servers(await self.backend.servers())
+        except BackendError as exc:
+            if not self._servers_refused:
+                _log.warning("dashboard cannot read the servers' figures", error=str(exc))
+            self._servers_refused = True
 
     async def _follow(self) -> None:
         loop = asyncio.get_running_loop()

@@ -34,6 +34,7 @@ function render(data) {
   document.getElementById("summary").textContent =
     `${alive} live nodes · ${data.events} events · ${data.active.length} active requests`;
   renderNodes(data.nodes);
+  renderServers(data.servers);
   renderActive(data.active);
   renderSeries(data.series);
   renderDepths(data.depths);
@@ -53,6 +54,22 @@ function renderNodes(nodes) {
       const numeric = typeof node[field] === "number";
       row.append(el("td", { "data-field": field, class: numeric ? "num" : "" }, String(value || (numeric ? 0 : value === "" ? "-" : value))));
     }
+    return row;
+  }));
+}
+
+function renderServers(servers) {
+  document.getElementById("servers-panel").hidden = servers.length === 0;
+  const body = document.querySelector("#servers tbody");
+  body.replaceChildren(...servers.map((server) => {
+    const row = el("tr", { "data-server": server.address });
+    const cells = [
+      [server.slots, "num"], [server.grid_slot ? "yes" : "-", ""],
+      [server.cpu === null ? "…" : server.cpu.toFixed(2), "num"], [server.ops_per_second, "num"],
+      [(server.memory / 1048576).toFixed(1), "num"], [server.keys, "num"],
+    ];
+    row.append(el("td", {}, server.address));
+    for (const [value, cls] of cells) row.append(el("td", { class: cls }, String(value)));
     return row;
   }));
 }
