@@ -43,6 +43,7 @@ from girder.backends.base import (
     Notification,
     Reaped,
     RequestState,
+    ServerLoad,
     StateBackend,
     Submitted,
 )
@@ -1512,6 +1513,19 @@ class BackendConformance:
         assert await backend.state("j") == RequestState.UNKNOWN
         assert await backend.payloads(["k", "j"]) == [None, None]
         assert await backend.take_notifications("c", 0.05) == []
+
+    async def test_servers_serve_every_slot_once_and_one_of_them_the_grids(
+        self, backend: StateBackend
+    ) -> None:
+        """Each server once, with its share of the 16,384 hash slots; one serves the grid's
+        own. (A backend whose state is in this process has no server.)"""
+        loads = await backend.servers()
+        assert all(isinstance(load, ServerLoad) for load in loads)
+        if loads:
+            assert sum(load.slots for load in loads) == 16384
+            assert [load.grid_slot for load in loads].count(True) == 1
+            assert len({load.address for load in loads}) == len(loads)
+            assert all(load.memory > 0 and load.commands > 0 for load in loads)
 
     async def test_unknown_keys_and_nodes_are_empty(self, backend: StateBackend) -> None:
         assert await backend.claim("ghost") is None
