@@ -198,7 +198,8 @@ class ServerLoad:
     load of a grid goes, and how evenly it spreads over the primaries of a cluster."""
 
     address: str
-    """host:port, as this client reached it."""
+    """host:port where the server took this client's connection (its side of it: behind a
+    proxy or NAT, the server's own address, not the one the client dialled)."""
     slots: int
     """How many of the 16,384 hash slots it serves (all of them on one server)."""
     grid_slot: bool

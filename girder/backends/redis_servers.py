@@ -1,7 +1,7 @@
 """Each server's own figures, for `StateBackend.servers`: where a grid's load goes.
 
-One round trip per server: `INFO` (memory, CPU, commands), `CLIENT INFO` (the address this
-client reached it at: `laddr`, so no name is guessed from a URL or a slot map) and `DBSIZE`.
+One round trip per server: `INFO` (memory, CPU, commands), `CLIENT INFO` (the server's side of
+this client's connection, `laddr`: no name is guessed from a URL or a slot map) and `DBSIZE`.
 The figures are the server's, for every key it holds: a server shared with other programs
 counts their load too.
 """
