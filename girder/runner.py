@@ -152,8 +152,17 @@ async def read_status(backend: StateBackend) -> dict[str, object]:
         "unserved": {name: length for name, length in lists.items() if name not in alive},
         "volunteers": volunteers,
         "cache_size": await backend.cache_size(),
-        "servers": [dataclasses.asdict(load) for load in await backend.servers()],
+        **await _servers(backend),
     }
+
+
+async def _servers(backend: StateBackend) -> dict[str, object]:
+    """`servers` of the status, or why the servers would not tell (an ACL without `INFO` or
+    `CLIENT`): the rest of the status does not need them."""
+    try:
+        return {"servers": [dataclasses.asdict(load) for load in await backend.servers()]}
+    except BackendError as exc:
+        return {"servers": [], "servers_refused": str(exc)}
 
 
 async def grid_status(settings: Settings) -> dict[str, object]:
@@ -209,6 +218,8 @@ def format_status(status: dict[str, object]) -> str:
         raise TypeError("not a status from read_status")
     if servers:
         lines += ["", _server_table(servers)]
+    if "servers_refused" in status:
+        lines.append(f"the servers' figures could not be read: {status['servers_refused']}")
     return "\n".join(lines)
 
 

@@ -113,3 +113,29 @@ def test_the_dashboard_shows_each_servers_share_of_a_core_and_exports_its_figure
     assert families["girder_redis_cpu_seconds"].type == "counter"
     memory = {s.labels["server"]: s.value for s in families["girder_redis_memory_bytes"].samples}
     assert memory == {"10.0.0.1:7000": 2**21, "10.0.0.2:7001": 2**20}
+
+
+@pytest.mark.redis
+async def test_a_user_without_client_info_gets_the_rest_of_the_status(
+    redis_server: RedisServer, redis_url: str
+) -> None:
+    """An ACL that refuses `CLIENT` costs the servers' table only, said in its place."""
+    redis_server.command("ACL", "SETUSER", "watcher", "on", ">pw", "~*", "&*", "+@all", "-client")
+    try:
+        limited = redis_url.replace("redis://", "redis://watcher:pw@")
+        async with connected(limited) as backend:
+            await backend.join("w", NodeKind.WORKER, None, 60)
+            status = await read_status(backend)
+    finally:
+        redis_server.command("ACL", "DELUSER", "watcher")
+    assert [n["node"] for n in status["nodes"]] == ["w"]  # type: ignore[attr-defined]
+    assert status["servers"] == []
+    refused = str(status["servers_refused"])
+    assert "NOPERM" in refused
+    assert "client|info" in refused
+    assert ":pw@" not in refused  # the password stays out of the status
+    assert (
+        format_status(status)
+        .splitlines()[-1]
+        .startswith("the servers' figures could not be read: ")
+    )
