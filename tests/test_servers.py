@@ -3,6 +3,8 @@ memory; and where they show: `girder status`, the dashboard's page data and `/me
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from backends import connected
 from prometheus_client.parser import text_string_to_metric_families
@@ -11,8 +13,9 @@ from girder.backends.base import NodeKind, ServerLoad
 from girder.backends.memory import MemoryBackend
 from girder.backends.redis_keys import RedisKeys
 from girder.backends.redis_servers import QUERY, SLOTS, server_load
-from girder.dashboard import GridModel
+from girder.dashboard import Dashboard, GridModel
 from girder.dashboard.metrics import render
+from girder.dashboard.server import SERVERS_WAIT_S
 from girder.runner import format_status, read_status
 from girder.testing.conformance import put
 from girder.testing.redis_cluster import RedisClusterServers
@@ -139,3 +142,29 @@ async def test_a_user_without_client_info_gets_the_rest_of_the_status(
         .splitlines()[-1]
         .startswith("the servers' figures could not be read: ")
     )
+
+
+class _AwayServers(MemoryBackend):
+    """A grid whose servers answer once, then never (a primary failing over, for ever)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.asked = 0
+
+    async def servers(self) -> list[ServerLoad]:
+        self.asked += 1
+        if self.asked > 1:
+            await asyncio.Event().wait()
+        return [ServerLoad("10.0.0.1:7000", SLOTS, True, 2**20, 1.0, 10, 1, 3)]
+
+
+async def test_a_server_that_is_away_keeps_its_last_figures_and_holds_no_event_back() -> None:
+    backend = _AwayServers()
+    await backend.connect()
+    dashboard = Dashboard(backend, port=0)
+    await dashboard.refresh()
+    await backend.join("w", NodeKind.WORKER, None, 60)
+    await asyncio.wait_for(dashboard.refresh(), SERVERS_WAIT_S + 5)
+    assert backend.asked == 2
+    assert "w" in dashboard.model.nodes
+    assert [s.address for s in dashboard.model.servers] == ["10.0.0.1:7000"]

@@ -49,6 +49,8 @@ DEFAULT_PORT = 8787
 COOKIE = "girder_dashboard_token"
 READ_LIMIT = 5000
 """Events read per backend call (the follower reads on while a call comes back full)."""
+SERVERS_WAIT_S = 1.0
+"""How long a sample of the servers' figures may wait for a server that is away."""
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -144,9 +146,13 @@ class Dashboard:
 
     async def _sample_servers(self) -> None:
         """The servers' figures; a server that refuses them (an ACL without INFO or CLIENT)
-        costs only its table, said once in the log."""
+        costs only its table, said once in the log, and one that is away (a primary failing
+        over) keeps the last figures: the events go on meanwhile."""
         try:
-            self.model.sample_servers(await self.backend.servers())
+            async with asyncio.timeout(SERVERS_WAIT_S):
+                self.model.sample_servers(await self.backend.servers())
+        except TimeoutError:
+            pass
         except BackendError as exc:
             if not self._servers_refused:
                 _log.warning("dashboard cannot read the servers' figures", error=str(exc))
