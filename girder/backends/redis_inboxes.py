@@ -83,22 +83,11 @@ class OwnInboxes:
 
     async def _post(self, node: str, notes: list[bytes]) -> None:
         """Post `notes` to node's own inbox, with a token: sent again after its reply was
-        lost, it posts nothing twice (see inbox_post.lua)."""
-        inbox = self._keys.own_inbox(node)
-        keys = (inbox, self._keys.own_posted(node), self._keys.own_migrating(node))
-        client = self._access.at(inbox)
-        command = self._command("inbox_post", keys, OWN_INBOX_TTL_MS, uuid.uuid4().hex[:16], *notes)
-
-        async def attempt() -> Any:
-            [reply] = await client.pipeline([command])
-            if _is_noscript(reply):
-                await self._load(keys[0])
-                [reply] = await client.pipeline([command])
-            if isinstance(reply, ReplyError):
-                raise reply
-            return reply
-
-        await self._access.retrying("notify", attempt)
+        lost, it posts nothing twice (see slot_inbox_post.lua)."""
+        keys = self._keys
+        slot = (keys.own_inbox(node), keys.own_posted(node), keys.own_migrating(node))
+        token = uuid.uuid4().hex[:16]
+        await self._access.slot_script("inbox_post", slot, OWN_INBOX_TTL_MS, token, *notes)
 
     async def take(self, node: str, timeout: float) -> list[bytes]:
         """Node's notifications, oldest first: what its inbox holds, or, when empty, what
