@@ -10,14 +10,15 @@ the key dropped from the running set (the next claim rides along). The prototype
 those steps, as small Lua scripts that read and write what the design says (the record's fields
 as today's, the pool's lists in the grid's slot; the key steps of a batch go as one pipeline per
 server), with the real `inbox_post` script and `take_notifications` for the notifications. It
-leaves out what the hot path does not meet (wait edges and the cycle check, cancellation,
-reaping, events, moved results) and what today's scripts do besides (submit's journal, lease and
-owner checks, claim counters per key, chunked payloads, the function table).
+leaves out what the hot path does not meet: wait edges and the cycle check, cancellation,
+reaping, events (off in every way), moved results.
 
-Three ways run the same flows, in one process, with one worker node and one client node:
+Five ways run the same flows, in one process, with one worker node and one client node:
 `one-slot` (today's scripts, through `RedisBackend`), `fused` (the prototype's steps fused into
 one script per operation, the records in the grid's slot: today's layout as lean as the
-prototype) and `split`. The flows:
+prototype), `split`, and `fused-full` and `split-full`: the same two with what today's scripts
+do besides (see `_PRELUDE`), each part where the split would do it, so that `fused-full` comes
+near `one-slot` and `split-full` shows where that work lands. The flows:
 
 - `batched` (as W2): rounds of 100 new requests submitted at once; the worker completes the
   previous round's 100 and claims this round's in one call; the client drains its
@@ -37,7 +38,7 @@ mid-script (three servers and the client share this machine's two cores). One JS
 flow, layout and way: per request, in all, on the primary of the grid's slot and on each other,
 medians over `--runs`.
 
-    .venv/bin/python benchmarks/records_split.py [--requests 2000] [--runs 3]
+    .venv/bin/python benchmarks/records_split.py [--requests 2000] [--runs 3] [--layouts cluster3]
 """
 
 from __future__ import annotations
@@ -64,6 +65,7 @@ from girder.backends.redis_keys import (
     DONE,
     F_CRASHES,
     F_FUNCTION,
+    F_MOVER,
     F_OUTCOME,
     F_OWN_WAITER,
     F_OWNER,
@@ -74,6 +76,7 @@ from girder.backends.redis_keys import (
     PENDING,
     RUNNING,
     RedisKeys,
+    chunk_fields,
 )
 from girder.backends.redis_scripts import OWN_INBOX_TTL_MS, build_slot_scripts
 from girder.backends.resp import Pipelined, RedisClient, parse_url
@@ -87,12 +90,32 @@ _OUTCOME = b"\x80\x05" + b"o" * 50
 _BATCH = 100
 _TTL_MS = 3_600_000
 
-# The key's-slot steps: KEYS[1] is the record. Each reads what it decides on, then writes.
 _CONSTANTS = {
     "S": F_STATUS, "PL": F_PAYLOAD, "V": F_OUTCOME, "O": F_OWNER, "C": F_CRASHES,
-    "PT": F_PARTIAL, "F": F_FUNCTION, "W": F_OWN_WAITER, "R": F_ROOT,
+    "PT": F_PARTIAL, "F": F_FUNCTION, "M": F_MOVER, "W": F_OWN_WAITER, "R": F_ROOT,
     "PENDING": PENDING, "RUNNING": RUNNING, "DONE": DONE,
+    "CHUNKS": ", ".join(f"'{field}'" for field in chunk_fields(F_PAYLOAD)[1:]),
 }  # fmt: skip
+
+# What every script starts with. FULL (the `-full` ways) adds what today's scripts do besides
+# the design's steps, each where the split would do it: every command through a pcall that
+# checks its reply (today's `call`), a record read with its payload's every chunk field and
+# cleared of them when done, the pool's keys popped, added and counted one at a time, the
+# journal trimmed every 16th call, and (fused only: the split needs none) submit journaled.
+# Events are off in every way.
+_PRELUDE = """
+local FULL = $FULL
+local function call(command, key, ...)
+  if FULL then
+    local reply = redis.pcall(command, key, ...)
+    if type(reply) == 'table' and reply.err then
+      error(reply)
+    end
+    return reply
+  end
+  return redis.call(command, key, ...)
+end
+"""
 
 # The key's-slot steps, as functions of the record's name `r`: each reads what it decides on,
 # then writes. The split scripts run one on KEYS[1]; the fused ones run them on records in the
@@ -101,7 +124,7 @@ _RECORD_SUBMIT = """
 -- submit (1) -> {0, outcome} when done, else {1} to push (new or pending), {2, owner} when it
 -- runs (the caller checks that owner is alive).
 local function record_submit(r, node, payload, job)
-  local s = redis.call('HMGET', r, '$S', '$O', '$PT', '$V')
+  local s = call('HMGET', r, '$S', '$O', '$PT', '$V')
   if s[1] == '$DONE' and s[4] then
     return {0, s[4]}
   end
@@ -116,7 +139,7 @@ local function record_submit(r, node, payload, job)
     fields[#fields + 1], fields[#fields + 2] = '$S', '$PENDING'
     fields[#fields + 1], fields[#fields + 2] = '$PL', payload
   end
-  redis.call('HSET', r, unpack(fields))
+  call('HSET', r, unpack(fields))
   return answer
 end
 """
@@ -124,11 +147,16 @@ end
 _RECORD_CLAIM = """
 -- claim (2) -> the payload when the record was pending (now running under node), else false.
 local function record_claim(r, node)
-  local s = redis.call('HMGET', r, '$S', '$C', '$O', '$PL')
+  local s
+  if FULL then
+    s = call('HMGET', r, '$S', '$C', '$O', '$PL', $CHUNKS)
+  else
+    s = call('HMGET', r, '$S', '$C', '$O', '$PL')
+  end
   if s[1] ~= '$PENDING' then
     return false
   end
-  redis.call('HSET', r, '$S', '$RUNNING', '$O', node)
+  call('HSET', r, '$S', '$RUNNING', '$O', node)
   return s[4]
 end
 """
@@ -137,12 +165,20 @@ _RECORD_COMPLETE = """
 -- complete (1) -> the waiters to tell, or false when the key is done or runs under another
 -- owner.
 local function record_complete(r, node, outcome, fn, ttl_ms)
-  local s = redis.call('HMGET', r, '$S', '$O')
+  local s
+  if FULL then
+    s = call('HMGET', r, '$S', '$O', '$M', '$F')
+  else
+    s = call('HMGET', r, '$S', '$O')
+  end
   if s[1] == '$DONE' or (s[1] == '$RUNNING' and s[2] ~= node) then
     return false
   end
   local waiters, stale = {}, {'$O', '$C', '$PT', '$PL'}
-  for _, field in ipairs(redis.call('HKEYS', r)) do
+  if FULL then
+    stale = {'$O', '$C', '$PT', '$PL', $CHUNKS}
+  end
+  for _, field in ipairs(call('HKEYS', r)) do
     local kind = string.sub(field, 1, 2)
     if kind == '$W' then
       waiters[#waiters + 1] = string.sub(field, 3)
@@ -151,9 +187,9 @@ local function record_complete(r, node, outcome, fn, ttl_ms)
       stale[#stale + 1] = field
     end
   end
-  redis.call('HSET', r, '$S', '$DONE', '$F', fn, '$V', outcome)
-  redis.call('HDEL', r, unpack(stale))
-  redis.call('PEXPIRE', r, ttl_ms)
+  call('HSET', r, '$S', '$DONE', '$F', fn, '$V', outcome)
+  call('HDEL', r, unpack(stale))
+  call('PEXPIRE', r, ttl_ms)
   return waiters
 end
 """
@@ -162,26 +198,63 @@ end
 _POOL_STEPS = """
 -- submit (2): push `keys` -> the work list's length.
 local function pool_push(keys)
-  local length = redis.call('RPUSH', KEYS[1], unpack(keys))
-  if redis.call('LLEN', KEYS[2]) == 0 then
-    redis.call('RPUSH', KEYS[2], 1)
+  local length = call('RPUSH', KEYS[1], unpack(keys))
+  if call('LLEN', KEYS[2]) == 0 then
+    call('RPUSH', KEYS[2], 1)
   end
   return length
+end
+
+-- Pop up to `count` keys into the running set, one at a time as today's `claim` does.
+local function pop_one_by_one(node, count)
+  local popped = {}
+  for _ = 1, count do
+    local key = call('RPOP', KEYS[1])
+    if not key then
+      break
+    end
+    call('SADD', KEYS[3], key)
+    call('HINCRBY', KEYS[5], node, 1)
+    popped[#popped + 1] = key
+  end
+  return popped
+end
+
+-- Store `reply` in the journal under `token` (and trim it every 16th call, as today).
+local function journal(token, reply)
+  call('HSET', KEYS[4], token, cmsgpack.pack(reply))
+  if FULL and tonumber(token) % 16 == 0 then
+    for _, old in ipairs(call('HKEYS', KEYS[4])) do
+      if tonumber(old) < tonumber(token) then
+        call('HDEL', KEYS[4], old)
+      end
+    end
+  end
 end
 
 -- complete (3) and claim (1): drop the keys `done` from the running set, pop up to `count`
 -- into it -> the keys popped (journaled under token).
 local function pool_claim(node, token, count, done)
-  if #done > 0 then
-    redis.call('SREM', KEYS[3], unpack(done))
+  local popped
+  if FULL then
+    for _, key in ipairs(done) do
+      call('SREM', KEYS[3], key)
+    end
+    popped = pop_one_by_one(node, count)
+  else
+    if #done > 0 then
+      call('SREM', KEYS[3], unpack(done))
+    end
+    popped = count > 0 and call('RPOP', KEYS[1], count) or false
+    if not popped then
+      return {}
+    end
+    call('SADD', KEYS[3], unpack(popped))
+    call('HINCRBY', KEYS[5], node, #popped)
   end
-  local popped = redis.call('RPOP', KEYS[1], count)
-  if not popped then
-    return {}
+  if #popped > 0 then
+    journal(token, popped)
   end
-  redis.call('SADD', KEYS[3], unpack(popped))
-  redis.call('HINCRBY', KEYS[5], node, #popped)
-  redis.call('HSET', KEYS[4], token, cmsgpack.pack(popped))
   return popped
 end
 """
@@ -196,22 +269,27 @@ _SPLIT_SCRIPTS = {
     + "return pool_claim(ARGV[1], ARGV[2], tonumber(ARGV[3]), {unpack(ARGV, 4)})",
 }
 
-# The same steps fused, the records in the grid's slot (KEYS[6] names one: its name up to the
-# key), the notifications pushed to the waiters' inboxes there (KEYS[7] names one up to the
-# node): what today's one-slot scripts do, as lean as the prototype.
+# The same steps fused into one script per operation, the records in the grid's slot: today's
+# layout. KEYS[6] names a record up to its key, KEYS[7] an inbox in the grid's slot up to its
+# node; KEYS[8] and KEYS[9] are the function table and the departed nodes (FULL: today's
+# completion reads the function's id once per call, and whether each waiter departed).
 _FUSED_SCRIPTS = {
     "fused_submit": _RECORD_SUBMIT
     + _POOL_STEPS
     + """
--- ARGV node, payload, job, then the keys.
-local pushed = {}
-for i = 4, #ARGV do
-  if record_submit(KEYS[6] .. ARGV[i], ARGV[1], ARGV[2], ARGV[3])[1] == 1 then
+-- ARGV node, token, payload, job, then the keys.
+local pushed, answers = {}, {}
+for i = 5, #ARGV do
+  answers[#answers + 1] = record_submit(KEYS[6] .. ARGV[i], ARGV[1], ARGV[3], ARGV[4])
+  if answers[#answers][1] == 1 then
     pushed[#pushed + 1] = ARGV[i]
   end
 end
 if #pushed > 0 then
   pool_push(pushed)
+end
+if FULL then
+  journal(ARGV[2], answers)
 end
 """,
     "fused_complete_and_claim": _RECORD_COMPLETE
@@ -221,25 +299,38 @@ end
 -- ARGV node, token, how many to claim, outcome, function id, ttl_ms, the keys done -> the
 -- keys claimed.
 local node, done = ARGV[1], {unpack(ARGV, 7)}
+if FULL and #done > 0 then
+  call('HGET', KEYS[8], 'n:f') -- the function's id
+end
 for _, key in ipairs(done) do
   for _, waiter in ipairs(record_complete(KEYS[6] .. key, node, ARGV[4], ARGV[5], ARGV[6]) or {}) do
-    redis.call('RPUSH', KEYS[7] .. waiter, #key .. ':' .. key .. ARGV[4])
+    if not FULL or not call('ZSCORE', KEYS[9], waiter) then -- departed?
+      call('RPUSH', KEYS[7] .. waiter, #key .. ':' .. key .. ARGV[4])
+    end
   end
 end
-local claimed = {}
+local claimed, journaled = {}, {}
 for _, key in ipairs(pool_claim(node, ARGV[2], tonumber(ARGV[3]), done)) do
-  if record_claim(KEYS[6] .. key, node) then
+  local payload = record_claim(KEYS[6] .. key, node)
+  if payload then
     claimed[#claimed + 1] = key
+    journaled[#journaled + 1], journaled[#journaled + 2] = key, payload
   end
+end
+if FULL and #journaled > 0 then
+  journal(ARGV[2], journaled) -- as today, with the payloads
 end
 return claimed
 """,
 }
 
 
-def _lua(source: str) -> str:
-    """`source` with each `$NAME` of `_CONSTANTS` spelled as girder spells it."""
-    for name, value in sorted(_CONSTANTS.items(), key=lambda item: -len(item[0])):
+def _lua(source: str, *, full: bool) -> str:
+    """`_PRELUDE` and `source`, with each `$NAME` of `_CONSTANTS` spelled as girder spells it
+    and `$FULL` as `full`."""
+    source = _PRELUDE + source
+    constants = _CONSTANTS | {"FULL": "true" if full else "false"}
+    for name, value in sorted(constants.items(), key=lambda item: -len(item[0])):
         source = source.replace("$" + name, value)
     return source
 
@@ -270,7 +361,13 @@ class Prototype:
     of one-key scripts goes as one pipeline per primary."""
 
     def __init__(
-        self, url: str, backend: RedisBackend, scripts: dict[str, str], owners: Owners
+        self,
+        url: str,
+        backend: RedisBackend,
+        scripts: dict[str, str],
+        *,
+        owners: Owners,
+        full: bool,
     ) -> None:
         self.owners = owners
         anchor = RedisKeys(_PREFIX).leases
@@ -281,7 +378,7 @@ class Prototype:
         )
         self.backend = backend
         self.keys = RedisKeys(_PREFIX)
-        self.scripts = {name: _lua(source) for name, source in scripts.items()}
+        self.scripts = {name: _lua(source, full=full) for name, source in scripts.items()}
         self.shas = {
             name: hashlib.sha1(source.encode()).hexdigest() for name, source in self.scripts.items()
         }
@@ -332,9 +429,11 @@ class Split(Prototype):
     """The records in their keys' slots, the pool's lists in the grid's, the notifications in
     the waiters' own slots: every step a script of one slot."""
 
-    def __init__(self, url: str, backend: RedisBackend, owners: Owners) -> None:
-        scripts = _SPLIT_SCRIPTS | {"inbox_post": build_slot_scripts()["inbox_post"].source}
-        super().__init__(url, backend, scripts, owners)
+    def __init__(self, url: str, backend: RedisBackend, *, owners: Owners, full: bool) -> None:
+        super().__init__(url, backend, _SPLIT_SCRIPTS, owners=owners, full=full)
+        inbox_post = build_slot_scripts()["inbox_post"]
+        self.scripts["inbox_post"] = inbox_post.source
+        self.shas["inbox_post"] = inbox_post.sha
 
     def record(self, key: str) -> str:
         return "{" + _PREFIX + ":" + key + "}:r"
@@ -371,14 +470,17 @@ class Split(Prototype):
 class Fused(Prototype):
     """The same steps as `Split`, fused into one script per operation in the grid's slot."""
 
-    def __init__(self, url: str, backend: RedisBackend, owners: Owners) -> None:
-        super().__init__(url, backend, _FUSED_SCRIPTS, owners)
+    def __init__(self, url: str, backend: RedisBackend, *, owners: Owners, full: bool) -> None:
+        super().__init__(url, backend, _FUSED_SCRIPTS, owners=owners, full=full)
 
     def grid_keys(self, node: str) -> list[str]:
-        return [*self.pool_keys(node), self.keys.record(""), self.keys.inbox("")]
+        keys = self.keys
+        departed = keys.base + "departed"
+        return [*self.pool_keys(node), keys.record(""), keys.inbox(""), keys.functions, departed]
 
     async def submit(self, node: str, keys: Sequence[str]) -> None:
-        await self.script("fused_submit", self.grid_keys("w"), node, _PAYLOAD, "j", *keys)
+        token = str(next(self.tokens))
+        await self.script("fused_submit", self.grid_keys("w"), node, token, _PAYLOAD, "j", *keys)
 
     async def complete_and_claim(self, node: str, done: Sequence[str], claim: int) -> list[str]:
         token = str(next(self.tokens))
@@ -467,16 +569,18 @@ async def measure(
     """Each run runs every flow every way in turn (noise falls on all alike). `primaries`: the
     primary that serves the grid's slot first; `client`: the client node's name."""
     ways: dict[str, Way] = {}
-    for name in ("one-slot", "fused", "split"):
-        settings = Settings(events=False, key_prefix=_PREFIX, spread_notifications=name == "split")
+    for name in ("one-slot", "fused", "split", "fused-full", "split-full"):
+        spread = name.startswith("split")
+        settings = Settings(events=False, key_prefix=_PREFIX, spread_notifications=spread)
         backend = RedisBackend(url, settings=settings)
         await backend.connect()
+        full = name.endswith("-full")
         ways[name] = (
             OneSlot(backend)
             if name == "one-slot"
-            else Fused(url, backend, owners)
-            if name == "fused"
-            else Split(url, backend, owners)
+            else Split(url, backend, owners=owners, full=full)
+            if spread
+            else Fused(url, backend, owners=owners, full=full)
         )
     for way in ways.values():
         if isinstance(way, Prototype):
@@ -553,10 +657,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument(
+        "--layouts", default="one,cluster3", help="one (a server), cluster3 (3 primaries), or both"
+    )
     args = parser.parse_args()
+    layouts = args.layouts.split(",")
     sizes = {"requests": args.requests, "runs": args.runs}
-    with RedisServer() as server:
-        asyncio.run(measure([server], server.url, "one", "c", owners=one_server, **sizes))
+    if "one" in layouts:
+        with RedisServer() as server:
+            asyncio.run(measure([server], server.url, "one", "c", owners=one_server, **sizes))
+    if "cluster3" not in layouts:
+        return
     with RedisClusterServers(replicas=0) as cluster:
         keys = RedisKeys(_PREFIX)
         grid = cluster.owner(cluster.keyslot(keys.leases))
