@@ -13,12 +13,15 @@ server), with the real `inbox_post` script and `take_notifications` for the noti
 leaves out what the hot path does not meet: wait edges and the cycle check, cancellation,
 reaping, events (off in every way), moved results.
 
-Five ways run the same flows, in one process, with one worker node and one client node:
+Six ways run the same flows, in one process, with one worker node and one client node:
 `one-slot` (today's scripts, through `RedisBackend`), `fused` (the prototype's steps fused into
 one script per operation, the records in the grid's slot: today's layout as lean as the
 prototype), `split`, and `fused-full` and `split-full`: the same two with what today's scripts
 do besides (see `_PRELUDE`), each part where the split would do it, so that `fused-full` comes
-near `one-slot` and `split-full` shows where that work lands. The flows:
+near `one-slot` and `split-full` shows where that work lands. `split-node-full` is
+`split-full` with the pools' step by node: each worker's lists in its own slot, and three
+workers (on the cluster, one whose slot is on each primary) that take the `single` flow's
+requests in turn. The flows:
 
 - `batched` (as W2): rounds of 100 new requests submitted at once; the worker completes the
   previous round's 100 and claims this round's in one call; the client drains its
@@ -368,8 +371,10 @@ class Prototype:
         *,
         owners: Owners,
         full: bool,
+        by_node: bool = False,
     ) -> None:
         self.owners = owners
+        self.by_node = by_node
         anchor = RedisKeys(_PREFIX).leases
         self.redis: RedisClient | ClusterClient = (
             ClusterClient(parse_cluster_url(url), anchor=anchor)
@@ -388,6 +393,11 @@ class Prototype:
         return self.redis.at(key) if isinstance(self.redis, ClusterClient) else self.redis
 
     def pool_keys(self, node: str) -> list[str]:
+        """The pool's keys for `node`'s lists: in the grid's slot, or with `by_node` in the
+        node's own slot (the pools' step of docs/scaling.md)."""
+        if self.by_node:
+            tag = "{" + _PREFIX + ":node:" + node + "}:"
+            return [tag + name for name in ("work", "wake", "running", "journal", "pops")]
         keys = self.keys
         running = keys.base + "running:" + node
         return [keys.work(node), keys.wake(node), running, keys.journal(node), keys.pops]
@@ -429,8 +439,10 @@ class Split(Prototype):
     """The records in their keys' slots, the pool's lists in the grid's, the notifications in
     the waiters' own slots: every step a script of one slot."""
 
-    def __init__(self, url: str, backend: RedisBackend, *, owners: Owners, full: bool) -> None:
-        super().__init__(url, backend, _SPLIT_SCRIPTS, owners=owners, full=full)
+    def __init__(
+        self, url: str, backend: RedisBackend, *, owners: Owners, full: bool, by_node: bool
+    ) -> None:
+        super().__init__(url, backend, _SPLIT_SCRIPTS, owners=owners, full=full, by_node=by_node)
         inbox_post = build_slot_scripts()["inbox_post"]
         self.scripts["inbox_post"] = inbox_post.source
         self.shas["inbox_post"] = inbox_post.sha
@@ -438,12 +450,12 @@ class Split(Prototype):
     def record(self, key: str) -> str:
         return "{" + _PREFIX + ":" + key + "}:r"
 
-    async def submit(self, node: str, keys: Sequence[str]) -> None:
+    async def submit(self, node: str, keys: Sequence[str], into: str) -> None:
         records = [self.record(key) for key in keys]
         answers = await self.per_key("record_submit", records, node, _PAYLOAD, "j")
         pushed = [key for key, answer in zip(keys, answers, strict=True) if answer[0] == 1]
         if pushed:
-            await self.script("pool_push", self.pool_keys("w"), *pushed)
+            await self.script("pool_push", self.pool_keys(into), *pushed)
 
     async def complete_and_claim(self, node: str, done: Sequence[str], claim: int) -> list[str]:
         records = [self.record(key) for key in done]
@@ -478,9 +490,9 @@ class Fused(Prototype):
         departed = keys.base + "departed"
         return [*self.pool_keys(node), keys.record(""), keys.inbox(""), keys.functions, departed]
 
-    async def submit(self, node: str, keys: Sequence[str]) -> None:
+    async def submit(self, node: str, keys: Sequence[str], into: str) -> None:
         token = str(next(self.tokens))
-        await self.script("fused_submit", self.grid_keys("w"), node, token, _PAYLOAD, "j", *keys)
+        await self.script("fused_submit", self.grid_keys(into), node, token, _PAYLOAD, "j", *keys)
 
     async def complete_and_claim(self, node: str, done: Sequence[str], claim: int) -> list[str]:
         token = str(next(self.tokens))
@@ -495,9 +507,9 @@ class OneSlot:
     def __init__(self, backend: RedisBackend) -> None:
         self.backend = backend
 
-    async def submit(self, node: str, keys: Sequence[str]) -> None:
+    async def submit(self, node: str, keys: Sequence[str], into: str) -> None:
         requests = [NewRequest(key, _PAYLOAD) for key in keys]
-        await self.backend.submit(node, requests, into="w", on_top=True, job="j")
+        await self.backend.submit(node, requests, into=into, on_top=True, job="j")
 
     async def complete_and_claim(self, node: str, done: Sequence[str], claim: int) -> list[str]:
         completions = [
@@ -517,25 +529,27 @@ def request_keys(start: int, count: int) -> list[str]:
     return [hashlib.sha256(str(i).encode()).hexdigest() for i in range(start, start + count)]
 
 
-async def batched(way: Way, keys: list[str], client: str) -> None:
-    previous: list[str] = []
+async def batched(way: Way, keys: list[str], client: str, workers: list[str]) -> None:
+    """Rounds of `_BATCH` keys, all to the first worker."""
+    worker, previous = workers[0], list[str]()
     for start in range(0, len(keys), _BATCH):
         batch = keys[start : start + _BATCH]
-        await way.submit(client, batch)
-        claimed = await way.complete_and_claim("w", previous, len(batch))
+        await way.submit(client, batch, worker)
+        claimed = await way.complete_and_claim(worker, previous, len(batch))
         assert sorted(claimed) == sorted(batch), "the worker claimed other keys than submitted"
         await way.take(client)
         previous = claimed
-    await way.complete_and_claim("w", previous, 0)
+    await way.complete_and_claim(worker, previous, 0)
     await way.take(client)
 
 
-async def single(way: Way, keys: list[str], client: str) -> None:
-    for key in keys:
-        await way.submit(client, [key])
-        claimed = await way.complete_and_claim("w", [], 1)
+async def single(way: Way, keys: list[str], client: str, workers: list[str]) -> None:
+    """One key at a time, to the workers in turn."""
+    for key, worker in zip(keys, itertools.cycle(workers)):
+        await way.submit(client, [key], worker)
+        claimed = await way.complete_and_claim(worker, [], 1)
         assert claimed == [key], "the worker claimed another key than submitted"
-        await way.complete_and_claim("w", claimed, 0)
+        await way.complete_and_claim(worker, claimed, 0)
         assert await way.take(client) == 1, "the client was not told"
 
 
@@ -562,23 +576,26 @@ async def measure(
     layout: str,
     client: str,
     *,
+    workers: list[str],
     owners: Owners,
     requests: int,
     runs: int,
 ) -> None:
     """Each run runs every flow every way in turn (noise falls on all alike). `primaries`: the
-    primary that serves the grid's slot first; `client`: the client node's name."""
+    primary that serves the grid's slot first; `client`: the client node's name; `workers`:
+    the workers of the `split-node` way (the others have one, `w`)."""
     ways: dict[str, Way] = {}
-    for name in ("one-slot", "fused", "split", "fused-full", "split-full"):
+    names = ("one-slot", "fused", "split", "fused-full", "split-full", "split-node-full")
+    for name in names:
         spread = name.startswith("split")
         settings = Settings(events=False, key_prefix=_PREFIX, spread_notifications=spread)
         backend = RedisBackend(url, settings=settings)
         await backend.connect()
-        full = name.endswith("-full")
+        full, by_node = name.endswith("-full"), "-node" in name
         ways[name] = (
             OneSlot(backend)
             if name == "one-slot"
-            else Split(url, backend, owners=owners, full=full)
+            else Split(url, backend, owners=owners, full=full, by_node=by_node)
             if spread
             else Fused(url, backend, owners=owners, full=full)
         )
@@ -587,7 +604,7 @@ async def measure(
             for server in primaries:
                 for source in way.scripts.values():
                     server.command("SCRIPT", "LOAD", source)
-    flows: dict[str, Callable[[Way, list[str], str], Awaitable[None]]] = {
+    flows: dict[str, Callable[[Way, list[str], str, list[str]], Awaitable[None]]] = {
         "batched": batched,
         "single": single,
     }
@@ -598,13 +615,15 @@ async def measure(
             for way_name, way in ways.items():
                 for flow_name, flow in flows.items():
                     count = requests if flow_name == "batched" else requests // 2
-                    await way.backend.join("w", NodeKind.WORKER, None, 600)
+                    its_workers = workers if "-node" in way_name else ["w"]
+                    for worker in its_workers:
+                        await way.backend.join(worker, NodeKind.WORKER, None, 600)
                     await way.backend.join(client, NodeKind.CLIENT, None, 600)
                     keys = request_keys(next(serial) * requests, count)
                     for server in primaries:
                         server.command("CONFIG", "RESETSTAT")
                     cpu_before = [cpu_usec(server) for server in primaries]
-                    await flow(way, keys, client)
+                    await flow(way, keys, client, its_workers)
                     cpu = [
                         cpu_usec(s) - before
                         for s, before in zip(primaries, cpu_before, strict=True)
@@ -665,7 +684,12 @@ def main() -> None:
     sizes = {"requests": args.requests, "runs": args.runs}
     if "one" in layouts:
         with RedisServer() as server:
-            asyncio.run(measure([server], server.url, "one", "c", owners=one_server, **sizes))
+            workers = ["w0", "w1", "w2"]
+            asyncio.run(
+                measure(
+                    [server], server.url, "one", "c", workers=workers, owners=one_server, **sizes
+                )
+            )
     if "cluster3" not in layouts:
         return
     with RedisClusterServers(replicas=0) as cluster:
@@ -680,7 +704,18 @@ def main() -> None:
             if cluster.owner(cluster.keyslot(keys.own_inbox(name))) is not grid
         )
         owners = cluster_owners(grid)
-        asyncio.run(measure(primaries, cluster.url, "cluster3", client, owners=owners, **sizes))
+        # The split-node way's workers: one whose own slot is on each primary, as a grid's
+        # many workers spread.
+        names = (f"w{i}" for i in itertools.count())
+        workers = [
+            next(name for name in names if owners(keys.own_inbox(name)) == server.port)
+            for server in primaries
+        ]
+        asyncio.run(
+            measure(
+                primaries, cluster.url, "cluster3", client, workers=workers, owners=owners, **sizes
+            )
+        )
 
 
 if __name__ == "__main__":
