@@ -57,6 +57,11 @@ the primaries by their keys. Nothing spells this name in Lua: the scripts get it
     {<key_prefix>:<key>}:v   string: "<function id>:<outcome>" (the id as in `functions`), with
                        the TTL the done record had; the done record in the grid's slot goes once
                        this is written
+Per request key whose record lives in its own slot (the records' steps, see `redis_records`):
+the same hash tag. Nothing spells these names in Lua: the steps get them in KEYS.
+    {<key_prefix>:<key>}:r   hash: the request's record, as `r:<key>` below, but that its
+                       waiters are all F_OWN_WAITER (their inboxes are in their own slots)
+    {<key_prefix>:<key>}:migrating  never exists: the slot's migration probe (as `migrating`)
 Per node whose notifications live in its own slot (`Settings.spread_notifications`, see
 `redis_inboxes`): the hash tag `{<key_prefix>:node:<node>}`, so that on a Redis Cluster the
 nodes' inboxes, and the waits on them, spread over the primaries. Nothing spells these names in
@@ -170,6 +175,7 @@ BLOB_UNTIL_DONE = "blobuntildone:"
 BLOB_PART = "blobpart:"
 BLOBS = "blobs"
 SPREAD_RESULT = "v"
+OWN_RECORD = "r"
 RESULTS_DROPPED = "resultsdropped"
 FUNCTIONS = "functions"
 
@@ -412,6 +418,15 @@ class RedisKeys:
         grid's): see `redis_results`."""
         return "{" + self.prefix + ":" + key + "}:" + SPREAD_RESULT
 
+    def own_record(self, key: str) -> str:
+        """Request `key`'s record in the slot of its own key (not the grid's), beside its moved
+        result: what the records' steps work on (see `redis_records`)."""
+        return "{" + self.prefix + ":" + key + "}:" + OWN_RECORD
+
+    def own_record_migrating(self, key: str) -> str:
+        """A key of request `key`'s own slot that never exists (the slot's migration probe)."""
+        return "{" + self.prefix + ":" + key + "}:" + MIGRATING
+
     def result_pattern(self) -> str:
         """A SCAN pattern that matches every moved result of this grid (and those of a grid
         whose prefix is this one's, a ':' and more: `result_key` cannot tell them apart)."""
@@ -471,10 +486,17 @@ class RedisKeys:
         lines += [
             f"local K_{name} = PREFIX .. {_lua_string(part)}" for name, part in _GLOBAL.items()
         ]
-        lines += [f"local {name} = {_lua_string(value)}" for name, value in _CONSTANTS.items()]
-        lines += [f"local CHUNK_BYTES = {CHUNK_BYTES}", f"local CHUNKS = {CHUNKS}"]
-        lines += [  # constants: a table of literals costs a script far less than building one
-            f"local {name}_FIELDS = {{{', '.join(map(_lua_string, chunk_fields(field)))}}}"
-            for name, field in (("PAYLOAD", F_PAYLOAD), ("OUTCOME", F_OUTCOME))
-        ]
-        return "\n".join(lines) + "\n"
+        return "\n".join(lines) + "\n" + lua_constants()
+
+
+def lua_constants() -> str:
+    """Lua definitions of the field names, statuses and chunk fields, which name no key: what
+    the scripts of a request key's own slot use of `RedisKeys.lua_prelude` (see
+    `redis_records`)."""
+    lines = [f"local {name} = {_lua_string(value)}" for name, value in _CONSTANTS.items()]
+    lines += [f"local CHUNK_BYTES = {CHUNK_BYTES}", f"local CHUNKS = {CHUNKS}"]
+    lines += [  # constants: a table of literals costs a script far less than building one
+        f"local {name}_FIELDS = {{{', '.join(map(_lua_string, chunk_fields(field)))}}}"
+        for name, field in (("PAYLOAD", F_PAYLOAD), ("OUTCOME", F_OUTCOME))
+    ]
+    return "\n".join(lines) + "\n"

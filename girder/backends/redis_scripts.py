@@ -29,7 +29,7 @@ import re
 from dataclasses import dataclass
 from importlib import resources
 
-from girder.backends.redis_keys import RedisKeys
+from girder.backends.redis_keys import RedisKeys, lua_constants
 
 SUBMITTED_QUEUED = 0
 """`submit`, per request: registered as a waiter (and queued unless it runs)."""
@@ -46,6 +46,31 @@ _REPLY_CODES = {
     "SUBMITTED_DONE": SUBMITTED_DONE,
     "SUBMITTED_CYCLE": SUBMITTED_CYCLE,
     "SUBMITTED_LOOK_AGAIN": SUBMITTED_LOOK_AGAIN,
+}
+
+STEP_DONE = 1
+"""A record's step (`redis_records`): the key is done by this step, or was (with its outcome)."""
+STEP_PENDING = 2
+"""A record's step: the key is pending (a submission's, a requeue's, a cancelled pending key)."""
+STEP_RUNNING = 3
+"""A record's step: the key runs, under the owner that follows (or is done: nothing changed)."""
+STEP_CLAIMED = 4
+"""A record's step: the key now runs under the claiming node; its payload follows."""
+STEP_GONE = 5
+"""A record's step: the key has no record, or is done, or is another's to finish."""
+STEP_CRASHED = 6
+"""A record's step: the key reached its most crashes and now runs under the reaper."""
+STEP_KEPT = 7
+"""A record's step of a cancellation: the key stays (done, gone, or still needed)."""
+
+_STEP_CODES = {
+    "STEP_DONE": STEP_DONE,
+    "STEP_PENDING": STEP_PENDING,
+    "STEP_RUNNING": STEP_RUNNING,
+    "STEP_CLAIMED": STEP_CLAIMED,
+    "STEP_GONE": STEP_GONE,
+    "STEP_CRASHED": STEP_CRASHED,
+    "STEP_KEPT": STEP_KEPT,
 }
 
 MAX_SCRIPT_KEYS = 1000
@@ -204,13 +229,46 @@ live node takes from its inbox every `idle_poll`; a notification lost to the exp
 same is made up by the waiter's own checks (it submits again what it waited long for)."""
 
 
+RECORD_SPECS = {
+    spec.name: spec
+    for spec in (
+        ScriptSpec("record_submit", ("node", "job", "waiter", "payload")),
+        ScriptSpec("record_claim", ("node",)),
+        ScriptSpec("record_complete", ("node", "outcome", "cache", "ttl_ms", "fn")),
+        ScriptSpec("record_requeue", ("owner", "max_crashes", "reaper")),
+        ScriptSpec("record_publish", ("node", "outcome")),
+        ScriptSpec("record_cancel", ("drop", "job")),
+        ScriptSpec("record_edges"),
+    )
+}
+"""The records' steps: scripts of one request key's own slot, over its record alone (KEYS[1];
+KEYS[2] is the slot's migration probe, see `redis_records`)."""
+
+_RECORD_OVERRIDES = ("call", "note_corrupt", "read_record")
+"""common.lua's helpers that name the grid's keys, which record_common.lua replaces."""
+
+
 def build_slot_scripts() -> dict[str, Script]:
-    """The scripts of `SLOT_SCRIPTS`, as they are (their keys come in `KEYS`)."""
+    """The scripts of `SLOT_SCRIPTS`, as they are (their keys come in `KEYS`), and the records'
+    steps (`RECORD_SPECS`), built like the grid's scripts but from what names no key: the
+    field names and codes, record_common.lua, and the helpers of common.lua it does not
+    replace."""
     folder = resources.files("girder.backends").joinpath("lua")
     scripts = {}
     for name in SLOT_SCRIPTS:
         source = folder.joinpath(f"slot_{name}.lua").read_text()
         scripts[name] = Script(ScriptSpec(name), source, hashlib.sha1(source.encode()).hexdigest())
+    codes = "".join(f"local {name} = {value}\n" for name, value in _STEP_CODES.items())
+    own = _definitions(lua_constants() + codes + folder.joinpath("record_common.lua").read_text())
+    shared = [
+        (name, text)
+        for name, text in _definitions(folder.joinpath("common.lua").read_text())
+        if name not in _RECORD_OVERRIDES
+    ]
+    for name, spec in RECORD_SPECS.items():
+        body = spec.lua_arguments() + folder.joinpath(f"{name}.lua").read_text()
+        source = _needed(own + shared, body) + body
+        scripts[name] = Script(spec, source, hashlib.sha1(source.encode()).hexdigest())
     return scripts
 
 

@@ -1,0 +1,287 @@
+"""`RecordSteps`: the records' steps, each request key's record in the slot of its own key.
+
+The sharded layout of docs/scaling.md ("The records' step, script by script") takes the
+records out of the grid's slot, so that on a Redis Cluster they spread over the primaries by
+their keys. Every operation on a record then becomes a step in the key's own slot (here: one
+script over that record alone, `record_<name>.lua`) and a step in the slot of a list (a work
+list, a running set, an inbox), ordered so that a crash between the two leaves state that an
+existing recovery finishes. The steps here decide nothing about other keys or nodes: they
+answer what they found (say, "runs under O"), and the caller asks the grid the rest.
+
+Every step is safe to send again: a submission adds the same fields, a claim of a key already
+running under the claimer claims it again, a completion of a done key changes nothing, a
+requeue counts a crash only when it moves the record. So a step whose reply was lost is sent
+again, as the grid's other slot scripts are (`RedisAccess.slot_script`).
+
+The steps of many keys run concurrently; on one connection their scripts go out back to back,
+so a batch costs about one round trip per server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from girder.backends.redis_access import RedisAccess
+from girder.backends.redis_keys import F_ROOT, F_WAITED_BY, F_WAITS, RedisKeys
+from girder.backends.redis_scripts import (
+    STEP_CLAIMED,
+    STEP_CRASHED,
+    STEP_DONE,
+    STEP_GONE,
+    STEP_PENDING,
+    STEP_RUNNING,
+)
+
+_MEMBER_PREFIXES = ("w:", "i:", "r:", "a:", "b:")
+"""The two-byte prefixes of a record's member fields (see `redis_keys`)."""
+
+MAX_EDGE_FIELDS = 1000
+"""The most fields one `record_edges` call sets or deletes."""
+
+
+def waited_by_field(waiter: str) -> str:
+    """The field of a key's record saying that `waiter` waits for the key: the bare key when it
+    has 64 characters and no member prefix (as request keys do), else `F_WAITED_BY <waiter>`
+    (the same rule as common.lua's `waited_by_field`)."""
+    if len(waiter) == 64 and waiter[:2] not in _MEMBER_PREFIXES:
+        return waiter
+    return F_WAITED_BY + waiter
+
+
+def waits_field(key: str) -> str:
+    """The field of a waiting key's record saying that it waits for `key`."""
+    return F_WAITS + key
+
+
+def root_field(job: str) -> str:
+    """The field of a key's record saying that `job` submitted it at the top level."""
+    return F_ROOT + job
+
+
+@dataclass(frozen=True, slots=True)
+class Submitted:
+    """What a submission's step found of one key (see record_submit.lua)."""
+
+    status: Literal["done", "pending", "running"]
+    outcome: bytes | None = None
+    """When done: the cached outcome."""
+    shared: bool = False
+    """When pending: it was pending before (another submission's run will answer it)."""
+    owner: str | None = None
+    """When running: the node it runs under (whether that node will complete it is the
+    caller's question)."""
+    partial: bytes | None = None
+    """When pending or running: its latest partial answer, if it streams one."""
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimStep:
+    """What a claim's step found of one key (see record_claim.lua)."""
+
+    status: Literal["claimed", "running", "gone"]
+    payload: bytes = b""
+    crashed: bool = False
+    """When claimed: the key killed a worker before."""
+    owner: str | None = None
+    """When running: the node it runs under."""
+
+
+@dataclass(frozen=True, slots=True)
+class RecordOutcome:
+    """A completion of one key, as its record's step takes it."""
+
+    key: str
+    outcome: bytes
+    cached: bool = True
+    ttl_ms: int = 0
+    """The cached record's expiry (0: none)."""
+    function_id: str = ""
+    """The function's short id in the grid's function table (kept with a cached outcome)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Completed:
+    """What a completion's step did to one key (see record_complete.lua)."""
+
+    status: Literal["done", "gone", "running"]
+    """done: this step completed it; gone: it had no record; running: done already, or runs
+    under another owner (nothing changed)."""
+    waiters: list[str] = field(default_factory=list)
+    """The nodes to tell (but the completing one)."""
+    waits: list[str] = field(default_factory=list)
+    """The keys it waited for: the other side of each edge is the caller's to drop."""
+    waited_by: list[str] = field(default_factory=list)
+    """The keys that waited for it: likewise."""
+
+
+@dataclass(frozen=True, slots=True)
+class Published:
+    """What a partial answer's step did (see record_publish.lua)."""
+
+    stored: bool
+    waiters: list[str]
+    again: bool
+    """It was the latest partial already (a step sent again)."""
+
+
+@dataclass(frozen=True, slots=True)
+class CancelStep:
+    """What one key's step of a cancellation found (see record_cancel.lua)."""
+
+    status: Literal["kept", "pending", "running"]
+    """kept: done, gone or still needed; pending: deleted, its waiters to be told; running:
+    its owner to be told."""
+    waiters: list[str] = field(default_factory=list)
+    owner: str | None = None
+    waits: list[str] = field(default_factory=list)
+    """The keys it waited for, next on the cancellation's frontier."""
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _texts(values: Any) -> list[str]:
+    return [_text(value) for value in values or []]
+
+
+def _optional(value: Any) -> bytes | None:
+    return value if isinstance(value, bytes) else None
+
+
+class RecordSteps:
+    """The records' steps of a grid, each run in its key's own slot."""
+
+    def __init__(self, keys: RedisKeys, access: RedisAccess) -> None:
+        self._keys = keys
+        self._access = access
+
+    async def _step(self, name: str, key: str, *args: str | bytes | int) -> Any:
+        record = [self._keys.own_record(key), self._keys.own_record_migrating(key)]
+        return await self._access.slot_script(name, record, *args)
+
+    async def submit(
+        self, node: str, requests: Sequence[tuple[str, bytes]], *, job: str = "", waiter: str = ""
+    ) -> list[Submitted]:
+        """The first step of submitting each (key, payload) of `requests` for `node`: the key's
+        record made (pending, with the payload) or found, node added as its waiter, and
+        `waiter` (a waiting request's key) as its waiting key, or without one `job` as its root.
+        Then the caller pushes the pending keys onto a work list (a key found pending may be
+        pushed again: a claim takes it once)."""
+        replies = await asyncio.gather(
+            *(
+                self._step("record_submit", key, node, job, waiter, payload)
+                for key, payload in requests
+            )
+        )
+        return [_submitted(reply) for reply in replies]
+
+    async def claim(self, node: str, keys: Sequence[str]) -> list[ClaimStep]:
+        """The second step of a claim: each of `keys`, which the caller popped into node's
+        running set, marked as running under node, unless it is done or runs elsewhere."""
+        replies = await asyncio.gather(*(self._step("record_claim", key, node) for key in keys))
+        return [_claim_step(reply) for reply in replies]
+
+    async def complete(self, node: str, outcomes: Sequence[RecordOutcome]) -> list[Completed]:
+        """The first step of completing each of `outcomes`, run by `node`. Then the caller posts
+        to the waiters, drops the other side of the edges (`drop_edges`) and drops the keys
+        from node's running set."""
+        replies = await asyncio.gather(
+            *(
+                self._step(
+                    "record_complete",
+                    done.key,
+                    node,
+                    done.outcome,
+                    "1" if done.cached else "0",
+                    done.ttl_ms,
+                    done.function_id,
+                )
+                for done in outcomes
+            )
+        )
+        return [_completed(reply) for reply in replies]
+
+    async def requeue(
+        self, owner: str, keys: Sequence[str], *, max_crashes: int | None = None, reaper: str = ""
+    ) -> list[Literal["pending", "crashed", "gone"]]:
+        """Each of `keys` that runs under `owner` made pending again, for the caller to push
+        back: the records' step of a reap, a reconcile or a leave, or of freeing a key whose
+        owner will not complete it. With `max_crashes`, owner died running them: a key's crash
+        is counted, and at the limit it runs under `reaper` instead ("crashed")."""
+        limit = "" if max_crashes is None else max_crashes
+        replies = await asyncio.gather(
+            *(self._step("record_requeue", key, owner, limit, reaper) for key in keys)
+        )
+        names: dict[int, Literal["pending", "crashed", "gone"]] = {
+            STEP_PENDING: "pending",
+            STEP_CRASHED: "crashed",
+            STEP_GONE: "gone",
+        }
+        return [names[int(reply)] for reply in replies]
+
+    async def publish(self, node: str, key: str, outcome: bytes) -> Published:
+        """A partial answer of `key`, which node runs, stored as its latest."""
+        stored, waiters, again = await self._step("record_publish", key, node, outcome)
+        return Published(bool(stored), _texts(waiters), bool(again))
+
+    async def cancel(self, job: str, key: str, drop: str = "") -> CancelStep:
+        """One key's step of cancelling `job`, after deleting its field `drop` (`root_field`
+        of the job, or `waited_by_field` of a key that no longer waits for it)."""
+        reply = await self._step("record_cancel", key, drop, job)
+        code = int(reply[0])
+        if code == STEP_PENDING:
+            return CancelStep("pending", waiters=_texts(reply[1]), waits=_texts(reply[2]))
+        if code == STEP_RUNNING:
+            return CancelStep("running", owner=_text(reply[1]), waits=_texts(reply[2]))
+        return CancelStep("kept")
+
+    async def add_edges(self, key: str, fields: Sequence[str]) -> list[str]:
+        """Set member `fields` of key's record (the other side of wait edges); the keys it
+        waits for (the next frontier of a cycle walk)."""
+        return await self._edges(key, "1", fields)
+
+    async def drop_edges(self, key: str, fields: Sequence[str]) -> list[str]:
+        """Delete member `fields` of key's record; the keys it still waits for."""
+        return await self._edges(key, "0", fields)
+
+    async def waits(self, key: str) -> list[str]:
+        """The keys that `key` waits for (a step of a cycle walk)."""
+        return await self._edges(key, "0", ())
+
+    async def _edges(self, key: str, add: str, fields: Sequence[str]) -> list[str]:
+        waits: list[str] = []
+        for start in range(0, max(len(fields), 1), MAX_EDGE_FIELDS):
+            batch = fields[start : start + MAX_EDGE_FIELDS]
+            waits = _texts(await self._step("record_edges", key, add, *batch))
+        return waits
+
+
+def _submitted(reply: Any) -> Submitted:
+    code = int(reply[0])
+    if code == STEP_DONE:
+        return Submitted("done", outcome=_optional(reply[1]))
+    if code == STEP_RUNNING:
+        return Submitted("running", owner=_text(reply[1]), partial=_optional(reply[2]))
+    return Submitted("pending", shared=bool(reply[1]), partial=_optional(reply[2]))
+
+
+def _claim_step(reply: Any) -> ClaimStep:
+    code = int(reply[0])
+    if code == STEP_CLAIMED:
+        return ClaimStep("claimed", payload=_optional(reply[1]) or b"", crashed=bool(reply[2]))
+    if code == STEP_RUNNING:
+        return ClaimStep("running", owner=_text(reply[1]))
+    return ClaimStep("gone")
+
+
+def _completed(reply: Any) -> Completed:
+    code = int(reply[0])
+    if code == STEP_DONE:
+        return Completed("done", _texts(reply[1]), _texts(reply[2]), _texts(reply[3]))
+    if code == STEP_GONE:
+        return Completed("gone", [], _texts(reply[2]), _texts(reply[3]))
+    return Completed("running")
