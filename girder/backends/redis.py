@@ -320,6 +320,7 @@ class RedisBackend:
             journaled=lambda name, node, *args: self._journaled(name, node, True, *args),
             # Looked up at each call, so that a test may wrap the method on this backend.
             slot_script=lambda *args: self._slot_script(*args),  # noqa: PLW0108
+            journaled_slot=self._journaled_slot,
             retrying=self._retrying,
             at=self._at,
             servers=self._servers,
@@ -509,14 +510,43 @@ class RedisBackend:
         """Run a script of a slot of its own (`SLOT_SCRIPTS`: a blob's, a moved result's) by
         SHA, sending its source on a NOSCRIPT (a server that never saw it, or restarted),
         retried through outages."""
+        return await self._slot_attempts(name, keys, lambda: args)
+
+    async def _journaled_slot(
+        self, name: str, node: str, keys: Sequence[str], *args: str | bytes | int | float
+    ) -> Any:
+        """Run a journaled script of a slot of its own (a pool's step) for `node`, with a call
+        token: if its reply is lost, it is sent again marked so, and returns the reply of the
+        run that happened (see `_journaled`)."""
+        token, low = self._tokens.issue(node)
+        again = 0
+
+        def arguments() -> tuple[str | bytes | int | float, ...]:
+            nonlocal again
+            sent = (token, low, again, *args)
+            again = 1
+            return sent
+
+        try:
+            return await self._slot_attempts(name, keys, arguments)
+        finally:
+            self._tokens.settle(node, token)
+
+    async def _slot_attempts(
+        self,
+        name: str,
+        keys: Sequence[str],
+        arguments: Callable[[], Sequence[str | bytes | int | float]],
+    ) -> Any:
+        """`_slot_script`, with the arguments of each attempt from `arguments()`."""
         script = self._slot_scripts[name]
         client = self._at(keys[0])
-        by_sha = ("EVALSHA", script.sha, len(keys), *keys, *args)
-        by_source = ("EVAL", script.source, len(keys), *keys, *args)
 
         async def attempt() -> Any:
-            [reply] = await client.pipeline([by_sha])
+            args = arguments()
+            [reply] = await client.pipeline([("EVALSHA", script.sha, len(keys), *keys, *args)])
             if isinstance(reply, ReplyError) and _is_noscript(reply):
+                by_source = ("EVAL", script.source, len(keys), *keys, *args)
                 [reply] = await client.pipeline([by_source])
             if isinstance(reply, ReplyError):
                 raise reply

@@ -348,6 +348,9 @@ class RedisKeys:
     def volunteers(self, distributor: str) -> str:
         return self.base + VOLUNTEERS + distributor
 
+    def running(self, node: str) -> str:
+        return self.base + RUNNING_SET + node
+
     def inbox(self, node: str) -> str:
         return self.base + INBOX + node
 

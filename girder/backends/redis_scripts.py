@@ -229,7 +229,7 @@ live node takes from its inbox every `idle_poll`; a notification lost to the exp
 same is made up by the waiter's own checks (it submits again what it waited long for)."""
 
 
-RECORD_SPECS = {
+STEP_SPECS = {
     spec.name: spec
     for spec in (
         ScriptSpec("record_submit", ("node", "job", "waiter", "payload")),
@@ -239,35 +239,40 @@ RECORD_SPECS = {
         ScriptSpec("record_publish", ("node", "outcome")),
         ScriptSpec("record_cancel", ("drop", "job")),
         ScriptSpec("record_edges"),
+        ScriptSpec("pool_push", ("on_top",), rest="keys"),
+        ScriptSpec("pool_claim", ("node", "count"), rest="done", journaled=True),
     )
 }
-"""The records' steps: scripts of one request key's own slot, over its record alone (KEYS[1];
-KEYS[2] is the slot's migration probe, see `redis_records`)."""
+"""The steps of the sharded layout: the records' (`record_<name>`: scripts of one request
+key's own slot, over its record alone, KEYS[1], KEYS[2] being the slot's migration probe; see
+`redis_records`) and the pools' (`pool_<name>`: every key they touch given in KEYS; see
+`redis_pools`)."""
 
-_RECORD_OVERRIDES = ("call", "note_corrupt", "read_record")
-"""common.lua's helpers that name the grid's keys, which record_common.lua replaces."""
+_STEP_OVERRIDES = ("call", "note_corrupt", "read_record")
+"""common.lua's helpers that name the grid's keys, which step_common.lua replaces."""
 
 
 def build_slot_scripts() -> dict[str, Script]:
-    """The scripts of `SLOT_SCRIPTS`, as they are (their keys come in `KEYS`), and the records'
-    steps (`RECORD_SPECS`), built like the grid's scripts but from what names no key: the
-    field names and codes, record_common.lua, and the helpers of common.lua it does not
-    replace."""
+    """The scripts of `SLOT_SCRIPTS`, as they are (their keys come in `KEYS`), and the steps of
+    the sharded layout (`STEP_SPECS`), built like the grid's scripts but from what names no
+    key: the field names and codes, step_common.lua, the helpers of common.lua it does not
+    replace, and step_journal.lua."""
     folder = resources.files("girder.backends").joinpath("lua")
     scripts = {}
     for name in SLOT_SCRIPTS:
         source = folder.joinpath(f"slot_{name}.lua").read_text()
         scripts[name] = Script(ScriptSpec(name), source, hashlib.sha1(source.encode()).hexdigest())
     codes = "".join(f"local {name} = {value}\n" for name, value in _STEP_CODES.items())
-    own = _definitions(lua_constants() + codes + folder.joinpath("record_common.lua").read_text())
+    own = _definitions(lua_constants() + codes + folder.joinpath("step_common.lua").read_text())
     shared = [
         (name, text)
         for name, text in _definitions(folder.joinpath("common.lua").read_text())
-        if name not in _RECORD_OVERRIDES
+        if name not in _STEP_OVERRIDES
     ]
-    for name, spec in RECORD_SPECS.items():
+    after = _definitions(folder.joinpath("step_journal.lua").read_text())
+    for name, spec in STEP_SPECS.items():
         body = spec.lua_arguments() + folder.joinpath(f"{name}.lua").read_text()
-        source = _needed(own + shared, body) + body
+        source = _needed(own + shared + after, body) + body
         scripts[name] = Script(spec, source, hashlib.sha1(source.encode()).hexdigest())
     return scripts
 
