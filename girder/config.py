@@ -68,6 +68,14 @@ class Settings(BaseSettings):
         "spread over every primary (docs/scaling.md). Set per process: it says where that "
         "process's nodes are told; every process posts wherever a node says.",
     )
+    layout: Literal["one-slot", "sharded"] = Field(
+        "one-slot",
+        description="Redis: where a grid keeps its live state. one-slot: all of it in the "
+        "grid's hash slot (the faster on one server; one Redis core bounds it). sharded: each "
+        "request's record in the slot of its own key, so that on a Redis Cluster the work "
+        "spreads over every primary (docs/scaling.md); implies spread_notifications. Every "
+        "process of a grid uses the same (a process refuses a grid kept in the other).",
+    )
     key_prefix: str = Field("girder", description="Prefix of every key a shared backend writes.")
     log_level: str = Field("WARNING", description="structlog level: DEBUG, INFO, WARNING...")
     imports: list[str] = Field(default_factory=list, description="Modules a worker imports.")

@@ -16,7 +16,6 @@ import pytest
 from girder.backends.cluster import key_slot
 from girder.backends.redis import RedisBackend
 from girder.backends.redis_keys import CHUNK_BYTES, F_CRASHES, F_OWNER, F_STATUS, RedisKeys
-from girder.backends.redis_pools import PoolKeys, PoolSteps
 from girder.backends.redis_records import (
     RecordOutcome,
     RecordSteps,
@@ -63,15 +62,6 @@ async def backend(servers: tuple[str, list[RedisServer]]) -> AsyncIterator[Redis
 @pytest.fixture
 def steps(backend: RedisBackend) -> RecordSteps:
     return RecordSteps(KEYS, backend._access)
-
-
-@pytest.fixture
-def pools(backend: RedisBackend) -> PoolSteps:
-    return PoolSteps(backend._access)
-
-
-def pool(node: str) -> PoolKeys:
-    return PoolKeys.in_grid(KEYS, node)
 
 
 def server_of(servers: list[RedisServer], key: str) -> RedisServer:
@@ -161,18 +151,37 @@ async def test_requeue_counts_a_crash_once_and_hands_over_at_the_limit(
     key = request_key()
     await steps.submit("client", [(key, b"p")])
     await steps.claim("dead1", [key])
-    assert await steps.requeue("dead1", [key], max_crashes=2, reaper="reaper") == ["pending"]
-    assert await steps.requeue("dead1", [key], max_crashes=2, reaper="reaper") == ["pending"]
+    assert await steps.requeue("dead1", [key], max_crashes=2) == ["pending"]
+    assert await steps.requeue("dead1", [key], max_crashes=2) == ["pending"]
     assert record_of(servers[1], key)[F_CRASHES] == "1"  # sent again: counted once
     [claimed] = await steps.claim("dead2", [key])
     assert claimed.crashed
     assert await steps.requeue("someone", [key]) == ["gone"]  # runs under another: left
-    assert await steps.requeue("dead2", [key], max_crashes=2, reaper="reaper") == ["crashed"]
-    record = record_of(servers[1], key)
-    assert (record[F_STATUS], record[F_OWNER], record[F_CRASHES]) == ("r", "reaper", "2")
+    for _ in range(2):  # at the limit it stays under the dead owner, reported again if resent
+        assert await steps.requeue("dead2", [key], max_crashes=2) == ["crashed"]
+        record = record_of(servers[1], key)
+        assert (record[F_STATUS], record[F_OWNER], record[F_CRASHES]) == ("r", "dead2", "2")
+    # the reap's grid step put it in the reaper's running set: the record is handed over
+    assert await steps.hand_over("dead2", "reaper", [key]) == [True]
+    assert await steps.hand_over("dead2", "reaper", [key]) == [True]  # sent again
+    assert await steps.hand_over("other", "someone", [key]) == [False]
+    assert record_of(servers[1], key)[F_OWNER] == "reaper"
     # freeing (no crash counted): the reaper's run goes back to pending
     assert await steps.requeue("reaper", [key]) == ["pending"]
     assert record_of(servers[1], key)[F_CRASHES] == "2"
+
+
+async def test_drop_forgets_done_records_only(
+    steps: RecordSteps, servers: tuple[str, list[RedisServer]]
+) -> None:
+    done, other, pending = request_key(), request_key(), request_key()
+    await steps.submit("c", [(done, b"p"), (other, b"p"), (pending, b"p")])
+    await steps.claim("w", [done, other])
+    await steps.complete("w", [RecordOutcome(done, b"v", function_id="1")])
+    await steps.complete("w", [RecordOutcome(other, b"v", function_id="2")])
+    assert await steps.drop([done, other, pending], "1") == [True, False, False]
+    assert await steps.drop([done, other, pending]) == [False, True, False]
+    assert record_of(servers[1], pending)[F_STATUS] == "p"
 
 
 async def test_a_completion_by_a_stale_owner_changes_nothing(
@@ -292,78 +301,3 @@ async def test_each_step_runs_in_its_keys_slot_alone(steps: RecordSteps) -> None
     assert all(step.status == "done" for step in done)
     cached = await steps.submit("r", [(key, b"p") for key in keys])
     assert [answer.outcome for answer in cached] == [key.encode() for key in keys]
-
-
-# -- the pools' steps, and the two together -------------------------------------------------------
-
-
-async def test_the_hot_path_by_hand(steps: RecordSteps, pools: PoolSteps) -> None:
-    """submit = record step, then push; claim = pop, then record step; complete = record step,
-    then the next claim drops the key from the running set."""
-    keys = [request_key() for _ in range(5)]
-    answers = await steps.submit("client", [(key, key.encode()) for key in keys], job="j")
-    pending = [key for key, answer in zip(keys, answers, strict=True) if answer.status == "pending"]
-    assert await pools.push(pool("w"), pending, on_top=False) == 5
-
-    popped = await pools.claim("w", pool("w"), 3)
-    assert popped == keys[:3]  # pushed on the bottom: the first comes up first
-    claims = await steps.claim("w", popped)
-    assert [claim.payload for claim in claims] == [key.encode() for key in popped]
-    done = await steps.complete("w", [RecordOutcome(key, b"ok") for key in popped])
-    assert [step.waiters for step in done] == [["client"]] * 3
-    rest = await pools.claim("w", pool("w"), 10, done=popped)
-    assert rest == keys[3:]
-    assert await pools.claim("w", pool("w"), 10, done=rest) == []
-
-
-async def test_a_pool_claim_sent_again_returns_its_first_keys(
-    backend: RedisBackend, pools: PoolSteps
-) -> None:
-    keys = [request_key() for _ in range(4)]
-    await pools.push(pool("w"), keys, on_top=True)
-    where = [pool("w").work, pool("w").running, pool("w").journal, pool("w").counts, KEYS.migrating]
-    first = await backend._access.slot_script("pool_claim", where, 7, 7, 0, "w", 2)
-    again = await backend._access.slot_script("pool_claim", where, 7, 7, 1, "w", 2)
-    assert again == first  # the reply was lost: the same keys, none popped twice
-    assert [key.decode() for key in first] == keys[:1:-1]  # the top: the last pushed
-    assert await pools.claim("w", pool("w"), 10) == keys[1::-1]
-
-
-async def test_a_key_pushed_twice_is_claimed_once(steps: RecordSteps, pools: PoolSteps) -> None:
-    key, other = request_key(), request_key()
-    await steps.submit("client", [(key, b"p"), (other, b"q")])
-    for _ in range(2):  # the push's reply was lost, and it was sent again
-        await pools.push(pool("w"), [key], on_top=True)
-    await pools.push(pool("w"), [other], on_top=False)
-    assert await pools.claim("w", pool("w"), 10) == [key, other]
-    await pools.push(pool("w"), [key], on_top=True)  # once more, while w runs it
-    assert await pools.claim("w", pool("w"), 10) == []
-
-
-async def test_a_key_that_crashed_a_worker_is_claimed_alone(pools: PoolSteps) -> None:
-    fresh, crashed, after = request_key(), request_key(), request_key()
-    await pools.push(pool("w"), [after, crashed, fresh], on_top=True, crashed=[crashed])
-    assert await pools.claim("w", pool("w"), 10) == [fresh]  # stops before the marked key
-    assert await pools.claim("w", pool("w"), 10, done=[fresh]) == [crashed]  # alone
-    assert await pools.claim("w", pool("w"), 10, done=[crashed]) == [after]
-
-
-async def test_a_claimer_dead_between_its_steps_leaves_what_the_reaper_finishes(
-    backend: RedisBackend, steps: RecordSteps, pools: PoolSteps
-) -> None:
-    """The pool's step popped the keys into the dead node's running set, and the records'
-    step never ran: the reaper requeues what that set names (the records are still pending),
-    and another node claims them."""
-    keys = [request_key() for _ in range(3)]
-    await steps.submit("client", [(key, b"p") for key in keys])
-    await pools.push(pool("dead"), keys, on_top=False)
-    assert await pools.claim("dead", pool("dead"), 3) == keys
-    # ... dead dies here. The reaper reads its running set, then the records' steps:
-    running = await backend._access.at(KEYS.running("dead")).execute(
-        "SMEMBERS", KEYS.running("dead")
-    )
-    named = sorted(key.decode() for key in running)
-    assert await steps.requeue("dead", named, max_crashes=3, reaper="reaper") == ["pending"] * 3
-    await pools.push(pool("live"), named, on_top=False)
-    claimed = await steps.claim("live", await pools.claim("live", pool("live"), 3))
-    assert [claim.status for claim in claimed] == ["claimed"] * 3

@@ -2,7 +2,8 @@
 
 `open_backend("memory://")` builds a `MemoryBackend`; `redis://`, `rediss://`, `unix://`,
 `redis+cluster://`, `redis+sentinel://` and their TLS forms `rediss+cluster://` and
-`rediss+sentinel://` build a `RedisBackend` (the `girder[redis]` extra).
+`rediss+sentinel://` build a `RedisBackend` (the `girder[redis]` extra), or with
+`Settings.layout = "sharded"` a `ShardedRedisBackend`.
 Third-party backends register a factory under the entry-point group `girder.backends`, named by
 their URL scheme, or call `register_backend`.
 """
@@ -21,13 +22,13 @@ BackendFactory = Callable[..., StateBackend]
 
 known_backends: dict[str, str] = {
     "memory": "girder.backends.memory:MemoryBackend",
-    "redis": "girder.backends.redis:RedisBackend",
-    "rediss": "girder.backends.redis:RedisBackend",
-    "unix": "girder.backends.redis:RedisBackend",
-    "redis+cluster": "girder.backends.redis:RedisBackend",
-    "redis+sentinel": "girder.backends.redis:RedisBackend",
-    "rediss+cluster": "girder.backends.redis:RedisBackend",
-    "rediss+sentinel": "girder.backends.redis:RedisBackend",
+    "redis": "girder.backends.redis:open_redis",
+    "rediss": "girder.backends.redis:open_redis",
+    "unix": "girder.backends.redis:open_redis",
+    "redis+cluster": "girder.backends.redis:open_redis",
+    "redis+sentinel": "girder.backends.redis:open_redis",
+    "rediss+cluster": "girder.backends.redis:open_redis",
+    "rediss+sentinel": "girder.backends.redis:open_redis",
 }
 """URL scheme -> "module:factory" of the backends that ship with girder."""
 

@@ -320,7 +320,6 @@ class RedisBackend:
             journaled=lambda name, node, *args: self._journaled(name, node, True, *args),
             # Looked up at each call, so that a test may wrap the method on this backend.
             slot_script=lambda *args: self._slot_script(*args),  # noqa: PLW0108
-            journaled_slot=self._journaled_slot,
             retrying=self._retrying,
             at=self._at,
             servers=self._servers,
@@ -338,6 +337,10 @@ class RedisBackend:
         """Notifications in the nodes' own slots: this process's nodes are told there with
         `Settings.spread_notifications`, and every process posts there for nodes that are."""
         self._own_inbox = settings.spread_notifications
+        self._watch_seconds = settings.events_watch
+        self._watched_until = 0.0
+        """Until when (monotonic) the grid's events are known to be watched: by this process's
+        latest read of them, or by a heartbeat that found them watched."""
 
     async def connect(self) -> None:
         """Check the server and load the scripts. A server that cannot be reached at all is a
@@ -365,10 +368,22 @@ class RedisBackend:
                 if not isinstance(cause, ReplyLost) or attempt == _CONNECT_TRIES:
                     raise
         self._outage.ended()
+        await self._check_layout()
         await self._check_eviction_policy()
         if self._results is None:
             self._saw_results_moved(
                 await self._execute("connect", "EXISTS", self._keys.results_dropped)
+            )
+
+    async def _check_layout(self) -> None:
+        """Refuse a grid that a sharded process keeps (`Settings.layout`): its records are not
+        in the grid's slot, where this one's scripts would look."""
+        layout = await self._execute("connect", "GET", self._keys.layout)
+        if layout is not None:
+            raise ConfigurationError(
+                f"the grid {self._keys.prefix!r} at {self.url} keeps its state in the "
+                f"{layout.decode(errors='replace')!r} layout: set GIRDER_LAYOUT to match "
+                "(or flush it)"
             )
 
     def _saw_results_moved(self, moved: object) -> None:
@@ -510,43 +525,14 @@ class RedisBackend:
         """Run a script of a slot of its own (`SLOT_SCRIPTS`: a blob's, a moved result's) by
         SHA, sending its source on a NOSCRIPT (a server that never saw it, or restarted),
         retried through outages."""
-        return await self._slot_attempts(name, keys, lambda: args)
-
-    async def _journaled_slot(
-        self, name: str, node: str, keys: Sequence[str], *args: str | bytes | int | float
-    ) -> Any:
-        """Run a journaled script of a slot of its own (a pool's step) for `node`, with a call
-        token: if its reply is lost, it is sent again marked so, and returns the reply of the
-        run that happened (see `_journaled`)."""
-        token, low = self._tokens.issue(node)
-        again = 0
-
-        def arguments() -> tuple[str | bytes | int | float, ...]:
-            nonlocal again
-            sent = (token, low, again, *args)
-            again = 1
-            return sent
-
-        try:
-            return await self._slot_attempts(name, keys, arguments)
-        finally:
-            self._tokens.settle(node, token)
-
-    async def _slot_attempts(
-        self,
-        name: str,
-        keys: Sequence[str],
-        arguments: Callable[[], Sequence[str | bytes | int | float]],
-    ) -> Any:
-        """`_slot_script`, with the arguments of each attempt from `arguments()`."""
         script = self._slot_scripts[name]
         client = self._at(keys[0])
+        by_sha = ("EVALSHA", script.sha, len(keys), *keys, *args)
+        by_source = ("EVAL", script.source, len(keys), *keys, *args)
 
         async def attempt() -> Any:
-            args = arguments()
-            [reply] = await client.pipeline([("EVALSHA", script.sha, len(keys), *keys, *args)])
+            [reply] = await client.pipeline([by_sha])
             if isinstance(reply, ReplyError) and _is_noscript(reply):
-                by_source = ("EVAL", script.source, len(keys), *keys, *args)
                 [reply] = await client.pipeline([by_source])
             if isinstance(reply, ReplyError):
                 raise reply
@@ -985,7 +971,9 @@ class RedisBackend:
         )
         if seen:
             self._saw_results_moved(seen[0])
-        registered, clock, own = reply
+        registered, clock, own, watched = reply
+        if watched:
+            self._watched_until = time.monotonic() + self._watch_seconds
         lost = self._cut_short_seen.get(node, 0) < cut_short
         self._cut_short_seen[node] = cut_short
         if server:
@@ -1159,6 +1147,7 @@ class RedisBackend:
     async def events(self, after: str | None = None, limit: int = 1000) -> list[Event]:
         """Event ids are `<entry number>/<index in the entry>`: one entry of the event list
         holds the events of one script call (see `emit_events` in common.lua)."""
+        self._watched_until = time.monotonic() + self._watch_seconds
         entry, _, index = (after or "").partition("/")
         start = int(entry) if entry.isdigit() else -1
         skip = int(index) if start >= 0 and index.isdigit() else -1
@@ -1345,3 +1334,12 @@ def _head(key: str) -> bytes:
 def _ms(seconds: float) -> int:
     """A lease in whole milliseconds (at least 1)."""
     return max(1, round(seconds * 1000))
+
+
+def open_redis(url: str, *, settings: Settings | None = None) -> RedisBackend:
+    """The Redis backend of `url` in the layout that `settings` names (`Settings.layout`)."""
+    if settings is not None and settings.layout == "sharded":
+        from girder.backends.sharded import ShardedRedisBackend  # noqa: PLC0415 (it imports this)
+
+        return ShardedRedisBackend(url, settings=settings)
+    return RedisBackend(url, settings=settings)

@@ -27,9 +27,6 @@ class RedisAccess:
     `journaled(name, node, *args)`."""
     slot_script: Run
     """A script of the slot of its keys (`SLOT_SCRIPTS`): `slot_script(name, keys, *args)`."""
-    journaled_slot: Run
-    """A journaled script of a slot of its own (a pool's step) of a node, run once even if sent
-    again: `journaled_slot(name, node, keys, *args)`."""
     retrying: Retrying
     """An attempt, tried again through outages: `retrying(what, attempt)`."""
     at: Callable[[str], Pipelined]

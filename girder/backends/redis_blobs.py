@@ -48,7 +48,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from time import monotonic
 from typing import Any
 
@@ -78,12 +78,23 @@ SWEEP_STEP = 100
 _SCAN_COUNT = 1000
 
 
+Referring = Callable[[Sequence[str]], Awaitable[list[str]]]
+"""Of the holders of some digests, those that still refer to them: 'h' <key> (its record
+exists), 'u' <key> (it holds a blob until done, and is not done)."""
+
+
 class RedisBlobs:
     """put/get/sweep/list/flush of a grid's blobs (see the module docstring)."""
 
-    def __init__(self, keys: RedisKeys, access: RedisAccess) -> None:
+    def __init__(
+        self, keys: RedisKeys, access: RedisAccess, referring: Referring | None = None
+    ) -> None:
+        """`referring`: in the sharded layout, where the holders' records are not in the
+        grid's slot, what says which holders of some digests still refer to them (see
+        shard_blob_sweep.lua)."""
         self._keys = keys
         self._access = access
+        self._referring = referring
 
     # -- put and get ------------------------------------------------------------------------------
 
@@ -219,7 +230,13 @@ class RedisBlobs:
     async def unheld(self, cutoff: bytes, digests: Sequence[str]) -> tuple[int, list[str]]:
         """Sweep step 1 (grid slot): which of `digests` are still due and held by nobody; and
         the deadline of step 3 (server ms)."""
-        now, unheld = await self._access.run("blob_sweep", cutoff, *digests)
+        if self._referring is None:
+            now, unheld = await self._access.run("blob_sweep", cutoff, *digests)
+        else:
+            referring = await self._referring(digests)
+            now, unheld = await self._access.run(
+                "shard_blob_sweep", cutoff, len(referring), *referring, *digests
+            )
         return int(now) + HOLD_WINDOW_MS, [digest.decode() for digest in unheld]
 
     async def drop(self, digest: str, generation: bytes) -> bool:

@@ -125,6 +125,9 @@ Per grid:
                        whose look in the keys' slots came well before it looks again; and its
                        existence tells every process that results have moved (so that one
                        without the setting looks for them too)
+    layout             string: "sharded" when the grid keeps its records in their own slots
+                       (`Settings.layout`, see `sharded`); absent in the one-slot layout. Each
+                       process checks it when it connects, and refuses a grid of the other
     migrating          never written: every script of the grid declares it in KEYS beside
                        `leases`, so that while the grid's slot is being migrated (a resharding)
                        the server answers TRYAGAIN or ASK instead of running the script (a key
@@ -177,6 +180,7 @@ BLOBS = "blobs"
 SPREAD_RESULT = "v"
 OWN_RECORD = "r"
 RESULTS_DROPPED = "resultsdropped"
+LAYOUT = "layout"
 FUNCTIONS = "functions"
 
 F_STATUS = "s"
@@ -338,6 +342,8 @@ class RedisKeys:
         self.blobs = self.base + BLOBS
         self.functions = self.base + FUNCTIONS
         self.results_dropped = self.base + RESULTS_DROPPED
+        self.layout = self.base + LAYOUT
+        self.departed = self.base + DEPARTED
 
     def record(self, key: str) -> str:
         return self.base + RECORD + key
@@ -347,6 +353,15 @@ class RedisKeys:
 
     def volunteers(self, distributor: str) -> str:
         return self.base + VOLUNTEERS + distributor
+
+    def blob_holders(self, digest: str) -> str:
+        return self.base + BLOB_HOLDERS + digest
+
+    def blob_until_done(self, digest: str) -> str:
+        return self.base + BLOB_UNTIL_DONE + digest
+
+    def cancelling(self, job: str) -> str:
+        return self.base + CANCELLING + job
 
     def running(self, node: str) -> str:
         return self.base + RUNNING_SET + node
@@ -425,6 +440,19 @@ class RedisKeys:
         """Request `key`'s record in the slot of its own key (not the grid's), beside its moved
         result: what the records' steps work on (see `redis_records`)."""
         return "{" + self.prefix + ":" + key + "}:" + OWN_RECORD
+
+    def own_record_pattern(self) -> str:
+        """A SCAN pattern that matches every record in its own slot of this grid (and those of
+        a grid whose prefix is this one's, a ':' and more: `own_record_key` cannot tell)."""
+        return _glob_escaped("{" + self.prefix + ":") + "*}:" + OWN_RECORD
+
+    def own_record_key(self, name: str) -> str | None:
+        """The request key whose record in its own slot `name` is; None for any other name."""
+        head, tail = "{" + self.prefix + ":", "}:" + OWN_RECORD
+        if not name.startswith(head) or not name.endswith(tail) or len(name) == len(head + tail):
+            return None
+        key = name[len(head) : -len(tail)]
+        return None if key.startswith("node:") else key
 
     def own_record_migrating(self, key: str) -> str:
         """A key of request `key`'s own slot that never exists (the slot's migration probe)."""

@@ -206,15 +206,16 @@ class RecordSteps:
         return [_completed(reply) for reply in replies]
 
     async def requeue(
-        self, owner: str, keys: Sequence[str], *, max_crashes: int | None = None, reaper: str = ""
+        self, owner: str, keys: Sequence[str], *, max_crashes: int | None = None
     ) -> list[Literal["pending", "crashed", "gone"]]:
         """Each of `keys` that runs under `owner` made pending again, for the caller to push
         back: the records' step of a reap, a reconcile or a leave, or of freeing a key whose
         owner will not complete it. With `max_crashes`, owner died running them: a key's crash
-        is counted, and at the limit it runs under `reaper` instead ("crashed")."""
+        is counted, and at the limit it stays under owner ("crashed"), for the caller to hand
+        over to the reaper (`hand_over`) once the reaper's running set holds it."""
         limit = "" if max_crashes is None else max_crashes
         replies = await asyncio.gather(
-            *(self._step("record_requeue", key, owner, limit, reaper) for key in keys)
+            *(self._step("record_requeue", key, owner, limit) for key in keys)
         )
         names: dict[int, Literal["pending", "crashed", "gone"]] = {
             STEP_PENDING: "pending",
@@ -222,6 +223,36 @@ class RecordSteps:
             STEP_GONE: "gone",
         }
         return [names[int(reply)] for reply in replies]
+
+    async def hand_over(self, source: str, target: str, keys: Sequence[str]) -> list[bool]:
+        """Each of `keys` that runs under `source` made to run under `target` (true also when it
+        does already)."""
+        replies = await asyncio.gather(
+            *(self._step("record_hand_over", key, source, target) for key in keys)
+        )
+        return [bool(reply) for reply in replies]
+
+    async def drop(self, keys: Sequence[str], function_id: str = "") -> list[bool]:
+        """Each of `keys` that is done (and, with `function_id`, cached for that function)
+        deleted: whether it was."""
+        replies = await asyncio.gather(
+            *(self._step("record_drop", key, function_id) for key in keys)
+        )
+        return [bool(reply) for reply in replies]
+
+    async def read(self, keys: Sequence[str], *fields: str) -> list[list[bytes | None]]:
+        """`fields` of each key's record (Nones for a key without one, or a record of the wrong
+        type: garbage has nothing to show)."""
+
+        async def one(key: str) -> list[bytes | None]:
+            name = self._keys.own_record(key)
+            client = self._access.at(name)
+            [reply] = await self._access.retrying(
+                "read", lambda: client.pipeline([("HMGET", name, *fields)])
+            )
+            return [None] * len(fields) if isinstance(reply, Exception) else list(reply)
+
+        return list(await asyncio.gather(*(one(key) for key in keys)))
 
     async def publish(self, node: str, key: str, outcome: bytes) -> Published:
         """A partial answer of `key`, which node runs, stored as its latest."""

@@ -195,6 +195,23 @@ SPECS = {
         ScriptSpec("cache_drop", ("node", "fn_name", "every"), rest="keys", journaled=True),
         ScriptSpec("result_drop", ("node", "mover"), rest="moved", journaled=True),
         ScriptSpec("events_read", ("start", "count")),
+        ScriptSpec(
+            "shard_push", ("node", "into", "on_top", "dispatch", "count"), "rest", journaled=True
+        ),
+        ScriptSpec(
+            "shard_claim",
+            ("node", "count", "volunteer_at", "ndone", "ntold"),
+            "rest",
+            journaled=True,
+        ),
+        ScriptSpec("shard_events"),
+        ScriptSpec("shard_hand_out", ("distributor", "even_share"), "unclaimable", True),
+        ScriptSpec("shard_dead", ("reaper",)),
+        ScriptSpec("shard_reap", ("reaper",), rest="rest", journaled=True),
+        ScriptSpec("shard_leave", ("node",), rest="pending"),
+        ScriptSpec("shard_reconcile", ("node", "ndrop"), rest="rest", journaled=True),
+        ScriptSpec("shard_functions"),
+        ScriptSpec("shard_blob_sweep", ("cutoff", "nreferring"), rest="rest"),
     )
 }
 
@@ -229,50 +246,48 @@ live node takes from its inbox every `idle_poll`; a notification lost to the exp
 same is made up by the waiter's own checks (it submits again what it waited long for)."""
 
 
-STEP_SPECS = {
+RECORD_SPECS = {
     spec.name: spec
     for spec in (
         ScriptSpec("record_submit", ("node", "job", "waiter", "payload")),
         ScriptSpec("record_claim", ("node",)),
         ScriptSpec("record_complete", ("node", "outcome", "cache", "ttl_ms", "fn")),
-        ScriptSpec("record_requeue", ("owner", "max_crashes", "reaper")),
+        ScriptSpec("record_requeue", ("owner", "max_crashes")),
+        ScriptSpec("record_hand_over", ("from", "to")),
+        ScriptSpec("record_drop", ("fn",)),
         ScriptSpec("record_publish", ("node", "outcome")),
         ScriptSpec("record_cancel", ("drop", "job")),
         ScriptSpec("record_edges"),
-        ScriptSpec("pool_push", ("on_top",), rest="keys"),
-        ScriptSpec("pool_claim", ("node", "count"), rest="done", journaled=True),
     )
 }
-"""The steps of the sharded layout: the records' (`record_<name>`: scripts of one request
-key's own slot, over its record alone, KEYS[1], KEYS[2] being the slot's migration probe; see
-`redis_records`) and the pools' (`pool_<name>`: every key they touch given in KEYS; see
-`redis_pools`)."""
+"""The records' steps of the sharded layout: scripts of one request key's own slot, over its
+record alone (KEYS[1]; KEYS[2] is the slot's migration probe, see `redis_records`). The grid's
+steps of that layout are among `SPECS` (`shard_<name>`)."""
 
-_STEP_OVERRIDES = ("call", "note_corrupt", "read_record")
-"""common.lua's helpers that name the grid's keys, which step_common.lua replaces."""
+_RECORD_OVERRIDES = ("call", "note_corrupt", "read_record")
+"""common.lua's helpers that name the grid's keys, which record_common.lua replaces."""
 
 
 def build_slot_scripts() -> dict[str, Script]:
-    """The scripts of `SLOT_SCRIPTS`, as they are (their keys come in `KEYS`), and the steps of
-    the sharded layout (`STEP_SPECS`), built like the grid's scripts but from what names no
-    key: the field names and codes, step_common.lua, the helpers of common.lua it does not
-    replace, and step_journal.lua."""
+    """The scripts of `SLOT_SCRIPTS`, as they are (their keys come in `KEYS`), and the records'
+    steps of the sharded layout (`RECORD_SPECS`), built like the grid's scripts but from what
+    names no key: the field names and codes, record_common.lua, and the helpers of common.lua
+    it does not replace."""
     folder = resources.files("girder.backends").joinpath("lua")
     scripts = {}
     for name in SLOT_SCRIPTS:
         source = folder.joinpath(f"slot_{name}.lua").read_text()
         scripts[name] = Script(ScriptSpec(name), source, hashlib.sha1(source.encode()).hexdigest())
     codes = "".join(f"local {name} = {value}\n" for name, value in _STEP_CODES.items())
-    own = _definitions(lua_constants() + codes + folder.joinpath("step_common.lua").read_text())
+    own = _definitions(lua_constants() + codes + folder.joinpath("record_common.lua").read_text())
     shared = [
         (name, text)
         for name, text in _definitions(folder.joinpath("common.lua").read_text())
-        if name not in _STEP_OVERRIDES
+        if name not in _RECORD_OVERRIDES
     ]
-    after = _definitions(folder.joinpath("step_journal.lua").read_text())
-    for name, spec in STEP_SPECS.items():
+    for name, spec in RECORD_SPECS.items():
         body = spec.lua_arguments() + folder.joinpath(f"{name}.lua").read_text()
-        source = _needed(own + shared + after, body) + body
+        source = _needed(own + shared, body) + body
         scripts[name] = Script(spec, source, hashlib.sha1(source.encode()).hexdigest())
     return scripts
 

@@ -6,7 +6,8 @@
 -- does not see it again). The unheld stay in the index: their bytes, in slots of their own, go
 -- first (blob_drop), then blob_forget drops them from the index if nothing held them again.
 -- Returns {now (server ms), the unheld digests}.
-local now = now_ms()
+-- (The sweep itself is common.lua's `sweep_blobs`, which a sharded grid's `shard_blob_sweep`
+-- shares.)
 
 -- Whether request `key` still refers to the blob: its record exists or, until done, is pending
 -- or running (or of a status nobody wrote: it may still run).
@@ -18,31 +19,4 @@ local function holds(key, until_done)
   return status ~= false and status ~= DONE
 end
 
--- Forget the holders in set `holders` that no longer hold the blob; whether any is left.
-local function still_held(holders, until_done)
-  local held = false
-  for _, key in ipairs(call('SMEMBERS', holders)) do
-    if holds(key, until_done) then
-      held = true
-    else
-      call('SREM', holders, key)
-    end
-  end
-  return held
-end
-
-local unheld = {}
-for i = FIRST_DIGESTS, #ARGV do
-  local digest = ARGV[i]
-  local score = tonumber(call('ZSCORE', K_BLOBS, digest))
-  if score ~= nil and score < tonumber(cutoff) then
-    local held = still_held(k_blob_holders(digest), false)
-    held = still_held(k_blob_until_done(digest), true) or held
-    if held then
-      call('ZADD', K_BLOBS, math.max(now, tonumber(cutoff)), digest)
-    else
-      unheld[#unheld + 1] = digest
-    end
-  end
-end
-return {string.format('%.0f', now), unheld}
+return sweep_blobs(cutoff, FIRST_DIGESTS, holds)

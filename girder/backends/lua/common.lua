@@ -43,15 +43,29 @@ local EVENTS = {}
 
 local WATCHED = nil
 
+-- Whether events are published now (looked up once per call).
+local function watched()
+  if EVENTS_MAX > 0 and WATCHED == nil then
+    WATCHED = redis.call('EXISTS', K_EVENTS_WATCHED) == 1
+  end
+  return EVENTS_MAX > 0 and WATCHED
+end
+
 local function event(kind, node, key, name, parent, job, detail)
-  if EVENTS_MAX > 0 then
-    if WATCHED == nil then
-      WATCHED = redis.call('EXISTS', K_EVENTS_WATCHED) == 1
-    end
-    if WATCHED then
-      EVENTS[#EVENTS + 1] = kind .. '\031' .. node .. '\031' .. (key or '') .. '\031'
-        .. (name or '') .. '\031' .. (parent or '') .. '\031' .. (job or '') .. '\031'
-        .. (detail or '')
+  if watched() then
+    EVENTS[#EVENTS + 1] = kind .. '\031' .. node .. '\031' .. (key or '') .. '\031'
+      .. (name or '') .. '\031' .. (parent or '') .. '\031' .. (job or '') .. '\031'
+      .. (detail or '')
+  end
+end
+
+-- Collect the events ARGV[first], ARGV[first + 1], ..., each its fields joined by \031 as
+-- `event` joins them: those that the caller of a step of the sharded layout made of what the
+-- records' steps found (they run in other slots, where no event list is).
+local function given_events(first)
+  if watched() then
+    for i = first, #ARGV do
+      EVENTS[#EVENTS + 1] = ARGV[i]
     end
   end
 end
@@ -316,6 +330,21 @@ local function move_bottom(source, target, count)
   return #keys
 end
 
+-- A work list's entry without the mark of a key that killed a worker before: in the sharded
+-- layout, where a claim cannot read the record's crash count first, the reaper pushes such a
+-- key as '!' .. key (request keys never start with '!'), and the list moves carry the mark.
+local function unmarked(entry)
+  if string.sub(entry, 1, 1) == '!' then
+    return string.sub(entry, 2)
+  end
+  return entry
+end
+
+-- In the sharded layout, where no list move can read a record: the keys that the caller found
+-- nobody can claim (key -> true). Any other key is handed out as it is, and the claim's step in
+-- its record refuses it if it cannot run. nil in the one-slot layout: the records are read.
+local UNCLAIMABLE = nil
+
 -- Pop up to `share` keys that may run from the top of `work`, discarding the others.
 local function pop_runnable(work, share)
   local keys = {}
@@ -324,8 +353,14 @@ local function pop_runnable(work, share)
     if not key then
       break
     end
-    local state = read_record(key, F_STATUS, F_OWNER)
-    if runnable(key, state[1], state[2]) then
+    local runs
+    if UNCLAIMABLE then
+      runs = not UNCLAIMABLE[unmarked(key)]
+    else
+      local state = read_record(key, F_STATUS, F_OWNER)
+      runs = runnable(key, state[1], state[2])
+    end
+    if runs then
       keys[#keys + 1] = key
     end
   end
@@ -367,7 +402,7 @@ local function hand_out(dist, even_share)
       push_top(k_work(volunteer), reversed)
       ring(k_wake(volunteer))
       for _, key in ipairs(keys) do
-        handed[#handed + 1] = key
+        handed[#handed + 1] = unmarked(key)
         handed[#handed + 1] = volunteer
       end
     end
@@ -378,13 +413,45 @@ local function hand_out(dist, even_share)
   return handed
 end
 
--- Forget `node` (membership, volunteering, inbox, journal, claim count) and give back its work:
--- its running keys and its list go to the bottom of its distributor's list (at most
--- MAX_SCRIPT_KEYS of the list at once: the rest stays and `trim` fetches it later), or with no
--- distributor the running keys go to the bottom of its own list, which stays. With
--- `max_crashes`, each running key's crash count rises and at the limit the key is re-owned by
--- `reaper` instead. Returns the number of keys given back and the keys that crashed out.
-local function hand_back(node, max_crashes, reaper)
+-- Sweep step 1 of the blobs ARGV[first], ARGV[first + 1], ... (see blob_sweep.lua): of those
+-- still last put or checked before `cutoff`, forget the holders that `holds(key, until_done)`
+-- says no longer refer to the blob; a blob still held counts as checked now (or at `cutoff`).
+-- Returns {now (server ms), the unheld digests}.
+local function sweep_blobs(cutoff, first, holds)
+  local now = now_ms()
+  -- Forget the holders in set `holders` that no longer hold the blob; whether any is left.
+  local function still_held(holders, until_done)
+    local held = false
+    for _, key in ipairs(call('SMEMBERS', holders)) do
+      if holds(key, until_done) then
+        held = true
+      else
+        call('SREM', holders, key)
+      end
+    end
+    return held
+  end
+
+  local unheld = {}
+  for i = first, #ARGV do
+    local digest = ARGV[i]
+    local score = tonumber(call('ZSCORE', K_BLOBS, digest))
+    if score ~= nil and score < tonumber(cutoff) then
+      local held = still_held(k_blob_holders(digest), false)
+      held = still_held(k_blob_until_done(digest), true) or held
+      if held then
+        call('ZADD', K_BLOBS, math.max(now, tonumber(cutoff)), digest)
+      else
+        unheld[#unheld + 1] = digest
+      end
+    end
+  end
+  return {string.format('%.0f', now), unheld}
+end
+
+-- Forget `node`: its membership, volunteering, inbox, running set, journal and claim count.
+-- Returns its distributor (or false) and its running keys, sorted.
+local function forget_node(node)
   local info = k_node(node)
   local dist = call('HGET', info, F_DISTRIBUTOR)
   local volunteered = call('SMEMBERS', k_volunteered(node))
@@ -403,7 +470,36 @@ local function hand_back(node, max_crashes, reaper)
   redis.call('DEL', k_volunteered(node), k_inbox(node), k_taken(node), k_wake(node),
     k_running(node), k_journal(node))
   call('HDEL', K_POPS, node)
+  return dist, running
+end
 
+-- Give back the work of a forgotten `node` whose distributor is `dist` (or false): `requeue`
+-- (keys it ran, pending again) and its list go to the bottom of its distributor's list (at
+-- most MAX_SCRIPT_KEYS of the list at once: the rest stays and `trim` fetches it later), or
+-- with no distributor `requeue` goes to the bottom of its own list, which stays. Returns the
+-- number of keys given back.
+local function give_back(node, dist, requeue)
+  if not dist then
+    push_bottom(k_work(node), requeue)
+    return #requeue
+  end
+  push_bottom(k_work(dist), requeue)
+  local moved = move_bottom(node, dist, MAX_SCRIPT_KEYS)
+  if call('LLEN', k_work(node)) > 0 then
+    call('HSET', k_orphans(dist), node, 1)
+  end
+  if #requeue > 0 then
+    ring(k_wake(dist))
+  end
+  return #requeue + moved
+end
+
+-- Forget `node` and give back its work (see forget_node, give_back): each key it ran becomes
+-- pending again; with `max_crashes`, its crash count rises and at the limit the key is
+-- re-owned by `reaper` instead. Returns the number of keys given back and the keys that
+-- crashed out.
+local function hand_back(node, max_crashes, reaper)
+  local dist, running = forget_node(node)
   local requeue, crashed = {}, {}
   for _, key in ipairs(running) do
     local record = k_record(key)
@@ -420,20 +516,7 @@ local function hand_back(node, max_crashes, reaper)
       end
     end
   end
-
-  if not dist then
-    push_bottom(k_work(node), requeue)
-    return #requeue, crashed
-  end
-  push_bottom(k_work(dist), requeue)
-  local moved = move_bottom(node, dist, MAX_SCRIPT_KEYS)
-  if call('LLEN', k_work(node)) > 0 then
-    call('HSET', k_orphans(dist), node, 1)
-  end
-  if #requeue > 0 then
-    ring(k_wake(dist))
-  end
-  return #requeue + moved, crashed
+  return give_back(node, dist, requeue), crashed
 end
 
 -- Pop the top of node's list until a runnable key comes up, and run it: {key, payload, crashed}
@@ -496,6 +579,26 @@ local function claim_many(node, wanted)
     end
   end
   return claimed
+end
+
+-- The short id of the function named `fn` (a done record holds it, not the name: a few bytes
+-- instead of a module path in every cached result), made on the name's first completion. The
+-- grid's function table holds both ways: FUNCTION_NAME .. fn -> id, FUNCTION_ID .. id -> fn. A new
+-- id is the first number past the table's size that no function has (garbage written into the
+-- table only skips numbers).
+local function_ids = {}
+local function function_id(fn)
+  local id = function_ids[fn] or call('HGET', K_FUNCTIONS, FUNCTION_NAME .. fn)
+  if not id then
+    local number = call('HLEN', K_FUNCTIONS) + 1
+    while call('HEXISTS', K_FUNCTIONS, FUNCTION_ID .. number) == 1 do
+      number = number + 1
+    end
+    id = tostring(number)
+    call('HSET', K_FUNCTIONS, FUNCTION_NAME .. fn, id, FUNCTION_ID .. id, fn)
+  end
+  function_ids[fn] = id
+  return id
 end
 
 -- The journal of a node's calls whose reply depends on what they changed. A call whose reply was

@@ -46,26 +46,6 @@ local function drop_edges_of_others(key, members)
   end
 end
 
--- The short id of the function named `fn` (a done record holds it, not the name: a few bytes
--- instead of a module path in every cached result), made on the name's first completion. The
--- grid's function table holds both ways: FUNCTION_NAME .. fn -> id, FUNCTION_ID .. id -> fn. A new
--- id is the first number past the table's size that no function has (garbage written into the
--- table only skips numbers).
-local function_ids = {}
-local function function_id(fn)
-  local id = function_ids[fn] or call('HGET', K_FUNCTIONS, FUNCTION_NAME .. fn)
-  if not id then
-    local number = call('HLEN', K_FUNCTIONS) + 1
-    while call('HEXISTS', K_FUNCTIONS, FUNCTION_ID .. number) == 1 do
-      number = number + 1
-    end
-    id = tostring(number)
-    call('HSET', K_FUNCTIONS, FUNCTION_NAME .. fn, id, FUNCTION_ID .. id, fn)
-  end
-  function_ids[fn] = id
-  return id
-end
-
 -- Report the move of `key` (see `moves` below).
 local moves = {}
 local function report_move(key, id, ttl_ms, outcome)

@@ -1,4 +1,5 @@
--- heartbeat(node, ttl_ms, counters, low) -> {registered (1/0), clock, own}. The grid's clock rises
+-- heartbeat(node, ttl_ms, counters, low) -> {registered (1/0), clock, own, watched (1/0: the
+-- grid's events are watched, see common.lua)}. The grid's clock rises
 -- by one at every heartbeat: a node that sees it lower than before knows the server lost writes.
 -- The other nodes' heartbeats may raise a restored clock past what a node saw last, so a node's
 -- own heartbeats (those with counters; not its lease keeper's) also keep the clock they got in
@@ -26,4 +27,4 @@ local clock = call('INCR', K_CLOCK)
 if own >= 0 then
   call('HSET', k_node(node), F_COUNTERS, counters, F_OWN_CLOCK, clock)
 end
-return {registered, clock, own}
+return {registered, clock, own, watched() and 1 or 0}

@@ -1,10 +1,8 @@
--- Helpers of the steps of the sharded layout: the records' steps (record_<name>.lua), which run
--- in one request key's own slot and touch its record alone (KEYS[1], see redis_records.py), and
--- the pools' steps (pool_<name>.lua), which get every key they touch in KEYS, so that they run
--- in the grid's slot or in a node's own (see redis_pools.py). These come before common.lua's
+-- Helpers of the records' steps (record_<name>.lua): scripts that run in one request key's own
+-- slot and touch its record alone, KEYS[1] (see redis_records.py). They come before common.lua's
 -- helpers and replace its `call`, `note_corrupt` and `read_record`, which name keys of the
--- grid's slot. The rest of common.lua that the steps use (chunks, members, edges) is the same
--- code.
+-- grid's slot: a record's step may touch no other slot. The rest of common.lua that they use
+-- (chunks, members, edges) is the same code.
 
 -- A key of the wrong type is deleted (as common.lua's `call` does) and named in the server's
 -- log; the grid's `corrupt` list, in another slot, does not hear of it.

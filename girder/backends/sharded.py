@@ -1,0 +1,685 @@
+"""`ShardedRedisBackend`: a grid whose request records spread over a Redis Cluster's slots.
+
+`Settings.layout = "sharded"` (docs/scaling.md, "Sharding design"). Each request key's record
+lives in the slot of its own key (`redis_records`), so on a Redis Cluster the records, and the
+work on them, spread over every primary by their keys. What stays in the grid's slot is list
+work and membership: the work lists, running sets, volunteers, leases, journals and events. The
+nodes' notifications are in their own slots (`spread_notifications` is implied).
+
+Every operation on a record is then two or more steps, each one script of one slot, ordered so
+that a crash between them leaves state that an existing recovery finishes:
+
+- **submit**: (1) each key's record made or found, the waiter added; (1b) a key running under
+  an owner that will not complete it (not registered, and not in its running set) is freed; (2)
+  the wait edges' other side, and a cycle walk along them; (3) the grid's step pushes the
+  pending keys (and hands them out). A crash before (3) leaves pending records on no list: the
+  waiter's resubmission of long-awaited keys pushes them again.
+- **claim**: (1) the grid's step pops keys into the node's running set (journaled); (2) each
+  key's record is marked running, or refuses (done, or running elsewhere): a refused key leaves
+  the running set at the node's next grid step. A crash between: the reaper requeues the set.
+- **complete**: (1) each record takes its outcome and answers its waiters and edges; (2) the
+  waiters are told in their own slots; the edges' other sides are dropped; (3) the grid's step
+  drops the keys from the running set (and claims). A crash after (1): the waiters resubmit
+  long-awaited keys and find them done; the reaper finds done keys and leaves them.
+- **reap, leave, reconcile**: the grid's state is read, the records made pending again (a
+  crash counted once), then one grid step forgets the node and pushes them back. A crash in
+  between: the next reap reads the same running set again.
+
+Events: a record's step cannot reach the grid's event list, so the caller makes the events of
+what its records' steps did and hands them to its next grid step; those made after an
+operation's last grid step go in one more call, only while this process knows the events are
+watched (by its own read of them, or by a heartbeat that found them watched). So a process
+that starts watching sees the others' events from their next heartbeat on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+from functools import partial
+from typing import Any
+
+from girder.backends.base import (
+    Assignment,
+    CacheStats,
+    CacheUsage,
+    Cancelling,
+    Claimed,
+    Completion,
+    NewRequest,
+    Reaped,
+    RequestState,
+    Submitted,
+)
+from girder.backends.redis import RedisBackend
+from girder.backends.redis_blobs import RedisBlobs
+from girder.backends.redis_keys import (
+    DONE,
+    F_FUNCTION,
+    F_OUTCOME,
+    F_OWNER,
+    F_PAYLOAD,
+    F_STATUS,
+    FUNCTION_ID,
+    FUNCTION_NAME,
+    PENDING,
+    RECORD,
+    RUNNING,
+    chunk_fields,
+    unchunked,
+)
+from girder.backends.redis_records import (
+    RecordOutcome,
+    RecordSteps,
+    root_field,
+    waited_by_field,
+    waits_field,
+)
+from girder.backends.redis_scripts import MAX_CANCEL_STEP, MAX_SCRIPT_KEYS
+from girder.config import Settings
+from girder.errors import ConfigurationError
+
+CRASHED = "!"
+"""Before a key on a work list: the key killed a worker before (see shard_claim.lua)."""
+SHARDED = "sharded"
+"""The value of the grid's `layout` key (see `redis_keys`) in this layout."""
+
+_SEPARATOR = "\x1f"
+_SCAN_COUNT = 1000
+_PEEK_SLACK = 64
+"""Keys past twice what a hand-out can take whose records it reads first (a key deeper than
+what it read is handed out as it is, and refused by the volunteer's claim if nobody can run it)."""
+_STATES = {PENDING: RequestState.PENDING, RUNNING: RequestState.RUNNING, DONE: RequestState.DONE}
+
+
+def _event(kind: str, node: str, key: str = "", *rest: str) -> str:
+    """An event as a grid step takes it: kind, node, key, name, parent, job, detail."""
+    fields = [kind, node, key, *rest]
+    fields += [""] * (7 - len(fields))
+    return _SEPARATOR.join(field.replace(_SEPARATOR, " ").replace("\x1e", " ") for field in fields)
+
+
+def _head(key: str) -> bytes:
+    return f"{len(key)}:{key}".encode()
+
+
+def _ms(seconds: float) -> int:
+    return max(1, round(seconds * 1000))
+
+
+def _texts(values: Any) -> list[str]:
+    return [value.decode() if isinstance(value, bytes) else str(value) for value in values]
+
+
+class ShardedRedisBackend(RedisBackend):
+    """Grid state on Redis, each request's record in the slot of its own key."""
+
+    def __init__(self, url: str, *, settings: Settings | None = None) -> None:
+        settings = (settings or Settings()).model_copy(
+            update={"spread_notifications": True, "spread_results": False}
+        )
+        super().__init__(url, settings=settings)
+        self._records = RecordSteps(self._keys, self._access)
+        self._blobs = RedisBlobs(self._keys, self._access, referring=self._referring)
+        self._function_ids: dict[str, str] = {}
+        """Function name -> its id in the grid's table (read-mostly: filled on first use)."""
+        self._refused: dict[str, list[str]] = {}
+        """Per node, keys its claim's records' steps refused that are still in its running set
+        (they leave it with the node's next claim step)."""
+
+    # -- the layout ---------------------------------------------------------------------------
+
+    async def _check_layout(self) -> None:
+        """Mark the grid as sharded, unless a one-slot process keeps it: its records are in
+        the grid's slot (any record there, or a work list, says so)."""
+        keys = self._keys
+        if await self._execute("connect", "SET", keys.layout, SHARDED, "NX") is None:
+            layout = await self._execute("connect", "GET", keys.layout)
+            if layout == SHARDED.encode():
+                return
+        elif not await self._one_slot_state():
+            return
+        else:
+            await self._execute("connect", "DEL", keys.layout)
+            layout = b"one-slot"
+        raise ConfigurationError(
+            f"the grid {keys.prefix!r} at {self.url} keeps its state in the "
+            f"{(layout or b'').decode(errors='replace')!r} layout: set GIRDER_LAYOUT to match "
+            "(or flush it)"
+        )
+
+    async def _one_slot_state(self) -> bool:
+        """Whether the grid's slot holds request records or work lists (a one-slot grid)."""
+        for pattern in (self._keys.pattern(RECORD), self._keys.work_pattern()):
+            _, found = await self._execute("connect", "SCAN", 0, "MATCH", pattern, "COUNT", 1000)
+            if found:
+                return True
+        return False
+
+    def _saw_results_moved(self, moved: object) -> None:
+        """Cached results are already in their own keys' slots here: none move."""
+
+    # -- events -------------------------------------------------------------------------------
+
+    def _watched(self) -> bool:
+        return self._events and time.monotonic() < self._watched_until
+
+    async def _publish(self, events: list[str]) -> None:
+        """The events left after an operation's last grid step, while they are watched."""
+        if events and self._watched():
+            await self._run("shard_events", *events)
+
+    # -- requests -----------------------------------------------------------------------------
+
+    async def submit_and_claim(
+        self,
+        node: str,
+        requests: Sequence[NewRequest],
+        *,
+        into: str,
+        on_top: bool,
+        waiter_key: str | None = None,
+        dispatch: bool = False,
+        claim: int = 0,
+        job: str | None = None,
+    ) -> tuple[list[Submitted], list[Claimed]]:
+        waiter, job = waiter_key or "", job or ""
+        answers = await self._records.submit(
+            node, [(request.key, request.payload) for request in requests], job=job, waiter=waiter
+        )
+        freed = await self._free_unowned(
+            [
+                (request.key, answer.owner)
+                for request, answer in zip(requests, answers, strict=True)
+                if answer.status == "running" and answer.owner
+            ]
+        )
+        found: list[Submitted] = []
+        pushed: list[str] = []
+        events: list[str] = []
+        for request, answer in zip(requests, answers, strict=True):
+            key = request.key
+            name = request.name if self._events else ""
+            if answer.status == "done":
+                found.append(Submitted(key, outcome=answer.outcome))
+                events.append(_event("submitted", node, key, name, waiter, job, "cached"))
+                continue
+            new = (answer.status == "pending" and not answer.shared) or key in freed
+            if answer.status == "pending" or key in freed:
+                pushed.append(key)
+            found.append(Submitted(key, partial=answer.partial, shared=not new))
+            events.append(
+                _event("submitted", node, key, name, waiter, job, "new" if new else "shared")
+            )
+        if waiter:
+            await self._add_wait_edges(waiter, found)
+        if pushed or dispatch:
+            for start in range(0, max(len(pushed), 1), MAX_SCRIPT_KEYS):
+                batch = pushed[start : start + MAX_SCRIPT_KEYS]
+                args: list[str | int] = [node, into, int(on_top), int(dispatch), len(batch)]
+                args += [*batch, *events]
+                await self._journaled("shard_push", node, True, *args)
+                events = []
+        if not claim:
+            await self._publish(events)
+            return found, []
+        claimed, _ = await self._claim(node, claim, [], "", events)
+        return found, claimed
+
+    async def _free_unowned(self, running: list[tuple[str, str]]) -> set[str]:
+        """Of (key, owner) pairs of keys found running, those whose owner will not complete
+        them (not registered, and the key not in its running set), made pending again."""
+        if not running:
+            return set()
+        owned = await self._owned(running)
+        freed: set[str] = set()
+        for (key, owner), will in zip(running, owned, strict=True):
+            if not will and await self._records.requeue(owner, [key]) == ["pending"]:
+                freed.add(key)
+        return freed
+
+    async def _owned(self, running: Sequence[tuple[str, str]]) -> list[bool]:
+        """Whether each (key, owner) has an owner that will complete it (see common.lua)."""
+        commands: list[tuple[str | bytes | int, ...]] = []
+        for key, owner in running:
+            commands += [
+                ("ZSCORE", self._keys.leases, owner),
+                ("SISMEMBER", self._keys.running(owner), key),
+            ]
+        replies = await self._retrying("owned", lambda: self._redis.pipeline(commands))
+        return [
+            (replies[i] is not None and not isinstance(replies[i], Exception))
+            or replies[i + 1] == 1
+            for i in range(0, len(replies), 2)
+        ]
+
+    async def _add_wait_edges(self, waiter: str, found: list[Submitted]) -> None:
+        """The wait edges' side in the waiter's record, then a cycle walk from each key: a
+        key that reaches the waiter closed a cycle (reported in its place). Two submitters that
+        close one cycle at once each add their edge before they walk, so one sees it at least."""
+        waited = [answer.key for answer in found if answer.outcome is None]
+        if not waited:
+            return
+        await self._records.add_edges(waiter, [waits_field(key) for key in waited])
+        paths = await asyncio.gather(*(self._path(key, waiter) for key in waited))
+        cycles = {key: path for key, path in zip(waited, paths, strict=True) if path}
+        for index, answer in enumerate(found):
+            if answer.key in cycles:
+                found[index] = Submitted(answer.key, cycle=(waiter, *cycles[answer.key]))
+
+    async def _path(self, start: str, target: str) -> list[str] | None:
+        """A path start -> ... -> target along wait edges (breadth first), or None."""
+        if start == target:
+            return [start]
+        parent = {start: start}
+        frontier = [start]
+        while frontier:
+            after_each = await asyncio.gather(*(self._records.waits(key) for key in frontier))
+            following = []
+            for key, afters in zip(frontier, after_each, strict=True):
+                for after in afters:
+                    if after in parent:
+                        continue
+                    parent[after] = key
+                    if after == target:
+                        path = [after]
+                        while path[-1] != start:
+                            path.append(parent[path[-1]])
+                        return path[::-1]
+                    following.append(after)
+            frontier = following
+        return None
+
+    async def claim(self, node: str) -> Claimed | None:
+        claimed, _ = await self._claim(node, 1, [], "", [])
+        return claimed[0] if claimed else None
+
+    async def wait_and_claim(self, node: str, timeout: float) -> Claimed | None:
+        await self.wait_for_work(node, timeout)
+        return await self.claim(node)
+
+    async def _claim(
+        self,
+        node: str,
+        count: int,
+        done: list[str],
+        volunteer_at: str,
+        events: list[str],
+        *,
+        told: Sequence[str] = (),
+    ) -> tuple[list[Claimed], set[str]]:
+        """The grid's step (drop `done` from node's running set, pop up to `count` keys into
+        it, publish `events`, say which of the nodes `told` departed), then the popped keys'
+        records' steps; again while every key popped was refused (so that a key that crashed a
+        worker comes alone, it is never popped after others were claimed). The claimed
+        requests, and the departed nodes."""
+        claimed: list[Claimed] = []
+        departed: set[str] = set()
+        drop = [*done, *self._refused.pop(node, [])]
+        while True:
+            args: list[str | int] = [node, count - len(claimed), volunteer_at, len(drop), len(told)]
+            args += [*drop, *told, *events]
+            popped_raw, departed_raw = await self._journaled("shard_claim", node, True, *args)
+            departed.update(_texts(departed_raw))
+            popped = _texts(popped_raw)
+            drop, events, told = [], [], ()
+            if not popped:
+                break
+            for key, step in zip(popped, await self._records.claim(node, popped), strict=True):
+                if step.status == "claimed":
+                    claimed.append(Claimed(key, step.payload))
+                    events.append(_event("claimed", node, key))
+                else:
+                    drop.append(key)
+            if claimed:
+                break
+        if drop:
+            self._refused[node] = drop
+        await self._publish(events)
+        return claimed, departed
+
+    async def _departed(self, nodes: Sequence[str]) -> set[str]:
+        """Those of `nodes` that left or were reaped: they are told nothing."""
+        unique = sorted(set(nodes))
+        if not unique:
+            return set()
+        commands = [("ZSCORE", self._keys.departed, node) for node in unique]
+        replies = await self._retrying("departed", lambda: self._redis.pipeline(commands))
+        return {
+            node for node, score in zip(unique, replies, strict=True) if isinstance(score, bytes)
+        }
+
+    async def _tell(
+        self, notes: list[tuple[str, bytes]], tails: dict[bytes, bytes], departed: set[str]
+    ) -> None:
+        """Post each (node, head) of `notes` to the node's own inbox, but to `departed` nodes."""
+        posts = [
+            part for node, head in notes if node not in departed for part in (node.encode(), head)
+        ]
+        if posts:
+            await self._inboxes.post(posts, tails)
+
+    async def complete(
+        self,
+        node: str,
+        key: str,
+        outcome: bytes,
+        *,
+        cache: bool,
+        ttl: float | None = None,
+        function: str = "",
+        error: str = "",
+    ) -> None:
+        completion = Completion(key, outcome, cache, ttl, function, error)
+        await self.complete_and_claim(node, [completion], claim=0)
+
+    async def complete_and_claim(
+        self,
+        node: str,
+        completions: Sequence[Completion],
+        *,
+        claim: int,
+        volunteer_at: str | None = None,
+    ) -> list[Claimed]:
+        ids = await self._ids([done.function for done in completions if done.cache])
+        outcomes = [
+            RecordOutcome(
+                done.key,
+                done.outcome,
+                done.cache,
+                0 if done.ttl is None else _ms(done.ttl),
+                ids.get(done.function, "") if done.cache else "",
+            )
+            for done in completions
+        ]
+        steps = await self._records.complete(node, outcomes)
+        notes: list[tuple[str, bytes]] = []
+        tails: dict[bytes, bytes] = {}
+        events: list[str] = []
+        drops = []
+        for done, step in zip(completions, steps, strict=True):
+            drops += [(other, waited_by_field(done.key)) for other in step.waits]
+            drops += [(other, waits_field(done.key)) for other in step.waited_by]
+            if step.status != "done":
+                continue
+            if done.error:
+                events.append(_event("failed", node, done.key, "", "", "", done.error))
+            else:
+                events.append(_event("finished", node, done.key, "", "", "", "cached" * done.cache))
+            tails[_head(done.key)] = done.outcome
+            notes += [(waiter, _head(done.key)) for waiter in step.waiters]
+        await asyncio.gather(*(self._records.drop_edges(other, [field]) for other, field in drops))
+        done_keys = [done.key for done in completions]
+        waiters = sorted({waiter for waiter, _ in notes})
+        claimed, departed = await self._claim(
+            node, claim, done_keys, volunteer_at or "", events, told=waiters
+        )
+        await self._tell(notes, tails, departed)
+        return claimed
+
+    async def _ids(self, functions: list[str]) -> dict[str, str]:
+        """The ids of `functions` in the grid's function table (made on first use)."""
+        unknown = sorted(set(functions) - self._function_ids.keys())
+        if unknown:
+            ids = _texts(await self._run("shard_functions", *unknown))
+            self._function_ids.update(zip(unknown, ids, strict=True))
+        return {name: self._function_ids[name] for name in functions}
+
+    async def publish(self, node: str, key: str, outcome: bytes) -> bool:
+        published = await self._records.publish(node, key, outcome)
+        if published.stored and published.waiters:
+            head = b"~" + _head(key)
+            departed = await self._departed(published.waiters)
+            await self._tell(
+                [(waiter, head) for waiter in published.waiters], {head: outcome}, departed
+            )
+        return published.stored
+
+    async def state(self, key: str) -> RequestState:
+        [[status]] = await self._records.read([key], F_STATUS)
+        if status is None:
+            return RequestState.UNKNOWN
+        return _STATES.get(status.decode(errors="replace"), RequestState.PENDING)
+
+    async def result(self, key: str) -> bytes | None:
+        [[status, *outcome]] = await self._records.read([key], F_STATUS, *chunk_fields(F_OUTCOME))
+        return unchunked(outcome) if status == DONE.encode() else None
+
+    async def payloads(self, keys: Sequence[str]) -> list[bytes | None]:
+        return [unchunked(row) for row in await self._records.read(keys, *chunk_fields(F_PAYLOAD))]
+
+    # -- cancellation -------------------------------------------------------------------------
+
+    async def cancel(
+        self,
+        node: str,
+        job: str,
+        *,
+        roots: Sequence[str] = (),
+        below: str | None = None,
+    ) -> Cancelling:
+        """The job's cursor (`cancelling:<job>`, in the grid's slot) holds entries
+        "<field to drop>\\x1f<key>": each step reads up to MAX_CANCEL_STEP of them, runs their
+        records' steps, appends the keys they waited for, and only then trims what it read (a
+        step cut short is read again: every record's step is safe to repeat)."""
+        cursor = self._keys.cancelling(job)
+        first: list[str] = []
+        if below:
+            waits = await self._records.waits(below)
+            await self._records.drop_edges(below, [waits_field(key) for key in waits])
+            first = [waited_by_field(below) + _SEPARATOR + key for key in waits]
+        else:
+            first = [root_field(job) + _SEPARATOR + key for key in roots]
+        if first:
+            await self._execute("cancel", "RPUSH", cursor, *first)
+        entries = _texts(await self._execute("cancel", "LRANGE", cursor, 0, MAX_CANCEL_STEP - 1))
+        cancelled: list[str] = []
+        following: list[str] = []
+        events: list[str] = []
+        notes: list[tuple[str, bytes]] = []
+        for entry in entries:
+            drop, _, key = entry.partition(_SEPARATOR)
+            step = await self._records.cancel(job, key, drop)
+            if step.status == "running" and step.owner:
+                [owned] = await self._owned([(key, step.owner)])
+                if not owned and await self._records.requeue(step.owner, [key]) == ["pending"]:
+                    step = await self._records.cancel(job, key)
+            if step.status == "kept":
+                continue
+            notice = b"!" + _head(key) + job.encode()
+            if step.status == "running" and step.owner:
+                notes.append((step.owner, notice))
+            else:
+                notes += [(waiter, notice) for waiter in step.waiters]
+                events.append(_event("cancelled", node, key, "", "", job))
+            cancelled.append(key)
+            following += [waited_by_field(key) + _SEPARATOR + after for after in step.waits]
+        await self._tell(notes, {}, await self._departed([waiter for waiter, _ in notes]))
+        commands: list[tuple[str | bytes | int, ...]] = []
+        if following:
+            commands.append(("RPUSH", cursor, *following))
+        commands += [("LTRIM", cursor, len(entries), -1), ("LLEN", cursor)]
+        replies = await self._retrying("cancel", lambda: self._redis.pipeline(commands))
+        await self._publish(events)
+        return Cancelling(tuple(cancelled), int(replies[-1]))
+
+    # -- distribution -------------------------------------------------------------------------
+
+    async def hand_out(self, distributor: str, *, even_share: bool = False) -> list[Assignment]:
+        """The records of the list's top are read first (the most a hand-out can take): those
+        nobody can claim are dropped when they come up."""
+        queue, work = self._keys.volunteers(distributor), self._keys.work(distributor)
+        waiting, length = await self._retrying(
+            "hand_out", lambda: self._redis.pipeline([("LLEN", queue), ("LLEN", work)])
+        )
+        unclaimable: list[str] = []
+        if isinstance(waiting, int) and isinstance(length, int) and waiting and length:
+            share = min(MAX_SCRIPT_KEYS, -(-length // waiting)) if even_share else 1
+            top = min(length, waiting * share * 2 + _PEEK_SLACK)
+            entries = _texts(await self._execute("hand_out", "LRANGE", work, -top, -1))
+            keys = [entry.removeprefix(CRASHED) for entry in entries]
+            unclaimable = await self._unclaimable(keys)
+        flat = await self._journaled(
+            "shard_hand_out", distributor, True, distributor, int(even_share), *unclaimable
+        )
+        return [Assignment(flat[i].decode(), flat[i + 1].decode()) for i in range(0, len(flat), 2)]
+
+    async def _unclaimable(self, keys: list[str]) -> list[str]:
+        """Of `keys`, those a claim would refuse: done, no record, or running under an owner
+        that will complete them."""
+        rows = await self._records.read(keys, F_STATUS, F_OWNER)
+        unclaimable: list[str] = []
+        running: list[tuple[str, str]] = []
+        for key, (status, owner) in zip(keys, rows, strict=True):
+            if status is None or status == DONE.encode():
+                unclaimable.append(key)
+            elif status == RUNNING.encode() and owner is not None:
+                running.append((key, owner.decode(errors="replace")))
+        owned = await self._owned(running) if running else []
+        unclaimable += [key for (key, _), will in zip(running, owned, strict=True) if will]
+        return unclaimable
+
+    # -- membership and recovery --------------------------------------------------------------
+
+    async def reconcile(self, node: str, keep: Sequence[str]) -> int:
+        kept = set(keep)
+        running = _texts(await self._execute("reconcile", "SMEMBERS", self._keys.running(node)))
+        drop = sorted(key for key in running if key not in kept)
+        steps = await self._records.requeue(node, drop)
+        pending = [key for key, step in zip(drop, steps, strict=True) if step == "pending"]
+        args: list[str | int] = [node, len(drop), *drop, *pending]
+        count: int = await self._journaled("shard_reconcile", node, True, *args)
+        await self._blobs.reindex()
+        return count
+
+    async def leave(self, node: str) -> int:
+        running = _texts(await self._execute("leave", "SMEMBERS", self._keys.running(node)))
+        steps = await self._records.requeue(node, running)
+        pending = [key for key, step in zip(running, steps, strict=True) if step == "pending"]
+        count: int = await self._run("shard_leave", node, *pending)
+        await self._inboxes.drop([node])
+        return count
+
+    async def reap(self, reaper: str, max_crashes: int) -> Reaped:
+        found = await self._run("shard_dead", reaper)
+        if not found:
+            return Reaped()
+        args: list[str | int] = [reaper]
+        owners: dict[str, str] = {}
+        for node, keys in zip(_texts(found[::2]), found[1::2], strict=True):
+            running = _texts(keys)
+            steps = await self._records.requeue(node, running, max_crashes=max_crashes)
+            # Pushed marked: a claim takes each alone (see shard_claim.lua).
+            pending = [
+                CRASHED + key for key, step in zip(running, steps, strict=True) if step == "pending"
+            ]
+            crashed = [key for key, step in zip(running, steps, strict=True) if step == "crashed"]
+            owners.update((key, node) for key in crashed)
+            args += [node, len(pending), *pending, len(crashed), *crashed]
+        dead, requeued, crashed_out, own_inboxes = await self._journaled(
+            "shard_reap", reaper, True, *args
+        )
+        crashed_keys = _texts(crashed_out)
+        await asyncio.gather(
+            *(self._records.hand_over(owners[key], reaper, [key]) for key in crashed_keys)
+        )
+        await self._inboxes.drop(_texts(own_inboxes))
+        return Reaped(tuple(_texts(dead)), requeued, tuple(crashed_keys))
+
+    # -- blobs --------------------------------------------------------------------------------
+
+    async def _referring(self, digests: Sequence[str]) -> list[str]:
+        """Of the holders of `digests`, those whose records still refer to them (see
+        `RedisBlobs`): the holder sets are read in the grid's slot, then the records."""
+        commands: list[tuple[str | bytes | int, ...]] = []
+        for digest in digests:
+            commands += [
+                ("SMEMBERS", self._keys.blob_holders(digest)),
+                ("SMEMBERS", self._keys.blob_until_done(digest)),
+            ]
+        replies = await self._retrying("sweep_blobs", lambda: self._redis.pipeline(commands))
+        sets = [set() if isinstance(reply, Exception) else set(_texts(reply)) for reply in replies]
+        holders, until_done = set().union(*sets[::2]), set().union(*sets[1::2])
+        keys = sorted(holders | until_done)
+        statuses = [row[0] for row in await self._records.read(keys, F_STATUS)]
+        referring: list[str] = []
+        for key, status in zip(keys, statuses, strict=True):
+            if status is not None and key in holders:
+                referring.append("h" + key)
+            if status is not None and status != DONE.encode() and key in until_done:
+                referring.append("u" + key)
+        return referring
+
+    # -- the cache ----------------------------------------------------------------------------
+
+    async def _own_records(self, what: str) -> list[str]:
+        """The keys of every record in its own slot, on every server."""
+        found: set[str] = set()
+        pattern = self._keys.own_record_pattern()
+        for server in await self._servers():
+            cursor: bytes = b"0"
+            while True:
+                scan = ("SCAN", cursor, "MATCH", pattern, "COUNT", _SCAN_COUNT)
+                cursor, names = await self._retrying(what, partial(server.execute, *scan))
+                keys = (self._keys.own_record_key(name) for name in _texts(names))
+                found.update(key for key in keys if key is not None)
+                if cursor == b"0":
+                    break
+        return sorted(found)
+
+    async def cache_size(self) -> int:
+        return (await self.cache_stats()).entries
+
+    async def cache_stats(self) -> CacheStats:
+        keys = await self._own_records("cache_stats")
+        rows = await self._records.read(keys, F_STATUS, F_FUNCTION, *chunk_fields(F_OUTCOME))
+        usage: dict[str, list[int]] = {}
+        names: dict[bytes, str] = {}
+        for status, function, *outcome in rows:
+            value = unchunked(outcome)
+            if status != DONE.encode() or value is None:
+                continue
+            fn = function or b""
+            if fn not in names:
+                name = await self._execute(
+                    "cache_stats", "HGET", self._keys.functions, FUNCTION_ID.encode() + fn
+                )
+                names[fn] = name.decode(errors="replace") if isinstance(name, bytes) else ""
+            entry = usage.setdefault(names[fn], [0, 0])
+            entry[0] += 1
+            entry[1] += len(value)
+        functions = {name: CacheUsage(*counts) for name, counts in sorted(usage.items())}
+        return CacheStats(
+            sum(entry.entries for entry in functions.values()),
+            sum(entry.bytes for entry in functions.values()),
+            functions,
+        )
+
+    async def cache_clear(self, function: str | None = None) -> int:
+        fn = ""
+        if function is not None:
+            found = await self._execute(
+                "cache_clear", "HGET", self._keys.functions, FUNCTION_NAME + function
+            )
+            if found is None:
+                return 0
+            fn = found.decode()
+        keys = await self._own_records("cache_clear")
+        return sum(await self._records.drop(keys, fn))
+
+    async def forget(self, keys: Sequence[str]) -> int:
+        return sum(await self._records.drop(sorted(set(keys))))
+
+    async def flush(self) -> None:
+        names = [self._keys.own_record(key) for key in await self._own_records("flush")]
+        await asyncio.gather(
+            *(
+                self._retrying("flush", partial(self._at(name).execute, "UNLINK", name))
+                for name in names
+            )
+        )
+        await super().flush()
+        self._function_ids.clear()
+        self._refused.clear()
+

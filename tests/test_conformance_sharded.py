@@ -1,0 +1,43 @@
+"""The backend conformance suite on `ShardedRedisBackend` (`Settings.layout = "sharded"`): each
+request's record in the slot of its own key. On one server, and on a real Redis Cluster (3
+primaries, 3 replicas) where the records spread over every primary."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+
+from girder.backends import open_backend
+from girder.backends.base import StateBackend
+from girder.backends.sharded import ShardedRedisBackend
+from girder.config import Settings
+from girder.testing.conformance import BackendConformance
+
+pytestmark = [pytest.mark.redis]
+
+PREFIX = "sharded"
+
+
+async def _connected(url: str) -> ShardedRedisBackend:
+    backend = open_backend(url, settings=Settings(key_prefix=PREFIX, layout="sharded"))
+    assert isinstance(backend, ShardedRedisBackend)
+    await backend.connect()
+    return backend
+
+
+class TestShardedBackend(BackendConformance):
+    @pytest.fixture
+    async def backend(self, redis_url: str) -> AsyncIterator[StateBackend]:
+        backend = await _connected(redis_url)
+        yield backend
+        await backend.close()
+
+
+@pytest.mark.slow
+class TestShardedClusterBackend(BackendConformance):
+    @pytest.fixture
+    async def backend(self, redis_cluster_url: str) -> AsyncIterator[StateBackend]:
+        backend = await _connected(redis_cluster_url)
+        yield backend
+        await backend.close()
