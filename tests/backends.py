@@ -1,14 +1,17 @@
 """A `RedisBackend` connected for the length of a test (`connected`), for the fixtures that
-run the suite or a test module with some settings; and what the suite's classes with
-`spread_results` run instead of one of its tests (`MovedResultsPublishNoHitEvents`)."""
+run the suite or a test module with some settings; the reply of every distinct command lost
+once (`lose_every_reply_once`); and what the suite's classes with `spread_results` run instead
+of one of its tests (`MovedResultsPublishNoHitEvents`)."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
+from girder.backends import redis as redis_backend
+from girder.backends import resp
 from girder.backends.base import (
     Claimed,
     Completion,
@@ -32,6 +35,30 @@ async def connected(url: str, **settings: Any) -> AsyncIterator[RedisBackend]:
         yield backend
     finally:
         await backend.close()
+
+
+def lose_every_reply_once(monkeypatch: Any) -> set[str]:
+    """From now on, lose the reply of every distinct command once, after the server ran it:
+    the client sends it again, so every script runs twice. Waits for a wake-up are spared (a
+    lost wake-up only costs a wake-up). The commands whose reply was lost gather in the set
+    returned."""
+    original = resp.Connection.pipeline
+    seen: set[str] = set()
+
+    async def losing_once(self: resp.Connection, commands: Sequence[resp.Command]) -> list[Any]:
+        replies = await original(self, commands)
+        blocking = any(command[0] in ("BLPOP", "BLMOVE", "LPOP") for command in commands)
+        text = repr(commands)
+        if not blocking and text not in seen:
+            seen.add(text)
+            raise resp.ReplyLost("reply lost after the server ran the command")
+        return replies
+
+    monkeypatch.setattr(resp.Connection, "pipeline", losing_once)
+    # A lost reply is retried after the outage backoff's first step: cut it, so that the
+    # hundreds of lost replies of a suite cost what their round trips do.
+    monkeypatch.setattr(redis_backend, "_RETRY_FIRST", 0.002)
+    return seen
 
 
 class MovedResultsPublishNoHitEvents:

@@ -5,16 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-from collections.abc import AsyncIterator, Sequence
-from typing import Any
+from collections.abc import AsyncIterator
 
 import pytest
-from backends import MovedResultsPublishNoHitEvents, connected
+from backends import MovedResultsPublishNoHitEvents, connected, lose_every_reply_once
 from processes import wait_until
 from redis.crc import key_slot as redis_key_slot
 
-from girder.backends import open_backend, resp
-from girder.backends import redis as redis_backend
+from girder.backends import open_backend
 from girder.backends.base import Claimed, NodeKind, Notification, RequestState, StateBackend
 from girder.backends.cluster import key_slot, parse_cluster_url
 from girder.backends.redis import RedisBackend
@@ -62,22 +60,7 @@ class TestRedisClusterBackendLosingEveryReplyOnce(BackendConformance):
     async def backend(
         self, redis_cluster_url: str, monkeypatch: pytest.MonkeyPatch
     ) -> AsyncIterator[StateBackend]:
-        original = resp.Connection.pipeline
-        seen: set[str] = set()
-
-        async def losing_once(self: resp.Connection, commands: Sequence[resp.Command]) -> list[Any]:
-            replies = await original(self, commands)
-            blocking = any(command[0] in ("BLPOP", "BLMOVE", "LPOP") for command in commands)
-            text = repr(commands)
-            if not blocking and text not in seen:
-                seen.add(text)
-                raise resp.ReplyLost("reply lost after the server ran the command")
-            return replies
-
-        monkeypatch.setattr(resp.Connection, "pipeline", losing_once)
-        # A lost reply is retried after the outage backoff's first step: cut it, so that the
-        # hundreds of lost replies of this class cost what their round trips do.
-        monkeypatch.setattr(redis_backend, "_RETRY_FIRST", 0.002)
+        seen = lose_every_reply_once(monkeypatch)
         backend = RedisBackend(redis_cluster_url, settings=Settings(key_prefix=PREFIX))
         await backend.connect()
         yield backend

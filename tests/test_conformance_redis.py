@@ -10,11 +10,10 @@ from typing import Any, cast
 
 import pytest
 import redis.asyncio as aioredis
-from backends import MovedResultsPublishNoHitEvents
+from backends import MovedResultsPublishNoHitEvents, lose_every_reply_once
 from redis.crc import key_slot
 
 from girder.backends import open_backend, redis_blobs, resp
-from girder.backends import redis as redis_backend
 from girder.backends.base import (
     Claimed,
     Completion,
@@ -704,22 +703,7 @@ class TestRedisBackendLosingEveryReplyOnce(BackendConformance):
     async def backend(
         self, redis_url: str, monkeypatch: pytest.MonkeyPatch
     ) -> AsyncIterator[StateBackend]:
-        original = resp.Connection.pipeline
-        seen: set[str] = set()
-
-        async def losing_once(self: resp.Connection, commands: Sequence[resp.Command]) -> list[Any]:
-            replies = await original(self, commands)
-            blocking = any(command[0] in ("BLPOP", "BLMOVE", "LPOP") for command in commands)
-            text = repr(commands)
-            if not blocking and text not in seen:
-                seen.add(text)
-                raise resp.ReplyLost("reply lost after the server ran the command")
-            return replies
-
-        monkeypatch.setattr(resp.Connection, "pipeline", losing_once)
-        # A lost reply is retried after the outage backoff's first step: cut it, so that the
-        # hundreds of lost replies of this class cost what their round trips do.
-        monkeypatch.setattr(redis_backend, "_RETRY_FIRST", 0.002)
+        seen = lose_every_reply_once(monkeypatch)
         settings = Settings(
             key_prefix=PREFIX,
             spread_results=self.spread_results,

@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 import pytest
+from backends import lose_every_reply_once
 
 from girder.backends import open_backend
 from girder.backends.base import StateBackend
@@ -41,3 +42,32 @@ class TestShardedClusterBackend(BackendConformance):
         backend = await _connected(redis_cluster_url)
         yield backend
         await backend.close()
+
+
+class TestShardedBackendLosingEveryReplyOnce(BackendConformance):
+    """The suite again, the reply of every distinct command lost once after the server ran it
+    (see the same class in test_conformance_redis.py): every step of every operation, in the
+    grid's slot or in a record's, runs twice, and every rule must still hold."""
+
+    @pytest.fixture
+    async def backend(
+        self, redis_url: str, monkeypatch: pytest.MonkeyPatch
+    ) -> AsyncIterator[StateBackend]:
+        seen = lose_every_reply_once(monkeypatch)
+        backend = await _connected(redis_url)
+        yield backend
+        await backend.close()
+        assert seen, "no reply was lost"
+
+
+@pytest.mark.slow
+class TestShardedClusterBackendLosingEveryReplyOnce(BackendConformance):
+    @pytest.fixture
+    async def backend(
+        self, redis_cluster_url: str, monkeypatch: pytest.MonkeyPatch
+    ) -> AsyncIterator[StateBackend]:
+        seen = lose_every_reply_once(monkeypatch)
+        backend = await _connected(redis_cluster_url)
+        yield backend
+        await backend.close()
+        assert seen, "no reply was lost"

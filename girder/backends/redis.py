@@ -319,7 +319,7 @@ class RedisBackend:
             run=self._run,
             journaled=lambda name, node, *args: self._journaled(name, node, True, *args),
             # Looked up at each call, so that a test may wrap the method on this backend.
-            slot_script=lambda *args: self._slot_script(*args),  # noqa: PLW0108
+            slot_script=lambda *args, **options: self._slot_script(*args, **options),
             retrying=self._retrying,
             at=self._at,
             servers=self._servers,
@@ -520,20 +520,28 @@ class RedisBackend:
         return await self._retrying(name, lambda: self._redis.execute(*command))
 
     async def _slot_script(
-        self, name: str, keys: Sequence[str], *args: str | bytes | int | float
+        self,
+        name: str,
+        keys: Sequence[str],
+        *args: str | bytes | int | float,
+        again: bool = False,
     ) -> Any:
         """Run a script of a slot of its own (`SLOT_SCRIPTS`: a blob's, a moved result's) by
         SHA, sending its source on a NOSCRIPT (a server that never saw it, or restarted),
-        retried through outages."""
+        retried through outages. With `again`, the script's first argument says whether the
+        call is sent again ('0' the first time, '1' after): a journaled record's step (see
+        `redis_records`)."""
         script = self._slot_scripts[name]
         client = self._at(keys[0])
-        by_sha = ("EVALSHA", script.sha, len(keys), *keys, *args)
-        by_source = ("EVAL", script.source, len(keys), *keys, *args)
+        attempts = 0
 
         async def attempt() -> Any:
-            [reply] = await client.pipeline([by_sha])
+            nonlocal attempts
+            sent = (str(min(attempts, 1)), *args) if again else args
+            attempts += 1
+            [reply] = await client.pipeline([("EVALSHA", script.sha, len(keys), *keys, *sent)])
             if isinstance(reply, ReplyError) and _is_noscript(reply):
-                [reply] = await client.pipeline([by_source])
+                [reply] = await client.pipeline([("EVAL", script.source, len(keys), *keys, *sent)])
             if isinstance(reply, ReplyError):
                 raise reply
             return reply

@@ -61,6 +61,8 @@ Per request key whose record lives in its own slot (the records' steps, see `red
 the same hash tag. Nothing spells these names in Lua: the steps get them in KEYS.
     {<key_prefix>:<key>}:r   hash: the request's record, as `r:<key>` below, but that its
                        waiters are all F_OWN_WAITER (their inboxes are in their own slots)
+    {<key_prefix>:<key>}:s:<token>  string: the reply of a record's step whose reply depends on
+                       what it changed, kept STEP_JOURNAL_MS for a resend (see record_common.lua)
     {<key_prefix>:<key>}:migrating  never exists: the slot's migration probe (as `migrating`)
 Per node whose notifications live in its own slot (`Settings.spread_notifications`, see
 `redis_inboxes`): the hash tag `{<key_prefix>:node:<node>}`, so that on a Redis Cluster the
@@ -179,6 +181,7 @@ BLOB_PART = "blobpart:"
 BLOBS = "blobs"
 SPREAD_RESULT = "v"
 OWN_RECORD = "r"
+OWN_STEP = "s:"
 RESULTS_DROPPED = "resultsdropped"
 LAYOUT = "layout"
 FUNCTIONS = "functions"
@@ -453,6 +456,14 @@ class RedisKeys:
             return None
         key = name[len(head) : -len(tail)]
         return None if key.startswith("node:") else key
+
+    def own_step(self, key: str, token: str) -> str:
+        """The journal entry of a record's step (its reply, kept a while for a resend)."""
+        return "{" + self.prefix + ":" + key + "}:" + OWN_STEP + token
+
+    def own_step_pattern(self) -> str:
+        """A SCAN pattern that matches every journal entry of a record's step of this grid."""
+        return _glob_escaped("{" + self.prefix + ":") + "*}:" + OWN_STEP + "*"
 
     def own_record_migrating(self, key: str) -> str:
         """A key of request `key`'s own slot that never exists (the slot's migration probe)."""

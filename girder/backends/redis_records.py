@@ -11,7 +11,10 @@ answer what they found (say, "runs under O"), and the caller asks the grid the r
 Every step is safe to send again: a submission adds the same fields, a claim of a key already
 running under the claimer claims it again, a completion of a done key changes nothing, a
 requeue counts a crash only when it moves the record. So a step whose reply was lost is sent
-again, as the grid's other slot scripts are (`RedisAccess.slot_script`).
+again, as the grid's other slot scripts are (`RedisAccess.slot_script`). The steps whose reply
+depends on what they changed (a submission that made the record, a completion, a cancellation,
+a drop) keep it a while under the call's token in the record's slot, and a resend reads it back
+instead of answering what the first run left.
 
 The steps of many keys run concurrently; on one connection their scripts go out back to back,
 so a batch costs about one round trip per server.
@@ -20,6 +23,7 @@ so a batch costs about one round trip per server.
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -163,6 +167,14 @@ class RecordSteps:
         record = [self._keys.own_record(key), self._keys.own_record_migrating(key)]
         return await self._access.slot_script(name, record, *args)
 
+    async def _journaled(self, name: str, key: str, *args: str | bytes | int) -> Any:
+        """A step whose reply depends on what it changed: with a journal entry named by a new
+        token, which a resend of the call reads back (see record_common.lua)."""
+        keys = self._keys
+        token = uuid.uuid4().hex[:16]
+        names = [keys.own_record(key), keys.own_record_migrating(key), keys.own_step(key, token)]
+        return await self._access.slot_script(name, names, *args, again=True)
+
     async def submit(
         self, node: str, requests: Sequence[tuple[str, bytes]], *, job: str = "", waiter: str = ""
     ) -> list[Submitted]:
@@ -173,7 +185,7 @@ class RecordSteps:
         pushed again: a claim takes it once)."""
         replies = await asyncio.gather(
             *(
-                self._step("record_submit", key, node, job, waiter, payload)
+                self._journaled("record_submit", key, node, job, waiter, payload)
                 for key, payload in requests
             )
         )
@@ -191,7 +203,7 @@ class RecordSteps:
         from node's running set."""
         replies = await asyncio.gather(
             *(
-                self._step(
+                self._journaled(
                     "record_complete",
                     done.key,
                     node,
@@ -236,7 +248,7 @@ class RecordSteps:
         """Each of `keys` that is done (and, with `function_id`, cached for that function)
         deleted: whether it was."""
         replies = await asyncio.gather(
-            *(self._step("record_drop", key, function_id) for key in keys)
+            *(self._journaled("record_drop", key, function_id) for key in keys)
         )
         return [bool(reply) for reply in replies]
 
@@ -262,7 +274,7 @@ class RecordSteps:
     async def cancel(self, job: str, key: str, drop: str = "") -> CancelStep:
         """One key's step of cancelling `job`, after deleting its field `drop` (`root_field`
         of the job, or `waited_by_field` of a key that no longer waits for it)."""
-        reply = await self._step("record_cancel", key, drop, job)
+        reply = await self._journaled("record_cancel", key, drop, job)
         code = int(reply[0])
         if code == STEP_PENDING:
             return CancelStep("pending", waiters=_texts(reply[1]), waits=_texts(reply[2]))

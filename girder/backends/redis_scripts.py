@@ -204,7 +204,8 @@ SPECS = {
             "rest",
             journaled=True,
         ),
-        ScriptSpec("shard_events"),
+        ScriptSpec("shard_events", ("node",), rest="events", journaled=True),
+        ScriptSpec("shard_cursor", ("node", "job", "done"), rest="entries", journaled=True),
         ScriptSpec("shard_hand_out", ("distributor", "even_share"), "unclaimable", True),
         ScriptSpec("shard_dead", ("reaper",)),
         ScriptSpec("shard_reap", ("reaper",), rest="rest", journaled=True),
@@ -249,20 +250,26 @@ same is made up by the waiter's own checks (it submits again what it waited long
 RECORD_SPECS = {
     spec.name: spec
     for spec in (
-        ScriptSpec("record_submit", ("node", "job", "waiter", "payload")),
+        ScriptSpec("record_submit", ("again", "node", "job", "waiter", "payload")),
         ScriptSpec("record_claim", ("node",)),
-        ScriptSpec("record_complete", ("node", "outcome", "cache", "ttl_ms", "fn")),
+        ScriptSpec("record_complete", ("again", "node", "outcome", "cache", "ttl_ms", "fn")),
         ScriptSpec("record_requeue", ("owner", "max_crashes")),
         ScriptSpec("record_hand_over", ("from", "to")),
-        ScriptSpec("record_drop", ("fn",)),
+        ScriptSpec("record_drop", ("again", "fn")),
         ScriptSpec("record_publish", ("node", "outcome")),
-        ScriptSpec("record_cancel", ("drop", "job")),
+        ScriptSpec("record_cancel", ("again", "drop", "job")),
         ScriptSpec("record_edges"),
     )
 }
 """The records' steps of the sharded layout: scripts of one request key's own slot, over its
-record alone (KEYS[1]; KEYS[2] is the slot's migration probe, see `redis_records`). The grid's
-steps of that layout are among `SPECS` (`shard_<name>`)."""
+record alone (KEYS[1]; KEYS[2] is the slot's migration probe; KEYS[3], for those with an
+`again` argument, the call's journal entry: see `redis_records`). The grid's steps of that
+layout are among `SPECS` (`shard_<name>`)."""
+
+STEP_JOURNAL_MS = 120 * 1000
+"""How long a record's step keeps its reply for a resend (see record_common.lua): past the
+longest a lost reply waits for its resend but an outage; after one longer, a resend answers
+what the first run left, and what it missed is made up by the waiters' resubmissions."""
 
 _RECORD_OVERRIDES = ("call", "note_corrupt", "read_record")
 """common.lua's helpers that name the grid's keys, which record_common.lua replaces."""
@@ -279,6 +286,7 @@ def build_slot_scripts() -> dict[str, Script]:
         source = folder.joinpath(f"slot_{name}.lua").read_text()
         scripts[name] = Script(ScriptSpec(name), source, hashlib.sha1(source.encode()).hexdigest())
     codes = "".join(f"local {name} = {value}\n" for name, value in _STEP_CODES.items())
+    codes += f"local STEP_JOURNAL_MS = {STEP_JOURNAL_MS}\n"
     own = _definitions(lua_constants() + codes + folder.joinpath("record_common.lua").read_text())
     shared = [
         (name, text)

@@ -165,10 +165,10 @@ class ShardedRedisBackend(RedisBackend):
     def _watched(self) -> bool:
         return self._events and time.monotonic() < self._watched_until
 
-    async def _publish(self, events: list[str]) -> None:
-        """The events left after an operation's last grid step, while they are watched."""
+    async def _publish(self, node: str, events: list[str]) -> None:
+        """The events left after node's operation's last grid step, while they are watched."""
         if events and self._watched():
-            await self._run("shard_events", *events)
+            await self._journaled("shard_events", node, True, node, *events)
 
     # -- requests -----------------------------------------------------------------------------
 
@@ -222,7 +222,7 @@ class ShardedRedisBackend(RedisBackend):
                 await self._journaled("shard_push", node, True, *args)
                 events = []
         if not claim:
-            await self._publish(events)
+            await self._publish(node, events)
             return found, []
         claimed, _ = await self._claim(node, claim, [], "", events)
         return found, claimed
@@ -336,7 +336,7 @@ class ShardedRedisBackend(RedisBackend):
                 break
         if drop:
             self._refused[node] = drop
-        await self._publish(events)
+        await self._publish(node, events)
         return claimed, departed
 
     async def _departed(self, nodes: Sequence[str]) -> set[str]:
@@ -472,7 +472,7 @@ class ShardedRedisBackend(RedisBackend):
         else:
             first = [root_field(job) + _SEPARATOR + key for key in roots]
         if first:
-            await self._execute("cancel", "RPUSH", cursor, *first)
+            await self._journaled("shard_cursor", node, True, node, job, 0, *first)
         entries = _texts(await self._execute("cancel", "LRANGE", cursor, 0, MAX_CANCEL_STEP - 1))
         cancelled: list[str] = []
         following: list[str] = []
@@ -496,13 +496,11 @@ class ShardedRedisBackend(RedisBackend):
             cancelled.append(key)
             following += [waited_by_field(key) + _SEPARATOR + after for after in step.waits]
         await self._tell(notes, {}, await self._departed([waiter for waiter, _ in notes]))
-        commands: list[tuple[str | bytes | int, ...]] = []
-        if following:
-            commands.append(("RPUSH", cursor, *following))
-        commands += [("LTRIM", cursor, len(entries), -1), ("LLEN", cursor)]
-        replies = await self._retrying("cancel", lambda: self._redis.pipeline(commands))
-        await self._publish(events)
-        return Cancelling(tuple(cancelled), int(replies[-1]))
+        remaining = await self._journaled(
+            "shard_cursor", node, True, node, job, len(entries), *following
+        )
+        await self._publish(node, events)
+        return Cancelling(tuple(cancelled), int(remaining))
 
     # -- distribution -------------------------------------------------------------------------
 
@@ -615,15 +613,18 @@ class ShardedRedisBackend(RedisBackend):
 
     async def _own_records(self, what: str) -> list[str]:
         """The keys of every record in its own slot, on every server."""
+        names = await self._scan_all(what, self._keys.own_record_pattern())
+        return sorted({key for key in map(self._keys.own_record_key, names) if key is not None})
+
+    async def _scan_all(self, what: str, pattern: str) -> list[str]:
+        """The names that match `pattern` on every server (each once)."""
         found: set[str] = set()
-        pattern = self._keys.own_record_pattern()
         for server in await self._servers():
             cursor: bytes = b"0"
             while True:
                 scan = ("SCAN", cursor, "MATCH", pattern, "COUNT", _SCAN_COUNT)
                 cursor, names = await self._retrying(what, partial(server.execute, *scan))
-                keys = (self._keys.own_record_key(name) for name in _texts(names))
-                found.update(key for key in keys if key is not None)
+                found.update(_texts(names))
                 if cursor == b"0":
                     break
         return sorted(found)
@@ -673,6 +674,7 @@ class ShardedRedisBackend(RedisBackend):
 
     async def flush(self) -> None:
         names = [self._keys.own_record(key) for key in await self._own_records("flush")]
+        names += await self._scan_all("flush", self._keys.own_step_pattern())
         await asyncio.gather(
             *(
                 self._retrying("flush", partial(self._at(name).execute, "UNLINK", name))
@@ -682,4 +684,3 @@ class ShardedRedisBackend(RedisBackend):
         await super().flush()
         self._function_ids.clear()
         self._refused.clear()
-

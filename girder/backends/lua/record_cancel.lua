@@ -6,7 +6,12 @@
 -- {STEP_RUNNING, owner, waits} when it runs: its owner is to get the notice (it stops the run
 -- and completes the key with a Cancelled error), and the record's own edges are gone. waits:
 -- the keys it waited for, whose side of those edges the caller drops before their own steps.
--- Safe to repeat: a deleted record is kept (no record), and a running one is reported again.
+-- Safe to repeat: what it found is journaled (sent again, it answers the same).
+
+local found, replayed = replayed_step(again)
+if found then
+  return replayed
+end
 
 if drop ~= '' then
   call('HDEL', KEYS[1], drop)
@@ -26,7 +31,7 @@ if status == RUNNING and state[2] then
     edges[#edges + 1] = F_WAITS .. after
   end
   hdel_all(KEYS[1], edges)
-  return {STEP_RUNNING, state[2], members.waits}
+  return journaled_step({STEP_RUNNING, state[2], members.waits})
 end
 redis.call('DEL', KEYS[1])
-return {STEP_PENDING, members.own_waiters, members.waits}
+return journaled_step({STEP_PENDING, members.own_waiters, members.waits})

@@ -34,3 +34,24 @@ local function read_record(...)
   end
   return fields
 end
+
+-- The journal of the steps whose reply depends on what they changed (a submission that made
+-- the record, a completion, a cancellation, a drop): KEYS[3], a key of the record's slot named
+-- by the call's token, holds the reply for STEP_JOURNAL_MS. A step sent again after its reply
+-- was lost (`again` '1') returns it instead of running again, which would answer what the
+-- first run left ("shared", "done already", "gone").
+local function replayed_step(again)
+  if again ~= '1' then
+    return false, nil
+  end
+  local stored = call('GET', KEYS[3])
+  if stored then
+    return true, cmsgpack.unpack(stored)
+  end
+  return false, nil
+end
+
+local function journaled_step(reply)
+  call('SET', KEYS[3], cmsgpack.pack(reply), 'PX', STEP_JOURNAL_MS)
+  return reply
+end

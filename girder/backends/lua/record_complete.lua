@@ -8,7 +8,13 @@
 -- record keeps the outcome and fn (the function's id in the grid's table) and expires after
 -- ttl_ms (0: never), its payload, owner and members gone; with '0' it is deleted. Who may
 -- complete: the owner while it runs, anyone while nobody does (see complete.lua). Safe to
--- repeat: a second run finds the key done and changes nothing.
+-- repeat: a second run finds the key done and changes nothing, and the reply of a run that
+-- changed something is journaled (sent again, it answers the same).
+
+local found, replayed = replayed_step(again)
+if found then
+  return replayed
+end
 
 local state = read_record(F_STATUS, F_OWNER)
 local status, owner = state[1], state[2]
@@ -19,7 +25,7 @@ local members = record_members(KEYS[1])
 local stale = members.fields
 if status == false then
   hdel_all(KEYS[1], stale)
-  return {STEP_GONE, {}, members.waits, members.waited_by}
+  return journaled_step({STEP_GONE, {}, members.waits, members.waited_by})
 end
 if cache == '0' then
   redis.call('DEL', KEYS[1])
@@ -47,4 +53,4 @@ for _, waiter in ipairs(members.own_waiters) do
     waiters[#waiters + 1] = waiter
   end
 end
-return {STEP_DONE, waiters, members.waits, members.waited_by}
+return journaled_step({STEP_DONE, waiters, members.waits, members.waited_by})

@@ -6,7 +6,13 @@
 -- {STEP_RUNNING, owner, partial} when it runs (the caller asks whether owner will complete it,
 -- and if not frees it: record_requeue). partial: the latest partial outcome, or false. The
 -- first step of a submission: the caller then pushes the pending keys onto a work list. Safe
--- to repeat: a second run finds the record pending and adds the same fields again.
+-- to repeat: a second run finds the record pending and adds the same fields again; the answer
+-- of a run that made the record is journaled (sent again, it is not "shared").
+
+local found, replayed = replayed_step(again)
+if found then
+  return replayed
+end
 
 local state = read_record(F_STATUS, F_OWNER, F_PARTIAL, unpack(OUTCOME_FIELDS))
 local status = state[1]
@@ -37,7 +43,8 @@ else
     hdel_all(KEYS[1], {F_OWNER, F_FUNCTION, F_PARTIAL, unpack(unused)})
     redis.call('PERSIST', KEYS[1])
   end
-  reply = {STEP_PENDING, 0, false}
+  call('HSET', KEYS[1], unpack(fields))
+  return journaled_step({STEP_PENDING, 0, false})
 end
 call('HSET', KEYS[1], unpack(fields))
 return reply

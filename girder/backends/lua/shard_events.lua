@@ -1,6 +1,11 @@
--- shard_events(event1, event2, ...): publish the events the caller of the sharded layout's steps
--- made of what its records' steps did after its last step in the grid's slot (see given_events).
+-- shard_events(token, low, again, node, event1, event2, ...): publish the events that node made
+-- of what its records' steps did after its last step in the grid's slot (see given_events).
+-- Journaled (a resend would publish them twice).
 
-given_events(1)
+local found, reply = replayed(node, token, again)
+if found then
+  return reply
+end
+given_events(FIRST_EVENTS)
 emit_events()
-return 1
+return journaled(node, token, low, 1)
