@@ -319,7 +319,7 @@ class RedisBackend:
             run=self._run,
             journaled=lambda name, node, *args: self._journaled(name, node, True, *args),
             # Looked up at each call, so that a test may wrap the method on this backend.
-            slot_script=lambda *args, **options: self._slot_script(*args, **options),
+            slot_script=lambda *args, **options: self._slot_script(*args, **options),  # noqa: PLW0108
             retrying=self._retrying,
             at=self._at,
             servers=self._servers,
@@ -1345,8 +1345,10 @@ def _ms(seconds: float) -> int:
 
 
 def open_redis(url: str, *, settings: Settings | None = None) -> RedisBackend:
-    """The Redis backend of `url` in the layout that `settings` names (`Settings.layout`)."""
-    if settings is not None and settings.layout == "sharded":
+    """The Redis backend of `url` in the layout that `settings` (or the environment) names
+    (`Settings.layout`)."""
+    settings = settings or Settings()
+    if settings.layout == "sharded":
         from girder.backends.sharded import ShardedRedisBackend  # noqa: PLC0415 (it imports this)
 
         return ShardedRedisBackend(url, settings=settings)

@@ -193,6 +193,9 @@ F_OWNER = "o"
 F_CRASHES = "c"
 F_PARTIAL = "pt"
 F_FUNCTION = "f"
+F_SUBMITTED = "k"
+"""In a pending record in its own slot (the sharded layout): the token of the submission that
+made it, until it is claimed (see record_submit.lua)."""
 F_MOVER = "m"
 """In a done record: the token of the one move that may take it to its key's own slot (see
 `redis_results`)."""
@@ -270,6 +273,7 @@ _CONSTANTS = {
     "F_PARTIAL": F_PARTIAL,
     "F_FUNCTION": F_FUNCTION,
     "F_MOVER": F_MOVER,
+    "F_SUBMITTED": F_SUBMITTED,
     "F_WAITER": F_WAITER,
     "F_OWN_WAITER": F_OWN_WAITER,
     "F_ROOT": F_ROOT,

@@ -167,12 +167,16 @@ class RecordSteps:
         record = [self._keys.own_record(key), self._keys.own_record_migrating(key)]
         return await self._access.slot_script(name, record, *args)
 
+    async def _step_again(self, name: str, key: str, *args: str | bytes | int) -> Any:
+        """A step told whether it is sent again (its first argument, see record_submit.lua)."""
+        record = [self._keys.own_record(key), self._keys.own_record_migrating(key)]
+        return await self._access.slot_script(name, record, *args, again=True)
+
     async def _journaled(self, name: str, key: str, *args: str | bytes | int) -> Any:
         """A step whose reply depends on what it changed: with a journal entry named by a new
         token, which a resend of the call reads back (see record_common.lua)."""
         keys = self._keys
-        token = uuid.uuid4().hex[:16]
-        names = [keys.own_record(key), keys.own_record_migrating(key), keys.own_step(key, token)]
+        names = [keys.own_record(key), keys.own_record_migrating(key), keys.own_step(key, _token())]
         return await self._access.slot_script(name, names, *args, again=True)
 
     async def submit(
@@ -185,7 +189,7 @@ class RecordSteps:
         pushed again: a claim takes it once)."""
         replies = await asyncio.gather(
             *(
-                self._journaled("record_submit", key, node, job, waiter, payload)
+                self._step_again("record_submit", key, node, job, waiter, payload, _token())
                 for key, payload in requests
             )
         )
@@ -301,6 +305,11 @@ class RecordSteps:
             batch = fields[start : start + MAX_EDGE_FIELDS]
             waits = _texts(await self._step("record_edges", key, add, *batch))
         return waits
+
+
+def _token() -> str:
+    """A new call token."""
+    return uuid.uuid4().hex[:16]
 
 
 def _submitted(reply: Any) -> Submitted:

@@ -250,7 +250,7 @@ same is made up by the waiter's own checks (it submits again what it waited long
 RECORD_SPECS = {
     spec.name: spec
     for spec in (
-        ScriptSpec("record_submit", ("again", "node", "job", "waiter", "payload")),
+        ScriptSpec("record_submit", ("again", "node", "job", "waiter", "payload", "token")),
         ScriptSpec("record_claim", ("node",)),
         ScriptSpec("record_complete", ("again", "node", "outcome", "cache", "ttl_ms", "fn")),
         ScriptSpec("record_requeue", ("owner", "max_crashes")),
@@ -266,7 +266,7 @@ record alone (KEYS[1]; KEYS[2] is the slot's migration probe; KEYS[3], for those
 `again` argument, the call's journal entry: see `redis_records`). The grid's steps of that
 layout are among `SPECS` (`shard_<name>`)."""
 
-STEP_JOURNAL_MS = 120 * 1000
+STEP_JOURNAL_MS = 30 * 1000
 """How long a record's step keeps its reply for a resend (see record_common.lua): past the
 longest a lost reply waits for its resend but an outage; after one longer, a resend answers
 what the first run left, and what it missed is made up by the waiters' resubmissions."""

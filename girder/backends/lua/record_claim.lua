@@ -16,5 +16,6 @@ if status == RUNNING and owner and owner ~= node then
 end
 if status ~= RUNNING or owner ~= node then
   call('HSET', KEYS[1], F_STATUS, RUNNING, F_OWNER, node)
+  call('HDEL', KEYS[1], F_SUBMITTED)
 end
 return {STEP_CLAIMED, joined(state, 4) or '', state[3] and 1 or 0}

@@ -53,4 +53,8 @@ for _, waiter in ipairs(members.own_waiters) do
     waiters[#waiters + 1] = waiter
   end
 end
-return journaled_step({STEP_DONE, waiters, members.waits, members.waited_by})
+local reply = {STEP_DONE, waiters, members.waits, members.waited_by}
+if #waiters == 0 and #members.waits == 0 and #members.waited_by == 0 then
+  return reply -- a resend answers "done already": there is nothing it could miss but an event
+end
+return journaled_step(reply)
