@@ -34,8 +34,10 @@ from typing import Any, BinaryIO
 import pytest
 import redis
 from chaos_checks import (
+    KEYS,
     LEASE,
     PREFIX,
+    SHARDED,
     AnswerReport,
     LeakReport,
     Overlap,
@@ -49,6 +51,7 @@ from chaos_checks import (
     grid_failures,
     overlap_text,
     read_runs,
+    record_server,
     record_states,
     reruns,
     unhandled_exceptions,
@@ -687,7 +690,7 @@ class ChaosRun(ABC):
     async def _all_done(self) -> bool:
         db = self.db()
         try:
-            return all(s == "d" for s, _, _ in record_states(db).values())
+            return all(s == "d" for s, _, _ in record_states(db, self.servers()).values())
         finally:
             db.close()
 
@@ -730,12 +733,14 @@ class ChaosRun(ABC):
             for n in await nodes(self.url)
         ]
         running = {r.key for r in read_runs(self.run_logs, self.timeline.killed) if r.end is None}
-        db = self.db()
+        db, servers = self.db(), self.servers()
+        record_at = record_server(servers)
         try:
-            unfinished = {k: v for k, v in record_states(db).items() if v[0] != "d"}
+            unfinished = {k: v for k, v in record_states(db, servers).items() if v[0] != "d"}
             lines.append(f"unfinished requests: {len(unfinished)} (key status owner crashes)")
             for key, (status, owner, crashes) in sorted(unfinished.items())[:30]:
-                fields = (decode(f) for f in db.hkeys(f"{PREFIX}r:{key}"))
+                name = KEYS.own_record(key) if SHARDED else f"{PREFIX}r:{key}"
+                fields = (decode(f) for f in (record_at(name) if SHARDED else db).hkeys(name))
                 waiters = sorted(
                     f[len(F_WAITER) :] for f in fields if f.startswith((F_WAITER, F_OWN_WAITER))
                 )
@@ -745,7 +750,8 @@ class ChaosRun(ABC):
                     f"  {key} {status} {owner or '-'} {crashes or 0} waiters {waiters}{note}"
                 )
         finally:
-            db.close()
+            for client in (db, *servers):
+                client.close()
         return "\n".join(lines)
 
     def stop(self) -> None:
@@ -1075,7 +1081,8 @@ def _summary(
             f"left in Redis: {leaks.cached} cached results ({leaks.lost_values} of them values "
             "whose blob a failover lost: computed again when asked) and "
             f"{leaks.moved} moved to their keys' own slots, {leaks.own_inboxes} keys of nodes' "
-            "own inboxes (expiring), "
+            f"own inboxes (expiring), {leaks.step_journals} journal entries of records' steps "
+            "(expiring), "
             f"leaked: { {p: len(e) for p, e in leaks.leaked.items()} }",
         ]
     )

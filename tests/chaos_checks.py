@@ -8,6 +8,7 @@ from __future__ import annotations
 import bisect
 import itertools
 import math
+import os
 import re
 import time
 from collections import Counter, defaultdict
@@ -21,9 +22,13 @@ from chaos_client import read_events
 from processes import FAST_RECOVERY
 
 from girder.backends import redis_keys
+from girder.backends.cluster import key_slot
 from girder.backends.redis_keys import RedisKeys
 
 LEASE = float(FAST_RECOVERY["GIRDER_HEARTBEAT_TTL"])
+SHARDED = os.environ.get("GIRDER_LAYOUT", "one-slot") == "sharded"
+"""The grid runs in the sharded layout (`Settings.layout`, from the environment the run's
+processes inherit): each record in the slot of its own key, on any primary."""
 """Seconds without a heartbeat before a node counts as dead (the nodes' GIRDER_HEARTBEAT_TTL)."""
 
 PREFIX = "{girder}:"
@@ -230,19 +235,21 @@ def _lossy_restart(timeline: Timeline, since: float, until: float, fsync: str) -
 
 
 def _failover_loss(timeline: Timeline, first: Run, second: Run) -> str | None:
-    """A failover of the grid's primary that may have lost a write of `first` (documented:
-    the key runs again): its claim (it started before the replica took over) or its completion
-    (sent within a lease of its end, at or after the writes that were lost began)."""
+    """A failover of the grid's primary (in the sharded layout: of any primary, which holds
+    records too) that may have lost a write of `first` (documented: the key runs again): its
+    claim (it started before the replica took over) or its completion (sent within a lease of
+    its end, at or after the writes that were lost began)."""
     sent_by = math.inf if first.end is None else first.end + LEASE
     for failover in timeline.failovers:
         if (
-            failover.grid
+            (failover.grid or SHARDED)
             and first.start <= failover.promoted
             and sent_by >= failover.lost_from
             and second.start >= failover.lost_from
         ):
+            which = "the grid's primary" if failover.grid else "a primary of records"
             return (
-                f"the grid's primary (port {failover.port}) failed over at "
+                f"{which} (port {failover.port}) failed over at "
                 f"{failover.killed:.3f}, its writes since {failover.lost_from:.3f} maybe lost"
             )
     return None
@@ -312,7 +319,8 @@ def rerun_reason(first: Run, second: Run, timeline: Timeline, fsync: str) -> str
     if _lossy_restart(timeline, first.start, second.start, fsync):
         return "Redis lost the result (a restart without the data)"
     if _failover_loss(timeline, first, second):
-        return "a failover of the grid's primary lost its claim or its completion"
+        where = "a primary of records" if SHARDED else "the grid's primary"
+        return f"a failover of {where} lost its claim or its completion"
     # The completion goes out right after the run: a death or a stop soon after loses it.
     sending = _completion_stored_by(timeline, first.end)
     killed_at = timeline.killed.get(first.pid)
@@ -405,11 +413,11 @@ RECORD_KINDS = tuple(part.rstrip(":") for part in redis_keys._PER_ID.values())
 """Keys per request or per node (`r:<key>`, `inbox:<node>`, ...), from the backend's layout."""
 GLOBAL_KEEP = (
     "clock", "departed", "events", "eventsbase", "farewells", "functions", "timekeeper",
-    "resultsdropped",
+    "resultsdropped", "layout",
 )  # fmt: skip
 """Global bookkeeping that may stay when the grid is idle (counters; the recently departed; the
 capped list of grid events and its first number; the function table of cached results; when
-the latest record of a result moved to its own slot was dropped)."""
+the latest record of a result moved to its own slot was dropped; the sharded layout's mark)."""
 GLOBAL_EMPTY = ("pops", "leases")
 """Global hashes and sets of nodes: no entry should stay once every node is gone. Any other
 global key of the layout (say `corrupt`) is reported, and so is a key the layout does not name."""
@@ -433,14 +441,58 @@ def _pipeline(db: redis.Redis, commands: list[tuple[str, ...]]) -> list[Any]:
     return list(pipe.execute())
 
 
-def record_states(db: redis.Redis) -> dict[str, tuple[str, str, str]]:
-    """Request key -> (status, owner, crashes) of every request record."""
+def record_states(
+    db: redis.Redis, servers: list[redis.Redis] | None = None
+) -> dict[str, tuple[str, str, str]]:
+    """Request key -> (status, owner, crashes) of every request record (in the sharded
+    layout, those in their own slots on every server of `servers`)."""
+    if SHARDED:
+        states: dict[str, tuple[str, str, str]] = {}
+        for server in servers or [db]:
+            names = own_records(server)
+            fields = _pipeline(server, [("HMGET", n, "s", "o", "c") for n in names])
+            for name, (s, o, c) in zip(names, fields, strict=True):
+                key = KEYS.own_record_key(name)
+                if key is not None:
+                    states[key] = (decode(s), decode(o), decode(c))
+        return states
     keys = [k for k in scan_grid(db) if k.startswith(PREFIX + "r:")]
     fields = _pipeline(db, [("HMGET", k, "s", "o", "c") for k in keys])
     return {
         key.removeprefix(PREFIX + "r:"): (decode(s), decode(o), decode(c))
         for key, (s, o, c) in zip(keys, fields, strict=True)
     }
+
+
+def own_records(server: redis.Redis) -> list[str]:
+    """The names of the records in their own slots (the sharded layout) on `server`."""
+    return [decode(n) for n in server.scan_iter(match=KEYS.own_record_pattern(), count=1000)]
+
+
+def record_server(servers: list[redis.Redis]) -> Any:
+    """A function: record name -> the server of `servers` that holds it (the primary of its
+    slot, as the cluster's slot map says; the one server when there is one)."""
+    if len(servers) == 1:
+        return lambda name: servers[0]
+    by_port = {int(s.connection_pool.connection_kwargs["port"]): s for s in servers}
+    owner: list[redis.Redis | None] = [None] * 16384
+    for start, end, primary, *_ in servers[0].execute_command("CLUSTER", "SLOTS"):
+        for slot in range(int(start), int(end) + 1):
+            owner[slot] = by_port.get(int(primary[1]))
+    return lambda name: owner[key_slot(name)]
+
+
+def status_of(db: redis.Redis, servers: list[redis.Redis]) -> Any:
+    """A function: request key -> its record's status ("" for none), in either layout."""
+    if not SHARDED:
+        return lambda key: decode(db.hget(KEYS.record(key), redis_keys.F_STATUS))
+    at = record_server(servers)
+
+    def status(key: str) -> str:
+        name = KEYS.own_record(key)
+        return decode(at(name).hget(name, redis_keys.F_STATUS))
+
+    return status
 
 
 def scan_blobs(servers: list[redis.Redis]) -> dict[str, set[str]]:
@@ -465,13 +517,14 @@ def blob_leaks(
     asks for it forgets it and has it computed again. The digests indexed, those rightly held
     or held with their bytes lost, and pattern -> examples of what is wrong."""
     stored = scan_blobs(servers)
+    status = status_of(db, servers)
     index = {decode(d) for d in db.zrange(KEYS.blobs, 0, -1)}
     leaked: dict[str, list[str]] = defaultdict(list)
     held: set[str] = set()
     lost: set[str] = set()
     for digest in sorted(index):
         holders = [decode(k) for k in db.smembers(PREFIX + redis_keys.BLOB_HOLDERS + digest)]
-        states = {decode(db.hget(KEYS.record(k), redis_keys.F_STATUS)) for k in holders}
+        states = {status(k) for k in holders}
         if "blob" not in stored.get(digest, set()) and holders and states == {"d"}:
             lost.add(digest)  # not a leak: who asks for the value has it computed again
         elif "blob" not in stored.get(digest, set()):
@@ -509,6 +562,8 @@ class LeakReport:
     """Keys of nodes' own inboxes left, each expiring (`spread_notifications`: a post that came
     after its node left, or a poster that died between its steps); one without an expiry is
     a leak."""
+    step_journals: int = 0
+    """Journal entries of records' steps left (the sharded layout), each expiring."""
     leaked: dict[str, list[str]] = field(default_factory=dict)
     """Pattern -> examples (key, and what it holds)."""
     leaked_bytes: int = 0
@@ -540,6 +595,25 @@ def _describe_key(db: redis.Redis, key: str, kind: str) -> str:
     return f"{key} {kind} {decode(db.get(key))[:40] if kind == 'string' else ''}"
 
 
+def _own_record_leaks(server: redis.Redis, names: dict[str, str], report: LeakReport) -> None:
+    """The sharded layout's keys on `server`: done records count as cached results, journal
+    entries of records' steps expire (each a leak without an expiry), anything else leaks."""
+    for name in own_records(server):
+        if decode(server.hget(name, "s")) == "d":
+            report.cached += 1
+        else:
+            report.leaked.setdefault(
+                f"{{girder:<request key>}}:r (status {decode(server.hget(name, 's'))})", []
+            ).append(_describe_key(server, name, decode(server.type(name))))
+    for name in map(decode, server.scan_iter(match=KEYS.own_step_pattern(), count=1000)):
+        if server.pttl(name) > 0:
+            report.step_journals += 1
+        else:
+            report.leaked.setdefault("journal entry of a record's step without expiry", []).append(
+                name
+            )
+
+
 def check_leaks(db: redis.Redis, names: dict[str, str], servers: list[redis.Redis]) -> LeakReport:
     """What is left after every node stopped and a sweep of blobs with no grace: cached
     results (with the blobs they hold) and the global counters only. `db`: the server of the
@@ -550,6 +624,7 @@ def check_leaks(db: redis.Redis, names: dict[str, str], servers: list[redis.Redi
     report.leaked.update(blobs)
     for server in servers:
         report.moved += sum(1 for _ in server.scan_iter(match=KEYS.result_pattern(), count=1000))
+        _own_record_leaks(server, names, report)
         for name in server.scan_iter(match=KEYS.own_inbox_pattern(), count=1000):
             if server.pttl(name) > 0:
                 report.own_inboxes += 1
@@ -638,7 +713,8 @@ def drop_cache_and_measure(db: redis.Redis, servers: list[redis.Redis]) -> tuple
     for start in range(0, len(keys), 1000):
         db.unlink(*keys[start : start + 1000])
     for server in servers:
-        for pattern in (KEYS.blob_pattern(), KEYS.result_pattern()):
+        patterns = (KEYS.blob_pattern(), KEYS.result_pattern(), KEYS.own_record_pattern())
+        for pattern in (*patterns, KEYS.own_step_pattern()):
             for name in list(server.scan_iter(match=pattern, count=1000)):
                 server.unlink(name)
     memory = [server.info("memory") for server in servers]

@@ -35,13 +35,16 @@ that starts watching sees the others' events from their next heartbeat on.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import re
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from functools import partial
 from typing import Any
 
 from girder.backends.base import (
     Assignment,
+    Beat,
     CacheStats,
     CacheUsage,
     Cancelling,
@@ -77,6 +80,7 @@ from girder.backends.redis_records import (
     waits_field,
 )
 from girder.backends.redis_scripts import MAX_CANCEL_STEP, MAX_SCRIPT_KEYS
+from girder.backends.resp import Pipelined
 from girder.config import Settings
 from girder.errors import ConfigurationError
 
@@ -90,6 +94,7 @@ _SCAN_COUNT = 1000
 _PEEK_SLACK = 64
 """Keys past twice what a hand-out can take whose records it reads first (a key deeper than
 what it read is handed out as it is, and refused by the volunteer's claim if nobody can run it)."""
+_RUN_ID = re.compile(rb"^run_id:(\w+)", re.MULTILINE)
 _STATES = {PENDING: RequestState.PENDING, RUNNING: RequestState.RUNNING, DONE: RequestState.DONE}
 
 
@@ -108,6 +113,13 @@ def _ms(seconds: float) -> int:
     return max(1, round(seconds * 1000))
 
 
+async def _run_id(server: Pipelined) -> bytes:
+    """The run id of `server` (b"" when INFO is denied)."""
+    [info] = await server.pipeline([("INFO", "server")])
+    found = None if isinstance(info, Exception) else _RUN_ID.search(info)
+    return found.group(1) if found else b""
+
+
 def _texts(values: Any) -> list[str]:
     return [value.decode() if isinstance(value, bytes) else str(value) for value in values]
 
@@ -124,6 +136,13 @@ class ShardedRedisBackend(RedisBackend):
         self._blobs = RedisBlobs(self._keys, self._access, referring=self._referring)
         self._function_ids: dict[str, str] = {}
         """Function name -> its id in the grid's table (read-mostly: filled on first use)."""
+        self._servers_seen: dict[str, frozenset[bytes]] = {}
+        """Per node, the run ids of the servers holding records at its previous heartbeat."""
+        self._claims: dict[str, set[str]] = {}
+        """Per node of this process, the keys it claimed and has not completed or given back:
+        `reconcile` and `leave` hand them back too, since a failover of the grid's primary may
+        have lost a claim's place in the running set while its record, on another primary,
+        kept it running under the node."""
         self._refused: dict[str, list[str]] = {}
         """Per node, keys its claim's records' steps refused that are still in its running set
         (they leave it with the node's next claim step)."""
@@ -240,19 +259,15 @@ class ShardedRedisBackend(RedisBackend):
         return freed
 
     async def _owned(self, running: Sequence[tuple[str, str]]) -> list[bool]:
-        """Whether each (key, owner) has an owner that will complete it (see common.lua)."""
-        commands: list[tuple[str | bytes | int, ...]] = []
-        for key, owner in running:
-            commands += [
-                ("ZSCORE", self._keys.leases, owner),
-                ("SISMEMBER", self._keys.running(owner), key),
-            ]
+        """Whether each (key, owner) has an owner that will complete it: the key is in the
+        owner's running set. (A claim puts it there before its record's step marks the record,
+        and every step that takes it out first makes the record done or pending.) Unlike the
+        one-slot layout, a registered owner is not enough: a failover that lost the grid's
+        write but kept the record's leaves a record running under a live node that does not
+        run it, which would never be freed."""
+        commands = [("SISMEMBER", self._keys.running(owner), key) for key, owner in running]
         replies = await self._retrying("owned", lambda: self._redis.pipeline(commands))
-        return [
-            (replies[i] is not None and not isinstance(replies[i], Exception))
-            or replies[i + 1] == 1
-            for i in range(0, len(replies), 2)
-        ]
+        return [reply == 1 for reply in replies]
 
     async def _add_wait_edges(self, waiter: str, found: list[Submitted]) -> None:
         """The wait edges' side in the waiter's record, then a cycle walk from each key: a
@@ -329,6 +344,7 @@ class ShardedRedisBackend(RedisBackend):
             for key, step in zip(popped, await self._records.claim(node, popped), strict=True):
                 if step.status == "claimed":
                     claimed.append(Claimed(key, step.payload))
+                    self._claims.setdefault(node, set()).add(key)
                     events.append(_event("claimed", node, key))
                 else:
                     drop.append(key)
@@ -394,6 +410,7 @@ class ShardedRedisBackend(RedisBackend):
             for done in completions
         ]
         steps = await self._records.complete(node, outcomes)
+        self._claims.get(node, set()).difference_update(done.key for done in completions)
         notes: list[tuple[str, bytes]] = []
         tails: dict[bytes, bytes] = {}
         events: list[str] = []
@@ -540,10 +557,39 @@ class ShardedRedisBackend(RedisBackend):
 
     # -- membership and recovery --------------------------------------------------------------
 
+    async def heartbeat(
+        self, node: str, ttl: float, counters: Mapping[str, int] | None = None
+    ) -> Beat:
+        """As the one-slot layout's, and `lost_writes` also when a server that holds records
+        is not one this node saw at its previous heartbeat: a replica promoted in a failover
+        (or a server restarted) may have lost the writes of records made since, say a waiter
+        added to a record, and the node submits again what it waits for."""
+        beat = await super().heartbeat(node, ttl, counters)
+        servers = await self._server_ids()
+        seen = self._servers_seen.get(node)
+        self._servers_seen[node] = servers
+        if seen is not None and not servers <= seen:
+            return dataclasses.replace(beat, lost_writes=True)
+        return beat
+
+    async def _server_ids(self) -> frozenset[bytes]:
+        """The run ids of the servers that hold the grid's records (every primary)."""
+        ids = await asyncio.gather(
+            *(
+                self._retrying("heartbeat", partial(_run_id, server))
+                for server in await self._servers()
+            )
+        )
+        return frozenset(run_id for run_id in ids if run_id)
+
     async def reconcile(self, node: str, keep: Sequence[str]) -> int:
+        """The keys of node's running set and of its claims here (see `_claims`) that it
+        does not run go back."""
         kept = set(keep)
         running = _texts(await self._execute("reconcile", "SMEMBERS", self._keys.running(node)))
-        drop = sorted(key for key in running if key not in kept)
+        claims = self._claims.setdefault(node, set())
+        drop = sorted({*running, *claims} - kept)
+        claims.intersection_update(kept)
         steps = await self._records.requeue(node, drop)
         pending = [key for key, step in zip(drop, steps, strict=True) if step == "pending"]
         args: list[str | int] = [node, len(drop), *drop, *pending]
@@ -552,7 +598,12 @@ class ShardedRedisBackend(RedisBackend):
         return count
 
     async def leave(self, node: str) -> int:
-        running = _texts(await self._execute("leave", "SMEMBERS", self._keys.running(node)))
+        running = sorted(
+            {
+                *_texts(await self._execute("leave", "SMEMBERS", self._keys.running(node))),
+                *self._claims.pop(node, set()),
+            }
+        )
         steps = await self._records.requeue(node, running)
         pending = [key for key, step in zip(running, steps, strict=True) if step == "pending"]
         count: int = await self._run("shard_leave", node, *pending)
@@ -684,3 +735,4 @@ class ShardedRedisBackend(RedisBackend):
         await super().flush()
         self._function_ids.clear()
         self._refused.clear()
+        self._claims.clear()
