@@ -132,6 +132,25 @@ class ClusterClient(PrimaryClient):
             first.setdefault(primary, start)
         return [SlotClient(self, slot) for slot in sorted(first.values())]
 
+    def by_primary(self, keys: Sequence[str]) -> list[tuple[Pipelined, list[int]]]:
+        """The positions of `keys` grouped by the primary that the slot map names for each
+        key's slot, each group with a client that pipelines to that primary; a key whose slot
+        the map does not know goes alone, through `at`. A command that reaches a primary that
+        no longer serves its slot gets a MOVED or ASK reply: the caller sends it again through
+        `at`, which follows it."""
+        groups: dict[Node, list[int]] = {}
+        alone: list[int] = []
+        for index, key in enumerate(keys):
+            owner = self._lookup(key_slot(key))
+            if owner is None:
+                alone.append(index)
+            else:
+                groups.setdefault(owner, []).append(index)
+        found: list[tuple[Pipelined, list[int]]] = [
+            (NodeClient(self, node), indexes) for node, indexes in groups.items()
+        ]
+        return found + [(self.at(keys[index]), [index]) for index in alone]
+
     def share(self, slot: int) -> tuple[int, bool]:
         """How many slots the primary of `slot` serves, and whether the grid's own slot is one
         of them, as the last slot map says (after `primaries`, it is fresh)."""
@@ -248,6 +267,22 @@ class ClusterClient(PrimaryClient):
     def _learn(self, node: Node) -> None:
         if node not in self._known:
             self._known.append(node)
+
+
+class NodeClient(Pipelined):
+    """`pipeline` of a `ClusterClient`, sent as it is to one node (see `by_primary`): a lost
+    connection makes the cluster forget the node as an owner of slots."""
+
+    def __init__(self, cluster: ClusterClient, node: Node) -> None:
+        self._cluster = cluster
+        self._node = node
+
+    async def pipeline(self, commands: Sequence[Command]) -> list[Any]:
+        try:
+            return await self._cluster._client(self._node).pipeline(commands)
+        except ConnectionLost:
+            self._cluster._stale(self._node)
+            raise
 
 
 class SlotClient(Pipelined):

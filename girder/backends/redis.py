@@ -320,6 +320,8 @@ class RedisBackend:
             journaled=lambda name, node, *args: self._journaled(name, node, True, *args),
             # Looked up at each call, so that a test may wrap the method on this backend.
             slot_script=lambda *args, **options: self._slot_script(*args, **options),  # noqa: PLW0108
+            slot_scripts=self._slot_scripts_at,
+            commands=self._commands_at,
             retrying=self._retrying,
             at=self._at,
             servers=self._servers,
@@ -547,6 +549,94 @@ class RedisBackend:
             return reply
 
         return await self._retrying(name, attempt)
+
+    async def _slot_scripts_at(
+        self, name: str, calls: Sequence[tuple[Sequence[str], Sequence[str | bytes | int]]]
+    ) -> list[Any]:
+        """Script `name` of a slot of its own once per (keys, args) of `calls`, one pipeline
+        per server (per primary of a cluster) instead of a round trip each; a call redirected
+        (MOVED, ASK) or refused with NOSCRIPT goes again alone (`_slot_script`). With `again`
+        among its arguments (see `_slot_script`), a resend after a lost reply says so. Retried
+        through outages; an error reply raises."""
+        script = self._slot_scripts[name]
+        again = script.spec.args[:1] == ("again",)
+        replies: list[Any] = [None] * len(calls)
+        groups = self._by_server([keys[0] for keys, _ in calls])
+
+        async def alone(index: int, reply: Any, sent_again: bool) -> Any:
+            """The reply of call `index`, sent again alone if it was redirected or its
+            server lacked the script (it did not run)."""
+            if isinstance(reply, ReplyError) and (
+                _is_noscript(reply) or str(reply).startswith(("MOVED", "ASK"))
+            ):
+                keys, args = calls[index]
+                if again and sent_again:  # the attempt whose reply was lost may have run it
+                    reply = await self._slot_script(name, keys, "1", *args)
+                else:
+                    reply = await self._slot_script(name, keys, *args, again=again)
+            if isinstance(reply, ReplyError):
+                raise reply
+            return reply
+
+        async def run(client: Pipelined, indexes: list[int]) -> None:
+            attempts = 0
+
+            async def attempt() -> None:
+                nonlocal attempts
+                sent_again = attempts > 0
+                attempts += 1
+                commands = []
+                for index in indexes:
+                    keys, args = calls[index]
+                    flag: tuple[str, ...] = ("1" if sent_again else "0",) if again else ()
+                    commands.append(("EVALSHA", script.sha, len(keys), *keys, *flag, *args))
+                got = await client.pipeline(commands)
+                for index, reply in zip(indexes, got, strict=True):
+                    replies[index] = await alone(index, reply, sent_again)
+
+            await self._retrying(name, attempt)
+
+        await asyncio.gather(*(run(client, indexes) for client, indexes in groups))
+        return replies
+
+    def _by_server(self, keys: Sequence[str]) -> list[tuple[Pipelined, list[int]]]:
+        """The positions of `keys` grouped by the server that holds each (see
+        `ClusterClient.by_primary`; one group on one server)."""
+        if not keys:
+            return []
+        if isinstance(self._redis, ClusterClient):
+            return self._redis.by_primary(keys)
+        return [(self._redis, list(range(len(keys))))]
+
+    async def _commands_at(self, what: str, calls: Sequence[tuple[str, Command]]) -> list[Any]:
+        """Each (key, command) of `calls` that reads or writes `key` alone, one pipeline per
+        server; a command redirected (MOVED, ASK) goes again alone, through the client of its
+        key's slot. Retried through outages; error replies are returned (garbage of the wrong
+        type is the caller's to judge), but for the replies of a server that will answer later,
+        which are waited out."""
+        replies: list[Any] = [None] * len(calls)
+
+        async def alone(index: int, reply: Any) -> Any:
+            """The reply of call `index`, sent again alone if it was redirected; the reply of
+            a server that will answer later raises (the attempt is made again)."""
+            if isinstance(reply, ReplyError) and str(reply).startswith(("MOVED", "ASK")):
+                key, command = calls[index]
+                [reply] = await self._at(key).pipeline([command])
+            if isinstance(reply, ReplyError) and str(reply).startswith(_OUTAGE_REPLIES):
+                raise reply
+            return reply
+
+        async def run(client: Pipelined, indexes: list[int]) -> None:
+            async def attempt() -> None:
+                got = await client.pipeline([calls[index][1] for index in indexes])
+                for index, reply in zip(indexes, got, strict=True):
+                    replies[index] = await alone(index, reply)
+
+            await self._retrying(what, attempt)
+
+        groups = self._by_server([key for key, _ in calls])
+        await asyncio.gather(*(run(client, indexes) for client, indexes in groups))
+        return replies
 
     async def _journaled(
         self, name: str, node: str, exactly_once: bool, *args: str | bytes | int | float

@@ -27,6 +27,12 @@ class RedisAccess:
     `journaled(name, node, *args)`."""
     slot_script: Run
     """A script of the slot of its keys (`SLOT_SCRIPTS`): `slot_script(name, keys, *args)`."""
+    slot_scripts: Callable[..., Awaitable[list[Any]]]
+    """A script of a slot of its own once per (keys, args), one pipeline per server:
+    `slot_scripts(name, [(keys, args), ...])`."""
+    commands: Callable[..., Awaitable[list[Any]]]
+    """Commands each of one key, one pipeline per server: `commands(what, [(key, command),
+    ...])`; error replies are returned."""
     retrying: Retrying
     """An attempt, tried again through outages: `retrying(what, attempt)`."""
     at: Callable[[str], Pipelined]

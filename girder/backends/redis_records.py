@@ -22,7 +22,6 @@ so a batch costs about one round trip per server.
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -40,6 +39,9 @@ from girder.backends.redis_scripts import (
 )
 
 _MEMBER_PREFIXES = ("w:", "i:", "r:", "a:", "b:")
+
+_JOURNALED = frozenset({"record_complete", "record_cancel", "record_drop"})
+"""The steps that keep their reply under the call's token (KEYS[3], see record_common.lua)."""
 """The two-byte prefixes of a record's member fields (see `redis_keys`)."""
 
 MAX_EDGE_FIELDS = 1000
@@ -163,21 +165,24 @@ class RecordSteps:
         self._keys = keys
         self._access = access
 
-    async def _step(self, name: str, key: str, *args: str | bytes | int) -> Any:
-        record = [self._keys.own_record(key), self._keys.own_record_migrating(key)]
-        return await self._access.slot_script(name, record, *args)
-
-    async def _step_again(self, name: str, key: str, *args: str | bytes | int) -> Any:
-        """A step told whether it is sent again (its first argument, see record_submit.lua)."""
-        record = [self._keys.own_record(key), self._keys.own_record_migrating(key)]
-        return await self._access.slot_script(name, record, *args, again=True)
-
-    async def _journaled(self, name: str, key: str, *args: str | bytes | int) -> Any:
-        """A step whose reply depends on what it changed: with a journal entry named by a new
-        token, which a resend of the call reads back (see record_common.lua)."""
+    def _names(self, key: str, journal: bool) -> list[str]:
+        """The keys of a step of `key`'s record: the record, its slot's migration probe, and
+        for a journaled step the journal entry of a new call token."""
         keys = self._keys
-        names = [keys.own_record(key), keys.own_record_migrating(key), keys.own_step(key, _token())]
-        return await self._access.slot_script(name, names, *args, again=True)
+        names = [keys.own_record(key), keys.own_record_migrating(key)]
+        return [*names, keys.own_step(key, _token())] if journal else names
+
+    async def _steps(
+        self, name: str, calls: Sequence[tuple[str, Sequence[str | bytes | int]]]
+    ) -> list[Any]:
+        """Step `name` once per (key, args) of `calls`: one pipeline per server."""
+        journal = name in _JOURNALED
+        batch = [(self._names(key, journal), args) for key, args in calls]
+        return list(await self._access.slot_scripts(name, batch))
+
+    async def _step(self, name: str, key: str, *args: str | bytes | int) -> Any:
+        [reply] = await self._steps(name, [(key, args)])
+        return reply
 
     async def submit(
         self, node: str, requests: Sequence[tuple[str, bytes]], *, job: str = "", waiter: str = ""
@@ -187,37 +192,37 @@ class RecordSteps:
         `waiter` (a waiting request's key) as its waiting key, or without one `job` as its root.
         Then the caller pushes the pending keys onto a work list (a key found pending may be
         pushed again: a claim takes it once)."""
-        replies = await asyncio.gather(
-            *(
-                self._step_again("record_submit", key, node, job, waiter, payload, _token())
-                for key, payload in requests
-            )
+        replies = await self._steps(
+            "record_submit",
+            [(key, (node, job, waiter, payload, _token())) for key, payload in requests],
         )
         return [_submitted(reply) for reply in replies]
 
     async def claim(self, node: str, keys: Sequence[str]) -> list[ClaimStep]:
         """The second step of a claim: each of `keys`, which the caller popped into node's
         running set, marked as running under node, unless it is done or runs elsewhere."""
-        replies = await asyncio.gather(*(self._step("record_claim", key, node) for key in keys))
+        replies = await self._steps("record_claim", [(key, (node,)) for key in keys])
         return [_claim_step(reply) for reply in replies]
 
     async def complete(self, node: str, outcomes: Sequence[RecordOutcome]) -> list[Completed]:
         """The first step of completing each of `outcomes`, run by `node`. Then the caller posts
         to the waiters, drops the other side of the edges (`drop_edges`) and drops the keys
         from node's running set."""
-        replies = await asyncio.gather(
-            *(
-                self._journaled(
-                    "record_complete",
+        replies = await self._steps(
+            "record_complete",
+            [
+                (
                     done.key,
-                    node,
-                    done.outcome,
-                    "1" if done.cached else "0",
-                    done.ttl_ms,
-                    done.function_id,
+                    (
+                        node,
+                        done.outcome,
+                        "1" if done.cached else "0",
+                        done.ttl_ms,
+                        done.function_id,
+                    ),
                 )
                 for done in outcomes
-            )
+            ],
         )
         return [_completed(reply) for reply in replies]
 
@@ -230,9 +235,7 @@ class RecordSteps:
         is counted, and at the limit it stays under owner ("crashed"), for the caller to hand
         over to the reaper (`hand_over`) once the reaper's running set holds it."""
         limit = "" if max_crashes is None else max_crashes
-        replies = await asyncio.gather(
-            *(self._step("record_requeue", key, owner, limit) for key in keys)
-        )
+        replies = await self._steps("record_requeue", [(key, (owner, limit)) for key in keys])
         names: dict[int, Literal["pending", "crashed", "gone"]] = {
             STEP_PENDING: "pending",
             STEP_CRASHED: "crashed",
@@ -243,32 +246,26 @@ class RecordSteps:
     async def hand_over(self, source: str, target: str, keys: Sequence[str]) -> list[bool]:
         """Each of `keys` that runs under `source` made to run under `target` (true also when it
         does already)."""
-        replies = await asyncio.gather(
-            *(self._step("record_hand_over", key, source, target) for key in keys)
-        )
+        replies = await self._steps("record_hand_over", [(key, (source, target)) for key in keys])
         return [bool(reply) for reply in replies]
 
     async def drop(self, keys: Sequence[str], function_id: str = "") -> list[bool]:
         """Each of `keys` that is done (and, with `function_id`, cached for that function)
         deleted: whether it was."""
-        replies = await asyncio.gather(
-            *(self._journaled("record_drop", key, function_id) for key in keys)
-        )
+        replies = await self._steps("record_drop", [(key, (function_id,)) for key in keys])
         return [bool(reply) for reply in replies]
 
     async def read(self, keys: Sequence[str], *fields: str) -> list[list[bytes | None]]:
         """`fields` of each key's record (Nones for a key without one, or a record of the wrong
-        type: garbage has nothing to show)."""
-
-        async def one(key: str) -> list[bytes | None]:
-            name = self._keys.own_record(key)
-            client = self._access.at(name)
-            [reply] = await self._access.retrying(
-                "read", lambda: client.pipeline([("HMGET", name, *fields)])
-            )
-            return [None] * len(fields) if isinstance(reply, Exception) else list(reply)
-
-        return list(await asyncio.gather(*(one(key) for key in keys)))
+        type: garbage has nothing to show). One pipeline per server."""
+        names = [self._keys.own_record(key) for key in keys]
+        replies = await self._access.commands(
+            "read", [(name, ("HMGET", name, *fields)) for name in names]
+        )
+        return [
+            [None] * len(fields) if isinstance(reply, Exception) else list(reply)
+            for reply in replies
+        ]
 
     async def publish(self, node: str, key: str, outcome: bytes) -> Published:
         """A partial answer of `key`, which node runs, stored as its latest."""
@@ -278,7 +275,7 @@ class RecordSteps:
     async def cancel(self, job: str, key: str, drop: str = "") -> CancelStep:
         """One key's step of cancelling `job`, after deleting its field `drop` (`root_field`
         of the job, or `waited_by_field` of a key that no longer waits for it)."""
-        reply = await self._journaled("record_cancel", key, drop, job)
+        reply = await self._step("record_cancel", key, drop, job)
         code = int(reply[0])
         if code == STEP_PENDING:
             return CancelStep("pending", waiters=_texts(reply[1]), waits=_texts(reply[2]))
