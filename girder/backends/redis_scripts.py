@@ -271,7 +271,7 @@ STEP_JOURNAL_MS = 30 * 1000
 longest a lost reply waits for its resend but an outage; after one longer, a resend answers
 what the first run left, and what it missed is made up by the waiters' resubmissions."""
 
-_RECORD_OVERRIDES = ("call", "note_corrupt", "read_record")
+_RECORD_OVERRIDES = ("note_corrupt", "read_record")
 """common.lua's helpers that name the grid's keys, which record_common.lua replaces."""
 
 

@@ -449,6 +449,24 @@ local function sweep_blobs(cutoff, first, holds)
   return {string.format('%.0f', now), unheld}
 end
 
+-- The start of a reap by `reaper`: nil when its own lease ran out or it is not registered (it
+-- reaps nobody, see base.py); else the grid's clock moves on, the nodes that departed longer
+-- than DEPARTED_MEMORY_MS ago are forgotten, and the grid time is returned (leases below it ran
+-- out).
+local function reaping(reaper)
+  local now, grid = grid_time()
+  if not is_live(reaper, grid) then
+    return nil
+  end
+  advance_grid_time()
+  local forgotten = call('ZRANGEBYSCORE', K_DEPARTED, '-inf', now - DEPARTED_MEMORY_MS)
+  for _, node in ipairs(forgotten) do
+    call('ZREM', K_DEPARTED, node)
+    call('HDEL', K_FAREWELLS, node)
+  end
+  return grid
+end
+
 -- Forget `node`: its membership, volunteering, inbox, running set, journal and claim count.
 -- Returns its distributor (or false) and its running keys, sorted.
 local function forget_node(node)

@@ -7,15 +7,9 @@ if found then
   return reply
 end
 local limit = tonumber(max_crashes)
-local now, grid = grid_time()
-if not is_live(reaper, grid) then
+local grid = reaping(reaper)
+if not grid then
   return journaled(reaper, token, low, {{}, 0, {}, {}})
-end
-advance_grid_time()
-local forgotten = call('ZRANGEBYSCORE', K_DEPARTED, '-inf', now - DEPARTED_MEMORY_MS)
-for _, node in ipairs(forgotten) do
-  call('ZREM', K_DEPARTED, node)
-  call('HDEL', K_FAREWELLS, node)
 end
 local dead = call('ZRANGEBYSCORE', K_LEASES, '-inf', '(' .. grid)
 table.sort(dead)

@@ -1,26 +1,13 @@
 -- Helpers of the records' steps (record_<name>.lua): scripts that run in one request key's own
 -- slot and touch its record alone, KEYS[1] (see redis_records.py). They come before common.lua's
--- helpers and replace its `call`, `note_corrupt` and `read_record`, which name keys of the
--- grid's slot: a record's step may touch no other slot. The rest of common.lua that they use
--- (chunks, members, edges) is the same code.
+-- helpers and replace its `note_corrupt` and `read_record`, which name keys of the grid's slot:
+-- a record's step may touch no other slot. The rest of common.lua that they use (`call`, chunks,
+-- members, edges) is the same code, and its `call` notes garbage with the `note_corrupt` here.
 
--- A key of the wrong type is deleted (as common.lua's `call` does) and named in the server's
--- log; the grid's `corrupt` list, in another slot, does not hear of it.
+-- A key of the wrong type that common.lua's `call` deleted is named in the server's log; the
+-- grid's `corrupt` list, in another slot, does not hear of it.
 local function note_corrupt(key)
   redis.log(redis.LOG_WARNING, 'girder: deleted ' .. key .. ': it held a value of the wrong type')
-end
-
-local function call(command, key, ...)
-  local reply = redis.pcall(command, key, ...)
-  if type(reply) == 'table' and reply.err then
-    if string.sub(reply.err, 1, 9) ~= 'WRONGTYPE' then
-      error(reply)
-    end
-    redis.call('DEL', key)
-    note_corrupt(key)
-    return redis.call(command, key, ...)
-  end
-  return reply
 end
 
 -- The fields of the record KEYS[1] (see common.lua's read_record: a record that is no hash is
@@ -44,14 +31,14 @@ local function replayed_step(again)
   if again ~= '1' then
     return false, nil
   end
-  local stored = call('GET', KEYS[3])
-  if stored then
+  local stored = redis.pcall('GET', KEYS[3]) -- garbage of another type: no entry
+  if type(stored) == 'string' then
     return true, cmsgpack.unpack(stored)
   end
   return false, nil
 end
 
 local function journaled_step(reply)
-  call('SET', KEYS[3], cmsgpack.pack(reply), 'PX', STEP_JOURNAL_MS)
+  redis.call('SET', KEYS[3], cmsgpack.pack(reply), 'PX', STEP_JOURNAL_MS) -- any type replaced
   return reply
 end

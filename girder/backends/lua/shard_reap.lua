@@ -13,15 +13,9 @@ local found, reply = replayed(reaper, token, again)
 if found then
   return reply
 end
-local now, grid = grid_time()
-if not is_live(reaper, grid) then
+local grid = reaping(reaper)
+if not grid then
   return journaled(reaper, token, low, {{}, 0, {}, {}})
-end
-advance_grid_time()
-local forgotten = call('ZRANGEBYSCORE', K_DEPARTED, '-inf', now - DEPARTED_MEMORY_MS)
-for _, node in ipairs(forgotten) do
-  call('ZREM', K_DEPARTED, node)
-  call('HDEL', K_FAREWELLS, node)
 end
 
 -- The keys ARGV[at + 1 .. at + ARGV[at]], and the position after them.
