@@ -11,9 +11,11 @@ import pytest
 from backends import lose_every_reply_once
 
 from girder.backends import open_backend
-from girder.backends.base import StateBackend
+from girder.backends.base import Claimed, NewRequest, NodeKind, RequestState, StateBackend
+from girder.backends.redis import RedisBackend
 from girder.backends.sharded import ShardedRedisBackend
 from girder.config import Settings
+from girder.errors import ConfigurationError
 from girder.testing.conformance import BackendConformance
 
 pytestmark = [pytest.mark.redis]
@@ -78,3 +80,78 @@ class TestShardedClusterBackendLosingEveryReplyOnce(BackendConformance):
         yield backend
         await backend.close()
         assert seen, "no reply was lost"
+
+
+# -- what only the sharded layout does ----------------------------------------------------------
+
+
+@pytest.fixture
+async def sharded(redis_url: str) -> AsyncIterator[ShardedRedisBackend]:
+    backend = await _connected(redis_url)
+    yield backend
+    await backend.flush()
+    await backend.close()
+
+
+async def lose_running_entry(backend: ShardedRedisBackend, node: str, key: str) -> None:
+    """What a failover of the grid's primary that lost a claim's write leaves: the record, on
+    another primary, still runs under `node`, but node's running set no longer names the key."""
+    await backend._execute("test", "SREM", backend._keys.running(node), key)
+
+
+async def test_a_record_whose_owner_lost_its_running_entry_is_freed_by_a_submission(
+    sharded: ShardedRedisBackend,
+) -> None:
+    """A registered owner is not enough: only its running set says it will complete a key."""
+    await sharded.join("w", NodeKind.WORKER, None, 60)
+    await sharded.submit("c", [NewRequest("k", b"p")], into="w", on_top=True)
+    assert await sharded.claim("w") == Claimed("k", b"p")
+    await lose_running_entry(sharded, "w", "k")
+    [again] = await sharded.submit("c2", [NewRequest("k", b"p")], into="w2", on_top=True)
+    assert not again.shared  # freed: pending again, and pushed
+    assert await sharded.claim("w2") == Claimed("k", b"p")
+
+
+async def test_reconcile_hands_back_a_claim_the_running_set_lost(
+    sharded: ShardedRedisBackend,
+) -> None:
+    """The process remembers its nodes' claims: a reconcile gives back one that the grid's
+    running set no longer names."""
+    await sharded.join("w", NodeKind.WORKER, "d", 60)
+    await sharded.submit("c", [NewRequest("k", b"p")], into="w", on_top=True)
+    assert await sharded.claim("w") == Claimed("k", b"p")
+    await lose_running_entry(sharded, "w", "k")
+    assert await sharded.reconcile("w", keep=[]) == 1
+    assert await sharded.state("k") == RequestState.PENDING
+    assert await sharded.lengths(["d"]) == [1]
+
+
+async def refused(backend: RedisBackend) -> str:
+    """What `backend` says when it refuses to connect (it is closed after)."""
+    try:
+        with pytest.raises(ConfigurationError) as refusal:
+            await backend.connect()
+    finally:
+        await backend.close()
+    return str(refusal.value)
+
+
+async def test_a_grid_is_kept_in_one_layout(redis_url: str) -> None:
+    sharded = await _connected(redis_url)
+    try:
+        one_slot = RedisBackend(redis_url, settings=Settings(key_prefix=PREFIX))
+        assert "'sharded' layout" in await refused(one_slot)
+        await sharded.flush()  # a one-slot grid from now on: its records in the grid's slot
+    finally:
+        await sharded.close()
+    one_slot = RedisBackend(redis_url, settings=Settings(key_prefix=PREFIX))
+    await one_slot.connect()
+    try:
+        await one_slot.submit("c", [NewRequest("k", b"p")], into="w", on_top=True)
+        settings = Settings(key_prefix=PREFIX, layout="sharded")
+        assert "'one-slot' layout" in await refused(
+            ShardedRedisBackend(redis_url, settings=settings)
+        )
+    finally:
+        await one_slot.flush()
+        await one_slot.close()
