@@ -55,7 +55,7 @@ from girder.backends.base import (
     RequestState,
     Submitted,
 )
-from girder.backends.redis import RedisBackend
+from girder.backends.redis import RedisBackend, _head, _ms
 from girder.backends.redis_blobs import RedisBlobs
 from girder.backends.redis_keys import (
     DONE,
@@ -103,14 +103,6 @@ def _event(kind: str, node: str, key: str = "", *rest: str) -> str:
     fields = [kind, node, key, *rest]
     fields += [""] * (7 - len(fields))
     return _SEPARATOR.join(field.replace(_SEPARATOR, " ").replace("\x1e", " ") for field in fields)
-
-
-def _head(key: str) -> bytes:
-    return f"{len(key)}:{key}".encode()
-
-
-def _ms(seconds: float) -> int:
-    return max(1, round(seconds * 1000))
 
 
 async def _run_id(server: Pipelined) -> bytes:
@@ -181,6 +173,13 @@ class ShardedRedisBackend(RedisBackend):
 
     # -- events -------------------------------------------------------------------------------
 
+    def _add_event(self, events: list[str], kind: str, node: str, key: str, *rest: str) -> None:
+        """Add an event to `events`, the caller's for its next grid step, while this process
+        knows the events are watched: otherwise the step would drop it (see `_watched`), and
+        building it would be work for nothing on every request."""
+        if self._watched():
+            events.append(_event(kind, node, key, *rest))
+
     def _watched(self) -> bool:
         return self._events and time.monotonic() < self._watched_until
 
@@ -222,14 +221,14 @@ class ShardedRedisBackend(RedisBackend):
             name = request.name if self._events else ""
             if answer.status == "done":
                 found.append(Submitted(key, outcome=answer.outcome))
-                events.append(_event("submitted", node, key, name, waiter, job, "cached"))
+                self._add_event(events, "submitted", node, key, name, waiter, job, "cached")
                 continue
             new = (answer.status == "pending" and not answer.shared) or key in freed
             if answer.status == "pending" or key in freed:
                 pushed.append(key)
             found.append(Submitted(key, partial=answer.partial, shared=not new))
-            events.append(
-                _event("submitted", node, key, name, waiter, job, "new" if new else "shared")
+            self._add_event(
+                events, "submitted", node, key, name, waiter, job, "new" if new else "shared"
             )
         if waiter:
             await self._add_wait_edges(waiter, found)
@@ -345,7 +344,7 @@ class ShardedRedisBackend(RedisBackend):
                 if step.status == "claimed":
                     claimed.append(Claimed(key, step.payload))
                     self._claims.setdefault(node, set()).add(key)
-                    events.append(_event("claimed", node, key))
+                    self._add_event(events, "claimed", node, key)
                 else:
                     drop.append(key)
             if claimed:
@@ -421,9 +420,11 @@ class ShardedRedisBackend(RedisBackend):
             if step.status != "done":
                 continue
             if done.error:
-                events.append(_event("failed", node, done.key, "", "", "", done.error))
+                self._add_event(events, "failed", node, done.key, "", "", "", done.error)
             else:
-                events.append(_event("finished", node, done.key, "", "", "", "cached" * done.cache))
+                self._add_event(
+                    events, "finished", node, done.key, "", "", "", "cached" * done.cache
+                )
             tails[_head(done.key)] = done.outcome
             notes += [(waiter, _head(done.key)) for waiter in step.waiters]
         await asyncio.gather(*(self._records.drop_edges(other, [field]) for other, field in drops))
@@ -509,7 +510,7 @@ class ShardedRedisBackend(RedisBackend):
                 notes.append((step.owner, notice))
             else:
                 notes += [(waiter, notice) for waiter in step.waiters]
-                events.append(_event("cancelled", node, key, "", "", job))
+                self._add_event(events, "cancelled", node, key, "", "", job)
             cancelled.append(key)
             following += [waited_by_field(key) + _SEPARATOR + after for after in step.waits]
         await self._tell(notes, {}, await self._departed([waiter for waiter, _ in notes]))
