@@ -27,9 +27,10 @@ that a crash between them leaves state that an existing recovery finishes:
 
 Events: a record's step cannot reach the grid's event list, so the caller makes the events of
 what its records' steps did and hands them to its next grid step; those made after an
-operation's last grid step go in one more call, only while this process knows the events are
-watched (by its own read of them, or by a heartbeat that found them watched). So a process
-that starts watching sees the others' events from their next heartbeat on.
+operation's last grid step go in one more call. It makes them only while this process knows the
+events are watched (by its own read of them, or by a heartbeat that found them watched), so a
+grid nobody watches pays nothing for them, and a process that starts watching sees the others'
+events from their next heartbeat on.
 """
 
 from __future__ import annotations
