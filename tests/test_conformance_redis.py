@@ -258,6 +258,19 @@ async def test_scripts_are_reloaded_after_a_script_flush(
     assert await backend.claim("w") == Claimed("k", new("k").payload)
 
 
+async def test_a_reload_of_the_scripts_whose_reply_is_lost_is_made_again(
+    backend: RedisBackend, raw: aioredis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A replica promoted in a failover lacks the scripts, and its connection may drop while
+    they load: the operation waits the loss out like any other (a lost reply of SCRIPT LOAD
+    once escaped as a raw `ReplyLost` and killed a worker's evaluation)."""
+    await raw.script_flush()
+    lost = lose_every_reply_once(monkeypatch)
+    await put(backend, "c", ["k"], into="w")
+    assert await backend.claim("w") == Claimed("k", new("k").payload)
+    assert any("'SCRIPT', 'LOAD'" in command for command in lost)
+
+
 async def test_every_key_is_under_the_prefix_hash_tag(
     backend: RedisBackend, raw: aioredis.Redis
 ) -> None:

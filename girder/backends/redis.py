@@ -486,15 +486,19 @@ class RedisBackend:
         server that is not ready are waited out (see `_Outage`); a NOSCRIPT reloads the
         scripts; other error replies raise `BackendError`."""
         started = time.monotonic()
+        reload = False
         while True:
             try:
+                if reload:  # in the attempt: the reload's reply too may be lost
+                    await self._load_scripts()
+                    reload = False
                 result = await attempt()
             except ConnectionLost as exc:
                 await asyncio.sleep(self._outage.failed(started, what, exc))
                 continue
             except ReplyError as exc:
                 if _is_noscript(exc):
-                    await self._reload_scripts(what)
+                    reload = True
                     continue
                 if str(exc).startswith(_CUT_SHORT):
                     self._cut_short += 1
@@ -504,12 +508,6 @@ class RedisBackend:
                 continue
             self._outage.ended()
             return result
-
-    async def _reload_scripts(self, what: str) -> None:
-        try:
-            await self._load_scripts()
-        except ReplyError as exc:
-            raise _reply_error(self.url, what, exc) from exc
 
     async def _execute(self, what: str, *command: str | bytes | int | float) -> Any:
         """One command, retried through outages."""
