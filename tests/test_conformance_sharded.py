@@ -5,12 +5,14 @@ primaries, 3 replicas) where the records spread over every primary."""
 from __future__ import annotations
 
 import os
+import types
 from collections.abc import AsyncIterator
 
 import pytest
 from backends import lose_every_reply_once
 
 from girder.backends import open_backend
+from girder.backends import sharded as sharded_module
 from girder.backends.base import Claimed, NewRequest, NodeKind, RequestState, StateBackend
 from girder.backends.redis import RedisBackend
 from girder.backends.sharded import ShardedRedisBackend
@@ -124,6 +126,46 @@ async def test_reconcile_hands_back_a_claim_the_running_set_lost(
     assert await sharded.reconcile("w", keep=[]) == 1
     assert await sharded.state("k") == RequestState.PENDING
     assert await sharded.lengths(["d"]) == [1]
+
+
+async def test_the_reaper_sweeps_orphans_a_failover_left_back_onto_its_list(
+    sharded: ShardedRedisBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After a heartbeat saw writes lost, a record pending on no list (its push lost) and one
+    running under an owner whose running set lost it go back on the reaper's list once two
+    rounds a lease apart found them unchanged; a key queued, claimed, or pushed again by its
+    waiter in between is left alone."""
+    now = [1000.0]
+    monkeypatch.setattr(sharded_module, "time", types.SimpleNamespace(monotonic=lambda: now[0]))
+    await sharded.join("d", NodeKind.DISTRIBUTOR, None, 60)
+    await sharded.join("w", NodeKind.WORKER, "d", 60)
+    keys = ["lost-push", "lost-claim", "queued", "claimed", "pushed-again"]
+    await sharded.submit("c", [NewRequest(key, b"p") for key in keys], into="w", on_top=True)
+    for _ in range(2):  # the top two: "pushed-again", then "claimed"
+        assert await sharded.claim("w") is not None
+    await lose_running_entry(sharded, "w", "pushed-again")
+    await sharded._records.requeue("w", ["pushed-again"])  # pending, on no list
+    for key in ("lost-push", "lost-claim"):
+        await sharded._execute("test", "LREM", sharded._keys.work("w"), 0, key)
+    await sharded._records.claim("w", ["lost-claim"])  # its grid step lost: running, unowned
+    await sharded.heartbeat("d", 60)
+    sharded._servers_seen["d"] = frozenset()  # as if every primary were new: writes lost
+    assert (await sharded.heartbeat("d", 60)).lost_writes
+
+    async def reap_after_a_lease() -> list[str]:
+        now[0] += 60
+        await sharded.reap("d", 3)
+        listed = await sharded._execute("test", "LRANGE", sharded._keys.work("d"), 0, -1)
+        return sorted(entry.decode() for entry in listed)
+
+    assert await reap_after_a_lease() == []  # the first round only suspects
+    await sharded.submit("c2", [NewRequest("pushed-again", b"p")], into="w", on_top=True)
+    assert await reap_after_a_lease() == ["lost-claim", "lost-push"]
+    assert await sharded.state("lost-claim") == RequestState.PENDING
+    assert await sharded.lengths(["w"]) == [2]  # "queued" and "pushed-again", once each
+    await sharded._execute("test", "DEL", sharded._keys.work("d"))
+    assert await reap_after_a_lease() == []
+    assert await reap_after_a_lease() == []  # three rounds, then the sweep stops
 
 
 async def refused(backend: RedisBackend) -> str:

@@ -65,11 +65,13 @@ from girder.backends.redis_keys import (
     F_OWNER,
     F_PAYLOAD,
     F_STATUS,
+    F_SUBMITTED,
     FUNCTION_ID,
     FUNCTION_NAME,
     PENDING,
     RECORD,
     RUNNING,
+    RUNNING_SET,
     chunk_fields,
     unchunked,
 )
@@ -84,12 +86,14 @@ from girder.backends.redis_scripts import MAX_CANCEL_STEP, MAX_SCRIPT_KEYS
 from girder.backends.resp import Pipelined
 from girder.config import Settings
 from girder.errors import ConfigurationError
+from girder.log import get_logger
 
 CRASHED = "!"
 """Before a key on a work list: the key killed a worker before (see shard_claim.lua)."""
 SHARDED = "sharded"
 """The value of the grid's `layout` key (see `redis_keys`) in this layout."""
 
+_log = get_logger()
 _SEPARATOR = "\x1f"
 _SCAN_COUNT = 1000
 _PEEK_SLACK = 64
@@ -97,6 +101,52 @@ _PEEK_SLACK = 64
 what it read is handed out as it is, and refused by the volunteer's claim if nobody can run it)."""
 _RUN_ID = re.compile(rb"^run_id:(\w+)", re.MULTILINE)
 _STATES = {PENDING: RequestState.PENDING, RUNNING: RequestState.RUNNING, DONE: RequestState.DONE}
+_SWEEP_ROUNDS = 3
+"""Sweeps for orphaned records after writes may have been lost (see `_Sweep`)."""
+
+
+@dataclasses.dataclass
+class _Sweep:
+    """The reaper's sweep for orphaned records. A failover that loses the grid primary's
+    writes but keeps the records' (on other primaries) can leave a record pending on no work
+    list (its push lost) or running under an owner whose running set lost it (its claim lost).
+    The nodes that wait for such a key submit it again and free it, but nobody waits for the
+    orphan of a dead client: without the sweep it would stay unfinished for ever.
+
+    After any heartbeat of this process saw writes lost, the reaper looks `_SWEEP_ROUNDS`
+    times, a lease apart, for records in either state. A record found so twice in a row,
+    unchanged (same status, and same submission or owner), is no transient between two steps
+    of an operation: it goes back to the reaper's work list. Pushing a key that is queued after
+    all is harmless: the claim that pops it second refuses it."""
+
+    rounds: int = 0
+    """Rounds left."""
+    due: float = 0.0
+    """When (monotonic) the next round is due."""
+    interval: float = 0.0
+    suspects: dict[str, tuple[bytes, bytes]] = dataclasses.field(default_factory=dict)
+    """The orphans the previous round found: key -> (status, submission token or owner)."""
+
+    def arm(self, interval: float) -> None:
+        """Writes may have been lost: sweep from a lease from now on."""
+        self.rounds, self.interval = _SWEEP_ROUNDS, interval
+        self.due = time.monotonic() + interval
+
+    def take_round(self) -> bool:
+        """Whether a round is due now (then it counts as taken)."""
+        if not self.rounds or time.monotonic() < self.due:
+            return False
+        self.rounds -= 1
+        self.due = time.monotonic() + self.interval
+        return True
+
+    def confirmed(self, found: dict[str, tuple[bytes, bytes]]) -> list[str]:
+        """The keys of `found` the previous round found in the same state (they go back now);
+        the rest of `found` becomes the suspects, until the last round."""
+        same = sorted(key for key, state in found.items() if self.suspects.get(key) == state)
+        kept = {key: state for key, state in found.items() if key not in same}
+        self.suspects = kept if self.rounds else {}
+        return same
 
 
 def _event(kind: str, node: str, key: str = "", *rest: str) -> str:
@@ -139,6 +189,7 @@ class ShardedRedisBackend(RedisBackend):
         self._refused: dict[str, list[str]] = {}
         """Per node, keys its claim's records' steps refused that are still in its running set
         (they leave it with the node's next claim step)."""
+        self._sweep = _Sweep()
 
     # -- the layout ---------------------------------------------------------------------------
 
@@ -571,7 +622,9 @@ class ShardedRedisBackend(RedisBackend):
         seen = self._servers_seen.get(node)
         self._servers_seen[node] = servers
         if seen is not None and not servers <= seen:
-            return dataclasses.replace(beat, lost_writes=True)
+            beat = dataclasses.replace(beat, lost_writes=True)
+        if beat.lost_writes:
+            self._sweep.arm(ttl)
         return beat
 
     async def _server_ids(self) -> frozenset[bytes]:
@@ -613,6 +666,10 @@ class ShardedRedisBackend(RedisBackend):
         return count
 
     async def reap(self, reaper: str, max_crashes: int) -> Reaped:
+        """As the one-slot layout's, and after writes may have been lost, the sweep for
+        orphaned records (`_Sweep`)."""
+        if self._sweep.take_round():
+            await self._sweep_orphans(reaper)
         found = await self._run("shard_dead", reaper)
         if not found:
             return Reaped()
@@ -637,6 +694,71 @@ class ShardedRedisBackend(RedisBackend):
         )
         await self._inboxes.drop(_texts(own_inboxes))
         return Reaped(tuple(_texts(dead)), requeued, tuple(crashed_keys))
+
+    async def _sweep_orphans(self, reaper: str) -> None:
+        """A round of the sweep: the orphans found twice go back on the reaper's work list
+        (those running under an owner that will not complete them made pending first)."""
+        found = await self._orphans()
+        keys = self._sweep.confirmed(found)
+        running = [(key, found[key][1].decode(errors="replace")) for key in keys]
+        freed = await self._free_unowned(
+            [pair for pair in running if found[pair[0]][0] == RUNNING.encode()]
+        )
+        pushed = [key for key in keys if found[key][0] == PENDING.encode() or key in freed]
+        if not pushed:
+            return
+        _log.warning("orphaned records put back on a work list", node=reaper, count=len(pushed))
+        for start in range(0, len(pushed), MAX_SCRIPT_KEYS):
+            batch = pushed[start : start + MAX_SCRIPT_KEYS]
+            await self._journaled(
+                "shard_push", reaper, True, reaper, reaper, 0, 1, len(batch), *batch
+            )
+
+    async def _orphans(self) -> dict[str, tuple[bytes, bytes]]:
+        """Records pending on no work list and in no running set (key -> (status, submission
+        token)), and records running under an owner whose running set lacks them (key ->
+        (status, owner))."""
+        keys = await self._own_records("sweep")
+        rows = await self._records.read(keys, F_STATUS, F_SUBMITTED, F_OWNER)
+        held = await self._held()
+        found: dict[str, tuple[bytes, bytes]] = {}
+        running: list[tuple[str, bytes]] = []
+        for key, (status, token, owner) in zip(keys, rows, strict=True):
+            if status == PENDING.encode() and key not in held:
+                found[key] = (status, token or b"")
+            elif status == RUNNING.encode() and owner is not None:
+                running.append((key, owner))
+        owned = await self._owned([(key, owner.decode(errors="replace")) for key, owner in running])
+        for (key, owner), will in zip(running, owned, strict=True):
+            if not will:
+                found[key] = (RUNNING.encode(), owner)
+        return found
+
+    async def _held(self) -> set[str]:
+        """Every key on a work list or in a running set of the grid (a claimed key is in its
+        node's running set before its record says running). Garbage of the wrong type where
+        a list or a set goes holds nothing."""
+        commands: list[tuple[str | int, ...]] = []
+        for pattern, read in (
+            (self._keys.work_pattern(), ("LRANGE", 0, -1)),
+            (self._keys.pattern(RUNNING_SET), ("SMEMBERS",)),
+        ):
+            cursor: bytes = b"0"
+            while True:
+                scan = ("SCAN", cursor, "MATCH", pattern, "COUNT", _SCAN_COUNT)
+                cursor, names = await self._execute("sweep", *scan)
+                commands += [(read[0], name, *read[1:]) for name in _texts(names)]
+                if cursor == b"0":
+                    break
+        if not commands:
+            return set()
+        replies = await self._retrying("sweep", lambda: self._redis.pipeline(commands))
+        return {
+            entry.removeprefix(CRASHED)
+            for reply in replies
+            if isinstance(reply, list)
+            for entry in _texts(reply)
+        }
 
     # -- blobs --------------------------------------------------------------------------------
 
