@@ -85,6 +85,19 @@ async def test_commands_from_many_tasks_share_one_connection(redis_url: str) -> 
 
 
 @pytest.mark.redis
+async def test_an_empty_pipeline_answers_at_once(redis_url: str) -> None:
+    """No commands, no replies: an empty pipeline once waited for a reply that never came, till
+    the command timeout aborted the connection (and a caller that retries lost replies
+    waited for ever)."""
+    client = RedisClient(parse_url(redis_url), timeout=30)
+    try:
+        assert await asyncio.wait_for(client.pipeline([]), 5) == []
+        assert await client.execute("PING") == b"PONG"
+    finally:
+        client.close()
+
+
+@pytest.mark.redis
 async def test_a_cancelled_blocking_wait_leaves_the_client_working(redis_url: str) -> None:
     client = RedisClient(parse_url(redis_url))
     try:

@@ -288,7 +288,10 @@ class Connection:
 
     async def pipeline(self, commands: Sequence[Command]) -> list[Any]:
         """Send the commands at once and return their replies, an error reply as a
-        `ReplyError` in its place."""
+        `ReplyError` in its place. No commands: no replies, at once (nothing is written, so no
+        reply would ever come)."""
+        if not commands:
+            return []
         return await self._protocol.send(_pack(commands), len(commands), self.timeout)
 
     def close(self) -> None:
