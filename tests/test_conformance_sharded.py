@@ -128,44 +128,51 @@ async def test_reconcile_hands_back_a_claim_the_running_set_lost(
     assert await sharded.lengths(["d"]) == [1]
 
 
-async def test_the_reaper_sweeps_orphans_a_failover_left_back_onto_its_list(
+async def test_a_distributor_sweeps_away_the_orphans_a_failover_left(
     sharded: ShardedRedisBackend, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """After a heartbeat saw writes lost, a record pending on no list (its push lost) and one
-    running under an owner whose running set lost it go back on the reaper's list once two
-    rounds a lease apart found them unchanged; a key queued, claimed, or pushed again by its
-    waiter in between is left alone."""
+    running under an owner whose running set lost it (its claim lost), that no live node waits
+    for, are deleted once two rounds a lease apart found them unchanged; one a live node waits
+    for (it submits it again), one queued, one claimed, and one pushed again in between stay."""
     now = [1000.0]
     monkeypatch.setattr(sharded_module, "time", types.SimpleNamespace(monotonic=lambda: now[0]))
     await sharded.join("d", NodeKind.DISTRIBUTOR, None, 60)
     await sharded.join("w", NodeKind.WORKER, "d", 60)
-    keys = ["lost-push", "lost-claim", "queued", "claimed", "pushed-again"]
-    await sharded.submit("c", [NewRequest(key, b"p") for key in keys], into="w", on_top=True)
-    for _ in range(2):  # the top two: "pushed-again", then "claimed"
-        assert await sharded.claim("w") is not None
-    await lose_running_entry(sharded, "w", "pushed-again")
-    await sharded._records.requeue("w", ["pushed-again"])  # pending, on no list
-    for key in ("lost-push", "lost-claim"):
+    await sharded.join("live", NodeKind.CLIENT, None, 60)
+    keys = ["claimed", "lost-push", "lost-claim", "pushed-again", "queued"]
+    # "c" never joined: it stands for a client that died (and was reaped).
+    await sharded.submit("c", [NewRequest(key, b"p") for key in keys], into="w", on_top=False)
+    await sharded.submit("live", [NewRequest("wanted", b"p")], into="w", on_top=False)
+    assert await sharded.claim("w") == Claimed("claimed", b"p")
+    for key in ("lost-push", "lost-claim", "pushed-again", "wanted"):
         await sharded._execute("test", "LREM", sharded._keys.work("w"), 0, key)
     await sharded._records.claim("w", ["lost-claim"])  # its grid step lost: running, unowned
     await sharded.heartbeat("d", 60)
     sharded._servers_seen["d"] = frozenset()  # as if every primary were new: writes lost
     assert (await sharded.heartbeat("d", 60)).lost_writes
 
-    async def reap_after_a_lease() -> list[str]:
+    async def states_after_a_round() -> dict[str, RequestState]:
         now[0] += 60
         await sharded.reap("d", 3)
-        listed = await sharded._execute("test", "LRANGE", sharded._keys.work("d"), 0, -1)
-        return sorted(entry.decode() for entry in listed)
+        assert sharded._sweeping is not None
+        await sharded._sweeping
+        return {key: await sharded.state(key) for key in [*keys, "wanted"]}
 
-    assert await reap_after_a_lease() == []  # the first round only suspects
-    await sharded.submit("c2", [NewRequest("pushed-again", b"p")], into="w", on_top=True)
-    assert await reap_after_a_lease() == ["lost-claim", "lost-push"]
-    assert await sharded.state("lost-claim") == RequestState.PENDING
-    assert await sharded.lengths(["w"]) == [2]  # "queued" and "pushed-again", once each
-    await sharded._execute("test", "DEL", sharded._keys.work("d"))
-    assert await reap_after_a_lease() == []
-    assert await reap_after_a_lease() == []  # three rounds, then the sweep stops
+    before = await states_after_a_round()  # the first round only suspects
+    assert RequestState.UNKNOWN not in before.values()
+    await sharded.submit("c2", [NewRequest("pushed-again", b"p")], into="w", on_top=False)
+    after = await states_after_a_round()
+    assert after == {
+        "lost-push": RequestState.UNKNOWN,
+        "lost-claim": RequestState.UNKNOWN,
+        "queued": RequestState.PENDING,
+        "claimed": RequestState.RUNNING,
+        "pushed-again": RequestState.PENDING,
+        "wanted": RequestState.PENDING,
+    }
+    assert await sharded.claim("w") == Claimed("queued", b"p")
+    assert await sharded.claim("w") == Claimed("pushed-again", b"p")
 
 
 async def refused(backend: RedisBackend) -> str:

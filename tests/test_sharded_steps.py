@@ -15,7 +15,14 @@ import pytest
 
 from girder.backends.cluster import key_slot
 from girder.backends.redis import RedisBackend
-from girder.backends.redis_keys import CHUNK_BYTES, F_CRASHES, F_OWNER, F_STATUS, RedisKeys
+from girder.backends.redis_keys import (
+    CHUNK_BYTES,
+    F_CRASHES,
+    F_OWNER,
+    F_STATUS,
+    F_SUBMITTED,
+    RedisKeys,
+)
 from girder.backends.redis_records import (
     RecordOutcome,
     RecordSteps,
@@ -169,6 +176,32 @@ async def test_requeue_counts_a_crash_once_and_hands_over_at_the_limit(
     # freeing (no crash counted): the reaper's run goes back to pending
     assert await steps.requeue("reaper", [key]) == ["pending"]
     assert record_of(servers[1], key)[F_CRASHES] == "2"
+
+
+async def test_an_orphan_goes_only_as_the_sweep_read_it(
+    steps: RecordSteps, servers: tuple[str, list[RedisServer]]
+) -> None:
+    """record_orphan deletes a record only in the status, with the mark (submission token, or
+    owner) and with no waiting node but those the sweep saw departed; sent twice, it finds
+    nothing the second time."""
+    pending, running = request_key(), request_key()
+    await steps.submit("gone", [(pending, b"p"), (running, b"p")])
+    await steps.claim("owner", [running])
+    token = record_of(servers[1], pending)[F_SUBMITTED].encode()
+    assert await steps.waiting_nodes([pending, running, request_key()]) == [["gone"], ["gone"], []]
+    refused = [
+        (pending, "r", token, ["gone"]),  # another status
+        (pending, "p", b"another submission", ["gone"]),
+        (running, "r", b"another owner", ["gone"]),
+        (running, "r", b"owner", []),  # a waiting node not seen departed
+    ]
+    assert await steps.drop_orphans(refused) == 0
+    await steps.submit("late", [(pending, b"p")])  # a node waits for it now
+    assert await steps.drop_orphans([(pending, "p", token, ["gone"])]) == 0
+    assert await steps.drop_orphans([(pending, "p", token, ["gone", "late"])]) == 1
+    assert await steps.drop_orphans([(running, "r", b"owner", ["gone"])]) == 1
+    assert await steps.drop_orphans([(running, "r", b"owner", ["gone"])]) == 0  # sent again
+    assert await steps.read([pending, running], F_STATUS) == [[None], [None]]
 
 
 async def test_drop_forgets_done_records_only(

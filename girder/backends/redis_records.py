@@ -28,7 +28,14 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from girder.backends.redis_access import RedisAccess
-from girder.backends.redis_keys import F_ROOT, F_WAITED_BY, F_WAITS, RedisKeys
+from girder.backends.redis_keys import (
+    F_OWN_WAITER,
+    F_ROOT,
+    F_WAITED_BY,
+    F_WAITER,
+    F_WAITS,
+    RedisKeys,
+)
 from girder.backends.redis_scripts import (
     STEP_CLAIMED,
     STEP_CRASHED,
@@ -39,10 +46,10 @@ from girder.backends.redis_scripts import (
 )
 
 _MEMBER_PREFIXES = ("w:", "i:", "r:", "a:", "b:")
+"""The two-byte prefixes of a record's member fields (see `redis_keys`)."""
 
 _JOURNALED = frozenset({"record_complete", "record_cancel", "record_drop"})
 """The steps that keep their reply under the call's token (KEYS[3], see record_common.lua)."""
-"""The two-byte prefixes of a record's member fields (see `redis_keys`)."""
 
 MAX_EDGE_FIELDS = 1000
 """The most fields one `record_edges` call sets or deletes."""
@@ -254,6 +261,28 @@ class RecordSteps:
         deleted: whether it was."""
         replies = await self._steps("record_drop", [(key, (function_id,)) for key in keys])
         return [bool(reply) for reply in replies]
+
+    async def waiting_nodes(self, keys: Sequence[str]) -> list[list[str]]:
+        """The nodes waiting for each of `keys` (its records' waiter fields; none for a key
+        without a record, or a record of the wrong type). One pipeline per server."""
+        names = [self._keys.own_record(key) for key in keys]
+        replies = await self._access.commands("read", [(name, ("HKEYS", name)) for name in names])
+        prefixes = (F_WAITER.encode(), F_OWN_WAITER.encode())
+        return [
+            []
+            if isinstance(reply, Exception)
+            else [field[2:].decode(errors="replace") for field in reply if field[:2] in prefixes]
+            for reply in replies
+        ]
+
+    async def drop_orphans(self, orphans: Sequence[tuple[str, str, bytes, Sequence[str]]]) -> int:
+        """Each (key, status, mark, departed waiters) of `orphans` deleted if its record is still
+        so (see record_orphan.lua): how many were."""
+        replies = await self._steps(
+            "record_orphan",
+            [(key, (status, mark, *departed)) for key, status, mark, departed in orphans],
+        )
+        return sum(int(reply) for reply in replies)
 
     async def read(self, keys: Sequence[str], *fields: str) -> list[list[bytes | None]]:
         """`fields` of each key's record (Nones for a key without one, or a record of the wrong

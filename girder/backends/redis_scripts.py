@@ -259,6 +259,7 @@ RECORD_SPECS = {
         ScriptSpec("record_publish", ("node", "outcome")),
         ScriptSpec("record_cancel", ("again", "drop", "job")),
         ScriptSpec("record_edges"),
+        ScriptSpec("record_orphan", ("status", "mark")),
     )
 }
 """The records' steps of the sharded layout: scripts of one request key's own slot, over its

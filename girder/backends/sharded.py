@@ -25,6 +25,10 @@ that a crash between them leaves state that an existing recovery finishes:
   crash counted once), then one grid step forgets the node and pushes them back. A crash in
   between: the next reap reads the same running set again.
 
+A failover that loses the grid's write of a step but keeps the record's is the one case no
+operation's own recovery finishes when nobody alive waits for the key: after one, the
+distributors sweep such orphans away (`_Sweep`).
+
 Events: a record's step cannot reach the grid's event list, so the caller makes the events of
 what its records' steps did and hands them to its next grid step; those made after an
 operation's last grid step go in one more call. It makes them only while this process knows the
@@ -52,6 +56,7 @@ from girder.backends.base import (
     Claimed,
     Completion,
     NewRequest,
+    NodeKind,
     Reaped,
     RequestState,
     Submitted,
@@ -107,17 +112,19 @@ _SWEEP_ROUNDS = 3
 
 @dataclasses.dataclass
 class _Sweep:
-    """The reaper's sweep for orphaned records. A failover that loses the grid primary's
+    """A distributor's sweep for orphaned records. A failover that loses the grid primary's
     writes but keeps the records' (on other primaries) can leave a record pending on no work
     list (its push lost) or running under an owner whose running set lost it (its claim lost).
-    The nodes that wait for such a key submit it again and free it, but nobody waits for the
-    orphan of a dead client: without the sweep it would stay unfinished for ever.
+    In the one-slot layout the same failover loses the record with the push or the claim. A
+    node that waits for such a key submits it again and frees it; nobody waits for the orphan
+    of a dead node, which would stay unfinished for ever.
 
-    After any heartbeat of this process saw writes lost, the reaper looks `_SWEEP_ROUNDS`
-    times, a lease apart, for records in either state. A record found so twice in a row,
-    unchanged (same status, and same submission or owner), is no transient between two steps
-    of an operation: it goes back to the reaper's work list. Pushing a key that is queued after
-    all is harmless: the claim that pops it second refuses it."""
+    After any heartbeat of this process saw writes lost, its distributors look for such records
+    `_SWEEP_ROUNDS` times, a lease apart, in a task of their own (a round reads every record:
+    the node's heartbeats must not wait for it). A record found twice in a row, unchanged (same
+    status, and same submission or owner), with no live node waiting for it, is no transient
+    between two steps of an operation: it is deleted, as the one-slot layout's failover would
+    have lost it (record_orphan.lua). Submitted again, it is computed again."""
 
     rounds: int = 0
     """Rounds left."""
@@ -141,8 +148,8 @@ class _Sweep:
         return True
 
     def confirmed(self, found: dict[str, tuple[bytes, bytes]]) -> list[str]:
-        """The keys of `found` the previous round found in the same state (they go back now);
-        the rest of `found` becomes the suspects, until the last round."""
+        """The keys of `found` the previous round found in the same state (they go now); the
+        rest of `found` becomes the suspects, until the last round."""
         same = sorted(key for key, state in found.items() if self.suspects.get(key) == state)
         kept = {key: state for key, state in found.items() if key not in same}
         self.suspects = kept if self.rounds else {}
@@ -190,6 +197,9 @@ class ShardedRedisBackend(RedisBackend):
         """Per node, keys its claim's records' steps refused that are still in its running set
         (they leave it with the node's next claim step)."""
         self._sweep = _Sweep()
+        self._sweeping: asyncio.Task[None] | None = None
+        self._distributors: set[str] = set()
+        """The distributors of this process (they sweep, see `_Sweep`)."""
 
     # -- the layout ---------------------------------------------------------------------------
 
@@ -610,6 +620,17 @@ class ShardedRedisBackend(RedisBackend):
 
     # -- membership and recovery --------------------------------------------------------------
 
+    async def join(self, node: str, kind: NodeKind, distributor: str | None, ttl: float) -> None:
+        await super().join(node, kind, distributor, ttl)
+        if kind == NodeKind.DISTRIBUTOR:
+            self._distributors.add(node)
+
+    async def close(self) -> None:
+        if self._sweeping is not None:
+            self._sweeping.cancel()
+            await asyncio.gather(self._sweeping, return_exceptions=True)
+        await super().close()
+
     async def heartbeat(
         self, node: str, ttl: float, counters: Mapping[str, int] | None = None
     ) -> Beat:
@@ -653,6 +674,7 @@ class ShardedRedisBackend(RedisBackend):
         return count
 
     async def leave(self, node: str) -> int:
+        self._distributors.discard(node)
         running = sorted(
             {
                 *_texts(await self._execute("leave", "SMEMBERS", self._keys.running(node))),
@@ -666,10 +688,11 @@ class ShardedRedisBackend(RedisBackend):
         return count
 
     async def reap(self, reaper: str, max_crashes: int) -> Reaped:
-        """As the one-slot layout's, and after writes may have been lost, the sweep for
-        orphaned records (`_Sweep`)."""
-        if self._sweep.take_round():
-            await self._sweep_orphans(reaper)
+        """As the one-slot layout's; a distributor also starts a round of the sweep for
+        orphaned records when one is due (`_Sweep`)."""
+        idle = self._sweeping is None or self._sweeping.done()
+        if reaper in self._distributors and idle and self._sweep.take_round():
+            self._sweeping = asyncio.create_task(self._sweep_orphans(reaper))
         found = await self._run("shard_dead", reaper)
         if not found:
             return Reaped()
@@ -696,23 +719,32 @@ class ShardedRedisBackend(RedisBackend):
         return Reaped(tuple(_texts(dead)), requeued, tuple(crashed_keys))
 
     async def _sweep_orphans(self, reaper: str) -> None:
-        """A round of the sweep: the orphans found twice go back on the reaper's work list
-        (those running under an owner that will not complete them made pending first)."""
-        found = await self._orphans()
-        keys = self._sweep.confirmed(found)
-        running = [(key, found[key][1].decode(errors="replace")) for key in keys]
-        freed = await self._free_unowned(
-            [pair for pair in running if found[pair[0]][0] == RUNNING.encode()]
-        )
-        pushed = [key for key in keys if found[key][0] == PENDING.encode() or key in freed]
-        if not pushed:
+        """A round of the sweep: the orphans found twice, that no live node waits for, go."""
+        try:
+            found = await self._orphans()
+            keys = self._sweep.confirmed(found)
+            waiting = await self._records.waiting_nodes(keys)
+            live = await self._registered([node for nodes in waiting for node in nodes])
+            orphans = [
+                (key, found[key][0].decode(), found[key][1], nodes)
+                for key, nodes in zip(keys, waiting, strict=True)
+                if live.isdisjoint(nodes)
+            ]
+            dropped = await self._records.drop_orphans(orphans) if orphans else 0
+        except Exception as exc:  # the next round, or the next failover's, looks again
+            _log.warning("the sweep for orphaned records failed", node=reaper, error=str(exc))
             return
-        _log.warning("orphaned records put back on a work list", node=reaper, count=len(pushed))
-        for start in range(0, len(pushed), MAX_SCRIPT_KEYS):
-            batch = pushed[start : start + MAX_SCRIPT_KEYS]
-            await self._journaled(
-                "shard_push", reaper, True, reaper, reaper, 0, 1, len(batch), *batch
-            )
+        if dropped:
+            _log.warning("deleted orphaned records nobody waits for", node=reaper, count=dropped)
+
+    async def _registered(self, nodes: Sequence[str]) -> set[str]:
+        """Those of `nodes` that hold a lease (alive, or dead and not reaped yet)."""
+        unique = sorted(set(nodes))
+        if not unique:
+            return set()
+        commands = [("ZSCORE", self._keys.leases, node) for node in unique]
+        replies = await self._retrying("sweep", lambda: self._redis.pipeline(commands))
+        return {node for node, score in zip(unique, replies, strict=True) if score is not None}
 
     async def _orphans(self) -> dict[str, tuple[bytes, bytes]]:
         """Records pending on no work list and in no running set (key -> (status, submission
