@@ -132,20 +132,18 @@ async def test_a_distributor_sweeps_away_the_orphans_a_failover_left(
     sharded: ShardedRedisBackend, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """After a heartbeat saw writes lost, a record pending on no list (its push lost) and one
-    running under an owner whose running set lost it (its claim lost), that no live node waits
-    for, are deleted once two rounds a lease apart found them unchanged; one a live node waits
-    for (it submits it again), one queued, one claimed, and one pushed again in between stay."""
+    running under an owner whose running set lost it (its claim lost) are deleted once two
+    rounds a lease apart found them unchanged, as the one-slot layout's failover would have lost
+    them; one queued, one claimed, and one submitted again in between stay. A node that still
+    waits for a deleted key submits it again, and it is made anew."""
     now = [1000.0]
     monkeypatch.setattr(sharded_module, "time", types.SimpleNamespace(monotonic=lambda: now[0]))
     await sharded.join("d", NodeKind.DISTRIBUTOR, None, 60)
     await sharded.join("w", NodeKind.WORKER, "d", 60)
-    await sharded.join("live", NodeKind.CLIENT, None, 60)
     keys = ["claimed", "lost-push", "lost-claim", "pushed-again", "queued"]
-    # "c" never joined: it stands for a client that died (and was reaped).
     await sharded.submit("c", [NewRequest(key, b"p") for key in keys], into="w", on_top=False)
-    await sharded.submit("live", [NewRequest("wanted", b"p")], into="w", on_top=False)
     assert await sharded.claim("w") == Claimed("claimed", b"p")
-    for key in ("lost-push", "lost-claim", "pushed-again", "wanted"):
+    for key in ("lost-push", "lost-claim", "pushed-again"):
         await sharded._execute("test", "LREM", sharded._keys.work("w"), 0, key)
     await sharded._records.claim("w", ["lost-claim"])  # its grid step lost: running, unowned
     await sharded.heartbeat("d", 60)
@@ -157,22 +155,23 @@ async def test_a_distributor_sweeps_away_the_orphans_a_failover_left(
         await sharded.reap("d", 3)
         assert sharded._sweeping is not None
         await sharded._sweeping
-        return {key: await sharded.state(key) for key in [*keys, "wanted"]}
+        return {key: await sharded.state(key) for key in keys}
 
     before = await states_after_a_round()  # the first round only suspects
     assert RequestState.UNKNOWN not in before.values()
     await sharded.submit("c2", [NewRequest("pushed-again", b"p")], into="w", on_top=False)
-    after = await states_after_a_round()
-    assert after == {
+    assert await states_after_a_round() == {
+        "claimed": RequestState.RUNNING,
         "lost-push": RequestState.UNKNOWN,
         "lost-claim": RequestState.UNKNOWN,
-        "queued": RequestState.PENDING,
-        "claimed": RequestState.RUNNING,
         "pushed-again": RequestState.PENDING,
-        "wanted": RequestState.PENDING,
+        "queued": RequestState.PENDING,
     }
-    assert await sharded.claim("w") == Claimed("queued", b"p")
-    assert await sharded.claim("w") == Claimed("pushed-again", b"p")
+    [again] = await sharded.submit("c", [NewRequest("lost-push", b"p")], into="w", on_top=False)
+    assert not again.shared  # made anew, and queued
+    assert [await sharded.claim("w") for _ in range(3)] == [
+        Claimed(key, b"p") for key in ("queued", "pushed-again", "lost-push")
+    ]
 
 
 async def refused(backend: RedisBackend) -> str:

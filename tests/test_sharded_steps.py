@@ -182,25 +182,29 @@ async def test_an_orphan_goes_only_as_the_sweep_read_it(
     steps: RecordSteps, servers: tuple[str, list[RedisServer]]
 ) -> None:
     """record_orphan deletes a record only in the status, with the mark (submission token, or
-    owner) and with no waiting node but those the sweep saw departed; sent twice, it finds
-    nothing the second time."""
+    owner) and with no waiting node but those the sweep saw; sent twice, it finds nothing the
+    second time."""
     pending, running = request_key(), request_key()
-    await steps.submit("gone", [(pending, b"p"), (running, b"p")])
+    await steps.submit("first", [(pending, b"p"), (running, b"p")])
     await steps.claim("owner", [running])
     token = record_of(servers[1], pending)[F_SUBMITTED].encode()
-    assert await steps.waiting_nodes([pending, running, request_key()]) == [["gone"], ["gone"], []]
+    assert await steps.waiting_nodes([pending, running, request_key()]) == [
+        ["first"],
+        ["first"],
+        [],
+    ]
     refused = [
-        (pending, "r", token, ["gone"]),  # another status
-        (pending, "p", b"another submission", ["gone"]),
-        (running, "r", b"another owner", ["gone"]),
-        (running, "r", b"owner", []),  # a waiting node not seen departed
+        (pending, "r", token, ["first"]),  # another status
+        (pending, "p", b"another submission", ["first"]),
+        (running, "r", b"another owner", ["first"]),
+        (running, "r", b"owner", []),  # a waiting node the sweep did not see
     ]
     assert await steps.drop_orphans(refused) == 0
-    await steps.submit("late", [(pending, b"p")])  # a node waits for it now
-    assert await steps.drop_orphans([(pending, "p", token, ["gone"])]) == 0
-    assert await steps.drop_orphans([(pending, "p", token, ["gone", "late"])]) == 1
-    assert await steps.drop_orphans([(running, "r", b"owner", ["gone"])]) == 1
-    assert await steps.drop_orphans([(running, "r", b"owner", ["gone"])]) == 0  # sent again
+    await steps.submit("late", [(pending, b"p")])  # submitted again since the sweep read it
+    assert await steps.drop_orphans([(pending, "p", token, ["first"])]) == 0
+    assert await steps.drop_orphans([(pending, "p", token, ["first", "late"])]) == 1
+    assert await steps.drop_orphans([(running, "r", b"owner", ["first"])]) == 1
+    assert await steps.drop_orphans([(running, "r", b"owner", ["first"])]) == 0  # sent again
     assert await steps.read([pending, running], F_STATUS) == [[None], [None]]
 
 

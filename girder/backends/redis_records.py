@@ -276,11 +276,11 @@ class RecordSteps:
         ]
 
     async def drop_orphans(self, orphans: Sequence[tuple[str, str, bytes, Sequence[str]]]) -> int:
-        """Each (key, status, mark, departed waiters) of `orphans` deleted if its record is still
+        """Each (key, status, mark, waiting nodes) of `orphans` deleted if its record is still
         so (see record_orphan.lua): how many were."""
         replies = await self._steps(
             "record_orphan",
-            [(key, (status, mark, *departed)) for key, status, mark, departed in orphans],
+            [(key, (status, mark, *nodes)) for key, status, mark, nodes in orphans],
         )
         return sum(int(reply) for reply in replies)
 

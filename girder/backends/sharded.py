@@ -115,16 +115,19 @@ class _Sweep:
     """A distributor's sweep for orphaned records. A failover that loses the grid primary's
     writes but keeps the records' (on other primaries) can leave a record pending on no work
     list (its push lost) or running under an owner whose running set lost it (its claim lost).
-    In the one-slot layout the same failover loses the record with the push or the claim. A
-    node that waits for such a key submits it again and frees it; nobody waits for the orphan
-    of a dead node, which would stay unfinished for ever.
+    In the one-slot layout the same failover loses the record with the push or the claim, and
+    a node that still waits for the key submits it again, which makes it anew. Here the record
+    would stay, unfinished for ever when nobody waits for it any more: the orphan of a dead
+    client, or of a parent run that was given up (its worker, alive, is still named among the
+    record's waiters, but no longer waits).
 
     After any heartbeat of this process saw writes lost, its distributors look for such records
     `_SWEEP_ROUNDS` times, a lease apart, in a task of their own (a round reads every record:
     the node's heartbeats must not wait for it). A record found twice in a row, unchanged (same
-    status, and same submission or owner), with no live node waiting for it, is no transient
-    between two steps of an operation: it is deleted, as the one-slot layout's failover would
-    have lost it (record_orphan.lua). Submitted again, it is computed again."""
+    status, same submission or owner, no new waiter), is no transient between two steps of an
+    operation: it is deleted, as the one-slot layout's failover would have lost it
+    (record_orphan.lua). A node that still waits for it submits it again (it does so with the
+    keys it waited long for), and it is made anew."""
 
     rounds: int = 0
     """Rounds left."""
@@ -719,32 +722,21 @@ class ShardedRedisBackend(RedisBackend):
         return Reaped(tuple(_texts(dead)), requeued, tuple(crashed_keys))
 
     async def _sweep_orphans(self, reaper: str) -> None:
-        """A round of the sweep: the orphans found twice, that no live node waits for, go."""
+        """A round of the sweep: the orphans found twice go."""
         try:
             found = await self._orphans()
             keys = self._sweep.confirmed(found)
             waiting = await self._records.waiting_nodes(keys)
-            live = await self._registered([node for nodes in waiting for node in nodes])
             orphans = [
                 (key, found[key][0].decode(), found[key][1], nodes)
                 for key, nodes in zip(keys, waiting, strict=True)
-                if live.isdisjoint(nodes)
             ]
             dropped = await self._records.drop_orphans(orphans) if orphans else 0
         except Exception as exc:  # the next round, or the next failover's, looks again
             _log.warning("the sweep for orphaned records failed", node=reaper, error=str(exc))
             return
         if dropped:
-            _log.warning("deleted orphaned records nobody waits for", node=reaper, count=dropped)
-
-    async def _registered(self, nodes: Sequence[str]) -> set[str]:
-        """Those of `nodes` that hold a lease (alive, or dead and not reaped yet)."""
-        unique = sorted(set(nodes))
-        if not unique:
-            return set()
-        commands = [("ZSCORE", self._keys.leases, node) for node in unique]
-        replies = await self._retrying("sweep", lambda: self._redis.pipeline(commands))
-        return {node for node, score in zip(unique, replies, strict=True) if score is not None}
+            _log.warning("deleted orphaned records", node=reaper, count=dropped)
 
     async def _orphans(self) -> dict[str, tuple[bytes, bytes]]:
         """Records pending on no work list and in no running set (key -> (status, submission
