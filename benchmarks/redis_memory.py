@@ -19,8 +19,12 @@ clients' buffers; and `key_bytes_per_request`, the `MEMORY USAGE` of every key o
 all and per kind of key in `kinds` (`r:`, `work:`, `journal:`, ...: keys per request, the
 median bytes of one, their bytes per request). `payload_bytes` is the size of one stored
 payload. Runs `--runs` times, each on a fresh server; medians (`kinds` of the last run).
+`--layout sharded` measures the sharded layout (`Settings.layout`), whose records are named
+`{<prefix>:<key>}:r` (kind `{key}:r` in `kinds`); it adds `cached_settled`, measured again
+once the completions' step journal entries (`{key}:s:`, 30 s) have expired.
 
     .venv/bin/python benchmarks/redis_memory.py [--requests 20000] [--fanout 10] [--runs 3]
+        [--layout one-slot|sharded]
 """
 
 from __future__ import annotations
@@ -41,7 +45,7 @@ import girder
 from benchmarks.harness import grid_secret, say
 from benchmarks.workloads import square
 from girder.backends.base import NewRequest, NodeKind
-from girder.backends.redis import RedisBackend
+from girder.backends.redis import open_redis
 from girder.backends.redis_keys import CLOCK, RECORD, RedisKeys
 from girder.backends.resp import RedisClient, parse_url
 from girder.config import load_settings
@@ -72,17 +76,33 @@ async def _memory(redis: RedisClient) -> dict[str, int]:
     }
 
 
-async def _kinds(redis: RedisClient, prefix: str, requests: int) -> dict[str, dict[str, float]]:
-    """Per kind of key of the grid `prefix` (its name up to the first ':' after the prefix):
-    keys per request, the median `MEMORY USAGE` of one and their sum per request."""
+def _kind(name: bytes, prefix: str) -> str | None:
+    """The kind of a key of the grid `prefix`: its name up to the first ':' after the prefix,
+    or for a key in its own slot (`{<prefix>:<key>}:r`) `{key}:` and what follows up to the
+    next ':'; None for another grid's key."""
     base = RedisKeys(prefix).base.encode()
+    if name.startswith(base):
+        kind, colon, _ = name[len(base) :].partition(b":")
+        return (kind + colon).decode()
+    own = b"{" + prefix.encode() + b":"
+    if name.startswith(own) and b"}:" in name:
+        kind, colon, _ = name.partition(b"}:")[2].partition(b":")
+        return "{key}:" + (kind + colon).decode()
+    return None
+
+
+async def _kinds(redis: RedisClient, prefix: str, requests: int) -> dict[str, dict[str, float]]:
+    """Per kind of key of the grid `prefix` (`_kind`): keys per request, the median `MEMORY
+    USAGE` of one and their sum per request."""
     names: dict[str, list[bytes]] = {}
     cursor = b"0"
     while True:
-        cursor, found = await redis.execute("SCAN", cursor, "MATCH", base + b"*", "COUNT", 1000)
+        match = b"{" + prefix.encode() + b"*"
+        cursor, found = await redis.execute("SCAN", cursor, "MATCH", match, "COUNT", 1000)
         for name in found:
-            kind, colon, _ = name[len(base) :].partition(b":")
-            names.setdefault((kind + colon).decode(), []).append(name)
+            kind = _kind(name, prefix)
+            if kind is not None:
+                names.setdefault(kind, []).append(name)
         if cursor == b"0":
             break
     kinds = {}
@@ -91,9 +111,12 @@ async def _kinds(redis: RedisClient, prefix: str, requests: int) -> dict[str, di
         sizes: list[int] = []
         for start in range(0, len(every), 1000):
             batch = every[start : start + 1000]
-            sizes += await redis.pipeline([("MEMORY", "USAGE", n, "SAMPLES", "0") for n in batch])
+            found = await redis.pipeline([("MEMORY", "USAGE", n, "SAMPLES", "0") for n in batch])
+            sizes += [size for size in found if size is not None]  # None: expired since
+        if not sizes:
+            continue
         kinds[kind] = {
-            "keys_per_request": round(len(every) / requests, 3),
+            "keys_per_request": round(len(sizes) / requests, 3),
             "bytes": statistics.median(sizes),
             "bytes_per_request": round(sum(sizes) / requests, 1),
         }
@@ -137,6 +160,23 @@ async def _heartbeats(redis: RedisClient, prefix: str) -> None:
     await _until(risen, "the nodes' heartbeats")
 
 
+async def _steps_expired(redis: RedisClient, prefix: str) -> None:
+    """Wait until no journal entry of a record's step is left (the sharded layout keeps a
+    completion's for `STEP_JOURNAL_MS`, 30 s)."""
+    pattern = RedisKeys(prefix).own_step_pattern()
+
+    async def expired() -> bool:
+        cursor = b"0"
+        while True:
+            cursor, found = await redis.execute("SCAN", cursor, "MATCH", pattern, "COUNT", 10000)
+            if found:
+                return False
+            if cursor == b"0":
+                return True
+
+    await _until(expired, "the steps' journal entries to expire")
+
+
 async def _until(condition: Callable[[], Awaitable[bool]], what: str) -> None:
     for _ in range(6000):
         if await condition():
@@ -145,21 +185,28 @@ async def _until(condition: Callable[[], Awaitable[bool]], what: str) -> None:
     raise TimeoutError(f"waited 300 s for {what}")
 
 
-async def _top_level(url: str, requests: int) -> tuple[dict[str, dict[str, object]], bytes]:
+async def _top_level(
+    url: str, requests: int, layout: str
+) -> tuple[dict[str, dict[str, object]], bytes]:
     """`queued` and `cached`: top-level requests of `square`, first with no worker, then run.
     Also returns the payload of one queued request, as the client stored it."""
-    settings = load_settings(backend=url, events=False, pool_wait=3600.0, key_prefix=_PREFIX)
+    settings = load_settings(
+        backend=url, events=False, pool_wait=3600.0, key_prefix=_PREFIX, layout=layout
+    )
     redis = RedisClient(parse_url(url))
-    served = RedisBackend(url, settings=settings)
+    served = open_redis(url, settings=settings)
     await served.connect()
     distributor = Distributor(served, settings)
     await distributor.start()
     worker = Worker(served, settings, node_id="bench-w1")
     figures = {}
-    async with girder.Grid.connect(url, events=False, pool_wait=3600.0, key_prefix=_PREFIX) as grid:
+    async with girder.Grid.connect(
+        url, events=False, pool_wait=3600.0, key_prefix=_PREFIX, layout=layout
+    ) as grid:
         empty = await _memory(redis)
         handles = [grid.submit(square, index) for index in range(requests)]
-        pattern = RedisKeys(_PREFIX).pattern(RECORD)
+        keys = RedisKeys(_PREFIX)
+        pattern = keys.own_record_pattern() if layout == "sharded" else keys.pattern(RECORD)
 
         async def all_queued() -> bool:
             count, cursor = 0, b"0"
@@ -183,6 +230,11 @@ async def _top_level(url: str, requests: int) -> tuple[dict[str, dict[str, objec
         assert values == [index * index for index in range(requests)]
         figures["cached"] = await _measure(redis, _PREFIX, requests, empty)
         say(f"  cached: {figures['cached']['bytes_per_request']} bytes per result")
+        if layout == "sharded":  # once the completions' journal entries have expired
+            await _steps_expired(redis, _PREFIX)
+            figures["cached_settled"] = await _measure(redis, _PREFIX, requests, empty)
+            settled = figures["cached_settled"]["bytes_per_request"]
+            say(f"  cached, settled: {settled} bytes per result")
     await worker.stop()
     await distributor.stop()
     await served.close()
@@ -190,11 +242,13 @@ async def _top_level(url: str, requests: int) -> tuple[dict[str, dict[str, objec
     return figures, payload
 
 
-async def _nested(url: str, requests: int, fanout: int, payload: bytes) -> dict[str, object]:
+async def _nested(
+    url: str, requests: int, fanout: int, payload: bytes, layout: str
+) -> dict[str, object]:
     """Children queued under running parents that wait for them (backend API), each with
     `payload` (a real one's bytes)."""
-    settings = load_settings(backend=url, events=False, key_prefix=_NESTED)
-    backend = RedisBackend(url, settings=settings)
+    settings = load_settings(backend=url, events=False, key_prefix=_NESTED, layout=layout)
+    backend = open_redis(url, settings=settings)
     await backend.connect()
     redis = RedisClient(parse_url(url))
     parents = [_key(f"parent {index}") for index in range(requests // fanout)]
@@ -227,11 +281,11 @@ async def _nested(url: str, requests: int, fanout: int, payload: bytes) -> dict[
     return figures
 
 
-async def one_run(requests: int, fanout: int) -> dict[str, dict[str, object]]:
+async def one_run(requests: int, fanout: int, layout: str) -> dict[str, dict[str, object]]:
     grid_secret()
     with RedisServer() as server:
-        figures, payload = await _top_level(server.url, requests)
-        figures["nested"] = await _nested(server.url, requests, fanout, payload)
+        figures, payload = await _top_level(server.url, requests, layout)
+        figures["nested"] = await _nested(server.url, requests, fanout, payload, layout)
         say(f"  nested: {figures['nested']['bytes_per_request']} bytes per child")
     return figures
 
@@ -241,16 +295,18 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=20000)
     parser.add_argument("--fanout", type=int, default=10, help="children per parent (nested)")
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--layout", choices=("one-slot", "sharded"), default="one-slot")
     args = parser.parse_args()
     runs = []
     for index in range(args.runs):
         say(f"run {index + 1} of {args.runs}")
-        runs.append(asyncio.run(one_run(args.requests, args.fanout)))
-    for workload in ("queued", "cached", "nested"):
+        runs.append(asyncio.run(one_run(args.requests, args.fanout, args.layout)))
+    for workload in [name for name in runs[0] if name != "nested"] + ["nested"]:
         figures = [run[workload] for run in runs]
         line: dict[str, object] = {
             "bench": "redis_memory",
             "workload": workload,
+            "layout": args.layout,
             "requests": args.requests,
             "runs": args.runs,
         }
