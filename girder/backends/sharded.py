@@ -76,7 +76,6 @@ from girder.backends.redis_keys import (
     PENDING,
     RECORD,
     RUNNING,
-    RUNNING_SET,
     chunk_fields,
     unchunked,
 )
@@ -88,7 +87,7 @@ from girder.backends.redis_records import (
     waits_field,
 )
 from girder.backends.redis_scripts import MAX_CANCEL_STEP, MAX_SCRIPT_KEYS
-from girder.backends.resp import Pipelined
+from girder.backends.resp import Pipelined, ReplyError
 from girder.config import Settings
 from girder.errors import ConfigurationError
 from girder.log import get_logger
@@ -759,24 +758,27 @@ class ShardedRedisBackend(RedisBackend):
         return found
 
     async def _held(self) -> set[str]:
-        """Every key on a work list or in a running set of the grid (a claimed key is in its
-        node's running set before its record says running). Garbage of the wrong type where
-        a list or a set goes holds nothing."""
+        """Every key on a work list or in a running set of a node that holds a lease (a
+        claimed key is in its node's running set before its record says running; a node's
+        lists go to others when it leaves or is reaped). One round trip to the grid's primary;
+        garbage of the wrong type where a list or a set goes holds nothing, any other error
+        reply fails the round (it is not read in part)."""
+        nodes = _texts(await self._execute("sweep", "ZRANGE", self._keys.leases, 0, -1))
         commands: list[tuple[str | int, ...]] = []
-        for pattern, read in (
-            (self._keys.work_pattern(), ("LRANGE", 0, -1)),
-            (self._keys.pattern(RUNNING_SET), ("SMEMBERS",)),
-        ):
-            cursor: bytes = b"0"
-            while True:
-                scan = ("SCAN", cursor, "MATCH", pattern, "COUNT", _SCAN_COUNT)
-                cursor, names = await self._execute("sweep", *scan)
-                commands += [(read[0], name, *read[1:]) for name in _texts(names)]
-                if cursor == b"0":
-                    break
-        if not commands:
-            return set()
-        replies = await self._retrying("sweep", lambda: self._redis.pipeline(commands))
+        for node in nodes:
+            commands += [
+                ("LRANGE", self._keys.work(node), 0, -1),
+                ("SMEMBERS", self._keys.running(node)),
+            ]
+
+        async def attempt() -> list[Any]:
+            replies = await self._redis.pipeline(commands)
+            for reply in replies:
+                if isinstance(reply, ReplyError) and not str(reply).startswith("WRONGTYPE"):
+                    raise reply
+            return replies
+
+        replies = await self._retrying("sweep", attempt)
         return {
             entry.removeprefix(CRASHED)
             for reply in replies
