@@ -595,6 +595,12 @@ def _describe_key(db: redis.Redis, key: str, kind: str) -> str:
     return f"{key} {kind} {decode(db.get(key))[:40] if kind == 'string' else ''}"
 
 
+_NO_EXPIRY, _GONE = -1, -2
+"""What PTTL answers for a key without an expiry, and for one that is gone (it expired since a
+scan named it: the 30 s journal entries of records' steps often do). 0 is a key that expires
+within the millisecond."""
+
+
 def _own_record_leaks(server: redis.Redis, names: dict[str, str], report: LeakReport) -> None:
     """The sharded layout's keys on `server`: done records count as cached results, journal
     entries of records' steps expire (each a leak without an expiry), anything else leaks."""
@@ -607,9 +613,9 @@ def _own_record_leaks(server: redis.Redis, names: dict[str, str], report: LeakRe
             ).append(_describe_key(server, name, decode(server.type(name))))
     for name in map(decode, server.scan_iter(match=KEYS.own_step_pattern(), count=1000)):
         ttl = server.pttl(name)
-        if ttl == -2:  # expired since the scan named it (they live 30 s)
+        if ttl == _GONE:
             continue
-        if ttl > 0:
+        if ttl != _NO_EXPIRY:
             report.step_journals += 1
         else:
             report.leaked.setdefault("journal entry of a record's step without expiry", []).append(
@@ -629,7 +635,10 @@ def check_leaks(db: redis.Redis, names: dict[str, str], servers: list[redis.Redi
         report.moved += sum(1 for _ in server.scan_iter(match=KEYS.result_pattern(), count=1000))
         _own_record_leaks(server, names, report)
         for name in server.scan_iter(match=KEYS.own_inbox_pattern(), count=1000):
-            if server.pttl(name) > 0:
+            ttl = server.pttl(name)
+            if ttl == _GONE:
+                continue
+            if ttl != _NO_EXPIRY:
                 report.own_inboxes += 1
             else:
                 kind = decode(server.type(name))
