@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from typing import Any
 
 import pytest
 from gridfns import (
@@ -21,7 +22,8 @@ from gridfns import (
 from processes import wait_until
 
 import girder
-from girder.backends.base import RequestState
+from girder.backends.base import Completion, RequestState
+from girder.scheduler.worker import Worker
 
 
 async def test_call_call_all_and_submit() -> None:
@@ -142,3 +144,29 @@ async def test_a_grid_stops_while_a_request_still_runs() -> None:
     await wait_until(napping, 5, "the parent's nap")
     await asyncio.wait_for(grid.stop(), 5)  # it hung with asyncio.wait_for in the backend
     assert running.done()  # cancelled
+
+
+@pytest.mark.parametrize(("function", "args", "value"), [(add, (20, 22), 42), (fib, (12,), 144)])
+async def test_a_run_whose_completion_cannot_be_made_is_given_back_and_run_again(
+    monkeypatch: pytest.MonkeyPatch,
+    function: girder.GridFunction[..., object],
+    args: tuple[int, ...],
+    value: int,
+) -> None:
+    """Making a run's completion fails once (a bug, or the backend unreachable past the outage
+    timeout): the worker gives the key back and it runs again, instead of staying claimed by a
+    live worker and run by nobody (sync and async functions conclude on different paths)."""
+    failed: list[str] = []
+    original = Worker.completion
+
+    def failing_once(self: Worker, key: str, *rest: Any, **options: Any) -> Completion:
+        if not failed:
+            failed.append(key)
+            raise RuntimeError("the completion could not be made")
+        return original(self, key, *rest, **options)
+
+    monkeypatch.setattr(Worker, "completion", failing_once)
+    async with girder.Grid.local(workers=1) as grid:
+        assert await asyncio.wait_for(grid.call(function, *args), 30) == value
+        assert failed
+        assert await grid.backend.state(failed[0]) == RequestState.DONE

@@ -31,7 +31,7 @@ from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Coroutine, Sequence
 from typing import Any, ClassVar
 
-from girder.backends.base import Claimed, NodeKind, RequestState, StateBackend
+from girder.backends.base import Claimed, Completion, NodeKind, RequestState, StateBackend
 from girder.config import Settings
 from girder.errors import BlobLost, Cancelled, RequestError, SerializationError, type_name
 from girder.functions import GridFunction, Request
@@ -522,17 +522,11 @@ class Worker(Node):
             job = self._cancelled.pop(evaluation.key, None)
             if job is not None:  # nothing cancelled is cached, whatever the run came to
                 outcome = Outcome(error=Cancelled(evaluation.readable(), job))
-            blobs: list[Blob] = []
-            completion = self.completion(
-                evaluation.key,
-                evaluation.readable,
-                outcome,
-                function.cache,
-                blobs=blobs,
-                function=function,
-            )
-            if blobs:  # a large value: its blob is stored before the completion is sent
-                completion = await self.stored(completion, evaluation.readable, blobs)
+            try:
+                completion = await self._completion_of(evaluation, function, outcome)
+            except Exception:
+                await self._give_back(evaluation)
+                return
             self.stats.ran += 1
             if outcome.error is not None:
                 self.stats.failed += 1
@@ -547,6 +541,35 @@ class Worker(Node):
                 await self._send_or_hold(inline=inline)
         finally:
             self._let_go(evaluation)
+
+    async def _completion_of(
+        self, evaluation: Evaluation, function: GridFunction[..., Any], outcome: Outcome
+    ) -> Completion:
+        """The completion that reports `outcome`, a large value's blob stored first."""
+        blobs: list[Blob] = []
+        completion = self.completion(
+            evaluation.key,
+            evaluation.readable,
+            outcome,
+            function.cache,
+            blobs=blobs,
+            function=function,
+        )
+        if blobs:
+            completion = await self.stored(completion, evaluation.readable, blobs)
+        return completion
+
+    async def _give_back(self, evaluation: Evaluation) -> None:
+        """Making a run's completion failed (a bug, or the backend unreachable past
+        `GIRDER_OUTAGE_TIMEOUT`): the key goes back to the grid to run again, rather than stay
+        claimed here and run by nobody."""
+        key = evaluation.key
+        self.log.exception(
+            "finishing a request failed; giving it back", key=key, job=evaluation.job
+        )
+        self._running.discard(key)
+        async with self.calls_in_flight.held_back():  # its claims all named (see inflight)
+            await self.backend.reconcile(self.id, self.running_keys())
 
     def _debug(self, event: str, evaluation: Evaluation, **fields: Any) -> None:
         self.log.debug(
