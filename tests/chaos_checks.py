@@ -611,16 +611,25 @@ def _own_record_leaks(server: redis.Redis, names: dict[str, str], report: LeakRe
             report.leaked.setdefault(
                 f"{{girder:<request key>}}:r (status {decode(server.hget(name, 's'))})", []
             ).append(_describe_key(server, name, decode(server.type(name))))
-    for name in map(decode, server.scan_iter(match=KEYS.own_step_pattern(), count=1000)):
+    expiring, forever = _by_expiry(server, KEYS.own_step_pattern())
+    report.step_journals += expiring
+    if forever:
+        report.leaked.setdefault("journal entry of a record's step without expiry", []).extend(
+            forever
+        )
+
+
+def _by_expiry(server: redis.Redis, pattern: str) -> tuple[int, list[str]]:
+    """Of the keys on `server` that match `pattern`: how many expire, and the names of those
+    without an expiry (those gone since the scan named them count as neither)."""
+    expiring, forever = 0, []
+    for name in map(decode, server.scan_iter(match=pattern, count=1000)):
         ttl = server.pttl(name)
-        if ttl == _GONE:
-            continue
-        if ttl != _NO_EXPIRY:
-            report.step_journals += 1
-        else:
-            report.leaked.setdefault("journal entry of a record's step without expiry", []).append(
-                name
-            )
+        if ttl == _NO_EXPIRY:
+            forever.append(name)
+        elif ttl != _GONE:
+            expiring += 1
+    return expiring, forever
 
 
 def check_leaks(db: redis.Redis, names: dict[str, str], servers: list[redis.Redis]) -> LeakReport:
@@ -634,17 +643,12 @@ def check_leaks(db: redis.Redis, names: dict[str, str], servers: list[redis.Redi
     for server in servers:
         report.moved += sum(1 for _ in server.scan_iter(match=KEYS.result_pattern(), count=1000))
         _own_record_leaks(server, names, report)
-        for name in server.scan_iter(match=KEYS.own_inbox_pattern(), count=1000):
-            ttl = server.pttl(name)
-            if ttl == _GONE:
-                continue
-            if ttl != _NO_EXPIRY:
-                report.own_inboxes += 1
-            else:
-                kind = decode(server.type(name))
-                report.leaked.setdefault("own inbox without expiry", []).append(
-                    _describe_key(server, decode(name), kind)
-                )
+        expiring, forever = _by_expiry(server, KEYS.own_inbox_pattern())
+        report.own_inboxes += expiring
+        for name in forever:
+            report.leaked.setdefault("own inbox without expiry", []).append(
+                _describe_key(server, name, decode(server.type(name)))
+            )
     for key, kind in sorted(scan_grid(db).items()):
         rest = key.removeprefix(PREFIX)
         part, _, ident = rest.partition(":")

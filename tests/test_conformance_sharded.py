@@ -135,7 +135,8 @@ async def test_a_distributor_sweeps_away_the_orphans_a_failover_left(
     running under an owner whose running set lost it (its claim lost) are deleted once two
     rounds a lease apart found them unchanged, as the one-slot layout's failover would have lost
     them; one queued, one claimed, and one submitted again in between stay. A node that still
-    waits for a deleted key submits it again, and it is made anew."""
+    waits for a deleted key submits it again, and it is made anew. A forged work list harms
+    nothing."""
     now = [1000.0]
     monkeypatch.setattr(sharded_module, "time", types.SimpleNamespace(monotonic=lambda: now[0]))
     await sharded.join("d", NodeKind.DISTRIBUTOR, None, 60)
@@ -146,6 +147,8 @@ async def test_a_distributor_sweeps_away_the_orphans_a_failover_left(
     for key in ("lost-push", "lost-claim", "pushed-again"):
         await sharded._execute("test", "LREM", sharded._keys.work("w"), 0, key)
     await sharded._records.claim("w", ["lost-claim"])  # its grid step lost: running, unowned
+    await sharded.join("forged", NodeKind.WORKER, "d", 60)  # garbage where its list goes
+    await sharded._execute("test", "SET", sharded._keys.work("forged"), "not a list")
     await sharded.heartbeat("d", 60)
     sharded._servers_seen["d"] = frozenset()  # as if every primary were new: writes lost
     assert (await sharded.heartbeat("d", 60)).lost_writes

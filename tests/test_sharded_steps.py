@@ -206,6 +206,9 @@ async def test_an_orphan_goes_only_as_the_sweep_read_it(
     assert await steps.drop_orphans([(running, "r", b"owner", ["first"])]) == 1
     assert await steps.drop_orphans([(running, "r", b"owner", ["first"])]) == 0  # sent again
     assert await steps.read([pending, running], F_STATUS) == [[None], [None]]
+    forged = request_key()
+    server_of(servers[1], forged).command("SET", KEYS.own_record(forged), "not a hash")
+    assert await steps.drop_orphans([(forged, "p", b"", [])]) == 0
 
 
 async def test_drop_forgets_done_records_only(

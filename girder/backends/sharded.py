@@ -152,10 +152,10 @@ class _Sweep:
     def confirmed(self, found: dict[str, tuple[bytes, bytes]]) -> list[str]:
         """The keys of `found` the previous round found in the same state (they go now); the
         rest of `found` becomes the suspects, until the last round."""
-        same = sorted(key for key, state in found.items() if self.suspects.get(key) == state)
+        same = {key for key, state in found.items() if self.suspects.get(key) == state}
         kept = {key: state for key, state in found.items() if key not in same}
         self.suspects = kept if self.rounds else {}
-        return same
+        return sorted(same)
 
 
 def _event(kind: str, node: str, key: str = "", *rest: str) -> str:

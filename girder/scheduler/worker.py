@@ -31,7 +31,7 @@ from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Coroutine, Sequence
 from typing import Any, ClassVar
 
-from girder.backends.base import Claimed, Completion, NodeKind, RequestState, StateBackend
+from girder.backends.base import Claimed, NodeKind, RequestState, StateBackend
 from girder.config import Settings
 from girder.errors import BlobLost, Cancelled, RequestError, SerializationError, type_name
 from girder.functions import GridFunction, Request
@@ -522,8 +522,18 @@ class Worker(Node):
             job = self._cancelled.pop(evaluation.key, None)
             if job is not None:  # nothing cancelled is cached, whatever the run came to
                 outcome = Outcome(error=Cancelled(evaluation.readable(), job))
+            blobs: list[Blob] = []
             try:
-                completion = await self._completion_of(evaluation, function, outcome)
+                completion = self.completion(
+                    evaluation.key,
+                    evaluation.readable,
+                    outcome,
+                    function.cache,
+                    blobs=blobs,
+                    function=function,
+                )
+                if blobs:  # a large value: its blob is stored before the completion is sent
+                    completion = await self.stored(completion, evaluation.readable, blobs)
             except Exception:
                 await self._give_back(evaluation)
                 return
@@ -542,27 +552,10 @@ class Worker(Node):
         finally:
             self._let_go(evaluation)
 
-    async def _completion_of(
-        self, evaluation: Evaluation, function: GridFunction[..., Any], outcome: Outcome
-    ) -> Completion:
-        """The completion that reports `outcome`, a large value's blob stored first."""
-        blobs: list[Blob] = []
-        completion = self.completion(
-            evaluation.key,
-            evaluation.readable,
-            outcome,
-            function.cache,
-            blobs=blobs,
-            function=function,
-        )
-        if blobs:
-            completion = await self.stored(completion, evaluation.readable, blobs)
-        return completion
-
     async def _give_back(self, evaluation: Evaluation) -> None:
-        """Making a run's completion failed (a bug, or the backend unreachable past
-        `GIRDER_OUTAGE_TIMEOUT`): the key goes back to the grid to run again, rather than stay
-        claimed here and run by nobody."""
+        """Making a run's completion failed (a bug, or an error that escaped the backend's
+        retries; a blob that cannot be stored fails the request instead, see `stored`): the key
+        goes back to the grid to run again, rather than stay claimed here and run by nobody."""
         key = evaluation.key
         self.log.exception(
             "finishing a request failed; giving it back", key=key, job=evaluation.job
